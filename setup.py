@@ -13,8 +13,8 @@ setup(
     install_requires=[
         "twisted[tls]>=23.10",
         "service-identity>=21.1",
-        "pyopenssl>=23.2",
-        "cryptography>=41",
+        "pyopenssl>=26.0",
+        "cryptography>=44",
         "txaio>=23.1",
         "klein>=23.5",
         "dataset>=1.6",

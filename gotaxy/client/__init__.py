@@ -1,0 +1,1 @@
+"""The Gotaxy client: one control connection, local services behind it."""

@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_client -*-
+"""
+The client end of the control connection.
+
+Order of events on each connection (``ClientService`` makes a new one after
+every loss, with ``reconnect_delay`` between attempts):
+
+1. TLS handshake.  ``handshakeCompleted`` checks the server's certificate
+   (pinned fingerprint, CA file or trust-on-first-use, see ``gotaxy.tls``)
+   *before* anything secret is sent.  A failed check is fatal.
+2. Preamble and ``login``.  ``login_failed`` is fatal when ``loginFailExit``
+   is set (the default): a wrong token cannot be fixed by retrying.
+3. One ``tunnel_open`` per configured tunnel; the server answers each with
+   ``tunnel_up`` (logged as ``tunnel NAME up at HOST:PORT``, a line scripts
+   may rely on) or ``tunnel_refused``, which affects that tunnel alone.
+4. Streams the server opens are connected to the tunnel's local service.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import platform
+import random
+import socket
+from typing import Any, Callable, Dict, Optional
+
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gotaxy import __version__
+from gotaxy.config import ClientConfig, TunnelSpec
+from gotaxy.heartbeat import HeartbeatMonitor
+from gotaxy.logs import gotaxy_observer
+from gotaxy.mux import MuxProtocol, Stream
+from gotaxy.relay import StreamRelay
+from gotaxy.wire import CLOSE_ERROR_PREFIX
+from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
+
+#: Seconds to wait for a local service to accept a connection.
+LOCAL_CONNECT_TIMEOUT = 10.0
+RECONNECT_CAP = 30.0
+
+
+def reconnect_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """Exponential backoff from 1 s, capped at 30 s, with jitter (50-100%)."""
+    return min(RECONNECT_CAP, 2.0 ** min(attempt, 16)) * (0.5 + rng() / 2)
+
+
+def _local_endpoint(reactor: Any, host: str, port: int) -> Any:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=LOCAL_CONNECT_TIMEOUT)
+    if address.version == 6:
+        return TCP6ClientEndpoint(reactor, host, port, timeout=LOCAL_CONNECT_TIMEOUT)
+    return TCP4ClientEndpoint(reactor, host, port, timeout=LOCAL_CONNECT_TIMEOUT)
+
+
+@implementer(IHandshakeListener)
+class ClientControlProtocol(MuxProtocol):
+    log = Logger(observer=gotaxy_observer)
+
+    def __init__(self, factory: "ClientControlFactory") -> None:
+        super().__init__()
+        self.factory = factory
+        self.config: ClientConfig = factory.config
+        self.reactor = factory.reactor
+        self.heartbeat: Optional[HeartbeatMonitor] = None
+        self.tunnels: Dict[str, TunnelSpec] = {t.name: t for t in self.config.tunnels}
+        self.up: Dict[str, int] = {}
+
+    def handshakeCompleted(self) -> None:
+        try:
+            self.factory.verifier.verify(peer_chain(self.transport))
+        except ServerIdentityError as e:
+            self.factory.fatal(str(e))
+            self.transport.abortConnection()
+            return
+        self.send_preamble()
+        self.send_control(
+            {
+                "type": "login",
+                "token": self.config.token or "",
+                "user": self.config.user or "",
+                "hostname": socket.gethostname()[:255],
+                "version": __version__,
+                "os": platform.system()[:32],
+            }
+        )
+
+    # -- control messages ----------------------------------------------------
+
+    def control_received(self, message: Dict[str, Any]) -> None:
+        kind = message.get("type")
+        reason = str(message.get("reason", ""))[:500]
+        if kind == "login_ok":
+            self._logged_in(message)
+        elif kind == "login_failed":
+            text = f"the server refused our login: {reason}"
+            if self.config.login_fail_exit:
+                self.factory.fatal(text + "; check the token (auth.token / --token)")
+            else:
+                self.log.error("{text}; retrying", text=text)
+            self.transport.loseConnection()
+        elif kind == "tunnel_up" and self.authenticated:
+            name, port = str(message.get("name")), message.get("remotePort")
+            self.up[name] = port  # type: ignore[assignment]
+            self.log.info("tunnel {name} up at {host}:{port}", name=name, host=self.config.server_addr, port=port)
+        elif kind == "tunnel_refused" and self.authenticated:
+            self.log.error("tunnel {name} refused by the server: {reason}", name=message.get("name"), reason=reason)
+        elif kind == "error":
+            self.log.warn("server closed the connection: {reason}", reason=reason)
+        else:
+            self.protocol_error(f"unexpected control message {kind!r}")
+
+    def _logged_in(self, message: Dict[str, Any]) -> None:
+        if self.authenticated:
+            self.protocol_error("second login_ok")
+            return
+        self.authenticated = True
+        self.factory.connected(self)
+        self.log.info(
+            "logged in to {host}:{port} as {client} (server {version})",
+            host=self.config.server_addr,
+            port=self.config.server_port,
+            client=message.get("client"),
+            version=message.get("serverVersion"),
+        )
+        self.heartbeat = HeartbeatMonitor(
+            self.reactor,
+            self.config.heartbeat_interval,
+            self.config.heartbeat_timeout,
+            frames_seen=lambda: self.decoder.frames,
+            send_ping=self.send_ping,
+            on_timeout=self._heartbeat_timed_out,
+        )
+        self.heartbeat.start()
+        for spec in self.config.tunnels:
+            self.send_control(
+                {
+                    "type": "tunnel_open",
+                    "name": spec.name,
+                    "tunnelType": spec.type,
+                    "localAddr": f"{spec.local_ip}:{spec.local_port}",
+                    "remotePort": spec.remote_port,
+                }
+            )
+
+    def _heartbeat_timed_out(self, silent: float) -> None:
+        self.log.warn("server silent for {seconds:.0f} s; reconnecting", seconds=silent)
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    def pong_received(self, payload: bytes) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.pong_received(payload)
+
+    # -- streams -------------------------------------------------------------
+
+    def stream_opened(self, stream: Stream) -> None:
+        spec = self.tunnels.get(stream.tunnel)
+        if spec is None:
+            stream.local_closed(f"{CLOSE_ERROR_PREFIX}the client has no tunnel named {stream.tunnel!r}")
+            return
+        endpoint = _local_endpoint(self.reactor, spec.local_ip, spec.local_port)
+        connectProtocol(endpoint, StreamRelay(stream)).addErrback(self._local_failed, stream, spec)
+
+    def _local_failed(self, failure: Failure, stream: Stream, spec: TunnelSpec) -> None:
+        reason = f"cannot reach local service {spec.local_ip}:{spec.local_port}: {failure.getErrorMessage()}"
+        self.log.warn("tunnel {name}: {reason}", name=spec.name, reason=reason)
+        stream.local_closed(CLOSE_ERROR_PREFIX + reason)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        super().connectionLost(reason)
+        if self.authenticated:
+            self.log.info(
+                "disconnected from the server: {reason}",
+                reason=reason.getErrorMessage() if reason is not None else "closed",
+            )
+        self.factory.disconnected(self)
+
+
+class ClientControlFactory(Factory):
+    noisy = False
+
+    def __init__(
+        self, config: ClientConfig, verifier: ServerVerifier, reactor: Any, fatal: Callable[[str], None]
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.reactor = reactor
+        self.fatal = fatal
+        self.current: Optional[ClientControlProtocol] = None
+
+    def buildProtocol(self, addr: Any) -> ClientControlProtocol:
+        return ClientControlProtocol(self)
+
+    def connected(self, protocol: ClientControlProtocol) -> None:
+        self.current = protocol
+
+    def disconnected(self, protocol: ClientControlProtocol) -> None:
+        if self.current is protocol:
+            self.current = None

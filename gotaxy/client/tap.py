@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.test_client -*-
+"""``twistd gotaxy-client``: options and service assembly."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+import attrs
+from twisted.application.internet import ClientService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.logger import Logger
+from twisted.python import usage
+
+from gotaxy.client.control import ClientControlFactory, reconnect_delay
+from gotaxy.config import (
+    ClientConfig,
+    ConfigError,
+    load_toml,
+    parse_client_config,
+    parse_host_port,
+    parse_tunnel_flag,
+)
+from gotaxy.logs import gotaxy_observer, set_level
+from gotaxy.process import exit_with
+from gotaxy.tls import KNOWN_SERVERS_FILENAME, ServerVerifier, normalise_fingerprint
+
+log = Logger(observer=gotaxy_observer, namespace="gotaxy.client")
+
+#: Exit status when retrying cannot help (bad token, untrusted server).
+EXIT_FATAL = 2
+
+
+class Options(usage.Options):
+    synopsis = "--server HOST:PORT --token TOKEN --tunnel NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT] ..."
+    longdesc = (
+        "Run a Gotaxy tunnel client: connect to a Gotaxy server and expose local TCP services "
+        "on its public ports. Options override the config file (--config, frpc.toml key names)."
+    )
+    optFlags = [["insecure", None, "Do not verify the server's certificate (dangerous)."]]
+    optParameters: List[List[Any]] = [
+        ["config", "c", None, "TOML config file (frpc.toml key names)."],
+        ["server", "s", None, "Server address, HOST:PORT (port defaults to 7000)."],
+        ["token", "t", None, "Client token (auth.token)."],
+        ["user", "u", None, "Client name, needed with a shared server token (user)."],
+        ["fingerprint", None, None, "Pin the server certificate: SHA256:HEX."],
+        ["ca", None, None, "Trust server certificates issued by the CA in this PEM file."],
+        ["server-name", None, None, "Name to verify in the server certificate with --ca."],
+        ["data-dir", None, None, "Where known_servers is kept. [default: ~/.gotaxy]"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["tunnel"] = []
+
+    def opt_tunnel(self, value: str) -> None:
+        """A tunnel: NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT] (repeatable)."""
+        self["tunnel"].append(value)
+
+    def postOptions(self) -> None:
+        try:
+            self.loaded_config, self.warnings = build_config(self)
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
+    config = ClientConfig()
+    warnings: List[str] = []
+    if options.get("config"):
+        loaded = parse_client_config(load_toml(options["config"]), source=options["config"], base=config)
+        config, warnings = loaded.config, list(loaded.warnings)  # type: ignore[assignment]
+    overrides: Dict[str, Any] = {}
+    if options.get("server"):
+        overrides["server_addr"], overrides["server_port"] = parse_host_port(options["server"], default_port=7000)
+    for flag, field in [
+        ("token", "token"),
+        ("user", "user"),
+        ("ca", "trusted_ca_file"),
+        ("server-name", "server_name"),
+        ("data-dir", "data_dir"),
+    ]:
+        if options.get(flag):
+            overrides[field] = options[flag]
+    if options.get("fingerprint"):
+        try:
+            overrides["fingerprint"] = normalise_fingerprint(options["fingerprint"])
+        except ValueError as e:
+            raise ConfigError(f"--fingerprint: {e}") from None
+    if options.get("insecure"):
+        overrides["insecure"] = True
+    flags = [parse_tunnel_flag(text) for text in options.get("tunnel") or []]
+    if flags:
+        # Flags add tunnels; a flag with the same name as a file's tunnel replaces it.
+        names = {t.name for t in flags}
+        if len(names) != len(flags):
+            raise ConfigError("--tunnel: each tunnel needs its own name")
+        overrides["tunnels"] = tuple(t for t in config.tunnels if t.name not in names) + tuple(flags)
+    config = attrs.evolve(config, **overrides)
+    if not config.token:
+        raise ConfigError("no token: pass --token TOKEN or set auth.token in the config file")
+    if not config.tunnels:
+        raise ConfigError("no tunnels: pass --tunnel NAME=tcp:LOCALIP:LOCALPORT or add [[proxies]] to the config")
+    return config, warnings
+
+
+def make_verifier(config: ClientConfig, reactor: Any = None) -> ServerVerifier:
+    data_dir = os.path.expanduser(config.data_dir)
+    try:
+        return ServerVerifier(
+            server_name=config.server_name or config.server_addr,
+            server_port=config.server_port,
+            fingerprint=config.fingerprint,
+            ca_file=config.trusted_ca_file,
+            insecure=config.insecure,
+            known_servers_path=os.path.join(data_dir, KNOWN_SERVERS_FILENAME),
+            clock=reactor,
+        )
+    except ValueError as e:
+        raise usage.UsageError(str(e))
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    config: ClientConfig = options.loaded_config
+    set_level(config.log_level)
+    for warning in options.warnings:
+        log.warn("{warning}", warning=warning)
+    verifier = make_verifier(config, reactor)
+    if config.insecure:
+        log.warn(
+            "INSECURE: --insecure is set, the server's certificate is NOT checked; anyone on the "
+            "path can impersonate the server and steal the token"
+        )
+
+    top = MultiService()
+    service: Optional[ClientService] = None
+
+    def fatal(message: str) -> None:
+        log.critical("{message}", message=message)
+        if service is not None and service.running:
+            service.stopService()
+        exit_with(reactor, EXIT_FATAL)
+
+    factory = ClientControlFactory(config, verifier, reactor, fatal)
+    endpoint = wrapClientTLS(
+        verifier.connection_creator(),
+        HostnameEndpoint(reactor, config.server_addr, config.server_port, timeout=config.dial_timeout),
+    )
+    service = ClientService(endpoint, factory, retryPolicy=reconnect_delay, clock=reactor)
+    service.setServiceParent(top)
+    top.factory = factory  # type: ignore[attr-defined]
+    return top

@@ -1,0 +1,480 @@
+# -*- test-case-name: tests.test_mux -*-
+"""
+Stream multiplexing with per-stream flow control over one connection.
+
+Every tunneled TCP connection is a ``Stream`` on the client's single TLS
+connection (a ``MuxProtocol``).  The design follows SSH channels and yamux:
+
+* **Windows.**  Each direction of each stream starts with ``INITIAL_WINDOW``
+  bytes of credit.  DATA spends the sender's credit; the receiver returns it
+  with WINDOW frames once the bytes have been handed to the local socket
+  *and that socket has not asked us to pause*.  A slow reader therefore stops
+  only its own stream: its window runs dry, the sending side pauses the one
+  socket that feeds it, and every other stream keeps flowing.
+
+* **Backpressure, both ways.**  A ``Stream`` is attached to one TCP
+  transport (the public connection on the server, the local service
+  connection on the client), which is both its *source* and its *sink*:
+
+  - as the sink's producer (``registerProducer(stream, True)``), the stream
+    hears ``pauseProducing`` when that socket's send buffer is full and then
+    withholds WINDOW credit;
+  - as the source's consumer, the stream pauses the socket's reading when
+    its send window is exhausted, or when the mux connection itself is
+    paused by its transport (``MuxProtocol`` registers as the producer of
+    the TLS transport), and resumes it when both clear.
+
+  Memory per stream is therefore bounded by its window plus one socket read.
+
+* **Closing.**  FIN is a half-close and is queued behind any data still
+  waiting for window.  When the local socket is gone, the stream sends CLOSE
+  after its buffered data; on CLOSE the peer flushes what it has and closes
+  its socket.  If the mux connection itself is lost, every stream's socket
+  is aborted (RST), so a truncated transfer never looks like a clean end.
+
+Stream ids are never reused within a connection, so late frames for a closed
+stream are recognised and dropped.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Deque, Dict, Optional
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gotaxy.wire import (
+    INITIAL_WINDOW,
+    MAX_DATA,
+    MAX_WINDOW,
+    PREAMBLE,
+    PREAMBLE_MAGIC,
+    PROTOCOL_VERSION,
+    WINDOW_INCREMENT,
+    FrameDecoder,
+    FrameType,
+    ProtocolError,
+    decode_json,
+    encode_close,
+    encode_control,
+    encode_frame,
+    encode_json,
+)
+
+#: Return credit once this many bytes have been consumed, to keep WINDOW
+#: frames rare while the sender never runs dry on a healthy path.
+WINDOW_UPDATE_THRESHOLD = INITIAL_WINDOW // 4
+
+#: Concurrent streams one connection may carry; more public connections than
+#: this for one client are refused.
+MAX_STREAMS = 1024
+
+_DATA_HEADER = FrameType.DATA
+_MAX_STREAM_ID = 0xFFFFFFFF
+
+
+@implementer(IPushProducer)
+class Stream:
+    """One tunneled connection.  See the module docstring for the rules."""
+
+    __slots__ = (
+        "mux",
+        "id",
+        "tunnel",
+        "peer",
+        "send_window",
+        "recv_window",
+        "bytes_in",
+        "bytes_out",
+        "_send_buffer",
+        "_eof_pending",
+        "_close_pending",
+        "fin_sent",
+        "fin_received",
+        "closed",
+        "_transport",
+        "_source_paused",
+        "_sink_paused",
+        "_inbox",
+        "_unacked",
+        "close_reason",
+    )
+
+    def __init__(self, mux: "MuxProtocol", stream_id: int, tunnel: str, peer: str) -> None:
+        self.mux = mux
+        self.id = stream_id
+        self.tunnel = tunnel
+        self.peer = peer
+        self.send_window = INITIAL_WINDOW
+        self.recv_window = INITIAL_WINDOW
+        self.bytes_in = 0  #: bytes received from the peer (written to our socket)
+        self.bytes_out = 0  #: bytes read from our socket (sent to the peer)
+        self._send_buffer: Deque[bytes] = deque()
+        self._eof_pending = False
+        self._close_pending: Optional[str] = None
+        self.fin_sent = False
+        self.fin_received = False
+        self.closed = False
+        self._transport: Any = None
+        self._source_paused = False
+        self._sink_paused = False
+        self._inbox: Optional[list] = []  # data that arrived before attach()
+        self._unacked = 0
+        self.close_reason: Optional[str] = None
+
+    # -- wiring ------------------------------------------------------------
+
+    def attach(self, transport: Any) -> None:
+        """
+        Splice this stream to a TCP transport: what the peer sends is written
+        to it, and ``write`` is fed by its ``dataReceived``.
+        """
+        self._transport = transport
+        transport.registerProducer(self, True)
+        inbox, self._inbox = self._inbox, None
+        for chunk in inbox or ():
+            transport.write(chunk)
+            self._consumed(len(chunk))
+        if self.closed:
+            transport.loseConnection()
+        elif self.fin_received:
+            transport.loseWriteConnection()
+        self._update_source()
+
+    # -- our socket -> peer --------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send bytes read from our socket to the peer."""
+        if self.closed or self.fin_sent or self._eof_pending:
+            return
+        n = len(data)
+        self.bytes_out += n
+        if not self._send_buffer and n <= self.send_window and n <= MAX_DATA:
+            self.send_window -= n
+            self.mux.transport.write(encode_frame(_DATA_HEADER, self.id, data))
+            return
+        self._send_buffer.append(data)
+        self._flush()
+        self._update_source()
+
+    def write_eof(self) -> None:
+        """Our socket will send no more: half-close towards the peer."""
+        if self.closed or self.fin_sent:
+            return
+        self._eof_pending = True
+        self._flush()
+
+    def local_closed(self, reason: str) -> None:
+        """Our socket is gone; tell the peer once our buffered data is out."""
+        self._transport = None
+        if self.closed:
+            return
+        self._close_pending = reason
+        self._flush()
+
+    def _flush(self) -> None:
+        write = self.mux.transport.write
+        buffer = self._send_buffer
+        while buffer and self.send_window > 0:
+            chunk = buffer[0]
+            take = min(len(chunk), self.send_window, MAX_DATA)
+            if take == len(chunk):
+                buffer.popleft()
+            else:
+                buffer[0] = chunk[take:]
+                chunk = chunk[:take]
+            self.send_window -= take
+            write(encode_frame(_DATA_HEADER, self.id, chunk))
+        if buffer:
+            return
+        if self._eof_pending and not self.fin_sent:
+            self._eof_pending = False
+            self.fin_sent = True
+            write(encode_frame(FrameType.FIN, self.id))
+        if self._close_pending is not None and not self.closed:
+            write(encode_close(self.id, self._close_pending))
+            self._finish(self._close_pending)
+
+    def _update_source(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        want_paused = bool(self._send_buffer) or self.mux.paused
+        if want_paused != self._source_paused:
+            self._source_paused = want_paused
+            if want_paused:
+                transport.pauseProducing()
+            else:
+                transport.resumeProducing()
+
+    # -- peer -> our socket ---------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        n = len(data)
+        self.recv_window -= n
+        if self.recv_window < 0:
+            raise ProtocolError(f"stream {self.id}: peer sent beyond its flow-control window")
+        self.bytes_in += n
+        if self._transport is not None:
+            self._transport.write(data)
+            self._consumed(n)
+        elif self._inbox is not None:
+            self._inbox.append(data)
+        # else: our socket is gone; the data is dropped and never credited.
+
+    def _consumed(self, n: int) -> None:
+        self._unacked += n
+        if not self._sink_paused and self._unacked >= WINDOW_UPDATE_THRESHOLD:
+            self._send_credit()
+
+    def _send_credit(self) -> None:
+        credit, self._unacked = self._unacked, 0
+        self.recv_window += credit
+        self.mux.transport.write(encode_frame(FrameType.WINDOW, self.id, WINDOW_INCREMENT.pack(credit)))
+
+    def window_received(self, increment: int) -> None:
+        self.send_window += increment
+        if self.send_window > MAX_WINDOW:
+            raise ProtocolError(f"stream {self.id}: window grew beyond {MAX_WINDOW}")
+        self._flush()
+        self._update_source()
+
+    def fin_received_from_peer(self) -> None:
+        if self.fin_received:
+            raise ProtocolError(f"stream {self.id}: second FIN")
+        self.fin_received = True
+        if self._transport is not None:
+            self._transport.loseWriteConnection()
+
+    def close_received(self, reason: str) -> None:
+        """The peer is done: flush what we have to our socket and close it."""
+        transport = self._transport
+        self._finish(reason)
+        if transport is not None:
+            transport.loseConnection()
+
+    def abort(self, reason: str) -> None:
+        """The mux connection is gone: reset our socket, drop everything."""
+        transport = self._transport
+        self._send_buffer.clear()
+        self._finish(reason)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _finish(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self._inbox = None
+        self.mux.stream_closed(self)
+
+    # -- IPushProducer: our socket's send buffer tells us to hold credit --------
+
+    def pauseProducing(self) -> None:
+        self._sink_paused = True
+
+    def resumeProducing(self) -> None:
+        self._sink_paused = False
+        if self._unacked >= WINDOW_UPDATE_THRESHOLD and not self.closed:
+            self._send_credit()
+
+    def stopProducing(self) -> None:
+        self._sink_paused = True
+
+
+@implementer(IPushProducer)
+class MuxProtocol(Protocol):
+    """
+    The frame layer of a control connection, shared by both ends.
+
+    Subclasses implement ``control_received`` (JSON messages on stream 0),
+    ``stream_opened`` (a peer-opened stream, client side only in protocol
+    v1), ``stream_closed`` bookkeeping via ``super()``, and decide when the
+    peer is ``authenticated`` (before that only CONTROL and PING frames are
+    accepted).
+    """
+
+    #: True on the side that accepted the TCP connection (the server).
+    is_server = False
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.streams: Dict[int, Stream] = {}
+        self.decoder = FrameDecoder(self._frame_received, self._data_received)
+        self.paused = False
+        self.authenticated = False
+        self.disconnecting = False
+        self.max_streams = MAX_STREAMS
+        self._preamble: Optional[bytes] = b"" if self.is_server else None
+        # Server-opened streams are even, client-opened odd (reserved).
+        self._next_stream_id = 2 if self.is_server else 1
+        self._highest_peer_stream = 0
+        self.peer_address = "?"
+
+    # -- Protocol ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.transport.registerProducer(self, True)
+
+    def send_preamble(self) -> None:
+        self.transport.write(PREAMBLE.pack(PREAMBLE_MAGIC, PROTOCOL_VERSION))
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            if self._preamble is not None:
+                data = self._read_preamble(data)
+                if not data:
+                    return
+            self.decoder.feed(data)
+        except ProtocolError as e:
+            self.protocol_error(str(e))
+
+    def _read_preamble(self, data: bytes) -> bytes:
+        assert self._preamble is not None
+        buffered = self._preamble + data
+        if buffered[: len(PREAMBLE_MAGIC)] != PREAMBLE_MAGIC[: len(buffered)]:
+            raise ProtocolError("not a Gotaxy client (bad preamble)")
+        if len(buffered) < PREAMBLE.size:
+            self._preamble = buffered
+            return b""
+        _, version = PREAMBLE.unpack_from(buffered)
+        self._preamble = None
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"client speaks protocol version {version}, this server speaks {PROTOCOL_VERSION}; "
+                "upgrade the older side"
+            )
+        return buffered[PREAMBLE.size :]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        text = reason.getErrorMessage() if reason is not None else "connection closed"
+        for stream in list(self.streams.values()):
+            stream.abort(f"tunnel connection lost: {text}")
+        self.streams.clear()
+
+    # -- IPushProducer: the TLS transport's buffer -----------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for stream in self.streams.values():
+            stream._update_source()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        for stream in list(self.streams.values()):
+            stream._update_source()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    # -- frames in -----------------------------------------------------------
+
+    def _data_received(self, stream_id: int, chunk: bytes) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self._unknown_stream(stream_id, FrameType.DATA)
+            return
+        stream.data_received(chunk)
+
+    def _frame_received(self, frame_type: int, stream_id: int, payload: bytes) -> None:
+        if frame_type == FrameType.PING:
+            self.transport.write(encode_frame(FrameType.PONG, 0, payload))
+            return
+        if frame_type == FrameType.CONTROL:
+            if stream_id != 0:
+                raise ProtocolError("CONTROL frame on a data stream")
+            self.control_received(decode_json(payload))
+            return
+        if not self.authenticated:
+            raise ProtocolError(f"{FrameType(frame_type).name} frame before login")
+        if frame_type == FrameType.PONG:
+            self.pong_received(payload)
+            return
+        if frame_type == FrameType.OPEN:
+            self._open_received(stream_id, payload)
+            return
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self._unknown_stream(stream_id, frame_type)
+            return
+        if frame_type == FrameType.WINDOW:
+            (increment,) = WINDOW_INCREMENT.unpack(payload.rjust(4, b"\0"))
+            stream.window_received(increment)
+        elif frame_type == FrameType.FIN:
+            stream.fin_received_from_peer()
+        elif frame_type == FrameType.CLOSE:
+            stream.close_received(payload.decode("utf-8", "replace") or "closed by peer")
+
+    def _unknown_stream(self, stream_id: int, frame_type: int) -> None:
+        if not self.authenticated:
+            raise ProtocolError(f"{FrameType(frame_type).name} frame before login")
+        # Frames for a stream we already closed are expected and dropped; a
+        # stream that was never opened is a peer bug.
+        ours = (stream_id % 2 == 0) == self.is_server
+        if stream_id == 0 or (ours and stream_id >= self._next_stream_id) or (
+            not ours and stream_id > self._highest_peer_stream
+        ):
+            raise ProtocolError(f"{FrameType(frame_type).name} frame for stream {stream_id}, which was never opened")
+
+    def _open_received(self, stream_id: int, payload: bytes) -> None:
+        if self.is_server or stream_id % 2 or stream_id <= self._highest_peer_stream:
+            raise ProtocolError(f"invalid OPEN for stream {stream_id}")
+        self._highest_peer_stream = stream_id
+        header = decode_json(payload)
+        stream = Stream(self, stream_id, str(header.get("tunnel", "")), str(header.get("peer", "?")))
+        if len(self.streams) >= self.max_streams:
+            self.transport.write(encode_close(stream_id, "too many open streams"))
+            return
+        self.streams[stream_id] = stream
+        self.stream_opened(stream)
+
+    # -- frames out ----------------------------------------------------------
+
+    def send_control(self, message: Dict[str, Any]) -> None:
+        self.transport.write(encode_control(message))
+
+    def send_ping(self, payload: bytes) -> None:
+        self.transport.write(encode_frame(FrameType.PING, 0, payload))
+
+    def open_stream(self, tunnel: str, peer: str) -> Optional[Stream]:
+        """Open a stream towards the peer, or None if no more can be opened."""
+        stream_id = self._next_stream_id
+        if len(self.streams) >= self.max_streams or stream_id > _MAX_STREAM_ID or self.disconnecting:
+            return None
+        self._next_stream_id += 2
+        stream = Stream(self, stream_id, tunnel, peer)
+        self.streams[stream_id] = stream
+        self.transport.write(encode_json(FrameType.OPEN, stream_id, {"tunnel": tunnel, "peer": peer}))
+        return stream
+
+    def protocol_error(self, reason: str) -> None:
+        self.log.warn("dropping connection from {peer}: protocol error: {reason}", peer=self.peer_address, reason=reason)
+        self.close_with_error(f"protocol error: {reason}")
+
+    def close_with_error(self, reason: str) -> None:
+        if self.disconnecting:
+            return
+        self.disconnecting = True
+        try:
+            self.send_control({"type": "error", "reason": reason})
+        finally:
+            self.transport.loseConnection()
+
+    # -- hooks ---------------------------------------------------------------
+
+    def stream_closed(self, stream: Stream) -> None:
+        self.streams.pop(stream.id, None)
+
+    def control_received(self, message: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def stream_opened(self, stream: Stream) -> None:
+        raise NotImplementedError
+
+    def pong_received(self, payload: bytes) -> None:
+        pass

@@ -1,0 +1,1 @@
+"""The Gotaxy server: control connections, tunnels, ports (see core.py)."""

@@ -1,0 +1,253 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The server end of a client's control connection.
+
+Life of a connection::
+
+    accepted ──(over the pending limits?)──> closed at once
+       │
+       TLS handshake, preamble, {"type": "login"} within transport.authTimeout
+       │                      └──(bad token)──> {"type": "login_failed"}, closed
+       ▼
+    authenticated: {"type": "login_ok"}; heartbeat runs; the client sends
+    {"type": "tunnel_open"} per tunnel and gets "tunnel_up" or
+    "tunnel_refused" for each; public connections become streams.
+       │
+       heartbeat timeout / connection lost / replaced by a newer login
+       ▼
+    ServerCore.session_lost: listeners closed, client marked offline.
+
+``Admission`` bounds connections that have not logged in yet, in total and
+per peer address, so a flood of idle or garbage connections costs bounded
+memory and cannot crowd out honest clients' tunnels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from gotaxy import __version__
+from gotaxy.heartbeat import HeartbeatMonitor
+from gotaxy.logs import gotaxy_observer
+from gotaxy.mux import MuxProtocol
+from gotaxy.server.core import LoginRefused, ServerCore, TunnelRefused
+
+
+class Admission:
+    """Counts connections that have not authenticated yet."""
+
+    log = Logger(observer=gotaxy_observer)
+
+    def __init__(self, max_pending: int, max_per_ip: int) -> None:
+        self.max_pending = max_pending
+        self.max_per_ip = max_per_ip
+        self.pending = 0
+        self.per_ip: Dict[str, int] = {}
+        self.refused = 0
+
+    def admit(self, host: str) -> bool:
+        count = self.per_ip.get(host, 0)
+        if self.pending >= self.max_pending or count >= self.max_per_ip:
+            self.refused += 1
+            self.log.warn(
+                "refusing connection from {host}: {pending} connections are waiting to log in "
+                "({count} from this address; limits {total} and {per_ip})",
+                host=host,
+                pending=self.pending,
+                count=count,
+                total=self.max_pending,
+                per_ip=self.max_per_ip,
+            )
+            return False
+        self.pending += 1
+        self.per_ip[host] = count + 1
+        return True
+
+    def release(self, host: str) -> None:
+        self.pending -= 1
+        count = self.per_ip[host] - 1
+        if count:
+            self.per_ip[host] = count
+        else:
+            del self.per_ip[host]
+
+
+class ServerControlProtocol(MuxProtocol):
+    is_server = True
+    log = Logger(observer=gotaxy_observer)
+
+    def __init__(self, core: ServerCore, admission: Admission, reactor: Any) -> None:
+        super().__init__()
+        self.core = core
+        self.admission = admission
+        self.reactor = reactor
+        self.client_name: Optional[str] = None
+        self.client_version = "?"
+        self.token_checked = False
+        self.tunnels: Dict[str, Any] = {}
+        self.lost = False
+        self.dropped = False
+        self.replaced = False
+        self._host: Optional[str] = None
+        self._login_started = False
+        self._auth_timer: Any = None
+        self.heartbeat: Optional[HeartbeatMonitor] = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._host = self.transport.getPeer().host
+        config = self.core.config
+        self._auth_timer = self.reactor.callLater(config.auth_timeout, self._auth_timed_out)
+
+    def _auth_timed_out(self) -> None:
+        self._auth_timer = None
+        self.log.info(
+            "closing connection from {peer}: no login within {seconds:g} s",
+            peer=self.peer_address,
+            seconds=self.core.config.auth_timeout,
+        )
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    def _leave_pending(self) -> None:
+        if self._host is not None:
+            self.admission.release(self._host)
+            self._host = None
+        if self._auth_timer is not None and self._auth_timer.active():
+            self._auth_timer.cancel()
+        self._auth_timer = None
+
+    # -- control messages ----------------------------------------------------
+
+    def control_received(self, message: Dict[str, Any]) -> None:
+        kind = message.get("type")
+        if not self.authenticated:
+            if kind != "login" or self._login_started:
+                self.protocol_error(f"expected one login message, got {kind!r}")
+                return
+            self._login_started = True
+            Deferred.fromCoroutine(self._login(message)).addErrback(self._bug, "login")
+            return
+        if kind == "tunnel_open":
+            Deferred.fromCoroutine(self._tunnel_open(message)).addErrback(self._bug, "tunnel_open")
+        elif kind == "tunnel_close":
+            name = message.get("name")
+            if isinstance(name, str):
+                Deferred.fromCoroutine(self.core.client_closes_tunnel(self, name)).addErrback(self._bug, "tunnel_close")
+        elif kind == "error":
+            self.log.info("client {client} reports: {reason}", client=self.client_name, reason=str(message.get("reason"))[:200])
+        else:
+            self.protocol_error(f"unknown control message {kind!r}")
+
+    async def _login(self, message: Dict[str, Any]) -> None:
+        try:
+            name = await self.core.login(self, message)
+        except LoginRefused as e:
+            if not self.lost:
+                self.send_control({"type": "login_failed", "reason": str(e)})
+                self.disconnecting = True
+                self.transport.loseConnection()
+            return
+        self._leave_pending()
+        self.authenticated = True
+        config = self.core.config
+        self.send_control(
+            {
+                "type": "login_ok",
+                "client": name,
+                "serverVersion": __version__,
+                "heartbeatInterval": config.heartbeat_interval,
+                "heartbeatTimeout": config.heartbeat_timeout,
+            }
+        )
+        self.heartbeat = HeartbeatMonitor(
+            self.reactor,
+            config.heartbeat_interval,
+            config.heartbeat_timeout,
+            frames_seen=lambda: self.decoder.frames,
+            send_ping=self.send_ping,
+            on_timeout=self._heartbeat_timed_out,
+        )
+        self.heartbeat.start()
+
+    async def _tunnel_open(self, message: Dict[str, Any]) -> None:
+        name = message.get("name")
+        try:
+            tunnel = await self.core.open_tunnel(self, message)
+        except TunnelRefused as e:
+            if not self.lost:
+                self.send_control({"type": "tunnel_refused", "name": name, "reason": str(e)})
+            return
+        if not self.lost:
+            self.send_control({"type": "tunnel_up", "name": tunnel.name, "remotePort": tunnel.remote_port})
+
+    def _heartbeat_timed_out(self, silent: float) -> None:
+        self.log.warn(
+            "client {client} ({peer}) silent for {seconds:.0f} s; closing its tunnels",
+            client=self.client_name,
+            peer=self.peer_address,
+            seconds=silent,
+        )
+        self.core.session_lost(self, f"heartbeat timeout: nothing heard for {silent:.0f} s").addErrback(
+            self._bug, "heartbeat timeout"
+        )
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    def pong_received(self, payload: bytes) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.pong_received(payload)
+
+    def _bug(self, failure: Failure, what: str) -> None:
+        self.log.failure("bug while handling {what} from {peer}", failure, what=what, peer=self.peer_address)
+        self.close_with_error("internal server error")
+
+    # -- end -----------------------------------------------------------------
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost = True
+        self._leave_pending()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        super().connectionLost(reason)
+        text = reason.getErrorMessage() if reason is not None else "connection closed"
+        if self.client_name is None:
+            if not self.authenticated and not self._login_started:
+                self.log.info("connection from {peer} closed before login: {reason}", peer=self.peer_address, reason=text)
+            return
+        if not self.dropped:
+            self.core.session_lost(self, f"connection lost: {text}").addErrback(self._log_failure)
+
+    def _log_failure(self, failure: Failure) -> None:
+        self.log.failure("bug while closing the session of {client}", failure, client=self.client_name)
+
+
+class ServerControlFactory(Factory):
+    noisy = False
+
+    def __init__(self, core: ServerCore, admission: Admission, reactor: Any) -> None:
+        self.core = core
+        self.admission = admission
+        self.reactor = reactor
+
+    def buildProtocol(self, addr: Any) -> ServerControlProtocol:
+        return ServerControlProtocol(self.core, self.admission, self.reactor)
+
+
+class AdmittingTLSFactory(TLSMemoryBIOFactory):
+    """TLS on the control port, refusing connections over the pending limits."""
+
+    def __init__(self, context: Any, wrapped: ServerControlFactory) -> None:
+        super().__init__(context, False, wrapped)
+        self.admission = wrapped.admission
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self.admission.admit(getattr(addr, "host", "?")):
+            return None
+        return super().buildProtocol(addr)

@@ -1,0 +1,331 @@
+# -*- test-case-name: tests.test_server -*-
+"""
+The live state of a Gotaxy server and the rules that change it.
+
+``ServerCore`` holds who is connected (``sessions``: client name -> control
+connection) and which tunnels are up (``tunnels``: (client, tunnel name) ->
+``LiveTunnel``), and is the only place that changes them:
+
+* ``login`` checks a token and registers the session.  A client that logs in
+  again while its old session is still registered (a reconnect the server
+  has not noticed yet) replaces it: the old connection is closed and its
+  tunnels are torn down *before* the new session opens any, so ports come
+  free and are taken again without "address already in use".
+* ``open_tunnel`` applies the port rules (see ``gotaxy.ports``) and binds the
+  public port.
+* ``session_lost`` closes the client's listeners and marks it offline.
+
+Every decision is also written to the store's events table.  The store is
+reached only through ``ThreadedStore``, so this module never blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from gotaxy import __version__
+from gotaxy.config import ServerConfig, format_allow_ports
+from gotaxy.credentials import tokens_equal
+from gotaxy.logs import gotaxy_observer
+from gotaxy.ports import PortAllocator
+from gotaxy.server.tunnel import LiveTunnel, PublicFactory
+from gotaxy.store import (
+    CLIENT_REPLACED,
+    LOGIN_FAILED,
+    TUNNEL_CLOSED,
+    TUNNEL_REFUSED,
+    ThreadedStore,
+)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+#: Tunnels one client may ask for, whatever maxPortsPerClient says.
+MAX_TUNNELS_PER_CLIENT = 256
+
+
+class LoginRefused(Exception):
+    """The client may not log in; the message is sent to it."""
+
+
+class TunnelRefused(Exception):
+    """This tunnel cannot open; the message is sent to the client."""
+
+
+def _text(message: Dict[str, Any], key: str, limit: int, default: str = "") -> str:
+    value = message.get(key, default)
+    if not isinstance(value, str) or len(value) > limit:
+        raise ValueError(f"{key!r} must be a string of at most {limit} characters")
+    return value
+
+
+class ServerCore:
+    log = Logger(observer=gotaxy_observer)
+
+    def __init__(self, config: ServerConfig, store: ThreadedStore, reactor: Any) -> None:
+        self.config = config
+        self.store = store
+        self._db = store.store
+        self.reactor = reactor
+        self.ports = PortAllocator(config.allow_ports)
+        self.sessions: Dict[str, Any] = {}
+        self.tunnels: Dict[Tuple[str, str], LiveTunnel] = {}
+        # Listeners being closed, so a reopen of the same tunnel waits.
+        self._closing: Dict[Tuple[str, str], Deferred] = {}
+        self.started_at = reactor.seconds()
+
+    # -- login ---------------------------------------------------------------
+
+    async def login(self, session: Any, message: Dict[str, Any]) -> str:
+        """Authenticate ``session``; return the client's name or raise LoginRefused."""
+        address = session.peer_address
+        try:
+            token = _text(message, "token", 256)
+            user = _text(message, "user", 64)
+            hostname = _text(message, "hostname", 255)
+            session.client_version = _text(message, "version", 32, "?")
+        except ValueError as e:
+            raise LoginRefused(f"malformed login: {e}") from None
+
+        name: Optional[str] = None
+        via_store = False
+        if self.config.token and tokens_equal(token, self.config.token):
+            name = user or hostname.split(".")[0]
+            if not NAME_RE.match(name):
+                raise LoginRefused(
+                    "logging in with the shared auth.token needs a client name: set 'user' "
+                    "(letters, digits, '.', '_', '-') in the client's config"
+                )
+        else:
+            record = await self.store.call(self._db.authenticate_token, token)
+            if record is not None:
+                name = record.name
+                via_store = True
+        if name is None:
+            self.log.warn("login failed from {address}: invalid, expired or revoked token", address=address)
+            await self.store.call(self._db.record_event, LOGIN_FAILED, address=address, detail="invalid token")
+            raise LoginRefused("invalid, expired or revoked token")
+        if session.lost:
+            raise LoginRefused("connection lost during login")
+
+        old = self.sessions.get(name)
+        if old is not None and old is not session:
+            self.log.info(
+                "client {client} reconnected from {address}; closing its previous connection from {old}",
+                client=name,
+                address=address,
+                old=old.peer_address,
+            )
+            old.replaced = True
+            old.close_with_error(f"replaced by a new connection from {address}")
+            await self._drop_session(old, f"replaced by a new connection from {address}", CLIENT_REPLACED)
+        if session.lost:
+            raise LoginRefused("connection lost during login")
+        session.client_name = name
+        session.token_checked = via_store
+        self.sessions[name] = session
+        await self.store.call(self._db.client_connected, name, address, session.client_version)
+        self.log.info(
+            "client {client} connected from {address} (version {version})",
+            client=name,
+            address=address,
+            version=session.client_version,
+        )
+        return name
+
+    # -- tunnels -------------------------------------------------------------
+
+    async def open_tunnel(self, session: Any, message: Dict[str, Any]) -> LiveTunnel:
+        """Open the tunnel ``message`` asks for, or raise TunnelRefused."""
+        client = session.client_name
+        name = message.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise TunnelRefused("a tunnel name must be 1-64 letters, digits, '.', '_' or '-'")
+        try:
+            reason = await self._open_tunnel(session, client, name, message)
+        except TunnelRefused as refused:
+            self.log.warn("tunnel {client}/{tunnel} refused: {reason}", client=client, tunnel=name, reason=refused)
+            await self.store.call(self._db.tunnel_down, client, name, "refused", str(refused), TUNNEL_REFUSED)
+            raise
+        return reason
+
+    async def _open_tunnel(self, session: Any, client: str, name: str, message: Dict[str, Any]) -> LiveTunnel:
+        kind = message.get("tunnelType", "tcp")
+        if kind != "tcp":
+            raise TunnelRefused(f"tunnel type {kind!r} is not supported by this server (only 'tcp')")
+        local_addr = message.get("localAddr", "")
+        requested = message.get("remotePort", 0)
+        if not isinstance(local_addr, str) or len(local_addr) > 128:
+            raise TunnelRefused("localAddr must be a string of at most 128 characters")
+        if not isinstance(requested, int) or isinstance(requested, bool) or not 0 <= requested <= 65535:
+            raise TunnelRefused("remotePort must be an integer from 0 to 65535")
+        key = (client, name)
+        if key in self.tunnels:
+            raise TunnelRefused(f"tunnel {name!r} is already open")
+        mine = [t for t in self.tunnels.values() if t.client == client]
+        if len(mine) >= MAX_TUNNELS_PER_CLIENT:
+            raise TunnelRefused(f"a client may have at most {MAX_TUNNELS_PER_CLIENT} tunnels")
+        limit = self.config.max_ports_per_client
+        if limit and len(mine) >= limit:
+            raise TunnelRefused(f"client {client!r} already has {len(mine)} ports open; maxPortsPerClient is {limit}")
+
+        closing = self._closing.get(key)
+        if closing is not None:
+            await closing
+        reserved = await self.store.call(self._db.reserved_port, client, name)
+        if session.lost:
+            raise TunnelRefused("client disconnected")
+
+        tunnel = LiveTunnel(
+            client=client, name=name, type="tcp", local_addr=local_addr, remote_port=0, session=session
+        )
+        live_ports = {t.remote_port for t in self.tunnels.values()}
+        if requested:
+            await self._check_port_free(requested, key, live_ports)
+            tunnel.listening_port = self._listen(tunnel, requested)
+        elif reserved is not None:
+            await self._check_port_free(reserved, key, live_ports)
+            tunnel.listening_port = self._listen(tunnel, reserved)
+        else:
+            tunnel.listening_port = await self._listen_anywhere(tunnel, live_ports)
+        tunnel.remote_port = tunnel.listening_port.getHost().port
+        # The session may have gone while we were binding.
+        if session.lost or key in self.tunnels:
+            tunnel.listening_port.stopListening()
+            raise TunnelRefused("client disconnected")
+        self.tunnels[key] = tunnel
+        session.tunnels[name] = tunnel
+        await self.store.call(self._db.tunnel_up, client, name, "tcp", local_addr, tunnel.remote_port)
+        self.log.info(
+            "tunnel {client}/{tunnel} up on port {port} -> {local}",
+            client=client,
+            tunnel=name,
+            port=tunnel.remote_port,
+            local=local_addr,
+        )
+        return tunnel
+
+    async def _check_port_free(self, port: int, key: Tuple[str, str], live_ports: set) -> None:
+        if not self.ports.allowed(port):
+            raise TunnelRefused(
+                f"port {port} is not allowed on this server (allowPorts: {format_allow_ports(self.ports.ranges)})"
+            )
+        owner = await self.store.call(self._db.port_owner, port)
+        if owner is not None and tuple(owner) != key:
+            raise TunnelRefused(f"port {port} is reserved by tunnel {owner[1]!r} of client {owner[0]!r}")
+        if port in live_ports:
+            raise TunnelRefused(f"port {port} is used by another tunnel")
+
+    def _listen(self, tunnel: LiveTunnel, port: int) -> Any:
+        try:
+            return self.reactor.listenTCP(
+                port, PublicFactory(tunnel), interface=self.config.effective_proxy_bind_addr()
+            )
+        except CannotListenError as e:
+            raise TunnelRefused(f"port {port} cannot be opened on the server: {e.socketError}") from None
+
+    async def _listen_anywhere(self, tunnel: LiveTunnel, live_ports: set) -> Any:
+        if self.ports.unrestricted:
+            return self._listen(tunnel, 0)
+        reserved = await self.store.call(self._db.reserved_ports)
+        for port in self.ports.candidates(reserved | live_ports):
+            try:
+                return self._listen(tunnel, port)
+            except TunnelRefused:
+                continue
+        raise TunnelRefused(
+            f"no free port left in allowPorts ({format_allow_ports(self.ports.ranges)}); "
+            "ask the operator to widen it"
+        )
+
+    def close_tunnel(self, tunnel: LiveTunnel, reason: str) -> Deferred:
+        """Stop a tunnel's listener; its open connections end on their own."""
+        key = tunnel.key
+        if self.tunnels.get(key) is tunnel:
+            del self.tunnels[key]
+        tunnel.session.tunnels.pop(tunnel.name, None)
+        done = Deferred()
+        self._closing[key] = done
+
+        def stopped(_: Any) -> None:
+            if self._closing.get(key) is done:
+                del self._closing[key]
+            done.callback(None)
+
+        stopping = tunnel.listening_port.stopListening() if tunnel.listening_port else None
+        (stopping if stopping is not None else succeed(None)).addBoth(stopped)
+        self.log.info("tunnel {client}/{tunnel} closed: {reason}", client=tunnel.client, tunnel=tunnel.name, reason=reason)
+        return done
+
+    async def client_closes_tunnel(self, session: Any, name: str) -> None:
+        tunnel = session.tunnels.get(name)
+        if tunnel is None:
+            return
+        await self.close_tunnel(tunnel, "closed by the client")
+        await self.store.call(
+            self._db.tunnel_down, tunnel.client, tunnel.name, "down", "closed by the client", TUNNEL_CLOSED
+        )
+
+    # -- sessions ------------------------------------------------------------
+
+    async def _drop_session(self, session: Any, reason: str, event: Optional[str] = None) -> None:
+        name = session.client_name
+        if name is None or session.dropped:
+            return
+        session.dropped = True
+        if self.sessions.get(name) is session:
+            del self.sessions[name]
+        closing = [self.close_tunnel(t, reason) for t in list(session.tunnels.values())]
+        await DeferredList(closing)
+        await self.store.call(self._db.client_disconnected, name, session.peer_address, reason)
+        if event is not None:
+            await self.store.call(self._db.record_event, event, client=name, address=session.peer_address)
+        self.log.info("client {client} offline: {reason}", client=name, reason=reason)
+
+    def session_lost(self, session: Any, reason: str) -> Deferred:
+        return Deferred.fromCoroutine(self._drop_session(session, reason))
+
+    async def kick_inactive_tokens(self) -> None:
+        """Cut off clients whose token was revoked or expired since they logged in."""
+        names = [n for n, s in self.sessions.items() if s.token_checked]
+        if not names:
+            return
+        gone = await self.store.call(self._db.inactive_tokens, names)
+        for name in gone:
+            session = self.sessions.get(name)
+            if session is not None:
+                self.log.info("client {client}: token revoked or expired; disconnecting", client=name)
+                session.close_with_error("your token was revoked or has expired")
+                await self._drop_session(session, "token revoked or expired")
+
+    async def shutdown(self) -> None:
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.close_with_error("server shutting down")
+        await DeferredList([self.session_lost(s, "server shutting down") for s in sessions])
+
+    # -- read-only views for the panel, console and tests ------------------------
+
+    def describe(self) -> Dict[str, Any]:
+        return {
+            "version": __version__,
+            "uptime": self.reactor.seconds() - self.started_at,
+            "clients": sorted(self.sessions),
+            "tunnels": [
+                {
+                    "client": t.client,
+                    "name": t.name,
+                    "port": t.remote_port,
+                    "connections": t.connections,
+                    "opened": t.opened,
+                }
+                for t in self.tunnels.values()
+            ],
+        }
+
+    def tunnels_of(self, client: str) -> List[LiveTunnel]:
+        return [t for t in self.tunnels.values() if t.client == client]

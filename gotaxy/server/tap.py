@@ -1,0 +1,243 @@
+# -*- test-case-name: tests.test_server_tap -*-
+"""
+``twistd gotaxy-server``: options and service assembly.
+
+``makeService`` runs before the reactor starts, so first-start set-up (data
+directory, TLS certificates, store schema, the initial token and admin
+account) is done there synchronously; everything after that runs in the
+services it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any, Dict, List, Optional
+
+import attrs
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+
+from gotaxy import __version__
+from gotaxy.config import (
+    ConfigError,
+    ServerConfig,
+    load_toml,
+    parse_allow_ports,
+    parse_server_config,
+)
+from gotaxy.credentials import new_password
+from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
+from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
+from gotaxy.server.core import ServerCore
+from gotaxy.store import SERVER_STARTED, Store, ThreadedStore, default_url
+from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
+
+log = Logger(observer=gotaxy_observer, namespace="gotaxy.server")
+
+ADMIN_USER = "admin"
+INITIAL_TOKEN_NAME = "default"
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+_positive_int.coerceDoc = "An integer."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a Gotaxy tunnel server. With no options it keeps its data in ./gotaxy-data "
+        "and accepts clients on port 7000. Options override the config file "
+        "(--config, or DATA_DIR/server.toml when present), which uses frp's frps.toml key names."
+    )
+    optParameters: List[List[Any]] = [
+        ["config", "c", None, "TOML config file (frps.toml key names)."],
+        ["data-dir", "d", None, "Data directory (store, TLS, logs). [default: gotaxy-data]"],
+        ["bind-addr", None, None, "Address of the control port. [default: 0.0.0.0]"],
+        ["bind-port", "p", None, "Control port. [default: 7000]", int],
+        ["token", None, None, "Shared frp-style auth.token, accepted besides per-client tokens."],
+        ["allow-ports", None, None, "Public ports clients may use, e.g. 10000-20000,6000."],
+        ["store", None, None, "SQLAlchemy URL of the store. [default: sqlite in the data dir]"],
+        ["max-ports-per-client", None, None, "Most ports one client may hold (0: no limit).", _positive_int],
+        ["heartbeat-interval", None, None, "Seconds between heartbeats.", float],
+        ["heartbeat-timeout", None, None, "Seconds of silence before a client is dropped.", float],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self.loaded_config, self.warnings = build_config(self)
+        except ConfigError as e:
+            raise usage.UsageError(str(e))
+
+
+def build_config(options: Dict[str, Any]) -> "tuple[ServerConfig, List[str]]":
+    base = ServerConfig()
+    data_dir = options.get("data-dir") or base.data_dir
+    path = options.get("config")
+    if path is None and os.path.exists(os.path.join(data_dir, "server.toml")):
+        path = os.path.join(data_dir, "server.toml")
+    warnings: List[str] = []
+    config = base
+    if path is not None:
+        loaded = parse_server_config(load_toml(path), source=path, base=base)
+        config, warnings = loaded.config, list(loaded.warnings)  # type: ignore[assignment]
+    overrides: Dict[str, Any] = {}
+    for flag, field in [
+        ("data-dir", "data_dir"),
+        ("bind-addr", "bind_addr"),
+        ("bind-port", "bind_port"),
+        ("token", "token"),
+        ("store", "store"),
+        ("max-ports-per-client", "max_ports_per_client"),
+        ("heartbeat-interval", "heartbeat_interval"),
+        ("heartbeat-timeout", "heartbeat_timeout"),
+    ]:
+        if options.get(flag) is not None:
+            overrides[field] = options[flag]
+    if options.get("allow-ports") is not None:
+        overrides["allow_ports"] = parse_allow_ports(options["allow-ports"])
+    try:
+        config = attrs.evolve(config, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid command-line option: {e}") from None
+    if not 0 < config.heartbeat_interval < config.heartbeat_timeout:
+        raise ConfigError(
+            "--heartbeat-interval must be positive and shorter than --heartbeat-timeout "
+            f"(got {config.heartbeat_interval:g} and {config.heartbeat_timeout:g})"
+        )
+    return config, warnings
+
+
+@attrs.frozen
+class FirstStart:
+    """Secrets created on first start, shown once and never again."""
+
+    token: Optional[str]
+    admin_password: Optional[str]
+
+
+def bootstrap(config: ServerConfig, store: Store, env: Dict[str, str]) -> FirstStart:
+    """Create the initial token and admin account if the store has none."""
+    token = None
+    if not store.list_tokens():
+        _, token = store.create_token(INITIAL_TOKEN_NAME)
+    chosen = env.get("GOTAXY_ADMIN_PASSWORD") or None
+    password = chosen or new_password()
+    created = store.ensure_admin(ADMIN_USER, password)
+    return FirstStart(token=token, admin_password=password if created and chosen is None else None)
+
+
+def first_start_banner(config: ServerConfig, first: FirstStart, credentials: ServerCredentials) -> str:
+    host = config.bind_addr if config.bind_addr not in ("0.0.0.0", "::", "") else socket.getfqdn()
+    lines = ["", "=" * 72, "Gotaxy server: first start. These secrets are shown only now; keep them.", ""]
+    if first.token:
+        lines.append(f"  client token ({INITIAL_TOKEN_NAME!r}):  {first.token}")
+    if first.admin_password:
+        lines.append(f"  admin password (user {ADMIN_USER!r}):  {first.admin_password}")
+    lines.append(f"  server certificate:  {credentials.fingerprint}")
+    if first.token:
+        lines += [
+            "",
+            "On the machine whose services you want to expose, run (replace HOST with",
+            "this server's public name or address if it differs):",
+            "",
+            f"  twistd -n gotaxy-client --server {host}:{config.bind_port} \\",
+            f"      --token {first.token} \\",
+            f"      --fingerprint {credentials.fingerprint} \\",
+            "      --tunnel ssh=tcp:127.0.0.1:22",
+        ]
+    lines += ["=" * 72, ""]
+    return "\n".join(lines)
+
+
+class CoreService(Service):
+    """Starts and stops what the core needs around the reactor's lifetime."""
+
+    def __init__(self, core: ServerCore, store: ThreadedStore, credentials: ServerCredentials) -> None:
+        self.core = core
+        self.store = store
+        self.credentials = credentials
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.start()
+        config = self.core.config
+        self.store.call(self.store.store.record_event, SERVER_STARTED, detail=f"version {__version__}")
+        log.info(
+            "Gotaxy server {version} listening for clients on {addr}:{port} (TLS, certificate {fp})",
+            version=__version__,
+            addr=config.bind_addr,
+            port=config.bind_port,
+            fp=self.credentials.fingerprint,
+        )
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        d = Deferred.fromCoroutine(self.core.shutdown())
+        d.addBoth(lambda _: self.store.stop())
+        return d
+
+
+def _control_endpoint(reactor: Any, config: ServerConfig) -> Any:
+    if ":" in config.bind_addr:
+        return TCP6ServerEndpoint(reactor, config.bind_port, interface=config.bind_addr)
+    return TCP4ServerEndpoint(reactor, config.bind_port, interface=config.bind_addr)
+
+
+def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, str]] = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    config: ServerConfig = options.loaded_config
+    set_level(config.log_level)
+    for warning in options.warnings:
+        log.warn("{warning}", warning=warning)
+
+    data_dir = os.path.abspath(config.data_dir)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    try:
+        credentials = load_or_create_server_credentials(
+            os.path.join(data_dir, "tls"), config.tls_cert_file, config.tls_key_file
+        )
+    except ValueError as e:
+        raise usage.UsageError(str(e))
+    sync_store = Store(config.store or default_url(data_dir), clock=reactor.seconds)
+    first = bootstrap(config, sync_store, dict(os.environ) if env is None else env)
+    if first.token or first.admin_password:
+        # Printed, not logged: secrets must never reach the log files.
+        print(first_start_banner(config, first, credentials), file=sys.__stdout__, flush=True)
+    sync_store.mark_all_offline("server restarted")
+
+    store = ThreadedStore(sync_store, reactor)
+    core = ServerCore(config, store, reactor)
+    admission = Admission(config.max_pending, config.max_pending_per_ip)
+
+    top = MultiService()
+    ErrorLogService(os.path.join(data_dir, "logs"), config.log_max_days).setServiceParent(top)
+    CoreService(core, store, credentials).setServiceParent(top)
+    control = StreamServerEndpointService(
+        _control_endpoint(reactor, config),
+        AdmittingTLSFactory(credentials.server_context(), ServerControlFactory(core, admission, reactor)),
+    )
+    control._raiseSynchronously = True
+    control.setServiceParent(top)
+    revocations = TimerService(
+        min(config.heartbeat_interval, 10.0),
+        lambda: Deferred.fromCoroutine(core.kick_inactive_tokens()).addErrback(
+            lambda f: log.failure("checking revoked tokens failed", f)
+        ),
+    )
+    revocations.clock = reactor
+    revocations.setServiceParent(top)
+    top.core = core  # type: ignore[attr-defined]
+    return top

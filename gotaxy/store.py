@@ -1,0 +1,405 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The persistent store: tokens, clients, tunnels with their ports, events,
+operator accounts.
+
+``Store`` is plain synchronous code on ``dataset`` (SQLite by default, any
+SQLAlchemy URL otherwise).  It is used directly only where no reactor runs
+(the ``gotaxy`` command, first-start set-up).  The server talks to it through
+``ThreadedStore``, which runs every call on one dedicated thread, so no
+database work ever happens on the reactor thread and calls are serialised
+(SQLite allows one writer at a time anyway).
+
+Times are UNIX seconds as floats, taken from the ``clock`` the store is
+given, so tests can steer expiry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, TypeVar
+
+import attrs
+import dataset
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from gotaxy.credentials import hash_password, new_token, token_hash, tokens_equal, verify_password
+
+T = TypeVar("T")
+
+#: Event types written to the ``events`` table.
+CLIENT_CONNECTED = "client.connected"
+CLIENT_DISCONNECTED = "client.disconnected"
+CLIENT_REPLACED = "client.replaced"
+LOGIN_FAILED = "login.failed"
+TUNNEL_OPENED = "tunnel.opened"
+TUNNEL_CLOSED = "tunnel.closed"
+TUNNEL_REFUSED = "tunnel.refused"
+TOKEN_CREATED = "token.created"
+TOKEN_REVOKED = "token.revoked"
+SERVER_STARTED = "server.started"
+
+
+class StoreError(Exception):
+    """A request the store refuses; the message is for the user."""
+
+
+@attrs.frozen
+class TokenRecord:
+    name: str
+    created_at: float
+    expires_at: Optional[float] = None
+    revoked_at: Optional[float] = None
+    last_used_at: Optional[float] = None
+
+    def active(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+@attrs.frozen
+class ClientRecord:
+    name: str
+    online: bool
+    address: Optional[str] = None
+    version: Optional[str] = None
+    connected_at: Optional[float] = None
+    last_seen_at: Optional[float] = None
+
+
+@attrs.frozen
+class TunnelRecord:
+    client: str
+    name: str
+    type: str
+    local_addr: str
+    remote_port: int
+    status: str
+    reason: Optional[str] = None
+    updated_at: Optional[float] = None
+
+
+@attrs.frozen
+class EventRecord:
+    id: int
+    at: float
+    type: str
+    client: Optional[str] = None
+    tunnel: Optional[str] = None
+    address: Optional[str] = None
+    detail: Optional[str] = None
+
+
+def default_url(data_dir: str) -> str:
+    import os
+
+    return "sqlite:///" + os.path.abspath(os.path.join(data_dir, "gotaxy.db"))
+
+
+class Store:
+    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+        self.url = url
+        self._clock = clock
+        kwargs: Dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.db = dataset.connect(url, engine_kwargs=kwargs, sqlite_wal_mode=True)
+        self._create_schema()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _create_schema(self) -> None:
+        types = self.db.types
+        columns = {
+            "tokens": [
+                ("name", types.string(64)),
+                ("token_hash", types.string(64)),
+                ("created_at", types.float),
+                ("expires_at", types.float),
+                ("revoked_at", types.float),
+                ("last_used_at", types.float),
+            ],
+            "clients": [
+                ("name", types.string(64)),
+                ("online", types.boolean),
+                ("address", types.string(128)),
+                ("version", types.string(32)),
+                ("connected_at", types.float),
+                ("last_seen_at", types.float),
+            ],
+            "tunnels": [
+                ("client", types.string(64)),
+                ("name", types.string(64)),
+                ("type", types.string(16)),
+                ("local_addr", types.string(128)),
+                ("remote_port", types.integer),
+                ("status", types.string(16)),
+                ("reason", types.text),
+                ("updated_at", types.float),
+            ],
+            "events": [
+                ("at", types.float),
+                ("type", types.string(32)),
+                ("client", types.string(64)),
+                ("tunnel", types.string(64)),
+                ("address", types.string(128)),
+                ("detail", types.text),
+            ],
+            "admins": [
+                ("username", types.string(64)),
+                ("password_hash", types.text),
+                ("created_at", types.float),
+            ],
+        }
+        indexes = {
+            "tokens": [["token_hash"], ["name"]],
+            "clients": [["name"]],
+            "tunnels": [["client", "name"], ["remote_port"]],
+            "events": [["at"], ["type"], ["client"]],
+            "admins": [["username"]],
+        }
+        with self.db as tx:
+            for table_name, cols in columns.items():
+                table = tx.create_table(table_name, primary_id="id")
+                for name, type_ in cols:
+                    table.create_column(name, type_)
+                for index in indexes.get(table_name, []):
+                    table.create_index(index)
+
+    # -- tokens --------------------------------------------------------------
+
+    def create_token(self, name: str, expires_at: Optional[float] = None) -> Tuple[TokenRecord, str]:
+        """Create a token; return its record and the only copy of its text."""
+        if not name or len(name) > 64:
+            raise StoreError("a token name must be 1 to 64 characters")
+        now = self._clock()
+        tokens = self.db["tokens"]
+        for row in tokens.find(name=name):
+            if row["revoked_at"] is None:
+                raise StoreError(f"a token named {name!r} already exists; revoke it first or choose another name")
+        token = new_token()
+        tokens.insert(dict(name=name, token_hash=token_hash(token), created_at=now, expires_at=expires_at))
+        self.record_event(TOKEN_CREATED, client=name)
+        return TokenRecord(name=name, created_at=now, expires_at=expires_at), token
+
+    def revoke_token(self, name: str) -> bool:
+        now = self._clock()
+        revoked = False
+        with self.db as tx:
+            for row in tx["tokens"].find(name=name, revoked_at=None):
+                tx["tokens"].update(dict(id=row["id"], revoked_at=now), ["id"])
+                revoked = True
+        if revoked:
+            self.record_event(TOKEN_REVOKED, client=name)
+        return revoked
+
+    def list_tokens(self) -> List[TokenRecord]:
+        return [_token(row) for row in self.db["tokens"].find(order_by="id")]
+
+    def authenticate_token(self, token: str) -> Optional[TokenRecord]:
+        """The active token record matching ``token``, or None."""
+        digest = token_hash(token)
+        now = self._clock()
+        for row in self.db["tokens"].find(token_hash=digest):
+            record = _token(row)
+            if tokens_equal(row["token_hash"], digest) and record.active(now):
+                self.db["tokens"].update(dict(id=row["id"], last_used_at=now), ["id"])
+                return record
+        return None
+
+    def inactive_tokens(self, names: Iterable[str]) -> Set[str]:
+        """Those of ``names`` that no longer have an active token."""
+        now = self._clock()
+        wanted = set(names)
+        active = {
+            row["name"]
+            for row in self.db["tokens"].find(name={"in": list(wanted)})
+            if _token(row).active(now)
+        }
+        return wanted - active
+
+    # -- clients -------------------------------------------------------------
+
+    def client_connected(self, name: str, address: str, version: str) -> None:
+        now = self._clock()
+        self.db["clients"].upsert(
+            dict(name=name, online=True, address=address, version=version, connected_at=now, last_seen_at=now),
+            ["name"],
+        )
+        self.record_event(CLIENT_CONNECTED, client=name, address=address, detail=f"version {version}")
+
+    def client_disconnected(self, name: str, address: str, reason: str) -> None:
+        now = self._clock()
+        self.db["clients"].upsert(dict(name=name, online=False, last_seen_at=now), ["name"])
+        self.db["tunnels"].update(dict(client=name, status="down", reason=reason, updated_at=now), ["client"])
+        self.record_event(CLIENT_DISCONNECTED, client=name, address=address, detail=reason)
+
+    def mark_all_offline(self, reason: str) -> None:
+        """At start-up: nothing can be online before we accept anyone."""
+        now = self._clock()
+        with self.db as tx:
+            tx.query("UPDATE clients SET online = :f WHERE online = :t", f=False, t=True)
+            tx.query(
+                "UPDATE tunnels SET status = 'down', reason = :r, updated_at = :n WHERE status = 'up'",
+                r=reason,
+                n=now,
+            )
+
+    def list_clients(self) -> List[ClientRecord]:
+        return [
+            ClientRecord(
+                name=row["name"],
+                online=bool(row["online"]),
+                address=row["address"],
+                version=row["version"],
+                connected_at=row["connected_at"],
+                last_seen_at=row["last_seen_at"],
+            )
+            for row in self.db["clients"].find(order_by="name")
+        ]
+
+    # -- tunnels and their ports ---------------------------------------------
+
+    def reserved_port(self, client: str, name: str) -> Optional[int]:
+        row = self.db["tunnels"].find_one(client=client, name=name)
+        return row["remote_port"] if row and row["remote_port"] else None
+
+    def port_owner(self, port: int) -> Optional[Tuple[str, str]]:
+        row = self.db["tunnels"].find_one(remote_port=port)
+        return (row["client"], row["name"]) if row else None
+
+    def reserved_ports(self) -> Set[int]:
+        return {row["remote_port"] for row in self.db["tunnels"].find() if row["remote_port"]}
+
+    def tunnel_up(self, client: str, name: str, type_: str, local_addr: str, port: int) -> None:
+        """Record the tunnel as up on ``port``; the port stays reserved for it."""
+        now = self._clock()
+        self.db["tunnels"].upsert(
+            dict(
+                client=client,
+                name=name,
+                type=type_,
+                local_addr=local_addr,
+                remote_port=port,
+                status="up",
+                reason=None,
+                updated_at=now,
+            ),
+            ["client", "name"],
+        )
+        self.record_event(TUNNEL_OPENED, client=client, tunnel=name, detail=f"port {port} -> {local_addr}")
+
+    def tunnel_down(self, client: str, name: str, status: str, reason: str, event: str) -> None:
+        now = self._clock()
+        if self.db["tunnels"].find_one(client=client, name=name):
+            self.db["tunnels"].update(
+                dict(client=client, name=name, status=status, reason=reason, updated_at=now), ["client", "name"]
+            )
+        self.record_event(event, client=client, tunnel=name, detail=reason)
+
+    def list_tunnels(self) -> List[TunnelRecord]:
+        return [
+            TunnelRecord(
+                client=row["client"],
+                name=row["name"],
+                type=row["type"] or "tcp",
+                local_addr=row["local_addr"] or "",
+                remote_port=row["remote_port"] or 0,
+                status=row["status"] or "down",
+                reason=row["reason"],
+                updated_at=row["updated_at"],
+            )
+            for row in self.db["tunnels"].find(order_by=["client", "name"])
+        ]
+
+    # -- events --------------------------------------------------------------
+
+    def record_event(
+        self,
+        type_: str,
+        client: Optional[str] = None,
+        tunnel: Optional[str] = None,
+        address: Optional[str] = None,
+        detail: Optional[str] = None,
+    ) -> None:
+        self.db["events"].insert(
+            dict(at=self._clock(), type=type_, client=client, tunnel=tunnel, address=address, detail=detail)
+        )
+
+    def events(self, limit: int = 100, type_: Optional[str] = None, client: Optional[str] = None) -> List[EventRecord]:
+        filters: Dict[str, Any] = {}
+        if type_:
+            filters["type"] = type_
+        if client:
+            filters["client"] = client
+        rows = self.db["events"].find(order_by="-id", _limit=max(1, min(limit, 10000)), **filters)
+        return [
+            EventRecord(
+                id=row["id"],
+                at=row["at"],
+                type=row["type"],
+                client=row["client"],
+                tunnel=row["tunnel"],
+                address=row["address"],
+                detail=row["detail"],
+            )
+            for row in rows
+        ]
+
+    # -- operator accounts ---------------------------------------------------
+
+    def ensure_admin(self, username: str, password: str) -> bool:
+        """Create the account unless it exists; True if it was created."""
+        if self.db["admins"].find_one(username=username):
+            return False
+        self.db["admins"].insert(
+            dict(username=username, password_hash=hash_password(password), created_at=self._clock())
+        )
+        return True
+
+    def verify_admin(self, username: str, password: str) -> bool:
+        row = self.db["admins"].find_one(username=username)
+        if row is None:
+            # Spend the same time as a real check so timing does not reveal
+            # which user names exist.
+            verify_password(_DUMMY_HASH, password)
+            return False
+        return verify_password(row["password_hash"], password)
+
+
+_DUMMY_HASH = hash_password("gotaxy-no-such-user")
+
+
+def _token(row: Dict[str, Any]) -> TokenRecord:
+    return TokenRecord(
+        name=row["name"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
+    )
+
+
+class ThreadedStore:
+    """
+    The reactor-side face of ``Store``: every call runs on one dedicated
+    thread and returns a Deferred.  ``start``/``stop`` are tied to the
+    server's service lifetime.
+    """
+
+    def __init__(self, store: Store, reactor: Any) -> None:
+        self.store = store
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="gotaxy-store")
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def stop(self) -> None:
+        self._pool.stop()
+        self.store.close()
+
+    def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> "Deferred[T]":
+        return deferToThreadPool(self._reactor, self._pool, function, *args, **kwargs)

@@ -1,0 +1,201 @@
+# -*- test-case-name: tests.test_wire -*-
+"""
+The Gotaxy wire format: frames on the client's single TLS connection.
+
+After the TLS handshake the client sends an 8-byte preamble, ``b"GTXY"``
+followed by the protocol version as a big-endian uint32 (currently 1).  From
+then on both directions carry frames, each a 9-byte header and a payload::
+
+    +--------+-----------------+-----------------+------------------+
+    | type:1 | stream id:4     | length:4        | payload:length   |
+    +--------+-----------------+-----------------+------------------+
+
+(all integers big-endian).  Stream 0 is the control stream; streams 1..2**32-1
+are tunneled connections, opened by the server with even ids (the client's
+odd ids are reserved for a later version).  Ids are never reused within one
+TLS connection, so a frame that arrives for a stream already closed is
+dropped without ambiguity.
+
+Payload limits are checked *before* any payload is buffered, so a peer that
+announces a huge length is cut off at once; see ``MAX_PAYLOAD``.  DATA
+payloads are not buffered at all: ``FrameDecoder`` hands every piece of a
+DATA frame to ``on_data`` as soon as it arrives, which keeps the relay path
+free of copies and the memory bound independent of frame size.
+
+``docs/protocol.md`` is the user-facing description of the same format; keep
+the two in step.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from typing import Any, Callable, Dict
+
+PREAMBLE_MAGIC = b"GTXY"
+PROTOCOL_VERSION = 1
+PREAMBLE = struct.Struct("!4sI")
+
+HEADER = struct.Struct("!BII")
+HEADER_SIZE = HEADER.size
+
+
+class FrameType(enum.IntEnum):
+    CONTROL = 1  #: stream 0 only; payload is one UTF-8 JSON object
+    OPEN = 2  #: opens a stream; payload JSON {"tunnel": name, "peer": "ip:port"}
+    DATA = 3  #: stream bytes; consumes the receiver's window
+    WINDOW = 4  #: payload uint32: more bytes the sender of WINDOW will accept
+    FIN = 5  #: the sender will send no more DATA on this stream (half-close)
+    CLOSE = 6  #: the sender is done with the stream; payload: UTF-8 reason
+    PING = 7  #: payload 8 opaque bytes, echoed in PONG
+    PONG = 8
+
+
+#: Largest payload accepted per frame type; anything larger is a protocol
+#: error that ends the connection.
+MAX_DATA = 65536
+MAX_CONTROL = 16384
+MAX_PAYLOAD: Dict[int, int] = {
+    FrameType.CONTROL: MAX_CONTROL,
+    FrameType.OPEN: 1024,
+    FrameType.DATA: MAX_DATA,
+    FrameType.WINDOW: 4,
+    FrameType.FIN: 0,
+    FrameType.CLOSE: 1024,
+    FrameType.PING: 8,
+    FrameType.PONG: 8,
+}
+
+#: Bytes each side may send on a new stream before it hears a WINDOW frame.
+INITIAL_WINDOW = 512 * 1024
+#: A receiver's window may never exceed this (WINDOW frames that would push
+#: it higher are a protocol error), which bounds per-stream buffering.
+MAX_WINDOW = 16 * 1024 * 1024
+
+WINDOW_INCREMENT = struct.Struct("!I")
+
+
+#: A CLOSE reason starting with this reports a failure (the local service
+#: could not be reached, ...) rather than an ordinary end of connection; the
+#: receiving side logs it.
+CLOSE_ERROR_PREFIX = "error: "
+
+
+class ProtocolError(Exception):
+    """The peer broke the wire format; the connection must be dropped."""
+
+
+def encode_frame(frame_type: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(frame_type, stream_id, len(payload)) + payload
+
+
+def encode_control(message: Dict[str, Any]) -> bytes:
+    payload = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    if len(payload) > MAX_CONTROL:
+        raise ValueError(f"control message of {len(payload)} bytes exceeds {MAX_CONTROL}")
+    return encode_frame(FrameType.CONTROL, 0, payload)
+
+
+def encode_json(frame_type: int, stream_id: int, message: Dict[str, Any]) -> bytes:
+    return encode_frame(frame_type, stream_id, json.dumps(message, separators=(",", ":")).encode("utf-8"))
+
+
+def decode_json(payload: bytes) -> Dict[str, Any]:
+    try:
+        message = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ProtocolError(f"malformed JSON payload: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("JSON payload is not an object")
+    return message
+
+
+def encode_close(stream_id: int, reason: str) -> bytes:
+    data = reason.encode("utf-8")[: MAX_PAYLOAD[FrameType.CLOSE]]
+    # Never cut a multi-byte character in half.
+    data = data.decode("utf-8", "ignore").encode("utf-8")
+    return encode_frame(FrameType.CLOSE, stream_id, data)
+
+
+class FrameDecoder:
+    """
+    Incremental decoder.  ``feed`` may be given any split of the byte
+    stream; it calls ``on_frame(type, stream_id, payload)`` for complete
+    non-DATA frames, and ``on_data(stream_id, chunk)`` for each piece of a
+    DATA frame (a DATA frame may arrive as several chunks; ``on_data_end`` is
+    not needed because DATA carries no framing meaning of its own).
+
+    ``frames`` counts headers decoded; the heartbeat uses it as a cheap
+    proof of life without reading the clock per frame.
+    """
+
+    __slots__ = ("_on_frame", "_on_data", "_header", "_type", "_stream", "_remaining", "_payload", "frames")
+
+    def __init__(
+        self,
+        on_frame: Callable[[int, int, bytes], None],
+        on_data: Callable[[int, bytes], None],
+    ) -> None:
+        self._on_frame = on_frame
+        self._on_data = on_data
+        self._header = b""
+        self._type = 0
+        self._stream = 0
+        self._remaining = 0  # payload bytes still to come for the current frame
+        self._payload = bytearray()
+        self.frames = 0
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if self._remaining:
+                take = min(self._remaining, end - pos)
+                if self._type == FrameType.DATA:
+                    self._remaining -= take
+                    # Hand the caller the original object when we can.
+                    chunk = data if take == end and pos == 0 else data[pos : pos + take]
+                    pos += take
+                    self._on_data(self._stream, chunk)
+                    continue
+                self._payload += data[pos : pos + take]
+                self._remaining -= take
+                pos += take
+                if not self._remaining:
+                    self._deliver(bytes(self._payload))
+                continue
+
+            need = HEADER_SIZE - len(self._header)
+            if need == HEADER_SIZE and end - pos >= HEADER_SIZE:
+                frame_type, stream_id, length = HEADER.unpack_from(data, pos)
+                pos += HEADER_SIZE
+            else:
+                self._header += data[pos : pos + need]
+                pos += min(need, end - pos)
+                if len(self._header) < HEADER_SIZE:
+                    return
+                frame_type, stream_id, length = HEADER.unpack(self._header)
+                self._header = b""
+            self.frames += 1
+            limit = MAX_PAYLOAD.get(frame_type)
+            if limit is None:
+                raise ProtocolError(f"unknown frame type {frame_type}")
+            if length > limit:
+                raise ProtocolError(
+                    f"{FrameType(frame_type).name} frame of {length} bytes exceeds the limit of {limit}"
+                )
+            self._type = frame_type
+            self._stream = stream_id
+            if frame_type == FrameType.DATA:
+                if length == 0:
+                    raise ProtocolError("empty DATA frame")
+                self._remaining = length
+            elif length == 0:
+                self._deliver(b"")
+            else:
+                self._remaining = length
+                self._payload = bytearray()
+
+    def _deliver(self, payload: bytes) -> None:
+        self._on_frame(self._type, self._stream, payload)
