@@ -90,13 +90,10 @@ def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
             raise ConfigError(f"--fingerprint: {e}") from None
     if options.get("insecure"):
         overrides["insecure"] = True
-    flags = [parse_tunnel_flag(text) for text in options.get("tunnel") or []]
+    flags = tuple(parse_tunnel_flag(text) for text in options.get("tunnel") or [])
     if flags:
-        # Flags add tunnels; a flag with the same name as a file's tunnel replaces it.
-        names = {t.name for t in flags}
-        if len(names) != len(flags):
-            raise ConfigError("--tunnel: each tunnel needs its own name")
-        overrides["tunnels"] = tuple(t for t in config.tunnels if t.name not in names) + tuple(flags)
+        # --tunnel adds to the file's [[proxies]]; a repeated name is an error.
+        overrides["tunnels"] = config.tunnels + flags
     config = attrs.evolve(config, **overrides)
     if not config.token:
         raise ConfigError("no token: pass --token TOKEN or set auth.token in the config file")

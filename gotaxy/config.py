@@ -1,0 +1,936 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Configuration: frp-style TOML files and command-line values.
+
+Gotaxy's ``server.toml`` and ``client.toml`` use frp's key names (the TOML
+format of frp >= 0.52), so an existing ``frps.toml`` or ``frpc.toml`` can be
+used as it is.  TOML dotted keys (``auth.token = "x"``) and tables
+(``[auth]``) both parse to nested dicts; the reader flattens them back into
+dotted paths and sorts every path into one of three groups:
+
+ours
+    A key Gotaxy supports.  Each one is declared once, on the attrs field it
+    fills, as ``_setting(default, form, key, flag)``; the reader's
+    ``key -> field`` table is built from those declarations, so the config
+    classes below *are* the mapping.  A ``_Form`` says what the value must
+    look like and puts it in canonical form (fingerprints to upper-case hex,
+    ``log.level = "trace"`` to ``"debug"``).  The same form guards the field
+    as an attrs converter, so a value from a command-line flag applied with
+    ``attrs.evolve`` is checked too.
+frp's, not yet ours
+    A key frp knows but Gotaxy ignores costs one warning, not an error, so a
+    real frp file still starts.  frp's map-valued settings and arrays of
+    tables (``auth.oidc``, ``metadatas``, ``[[httpPlugins]]``,
+    ``[[visitors]]``, a proxy's ``plugin`` ...) are warned about once as a
+    whole, not key by key.
+unknown
+    Anything else is a typo or another program's setting: ``ConfigError``
+    naming the file and the key, with the closest known key as a suggestion.
+
+Key mapping, server (``ServerConfig``)::
+
+    dataDir                          data_dir              (ours)
+    bindAddr / bindPort              bind_addr / bind_port
+    proxyBindAddr                    proxy_bind_addr
+    allowPorts                       allow_ports           [{start=.., end=..}, {single=..}]
+    auth.token                       token                 (auth.method must be "token")
+    transport.heartbeatInterval      heartbeat_interval    (ours on the server)
+    transport.heartbeatTimeout       heartbeat_timeout
+    transport.authTimeout            auth_timeout          (ours)
+    transport.maxPendingConnections  max_pending           (ours)
+    transport.maxPendingPerIP        max_pending_per_ip    (ours)
+    maxPortsPerClient                max_ports_per_client
+    transport.tls.certFile / keyFile tls_cert_file / tls_key_file
+    log.level / log.maxDays          log_level / log_max_days
+    store                            store                 (ours)
+
+Client (``ClientConfig``)::
+
+    serverAddr / serverPort          server_addr / server_port
+    auth.token / user                token / user
+    [[proxies]]                      tunnels               (TunnelSpec: name, type,
+                                                            localIP, localPort, remotePort)
+    transport.tls.fingerprint        fingerprint           (ours)
+    transport.tls.trustedCaFile      trusted_ca_file
+    transport.tls.serverName         server_name
+    transport.tls.insecureSkipVerify insecure              (ours)
+    transport.tls.enable             -                     (must be true)
+    dataDir                          data_dir              (ours)
+    transport.heartbeatInterval      heartbeat_interval
+    transport.heartbeatTimeout       heartbeat_timeout
+    transport.dialServerTimeout      dial_timeout
+    loginFailExit                    login_fail_exit
+    log.level / log.maxDays          log_level / log_max_days
+
+Only ``tcp`` proxies are supported.  A proxy of another frp type, or one that
+hands its connections to an frp ``plugin``, is skipped with one warning; an
+frp key inside a kept proxy is warned about once per key, naming the proxies
+that use it.
+
+Paths are kept as written; the caller resolves them.  Errors raised by the
+config classes themselves (a bad flag value, a timeout below the interval)
+name the key and the flag; ``parse_*_config`` prefix them with the file name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import re
+import sys
+from typing import Any, Callable, Iterable, Mapping
+
+import attrs
+
+from gotaxy.tls import normalise_fingerprint
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+__all__ = [
+    "ClientConfig",
+    "ConfigError",
+    "FRP_PROXY_TYPES",
+    "Loaded",
+    "PortRange",
+    "ServerConfig",
+    "TunnelSpec",
+    "format_allow_ports",
+    "load_toml",
+    "parse_allow_ports",
+    "parse_client_config",
+    "parse_host_port",
+    "parse_server_config",
+    "parse_tunnel_flag",
+]
+
+
+class ConfigError(Exception):
+    """
+    A user error in configuration; str() is one clear sentence naming the
+    key/flag and the fix.
+    """
+
+
+#: Proxy types frp knows.  Gotaxy runs ``tcp`` ones and skips the others.
+FRP_PROXY_TYPES = ("tcp", "udp", "http", "https", "tcpmux", "stcp", "sudp", "xtcp")
+SUPPORTED_TUNNEL_TYPES = ("tcp",)
+
+
+# ---------------------------------------------------------------------------
+# What values look like
+
+
+class _Mismatch(ValueError):
+    """Raised by a form's converter; ``value`` is the part the user got wrong."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+@attrs.frozen
+class _Form:
+    """
+    What a setting's value must look like.
+
+    ``convert`` returns the value as the config classes hold it or raises
+    ``_Mismatch``.  It returns its own output unchanged, so it serves both
+    for raw TOML values and as the attrs converter of the field.
+    ``expected`` completes the sentence "'key' must be ...".
+    """
+
+    expected: str
+    convert: Callable[[Any], Any]
+
+
+def _show(value: object) -> str:
+    """A value the way it would be written in TOML (JSON is close enough), kept short."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _integer(low: int, high: float = math.inf) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Mismatch(value)
+        return value
+
+    return convert
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Mismatch(value)
+    if not (value > 0 and math.isfinite(value)):
+        raise _Mismatch(value)
+    return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Mismatch(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Mismatch(value)
+    return value
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host(value: Any) -> str:
+    """A host name or IP address; IPv6 may come in brackets, which are dropped."""
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise _Mismatch(value)
+    host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if not host or ((":" in host or host != value) and not _is_ipv6(host)):
+        raise _Mismatch(value)
+    return host
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise _Mismatch(value)
+    return value
+
+
+_LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
+
+
+def _log_level(value: Any) -> str:
+    level = value.lower() if isinstance(value, str) else value
+    if level not in _LOG_LEVELS:
+        raise _Mismatch(value)
+    # Twisted's logger has nothing finer than debug.
+    return "debug" if level == "trace" else level
+
+
+def _fingerprint(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Mismatch(value)
+    try:
+        return normalise_fingerprint(value)
+    except ValueError:
+        raise _Mismatch(value) from None
+
+
+def _port_ranges(value: Any) -> tuple[PortRange, ...]:
+    """frp's ``allowPorts``: ``[{start = 10000, end = 20000}, {single = 6000}]``."""
+    if not isinstance(value, (list, tuple)):
+        raise _Mismatch(value)
+    return tuple(_port_range(item) for item in value)
+
+
+def _port_range(item: Any) -> PortRange:
+    if isinstance(item, PortRange):
+        return item
+    port = _integer(1, 65535)
+    try:
+        if isinstance(item, dict) and item.keys() == {"single"}:
+            start = end = port(item["single"])
+        elif isinstance(item, dict) and item.keys() == {"start", "end"}:
+            start, end = port(item["start"]), port(item["end"])
+        else:
+            raise _Mismatch(item)
+    except _Mismatch:
+        raise _Mismatch(item) from None
+    if start > end:
+        raise _Mismatch(item)
+    return PortRange(start, end)
+
+
+def _equals(expected: object) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if value != expected or type(value) is not type(expected):
+            raise _Mismatch(value)
+        return value
+
+    return convert
+
+
+PORT = _Form("an integer from 1 to 65535", _integer(1, 65535))
+REMOTE_PORT = _Form("an integer from 0 to 65535 (0 lets the server pick)", _integer(0, 65535))
+COUNT = _Form("an integer of at least 1", _integer(1))
+LIMIT = _Form("an integer of at least 0 (0 means no limit)", _integer(0))
+SECONDS = _Form("a number of seconds greater than 0", _seconds)
+HEARTBEAT = _Form(
+    "a number of seconds greater than 0 (Gotaxy requires heartbeats and cannot turn them off)",
+    _seconds,
+)
+BOOLEAN = _Form("true or false", _boolean)
+TEXT = _Form("a non-empty string", _text)
+HOST = _Form("a host name or IP address without a port", _host)
+NAME = _Form(
+    "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", _name
+)
+LOG_LEVEL = _Form('one of "trace", "debug", "info", "warn" or "error"', _log_level)
+FINGERPRINT = _Form(
+    '"SHA256:" followed by 64 hex digits (colons allowed), as the server prints it', _fingerprint
+)
+PORT_RANGES = _Form(
+    "a list of port ranges such as [{ start = 10000, end = 20000 }, { single = 6000 }] "
+    "with ports from 1 to 65535 and no range starting above its end",
+    _port_ranges,
+)
+TUNNEL_TYPE = _Form('"tcp" (the only tunnel type Gotaxy supports so far)', _equals("tcp"))
+TOKEN_AUTH = _Form(
+    '"token" (Gotaxy supports token authentication only)', _equals("token")
+)
+TLS_ON = _Form(
+    "true (Gotaxy always uses TLS; remove transport.tls.enable)", _equals(True)
+)
+
+
+def _label(key: str, flag: str | None) -> str:
+    return f"'{key}' ({flag})" if flag else f"'{key}'"
+
+
+def _setting(
+    default: Any, form: _Form, key: str, flag: str | None = None, *, secret: bool = False
+) -> Any:
+    """
+    An attrs field filled from the TOML ``key`` (and the command-line
+    ``flag``, if there is one), with values in ``form``.  A ``None`` default
+    makes the setting optional; a ``secret`` stays out of ``repr`` (and so
+    out of logs).
+    """
+
+    def convert(value: Any) -> Any:
+        if value is None and default is None:
+            return None
+        try:
+            return form.convert(value)
+        except _Mismatch as e:
+            raise ConfigError(
+                f"{_label(key, flag)} must be {form.expected}, got {_show(e.value)}"
+            ) from None
+
+    return attrs.field(
+        default=default,
+        converter=convert,
+        repr=not secret,
+        metadata={"key": key, "form": form, "flag": flag},
+    )
+
+
+def _field_label(cls: type, name: str) -> str:
+    metadata = attrs.fields_dict(cls)[name].metadata
+    return _label(metadata["key"], metadata["flag"])
+
+
+def _check_heartbeats(config: ServerConfig | ClientConfig) -> None:
+    if config.heartbeat_timeout <= config.heartbeat_interval:
+        cls = type(config)
+        raise ConfigError(
+            f"{_field_label(cls, 'heartbeat_timeout')} ({config.heartbeat_timeout:g}s) must be "
+            f"greater than {_field_label(cls, 'heartbeat_interval')} "
+            f"({config.heartbeat_interval:g}s); raise the timeout or lower the interval"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Values
+
+
+@attrs.frozen
+class PortRange:
+    """An inclusive range of TCP ports, as in frp's ``allowPorts``; one port has start == end."""
+
+    start: int
+    end: int
+
+    def __attrs_post_init__(self) -> None:
+        valid = all(isinstance(p, int) and not isinstance(p, bool) for p in (self.start, self.end))
+        if not (valid and 1 <= self.start <= self.end <= 65535):
+            raise ConfigError(
+                f"port range {self.start!r}-{self.end!r} is invalid: ports run from 1 to 65535 "
+                f"and a range cannot start above its end"
+            )
+
+    def __contains__(self, port: int) -> bool:
+        return self.start <= port <= self.end
+
+    def __str__(self) -> str:
+        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+
+@attrs.frozen
+class TunnelSpec:
+    """One tunnel a client asks for: a ``[[proxies]]`` entry or a ``--tunnel`` flag."""
+
+    name: str = _setting(attrs.NOTHING, NAME, "name")
+    local_port: int = _setting(attrs.NOTHING, PORT, "localPort")
+    local_ip: str = _setting("127.0.0.1", HOST, "localIP")
+    type: str = _setting("tcp", TUNNEL_TYPE, "type")
+    remote_port: int = _setting(0, REMOTE_PORT, "remotePort")
+
+
+@attrs.frozen
+class ServerConfig:
+    """Everything ``gotaxy server`` needs to know; see the module docstring for the keys."""
+
+    data_dir: str = _setting("gotaxy-data", TEXT, "dataDir", "--data-dir")
+    bind_addr: str = _setting("0.0.0.0", HOST, "bindAddr", "--bind-addr")
+    bind_port: int = _setting(7000, PORT, "bindPort", "--bind-port")
+    proxy_bind_addr: str | None = _setting(None, HOST, "proxyBindAddr")
+    allow_ports: tuple[PortRange, ...] = _setting((), PORT_RANGES, "allowPorts", "--allow-ports")
+    token: str | None = _setting(None, TEXT, "auth.token", "--token", secret=True)
+    heartbeat_interval: float = _setting(
+        10.0, HEARTBEAT, "transport.heartbeatInterval", "--heartbeat-interval"
+    )
+    heartbeat_timeout: float = _setting(
+        30.0, HEARTBEAT, "transport.heartbeatTimeout", "--heartbeat-timeout"
+    )
+    auth_timeout: float = _setting(10.0, SECONDS, "transport.authTimeout")
+    max_pending: int = _setting(256, COUNT, "transport.maxPendingConnections")
+    max_pending_per_ip: int = _setting(16, COUNT, "transport.maxPendingPerIP")
+    max_ports_per_client: int = _setting(0, LIMIT, "maxPortsPerClient", "--max-ports-per-client")
+    tls_cert_file: str | None = _setting(None, TEXT, "transport.tls.certFile")
+    tls_key_file: str | None = _setting(None, TEXT, "transport.tls.keyFile")
+    log_level: str = _setting("info", LOG_LEVEL, "log.level")
+    log_max_days: int = _setting(3, COUNT, "log.maxDays")
+    store: str | None = _setting(None, TEXT, "store", "--store")
+
+    def __attrs_post_init__(self) -> None:
+        _check_heartbeats(self)
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(
+                "'transport.tls.certFile' and 'transport.tls.keyFile' go together: "
+                "give both, or remove both to use the certificate Gotaxy generates"
+            )
+
+    def effective_proxy_bind_addr(self) -> str:
+        """The address public tunnel ports listen on."""
+        return self.proxy_bind_addr if self.proxy_bind_addr is not None else self.bind_addr
+
+
+@attrs.frozen
+class ClientConfig:
+    """Everything ``gotaxy client`` needs to know; see the module docstring for the keys."""
+
+    server_addr: str = _setting("127.0.0.1", HOST, "serverAddr", "--server")
+    server_port: int = _setting(7000, PORT, "serverPort", "--server")
+    token: str | None = _setting(None, TEXT, "auth.token", "--token", secret=True)
+    user: str | None = _setting(None, NAME, "user", "--user")
+    tunnels: tuple[TunnelSpec, ...] = attrs.field(
+        default=(),
+        converter=tuple,
+        validator=attrs.validators.deep_iterable(attrs.validators.instance_of(TunnelSpec)),
+    )
+    fingerprint: str | None = _setting(
+        None, FINGERPRINT, "transport.tls.fingerprint", "--fingerprint"
+    )
+    trusted_ca_file: str | None = _setting(None, TEXT, "transport.tls.trustedCaFile", "--ca")
+    server_name: str | None = _setting(None, HOST, "transport.tls.serverName", "--server-name")
+    insecure: bool = _setting(False, BOOLEAN, "transport.tls.insecureSkipVerify", "--insecure")
+    data_dir: str = _setting("~/.gotaxy", TEXT, "dataDir", "--data-dir")
+    heartbeat_interval: float = _setting(10.0, HEARTBEAT, "transport.heartbeatInterval")
+    heartbeat_timeout: float = _setting(30.0, HEARTBEAT, "transport.heartbeatTimeout")
+    dial_timeout: float = _setting(10.0, SECONDS, "transport.dialServerTimeout")
+    login_fail_exit: bool = _setting(True, BOOLEAN, "loginFailExit")
+    log_level: str = _setting("info", LOG_LEVEL, "log.level")
+    log_max_days: int = _setting(3, COUNT, "log.maxDays")
+
+    def __attrs_post_init__(self) -> None:
+        _check_heartbeats(self)
+        names = [tunnel.name for tunnel in self.tunnels]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(
+                    f"two tunnels are named '{name}'; give each [[proxies]] entry "
+                    f"and --tunnel its own name"
+                )
+
+
+@attrs.frozen
+class Loaded:
+    """A parsed configuration and the warnings to show the user about it."""
+
+    config: ServerConfig | ClientConfig
+    warnings: tuple[str, ...] = attrs.field(converter=tuple)
+
+
+# ---------------------------------------------------------------------------
+# The keys frp knows (frps.toml / frpc.toml, frp >= 0.52)
+
+_FRPS_KEYS = frozenset({
+    "bindAddr", "bindPort", "kcpBindPort", "quicBindPort", "proxyBindAddr",
+    "transport.quic.keepalivePeriod", "transport.quic.maxIdleTimeout",
+    "transport.quic.maxIncomingStreams", "transport.heartbeatTimeout",
+    "transport.maxPoolCount", "transport.tcpMux", "transport.tcpMuxKeepaliveInterval",
+    "transport.tcpKeepalive", "transport.tls.force", "transport.tls.certFile",
+    "transport.tls.keyFile", "transport.tls.trustedCaFile",
+    "vhostHTTPPort", "vhostHTTPSPort", "vhostHTTPTimeout", "tcpmuxHTTPConnectPort",
+    "tcpmuxPassthrough",
+    "webServer.addr", "webServer.port", "webServer.user", "webServer.password",
+    "webServer.tls.certFile", "webServer.tls.keyFile", "webServer.assetsDir",
+    "webServer.pprofEnable", "enablePrometheus",
+    "log.to", "log.level", "log.maxDays", "log.disablePrintColor",
+    "detailedErrorsToClient", "auth.method", "auth.additionalScopes", "auth.token",
+    "userConnTimeout", "allowPorts", "maxPortsPerClient", "allowedClientIPs",
+    "subDomainHost", "custom404Page", "udpPacketSize", "natholeAnalysisDataReserveHours",
+})
+# Map-valued settings and arrays of tables: one warning for the whole thing.
+_FRPS_TABLES = frozenset({"auth.tokenSource", "auth.oidc", "sshTunnelGateway", "httpPlugins"})
+
+_FRPC_KEYS = frozenset({
+    "user", "serverAddr", "serverPort", "natHoleStunServer", "loginFailExit",
+    "log.to", "log.level", "log.maxDays", "log.disablePrintColor",
+    "auth.method", "auth.additionalScopes", "auth.token",
+    "webServer.addr", "webServer.port", "webServer.user", "webServer.password",
+    "webServer.tls.certFile", "webServer.tls.keyFile",
+    "webServer.assetsDir", "webServer.pprofEnable",
+    "transport.dialServerTimeout", "transport.dialServerKeepalive", "transport.poolCount",
+    "transport.tcpMux", "transport.tcpMuxKeepaliveInterval", "transport.protocol",
+    "transport.connectServerLocalIP", "transport.connectServerInterface",
+    "transport.proxyURL", "transport.tls.enable", "transport.tls.certFile",
+    "transport.tls.keyFile", "transport.tls.trustedCaFile", "transport.tls.serverName",
+    "transport.tls.disableCustomTLSFirstByte", "transport.heartbeatInterval",
+    "transport.heartbeatTimeout", "dnsServer", "start", "udpPacketSize",
+    "virtualNet.address", "includes",
+})
+_FRPC_TABLES = frozenset({
+    "auth.tokenSource", "auth.oidc", "transport.quic", "featureGates", "metadatas",
+    "visitors",
+})
+
+_FRP_PROXY_KEYS = frozenset({
+    "name", "type", "localIP", "localPort", "remotePort",
+    "transport.bandwidthLimit", "transport.bandwidthLimitMode", "transport.useEncryption",
+    "transport.useCompression", "transport.proxyProtocolVersion",
+    "loadBalancer.group", "loadBalancer.groupKey",
+    "httpUser", "httpPassword", "subdomain", "customDomains", "locations",
+    "routeByHTTPUser", "hostHeaderRewrite", "multiplexer", "secretKey", "allowUsers",
+})
+_FRP_PROXY_TABLES = frozenset({
+    "healthCheck", "metadatas", "annotations", "requestHeaders", "responseHeaders", "plugin",
+})
+
+_NOT_YET = "is an frp setting that Gotaxy does not support yet"
+
+
+# ---------------------------------------------------------------------------
+# Sorting a table's keys
+
+
+def _squash(key: str) -> str:
+    """Compare keys the way a user might mistype them: any case, with or without _ and -."""
+    return key.lower().replace("_", "").replace("-", "")
+
+
+def _similar(a: str, b: str, cutoff: float) -> bool:
+    return difflib.SequenceMatcher(None, a, b).ratio() >= cutoff
+
+
+@attrs.frozen
+class _Schema:
+    """
+    The keys one kind of TOML table (server file, client file, proxy entry)
+    may hold: ``settings`` fill fields of a config class, ``checks`` are
+    accepted in one value only, ``sections`` are read by the caller, and the
+    rest of frp's keys and tables are ignored with a warning (``notes`` has
+    the warning text where "not supported yet" would mislead).
+    """
+
+    settings: Mapping[str, attrs.Attribute]  # type: ignore[type-arg]
+    checks: Mapping[str, _Form]
+    sections: frozenset[str]
+    frp_keys: frozenset[str]
+    frp_tables: frozenset[str]
+    notes: Mapping[str, str]
+
+    @classmethod
+    def of(
+        cls,
+        config_class: type,
+        frp_keys: frozenset[str],
+        frp_tables: frozenset[str],
+        checks: Mapping[str, _Form] | None = None,
+        sections: frozenset[str] = frozenset(),
+        notes: Mapping[str, str] | None = None,
+    ) -> _Schema:
+        settings = {
+            field.metadata["key"]: field
+            for field in attrs.fields(config_class)
+            if "key" in field.metadata
+        }
+        return cls(settings, dict(checks or {}), sections, frp_keys, frp_tables, dict(notes or {}))
+
+    @property
+    def leaves(self) -> frozenset[str]:
+        """Every key whose value is taken whole, even when it is a table."""
+        return (
+            frozenset(self.settings) | frozenset(self.checks) | self.sections
+            | self.frp_keys | self.frp_tables
+        )
+
+    def flatten(self, table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for name, value in table.items():
+            path = prefix + name
+            if not isinstance(value, dict) or path in self.leaves:
+                flat[path] = value
+            elif value:
+                flat.update(self.flatten(value, path + "."))
+            elif not any(key.startswith(path + ".") for key in self.leaves):
+                flat[path] = value  # an empty table nobody knows is still a typo
+        return flat
+
+    def sort(
+        self, table: Mapping[str, Any], source: str, where: str = ""
+    ) -> tuple[dict[str, Any], list[str]]:
+        """
+        Split ``table`` into the raw values of keys we read (settings, checks
+        and sections) and the frp keys we ignore; raise on an unknown key.
+        """
+        ours: dict[str, Any] = {}
+        ignored: list[str] = []
+        for key, value in self.flatten(table).items():
+            if key in self.settings or key in self.checks or key in self.sections:
+                ours[key] = value
+            elif key in self.frp_keys or key in self.frp_tables:
+                ignored.append(key)
+            else:
+                raise self._unknown(key, source, where)
+        return ours, ignored
+
+    def convert(self, ours: Mapping[str, Any], source: str, where: str = "") -> dict[str, Any]:
+        """Field values for the settings in ``ours``; checks are checked, then dropped."""
+        values: dict[str, Any] = {}
+        for key, raw in ours.items():
+            field = self.settings.get(key)
+            form = field.metadata["form"] if field is not None else self.checks.get(key)
+            if form is None:
+                continue  # a section: the caller reads it
+            try:
+                value = form.convert(raw)
+            except _Mismatch as e:
+                raise ConfigError(
+                    f"{source}: '{key}'{where} must be {form.expected}, got {_show(e.value)}"
+                ) from None
+            if field is not None:
+                values[field.name] = value
+        return values
+
+    def warning(self, key: str, source: str, where: str = "") -> str:
+        return f"{source}: '{key}'{where} {self.notes.get(key, _NOT_YET)}; ignored"
+
+    def suggest(self, key: str) -> str | None:
+        """The known key ``key`` most likely meant, if any is close."""
+        known = {_squash(k): k for k in sorted(self.leaves)}
+        wanted = _squash(key)
+        if wanted in known:
+            return known[wanted]
+        # "heartbeatTimeout" at the top level means transport.heartbeatTimeout.
+        by_last_part = [k for k in sorted(self.settings) if _squash(k.split(".")[-1]) == wanted]
+        if len(by_last_part) == 1:
+            return by_last_part[0]
+        close = [
+            candidate
+            for candidate in difflib.get_close_matches(wanted, known, n=3, cutoff=0.75)
+            if _similar(candidate.split(".")[-1], wanted.split(".")[-1], 0.6)
+        ]
+        if not close and "." not in key:
+            # Short words need a looser match ("proxy" for "proxies"); dotted
+            # keys share long prefixes that would make a loose match noise.
+            plain = [k for k in known if "." not in known[k]]
+            close = difflib.get_close_matches(wanted, plain, n=1, cutoff=0.65)
+        return known[close[0]] if close else None
+
+    def _unknown(self, key: str, source: str, where: str) -> ConfigError:
+        message = f"{source}: unknown key '{key}'{where}"
+        suggestion = self.suggest(key)
+        if key.split(".")[0] == "common" and not where:
+            message += (
+                "; this looks like frp's old INI format, which Gotaxy does not read: "
+                "use frp's TOML format (frp 0.52 and later)"
+            )
+        elif suggestion is not None:
+            message += f"; did you mean '{suggestion}'?"
+        return ConfigError(message)
+
+
+_SERVER = _Schema.of(
+    ServerConfig,
+    frp_keys=_FRPS_KEYS,
+    frp_tables=_FRPS_TABLES,
+    checks={"auth.method": TOKEN_AUTH},
+    notes={"transport.tls.force": "is not needed: Gotaxy always requires TLS"},
+)
+_CLIENT = _Schema.of(
+    ClientConfig,
+    frp_keys=_FRPC_KEYS,
+    frp_tables=_FRPC_TABLES,
+    checks={"auth.method": TOKEN_AUTH, "transport.tls.enable": TLS_ON},
+    sections=frozenset({"proxies"}),
+)
+_PROXY = _Schema.of(TunnelSpec, frp_keys=_FRP_PROXY_KEYS, frp_tables=_FRP_PROXY_TABLES)
+
+
+# ---------------------------------------------------------------------------
+# Files
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """The parsed contents of the TOML file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: the file must be UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{path}': {e.strerror}") from None
+
+
+def _evolve(base: Any, changes: Mapping[str, Any], source: str) -> Any:
+    try:
+        return attrs.evolve(base, **changes)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def parse_server_config(
+    data: dict[str, Any], source: str = "server.toml", base: ServerConfig = ServerConfig()
+) -> Loaded:
+    """
+    Apply a parsed ``server.toml`` (or ``frps.toml``) on top of ``base``.
+
+    @raise ConfigError: for an unknown key or a bad value.
+    """
+    ours, ignored = _SERVER.sort(data, source)
+    config = _evolve(base, _SERVER.convert(ours, source), source)
+    return Loaded(config, [_SERVER.warning(key, source) for key in ignored])
+
+
+def parse_client_config(
+    data: dict[str, Any], source: str = "client.toml", base: ClientConfig = ClientConfig()
+) -> Loaded:
+    """
+    Apply a parsed ``client.toml`` (or ``frpc.toml``) on top of ``base``.
+    ``[[proxies]]`` in the file replace ``base.tunnels``.
+
+    @raise ConfigError: for an unknown key, a bad value or a bad proxy.
+    """
+    ours, ignored = _CLIENT.sort(data, source)
+    changes = _CLIENT.convert(ours, source)
+    warnings = [_CLIENT.warning(key, source) for key in ignored]
+    if "proxies" in ours:
+        changes["tunnels"] = _read_proxies(ours["proxies"], source, warnings)
+    return Loaded(_evolve(base, changes, source), warnings)
+
+
+def _read_proxies(entries: Any, source: str, warnings: list[str]) -> tuple[TunnelSpec, ...]:
+    """The tunnels in ``[[proxies]]``; warnings on skipped proxies and keys go to ``warnings``."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(
+            f"{source}: 'proxies' must be an array of tables, each one starting with a "
+            f"[[proxies]] line"
+        )
+    tunnels: list[TunnelSpec] = []
+    ignored: dict[str, list[str]] = {}  # frp key -> names of the proxies that set it
+    names: set[str] = set()
+    for number, entry in enumerate(entries, 1):
+        name = entry.get("name")
+        label = f"proxy '{name}'" if isinstance(name, str) and name else f"proxy #{number}"
+        if "name" not in entry:
+            raise ConfigError(f'{source}: {label} has no name; add name = "..." to it')
+        if isinstance(name, str):
+            if name in names:
+                raise ConfigError(
+                    f"{source}: two proxies are named '{name}'; "
+                    f"give each [[proxies]] entry its own name"
+                )
+            names.add(name)
+        ours, frp = _PROXY.sort(entry, source, f" in {label}")
+
+        kind = entry.get("type", "tcp")
+        if not isinstance(kind, str) or kind not in FRP_PROXY_TYPES:
+            close = difflib.get_close_matches(str(kind).lower(), FRP_PROXY_TYPES, n=1)
+            fix = f'did you mean "{close[0]}"?' if close else 'Gotaxy tunnels use type = "tcp"'
+            raise ConfigError(f"{source}: {label} has unknown type {_show(kind)}; {fix}")
+        if kind not in SUPPORTED_TUNNEL_TYPES:
+            warnings.append(
+                f'{source}: {label} has type "{kind}", which Gotaxy does not support yet '
+                f'(only "tcp"); skipped'
+            )
+            continue
+        if "plugin" in entry:
+            plugin = entry["plugin"]
+            plugin_type = plugin.get("type") if isinstance(plugin, dict) else None
+            warnings.append(
+                f"{source}: {label} uses the frp plugin {_show(plugin_type)}, which Gotaxy "
+                f"does not support yet; skipped"
+            )
+            continue
+        if "localPort" not in entry:
+            raise ConfigError(
+                f"{source}: {label} has no 'localPort'; add the port of the local service, "
+                f"e.g. localPort = 22"
+            )
+        tunnels.append(TunnelSpec(**_PROXY.convert(ours, source, f" in {label}")))
+        for key in frp:
+            ignored.setdefault(key, []).append(name)
+
+    for key, users in ignored.items():
+        listed = ", ".join(f"'{user}'" for user in users)
+        where = f" (in proxy {listed})" if len(users) == 1 else f" (in proxies {listed})"
+        warnings.append(_PROXY.warning(key, source, where))
+    return tuple(tunnels)
+
+
+# ---------------------------------------------------------------------------
+# Command-line values
+
+_FLAG_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _flag_port(text: str, form: _Form) -> int | None:
+    """``text`` as a port in ``form``, or ``None``."""
+    if not _FLAG_PORT.fullmatch(text):
+        return None
+    try:
+        return form.convert(int(text))  # type: ignore[no-any-return]
+    except _Mismatch:
+        return None
+
+
+def parse_tunnel_flag(text: str) -> TunnelSpec:
+    """
+    A ``--tunnel NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT]`` value, such as
+    ``ssh=tcp:127.0.0.1:22:6000``, ``db=tcp:[::1]:5432:0`` or ``web=tcp:8080``
+    (local IP 127.0.0.1, remote port picked by the server).
+    """
+
+    def problem(what: str) -> ConfigError:
+        return ConfigError(f"--tunnel {_show(text)}: {what}")
+
+    usage = "expected NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT], e.g. ssh=tcp:127.0.0.1:22:6000"
+    name, equals, rest = text.partition("=")
+    kind, colon, address = rest.partition(":")
+    if not (equals and colon and address):
+        raise problem(usage)
+    if not _NAME.fullmatch(name):
+        raise problem(f"the tunnel name must be {NAME.expected}")
+    if kind not in SUPPORTED_TUNNEL_TYPES:
+        if kind in FRP_PROXY_TYPES:
+            raise problem(f'type "{kind}" is not supported yet; only tcp tunnels are')
+        raise problem(usage)
+
+    if address.startswith("["):
+        ip, bracket, after = address[1:].partition("]")
+        if not (bracket and after.startswith(":")):
+            raise problem(usage)
+        ports = after[1:].split(":")
+        ip = f"[{ip}]"  # so that _host insists on IPv6
+    else:
+        parts = address.split(":")
+        if len(parts) > 3:
+            bare_ipv6 = any(_is_ipv6(":".join(parts[:-n])) for n in (1, 2))
+            raise problem(
+                "put an IPv6 local address in brackets, e.g. db=tcp:[::1]:5432"
+                if bare_ipv6
+                else usage
+            )
+        if len(parts) == 2 and _FLAG_PORT.fullmatch(parts[0]):
+            raise problem(
+                f"to choose the remote port, give the local IP too, e.g. "
+                f"{name}=tcp:127.0.0.1:{parts[0]}:{parts[1]}"
+            )
+        ip, ports = ("127.0.0.1", parts) if len(parts) == 1 else (parts[0], parts[1:])
+    if len(ports) > 2:
+        raise problem(usage)
+    try:
+        ip = _host(ip)
+    except _Mismatch:
+        raise problem(f"the local IP must be {HOST.expected}, got {_show(ip)}") from None
+    local_port = _flag_port(ports[0], PORT)
+    if local_port is None:
+        raise problem(f"the local port must be {PORT.expected}, got {_show(ports[0])}")
+    remote_port = _flag_port(ports[1], REMOTE_PORT) if len(ports) == 2 else 0
+    if remote_port is None:
+        raise problem(f"the remote port must be {REMOTE_PORT.expected}, got {_show(ports[1])}")
+    return TunnelSpec(name=name, local_port=local_port, local_ip=ip, remote_port=remote_port)
+
+
+def parse_allow_ports(text: str) -> tuple[PortRange, ...]:
+    """An ``--allow-ports`` value such as ``10000-20000,6000``."""
+
+    def problem(what: str) -> ConfigError:
+        return ConfigError(f"--allow-ports {_show(text)}: {what}")
+
+    ranges: list[PortRange] = []
+    for item in text.split(","):
+        low, dash, high = item.strip().partition("-")
+        bounds = (low.strip(), high.strip()) if dash else (low, low)
+        if not all(_FLAG_PORT.fullmatch(bound) for bound in bounds):
+            raise problem("expected ports and ranges separated by commas, e.g. 10000-20000,6000")
+        start, end = int(bounds[0]), int(bounds[1])
+        if not (1 <= start <= 65535 and 1 <= end <= 65535):
+            raise problem(f"ports must be from 1 to 65535, got {_show(item.strip())}")
+        if start > end:
+            raise problem(f"the range {start}-{end} starts above its end; write {end}-{start}")
+        ranges.append(PortRange(start, end))
+    return tuple(ranges)
+
+
+def format_allow_ports(ranges: Iterable[PortRange]) -> str:
+    """The ``--allow-ports`` form of ``ranges`` (empty for none, which means any port)."""
+    return ",".join(str(r) for r in ranges)
+
+
+def parse_host_port(
+    text: str, default_port: int | None = None, *, flag: str = "--server"
+) -> tuple[str, int]:
+    """
+    A ``HOST:PORT`` value such as ``example.org:7000`` or ``[::1]:7000``; with
+    ``default_port``, the port may be left out (``example.org``, ``[::1]``).
+    ``flag`` names the option in error messages.
+    """
+
+    def problem(what: str) -> ConfigError:
+        return ConfigError(f"{flag} {_show(text)}: {what}")
+
+    port_text: str | None
+    if text.startswith("["):
+        host, bracket, after = text[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise problem("expected HOST:PORT, e.g. example.org:7000 or [::1]:7000")
+        port_text = after[1:] if after else None
+        host = f"[{host}]"  # so that _host insists on IPv6
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, None  # no port, or a bare IPv6 address
+    try:
+        host = _host(host)
+    except _Mismatch:
+        raise problem(f"the host must be {HOST.expected} (IPv6 in brackets)") from None
+    if port_text is None:
+        if default_port is None:
+            shown = f"[{host}]" if ":" in host else host
+            raise problem(f"add the port, e.g. {shown}:7000")
+        return host, default_port
+    port = _flag_port(port_text, PORT)
+    if port is None:
+        raise problem(f"the port must be {PORT.expected}, got {_show(port_text)}")
+    return host, port
