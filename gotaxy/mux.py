@@ -77,6 +77,20 @@ _DATA_HEADER = FrameType.DATA
 _MAX_STREAM_ID = 0xFFFFFFFF
 
 
+def _half_close_sink(transport: Any) -> None:
+    # Twisted postpones loseWriteConnection/loseConnection while a paused
+    # streaming producer is registered (a drained buffer resumes the producer
+    # instead of closing), so stop being the producer first: once the peer
+    # has finished sending there is nothing left to hold back.
+    transport.unregisterProducer()
+    transport.loseWriteConnection()
+
+
+def _close_sink(transport: Any) -> None:
+    transport.unregisterProducer()
+    transport.loseConnection()
+
+
 @implementer(IPushProducer)
 class Stream:
     """One tunneled connection.  See the module docstring for the rules."""
@@ -140,9 +154,9 @@ class Stream:
             transport.write(chunk)
             self._consumed(len(chunk))
         if self.closed:
-            transport.loseConnection()
+            _close_sink(transport)
         elif self.fin_received:
-            transport.loseWriteConnection()
+            _half_close_sink(transport)
         self._update_source()
 
     # -- our socket -> peer --------------------------------------------------
@@ -248,14 +262,14 @@ class Stream:
             raise ProtocolError(f"stream {self.id}: second FIN")
         self.fin_received = True
         if self._transport is not None:
-            self._transport.loseWriteConnection()
+            _half_close_sink(self._transport)
 
     def close_received(self, reason: str) -> None:
         """The peer is done: flush what we have to our socket and close it."""
         transport = self._transport
         self._finish(reason)
         if transport is not None:
-            transport.loseConnection()
+            _close_sink(transport)
 
     def abort(self, reason: str) -> None:
         """The mux connection is gone: reset our socket, drop everything."""
