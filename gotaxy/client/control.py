@@ -24,7 +24,7 @@ import random
 import socket
 from typing import Any, Callable, Dict, Optional
 
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -58,6 +58,18 @@ def _local_endpoint(reactor: Any, host: str, port: int) -> Any:
     if address.version == 6:
         return TCP6ClientEndpoint(reactor, host, port, timeout=LOCAL_CONNECT_TIMEOUT)
     return TCP4ClientEndpoint(reactor, host, port, timeout=LOCAL_CONNECT_TIMEOUT)
+
+
+class _LocalServiceFactory(Factory):
+    """Connects one stream to the local service (quietly: one per connection)."""
+
+    noisy = False
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    def buildProtocol(self, addr: Any) -> StreamRelay:
+        return StreamRelay(self.stream)
 
 
 @implementer(IHandshakeListener)
@@ -167,7 +179,7 @@ class ClientControlProtocol(MuxProtocol):
             stream.local_closed(f"{CLOSE_ERROR_PREFIX}the client has no tunnel named {stream.tunnel!r}")
             return
         endpoint = _local_endpoint(self.reactor, spec.local_ip, spec.local_port)
-        connectProtocol(endpoint, StreamRelay(stream)).addErrback(self._local_failed, stream, spec)
+        endpoint.connect(_LocalServiceFactory(stream)).addErrback(self._local_failed, stream, spec)
 
     def _local_failed(self, failure: Failure, stream: Stream, spec: TunnelSpec) -> None:
         reason = f"cannot reach local service {spec.local_ip}:{spec.local_port}: {failure.getErrorMessage()}"
