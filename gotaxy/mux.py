@@ -267,9 +267,13 @@ class Stream:
     def close_received(self, reason: str) -> None:
         """The peer is done: flush what we have to our socket and close it."""
         transport = self._transport
+        inbox = self._inbox
         self._finish(reason)
         if transport is not None:
             _close_sink(transport)
+        else:
+            # Not attached yet: attach() still delivers what arrived, then closes.
+            self._inbox = inbox
 
     def abort(self, reason: str) -> None:
         """The mux connection is gone: reset our socket, drop everything."""
@@ -473,11 +477,18 @@ class MuxProtocol(Protocol):
     def close_with_error(self, reason: str) -> None:
         if self.disconnecting:
             return
-        self.disconnecting = True
         try:
             self.send_control({"type": "error", "reason": reason})
         finally:
-            self.transport.loseConnection()
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection after what was written so far."""
+        self.disconnecting = True
+        # A TLS transport waits for its producer to unregister before it
+        # shuts down, and we are that producer.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     # -- hooks ---------------------------------------------------------------
 

@@ -117,7 +117,7 @@ class ClientControlProtocol(MuxProtocol):
                 self.factory.fatal(text + "; check the token (auth.token / --token)")
             else:
                 self.log.error("{text}; retrying", text=text)
-            self.transport.loseConnection()
+            self.close()
         elif kind == "tunnel_up" and self.authenticated:
             name, port = str(message.get("name")), message.get("remotePort")
             self.up[name] = port  # type: ignore[assignment]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -98,6 +98,9 @@ class ServerControlProtocol(MuxProtocol):
         self._login_started = False
         self._auth_timer: Any = None
         self.heartbeat: Optional[HeartbeatMonitor] = None
+        # Tunnel requests are handled one at a time, in the order sent, so
+        # limits such as maxPortsPerClient see every earlier decision.
+        self._tunnel_lock = DeferredLock()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -151,8 +154,7 @@ class ServerControlProtocol(MuxProtocol):
         except LoginRefused as e:
             if not self.lost:
                 self.send_control({"type": "login_failed", "reason": str(e)})
-                self.disconnecting = True
-                self.transport.loseConnection()
+                self.close()
             return
         self._leave_pending()
         self.authenticated = True
@@ -179,7 +181,7 @@ class ServerControlProtocol(MuxProtocol):
     async def _tunnel_open(self, message: Dict[str, Any]) -> None:
         name = message.get("name")
         try:
-            tunnel = await self.core.open_tunnel(self, message)
+            tunnel = await self._tunnel_lock.run(lambda: Deferred.fromCoroutine(self.core.open_tunnel(self, message)))
         except TunnelRefused as e:
             if not self.lost:
                 self.send_control({"type": "tunnel_refused", "name": name, "reason": str(e)})
