@@ -1,0 +1,308 @@
+"""
+End to end: configuration files, ports, restarts, heartbeats, identity and
+bad input, with real ``twistd`` processes on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import struct
+import threading
+import time
+
+from gotaxy.store import Store, default_url
+from tests.e2e import (
+    connection_refused,
+    echo_once,
+    free_port,
+    free_port_range,
+    gotaxy_cli,
+    stream_through,
+    tunnel_port,
+)
+
+
+def test_frp_style_toml_configs(procs, echo, tmp_path):
+    low, high = free_port_range(20)
+    single = free_port()
+    outside = free_port()
+    control = free_port()
+    (tmp_path / "frps.toml").write_text(
+        f"""
+bindAddr = "127.0.0.1"
+bindPort = {control}
+allowPorts = [
+  {{ start = {low}, end = {high} }},
+  {{ single = {single} }},
+]
+auth.token = "shared-secret-9f8e7d"
+maxPortsPerClient = 2
+transport.heartbeatTimeout = 30
+log.level = "info"
+log.maxDays = 3
+vhostHTTPPort = 8080
+"""
+    )
+    server = procs.server("--config", str(tmp_path / "frps.toml"), port=control)
+    server.wait_for(r"'vhostHTTPPort' is an frp setting that Gotaxy does not support yet")
+
+    (tmp_path / "frpc.toml").write_text(
+        f"""
+serverAddr = "127.0.0.1"
+serverPort = {control}
+user = "office"
+auth.token = "shared-secret-9f8e7d"
+transport.tls.fingerprint = "{server.fingerprint}"
+dataDir = "{tmp_path / 'frpc-data'}"
+
+[[proxies]]
+name = "fixed"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = {echo.port}
+remotePort = {single}
+transport.useEncryption = true
+
+[[proxies]]
+name = "outside"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = {echo.port}
+remotePort = {outside}
+
+[[proxies]]
+name = "auto"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = {echo.port}
+
+[[proxies]]
+name = "one-too-many"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = {echo.port}
+
+[[proxies]]
+name = "dns"
+type = "udp"
+localIP = "127.0.0.1"
+localPort = 53
+remotePort = 6002
+"""
+    )
+    client = procs.twistd("gotaxy-client", ["--config", str(tmp_path / "frpc.toml")], "client")
+    assert tunnel_port(client, "fixed") == single
+    auto = tunnel_port(client, "auto")
+    assert low <= auto <= high
+    client.wait_for(rf"tunnel outside refused by the server: port {outside} is not allowed")
+    client.wait_for(r"tunnel one-too-many refused by the server: .*maxPortsPerClient is 2")
+    client.wait_for(r"'transport.useEncryption'.*not support")
+    client.wait_for(r"type 'udp'|udp")
+    assert echo_once(single, b"via frp config") == b"via frp config"
+    assert echo_once(auto, b"auto port") == b"auto port"
+    server.wait_for(r"client office connected")
+
+
+def test_ports_are_kept_across_server_restarts(procs, echo):
+    low, high = free_port_range(50)
+    server = procs.server("--allow-ports", f"{low}-{high}")
+    control, token, fingerprint = server.port, server.token, server.fingerprint
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    port = tunnel_port(client, "echo")
+    assert low <= port <= high
+
+    # A clean restart: the auto-allocated port comes back.
+    # twistd re-raises SIGTERM after a clean shutdown.
+    assert server.stop() in (0, -signal.SIGTERM)
+    assert "Server Shut Down." in server.output()
+    mark = client.mark()
+    server = procs.server("--allow-ports", f"{low}-{high}", port=control, name="server2")
+    assert server.token is None  # secrets are printed on first start only
+    assert tunnel_port(client, "echo", timeout=40, start=mark) == port
+    assert echo_once(port, b"after restart") == b"after restart"
+
+    # A crash: the client notices, retries until the server is back, and
+    # reopens the tunnel on the same port.
+    server.kill()
+    client.wait_for(r"disconnected from the server", start=mark)
+    mark = client.mark()
+    time.sleep(1.5)  # the client retries against a closed port meanwhile
+    server = procs.server("--allow-ports", f"{low}-{high}", port=control, name="server3")
+    assert tunnel_port(client, "echo", timeout=40, start=mark) == port
+    assert echo_once(port, b"after crash") == b"after crash"
+    assert token and fingerprint
+
+
+def test_client_started_before_server_retries_until_it_is_up(procs, echo, tmp_path):
+    # Start the server once to create its credentials, then stop it.
+    server = procs.server()
+    control, token, fingerprint = server.port, server.token, server.fingerprint
+    server.stop()
+    client = procs.twistd(
+        "gotaxy-client",
+        ["--server", f"127.0.0.1:{control}", "--token", token, "--fingerprint", fingerprint,
+         "--data-dir", str(tmp_path / "c"), "--tunnel", f"echo=tcp:127.0.0.1:{echo.port}"],
+        "client",
+    )
+    client.wait_for(r"[Cc]onnection refused|Scheduling retry|retry", timeout=20)
+    procs.server(port=control, name="server2")
+    port = tunnel_port(client, "echo", timeout=40)
+    assert echo_once(port, b"late server") == b"late server"
+
+
+def test_frozen_client_is_marked_offline_after_heartbeat_timeout(procs, echo):
+    server = procs.server("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2")
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    port = tunnel_port(client, "echo")
+    assert echo_once(port, b"alive") == b"alive"
+
+    # SIGSTOP: the client's TCP connection stays open but nothing answers,
+    # which is what a machine that lost power or network looks like.
+    client.signal(signal.SIGSTOP)
+    started = time.monotonic()
+    server.wait_for(r"client default \(127\.0\.0\.1:\d+\) silent for \d+ s", timeout=15)
+    elapsed = time.monotonic() - started
+    assert 1.5 <= elapsed <= 6, elapsed
+    server.wait_for(r"client default offline: heartbeat timeout")
+    assert connection_refused(port)
+    store = Store(default_url(str(server.data_dir)))
+    try:
+        (record,) = [c for c in store.list_clients() if c.name == "default"]
+        assert record.online is False
+        (tunnel,) = [t for t in store.list_tunnels() if t.name == "echo"]
+        assert tunnel.status == "down" and "heartbeat timeout" in tunnel.reason
+        assert any(e.type == "client.disconnected" and "heartbeat" in (e.detail or "") for e in store.events())
+    finally:
+        store.close()
+
+    # Thawed, the client finds its connection dead, reconnects, and gets
+    # its port back.
+    mark = client.mark()
+    client.signal(signal.SIGCONT)
+    assert tunnel_port(client, "echo", timeout=40, start=mark) == port
+    assert echo_once(port, b"back") == b"back"
+
+
+def test_wrong_token_exits_nonzero_and_is_logged_without_the_token(procs, echo):
+    server = procs.server()
+    wrong = "gtx_" + "A" * 43
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", token=wrong)
+    assert client.wait_exit(30) == 2
+    assert "the server refused our login: invalid, expired or revoked token" in client.output()
+    server.wait_for(r"login failed from 127\.0\.0\.1:\d+: invalid, expired or revoked token")
+
+    # No token, right or wrong, in any log line or log file.
+    good = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="good")
+    tunnel_port(good, "echo")
+    log_text = server.output().split("=" * 72)[-1]  # everything after the first-start banner
+    for secret in (wrong, server.token):
+        assert secret not in log_text
+        assert secret not in client.output() and secret not in good.output()
+        for path in (server.data_dir / "logs").iterdir():
+            assert secret not in path.read_text()
+    assert server.output().count(server.token) == 2  # the banner: the token line and the command to paste
+
+
+def test_changed_server_certificate_is_refused(procs, echo, tmp_path):
+    server = procs.server(data_dir="first")
+    control = server.port
+    argv = ["--server", f"127.0.0.1:{control}", "--data-dir", str(tmp_path / "c"),
+            "--tunnel", f"echo=tcp:127.0.0.1:{echo.port}"]
+    first = procs.twistd("gotaxy-client", [*argv, "--token", server.token], "first")
+    tunnel_port(first, "echo")
+    first.wait_for(r"first use")
+    known = (tmp_path / "c" / "known_servers").read_text()
+    assert server.fingerprint in known
+    first.stop()
+    server.stop()
+
+    # Same address, new certificate (e.g. an impostor): refused, loudly.
+    impostor = procs.server(data_dir="second", port=control, name="impostor")
+    assert impostor.fingerprint != server.fingerprint
+    second = procs.twistd("gotaxy-client", [*argv, "--token", impostor.token], "second")
+    assert second.wait_exit(30) == 2
+    out = second.output()
+    assert server.fingerprint in out and impostor.fingerprint in out
+    assert "login failed" not in impostor.output()  # the token was never sent
+
+
+def test_revoked_token_cuts_the_client_off(procs, echo):
+    server = procs.server("--heartbeat-interval", "1", "--heartbeat-timeout", "5")
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    port = tunnel_port(client, "echo")
+    assert "revoked" in gotaxy_cli("--data-dir", str(server.data_dir), "token", "revoke", "default")
+    server.wait_for(r"client default: token revoked or expired; disconnecting", timeout=15)
+    assert client.wait_exit(30) == 2
+    assert connection_refused(port)
+
+
+def _tls(port: int) -> ssl.SSLSocket:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return context.wrap_socket(raw)
+
+
+def test_garbage_and_floods_on_the_control_port_do_not_disturb_tunnels(procs, echo, tmp_path):
+    (tmp_path / "frps.toml").write_text("transport.authTimeout = 2\n")
+    server = procs.server("--config", str(tmp_path / "frps.toml"))
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    port = tunnel_port(client, "echo")
+
+    results = []
+    transfer = threading.Thread(target=lambda: results.append(stream_through(port, 48 * 1024 * 1024)))
+    transfer.start()
+
+    # Plain garbage instead of TLS.
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(os.urandom(2000))
+    # TLS, then not our protocol.
+    with _tls(server.port) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    # Right preamble, then a frame announcing a 2 GiB payload.
+    with _tls(server.port) as s:
+        s.sendall(b"GTXY" + struct.pack("!I", 1) + struct.pack("!BII", 1, 0, 2**31))
+        time.sleep(0.2)
+    # Right preamble, then data before logging in.
+    with _tls(server.port) as s:
+        s.sendall(b"GTXY" + struct.pack("!I", 1) + struct.pack("!BII", 3, 2, 5) + b"hello")
+        time.sleep(0.2)
+    # A flood of connections that never say anything.
+    idle = []
+    for _ in range(400):
+        try:
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        except OSError:
+            break
+    assert echo_once(port, b"during the flood") == b"during the flood"
+
+    transfer.join(120)
+    assert results and results[0][0] == results[0][1]
+
+    server.wait_for(r"TLS|SSL|handshake|wrong version|unknown protocol|packet length", timeout=10)
+    server.wait_for(r"not a Gotaxy client")
+    server.wait_for(r"CONTROL frame of 2147483648 bytes exceeds the limit of 16384")
+    server.wait_for(r"DATA frame before login")
+    server.wait_for(r"refusing connection from 127\.0\.0\.1: \d+ connections are waiting to log in")
+    server.wait_for(r"no login within 2 s", timeout=10)
+    # The idle connections are cut after authTimeout ...
+    closed = 0
+    for s in idle:
+        s.settimeout(10)
+        try:
+            if s.recv(1) == b"":
+                closed += 1
+        except (ConnectionResetError, socket.timeout):
+            closed += 1
+        s.close()
+    assert closed == len(idle)
+    # ... and honest clients can log in again.
+    late = procs.client(server, f"late=tcp:127.0.0.1:{echo.port}", name="late")
+    assert echo_once(tunnel_port(late, "late"), b"still serving") == b"still serving"
+    assert re.search(r"Traceback", server.output()) is None
