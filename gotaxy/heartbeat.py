@@ -6,8 +6,8 @@ Each side sends PING every ``interval`` seconds and answers the peer's PINGs
 with PONG.  The peer counts as alive while *any* frame arrives: the monitor
 compares the frame decoder's counter between checks instead of reading the
 clock per frame, so the data path pays nothing for it.  A peer silent for
-``timeout`` seconds is declared dead (checked every ``timeout / 10`` seconds,
-so the verdict comes at most 10% late).
+``timeout`` seconds is declared dead (checked at least every ``timeout / 10``
+seconds, so the verdict comes at most 10% late).
 
 The PING payload is the sender's clock reading; the PONG echoes it, which
 gives a round-trip time without any state per ping.
@@ -15,6 +15,7 @@ gives a round-trip time without any state per ping.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, Callable, Optional
 
@@ -45,6 +46,9 @@ class HeartbeatMonitor:
         self._last_heard = 0.0
         self._last_ping = 0.0
         self.rtt: Optional[float] = None
+        # Check at least every timeout/10 (a verdict is at most 10% late), at
+        # a period that divides the interval, so pings keep to the interval.
+        self._step = interval / math.ceil(interval / (timeout / 10))
         self._check = LoopingCall(self._tick)
         self._check.clock = clock
 
@@ -54,7 +58,7 @@ class HeartbeatMonitor:
         self._last_count = self._frames_seen()
         self._last_ping = now
         self._send_ping(_STAMP.pack(now))
-        self._check.start(min(self.interval, self.timeout / 10), now=False)
+        self._check.start(self._step, now=False)
 
     def stop(self) -> None:
         if self._check.running:
@@ -82,6 +86,7 @@ class HeartbeatMonitor:
             self.stop()
             self._on_timeout(silent)
             return
-        if now - self._last_ping >= self.interval - 1e-9:
+        # Half a step of slack: a tick that fires late must not skip a ping.
+        if now - self._last_ping >= self.interval - self._step / 2:
             self._last_ping = now
             self._send_ping(_STAMP.pack(now))

@@ -1,0 +1,164 @@
+"""
+Tests for gotaxy.cli: ``gotaxy token create|list|revoke`` on a server's store.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+
+from gotaxy.cli import main
+from gotaxy.credentials import TOKEN_PREFIX
+from gotaxy.store import Store, default_url
+
+TOKEN_RE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
+
+
+@pytest.fixture(scope="module")
+def blank_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("blank-store")
+    Store(default_url(str(directory))).close()
+    return directory
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, blank_store: Path) -> str:
+    """A data directory as the server leaves it after its first start."""
+    for path in blank_store.iterdir():
+        shutil.copy(path, tmp_path / path.name)
+    return str(tmp_path)
+
+
+def gotaxy(capsys: pytest.CaptureFixture, *argv: str) -> Tuple[int, str, str]:
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    captured = capsys.readouterr()
+    return code, out.getvalue() + captured.out, captured.err
+
+
+def authenticate(data_dir: str, token: str):
+    store = Store(default_url(data_dir))
+    try:
+        return store.authenticate_token(token)
+    finally:
+        store.close()
+
+
+def test_create_prints_a_working_token_once(capsys, data_dir: str) -> None:
+    code, out, err = gotaxy(capsys, "--data-dir", data_dir, "token", "create", "laptop")
+    assert (code, err) == (0, "")
+    tokens: List[str] = TOKEN_RE.findall(out)
+    assert len(tokens) == 1
+    assert "laptop" in out and "shown only now" in out
+    record = authenticate(data_dir, tokens[0])
+    assert record is not None and record.name == "laptop" and record.expires_at is None
+
+
+def test_list_shows_names_and_states_but_never_a_token(capsys, data_dir: str) -> None:
+    tokens = []
+    for name in ("alice", "bob", "carol"):
+        _, out, _ = gotaxy(capsys, "--data-dir", data_dir, "token", "create", name)
+        tokens.append(TOKEN_RE.search(out).group())
+    gotaxy(capsys, "--data-dir", data_dir, "token", "create", "old", "--expires-in", "-1")
+    gotaxy(capsys, "--data-dir", data_dir, "token", "revoke", "bob")
+
+    code, out, err = gotaxy(capsys, "--data-dir", data_dir, "token", "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "CREATED", "EXPIRES", "LAST", "USED", "STATE"]
+    states = {line.split()[0]: line.split()[-1] for line in lines[1:]}
+    assert states == {"alice": "active", "bob": "revoked", "carol": "active", "old": "expired"}
+    assert TOKEN_PREFIX not in out
+    for token in tokens:
+        assert token not in out
+
+
+def test_list_shows_expiry_and_last_use(capsys, data_dir: str) -> None:
+    _, out, _ = gotaxy(capsys, "--data-dir", data_dir, "token", "create", "laptop", "--expires-in", "30")
+    authenticate(data_dir, TOKEN_RE.search(out).group())
+    _, out, _ = gotaxy(capsys, "--data-dir", data_dir, "token", "list")
+    (row,) = out.splitlines()[1:]
+    # Created, expires and last used are all dates now; none is "-".
+    assert row.count("UTC") == 3 and " - " not in row
+
+
+def test_empty_list_is_just_the_header(capsys, data_dir: str) -> None:
+    code, out, _ = gotaxy(capsys, "--data-dir", data_dir, "token", "list")
+    assert code == 0 and len(out.splitlines()) == 1
+
+
+def test_revoke_stops_the_token_working(capsys, data_dir: str) -> None:
+    _, out, _ = gotaxy(capsys, "--data-dir", data_dir, "token", "create", "laptop")
+    token = TOKEN_RE.search(out).group()
+    code, out, err = gotaxy(capsys, "--data-dir", data_dir, "token", "revoke", "laptop")
+    assert (code, err) == (0, "")
+    assert "revoked" in out and "laptop" in out
+    assert authenticate(data_dir, token) is None
+
+
+def test_expiring_token(capsys, data_dir: str) -> None:
+    _, out, _ = gotaxy(capsys, "--data-dir", data_dir, "token", "create", "temp", "--expires-in", "1")
+    record = authenticate(data_dir, TOKEN_RE.search(out).group())
+    assert record is not None and record.expires_at is not None
+    assert record.expires_at - record.created_at == pytest.approx(86400, abs=5)
+
+
+def test_store_url_overrides_data_dir(capsys, tmp_path: Path) -> None:
+    url = "sqlite:///" + str(tmp_path / "elsewhere.db")
+    code, out, _ = gotaxy(capsys, "--store", url, "token", "create", "laptop")
+    assert code == 0
+    store = Store(url)
+    try:
+        assert store.authenticate_token(TOKEN_RE.search(out).group()) is not None
+    finally:
+        store.close()
+
+
+def test_missing_store_is_a_clear_error(capsys, tmp_path: Path) -> None:
+    empty = tmp_path / "nothing-here"
+    code, out, err = gotaxy(capsys, "--data-dir", str(empty), "token", "list")
+    assert code == 1 and out == ""
+    assert "no store in" in err and str(empty) in err and "--data-dir" in err
+    assert "Traceback" not in err
+    # And it did not create one behind the user's back.
+    assert not empty.exists()
+
+
+def test_revoking_an_unknown_name_is_a_clear_error(capsys, data_dir: str) -> None:
+    code, out, err = gotaxy(capsys, "--data-dir", data_dir, "token", "revoke", "ghost")
+    assert code == 1
+    assert err.strip() == "gotaxy: no active token named 'ghost'"
+
+
+def test_revoking_twice_is_an_error_the_second_time(capsys, data_dir: str) -> None:
+    gotaxy(capsys, "--data-dir", data_dir, "token", "create", "laptop")
+    assert gotaxy(capsys, "--data-dir", data_dir, "token", "revoke", "laptop")[0] == 0
+    assert gotaxy(capsys, "--data-dir", data_dir, "token", "revoke", "laptop")[0] == 1
+
+
+def test_duplicate_name_is_a_clear_error_and_prints_no_token(capsys, data_dir: str) -> None:
+    _, out, _ = gotaxy(capsys, "--data-dir", data_dir, "token", "create", "laptop")
+    first = TOKEN_RE.search(out).group()
+    code, out, err = gotaxy(capsys, "--data-dir", data_dir, "token", "create", "laptop")
+    assert code == 1
+    assert TOKEN_PREFIX not in out
+    assert err.startswith("gotaxy: ") and "already exists" in err and "revoke it first" in err
+    assert "Traceback" not in err
+    assert authenticate(data_dir, first) is not None
+
+
+def test_too_long_name_is_a_clear_error(capsys, data_dir: str) -> None:
+    code, _, err = gotaxy(capsys, "--data-dir", data_dir, "token", "create", "x" * 65)
+    assert code == 1 and "1 to 64 characters" in err
+
+
+def test_usage_errors_exit_with_argparse_status(capsys, data_dir: str) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--data-dir", data_dir, "token"])
+    assert exit_.value.code == 2
+    assert "usage: gotaxy" in capsys.readouterr().err

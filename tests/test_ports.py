@@ -1,0 +1,104 @@
+"""
+Tests for gotaxy.ports: which public ports a tunnel may get.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from gotaxy.config import PortRange
+from gotaxy.ports import MAX_ATTEMPTS, PortAllocator
+
+
+def allocator(*ranges, seed: int = 1) -> PortAllocator:
+    return PortAllocator([PortRange(a, b) for a, b in ranges], rng=random.Random(seed))
+
+
+def test_allowed_follows_the_ranges() -> None:
+    ports = allocator((2000, 3000), (3001, 3001), (6000, 6010))
+    for port in (2000, 2500, 3000, 3001, 6000, 6010):
+        assert ports.allowed(port), port
+    for port in (1999, 3002, 5999, 6011, 80, 65535):
+        assert not ports.allowed(port), port
+
+
+def test_unrestricted_allows_every_valid_port_and_proposes_none() -> None:
+    ports = PortAllocator([])
+    assert ports.unrestricted
+    assert ports.allowed(1) and ports.allowed(65535) and ports.allowed(8080)
+    assert not ports.allowed(0) and not ports.allowed(65536) and not ports.allowed(-1)
+    # The operating system picks: nothing to propose.
+    assert ports.candidates(exclude=set()) == []
+
+
+def test_restricted_is_not_unrestricted() -> None:
+    assert not allocator((10, 20)).unrestricted
+
+
+def test_candidates_avoid_excluded_ports_and_stay_in_range() -> None:
+    ports = allocator((7000, 7009), (9000, 9004))
+    exclude = {7000, 7003, 9004, 12345}
+    got = ports.candidates(exclude)
+    assert sorted(got) == sorted((set(range(7000, 7010)) | set(range(9000, 9005))) - exclude)
+    assert len(got) == len(set(got))
+
+
+def test_candidates_are_limited_and_distinct() -> None:
+    ports = allocator((20000, 20099))
+    got = ports.candidates(set(), limit=10)
+    assert len(got) == 10 and len(set(got)) == 10
+    assert all(20000 <= p <= 20099 for p in got)
+    assert len(ports.candidates(set())) == MAX_ATTEMPTS
+
+
+def test_candidates_come_in_random_order() -> None:
+    ports = PortAllocator([PortRange(5000, 5019)])  # the real, system RNG
+    orders = {tuple(ports.candidates(set())) for _ in range(20)}
+    assert len(orders) > 15
+    # Every port gets to be first now and then: no bias to the range start.
+    firsts = Counter(tuple_[0] for tuple_ in (ports.candidates(set()) for _ in range(2000)))
+    assert set(firsts) == set(range(5000, 5020))
+
+
+def test_single_port_range() -> None:
+    ports = allocator((4444, 4444))
+    assert ports.candidates(set()) == [4444]
+    assert ports.candidates({4444}) == []
+
+
+def test_everything_excluded_gives_nothing() -> None:
+    ports = allocator((4000, 4009))
+    assert ports.candidates(set(range(4000, 4010))) == []
+
+
+def test_huge_range_gives_distinct_ports_spread_over_the_range() -> None:
+    ports = allocator((1024, 65535), seed=3)
+    exclude = set(range(1024, 40000))  # most of the lower part is taken
+    got = ports.candidates(exclude)
+    assert len(got) == MAX_ATTEMPTS and len(set(got)) == MAX_ATTEMPTS
+    assert all(40000 <= p <= 65535 for p in got)
+
+
+def test_huge_range_over_several_pieces_reaches_each_piece() -> None:
+    ports = allocator((1000, 1999), (30000, 30000), (50000, 59999), seed=9)
+    seen = set()
+    for _ in range(300):
+        got = ports.candidates(set())
+        assert len(got) == MAX_ATTEMPTS and len(set(got)) == MAX_ATTEMPTS
+        assert all(ports.allowed(p) for p in got)
+        seen.update(got)
+    assert any(1000 <= p <= 1999 for p in seen)
+    assert 30000 in seen
+    assert any(50000 <= p <= 59999 for p in seen)
+
+
+def test_range_just_above_the_shuffle_threshold_still_finds_free_ports() -> None:
+    # 4 * MAX_ATTEMPTS + 1 ports, half reserved: sampling must still propose
+    # only free ones, and plenty of them.
+    size = 4 * MAX_ATTEMPTS + 1
+    ports = allocator((10000, 10000 + size - 1), seed=2)
+    exclude = set(range(10000, 10000 + size, 2))
+    got = ports.candidates(exclude)
+    assert got and not set(got) & exclude
+    assert len(got) >= MAX_ATTEMPTS // 2
