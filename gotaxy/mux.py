@@ -343,6 +343,10 @@ class MuxProtocol(Protocol):
         self.transport.write(PREAMBLE.pack(PREAMBLE_MAGIC, PROTOCOL_VERSION))
 
     def dataReceived(self, data: bytes) -> None:
+        if self.disconnecting:
+            # Closing: what the peer sends now is not read (a TLS transport
+            # may still deliver it after loseConnection).
+            return
         try:
             if self._preamble is not None:
                 data = self._read_preamble(data)

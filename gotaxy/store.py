@@ -40,6 +40,18 @@ TUNNEL_REFUSED = "tunnel.refused"
 TOKEN_CREATED = "token.created"
 TOKEN_REVOKED = "token.revoked"
 SERVER_STARTED = "server.started"
+CLIENT_KICKED = "client.kicked"
+TUNNEL_ADDED = "tunnel.added"
+TUNNEL_REMOVED = "tunnel.removed"
+TUNNEL_ENABLED = "tunnel.enabled"
+TUNNEL_DISABLED = "tunnel.disabled"
+TUNNEL_EDITED = "tunnel.edited"
+CONFIG_RELOADED = "config.reloaded"
+
+#: Who defined a tunnel: the client's own config, or an operator (panel or
+#: console), in which case the server pushes it to the client.
+SOURCE_CLIENT = "client"
+SOURCE_SERVER = "server"
 
 
 class StoreError(Exception):
@@ -78,6 +90,8 @@ class TunnelRecord:
     status: str
     reason: Optional[str] = None
     updated_at: Optional[float] = None
+    source: str = SOURCE_CLIENT
+    enabled: bool = True
 
 
 @attrs.frozen
@@ -138,6 +152,8 @@ class Store:
                 ("status", types.string(16)),
                 ("reason", types.text),
                 ("updated_at", types.float),
+                ("source", types.string(8)),
+                ("enabled", types.boolean),
             ],
             "events": [
                 ("at", types.float),
@@ -299,20 +315,47 @@ class Store:
             )
         self.record_event(event, client=client, tunnel=name, detail=reason)
 
-    def list_tunnels(self) -> List[TunnelRecord]:
-        return [
-            TunnelRecord(
-                client=row["client"],
-                name=row["name"],
-                type=row["type"] or "tcp",
-                local_addr=row["local_addr"] or "",
-                remote_port=row["remote_port"] or 0,
-                status=row["status"] or "down",
-                reason=row["reason"],
-                updated_at=row["updated_at"],
-            )
-            for row in self.db["tunnels"].find(order_by=["client", "name"])
-        ]
+    def list_tunnels(self, client: Optional[str] = None) -> List[TunnelRecord]:
+        filters = {"client": client} if client is not None else {}
+        return [_tunnel(row) for row in self.db["tunnels"].find(order_by=["client", "name"], **filters)]
+
+    def get_tunnel(self, client: str, name: str) -> Optional[TunnelRecord]:
+        row = self.db["tunnels"].find_one(client=client, name=name)
+        return _tunnel(row) if row else None
+
+    def add_server_tunnel(self, client: str, name: str, local_addr: str, port: int) -> TunnelRecord:
+        """Record a tunnel an operator defined for ``client`` (port 0: pick on open)."""
+        if self.db["tunnels"].find_one(client=client, name=name):
+            raise StoreError(f"client {client!r} already has a tunnel named {name!r}")
+        now = self._clock()
+        row = dict(
+            client=client,
+            name=name,
+            type="tcp",
+            local_addr=local_addr,
+            remote_port=port or None,
+            status="down",
+            reason="not opened yet",
+            updated_at=now,
+            source=SOURCE_SERVER,
+            enabled=True,
+        )
+        self.db["tunnels"].insert(row)
+        self.record_event(TUNNEL_ADDED, client=client, tunnel=name, detail=f"port {port or 'auto'} -> {local_addr}")
+        return _tunnel(row)
+
+    def update_tunnel(self, client: str, name: str, event: str, detail: Optional[str] = None, **fields: Any) -> None:
+        """Change a tunnel's stored settings (local_addr, remote_port, enabled)."""
+        allowed = {"local_addr", "remote_port", "enabled"}
+        if not set(fields) <= allowed:
+            raise ValueError(f"cannot update {set(fields) - allowed}")
+        self.db["tunnels"].update(dict(client=client, name=name, updated_at=self._clock(), **fields), ["client", "name"])
+        self.record_event(event, client=client, tunnel=name, detail=detail)
+
+    def remove_tunnel(self, client: str, name: str) -> None:
+        """Forget a tunnel and release its port."""
+        self.db["tunnels"].delete(client=client, name=name)
+        self.record_event(TUNNEL_REMOVED, client=client, tunnel=name)
 
     # -- events --------------------------------------------------------------
 
@@ -328,13 +371,30 @@ class Store:
             dict(at=self._clock(), type=type_, client=client, tunnel=tunnel, address=address, detail=detail)
         )
 
-    def events(self, limit: int = 100, type_: Optional[str] = None, client: Optional[str] = None) -> List[EventRecord]:
+    def events(
+        self,
+        limit: int = 100,
+        type_: Optional[str] = None,
+        client: Optional[str] = None,
+        since: Optional[float] = None,
+        until: Optional[float] = None,
+        offset: int = 0,
+    ) -> List[EventRecord]:
+        """Newest first; ``type_`` ending in "." matches a family ("tunnel.")."""
         filters: Dict[str, Any] = {}
         if type_:
-            filters["type"] = type_
+            filters["type"] = {"like": type_ + "%"} if type_.endswith(".") else type_
         if client:
             filters["client"] = client
-        rows = self.db["events"].find(order_by="-id", _limit=max(1, min(limit, 10000)), **filters)
+        if since is not None and until is not None:
+            filters["at"] = {"between": [since, until]}
+        elif since is not None:
+            filters["at"] = {">=": since}
+        elif until is not None:
+            filters["at"] = {"<=": until}
+        rows = self.db["events"].find(
+            order_by="-id", _limit=max(1, min(limit, 10000)), _offset=max(0, offset), **filters
+        )
         return [
             EventRecord(
                 id=row["id"],
@@ -370,6 +430,21 @@ class Store:
 
 
 _DUMMY_HASH = hash_password("gotaxy-no-such-user")
+
+
+def _tunnel(row: Dict[str, Any]) -> TunnelRecord:
+    return TunnelRecord(
+        client=row["client"],
+        name=row["name"],
+        type=row.get("type") or "tcp",
+        local_addr=row.get("local_addr") or "",
+        remote_port=row.get("remote_port") or 0,
+        status=row.get("status") or "down",
+        reason=row.get("reason"),
+        updated_at=row.get("updated_at"),
+        source=row.get("source") or SOURCE_CLIENT,
+        enabled=row.get("enabled") is not False,
+    )
 
 
 def _token(row: Dict[str, Any]) -> TokenRecord:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -43,11 +44,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def free_port_range(size: int) -> "tuple[int, int]":
-    """A run of ``size`` ports that are free right now (best effort)."""
-    for _ in range(200):
-        start = free_port()
-        if start + size > 65535:
-            continue
+    """
+    A run of ``size`` ports that are free right now, taken below the
+    kernel's ephemeral range so that outgoing connections (which get their
+    local ports from that range) cannot land in it meanwhile.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError):
+        ephemeral_low = 32768
+    rng = random.Random()
+    for _ in range(500):
+        start = rng.randrange(10000, ephemeral_low - size)
         if all(_port_free(p) for p in range(start, start + size)):
             return start, start + size - 1
     raise RuntimeError("no free port range found")
@@ -55,6 +64,8 @@ def free_port_range(size: int) -> "tuple[int, int]":
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As a listener would: ports in TIME_WAIT are usable.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

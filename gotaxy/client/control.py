@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gotaxy import __version__
-from gotaxy.config import ClientConfig, TunnelSpec
+from gotaxy.config import ClientConfig, ConfigError, TunnelSpec, parse_host_port
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol, Stream
@@ -124,6 +124,17 @@ class ClientControlProtocol(MuxProtocol):
             self.log.info("tunnel {name} up at {host}:{port}", name=name, host=self.config.server_addr, port=port)
         elif kind == "tunnel_refused" and self.authenticated:
             self.log.error("tunnel {name} refused by the server: {reason}", name=message.get("name"), reason=reason)
+        elif kind == "tunnel_add" and self.authenticated:
+            self._operator_tunnel(message)
+        elif kind == "tunnel_remove" and self.authenticated:
+            name = str(message.get("name"))
+            self.tunnels.pop(name, None)
+            self.up.pop(name, None)
+            self.log.info("tunnel {name} removed by the server's operator", name=name)
+        elif kind == "tunnel_down" and self.authenticated:
+            name = str(message.get("name"))
+            self.up.pop(name, None)
+            self.log.warn("tunnel {name} down: {reason}", name=name, reason=reason)
         elif kind == "error":
             self.log.warn("server closed the connection: {reason}", reason=reason)
         else:
@@ -152,15 +163,37 @@ class ClientControlProtocol(MuxProtocol):
         )
         self.heartbeat.start()
         for spec in self.config.tunnels:
-            self.send_control(
-                {
-                    "type": "tunnel_open",
-                    "name": spec.name,
-                    "tunnelType": spec.type,
-                    "localAddr": f"{spec.local_ip}:{spec.local_port}",
-                    "remotePort": spec.remote_port,
-                }
+            self._request_tunnel(spec)
+
+    def _operator_tunnel(self, message: Dict[str, Any]) -> None:
+        """A tunnel defined on the server (panel or console): adopt it and open it."""
+        name = message.get("name")
+        try:
+            host, port = parse_host_port(str(message.get("localAddr")))
+            spec = TunnelSpec(name=str(name), local_ip=host, local_port=port, remote_port=int(message.get("remotePort") or 0))
+        except (ConfigError, TypeError, ValueError) as e:
+            self.log.error("ignoring tunnel {name} from the server: {error}", name=name, error=e)
+            return
+        if spec.name in self.tunnels and spec.name in {t.name for t in self.config.tunnels}:
+            self.log.error(
+                "ignoring tunnel {name} from the server: this client's config defines a tunnel of that name",
+                name=spec.name,
             )
+            return
+        self.tunnels[spec.name] = spec
+        self.log.info("tunnel {name} added by the server's operator -> {ip}:{port}", name=spec.name, ip=host, port=port)
+        self._request_tunnel(spec)
+
+    def _request_tunnel(self, spec: TunnelSpec) -> None:
+        self.send_control(
+            {
+                "type": "tunnel_open",
+                "name": spec.name,
+                "tunnelType": spec.type,
+                "localAddr": f"{spec.local_ip}:{spec.local_port}",
+                "remotePort": spec.remote_port,
+            }
+        )
 
     def _heartbeat_timed_out(self, silent: float) -> None:
         self.log.warn("server silent for {seconds:.0f} s; reconnecting", seconds=silent)
@@ -208,10 +241,12 @@ class ClientControlFactory(Factory):
         self.verifier = verifier
         self.reactor = reactor
         self.fatal = fatal
-        self.current: Optional[ClientControlProtocol] = None
+        self.current: Optional[ClientControlProtocol] = None  #: logged in
+        self.latest: Optional[ClientControlProtocol] = None  #: connected, maybe not logged in
 
     def buildProtocol(self, addr: Any) -> ClientControlProtocol:
-        return ClientControlProtocol(self)
+        self.latest = ClientControlProtocol(self)
+        return self.latest
 
     def connected(self, protocol: ClientControlProtocol) -> None:
         self.current = protocol

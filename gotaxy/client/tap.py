@@ -102,6 +102,24 @@ def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
     return config, warnings
 
 
+class TunnelClientService(ClientService):
+    """
+    ``ClientService`` that closes its connection the way a mux must: the
+    protocol is the producer of its TLS transport, which waits for that
+    producer to unregister before it shuts down.
+    """
+
+    def __init__(self, factory: ClientControlFactory, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tunnel_factory = factory
+
+    def stopService(self) -> Any:
+        protocol = self.tunnel_factory.latest
+        if protocol is not None and protocol.transport is not None and not protocol.disconnecting:
+            protocol.close()
+        return super().stopService()
+
+
 def make_verifier(config: ClientConfig, reactor: Any = None) -> ServerVerifier:
     data_dir = os.path.expanduser(config.data_dir)
     try:
@@ -133,7 +151,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         )
 
     top = MultiService()
-    service: Optional[ClientService] = None
+    service: Optional[TunnelClientService] = None
 
     def fatal(message: str) -> None:
         log.critical("{message}", message=message)
@@ -146,7 +164,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         verifier.connection_creator(),
         HostnameEndpoint(reactor, config.server_addr, config.server_port, timeout=config.dial_timeout),
     )
-    service = ClientService(endpoint, factory, retryPolicy=reconnect_delay, clock=reactor)
+    service = TunnelClientService(factory, endpoint, factory, retryPolicy=reconnect_delay, clock=reactor)
     service.setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     return top

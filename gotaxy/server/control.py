@@ -39,6 +39,11 @@ from gotaxy.mux import MuxProtocol
 from gotaxy.server.core import LoginRefused, ServerCore, TunnelRefused
 
 
+def tunnel_add_message(name: str, local_addr: str, remote_port: int) -> Dict[str, Any]:
+    """Tell the client about a tunnel an operator defined for it."""
+    return {"type": "tunnel_add", "name": name, "localAddr": local_addr, "remotePort": remote_port}
+
+
 class Admission:
     """Counts connections that have not authenticated yet."""
 
@@ -93,7 +98,6 @@ class ServerControlProtocol(MuxProtocol):
         self.tunnels: Dict[str, Any] = {}
         self.lost = False
         self.dropped = False
-        self.replaced = False
         self._host: Optional[str] = None
         self._login_started = False
         self._auth_timer: Any = None
@@ -177,6 +181,9 @@ class ServerControlProtocol(MuxProtocol):
             on_timeout=self._heartbeat_timed_out,
         )
         self.heartbeat.start()
+        for record in await self.core.operator_tunnels(name):
+            if not self.lost:
+                self.send_control(tunnel_add_message(record.name, record.local_addr, record.remote_port))
 
     async def _tunnel_open(self, message: Dict[str, Any]) -> None:
         name = message.get("name")

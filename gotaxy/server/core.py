@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_manage -*-
 """
 The live state of a Gotaxy server and the rules that change it.
 
@@ -15,29 +15,36 @@ connection) and which tunnels are up (``tunnels``: (client, tunnel name) ->
   public port.
 * ``session_lost`` closes the client's listeners and marks it offline.
 
-Every decision is also written to the store's events table.  The store is
-reached only through ``ThreadedStore``, so this module never blocks.
+Operators (web panel, console) act through ``gotaxy.server.manage``, which
+calls in here.  Every decision is written to the store's events table and
+published on ``events`` for live watchers.  The store is reached only
+through ``ThreadedStore``, so this module never blocks.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gotaxy import __version__
 from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
+from gotaxy.events import Event, EventBus
 from gotaxy.logs import gotaxy_observer
 from gotaxy.ports import PortAllocator
 from gotaxy.server.tunnel import LiveTunnel, PublicFactory
 from gotaxy.store import (
+    CLIENT_CONNECTED,
+    CLIENT_DISCONNECTED,
     CLIENT_REPLACED,
     LOGIN_FAILED,
+    SOURCE_SERVER,
     TUNNEL_CLOSED,
+    TUNNEL_OPENED,
     TUNNEL_REFUSED,
     ThreadedStore,
 )
@@ -46,6 +53,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 #: Tunnels one client may ask for, whatever maxPortsPerClient says.
 MAX_TUNNELS_PER_CLIENT = 256
+
+#: Seconds between traffic-rate samples.
+RATE_INTERVAL = 1.0
 
 
 class LoginRefused(Exception):
@@ -72,11 +82,44 @@ class ServerCore:
         self._db = store.store
         self.reactor = reactor
         self.ports = PortAllocator(config.allow_ports)
+        self.events = EventBus()
         self.sessions: Dict[str, Any] = {}
         self.tunnels: Dict[Tuple[str, str], LiveTunnel] = {}
         # Listeners being closed, so a reopen of the same tunnel waits.
         self._closing: Dict[Tuple[str, str], Deferred] = {}
         self.started_at = reactor.seconds()
+        # Traffic of tunnels that are no longer up, so totals never go back.
+        self.retired_bytes_in = 0
+        self.retired_bytes_out = 0
+        self._rates = LoopingCall(self._sample_rates)
+        self._rates.clock = reactor
+
+    def start(self) -> None:
+        self._rates.start(RATE_INTERVAL, now=False)
+
+    def stop(self) -> None:
+        if self._rates.running:
+            self._rates.stop()
+
+    # -- events --------------------------------------------------------------
+
+    async def record(
+        self,
+        store_call: Callable[..., Any],
+        *args: Any,
+        event: str,
+        client: Optional[str] = None,
+        tunnel: Optional[str] = None,
+        address: Optional[str] = None,
+        detail: Optional[str] = None,
+    ) -> Any:
+        """Run a store call that records ``event``, then publish it live."""
+        result = await self.store.call(store_call, *args)
+        self.publish(event, client=client, tunnel=tunnel, address=address, detail=detail)
+        return result
+
+    def publish(self, type_: str, **fields: Any) -> None:
+        self.events.publish(Event(type=type_, at=self.reactor.seconds(), **fields))
 
     # -- login ---------------------------------------------------------------
 
@@ -107,7 +150,10 @@ class ServerCore:
                 via_store = True
         if name is None:
             self.log.warn("login failed from {address}: invalid, expired or revoked token", address=address)
-            await self.store.call(self._db.record_event, LOGIN_FAILED, address=address, detail="invalid token")
+            await self.record(
+                self._db.record_event, LOGIN_FAILED, None, None, address, "invalid token",
+                event=LOGIN_FAILED, address=address, detail="invalid token",
+            )
             raise LoginRefused("invalid, expired or revoked token")
         if session.lost:
             raise LoginRefused("connection lost during login")
@@ -120,15 +166,17 @@ class ServerCore:
                 address=address,
                 old=old.peer_address,
             )
-            old.replaced = True
             old.close_with_error(f"replaced by a new connection from {address}")
-            await self._drop_session(old, f"replaced by a new connection from {address}", CLIENT_REPLACED)
+            await self.drop_session(old, f"replaced by a new connection from {address}", CLIENT_REPLACED)
         if session.lost:
             raise LoginRefused("connection lost during login")
         session.client_name = name
         session.token_checked = via_store
         self.sessions[name] = session
-        await self.store.call(self._db.client_connected, name, address, session.client_version)
+        await self.record(
+            self._db.client_connected, name, address, session.client_version,
+            event=CLIENT_CONNECTED, client=name, address=address, detail=f"version {session.client_version}",
+        )
         self.log.info(
             "client {client} connected from {address} (version {version})",
             client=name,
@@ -136,6 +184,11 @@ class ServerCore:
             version=session.client_version,
         )
         return name
+
+    async def operator_tunnels(self, client: str) -> List[Any]:
+        """The enabled tunnels operators defined for ``client`` (pushed at login)."""
+        records = await self.store.call(self._db.list_tunnels, client)
+        return [r for r in records if r.source == SOURCE_SERVER and r.enabled]
 
     # -- tunnels -------------------------------------------------------------
 
@@ -146,12 +199,14 @@ class ServerCore:
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise TunnelRefused("a tunnel name must be 1-64 letters, digits, '.', '_' or '-'")
         try:
-            reason = await self._open_tunnel(session, client, name, message)
+            return await self._open_tunnel(session, client, name, message)
         except TunnelRefused as refused:
             self.log.warn("tunnel {client}/{tunnel} refused: {reason}", client=client, tunnel=name, reason=refused)
-            await self.store.call(self._db.tunnel_down, client, name, "refused", str(refused), TUNNEL_REFUSED)
+            await self.record(
+                self._db.tunnel_down, client, name, "refused", str(refused), TUNNEL_REFUSED,
+                event=TUNNEL_REFUSED, client=client, tunnel=name, detail=str(refused),
+            )
             raise
-        return reason
 
     async def _open_tunnel(self, session: Any, client: str, name: str, message: Dict[str, Any]) -> LiveTunnel:
         kind = message.get("tunnelType", "tcp")
@@ -166,7 +221,7 @@ class ServerCore:
         key = (client, name)
         if key in self.tunnels:
             raise TunnelRefused(f"tunnel {name!r} is already open")
-        mine = [t for t in self.tunnels.values() if t.client == client]
+        mine = self.tunnels_of(client)
         if len(mine) >= MAX_TUNNELS_PER_CLIENT:
             raise TunnelRefused(f"a client may have at most {MAX_TUNNELS_PER_CLIENT} tunnels")
         limit = self.config.max_ports_per_client
@@ -176,12 +231,22 @@ class ServerCore:
         closing = self._closing.get(key)
         if closing is not None:
             await closing
-        reserved = await self.store.call(self._db.reserved_port, client, name)
+        record = await self.store.call(self._db.get_tunnel, client, name)
         if session.lost:
             raise TunnelRefused("client disconnected")
+        if record is not None and not record.enabled:
+            raise TunnelRefused(f"tunnel {name!r} is disabled by the operator")
+        reserved = record.remote_port if record is not None and record.remote_port else None
 
         tunnel = LiveTunnel(
-            client=client, name=name, type="tcp", local_addr=local_addr, remote_port=0, session=session
+            client=client,
+            name=name,
+            type="tcp",
+            local_addr=local_addr,
+            remote_port=0,
+            session=session,
+            source=record.source if record is not None else "client",
+            requested_port=requested,
         )
         live_ports = {t.remote_port for t in self.tunnels.values()}
         if requested:
@@ -199,7 +264,10 @@ class ServerCore:
             raise TunnelRefused("client disconnected")
         self.tunnels[key] = tunnel
         session.tunnels[name] = tunnel
-        await self.store.call(self._db.tunnel_up, client, name, "tcp", local_addr, tunnel.remote_port)
+        await self.record(
+            self._db.tunnel_up, client, name, "tcp", local_addr, tunnel.remote_port,
+            event=TUNNEL_OPENED, client=client, tunnel=name, detail=f"port {tunnel.remote_port} -> {local_addr}",
+        )
         self.log.info(
             "tunnel {client}/{tunnel} up on port {port} -> {local}",
             client=client,
@@ -208,6 +276,11 @@ class ServerCore:
             local=local_addr,
         )
         return tunnel
+
+    async def check_port(self, port: int, key: Tuple[str, str]) -> None:
+        """Raise TunnelRefused unless ``key`` may use ``port`` (for operators)."""
+        live = {t.remote_port for k, t in self.tunnels.items() if k != key}
+        await self._check_port_free(port, key, live)
 
     async def _check_port_free(self, port: int, key: Tuple[str, str], live_ports: set) -> None:
         if not self.ports.allowed(port):
@@ -242,13 +315,16 @@ class ServerCore:
             "ask the operator to widen it"
         )
 
-    def close_tunnel(self, tunnel: LiveTunnel, reason: str) -> Deferred:
-        """Stop a tunnel's listener; its open connections end on their own."""
+    def close_tunnel(self, tunnel: LiveTunnel, reason: str, cut_connections: bool = False) -> Deferred:
+        """
+        Stop a tunnel's listener.  Its open connections end on their own,
+        unless ``cut_connections`` (an operator disabling or restarting it).
+        """
         key = tunnel.key
         if self.tunnels.get(key) is tunnel:
             del self.tunnels[key]
         tunnel.session.tunnels.pop(tunnel.name, None)
-        done = Deferred()
+        done: Deferred = Deferred()
         self._closing[key] = done
 
         def stopped(_: Any) -> None:
@@ -258,36 +334,52 @@ class ServerCore:
 
         stopping = tunnel.listening_port.stopListening() if tunnel.listening_port else None
         (stopping if stopping is not None else succeed(None)).addBoth(stopped)
+        if cut_connections:
+            for stream in list(tunnel.streams):
+                stream.abort(reason)
+        in_total, out_total = tunnel.totals()
+        self.retired_bytes_in += in_total
+        self.retired_bytes_out += out_total
         self.log.info("tunnel {client}/{tunnel} closed: {reason}", client=tunnel.client, tunnel=tunnel.name, reason=reason)
         return done
 
+    async def close_and_record(self, tunnel: LiveTunnel, reason: str, status: str = "down",
+                               cut_connections: bool = False) -> None:
+        await self.close_tunnel(tunnel, reason, cut_connections)
+        await self.record(
+            self._db.tunnel_down, tunnel.client, tunnel.name, status, reason, TUNNEL_CLOSED,
+            event=TUNNEL_CLOSED, client=tunnel.client, tunnel=tunnel.name, detail=reason,
+        )
+
     async def client_closes_tunnel(self, session: Any, name: str) -> None:
         tunnel = session.tunnels.get(name)
-        if tunnel is None:
-            return
-        await self.close_tunnel(tunnel, "closed by the client")
-        await self.store.call(
-            self._db.tunnel_down, tunnel.client, tunnel.name, "down", "closed by the client", TUNNEL_CLOSED
-        )
+        if tunnel is not None:
+            await self.close_and_record(tunnel, "closed by the client")
 
     # -- sessions ------------------------------------------------------------
 
-    async def _drop_session(self, session: Any, reason: str, event: Optional[str] = None) -> None:
+    async def drop_session(self, session: Any, reason: str, event: Optional[str] = None) -> None:
+        """Forget ``session``: close its tunnels and mark its client offline."""
         name = session.client_name
         if name is None or session.dropped:
             return
         session.dropped = True
         if self.sessions.get(name) is session:
             del self.sessions[name]
-        closing = [self.close_tunnel(t, reason) for t in list(session.tunnels.values())]
-        await DeferredList(closing)
-        await self.store.call(self._db.client_disconnected, name, session.peer_address, reason)
+        await DeferredList([self.close_tunnel(t, reason) for t in list(session.tunnels.values())])
+        await self.record(
+            self._db.client_disconnected, name, session.peer_address, reason,
+            event=CLIENT_DISCONNECTED, client=name, address=session.peer_address, detail=reason,
+        )
         if event is not None:
-            await self.store.call(self._db.record_event, event, client=name, address=session.peer_address)
+            await self.record(
+                self._db.record_event, event, name, None, session.peer_address, reason,
+                event=event, client=name, address=session.peer_address, detail=reason,
+            )
         self.log.info("client {client} offline: {reason}", client=name, reason=reason)
 
     def session_lost(self, session: Any, reason: str) -> Deferred:
-        return Deferred.fromCoroutine(self._drop_session(session, reason))
+        return Deferred.fromCoroutine(self.drop_session(session, reason))
 
     async def kick_inactive_tokens(self) -> None:
         """Cut off clients whose token was revoked or expired since they logged in."""
@@ -300,32 +392,37 @@ class ServerCore:
             if session is not None:
                 self.log.info("client {client}: token revoked or expired; disconnecting", client=name)
                 session.close_with_error("your token was revoked or has expired")
-                await self._drop_session(session, "token revoked or expired")
+                await self.drop_session(session, "token revoked or expired")
+
+    def reload_config(self, config: ServerConfig) -> None:
+        """Apply a re-read config: limits and ports apply to tunnels opened from now on."""
+        self.config = config
+        self.ports = PortAllocator(config.allow_ports)
 
     async def shutdown(self) -> None:
+        self.stop()
         sessions = list(self.sessions.values())
         for session in sessions:
             session.close_with_error("server shutting down")
         await DeferredList([self.session_lost(s, "server shutting down") for s in sessions])
 
-    # -- read-only views for the panel, console and tests ------------------------
+    # -- traffic -------------------------------------------------------------
 
-    def describe(self) -> Dict[str, Any]:
-        return {
-            "version": __version__,
-            "uptime": self.reactor.seconds() - self.started_at,
-            "clients": sorted(self.sessions),
-            "tunnels": [
-                {
-                    "client": t.client,
-                    "name": t.name,
-                    "port": t.remote_port,
-                    "connections": t.connections,
-                    "opened": t.opened,
-                }
-                for t in self.tunnels.values()
-            ],
-        }
+    def _sample_rates(self) -> None:
+        for tunnel in self.tunnels.values():
+            tunnel.sample_rate(RATE_INTERVAL)
+
+    def traffic(self) -> Tuple[int, int, float, float]:
+        """Total bytes in and out since start, and the current rates (bytes/s)."""
+        bytes_in, bytes_out = self.retired_bytes_in, self.retired_bytes_out
+        rate_in = rate_out = 0.0
+        for tunnel in self.tunnels.values():
+            t_in, t_out = tunnel.totals()
+            bytes_in += t_in
+            bytes_out += t_out
+            rate_in += tunnel.rate_in
+            rate_out += tunnel.rate_out
+        return bytes_in, bytes_out, rate_in, rate_out
 
     def tunnels_of(self, client: str) -> List[LiveTunnel]:
         return [t for t in self.tunnels.values() if t.client == client]

@@ -35,6 +35,7 @@ from gotaxy.credentials import new_password
 from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
+from gotaxy.server.manage import Management
 from gotaxy.store import SERVER_STARTED, Store, ThreadedStore, default_url
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 
@@ -172,6 +173,7 @@ class CoreService(Service):
     def startService(self) -> None:
         super().startService()
         self.store.start()
+        self.core.start()
         config = self.core.config
         self.store.call(self.store.store.record_event, SERVER_STARTED, detail=f"version {__version__}")
         log.info(
@@ -240,4 +242,5 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     revocations.clock = reactor
     revocations.setServiceParent(top)
     top.core = core  # type: ignore[attr-defined]
+    top.management = Management(core, reload=lambda: build_config(options))  # type: ignore[attr-defined]
     return top

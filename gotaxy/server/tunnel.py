@@ -8,7 +8,7 @@ control connection (``MuxProtocol.open_stream``) and is spliced to it by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Set, Tuple
 
 import attrs
 from twisted.internet.protocol import ServerFactory
@@ -34,15 +34,40 @@ class LiveTunnel:
     remote_port: int
     session: "ServerControlProtocol"
     listening_port: Any = None
-    connections: int = 0  #: public connections open now
+    source: str = "client"  #: "client" (its own config) or "server" (an operator)
+    requested_port: int = 0  #: what the client asked for (0: any)
+    streams: Set[Any] = attrs.Factory(set)  #: open public connections' streams
     opened: int = 0  #: public connections accepted since the tunnel came up
     refused: int = 0  #: public connections refused (client at its stream limit)
     bytes_in: int = 0  #: bytes from public users to the client (closed connections)
     bytes_out: int = 0  #: bytes from the client to public users (closed connections)
+    rate_in: float = 0.0  #: bytes/s, sampled every second
+    rate_out: float = 0.0
+    _last_in: int = 0
+    _last_out: int = 0
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> Tuple[str, str]:
         return (self.client, self.name)
+
+    @property
+    def connections(self) -> int:
+        """Public connections open now."""
+        return len(self.streams)
+
+    def totals(self) -> Tuple[int, int]:
+        """Bytes in and out so far, open connections included."""
+        bytes_in, bytes_out = self.bytes_in, self.bytes_out
+        for stream in self.streams:
+            bytes_in += stream.bytes_out
+            bytes_out += stream.bytes_in
+        return bytes_in, bytes_out
+
+    def sample_rate(self, interval: float) -> None:
+        bytes_in, bytes_out = self.totals()
+        self.rate_in = (bytes_in - self._last_in) / interval
+        self.rate_out = (bytes_out - self._last_out) / interval
+        self._last_in, self._last_out = bytes_in, bytes_out
 
 
 class PublicConnection(StreamRelay):
@@ -69,7 +94,7 @@ class PublicConnection(StreamRelay):
             self.transport.loseConnection()
             return
         tunnel.opened += 1
-        tunnel.connections += 1
+        tunnel.streams.add(stream)
         self.connect_stream(stream)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -78,7 +103,7 @@ class PublicConnection(StreamRelay):
         if stream is None:
             return
         tunnel = self.tunnel
-        tunnel.connections -= 1
+        tunnel.streams.discard(stream)
         tunnel.bytes_in += stream.bytes_out
         tunnel.bytes_out += stream.bytes_in
         if stream.close_reason and stream.close_reason.startswith(CLOSE_ERROR_PREFIX):

@@ -1,0 +1,398 @@
+# -*- test-case-name: tests.test_manage -*-
+"""
+What an operator can see and do on a live server.
+
+The web panel and the SSH console are two faces of this one class, so the
+rules and error messages are the same in both, and a change made in one is
+seen by the other at once (both read the same ``ServerCore`` and store).
+
+Errors are ``ManagementError`` with a ``kind`` the faces map to their own
+idiom (HTTP status, console exit code): ``invalid`` (bad argument),
+``not_found``, ``conflict`` (port taken, name used, wrong kind of tunnel).
+
+Tunnels come from two places (``source``):
+
+* ``client``: the client's own config.  The operator can disable, enable and
+  restart them; their local address and port are the client's to change.
+* ``server``: defined here.  The server pushes them to the client
+  (``tunnel_add``), which opens them like its own; the operator can also edit
+  and remove them.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Dict, List, Optional, Tuple
+
+import attrs
+
+from gotaxy import __version__
+from gotaxy.config import ConfigError, parse_host_port
+from gotaxy.server.control import tunnel_add_message
+from gotaxy.server.core import NAME_RE, ServerCore, TunnelRefused
+from gotaxy.server.tunnel import LiveTunnel
+from gotaxy.store import (
+    CLIENT_KICKED,
+    CONFIG_RELOADED,
+    SOURCE_SERVER,
+    TOKEN_CREATED,
+    TOKEN_REVOKED,
+    TUNNEL_DISABLED,
+    TUNNEL_ADDED,
+    TUNNEL_EDITED,
+    TUNNEL_ENABLED,
+    TUNNEL_REMOVED,
+    EventRecord,
+    StoreError,
+    TokenRecord,
+    TunnelRecord,
+)
+
+
+class ManagementError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _invalid(message: str) -> ManagementError:
+    return ManagementError("invalid", message)
+
+
+@attrs.frozen
+class ServerStatus:
+    version: str
+    uptime: float
+    clients_online: int
+    clients_total: int
+    tunnels_up: int
+    tunnels_total: int
+    bytes_in: int
+    bytes_out: int
+    rate_in: float
+    rate_out: float
+
+
+@attrs.frozen
+class ClientView:
+    name: str
+    online: bool
+    address: Optional[str]
+    version: Optional[str]
+    connected_at: Optional[float]
+    last_seen_at: Optional[float]
+    rtt: Optional[float]  #: last heartbeat round trip, seconds
+    tunnels: Tuple[str, ...]
+
+
+@attrs.frozen
+class TunnelView:
+    client: str
+    name: str
+    type: str
+    local_addr: str
+    remote_port: int
+    status: str  #: up, down, disabled, refused
+    reason: Optional[str]
+    source: str
+    enabled: bool
+    connections: int
+    opened: int
+    bytes_in: int
+    bytes_out: int
+    rate_in: float
+    rate_out: float
+
+
+class Management:
+    def __init__(self, core: ServerCore, reload: Optional[Any] = None) -> None:
+        self.core = core
+        self._db = core.store.store
+        self._reload = reload  #: callable returning a fresh ServerConfig, or None
+
+    async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        return await self.core.store.call(function, *args, **kwargs)
+
+    # -- overview ------------------------------------------------------------
+
+    async def status(self) -> ServerStatus:
+        clients = await self._call(self._db.list_clients)
+        tunnels = await self._call(self._db.list_tunnels)
+        bytes_in, bytes_out, rate_in, rate_out = self.core.traffic()
+        return ServerStatus(
+            version=__version__,
+            uptime=self.core.reactor.seconds() - self.core.started_at,
+            clients_online=len(self.core.sessions),
+            clients_total=len(clients),
+            tunnels_up=len(self.core.tunnels),
+            tunnels_total=len(tunnels),
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            rate_in=rate_in,
+            rate_out=rate_out,
+        )
+
+    # -- clients -------------------------------------------------------------
+
+    async def clients(self) -> List[ClientView]:
+        records = await self._call(self._db.list_clients)
+        tunnels = await self._call(self._db.list_tunnels)
+        names: Dict[str, List[str]] = {}
+        for t in tunnels:
+            names.setdefault(t.client, []).append(t.name)
+        views = []
+        for r in records:
+            session = self.core.sessions.get(r.name)
+            heartbeat = getattr(session, "heartbeat", None)
+            views.append(
+                ClientView(
+                    name=r.name,
+                    online=session is not None,
+                    address=session.peer_address if session is not None else r.address,
+                    version=r.version,
+                    connected_at=r.connected_at,
+                    last_seen_at=r.last_seen_at,
+                    rtt=heartbeat.rtt if heartbeat is not None else None,
+                    tunnels=tuple(names.get(r.name, ())),
+                )
+            )
+        return views
+
+    async def client(self, name: str) -> ClientView:
+        for view in await self.clients():
+            if view.name == name:
+                return view
+        raise ManagementError("not_found", f"no client named {name!r}")
+
+    async def kick(self, name: str) -> None:
+        """Disconnect a client; it reconnects unless its token is revoked."""
+        session = self.core.sessions.get(name)
+        if session is None:
+            raise ManagementError("not_found", f"client {name!r} is not connected")
+        session.close_with_error("disconnected by the server's operator")
+        await self.core.drop_session(session, "disconnected by the operator", CLIENT_KICKED)
+
+    # -- tunnels -------------------------------------------------------------
+
+    def _view(self, record: TunnelRecord, live: Optional[LiveTunnel]) -> TunnelView:
+        if live is not None:
+            bytes_in, bytes_out = live.totals()
+            status, reason = "up", None
+        else:
+            bytes_in = bytes_out = 0
+            status = "disabled" if not record.enabled else record.status
+            if status == "up":  # the store lags behind a tunnel that just closed
+                status = "down"
+            reason = record.reason
+        return TunnelView(
+            client=record.client,
+            name=record.name,
+            type=record.type,
+            local_addr=live.local_addr if live is not None else record.local_addr,
+            remote_port=live.remote_port if live is not None else record.remote_port,
+            status=status,
+            reason=reason,
+            source=record.source,
+            enabled=record.enabled,
+            connections=live.connections if live is not None else 0,
+            opened=live.opened if live is not None else 0,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            rate_in=live.rate_in if live is not None else 0.0,
+            rate_out=live.rate_out if live is not None else 0.0,
+        )
+
+    async def tunnels(self, client: Optional[str] = None) -> List[TunnelView]:
+        records = await self._call(self._db.list_tunnels, client)
+        return [self._view(r, self.core.tunnels.get((r.client, r.name))) for r in records]
+
+    async def tunnel(self, client: str, name: str) -> TunnelView:
+        record = await self._record(client, name)
+        return self._view(record, self.core.tunnels.get((client, name)))
+
+    async def _record(self, client: str, name: str) -> TunnelRecord:
+        record = await self._call(self._db.get_tunnel, client, name)
+        if record is None:
+            raise ManagementError("not_found", f"client {client!r} has no tunnel named {name!r}")
+        return record
+
+    @staticmethod
+    def _parse_local(local_addr: str) -> str:
+        try:
+            host, port = parse_host_port(local_addr)
+        except ConfigError as e:
+            raise _invalid(f"local address {local_addr!r}: {e}") from None
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def _check_port(self, port: int, key: Tuple[str, str]) -> None:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise _invalid("the public port must be an integer from 0 (server picks) to 65535")
+        if port:
+            try:
+                await self.core.check_port(port, key)
+            except TunnelRefused as e:
+                raise ManagementError("conflict", str(e)) from None
+
+    async def add_tunnel(self, client: str, name: str, local_addr: str, remote_port: int = 0) -> TunnelView:
+        """Define a tunnel for ``client``; it opens now if the client is online."""
+        if not NAME_RE.match(client or ""):
+            raise _invalid(f"invalid client name {client!r}")
+        if not NAME_RE.match(name or ""):
+            raise _invalid("a tunnel name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        local = self._parse_local(local_addr)
+        await self._check_port(remote_port, (client, name))
+        try:
+            record = await self.core.record(
+                self._db.add_server_tunnel, client, name, local, remote_port,
+                event=TUNNEL_ADDED, client=client, tunnel=name, detail=f"port {remote_port or 'auto'} -> {local}",
+            )
+        except StoreError as e:
+            raise ManagementError("conflict", str(e)) from None
+        session = self.core.sessions.get(client)
+        if session is not None:
+            session.send_control(tunnel_add_message(name, local, remote_port))
+        return self._view(record, None)
+
+    async def remove_tunnel(self, client: str, name: str) -> None:
+        record = await self._record(client, name)
+        if record.source != SOURCE_SERVER:
+            raise ManagementError(
+                "conflict", f"tunnel {name!r} is defined in client {client!r}'s own config; remove it there, or disable it"
+            )
+        live = self.core.tunnels.get((client, name))
+        if live is not None:
+            await self.core.close_tunnel(live, "removed by the operator", cut_connections=True)
+        session = self.core.sessions.get(client)
+        if session is not None:
+            session.send_control({"type": "tunnel_remove", "name": name})
+        await self.core.record(self._db.remove_tunnel, client, name, event=TUNNEL_REMOVED, client=client, tunnel=name)
+
+    async def set_enabled(self, client: str, name: str, enabled: bool) -> TunnelView:
+        record = await self._record(client, name)
+        if record.enabled == enabled:
+            return await self.tunnel(client, name)
+        event = TUNNEL_ENABLED if enabled else TUNNEL_DISABLED
+        await self.core.record(
+            partial(self._db.update_tunnel, client, name, event, None, enabled=enabled),
+            event=event, client=client, tunnel=name,
+        )
+        live = self.core.tunnels.get((client, name))
+        session = self.core.sessions.get(client)
+        if not enabled and live is not None:
+            await self.core.close_and_record(live, "disabled by the operator", cut_connections=True)
+            if session is not None:
+                session.send_control({"type": "tunnel_down", "name": name, "reason": "disabled by the operator"})
+        elif enabled and session is not None:
+            await self._reopen(session, record)
+        return await self.tunnel(client, name)
+
+    async def restart_tunnel(self, client: str, name: str) -> TunnelView:
+        """Close a tunnel (cutting its connections) and open it again on its port."""
+        record = await self._record(client, name)
+        if not record.enabled:
+            raise ManagementError("conflict", f"tunnel {name!r} is disabled; enable it instead")
+        session = self.core.sessions.get(client)
+        if session is None:
+            raise ManagementError("conflict", f"client {client!r} is offline; its tunnels open when it connects")
+        live = self.core.tunnels.get((client, name))
+        if live is not None:
+            await self.core.close_tunnel(live, "restarted by the operator", cut_connections=True)
+        await self._reopen(session, record)
+        return await self.tunnel(client, name)
+
+    async def edit_tunnel(
+        self, client: str, name: str, local_addr: Optional[str] = None, remote_port: Optional[int] = None
+    ) -> TunnelView:
+        record = await self._record(client, name)
+        if record.source != SOURCE_SERVER:
+            raise ManagementError(
+                "conflict", f"tunnel {name!r} is defined in client {client!r}'s own config; change it there"
+            )
+        changes: Dict[str, Any] = {}
+        if local_addr is not None:
+            changes["local_addr"] = self._parse_local(local_addr)
+        if remote_port is not None:
+            await self._check_port(remote_port, (client, name))
+            changes["remote_port"] = remote_port or None
+        if not changes:
+            raise _invalid("nothing to change: give a local address or a public port")
+        detail = ", ".join(f"{k}={v}" for k, v in changes.items())
+        await self.core.record(
+            partial(self._db.update_tunnel, client, name, TUNNEL_EDITED, detail, **changes),
+            event=TUNNEL_EDITED, client=client, tunnel=name, detail=detail,
+        )
+        live = self.core.tunnels.get((client, name))
+        if live is not None:
+            await self.core.close_tunnel(live, "changed by the operator", cut_connections=True)
+        session = self.core.sessions.get(client)
+        if session is not None and record.enabled:
+            updated = await self._record(client, name)
+            session.send_control(tunnel_add_message(name, updated.local_addr, updated.remote_port))
+        return await self.tunnel(client, name)
+
+    async def _reopen(self, session: Any, record: TunnelRecord) -> None:
+        if record.source == SOURCE_SERVER:
+            # The client opens it with the settings we push.
+            session.send_control(tunnel_add_message(record.name, record.local_addr, record.remote_port))
+            return
+        # A client-defined tunnel: open it as the client last asked, and say so.
+        try:
+            tunnel = await self.core.open_tunnel(
+                session, {"name": record.name, "localAddr": record.local_addr, "remotePort": record.remote_port}
+            )
+        except TunnelRefused as e:
+            raise ManagementError("conflict", str(e)) from None
+        session.send_control({"type": "tunnel_up", "name": tunnel.name, "remotePort": tunnel.remote_port})
+
+    # -- tokens --------------------------------------------------------------
+
+    async def tokens(self) -> List[TokenRecord]:
+        return await self._call(self._db.list_tokens)
+
+    async def create_token(self, name: str, expires_at: Optional[float] = None) -> Tuple[TokenRecord, str]:
+        """Create a client token; the text is returned once and never stored."""
+        if not NAME_RE.match(name or ""):
+            raise _invalid("a token's name is its client's name: 1-64 letters, digits, '.', '_' or '-'")
+        try:
+            return await self.core.record(self._db.create_token, name, expires_at, event=TOKEN_CREATED, client=name)
+        except StoreError as e:
+            raise ManagementError("conflict", str(e)) from None
+
+    async def revoke_token(self, name: str) -> None:
+        """Revoke a client's token and cut the client off at once."""
+        if not await self._call(self._db.revoke_token, name):
+            raise ManagementError("not_found", f"no active token named {name!r}")
+        self.core.publish(TOKEN_REVOKED, client=name)
+        session = self.core.sessions.get(name)
+        if session is not None and session.token_checked:
+            session.close_with_error("your token was revoked")
+            await self.core.drop_session(session, "token revoked")
+
+    # -- events and config -----------------------------------------------------
+
+    async def events(
+        self,
+        type_: Optional[str] = None,
+        client: Optional[str] = None,
+        since: Optional[float] = None,
+        until: Optional[float] = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> List[EventRecord]:
+        if not 1 <= limit <= 1000:
+            raise _invalid("limit must be from 1 to 1000")
+        if offset < 0:
+            raise _invalid("offset must not be negative")
+        return await self._call(self._db.events, limit, type_, client, since, until, offset)
+
+    async def reload(self) -> List[str]:
+        """Re-read the config file; returns its warnings."""
+        if self._reload is None:
+            raise ManagementError("conflict", "this server was not started from a config file it can re-read")
+        try:
+            config, warnings = self._reload()
+        except ConfigError as e:
+            raise _invalid(str(e)) from None
+        self.core.reload_config(config)
+        await self.core.record(self._db.record_event, CONFIG_RELOADED, event=CONFIG_RELOADED)
+        return list(warnings)

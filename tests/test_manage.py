@@ -1,0 +1,167 @@
+"""
+The operator's actions (``gotaxy.server.manage``) against a live server and
+client in this process: what the panel and the console both rely on.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionRefusedError
+from twisted.trial import unittest
+
+from gotaxy.events import Event
+from gotaxy.server.manage import ManagementError
+from tests.inprocess import LiveSystem, echo_through, free_port, listen_echo, wait_until
+
+
+class ManagementTests(unittest.TestCase):
+    timeout = 60
+
+    async def _live(self, *tunnels: str, server_args=()) -> LiveSystem:
+        self.echo = listen_echo(self)
+        specs = [t.replace("ECHO", str(self.echo)) for t in tunnels]
+        live = await LiveSystem.start(self, specs, server_args=list(server_args))
+        self.events: list = []
+        live.core.events.subscribe(self.events.append)
+        return live
+
+    async def _refused(self, port: int) -> bool:
+        try:
+            await echo_through(port, b"x", timeout=2)
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    async def test_status_and_client_views(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        port = await live.wait_up("echo")
+        self.assertEqual(await echo_through(port, b"ping"), b"ping")
+        await wait_until(lambda: live.core.traffic()[0] >= 4)
+        status = await live.management.status()
+        self.assertEqual((status.clients_online, status.clients_total, status.tunnels_up), (1, 1, 1))
+        self.assertGreaterEqual(status.bytes_in, 4)
+        self.assertGreaterEqual(status.bytes_out, 4)
+        (client,) = await live.management.clients()
+        self.assertEqual((client.name, client.online, client.tunnels), ("alice", True, ("echo",)))
+        self.assertTrue(client.address.startswith("127.0.0.1:"))
+        (tunnel,) = await live.management.tunnels()
+        self.assertEqual((tunnel.status, tunnel.remote_port, tunnel.source), ("up", port, "client"))
+
+    async def test_add_tunnel_pushes_it_to_the_client(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        wanted = free_port()
+        view = await live.management.add_tunnel("alice", "pushed", f"127.0.0.1:{self.echo}", wanted)
+        self.assertEqual(view.source, "server")
+        port = await live.wait_up("pushed")
+        self.assertEqual(port, wanted)
+        self.assertEqual(await echo_through(port, b"from the panel"), b"from the panel")
+        self.assertIn("tunnel.added", [e.type for e in self.events])
+
+        # Editing moves it; removing closes the port and releases it.
+        moved = free_port()
+        await live.management.edit_tunnel("alice", "pushed", remote_port=moved)
+        await wait_until(lambda: live.client.factory.current.up.get("pushed") == moved)
+        self.assertEqual(await echo_through(moved, b"moved"), b"moved")
+        await live.management.remove_tunnel("alice", "pushed")
+        self.assertTrue(await self._refused(moved))
+        await wait_until(lambda: "pushed" not in live.client.factory.current.tunnels)
+        with self.assertRaises(ManagementError) as e:
+            await live.management.tunnel("alice", "pushed")
+        self.assertEqual(e.exception.kind, "not_found")
+
+    async def test_disable_enable_restart(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        port = await live.wait_up("echo")
+        view = await live.management.set_enabled("alice", "echo", False)
+        self.assertEqual(view.status, "disabled")
+        self.assertTrue(await self._refused(port))
+        view = await live.management.set_enabled("alice", "echo", True)
+        self.assertEqual((view.status, view.remote_port), ("up", port))
+        self.assertEqual(await echo_through(port, b"again"), b"again")
+        view = await live.management.restart_tunnel("alice", "echo")
+        self.assertEqual(view.status, "up")
+        self.assertEqual(await echo_through(port, b"restarted"), b"restarted")
+        types = [e.type for e in self.events]
+        self.assertIn("tunnel.disabled", types)
+        self.assertIn("tunnel.enabled", types)
+
+    async def test_disabled_tunnel_stays_down_after_reconnect(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        port = await live.wait_up("echo")
+        await live.management.set_enabled("alice", "echo", False)
+        await live.management.kick("alice")
+        await wait_until(lambda: "alice" in live.core.sessions, timeout=20)
+        await wait_until(lambda: any(e.type == "tunnel.refused" for e in self.events), timeout=10)
+        self.assertTrue(await self._refused(port))
+
+    async def test_errors(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        port = await live.wait_up("echo")
+        m = live.management
+        cases = [
+            (m.add_tunnel("alice", "bad name!", "127.0.0.1:1"), "invalid"),
+            (m.add_tunnel("alice", "x", "nowhere"), "invalid"),
+            (m.add_tunnel("alice", "x", "127.0.0.1:1", 70000), "invalid"),
+            (m.add_tunnel("alice", "x", "127.0.0.1:1", port), "conflict"),
+            (m.add_tunnel("alice", "echo", "127.0.0.1:1"), "conflict"),
+            (m.remove_tunnel("alice", "echo"), "conflict"),
+            (m.edit_tunnel("alice", "echo", remote_port=1234), "conflict"),
+            (m.tunnel("alice", "nope"), "not_found"),
+            (m.kick("nobody"), "not_found"),
+            (m.revoke_token("nobody"), "not_found"),
+            (m.events(limit=0), "invalid"),
+        ]
+        for coroutine, kind in cases:
+            with self.assertRaises(ManagementError) as e:
+                await coroutine
+            self.assertEqual(e.exception.kind, kind, str(e.exception))
+
+    async def test_reload_rereads_the_config_and_records_it(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        self.assertEqual(await live.management.reload(), [])
+        self.assertIn("config.reloaded", [e.type for e in self.events])
+
+    async def test_port_outside_allow_ports_is_a_conflict(self):
+        inside = free_port()
+        live = await self._live("echo=tcp:127.0.0.1:ECHO", server_args=["--allow-ports", str(inside)])
+        await live.wait_up("echo")
+        with self.assertRaises(ManagementError) as e:
+            await live.management.add_tunnel("alice", "x", "127.0.0.1:1", inside + 1 if inside < 65535 else inside - 1)
+        self.assertIn("not allowed", str(e.exception))
+
+    async def test_kick_and_revoke(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        first = live.core.sessions["alice"]
+        await live.management.kick("alice")
+        await wait_until(lambda: live.core.sessions.get("alice") not in (None, first), timeout=20)
+        self.assertIn("client.kicked", [e.type for e in self.events])
+
+        record, token = await live.management.create_token("bob")
+        self.assertEqual(record.name, "bob")
+        self.assertTrue(token.startswith("gtx_"))
+        names = [t.name for t in await live.management.tokens()]
+        self.assertEqual(sorted(names), ["alice", "bob"])
+        await live.management.revoke_token("alice")
+        self.assertNotIn("alice", live.core.sessions)
+        self.assertIn("token.revoked", [e.type for e in self.events])
+
+    async def test_events_are_filtered_and_paged(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        events = await live.management.events(client="alice")
+        self.assertTrue(events)
+        self.assertTrue(all(e.client == "alice" for e in events))
+        tunnel_events = await live.management.events(type_="tunnel.")
+        self.assertTrue(all(e.type.startswith("tunnel.") for e in tunnel_events))
+        first, second = await live.management.events(limit=1), await live.management.events(limit=1, offset=1)
+        self.assertGreater(first[0].id, second[0].id)
+        self.assertEqual(await live.management.events(since=reactor.seconds() + 3600), [])
+        await live.management.create_token("carol")
+        self.assertEqual(self.events[-1].type, "token.created")
+        self.assertIsInstance(self.events[-1], Event)
+        self.assertEqual((await live.management.events(limit=1))[0].type, "token.created")
