@@ -266,6 +266,7 @@ def _equals(expected: object) -> Callable[[Any], Any]:
 
 PORT = _Form("an integer from 1 to 65535", _integer(1, 65535))
 REMOTE_PORT = _Form("an integer from 0 to 65535 (0 lets the server pick)", _integer(0, 65535))
+SERVICE_PORT = _Form("an integer from 0 (turned off) to 65535", _integer(0, 65535))
 COUNT = _Form("an integer of at least 1", _integer(1))
 LIMIT = _Form("an integer of at least 0 (0 means no limit)", _integer(0))
 SECONDS = _Form("a number of seconds greater than 0", _seconds)
@@ -406,9 +407,20 @@ class ServerConfig:
     log_level: str = _setting("info", LOG_LEVEL, "log.level")
     log_max_days: int = _setting(3, COUNT, "log.maxDays")
     store: str | None = _setting(None, TEXT, "store", "--store")
+    web_addr: str = _setting("127.0.0.1", HOST, "webServer.addr", "--web-addr")
+    web_port: int = _setting(7500, SERVICE_PORT, "webServer.port", "--web-port")
+    web_tls_cert_file: str | None = _setting(None, TEXT, "webServer.tls.certFile")
+    web_tls_key_file: str | None = _setting(None, TEXT, "webServer.tls.keyFile")
+    console_addr: str = _setting("127.0.0.1", HOST, "console.addr")
+    console_port: int = _setting(7022, SERVICE_PORT, "console.port", "--console-port")
+    console_python: bool = _setting(False, BOOLEAN, "console.python")
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
+        if (self.web_tls_cert_file is None) != (self.web_tls_key_file is None):
+            raise ConfigError(
+                "'webServer.tls.certFile' and 'webServer.tls.keyFile' go together: give both for HTTPS, or neither"
+            )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ConfigError(
                 "'transport.tls.certFile' and 'transport.tls.keyFile' go together: "

@@ -47,6 +47,9 @@ TUNNEL_ENABLED = "tunnel.enabled"
 TUNNEL_DISABLED = "tunnel.disabled"
 TUNNEL_EDITED = "tunnel.edited"
 CONFIG_RELOADED = "config.reloaded"
+OPERATOR_LOGIN_FAILED = "operator.login_failed"
+OPERATOR_LOCKED_OUT = "operator.locked_out"
+OPERATOR_PASSWORD_CHANGED = "operator.password_changed"
 
 #: Who defined a tunnel: the client's own config, or an operator (panel or
 #: console), in which case the server pushes it to the client.
@@ -418,6 +421,11 @@ class Store:
             dict(username=username, password_hash=hash_password(password), created_at=self._clock())
         )
         return True
+
+    def set_admin_password(self, username: str, password: str) -> None:
+        if not self.db["admins"].find_one(username=username):
+            raise StoreError(f"no operator account named {username!r}")
+        self.db["admins"].update(dict(username=username, password_hash=hash_password(password)), ["username"])
 
     def verify_admin(self, username: str, password: str) -> bool:
         row = self.db["admins"].find_one(username=username)

@@ -100,6 +100,10 @@ class LiveSystem:
         return self.server.management
 
     @property
+    def operators(self) -> Any:
+        return self.server.operators
+
+    @property
     def control_port(self) -> int:
         return self.core.config.bind_port
 

@@ -230,6 +230,8 @@ class TestFrpExampleFiles:
             ),
             log_level="info",
             log_max_days=3,
+            web_addr="127.0.0.1",
+            web_port=7500,
         )
         warned = [w.split("'")[1] for w in loaded.warnings]
         assert warned == [
@@ -238,8 +240,6 @@ class TestFrpExampleFiles:
             "transport.tls.force",
             "vhostHTTPPort",
             "vhostHTTPSPort",
-            "webServer.addr",
-            "webServer.port",
             "webServer.user",
             "webServer.password",
             "webServer.pprofEnable",

@@ -36,6 +36,7 @@ from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
 from gotaxy.server.manage import Management
+from gotaxy.server.operators import OperatorAuth
 from gotaxy.store import SERVER_STARTED, Store, ThreadedStore, default_url
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 
@@ -73,6 +74,9 @@ class Options(usage.Options):
         ["max-ports-per-client", None, None, "Most ports one client may hold (0: no limit).", _positive_int],
         ["heartbeat-interval", None, None, "Seconds between heartbeats.", float],
         ["heartbeat-timeout", None, None, "Seconds of silence before a client is dropped.", float],
+        ["web-addr", None, None, "Address of the web panel. [default: 127.0.0.1]"],
+        ["web-port", None, None, "Port of the web panel, 0 to turn it off. [default: 7500]", int],
+        ["console-port", None, None, "Port of the SSH console, 0 to turn it off. [default: 7022]", int],
     ]
 
     def postOptions(self) -> None:
@@ -103,6 +107,9 @@ def build_config(options: Dict[str, Any]) -> "tuple[ServerConfig, List[str]]":
         ("max-ports-per-client", "max_ports_per_client"),
         ("heartbeat-interval", "heartbeat_interval"),
         ("heartbeat-timeout", "heartbeat_timeout"),
+        ("web-addr", "web_addr"),
+        ("web-port", "web_port"),
+        ("console-port", "console_port"),
     ]:
         if options.get(flag) is not None:
             overrides[field] = options[flag]
@@ -243,4 +250,5 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     revocations.setServiceParent(top)
     top.core = core  # type: ignore[attr-defined]
     top.management = Management(core, reload=lambda: build_config(options))  # type: ignore[attr-defined]
+    top.operators = OperatorAuth(core)  # type: ignore[attr-defined]
     return top
