@@ -194,6 +194,8 @@ def test_wrong_token_exits_nonzero_and_is_logged_without_the_token(procs, echo):
     assert client.wait_exit(30) == 2
     assert "the server refused our login: invalid, expired or revoked token" in client.output()
     server.wait_for(r"login failed from 127\.0\.0\.1:\d+: invalid, expired or revoked token")
+    # Warnings also land in the rotated log file in the data directory.
+    assert "login failed from 127.0.0.1" in (server.data_dir / "logs" / "gotaxy.log").read_text()
 
     # No token, right or wrong, in any log line or log file.
     good = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="good")
@@ -306,3 +308,80 @@ def test_garbage_and_floods_on_the_control_port_do_not_disturb_tunnels(procs, ec
     late = procs.client(server, f"late=tcp:127.0.0.1:{echo.port}", name="late")
     assert echo_once(tunnel_port(late, "late"), b"still serving") == b"still serving"
     assert re.search(r"Traceback", server.output()) is None
+
+
+def test_new_login_replaces_a_session_the_server_still_holds(procs, echo):
+    server = procs.server()
+    old = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="old")
+    port = tunnel_port(old, "echo")
+    # The old client freezes without closing its connection; before the
+    # heartbeat gives up, the same client logs in again from elsewhere.
+    old.signal(signal.SIGSTOP)
+    new = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="new")
+    assert tunnel_port(new, "echo") == port
+    server.wait_for(r"client default reconnected from 127\.0\.0\.1:\d+; closing its previous connection")
+    assert echo_once(port, b"new session") == b"new session"
+    store = Store(default_url(str(server.data_dir)))
+    try:
+        assert any(e.type == "client.replaced" for e in store.events())
+    finally:
+        store.close()
+
+
+def test_ca_file_verification_and_insecure_mode(procs, echo, tmp_path):
+    server = procs.server()
+    ca = server.data_dir / "tls" / "ca.pem"
+    argv = ["--server", f"127.0.0.1:{server.port}", "--token", server.token,
+            "--tunnel", f"echo=tcp:127.0.0.1:{echo.port}"]
+    with_ca = procs.twistd("gotaxy-client", [*argv, "--ca", str(ca), "--data-dir", str(tmp_path / "a")], "with-ca")
+    assert echo_once(tunnel_port(with_ca, "echo"), b"ca") == b"ca"
+    with_ca.stop()
+
+    # A CA that did not issue the server's certificate is refused.
+    other = procs.server(data_dir="other-server", name="other")
+    wrong = procs.twistd(
+        "gotaxy-client",
+        [*argv, "--ca", str(other.data_dir / "tls" / "ca.pem"), "--data-dir", str(tmp_path / "b")],
+        "wrong-ca",
+    )
+    assert wrong.wait_exit(30) == 2
+    assert "not valid for 127.0.0.1" in wrong.output()
+
+    insecure = procs.twistd("gotaxy-client", [*argv, "--insecure", "--data-dir", str(tmp_path / "c")], "insecure")
+    insecure.wait_for(r"INSECURE: --insecure is set, the server's certificate is NOT checked")
+    assert echo_once(tunnel_port(insecure, "echo"), b"insecure") == b"insecure"
+
+
+def test_ipv6_loopback(procs, echo, tmp_path):
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        import pytest
+
+        pytest.skip("no IPv6 loopback on this machine")
+    control = free_port("::1")
+    server_proc = procs.twistd(
+        "gotaxy-server",
+        ["--data-dir", "v6", "--bind-addr", "::1", "--bind-port", str(control)],
+        "server6",
+    )
+    server_proc.wait_for(r"listening for clients on ::1:")
+    out = server_proc.output()
+    token = re.search(r"client token \('default'\):\s+(\S+)", out).group(1)
+    fingerprint = re.search(r"(SHA256:[0-9A-F]{64})", out).group(1)
+    client = procs.twistd(
+        "gotaxy-client",
+        ["--server", f"[::1]:{control}", "--token", token, "--fingerprint", fingerprint,
+         "--data-dir", str(tmp_path / "c6"), "--tunnel", f"echo=tcp:127.0.0.1:{echo.port}"],
+        "client6",
+    )
+    match = client.wait_for(r"tunnel echo up at ::1:(\d+)")
+    port = int(match.group(1))
+    with socket.create_connection(("::1", port), timeout=10) as s:
+        s.sendall(b"over IPv6")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(100):
+            data += chunk
+    assert data == b"over IPv6"
