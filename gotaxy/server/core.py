@@ -232,7 +232,7 @@ class ServerCore:
         if closing is not None:
             await closing
         record = await self.store.call(self._db.get_tunnel, client, name)
-        if session.lost:
+        if session.lost or session.dropped:
             raise TunnelRefused("client disconnected")
         if record is not None and not record.enabled:
             raise TunnelRefused(f"tunnel {name!r} is disabled by the operator")
@@ -258,8 +258,9 @@ class ServerCore:
         else:
             tunnel.listening_port = await self._listen_anywhere(tunnel, live_ports)
         tunnel.remote_port = tunnel.listening_port.getHost().port
-        # The session may have gone while we were binding.
-        if session.lost or key in self.tunnels:
+        # The session may have gone (or been dropped: kicked, replaced, shut
+        # down) while we were binding.
+        if session.lost or session.dropped or key in self.tunnels:
             tunnel.listening_port.stopListening()
             raise TunnelRefused("client disconnected")
         self.tunnels[key] = tunnel
