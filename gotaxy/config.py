@@ -43,6 +43,15 @@ Key mapping, server (``ServerConfig``)::
     transport.tls.certFile / keyFile tls_cert_file / tls_key_file
     log.level / log.maxDays          log_level / log_max_days
     store                            store                 (ours)
+    serverName                       server_name           (ours; names this server in notifications)
+    [[webhooks]]                     webhooks              (WebhookSpec: name, url, secret, events,
+                                                            format, timeout, retryFor, maxPending)
+    smtp.host / port / tls / ...     smtp_*                (ours; e-mail notifications)
+    notify.flapGrace                 notify_flap_grace     (ours)
+    metrics.exposure / token         metrics_exposure / metrics_token (ours)
+    enablePrometheus                 enable_prometheus     (true: metrics.exposure "open")
+    history.sampleInterval           history_sample_interval (ours)
+    history.rawHours / retentionDays history_raw_hours / history_retention_days (ours)
 
 Client (``ClientConfig``)::
 
@@ -99,6 +108,7 @@ __all__ = [
     "PortRange",
     "ServerConfig",
     "TunnelSpec",
+    "WebhookSpec",
     "format_allow_ports",
     "load_toml",
     "parse_allow_ports",
@@ -255,6 +265,66 @@ def _port_range(item: Any) -> PortRange:
     return PortRange(start, end)
 
 
+def _non_negative_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Mismatch(value)
+    if not (value >= 0 and math.isfinite(value)):
+        raise _Mismatch(value)
+    return float(value)
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise _Mismatch(value)
+        return value  # type: ignore[no-any-return]
+
+    return convert
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    """A non-empty list of non-empty strings (a single string counts as a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _Mismatch(value)
+    return tuple(_text(item) for item in value)
+
+
+_EVENT_PATTERN = re.compile(r"\*|[a-z_]+\.(\*|[a-z_]+)?")
+
+
+def _event_patterns(value: Any) -> tuple[str, ...]:
+    """Event types to notify about: "client.disconnected", a family "tunnel.*", or "*"."""
+    patterns = _texts(value)
+    for pattern in patterns:
+        if not _EVENT_PATTERN.fullmatch(pattern):
+            raise _Mismatch(pattern)
+    return patterns
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise _Mismatch("<the url>" if isinstance(value, str) else value)
+    return value
+
+
+def _mail_address(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[^\s@<>]+@[^\s@<>]+", value):
+        raise _Mismatch(value)
+    return value
+
+
+def _mail_addresses(value: Any) -> tuple[str, ...]:
+    return tuple(_mail_address(item) for item in _texts(value))
+
+
+def _default_server_name() -> str:
+    import socket
+
+    return socket.gethostname() or "gotaxy"
+
+
 def _equals(expected: object) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         if value != expected or type(value) is not type(expected):
@@ -295,6 +365,26 @@ TOKEN_AUTH = _Form(
 )
 TLS_ON = _Form(
     "true (Gotaxy always uses TLS; remove transport.tls.enable)", _equals(True)
+)
+GRACE = _Form("a number of seconds of at least 0 (0 turns it off)", _non_negative_seconds)
+EVENT_PATTERNS = _Form(
+    'a list of event types such as ["client.disconnected", "tunnel.*"] ("*" for all)',
+    _event_patterns,
+)
+URL = _Form("an http:// or https:// URL", _url)
+WEBHOOK_FORMAT = _Form(
+    '"json", "slack", "dingtalk" or "feishu"', _one_of("json", "slack", "dingtalk", "feishu")
+)
+SMTP_TLS = _Form(
+    '"starttls", "tls" (implicit TLS, usually port 465) or "none"',
+    _one_of("starttls", "tls", "none"),
+)
+MAIL_ADDRESS = _Form("an e-mail address such as gotaxy@example.org", _mail_address)
+MAIL_ADDRESSES = _Form(
+    'a list of e-mail addresses such as ["ops@example.org"]', _mail_addresses
+)
+METRICS_EXPOSURE = _Form(
+    '"off", "open" or "token" (a bearer token in metrics.token)', _one_of("off", "open", "token")
 )
 
 
@@ -383,6 +473,20 @@ class TunnelSpec:
 
 
 @attrs.frozen
+class WebhookSpec:
+    """One ``[[webhooks]]`` entry: where and how to deliver events by HTTP POST."""
+
+    url: str = _setting(attrs.NOTHING, URL, "url", secret=True)  # may hold a chat token
+    name: str | None = _setting(None, NAME, "name")
+    secret: str | None = _setting(None, TEXT, "secret", secret=True)
+    events: tuple[str, ...] = _setting(("*",), EVENT_PATTERNS, "events")
+    format: str = _setting("json", WEBHOOK_FORMAT, "format")
+    timeout: float = _setting(10.0, SECONDS, "timeout")
+    retry_for: float = _setting(300.0, SECONDS, "retryFor")
+    max_pending: int = _setting(100, COUNT, "maxPending")
+
+
+@attrs.frozen
 class ServerConfig:
     """Everything ``gotaxy server`` needs to know; see the module docstring for the keys."""
 
@@ -414,9 +518,46 @@ class ServerConfig:
     console_addr: str = _setting("127.0.0.1", HOST, "console.addr")
     console_port: int = _setting(7022, SERVICE_PORT, "console.port", "--console-port")
     console_python: bool = _setting(False, BOOLEAN, "console.python")
+    server_name: str = _setting(_default_server_name(), TEXT, "serverName")
+    webhooks: tuple[WebhookSpec, ...] = attrs.field(
+        default=(),
+        converter=tuple,
+        validator=attrs.validators.deep_iterable(attrs.validators.instance_of(WebhookSpec)),
+    )
+    smtp_host: str | None = _setting(None, HOST, "smtp.host")
+    smtp_port: int | None = _setting(None, PORT, "smtp.port")
+    smtp_tls: str = _setting("starttls", SMTP_TLS, "smtp.tls")
+    smtp_username: str | None = _setting(None, TEXT, "smtp.username")
+    smtp_password: str | None = _setting(None, TEXT, "smtp.password", secret=True)
+    smtp_from: str | None = _setting(None, MAIL_ADDRESS, "smtp.from")
+    smtp_to: tuple[str, ...] | None = _setting(None, MAIL_ADDRESSES, "smtp.to")
+    smtp_events: tuple[str, ...] = _setting(("*",), EVENT_PATTERNS, "smtp.events")
+    smtp_batch_seconds: float = _setting(30.0, SECONDS, "smtp.batchSeconds")
+    smtp_timeout: float = _setting(30.0, SECONDS, "smtp.timeout")
+    notify_flap_grace: float = _setting(10.0, GRACE, "notify.flapGrace")
+    metrics_exposure: str | None = _setting(None, METRICS_EXPOSURE, "metrics.exposure")
+    metrics_token: str | None = _setting(None, TEXT, "metrics.token", secret=True)
+    enable_prometheus: bool = _setting(False, BOOLEAN, "enablePrometheus")
+    history_sample_interval: float = _setting(60.0, SECONDS, "history.sampleInterval")
+    history_raw_hours: int = _setting(48, COUNT, "history.rawHours")
+    history_retention_days: int = _setting(90, COUNT, "history.retentionDays")
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
+        if self.smtp_host is not None and not (self.smtp_from and self.smtp_to):
+            raise ConfigError(
+                "'smtp.host' is set but 'smtp.from' or 'smtp.to' is missing; give the sender "
+                "and at least one recipient, or remove [smtp] to turn e-mail off"
+            )
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ConfigError(
+                "'smtp.username' and 'smtp.password' go together: give both to log in, or neither"
+            )
+        if self.effective_metrics_exposure() == "token" and self.metrics_token is None:
+            raise ConfigError(
+                "'metrics.exposure' is \"token\" but 'metrics.token' is missing; set the bearer "
+                "token Prometheus must send, or use \"open\" or \"off\""
+            )
         if (self.web_tls_cert_file is None) != (self.web_tls_key_file is None):
             raise ConfigError(
                 "'webServer.tls.certFile' and 'webServer.tls.keyFile' go together: give both for HTTPS, or neither"
@@ -430,6 +571,18 @@ class ServerConfig:
     def effective_proxy_bind_addr(self) -> str:
         """The address public tunnel ports listen on."""
         return self.proxy_bind_addr if self.proxy_bind_addr is not None else self.bind_addr
+
+    def effective_metrics_exposure(self) -> str:
+        """``metrics.exposure`` if set; otherwise "open" for frp's ``enablePrometheus = true``."""
+        if self.metrics_exposure is not None:
+            return self.metrics_exposure
+        return "open" if self.enable_prometheus else "off"
+
+    def effective_smtp_port(self) -> int:
+        """``smtp.port``, or the usual port for ``smtp.tls``."""
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return {"starttls": 587, "tls": 465, "none": 25}[self.smtp_tls]
 
 
 @attrs.frozen
@@ -492,7 +645,7 @@ _FRPS_KEYS = frozenset({
     "tcpmuxPassthrough",
     "webServer.addr", "webServer.port", "webServer.user", "webServer.password",
     "webServer.tls.certFile", "webServer.tls.keyFile", "webServer.assetsDir",
-    "webServer.pprofEnable", "enablePrometheus",
+    "webServer.pprofEnable",
     "log.to", "log.level", "log.maxDays", "log.disablePrintColor",
     "detailedErrorsToClient", "auth.method", "auth.additionalScopes", "auth.token",
     "userConnTimeout", "allowPorts", "maxPortsPerClient", "allowedClientIPs",
@@ -683,6 +836,7 @@ _SERVER = _Schema.of(
     frp_keys=_FRPS_KEYS,
     frp_tables=_FRPS_TABLES,
     checks={"auth.method": TOKEN_AUTH},
+    sections=frozenset({"webhooks"}),
     notes={"transport.tls.force": "is not needed: Gotaxy always requires TLS"},
 )
 _CLIENT = _Schema.of(
@@ -693,6 +847,7 @@ _CLIENT = _Schema.of(
     sections=frozenset({"proxies"}),
 )
 _PROXY = _Schema.of(TunnelSpec, frp_keys=_FRP_PROXY_KEYS, frp_tables=_FRP_PROXY_TABLES)
+_WEBHOOK = _Schema.of(WebhookSpec, frp_keys=frozenset(), frp_tables=frozenset())
 
 
 # ---------------------------------------------------------------------------
@@ -730,8 +885,37 @@ def parse_server_config(
     @raise ConfigError: for an unknown key or a bad value.
     """
     ours, ignored = _SERVER.sort(data, source)
-    config = _evolve(base, _SERVER.convert(ours, source), source)
+    changes = _SERVER.convert(ours, source)
+    if "webhooks" in ours:
+        changes["webhooks"] = _read_webhooks(ours["webhooks"], source)
+    config = _evolve(base, changes, source)
     return Loaded(config, [_SERVER.warning(key, source) for key in ignored])
+
+
+def _read_webhooks(entries: Any, source: str) -> tuple[WebhookSpec, ...]:
+    """The ``[[webhooks]]`` entries of a server file."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(
+            f"{source}: 'webhooks' must be an array of tables, each one starting with a "
+            f"[[webhooks]] line"
+        )
+    hooks: list[WebhookSpec] = []
+    names: set[str] = set()
+    for number, entry in enumerate(entries, 1):
+        name = entry.get("name")
+        label = f"webhook '{name}'" if isinstance(name, str) and name else f"webhook #{number}"
+        if "url" not in entry:
+            raise ConfigError(f'{source}: {label} has no url; add url = "https://..." to it')
+        if isinstance(name, str):
+            if name in names:
+                raise ConfigError(
+                    f"{source}: two webhooks are named '{name}'; give each [[webhooks]] entry "
+                    f"its own name"
+                )
+            names.add(name)
+        ours, _ = _WEBHOOK.sort(entry, source, f" in {label}")
+        hooks.append(WebhookSpec(**_WEBHOOK.convert(ours, source, f" in {label}")))
+    return tuple(hooks)
 
 
 def parse_client_config(

@@ -16,6 +16,7 @@ from gotaxy.config import (
     PortRange,
     ServerConfig,
     TunnelSpec,
+    WebhookSpec,
     format_allow_ports,
     load_toml,
     parse_allow_ports,
@@ -232,7 +233,9 @@ class TestFrpExampleFiles:
             log_max_days=3,
             web_addr="127.0.0.1",
             web_port=7500,
+            enable_prometheus=True,
         )
+        assert config.effective_metrics_exposure() == "open"
         warned = [w.split("'")[1] for w in loaded.warnings]
         assert warned == [
             "kcpBindPort",
@@ -243,7 +246,6 @@ class TestFrpExampleFiles:
             "webServer.user",
             "webServer.password",
             "webServer.pprofEnable",
-            "enablePrometheus",
             "log.to",
             "log.disablePrintColor",
             "detailedErrorsToClient",
@@ -958,3 +960,89 @@ class TestHostPort:
     def test_flag_name_is_configurable(self) -> None:
         with pytest.raises(ConfigError, match='^--bind "x": '):
             parse_host_port("x", flag="--bind")
+
+
+class TestNotificationMetricsHistorySettings:
+    def test_webhooks_smtp_metrics_history(self) -> None:
+        loaded = server(
+            """
+serverName = "edge-1"
+notify.flapGrace = 0
+metrics.exposure = "token"
+metrics.token = "m-s3cret"
+history.sampleInterval = 30
+history.rawHours = 24
+history.retentionDays = 30
+
+[[webhooks]]
+name = "ops"
+url = "https://hooks.example.org/x?access_token=w-s3cret"
+secret = "h-s3cret"
+events = ["client.disconnected", "tunnel.*"]
+timeout = 5
+retryFor = 60
+maxPending = 10
+
+[[webhooks]]
+url = "https://open.feishu.cn/open-apis/bot/v2/hook/abc"
+format = "feishu"
+
+[smtp]
+host = "mail.example.org"
+tls = "tls"
+username = "gotaxy"
+password = "p-s3cret"
+from = "gotaxy@example.org"
+to = ["ops@example.org", "oncall@example.org"]
+events = ["client.*"]
+batchSeconds = 60
+"""
+        )
+        config = loaded.config
+        assert loaded.warnings == ()
+        assert config.server_name == "edge-1"
+        assert config.notify_flap_grace == 0.0
+        assert config.effective_metrics_exposure() == "token" and config.metrics_token == "m-s3cret"
+        assert (config.history_sample_interval, config.history_raw_hours, config.history_retention_days) == (30, 24, 30)
+        first, second = config.webhooks
+        assert first == WebhookSpec(
+            url="https://hooks.example.org/x?access_token=w-s3cret", name="ops", secret="h-s3cret",
+            events=("client.disconnected", "tunnel.*"), timeout=5.0, retry_for=60.0, max_pending=10,
+        )
+        assert (second.format, second.events, second.timeout, second.retry_for) == ("feishu", ("*",), 10.0, 300.0)
+        assert config.smtp_to == ("ops@example.org", "oncall@example.org")
+        assert config.effective_smtp_port() == 465
+        assert config.smtp_events == ("client.*",) and config.smtp_batch_seconds == 60.0
+        text = repr(config)
+        for secret in ("m-s3cret", "w-s3cret", "h-s3cret", "p-s3cret"):
+            assert secret not in text
+
+    def test_defaults(self) -> None:
+        config = ServerConfig()
+        assert config.webhooks == () and config.smtp_host is None
+        assert config.notify_flap_grace == 10.0
+        assert config.effective_metrics_exposure() == "off"
+        assert config.server_name  # the host name
+        assert attrs.evolve(config, enable_prometheus=True).effective_metrics_exposure() == "open"
+        assert attrs.evolve(config, enable_prometheus=True, metrics_exposure="off").effective_metrics_exposure() == "off"
+
+    @pytest.mark.parametrize(
+        "text, message",
+        [
+            ('[[webhooks]]\nname = "a"', "server.toml: webhook 'a' has no url; add url = \"https://...\" to it"),
+            ('[[webhooks]]\nurl = "ftp://x"', "server.toml: 'url' in webhook #1 must be an http:// or https:// URL, got \"<the url>\""),
+            ('[[webhooks]]\nurl = "https://x"\nformat = "teams"', "server.toml: 'format' in webhook #1 must be \"json\", \"slack\", \"dingtalk\" or \"feishu\", got \"teams\""),
+            ('[[webhooks]]\nurl = "https://x"\nevent = ["*"]', "server.toml: unknown key 'event' in webhook #1; did you mean 'events'?"),
+            ('[[webhooks]]\nurl = "https://x"\nevents = ["Client"]', "server.toml: 'events' in webhook #1 must be a list of event types such as [\"client.disconnected\", \"tunnel.*\"] (\"*\" for all), got \"Client\""),
+            ('[[webhooks]]\nname = "a"\nurl = "https://x"\n[[webhooks]]\nname = "a"\nurl = "https://y"', "server.toml: two webhooks are named 'a'; give each [[webhooks]] entry its own name"),
+            ('webhooks = 1', "server.toml: 'webhooks' must be an array of tables, each one starting with a [[webhooks]] line"),
+            ('[smtp]\nhost = "h"\nfrom = "a@b.c"', "server.toml: 'smtp.host' is set but 'smtp.from' or 'smtp.to' is missing; give the sender and at least one recipient, or remove [smtp] to turn e-mail off"),
+            ('[smtp]\ntls = "ssl"', "server.toml: 'smtp.tls' must be \"starttls\", \"tls\" (implicit TLS, usually port 465) or \"none\", got \"ssl\""),
+            ('[smtp]\nusername = "u"', "server.toml: 'smtp.username' and 'smtp.password' go together: give both to log in, or neither"),
+            ('metrics.exposure = "token"', "server.toml: 'metrics.exposure' is \"token\" but 'metrics.token' is missing; set the bearer token Prometheus must send, or use \"open\" or \"off\""),
+            ('metrics.exposure = "public"', "server.toml: 'metrics.exposure' must be \"off\", \"open\" or \"token\" (a bearer token in metrics.token), got \"public\""),
+            ('notify.flapGrace = -1', "server.toml: 'notify.flapGrace' must be a number of seconds of at least 0 (0 turns it off), got -1"),
+        ],
+    )
+    def test_errors(self, text: str, message: str) -> None:
+        assert error_of(server, text) == message

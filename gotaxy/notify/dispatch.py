@@ -1,0 +1,79 @@
+# -*- test-case-name: tests.test_notify -*-
+"""
+``Notifier``: from the server's event bus to the notification targets.
+
+Events arrive on the reactor thread from ``EventBus.publish``.  The
+notifier passes them through the ``FlapSuppressor`` and then offers each
+one to every target; a target that wants it queues it and returns at once,
+so the event bus (and so the tunnel code that published the event) never
+waits for a delivery.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from gotaxy.config import ServerConfig
+from gotaxy.events import Event, EventBus
+from gotaxy.logs import gotaxy_observer
+from gotaxy.notify.failures import FailureLog
+from gotaxy.notify.flap import FlapSuppressor
+
+
+class Notifier(Service):
+    log = Logger(observer=gotaxy_observer)
+    name = "notifications"
+
+    def __init__(
+        self, bus: EventBus, targets: Sequence[Any], grace: float, reactor: Any, failures: FailureLog
+    ) -> None:
+        self.bus = bus
+        self.targets: List[Any] = list(targets)
+        self.failures = failures
+        self.flaps = FlapSuppressor(grace, reactor, self._fan_out)
+        self._unsubscribe: Optional[Callable[[], None]] = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._unsubscribe = self.bus.subscribe(self.flaps)
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.flaps.stop()
+        # Webhooks give up at once; e-mail sends its last batch (bounded by
+        # smtp.timeout).  Failures are written now, while the store still runs.
+        waits = [d for d in (t.stop() for t in self.targets) if isinstance(d, Deferred)]
+        waits.append(self.failures.close())
+        return DeferredList(waits)
+
+    def _fan_out(self, event: Event) -> None:
+        for target in self.targets:
+            try:
+                if target.wants(event):
+                    target.deliver(event)
+            except Exception:
+                self.log.failure("bug offering {type} to {target!r}", type=event.type, target=target)
+
+
+def build_notifier(
+    config: ServerConfig, bus: EventBus, reactor: Any, store: Any = None, http: Any = None
+) -> Notifier:
+    """The notifier for ``config``'s ``[[webhooks]]`` and ``[smtp]`` (it may have no targets)."""
+    from gotaxy.notify.mail import MailTarget
+    from gotaxy.notify.webhook import WebhookTarget
+
+    failures = FailureLog(reactor, store)
+    targets: List[Any] = [
+        WebhookTarget(spec, config.server_name, reactor, failures, http=http, number=n)
+        for n, spec in enumerate(config.webhooks, 1)
+    ]
+    if config.smtp_host is not None:
+        targets.append(MailTarget.from_config(config, reactor, failures))
+    return Notifier(bus, targets, config.notify_flap_grace, reactor, failures)

@@ -1,0 +1,460 @@
+# -*- test-case-name: tests.test_history -*-
+"""
+Stability history: how each client and tunnel has been doing, kept in the
+store for the panel's charts and the console.
+
+What is kept, in tables of its own (``history_*``) in the server's store:
+
+``history_sessions``
+    One row per client session: ``started``, ``ended``, the disconnect
+    ``reason``.  Sessions still open are checkpointed at every flush
+    (``open`` true, ``ended`` = the flush time), so after a crash a
+    session ends where it was last seen.  Uptime over a window is the part
+    of the window covered by sessions, out of the part of the window since
+    the client was first seen.
+``history_samples``
+    Every ``history.sampleInterval`` seconds (default 60): per online
+    client its heartbeat RTT; per tunnel the connections open, and the
+    connections accepted and bytes in/out *during the interval*, and its
+    current rates.  Kept ``history.rawHours`` hours (default 48).
+``history_hourly``
+    Hourly rollups of the samples (count, RTT average and maximum, peak
+    connections, connections and bytes summed, peak rates), made as each
+    hour completes and kept ``history.retentionDays`` days (default 90),
+    as are ended sessions.
+
+Connects and disconnects with their reasons are read from the existing
+``events`` table rather than copied.
+
+Nothing here is on the data path.  Samples are read from the tunnels' plain
+counters (through ``TunnelLedger``, so a tunnel's restarts do not lose
+counts) on a timer, buffered in memory (bounded: beyond ``MAX_BUFFERED``
+rows the oldest are dropped and counted), and written in one store call per
+interval, on the store's own thread.  Rollups and retention run in that
+same call once per hour.
+
+The read API for the panel and console is ``History.client_stability``,
+``History.all_stability``, ``History.client_rtt``,
+``History.tunnel_history`` and ``History.tunnel_stats``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+import functools
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gotaxy.events import Event
+from gotaxy.logs import gotaxy_observer
+from gotaxy.server.metrics import TunnelLedger
+from gotaxy.store import CLIENT_CONNECTED, CLIENT_DISCONNECTED
+
+T = TypeVar("T")
+
+SESSIONS = "history_sessions"
+SAMPLES = "history_samples"
+HOURLY = "history_hourly"
+
+HOUR = 3600.0
+DAY = 86400.0
+#: Sample rows waiting for the store; beyond this the oldest are dropped.
+MAX_BUFFERED = 20000
+#: Disconnect reasons listed per client.
+MAX_REASONS = 20
+
+
+def _committed(function: Callable[..., T]) -> Callable[..., T]:
+    """
+    Run a store function in one transaction, committed at the end.  Raw
+    ``db.query`` statements are not committed by dataset; a connection left
+    inside a transaction holds SQLite's locks (or a stale snapshot) and
+    makes other writers, such as the ``gotaxy`` command, fail with "database
+    is locked".
+    """
+
+    @functools.wraps(function)
+    def run(store: Any, *args: Any) -> T:
+        with store.db:
+            return function(store, *args)
+
+    return run
+
+
+def _create_tables(store: Any) -> None:
+    db = store.db
+    types = db.types
+    columns = {
+        SESSIONS: [
+            ("client", types.string(64)), ("started", types.float), ("ended", types.float),
+            ("reason", types.text), ("open", types.boolean),
+        ],
+        SAMPLES: [
+            ("at", types.float), ("client", types.string(64)), ("tunnel", types.string(64)),
+            ("rtt", types.float), ("connections", types.integer), ("opened", types.integer),
+            ("bytes_in", types.bigint), ("bytes_out", types.bigint),
+            ("rate_in", types.float), ("rate_out", types.float),
+        ],
+        HOURLY: [
+            ("hour", types.float), ("client", types.string(64)), ("tunnel", types.string(64)),
+            ("samples", types.integer), ("rtt_avg", types.float), ("rtt_max", types.float),
+            ("connections_max", types.integer), ("opened", types.bigint),
+            ("bytes_in", types.bigint), ("bytes_out", types.bigint),
+            ("rate_in_max", types.float), ("rate_out_max", types.float),
+        ],
+    }
+    indexes = {
+        SESSIONS: [["client", "started"], ["ended"]],
+        SAMPLES: [["client", "tunnel", "at"], ["at"]],
+        HOURLY: [["client", "tunnel", "hour"], ["hour"]],
+    }
+    # Outside a transaction: dataset warns about schema changes inside one.
+    for name, cols in columns.items():
+        table = db.create_table(name, primary_id="id")
+        for column, type_ in cols:
+            table.create_column(column, type_)
+        for index in indexes[name]:
+            table.create_index(index)
+
+
+def _prepare(store: Any) -> None:
+    """Create the tables; sessions left open by a server that died ended when last seen."""
+    _create_tables(store)
+    _close_stale_sessions(store)
+
+
+@_committed
+def _close_stale_sessions(store: Any) -> None:
+    store.db.query(f"UPDATE {SESSIONS} SET open = :f, reason = :r WHERE open = :t", f=False, t=True, r="server stopped")
+
+
+@_committed
+def _flush(
+    store: Any, samples: List[Dict[str, Any]], sessions: List[Dict[str, Any]], now: float,
+    roll_up: bool, raw_hours: int, retention_days: int,
+) -> None:
+    db = store.db
+    if samples:
+        db[SAMPLES].insert_many(samples, ensure=False)
+    for row in sessions:
+        db[SESSIONS].upsert(row, ["client", "started"], ensure=False)
+    if roll_up:
+        _roll_up(store, now)
+        db.query(f"DELETE FROM {SAMPLES} WHERE at < :t", t=now - raw_hours * HOUR)
+        horizon = now - retention_days * DAY
+        db.query(f"DELETE FROM {HOURLY} WHERE hour < :t", t=horizon)
+        db.query(f"DELETE FROM {SESSIONS} WHERE ended < :t AND open = :f", t=horizon, f=False)
+
+
+def _roll_up(store: Any, now: float) -> None:
+    """Roll up every completed hour after the last rolled one (samples at (hour, hour + 1 h])."""
+    db = store.db
+    current = (now // HOUR) * HOUR
+    last = list(db.query(f"SELECT MAX(hour) AS h FROM {HOURLY}"))[0]["h"]
+    first = list(db.query(f"SELECT MIN(at) AS a FROM {SAMPLES}"))[0]["a"]
+    if first is None:
+        return
+    # A sample taken at t covers (t - interval, t]: one taken on the hour
+    # belongs to the hour before.
+    hour = math.ceil(first / HOUR) * HOUR - HOUR if last is None else last + HOUR
+    rows = []
+    while hour < current:
+        for r in db.query(
+            f"SELECT client, tunnel, COUNT(*) AS n, AVG(rtt) AS rtt_avg, MAX(rtt) AS rtt_max, "
+            f"MAX(connections) AS cmax, SUM(opened) AS opened, SUM(bytes_in) AS bin, "
+            f"SUM(bytes_out) AS bout, MAX(rate_in) AS rin, MAX(rate_out) AS rout "
+            f"FROM {SAMPLES} WHERE at > :a AND at <= :b GROUP BY client, tunnel",
+            a=hour, b=hour + HOUR,
+        ):
+            rows.append(dict(
+                hour=hour, client=r["client"], tunnel=r["tunnel"], samples=r["n"],
+                rtt_avg=r["rtt_avg"], rtt_max=r["rtt_max"], connections_max=r["cmax"],
+                opened=r["opened"], bytes_in=r["bin"], bytes_out=r["bout"],
+                rate_in_max=r["rin"], rate_out_max=r["rout"],
+            ))
+        hour += HOUR
+    if rows:
+        db[HOURLY].insert_many(rows, ensure=False)
+
+
+def _overlap(intervals: List[Tuple[float, float]], start: float, end: float) -> float:
+    return sum(max(0.0, min(b, end) - max(a, start)) for a, b in intervals)
+
+
+@_committed
+def _stability(
+    store: Any, name: str, now: float, current: Optional[float], sample_interval: float
+) -> Dict[str, Any]:
+    db = store.db
+    rows = list(db.query(f"SELECT started, ended, open FROM {SESSIONS} WHERE client = :c", c=name))
+    intervals = [(r["started"], r["ended"]) for r in rows if not (r["open"] and current is not None and r["started"] == current)]
+    if current is not None:
+        intervals.append((current, now))
+    first_seen = min((a for a, _ in intervals), default=None)
+
+    def uptime(window: float) -> Optional[float]:
+        if first_seen is None:
+            return None
+        start = max(now - window, first_seen)
+        if now - start <= 0:
+            return 100.0 if current is not None else None
+        return round(100.0 * _overlap(intervals, start, now) / (now - start), 3)
+
+    def count(kind: str, since: float) -> int:
+        return list(db.query(
+            "SELECT COUNT(*) AS n FROM events WHERE type = :t AND client = :c AND at >= :s", t=kind, c=name, s=since
+        ))[0]["n"]
+
+    reasons = [
+        {"reason": r["detail"], "count": r["n"], "last": r["last"]}
+        for r in db.query(
+            "SELECT detail, COUNT(*) AS n, MAX(at) AS last FROM events WHERE type = :t AND client = :c AND at >= :s "
+            "GROUP BY detail ORDER BY n DESC, last DESC LIMIT :l",
+            t=CLIENT_DISCONNECTED, c=name, s=now - 7 * DAY, l=MAX_REASONS,
+        )
+    ]
+    rtt = [
+        (r["at"], r["rtt"])
+        for r in db.query(
+            f"SELECT at, rtt FROM {SAMPLES} WHERE client = :c AND tunnel = '' AND at >= :s ORDER BY at",
+            c=name, s=now - DAY,
+        )
+    ]
+    return {
+        "client": name,
+        "online": current is not None,
+        "online_since": current,
+        "first_seen": first_seen,
+        "online_seconds": round(sum(b - a for a, b in intervals), 3),
+        "uptime_24h": uptime(DAY),
+        "uptime_7d": uptime(7 * DAY),
+        "connects_24h": count(CLIENT_CONNECTED, now - DAY),
+        "connects_7d": count(CLIENT_CONNECTED, now - 7 * DAY),
+        "disconnects_24h": count(CLIENT_DISCONNECTED, now - DAY),
+        "disconnects_7d": count(CLIENT_DISCONNECTED, now - 7 * DAY),
+        "disconnect_reasons_7d": reasons,
+        "rtt_samples_24h": rtt,
+        "sample_interval": sample_interval,
+    }
+
+
+@_committed
+def _client_names(store: Any) -> List[str]:
+    names = {r["client"] for r in store.db.query(f"SELECT DISTINCT client FROM {SESSIONS}")}
+    return sorted(names | {c.name for c in store.list_clients()})
+
+
+@_committed
+def _series(
+    store: Any, client: str, tunnel: str, since: float, until: float, hourly: bool
+) -> List[Dict[str, Any]]:
+    table, column = (HOURLY, "hour") if hourly else (SAMPLES, "at")
+    rows = store.db.query(
+        f"SELECT * FROM {table} WHERE client = :c AND tunnel = :t AND {column} >= :s AND {column} <= :u ORDER BY {column}",
+        c=client, t=tunnel, s=since, u=until,
+    )
+    return [{k: v for k, v in dict(r).items() if k not in ("id", "client", "tunnel")} for r in list(rows)]
+
+
+class History(Service):
+    log = Logger(observer=gotaxy_observer)
+    name = "history"
+
+    def __init__(
+        self,
+        core: Any,
+        store: Any,
+        reactor: Any = None,
+        ledger: Optional[TunnelLedger] = None,
+        sample_interval: Optional[float] = None,
+        raw_hours: Optional[int] = None,
+        retention_days: Optional[int] = None,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
+        config = core.config
+        self.core = core
+        self.store = store
+        self.reactor = reactor if reactor is not None else core.reactor
+        self._own_ledger = ledger is None
+        self.ledger = ledger if ledger is not None else TunnelLedger(core)
+        self.sample_interval = sample_interval or config.history_sample_interval
+        self.raw_hours = raw_hours or config.history_raw_hours
+        self.retention_days = retention_days or config.history_retention_days
+        self._samples: Deque[Dict[str, Any]] = deque(maxlen=max_buffered)
+        self._ended: List[Dict[str, Any]] = []
+        self.online_since: Dict[str, float] = {}  #: client -> start of its current session
+        self._last_totals: Dict[Tuple[str, str], Tuple[int, int, int, int]] = {}
+        self._last_hour: Optional[float] = None
+        self._writing: Optional[Deferred] = None
+        self._ready: Deferred = succeed(None)  # kept for callers that wait for set-up
+        self.dropped = 0  #: sample rows dropped because the store fell behind
+        self._sampler = LoopingCall(self.tick)
+        self._sampler.clock = self.reactor
+        self._unsubscribe: List[Callable[[], None]] = []
+        # Synchronously, like the rest of the store's set-up: makeService
+        # builds this before the reactor runs, so no other writer (the
+        # ``gotaxy`` command, say) races a schema change at start-up.
+        _prepare(store.store)
+
+    # -- live side ------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._unsubscribe = [self.core.events.subscribe(self.observe)]
+        if self._own_ledger:
+            self._unsubscribe.append(self.core.events.subscribe(self.ledger.track))
+        for name in self.core.sessions:  # already online (a service restarted under a live core)
+            self.online_since.setdefault(name, self.reactor.seconds())
+        self._sampler.start(self.sample_interval, now=False)
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        if self._sampler.running:
+            self._sampler.stop()
+        now = self.reactor.seconds()
+        for name, started in list(self.online_since.items()):
+            self._ended.append(dict(client=name, started=started, ended=now, reason="server stopped", open=False))
+        self.online_since.clear()
+        return self.flush()
+
+    def observe(self, event: Event) -> None:
+        """Event-bus subscriber: sessions start and end."""
+        if event.client is None:
+            return
+        if event.type == CLIENT_CONNECTED:
+            self.online_since[event.client] = event.at
+        elif event.type == CLIENT_DISCONNECTED:
+            started = self.online_since.pop(event.client, None)
+            if started is not None:
+                self._ended.append(
+                    dict(client=event.client, started=started, ended=event.at, reason=event.detail, open=False)
+                )
+
+    def sample(self) -> None:
+        """Take one sample of every online client and every tunnel into the buffer."""
+        now = self.reactor.seconds()
+        rows: List[Dict[str, Any]] = []
+        for name, session in list(self.core.sessions.items()):
+            heartbeat = getattr(session, "heartbeat", None)
+            rows.append(dict(at=now, client=name, tunnel="", rtt=heartbeat.rtt if heartbeat is not None else None))
+        live = self.core.tunnels
+        totals = self.ledger.totals()
+        for key, total in totals.items():
+            last = self._last_totals.get(key, (0, 0, 0, 0))
+            tunnel = live.get(key)
+            if tunnel is None and total == last:
+                continue  # down and idle: nothing to chart
+            rows.append(dict(
+                at=now, client=key[0], tunnel=key[1],
+                connections=tunnel.connections if tunnel is not None else 0,
+                opened=total[0] - last[0], bytes_in=total[2] - last[2], bytes_out=total[3] - last[3],
+                rate_in=tunnel.rate_in if tunnel is not None else 0.0,
+                rate_out=tunnel.rate_out if tunnel is not None else 0.0,
+            ))
+        self._last_totals = totals
+        room = self._samples.maxlen - len(self._samples) if self._samples.maxlen is not None else len(rows)
+        if len(rows) > room:
+            self.dropped += len(rows) - room
+        self._samples.extend(rows)
+
+    def tick(self) -> None:
+        self.sample()
+        self.flush()
+
+    def flush(self) -> Deferred:
+        """
+        Write the buffer in one store call (unless one is still running: then
+        next time).  Reads issued later queue behind it on the store thread.
+        """
+        if self._writing is not None and self.running:
+            return self._writing
+        now = self.reactor.seconds()
+        hour = now // HOUR
+        roll_up = self._last_hour is None or hour != self._last_hour
+        samples = list(self._samples)
+        self._samples.clear()
+        sessions = self._ended
+        self._ended = []
+        sessions = sessions + [
+            dict(client=name, started=started, ended=now, reason=None, open=True)
+            for name, started in self.online_since.items()
+        ]
+        if not samples and not sessions and not roll_up:
+            return succeed(None)
+        d = self.store.call(
+            _flush, self.store.store, samples, sessions, now, roll_up, self.raw_hours, self.retention_days
+        )
+
+        def written(_: Any) -> None:
+            if roll_up:
+                self._last_hour = hour
+
+        def failed(failure: Any) -> None:
+            self.log.failure("could not write {n} history samples", failure, n=len(samples))
+
+        def done(_: Any) -> None:
+            self._writing = None
+
+        d.addCallbacks(written, failed)
+        d.addBoth(done)
+        self._writing = d
+        return d
+
+    # -- read API for the panel and console -----------------------------------
+
+    def client_stability(self, name: str) -> "Deferred[Dict[str, Any]]":
+        """
+        One client's stability: online now and since when, first seen, total
+        online seconds, uptime % over the last 24 h and 7 d (of the time
+        since first seen), connects and disconnects over 24 h and 7 d, the
+        disconnect reasons of the last 7 d with counts, and the heartbeat
+        RTT samples of the last 24 h as [UNIX time, seconds] pairs.
+        """
+        return self.store.call(
+            _stability, self.store.store, name, self.reactor.seconds(), self.online_since.get(name),
+            self.sample_interval,
+        )
+
+    async def all_stability(self) -> List[Dict[str, Any]]:
+        """``client_stability`` of every client known to the store or the history."""
+        names = await self.store.call(_client_names, self.store.store)
+        return [await self.client_stability(name) for name in names]
+
+    def client_rtt(self, name: str, since: float, until: Optional[float] = None, hourly: bool = False) -> "Deferred[List[Dict[str, Any]]]":
+        """Heartbeat RTT samples (``at``, ``rtt``) or hourly rollups (``hour``, ``rtt_avg``, ``rtt_max``)."""
+        return self._series(name, "", since, until, hourly)
+
+    def tunnel_history(self, client: str, tunnel: str, since: float, until: Optional[float] = None,
+                       hourly: bool = False) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        A tunnel's samples (``at``, ``connections`` open, ``opened`` and
+        ``bytes_in``/``bytes_out`` during the interval, ``rate_in``/``rate_out``)
+        or its hourly rollups (``hour``, ``samples``, ``connections_max``,
+        ``opened``, ``bytes_in``, ``bytes_out``, ``rate_in_max``, ``rate_out_max``).
+        """
+        return self._series(client, tunnel, since, until, hourly)
+
+    def tunnel_stats(self, client: str, tunnel: str) -> Dict[str, Any]:
+        """A tunnel's counters now: connections opened since start, open now, bytes in/out, rate."""
+        opened, refused, bytes_in, bytes_out = self.ledger.totals().get((client, tunnel), (0, 0, 0, 0))
+        live = self.core.tunnels.get((client, tunnel))
+        return {
+            "client": client, "tunnel": tunnel, "up": live is not None,
+            "opened": opened, "refused": refused,
+            "open": live.connections if live is not None else 0,
+            "bytes_in": bytes_in, "bytes_out": bytes_out,
+            "rate_in": live.rate_in if live is not None else 0.0,
+            "rate_out": live.rate_out if live is not None else 0.0,
+        }
+
+    def _series(self, client: str, tunnel: str, since: float, until: Optional[float], hourly: bool) -> Deferred:
+        until = self.reactor.seconds() if until is None else until
+        return self.store.call(_series, self.store.store, client, tunnel, since, until, hourly)

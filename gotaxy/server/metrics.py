@@ -1,0 +1,355 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+``GET /metrics``: the server's live state in Prometheus text format.
+
+Nothing here touches the data path.  Tunnels count their connections and
+bytes in plain integers (``LiveTunnel``); ``GotaxyCollector`` reads those,
+the sessions and the event counts only when Prometheus scrapes, so a scrape
+costs a walk over the live tunnels and an idle server costs nothing.
+
+Per-tunnel counters must never go backwards, but a ``LiveTunnel`` object
+lives only while its tunnel is up.  ``TunnelLedger`` keeps, per
+(client, tunnel), the totals of earlier incarnations: a tunnel that closed
+stays tracked until its last public connection has ended (bytes keep
+flowing through connections that outlive their listener), then its totals
+are folded into a base that later incarnations add to.
+
+Heartbeat round-trip times are observed into a histogram by
+``RttSampler``, once per heartbeat interval per client and only when the
+client's RTT reading changed (a new pong arrived), so each pong is counted
+at most once.
+
+Exposure is ``metrics.exposure`` in the server config: ``off`` (404),
+``open``, or ``token`` (``Authorization: Bearer <metrics.token>``, compared
+in constant time).  frp's ``enablePrometheus = true`` means ``open``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.web.resource import Resource
+
+from gotaxy import __version__
+from gotaxy.events import Event
+from gotaxy.store import LOGIN_FAILED, OPERATOR_LOGIN_FAILED, TUNNEL_OPENED, TUNNEL_REFUSED
+
+Key = Tuple[str, str]
+
+RTT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class TunnelLedger:
+    """Per-tunnel totals (connections opened and refused, bytes in and out) across restarts."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self._live: Dict[Key, Any] = {}
+        self._retired: Dict[Key, List[Any]] = {}
+        self._base: Dict[Key, List[int]] = {}  # key -> [opened, refused, in, out]
+
+    def track(self, event: Event) -> None:
+        """Event-bus subscriber: start tracking a tunnel as soon as it is up."""
+        if event.type == TUNNEL_OPENED and event.client is not None and event.tunnel is not None:
+            self.refresh()
+
+    def refresh(self) -> None:
+        current = self._core.tunnels
+        for key, tunnel in list(self._live.items()):
+            if current.get(key) is not tunnel:
+                del self._live[key]
+                self._retired.setdefault(key, []).append(tunnel)
+        for key, tunnel in current.items():
+            self._live[key] = tunnel
+        for key, tunnels in list(self._retired.items()):
+            for tunnel in list(tunnels):
+                if not tunnel.streams:
+                    self._fold(key, tunnel)
+                    tunnels.remove(tunnel)
+            if not tunnels:
+                del self._retired[key]
+
+    def _fold(self, key: Key, tunnel: Any) -> None:
+        base = self._base.setdefault(key, [0, 0, 0, 0])
+        bytes_in, bytes_out = tunnel.totals()
+        base[0] += tunnel.opened
+        base[1] += tunnel.refused
+        base[2] += bytes_in
+        base[3] += bytes_out
+
+    def totals(self) -> Dict[Key, Tuple[int, int, int, int]]:
+        """(opened, refused, bytes in, bytes out) for every tunnel ever seen since start."""
+        self.refresh()
+        result: Dict[Key, List[int]] = {key: list(base) for key, base in self._base.items()}
+        tracked = [(key, t) for key, t in self._live.items()]
+        tracked += [(key, t) for key, ts in self._retired.items() for t in ts]
+        for key, tunnel in tracked:
+            row = result.setdefault(key, [0, 0, 0, 0])
+            bytes_in, bytes_out = tunnel.totals()
+            row[0] += tunnel.opened
+            row[1] += tunnel.refused
+            row[2] += bytes_in
+            row[3] += bytes_out
+        return {key: (r[0], r[1], r[2], r[3]) for key, r in result.items()}
+
+
+class EventCounts:
+    """Event-bus subscriber counting events by type."""
+
+    def __init__(self) -> None:
+        self.counts: Dict[str, int] = {}
+
+    def __call__(self, event: Event) -> None:
+        self.counts[event.type] = self.counts.get(event.type, 0) + 1
+
+    def get(self, kind: str) -> int:
+        return self.counts.get(kind, 0)
+
+
+class RttSampler:
+    """Observes each client's newest heartbeat RTT into ``histogram``."""
+
+    def __init__(self, core: Any, histogram: Histogram) -> None:
+        self._core = core
+        self._histogram = histogram
+        self._last: Dict[int, float] = {}  # id(session) -> RTT last observed
+
+    def sample(self) -> None:
+        seen: Dict[int, float] = {}
+        for session in list(self._core.sessions.values()):
+            heartbeat = getattr(session, "heartbeat", None)
+            rtt = heartbeat.rtt if heartbeat is not None else None
+            if rtt is None:
+                continue
+            seen[id(session)] = rtt
+            if self._last.get(id(session)) != rtt:
+                self._histogram.observe(rtt)
+        self._last = seen
+
+
+class GotaxyCollector:
+    """A prometheus-client collector reading the server's live state at scrape time."""
+
+    def __init__(
+        self,
+        core: Any,
+        ledger: TunnelLedger,
+        events: EventCounts,
+        admission: Any = None,
+        failures: Any = None,
+        targets: Callable[[], List[Any]] = lambda: [],
+    ) -> None:
+        self._core = core
+        self._ledger = ledger
+        self._events = events
+        self._admission = admission
+        self._failures = failures
+        self._targets = targets
+
+    def describe(self) -> List[Metric]:
+        return []  # label sets vary; the registry must not call collect() at registration
+
+    def collect(self) -> Iterator[Metric]:
+        core = self._core
+        info = InfoMetricFamily("gotaxy_server", "The Gotaxy server.")
+        info.add_metric([], {"version": __version__, "server": core.config.server_name})
+        yield info
+        started = GaugeMetricFamily("gotaxy_server_start_time_seconds", "When the server started (UNIX time).")
+        started.add_metric([], core.started_at)
+        yield started
+
+        sessions = dict(core.sessions)
+        online = GaugeMetricFamily("gotaxy_clients_online", "Clients connected now.")
+        online.add_metric([], len(sessions))
+        yield online
+        rtt = GaugeMetricFamily(
+            "gotaxy_client_heartbeat_rtt_seconds", "Latest heartbeat round-trip time per client.", labels=["client"]
+        )
+        for name, session in sorted(sessions.items()):
+            heartbeat = getattr(session, "heartbeat", None)
+            if heartbeat is not None and heartbeat.rtt is not None:
+                rtt.add_metric([name], heartbeat.rtt)
+        yield rtt
+
+        tunnels = dict(core.tunnels)
+        up = GaugeMetricFamily("gotaxy_tunnels_up", "Tunnels whose public port is listening now.")
+        up.add_metric([], len(tunnels))
+        yield up
+        labels = ["client", "tunnel"]
+        open_now = GaugeMetricFamily("gotaxy_tunnel_connections_open", "Public connections open now.", labels=labels)
+        rate = GaugeMetricFamily(
+            "gotaxy_tunnel_rate_bytes_per_second", "Current traffic rate per tunnel (1 s samples).",
+            labels=labels + ["direction"],
+        )
+        for (client, name), tunnel in sorted(tunnels.items()):
+            open_now.add_metric([client, name], tunnel.connections)
+            rate.add_metric([client, name, "in"], tunnel.rate_in)
+            rate.add_metric([client, name, "out"], tunnel.rate_out)
+        yield open_now
+        yield rate
+
+        opened = CounterMetricFamily(
+            "gotaxy_tunnel_connections", "Public connections accepted per tunnel.", labels=labels
+        )
+        refused = CounterMetricFamily(
+            "gotaxy_tunnel_connections_refused",
+            "Public connections refused because the client was at its stream limit.", labels=labels,
+        )
+        traffic = CounterMetricFamily(
+            "gotaxy_tunnel_bytes",
+            "Bytes per tunnel: in = from public users to the client, out = back to the users.",
+            labels=labels + ["direction"],
+        )
+        all_opened = all_refused = 0
+        for (client, name), (n_opened, n_refused, bytes_in, bytes_out) in sorted(self._ledger.totals().items()):
+            opened.add_metric([client, name], n_opened)
+            refused.add_metric([client, name], n_refused)
+            traffic.add_metric([client, name, "in"], bytes_in)
+            traffic.add_metric([client, name, "out"], bytes_out)
+            all_opened += n_opened
+            all_refused += n_refused
+        yield opened
+        yield refused
+        yield traffic
+
+        connections_open = GaugeMetricFamily("gotaxy_connections_open", "Public connections open now, all tunnels.")
+        connections_open.add_metric([], sum(t.connections for t in tunnels.values()))
+        yield connections_open
+        connections = CounterMetricFamily("gotaxy_connections", "Public connections accepted, all tunnels.")
+        connections.add_metric([], all_opened)
+        yield connections
+        bytes_in, bytes_out, _, _ = core.traffic()
+        server_bytes = CounterMetricFamily("gotaxy_bytes", "Bytes through all tunnels.", labels=["direction"])
+        server_bytes.add_metric(["in"], bytes_in)
+        server_bytes.add_metric(["out"], bytes_out)
+        yield server_bytes
+
+        auth = CounterMetricFamily("gotaxy_auth_failures", "Client logins refused (bad, expired or revoked token).")
+        auth.add_metric([], self._events.get(LOGIN_FAILED))
+        yield auth
+        operator_auth = CounterMetricFamily("gotaxy_operator_login_failures", "Failed operator log-ins (panel, console).")
+        operator_auth.add_metric([], self._events.get(OPERATOR_LOGIN_FAILED))
+        yield operator_auth
+        events = CounterMetricFamily("gotaxy_events", "Server events by type.", labels=["type"])
+        for kind, count in sorted(self._events.counts.items()):
+            events.add_metric([kind], count)
+        yield events
+
+        errors = CounterMetricFamily(
+            "gotaxy_errors",
+            "Errors by kind: tunnel_refused (a tunnel could not open), connection_refused (stream limit), "
+            "admission_refused (too many connections waiting to log in), notification_failed.",
+            labels=["kind"],
+        )
+        errors.add_metric(["tunnel_refused"], self._events.get(TUNNEL_REFUSED))
+        errors.add_metric(["connection_refused"], all_refused)
+        errors.add_metric(["admission_refused"], self._admission.refused if self._admission is not None else 0)
+        errors.add_metric(["notification_failed"], self._failures.total if self._failures is not None else 0)
+        yield errors
+
+        targets = self._targets()
+        if targets:
+            failed = CounterMetricFamily(
+                "gotaxy_notification_failures", "Notifications given up per target.", labels=["target"]
+            )
+            pending = GaugeMetricFamily("gotaxy_notifications_pending", "Notifications waiting per target.", labels=["target"])
+            counts = self._failures.counts if self._failures is not None else {}
+            for target in targets:
+                failed.add_metric([target.label], counts.get(target.label, 0))
+                pending.add_metric([target.label], target.pending)
+            yield failed
+            yield pending
+
+
+class Metrics(Service):
+    """The registry for one server, and what keeps it fed (event counts, RTT samples)."""
+
+    name = "metrics"
+
+    def __init__(self, core: Any, admission: Any = None, notifier: Any = None, reactor: Any = None) -> None:
+        self.core = core
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.ledger = TunnelLedger(core)
+        self.events = EventCounts()
+        self.rtt = Histogram(
+            "gotaxy_heartbeat_rtt_seconds", "Heartbeat round-trip times, one observation per pong sampled.",
+            buckets=RTT_BUCKETS, registry=self.registry,
+        )
+        self.sampler = RttSampler(core, self.rtt)
+        failures = notifier.failures if notifier is not None else None
+        self.collector = GotaxyCollector(
+            core, self.ledger, self.events, admission, failures,
+            targets=(lambda: list(notifier.targets)) if notifier is not None else (lambda: []),
+        )
+        self.registry.register(self.collector)
+        self._sampling = LoopingCall(self.sampler.sample)
+        self._sampling.clock = reactor if reactor is not None else core.reactor
+        self._unsubscribe: List[Callable[[], None]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self._unsubscribe = [self.core.events.subscribe(self.events), self.core.events.subscribe(self.ledger.track)]
+        self._sampling.start(self.core.config.heartbeat_interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        if self._sampling.running:
+            self._sampling.stop()
+
+    def resource(self, exposure: Optional[str] = None, token: Optional[str] = None) -> "MetricsResource":
+        """The ``/metrics`` resource; by default exposure and token come from the core's config."""
+        config = self.core.config
+        return MetricsResource(
+            self.registry,
+            exposure if exposure is not None else config.effective_metrics_exposure(),
+            token if token is not None else config.metrics_token,
+        )
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``, guarded as ``exposure`` says: "off", "open" or "token"."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry, exposure: str, token: Optional[str] = None) -> None:
+        super().__init__()
+        if exposure not in ("off", "open", "token"):
+            raise ValueError(f"metrics exposure must be off, open or token, not {exposure!r}")
+        if exposure == "token" and not token:
+            raise ValueError("metrics exposure 'token' needs a token")
+        self.registry = registry
+        self.exposure = exposure
+        self._expected = b"Bearer " + token.encode("utf-8") if token else None
+
+    def __repr__(self) -> str:
+        return f"<MetricsResource exposure={self.exposure}>"
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"cache-control", b"no-store")
+        if self.exposure == "off":
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"metrics are turned off on this server; set metrics.exposure in server.toml\n"
+        if self.exposure == "token":
+            given = request.getHeader(b"authorization") or b""
+            if isinstance(given, str):
+                given = given.encode("utf-8")
+            assert self._expected is not None
+            if not hmac.compare_digest(given, self._expected):
+                request.setResponseCode(401)
+                request.setHeader(b"www-authenticate", b'Bearer realm="gotaxy-metrics"')
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                return b"a bearer token is required: send 'Authorization: Bearer <metrics.token>'\n"
+        accept = request.getHeader(b"accept")
+        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else None)
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        return encoder(self.registry)  # type: ignore[no-any-return]
