@@ -1,0 +1,705 @@
+# -*- test-case-name: tests.test_console_commands -*-
+"""
+The console's command language: parsing, running and formatting.
+
+Everything here is independent of SSH and terminals.  ``Commands.run(line)``
+takes one line as the operator typed it and returns a ``Result``: the text
+to print, an exit status (0 success, 1 the action failed, 2 the command or
+its arguments are wrong) and, for the few commands that need the terminal
+(``watch``, ``python``, ``exit``), an ``action`` the session carries out.
+The interactive session and the one-shot ``ssh host COMMAND`` both go
+through ``run``, so they accept the same commands and print the same text.
+
+All rules live in ``Management`` (shared with the web panel); this module
+only turns words into calls and records into text.  Tables are cut to fit
+80 columns; every listing takes ``--json`` and then prints JSON instead.
+
+A command never raises: a usage problem or a ``ManagementError`` becomes one
+line saying what is wrong and where to get help, and an unexpected exception
+is logged with its traceback and reported as an internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import attrs
+from twisted.logger import Logger
+
+from gotaxy.events import Event
+from gotaxy.logs import gotaxy_observer
+from gotaxy.server.manage import ClientView, Management, ManagementError, TunnelView
+from gotaxy.store import (
+    CLIENT_CONNECTED,
+    CLIENT_DISCONNECTED,
+    CLIENT_KICKED,
+    CLIENT_REPLACED,
+    CONFIG_RELOADED,
+    LOGIN_FAILED,
+    OPERATOR_LOCKED_OUT,
+    OPERATOR_LOGIN_FAILED,
+    OPERATOR_PASSWORD_CHANGED,
+    SERVER_STARTED,
+    TOKEN_CREATED,
+    TOKEN_REVOKED,
+    TUNNEL_ADDED,
+    TUNNEL_CLOSED,
+    TUNNEL_DISABLED,
+    TUNNEL_EDITED,
+    TUNNEL_ENABLED,
+    TUNNEL_OPENED,
+    TUNNEL_REFUSED,
+    TUNNEL_REMOVED,
+)
+
+log = Logger(observer=gotaxy_observer, namespace="gotaxy.console")
+
+WIDTH = 80  #: every table fits this many columns
+MAX_LINE = 1024  #: longest command line accepted, in characters
+MAX_EVENTS = 1000  #: most events one ``events`` command prints
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+EVENT_TYPES = (
+    CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REPLACED, CLIENT_KICKED, LOGIN_FAILED,
+    TUNNEL_OPENED, TUNNEL_CLOSED, TUNNEL_REFUSED, TUNNEL_ADDED, TUNNEL_REMOVED,
+    TUNNEL_ENABLED, TUNNEL_DISABLED, TUNNEL_EDITED, TOKEN_CREATED, TOKEN_REVOKED,
+    SERVER_STARTED, CONFIG_RELOADED, OPERATOR_LOGIN_FAILED, OPERATOR_LOCKED_OUT,
+    OPERATOR_PASSWORD_CHANGED,
+)
+
+
+@attrs.frozen
+class Result:
+    text: str = ""
+    status: int = EXIT_OK
+    action: Optional[str] = None  #: "exit", "watch" or "python", for the session
+
+
+class UsageError(Exception):
+    """A command or its arguments are wrong; ``topic`` is where help is."""
+
+    def __init__(self, message: str, topic: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
+# -- formatting ----------------------------------------------------------------
+
+
+def human_bytes(count: float) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_rate(rate: float) -> str:
+    return human_bytes(rate) + "/s"
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def human_time(at: Optional[float]) -> str:
+    if at is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+_CONTROL = {c: "?" for c in list(range(0, 32)) + [127] + list(range(0x80, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters, which could drive the operator's terminal."""
+    return text.translate(_CONTROL)
+
+
+def _cut(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - 1)] + "~"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], width: int = WIDTH,
+          minimum: int = 6) -> str:
+    """
+    Columns separated by two spaces, cut to ``width`` columns in all.
+
+    When the natural widths do not fit, the widest column is narrowed one
+    character at a time (never below ``minimum`` or its header) and its
+    cells end in ``~`` where they were cut.
+    """
+    cells = [[printable("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    floor = [max(len(h), minimum) for h in headers]
+    gap = 2 * (len(headers) - 1)
+    while sum(widths) + gap > width:
+        shrinkable = [i for i in range(len(widths)) if widths[i] > floor[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(_cut(v, w).ljust(w) for v, w in zip(values, widths)).rstrip()
+
+    out = [line(list(headers))]
+    out += [line(row) for row in cells]
+    if not cells:
+        out.append("(none)")
+    return "\n".join(out)
+
+
+def pairs(items: Sequence[Tuple[str, Any]], width: int = WIDTH) -> str:
+    """A two-column ``key  value`` listing, values cut to ``width``."""
+    key_width = max(len(k) for k, _ in items)
+    return "\n".join(
+        _cut(f"{k.ljust(key_width)}  {printable('-' if v is None else str(v))}", width) for k, v in items
+    )
+
+
+def as_json(value: Any) -> str:
+    def convert(v: Any) -> Any:
+        if attrs.has(type(v)):
+            return attrs.asdict(v, recurse=True, value_serializer=lambda _i, _a, x: list(x) if isinstance(x, tuple) else x)
+        raise TypeError(f"cannot print {type(v).__name__} as JSON")
+
+    return json.dumps(value, default=convert, indent=2)
+
+
+def tunnel_ref(view: TunnelView) -> str:
+    return f"{view.client}/{view.name}"
+
+
+def tunnels_table(views: Sequence[TunnelView], width: int = WIDTH) -> str:
+    return table(
+        ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"],
+        [
+            [tunnel_ref(v), v.remote_port or "auto", v.local_addr, v.status, v.connections,
+             human_rate(v.rate_in), human_rate(v.rate_out)]
+            for v in views
+        ],
+        width,
+    )
+
+
+def render_watch(status: Any, views: Sequence[TunnelView], recent: Sequence[Event], now: float,
+                 width: int = WIDTH, height: int = 24) -> str:
+    """One frame of ``watch``: totals, the tunnels table, the latest events."""
+    head = (
+        f"gotaxy {status.version}  up {human_duration(status.uptime)}  "
+        f"clients {status.clients_online}/{status.clients_total}  "
+        f"tunnels {status.tunnels_up}/{status.tunnels_total}"
+    )
+    traffic = (
+        f"in {human_bytes(status.bytes_in)} ({human_rate(status.rate_in)})  "
+        f"out {human_bytes(status.bytes_out)} ({human_rate(status.rate_out)})  "
+        f"{human_time(now)} UTC"
+    )
+    lines = [_cut(head, width), _cut(traffic, width), ""]
+    tunnel_lines = tunnels_table(views, width).split("\n")
+    room = max(3, height - 4 - len(lines) - min(len(recent), 5) - 1)
+    if len(tunnel_lines) > room:
+        hidden = len(tunnel_lines) - room + 1
+        tunnel_lines = tunnel_lines[: room - 1] + [f"... and {hidden} more"]
+    lines += tunnel_lines
+    if recent:
+        lines.append("")
+        for event in list(recent)[-5:]:
+            what = " ".join(x for x in (event.client and (event.client + (f"/{event.tunnel}" if event.tunnel else "")),
+                                        event.detail) if x)
+            lines.append(_cut(printable(f"{time.strftime('%H:%M:%S', time.gmtime(event.at))}  {event.type}  {what}"),
+                              width))
+    lines.append("")
+    lines.append("press any key to stop")
+    return "\n".join(lines)
+
+
+# -- the commands ------------------------------------------------------------
+
+
+@attrs.frozen
+class Command:
+    name: str  #: as typed, e.g. "tunnel add"
+    usage: str
+    summary: str
+    details: str = ""
+    options: Dict[str, bool] = attrs.Factory(dict)  #: option -> takes a value
+    positional: Tuple[int, int] = (0, 0)  #: fewest, most
+
+
+def _json_option(**more: bool) -> Dict[str, bool]:
+    return {"--json": False, **more}
+
+
+COMMANDS: Dict[str, Command] = {c.name: c for c in [
+    Command("help", "help [COMMAND]", "list the commands, or explain one", positional=(0, 2)),
+    Command("status", "status [--json]", "version, uptime, counts and traffic", options=_json_option()),
+    Command("clients", "clients [--json]", "every client the server knows, online or not", options=_json_option()),
+    Command("client", "client NAME [--json]", "one client in detail", options=_json_option(), positional=(1, 1)),
+    Command("kick", "kick NAME", "disconnect a client (it reconnects unless its token is revoked)",
+            positional=(1, 1)),
+    Command("tunnels", "tunnels [--client NAME] [--json]", "every tunnel with its port, status and rates",
+            options=_json_option(**{"--client": True})),
+    Command("tunnel", "tunnel TUNNEL [--json]", "one tunnel in detail, with connections and rates",
+            details="TUNNEL is CLIENT/NAME, or just NAME when only one client has a tunnel of that name.",
+            options=_json_option(), positional=(1, 1)),
+    Command("tunnel add", "tunnel add CLIENT NAME LOCALHOST:PORT [PUBLICPORT] [--json]",
+            "define a tunnel for a client; it opens now if the client is online",
+            details="PUBLICPORT 0 or left out lets the server pick one (and keep it). "
+                    "IPv6 local addresses go in brackets: [::1]:5432.",
+            options=_json_option(), positional=(3, 4)),
+    Command("tunnel edit", "tunnel edit TUNNEL [--local HOST:PORT] [--port PUBLICPORT] [--json]",
+            "change a tunnel defined here (not in the client's own config)",
+            options=_json_option(**{"--local": True, "--port": True}), positional=(1, 1)),
+    Command("tunnel remove", "tunnel remove TUNNEL", "delete a tunnel defined here, cutting its connections",
+            positional=(1, 1)),
+    Command("tunnel enable", "tunnel enable TUNNEL [--json]", "let a disabled tunnel open again",
+            options=_json_option(), positional=(1, 1)),
+    Command("tunnel disable", "tunnel disable TUNNEL [--json]",
+            "close a tunnel's public port and keep it closed, cutting its connections",
+            options=_json_option(), positional=(1, 1)),
+    Command("tunnel restart", "tunnel restart TUNNEL [--json]",
+            "close a tunnel (cutting its connections) and open it again on its port",
+            options=_json_option(), positional=(1, 1)),
+    Command("tokens", "tokens [--json]", "the client tokens (names and dates; never the tokens)",
+            options=_json_option()),
+    Command("token create", "token create NAME [--json]",
+            "make a token for client NAME; it is shown once, now", options=_json_option(), positional=(1, 1)),
+    Command("token revoke", "token revoke NAME", "revoke a token; its client is cut off at once",
+            positional=(1, 1)),
+    Command("events", "events [--type TYPE] [--client NAME] [--limit N] [--json]",
+            "the event log, newest first",
+            details=f"TYPE is an event type such as tunnel.opened, or a family ending in '.' such as "
+                    f"'tunnel.'. N is 1-{MAX_EVENTS} (default 20).",
+            options=_json_option(**{"--type": True, "--client": True, "--limit": True})),
+    Command("reload", "reload", "re-read the server's config file"),
+    Command("watch", "watch", "live view of the tunnels and their rates until a key is pressed"),
+    Command("python", "python", "a Python prompt with the live server objects (if console.python is on)"),
+    Command("exit", "exit", "close the console (also: quit, logout, Ctrl-D)"),
+]}
+
+ALIASES = {"quit": "exit", "logout": "exit", "?": "help"}
+GROUPS = {"tunnel": ("add", "edit", "remove", "enable", "disable", "restart"), "token": ("create", "revoke")}
+TOP_LEVEL = sorted({name.split()[0] for name in COMMANDS} | set(ALIASES) - {"?"})
+
+
+def parse_args(command: Command, words: Sequence[str]) -> Tuple[List[str], Dict[str, Any]]:
+    """Split ``words`` into positional arguments and ``command``'s options."""
+    positional: List[str] = []
+    options: Dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("--") and len(word) > 2:
+            name, eq, value = word.partition("=")
+            if name not in command.options:
+                raise UsageError(f"{command.name}: unknown option {name!r}", command.name)
+            if command.options[name]:
+                if not eq:
+                    i += 1
+                    if i >= len(words):
+                        raise UsageError(f"{command.name}: {name} needs a value", command.name)
+                    value = words[i]
+                options[name] = value
+            elif eq:
+                raise UsageError(f"{command.name}: {name} takes no value", command.name)
+            else:
+                options[name] = True
+        else:
+            positional.append(word)
+        i += 1
+    low, high = command.positional
+    if not low <= len(positional) <= high:
+        if len(positional) > high:
+            problem = f"unexpected argument {positional[high]!r}"
+        else:
+            problem = "missing " + command.usage.split()[len(command.name.split()) + len(positional)].strip("[]")
+        raise UsageError(f"{command.name}: {problem}", command.name)
+    return positional, options
+
+
+def _int(value: str, what: str, topic: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{topic}: {what} must be a number, not {value!r}", topic) from None
+
+
+class Commands:
+    """
+    The command language bound to one live server.
+
+    ``python_namespace`` is None when the Python prompt is not allowed for
+    this operator; otherwise it is the dict the prompt starts with.
+    """
+
+    def __init__(self, management: Management, python_allowed: bool = False, width: int = WIDTH) -> None:
+        self.management = management
+        self.core = management.core
+        self.python_allowed = python_allowed
+        self.width = width
+        #: names for tab completion, refreshed by ``refresh_names``
+        self.client_names: Set[str] = set()
+        self.tunnel_refs: Set[str] = set()
+        self.token_names: Set[str] = set()
+        self._handlers: Dict[str, Callable[[List[str], Dict[str, Any]], Awaitable[Result]]] = {
+            "help": self._help,
+            "status": self._status,
+            "clients": self._clients,
+            "client": self._client,
+            "kick": self._kick,
+            "tunnels": self._tunnels,
+            "tunnel": self._tunnel,
+            "tunnel add": self._tunnel_add,
+            "tunnel edit": self._tunnel_edit,
+            "tunnel remove": self._tunnel_remove,
+            "tunnel enable": self._tunnel_enable,
+            "tunnel disable": self._tunnel_disable,
+            "tunnel restart": self._tunnel_restart,
+            "tokens": self._tokens,
+            "token create": self._token_create,
+            "token revoke": self._token_revoke,
+            "events": self._events,
+            "reload": self._reload,
+            "watch": self._action("watch"),
+            "python": self._python,
+            "exit": self._action("exit"),
+        }
+
+    # -- entry points --------------------------------------------------------
+
+    def lookup(self, words: Sequence[str]) -> Tuple[Command, List[str]]:
+        """The command named by the first word(s), and the words after it."""
+        first = ALIASES.get(words[0], words[0])
+        if first in GROUPS and len(words) > 1 and words[1] in GROUPS[first]:
+            return COMMANDS[f"{first} {words[1]}"], list(words[2:])
+        if first == "token":
+            raise UsageError(
+                "token: say 'token create NAME' or 'token revoke NAME' ('tokens' lists them)", "token"
+            )
+        if first not in COMMANDS:
+            raise UsageError(f"unknown command {words[0]!r}; type 'help' for the list of commands")
+        return COMMANDS[first], list(words[1:])
+
+    async def run(self, line: str) -> Result:
+        """Run one command line; never raises."""
+        if len(line) > MAX_LINE:
+            return Result(f"the command is too long (more than {MAX_LINE} characters)", EXIT_USAGE)
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            return Result(f"cannot read the command: {e}; type 'help' for the syntax", EXIT_USAGE)
+        if not words:
+            return Result()
+        try:
+            command, rest = self.lookup(words)
+            positional, options = parse_args(command, rest)
+            return await self._handlers[command.name](positional, options)
+        except UsageError as e:
+            hint = f"type 'help {e.topic}' for usage" if e.topic else ""
+            message = str(e)
+            return Result(f"{message}; {hint}" if hint else message, EXIT_USAGE)
+        except ManagementError as e:
+            return Result(f"error: {e}", EXIT_USAGE if e.kind == "invalid" else EXIT_FAILED)
+        except Exception:
+            log.failure("console command {line!r} failed", line=line[:200])
+            return Result(f"internal error while running {words[0]!r}; the details are in the server's log",
+                          EXIT_FAILED)
+
+    async def refresh_names(self) -> None:
+        """Re-read client, tunnel and token names for tab completion."""
+        try:
+            clients = await self.management.clients()
+            tunnels = await self.management.tunnels()
+            tokens = await self.management.tokens()
+        except Exception:
+            log.failure("reading names for completion failed")
+            return
+        self.client_names = {c.name for c in clients}
+        counts: Dict[str, int] = {}
+        for t in tunnels:
+            counts[t.name] = counts.get(t.name, 0) + 1
+        self.tunnel_refs = {tunnel_ref(t) for t in tunnels} | {n for n, c in counts.items() if c == 1}
+        self.token_names = {t.name for t in tokens if t.revoked_at is None}
+
+    def complete(self, before_cursor: str) -> List[str]:
+        """The words that could finish the last (partial) word of ``before_cursor``."""
+        words = before_cursor.split()
+        if before_cursor and before_cursor[-1].isspace() or not words:
+            words.append("")
+        current, previous = words[-1], words[:-1]
+        if not previous:
+            candidates: Iterable[str] = TOP_LEVEL
+        else:
+            first = ALIASES.get(previous[0], previous[0])
+            name = first
+            if first in GROUPS and len(previous) >= 2 and previous[1] in GROUPS[first]:
+                name = f"{first} {previous[1]}"
+            command = COMMANDS.get(name)
+            argument_index = len(previous) - len(name.split())
+            if previous[-1] in ("--client",):
+                candidates = self.client_names
+            elif previous[-1] == "--type":
+                candidates = list(EVENT_TYPES) + sorted({t.split(".")[0] + "." for t in EVENT_TYPES})
+            elif current.startswith("-"):
+                candidates = list(command.options) if command is not None else []
+            elif first == "help":
+                if len(previous) == 1:
+                    candidates = sorted({n.split()[0] for n in COMMANDS})
+                else:
+                    candidates = GROUPS.get(previous[1], ()) if len(previous) == 2 else ()
+            elif name in GROUPS and argument_index == 0:
+                candidates = list(GROUPS[name]) + (sorted(self.tunnel_refs) if name == "tunnel" else [])
+            elif name in ("client", "kick", "tunnel add") and argument_index == 0:
+                candidates = self.client_names
+            elif name == "token revoke" and argument_index == 0:
+                candidates = self.token_names
+            elif name.startswith("tunnel") and name != "tunnel add" and argument_index == 0:
+                candidates = self.tunnel_refs
+            else:
+                candidates = []
+        return sorted(c for c in set(candidates) if c.startswith(current))
+
+    # -- helpers -------------------------------------------------------------
+
+    def _action(self, action: str) -> Callable[[List[str], Dict[str, Any]], Awaitable[Result]]:
+        async def handler(positional: List[str], options: Dict[str, Any]) -> Result:
+            return Result(action=action)
+
+        return handler
+
+    async def resolve_tunnel(self, ref: str, topic: str) -> TunnelView:
+        """``CLIENT/NAME``, or ``NAME`` when exactly one client has a tunnel of that name."""
+        if "/" in ref:
+            client, _, name = ref.partition("/")
+            if not client or not name:
+                raise UsageError(f"{topic}: {ref!r} is not a tunnel; write CLIENT/NAME or NAME", topic)
+            return await self.management.tunnel(client, name)
+        matches = [v for v in await self.management.tunnels() if v.name == ref]
+        if not matches:
+            raise ManagementError("not_found", f"no tunnel named {ref!r}; 'tunnels' lists them")
+        if len(matches) > 1:
+            owners = ", ".join(tunnel_ref(v) for v in matches)
+            raise ManagementError("invalid", f"several clients have a tunnel named {ref!r} ({owners}); "
+                                             f"say which, as CLIENT/NAME")
+        return matches[0]
+
+    def _tunnel_detail(self, v: TunnelView) -> str:
+        return pairs([
+            ("tunnel", tunnel_ref(v)),
+            ("status", v.status + (f" ({v.reason})" if v.reason and v.status != "up" else "")),
+            ("enabled", "yes" if v.enabled else "no"),
+            ("defined by", "the server (console or panel)" if v.source == "server" else "the client's config"),
+            ("type", v.type),
+            ("public port", v.remote_port or "auto"),
+            ("local address", v.local_addr),
+            ("connections", f"{v.connections} open, {v.opened} since up"),
+            ("traffic", f"in {human_bytes(v.bytes_in)}, out {human_bytes(v.bytes_out)}"),
+            ("rate", f"in {human_rate(v.rate_in)}, out {human_rate(v.rate_out)}"),
+        ], self.width)
+
+    def _tunnel_result(self, v: TunnelView, options: Dict[str, Any], what: str) -> Result:
+        if options.get("--json"):
+            return Result(as_json(v))
+        return Result(f"tunnel {tunnel_ref(v)} {what}; status {v.status}"
+                      + (f", public port {v.remote_port}" if v.remote_port else ""))
+
+    # -- handlers ------------------------------------------------------------
+
+    async def _help(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        if not positional:
+            width = max(len(c.usage) for c in COMMANDS.values())
+            lines = ["Commands (add --json to any listing for JSON):", ""]
+            for c in COMMANDS.values():
+                usage = c.usage.replace(" [--json]", "")
+                one_line = f"{usage.ljust(min(width, 30))}  {c.summary}"
+                if len(one_line) <= self.width:
+                    lines.append(one_line)
+                else:
+                    lines.append(usage)
+                    lines.append(f"    {c.summary}")
+            lines += ["", "Tab completes commands and names; Up/Down recall earlier commands.",
+                      "TUNNEL is CLIENT/NAME, or NAME when only one client has that tunnel name."]
+            return Result("\n".join(lines))
+        topic = " ".join(ALIASES.get(w, w) for w in positional)
+        if topic in GROUPS:
+            group = [COMMANDS[topic]] if topic in COMMANDS else []
+            group += [COMMANDS[f"{topic} {s}"] for s in GROUPS[topic]]
+            return Result("\n".join(f"{c.usage}\n    {c.summary}" for c in group))
+        command = COMMANDS.get(topic)
+        if command is None:
+            raise UsageError(f"help: no command {topic!r}; type 'help' for the list of commands")
+        text = f"usage: {command.usage}\n{command.summary}"
+        if command.details:
+            text += "\n" + command.details
+        return Result(text)
+
+    async def _status(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        s = await self.management.status()
+        if options.get("--json"):
+            return Result(as_json(s))
+        return Result(pairs([
+            ("version", s.version),
+            ("uptime", human_duration(s.uptime)),
+            ("clients", f"{s.clients_online} online, {s.clients_total} known"),
+            ("tunnels", f"{s.tunnels_up} up, {s.tunnels_total} defined"),
+            ("traffic in", f"{human_bytes(s.bytes_in)} ({human_rate(s.rate_in)} now)"),
+            ("traffic out", f"{human_bytes(s.bytes_out)} ({human_rate(s.rate_out)} now)"),
+        ], self.width))
+
+    async def _clients(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        views = await self.management.clients()
+        if options.get("--json"):
+            return Result(as_json(views))
+        return Result(table(
+            ["CLIENT", "STATE", "ADDRESS", "VERSION", "RTT", "TUNNELS", "LAST SEEN"],
+            [[v.name, "online" if v.online else "offline", v.address, v.version,
+              f"{v.rtt * 1000:.0f}ms" if v.rtt is not None else None, len(v.tunnels),
+              human_time(v.last_seen_at)] for v in views],
+            self.width,
+        ))
+
+    def _client_detail(self, v: ClientView) -> str:
+        return pairs([
+            ("client", v.name),
+            ("state", "online" if v.online else "offline"),
+            ("address", v.address),
+            ("version", v.version),
+            ("connected at", human_time(v.connected_at) + " UTC" if v.connected_at else None),
+            ("last seen", human_time(v.last_seen_at) + " UTC" if v.last_seen_at else None),
+            ("round trip", f"{v.rtt * 1000:.1f} ms" if v.rtt is not None else None),
+            ("tunnels", ", ".join(v.tunnels) or "none"),
+        ], self.width)
+
+    async def _client(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        view = await self.management.client(positional[0])
+        if options.get("--json"):
+            return Result(as_json(view))
+        return Result(self._client_detail(view))
+
+    async def _kick(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        await self.management.kick(positional[0])
+        return Result(f"client {positional[0]} disconnected")
+
+    async def _tunnels(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        views = await self.management.tunnels(options.get("--client"))
+        if options.get("--json"):
+            return Result(as_json(views))
+        return Result(tunnels_table(views, self.width))
+
+    async def _tunnel(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        view = await self.resolve_tunnel(positional[0], "tunnel")
+        if options.get("--json"):
+            return Result(as_json(view))
+        return Result(self._tunnel_detail(view))
+
+    async def _tunnel_add(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        client, name, local = positional[:3]
+        port = _int(positional[3], "PUBLICPORT", "tunnel add") if len(positional) > 3 else 0
+        view = await self.management.add_tunnel(client, name, local, port)
+        if options.get("--json"):
+            return Result(as_json(view))
+        online = client in self.core.sessions
+        return Result(f"tunnel {tunnel_ref(view)} added (public port {port or 'picked by the server'}); "
+                      + ("it opens now" if online else f"it opens when {client} connects"))
+
+    async def _tunnel_edit(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        view = await self.resolve_tunnel(positional[0], "tunnel edit")
+        port = _int(options["--port"], "--port", "tunnel edit") if "--port" in options else None
+        updated = await self.management.edit_tunnel(view.client, view.name, options.get("--local"), port)
+        return self._tunnel_result(updated, options, "changed")
+
+    async def _tunnel_remove(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        view = await self.resolve_tunnel(positional[0], "tunnel remove")
+        await self.management.remove_tunnel(view.client, view.name)
+        return Result(f"tunnel {tunnel_ref(view)} removed")
+
+    async def _tunnel_enable(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        view = await self.resolve_tunnel(positional[0], "tunnel enable")
+        return self._tunnel_result(await self.management.set_enabled(view.client, view.name, True), options, "enabled")
+
+    async def _tunnel_disable(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        view = await self.resolve_tunnel(positional[0], "tunnel disable")
+        return self._tunnel_result(
+            await self.management.set_enabled(view.client, view.name, False), options, "disabled"
+        )
+
+    async def _tunnel_restart(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        view = await self.resolve_tunnel(positional[0], "tunnel restart")
+        return self._tunnel_result(
+            await self.management.restart_tunnel(view.client, view.name), options, "restarted"
+        )
+
+    async def _tokens(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        records = await self.management.tokens()
+        if options.get("--json"):
+            return Result(as_json(records))
+        now = self.core.reactor.seconds()
+        return Result(table(
+            ["NAME", "STATE", "CREATED", "EXPIRES", "LAST USED"],
+            [[r.name, "active" if r.active(now) else ("revoked" if r.revoked_at else "expired"),
+              human_time(r.created_at), human_time(r.expires_at), human_time(r.last_used_at)] for r in records],
+            self.width,
+        ))
+
+    async def _token_create(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        record, token = await self.management.create_token(positional[0])
+        if options.get("--json"):
+            return Result(json.dumps({"name": record.name, "token": token, "created_at": record.created_at}, indent=2))
+        return Result(f"token for client {record.name} (shown only now; keep it):\n{token}")
+
+    async def _token_revoke(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        await self.management.revoke_token(positional[0])
+        return Result(f"token {positional[0]} revoked; its client is cut off")
+
+    async def _events(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        limit = _int(options["--limit"], "--limit", "events") if "--limit" in options else 20
+        if not 1 <= limit <= MAX_EVENTS:
+            raise UsageError(f"events: --limit must be from 1 to {MAX_EVENTS}", "events")
+        records = await self.management.events(type_=options.get("--type"), client=options.get("--client"),
+                                               limit=limit)
+        if options.get("--json"):
+            return Result(as_json(records))
+
+        def what(r: Any) -> str:
+            subject = "/".join(x for x in (r.client, r.tunnel) if x)
+            return " ".join(x for x in (subject, r.address and f"from {r.address}", r.detail) if x)
+
+        return Result(table(
+            ["TIME (UTC)", "TYPE", "DETAIL"],
+            [[human_time(r.at), r.type, what(r)] for r in records],
+            self.width,
+        ))
+
+    async def _reload(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        warnings = await self.management.reload()
+        return Result("\n".join(["config reloaded"] + [f"warning: {w}" for w in warnings]))
+
+    async def _python(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        if not self.python_allowed:
+            return Result("the Python console is off; set console.python = true in the server's config "
+                          "and restart the server to allow it for the admin", EXIT_FAILED)
+        return Result(action="python")

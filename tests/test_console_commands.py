@@ -1,0 +1,363 @@
+"""
+The console's command language (``gotaxy.console.commands``) against a live
+server and client in this process: what each command prints, its exit
+status, its JSON, and the one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionRefusedError
+from twisted.trial import unittest
+
+from gotaxy.console.commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    MAX_LINE,
+    WIDTH,
+    Commands,
+    human_bytes,
+    human_duration,
+    table,
+)
+from gotaxy.server.manage import ManagementError
+from tests.inprocess import LiveSystem, echo_through, free_port, listen_echo, wait_until
+
+
+class FormattingTests(unittest.TestCase):
+    def test_table_fits_the_width_and_marks_cut_cells(self):
+        rows = [["alice/" + "x" * 70, 6000, "127.0.0.1:8080", "up"], ["b/web", 6001, "[::1]:1", "down"]]
+        text = table(["TUNNEL", "PORT", "LOCAL", "STATUS"], rows, width=60)
+        lines = text.split("\n")
+        self.assertEqual(len(lines), 3)
+        self.assertTrue(all(len(line) <= 60 for line in lines), text)
+        self.assertIn("~", lines[1])
+        self.assertIn("127.0.0.1:8080", lines[1])
+        self.assertTrue(lines[2].startswith("b/web "))
+
+    def test_empty_table_says_none(self):
+        self.assertEqual(table(["A", "B"], []).split("\n")[1], "(none)")
+
+    def test_human_units(self):
+        self.assertEqual(human_bytes(999), "999 B")
+        self.assertEqual(human_bytes(1500), "1.5 KB")
+        self.assertEqual(human_bytes(2_500_000), "2.5 MB")
+        self.assertEqual(human_duration(59), "59s")
+        self.assertEqual(human_duration(3 * 3600 + 5 * 60), "3h 05m")
+        self.assertEqual(human_duration(2 * 86400 + 3600), "2d 1h")
+
+
+class CommandTests(unittest.TestCase):
+    timeout = 60
+
+    async def _live(self, *tunnels: str, server_args=()) -> LiveSystem:
+        self.echo = listen_echo(self)
+        specs = [t.replace("ECHO", str(self.echo)) for t in tunnels]
+        live = await LiveSystem.start(self, specs, server_args=["--console-port", "0", *server_args])
+        self.commands = Commands(live.management)
+        return live
+
+    async def cmd(self, line: str, status: int = EXIT_OK):
+        result = await self.commands.run(line)
+        self.assertEqual(result.status, status, f"{line!r} -> {result}")
+        return result
+
+    def assertFits(self, text: str) -> None:
+        for line in text.split("\n"):
+            self.assertLessEqual(len(line), WIDTH, line)
+
+    async def _refused(self, port: int) -> bool:
+        try:
+            await echo_through(port, b"x", timeout=2)
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    async def test_status_text_and_json(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        port = await live.wait_up("echo")
+        self.assertEqual(await echo_through(port, b"ping"), b"ping")
+        await wait_until(lambda: live.core.traffic()[0] >= 4)
+        text = (await self.cmd("status")).text
+        self.assertIn("version      0.1.0", text)
+        self.assertIn("clients      1 online, 1 known", text)
+        self.assertIn("tunnels      1 up, 1 defined", text)
+        self.assertFits(text)
+        data = json.loads((await self.cmd("status --json")).text)
+        self.assertEqual((data["clients_online"], data["tunnels_up"]), (1, 1))
+        self.assertGreaterEqual(data["bytes_in"], 4)
+
+    async def test_clients_and_client(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        text = (await self.cmd("clients")).text
+        header, row = text.split("\n")
+        self.assertTrue(header.startswith("CLIENT  STATE"))
+        self.assertTrue(row.startswith("alice   online  127.0.0.1:"), row)
+        self.assertFits(text)
+        (view,) = json.loads((await self.cmd("clients --json")).text)
+        self.assertEqual((view["name"], view["online"], view["tunnels"]), ("alice", True, ["echo"]))
+        detail = (await self.cmd("client alice")).text
+        self.assertIn("state         online", detail)
+        self.assertIn("tunnels       echo", detail)
+        self.assertEqual(json.loads((await self.cmd("client alice --json")).text)["name"], "alice")
+        missing = await self.cmd("client bob", EXIT_FAILED)
+        self.assertEqual(missing.text, "error: no client named 'bob'")
+
+    async def test_tunnels_table_and_details_with_connections_and_rates(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        port = await live.wait_up("echo")
+        # Hold one public connection open and push data through it.
+        sock = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(sock.close)
+        sock.sendall(b"x" * 200_000)
+        tunnel = live.core.tunnels[("alice", "echo")]
+        await wait_until(lambda: tunnel.connections == 1 and tunnel.rate_in > 0, timeout=15)
+        text = (await self.cmd("tunnels")).text
+        header, row = text.split("\n")
+        self.assertEqual(header.split(), ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"])
+        self.assertEqual(row.split()[:5], ["alice/echo", str(port), f"127.0.0.1:{self.echo}", "up", "1"])
+        self.assertFits(text)
+        detail = (await self.cmd("tunnel echo")).text
+        self.assertIn("connections    1 open, 1 since up", detail)
+        self.assertRegex(detail, r"rate +in [1-9][0-9.]* [KM]?B/s")
+        self.assertIn("tunnel         alice/echo", (await self.cmd("tunnel alice/echo")).text)
+        data = json.loads((await self.cmd("tunnel alice/echo --json")).text)
+        self.assertEqual((data["connections"], data["remote_port"], data["status"]), (1, port, "up"))
+        (listed,) = json.loads((await self.cmd("tunnels --json")).text)
+        self.assertEqual((listed["client"], listed["name"]), ("alice", "echo"))
+        self.assertEqual(json.loads((await self.cmd("tunnels --client nobody --json")).text), [])
+
+    async def test_long_names_still_fit_80_columns(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        long_name = "a-very-long-tunnel-name-that-goes-on-and-on-" + "x" * 20
+        await self.cmd(f"tunnel add some-client-with-a-long-name {long_name} [::1]:65535 0")
+        text = (await self.cmd("tunnels")).text
+        self.assertFits(text)
+        self.assertIn("~", text)
+        self.assertFits((await self.cmd("events --limit 50")).text)
+        self.assertFits((await self.cmd("help")).text)
+
+    async def test_tunnel_add_disable_enable_remove_with_the_panels_rules(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        wanted = free_port()
+        added = await self.cmd(f"tunnel add alice pushed 127.0.0.1:{self.echo} {wanted}")
+        self.assertEqual(added.text, f"tunnel alice/pushed added (public port {wanted}); it opens now")
+        port = await live.wait_up("pushed")
+        self.assertEqual((port, await echo_through(port, b"hi")), (wanted, b"hi"))
+
+        # The same errors as Management (and so as the panel), word for word.
+        with self.assertRaises(ManagementError) as direct:
+            await live.management.add_tunnel("alice", "pushed", f"127.0.0.1:{self.echo}", 0)
+        duplicate = await self.cmd(f"tunnel add alice pushed 127.0.0.1:{self.echo}", EXIT_FAILED)
+        self.assertEqual(duplicate.text, f"error: {direct.exception}")
+        bad = await self.cmd("tunnel add alice other nowhere", EXIT_USAGE)
+        self.assertTrue(bad.text.startswith("error: local address 'nowhere'"), bad.text)
+        taken = await self.cmd(f"tunnel add alice third 127.0.0.1:1 {wanted}", EXIT_FAILED)
+        self.assertIn(str(wanted), taken.text)
+        self.assertEqual((await self.cmd("tunnel add alice x 127.0.0.1:1 port", EXIT_USAGE)).text,
+                         "tunnel add: PUBLICPORT must be a number, not 'port'; type 'help tunnel add' for usage")
+
+        disabled = await self.cmd("tunnel disable pushed")
+        self.assertEqual(disabled.text, "tunnel alice/pushed disabled; status disabled, public port %d" % wanted)
+        await wait_until(lambda: ("alice", "pushed") not in live.core.tunnels)
+        self.assertTrue(await self._refused(wanted))
+        enabled = json.loads((await self.cmd("tunnel enable alice/pushed --json")).text)
+        self.assertTrue(enabled["enabled"])
+        await wait_until(lambda: ("alice", "pushed") in live.core.tunnels)
+        self.assertEqual(await echo_through(wanted, b"back"), b"back")
+        restarted = await self.cmd("tunnel restart pushed")
+        self.assertTrue(restarted.text.startswith("tunnel alice/pushed restarted"), restarted.text)
+
+        refused = await self.cmd("tunnel remove echo", EXIT_FAILED)
+        self.assertEqual(refused.text, "error: tunnel 'echo' is defined in client 'alice''s own config; "
+                                       "remove it there, or disable it")
+        self.assertEqual((await self.cmd("tunnel remove alice/pushed")).text, "tunnel alice/pushed removed")
+        await wait_until(lambda: ("alice", "pushed") not in live.core.tunnels)
+        self.assertEqual((await self.cmd("tunnel pushed", EXIT_FAILED)).text,
+                         "error: no tunnel named 'pushed'; 'tunnels' lists them")
+
+    async def test_tunnel_edit(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        await self.cmd("tunnel add alice pushed 127.0.0.1:1")
+        wanted = free_port()
+        edited = json.loads((await self.cmd(f"tunnel edit pushed --local 127.0.0.1:{self.echo} --port {wanted} --json")).text)
+        self.assertEqual((edited["client"], edited["name"], edited["source"]), ("alice", "pushed", "server"))
+        await wait_until(lambda: live.core.tunnels.get(("alice", "pushed")) is not None
+                         and live.core.tunnels[("alice", "pushed")].remote_port == wanted)
+        now = json.loads((await self.cmd("tunnel pushed --json")).text)
+        self.assertEqual((now["local_addr"], now["remote_port"]), (f"127.0.0.1:{self.echo}", wanted))
+        self.assertEqual(await echo_through(wanted, b"edited"), b"edited")
+        nothing = await self.cmd("tunnel edit pushed", EXIT_USAGE)
+        self.assertEqual(nothing.text, "error: nothing to change: give a local address or a public port")
+
+    async def test_ambiguous_tunnel_names_need_the_client(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        offline = await self.cmd("tunnel add bob echo 127.0.0.1:1")
+        self.assertEqual(offline.text, "tunnel bob/echo added (public port picked by the server); "
+                                       "it opens when bob connects")
+        ambiguous = await self.cmd("tunnel echo", EXIT_USAGE)
+        self.assertEqual(ambiguous.text, "error: several clients have a tunnel named 'echo' "
+                                         "(alice/echo, bob/echo); say which, as CLIENT/NAME")
+        self.assertIn("status         up", (await self.cmd("tunnel alice/echo")).text)
+        self.assertIn("status         down", (await self.cmd("tunnel bob/echo")).text)
+        await self.cmd("tunnel disable echo", EXIT_USAGE)
+        self.assertEqual((await self.cmd("tunnel /echo", EXIT_USAGE)).text,
+                         "tunnel: '/echo' is not a tunnel; write CLIENT/NAME or NAME; type 'help tunnel' for usage")
+
+    async def test_tokens(self):
+        live = await self._live()
+        created = await self.cmd("token create laptop")
+        first, token = created.text.split("\n")
+        self.assertEqual(first, "token for client laptop (shown only now; keep it):")
+        self.assertGreater(len(token), 20)
+        listing = (await self.cmd("tokens")).text
+        self.assertIn("laptop", listing)
+        self.assertNotIn(token, listing)
+        self.assertNotIn(token, (await self.cmd("tokens --json")).text)
+        data = json.loads((await self.cmd("token create phone --json")).text)
+        self.assertEqual(data["name"], "phone")
+        self.assertTrue(data["token"])
+        # The token works: a client logs in with it.
+        await live.start_client([f"echo=tcp:127.0.0.1:{self.echo}"], token=token)
+        # Wait for its tunnel too: revoking while the tunnel is still opening is another test.
+        await wait_until(lambda: ("laptop", "echo") in live.core.tunnels)
+        self.assertEqual((await self.cmd("token revoke laptop")).text, "token laptop revoked; its client is cut off")
+        await wait_until(lambda: "laptop" not in live.core.sessions)
+        states = {t["name"]: t["revoked_at"] for t in json.loads((await self.cmd("tokens --json")).text)}
+        self.assertIsNotNone(states["laptop"])
+        self.assertIsNone(states["phone"])
+        self.assertEqual((await self.cmd("token revoke laptop", EXIT_FAILED)).text,
+                         "error: no active token named 'laptop'")
+        self.assertEqual((await self.cmd("token create 'bad name'", EXIT_USAGE)).text,
+                         "error: a token's name is its client's name: 1-64 letters, digits, '.', '_' or '-'")
+
+    async def test_kick_makes_the_client_reconnect(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        before = live.core.sessions["alice"]
+        self.assertEqual((await self.cmd("kick alice")).text, "client alice disconnected")
+        await wait_until(lambda: live.core.sessions.get("alice") not in (None, before), timeout=20)
+        self.assertEqual((await self.cmd("kick nobody", EXIT_FAILED)).text,
+                         "error: client 'nobody' is not connected")
+        kicked = json.loads((await self.cmd("events --type client.kicked --json")).text)
+        self.assertEqual([e["client"] for e in kicked], ["alice"])
+
+    async def test_events_filters_and_limits(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        await self.cmd("tunnel add bob one 127.0.0.1:1")
+        await self.cmd("tunnel add bob two 127.0.0.1:2")
+        text = (await self.cmd("events --type tunnel.added")).text
+        lines = text.split("\n")
+        self.assertEqual(lines[0].split(), ["TIME", "(UTC)", "TYPE", "DETAIL"])
+        self.assertEqual(len(lines), 3)
+        self.assertIn("tunnel.added  bob/two", lines[1])  # newest first
+        one = json.loads((await self.cmd("events --type tunnel. --client bob --limit 1 --json")).text)
+        self.assertEqual([(e["type"], e["tunnel"]) for e in one], [("tunnel.added", "two")])
+        everything = json.loads((await self.cmd("events --limit 1000 --json")).text)
+        self.assertIn("client.connected", {e["type"] for e in everything})
+        for bad, message in [
+            ("events --limit 0", "events: --limit must be from 1 to 1000; type 'help events' for usage"),
+            ("events --limit 1001", "events: --limit must be from 1 to 1000; type 'help events' for usage"),
+            ("events --limit many", "events: --limit must be a number, not 'many'; type 'help events' for usage"),
+            ("events --limit", "events: --limit needs a value; type 'help events' for usage"),
+            ("events --json=yes", "events: --json takes no value; type 'help events' for usage"),
+        ]:
+            self.assertEqual((await self.cmd(bad, EXIT_USAGE)).text, message)
+
+    async def test_reload(self):
+        live = await self._live()
+        self.assertEqual((await self.cmd("reload")).text, "config reloaded")
+        (event,) = await live.management.events(type_="config.reloaded")
+        self.assertEqual(event.type, "config.reloaded")
+
+    async def test_bad_commands_get_one_line_that_points_at_help(self):
+        await self._live()
+        for line, message in [
+            ("frobnicate", "unknown command 'frobnicate'; type 'help' for the list of commands"),
+            ("tunnels --colour", "tunnels: unknown option '--colour'; type 'help tunnels' for usage"),
+            ("client", "client: missing NAME; type 'help client' for usage"),
+            ("kick a b", "kick: unexpected argument 'b'; type 'help kick' for usage"),
+            ("tunnel add alice web", "tunnel add: missing LOCALHOST:PORT; type 'help tunnel add' for usage"),
+            ("token", "token: say 'token create NAME' or 'token revoke NAME' ('tokens' lists them); "
+                      "type 'help token' for usage"),
+            ("status 'unclosed", "cannot read the command: No closing quotation; type 'help' for the syntax"),
+            ("help nothing", "help: no command 'nothing'; type 'help' for the list of commands"),
+            ("x" * (MAX_LINE + 1), f"the command is too long (more than {MAX_LINE} characters)"),
+        ]:
+            result = await self.cmd(line, EXIT_USAGE)
+            self.assertEqual(result.text, message)
+            self.assertNotIn("\n", result.text)
+        self.assertEqual((await self.cmd("   ")).text, "")
+
+    async def test_help(self):
+        await self._live()
+        overview = (await self.cmd("help")).text
+        for name in ["status", "clients", "client NAME", "kick NAME", "tunnels", "tunnel TUNNEL", "tunnel add",
+                     "tunnel remove", "tunnel enable", "tunnel disable", "tunnel restart", "tokens",
+                     "token create", "token revoke", "events", "reload", "watch", "python", "exit"]:
+            self.assertIn(name, overview)
+        self.assertEqual((await self.cmd("help kick")).text.split("\n")[0], "usage: kick NAME")
+        group = (await self.cmd("help tunnel")).text
+        self.assertIn("tunnel add CLIENT NAME LOCALHOST:PORT [PUBLICPORT]", group)
+        self.assertIn("tunnel restart TUNNEL", group)
+        self.assertIn("usage: events", (await self.cmd("? events")).text)
+
+    async def test_actions_for_the_session(self):
+        await self._live()
+        self.assertEqual((await self.cmd("watch")).action, "watch")
+        self.assertEqual((await self.cmd("quit")).action, "exit")
+        off = await self.cmd("python", EXIT_FAILED)
+        self.assertIsNone(off.action)
+        self.assertIn("console.python = true", off.text)
+        self.commands.python_allowed = True
+        self.assertEqual((await self.cmd("python")).action, "python")
+
+    async def test_an_unexpected_error_is_reported_and_logged(self):
+        live = await self._live()
+
+        async def broken() -> None:
+            raise RuntimeError("boom")
+
+        live.management.status = broken
+        result = await self.cmd("status", EXIT_FAILED)
+        self.assertEqual(result.text, "internal error while running 'status'; the details are in the server's log")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual((await self.cmd("tokens")).status, EXIT_OK)  # and the console goes on
+
+    async def test_completion(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        await self.cmd("tunnel add bob echo 127.0.0.1:1")
+        await self.cmd("tunnel add bob solo 127.0.0.1:2")
+        await self.commands.refresh_names()
+        complete = self.commands.complete
+        self.assertEqual(complete("st"), ["status"])
+        self.assertEqual(complete("tok"), ["token", "tokens"])
+        self.assertEqual(complete("token "), ["create", "revoke"])
+        self.assertEqual(complete("tunnel re"), ["remove", "restart"])
+        # A name two clients use completes only as CLIENT/NAME.
+        self.assertEqual(complete("tunnel disable "), ["alice/echo", "bob/echo", "bob/solo", "solo"])
+        self.assertEqual(complete("kick a"), ["alice"])
+        self.assertEqual(complete("events --type tunnel.o"), ["tunnel.opened"])
+        self.assertEqual(complete("events --cl"), ["--client"])
+        self.assertEqual(complete("help tu"), ["tunnel", "tunnels"])
+        self.assertEqual(complete("help tunnel "), ["add", "disable", "edit", "enable", "remove", "restart"])
+        self.assertEqual(complete("token revoke "), ["alice"])
+        self.assertEqual(complete("frob "), [])
+
+
+class PrintableTests(unittest.TestCase):
+    def test_control_characters_never_reach_the_terminal(self):
+        text = table(["CLIENT", "VERSION"], [["alice", "1.0\x1b[2J\x07"]])
+        self.assertNotIn("\x1b", text)
+        self.assertIn("1.0?[2J?", text)
