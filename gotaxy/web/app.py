@@ -1,0 +1,621 @@
+# -*- test-case-name: tests.test_web_api -*-
+"""
+The panel's HTTP face: the JSON API under ``/api/v0.1/`` and the static
+front end from ``www/``.
+
+``Panel`` is a Klein app bound to an instance, so the live objects it serves
+(``Management``, ``PanelAuth``, the event bus) are injected, not global.
+Every API route goes through ``_api``, which
+
+* answers in JSON, always: errors are ``{"error": {"kind", "message",
+  "field"}}`` with 400 (invalid), 401 (no or bad credentials), 403 (CSRF or
+  a session-only action), 404, 405, 409 (conflict), 413, 415 or 429;
+* finds the caller from an ``Authorization: Bearer`` API token or the session
+  cookie (routes marked ``public`` skip this);
+* for a state-changing request made with the cookie, requires the session's
+  CSRF token in ``X-CSRF-Token`` and, when the browser sends ``Origin``,
+  that it is this server; request bodies must be ``application/json`` (which
+  a cross-site HTML form cannot send) and at most ``MAX_BODY`` bytes.
+
+Live updates are server-sent events on ``GET /api/v0.1/live``: every event
+the server publishes (``gotaxy.events``) is forwarded as one ``change``
+message, and the browser re-reads what it shows.  A keep-alive comment every
+``KEEPALIVE`` seconds also checks that the session still exists, and ends
+the stream when it does not.
+
+The routes and their JSON shapes are documented in ``gotaxy.web.openapi``;
+``tests/test_web_api.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hmac
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Dict, List, Optional
+from urllib.parse import urlsplit
+
+import attrs
+import qrcode
+import qrcode.image.svg
+from klein import Klein
+from klein.interfaces import IKleinRequest
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource
+from twisted.web.static import File
+from werkzeug.exceptions import HTTPException
+
+from gotaxy import __version__
+from gotaxy.events import Event, EventBus
+from gotaxy.server.manage import Management, ManagementError
+from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
+from gotaxy.web.auth import Caller, PanelAuth, PanelAuthError, SecondFactorRequired
+from gotaxy.web.openapi import API_PREFIX, openapi_document
+
+log = Logger(namespace="gotaxy.web")
+
+SESSION_COOKIE = b"gotaxy_session"
+MAX_BODY = 64 * 1024
+MAX_STREAMS = 32
+KEEPALIVE = 15.0
+NAME_LIMIT = 64
+UNSAFE_METHODS = {b"POST", b"PUT", b"PATCH", b"DELETE"}
+SECURITY_HEADERS = {
+    b"x-content-type-options": b"nosniff",
+    b"referrer-policy": b"no-referrer",
+    b"x-frame-options": b"DENY",
+    b"content-security-policy": (
+        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+}
+STATUS = {"invalid": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404, "method": 405,
+          "conflict": 409, "too_large": 413, "media_type": 415, "locked": 429, "internal": 500, "unavailable": 503}
+
+
+class HTTPError(Exception):
+    def __init__(self, kind: str, message: str, field: Optional[str] = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.field = field
+        self.extra = extra
+
+
+def www_directory() -> Path:
+    """The front end: installed beside this module, or ``www/`` in a source tree."""
+    installed = Path(__file__).resolve().parent / "www"
+    if (installed / "index.html").exists():
+        return installed
+    return Path(__file__).resolve().parent.parent.parent / "www"
+
+
+class _StaticFiles(File):
+    """``www/`` without directory listings."""
+
+    def directoryListing(self) -> IResource:
+        return notFound("No such page", "There is no page at this address.")
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def _api(public: bool = False, session_only: bool = False) -> Callable[[Handler], Handler]:
+    """Wrap an API handler: JSON in and out, authentication, CSRF, error mapping."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapper(self: "Panel", request: Any, **kwargs: Any) -> Any:
+            self._common_headers(request)
+            request.setHeader(b"content-type", b"application/json; charset=utf-8")
+            request.setHeader(b"cache-control", b"no-store")
+            try:
+                caller = None if public else await self._authorise(request)
+                if session_only and caller is not None and caller.via != "session":
+                    raise HTTPError("forbidden", "this action needs a panel log-in; API tokens cannot do it")
+                result = await handler(self, request, caller, **kwargs)
+            except CancelledError:
+                raise
+            except HTTPError as e:
+                return self._error(request, e.kind, str(e), e.field, **e.extra)
+            except (ManagementError, PanelAuthError) as e:
+                return self._error(request, e.kind, str(e), getattr(e, "field", None) or _field_of(str(e)))
+            except Exception:
+                # A bug: the traceback goes to the log, the caller gets JSON.
+                log.failure("panel request {method} {path} failed", method=request.method, path=request.path)
+                return self._error(request, "internal", "the server failed on this request; see its log file")
+            if result is None:
+                request.setResponseCode(204)
+                return b""
+            return _dump(result)
+
+        return wrapper
+
+    return decorate
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _field_of(message: str) -> Optional[str]:
+    """Which input a management error is about, so the panel can show it there."""
+    lowered = message.lower()
+    if lowered.startswith("local address"):
+        return "local_addr"
+    if "port" in lowered:
+        return "remote_port"
+    if "name" in lowered:
+        return "name"
+    return None
+
+
+def _views(items: List[Any]) -> List[Dict[str, Any]]:
+    return [attrs.asdict(item) for item in items]
+
+
+def _token(record: Any, now: float) -> Dict[str, Any]:
+    return dict(attrs.asdict(record), active=record.active(now))
+
+
+def _event(event: Any) -> Dict[str, Any]:
+    return attrs.asdict(event)
+
+
+class Panel:
+    app = Klein()
+
+    def __init__(
+        self,
+        management: Management,
+        operators: OperatorAuth,
+        auth: PanelAuth,
+        bus: EventBus,
+        reactor: Any,
+        secure: bool = False,
+        www: Optional[Path] = None,
+    ) -> None:
+        self.management = management
+        self.operators = operators
+        self.auth = auth
+        self.bus = bus
+        self.reactor = reactor
+        self.secure = secure
+        self.www = www or www_directory()
+        self._streams = 0
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _common_headers(self, request: Any) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+
+    def _error(self, request: Any, kind: str, message: str, field: Optional[str] = None, **extra: Any) -> bytes:
+        request.setResponseCode(STATUS.get(kind, 400))
+        if kind == "unauthorized":
+            request.setHeader(b"www-authenticate", b'Bearer realm="gotaxy"')
+        if "retry_after" in extra:
+            request.setHeader(b"retry-after", str(math.ceil(extra["retry_after"])).encode())
+        return _dump({"error": dict(kind=kind, message=message, field=field, **extra)})
+
+    def _address(self, request: Any) -> str:
+        peer = request.getClientAddress()
+        return getattr(peer, "host", None) or str(peer)
+
+    def _check_origin(self, request: Any) -> None:
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return
+        host = request.getHeader(b"host") or b""
+        if urlsplit(origin.decode("latin-1")).netloc.encode("latin-1") != host:
+            raise HTTPError("forbidden", "cross-site requests are refused; use the panel from its own address")
+
+    async def _authorise(self, request: Any) -> Caller:
+        header = request.getHeader(b"authorization")
+        if header is not None:
+            scheme, _, token = header.decode("latin-1").partition(" ")
+            caller = await self.auth.bearer(token.strip()) if scheme.lower() == "bearer" else None
+            if caller is None:
+                raise HTTPError("unauthorized", "the API token is not valid; create one in the panel under Tokens")
+            return caller
+        session_id = request.getCookie(SESSION_COOKIE)
+        caller = await self.auth.session(session_id.decode("latin-1")) if session_id else None
+        if caller is None:
+            raise HTTPError("unauthorized", "log in first (or send an API token as 'Authorization: Bearer ...')")
+        if request.method in UNSAFE_METHODS:
+            self._check_origin(request)
+            sent = (request.getHeader(b"x-csrf-token") or b"").decode("latin-1")
+            if not hmac.compare_digest(sent.encode(), (caller.csrf_token or "").encode()):
+                raise HTTPError("forbidden", "missing or wrong X-CSRF-Token header; reload the panel and try again")
+        return caller
+
+    def _body(self, request: Any) -> Dict[str, Any]:
+        if getattr(request, "body_too_large", False):
+            raise HTTPError("too_large", f"the request body is larger than {MAX_BODY // 1024} KiB")
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            raise HTTPError("media_type", "send the request body as JSON with 'Content-Type: application/json'")
+        request.content.seek(0)
+        raw = request.content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise HTTPError("too_large", f"the request body is larger than {MAX_BODY // 1024} KiB")
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise HTTPError("invalid", "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPError("invalid", "the request body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _optional(body: Dict[str, Any], key: str, limit: int = 256) -> Optional[str]:
+        value = body.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or len(value) > limit:
+            raise HTTPError("invalid", f"'{key}' must be a text of 1 to {limit} characters", key)
+        return value
+
+    @classmethod
+    def _string(cls, body: Dict[str, Any], key: str, limit: int = 256) -> str:
+        value = cls._optional(body, key, limit)
+        if value is None:
+            raise HTTPError("invalid", f"'{key}' is missing: give a text of 1 to {limit} characters", key)
+        return value
+
+    @staticmethod
+    def _integer(body: Dict[str, Any], key: str) -> Optional[int]:
+        value = body.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise HTTPError("invalid", f"'{key}' must be a whole number", key)
+        return value
+
+    @staticmethod
+    def _query(request: Any, key: str) -> Optional[str]:
+        values = request.args.get(key.encode())
+        if not values or not values[0]:
+            return None
+        return values[0].decode("utf-8", "replace")
+
+    def _query_number(self, request: Any, key: str) -> Optional[float]:
+        text = self._query(request, key)
+        if text is None:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise HTTPError("invalid", f"query parameter '{key}' must be a number", key) from None
+        if not math.isfinite(value):
+            raise HTTPError("invalid", f"query parameter '{key}' must be a finite number", key)
+        return value
+
+    # -- public ----------------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/health", methods=["GET"])
+    @_api(public=True)
+    async def health(self, request: Any, caller: None) -> Dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.route(f"{API_PREFIX}/login", methods=["POST"])
+    @_api(public=True)
+    async def login(self, request: Any, caller: None) -> Dict[str, Any]:
+        self._check_origin(request)
+        body = self._body(request)
+        username = self._string(body, "username", limit=64)
+        password = self._string(body, "password", limit=1024)
+        code = self._optional(body, "code", limit=16)
+        try:
+            session_id, session = await self.auth.login(username, password, code, self._address(request))
+        except LockedOut as e:
+            raise HTTPError("locked", str(e), retry_after=e.retry_after) from None
+        except SecondFactorRequired as e:
+            raise HTTPError("unauthorized", str(e), "code", totp_required=True) from None
+        except AuthFailed as e:
+            field = "code" if code else "password"
+            raise HTTPError("unauthorized", f"{e}; check it and try again", field) from None
+        request.addCookie(
+            SESSION_COOKIE, session_id.encode(), path=b"/", httpOnly=True, secure=self.secure or None,
+            sameSite=b"strict",
+        )
+        return await self._account(session)
+
+    # -- account ---------------------------------------------------------------
+
+    async def _account(self, caller: Caller) -> Dict[str, Any]:
+        return {
+            "username": caller.username,
+            "via": caller.via,
+            "csrf_token": caller.csrf_token,
+            "expires_at": caller.expires_at,
+            "totp_enabled": await self.auth.totp_enabled(caller.username),
+        }
+
+    @app.route(f"{API_PREFIX}/logout", methods=["POST"])
+    @_api(session_only=True)
+    async def logout(self, request: Any, caller: Caller) -> None:
+        await self.auth.logout(caller)
+        request.addCookie(
+            SESSION_COOKIE, b"", path=b"/", httpOnly=True, secure=self.secure or None, sameSite=b"strict",
+            max_age=b"0",
+        )
+
+    @app.route(f"{API_PREFIX}/account", methods=["GET"])
+    @_api()
+    async def account(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return await self._account(caller)
+
+    @app.route(f"{API_PREFIX}/account/password", methods=["POST"])
+    @_api(session_only=True)
+    async def change_password(self, request: Any, caller: Caller) -> None:
+        body = self._body(request)
+        old = self._string(body, "old_password", limit=1024)
+        new = self._string(body, "new_password", limit=1024)
+        try:
+            await self.operators.change_password(caller.username, old, new, self._address(request), "web")
+        except LockedOut as e:
+            raise HTTPError("locked", str(e), "old_password", retry_after=e.retry_after) from None
+        except AuthFailed:
+            raise HTTPError("invalid", "the current password is wrong; type it again", "old_password") from None
+        except ValueError as e:
+            raise HTTPError("invalid", str(e), "new_password") from None
+        await self.auth.end_other_sessions(caller)
+
+    @app.route(f"{API_PREFIX}/account/totp", methods=["POST"])
+    @_api(session_only=True)
+    async def begin_totp(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        secret, uri = await self.auth.begin_totp(caller.username)
+        image = qrcode.make(uri, image_factory=qrcode.image.svg.SvgPathImage, box_size=8, border=2)
+        svg = io.BytesIO()
+        image.save(svg)
+        return {
+            "secret": secret,
+            "uri": uri,
+            "qr_svg": "data:image/svg+xml;base64," + base64.b64encode(svg.getvalue()).decode("ascii"),
+        }
+
+    @app.route(f"{API_PREFIX}/account/totp/confirm", methods=["POST"])
+    @_api(session_only=True)
+    async def confirm_totp(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        code = self._string(self._body(request), "code", limit=16)
+        await self.auth.confirm_totp(caller.username, code)
+        return await self._account(caller)
+
+    @app.route(f"{API_PREFIX}/account/totp/disable", methods=["POST"])
+    @_api(session_only=True)
+    async def disable_totp(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        code = self._string(self._body(request), "code", limit=16)
+        await self.auth.disable_totp(caller.username, code)
+        return await self._account(caller)
+
+    # -- API tokens --------------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/api-tokens", methods=["GET"])
+    @_api(session_only=True)
+    async def api_tokens(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"api_tokens": _views(await self.auth.api_tokens())}
+
+    @app.route(f"{API_PREFIX}/api-tokens", methods=["POST"])
+    @_api(session_only=True)
+    async def create_api_token(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        name = self._string(self._body(request), "name", limit=NAME_LIMIT)
+        record, token = await self.auth.create_api_token(caller.username, name)
+        request.setResponseCode(201)
+        return {"api_token": attrs.asdict(record), "token": token}
+
+    @app.route(f"{API_PREFIX}/api-tokens/<name>", methods=["DELETE"])
+    @_api(session_only=True)
+    async def revoke_api_token(self, request: Any, caller: Caller, name: str) -> None:
+        await self.auth.revoke_api_token(name)
+
+    # -- overview, clients -------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/openapi.json", methods=["GET"])
+    @_api()
+    async def openapi(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return openapi_document()
+
+    @app.route(f"{API_PREFIX}/status", methods=["GET"])
+    @_api()
+    async def status(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return attrs.asdict(await self.management.status())
+
+    @app.route(f"{API_PREFIX}/clients", methods=["GET"])
+    @_api()
+    async def clients(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"clients": _views(await self.management.clients())}
+
+    @app.route(f"{API_PREFIX}/clients/<name>", methods=["GET"])
+    @_api()
+    async def client(self, request: Any, caller: Caller, name: str) -> Dict[str, Any]:
+        return attrs.asdict(await self.management.client(name))
+
+    @app.route(f"{API_PREFIX}/clients/<name>/kick", methods=["POST"])
+    @_api()
+    async def kick(self, request: Any, caller: Caller, name: str) -> None:
+        await self.management.kick(name)
+
+    # -- tunnels -----------------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/tunnels", methods=["GET"])
+    @_api()
+    async def tunnels(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"tunnels": _views(await self.management.tunnels(self._query(request, "client")))}
+
+    @app.route(f"{API_PREFIX}/tunnels", methods=["POST"])
+    @_api()
+    async def add_tunnel(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        body = self._body(request)
+        view = await self.management.add_tunnel(
+            self._string(body, "client", limit=NAME_LIMIT),
+            self._string(body, "name", limit=NAME_LIMIT),
+            self._string(body, "local_addr", limit=300),
+            self._integer(body, "remote_port") or 0,
+        )
+        request.setResponseCode(201)
+        return attrs.asdict(view)
+
+    @app.route(f"{API_PREFIX}/tunnels/<client>/<name>", methods=["GET"])
+    @_api()
+    async def tunnel(self, request: Any, caller: Caller, client: str, name: str) -> Dict[str, Any]:
+        return attrs.asdict(await self.management.tunnel(client, name))
+
+    @app.route(f"{API_PREFIX}/tunnels/<client>/<name>", methods=["PATCH"])
+    @_api()
+    async def edit_tunnel(self, request: Any, caller: Caller, client: str, name: str) -> Dict[str, Any]:
+        body = self._body(request)
+        view = await self.management.edit_tunnel(
+            client, name, self._optional(body, "local_addr", limit=300), self._integer(body, "remote_port")
+        )
+        return attrs.asdict(view)
+
+    @app.route(f"{API_PREFIX}/tunnels/<client>/<name>", methods=["DELETE"])
+    @_api()
+    async def remove_tunnel(self, request: Any, caller: Caller, client: str, name: str) -> None:
+        await self.management.remove_tunnel(client, name)
+
+    @app.route(f"{API_PREFIX}/tunnels/<client>/<name>/enable", methods=["POST"])
+    @_api()
+    async def enable_tunnel(self, request: Any, caller: Caller, client: str, name: str) -> Dict[str, Any]:
+        return attrs.asdict(await self.management.set_enabled(client, name, True))
+
+    @app.route(f"{API_PREFIX}/tunnels/<client>/<name>/disable", methods=["POST"])
+    @_api()
+    async def disable_tunnel(self, request: Any, caller: Caller, client: str, name: str) -> Dict[str, Any]:
+        return attrs.asdict(await self.management.set_enabled(client, name, False))
+
+    @app.route(f"{API_PREFIX}/tunnels/<client>/<name>/restart", methods=["POST"])
+    @_api()
+    async def restart_tunnel(self, request: Any, caller: Caller, client: str, name: str) -> Dict[str, Any]:
+        return attrs.asdict(await self.management.restart_tunnel(client, name))
+
+    # -- client tokens -------------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/tokens", methods=["GET"])
+    @_api()
+    async def tokens(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        now = self.reactor.seconds()
+        return {"tokens": [_token(t, now) for t in await self.management.tokens()]}
+
+    @app.route(f"{API_PREFIX}/tokens", methods=["POST"])
+    @_api()
+    async def create_token(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        body = self._body(request)
+        name = self._string(body, "name", limit=NAME_LIMIT)
+        expires_at = body.get("expires_at")
+        if expires_at is not None:
+            if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or not math.isfinite(expires_at):
+                raise HTTPError("invalid", "'expires_at' must be a UNIX time in seconds, or null for no expiry", "expires_at")
+            if expires_at <= self.reactor.seconds():
+                raise HTTPError("invalid", "the expiry must be in the future; pick a later date", "expires_at")
+        record, token = await self.management.create_token(name, expires_at)
+        request.setResponseCode(201)
+        return {"token": _token(record, self.reactor.seconds()), "secret": token}
+
+    @app.route(f"{API_PREFIX}/tokens/<name>", methods=["DELETE"])
+    @_api()
+    async def revoke_token(self, request: Any, caller: Caller, name: str) -> None:
+        await self.management.revoke_token(name)
+
+    # -- events, reload ------------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/events", methods=["GET"])
+    @_api()
+    async def events(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        limit = self._query_number(request, "limit")
+        offset = self._query_number(request, "offset")
+        limit = 50.0 if limit is None else limit
+        offset = 0.0 if offset is None else offset
+        if limit != int(limit) or not 1 <= limit <= 500:
+            raise HTTPError("invalid", "'limit' must be a whole number from 1 to 500", "limit")
+        if offset != int(offset) or offset < 0:
+            raise HTTPError("invalid", "'offset' must be a whole number, 0 or more", "offset")
+        records = await self.management.events(
+            self._query(request, "type"),
+            self._query(request, "client"),
+            self._query_number(request, "since"),
+            self._query_number(request, "until"),
+            int(limit) + 1,
+            int(offset),
+        )
+        return {
+            "events": _views(records[: int(limit)]),
+            "limit": int(limit),
+            "offset": int(offset),
+            "has_more": len(records) > limit,
+        }
+
+    @app.route(f"{API_PREFIX}/reload", methods=["POST"])
+    @_api()
+    async def reload(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"warnings": await self.management.reload()}
+
+    # -- live updates ----------------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/live", methods=["GET"])
+    @_api()
+    async def live(self, request: Any, caller: Caller) -> None:
+        if self._streams >= MAX_STREAMS:
+            raise HTTPError("unavailable", f"more than {MAX_STREAMS} live views are open; close some panel tabs")
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"x-accel-buffering", b"no")
+        request.write(b"retry: 3000\n\n")
+
+        def forward(event: Event) -> None:
+            request.write(b"event: change\ndata: " + _dump(_event(event)) + b"\n\n")
+
+        async def keep_alive() -> None:
+            if caller.via == "session" and await self.auth.session_exists(caller.session_key) is False:
+                request.channel.loseConnection()  # logged out or expired
+            else:
+                request.write(b": keep-alive\n\n")
+
+        unsubscribe = self.bus.subscribe(forward)
+        ticker = LoopingCall(lambda: Deferred.fromCoroutine(keep_alive()))
+        ticker.clock = self.reactor
+        ticker.start(KEEPALIVE, now=False)
+        self._streams += 1
+
+        def ended(_: Any) -> None:
+            self._streams -= 1
+            unsubscribe()
+            if ticker.running:
+                ticker.stop()
+
+        request.notifyFinish().addBoth(ended)
+        await Deferred()  # until the browser goes away (Klein cancels this then)
+
+    # -- everything else -------------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/", branch=True)
+    @_api()
+    async def unknown(self, request: Any, caller: Caller) -> None:
+        mapper = IKleinRequest(request).mapper
+        allowed = []
+        for method in ("GET", "POST", "PATCH", "DELETE", "PUT"):
+            try:
+                rule, _ = mapper.match(method=method, return_rule=True)
+            except HTTPException:
+                continue
+            if "__rest__" not in rule.rule:
+                allowed.append(method)
+        if allowed:
+            request.setHeader(b"allow", ", ".join(allowed).encode())
+            raise HTTPError("method", f"{request.method.decode()} is not allowed here; use {' or '.join(allowed)}")
+        raise HTTPError("not_found", "no such API route; see /api/v0.1/openapi.json for the list")
+
+    @app.route("/", branch=True)
+    def static(self, request: Any) -> Any:
+        self._common_headers(request)
+        request.setHeader(b"cache-control", b"no-cache")
+        return _StaticFiles(str(self.www))

@@ -1,0 +1,363 @@
+# -*- test-case-name: tests.test_web_api -*-
+"""
+The OpenAPI 3.1 document of the panel's REST API, served at
+``/api/v0.1/openapi.json``.
+
+Schemas are plain JSON Schema (what OpenAPI 3.1 uses), so tests validate
+real responses against them with ``jsonschema``; ``tests/test_web_api.py``
+also checks that the routes here and the routes ``Panel`` serves are the
+same set.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Tuple
+
+from gotaxy import __version__
+
+API_PREFIX = "/api/v0.1"
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_STRING_OR_NULL = {"type": ["string", "null"]}
+
+
+def _object(properties: Dict[str, Any], required: Optional[List[str]] = None) -> Dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+def _ref(name: str) -> Dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _list_of(key: str, name: str) -> Dict[str, Any]:
+    return _object({key: {"type": "array", "items": _ref(name)}})
+
+
+SCHEMAS: Dict[str, Any] = {
+    "Error": _object(
+        {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "kind": {
+                        "type": "string",
+                        "enum": ["invalid", "unauthorized", "forbidden", "not_found", "method", "conflict",
+                                 "too_large", "media_type", "locked", "internal", "unavailable"],
+                    },
+                    "message": {"type": "string"},
+                    "field": {**_STRING_OR_NULL, "description": "the request field the error is about"},
+                    "retry_after": {"type": "number", "description": "seconds until the next log-in attempt"},
+                    "totp_required": {"type": "boolean"},
+                },
+                "required": ["kind", "message", "field"],
+                "additionalProperties": False,
+            }
+        }
+    ),
+    "Health": _object({"status": {"const": "ok"}, "version": {"type": "string"}}),
+    "Login": _object(
+        {"username": {"type": "string"}, "password": {"type": "string"},
+         "code": {"type": "string", "description": "TOTP code, when the second factor is on"}},
+        ["username", "password"],
+    ),
+    "Account": _object(
+        {
+            "username": {"type": "string"},
+            "via": {"enum": ["session", "token"]},
+            "csrf_token": {**_STRING_OR_NULL, "description": "send as X-CSRF-Token with state-changing requests"},
+            "expires_at": _NUMBER_OR_NULL,
+            "totp_enabled": {"type": "boolean"},
+        }
+    ),
+    "PasswordChange": _object({"old_password": {"type": "string"}, "new_password": {"type": "string", "minLength": 10}}),
+    "TotpSetup": _object(
+        {"secret": {"type": "string"}, "uri": {"type": "string"},
+         "qr_svg": {"type": "string", "description": "data: URL of an SVG QR code of the URI"}}
+    ),
+    "TotpCode": _object({"code": {"type": "string", "pattern": "^[0-9 ]{6,8}$"}}),
+    "ApiToken": _object({"name": {"type": "string"}, "created_at": {"type": "number"}, "last_used_at": _NUMBER_OR_NULL}),
+    "ApiTokenCreate": _object({"name": {"type": "string"}}),
+    "NewApiToken": _object({"api_token": _ref("ApiToken"), "token": {"type": "string", "description": "shown once"}}),
+    "Status": _object(
+        {
+            "version": {"type": "string"},
+            "uptime": {"type": "number"},
+            "clients_online": {"type": "integer"},
+            "clients_total": {"type": "integer"},
+            "tunnels_up": {"type": "integer"},
+            "tunnels_total": {"type": "integer"},
+            "bytes_in": {"type": "integer"},
+            "bytes_out": {"type": "integer"},
+            "rate_in": {"type": "number", "description": "bytes per second"},
+            "rate_out": {"type": "number", "description": "bytes per second"},
+        }
+    ),
+    "Client": _object(
+        {
+            "name": {"type": "string"},
+            "online": {"type": "boolean"},
+            "address": _STRING_OR_NULL,
+            "version": _STRING_OR_NULL,
+            "connected_at": _NUMBER_OR_NULL,
+            "last_seen_at": _NUMBER_OR_NULL,
+            "rtt": {**_NUMBER_OR_NULL, "description": "last heartbeat round trip, seconds"},
+            "tunnels": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+    "Tunnel": _object(
+        {
+            "client": {"type": "string"},
+            "name": {"type": "string"},
+            "type": {"type": "string"},
+            "local_addr": {"type": "string"},
+            "remote_port": {"type": "integer"},
+            "status": {"type": "string", "description": "up, down, disabled, or refused (an error; see reason)"},
+            "reason": _STRING_OR_NULL,
+            "source": {"enum": ["client", "server"], "description": "client: from the client's own config"},
+            "enabled": {"type": "boolean"},
+            "connections": {"type": "integer"},
+            "opened": {"type": "integer"},
+            "bytes_in": {"type": "integer"},
+            "bytes_out": {"type": "integer"},
+            "rate_in": {"type": "number"},
+            "rate_out": {"type": "number"},
+        }
+    ),
+    "TunnelCreate": _object(
+        {
+            "client": {"type": "string"},
+            "name": {"type": "string"},
+            "local_addr": {"type": "string", "description": "host:port on the client's side"},
+            "remote_port": {"type": "integer", "minimum": 0, "maximum": 65535, "description": "0: the server picks"},
+        },
+        ["client", "name", "local_addr"],
+    ),
+    "TunnelEdit": _object(
+        {"local_addr": {"type": "string"}, "remote_port": {"type": "integer", "minimum": 0, "maximum": 65535}}, []
+    ),
+    "Token": _object(
+        {
+            "name": {"type": "string"},
+            "created_at": {"type": "number"},
+            "expires_at": _NUMBER_OR_NULL,
+            "revoked_at": _NUMBER_OR_NULL,
+            "last_used_at": _NUMBER_OR_NULL,
+            "active": {"type": "boolean"},
+        }
+    ),
+    "TokenCreate": _object({"name": {"type": "string"}, "expires_at": _NUMBER_OR_NULL}, ["name"]),
+    "NewToken": _object({"token": _ref("Token"), "secret": {"type": "string", "description": "shown once"}}),
+    "Event": _object(
+        {
+            "id": {"type": "integer"},
+            "at": {"type": "number"},
+            "type": {"type": "string"},
+            "client": _STRING_OR_NULL,
+            "tunnel": _STRING_OR_NULL,
+            "address": _STRING_OR_NULL,
+            "detail": _STRING_OR_NULL,
+        }
+    ),
+    "EventPage": _object(
+        {
+            "events": {"type": "array", "items": _ref("Event")},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+            "has_more": {"type": "boolean"},
+        }
+    ),
+    "Reload": _object({"warnings": {"type": "array", "items": {"type": "string"}}}),
+    "Clients": _list_of("clients", "Client"),
+    "Tunnels": _list_of("tunnels", "Tunnel"),
+    "Tokens": _list_of("tokens", "Token"),
+    "ApiTokens": _list_of("api_tokens", "ApiToken"),
+}
+
+_ERRORS = {
+    400: "invalid request (bad JSON, a missing or wrong field)",
+    401: "not logged in, or a bad API token",
+    403: "missing CSRF token, cross-site request, or an action API tokens cannot do",
+    404: "no such client, tunnel or token",
+    405: "method not allowed",
+    409: "conflict: port taken, name used, wrong kind of tunnel",
+    413: "request body over 64 KiB",
+    415: "request body not JSON",
+    429: "too many failed log-ins; see Retry-After",
+    500: "a bug in the server (the traceback is in its log)",
+    503: "too many live views open",
+}
+
+_PATH_PARAMS = {
+    "client": "the client's name",
+    "name": "the name of the client, tunnel or token",
+}
+
+
+def _operation(
+    method: str,
+    summary: str,
+    response: Tuple[int, Optional[str]],
+    request: Optional[str] = None,
+    errors: Tuple[int, ...] = (),
+    public: bool = False,
+    query: Tuple[Tuple[str, str, str], ...] = (),
+    tag: str = "",
+) -> Tuple[str, Dict[str, Any]]:
+    status, schema = response
+    responses: Dict[str, Any] = {}
+    if schema is None:
+        responses[str(status)] = {"description": "done"}
+    elif schema == "EventStream":
+        responses[str(status)] = {
+            "description": "server-sent events: one 'change' message per server event (data: an Event)",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    else:
+        responses[str(status)] = {"description": "OK", "content": {"application/json": {"schema": _ref(schema)}}}
+    codes = set(errors) | ({415, 413, 400} if request else set()) | (set() if public else {401, 405}) | {500}
+    if method in ("post", "patch", "delete") and not public:
+        codes.add(403)
+    for code in sorted(codes):
+        responses[str(code)] = {
+            "description": _ERRORS[code], "content": {"application/json": {"schema": _ref("Error")}}
+        }
+    operation: Dict[str, Any] = {"summary": summary, "tags": [tag] if tag else [], "responses": responses}
+    if public:
+        operation["security"] = []
+    if request:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(request)}}}
+    if query:
+        operation["parameters"] = [
+            {"name": name, "in": "query", "required": False, "schema": {"type": type_}, "description": text}
+            for name, type_, text in query
+        ]
+    return method, operation
+
+
+_ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
+    "/health": [_operation("get", "Liveness; needs no log-in", (200, "Health"), public=True, tag="server")],
+    "/login": [
+        _operation("post", "Log in; sets the session cookie", (200, "Account"), "Login", (401, 403, 429), public=True,
+                   tag="account")
+    ],
+    "/logout": [_operation("post", "Log out and end the session", (204, None), tag="account")],
+    "/account": [_operation("get", "Who is logged in, and the CSRF token", (200, "Account"), tag="account")],
+    "/account/password": [
+        _operation("post", "Change the password (ends other sessions)", (204, None), "PasswordChange", (429,),
+                   tag="account")
+    ],
+    "/account/totp": [
+        _operation("post", "Start enrolling a TOTP second factor", (200, "TotpSetup"), errors=(409,), tag="account")
+    ],
+    "/account/totp/confirm": [
+        _operation("post", "Turn the second factor on with a current code", (200, "Account"), "TotpCode", (409,),
+                   tag="account")
+    ],
+    "/account/totp/disable": [
+        _operation("post", "Turn the second factor off with a current code", (200, "Account"), "TotpCode", (409,),
+                   tag="account")
+    ],
+    "/api-tokens": [
+        _operation("get", "API tokens for scripts", (200, "ApiTokens"), tag="account"),
+        _operation("post", "Create an API token (its text is shown once)", (201, "NewApiToken"), "ApiTokenCreate",
+                   (409,), tag="account"),
+    ],
+    "/api-tokens/{name}": [_operation("delete", "Revoke an API token", (204, None), errors=(404,), tag="account")],
+    "/openapi.json": [_operation("get", "This document", (200, None), tag="server")],
+    "/status": [_operation("get", "Server overview and traffic", (200, "Status"), tag="server")],
+    "/reload": [_operation("post", "Re-read the config file", (200, "Reload"), errors=(409,), tag="server")],
+    "/live": [_operation("get", "Live updates (server-sent events)", (200, "EventStream"), errors=(503,), tag="server")],
+    "/clients": [_operation("get", "All clients", (200, "Clients"), tag="clients")],
+    "/clients/{name}": [_operation("get", "One client", (200, "Client"), errors=(404,), tag="clients")],
+    "/clients/{name}/kick": [
+        _operation("post", "Disconnect a client (it reconnects unless its token is revoked)", (204, None), errors=(404,),
+                   tag="clients")
+    ],
+    "/tunnels": [
+        _operation("get", "All tunnels", (200, "Tunnels"), query=(("client", "string", "only this client's"),),
+                   tag="tunnels"),
+        _operation("post", "Create a tunnel; the client opens it at once if online", (201, "Tunnel"), "TunnelCreate",
+                   (409,), tag="tunnels"),
+    ],
+    "/tunnels/{client}/{name}": [
+        _operation("get", "One tunnel", (200, "Tunnel"), errors=(404,), tag="tunnels"),
+        _operation("patch", "Change a panel-made tunnel's local address or public port", (200, "Tunnel"), "TunnelEdit",
+                   (404, 409), tag="tunnels"),
+        _operation("delete", "Remove a panel-made tunnel", (204, None), errors=(404, 409), tag="tunnels"),
+    ],
+    "/tunnels/{client}/{name}/enable": [
+        _operation("post", "Enable a tunnel", (200, "Tunnel"), errors=(404, 409), tag="tunnels")
+    ],
+    "/tunnels/{client}/{name}/disable": [
+        _operation("post", "Disable a tunnel (closes its port)", (200, "Tunnel"), errors=(404,), tag="tunnels")
+    ],
+    "/tunnels/{client}/{name}/restart": [
+        _operation("post", "Close and reopen a tunnel", (200, "Tunnel"), errors=(404, 409), tag="tunnels")
+    ],
+    "/tokens": [
+        _operation("get", "Client tokens", (200, "Tokens"), tag="tokens"),
+        _operation("post", "Create a client token (its text is shown once)", (201, "NewToken"), "TokenCreate", (409,),
+                   tag="tokens"),
+    ],
+    "/tokens/{name}": [
+        _operation("delete", "Revoke a client token; its client is cut off at once", (204, None), errors=(404,),
+                   tag="tokens")
+    ],
+    "/events": [
+        _operation(
+            "get", "Events, newest first", (200, "EventPage"), errors=(400,), tag="events",
+            query=(
+                ("type", "string", "an event type, or a family ending in '.' such as 'tunnel.'"),
+                ("client", "string", "only this client's"),
+                ("since", "number", "UNIX time, inclusive"),
+                ("until", "number", "UNIX time, inclusive"),
+                ("limit", "integer", "1-500, default 50"),
+                ("offset", "integer", "events to skip"),
+            ),
+        )
+    ],
+}
+
+
+def openapi_document() -> Dict[str, Any]:
+    paths: Dict[str, Any] = {}
+    for path, operations in _ROUTES.items():
+        item: Dict[str, Any] = {}
+        names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
+        if names:
+            item["parameters"] = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}, "description": _PATH_PARAMS[n]}
+                for n in names
+            ]
+        for method, operation in operations:
+            item[method] = operation
+        paths[API_PREFIX + path] = item
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": "Gotaxy panel API",
+                "version": __version__,
+                "description": (
+                    "Manage a Gotaxy tunnel server's clients, tunnels and tokens. Authenticate with the panel's "
+                    "session cookie (state-changing requests then need the X-CSRF-Token header, whose value "
+                    "GET /account returns) or with 'Authorization: Bearer' and an API token."
+                ),
+            },
+            "components": {
+                "schemas": SCHEMAS,
+                "securitySchemes": {
+                    "session": {"type": "apiKey", "in": "cookie", "name": "gotaxy_session"},
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                },
+            },
+            "security": [{"session": []}, {"bearer": []}],
+            "paths": paths,
+        }
+    )

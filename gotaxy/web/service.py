@@ -1,0 +1,112 @@
+# -*- test-case-name: tests.test_web_api -*-
+"""
+The panel's listening service: ``make_web_service`` builds the
+``twisted.web`` site (the ``Panel`` app plus any extra top-level resources,
+such as ``/metrics``) and the endpoint service that serves it over HTTP, or
+HTTPS when ``webServer.tls.certFile`` and ``keyFile`` are set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import ssl
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.python import usage
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from gotaxy.web.app import MAX_BODY, Panel
+from gotaxy.web.auth import PanelAuth
+
+
+class BoundedRequest(Request):
+    """
+    A request that keeps at most ``MAX_BODY`` bytes of its body: the rest is
+    dropped as it arrives and ``body_too_large`` is set, so the panel answers
+    413 and a huge upload cannot fill memory or disk.
+    """
+
+    body_too_large = False
+    _received = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > MAX_BODY + 1:
+            self.body_too_large = True
+            return
+        super().handleContentChunk(data)
+
+
+class PanelRoot(Resource):
+    """
+    ``/<name>`` for each extra resource (their own authentication, e.g.
+    ``/metrics`` with its bearer token); everything else goes to the panel.
+    """
+
+    def __init__(self, panel_resource: IResource, extra_resources: Mapping[bytes, IResource]) -> None:
+        super().__init__()
+        self._panel: Any = panel_resource
+        for name, resource in extra_resources.items():
+            self.putChild(name, resource)
+
+    def getChild(self, path: bytes, request: Any) -> IResource:
+        # Hand the whole path back to Klein, which routes from the root.
+        request.postpath.insert(0, request.prepath.pop())
+        return self._panel
+
+    def render(self, request: Any) -> Any:
+        return self._panel.render(request)
+
+
+def make_site(panel: Panel, extra_resources: Mapping[bytes, IResource] = {}) -> Site:
+    site = Site(PanelRoot(panel.resource(), extra_resources))
+    site.requestFactory = BoundedRequest
+    site.displayTracebacks = False
+    return site
+
+
+def _endpoint(reactor: Any, config: Any) -> Any:
+    if config.web_tls_cert_file:
+        try:
+            with open(config.web_tls_cert_file, "rb") as f:
+                cert = f.read()
+            with open(config.web_tls_key_file, "rb") as f:
+                key = f.read()
+            credentials = ssl.PrivateCertificate.loadPEM(cert + b"\n" + key)
+        except (OSError, ssl.SSL.Error, ValueError) as e:
+            raise usage.UsageError(
+                f"cannot use webServer.tls.certFile {config.web_tls_cert_file!r} with keyFile "
+                f"{config.web_tls_key_file!r} ({e}); give a PEM certificate and its PEM key"
+            ) from None
+        interface = config.web_addr
+        return SSL4ServerEndpoint(reactor, config.web_port, credentials.options(), interface=interface)
+    if ":" in config.web_addr:
+        return TCP6ServerEndpoint(reactor, config.web_port, interface=config.web_addr)
+    return TCP4ServerEndpoint(reactor, config.web_port, interface=config.web_addr)
+
+
+def make_web_service(
+    config: Any,
+    core: Any,
+    management: Any,
+    operators: Any,
+    reactor: Any,
+    data_dir: Optional[str] = None,
+    extra_resources: Mapping[bytes, IResource] = {},
+) -> StreamServerEndpointService:
+    """
+    The panel on ``webServer.addr:port``.  ``data_dir`` is accepted for
+    symmetry with the other services; the panel keeps its state (sessions,
+    API tokens, second factors) in the store's database.
+    """
+    auth = PanelAuth(core, operators, reactor)
+    panel = Panel(management, operators, auth, core.events, reactor, secure=bool(config.web_tls_cert_file))
+    site = make_site(panel, extra_resources)
+    service = StreamServerEndpointService(_endpoint(reactor, config), site)
+    service._raiseSynchronously = True
+    service.panel = panel  # type: ignore[attr-defined]
+    # For resources made after the panel (e.g. /metrics): service.mount(b"metrics", resource).
+    service.mount = site.resource.putChild  # type: ignore[attr-defined]
+    return service

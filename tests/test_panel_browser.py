@@ -1,0 +1,193 @@
+"""
+The panel in a real browser: Chromium driven by Playwright against real
+``twistd`` server and client processes on loopback.
+
+Needs Debian's ``chromium`` (``.ci/apt-packages``) and the ``playwright``
+wheel (the ``test`` extra); Playwright's own browser download is never used.
+Set ``GOTAXY_SCREENSHOTS=1`` to refresh the screenshots in ``docs/img/``
+(otherwise they go to the test's temporary directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import ROOT, connection_refused, echo_once, free_port, tunnel_port
+
+CHROMIUM = os.environ.get("GOTAXY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+PASSWORD = "browser test password"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's chromium package (see .ci/apt-packages)",
+                allow_module_level=True)
+
+
+def wait_for_panel(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v0.1/health", timeout=2) as response:
+                if json.load(response)["status"] == "ok":
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the panel did not answer on port {port} within {timeout} s")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    if os.environ.get("GOTAXY_SCREENSHOTS"):
+        directory = ROOT / "docs" / "img"
+    else:
+        directory = tmp_path / "img"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.mark.timeout(180)
+def test_panel_end_to_end(procs, echo, browser, shots: Path):
+    web_port = free_port()
+    server = procs.server("--web-port", str(web_port), env={"GOTAXY_ADMIN_PASSWORD": PASSWORD})
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    echo_port = tunnel_port(client, "echo")
+    wait_for_panel(web_port)
+    base = f"http://127.0.0.1:{web_port}/"
+
+    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.set_default_timeout(15000)
+    expect = sync_api.expect
+
+    # Log in (a wrong password first: the error is shown by the password field).
+    page.goto(base)
+    expect(page.locator("#login")).to_be_visible()
+    page.fill('#login-form [name="password"]', "not the password")
+    page.click('#login-form button[type="submit"]')
+    expect(page.locator('#login-form [data-error="password"]')).to_contain_text("Wrong user name or password")
+    page.fill('#login-form [name="password"]', PASSWORD)
+    page.click('#login-form button[type="submit"]')
+    expect(page.locator("#nav")).to_be_visible()
+    expect(page.locator("#ov-clients")).to_have_text("1 / 1")
+    expect(page.locator("#live-state")).to_have_class("live on")
+    # Some traffic for the throughput chart: 256 KiB round trips for 6 seconds.
+    stop = time.monotonic() + 6
+    while time.monotonic() < stop:
+        assert len(echo_once(echo_port, os.urandom(1024) * 256)) == 256 * 1024
+        time.sleep(0.05)
+    expect(page.locator("#ov-in")).not_to_have_text("0 B")
+    page.screenshot(path=str(shots / "overview.png"))
+
+    # The client's own tunnel is up, marked as coming from its config.
+    page.click('#nav a[data-page="clients"]')
+    row = page.locator('#clients-table tr[data-client="default"]')
+    expect(row).to_contain_text("online")
+    expect(row).to_contain_text("echo")
+    page.screenshot(path=str(shots / "clients.png"))
+    page.click('#nav a[data-page="tunnels"]')
+    echo_row = page.locator('#tunnels-table tr[data-tunnel="default/echo"]')
+    expect(echo_row.locator(".status")).to_have_text("up")
+    expect(echo_row).to_contain_text("client config")
+    expect(echo_row).to_contain_text(str(echo_port))
+
+    # A port out of range: the error appears by the port field.
+    page.select_option('#tunnel-form [name="client"]', "default")
+    page.fill('#tunnel-form [name="name"]', "web")
+    page.fill('#tunnel-form [name="local_addr"]', f"127.0.0.1:{echo.port}")
+    page.fill('#tunnel-form [name="remote_port"]', "70000")
+    page.click('#tunnel-form button[type="submit"]')
+    expect(page.locator('#tunnel-form [data-error="remote_port"]')).to_contain_text("public port")
+
+    # Create a tunnel from the panel: the client opens it live, no restart.
+    wanted = free_port()
+    page.fill('#tunnel-form [name="remote_port"]', str(wanted))
+    page.click('#tunnel-form button[type="submit"]')
+    web_row = page.locator('#tunnels-table tr[data-tunnel="default/web"]')
+    expect(web_row.locator(".status")).to_have_text("up")  # arrives through the live updates
+    assert tunnel_port(client, "web") == wanted
+    assert echo_once(wanted, b"through the panel's tunnel") == b"through the panel's tunnel"
+    page.screenshot(path=str(shots / "tunnels.png"), full_page=True)
+
+    # Disable it: the page shows it and the port refuses connections.
+    web_row.locator('button[data-action="disable"]').click()
+    expect(web_row.locator(".status")).to_have_text("disabled")
+    assert connection_refused(wanted)
+    web_row.locator('button[data-action="enable"]').click()
+    expect(web_row.locator(".status")).to_have_text("up")
+    assert echo_once(wanted, b"again") == b"again"
+
+    # Tokens and events pages.
+    page.click('#nav a[data-page="tokens"]')
+    page.fill('#token-form [name="name"]', "laptop")
+    page.click('#token-form button[type="submit"]')
+    expect(page.locator("#token-secret-text")).to_contain_text("gtx_")
+    expect(page.locator('#tokens-table tr[data-token="laptop"]')).to_contain_text("active")
+    page.screenshot(path=str(shots / "tokens.png"), full_page=True)
+    page.click('#nav a[data-page="events"]')
+    page.select_option('#events-form [name="type"]', "tunnel.")
+    page.click('#events-form button[type="submit"]')
+    expect(page.locator("#events-table tbody")).to_contain_text("tunnel.disabled")
+    expect(page.locator("#events-table tbody")).not_to_contain_text("token.created")
+    page.screenshot(path=str(shots / "events.png"), full_page=True)
+    page.click('#nav a[data-page="account"]')
+    page.click("#totp-setup")
+    expect(page.locator("#totp-qr")).to_be_visible()
+    page.screenshot(path=str(shots / "account.png"), full_page=True)
+
+    # Switch the language: every label on the page changes, and it sticks.
+    page.click('#nav a[data-page="tunnels"]')
+    page.select_option("#language", "zh-CN")
+    expect(page.locator("#page-tunnels h1")).to_have_text("隧道")
+    expect(page.locator('#nav a[data-page="overview"]')).to_have_text("概览")
+    expect(web_row.locator(".status")).to_have_text("运行中")
+    expect(page.locator("#logout")).to_have_text("退出登录")
+    page.screenshot(path=str(shots / "tunnels-zh.png"), full_page=True)
+    page.reload()
+    expect(page.locator("#page-tunnels h1")).to_have_text("隧道")
+
+    # On a phone-sized screen, in a browser that prefers Chinese: the panel
+    # starts in Chinese, and the navigation and tables still fit.
+    phone = browser.new_context(locale="zh-CN", viewport={"width": 390, "height": 844}, is_mobile=True)
+    mobile = phone.new_page()
+    mobile.goto(base + "#tunnels")
+    expect(mobile.locator("#login h1")).to_have_text("登录")
+    mobile.fill('#login-form [name="password"]', PASSWORD)
+    mobile.click('#login-form button[type="submit"]')
+    expect(mobile.locator("#page-tunnels h1")).to_have_text("隧道")
+    expect(mobile.locator('#tunnels-table tr[data-tunnel="default/web"] .status')).to_have_text("运行中")
+    width = mobile.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width} px wide on a 390 px screen"
+    mobile.screenshot(path=str(shots / "phone.png"), full_page=True)
+    phone.close()
+
+    # Log out: back to the log-in form, and the API refuses the old session.
+    page.select_option("#language", "en")
+    page.click("#logout")
+    expect(page.locator("#login")).to_be_visible()
+    response = page.request.get(base + "api/v0.1/status")
+    assert response.status == 401
+    assert response.json()["error"]["kind"] == "unauthorized"
+    context.close()

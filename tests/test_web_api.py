@@ -1,0 +1,527 @@
+"""
+The panel's REST API against a live server and client in this process,
+driven through ``treq.testing.StubTreq``.  Every answer is checked against
+the OpenAPI document (``gotaxy.web.testing.check_schema``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyotp
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred
+from twisted.trial import unittest
+from twisted.web.resource import Resource
+
+from gotaxy.web.app import Panel
+from gotaxy.web.auth import TOTP_LOCK_AFTER, TOTP_STEP
+from gotaxy.web.openapi import API_PREFIX, openapi_document
+from gotaxy.web.service import make_site
+from gotaxy.web.testing import WebClient, cookie_attributes, make_panel
+from tests.inprocess import ADMIN_PASSWORD, LiveSystem, echo_through, free_port, listen_echo, wait_until
+
+API = API_PREFIX
+
+
+class WebTestCase(unittest.TestCase):
+    timeout = 60
+
+    async def _live(self, with_client: bool = True, secure: bool = False) -> LiveSystem:
+        self.echo = listen_echo(self)
+        tunnels = [f"echo=tcp:127.0.0.1:{self.echo}"] if with_client else []
+        self.live = await LiveSystem.start(self, tunnels)
+        if with_client:
+            self.echo_port = await self.live.wait_up("echo")
+        self.panel = make_panel(self.live, secure=secure)
+        return self.live
+
+    async def rows(self, table: str) -> list:
+        db = self.live.core.store.store.db
+        return await self.live.core.store.call(lambda: list(db[table].all()))
+
+    def client(self) -> WebClient:
+        return WebClient.for_panel(self.panel)
+
+    async def logged_in(self) -> WebClient:
+        web = self.client()
+        response = await web.login(ADMIN_PASSWORD)
+        self.assertEqual(response.status, 200, response.raw)
+        return web
+
+    async def refused(self, port: int) -> bool:
+        try:
+            await echo_through(port, b"x", timeout=2)
+        except ConnectionRefusedError:
+            return True
+        return False
+
+
+class DocumentTests(unittest.TestCase):
+    def test_every_route_is_documented_and_every_documented_route_exists(self):
+        served = set()
+        for rule in Panel.app.url_map.iter_rules():
+            if not rule.rule.startswith(API + "/") or "__rest__" in rule.rule or rule.rule == API + "/":
+                continue
+            path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                served.add((method.lower(), path))
+        documented = {
+            (method, path)
+            for path, item in openapi_document()["paths"].items()
+            for method in item
+            if method in ("get", "post", "patch", "delete", "put")
+        }
+        self.assertEqual(served, documented)
+        self.assertGreater(len(served), 25)
+
+    def test_document_is_valid_openapi_shape(self):
+        document = openapi_document()
+        self.assertEqual(document["openapi"], "3.1.0")
+        for path, item in document["paths"].items():
+            for name in re.findall(r"\{([^}]+)\}", path):
+                self.assertIn(name, [p["name"] for p in item["parameters"]])
+            text = repr(item)
+            for ref in re.findall(r"#/components/schemas/(\w+)", text):
+                self.assertIn(ref, document["components"]["schemas"])
+
+
+class AuthenticationTests(WebTestCase):
+    async def test_health_and_static_files_need_no_login_everything_else_401_json(self):
+        await self._live(with_client=False)
+        web = self.client()
+        health = await web.get(f"{API}/health")
+        self.assertEqual((health.status, health.json["status"]), (200, "ok"))
+        page = await web.get("/")
+        self.assertEqual(page.status, 200)
+        self.assertIn(b"<html", page.raw)
+        self.assertIn("default-src 'self'", page.header("content-security-policy"))
+        script = await web.get("/app.js")
+        self.assertEqual(script.status, 200)
+        self.assertEqual((await web.get("/i18n/")).status, 404)  # no directory listings
+        for path, item in openapi_document()["paths"].items():
+            concrete = path.replace("{client}", "alice").replace("{name}", "x")
+            for method, operation in item.items():
+                if method == "parameters" or operation.get("security") == []:
+                    continue
+                response = await web.request(method.upper(), concrete, body={} if method != "get" else None)
+                self.assertEqual(response.status, 401, f"{method} {path}")
+                self.assertEqual(response.header("content-type"), "application/json; charset=utf-8")
+                self.assertEqual(response.error["kind"], "unauthorized")
+        unknown = await web.get(f"{API}/no/such/thing")
+        self.assertEqual(unknown.status, 401)
+
+    async def test_login_cookie_flags_and_logout(self):
+        await self._live(with_client=False)
+        web = self.client()
+        wrong = await web.login("not the password")
+        self.assertEqual((wrong.status, wrong.error["field"]), (401, "password"))
+        self.assertIsNone(wrong.header("set-cookie"))
+        response = await web.login(ADMIN_PASSWORD)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.json["username"], "admin")
+        name, flags = cookie_attributes(response.header("set-cookie"))
+        self.assertTrue(name.startswith("gotaxy_session="))
+        self.assertIn("httponly", flags)
+        self.assertIn("samesite=strict", flags)
+        self.assertNotIn("secure", flags)
+        account = await web.get(f"{API}/account")
+        self.assertEqual((account.status, account.json["csrf_token"]), (200, web.csrf))
+        # The session is stored hashed, never as the cookie's value.
+        rows = await self.rows("web_sessions")
+        self.assertEqual(len(rows), 1)
+        self.assertNotEqual(rows[0]["session_hash"], web.session)
+        self.assertNotIn(web.session, repr(rows))
+        self.assertEqual((await web.post(f"{API}/logout")).status, 204)
+        self.assertEqual((await web.get(f"{API}/account")).status, 401)
+        self.assertEqual(await self.rows("web_sessions"), [])
+
+    async def test_secure_cookie_under_https(self):
+        await self._live(with_client=False, secure=True)
+        response = await self.client().login(ADMIN_PASSWORD)
+        _, flags = cookie_attributes(response.header("set-cookie"))
+        self.assertIn("secure", flags)
+
+    async def test_failed_logins_slow_down_then_lock_out_with_events(self):
+        await self._live(with_client=False)
+        web = self.client()
+        for _ in range(3):
+            self.assertEqual((await web.login("wrong password")).status, 401)
+        locked = await web.login(ADMIN_PASSWORD)  # even the right password waits now
+        self.assertEqual(locked.status, 429)
+        self.assertEqual(locked.error["kind"], "locked")
+        self.assertGreaterEqual(int(locked.header("retry-after")), 1)
+        events = await self.live.management.events(type_="operator.login_failed")
+        self.assertEqual(len(events), 3)
+        self.assertTrue(all(e.address == "127.0.0.1" for e in events))
+        self.assertTrue(all("web" in e.detail for e in events))
+        self.assertTrue(all(ADMIN_PASSWORD not in (e.detail or "") for e in events))
+
+    async def test_state_changes_need_the_csrf_token_and_json(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        no_token = await web.post(f"{API}/tokens", {"name": "bob"}, csrf=False)
+        self.assertEqual((no_token.status, no_token.error["kind"]), (403, "forbidden"))
+        wrong = await web.post(f"{API}/tokens", {"name": "bob"}, csrf=False, headers={"X-CSRF-Token": "nope"})
+        self.assertEqual(wrong.status, 403)
+        cross_site = await web.post(f"{API}/tokens", {"name": "bob"}, headers={"Origin": "https://evil.example"})
+        self.assertEqual(cross_site.status, 403)
+        as_form = await web.post(
+            f"{API}/tokens", raw=b"name=bob", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        self.assertEqual(as_form.status, 415)
+        login_form = await self.client().post(
+            f"{API}/login", raw=b"username=admin", headers={"Content-Type": "text/plain"}
+        )
+        self.assertEqual(login_form.status, 415)
+        self.assertEqual(await self.live.management.tokens() and [t.name for t in await self.live.management.tokens()
+                                                                  if t.name == "bob"], [])
+        done = await web.post(f"{API}/tokens", {"name": "bob"}, headers={"Origin": "http://127.0.0.1:7500"})
+        self.assertEqual(done.status, 201)
+
+    async def test_api_tokens_for_scripts(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        created = await web.post(f"{API}/api-tokens", {"name": "backup-script"})
+        self.assertEqual(created.status, 201)
+        secret = created.json["token"]
+        self.assertTrue(secret.startswith("gtxapi_"))
+        self.assertEqual((await web.post(f"{API}/api-tokens", {"name": "backup-script"})).status, 409)
+        rows = await self.rows("web_api_tokens")
+        self.assertNotIn(secret, repr(rows))
+
+        script = self.client()
+        script.bearer = secret
+        self.assertEqual((await script.get(f"{API}/status")).status, 200)
+        # No cookie, so no CSRF token is needed; but account changes are refused.
+        self.assertEqual((await script.post(f"{API}/tokens", {"name": "carol"})).status, 201)
+        refused = await script.post(f"{API}/account/password", {"old_password": ADMIN_PASSWORD,
+                                                                 "new_password": "a much longer one"})
+        self.assertEqual(refused.status, 403)
+        listed = await web.get(f"{API}/api-tokens")
+        (token,) = listed.json["api_tokens"]
+        self.assertIsNotNone(token["last_used_at"])
+        self.assertEqual((await web.delete(f"{API}/api-tokens/backup-script")).status, 204)
+        self.assertEqual((await web.delete(f"{API}/api-tokens/backup-script")).status, 404)
+        self.assertEqual((await script.get(f"{API}/status")).status, 401)
+        script.bearer = "gtxapi_made-up"
+        self.assertEqual((await script.get(f"{API}/status")).status, 401)
+
+    async def test_change_password(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        other = await self.logged_in()
+        wrong = await web.post(f"{API}/account/password", {"old_password": "nope", "new_password": "long enough pw"})
+        self.assertEqual((wrong.status, wrong.error["field"]), (400, "old_password"))
+        # Wrong current passwords count as failed log-ins (the shared slow-down); clear them.
+        self.live.operators._failures.clear()
+        short = await web.post(f"{API}/account/password", {"old_password": ADMIN_PASSWORD, "new_password": "short"})
+        self.assertEqual((short.status, short.error["field"]), (400, "new_password"))
+        done = await web.post(f"{API}/account/password",
+                              {"old_password": ADMIN_PASSWORD, "new_password": "a brand new password"})
+        self.assertEqual(done.status, 204)
+        self.assertEqual((await web.get(f"{API}/account")).status, 200)
+        self.assertEqual((await other.get(f"{API}/account")).status, 401)  # other sessions end
+        self.assertEqual((await self.client().login(ADMIN_PASSWORD)).status, 401)
+        self.assertEqual((await self.client().login("a brand new password")).status, 200)
+
+    async def test_totp_enrolment_and_login(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        self.assertFalse((await web.get(f"{API}/account")).json["totp_enabled"])
+        setup = await web.post(f"{API}/account/totp")
+        self.assertEqual(setup.status, 200)
+        self.assertTrue(setup.json["qr_svg"].startswith("data:image/svg+xml;base64,"))
+        self.assertIn("issuer=Gotaxy", setup.json["uri"])
+        totp = pyotp.TOTP(setup.json["secret"])
+        bad = await web.post(f"{API}/account/totp/confirm", {"code": "000000" if totp.now() != "000000" else "111111"})
+        self.assertEqual((bad.status, bad.error["field"]), (400, "code"))
+        confirmed = await web.post(f"{API}/account/totp/confirm", {"code": totp.now()})
+        self.assertEqual(confirmed.status, 200)
+        self.assertTrue(confirmed.json["totp_enabled"])
+
+        browser = self.client()
+        need = await browser.login(ADMIN_PASSWORD)
+        self.assertEqual(need.status, 401)
+        self.assertTrue(need.error["totp_required"])
+        self.assertEqual(need.error["field"], "code")
+        # The code used to confirm cannot be replayed; the next step's code works.
+        replay = await browser.login(ADMIN_PASSWORD, code=totp.now())
+        self.assertEqual(replay.status, 401)
+        self.live.operators._failures.clear()
+        later = totp.at(reactor.seconds() + TOTP_STEP)
+        self.assertEqual((await browser.login(ADMIN_PASSWORD, code=later)).status, 200)
+        failed = await self.live.management.events(type_="operator.login_failed")
+        self.assertTrue(any("second-factor" in (e.detail or "") for e in failed))
+
+        off = await browser.post(f"{API}/account/totp/disable", {"code": "12345x"})
+        self.assertEqual(off.status, 400)
+        self.assertEqual((await browser.post(f"{API}/account/totp")).status, 409)
+
+
+    async def test_wrong_totp_codes_lock_the_user_out(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        secret = (await web.post(f"{API}/account/totp")).json["secret"]
+        await web.post(f"{API}/account/totp/confirm", {"code": pyotp.TOTP(secret).now()})
+        browser = self.client()
+        for attempt in range(TOTP_LOCK_AFTER):
+            self.live.operators._failures.clear()  # only the second factor's count matters here
+            wrong = await browser.login(ADMIN_PASSWORD, code="000000")
+            self.assertEqual((wrong.status, wrong.error["field"]), (401, "code"), attempt)
+        locked = await browser.login(ADMIN_PASSWORD, code=pyotp.TOTP(secret).at(reactor.seconds() + TOTP_STEP))
+        self.assertEqual(locked.status, 429)
+        events = await self.live.management.events(type_="operator.locked_out")
+        self.assertEqual(len(events), 1)
+
+    async def test_expired_sessions_are_refused(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        db = self.live.core.store.store.db
+        await self.live.core.store.call(lambda: db["web_sessions"].update(dict(username="admin", expires_at=1.0),
+                                                                          ["username"]))
+        response = await web.get(f"{API}/account")
+        self.assertEqual(response.status, 401)
+        self.assertEqual(await self.rows("web_sessions"), [])
+
+
+class OperatorActionTests(WebTestCase):
+    async def test_status_clients_and_kick(self):
+        await self._live()
+        web = await self.logged_in()
+        self.assertEqual(await echo_through(self.echo_port, b"hello"), b"hello")
+        await wait_until(lambda: self.live.core.traffic()[0] >= 5)
+        status = (await web.get(f"{API}/status")).json
+        self.assertEqual((status["clients_online"], status["tunnels_up"]), (1, 1))
+        self.assertGreaterEqual(status["bytes_in"], 5)
+        (alice,) = (await web.get(f"{API}/clients")).json["clients"]
+        self.assertEqual((alice["name"], alice["online"], alice["tunnels"]), ("alice", True, ["echo"]))
+        self.assertEqual((await web.get(f"{API}/clients/alice")).json["name"], "alice")
+        self.assertEqual((await web.get(f"{API}/clients/nobody")).status, 404)
+
+        first = self.live.core.sessions["alice"]
+        self.assertEqual((await web.post(f"{API}/clients/alice/kick")).status, 204)
+        await wait_until(lambda: "alice" in self.live.core.sessions and self.live.core.sessions["alice"] is not first)
+        self.assertEqual((await web.post(f"{API}/clients/nobody/kick")).status, 404)
+
+    async def test_tunnel_lifecycle(self):
+        await self._live()
+        web = await self.logged_in()
+        (echo,) = (await web.get(f"{API}/tunnels")).json["tunnels"]
+        self.assertEqual((echo["status"], echo["source"], echo["remote_port"]), ("up", "client", self.echo_port))
+        wanted = free_port()
+        created = await web.post(
+            f"{API}/tunnels", {"client": "alice", "name": "web", "local_addr": f"127.0.0.1:{self.echo}",
+                               "remote_port": wanted}
+        )
+        self.assertEqual(created.status, 201, created.raw)
+        self.assertEqual(created.json["source"], "server")
+        self.assertEqual(await self.live.wait_up("web"), wanted)
+        self.assertEqual(await echo_through(wanted, b"via the panel"), b"via the panel")
+        one = await web.get(f"{API}/tunnels/alice/web")
+        self.assertEqual((one.json["status"], one.json["remote_port"]), ("up", wanted))
+        self.assertEqual(len((await web.get(f"{API}/tunnels?client=alice")).json["tunnels"]), 2)
+        self.assertEqual((await web.get(f"{API}/tunnels?client=bob")).json["tunnels"], [])
+
+        moved = free_port()
+        edited = await web.patch(f"{API}/tunnels/alice/web", {"remote_port": moved})
+        self.assertEqual(edited.status, 200, edited.raw)
+        await wait_until(lambda: self.live.client.factory.current.up.get("web") == moved)
+        self.assertEqual(await echo_through(moved, b"moved"), b"moved")
+
+        disabled = await web.post(f"{API}/tunnels/alice/web/disable")
+        self.assertEqual(disabled.json["status"], "disabled")
+        self.assertTrue(await self.refused(moved))
+        self.assertEqual((await web.post(f"{API}/tunnels/alice/web/restart")).status, 409)
+        await web.post(f"{API}/tunnels/alice/web/enable")
+        await wait_until(lambda: ("alice", "web") in self.live.core.tunnels)
+        self.assertEqual(await echo_through(moved, b"back"), b"back")
+        restarted = await web.post(f"{API}/tunnels/alice/web/restart")
+        self.assertEqual(restarted.status, 200)
+        await wait_until(lambda: ("alice", "web") in self.live.core.tunnels)
+        self.assertEqual(await echo_through(moved, b"again"), b"again")
+
+        # Client-defined tunnels can be disabled but not edited or removed here.
+        self.assertEqual((await web.patch(f"{API}/tunnels/alice/echo", {"remote_port": 0})).status, 409)
+        self.assertEqual((await web.delete(f"{API}/tunnels/alice/echo")).status, 409)
+        self.assertEqual((await web.delete(f"{API}/tunnels/alice/web")).status, 204)
+        self.assertTrue(await self.refused(moved))
+        self.assertEqual((await web.get(f"{API}/tunnels/alice/web")).status, 404)
+
+    async def test_tunnel_errors(self):
+        await self._live()
+        web = await self.logged_in()
+        good = {"client": "alice", "name": "db", "local_addr": f"127.0.0.1:{self.echo}"}
+        bad_json = await web.post(f"{API}/tunnels", raw=b"{not json")
+        self.assertEqual((bad_json.status, bad_json.error["kind"]), (400, "invalid"))
+        self.assertEqual((await web.post(f"{API}/tunnels", [1, 2])).status, 400)
+        missing = await web.post(f"{API}/tunnels", {"client": "alice", "name": "db"})
+        self.assertEqual((missing.status, missing.error["field"]), (400, "local_addr"))
+        out_of_range = await web.post(f"{API}/tunnels", dict(good, remote_port=70000))
+        self.assertEqual((out_of_range.status, out_of_range.error["field"]), (400, "remote_port"))
+        not_int = await web.post(f"{API}/tunnels", dict(good, remote_port="80"))
+        self.assertEqual((not_int.status, not_int.error["field"]), (400, "remote_port"))
+        bad_local = await web.post(f"{API}/tunnels", dict(good, local_addr="nowhere"))
+        self.assertEqual((bad_local.status, bad_local.error["field"]), (400, "local_addr"))
+        conflict = await web.post(f"{API}/tunnels", dict(good, remote_port=self.echo_port))
+        self.assertEqual((conflict.status, conflict.error["field"]), (409, "remote_port"))
+        self.assertIn(str(self.echo_port), conflict.error["message"])
+        duplicate = await web.post(f"{API}/tunnels", dict(good, name="echo"))
+        self.assertEqual((duplicate.status, duplicate.error["field"]), (409, "name"))
+        self.assertEqual((await web.get(f"{API}/tunnels/alice/nope")).status, 404)
+        self.assertEqual((await web.post(f"{API}/tunnels/alice/nope/disable")).status, 404)
+        self.assertEqual((await web.patch(f"{API}/tunnels/alice/nope", {"remote_port": 1})).status, 404)
+        huge = await web.post(f"{API}/tunnels", raw=b'{"x": "' + b"a" * (70 * 1024) + b'"}')
+        self.assertEqual(huge.status, 413)
+        wrong_method = await web.request("PUT", f"{API}/tunnels")
+        self.assertEqual((wrong_method.status, wrong_method.header("allow")), (405, "GET, POST"))
+        self.assertEqual((await web.get(f"{API}/no/such/route")).status, 404)
+        edit_nothing = await web.post(f"{API}/tunnels", dict(good, remote_port=0))
+        self.assertEqual(edit_nothing.status, 201)
+        self.assertEqual((await web.patch(f"{API}/tunnels/alice/db", {})).status, 400)
+
+    async def test_tokens(self):
+        await self._live()
+        web = await self.logged_in()
+        expires = reactor.seconds() + 86400
+        created = await web.post(f"{API}/tokens", {"name": "bob", "expires_at": expires})
+        self.assertEqual(created.status, 201)
+        self.assertTrue(created.json["secret"].startswith("gtx_"))
+        self.assertEqual(created.json["token"]["expires_at"], expires)
+        self.assertEqual((await web.post(f"{API}/tokens", {"name": "bob"})).status, 409)
+        past = await web.post(f"{API}/tokens", {"name": "carol", "expires_at": 1000})
+        self.assertEqual((past.status, past.error["field"]), (400, "expires_at"))
+        bad_name = await web.post(f"{API}/tokens", {"name": "no spaces please"})
+        self.assertEqual(bad_name.status, 400)
+        tokens = {t["name"]: t for t in (await web.get(f"{API}/tokens")).json["tokens"]}
+        self.assertIsNotNone(tokens["alice"]["last_used_at"])
+        self.assertTrue(tokens["bob"]["active"])
+
+        revoked = await web.delete(f"{API}/tokens/alice")
+        self.assertEqual(revoked.status, 204)
+        await wait_until(lambda: "alice" not in self.live.core.sessions)
+        self.assertTrue(await self.refused(self.echo_port))
+        self.assertEqual((await web.delete(f"{API}/tokens/alice")).status, 404)
+        tokens = {t["name"]: t for t in (await web.get(f"{API}/tokens")).json["tokens"]}
+        self.assertFalse(tokens["alice"]["active"])
+
+    async def test_events_filters_and_paging(self):
+        await self._live()
+        web = await self.logged_in()
+        for name in ("t1", "t2", "t3"):
+            await web.post(f"{API}/tokens", {"name": name})
+        page = (await web.get(f"{API}/events?type=token.created&limit=2")).json
+        self.assertEqual([e["client"] for e in page["events"]], ["t3", "t2"])
+        self.assertTrue(page["has_more"])
+        rest = (await web.get(f"{API}/events?type=token.created&limit=2&offset=2")).json
+        self.assertEqual([e["client"] for e in rest["events"]], ["t1", "alice"])  # alice's: LiveSystem made it
+        self.assertFalse(rest["has_more"])
+        alice = (await web.get(f"{API}/events?client=alice")).json["events"]
+        self.assertTrue(alice and all(e["client"] == "alice" for e in alice))
+        family = (await web.get(f"{API}/events?type=tunnel.")).json["events"]
+        self.assertTrue(family and all(e["type"].startswith("tunnel.") for e in family))
+        future = (await web.get(f"{API}/events?since={reactor.seconds() + 3600}")).json["events"]
+        self.assertEqual(future, [])
+        past = (await web.get(f"{API}/events?until=1")).json["events"]
+        self.assertEqual(past, [])
+        self.assertEqual((await web.get(f"{API}/events?limit=0")).status, 400)
+        self.assertEqual((await web.get(f"{API}/events?limit=5000")).status, 400)
+        self.assertEqual((await web.get(f"{API}/events?since=yesterday")).status, 400)
+        self.assertEqual((await web.get(f"{API}/events?offset=-1")).status, 400)
+
+    async def test_a_bug_is_a_json_500_and_logged(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+
+        async def broken():
+            raise RuntimeError("a bug")
+
+        self.panel.management.status = broken
+        response = await web.get(f"{API}/status")
+        self.assertEqual((response.status, response.error["kind"]), (500, "internal"))
+        self.assertNotIn("a bug", response.raw.decode())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    async def test_reload(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        response = await web.post(f"{API}/reload")
+        self.assertEqual((response.status, response.json["warnings"]), (200, []))
+        (event,) = (await web.get(f"{API}/events?type=config.reloaded")).json["events"]
+        self.assertEqual(event["type"], "config.reloaded")
+
+
+class LiveAndMountTests(WebTestCase):
+    """Over a real socket: server-sent events and extra resources such as /metrics."""
+
+    async def test_live_events_and_extra_resources(self):
+        await self._live()
+        metrics = Resource()
+        metrics.isLeaf = True
+        metrics.render_GET = lambda request: b"gotaxy_up 1\n"
+        site = make_site(self.panel, {b"metrics": metrics})
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+
+        web = await self.logged_in()
+        api_token = (await web.post(f"{API}/api-tokens", {"name": "watcher"})).json["token"]
+
+        received = []
+        connected: Deferred = Deferred()
+
+        class Raw(Protocol):
+            def __init__(self, request: bytes) -> None:
+                self.request = request
+
+            def connectionMade(self) -> None:
+                self.transport.write(self.request)
+
+            def dataReceived(self, data: bytes) -> None:
+                received.append(data)
+                if not connected.called:
+                    connected.callback(None)
+
+            def connectionLost(self, reason=None) -> None:
+                if not connected.called:
+                    connected.callback(None)
+
+        async def fetch(path: bytes, headers: bytes = b"") -> bytes:
+            chunks = []
+            done: Deferred = Deferred()
+
+            class Once(Protocol):
+                def connectionMade(self) -> None:
+                    self.transport.write(b"GET " + path + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n")
+
+                def dataReceived(self, data: bytes) -> None:
+                    chunks.append(data)
+
+                def connectionLost(self, reason=None) -> None:
+                    done.callback(b"".join(chunks))
+
+            await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", number), Once())
+            return await done
+
+        self.assertIn(b"gotaxy_up 1", await fetch(b"/metrics"))  # no panel log-in needed
+        self.assertIn(b"401", (await fetch(b"/api/v0.1/status")).split(b"\r\n")[0])
+        self.assertIn(b"200", (await fetch(b"/api/v0.1/health")).split(b"\r\n")[0])
+
+        stream = Raw(
+            b"GET /api/v0.1/live HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + api_token.encode()
+            + b"\r\n\r\n"
+        )
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", number), stream)
+        self.addCleanup(lambda: stream.transport.loseConnection())
+        await connected
+        await wait_until(lambda: b"retry:" in b"".join(received))
+        self.assertIn(b"text/event-stream", b"".join(received))
+        await self.live.management.set_enabled("alice", "echo", False)
+        await wait_until(lambda: b'"type":"tunnel.disabled"' in b"".join(received))
+        self.assertIn(b"event: change", b"".join(received))
+        self.assertEqual(self.panel._streams, 1)
+        stream.transport.loseConnection()
+        await wait_until(lambda: self.panel._streams == 0)

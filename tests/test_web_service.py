@@ -1,0 +1,134 @@
+"""
+The panel as ``twistd gotaxy-server`` runs it: wired into ``makeService``
+(on by default, off with ``--web-port 0``), over a real socket, and over
+HTTPS with ``webServer.tls.certFile`` / ``keyFile``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+from twisted.python import usage
+
+import attrs
+
+from gotaxy.web.service import make_web_service
+from tests.inprocess import ADMIN_PASSWORD, LiveSystem, free_port
+
+
+def _request(port: int, method: str, path: str, body: object = None, https: bool = False, headers: dict = {}):
+    if https:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                                 context=ssl._create_unverified_context())
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        sent = {"Content-Type": "application/json"} if data else {}
+        connection.request(method, path, data, {**sent, **headers})
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+class WebServiceTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_make_service_serves_the_panel_on_web_port(self):
+        port = free_port()
+        live = await LiveSystem.start(self, server_args=["--web-port", str(port)])
+        self.assertIsNotNone(live.server.web)
+        status, headers, body = await deferToThread(_request, port, "GET", "/")
+        self.assertEqual(status, 200)
+        self.assertIn(b'<script src="app.js"', body)
+        status, _, body = await deferToThread(_request, port, "GET", "/i18n/zh-CN.json")
+        self.assertEqual(json.loads(body)["nav.tunnels"], "隧道")
+        status, headers, body = await deferToThread(
+            _request, port, "POST", "/api/v0.1/login", {"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        self.assertEqual(status, 200)
+        self.assertNotIn("Secure", headers["Set-Cookie"])
+        self.assertNotIn(b"Traceback", body)
+
+        # A resource made later (such as /metrics) can be mounted; it needs no panel log-in.
+        from twisted.web.static import Data
+
+        live.server.web.mount(b"metrics", Data(b"gotaxy_up 1\n", "text/plain"))
+        status, _, body = await deferToThread(_request, port, "GET", "/metrics")
+        self.assertEqual((status, body), (200, b"gotaxy_up 1\n"))
+        status, _, _ = await deferToThread(_request, port, "GET", "/api/v0.1/status")
+        self.assertEqual(status, 401)
+
+    async def test_web_port_zero_turns_the_panel_off(self):
+        live = await LiveSystem.start(self, server_args=["--web-port", "0"])
+        self.assertIsNone(live.server.web)
+
+    async def test_https_with_a_certificate_and_secure_cookie(self):
+        live = await LiveSystem.start(self)
+        tls = os.path.join(live.data_dir, "tls")
+        config = attrs.evolve(
+            live.core.config,
+            web_port=free_port(),
+            web_tls_cert_file=os.path.join(tls, "server.pem"),
+            web_tls_key_file=os.path.join(tls, "server.key"),
+        )
+        service = make_web_service(config, live.core, live.management, live.operators, reactor, live.data_dir)
+        service.startService()
+        self.addCleanup(service.stopService)
+        status, headers, _ = await deferToThread(
+            _request, config.web_port, "POST", "/api/v0.1/login",
+            {"username": "admin", "password": ADMIN_PASSWORD}, True,
+        )
+        self.assertEqual(status, 200)
+        flags = [f.strip().lower() for f in headers["Set-Cookie"].split(";")]
+        self.assertIn("secure", flags)
+        self.assertIn("httponly", flags)
+        self.assertIn("samesite=strict", flags)
+
+    async def test_unreadable_certificate_is_a_clear_error(self):
+        live = await LiveSystem.start(self)
+        config = attrs.evolve(
+            live.core.config, web_port=free_port(), web_tls_cert_file="/nonexistent/cert.pem",
+            web_tls_key_file="/nonexistent/key.pem",
+        )
+        with self.assertRaises(usage.UsageError) as e:
+            make_web_service(config, live.core, live.management, live.operators, reactor, live.data_dir)
+        self.assertIn("webServer.tls.certFile", str(e.exception))
+
+
+class TranslationTests(unittest.TestCase):
+    """Every string the front end shows exists in both languages."""
+
+    def test_both_languages_cover_every_key_the_page_uses(self):
+        import re
+        from gotaxy.web.app import www_directory
+
+        www = www_directory()
+        english = json.loads((www / "i18n" / "en.json").read_text("utf-8"))
+        chinese = json.loads((www / "i18n" / "zh-CN.json").read_text("utf-8"))
+        self.assertEqual(set(english), set(chinese))
+        html = (www / "index.html").read_text("utf-8")
+        script = (www / "app.js").read_text("utf-8")
+        used = set(re.findall(r'data-i18n(?:-[a-z]+)?="([^"]+)"', html)) | set(re.findall(r'\bt\("([^"]+)"', script))
+        used |= {f"error.{kind}" for kind in re.findall(r'"(\w+)"', json.dumps(list(_error_kinds())))}
+        self.assertEqual(used - set(english), set())
+        for key, text in chinese.items():
+            if key not in ("error.network",):
+                self.assertNotEqual(text, english[key], f"{key} is not translated")
+        # No element with visible text lacks a translation key (except names and language names).
+        for tag, text in re.findall(r"<(h1|h2|button|th|span|p|a|option)(?![^>]*data-i18n)[^>]*>([^<]+)</\1>", html):
+            self.assertIn(text.strip(), ("Gotaxy", "English", "简体中文", "", "client.*", "tunnel.*", "token.*",
+                                         "operator.*", "login.*", "server.*", "config.*"), f"<{tag}>{text}")
+
+
+def _error_kinds():
+    from gotaxy.web.app import STATUS
+
+    return list(STATUS) + ["network"]
