@@ -8,10 +8,15 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["gotaxy", "gotaxy.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/gotaxy_server.py", "plugins/gotaxy_client.py"]},
+    packages=find_packages(include=["gotaxy", "gotaxy.*"]) + ["twisted.plugins", "gotaxy.web.www"],
+    # The panel's front end lives in www/ and is installed as gotaxy/web/www/.
+    package_dir={"gotaxy.web.www": "www"},
+    package_data={
+        "twisted": ["plugins/gotaxy_server.py", "plugins/gotaxy_client.py"],
+        "gotaxy.web.www": ["*.html", "*.js", "*.css", "*.svg", "i18n/*.json"],
+    },
     install_requires=[
-        "twisted[tls]>=23.10",
+        "twisted[tls,conch]>=23.10",
         "service-identity>=21.1",
         "pyopenssl>=26.0",
         "cryptography>=44",
@@ -20,10 +25,13 @@ setup(
         "dataset>=1.6",
         "attrs>=23.1",
         "treq>=23.11",
+        "prometheus-client>=0.17",
         "argon2-cffi>=23.1",
+        "pyotp>=2.9",
+        "qrcode>=7.4",
         "tomli>=2.0; python_version<'3.11'",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout>=2"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "jsonschema>=4.18", "playwright>=1.40"]},
     entry_points={"console_scripts": ["gotaxy = gotaxy.cli:main"]},
     classifiers=[
         "Framework :: Twisted",

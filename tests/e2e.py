@@ -161,6 +161,10 @@ class Processes:
         self.started: List[Process] = []
 
     def twistd(self, plugin: str, args: Iterable[str], name: str, env: Optional[dict] = None) -> Process:
+        if plugin == "gotaxy-server":
+            # No web panel or console unless a test asks for one (a later
+            # flag wins): their default ports are fixed.
+            args = ["--web-port", "0", "--console-port", "0", *args]
         process = Process([twistd(), "-n", "--pidfile=", plugin, *args], self.workdir, name, env)
         self.started.append(process)
         return process

@@ -82,7 +82,8 @@ class LiveSystem:
         store.close()
         options = server_tap.Options()
         options.parseOptions(
-            ["--data-dir", data_dir, "--bind-addr", "127.0.0.1", "--bind-port", str(free_port()), *server_args]
+            ["--data-dir", data_dir, "--bind-addr", "127.0.0.1", "--bind-port", str(free_port()), "--web-port", "0", "--console-port", "0",
+             *server_args]
         )
         live.server = server_tap.makeService(options, reactor, env={"GOTAXY_ADMIN_PASSWORD": ADMIN_PASSWORD})
         live.server.startService()

@@ -32,13 +32,18 @@ from gotaxy.config import (
     parse_server_config,
 )
 from gotaxy.credentials import new_password
+from gotaxy.console import make_console_service
 from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
+from gotaxy.notify import build_notifier
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
 from gotaxy.server.manage import Management
+from gotaxy.server.history import History
+from gotaxy.server.metrics import Metrics
 from gotaxy.server.operators import OperatorAuth
 from gotaxy.store import SERVER_STARTED, Store, ThreadedStore, default_url
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
+from gotaxy.web import make_web_service
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.server")
 
@@ -248,7 +253,27 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     )
     revocations.clock = reactor
     revocations.setServiceParent(top)
+    management = Management(core, reload=lambda: build_config(options))
+    operators = OperatorAuth(core)
+    # Notifications, metrics and stability history.
+    top.notifier = build_notifier(config, core.events, reactor, store)  # type: ignore[attr-defined]
+    top.notifier.setServiceParent(top)  # type: ignore[attr-defined]
+    top.metrics = Metrics(core, admission, top.notifier, reactor)  # type: ignore[attr-defined]
+    top.metrics.setServiceParent(top)  # type: ignore[attr-defined]
+    top.history = History(core, store, reactor, ledger=top.metrics.ledger)  # type: ignore[attr-defined]
+    top.history.setServiceParent(top)  # type: ignore[attr-defined]
+    top.metrics_resource = top.metrics.resource()  # type: ignore[attr-defined]
+    # The operator's faces: web panel (with /metrics) and SSH console; port 0 turns either off.
+    top.web = None  # type: ignore[attr-defined]
+    if config.web_port:
+        top.web = make_web_service(  # type: ignore[attr-defined]
+            config, core, management, operators, reactor, data_dir, extra_resources={b"metrics": top.metrics_resource}
+        )
+        top.web.setServiceParent(top)  # type: ignore[attr-defined]
+    top.console = make_console_service(config, data_dir, top, reactor)  # type: ignore[attr-defined]
+    if top.console is not None:  # type: ignore[attr-defined]
+        top.console.setServiceParent(top)  # type: ignore[attr-defined]
     top.core = core  # type: ignore[attr-defined]
-    top.management = Management(core, reload=lambda: build_config(options))  # type: ignore[attr-defined]
-    top.operators = OperatorAuth(core)  # type: ignore[attr-defined]
+    top.management = management  # type: ignore[attr-defined]
+    top.operators = operators  # type: ignore[attr-defined]
     return top
