@@ -1,0 +1,1204 @@
+#!/usr/bin/env python3
+"""
+Compare Gotaxy with a direct connection and with ``ssh -R``, on loopback.
+
+One run starts, in a temporary directory and on ephemeral 127.0.0.1 ports:
+
+* the targets: an nginx serving one small static file (access_log off) and
+  one iperf3 server per path (so a test that wedges one cannot spoil the
+  others);
+* Gotaxy: ``twistd gotaxy-server`` and ``twistd gotaxy-client`` from this
+  checkout, with two tunnels (HTTP and iperf3) over its TLS connection;
+* OpenSSH: a throwaway ``sshd`` with a fresh host key and a client that
+  forwards the same two ports with ``ssh -R`` (default cipher).
+
+Then every workload runs against each path in turn, interleaved so that
+drift of the machine hits all three alike:
+
+* iperf3, one stream, public side to service and back (``-R``);
+* wrk, HTTP GET of the file over keep-alive connections, and with
+  ``Connection: close`` so that every request opens a new connection
+  (through a tunnel that is a new stream/channel per request).
+
+While a workload runs, the CPU time of the tunnel processes is sampled from
+/proc, and after the load their VmRSS and VmHWM are read.  The results are
+printed as a table (``--markdown`` for docs/benchmarks.md).  Every process
+started here runs in its own process group and is killed on the way out,
+whatever happens.
+
+Nothing is sent to any address but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.client
+import os
+import platform
+import pwd
+import re
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import attrs
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+FILE_NAME = "file"
+
+#: (executable, Debian package that provides it)
+REQUIRED_TOOLS = [
+    ("iperf3", "iperf3"),
+    ("wrk", "wrk"),
+    ("nginx", "nginx-light"),
+    ("sshd", "openssh-server"),
+    ("ssh", "openssh-client"),
+    ("ssh-keygen", "openssh-client"),
+]
+
+DIRECT, GOTAXY, SSH = "direct", "gotaxy", "ssh -R"
+PATHS = (DIRECT, GOTAXY, SSH)
+
+
+class BenchmarkError(Exception):
+    """Setting up a path failed; the message says which and where to look."""
+
+
+# --- finding the tools -------------------------------------------------------
+
+
+def find_tool(name: str) -> Optional[str]:
+    for directory in (None, "/usr/sbin", "/sbin"):
+        found = shutil.which(name, path=directory)
+        if found:
+            return found
+    return None
+
+
+def find_twistd() -> Optional[str]:
+    sibling = Path(sys.executable).with_name("twistd")
+    if sibling.exists():
+        return str(sibling)
+    return shutil.which("twistd")
+
+
+def locate_tools() -> Dict[str, str]:
+    tools: Dict[str, str] = {}
+    missing: List[str] = []
+    packages: List[str] = []
+    for name, package in REQUIRED_TOOLS:
+        found = find_tool(name)
+        if found is not None:
+            tools[name] = found
+            continue
+        missing.append(f"{name} (Debian package {package})")
+        if package not in packages:
+            packages.append(package)
+    twistd = find_twistd()
+    if twistd is None:
+        missing.append("twistd (pip install -e . in this repository)")
+    else:
+        tools["twistd"] = twistd
+    if missing:
+        fix = f"apt-get install {' '.join(packages)}" if packages else "pip install -e ."
+        raise SystemExit(
+            f"benchmarks/run.py needs tools that are not installed: {'; '.join(missing)}. "
+            f"Install them ({fix}) and retry."
+        )
+    return tools
+
+
+def tool_version(argv: Sequence[str], pattern: str) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    match = re.search(pattern, done.stdout + done.stderr)
+    return match.group(1) if match else "?"
+
+
+# --- processes ---------------------------------------------------------------
+
+
+class ProcessGroup:
+    """The processes this run started; each in its own session, all killed on close."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: List[Tuple[str, subprocess.Popen]] = []
+        #: name -> processes it forked that left its process group (sshd's
+        #: per-connection sessions call setsid); stopped just before it.
+        self.strays: Dict[str, List[int]] = {}
+
+    def start(
+        self, name: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None
+    ) -> subprocess.Popen:
+        log = open(self.log_path(name), "wb")
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.started.append((name, process))
+        return process
+
+    def process_groups(self) -> Set[int]:
+        """Process group ids of everything started here (sshd's sessions lead their own)."""
+        groups = {process.pid for _, process in self.started}
+        for pids in self.strays.values():
+            groups.update(pids)
+        return groups
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name.replace(' ', '-')}.log"
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        try:
+            text = self.log_path(name).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop_all(self, grace: float = 3) -> None:
+        """
+        Stop everything, newest first, so that each client goes before its
+        server (the ssh client before sshd, which then reaps its session).
+        """
+        for name, process in reversed(self.started):
+            strays = self.strays.get(name, [])
+            for pid in strays:
+                _signal_process(pid, signal.SIGTERM)
+            _wait_gone(strays, grace)
+            _signal_group(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                progress(f"note: {name} (pid {process.pid}) was still running {grace:g} s after SIGTERM; killing it")
+            _signal_group(process.pid, signal.SIGKILL)
+            for pid in strays:
+                _signal_process(pid, signal.SIGKILL)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                progress(f"warning: {name} (pid {process.pid}) survived SIGKILL")
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_process(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def is_running(pid: int) -> bool:
+    """Whether pid exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: Sequence[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(is_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def children_of(pid: int) -> List[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def descendants_of(pid: int) -> List[int]:
+    found: List[int] = []
+    pending = [pid]
+    while pending:
+        for child in children_of(pending.pop()):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, all its threads."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@attrs.frozen
+class MachineCpu:
+    """
+    CPU seconds of the whole machine, split into this benchmark's and the rest.
+
+    On a shared machine other work competes for the same cores; the share it
+    took during a run is reported next to the figures so that a noisy run can
+    be recognised.
+    """
+
+    busy: float  # user + nice + system, all CPUs
+    steal: float  # taken by the hypervisor
+    ours: float  # everything this script started, load generators included
+
+    def foreign_since(self, earlier: "MachineCpu") -> float:
+        return max(0.0, (self.busy - earlier.busy) - (self.ours - earlier.ours))
+
+
+def machine_cpu(group: "ProcessGroup") -> MachineCpu:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _, _, _, _, steal = (int(f) for f in fields[:8])
+    groups = group.process_groups()
+    ours = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[2]) in groups:
+            ours += (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        ours += usage.ru_utime + usage.ru_stime
+    return MachineCpu((user + nice + system) / CLOCK_TICKS, steal / CLOCK_TICKS, ours)
+
+
+@attrs.frozen
+class Memory:
+    rss_kib: int
+    hwm_kib: int
+
+
+def memory_of(pid: int) -> Optional[Memory]:
+    values: Dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0])
+    except OSError:
+        return None
+    if len(values) != 2:
+        return None
+    return Memory(values["VmRSS"], values["VmHWM"])
+
+
+# --- ports -------------------------------------------------------------------
+
+
+def free_ports(count: int) -> List[int]:
+    """Distinct ports that were free a moment ago (the kernel picks them)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def is_listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port or 0.0.0.0:port (without connecting to it)."""
+    wanted = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if fields[1] in wanted and fields[3] == "0A":
+            return True
+    return False
+
+
+def wait_until(
+    what: str,
+    ready: Callable[[], bool],
+    processes: Sequence[Tuple[str, subprocess.Popen]],
+    group: ProcessGroup,
+    timeout: float = 30,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        for name, process in processes:
+            if process.poll() is not None:
+                raise BenchmarkError(
+                    f"{name} exited with status {process.returncode} while waiting for {what}; "
+                    f"its log ({group.log_path(name)}) ends with:\n{textwrap.indent(group.log_tail(name), '    ')}"
+                )
+        if time.monotonic() > deadline:
+            tails = "\n".join(
+                f"  {name} ({group.log_path(name)}):\n{textwrap.indent(group.log_tail(name), '    ')}"
+                for name, _ in processes
+            )
+            raise BenchmarkError(f"timed out after {timeout:.0f} s waiting for {what}.\n{tails}")
+        time.sleep(0.1)
+
+
+# --- the paths ---------------------------------------------------------------
+
+
+@attrs.define
+class PathEndpoints:
+    """Where the load generators connect for one path, and which processes carry it."""
+
+    path: str
+    http_port: int
+    iperf_port: int
+    #: role ("server", "client") -> pid of the process that carries the tunnel
+    carriers: Dict[str, int] = attrs.field(factory=dict)
+    #: role -> what the process is called in messages and logs
+    names: Dict[str, str] = attrs.field(factory=dict)
+    description: str = ""
+
+
+def start_targets(group: ProcessGroup, tools: Dict[str, str], work: Path, file_size: int) -> Tuple[int, Dict[str, int]]:
+    """nginx (one worker) and one iperf3 server per path; returns their ports."""
+    nginx_port, *iperf_ports = free_ports(1 + len(PATHS))
+    root = work / "www"
+    root.mkdir()
+    (root / FILE_NAME).write_bytes(os.urandom(file_size))
+    nginx_dir = work / "nginx"
+    nginx_dir.mkdir()
+    # The worker drops to an unprivileged user when started as root; the
+    # temporary directory is private, so let it stay who it is.
+    user = f"user {pwd.getpwuid(os.getuid()).pw_name};" if os.getuid() == 0 else ""
+    config = nginx_dir / "nginx.conf"
+    config.write_text(textwrap.dedent(f"""\
+            {user}
+            daemon off;
+            worker_processes 1;
+            pid {nginx_dir}/nginx.pid;
+            error_log {nginx_dir}/error.log warn;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                sendfile on;
+                tcp_nopush on;
+                keepalive_requests 1000000;
+                keepalive_timeout 60s;
+                client_body_temp_path {nginx_dir}/body;
+                proxy_temp_path {nginx_dir}/proxy;
+                fastcgi_temp_path {nginx_dir}/fastcgi;
+                uwsgi_temp_path {nginx_dir}/uwsgi;
+                scgi_temp_path {nginx_dir}/scgi;
+                default_type application/octet-stream;
+                server {{
+                    listen {LOOPBACK}:{nginx_port};
+                    root {root};
+                }}
+            }}
+            """))
+    nginx = group.start(
+        "nginx", [tools["nginx"], "-p", str(nginx_dir), "-e", str(nginx_dir / "error.log"), "-c", str(config)]
+    )
+    waiting = [("nginx", nginx)]
+    iperf_by_path: Dict[str, int] = {}
+    for path, port in zip(PATHS, iperf_ports):
+        name = f"iperf3-server-{path.split()[0]}"
+        waiting.append((name, group.start(name, [tools["iperf3"], "-s", "-B", LOOPBACK, "-p", str(port)])))
+        iperf_by_path[path] = port
+    wait_until(
+        "nginx and the iperf3 servers to listen",
+        lambda: all(is_listening(p) for p in [nginx_port, *iperf_ports]),
+        waiting,
+        group,
+    )
+    return nginx_port, iperf_by_path
+
+
+def start_gotaxy(
+    group: ProcessGroup, tools: Dict[str, str], work: Path, source: Path, nginx_port: int, iperf_port: int
+) -> PathEndpoints:
+    control_port, web_port, iperf_public, panel_port, console_port = free_ports(5)
+    directory = work / "gotaxy"
+    directory.mkdir()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+    # The web panel and the SSH console stay on, as in a default deployment,
+    # but on ephemeral loopback ports rather than 7500 and 7022, which another
+    # server on this machine may hold.
+    services = []
+    server_help = subprocess.run(
+        [tools["twistd"], "gotaxy-server", "--help"], capture_output=True, text=True, env=env, cwd=directory, timeout=60
+    ).stdout
+    if "--web-port" in server_help:
+        services += ["--web-port", str(panel_port)]
+    if "--console-port" in server_help:
+        services += ["--console-port", str(console_port)]
+    server = group.start(
+        "gotaxy-server",
+        [
+            tools["twistd"], "-n", "--pidfile=", "gotaxy-server",
+            "--data-dir", str(directory / "server"),
+            "--bind-addr", LOOPBACK,
+            "--bind-port", str(control_port),
+            "--allow-ports", f"{web_port},{iperf_public}",
+            *services,
+        ],
+        env=env,
+        cwd=directory,
+    )
+    banner: Dict[str, str] = {}
+
+    def banner_printed() -> bool:
+        try:
+            text = group.log_path("gotaxy-server").read_text(errors="replace")
+        except OSError:
+            return False
+        for line in text.splitlines():
+            if "client token" in line:
+                banner["token"] = line.split()[-1]
+            elif "server certificate" in line:
+                banner["fingerprint"] = line.split()[-1]
+        return len(banner) == 2 and is_listening(control_port)
+
+    wait_until("the gotaxy server's first-start banner", banner_printed, [("gotaxy-server", server)], group)
+    client = group.start(
+        "gotaxy-client",
+        [
+            tools["twistd"], "-n", "--pidfile=", "gotaxy-client",
+            "--server", f"{LOOPBACK}:{control_port}",
+            "--token", banner["token"],
+            "--fingerprint", banner["fingerprint"],
+            "--data-dir", str(directory / "client"),
+            "--tunnel", f"web=tcp:{LOOPBACK}:{nginx_port}:{web_port}",
+            "--tunnel", f"iperf=tcp:{LOOPBACK}:{iperf_port}:{iperf_public}",
+        ],
+        env=env,
+        cwd=directory,
+    )
+
+    def tunnels_up() -> bool:
+        text = group.log_path("gotaxy-client").read_text(errors="replace")
+        return "tunnel web up at" in text and "tunnel iperf up at" in text
+
+    wait_until(
+        "both gotaxy tunnels to come up", tunnels_up, [("gotaxy-server", server), ("gotaxy-client", client)], group
+    )
+    return PathEndpoints(
+        GOTAXY,
+        http_port=web_port,
+        iperf_port=iperf_public,
+        carriers={"server": server.pid, "client": client.pid},
+        names={"server": "gotaxy-server", "client": "gotaxy-client"},
+        description=f"TLS {tls_description(control_port)}",
+    )
+
+
+def tls_description(port: int) -> str:
+    """Protocol and cipher the gotaxy server picks for a default OpenSSL client."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=5) as raw:
+            with context.wrap_socket(raw) as tls:
+                cipher = tls.cipher()
+                return f"{tls.version()} {cipher[0] if cipher else '?'}"
+    except (OSError, ssl.SSLError) as e:
+        return f"(cipher unknown: {e})"
+
+
+def start_ssh(
+    group: ProcessGroup, tools: Dict[str, str], work: Path, nginx_port: int, iperf_port: int
+) -> PathEndpoints:
+    sshd_port, web_port, iperf_public = free_ports(3)
+    directory = work / "ssh"
+    directory.mkdir(mode=0o700)
+    host_key, user_key = directory / "host_ed25519", directory / "id_ed25519"
+    for key in (host_key, user_key):
+        subprocess.run(
+            [tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, stdin=subprocess.DEVNULL
+        )
+    shutil.copy(f"{user_key}.pub", directory / "authorized_keys")
+    config = directory / "sshd_config"
+    config.write_text(textwrap.dedent(f"""\
+            ListenAddress {LOOPBACK}
+            Port {sshd_port}
+            HostKey {host_key}
+            PermitRootLogin prohibit-password
+            AuthorizedKeysFile {directory}/authorized_keys
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            StrictModes no
+            UsePAM no
+            AllowTcpForwarding yes
+            GatewayPorts no
+            PidFile none
+            """))
+    if os.getuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    sshd = group.start("sshd", [tools["sshd"], "-D", "-e", "-f", str(config)])
+    wait_until("sshd to listen", lambda: is_listening(sshd_port), [("sshd", sshd)], group)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    # -F /dev/null: no ~/.ssh/config, so the defaults (cipher included) are OpenSSH's own.
+    common = [
+        "-F", "/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-i", str(user_key),
+        "-p", str(sshd_port),
+    ]
+    cipher = ssh_cipher(tools["ssh"], common, user)
+    client = group.start(
+        "ssh-client",
+        [
+            tools["ssh"], "-N", *common,
+            "-o", "LogLevel=ERROR",
+            "-o", "ExitOnForwardFailure=yes",
+            "-R", f"{LOOPBACK}:{web_port}:{LOOPBACK}:{nginx_port}",
+            "-R", f"{LOOPBACK}:{iperf_public}:{LOOPBACK}:{iperf_port}",
+            f"{user}@{LOOPBACK}",
+        ],
+    )
+    wait_until(
+        "ssh -R to forward both ports",
+        lambda: is_listening(web_port) and is_listening(iperf_public),
+        [("sshd", sshd), ("ssh-client", client)],
+        group,
+    )
+    session = sshd_session(sshd.pid)
+    group.strays["sshd"] = descendants_of(sshd.pid)
+    return PathEndpoints(
+        SSH,
+        http_port=web_port,
+        iperf_port=iperf_public,
+        carriers={"server": session, "client": client.pid},
+        names={"server": "sshd session", "client": "ssh-client"},
+        description=cipher,
+    )
+
+
+def ssh_cipher(ssh: str, common: List[str], user: str) -> str:
+    """The cipher ssh negotiates with this sshd, from a separate ``ssh -v ... true``."""
+    try:
+        done = subprocess.run(
+            [ssh, *common, "-v", f"{user}@{LOOPBACK}", "true"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return "cipher unknown"
+    match = re.search(r"kex: server->client cipher: (\S+) MAC: (\S+)", done.stderr)
+    if not match:
+        return "cipher unknown"
+    mac = "" if match.group(2) == "<implicit>" else f" + {match.group(2)}"
+    return f"{match.group(1)}{mac}"
+
+
+def sshd_session(sshd_pid: int) -> int:
+    """
+    The process that serves the forwarding session.
+
+    With privilege separation that is the unprivileged child, ``sshd:
+    USER@notty``; a root login without PAM runs the whole session in one
+    process, ``sshd: root``.  Either way it is the leaf under the listener.
+    """
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        sessions = descendants_of(sshd_pid)
+        for pid in sessions:
+            if "@notty" in cmdline(pid):
+                return pid
+        leaves = [pid for pid in sessions if not children_of(pid)]
+        if leaves:
+            return leaves[-1]
+        time.sleep(0.1)
+    raise BenchmarkError("could not find sshd's session process under the sshd listener")
+
+
+def check_paths(endpoints: Dict[str, PathEndpoints], expected: bytes) -> None:
+    """One GET of the file through every path before measuring anything."""
+    for path, ends in endpoints.items():
+        connection = http.client.HTTPConnection(LOOPBACK, ends.http_port, timeout=10)
+        try:
+            connection.request("GET", f"/{FILE_NAME}")
+            response = connection.getresponse()
+            body = response.read()
+        except OSError as e:
+            raise BenchmarkError(f"GET /{FILE_NAME} through {path} (port {ends.http_port}) failed: {e}") from None
+        finally:
+            connection.close()
+        if response.status != 200 or body != expected:
+            raise BenchmarkError(
+                f"GET /{FILE_NAME} through {path} returned status {response.status} and {len(body)} bytes, not the file"
+            )
+
+
+# --- workloads ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Measurement:
+    """One run of one workload on one path."""
+
+    value: Optional[float]  # None when the run failed outright
+    problems: str = ""  # errors the tool reported, shown next to the figure
+    cpu: Dict[str, float] = attrs.field(factory=dict)  # role -> CPU seconds per second
+    memory: Dict[str, Optional[Memory]] = attrs.field(factory=dict)  # role -> right after the run
+    foreign: float = 0.0  # cores' worth of CPU other processes on the machine used meanwhile
+    steal: float = 0.0  # cores' worth of CPU the hypervisor took meanwhile
+    detail: str = ""  # e.g. wrk's mean latency, shown in the progress lines
+
+
+@attrs.frozen
+class Workload:
+    key: str
+    label: str
+    unit: str
+    #: (tools, endpoints, duration) -> (figure or None, problems, detail)
+    run: Callable[[Dict[str, str], PathEndpoints, float], Tuple[Optional[float], str, str]]
+
+
+def run_iperf3(
+    tools: Dict[str, str], ends: PathEndpoints, duration: float, reverse: bool
+) -> Tuple[Optional[float], str, str]:
+    import json
+
+    argv = [
+        tools["iperf3"],
+        "-c",
+        LOOPBACK,
+        "-p",
+        str(ends.iperf_port),
+        "-t",
+        f"{duration:g}",
+        "-J",
+        "--connect-timeout",
+        "5000",
+    ]
+    if reverse:
+        argv.append("-R")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return None, f"iperf3 did not finish within {duration + 30:g} s", ""
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        return None, f"iperf3 exited {done.returncode}: {(done.stderr or done.stdout).strip()[:200]}", ""
+    if "error" in report:
+        return None, f"iperf3: {report['error']}", ""
+    end = report["end"]
+    received = end["sum_received"]["bits_per_second"]
+    retransmits = end.get("sum_sent", {}).get("retransmits")
+    return received / 1e9, "", f"sender retransmits {retransmits}" if retransmits is not None else ""
+
+
+WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+WRK_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+WRK_LATENCY = re.compile(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)")
+WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def run_wrk(
+    tools: Dict[str, str], ends: PathEndpoints, duration: float, connections: int, threads: int, new_connection: bool
+) -> Tuple[Optional[float], str, str]:
+    argv = [tools["wrk"], f"-t{threads}", f"-c{connections}", f"-d{duration:g}s"]
+    if new_connection:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://{LOOPBACK}:{ends.http_port}/{FILE_NAME}")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return None, f"wrk did not finish within {duration + 30:g} s", ""
+    rate = WRK_RATE.search(done.stdout)
+    if rate is None:
+        return None, f"wrk exited {done.returncode}: {(done.stderr or done.stdout).strip()[:200]}", ""
+    problems = []
+    socket_errors = WRK_SOCKET_ERRORS.search(done.stdout)
+    if socket_errors:
+        for kind, count in zip(("connect", "read", "write", "timeout"), socket_errors.groups()):
+            if int(count):
+                problems.append(f"{count} {kind} errors")
+    non_2xx = WRK_NON_2XX.search(done.stdout)
+    if non_2xx:
+        problems.append(f"{non_2xx.group(1)} non-2xx")
+    latency = WRK_LATENCY.search(done.stdout)
+    detail = f"latency mean {latency.group(1)}, stdev {latency.group(2)}, max {latency.group(3)}" if latency else ""
+    return float(rate.group(1)), ", ".join(problems), detail
+
+
+def workloads(connections: int, threads: int, reverse: bool) -> List[Workload]:
+    http = functools.partial(run_wrk, connections=connections, threads=threads)
+    upload = functools.partial(run_iperf3, reverse=False)
+    chosen = [Workload("up", "iperf3 1 stream, public→service", "Gbit/s", upload)]
+    if reverse:
+        download = functools.partial(run_iperf3, reverse=True)
+        chosen.append(Workload("down", "iperf3 1 stream, service→public (-R)", "Gbit/s", download))
+    chosen += [
+        Workload(
+            "keepalive", f"HTTP keep-alive, {connections} conns", "req/s", functools.partial(http, new_connection=False)
+        ),
+        Workload(
+            "close",
+            f"HTTP new conn per request, {connections} conns",
+            "req/s",
+            functools.partial(http, new_connection=True),
+        ),
+    ]
+    return chosen
+
+
+def measure(
+    workload: Workload, tools: Dict[str, str], ends: PathEndpoints, duration: float, group: ProcessGroup
+) -> Measurement:
+    gone = [ends.names[role] for role, pid in ends.carriers.items() if not is_running(pid)]
+    if gone:
+        return Measurement(None, f"not run: {', '.join(gone)} no longer running")
+    before = {role: cpu_seconds(pid) for role, pid in ends.carriers.items()}
+    machine_before = machine_cpu(group)
+    started = time.monotonic()
+    value, problems, detail = workload.run(tools, ends, duration)
+    elapsed = time.monotonic() - started
+    machine_after = machine_cpu(group)
+    foreign = machine_after.foreign_since(machine_before) / elapsed
+    steal = (machine_after.steal - machine_before.steal) / elapsed
+    cpu = {role: (cpu_seconds(pid) - before[role]) / elapsed for role, pid in ends.carriers.items()}
+    died = [ends.names[role] for role, pid in ends.carriers.items() if not is_running(pid)]
+    if died:
+        problems = "; ".join(filter(None, [problems, f"{', '.join(died)} exited during the run"]))
+        cpu = {}
+    memory = {role: memory_of(pid) for role, pid in ends.carriers.items()}
+    return Measurement(value, problems, cpu, memory=memory, foreign=foreign, steal=steal, detail=detail)
+
+
+def measure_quietly(
+    workload: Workload,
+    tools: Dict[str, str],
+    ends: PathEndpoints,
+    args: argparse.Namespace,
+    group: ProcessGroup,
+    tag: str,
+) -> Measurement:
+    """
+    Measure, and measure again (up to ``args.attempts`` times in all) while
+    other processes on the machine took more than ``args.busy`` cores meanwhile;
+    keep the quietest attempt.
+    """
+    attempts: List[Measurement] = []
+    while True:
+        result = measure(workload, tools, ends, args.duration, group)
+        attempts.append(result)
+        show_progress(tag, workload, ends, result)
+        # Let TIME_WAIT sockets and buffers settle between runs.
+        time.sleep(1)
+        if result.foreign <= args.busy or len(attempts) >= args.attempts:
+            break
+        progress(
+            f"{' ' * len(tag)} other processes were busy ({result.foreign * 100:.0f} % of a core); measuring again"
+        )
+    return min(attempts, key=lambda m: m.foreign)
+
+
+def show_progress(tag: str, workload: Workload, ends: PathEndpoints, result: Measurement) -> None:
+    shown = format_value(result.value, workload.unit)
+    cpu = ", ".join(f"{role} {share * 100:.0f} %" for role, share in result.cpu.items())
+    rss = ", ".join(
+        f"{role} {m.rss_kib / 1024:.0f}/{m.hwm_kib / 1024:.0f} MiB" for role, m in result.memory.items() if m
+    )
+    progress(
+        f"{tag} {workload.label:<38} {ends.path:<7} {shown:>8} {workload.unit:<6}"
+        + (f" | CPU {cpu}" if cpu else "")
+        + (f" | RSS/HWM {rss}" if rss else "")
+        + (f" | {result.detail}" if result.detail else "")
+        + f" | others {result.foreign * 100:.0f} %, steal {result.steal * 100:.0f} %"
+        + (f" | !! {result.problems}" if result.problems else "")
+    )
+
+
+# --- the report --------------------------------------------------------------
+
+
+@attrs.frozen
+class Summary:
+    """The runs of one workload on one path, reduced to one cell."""
+
+    value: Optional[float]
+    problems: str
+    cpu: Dict[str, float]
+    low: Optional[float] = None  # over the repeats
+    high: Optional[float] = None
+    foreign: float = 0.0  # median over the runs, cores
+
+
+def summarize(runs: List[Measurement]) -> Summary:
+    values = [r.value for r in runs if r.value is not None]
+    problems = "; ".join(sorted({r.problems for r in runs if r.problems}))
+    failed = len(runs) - len(values)
+    if failed:
+        problems = "; ".join(filter(None, [f"{failed} of {len(runs)} runs failed", problems]))
+    value = statistics.median(values) if values else None
+    roles = sorted({role for r in runs for role in r.cpu})
+    cpu = {role: statistics.median([r.cpu[role] for r in runs if role in r.cpu]) for role in roles}
+    foreign = statistics.median([r.foreign for r in runs])
+    return Summary(value, problems, cpu, min(values, default=None), max(values, default=None), foreign)
+
+
+def format_value(value: Optional[float], unit: str) -> str:
+    if value is None:
+        return "failed"
+    if unit == "req/s":
+        return f"{value:,.0f}"
+    if unit == "MiB":
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def format_ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
+    if numerator is None or denominator is None or denominator == 0:
+        return "—"
+    return f"{numerator / denominator:.2f}"
+
+
+def cell(summary: Summary, unit: str, notes: List[str]) -> str:
+    """The figure; problems go to a numbered note so that they cannot be missed."""
+    text = format_value(summary.value, unit)
+    if summary.problems:
+        notes.append(summary.problems)
+        text += f" [!{len(notes)}]"
+    return text
+
+
+def render(headers: List[str], rows: List[List[str]], markdown: bool) -> str:
+    if markdown:
+        lines = [
+            "| " + " | ".join(headers) + " |",
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: List[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def report(
+    chosen: List[Workload],
+    results: Dict[Tuple[str, str], Summary],
+    memory: Dict[str, Dict[str, Tuple[Optional[Memory], Optional[Memory]]]],
+    markdown: bool,
+) -> str:
+    headers = ["workload", DIRECT, GOTAXY, SSH, "gotaxy / ssh -R", "gotaxy / direct"]
+    rows = []
+    notes: List[str] = []
+    for workload in chosen:
+        direct, gotaxy, ssh = (results[(workload.key, path)] for path in PATHS)
+        rows.append(
+            [
+                f"{workload.label} ({workload.unit})",
+                cell(direct, workload.unit, notes),
+                cell(gotaxy, workload.unit, notes),
+                cell(ssh, workload.unit, notes),
+                format_ratio(gotaxy.value, ssh.value),
+                format_ratio(gotaxy.value, direct.value),
+            ]
+        )
+    memory_rows = [
+        ("RSS before load, VmRSS", 0, "rss_kib"),
+        ("RSS after load, VmRSS", 1, "rss_kib"),
+        ("peak RSS before load, VmHWM", 0, "hwm_kib"),
+        ("peak RSS after load, VmHWM", 1, "hwm_kib"),
+    ]
+    for role in ("server", "client"):
+        for label, moment, field in memory_rows:
+            gotaxy_mib, ssh_mib = (
+                getattr(m, field) / 1024 if (m := memory[path][role][moment]) else None for path in (GOTAXY, SSH)
+            )
+            rows.append(
+                [
+                    f"{role} {label} (MiB)",
+                    "—",
+                    format_value(gotaxy_mib, "MiB"),
+                    format_value(ssh_mib, "MiB"),
+                    format_ratio(gotaxy_mib, ssh_mib),
+                    "—",
+                ]
+            )
+    main = render(headers, rows, markdown)
+    if notes:
+        main += "\n\n" + "\n".join(f"[!{number}] {note}" for number, note in enumerate(notes, 1))
+
+    cpu_headers = [
+        "workload",
+        "gotaxy server",
+        "gotaxy client",
+        "sshd session",
+        "ssh client",
+        "others (gotaxy runs)",
+        "others (ssh -R runs)",
+    ]
+    cpu_rows = []
+    for workload in chosen:
+        gotaxy, ssh = results[(workload.key, GOTAXY)], results[(workload.key, SSH)]
+        cpu_rows.append(
+            [
+                workload.label,
+                *(f"{gotaxy.cpu.get(role, float('nan')) * 100:.0f} %" for role in ("server", "client")),
+                *(f"{ssh.cpu.get(role, float('nan')) * 100:.0f} %" for role in ("server", "client")),
+                f"{gotaxy.foreign * 100:.0f} %",
+                f"{ssh.foreign * 100:.0f} %",
+            ]
+        )
+    cpu = render(cpu_headers, cpu_rows, markdown)
+    bullet = "- " if markdown else "  "
+    spreads = [
+        f"{bullet}{workload.label}, {path}: "
+        f"{format_value(summary.low, workload.unit)} – {format_value(summary.high, workload.unit)} {workload.unit}"
+        for workload in chosen
+        for path in PATHS
+        if (summary := results[(workload.key, path)]).low != summary.high
+    ]
+    parts = [
+        main,
+        "",
+        "CPU use while each workload ran (100 % = one core; median over the repeats). "
+        "'others' is CPU taken meanwhile by processes this script did not start:",
+        "",
+        cpu,
+    ]
+    if spreads:
+        parts += ["", "Range (min–max) over the repeats:", *spreads]
+    return "\n".join(parts)
+
+
+def verdict(chosen: List[Workload], results: Dict[Tuple[str, str], Summary]) -> str:
+    lines = ["The bar: gotaxy (TLS) at least matches ssh -R on throughput and on new-connection req/s."]
+    for workload in chosen:
+        if workload.key not in ("up", "down", "close"):
+            continue
+        gotaxy, ssh = results[(workload.key, GOTAXY)], results[(workload.key, SSH)]
+        if gotaxy.value is None or ssh.value is None:
+            outcome = "cannot tell (a run failed)"
+        else:
+            ratio = gotaxy.value / ssh.value
+            outcome = f"{'met' if ratio >= 1 else 'NOT met'} (gotaxy / ssh -R = {ratio:.2f})"
+        if gotaxy.problems:
+            outcome += f"; gotaxy reported errors: {gotaxy.problems}"
+        lines.append(f"  {workload.label}: {outcome}")
+    return "\n".join(lines)
+
+
+# --- main --------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Measure Gotaxy against a direct connection and ssh -R on loopback (iperf3, wrk, nginx)."
+    )
+    parser.add_argument("--duration", type=float, default=6, help="seconds per measurement (default 6)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per measurement, one repeat, no re-runs")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per workload and path; the table shows the median (default 3)"
+    )
+    parser.add_argument(
+        "--busy",
+        type=float,
+        default=0.25,
+        help="re-run a measurement when other processes used more than this many cores meanwhile (default 0.25)",
+    )
+    parser.add_argument(
+        "--attempts", type=int, default=3, help="most attempts per measurement on a busy machine (default 3)"
+    )
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--file-size", type=int, default=1024, help="bytes in the file nginx serves (default 1024)")
+    parser.add_argument("--no-reverse", dest="reverse", action="store_false", help="skip the iperf3 -R run")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=REPO_ROOT,
+        help="the Gotaxy checkout to measure, e.g. a git worktree of another branch (default: this one)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.repeat, args.attempts = 2, 1, 1
+    if args.duration <= 0 or args.repeat < 1 or args.attempts < 1:
+        parser.error("--duration must be positive, --repeat and --attempts at least 1")
+    args.source = args.source.resolve()
+    if not (args.source / "gotaxy" / "__init__.py").exists():
+        parser.error(f"--source {args.source} is not a Gotaxy checkout (no gotaxy/__init__.py there)")
+    return args
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def gotaxy_revision(source: Path) -> str:
+    """The commit measured, and whether gotaxy/ differed from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--", "gotaxy", "twisted"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return f"from {source} (not a git checkout)"
+    if not commit:
+        return f"from {source} (not a git checkout)"
+    return f"from {source} at commit {commit}" + (" with uncommitted changes in gotaxy/" if dirty else "")
+
+
+def environment(tools: Dict[str, str], endpoints: Dict[str, PathEndpoints], args: argparse.Namespace) -> str:
+    from importlib.metadata import version
+
+    import OpenSSL
+
+    ssh_version = tool_version([tools["ssh"], "-V"], r"(OpenSSH_\S+)")
+    iperf_version = tool_version([tools["iperf3"], "--version"], r"iperf (\S+)")
+    wrk_version = tool_version([tools["wrk"], "-v"], r"wrk (\S+)")
+    nginx_version = tool_version([tools["nginx"], "-v"], r"nginx/(\S+)")
+    return "\n".join(
+        [
+            f"gotaxy {gotaxy_revision(args.source)}",
+            f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
+            "everything on 127.0.0.1",
+            f"python {platform.python_version()}, twisted {version('twisted')}, pyOpenSSL {version('pyopenssl')} "
+            f"({OpenSSL.SSL.SSLeay_version(OpenSSL.SSL.SSLEAY_VERSION).decode()})",
+            f"gotaxy: {endpoints[GOTAXY].description}",
+            f"ssh -R: {ssh_version}, cipher {endpoints[SSH].description}",
+            f"iperf3 {iperf_version}, wrk {wrk_version}, nginx {nginx_version} "
+            f"(1 worker, {args.file_size}-byte file, access_log off)",
+            f"{args.duration:g} s per measurement, {args.repeat} run(s) each (median shown); "
+            f"wrk -t{args.threads} -c{args.connections}; iperf3 single stream",
+        ]
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if sys.platform != "linux":
+        raise SystemExit("benchmarks/run.py reads /proc and runs Debian tools; run it on Linux.")
+    tools = locate_tools()
+    chosen = workloads(args.connections, args.threads, args.reverse)
+    work = Path(tempfile.mkdtemp(prefix="gotaxy-bench-"))
+    group = ProcessGroup(work)
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        progress(f"working in {work}")
+        nginx_port, iperf_ports = start_targets(group, tools, work, args.file_size)
+        endpoints = {
+            DIRECT: PathEndpoints(DIRECT, http_port=nginx_port, iperf_port=iperf_ports[DIRECT], description="no tunnel")
+        }
+        progress("starting gotaxy server and client")
+        endpoints[GOTAXY] = start_gotaxy(group, tools, work, args.source, nginx_port, iperf_ports[GOTAXY])
+        progress("starting sshd and ssh -R")
+        endpoints[SSH] = start_ssh(group, tools, work, nginx_port, iperf_ports[SSH])
+        check_paths(endpoints, (work / "www" / FILE_NAME).read_bytes())
+
+        memory: Dict[str, Dict[str, Tuple[Optional[Memory], Optional[Memory]]]] = {}
+        idle = {
+            path: {role: memory_of(pid) for role, pid in endpoints[path].carriers.items()} for path in (GOTAXY, SSH)
+        }
+
+        runs: Dict[Tuple[str, str], List[Measurement]] = {}
+        for repeat in range(args.repeat):
+            for workload in chosen:
+                for path in PATHS:
+                    result = measure_quietly(
+                        workload, tools, endpoints[path], args, group, f"[{repeat + 1}/{args.repeat}]"
+                    )
+                    runs.setdefault((workload.key, path), []).append(result)
+
+        for path in (GOTAXY, SSH):
+            memory[path] = {role: (idle[path][role], memory_of(pid)) for role, pid in endpoints[path].carriers.items()}
+        results = {key: summarize(value) for key, value in runs.items()}
+        for name, process in group.started:
+            if process.poll() is not None:
+                how = (
+                    f"was killed by signal {-process.returncode}"
+                    if process.returncode < 0
+                    else f"exited with status {process.returncode}"
+                )
+                progress(f"warning: {name} {how} during the run (not by this script); see {group.log_path(name)}")
+        print(environment(tools, endpoints, args))
+        print()
+        print(report(chosen, results, memory, args.markdown))
+        print()
+        print(verdict(chosen, results))
+        return 0
+    except BenchmarkError as e:
+        progress(f"benchmark set-up failed: {e}")
+        return 1
+    except KeyboardInterrupt:
+        progress("interrupted; stopping everything")
+        return 130
+    finally:
+        group.stop_all()
+        if args.keep:
+            progress(f"logs and configs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
