@@ -73,8 +73,24 @@ WINDOW_UPDATE_THRESHOLD = INITIAL_WINDOW // 4
 #: this for one client are refused.
 MAX_STREAMS = 1024
 
+#: Send buffer of the mux's TCP socket before its streams are paused (and
+#: also the size of its reads).
+MUX_SOCKET_BUFFER = 512 * 1024
+
 _DATA_HEADER = FrameType.DATA
 _MAX_STREAM_ID = 0xFFFFFFFF
+
+
+def set_no_delay(transport: object) -> None:
+    """
+    Turn off Nagle's algorithm: a tunnel adds a hop, and delaying small
+    writes at each end (request headers, WINDOW frames) costs far more
+    latency than the few extra packets cost bandwidth.  Transports that are
+    not TCP (UNIX sockets, in-memory test transports) have nothing to turn off.
+    """
+    set_option = getattr(transport, "setTcpNoDelay", None)
+    if set_option is not None:
+        set_option(True)
 
 
 def _half_close_sink(transport: Any) -> None:
@@ -337,6 +353,14 @@ class MuxProtocol(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        set_no_delay(self.transport)  # a TLS transport passes it to its TCP transport
+        # Twisted pauses a producer once 64 KiB wait in the socket's buffer,
+        # which for a mux carrying 64 KiB frames means a pause and a resume
+        # of every stream's socket per frame.  A larger buffer keeps the
+        # pipe full and pauses only on a real backlog.
+        tcp = getattr(self.transport, "transport", self.transport)
+        if isinstance(getattr(tcp, "bufferSize", None), int):
+            tcp.bufferSize = MUX_SOCKET_BUFFER
         self.transport.registerProducer(self, True)
 
     def send_preamble(self) -> None:

@@ -17,7 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gotaxy.mux import Stream
+from gotaxy.mux import Stream, set_no_delay
 
 
 @implementer(IHalfCloseableProtocol)
@@ -35,6 +35,7 @@ class StreamRelay(Protocol):
         stream.attach(self.transport)
 
     def connectionMade(self) -> None:
+        set_no_delay(self.transport)
         if self.stream is not None:
             self.stream.attach(self.transport)
 

@@ -15,7 +15,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gotaxy.logs import gotaxy_observer
-from gotaxy.relay import StreamRelay
+from gotaxy.relay import StreamRelay, set_no_delay
 from gotaxy.wire import CLOSE_ERROR_PREFIX
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ class PublicConnection(StreamRelay):
         self.tunnel = tunnel
 
     def connectionMade(self) -> None:
+        set_no_delay(self.transport)
         tunnel = self.tunnel
         peer = self.transport.getPeer()
         stream = tunnel.session.open_stream(tunnel.name, f"{peer.host}:{peer.port}")
