@@ -15,8 +15,10 @@ from tests.e2e import echo_once, free_port, gotaxy_cli, read_all, stream_through
 
 def test_echo_round_trip_with_half_close(procs, echo):
     server = procs.server()
-    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", f"named=tcp:localhost:{echo.port}")
     port = tunnel_port(client, "echo")
+    # A local service given by host name rather than address.
+    assert echo_once(tunnel_port(client, "named"), b"by name") == b"by name"
 
     # The client half-closes after sending; the echo service only answers
     # the rest and closes once it sees that FIN, so this proves half-close
