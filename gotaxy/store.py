@@ -108,6 +108,21 @@ class EventRecord:
     detail: Optional[str] = None
 
 
+def ensure_tables(db: Any, columns: Dict[str, List[Tuple[str, Any]]], indexes: Dict[str, List[List[str]]]) -> None:
+    """
+    Create ``columns`` (table -> [(column, type)]) and ``indexes`` (table ->
+    [[column, ...]]) where missing.  Other modules (the panel, the history)
+    keep their own tables in the store's database this way.  Run outside a
+    transaction: dataset warns about schema changes inside one.
+    """
+    for table_name, cols in columns.items():
+        table = db.create_table(table_name, primary_id="id")
+        for name, type_ in cols:
+            table.create_column(name, type_)
+        for index in indexes.get(table_name, []):
+            table.create_index(index)
+
+
 def default_url(data_dir: str) -> str:
     import os
 
@@ -179,13 +194,7 @@ class Store:
             "events": [["at"], ["type"], ["client"]],
             "admins": [["username"]],
         }
-        with self.db as tx:
-            for table_name, cols in columns.items():
-                table = tx.create_table(table_name, primary_id="id")
-                for name, type_ in cols:
-                    table.create_column(name, type_)
-                for index in indexes.get(table_name, []):
-                    table.create_index(index)
+        ensure_tables(self.db, columns, indexes)
 
     # -- tokens --------------------------------------------------------------
 

@@ -139,6 +139,17 @@ class LiveSystem:
         return self.server.stopService()
 
 
+async def port_refused(port: int) -> bool:
+    """True if nothing accepts connections on ``port`` (loopback)."""
+    from twisted.internet.error import ConnectionRefusedError
+
+    try:
+        await echo_through(port, b"x", timeout=2)
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 async def echo_through(port: int, payload: bytes, timeout: float = 10.0) -> bytes:
     """Connect to ``port`` on loopback, send ``payload``, return what comes back."""
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol

@@ -10,7 +10,6 @@ import json
 import socket
 
 from twisted.internet import reactor
-from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
 
 from gotaxy.console.commands import (
@@ -25,7 +24,7 @@ from gotaxy.console.commands import (
     table,
 )
 from gotaxy.server.manage import ManagementError
-from tests.inprocess import LiveSystem, echo_through, free_port, listen_echo, wait_until
+from tests.inprocess import LiveSystem, echo_through, free_port, listen_echo, port_refused, wait_until
 
 
 class FormattingTests(unittest.TestCase):
@@ -69,13 +68,6 @@ class CommandTests(unittest.TestCase):
     def assertFits(self, text: str) -> None:
         for line in text.split("\n"):
             self.assertLessEqual(len(line), WIDTH, line)
-
-    async def _refused(self, port: int) -> bool:
-        try:
-            await echo_through(port, b"x", timeout=2)
-        except ConnectionRefusedError:
-            return True
-        return False
 
     async def test_status_text_and_json(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
@@ -167,7 +159,7 @@ class CommandTests(unittest.TestCase):
         disabled = await self.cmd("tunnel disable pushed")
         self.assertEqual(disabled.text, "tunnel alice/pushed disabled; status disabled, public port %d" % wanted)
         await wait_until(lambda: ("alice", "pushed") not in live.core.tunnels)
-        self.assertTrue(await self._refused(wanted))
+        self.assertTrue(await port_refused(wanted))
         enabled = json.loads((await self.cmd("tunnel enable alice/pushed --json")).text)
         self.assertTrue(enabled["enabled"])
         await wait_until(lambda: ("alice", "pushed") in live.core.tunnels)

@@ -8,12 +8,11 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import reactor
-from twisted.internet.error import ConnectionRefusedError
 from twisted.trial import unittest
 
 from gotaxy.events import Event
 from gotaxy.server.manage import ManagementError
-from tests.inprocess import LiveSystem, echo_through, free_port, listen_echo, wait_until
+from tests.inprocess import LiveSystem, echo_through, free_port, listen_echo, port_refused, wait_until
 
 
 class ManagementTests(unittest.TestCase):
@@ -26,13 +25,6 @@ class ManagementTests(unittest.TestCase):
         self.events: list = []
         live.core.events.subscribe(self.events.append)
         return live
-
-    async def _refused(self, port: int) -> bool:
-        try:
-            await echo_through(port, b"x", timeout=2)
-        except ConnectionRefusedError:
-            return True
-        return False
 
     async def test_status_and_client_views(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
@@ -66,7 +58,7 @@ class ManagementTests(unittest.TestCase):
         await wait_until(lambda: live.client.factory.current.up.get("pushed") == moved)
         self.assertEqual(await echo_through(moved, b"moved"), b"moved")
         await live.management.remove_tunnel("alice", "pushed")
-        self.assertTrue(await self._refused(moved))
+        self.assertTrue(await port_refused(moved))
         await wait_until(lambda: "pushed" not in live.client.factory.current.tunnels)
         with self.assertRaises(ManagementError) as e:
             await live.management.tunnel("alice", "pushed")
@@ -77,7 +69,7 @@ class ManagementTests(unittest.TestCase):
         port = await live.wait_up("echo")
         view = await live.management.set_enabled("alice", "echo", False)
         self.assertEqual(view.status, "disabled")
-        self.assertTrue(await self._refused(port))
+        self.assertTrue(await port_refused(port))
         view = await live.management.set_enabled("alice", "echo", True)
         self.assertEqual((view.status, view.remote_port), ("up", port))
         self.assertEqual(await echo_through(port, b"again"), b"again")
@@ -95,7 +87,7 @@ class ManagementTests(unittest.TestCase):
         await live.management.kick("alice")
         await wait_until(lambda: "alice" in live.core.sessions, timeout=20)
         await wait_until(lambda: any(e.type == "tunnel.refused" for e in self.events), timeout=10)
-        self.assertTrue(await self._refused(port))
+        self.assertTrue(await port_refused(port))
 
     async def test_errors(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")

@@ -53,7 +53,7 @@ from twisted.logger import Logger
 from gotaxy.events import Event
 from gotaxy.logs import gotaxy_observer
 from gotaxy.server.metrics import TunnelLedger
-from gotaxy.store import CLIENT_CONNECTED, CLIENT_DISCONNECTED
+from gotaxy.store import CLIENT_CONNECTED, CLIENT_DISCONNECTED, ensure_tables
 
 T = TypeVar("T")
 
@@ -113,13 +113,7 @@ def _create_tables(store: Any) -> None:
         SAMPLES: [["client", "tunnel", "at"], ["at"]],
         HOURLY: [["client", "tunnel", "hour"], ["hour"]],
     }
-    # Outside a transaction: dataset warns about schema changes inside one.
-    for name, cols in columns.items():
-        table = db.create_table(name, primary_id="id")
-        for column, type_ in cols:
-            table.create_column(column, type_)
-        for index in indexes[name]:
-            table.create_index(index)
+    ensure_tables(db, columns, indexes)
 
 
 def _prepare(store: Any) -> None:

@@ -43,7 +43,7 @@ import attrs
 import pyotp
 
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
-from gotaxy.store import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED
+from gotaxy.store import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED, ensure_tables
 
 SESSION_IDLE = 2 * 3600.0
 SESSION_LIFETIME = 24 * 3600.0
@@ -120,12 +120,7 @@ def create_tables(db: Any) -> None:
         ],
     }
     indexes = {"web_sessions": [["session_hash"]], "web_api_tokens": [["token_hash"], ["name"]], "web_totp": [["username"]]}
-    for table_name, cols in columns.items():
-        table = db.create_table(table_name, primary_id="id")
-        for name, type_ in cols:
-            table.create_column(name, type_)
-        for index in indexes[table_name]:
-            table.create_index(index)
+    ensure_tables(db, columns, indexes)
 
 
 class PanelAuth:
