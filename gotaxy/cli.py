@@ -53,6 +53,15 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.store is not None and args.store.startswith("sqlite:///"):
+        # A SQLite URL to a file that does not exist would create an empty store.
+        path = args.store[len("sqlite:///") :]
+        if path and path != ":memory:" and not os.path.exists(path):
+            print(f"gotaxy: no store at {path!r}; check --store", file=sys.stderr)
+            return 1
+    if getattr(args, "expires_in", None) is not None and args.expires_in <= 0:
+        print("gotaxy: --expires-in takes a number of days greater than 0", file=sys.stderr)
+        return 1
     store = Store(args.store or default_url(args.data_dir))
     try:
         if args.action == "create":

@@ -66,5 +66,15 @@ class PortAllocator:
             if port not in exclude:
                 chosen.append(port)
                 if len(chosen) == limit:
+                    return chosen
+        # A nearly full range: random picks mostly hit taken ports, so walk
+        # the whole range (at most 65535 steps) from a random place instead of
+        # reporting "no free port" while one is left.
+        start = self._rng.randrange(self._size)
+        for i in range(self._size):
+            port = self._port_at((start + i) % self._size)
+            if port not in seen and port not in exclude:
+                chosen.append(port)
+                if len(chosen) == limit:
                     break
         return chosen

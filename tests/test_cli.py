@@ -64,7 +64,9 @@ def test_list_shows_names_and_states_but_never_a_token(capsys, data_dir: str) ->
     for name in ("alice", "bob", "carol"):
         _, out, _ = gotaxy(capsys, "--data-dir", data_dir, "token", "create", name)
         tokens.append(TOKEN_RE.search(out).group())
-    gotaxy(capsys, "--data-dir", data_dir, "token", "create", "old", "--expires-in", "-1")
+    store = Store(default_url(data_dir))
+    store.create_token("old", expires_at=1.0)  # long expired
+    store.close()
     gotaxy(capsys, "--data-dir", data_dir, "token", "revoke", "bob")
 
     code, out, err = gotaxy(capsys, "--data-dir", data_dir, "token", "list")
@@ -110,6 +112,7 @@ def test_expiring_token(capsys, data_dir: str) -> None:
 
 def test_store_url_overrides_data_dir(capsys, tmp_path: Path) -> None:
     url = "sqlite:///" + str(tmp_path / "elsewhere.db")
+    Store(url).close()  # as a server started with --store leaves it
     code, out, _ = gotaxy(capsys, "--store", url, "token", "create", "laptop")
     assert code == 0
     store = Store(url)
@@ -162,3 +165,16 @@ def test_usage_errors_exit_with_argparse_status(capsys, data_dir: str) -> None:
         main(["--data-dir", data_dir, "token"])
     assert exit_.value.code == 2
     assert "usage: gotaxy" in capsys.readouterr().err
+
+
+def test_expiry_must_be_in_the_future(capsys, data_dir: str) -> None:
+    for days in ("0", "-1"):
+        code, out, err = gotaxy(capsys, "--data-dir", data_dir, "token", "create", "x", "--expires-in", days)
+        assert code == 1 and "greater than 0" in err and TOKEN_PREFIX not in out
+
+
+def test_store_url_to_a_missing_file_is_refused(capsys, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    code, _, err = gotaxy(capsys, "--store", f"sqlite:///{missing}", "token", "list")
+    assert code == 1 and "no store at" in err
+    assert not missing.exists()

@@ -102,3 +102,10 @@ def test_range_just_above_the_shuffle_threshold_still_finds_free_ports() -> None
     got = ports.candidates(exclude)
     assert got and not set(got) & exclude
     assert len(got) >= MAX_ATTEMPTS // 2
+
+
+def test_nearly_full_large_range_still_finds_the_free_ports():
+    allocator = PortAllocator([PortRange(20000, 29999)], rng=random.Random(7))
+    free = {20003, 25000, 29999}
+    taken = set(range(20000, 30000)) - free
+    assert set(allocator.candidates(taken)) == free
