@@ -157,3 +157,23 @@ class ManagementTests(unittest.TestCase):
         self.assertEqual(self.events[-1].type, "token.created")
         self.assertIsInstance(self.events[-1], Event)
         self.assertEqual((await live.management.events(limit=1))[0].type, "token.created")
+
+
+class TunnelErrorTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_dead_local_service_is_one_tunnel_error_event_a_minute(self):
+        dead = free_port()
+        live = await LiveSystem.start(self, [f"dead=tcp:127.0.0.1:{dead}"])
+        events: list = []
+        live.core.events.subscribe(events.append)
+        port = await live.wait_up("dead")
+        for _ in range(3):
+            self.assertEqual(await echo_through(port, b"anyone?"), b"")
+        await wait_until(lambda: any(e.type == "tunnel.error" for e in events))
+        errors = [e for e in events if e.type == "tunnel.error"]
+        self.assertEqual(len(errors), 1)
+        self.assertEqual((errors[0].client, errors[0].tunnel), ("alice", "dead"))
+        self.assertIn(f"cannot reach local service 127.0.0.1:{dead}", errors[0].detail)
+        stored = await live.management.events(type_="tunnel.error")
+        self.assertEqual(len(stored), 1)

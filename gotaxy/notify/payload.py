@@ -45,6 +45,7 @@ _PHRASES: Dict[str, str] = {
     "tunnel.opened": "tunnel {client}/{tunnel} up: {detail}",
     "tunnel.closed": "tunnel {client}/{tunnel} down: {detail}",
     "tunnel.refused": "tunnel {client}/{tunnel} refused: {detail}",
+    "tunnel.error": "tunnel {client}/{tunnel} failed: {detail}",
     "tunnel.added": "tunnel {client}/{tunnel} added by an operator: {detail}",
     "tunnel.removed": "tunnel {client}/{tunnel} removed by an operator",
     "tunnel.enabled": "tunnel {client}/{tunnel} enabled by an operator",

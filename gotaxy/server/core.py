@@ -44,6 +44,7 @@ from gotaxy.store import (
     LOGIN_FAILED,
     SOURCE_SERVER,
     TUNNEL_CLOSED,
+    TUNNEL_ERROR,
     TUNNEL_OPENED,
     TUNNEL_REFUSED,
     ThreadedStore,
@@ -56,6 +57,10 @@ MAX_TUNNELS_PER_CLIENT = 256
 
 #: Seconds between traffic-rate samples.
 RATE_INTERVAL = 1.0
+
+#: At most one tunnel.error event per tunnel in this many seconds: a dead
+#: local service fails every connection, and one event says it.
+TUNNEL_ERROR_INTERVAL = 60.0
 
 
 class LoginRefused(Exception):
@@ -91,6 +96,7 @@ class ServerCore:
         # Traffic of tunnels that are no longer up, so totals never go back.
         self.retired_bytes_in = 0
         self.retired_bytes_out = 0
+        self._last_error: Dict[Tuple[str, str], float] = {}
         self._rates = LoopingCall(self._sample_rates)
         self._rates.clock = reactor
 
@@ -351,6 +357,24 @@ class ServerCore:
             self._db.tunnel_down, tunnel.client, tunnel.name, status, reason, TUNNEL_CLOSED,
             event=TUNNEL_CLOSED, client=tunnel.client, tunnel=tunnel.name, detail=reason,
         )
+
+    def tunnel_error(self, tunnel: LiveTunnel, reason: str) -> None:
+        """
+        A connection through ``tunnel`` failed on the client's side (its local
+        service is down, say): record a ``tunnel.error`` event, at most one
+        per tunnel every ``TUNNEL_ERROR_INTERVAL`` seconds.
+        """
+        now = self.reactor.seconds()
+        last = self._last_error.get(tunnel.key)
+        if last is not None and now - last < TUNNEL_ERROR_INTERVAL:
+            return
+        self._last_error[tunnel.key] = now
+        Deferred.fromCoroutine(
+            self.record(
+                self._db.record_event, TUNNEL_ERROR, tunnel.client, tunnel.name, None, reason,
+                event=TUNNEL_ERROR, client=tunnel.client, tunnel=tunnel.name, detail=reason,
+            )
+        ).addErrback(lambda f: self.log.failure("recording a tunnel error failed", f))
 
     async def client_closes_tunnel(self, session: Any, name: str) -> None:
         tunnel = session.tunnels.get(name)

@@ -108,13 +108,15 @@ class PublicConnection(StreamRelay):
         tunnel.bytes_in += stream.bytes_out
         tunnel.bytes_out += stream.bytes_in
         if stream.close_reason and stream.close_reason.startswith(CLOSE_ERROR_PREFIX):
+            reason = stream.close_reason[len(CLOSE_ERROR_PREFIX) :]
             self.log.warn(
                 "tunnel {client}/{tunnel}: connection from {peer} closed: {reason}",
                 client=tunnel.client,
                 tunnel=tunnel.name,
                 peer=stream.peer,
-                reason=stream.close_reason[len(CLOSE_ERROR_PREFIX) :],
+                reason=reason,
             )
+            tunnel.session.core.tunnel_error(tunnel, reason)
 
 
 class PublicFactory(ServerFactory):
