@@ -53,6 +53,15 @@ class Notifier(Service):
         waits.append(self.failures.close())
         return DeferredList(waits)
 
+    def add(self, target: Any) -> None:
+        """Start offering events to ``target`` (an operator added it)."""
+        self.targets.append(target)
+
+    def remove(self, target: Any) -> None:
+        """Stop ``target``: what it has queued is given up."""
+        self.targets.remove(target)
+        target.stop()
+
     def _fan_out(self, event: Event) -> None:
         for target in self.targets:
             try:

@@ -46,6 +46,7 @@ _PHRASES: Dict[str, str] = {
     "tunnel.closed": "tunnel {client}/{tunnel} down: {detail}",
     "tunnel.refused": "tunnel {client}/{tunnel} refused: {detail}",
     "tunnel.error": "tunnel {client}/{tunnel} failed: {detail}",
+    "notify.test": "test notification: {detail}",
     "tunnel.added": "tunnel {client}/{tunnel} added by an operator: {detail}",
     "tunnel.removed": "tunnel {client}/{tunnel} removed by an operator",
     "tunnel.enabled": "tunnel {client}/{tunnel} enabled by an operator",

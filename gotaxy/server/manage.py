@@ -22,12 +22,14 @@ Tunnels come from two places (``source``):
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attrs
 
 from gotaxy import __version__
 from gotaxy.config import ConfigError, parse_host_port
+from gotaxy.events import Event
+from gotaxy.notify.managed import WebhookError
 from gotaxy.server.control import tunnel_add_message
 from gotaxy.server.core import NAME_RE, ServerCore, TunnelRefused
 from gotaxy.server.tunnel import LiveTunnel
@@ -47,6 +49,16 @@ from gotaxy.store import (
     TokenRecord,
     TunnelRecord,
 )
+
+
+@attrs.frozen
+class WebhookView:
+    name: str
+    url: str  #: redacted for display: "https://host[:port]/…" (the path may hold a chat token)
+    events: Tuple[str, ...]
+    format: str  #: json, slack, dingtalk or feishu
+    signed: bool  #: has a secret (which is never shown)
+    source: str  #: "config" (server.toml; read-only here) or "operator" (added in panel or console)
 
 
 class ManagementError(Exception):
@@ -105,10 +117,11 @@ class TunnelView:
 
 
 class Management:
-    def __init__(self, core: ServerCore, reload: Optional[Any] = None) -> None:
+    def __init__(self, core: ServerCore, reload: Optional[Any] = None, webhooks: Optional[Any] = None) -> None:
         self.core = core
         self._db = core.store.store
         self._reload = reload  #: callable returning a fresh ServerConfig, or None
+        self._webhooks = webhooks  #: gotaxy.notify.managed.ManagedWebhooks, or None
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.core.store.call(function, *args, **kwargs)
@@ -367,6 +380,42 @@ class Management:
         if session is not None and session.token_checked:
             session.close_with_error("your token was revoked")
             await self.core.drop_session(session, "token revoked")
+
+    # -- notification targets ------------------------------------------------
+
+    def _managed(self) -> Any:
+        if self._webhooks is None:
+            raise ManagementError("conflict", "notifications are not set up on this server")
+        return self._webhooks
+
+    async def webhooks(self) -> List[WebhookView]:
+        return [WebhookView(**view) for view in self._managed().webhooks()]
+
+    async def add_webhook(
+        self, name: str, url: str, events: Sequence[str] = ("*",), format: str = "json", secret: Optional[str] = None
+    ) -> WebhookView:
+        """Deliver events to a new webhook from now on; it is kept across restarts."""
+        if not NAME_RE.match(name or ""):
+            raise _invalid("a webhook name must be 1-64 letters, digits, '.', '_' or '-'")
+        try:
+            await self._managed().add(name, url, tuple(events), format, secret)
+        except WebhookError as e:
+            raise ManagementError(e.kind, str(e)) from None
+        (view,) = [v for v in await self.webhooks() if v.name == name]
+        return view
+
+    async def remove_webhook(self, name: str) -> None:
+        try:
+            await self._managed().remove(name)
+        except WebhookError as e:
+            raise ManagementError(e.kind, str(e)) from None
+
+    async def test_webhook(self, name: str) -> None:
+        """Queue a ``notify.test`` event to that webhook only (whatever its filter)."""
+        target = self._managed().find(name)
+        if target is None:
+            raise ManagementError("not_found", f"no webhook named {name!r}")
+        target.deliver(Event(type="notify.test", at=self.core.reactor.seconds(), detail="sent by the server's operator"))
 
     # -- events and config -----------------------------------------------------
 

@@ -35,6 +35,7 @@ from gotaxy.credentials import new_password
 from gotaxy.console import make_console_service
 from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.notify import build_notifier
+from gotaxy.notify.managed import ManagedWebhooks
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
 from gotaxy.server.manage import Management
@@ -253,11 +254,13 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     )
     revocations.clock = reactor
     revocations.setServiceParent(top)
-    management = Management(core, reload=lambda: build_config(options))
-    operators = OperatorAuth(core)
     # Notifications, metrics and stability history.
     top.notifier = build_notifier(config, core.events, reactor, store)  # type: ignore[attr-defined]
     top.notifier.setServiceParent(top)  # type: ignore[attr-defined]
+    webhooks = ManagedWebhooks(top.notifier, store, data_dir, config.server_name, reactor)  # type: ignore[attr-defined]
+    webhooks.load()
+    management = Management(core, reload=lambda: build_config(options), webhooks=webhooks)
+    operators = OperatorAuth(core)
     top.metrics = Metrics(core, admission, top.notifier, reactor)  # type: ignore[attr-defined]
     top.metrics.setServiceParent(top)  # type: ignore[attr-defined]
     top.history = History(core, store, reactor, ledger=top.metrics.ledger)  # type: ignore[attr-defined]

@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.test_notify_managed -*-
+"""
+Webhooks that operators add and remove at run time, from the web panel or
+the SSH console, next to the ``[[webhooks]]`` of ``server.toml``.
+
+They are kept in the store (table ``notify_webhooks``) so they survive
+restarts.  A webhook's URL and secret are encrypted there with Fernet under
+a key in ``DATA_DIR/notify.key`` (mode 0600): a chat hook's URL is itself a
+credential, and the store may live elsewhere than the data directory
+(PostgreSQL, backups).  Nothing shows a stored URL or secret again; views
+show the URL's scheme and host only.
+
+Webhooks from ``server.toml`` are listed too, marked ``config``; they are
+changed in the file, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+
+from gotaxy.config import ConfigError, WebhookSpec
+from gotaxy.notify.dispatch import Notifier
+from gotaxy.notify.webhook import WebhookTarget
+from gotaxy.store import ensure_tables
+
+TABLE = "notify_webhooks"
+KEY_FILE = "notify.key"
+SOURCE_CONFIG = "config"
+SOURCE_OPERATOR = "operator"
+
+
+class WebhookError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/…"
+
+
+def _load_key(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        key = Fernet.generate_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+
+
+class ManagedWebhooks:
+    def __init__(self, notifier: Notifier, store: Any, data_dir: str, server_name: str, reactor: Any,
+                 http: Any = None) -> None:
+        self.notifier = notifier
+        self.store = store  # ThreadedStore
+        self._db = store.store.db
+        self._fernet = Fernet(_load_key(os.path.join(data_dir, KEY_FILE)))
+        self.server_name = server_name
+        self.reactor = reactor
+        self._http = http
+        self.operator_names: set = set()
+
+    def load(self) -> None:
+        """At start-up, before the reactor runs: create the table, add the stored webhooks."""
+        types = self._db.types
+        ensure_tables(
+            self._db,
+            {TABLE: [("name", types.string(64)), ("url", types.text), ("secret", types.text),
+                     ("events", types.text), ("format", types.string(16)), ("created_at", types.float)]},
+            {TABLE: [["name"]]},
+        )
+        for row in self._db[TABLE].find(order_by="id"):
+            spec = self._spec(
+                row["name"],
+                self._fernet.decrypt(row["url"].encode()).decode(),
+                tuple(json.loads(row["events"])),
+                row["format"],
+                self._fernet.decrypt(row["secret"].encode()).decode() if row["secret"] else None,
+            )
+            self._attach(spec)
+
+    @staticmethod
+    def _spec(name: str, url: str, events: Sequence[str], format: str, secret: Optional[str]) -> WebhookSpec:
+        try:
+            return WebhookSpec(url=url, name=name, secret=secret or None, events=tuple(events), format=format)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise WebhookError("invalid", str(e).replace("server.toml: ", "")) from None
+
+    def _attach(self, spec: WebhookSpec) -> WebhookTarget:
+        target = WebhookTarget(spec, self.server_name, self.reactor, self.notifier.failures, http=self._http)
+        self.notifier.add(target)
+        self.operator_names.add(spec.name)
+        return target
+
+    def webhooks(self) -> List[Dict[str, Any]]:
+        views = []
+        for target in self.notifier.targets:
+            if not isinstance(target, WebhookTarget):
+                continue
+            spec = target.spec
+            views.append(
+                dict(
+                    name=spec.name or target.label,
+                    url=redact(spec.url),
+                    events=tuple(spec.events),
+                    format=spec.format,
+                    signed=spec.secret is not None,
+                    source=SOURCE_OPERATOR if spec.name in self.operator_names else SOURCE_CONFIG,
+                )
+            )
+        return views
+
+    def find(self, name: str) -> Optional[WebhookTarget]:
+        for target in self.notifier.targets:
+            if isinstance(target, WebhookTarget) and (target.spec.name or target.label) == name:
+                return target
+        return None
+
+    async def add(self, name: str, url: str, events: Sequence[str], format: str, secret: Optional[str]) -> WebhookTarget:
+        if not isinstance(name, str) or not name:
+            raise WebhookError("invalid", "a webhook needs a name")
+        spec = self._spec(name, url, events, format, secret)
+        if self.find(name) is not None:
+            raise WebhookError("conflict", f"a webhook named {name!r} already exists; remove it first or pick another name")
+        row = dict(
+            name=name,
+            url=self._fernet.encrypt(url.encode()).decode(),
+            secret=self._fernet.encrypt(secret.encode()).decode() if secret else None,
+            events=json.dumps(list(spec.events)),
+            format=spec.format,
+            created_at=self.reactor.seconds(),
+        )
+        await self.store.call(lambda: self._db[TABLE].insert(row))
+        return self._attach(spec)
+
+    async def remove(self, name: str) -> None:
+        target = self.find(name)
+        if target is None:
+            raise WebhookError("not_found", f"no webhook named {name!r}")
+        if name not in self.operator_names:
+            raise WebhookError("conflict", f"webhook {name!r} comes from server.toml; remove it there")
+        await self.store.call(lambda: self._db[TABLE].delete(name=name))
+        self.operator_names.discard(name)
+        self.notifier.remove(target)
