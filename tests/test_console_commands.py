@@ -347,9 +347,40 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(complete("token revoke "), ["alice"])
         self.assertEqual(complete("frob "), [])
 
+    async def test_notify_add_list_test_remove(self):
+        from twisted.web.server import Site
+
+        from tests.test_notify_webhook import Receiver, listen
+
+        receiver = Receiver()
+        port = listen(self, Site(receiver))
+        await self._live("echo=tcp:127.0.0.1:ECHO")
+        self.assertIn("(none)", (await self.cmd("notify")).text)
+        added = await self.cmd(
+            f"notify add ops http://127.0.0.1:{port}/secret-path --events client.*,tunnel.* --format slack --secret s3"
+        )
+        self.assertIn(f"http://127.0.0.1:{port}/…", added.text)
+        self.assertNotIn("secret-path", added.text)
+        self.assertFits(added.text)
+        (view,) = json.loads((await self.cmd("notify --json")).text)
+        self.assertEqual(
+            (view["name"], view["events"], view["format"], view["signed"], view["source"]),
+            ("ops", ["client.*", "tunnel.*"], "slack", True, "operator"),
+        )
+        await self.cmd("notify test ops")
+        await wait_until(lambda: len(receiver.requests) == 1)
+        self.assertIn("test notification", receiver.requests[0][2].decode())
+        await self.cmd("notify add ops http://127.0.0.1:1/", EXIT_FAILED)
+        await self.cmd("notify add x ftp://nowhere/", EXIT_USAGE)
+        await self.cmd("notify add x", EXIT_USAGE)
+        self.assertIn("removed", (await self.cmd("notify remove ops")).text)
+        await self.cmd("notify remove ops", EXIT_FAILED)
+        await self.cmd("notify test ops", EXIT_FAILED)
+
 
 class PrintableTests(unittest.TestCase):
     def test_control_characters_never_reach_the_terminal(self):
         text = table(["CLIENT", "VERSION"], [["alice", "1.0\x1b[2J\x07"]])
         self.assertNotIn("\x1b", text)
         self.assertIn("1.0?[2J?", text)
+

@@ -290,6 +290,15 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
             "make a token for client NAME; it is shown once, now", options=_json_option(), positional=(1, 1)),
     Command("token revoke", "token revoke NAME", "revoke a token; its client is cut off at once",
             positional=(1, 1)),
+    Command("notify", "notify [--json]", "the webhooks that events are sent to", options=_json_option()),
+    Command("notify add", "notify add NAME URL [--events LIST] [--format FORMAT] [--secret SECRET] [--json]",
+            "send events to a webhook from now on (kept across restarts)",
+            details="LIST is comma-separated event types or families such as client.disconnected,tunnel.* "
+                    "(default: all). FORMAT is json (default), slack, dingtalk or feishu. With a SECRET every "
+                    "request carries an HMAC-SHA256 signature (docs/notifications.md).",
+            options=_json_option(**{"--events": True, "--format": True, "--secret": True}), positional=(2, 2)),
+    Command("notify remove", "notify remove NAME", "stop sending to a webhook added here", positional=(1, 1)),
+    Command("notify test", "notify test NAME", "send a test notification to one webhook", positional=(1, 1)),
     Command("events", "events [--type TYPE] [--client NAME] [--limit N] [--json]",
             "the event log, newest first",
             details=f"TYPE is an event type such as tunnel.opened, or a family ending in '.' such as "
@@ -302,7 +311,11 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
 ]}
 
 ALIASES = {"quit": "exit", "logout": "exit", "?": "help"}
-GROUPS = {"tunnel": ("add", "edit", "remove", "enable", "disable", "restart"), "token": ("create", "revoke")}
+GROUPS = {
+    "tunnel": ("add", "edit", "remove", "enable", "disable", "restart"),
+    "token": ("create", "revoke"),
+    "notify": ("add", "remove", "test"),
+}
 TOP_LEVEL = sorted({name.split()[0] for name in COMMANDS} | set(ALIASES) - {"?"})
 
 
@@ -382,6 +395,10 @@ class Commands:
             "tokens": self._tokens,
             "token create": self._token_create,
             "token revoke": self._token_revoke,
+            "notify": self._notify,
+            "notify add": self._notify_add,
+            "notify remove": self._notify_remove,
+            "notify test": self._notify_test,
             "events": self._events,
             "reload": self._reload,
             "watch": self._action("watch"),
@@ -674,6 +691,37 @@ class Commands:
     async def _token_revoke(self, positional: List[str], options: Dict[str, Any]) -> Result:
         await self.management.revoke_token(positional[0])
         return Result(f"token {positional[0]} revoked; its client is cut off")
+
+    def _webhook_table(self, views: List[Any]) -> str:
+        return table(
+            ["NAME", "URL", "EVENTS", "FORMAT", "SIGNED", "SOURCE"],
+            [[v.name, v.url, ",".join(v.events), v.format, "yes" if v.signed else "no", v.source] for v in views],
+            self.width,
+        )
+
+    async def _notify(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        views = await self.management.webhooks()
+        if options.get("--json"):
+            return Result(as_json(views))
+        return Result(self._webhook_table(views))
+
+    async def _notify_add(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        events = [e.strip() for e in options.get("--events", "*").split(",")]
+        view = await self.management.add_webhook(
+            positional[0], positional[1], events=events, format=options.get("--format", "json"),
+            secret=options.get("--secret"),
+        )
+        if options.get("--json"):
+            return Result(as_json(view))
+        return Result(self._webhook_table([view]))
+
+    async def _notify_remove(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        await self.management.remove_webhook(positional[0])
+        return Result(f"webhook {positional[0]} removed")
+
+    async def _notify_test(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        await self.management.test_webhook(positional[0])
+        return Result(f"test notification queued for webhook {positional[0]}")
 
     async def _events(self, positional: List[str], options: Dict[str, Any]) -> Result:
         limit = _int(options["--limit"], "--limit", "events") if "--limit" in options else 20
