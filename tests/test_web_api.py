@@ -6,7 +6,10 @@ the OpenAPI document (``gotaxy.web.testing.check_schema``).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 
 import pyotp
 from twisted.internet import reactor
@@ -16,6 +19,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from gotaxy.web.app import Panel
 from gotaxy.web.auth import TOTP_LOCK_AFTER, TOTP_STEP
@@ -452,6 +456,139 @@ class OperatorActionTests(WebTestCase):
         self.assertEqual((response.status, response.json["warnings"]), (200, []))
         (event,) = (await web.get(f"{API}/events?type=config.reloaded")).json["events"]
         self.assertEqual(event["type"], "config.reloaded")
+
+
+class WebhookTests(WebTestCase):
+    """Notification targets: listed, added, removed and tested from the panel."""
+
+    SECRET = "do-not-show-this-secret"
+    CONFIG = (
+        '[[webhooks]]\nname = "ops"\nurl = "http://127.0.0.1:9/services/T0/B0/chat-token"\n'
+        'events = ["client.*"]\nformat = "slack"\n'
+    )
+
+    async def _with_config_webhook(self) -> None:
+        directory = tempfile.mkdtemp(prefix="gotaxy-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "server.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.CONFIG)
+        self.live = await LiveSystem.start(self, server_args=["--config", path])
+        self.panel = make_panel(self.live)
+
+    async def test_add_list_test_and_remove(self):
+        await self._with_config_webhook()
+        web = await self.logged_in()
+        (ops,) = (await web.get(f"{API}/webhooks")).json["webhooks"]
+        self.assertEqual(
+            (ops["name"], ops["url"], ops["events"], ops["format"], ops["signed"], ops["source"]),
+            ("ops", "http://127.0.0.1:9/…", ["client.*"], "slack", False, "config"),
+        )
+        received = []
+        receiver = Resource()
+        receiver.isLeaf = True
+
+        def render_POST(request):
+            received.append(request.content.read())
+            return b"ok"
+
+        receiver.render_POST = render_POST
+        port = reactor.listenTCP(0, Site(receiver), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        created = await web.post(
+            f"{API}/webhooks",
+            {"name": "alerts", "url": f"http://127.0.0.1:{number}/hook/path-token",
+             "events": ["tunnel.*", "client.disconnected"], "format": "json", "secret": self.SECRET},
+        )
+        self.assertEqual(created.status, 201, created.raw)
+        self.assertEqual(
+            created.json,
+            {"name": "alerts", "url": f"http://127.0.0.1:{number}/…", "events": ["tunnel.*", "client.disconnected"],
+             "format": "json", "signed": True, "source": "operator"},
+        )
+        defaults = await web.post(f"{API}/webhooks", {"name": "all", "url": "http://127.0.0.1:9/x"})
+        self.assertEqual(defaults.status, 201, defaults.raw)
+        self.assertEqual((defaults.json["events"], defaults.json["format"], defaults.json["signed"]),
+                         (["*"], "json", False))
+        listed = await web.get(f"{API}/webhooks")
+        self.assertEqual([w["name"] for w in listed.json["webhooks"]], ["ops", "alerts", "all"])
+        # Neither the secret nor a URL's path (it may hold a chat token) is ever sent back.
+        for response in (created, defaults, listed):
+            self.assertNotIn(self.SECRET, response.raw.decode())
+            self.assertNotIn("token", response.raw.decode())
+            self.assertNotIn("secret", response.raw.decode())
+
+        self.assertEqual((await web.post(f"{API}/webhooks/alerts/test")).status, 202)
+        await wait_until(lambda: received)
+        self.assertIn(b"notify.test", received[0])
+        self.assertEqual((await web.post(f"{API}/webhooks/ops/test")).status, 202)
+
+        self.assertEqual((await web.delete(f"{API}/webhooks/alerts")).status, 204)
+        self.assertEqual([w["name"] for w in (await web.get(f"{API}/webhooks")).json["webhooks"]], ["ops", "all"])
+        self.assertEqual((await web.delete(f"{API}/webhooks/alerts")).status, 404)
+
+    async def test_errors(self):
+        await self._with_config_webhook()
+        web = await self.logged_in()
+        good = {"name": "alerts", "url": "http://127.0.0.1:9/abc"}
+        bad_json = await web.post(f"{API}/webhooks", raw=b"{not json")
+        self.assertEqual((bad_json.status, bad_json.error["kind"]), (400, "invalid"))
+        self.assertEqual((await web.post(f"{API}/webhooks", ["alerts"])).status, 400)
+        missing = await web.post(f"{API}/webhooks", {"name": "alerts"})
+        self.assertEqual((missing.status, missing.error["field"]), (400, "url"))
+        no_name = await web.post(f"{API}/webhooks", {"url": good["url"]})
+        self.assertEqual((no_name.status, no_name.error["field"]), (400, "name"))
+        bad_name = await web.post(f"{API}/webhooks", dict(good, name="no spaces please"))
+        self.assertEqual((bad_name.status, bad_name.error["field"]), (400, "name"))
+        bad_url = await web.post(f"{API}/webhooks", dict(good, url="ftp://files.example.org/secret-path"))
+        self.assertEqual((bad_url.status, bad_url.error["field"]), (400, "url"))
+        self.assertNotIn("secret-path", bad_url.raw.decode())
+        bad_format = await web.post(f"{API}/webhooks", dict(good, format="teams"))
+        self.assertEqual((bad_format.status, bad_format.error["field"]), (400, "format"))
+        self.assertIn("feishu", bad_format.error["message"])
+        bad_events = await web.post(f"{API}/webhooks", dict(good, events="tunnel.*"))
+        self.assertEqual((bad_events.status, bad_events.error["field"]), (400, "events"))
+        bad_pattern = await web.post(f"{API}/webhooks", dict(good, events=["not an event"]))
+        self.assertEqual((bad_pattern.status, bad_pattern.error["field"]), (400, "events"))
+        empty_secret = await web.post(f"{API}/webhooks", dict(good, secret=""))
+        self.assertEqual((empty_secret.status, empty_secret.error["field"]), (400, "secret"))
+        self.assertEqual((await web.get(f"{API}/webhooks")).json["webhooks"][1:], [])  # nothing was added
+
+        duplicate = await web.post(f"{API}/webhooks", dict(good, name="ops"))
+        self.assertEqual((duplicate.status, duplicate.error["kind"], duplicate.error["field"]),
+                         (409, "conflict", "name"))
+        self.assertEqual((await web.post(f"{API}/webhooks", good)).status, 201)
+        self.assertEqual((await web.post(f"{API}/webhooks", good)).status, 409)
+
+        from_config = await web.delete(f"{API}/webhooks/ops")
+        self.assertEqual((from_config.status, from_config.error["kind"]), (409, "conflict"))
+        self.assertIn("server.toml", from_config.error["message"])
+        self.assertEqual((await web.delete(f"{API}/webhooks/nobody")).status, 404)
+        self.assertEqual((await web.post(f"{API}/webhooks/nobody/test")).status, 404)
+        wrong_method = await web.request("PUT", f"{API}/webhooks")
+        self.assertEqual((wrong_method.status, wrong_method.header("allow")), (405, "GET, POST"))
+        no_csrf = await web.post(f"{API}/webhooks", dict(good, name="other"), csrf=False)
+        self.assertEqual(no_csrf.status, 403)
+
+        stranger = self.client()
+        for method, path, body in (("GET", "/webhooks", None), ("POST", "/webhooks", dict(good, name="x")),
+                                   ("DELETE", "/webhooks/alerts", None), ("POST", "/webhooks/alerts/test", None)):
+            response = await stranger.request(method, API + path, body)
+            self.assertEqual((response.status, response.error["kind"]), (401, "unauthorized"), f"{method} {path}")
+        self.assertEqual([w["name"] for w in (await web.get(f"{API}/webhooks")).json["webhooks"]], ["ops", "alerts"])
+
+    async def test_an_api_token_can_manage_webhooks(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        script = self.client()
+        script.bearer = (await web.post(f"{API}/api-tokens", {"name": "ci"})).json["token"]
+        created = await script.post(f"{API}/webhooks", {"name": "ci", "url": "http://127.0.0.1:9/hook",
+                                                        "format": "feishu", "secret": self.SECRET})
+        self.assertEqual((created.status, created.json["signed"]), (201, True))
+        self.assertEqual([w["name"] for w in (await web.get(f"{API}/webhooks")).json["webhooks"]], ["ci"])
+        self.assertEqual((await script.delete(f"{API}/webhooks/ci")).status, 204)
+        self.assertEqual((await web.get(f"{API}/webhooks")).json["webhooks"], [])
 
 
 class LiveAndMountTests(WebTestCase):

@@ -18,6 +18,7 @@ const state = {
   samples: [],
   events: { offset: 0, limit: 50, hasMore: false },
   clients: [],
+  webhookSent: null,  // the webhook a test notification was last queued for
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -211,7 +212,7 @@ async function logout() {
 // -- pages -------------------------------------------------------------------------
 
 const PAGES = { overview: loadOverview, clients: loadClients, tunnels: loadTunnels, tokens: loadTokens,
-  events: loadEvents, account: loadAccount };
+  events: loadEvents, notifications: loadWebhooks, account: loadAccount };
 
 function route() {
   if (!state.account) return;
@@ -489,6 +490,79 @@ async function loadEvents() {
   $("#events-page").textContent = t("events.page", { n: Math.floor(state.events.offset / state.events.limit) + 1 });
 }
 
+// Errors of the table's buttons go on the line under the table, not into the form.
+function pageError(error) {
+  const line = $('#page-notifications [data-error="webhooks"]');
+  if (!error) { line.textContent = ""; return; }
+  const prefix = t(`error.${error.kind}`);
+  line.textContent = `${prefix}${prefix && error.message ? ": " : ""}${error.message || ""}`;
+}
+
+function showSent() {
+  const line = $("#webhooks-sent");
+  line.hidden = !state.webhookSent;
+  line.textContent = state.webhookSent ? t("webhooks.test_sent", { name: state.webhookSent }) : "";
+}
+
+async function loadWebhooks() {
+  const result = await api("GET", "/webhooks");
+  if (!result.ok) return pageError(result.error);
+  if (!result.data.webhooks.some((w) => w.name === state.webhookSent)) state.webhookSent = null;
+  showSent();
+  const body = $("#webhooks-table tbody");
+  body.replaceChildren();
+  for (const w of result.data.webhooks) {
+    const row = document.createElement("tr");
+    row.dataset.webhook = w.name;
+    const name = cell(w.name, "name");
+    name.append(" ", w.source === "config"
+      ? badge("source", t("webhooks.from_config"), t("webhooks.from_config_help"))
+      : badge("source", t("webhooks.from_operator"), t("webhooks.from_operator_help")));
+    const events = w.events.map((e) => (e === "*" ? t("webhooks.all_events") : e)).join(", ");
+    row.append(name, cell(w.url), cell(events), cell(t(`webhooks.format_${w.format}`)),
+      cell(w.signed ? t("webhooks.signed_yes") : t("webhooks.signed_no")));
+    const actions = document.createElement("td");
+    actions.className = "actions";
+    const path = `/webhooks/${encodeURIComponent(w.name)}`;
+    actions.append(button(t("webhooks.test"), "secondary", async () => {
+      state.webhookSent = null;
+      showSent();
+      const r = await api("POST", `${path}/test`);
+      if (!r.ok) return pageError(r.error);
+      pageError(null);
+      state.webhookSent = w.name;
+      showSent();
+    }, "test"));
+    if (w.source === "operator") {
+      actions.append(button(t("tunnels.remove"), "danger", async () => {
+        if (!confirm(t("webhooks.remove_confirm", { name: w.name }))) return;
+        const r = await api("DELETE", path);
+        if (!r.ok) return pageError(r.error);
+        pageError(null);
+        loadWebhooks();
+      }, "remove"));
+    }
+    row.append(actions);
+    body.append(row);
+  }
+  $("#webhooks-empty").hidden = result.data.webhooks.length > 0;
+}
+
+async function addWebhook(event) {
+  event.preventDefault();
+  const form = event.target;
+  const body = { name: form.name.value.trim(), url: form.url.value.trim(), format: form.format.value };
+  const events = form.events.value.split(",").map((e) => e.trim()).filter((e) => e);
+  if (events.length) body.events = events;
+  if (form.secret.value) body.secret = form.secret.value;
+  const result = await api("POST", "/webhooks", body);
+  if (!result.ok) return showError(form, result.error);
+  clearErrors(form);
+  form.reset();
+  state.webhookSent = null;
+  loadWebhooks();
+}
+
 async function loadAccount() {
   const result = await api("GET", "/account");
   if (!result.ok) return;
@@ -594,6 +668,7 @@ async function start() {
   $("#edit-form").addEventListener("submit", saveEdit);
   $("#edit-cancel").addEventListener("click", () => { $("#edit-form").hidden = true; });
   $("#token-form").addEventListener("submit", createToken);
+  $("#webhook-form").addEventListener("submit", addWebhook);
   $("#events-form").addEventListener("submit", (e) => { e.preventDefault(); state.events.offset = 0; loadEvents(); });
   $("#events-prev").addEventListener("click", () => {
     state.events.offset = Math.max(0, state.events.offset - state.events.limit); loadEvents();

@@ -35,8 +35,9 @@ import hmac
 import io
 import json
 import math
+import re
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
 from urllib.parse import urlsplit
 
 import attrs
@@ -66,6 +67,7 @@ MAX_BODY = 64 * 1024
 MAX_STREAMS = 32
 KEEPALIVE = 15.0
 NAME_LIMIT = 64
+URL_LIMIT = 2048
 UNSAFE_METHODS = {b"POST", b"PUT", b"PATCH", b"DELETE"}
 SECURITY_HEADERS = {
     b"x-content-type-options": b"nosniff",
@@ -131,7 +133,8 @@ def _api(public: bool = False, session_only: bool = False) -> Callable[[Handler]
                 log.failure("panel request {method} {path} failed", method=request.method, path=request.path)
                 return self._error(request, "internal", "the server failed on this request; see its log file")
             if result is None:
-                request.setResponseCode(204)
+                if request.code == 200:  # a handler may have said 202 already
+                    request.setResponseCode(204)
                 return b""
             return _dump(result)
 
@@ -153,6 +156,22 @@ def _field_of(message: str) -> Optional[str]:
         return "remote_port"
     if "name" in lowered:
         return "name"
+    return None
+
+
+def _webhook_field(kind: str, message: str) -> Optional[str]:
+    """Which input of the webhook form a management error is about."""
+    if kind == "conflict":  # "a webhook named 'x' already exists" (the name may be any word)
+        return "name" if "named" in message else None
+    # Messages from the config checks start with the key: "'url' must be an http:// or https:// URL, ..."
+    key = re.match(r"'(\w+)'", message)
+    if key and key.group(1) in ("name", "url", "events", "format", "secret"):
+        return key.group(1)
+    lowered = message.lower()
+    for pattern, field in ((r"\burl\b", "url"), (r"\bevents?\b", "events"), (r"\bformat\b", "format"),
+                           (r"\bsecret\b", "secret"), (r"\bname\b", "name")):
+        if re.search(pattern, lowered):
+            return field
     return None
 
 
@@ -526,6 +545,57 @@ class Panel:
     @_api()
     async def revoke_token(self, request: Any, caller: Caller, name: str) -> None:
         await self.management.revoke_token(name)
+
+    # -- notification targets ------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/webhooks", methods=["GET"])
+    @_api()
+    async def webhooks(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"webhooks": _views(await self.management.webhooks())}
+
+    @app.route(f"{API_PREFIX}/webhooks", methods=["POST"])
+    @_api()
+    async def add_webhook(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        body = self._body(request)
+        name = self._string(body, "name", limit=NAME_LIMIT)
+        url = self._string(body, "url", limit=URL_LIMIT)
+        events = self._events(body)
+        format_ = self._optional(body, "format", limit=32) or "json"
+        secret = self._optional(body, "secret", limit=1024)
+        try:
+            view = await self.management.add_webhook(name, url, events, format_, secret)
+        except ManagementError as e:
+            raise HTTPError(e.kind, str(e), getattr(e, "field", None) or _webhook_field(e.kind, str(e))) from None
+        request.setResponseCode(201)
+        return attrs.asdict(view)
+
+    @staticmethod
+    def _events(body: Dict[str, Any]) -> Sequence[str]:
+        """``events``: a list of event types or patterns; absent or null means all."""
+        value = body.get("events")
+        if value is None:
+            return ("*",)
+        if (
+            not isinstance(value, list)
+            or not 1 <= len(value) <= 64
+            or not all(isinstance(item, str) and 0 < len(item) <= 128 for item in value)
+        ):
+            raise HTTPError(
+                "invalid", "'events' must be a list of event types such as [\"client.disconnected\", \"tunnel.*\"]",
+                "events",
+            )
+        return tuple(value)
+
+    @app.route(f"{API_PREFIX}/webhooks/<name>", methods=["DELETE"])
+    @_api()
+    async def remove_webhook(self, request: Any, caller: Caller, name: str) -> None:
+        await self.management.remove_webhook(name)
+
+    @app.route(f"{API_PREFIX}/webhooks/<name>/test", methods=["POST"])
+    @_api()
+    async def test_webhook(self, request: Any, caller: Caller, name: str) -> None:
+        await self.management.test_webhook(name)
+        request.setResponseCode(202)  # queued; delivery (and its retries) happen later
 
     # -- events, reload ------------------------------------------------------------
 

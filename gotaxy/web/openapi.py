@@ -18,6 +18,8 @@ from gotaxy import __version__
 
 API_PREFIX = "/api/v0.1"
 
+WEBHOOK_FORMATS = ("json", "slack", "dingtalk", "feishu")
+
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _STRING_OR_NULL = {"type": ["string", "null"]}
 
@@ -172,6 +174,32 @@ SCHEMAS: Dict[str, Any] = {
             "has_more": {"type": "boolean"},
         }
     ),
+    "Webhook": _object(
+        {
+            "name": {"type": "string"},
+            "url": {"type": "string",
+                    "description": "redacted: scheme, host and port only (the path may hold a token)"},
+            "events": {"type": "array", "items": {"type": "string"},
+                       "description": "event types or patterns such as 'tunnel.*'; '*' for all"},
+            "format": {"enum": list(WEBHOOK_FORMATS)},
+            "signed": {"type": "boolean", "description": "it has a secret (which is never returned)"},
+            "source": {
+                "enum": ["config", "operator"],
+                "description": "config: from server.toml, change it there; operator: added in the panel or console",
+            },
+        }
+    ),
+    "WebhookCreate": _object(
+        {
+            "name": {"type": "string", "maxLength": 64},
+            "url": {"type": "string", "description": "http:// or https://", "maxLength": 2048},
+            "events": {"type": "array", "items": {"type": "string"}, "minItems": 1, "default": ["*"]},
+            "format": {"enum": list(WEBHOOK_FORMATS), "default": "json"},
+            "secret": {"type": "string", "description": "signs every delivery; never shown again"},
+        },
+        ["name", "url"],
+    ),
+    "Webhooks": _list_of("webhooks", "Webhook"),
     "Reload": _object({"warnings": {"type": "array", "items": {"type": "string"}}}),
     "Clients": _list_of("clients", "Client"),
     "Tunnels": _list_of("tunnels", "Tunnel"),
@@ -183,9 +211,9 @@ _ERRORS = {
     400: "invalid request (bad JSON, a missing or wrong field)",
     401: "not logged in, or a bad API token",
     403: "missing CSRF token, cross-site request, or an action API tokens cannot do",
-    404: "no such client, tunnel or token",
+    404: "no such client, tunnel, token or webhook",
     405: "method not allowed",
-    409: "conflict: port taken, name used, wrong kind of tunnel",
+    409: "conflict: port taken, name used, wrong kind of tunnel, a webhook from the config file",
     413: "request body over 64 KiB",
     415: "request body not JSON",
     429: "too many failed log-ins; see Retry-After",
@@ -195,7 +223,7 @@ _ERRORS = {
 
 _PATH_PARAMS = {
     "client": "the client's name",
-    "name": "the name of the client, tunnel or token",
+    "name": "the name of the client, tunnel, token or webhook",
 }
 
 
@@ -212,7 +240,7 @@ def _operation(
     status, schema = response
     responses: Dict[str, Any] = {}
     if schema is None:
-        responses[str(status)] = {"description": "done"}
+        responses[str(status)] = {"description": "queued" if status == 202 else "done"}
     elif schema == "EventStream":
         responses[str(status)] = {
             "description": "server-sent events: one 'change' message per server event (data: an Event)",
@@ -309,6 +337,19 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
         _operation("delete", "Revoke a client token; its client is cut off at once", (204, None), errors=(404,),
                    tag="tokens")
     ],
+    "/webhooks": [
+        _operation("get", "Webhook notification targets", (200, "Webhooks"), errors=(409,), tag="notifications"),
+        _operation("post", "Add a webhook (its secret is never returned)", (201, "Webhook"), "WebhookCreate", (409,),
+                   tag="notifications"),
+    ],
+    "/webhooks/{name}": [
+        _operation("delete", "Remove a webhook added in the panel or console", (204, None), errors=(404, 409),
+                   tag="notifications")
+    ],
+    "/webhooks/{name}/test": [
+        _operation("post", "Queue a test notification (notify.test) to this webhook only", (202, None),
+                   errors=(404, 409), tag="notifications")
+    ],
     "/events": [
         _operation(
             "get", "Events, newest first", (200, "EventPage"), errors=(400,), tag="events",
@@ -345,8 +386,8 @@ def openapi_document() -> Dict[str, Any]:
                 "title": "Gotaxy panel API",
                 "version": __version__,
                 "description": (
-                    "Manage a Gotaxy tunnel server's clients, tunnels and tokens. Authenticate with the panel's "
-                    "session cookie (state-changing requests then need the X-CSRF-Token header, whose value "
+                    "Manage a Gotaxy tunnel server's clients, tunnels, tokens and webhooks. Authenticate with the "
+                    "panel's session cookie (state-changing requests then need the X-CSRF-Token header, whose value "
                     "GET /account returns) or with 'Authorization: Bearer' and an API token."
                 ),
             },
