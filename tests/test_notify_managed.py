@@ -12,7 +12,7 @@ import os
 from twisted.trial import unittest
 from twisted.web.server import Site
 
-from gotaxy.notify.managed import KEY_FILE, ManagedWebhooks
+from gotaxy.notify.managed import KEY_FILE, ManagedMailRecipients, ManagedWebhooks
 from gotaxy.server.manage import ManagementError
 from tests.inprocess import LiveSystem, wait_until
 from tests.test_notify_webhook import Receiver, listen, verify
@@ -89,3 +89,82 @@ class ManagedWebhookTests(unittest.TestCase):
             with self.assertRaises(ManagementError) as e:
                 await coroutine
             self.assertEqual(e.exception.kind, kind, str(e.exception))
+
+
+class ManagedMailTests(unittest.TestCase):
+    timeout = 60
+
+    async def _live(self, with_smtp: bool = True):
+        from tests.test_notify_mail import MailServer
+
+        self.mail = MailServer(self, open_relay=True)
+        directory = self.mktemp_dir()
+        config = os.path.join(directory, "server.toml")
+        with open(config, "w") as f:
+            if with_smtp:
+                f.write(
+                    f'[smtp]\nhost = "127.0.0.1"\nport = {self.mail.number}\ntls = "none"\n'
+                    f'from = "gotaxy@example.test"\nto = ["ops@example.test"]\nevents = ["client.*"]\n'
+                    f"batchSeconds = 0.2\n"
+                )
+        return await LiveSystem.start(self, server_args=["--config", config])
+
+    def mktemp_dir(self) -> str:
+        import shutil
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="gotaxy-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return directory
+
+    async def test_added_recipient_gets_its_events_and_a_test_and_survives_a_restart(self):
+        live = await self._live()
+        m = live.management
+        (config,) = await m.mail_recipients()
+        self.assertEqual((config.address, config.events, config.source), ("ops@example.test", ("client.*",), "config"))
+        view = await m.add_mail_recipient("dev@example.test", events=["token.*"])
+        self.assertEqual((view.events, view.source), (("token.*",), "operator"))
+
+        await m.create_token("bob")  # token.created: for dev only
+        await wait_until(lambda: len(self.mail.messages()) == 1, timeout=15)
+        (message,) = self.mail.messages()
+        self.assertEqual(message["To"], "dev@example.test")
+        self.assertIn("token bob created", message.get_body().get_content())
+        self.assertNotIn("ops@example.test", self.mail.envelopes)
+
+        await m.test_mail("dev@example.test")
+        await wait_until(lambda: len(self.mail.messages()) == 2, timeout=15)
+
+        again = ManagedMailRecipients(live.server.notifier, live.core.store, live.core.config, live.core.reactor)
+        again.load()
+        self.assertIn("dev@example.test", again.targets)
+        live.server.notifier.remove(again.targets["dev@example.test"])
+
+        await m.remove_mail_recipient("dev@example.test")
+        self.assertEqual([v.address for v in await m.mail_recipients()], ["ops@example.test"])
+
+    async def test_errors(self):
+        live = await self._live()
+        m = live.management
+        await m.add_mail_recipient("dev@example.test")
+        cases = [
+            (m.add_mail_recipient("not an address"), "invalid"),
+            (m.add_mail_recipient("x@example.test", events=[""]), "invalid"),
+            (m.add_mail_recipient("dev@example.test"), "conflict"),
+            (m.add_mail_recipient("ops@example.test"), "conflict"),
+            (m.remove_mail_recipient("ops@example.test"), "conflict"),
+            (m.remove_mail_recipient("nobody@example.test"), "not_found"),
+            (m.test_mail("nobody@example.test"), "not_found"),
+        ]
+        for coroutine, kind in cases:
+            with self.assertRaises(ManagementError) as e:
+                await coroutine
+            self.assertEqual(e.exception.kind, kind, str(e.exception))
+
+    async def test_without_smtp_there_is_nothing_to_add_to(self):
+        live = await self._live(with_smtp=False)
+        self.assertEqual(await live.management.mail_recipients(), [])
+        with self.assertRaises(ManagementError) as e:
+            await live.management.add_mail_recipient("dev@example.test")
+        self.assertEqual(e.exception.kind, "conflict")
+        self.assertIn("[smtp]", str(e.exception))

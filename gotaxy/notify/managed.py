@@ -153,3 +153,96 @@ class ManagedWebhooks:
         await self.store.call(lambda: self._db[TABLE].delete(name=name))
         self.operator_names.discard(name)
         self.notifier.remove(target)
+
+
+MAIL_TABLE = "notify_mail"
+
+
+class ManagedMailRecipients:
+    """
+    E-mail recipients operators add and remove at run time.  Each gets its
+    own ``MailTarget`` (its own filter and batching) on the ``[smtp]`` server
+    of ``server.toml``, which must be set up: the SMTP server and its
+    credentials stay in the file.
+    """
+
+    def __init__(self, notifier: Notifier, store: Any, config: Any, reactor: Any) -> None:
+        self.notifier = notifier
+        self.store = store  # ThreadedStore
+        self._db = store.store.db
+        self.config = config
+        self.reactor = reactor
+        self.targets: Dict[str, Any] = {}  # address -> MailTarget, operator-added only
+
+    @property
+    def configured(self) -> bool:
+        return self.config.smtp_host is not None and bool(self.config.smtp_from)
+
+    def load(self) -> None:
+        """At start-up, before the reactor runs: create the table, add the stored recipients."""
+        types = self._db.types
+        ensure_tables(
+            self._db,
+            {MAIL_TABLE: [("address", types.string(254)), ("events", types.text), ("created_at", types.float)]},
+            {MAIL_TABLE: [["address"]]},
+        )
+        if not self.configured:
+            return
+        for row in self._db[MAIL_TABLE].find(order_by="id"):
+            self._attach(row["address"], tuple(json.loads(row["events"])))
+
+    def _settings(self, address: str, events: Sequence[str]) -> Any:
+        import attrs
+
+        try:
+            return attrs.evolve(self.config, smtp_to=(address,), smtp_events=tuple(events))
+        except (ConfigError, TypeError, ValueError) as e:
+            raise WebhookError("invalid", str(e).replace("server.toml: ", "")) from None
+
+    def _attach(self, address: str, events: Sequence[str]) -> Any:
+        from gotaxy.notify.mail import MailTarget
+
+        target = MailTarget.from_config(self._settings(address, events), self.reactor, self.notifier.failures)
+        self.notifier.add(target)
+        self.targets[address] = target
+        return target
+
+    def recipients(self) -> List[Dict[str, Any]]:
+        views: List[Dict[str, Any]] = []
+        if not self.configured:
+            return views
+        for address in self.config.smtp_to or ():
+            views.append(dict(address=address, events=tuple(self.config.smtp_events), source=SOURCE_CONFIG))
+        for address, target in self.targets.items():
+            views.append(dict(address=address, events=tuple(target.filter.patterns), source=SOURCE_OPERATOR))
+        return views
+
+    def find(self, address: str) -> Optional[Any]:
+        """The target that mails ``address`` (the file's shared one for its recipients)."""
+        if address in self.targets:
+            return self.targets[address]
+        if self.configured and address in (self.config.smtp_to or ()):
+            for target in self.notifier.targets:
+                if getattr(target, "recipients", None) == list(self.config.smtp_to):
+                    return target
+        return None
+
+    async def add(self, address: str, events: Sequence[str]) -> Any:
+        if not self.configured:
+            raise WebhookError(
+                "conflict", "e-mail is not set up: add an [smtp] section with host and from to server.toml first"
+            )
+        self._settings(address, events)  # validates before anything is stored
+        if self.find(address) is not None:
+            raise WebhookError("conflict", f"{address} already receives notifications")
+        row = dict(address=address, events=json.dumps(list(events)), created_at=self.reactor.seconds())
+        await self.store.call(lambda: self._db[MAIL_TABLE].insert(row))
+        return self._attach(address, events)
+
+    async def remove(self, address: str) -> None:
+        if address not in self.targets:
+            if self.find(address) is not None:
+                raise WebhookError("conflict", f"{address} is set in server.toml's [smtp] to; remove it there")
+            raise WebhookError("not_found", f"{address} is not a recipient")
+        await self.store.call(lambda: self._db[MAIL_TABLE].delete(address=address))
+        self.notifier.remove(self.targets.pop(address))

@@ -61,6 +61,13 @@ class WebhookView:
     source: str  #: "config" (server.toml; read-only here) or "operator" (added in panel or console)
 
 
+@attrs.frozen
+class MailRecipientView:
+    address: str
+    events: Tuple[str, ...]
+    source: str  #: "config" ([smtp] to in server.toml; read-only here) or "operator"
+
+
 class ManagementError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -117,11 +124,14 @@ class TunnelView:
 
 
 class Management:
-    def __init__(self, core: ServerCore, reload: Optional[Any] = None, webhooks: Optional[Any] = None) -> None:
+    def __init__(
+        self, core: ServerCore, reload: Optional[Any] = None, webhooks: Optional[Any] = None, mail: Optional[Any] = None
+    ) -> None:
         self.core = core
         self._db = core.store.store
         self._reload = reload  #: callable returning a fresh ServerConfig, or None
         self._webhooks = webhooks  #: gotaxy.notify.managed.ManagedWebhooks, or None
+        self._mail = mail  #: gotaxy.notify.managed.ManagedMailRecipients, or None
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.core.store.call(function, *args, **kwargs)
@@ -415,6 +425,37 @@ class Management:
         target = self._managed().find(name)
         if target is None:
             raise ManagementError("not_found", f"no webhook named {name!r}")
+        target.deliver(Event(type="notify.test", at=self.core.reactor.seconds(), detail="sent by the server's operator"))
+
+    def _mail_recipients(self) -> Any:
+        if self._mail is None:
+            raise ManagementError("conflict", "notifications are not set up on this server")
+        return self._mail
+
+    async def mail_recipients(self) -> List[MailRecipientView]:
+        """Who gets notification e-mail; empty when e-mail is not set up."""
+        return [MailRecipientView(**view) for view in self._mail_recipients().recipients()]
+
+    async def add_mail_recipient(self, address: str, events: Sequence[str] = ("*",)) -> MailRecipientView:
+        """Mail events to ``address`` from now on, over server.toml's [smtp] server; kept across restarts."""
+        try:
+            await self._mail_recipients().add(address, tuple(events))
+        except WebhookError as e:
+            raise ManagementError(e.kind, str(e)) from None
+        (view,) = [v for v in await self.mail_recipients() if v.address == address]
+        return view
+
+    async def remove_mail_recipient(self, address: str) -> None:
+        try:
+            await self._mail_recipients().remove(address)
+        except WebhookError as e:
+            raise ManagementError(e.kind, str(e)) from None
+
+    async def test_mail(self, address: str) -> None:
+        """Queue a ``notify.test`` e-mail to the target that mails ``address``."""
+        target = self._mail_recipients().find(address)
+        if target is None:
+            raise ManagementError("not_found", f"{address} is not a recipient")
         target.deliver(Event(type="notify.test", at=self.core.reactor.seconds(), detail="sent by the server's operator"))
 
     # -- events and config -----------------------------------------------------

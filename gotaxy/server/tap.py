@@ -35,7 +35,7 @@ from gotaxy.credentials import new_password
 from gotaxy.console import make_console_service
 from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.notify import build_notifier
-from gotaxy.notify.managed import ManagedWebhooks
+from gotaxy.notify.managed import ManagedMailRecipients, ManagedWebhooks
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
 from gotaxy.server.manage import Management
@@ -259,7 +259,9 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     top.notifier.setServiceParent(top)  # type: ignore[attr-defined]
     webhooks = ManagedWebhooks(top.notifier, store, data_dir, config.server_name, reactor)  # type: ignore[attr-defined]
     webhooks.load()
-    management = Management(core, reload=lambda: build_config(options), webhooks=webhooks)
+    mail = ManagedMailRecipients(top.notifier, store, config, reactor)  # type: ignore[attr-defined]
+    mail.load()
+    management = Management(core, reload=lambda: build_config(options), webhooks=webhooks, mail=mail)
     operators = OperatorAuth(core)
     top.metrics = Metrics(core, admission, top.notifier, reactor)  # type: ignore[attr-defined]
     top.metrics.setServiceParent(top)  # type: ignore[attr-defined]
