@@ -225,8 +225,15 @@ class ServerCore:
         if not isinstance(requested, int) or isinstance(requested, bool) or not 0 <= requested <= 65535:
             raise TunnelRefused("remotePort must be an integer from 0 to 65535")
         key = (client, name)
-        if key in self.tunnels:
-            raise TunnelRefused(f"tunnel {name!r} is already open")
+        existing = self.tunnels.get(key)
+        if existing is not None:
+            if existing.session is not session:
+                raise TunnelRefused(f"tunnel {name!r} is already open")
+            if (existing.local_addr, existing.requested_port) == (local_addr, requested):
+                return existing  # asked again for what it has: nothing to do
+            # The client asks with new settings (an operator edited the
+            # tunnel while its first open was in flight): they win.
+            await self.close_tunnel(existing, "reopened with new settings", cut_connections=True)
         mine = self.tunnels_of(client)
         if len(mine) >= MAX_TUNNELS_PER_CLIENT:
             raise TunnelRefused(f"a client may have at most {MAX_TUNNELS_PER_CLIENT} tunnels")
