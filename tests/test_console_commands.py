@@ -377,6 +377,33 @@ class CommandTests(unittest.TestCase):
         await self.cmd("notify remove ops", EXIT_FAILED)
         await self.cmd("notify test ops", EXIT_FAILED)
 
+    async def test_mail_add_list_test_remove(self):
+        from tests.test_notify_mail import MailServer
+
+        mail = MailServer(self, open_relay=True)
+        import os
+        import tempfile
+
+        config = os.path.join(tempfile.mkdtemp(prefix="gotaxy-test-"), "server.toml")
+        with open(config, "w") as f:
+            f.write(f'[smtp]\nhost = "127.0.0.1"\nport = {mail.number}\ntls = "none"\nfrom = "g@example.test"\n'
+                    f'to = ["ops@example.test"]\nbatchSeconds = 0.2\n')
+        await self._live(server_args=["--config", config])
+        listed = (await self.cmd("mail")).text
+        self.assertIn("ops@example.test", listed)
+        self.assertIn("config", listed)
+        added = await self.cmd("mail add dev@example.test --events token.*,client.*")
+        self.assertIn("operator", added.text)
+        (ops, dev) = json.loads((await self.cmd("mail --json")).text)
+        self.assertEqual(dev, {"address": "dev@example.test", "events": ["token.*", "client.*"], "source": "operator"})
+        await self.cmd("mail test dev@example.test")
+        await wait_until(lambda: len(mail.messages()) == 1, timeout=15)
+        await self.cmd("mail add dev@example.test", EXIT_FAILED)
+        await self.cmd("mail add not-an-address", EXIT_USAGE)
+        await self.cmd("mail remove ops@example.test", EXIT_FAILED)
+        self.assertIn("no longer", (await self.cmd("mail remove dev@example.test")).text)
+        await self.cmd("mail test dev@example.test", EXIT_FAILED)
+
 
 class PrintableTests(unittest.TestCase):
     def test_control_characters_never_reach_the_terminal(self):

@@ -299,6 +299,14 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
             options=_json_option(**{"--events": True, "--format": True, "--secret": True}), positional=(2, 2)),
     Command("notify remove", "notify remove NAME", "stop sending to a webhook added here", positional=(1, 1)),
     Command("notify test", "notify test NAME", "send a test notification to one webhook", positional=(1, 1)),
+    Command("mail", "mail [--json]", "who gets notification e-mail", options=_json_option()),
+    Command("mail add", "mail add ADDRESS [--events LIST] [--json]",
+            "mail events to ADDRESS from now on (kept across restarts)",
+            details="LIST is comma-separated event types or families such as client.disconnected,tunnel.* "
+                    "(default: all). Bursts of events within smtp.batchSeconds become one message.",
+            options=_json_option(**{"--events": True}), positional=(1, 1)),
+    Command("mail remove", "mail remove ADDRESS", "stop mailing a recipient added here", positional=(1, 1)),
+    Command("mail test", "mail test ADDRESS", "send a test e-mail to a recipient", positional=(1, 1)),
     Command("events", "events [--type TYPE] [--client NAME] [--limit N] [--json]",
             "the event log, newest first",
             details=f"TYPE is an event type such as tunnel.opened, or a family ending in '.' such as "
@@ -315,6 +323,7 @@ GROUPS = {
     "tunnel": ("add", "edit", "remove", "enable", "disable", "restart"),
     "token": ("create", "revoke"),
     "notify": ("add", "remove", "test"),
+    "mail": ("add", "remove", "test"),
 }
 TOP_LEVEL = sorted({name.split()[0] for name in COMMANDS} | set(ALIASES) - {"?"})
 
@@ -399,6 +408,10 @@ class Commands:
             "notify add": self._notify_add,
             "notify remove": self._notify_remove,
             "notify test": self._notify_test,
+            "mail": self._mail,
+            "mail add": self._mail_add,
+            "mail remove": self._mail_remove,
+            "mail test": self._mail_test,
             "events": self._events,
             "reload": self._reload,
             "watch": self._action("watch"),
@@ -722,6 +735,32 @@ class Commands:
     async def _notify_test(self, positional: List[str], options: Dict[str, Any]) -> Result:
         await self.management.test_webhook(positional[0])
         return Result(f"test notification queued for webhook {positional[0]}")
+
+    def _mail_table(self, views: List[Any]) -> str:
+        return table(
+            ["ADDRESS", "EVENTS", "SOURCE"], [[v.address, ",".join(v.events), v.source] for v in views], self.width
+        )
+
+    async def _mail(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        views = await self.management.mail_recipients()
+        if options.get("--json"):
+            return Result(as_json(views))
+        return Result(self._mail_table(views))
+
+    async def _mail_add(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        events = [e.strip() for e in options.get("--events", "*").split(",")]
+        view = await self.management.add_mail_recipient(positional[0], events=events)
+        if options.get("--json"):
+            return Result(as_json(view))
+        return Result(self._mail_table([view]))
+
+    async def _mail_remove(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        await self.management.remove_mail_recipient(positional[0])
+        return Result(f"{positional[0]} no longer gets notification e-mail")
+
+    async def _mail_test(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        await self.management.test_mail(positional[0])
+        return Result(f"test e-mail queued for {positional[0]}")
 
     async def _events(self, positional: List[str], options: Dict[str, Any]) -> Result:
         limit = _int(options["--limit"], "--limit", "events") if "--limit" in options else 20
