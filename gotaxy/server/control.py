@@ -24,7 +24,7 @@ memory and cannot crowd out honest clients' tunnels.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Set
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.protocol import Factory
@@ -96,6 +96,10 @@ class ServerControlProtocol(MuxProtocol):
         self.client_version = "?"
         self.token_checked = False
         self.tunnels: Dict[str, Any] = {}
+        #: Operator-defined tunnels an operator removed while this session
+        #: lasts: a tunnel_open for one of them, sent before the client
+        #: heard of the removal, must not bring it back.
+        self.removed_tunnels: Set[str] = set()
         self.lost = False
         self.dropped = False
         self._host: Optional[str] = None
@@ -104,7 +108,7 @@ class ServerControlProtocol(MuxProtocol):
         self.heartbeat: Optional[HeartbeatMonitor] = None
         # Tunnel requests are handled one at a time, in the order sent, so
         # limits such as maxPortsPerClient see every earlier decision.
-        self._tunnel_lock = DeferredLock()
+        self.tunnel_lock = DeferredLock()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -188,7 +192,7 @@ class ServerControlProtocol(MuxProtocol):
     async def _tunnel_open(self, message: Dict[str, Any]) -> None:
         name = message.get("name")
         try:
-            tunnel = await self._tunnel_lock.run(lambda: Deferred.fromCoroutine(self.core.open_tunnel(self, message)))
+            tunnel = await self.tunnel_lock.run(lambda: Deferred.fromCoroutine(self.core.open_tunnel(self, message)))
         except TunnelRefused as e:
             if not self.lost:
                 self.send_control({"type": "tunnel_refused", "name": name, "reason": str(e)})

@@ -225,6 +225,8 @@ class ServerCore:
         if not isinstance(requested, int) or isinstance(requested, bool) or not 0 <= requested <= 65535:
             raise TunnelRefused("remotePort must be an integer from 0 to 65535")
         key = (client, name)
+        if name in session.removed_tunnels:
+            raise TunnelRefused(f"tunnel {name!r} was removed by the operator")
         existing = self.tunnels.get(key)
         if existing is not None:
             if existing.session is not session:
@@ -249,6 +251,12 @@ class ServerCore:
             raise TunnelRefused("client disconnected")
         if record is not None and not record.enabled:
             raise TunnelRefused(f"tunnel {name!r} is disabled by the operator")
+        if record is not None and record.source == SOURCE_SERVER and (
+            local_addr != record.local_addr or (record.remote_port and requested not in (0, record.remote_port))
+        ):
+            # An operator changed this tunnel after the client was sent it;
+            # the store has the settings and the client is being sent them.
+            raise TunnelRefused(f"tunnel {name!r} was changed by the operator; opening it with the new settings")
         reserved = record.remote_port if record is not None and record.remote_port else None
 
         tunnel = LiveTunnel(
@@ -273,7 +281,7 @@ class ServerCore:
         tunnel.remote_port = tunnel.listening_port.getHost().port
         # The session may have gone (or been dropped: kicked, replaced, shut
         # down) while we were binding.
-        if session.lost or session.dropped or key in self.tunnels:
+        if session.lost or session.dropped or key in self.tunnels or name in session.removed_tunnels:
             tunnel.listening_port.stopListening()
             raise TunnelRefused("client disconnected")
         self.tunnels[key] = tunnel

@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from gotaxy import __version__
 from gotaxy.config import ConfigError, parse_host_port
@@ -273,19 +274,25 @@ class Management:
             raise ManagementError("conflict", str(e)) from None
         session = self.core.sessions.get(client)
         if session is not None:
+            session.removed_tunnels.discard(name)
             session.send_control(tunnel_add_message(name, local, remote_port))
         return self._view(record, None)
 
     async def remove_tunnel(self, client: str, name: str) -> None:
+        await self._locked(client, lambda: self._remove_tunnel(client, name))
+
+    async def _remove_tunnel(self, client: str, name: str) -> None:
         record = await self._record(client, name)
         if record.source != SOURCE_SERVER:
             raise ManagementError(
                 "conflict", f"tunnel {name!r} is defined in client {client!r}'s own config; remove it there, or disable it"
             )
+        session = self.core.sessions.get(client)
+        if session is not None:
+            session.removed_tunnels.add(name)
         live = self.core.tunnels.get((client, name))
         if live is not None:
             await self.core.close_tunnel(live, "removed by the operator", cut_connections=True)
-        session = self.core.sessions.get(client)
         if session is not None:
             session.send_control({"type": "tunnel_remove", "name": name})
         await self.core.record(self._db.remove_tunnel, client, name, event=TUNNEL_REMOVED, client=client, tunnel=name)
@@ -323,8 +330,20 @@ class Management:
         await self._reopen(session, record)
         return await self.tunnel(client, name)
 
+    async def _locked(self, client: str, work: Any) -> Any:
+        """Run ``work()`` while the client's tunnel requests wait (none is half-way)."""
+        session = self.core.sessions.get(client)
+        if session is None:
+            return await work()
+        return await session.tunnel_lock.run(lambda: Deferred.fromCoroutine(work()))
+
     async def edit_tunnel(
         self, client: str, name: str, local_addr: Optional[str] = None, remote_port: Optional[int] = None
+    ) -> TunnelView:
+        return await self._locked(client, lambda: self._edit_tunnel(client, name, local_addr, remote_port))
+
+    async def _edit_tunnel(
+        self, client: str, name: str, local_addr: Optional[str], remote_port: Optional[int]
     ) -> TunnelView:
         record = await self._record(client, name)
         if record.source != SOURCE_SERVER:
@@ -452,7 +471,11 @@ class Management:
             raise ManagementError(e.kind, str(e)) from None
 
     async def test_mail(self, address: str) -> None:
-        """Queue a ``notify.test`` e-mail to the target that mails ``address``."""
+        """
+        Queue a ``notify.test`` e-mail to the target that mails ``address``: an
+        added address alone, or, for an address from ``[smtp] to`` in
+        server.toml, the one message all of those addresses share.
+        """
         target = self._mail_recipients().find(address)
         if target is None:
             raise ManagementError("not_found", f"{address} is not a recipient")
