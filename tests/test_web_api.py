@@ -108,6 +108,7 @@ class AuthenticationTests(WebTestCase):
         self.assertEqual((await web.get("/i18n/")).status, 404)  # no directory listings
         for path, item in openapi_document()["paths"].items():
             concrete = path.replace("{client}", "alice").replace("{name}", "x")
+            concrete = concrete.replace("{address}", "x%40example.org")
             for method, operation in item.items():
                 if method == "parameters" or operation.get("security") == []:
                     continue
@@ -589,6 +590,110 @@ class WebhookTests(WebTestCase):
         self.assertEqual([w["name"] for w in (await web.get(f"{API}/webhooks")).json["webhooks"]], ["ci"])
         self.assertEqual((await script.delete(f"{API}/webhooks/ci")).status, 204)
         self.assertEqual((await web.get(f"{API}/webhooks")).json["webhooks"], [])
+
+
+class MailRecipientTests(WebTestCase):
+    """E-mail recipients: listed, added, removed and tested from the panel."""
+
+    async def _with_smtp(self) -> None:
+        # Nothing listens on the SMTP port: the tests here stop at "queued"; delivery is tested in tests/test_notify*.
+        directory = tempfile.mkdtemp(prefix="gotaxy-test-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "server.toml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(
+                f'[smtp]\nhost = "127.0.0.1"\nport = {free_port()}\ntls = "none"\n'
+                'from = "gotaxy@example.test"\nto = ["ops@example.test"]\n'
+            )
+        self.live = await LiveSystem.start(self, server_args=["--config", path])
+        self.panel = make_panel(self.live)
+
+    async def addresses(self, web: WebClient) -> list:
+        return [r["address"] for r in (await web.get(f"{API}/mail-recipients")).json["recipients"]]
+
+    async def test_add_list_test_and_remove(self):
+        await self._with_smtp()
+        web = await self.logged_in()
+        listed = await web.get(f"{API}/mail-recipients")
+        self.assertEqual(listed.status, 200, listed.raw)
+        self.assertEqual(listed.json,
+                         {"recipients": [{"address": "ops@example.test", "events": ["*"], "source": "config"}]})
+        created = await web.post(
+            f"{API}/mail-recipients",
+            {"address": "oncall+gotaxy@example.test", "events": ["client.disconnected", "tunnel.*"]},
+        )
+        self.assertEqual(created.status, 201, created.raw)
+        self.assertEqual(created.json, {"address": "oncall+gotaxy@example.test",
+                                        "events": ["client.disconnected", "tunnel.*"], "source": "operator"})
+        defaults = await web.post(f"{API}/mail-recipients", {"address": "all@example.test"})
+        self.assertEqual((defaults.status, defaults.json["events"]), (201, ["*"]))
+        self.assertEqual(await self.addresses(web),
+                         ["ops@example.test", "oncall+gotaxy@example.test", "all@example.test"])
+
+        # The panel sends the address percent-encoded ('@' as %40, '+' as %2B); both spellings work.
+        self.assertEqual((await web.post(f"{API}/mail-recipients/oncall%2Bgotaxy%40example.test/test")).status, 202)
+        self.assertEqual((await web.post(f"{API}/mail-recipients/ops@example.test/test")).status, 202)
+        self.assertEqual((await web.delete(f"{API}/mail-recipients/oncall%2Bgotaxy%40example.test")).status, 204)
+        self.assertEqual(await self.addresses(web), ["ops@example.test", "all@example.test"])
+        self.assertEqual((await web.delete(f"{API}/mail-recipients/oncall%2Bgotaxy%40example.test")).status, 404)
+
+    async def test_errors(self):
+        await self._with_smtp()
+        web = await self.logged_in()
+        good = {"address": "oncall@example.test"}
+        bad_json = await web.post(f"{API}/mail-recipients", raw=b"{not json")
+        self.assertEqual((bad_json.status, bad_json.error["kind"]), (400, "invalid"))
+        self.assertEqual((await web.post(f"{API}/mail-recipients", ["oncall@example.test"])).status, 400)
+        missing = await web.post(f"{API}/mail-recipients", {"events": ["*"]})
+        self.assertEqual((missing.status, missing.error["field"]), (400, "address"))
+        for wrong in ("not an address", "oncall@", "@example.test", "a@b@example.test", 42):
+            bad_address = await web.post(f"{API}/mail-recipients", {"address": wrong})
+            self.assertEqual((bad_address.status, bad_address.error["field"]), (400, "address"), repr(wrong))
+        bad_events = await web.post(f"{API}/mail-recipients", dict(good, events="tunnel.*"))
+        self.assertEqual((bad_events.status, bad_events.error["field"]), (400, "events"))
+        bad_pattern = await web.post(f"{API}/mail-recipients", dict(good, events=["not an event"]))
+        self.assertEqual((bad_pattern.status, bad_pattern.error["field"]), (400, "events"))
+        self.assertEqual(await self.addresses(web), ["ops@example.test"])  # nothing was added
+
+        duplicate = await web.post(f"{API}/mail-recipients", {"address": "ops@example.test"})
+        self.assertEqual((duplicate.status, duplicate.error["kind"], duplicate.error["field"]),
+                         (409, "conflict", "address"))
+        self.assertEqual((await web.post(f"{API}/mail-recipients", good)).status, 201)
+        again = await web.post(f"{API}/mail-recipients", good)
+        self.assertEqual((again.status, again.error["field"]), (409, "address"))
+
+        from_config = await web.delete(f"{API}/mail-recipients/ops%40example.test")
+        self.assertEqual((from_config.status, from_config.error["kind"]), (409, "conflict"))
+        self.assertIn("server.toml", from_config.error["message"])
+        self.assertEqual((await web.delete(f"{API}/mail-recipients/nobody%40example.test")).status, 404)
+        self.assertEqual((await web.post(f"{API}/mail-recipients/nobody%40example.test/test")).status, 404)
+        wrong_method = await web.request("PUT", f"{API}/mail-recipients")
+        self.assertEqual((wrong_method.status, wrong_method.header("allow")), (405, "GET, POST"))
+        no_csrf = await web.post(f"{API}/mail-recipients", {"address": "other@example.test"}, csrf=False)
+        self.assertEqual(no_csrf.status, 403)
+
+        stranger = self.client()
+        for method, path, body in (
+            ("GET", "/mail-recipients", None),
+            ("POST", "/mail-recipients", {"address": "x@example.test"}),
+            ("DELETE", "/mail-recipients/oncall%40example.test", None),
+            ("POST", "/mail-recipients/oncall%40example.test/test", None),
+        ):
+            response = await stranger.request(method, API + path, body)
+            self.assertEqual((response.status, response.error["kind"]), (401, "unauthorized"), f"{method} {path}")
+        self.assertEqual(await self.addresses(web), ["ops@example.test", "oncall@example.test"])
+
+    async def test_without_smtp_the_list_is_empty_and_adding_says_how_to_set_it_up(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        listed = await web.get(f"{API}/mail-recipients")
+        self.assertEqual((listed.status, listed.json), (200, {"recipients": []}))
+        refused = await web.post(f"{API}/mail-recipients", {"address": "ops@example.test"})
+        self.assertEqual((refused.status, refused.error["kind"], refused.error["field"]), (409, "conflict", None))
+        for word in ("[smtp]", "host", "from", "server.toml"):
+            self.assertIn(word, refused.error["message"])
+        self.assertEqual((await web.post(f"{API}/mail-recipients/ops%40example.test/test")).status, 404)
+        self.assertEqual((await web.get(f"{API}/mail-recipients")).json["recipients"], [])
 
 
 class LiveAndMountTests(WebTestCase):

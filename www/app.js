@@ -19,6 +19,7 @@ const state = {
   events: { offset: 0, limit: 50, hasMore: false },
   clients: [],
   webhookSent: null,  // the webhook a test notification was last queued for
+  mailSent: null,  // the e-mail address a test message was last queued for
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -212,7 +213,7 @@ async function logout() {
 // -- pages -------------------------------------------------------------------------
 
 const PAGES = { overview: loadOverview, clients: loadClients, tunnels: loadTunnels, tokens: loadTokens,
-  events: loadEvents, notifications: loadWebhooks, account: loadAccount };
+  events: loadEvents, notifications: loadNotifications, account: loadAccount };
 
 function route() {
   if (!state.account) return;
@@ -490,9 +491,9 @@ async function loadEvents() {
   $("#events-page").textContent = t("events.page", { n: Math.floor(state.events.offset / state.events.limit) + 1 });
 }
 
-// Errors of the table's buttons go on the line under the table, not into the form.
-function pageError(error) {
-  const line = $('#page-notifications [data-error="webhooks"]');
+// Errors of a table's buttons go on the line under that table ("webhooks" or "mail"), not into the form.
+function pageError(error, table = "webhooks") {
+  const line = $(`#page-notifications [data-error="${table}"]`);
   if (!error) { line.textContent = ""; return; }
   const prefix = t(`error.${error.kind}`);
   line.textContent = `${prefix}${prefix && error.message ? ": " : ""}${error.message || ""}`;
@@ -548,6 +549,10 @@ async function loadWebhooks() {
   $("#webhooks-empty").hidden = result.data.webhooks.length > 0;
 }
 
+async function loadNotifications() {
+  await Promise.all([loadWebhooks(), loadMailRecipients()]);
+}
+
 async function addWebhook(event) {
   event.preventDefault();
   const form = event.target;
@@ -561,6 +566,70 @@ async function addWebhook(event) {
   form.reset();
   state.webhookSent = null;
   loadWebhooks();
+}
+
+function showMailSent() {
+  const line = $("#mail-sent");
+  line.hidden = !state.mailSent;
+  line.textContent = state.mailSent ? t("mail.test_sent", { address: state.mailSent }) : "";
+}
+
+async function loadMailRecipients() {
+  const result = await api("GET", "/mail-recipients");
+  if (!result.ok) return pageError(result.error, "mail");
+  const recipients = result.data.recipients;
+  if (!recipients.some((r) => r.address === state.mailSent)) state.mailSent = null;
+  showMailSent();
+  const body = $("#mail-table tbody");
+  body.replaceChildren();
+  for (const r of recipients) {
+    const row = document.createElement("tr");
+    row.dataset.recipient = r.address;
+    const address = cell(r.address, "name");
+    address.append(" ", r.source === "config"
+      ? badge("source", t("webhooks.from_config"), t("mail.from_config_help"))
+      : badge("source", t("webhooks.from_operator"), t("webhooks.from_operator_help")));
+    const events = r.events.map((e) => (e === "*" ? t("webhooks.all_events") : e)).join(", ");
+    row.append(address, cell(events));
+    const actions = document.createElement("td");
+    actions.className = "actions";
+    const path = `/mail-recipients/${encodeURIComponent(r.address)}`;
+    actions.append(button(t("webhooks.test"), "secondary", async () => {
+      state.mailSent = null;
+      showMailSent();
+      const answer = await api("POST", `${path}/test`);
+      if (!answer.ok) return pageError(answer.error, "mail");
+      pageError(null, "mail");
+      state.mailSent = r.address;
+      showMailSent();
+    }, "test"));
+    if (r.source === "operator") {
+      actions.append(button(t("tunnels.remove"), "danger", async () => {
+        if (!confirm(t("mail.remove_confirm", { address: r.address }))) return;
+        const answer = await api("DELETE", path);
+        if (!answer.ok) return pageError(answer.error, "mail");
+        pageError(null, "mail");
+        loadMailRecipients();
+      }, "remove"));
+    }
+    row.append(actions);
+    body.append(row);
+  }
+  $("#mail-empty").hidden = recipients.length > 0;
+}
+
+async function addMailRecipient(event) {
+  event.preventDefault();
+  const form = event.target;
+  const body = { address: form.address.value.trim() };
+  const events = form.events.value.split(",").map((e) => e.trim()).filter((e) => e);
+  if (events.length) body.events = events;
+  const result = await api("POST", "/mail-recipients", body);
+  if (!result.ok) return showError(form, result.error);
+  clearErrors(form);
+  form.reset();
+  state.mailSent = null;
+  loadMailRecipients();
 }
 
 async function loadAccount() {
@@ -669,6 +738,7 @@ async function start() {
   $("#edit-cancel").addEventListener("click", () => { $("#edit-form").hidden = true; });
   $("#token-form").addEventListener("submit", createToken);
   $("#webhook-form").addEventListener("submit", addWebhook);
+  $("#mail-form").addEventListener("submit", addMailRecipient);
   $("#events-form").addEventListener("submit", (e) => { e.preventDefault(); state.events.offset = 0; loadEvents(); });
   $("#events-prev").addEventListener("click", () => {
     state.events.offset = Math.max(0, state.events.offset - state.events.limit); loadEvents();

@@ -195,9 +195,17 @@ class ManagedMailRecipients:
         import attrs
 
         try:
-            return attrs.evolve(self.config, smtp_to=(address,), smtp_events=tuple(events))
-        except (ConfigError, TypeError, ValueError) as e:
-            raise WebhookError("invalid", str(e).replace("server.toml: ", "")) from None
+            settings = attrs.evolve(self.config, smtp_to=(address,))
+        except (ConfigError, TypeError, ValueError):
+            raise WebhookError("invalid", f"{address!r} is not an e-mail address") from None
+        try:
+            return attrs.evolve(settings, smtp_events=tuple(events))
+        except (ConfigError, TypeError, ValueError):
+            raise WebhookError(
+                "invalid",
+                f"events {', '.join(map(repr, events))}: give event types or families such as "
+                "client.disconnected or tunnel.* (or * for all)",
+            ) from None
 
     def _attach(self, address: str, events: Sequence[str]) -> Any:
         from gotaxy.notify.mail import MailTarget

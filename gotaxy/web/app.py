@@ -38,7 +38,7 @@ import math
 import re
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import attrs
 import qrcode
@@ -68,6 +68,7 @@ MAX_STREAMS = 32
 KEEPALIVE = 15.0
 NAME_LIMIT = 64
 URL_LIMIT = 2048
+ADDRESS_LIMIT = 320  # RFC 5321: 64 for the local part, '@', 255 for the domain
 UNSAFE_METHODS = {b"POST", b"PUT", b"PATCH", b"DELETE"}
 SECURITY_HEADERS = {
     b"x-content-type-options": b"nosniff",
@@ -172,6 +173,17 @@ def _webhook_field(kind: str, message: str) -> Optional[str]:
                            (r"\bsecret\b", "secret"), (r"\bname\b", "name")):
         if re.search(pattern, lowered):
             return field
+    return None
+
+
+def _mail_field(kind: str, message: str, address: str) -> Optional[str]:
+    """Which input of the e-mail recipient form a management error is about."""
+    lowered = message.replace(address, "").lower()  # so that "events@example.org" is not about events
+    if kind == "conflict":
+        # "already a recipient" is about the address; "e-mail is not set up" is about the server, not a field.
+        return "address" if "already" in lowered else None
+    if kind == "invalid":
+        return "events" if re.search(r"\bevents?\b", lowered) else "address"
     return None
 
 
@@ -596,6 +608,37 @@ class Panel:
     async def test_webhook(self, request: Any, caller: Caller, name: str) -> None:
         await self.management.test_webhook(name)
         request.setResponseCode(202)  # queued; delivery (and its retries) happen later
+
+    @app.route(f"{API_PREFIX}/mail-recipients", methods=["GET"])
+    @_api()
+    async def mail_recipients(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"recipients": _views(await self.management.mail_recipients())}
+
+    @app.route(f"{API_PREFIX}/mail-recipients", methods=["POST"])
+    @_api()
+    async def add_mail_recipient(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        body = self._body(request)
+        address = self._string(body, "address", limit=ADDRESS_LIMIT)
+        events = self._events(body)
+        try:
+            view = await self.management.add_mail_recipient(address, events)
+        except ManagementError as e:
+            raise HTTPError(e.kind, str(e), getattr(e, "field", None) or _mail_field(e.kind, str(e), address)) from None
+        request.setResponseCode(201)
+        return attrs.asdict(view)
+
+    # An address holds '@' (and may hold '+' or '%'): the panel sends it percent-encoded, and
+    # Klein hands path segments over still encoded.
+    @app.route(f"{API_PREFIX}/mail-recipients/<address>", methods=["DELETE"])
+    @_api()
+    async def remove_mail_recipient(self, request: Any, caller: Caller, address: str) -> None:
+        await self.management.remove_mail_recipient(unquote(address))
+
+    @app.route(f"{API_PREFIX}/mail-recipients/<address>/test", methods=["POST"])
+    @_api()
+    async def test_mail(self, request: Any, caller: Caller, address: str) -> None:
+        await self.management.test_mail(unquote(address))
+        request.setResponseCode(202)  # queued; the SMTP attempt (and its retries) happen later
 
     # -- events, reload ------------------------------------------------------------
 

@@ -200,6 +200,25 @@ SCHEMAS: Dict[str, Any] = {
         ["name", "url"],
     ),
     "Webhooks": _list_of("webhooks", "Webhook"),
+    "MailRecipient": _object(
+        {
+            "address": {"type": "string", "description": "an e-mail address"},
+            "events": {"type": "array", "items": {"type": "string"},
+                       "description": "event types or patterns such as 'tunnel.*'; '*' for all"},
+            "source": {
+                "enum": ["config", "operator"],
+                "description": "config: 'to' of [smtp] in server.toml, change it there; operator: added in the panel",
+            },
+        }
+    ),
+    "MailRecipientCreate": _object(
+        {
+            "address": {"type": "string", "maxLength": 320},
+            "events": {"type": "array", "items": {"type": "string"}, "minItems": 1, "default": ["*"]},
+        },
+        ["address"],
+    ),
+    "MailRecipients": _list_of("recipients", "MailRecipient"),
     "Reload": _object({"warnings": {"type": "array", "items": {"type": "string"}}}),
     "Clients": _list_of("clients", "Client"),
     "Tunnels": _list_of("tunnels", "Tunnel"),
@@ -211,9 +230,10 @@ _ERRORS = {
     400: "invalid request (bad JSON, a missing or wrong field)",
     401: "not logged in, or a bad API token",
     403: "missing CSRF token, cross-site request, or an action API tokens cannot do",
-    404: "no such client, tunnel, token or webhook",
+    404: "no such client, tunnel, token, webhook or e-mail recipient",
     405: "method not allowed",
-    409: "conflict: port taken, name used, wrong kind of tunnel, a webhook from the config file",
+    409: ("conflict: port taken, name or address used, wrong kind of tunnel, a webhook or e-mail recipient from the "
+          "config file, e-mail not set up"),
     413: "request body over 64 KiB",
     415: "request body not JSON",
     429: "too many failed log-ins; see Retry-After",
@@ -224,6 +244,7 @@ _ERRORS = {
 _PATH_PARAMS = {
     "client": "the client's name",
     "name": "the name of the client, tunnel, token or webhook",
+    "address": "an e-mail address, percent-encoded ('@' as %40)",
 }
 
 
@@ -350,6 +371,20 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
         _operation("post", "Queue a test notification (notify.test) to this webhook only", (202, None),
                    errors=(404, 409), tag="notifications")
     ],
+    "/mail-recipients": [
+        _operation("get", "E-mail notification recipients (none when [smtp] is not set up)", (200, "MailRecipients"),
+                   tag="notifications"),
+        _operation("post", "Add an e-mail recipient (needs [smtp] in server.toml)", (201, "MailRecipient"),
+                   "MailRecipientCreate", (409,), tag="notifications"),
+    ],
+    "/mail-recipients/{address}": [
+        _operation("delete", "Remove an e-mail recipient added in the panel", (204, None), errors=(404, 409),
+                   tag="notifications")
+    ],
+    "/mail-recipients/{address}/test": [
+        _operation("post", "Queue a test e-mail (notify.test) to this recipient only", (202, None),
+                   errors=(404, 409), tag="notifications")
+    ],
     "/events": [
         _operation(
             "get", "Events, newest first", (200, "EventPage"), errors=(400,), tag="events",
@@ -386,9 +421,10 @@ def openapi_document() -> Dict[str, Any]:
                 "title": "Gotaxy panel API",
                 "version": __version__,
                 "description": (
-                    "Manage a Gotaxy tunnel server's clients, tunnels, tokens and webhooks. Authenticate with the "
-                    "panel's session cookie (state-changing requests then need the X-CSRF-Token header, whose value "
-                    "GET /account returns) or with 'Authorization: Bearer' and an API token."
+                    "Manage a Gotaxy tunnel server's clients, tunnels, tokens, webhooks and e-mail recipients. "
+                    "Authenticate with the panel's session cookie (state-changing requests then need the "
+                    "X-CSRF-Token header, whose value GET /account returns) or with 'Authorization: Bearer' and an "
+                    "API token."
                 ),
             },
             "components": {
