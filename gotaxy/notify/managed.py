@@ -34,7 +34,9 @@ SOURCE_CONFIG = "config"
 SOURCE_OPERATOR = "operator"
 
 
-class WebhookError(Exception):
+class TargetError(Exception):
+    """A refused change to a notification target; ``kind`` as ManagementError's."""
+
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
@@ -95,7 +97,7 @@ class ManagedWebhooks:
         try:
             return WebhookSpec(url=url, name=name, secret=secret or None, events=tuple(events), format=format)
         except (ConfigError, TypeError, ValueError) as e:
-            raise WebhookError("invalid", str(e).replace("server.toml: ", "")) from None
+            raise TargetError("invalid", str(e).replace("server.toml: ", "")) from None
 
     def _attach(self, spec: WebhookSpec) -> WebhookTarget:
         target = WebhookTarget(spec, self.server_name, self.reactor, self.notifier.failures, http=self._http)
@@ -129,10 +131,10 @@ class ManagedWebhooks:
 
     async def add(self, name: str, url: str, events: Sequence[str], format: str, secret: Optional[str]) -> WebhookTarget:
         if not isinstance(name, str) or not name:
-            raise WebhookError("invalid", "a webhook needs a name")
+            raise TargetError("invalid", "a webhook needs a name")
         spec = self._spec(name, url, events, format, secret)
         if self.find(name) is not None:
-            raise WebhookError("conflict", f"a webhook named {name!r} already exists; remove it first or pick another name")
+            raise TargetError("conflict", f"a webhook named {name!r} already exists; remove it first or pick another name")
         row = dict(
             name=name,
             url=self._fernet.encrypt(url.encode()).decode(),
@@ -147,9 +149,9 @@ class ManagedWebhooks:
     async def remove(self, name: str) -> None:
         target = self.find(name)
         if target is None:
-            raise WebhookError("not_found", f"no webhook named {name!r}")
+            raise TargetError("not_found", f"no webhook named {name!r}")
         if name not in self.operator_names:
-            raise WebhookError("conflict", f"webhook {name!r} comes from server.toml; remove it there")
+            raise TargetError("conflict", f"webhook {name!r} comes from server.toml; remove it there")
         await self.store.call(lambda: self._db[TABLE].delete(name=name))
         self.operator_names.discard(name)
         self.notifier.remove(target)
@@ -197,11 +199,11 @@ class ManagedMailRecipients:
         try:
             settings = attrs.evolve(self.config, smtp_to=(address,))
         except (ConfigError, TypeError, ValueError):
-            raise WebhookError("invalid", f"{address!r} is not an e-mail address") from None
+            raise TargetError("invalid", f"{address!r} is not an e-mail address") from None
         try:
             return attrs.evolve(settings, smtp_events=tuple(events))
         except (ConfigError, TypeError, ValueError):
-            raise WebhookError(
+            raise TargetError(
                 "invalid",
                 f"events {', '.join(map(repr, events))}: give event types or families such as "
                 "client.disconnected or tunnel.* (or * for all)",
@@ -237,12 +239,12 @@ class ManagedMailRecipients:
 
     async def add(self, address: str, events: Sequence[str]) -> Any:
         if not self.configured:
-            raise WebhookError(
+            raise TargetError(
                 "conflict", "e-mail is not set up: add an [smtp] section with host and from to server.toml first"
             )
         self._settings(address, events)  # validates before anything is stored
         if self.find(address) is not None:
-            raise WebhookError("conflict", f"{address} already receives notifications")
+            raise TargetError("conflict", f"{address} already receives notifications")
         row = dict(address=address, events=json.dumps(list(events)), created_at=self.reactor.seconds())
         await self.store.call(lambda: self._db[MAIL_TABLE].insert(row))
         return self._attach(address, events)
@@ -250,7 +252,7 @@ class ManagedMailRecipients:
     async def remove(self, address: str) -> None:
         if address not in self.targets:
             if self.find(address) is not None:
-                raise WebhookError("conflict", f"{address} is set in server.toml's [smtp] to; remove it there")
-            raise WebhookError("not_found", f"{address} is not a recipient")
+                raise TargetError("conflict", f"{address} is set in server.toml's [smtp] to; remove it there")
+            raise TargetError("not_found", f"{address} is not a recipient")
         await self.store.call(lambda: self._db[MAIL_TABLE].delete(address=address))
         self.notifier.remove(self.targets.pop(address))

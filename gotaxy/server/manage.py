@@ -21,8 +21,9 @@ Tunnels come from two places (``source``):
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -30,7 +31,7 @@ from twisted.internet.defer import Deferred
 from gotaxy import __version__
 from gotaxy.config import ConfigError, parse_host_port
 from gotaxy.events import Event
-from gotaxy.notify.managed import WebhookError
+from gotaxy.notify.managed import TargetError
 from gotaxy.server.control import tunnel_add_message
 from gotaxy.server.core import NAME_RE, ServerCore, TunnelRefused
 from gotaxy.server.tunnel import LiveTunnel
@@ -73,6 +74,15 @@ class ManagementError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+@contextmanager
+def _target_errors() -> Iterator[None]:
+    """Notification-target refusals, as the ManagementError the faces expect."""
+    try:
+        yield
+    except TargetError as e:
+        raise ManagementError(e.kind, str(e)) from None
 
 
 def _invalid(message: str) -> ManagementError:
@@ -412,13 +422,19 @@ class Management:
 
     # -- notification targets ------------------------------------------------
 
-    def _managed(self) -> Any:
-        if self._webhooks is None:
+    @staticmethod
+    def _targets(part: Any) -> Any:
+        if part is None:
             raise ManagementError("conflict", "notifications are not set up on this server")
-        return self._webhooks
+        return part
+
+    def _send_test(self, target: Any, missing: str) -> None:
+        if target is None:
+            raise ManagementError("not_found", missing)
+        target.deliver(Event(type="notify.test", at=self.core.reactor.seconds(), detail="sent by the server's operator"))
 
     async def webhooks(self) -> List[WebhookView]:
-        return [WebhookView(**view) for view in self._managed().webhooks()]
+        return [WebhookView(**view) for view in self._targets(self._webhooks).webhooks()]
 
     async def add_webhook(
         self, name: str, url: str, events: Sequence[str] = ("*",), format: str = "json", secret: Optional[str] = None
@@ -426,49 +442,33 @@ class Management:
         """Deliver events to a new webhook from now on; it is kept across restarts."""
         if not NAME_RE.match(name or ""):
             raise _invalid("a webhook name must be 1-64 letters, digits, '.', '_' or '-'")
-        try:
-            await self._managed().add(name, url, tuple(events), format, secret)
-        except WebhookError as e:
-            raise ManagementError(e.kind, str(e)) from None
+        with _target_errors():
+            await self._targets(self._webhooks).add(name, url, tuple(events), format, secret)
         (view,) = [v for v in await self.webhooks() if v.name == name]
         return view
 
     async def remove_webhook(self, name: str) -> None:
-        try:
-            await self._managed().remove(name)
-        except WebhookError as e:
-            raise ManagementError(e.kind, str(e)) from None
+        with _target_errors():
+            await self._targets(self._webhooks).remove(name)
 
     async def test_webhook(self, name: str) -> None:
         """Queue a ``notify.test`` event to that webhook only (whatever its filter)."""
-        target = self._managed().find(name)
-        if target is None:
-            raise ManagementError("not_found", f"no webhook named {name!r}")
-        target.deliver(Event(type="notify.test", at=self.core.reactor.seconds(), detail="sent by the server's operator"))
-
-    def _mail_recipients(self) -> Any:
-        if self._mail is None:
-            raise ManagementError("conflict", "notifications are not set up on this server")
-        return self._mail
+        self._send_test(self._targets(self._webhooks).find(name), f"no webhook named {name!r}")
 
     async def mail_recipients(self) -> List[MailRecipientView]:
         """Who gets notification e-mail; empty when e-mail is not set up."""
-        return [MailRecipientView(**view) for view in self._mail_recipients().recipients()]
+        return [MailRecipientView(**view) for view in self._targets(self._mail).recipients()]
 
     async def add_mail_recipient(self, address: str, events: Sequence[str] = ("*",)) -> MailRecipientView:
         """Mail events to ``address`` from now on, over server.toml's [smtp] server; kept across restarts."""
-        try:
-            await self._mail_recipients().add(address, tuple(events))
-        except WebhookError as e:
-            raise ManagementError(e.kind, str(e)) from None
+        with _target_errors():
+            await self._targets(self._mail).add(address, tuple(events))
         (view,) = [v for v in await self.mail_recipients() if v.address == address]
         return view
 
     async def remove_mail_recipient(self, address: str) -> None:
-        try:
-            await self._mail_recipients().remove(address)
-        except WebhookError as e:
-            raise ManagementError(e.kind, str(e)) from None
+        with _target_errors():
+            await self._targets(self._mail).remove(address)
 
     async def test_mail(self, address: str) -> None:
         """
@@ -476,10 +476,7 @@ class Management:
         added address alone, or, for an address from ``[smtp] to`` in
         server.toml, the one message all of those addresses share.
         """
-        target = self._mail_recipients().find(address)
-        if target is None:
-            raise ManagementError("not_found", f"{address} is not a recipient")
-        target.deliver(Event(type="notify.test", at=self.core.reactor.seconds(), detail="sent by the server's operator"))
+        self._send_test(self._targets(self._mail).find(address), f"{address} is not a recipient")
 
     # -- events and config -----------------------------------------------------
 
