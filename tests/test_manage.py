@@ -177,3 +177,16 @@ class TunnelErrorTests(unittest.TestCase):
         self.assertIn(f"cannot reach local service 127.0.0.1:{dead}", errors[0].detail)
         stored = await live.management.events(type_="tunnel.error")
         self.assertEqual(len(stored), 1)
+
+
+class ServerStartedTests(unittest.TestCase):
+    timeout = 30
+
+    async def test_server_started_is_published_once_every_service_runs(self):
+        live = await LiveSystem.start(self)
+        published: list = []
+        live.core.events.subscribe(published.append)  # as the notifier does in its startService
+        await wait_until(lambda: any(e.type == "server.started" for e in published))
+        (event,) = [e for e in published if e.type == "server.started"]
+        self.assertEqual(event.detail, "version 0.1.0")
+        self.assertEqual([e.type for e in await live.management.events(type_="server.started")], ["server.started"])

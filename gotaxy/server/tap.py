@@ -188,7 +188,9 @@ class CoreService(Service):
         self.store.start()
         self.core.start()
         config = self.core.config
-        self.store.call(self.store.store.record_event, SERVER_STARTED, detail=f"version {__version__}")
+        # On the next turn, once every service (the notifier among them)
+        # runs, so that server.started is published like any other event.
+        self._announce = self.core.reactor.callLater(0, self._announce_start)
         log.info(
             "Gotaxy server {version} listening for clients on {addr}:{port} (TLS, certificate {fp})",
             version=__version__,
@@ -197,8 +199,19 @@ class CoreService(Service):
             fp=self.credentials.fingerprint,
         )
 
+    def _announce_start(self) -> None:
+        detail = f"version {__version__}"
+        Deferred.fromCoroutine(
+            self.core.record(
+                self.store.store.record_event, SERVER_STARTED, None, None, None, detail,
+                event=SERVER_STARTED, detail=detail,
+            )
+        ).addErrback(lambda f: log.failure("recording the server start failed", f))
+
     def stopService(self) -> Deferred:
         super().stopService()
+        if self._announce.active():
+            self._announce.cancel()
         d = Deferred.fromCoroutine(self.core.shutdown())
         d.addBoth(lambda _: self.store.stop())
         return d
