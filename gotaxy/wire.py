@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import struct
 from typing import Any, Callable, Dict
 
@@ -101,7 +102,38 @@ def encode_json(frame_type: int, stream_id: int, message: Dict[str, Any]) -> byt
     return encode_frame(frame_type, stream_id, json.dumps(message, separators=(",", ":")).encode("utf-8"))
 
 
+#: Deepest nesting of arrays and objects a JSON payload may have.  Our
+#: messages are flat; the bound keeps ``json.loads`` from recursing on
+#: ``[[[[...`` (8,000 of them exhaust Python's recursion limit).
+MAX_JSON_DEPTH = 16
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
+_JSON_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _too_deep(payload: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """
+    True if the JSON text nests arrays/objects deeper than ``limit``,
+    judged without recursion: drop strings (brackets inside them do not
+    count; UTF-8 never puts ASCII bytes inside a multi-byte character), keep
+    only the brackets, all as ``[]``, and peel off innermost pairs ``limit``
+    times.  A payload with at most ``limit`` opening brackets skips all that.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", payload).translate(_JSON_AS_SQUARE, _JSON_NOT_BRACKET)
+    for _ in range(limit):
+        peeled = brackets.replace(b"[]", b"")
+        if len(peeled) == len(brackets):
+            break  # nothing left to peel: empty, or not balanced JSON
+        brackets = peeled
+    return bool(brackets)
+
+
 def decode_json(payload: bytes) -> Dict[str, Any]:
+    if _too_deep(payload):
+        raise ProtocolError(f"JSON payload nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         message = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:

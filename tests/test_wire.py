@@ -15,6 +15,7 @@ from gotaxy.wire import (
     HEADER_SIZE,
     MAX_CONTROL,
     MAX_DATA,
+    MAX_JSON_DEPTH,
     MAX_PAYLOAD,
     PREAMBLE,
     WINDOW_INCREMENT,
@@ -300,3 +301,26 @@ def test_control_message_larger_than_the_limit_is_refused_by_the_sender() -> Non
     frame = encode_control(message)
     assert len(frame) - HEADER_SIZE == MAX_CONTROL
     assert json.loads(decode(frame)[0][3]) == message
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"[" * 8000, b"{" * 8000, b'{"a":' * 17 + b"1" + b"}" * 17, b"[" * 17 + b"]" * 17, b'{"a":' + b"[" * 5000],
+    ids=["8000 [", "8000 {", "17 objects", "17 arrays", "unclosed"],
+)
+def test_deeply_nested_json_is_a_protocol_error_not_a_recursion_error(payload: bytes) -> None:
+    with pytest.raises(ProtocolError, match=f"nested deeper than {MAX_JSON_DEPTH} levels"):
+        decode_json(payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a":' * (MAX_JSON_DEPTH - 1) + b"[1]" + b"}" * (MAX_JSON_DEPTH - 1),
+        b'{"reason":"' + b"[{" * 4000 + b'"}',  # brackets inside a string do not nest
+        b'{"reason":"\\"' + b"[" * 100 + b'","list":[' + b"[]," * 500 + b"[]]}",
+    ],
+    ids=["at the limit", "in a string", "wide, escaped quote"],
+)
+def test_nesting_up_to_the_limit_and_brackets_in_strings_are_fine(payload: bytes) -> None:
+    assert isinstance(decode_json(payload), dict)
