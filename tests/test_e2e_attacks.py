@@ -6,11 +6,15 @@ each run against real ``twistd`` processes on loopback.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import struct
-import time
+import threading
 from typing import Any, Dict, List, Optional, Tuple
+
+from gotaxy.store import Store, default_url
+from tests.e2e import echo_once, free_port, gotaxy_cli, tunnel_port
 
 PREAMBLE = b"GTXY" + struct.pack("!I", 1)
 HEADER = struct.Struct("!BII")
@@ -93,3 +97,70 @@ def test_deeply_nested_control_frame_is_a_protocol_error_without_traceback(procs
     server.wait_for(r"protocol error: JSON payload nested deeper than 16 levels")
     for text in (server.output(), log_file(server)):
         assert "Traceback" not in text and "RecursionError" not in text
+
+
+# -- item 1: the shared token cannot take over a per-client token's client ------
+
+
+class FixedReply:
+    """A local service that answers every connection with ``reply`` and closes."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_shared_token_with_a_token_holders_name_gets_its_own_namespace(procs, echo, tmp_path):
+    shared = "shared-secret-0123456789"
+    reserved = free_port()
+    server = procs.server("--token", shared)
+    alice_token = re.search(r"gtx_\S+", gotaxy_cli("--data-dir", str(server.data_dir), "token", "create", "alice")).group(0)
+    alice = procs.client(server, f"web=tcp:127.0.0.1:{echo.port}:{reserved}", token=alice_token, name="alice")
+    assert tunnel_port(alice, "web") == reserved
+    server.wait_for(r"client alice connected")
+    assert echo_once(reserved, b"alice's password") == b"alice's password"
+
+    trap = FixedReply(b"captured by the impostor")
+    try:
+        mark = server.mark()
+        impostor = procs.client(
+            server, f"web=tcp:127.0.0.1:{trap.port}:{reserved}", f"other=tcp:127.0.0.1:{trap.port}",
+            token=shared, args=["--user", "alice"], name="impostor",
+        )
+        impostor.wait_for(r"logged in to 127\.0\.0\.1:\d+ as shared:alice")
+        impostor.wait_for(rf"tunnel web refused by the server: port {reserved} is reserved by tunnel 'web' of client 'alice'")
+        tunnel_port(impostor, "other")  # it is a client of its own, with tunnels of its own
+
+        # Alice keeps her session, her name and her port; her visitors reach her service.
+        assert echo_once(reserved, b"alice's password") == b"alice's password"
+        assert "reconnected" not in server.output()[mark:]
+        assert "disconnected from the server" not in alice.output()
+        server.wait_for(r"client shared:alice connected", start=mark)
+    finally:
+        trap.close()
+    store = Store(default_url(str(server.data_dir)))
+    try:
+        clients = {c.name: c.online for c in store.list_clients()}
+        assert clients == {"alice": True, "shared:alice": True}
+        owners = {(t.client, t.name): t.remote_port for t in store.list_tunnels()}
+        assert owners[("alice", "web")] == reserved
+        assert owners.get(("shared:alice", "web")) != reserved
+    finally:
+        store.close()

@@ -104,7 +104,7 @@ remotePort = 6002
     client.wait_for(r"type 'udp'|udp")
     assert echo_once(single, b"via frp config") == b"via frp config"
     assert echo_once(auto, b"auto port") == b"auto port"
-    server.wait_for(r"client office connected")
+    server.wait_for(r"client shared:office connected")
 
 
 def test_ports_are_kept_across_server_restarts(procs, echo):

@@ -111,6 +111,16 @@ class ManagementTests(unittest.TestCase):
                 await coroutine
             self.assertEqual(e.exception.kind, kind, str(e.exception))
 
+    async def test_shared_token_clients_are_managed_under_their_own_names(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        m = live.management
+        view = await m.add_tunnel("shared:office", "pushed", f"127.0.0.1:{self.echo}")
+        self.assertEqual((view.client, view.name), ("shared:office", "pushed"))
+        for client in ("shared:", "shared:a:b", "other:office", "shared:" + "x" * 58):
+            with self.assertRaises(ManagementError) as e:
+                await m.add_tunnel(client, "pushed", "127.0.0.1:1")
+            self.assertEqual(e.exception.kind, "invalid", client)
+
     async def test_reload_rereads_the_config_and_records_it(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
         await live.wait_up("echo")

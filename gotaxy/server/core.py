@@ -52,6 +52,24 @@ from gotaxy.store import (
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
+#: A client that logs in with the shared ``auth.token`` is named
+#: ``shared:<user>``.  A token's name never contains ':', so a shared-token
+#: client can never be given a per-client token's name, and with it that
+#: client's session, tunnels or reserved ports.
+SHARED_PREFIX = "shared:"
+
+#: Longest client name (the store's and the API's limit).
+MAX_CLIENT_NAME = 64
+
+
+def valid_client_name(name: str) -> bool:
+    """A client is named after its token, or ``shared:NAME`` (see SHARED_PREFIX)."""
+    if name.startswith(SHARED_PREFIX):
+        name = name[len(SHARED_PREFIX) :]
+        if len(SHARED_PREFIX) + len(name) > MAX_CLIENT_NAME:
+            return False
+    return bool(NAME_RE.match(name))
+
 #: Tunnels one client may ask for, whatever maxPortsPerClient says.
 MAX_TUNNELS_PER_CLIENT = 256
 
@@ -143,11 +161,13 @@ class ServerCore:
         name: Optional[str] = None
         via_store = False
         if self.config.token and tokens_equal(token, self.config.token):
-            name = user or hostname.split(".")[0]
-            if not NAME_RE.match(name):
+            user = user or hostname.split(".")[0]
+            name = SHARED_PREFIX + user
+            if not NAME_RE.match(user) or len(name) > MAX_CLIENT_NAME:
                 raise LoginRefused(
                     "logging in with the shared auth.token needs a client name: set 'user' "
-                    "(letters, digits, '.', '_', '-') in the client's config"
+                    f"(at most {MAX_CLIENT_NAME - len(SHARED_PREFIX)} letters, digits, '.', '_', '-') "
+                    "in the client's config"
                 )
         else:
             record = await self.store.call(self._db.authenticate_token, token)

@@ -33,7 +33,7 @@ from gotaxy.config import ConfigError, parse_host_port
 from gotaxy.events import Event
 from gotaxy.notify.managed import TargetError
 from gotaxy.server.control import tunnel_add_message
-from gotaxy.server.core import NAME_RE, ServerCore, TunnelRefused
+from gotaxy.server.core import NAME_RE, ServerCore, TunnelRefused, valid_client_name
 from gotaxy.server.tunnel import LiveTunnel
 from gotaxy.store import (
     CLIENT_KICKED,
@@ -269,7 +269,7 @@ class Management:
 
     async def add_tunnel(self, client: str, name: str, local_addr: str, remote_port: int = 0) -> TunnelView:
         """Define a tunnel for ``client``; it opens now if the client is online."""
-        if not NAME_RE.match(client or ""):
+        if not valid_client_name(client or ""):
             raise _invalid(f"invalid client name {client!r}")
         if not NAME_RE.match(name or ""):
             raise _invalid("a tunnel name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
