@@ -767,3 +767,32 @@ class LiveAndMountTests(WebTestCase):
         self.assertEqual(self.panel._streams, 1)
         stream.transport.loseConnection()
         await wait_until(lambda: self.panel._streams == 0)
+
+
+class MalformedPathTests(WebTestCase):
+    """Item 13 of issue 8: a malformed path is a 400 in JSON, never a 500 and a traceback."""
+
+    async def test_malformed_paths_are_400_without_a_log_in(self):
+        await self._live(with_client=False)
+        web = self.client()
+        logged: list = []
+        from twisted.logger import globalLogPublisher
+
+        def observe(event: dict) -> None:
+            if event.get("log_failure") is not None or event.get("isError"):
+                logged.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        for path in ("/%00", "/a%00b/c", "/%0a", "/%zz", "/%ff", "/%c0%ae", f"/{'a' * 3000}",
+                     f"{API}/%00", f"{API}/tunnels/%00/x", "/metrics%00"):
+            response = await web.get(path, check=False)
+            self.assertEqual(response.status, 400, path)
+            self.assertEqual(response.error["kind"], "invalid", path)
+            self.assertIn("address", response.error["message"])
+            self.assertEqual(response.header("x-content-type-options"), "nosniff")
+        self.assertEqual(logged, [])
+        # Well-formed paths still work.
+        self.assertEqual((await web.get("/")).status, 200)
+        self.assertEqual((await web.get("/%61pp.js")).status, 200)  # "%61" is "a"
+        self.assertEqual((await web.get("/no-such-page")).status, 404)

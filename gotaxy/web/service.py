@@ -8,7 +8,10 @@ HTTPS when ``webServer.tls.certFile`` and ``keyFile`` are set.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Mapping, Optional
+from urllib.parse import unquote_to_bytes
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import ssl
@@ -17,7 +20,7 @@ from twisted.python import usage
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from gotaxy.web.app import MAX_BODY, Panel
+from gotaxy.web.app import MAX_BODY, SECURITY_HEADERS, Panel
 from gotaxy.web.auth import PanelAuth
 
 
@@ -39,6 +42,51 @@ class BoundedRequest(Request):
         super().handleContentChunk(data)
 
 
+PATH_LIMIT = 2048  #: longer paths are refused (no route or file of the panel comes near)
+_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def path_problem(path: bytes) -> Optional[str]:
+    """
+    Why the panel cannot serve ``path`` (a request's raw path, without the
+    query), or None if it is well-formed: not too long, valid percent-escapes
+    that decode to UTF-8, no control characters (NUL included).  Such paths
+    reach neither Klein (which logs a traceback for invalid UTF-8) nor the
+    file system (which raises on NUL).
+    """
+    if len(path) > PATH_LIMIT:
+        return f"the address is longer than {PATH_LIMIT} characters"
+    if _BAD_PERCENT.search(path):
+        return "the address has a '%' that is not followed by two hexadecimal digits"
+    try:
+        text = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "the address is not valid UTF-8 once its %-escapes are decoded"
+    if _CONTROL.search(text):
+        return "the address holds a control character (such as %00)"
+    return None
+
+
+class MalformedPath(Resource):
+    """A 400 in the panel's JSON error shape, for a path ``path_problem`` refuses."""
+
+    isLeaf = True
+
+    def __init__(self, problem: str) -> None:
+        super().__init__()
+        self.problem = problem
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(400)
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        message = f"{self.problem}; check the link or type the panel's address again"
+        return json.dumps({"error": {"kind": "invalid", "message": message, "field": None}}).encode()
+
+
 class PanelRoot(Resource):
     """
     ``/<name>`` for each extra resource (their own authentication, e.g.
@@ -51,12 +99,22 @@ class PanelRoot(Resource):
         for name, resource in extra_resources.items():
             self.putChild(name, resource)
 
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+        # Checked once, at the root, before anything looks at the path.
+        problem = path_problem(request.path)
+        if problem is not None:
+            return MalformedPath(problem)
+        return super().getChildWithDefault(path, request)
+
     def getChild(self, path: bytes, request: Any) -> IResource:
         # Hand the whole path back to Klein, which routes from the root.
         request.postpath.insert(0, request.prepath.pop())
         return self._panel
 
     def render(self, request: Any) -> Any:
+        problem = path_problem(request.path)
+        if problem is not None:
+            return MalformedPath(problem).render(request)
         return self._panel.render(request)
 
 
