@@ -243,14 +243,38 @@ class ServerCredentials:
         """
         certs = x509.load_pem_x509_certificates(self.certificate_pem)
         key = serialization.load_pem_private_key(self.key_pem, password=None)
-        # pyOpenSSL takes cryptography objects directly (and deprecates its
-        # own X509/PKey); Twisted hands them through to it unchanged.
-        return ssl.CertificateOptions(
-            privateKey=key,  # type: ignore[arg-type]
-            certificate=certs[0],  # type: ignore[arg-type]
-            extraCertChain=certs[1:],  # type: ignore[arg-type]
-            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-        )
+        return server_tls_options(certs, key)
+
+
+#: The TLS 1.2 suites a Gotaxy server accepts, on the control port and on the
+#: HTTPS panel: forward-secret key exchange (ECDHE) with an AEAD cipher only;
+#: no static RSA key exchange, no CBC, no SHA-1 MAC.  TLS 1.3 (preferred when
+#: both ends have it) has only such suites.
+MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+
+
+def server_tls_options(certs: Sequence[x509.Certificate], key: Any) -> ssl.CertificateOptions:
+    """TLS 1.2 or later with ``MODERN_CIPHERS``, presenting ``certs[0]`` and its chain."""
+    # pyOpenSSL takes cryptography objects directly (and deprecates its
+    # own X509/PKey); Twisted hands them through to it unchanged.
+    return ssl.CertificateOptions(
+        privateKey=key,
+        certificate=certs[0],  # type: ignore[arg-type]
+        extraCertChain=list(certs[1:]),  # type: ignore[arg-type]
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(MODERN_CIPHERS),
+    )
+
+
+def load_server_tls_options(cert_path: str, key_path: str) -> ssl.CertificateOptions:
+    """
+    ``server_tls_options`` for a PEM certificate (chain) and key given by the
+    operator, such as the panel's ``webServer.tls`` files.
+
+    @raise ValueError: with a sentence naming the file at fault.
+    """
+    certs, key = _read_pair(cert_path, key_path)
+    return server_tls_options(certs, key)
 
 
 def load_or_create_server_credentials(

@@ -102,6 +102,30 @@ class WebServiceTests(unittest.TestCase):
             make_web_service(config, live.core, live.management, live.operators, reactor, live.data_dir)
         self.assertIn("webServer.tls.certFile", str(e.exception))
 
+    async def test_plain_http_beyond_loopback_is_warned_about(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        live = await LiveSystem.start(self)
+        seen: list = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+
+        def warnings_for(addr: str, **tls: str) -> list:
+            del seen[:]
+            config = attrs.evolve(live.core.config, web_addr=addr, web_port=free_port(), **tls)
+            make_web_service(config, live.core, live.management, live.operators, reactor, live.data_dir)
+            return [formatEvent(e) for e in seen if "without TLS" in formatEvent(e)]
+
+        for addr in ("0.0.0.0", "::", "192.0.2.10", "panel.example.org"):
+            (warning,) = warnings_for(addr)
+            self.assertIn(f"listens on {addr} without TLS", warning)
+            self.assertIn("webServer.tls.certFile", warning)
+        for addr in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+            self.assertEqual(warnings_for(addr), [], addr)
+        tls = os.path.join(live.data_dir, "tls")
+        self.assertEqual(warnings_for("0.0.0.0", web_tls_cert_file=os.path.join(tls, "server.pem"),
+                                      web_tls_key_file=os.path.join(tls, "server.key")), [])
+
 
 class TranslationTests(unittest.TestCase):
     """Every string the front end shows exists in both languages."""

@@ -8,18 +8,21 @@ HTTPS when ``webServer.tls.certFile`` and ``keyFile`` are set.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from typing import Any, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import ssl
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from gotaxy.logs import gotaxy_observer
+from gotaxy.tls import load_server_tls_options
 from gotaxy.web.app import MAX_BODY, SECURITY_HEADERS, Panel
 from gotaxy.web.auth import PanelAuth
 
@@ -41,6 +44,7 @@ class BoundedRequest(Request):
             return
         super().handleContentChunk(data)
 
+log = Logger(observer=gotaxy_observer, namespace="gotaxy.web")
 
 PATH_LIMIT = 2048  #: longer paths are refused (no route or file of the panel comes near)
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
@@ -128,21 +132,33 @@ def make_site(panel: Panel, extra_resources: Mapping[bytes, IResource] = {}) -> 
 def _endpoint(reactor: Any, config: Any) -> Any:
     if config.web_tls_cert_file:
         try:
-            with open(config.web_tls_cert_file, "rb") as f:
-                cert = f.read()
-            with open(config.web_tls_key_file, "rb") as f:
-                key = f.read()
-            credentials = ssl.PrivateCertificate.loadPEM(cert + b"\n" + key)
-        except (OSError, ssl.SSL.Error, ValueError) as e:
+            options = load_server_tls_options(config.web_tls_cert_file, config.web_tls_key_file)
+        except ValueError as e:
             raise usage.UsageError(
                 f"cannot use webServer.tls.certFile {config.web_tls_cert_file!r} with keyFile "
-                f"{config.web_tls_key_file!r} ({e}); give a PEM certificate and its PEM key"
+                f"{config.web_tls_key_file!r}: {e}"
             ) from None
-        interface = config.web_addr
-        return SSL4ServerEndpoint(reactor, config.web_port, credentials.options(), interface=interface)
+        return SSL4ServerEndpoint(reactor, config.web_port, options, interface=config.web_addr)
+    if not is_loopback(config.web_addr):
+        log.warn(
+            "the web panel listens on {addr} without TLS: the admin password and session cookies cross the "
+            "network unencrypted; set webServer.tls.certFile and keyFile, or keep webServer.addr on "
+            "127.0.0.1 and reach the panel through an SSH tunnel",
+            addr=config.web_addr,
+        )
     if ":" in config.web_addr:
         return TCP6ServerEndpoint(reactor, config.web_port, interface=config.web_addr)
     return TCP4ServerEndpoint(reactor, config.web_port, interface=config.web_addr)
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"; False for anything reachable from elsewhere."""
+    if address.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def make_web_service(
