@@ -303,6 +303,13 @@ def _event_patterns(value: Any) -> tuple[str, ...]:
     return patterns
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    """A list of tunnel names, possibly empty (frp's ``start``)."""
+    if not isinstance(value, (list, tuple)):
+        raise _Mismatch(value)
+    return tuple(_name(item) for item in value)
+
+
 def _url(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
         raise _Mismatch("<the url>" if isinstance(value, str) else value)
@@ -372,6 +379,7 @@ EVENT_PATTERNS = _Form(
     _event_patterns,
 )
 URL = _Form("an http:// or https:// URL", _url)
+NAMES = _Form('a list of proxy names such as ["ssh", "web"]', _names)
 WEBHOOK_FORMAT = _Form(
     '"json", "slack", "dingtalk" or "feishu"', _one_of("json", "slack", "dingtalk", "feishu")
 )
@@ -470,6 +478,8 @@ class TunnelSpec:
     local_ip: str = _setting("127.0.0.1", HOST, "localIP")
     type: str = _setting("tcp", TUNNEL_TYPE, "type")
     remote_port: int = _setting(0, REMOTE_PORT, "remotePort")
+    #: ``enabled = false`` (or a ``start`` list without it): defined, not opened.
+    enabled: bool = _setting(True, BOOLEAN, "enabled")
 
 
 @attrs.frozen
@@ -640,12 +650,12 @@ _FRPS_KEYS = frozenset({
     "transport.quic.maxIncomingStreams", "transport.heartbeatTimeout",
     "transport.maxPoolCount", "transport.tcpMux", "transport.tcpMuxKeepaliveInterval",
     "transport.tcpKeepalive", "transport.tls.force", "transport.tls.certFile",
-    "transport.tls.keyFile", "transport.tls.trustedCaFile",
+    "transport.tls.keyFile", "transport.tls.trustedCaFile", "transport.tls.serverName",
     "vhostHTTPPort", "vhostHTTPSPort", "vhostHTTPTimeout", "tcpmuxHTTPConnectPort",
     "tcpmuxPassthrough",
     "webServer.addr", "webServer.port", "webServer.user", "webServer.password",
-    "webServer.tls.certFile", "webServer.tls.keyFile", "webServer.assetsDir",
-    "webServer.pprofEnable",
+    "webServer.tls.certFile", "webServer.tls.keyFile", "webServer.tls.trustedCaFile",
+    "webServer.tls.serverName", "webServer.assetsDir", "webServer.pprofEnable",
     "log.to", "log.level", "log.maxDays", "log.disablePrintColor",
     "detailedErrorsToClient", "auth.method", "auth.additionalScopes", "auth.token",
     "userConnTimeout", "allowPorts", "maxPortsPerClient", "allowedClientIPs",
@@ -655,20 +665,20 @@ _FRPS_KEYS = frozenset({
 _FRPS_TABLES = frozenset({"auth.tokenSource", "auth.oidc", "sshTunnelGateway", "httpPlugins"})
 
 _FRPC_KEYS = frozenset({
-    "user", "serverAddr", "serverPort", "natHoleStunServer", "loginFailExit",
+    "clientID", "user", "serverAddr", "serverPort", "natHoleStunServer", "loginFailExit",
     "log.to", "log.level", "log.maxDays", "log.disablePrintColor",
     "auth.method", "auth.additionalScopes", "auth.token",
     "webServer.addr", "webServer.port", "webServer.user", "webServer.password",
-    "webServer.tls.certFile", "webServer.tls.keyFile",
-    "webServer.assetsDir", "webServer.pprofEnable",
+    "webServer.tls.certFile", "webServer.tls.keyFile", "webServer.tls.trustedCaFile",
+    "webServer.tls.serverName", "webServer.assetsDir", "webServer.pprofEnable",
     "transport.dialServerTimeout", "transport.dialServerKeepalive", "transport.poolCount",
     "transport.tcpMux", "transport.tcpMuxKeepaliveInterval", "transport.protocol",
-    "transport.connectServerLocalIP", "transport.connectServerInterface",
+    "transport.wireProtocol", "transport.connectServerLocalIP", "transport.connectServerInterface",
     "transport.proxyURL", "transport.tls.enable", "transport.tls.certFile",
     "transport.tls.keyFile", "transport.tls.trustedCaFile", "transport.tls.serverName",
     "transport.tls.disableCustomTLSFirstByte", "transport.heartbeatInterval",
-    "transport.heartbeatTimeout", "dnsServer", "start", "udpPacketSize",
-    "virtualNet.address", "includes",
+    "transport.heartbeatTimeout", "dnsServer", "udpPacketSize",
+    "virtualNet.address", "includes", "store.path",
 })
 _FRPC_TABLES = frozenset({
     "auth.tokenSource", "auth.oidc", "transport.quic", "featureGates", "metadatas",
@@ -685,9 +695,14 @@ _FRP_PROXY_KEYS = frozenset({
 })
 _FRP_PROXY_TABLES = frozenset({
     "healthCheck", "metadatas", "annotations", "requestHeaders", "responseHeaders", "plugin",
+    "natTraversal",
 })
 
 _NOT_YET = "is an frp setting that Gotaxy does not support yet"
+_PANEL_ACCOUNTS = (
+    "is not used: the panel has its own accounts (user 'admin', password printed at the "
+    "first start; see docs/panel.md)"
+)
 
 
 # ---------------------------------------------------------------------------
@@ -837,14 +852,18 @@ _SERVER = _Schema.of(
     frp_tables=_FRPS_TABLES,
     checks={"auth.method": TOKEN_AUTH},
     sections=frozenset({"webhooks"}),
-    notes={"transport.tls.force": "is not needed: Gotaxy always requires TLS"},
+    notes={
+        "transport.tls.force": "is not needed: Gotaxy always requires TLS",
+        "webServer.user": _PANEL_ACCOUNTS,
+        "webServer.password": _PANEL_ACCOUNTS,
+    },
 )
 _CLIENT = _Schema.of(
     ClientConfig,
     frp_keys=_FRPC_KEYS,
     frp_tables=_FRPC_TABLES,
     checks={"auth.method": TOKEN_AUTH, "transport.tls.enable": TLS_ON},
-    sections=frozenset({"proxies"}),
+    sections=frozenset({"proxies", "start"}),
 )
 _PROXY = _Schema.of(TunnelSpec, frp_keys=_FRP_PROXY_KEYS, frp_tables=_FRP_PROXY_TABLES)
 _WEBHOOK = _Schema.of(WebhookSpec, frp_keys=frozenset(), frp_tables=frozenset())
@@ -932,7 +951,31 @@ def parse_client_config(
     warnings = [_CLIENT.warning(key, source) for key in ignored]
     if "proxies" in ours:
         changes["tunnels"] = _read_proxies(ours["proxies"], source, warnings)
+    if "start" in ours:
+        changes["tunnels"] = _apply_start(
+            changes.get("tunnels", base.tunnels), ours["start"], source, warnings
+        )
     return Loaded(_evolve(base, changes, source), warnings)
+
+
+def _apply_start(
+    tunnels: tuple[TunnelSpec, ...], raw: Any, source: str, warnings: list[str]
+) -> tuple[TunnelSpec, ...]:
+    """frp's ``start``: when not empty, only the proxies it lists are opened."""
+    try:
+        start = NAMES.convert(raw)
+    except _Mismatch as e:
+        raise ConfigError(f"{source}: 'start' must be {NAMES.expected}, got {_show(e.value)}") from None
+    if not start:
+        return tunnels  # frp: an empty list starts every proxy
+    held_back = [t.name for t in tunnels if t.enabled and t.name not in start]
+    if held_back:
+        listed = ", ".join(f"'{name}'" for name in held_back)
+        warnings.append(
+            f"{source}: 'start' does not list {listed}; defined but not opened "
+            f"(add them to 'start' or remove 'start' to open every proxy)"
+        )
+    return tuple(t if t.name in start else attrs.evolve(t, enabled=False) for t in tunnels)
 
 
 def _read_proxies(entries: Any, source: str, warnings: list[str]) -> tuple[TunnelSpec, ...]:

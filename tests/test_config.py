@@ -4,6 +4,7 @@ Tests for gotaxy.config: frp-style TOML files and command-line values.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -304,6 +305,156 @@ class TestFrpExampleFiles:
             "transport.quic",
             "featureGates",
         ]
+
+
+FRP_CONF = Path(__file__).parent / "frp_conf"
+
+
+def uncommented(name: str) -> str:
+    """
+    frp's example file ``name`` with every commented-out ``key = value`` line
+    switched on (once per table), so that it holds every key frp documents.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for line in (FRP_CONF / name).read_text(encoding="utf-8").splitlines():
+        if line.startswith("["):
+            seen = set()
+        match = re.fullmatch(r"#\s*([A-Za-z][A-Za-z0-9_.]*\s*=.*)", line)
+        if match:
+            try:
+                key = next(iter(tomllib.loads(match.group(1))))
+            except tomllib.TOMLDecodeError:
+                key = None  # prose, or frp's own typo such as "routeByHTTPUser = abc"
+            if key is not None and match.group(1).split("=")[0].strip() not in seen:
+                line = match.group(1)
+        if "=" in line and not line.startswith("#"):
+            seen.add(line.split("=")[0].strip())
+        out.append(line)
+    return "\n".join(out)
+
+
+class TestFrpOwnFiles:
+    """frp's own conf/ files, unchanged (tests/frp_conf/)."""
+
+    def test_frps_full_example(self) -> None:
+        loaded = parse_server_config(load_toml(str(FRP_CONF / "frps_full_example.toml")))
+        assert loaded.config.token == "12345678" and loaded.config.web_port == 7500
+        assert len(loaded.warnings) == 16
+
+    def test_frpc_full_example(self) -> None:
+        loaded = parse_client_config(load_toml(str(FRP_CONF / "frpc_full_example.toml")))
+        config = loaded.config
+        assert [(t.name, t.remote_port, t.enabled) for t in config.tunnels] == [
+            ("ssh", 6001, True),
+            ("ssh_random", 0, True),
+        ]
+        warnings = "\n".join(loaded.warnings)
+        for key in ("clientID", "visitors", "metadatas", "annotations"):
+            assert f"'{key}'" in warnings
+        # 14 client keys and tables, 16 skipped proxies, 9 keys of proxy 'ssh'.
+        assert len(loaded.warnings) == 14 + 16 + 9
+        assert warnings.count("skipped") == 16
+
+    def test_every_key_frp_documents_is_known(self) -> None:
+        loaded = server(uncommented("frps_full_example.toml"))
+        warned = {w.split("'")[1] for w in loaded.warnings}
+        assert {"quicBindPort", "transport.quic.keepalivePeriod", "vhostHTTPTimeout",
+                "tcpmuxHTTPConnectPort", "custom404Page", "sshTunnelGateway",
+                "auth.tokenSource", "auth.additionalScopes"} <= warned
+        assert loaded.config.proxy_bind_addr == "127.0.0.1"
+        assert loaded.config.heartbeat_timeout == 90
+
+        loaded = client(uncommented("frpc_full_example.toml"))
+        warned = {w.split("'")[1] for w in loaded.warnings}
+        assert {"transport.wireProtocol", "transport.proxyURL", "transport.quic",
+                "transport.tls.certFile", "transport.tls.disableCustomTLSFirstByte",
+                "dnsServer", "featureGates", "virtualNet.address", "includes",
+                "auth.oidc", "auth.tokenSource", "natHoleStunServer"} <= warned
+        config = loaded.config
+        assert (config.heartbeat_interval, config.heartbeat_timeout) == (30, 90)
+        assert config.trusted_ca_file == "ca.crt" and config.server_name == "example.com"
+        # start = ["ssh", "dns"]: of the tcp proxies only ssh is opened.
+        assert [(t.name, t.enabled) for t in config.tunnels] == [
+            ("ssh", True), ("ssh_random", False),
+        ]
+
+    @pytest.mark.parametrize(
+        "text, key",
+        [
+            ('transport.wireProtocol = "v2"', "transport.wireProtocol"),
+            ('store.path = "./frpc_store.json"', "store.path"),
+            ('clientID = "laptop-1"', "clientID"),
+            ('webServer.tls.serverName = "x"', "webServer.tls.serverName"),
+            ('[[visitors]]\nname = "v"\ntype = "xtcp"\n[visitors.natTraversal]\n'
+             'disableAssistedAddrs = false', "visitors"),
+        ],
+    )
+    def test_newer_frp_client_keys_warn(self, text: str, key: str) -> None:
+        (warning,) = client(text).warnings
+        assert warning == (
+            f"client.toml: '{key}' is an frp setting that Gotaxy does not support yet; ignored"
+        )
+
+    def test_nat_traversal_in_a_proxy(self) -> None:
+        loaded = client(
+            '[[proxies]]\nname = "p"\ntype = "xtcp"\nsecretKey = "k"\nlocalPort = 22\n'
+            '[proxies.natTraversal]\ndisableAssistedAddrs = false\n'
+            '[[proxies]]\nname = "t"\nlocalPort = 22\nnatTraversal.disableAssistedAddrs = true'
+        )
+        assert [t.name for t in loaded.config.tunnels] == ["t"]
+        assert loaded.warnings[-1] == (
+            "client.toml: 'natTraversal' (in proxy 't') is an frp setting that Gotaxy does "
+            "not support yet; ignored"
+        )
+
+
+class TestEnabledAndStart:
+    def test_enabled_false_defines_the_tunnel_closed(self) -> None:
+        loaded = client(
+            '[[proxies]]\nname = "a"\nlocalPort = 1\nenabled = false\n'
+            '[[proxies]]\nname = "b"\nlocalPort = 2\nenabled = true\n'
+            '[[proxies]]\nname = "c"\nlocalPort = 3'
+        )
+        assert loaded.warnings == ()
+        assert [(t.name, t.enabled) for t in loaded.config.tunnels] == [
+            ("a", False), ("b", True), ("c", True),
+        ]
+
+    def test_enabled_must_be_a_boolean(self) -> None:
+        assert error_of(client, '[[proxies]]\nname = "a"\nlocalPort = 1\nenabled = "no"') == (
+            "client.toml: 'enabled' in proxy 'a' must be true or false, got \"no\""
+        )
+
+    def test_enabled_in_a_skipped_proxy_is_no_error(self) -> None:
+        loaded = client('[[proxies]]\nname = "w"\ntype = "https"\nenabled = false\nlocalPort = 1')
+        assert loaded.config.tunnels == () and len(loaded.warnings) == 1
+
+    def test_start_opens_only_the_listed_proxies(self) -> None:
+        loaded = client(
+            'start = ["b", "dns"]\n'
+            '[[proxies]]\nname = "a"\nlocalPort = 1\n'
+            '[[proxies]]\nname = "b"\nlocalPort = 2\n'
+            '[[proxies]]\nname = "c"\nlocalPort = 3\nenabled = false\n'
+            '[[proxies]]\nname = "dns"\ntype = "udp"\nlocalPort = 53'
+        )
+        assert [(t.name, t.enabled) for t in loaded.config.tunnels] == [
+            ("a", False), ("b", True), ("c", False),
+        ]
+        assert loaded.warnings[-1] == (
+            "client.toml: 'start' does not list 'a'; defined but not opened "
+            "(add them to 'start' or remove 'start' to open every proxy)"
+        )
+
+    def test_empty_start_opens_everything(self) -> None:
+        loaded = client('start = []\n[[proxies]]\nname = "a"\nlocalPort = 1')
+        assert loaded.config.tunnels[0].enabled and loaded.warnings == ()
+
+    def test_bad_start(self) -> None:
+        assert error_of(client, 'start = "ssh"') == (
+            "client.toml: 'start' must be a list of proxy names such as [\"ssh\", \"web\"], "
+            "got \"ssh\""
+        )
 
 
 class TestDocumentedExamples:

@@ -10,7 +10,9 @@ every loss, with ``reconnect_delay`` between attempts):
    *before* anything secret is sent.  A failed check is fatal.
 2. Preamble and ``login``.  ``login_failed`` is fatal when ``loginFailExit``
    is set (the default): a wrong token cannot be fixed by retrying.
-3. One ``tunnel_open`` per configured tunnel; the server answers each with
+3. One ``tunnel_open`` per configured tunnel that is enabled (frp's
+   ``enabled = false`` and ``start`` leave a tunnel defined but closed, and
+   its name reserved against operator-added tunnels); the server answers each with
    ``tunnel_up`` (logged as ``tunnel NAME up at HOST:PORT``, a line scripts
    may rely on) or ``tunnel_refused``, which affects that tunnel alone.
 4. Streams the server opens are connected to the tunnel's local service.
@@ -172,7 +174,8 @@ class ClientControlProtocol(MuxProtocol):
         )
         self.heartbeat.start()
         for spec in self.config.tunnels:
-            self._request_tunnel(spec)
+            if spec.enabled:  # a disabled one was reported once, at start-up
+                self._request_tunnel(spec)
 
     def _operator_tunnel(self, message: Dict[str, Any]) -> None:
         """A tunnel defined on the server (panel or console): adopt it and open it."""
@@ -217,8 +220,8 @@ class ClientControlProtocol(MuxProtocol):
 
     def stream_opened(self, stream: Stream) -> None:
         spec = self.tunnels.get(stream.tunnel)
-        if spec is None:
-            stream.local_closed(f"{CLOSE_ERROR_PREFIX}the client has no tunnel named {stream.tunnel!r}")
+        if spec is None or not spec.enabled:
+            stream.local_closed(f"{CLOSE_ERROR_PREFIX}the client has no open tunnel named {stream.tunnel!r}")
             return
         factory = _LocalServiceFactory(stream, spec, self._local_failed)
         if _is_ip_literal(spec.local_ip):

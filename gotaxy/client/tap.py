@@ -143,6 +143,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     set_level(config.log_level)
     for warning in options.warnings:
         log.warn("{warning}", warning=warning)
+    for tunnel in config.tunnels:
+        if not tunnel.enabled:
+            log.info("tunnel {name} is disabled in the config; defined but not opened", name=tunnel.name)
     verifier = make_verifier(config, reactor)
     if config.insecure:
         log.warn(
