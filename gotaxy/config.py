@@ -34,8 +34,8 @@ Key mapping, server (``ServerConfig``)::
     proxyBindAddr                    proxy_bind_addr
     allowPorts                       allow_ports           [{start=.., end=..}, {single=..}]
     auth.token                       token                 (auth.method must be "token")
-    transport.heartbeatInterval      heartbeat_interval    (ours on the server)
-    transport.heartbeatTimeout       heartbeat_timeout
+    transport.heartbeatInterval      heartbeat_interval    (ours on the server; a third of the
+    transport.heartbeatTimeout       heartbeat_timeout      timeout, at most 10 s, when not set)
     transport.authTimeout            auth_timeout          (ours)
     transport.maxPendingConnections  max_pending           (ours)
     transport.maxPendingPerIP        max_pending_per_ip    (ours)
@@ -65,8 +65,8 @@ Client (``ClientConfig``)::
     transport.tls.insecureSkipVerify insecure              (ours)
     transport.tls.enable             -                     (must be true)
     dataDir                          data_dir              (ours)
-    transport.heartbeatInterval      heartbeat_interval
-    transport.heartbeatTimeout       heartbeat_timeout
+    transport.heartbeatInterval      heartbeat_interval    (frp's defaults: 30 s and 90 s; one
+    transport.heartbeatTimeout       heartbeat_timeout      set alone, the other follows)
     transport.dialServerTimeout      dial_timeout
     loginFailExit                    login_fail_exit
     log.level / log.maxDays          log_level / log_max_days
@@ -401,13 +401,20 @@ def _label(key: str, flag: str | None) -> str:
 
 
 def _setting(
-    default: Any, form: _Form, key: str, flag: str | None = None, *, secret: bool = False
+    default: Any,
+    form: _Form,
+    key: str,
+    flag: str | None = None,
+    *,
+    secret: bool = False,
+    alias: str | None = None,
 ) -> Any:
     """
     An attrs field filled from the TOML ``key`` (and the command-line
     ``flag``, if there is one), with values in ``form``.  A ``None`` default
     makes the setting optional; a ``secret`` stays out of ``repr`` (and so
-    out of logs).
+    out of logs).  An ``alias`` is the name the field takes in ``__init__``
+    and ``attrs.evolve`` (for a private field behind a property).
     """
 
     def convert(value: Any) -> Any:
@@ -425,6 +432,7 @@ def _setting(
         converter=convert,
         repr=not secret,
         metadata={"key": key, "form": form, "flag": flag},
+        alias=alias,
     )
 
 
@@ -433,12 +441,37 @@ def _field_label(cls: type, name: str) -> str:
     return _label(metadata["key"], metadata["flag"])
 
 
+#: How many pings fit into a heartbeat timeout when only one of the two is set
+#: (frp's client defaults, 30 s and 90 s, and Gotaxy's server, 10 s and 30 s).
+HEARTBEAT_RATIO = 3
+
+
+def _heartbeats(
+    interval: float | None, timeout: float | None, defaults: tuple[float, float]
+) -> tuple[float, float]:
+    """
+    The heartbeat interval and timeout in effect.  A setting left out
+    follows from the other one, so that frps.toml's lone
+    ``transport.heartbeatTimeout = 3`` (frp's server has no interval) means
+    pings every second rather than an error about the default interval.
+    """
+    default_interval, default_timeout = defaults
+    if interval is None and timeout is None:
+        return default_interval, default_timeout
+    if interval is None:
+        assert timeout is not None
+        return min(default_interval, timeout / HEARTBEAT_RATIO), timeout
+    if timeout is None:
+        return interval, max(default_timeout, interval * HEARTBEAT_RATIO)
+    return interval, timeout
+
+
 def _check_heartbeats(config: ServerConfig | ClientConfig) -> None:
     if config.heartbeat_timeout <= config.heartbeat_interval:
         cls = type(config)
         raise ConfigError(
-            f"{_field_label(cls, 'heartbeat_timeout')} ({config.heartbeat_timeout:g}s) must be "
-            f"greater than {_field_label(cls, 'heartbeat_interval')} "
+            f"{_field_label(cls, '_heartbeat_timeout')} ({config.heartbeat_timeout:g}s) must be "
+            f"greater than {_field_label(cls, '_heartbeat_interval')} "
             f"({config.heartbeat_interval:g}s); raise the timeout or lower the interval"
         )
 
@@ -506,11 +539,14 @@ class ServerConfig:
     proxy_bind_addr: str | None = _setting(None, HOST, "proxyBindAddr")
     allow_ports: tuple[PortRange, ...] = _setting((), PORT_RANGES, "allowPorts", "--allow-ports")
     token: str | None = _setting(None, TEXT, "auth.token", "--token", secret=True)
-    heartbeat_interval: float = _setting(
-        10.0, HEARTBEAT, "transport.heartbeatInterval", "--heartbeat-interval"
+    # Not set: follows from the other one (see heartbeat_interval / _timeout).
+    _heartbeat_interval: float | None = _setting(
+        None, HEARTBEAT, "transport.heartbeatInterval", "--heartbeat-interval",
+        alias="heartbeat_interval",
     )
-    heartbeat_timeout: float = _setting(
-        30.0, HEARTBEAT, "transport.heartbeatTimeout", "--heartbeat-timeout"
+    _heartbeat_timeout: float | None = _setting(
+        None, HEARTBEAT, "transport.heartbeatTimeout", "--heartbeat-timeout",
+        alias="heartbeat_timeout",
     )
     auth_timeout: float = _setting(10.0, SECONDS, "transport.authTimeout")
     max_pending: int = _setting(256, COUNT, "transport.maxPendingConnections")
@@ -578,6 +614,20 @@ class ServerConfig:
                 "give both, or remove both to use the certificate Gotaxy generates"
             )
 
+    #: Seconds between pings and of silence before a client is dropped, when
+    #: neither is set.  frp's server has only a timeout (90 s by default).
+    HEARTBEAT_DEFAULTS = (10.0, 30.0)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between the server's pings: the setting, or a third of the timeout (at most 10)."""
+        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[0]
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        """Seconds of silence before a client is dropped."""
+        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[1]
+
     def effective_proxy_bind_addr(self) -> str:
         """The address public tunnel ports listen on."""
         return self.proxy_bind_addr if self.proxy_bind_addr is not None else self.bind_addr
@@ -615,12 +665,29 @@ class ClientConfig:
     server_name: str | None = _setting(None, HOST, "transport.tls.serverName", "--server-name")
     insecure: bool = _setting(False, BOOLEAN, "transport.tls.insecureSkipVerify", "--insecure")
     data_dir: str = _setting("~/.gotaxy", TEXT, "dataDir", "--data-dir")
-    heartbeat_interval: float = _setting(10.0, HEARTBEAT, "transport.heartbeatInterval")
-    heartbeat_timeout: float = _setting(30.0, HEARTBEAT, "transport.heartbeatTimeout")
+    _heartbeat_interval: float | None = _setting(
+        None, HEARTBEAT, "transport.heartbeatInterval", alias="heartbeat_interval"
+    )
+    _heartbeat_timeout: float | None = _setting(
+        None, HEARTBEAT, "transport.heartbeatTimeout", alias="heartbeat_timeout"
+    )
     dial_timeout: float = _setting(10.0, SECONDS, "transport.dialServerTimeout")
     login_fail_exit: bool = _setting(True, BOOLEAN, "loginFailExit")
     log_level: str = _setting("info", LOG_LEVEL, "log.level")
     log_max_days: int = _setting(3, COUNT, "log.maxDays")
+
+    #: frp's client defaults: a ping every 30 s, the server dead after 90 s of silence.
+    HEARTBEAT_DEFAULTS = (30.0, 90.0)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between the client's pings: the setting, or a third of the timeout (at most 30)."""
+        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[0]
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        """Seconds of silence before the client reconnects."""
+        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[1]
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
@@ -805,7 +872,7 @@ class _Schema:
                     f"{source}: '{key}'{where} must be {form.expected}, got {_show(e.value)}"
                 ) from None
             if field is not None:
-                values[field.name] = value
+                values[field.alias] = value
         return values
 
     def warning(self, key: str, source: str, where: str = "") -> str:

@@ -696,8 +696,36 @@ class TestErrors:
             "raise the timeout or lower the interval"
         )
         assert "'transport.heartbeatTimeout' (5s) must be greater" in error_of(
-            client, "transport.heartbeatTimeout = 5"
+            client, "transport.heartbeatInterval = 10\ntransport.heartbeatTimeout = 5"
         )
+
+    def test_frps_heartbeat_timeout_alone_sets_the_interval(self) -> None:
+        # frp's server has no heartbeatInterval: a short timeout must not clash
+        # with Gotaxy's default interval of 10 s.
+        config = server("transport.heartbeatTimeout = 3").config
+        assert (config.heartbeat_interval, config.heartbeat_timeout) == (1.0, 3.0)
+        config = server("transport.heartbeatTimeout = 90").config
+        assert (config.heartbeat_interval, config.heartbeat_timeout) == (10.0, 90.0)
+        config = server("transport.heartbeatInterval = 20").config
+        assert (config.heartbeat_interval, config.heartbeat_timeout) == (20.0, 60.0)
+        assert (ServerConfig().heartbeat_interval, ServerConfig().heartbeat_timeout) == (10, 30)
+
+    def test_client_heartbeats_default_to_frps(self) -> None:
+        config = ClientConfig()
+        assert (config.heartbeat_interval, config.heartbeat_timeout) == (30.0, 90.0)
+        config = client("transport.heartbeatTimeout = 6").config
+        assert (config.heartbeat_interval, config.heartbeat_timeout) == (2.0, 6.0)
+        config = client("transport.heartbeatInterval = 40").config
+        assert (config.heartbeat_interval, config.heartbeat_timeout) == (40.0, 120.0)
+
+    def test_flags_and_file_heartbeats_combine(self) -> None:
+        # A flag for one of the two re-derives the other unless the file set it.
+        base = server("transport.heartbeatTimeout = 60").config
+        flagged = attrs.evolve(base, heartbeat_timeout=3.0)
+        assert (flagged.heartbeat_interval, flagged.heartbeat_timeout) == (1.0, 3.0)
+        base = server("transport.heartbeatInterval = 20").config
+        with pytest.raises(ConfigError, match="--heartbeat-timeout"):
+            attrs.evolve(base, heartbeat_timeout=3.0)
 
     @pytest.mark.parametrize("key", ["certFile", "keyFile"])
     def test_certificate_and_key_go_together(self, key: str) -> None:

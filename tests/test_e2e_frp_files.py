@@ -23,6 +23,7 @@ nothing listens on them, which the warnings say.
 from __future__ import annotations
 
 import re
+import signal
 import urllib.request
 from pathlib import Path
 from typing import Dict, List
@@ -195,3 +196,19 @@ localPort = {echo.port}
     # 'off' was listed first, so its tunnel_open would have been answered by now.
     assert not re.search(r"tunnel off (up|refused)", client.output())
     assert "default/off" not in server.output()
+
+
+def test_frps_heartbeat_timeout_alone_is_enough(procs, echo, tmp_path):
+    # frp's server knows only transport.heartbeatTimeout; Gotaxy derives its
+    # ping interval from it (a third, here 1 s) instead of refusing the file
+    # because its own default interval is 10 s.
+    port = free_port()
+    frps = rewrite("frps.toml", tmp_path / "frps.toml", {
+        "bindPort = 7000": f"bindPort = {port}\ntransport.heartbeatTimeout = 3",
+    })
+    server = start_server(procs, frps, port, "--bind-addr", "127.0.0.1", "--web-port", "0")
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    assert echo_once(tunnel_port(client, "echo"), b"alive") == b"alive"
+    # The timeout is the file's: a frozen client is dropped after 3 s of silence.
+    client.signal(signal.SIGSTOP)
+    server.wait_for(r"client default offline: heartbeat timeout: nothing heard for [34] s", timeout=15)
