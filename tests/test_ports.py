@@ -23,13 +23,51 @@ def test_allowed_follows_the_ranges() -> None:
         assert not ports.allowed(port), port
 
 
-def test_unrestricted_allows_every_valid_port_and_proposes_none() -> None:
+def test_unrestricted_allows_every_unprivileged_port_and_proposes_none() -> None:
     ports = PortAllocator([])
     assert ports.unrestricted
-    assert ports.allowed(1) and ports.allowed(65535) and ports.allowed(8080)
+    assert ports.allowed(1024) and ports.allowed(65535) and ports.allowed(8080)
     assert not ports.allowed(0) and not ports.allowed(65536) and not ports.allowed(-1)
     # The operating system picks: nothing to propose.
     assert ports.candidates(exclude=set()) == []
+
+
+def test_without_allow_ports_privileged_ports_are_refused_with_the_fix() -> None:
+    ports = PortAllocator([])
+    for port in (1, 22, 80, 443, 999, 1023):
+        assert not ports.allowed(port), port
+    message = ports.refusal(999)
+    assert message is not None
+    assert "port 999 is a privileged port (below 1024)" in message
+    assert "allowPorts" in message and "1024 to 65535" in message
+
+
+def test_explicit_allow_ports_below_1024_are_honoured() -> None:
+    ports = allocator((22, 22), (80, 80), (10000, 10010))
+    assert ports.allowed(22) and ports.allowed(80) and ports.allowed(10005)
+    assert not ports.allowed(443) and not ports.allowed(8080)
+    assert "allowPorts: 22,80,10000-10010" in ports.refusal(443)
+
+
+def test_server_own_ports_are_never_a_tunnels_whatever_allow_ports_says() -> None:
+    own = {7000: "control port (bindPort)", 7500: "web panel and metrics port (webServer.port)"}
+    for ranges in ([], [PortRange(1, 65535)], [PortRange(7000, 7000), PortRange(7500, 7500)]):
+        ports = PortAllocator(ranges, own, rng=random.Random(1))
+        assert not ports.allowed(7000) and not ports.allowed(7500)
+        assert ports.refusal(7500) == (
+            "port 7500 is this server's own web panel and metrics port (webServer.port) "
+            "and never a tunnel's; choose another remotePort"
+        )
+        assert 7000 not in ports.candidates(set()) and 7500 not in ports.candidates(set())
+    assert PortAllocator([PortRange(7000, 7000)], own).candidates(set()) == []
+
+
+def test_server_ports_lists_the_enabled_listeners() -> None:
+    from gotaxy.config import ServerConfig
+    from gotaxy.ports import server_ports
+
+    assert set(server_ports(ServerConfig(bind_port=7100, web_port=7600, console_port=0))) == {7100, 7600}
+    assert "SSH console" in server_ports(ServerConfig(console_port=2222))[2222]
 
 
 def test_restricted_is_not_unrestricted() -> None:

@@ -35,7 +35,7 @@ from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import Event, EventBus
 from gotaxy.logs import gotaxy_observer
-from gotaxy.ports import PortAllocator
+from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.server.tunnel import LiveTunnel, PublicFactory
 from gotaxy.store import (
     CLIENT_CONNECTED,
@@ -104,7 +104,7 @@ class ServerCore:
         self.store = store
         self._db = store.store
         self.reactor = reactor
-        self.ports = PortAllocator(config.allow_ports)
+        self.ports = PortAllocator(config.allow_ports, server_ports(config))
         self.events = EventBus()
         self.sessions: Dict[str, Any] = {}
         self.tunnels: Dict[Tuple[str, str], LiveTunnel] = {}
@@ -325,10 +325,9 @@ class ServerCore:
         await self._check_port_free(port, key, live)
 
     async def _check_port_free(self, port: int, key: Tuple[str, str], live_ports: set) -> None:
-        if not self.ports.allowed(port):
-            raise TunnelRefused(
-                f"port {port} is not allowed on this server (allowPorts: {format_allow_ports(self.ports.ranges)})"
-            )
+        refusal = self.ports.refusal(port)
+        if refusal is not None:
+            raise TunnelRefused(refusal)
         owner = await self.store.call(self._db.port_owner, port)
         if owner is not None and tuple(owner) != key:
             raise TunnelRefused(f"port {port} is reserved by tunnel {owner[1]!r} of client {owner[0]!r}")
@@ -457,7 +456,7 @@ class ServerCore:
     def reload_config(self, config: ServerConfig) -> None:
         """Apply a re-read config: limits and ports apply to tunnels opened from now on."""
         self.config = config
-        self.ports = PortAllocator(config.allow_ports)
+        self.ports = PortAllocator(config.allow_ports, server_ports(config))
 
     async def shutdown(self) -> None:
         self.stop()
