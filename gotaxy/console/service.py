@@ -40,7 +40,6 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -48,6 +47,7 @@ from gotaxy import __version__
 from gotaxy.console.commands import Commands
 from gotaxy.console.session import ConsoleSession
 from gotaxy.logs import gotaxy_observer
+from gotaxy.oslimits import tcp_server_endpoint
 from gotaxy.server.operators import AuthFailed, LockedOut
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.console")
@@ -284,12 +284,8 @@ def make_console_service(config: Any, data_dir: str, server: Any, reactor: Any) 
         SSHPublicKeyChecker(AuthorizedKeysFile(os.path.join(data_dir, AUTHORIZED_KEYS_FILE))),
     ])
     addr = config.console_addr
-    if ":" in addr:
-        endpoint: Any = TCP6ServerEndpoint(reactor, config.console_port, interface=addr)
-        where = f"[{addr}]:{config.console_port}"
-    else:
-        endpoint = TCP4ServerEndpoint(reactor, config.console_port, interface=addr)
-        where = f"{addr}:{config.console_port}"
+    where = f"[{addr}]:{config.console_port}" if ":" in addr else f"{addr}:{config.console_port}"
+    endpoint = tcp_server_endpoint(reactor, config.console_port, addr)
     return ConsoleService(endpoint, ConsoleFactory(portal, host_key), where)
 
 

@@ -35,6 +35,7 @@ from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import Event, EventBus
 from gotaxy.logs import gotaxy_observer
+from gotaxy.oslimits import listen_backlog
 from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.server.tunnel import LiveTunnel, PublicFactory
 from gotaxy.store import (
@@ -337,7 +338,8 @@ class ServerCore:
     def _listen(self, tunnel: LiveTunnel, port: int) -> Any:
         try:
             return self.reactor.listenTCP(
-                port, PublicFactory(tunnel), interface=self.config.effective_proxy_bind_addr()
+                port, PublicFactory(tunnel), backlog=listen_backlog(),
+                interface=self.config.effective_proxy_bind_addr(),
             )
         except CannotListenError as e:
             raise TunnelRefused(f"port {port} cannot be opened on the server: {e.socketError}") from None

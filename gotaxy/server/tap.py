@@ -19,7 +19,6 @@ import attrs
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -35,6 +34,7 @@ from gotaxy.credentials import new_password
 from gotaxy.console import make_console_service
 from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.notify import build_notifier
+from gotaxy.oslimits import backlog_warning, tcp_server_endpoint
 from gotaxy.notify.managed import ManagedMailRecipients, ManagedWebhooks
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
@@ -218,9 +218,7 @@ class CoreService(Service):
 
 
 def _control_endpoint(reactor: Any, config: ServerConfig) -> Any:
-    if ":" in config.bind_addr:
-        return TCP6ServerEndpoint(reactor, config.bind_port, interface=config.bind_addr)
-    return TCP4ServerEndpoint(reactor, config.bind_port, interface=config.bind_addr)
+    return tcp_server_endpoint(reactor, config.bind_port, config.bind_addr)
 
 
 def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, str]] = None) -> MultiService:
@@ -230,6 +228,9 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     set_level(config.log_level)
     for warning in options.warnings:
         log.warn("{warning}", warning=warning)
+    capped = backlog_warning()
+    if capped is not None:
+        log.warn("{warning}", warning=capped)
 
     data_dir = os.path.abspath(config.data_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)

@@ -15,13 +15,14 @@ from typing import Any, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from gotaxy.logs import gotaxy_observer
+from gotaxy.oslimits import listen_backlog, tcp_server_endpoint
 from gotaxy.tls import load_server_tls_options
 from gotaxy.web.app import MAX_BODY, SECURITY_HEADERS, Panel
 from gotaxy.web.auth import PanelAuth
@@ -138,7 +139,9 @@ def _endpoint(reactor: Any, config: Any) -> Any:
                 f"cannot use webServer.tls.certFile {config.web_tls_cert_file!r} with keyFile "
                 f"{config.web_tls_key_file!r}: {e}"
             ) from None
-        return SSL4ServerEndpoint(reactor, config.web_port, options, interface=config.web_addr)
+        return SSL4ServerEndpoint(
+            reactor, config.web_port, options, backlog=listen_backlog(), interface=config.web_addr
+        )
     if not is_loopback(config.web_addr):
         log.warn(
             "the web panel listens on {addr} without TLS: the admin password and session cookies cross the "
@@ -146,9 +149,7 @@ def _endpoint(reactor: Any, config: Any) -> Any:
             "127.0.0.1 and reach the panel through an SSH tunnel",
             addr=config.web_addr,
         )
-    if ":" in config.web_addr:
-        return TCP6ServerEndpoint(reactor, config.web_port, interface=config.web_addr)
-    return TCP4ServerEndpoint(reactor, config.web_port, interface=config.web_addr)
+    return tcp_server_endpoint(reactor, config.web_port, config.web_addr)
 
 
 def is_loopback(address: str) -> bool:

@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_oslimits -*-
+"""
+Operating-system limits a public server runs into, and what Gotaxy does
+about them.
+
+Listen backlog
+    The queue of connections the kernel has completed but the process has
+    not accepted yet.  Twisted's default is 50: a burst of a few hundred
+    connects (a busy minute, a reconnect storm after a restart, a flood)
+    overflows it, and every overflow costs a client a SYN retransmission (1 s,
+    then 3 s ...).  Every Gotaxy listener (control port, tunnel ports, web
+    panel, SSH console) asks for ``LISTEN_BACKLOG``; the kernel silently caps
+    it at ``net.core.somaxconn`` (and half-open connections at
+    ``net.ipv4.tcp_max_syn_backlog``), so the server says at start when that
+    cap is lower.  ``tcp_server_endpoint`` is the one place that builds a
+    listening endpoint.
+
+File descriptors
+    Every tunneled connection costs one descriptor on the client (to the
+    local service) and one on the server (the public connection), so the
+    usual soft limit of 1,024 ends a busy tunnel early.  Both processes raise
+    their soft ``RLIMIT_NOFILE`` to the hard limit at start
+    (``raise_fd_limit``, logged once), the systemd units raise the hard limit
+    (``LimitNOFILE``), and running out (``EMFILE``/``ENFILE``) is reported as
+    what it is (``fd_exhaustion``), not as an unreachable local service.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, Callable, Optional
+
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Windows
+    resource = None  # type: ignore[assignment]
+
+#: Backlog every Gotaxy listener asks for (capped by net.core.somaxconn).
+LISTEN_BACKLOG = 4096
+
+SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
+
+#: When the hard limit is "unlimited", raise the soft limit this far (Linux
+#: refuses an infinite RLIMIT_NOFILE; fs.nr_open is usually 1048576).
+UNLIMITED_FD_TARGET = 1048576
+
+_FD_ERRNOS = (errno.EMFILE, errno.ENFILE)
+
+
+def somaxconn(path: str = SOMAXCONN_PATH) -> Optional[int]:
+    """The kernel's cap on listen backlogs, or None where it cannot be read."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def listen_backlog(path: str = SOMAXCONN_PATH) -> int:
+    """The backlog a Gotaxy listener gets: ``LISTEN_BACKLOG``, or the kernel's lower cap."""
+    cap = somaxconn(path)
+    return LISTEN_BACKLOG if cap is None or cap <= 0 else min(LISTEN_BACKLOG, cap)
+
+
+def backlog_warning(path: str = SOMAXCONN_PATH) -> Optional[str]:
+    """A sentence for the log when the kernel caps the backlog below ``LISTEN_BACKLOG``."""
+    cap = somaxconn(path)
+    if cap is None or cap >= LISTEN_BACKLOG:
+        return None
+    return (
+        f"net.core.somaxconn is {cap}, so listen backlogs are capped at {cap} instead of "
+        f"{LISTEN_BACKLOG}; on a busy public server raise it: "
+        f"sysctl -w net.core.somaxconn={LISTEN_BACKLOG} net.ipv4.tcp_max_syn_backlog={LISTEN_BACKLOG}"
+    )
+
+
+def tcp_server_endpoint(reactor: Any, port: int, interface: str) -> Any:
+    """A TCP listening endpoint on ``interface`` (IPv4 or IPv6) with Gotaxy's backlog."""
+    backlog = listen_backlog()
+    if ":" in interface:
+        return TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+    return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+
+
+# -- file descriptors -----------------------------------------------------------
+
+
+def fd_limit() -> Optional[int]:
+    """The soft limit on open file descriptors, or None where there is none to read."""
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_fd_limit(log: Callable[[str], None]) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; say what was done, once."""
+    if resource is None:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = UNLIMITED_FD_TARGET if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        log(f"file descriptor limit: {soft} (the hard limit; raise LimitNOFILE / ulimit -Hn for more)")
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as e:
+        log(f"file descriptor limit stays at {soft}: raising it to {target} failed ({e})")
+        return
+    log(f"file descriptor limit raised from {soft} to {target} (the hard limit)")
+
+
+def is_fd_exhaustion(error: BaseException) -> bool:
+    """Whether ``error`` (an OSError or a Twisted connect/listen error) means no descriptor was left."""
+    for value in (
+        getattr(error, "osError", None),
+        getattr(error, "errno", None),
+        getattr(getattr(error, "socketError", None), "errno", None),
+    ):
+        if value in _FD_ERRNOS:
+            return True
+    args = getattr(error, "args", ())
+    return bool(args) and args[0] in _FD_ERRNOS
+
+
+def fd_exhaustion(limit: Optional[int] = None) -> str:
+    """What to say when the process is out of descriptors."""
+    if limit is None:
+        limit = fd_limit()
+    shown = "unknown" if limit is None else str(limit)
+    return f"out of file descriptors (limit {shown}): raise LimitNOFILE / ulimit -n"
