@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+from typing import Any, Dict, Hashable, Optional
 
 from twisted.application.service import Service
 from twisted.logger import (
@@ -101,3 +101,40 @@ class ErrorLogService(Service):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class Throttle:
+    """
+    At most one log line per key every ``interval`` seconds, for failures
+    that come in floods (one per refused connection): the first is reported
+    at once, the rest of the interval is counted and reported with the next.
+    """
+
+    #: Forget keys quiet for an interval once this many are remembered.
+    MAX_KEYS = 1024
+
+    def __init__(self, reactor: Any, interval: float) -> None:
+        self.reactor = reactor
+        self.interval = interval
+        self._last: Dict[Hashable, float] = {}
+        self._held: Dict[Hashable, int] = {}
+
+    def __call__(self, key: Hashable) -> Optional[int]:
+        """
+        None if this occurrence is to be kept quiet; otherwise how many
+        occurrences (this one included) the line to log now stands for.
+        """
+        now = self.reactor.seconds()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        if len(self._last) >= self.MAX_KEYS:
+            self._forget(now)
+        self._last[key] = now
+        return self._held.pop(key, 0) + 1
+
+    def _forget(self, now: float) -> None:
+        for key in [k for k, at in self._last.items() if now - at >= self.interval]:
+            del self._last[key]
+            self._held.pop(key, None)

@@ -28,7 +28,7 @@ File descriptors
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable, Optional
+from typing import Any, Optional, Tuple
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
@@ -45,6 +45,9 @@ SOMAXCONN_PATH = "/proc/sys/net/core/somaxconn"
 #: When the hard limit is "unlimited", raise the soft limit this far (Linux
 #: refuses an infinite RLIMIT_NOFILE; fs.nr_open is usually 1048576).
 UNLIMITED_FD_TARGET = 1048576
+
+#: A descriptor limit below this is too low for a busy tunnel: said as a warning.
+LOW_FD_LIMIT = 4096
 
 _FD_ERRNOS = (errno.EMFILE, errno.ENFILE)
 
@@ -95,21 +98,26 @@ def fd_limit() -> Optional[int]:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def raise_fd_limit(log: Callable[[str], None]) -> None:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; say what was done, once."""
+def raise_fd_limit() -> Tuple[Optional[int], str]:
+    """
+    Raise the soft RLIMIT_NOFILE to the hard limit.  Return the limit now in
+    force and one sentence for the log saying what was done.
+    """
     if resource is None:
-        return
+        return None, "file descriptor limit: not applicable on this system"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = UNLIMITED_FD_TARGET if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft >= target:
-        log(f"file descriptor limit: {soft} (the hard limit; raise LimitNOFILE / ulimit -Hn for more)")
-        return
+    advice = "" if target >= LOW_FD_LIMIT else (
+        f"; every tunneled connection needs one, so raise LimitNOFILE (systemd) or ulimit -Hn to {LOW_FD_LIMIT} or more"
+    )
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        limit = None if soft == resource.RLIM_INFINITY else soft
+        return limit, f"file descriptor limit: {soft} (already the hard limit){advice}"
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ValueError, OSError) as e:
-        log(f"file descriptor limit stays at {soft}: raising it to {target} failed ({e})")
-        return
-    log(f"file descriptor limit raised from {soft} to {target} (the hard limit)")
+        return soft, f"file descriptor limit stays at {soft}: raising it to {target} failed ({e})"
+    return target, f"file descriptor limit raised from {soft} to {target} (the hard limit){advice}"
 
 
 def is_fd_exhaustion(error: BaseException) -> bool:
@@ -131,3 +139,12 @@ def fd_exhaustion(limit: Optional[int] = None) -> str:
         limit = fd_limit()
     shown = "unknown" if limit is None else str(limit)
     return f"out of file descriptors (limit {shown}): raise LimitNOFILE / ulimit -n"
+
+
+def log_fd_limit(log: Any) -> None:
+    """Raise the descriptor limit at process start and log it once (a warning if it stays low)."""
+    limit, message = raise_fd_limit()
+    if limit is not None and limit < LOW_FD_LIMIT:
+        log.warn("{message}", message=message)
+    else:
+        log.info("{message}", message=message)

@@ -5,11 +5,12 @@ backlogs (item 12) and file descriptors (item 18), against real processes.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from typing import Dict
 
 from gotaxy.oslimits import LISTEN_BACKLOG, listen_backlog
-from tests.e2e import echo_once, free_port, tunnel_port
+from tests.e2e import Process, echo_once, free_port, tunnel_port, twistd
 
 
 def listen_backlogs() -> Dict[int, int]:
@@ -39,3 +40,40 @@ def test_every_listener_has_a_backlog_fit_for_a_public_server(procs, echo):
         "console": backlogs.get(console),
     } == dict.fromkeys(["control", "tunnel", "panel", "console"], expected)
     assert expected == min(LISTEN_BACKLOG, int(open("/proc/sys/net/core/somaxconn").read()))
+
+
+def test_a_client_out_of_descriptors_says_so_instead_of_blaming_the_local_service(procs, echo):
+    server = procs.server()
+    limit = 64
+    argv = [
+        "prlimit", f"--nofile={limit}:{limit}", twistd(), "-n", "--pidfile=", "gotaxy-client",
+        "--server", f"127.0.0.1:{server.port}", "--token", server.token, "--fingerprint", server.fingerprint,
+        "--data-dir", str(procs.workdir / "client-data"), "--tunnel", f"echo=tcp:127.0.0.1:{echo.port}",
+    ]
+    client = Process(argv, procs.workdir, "client")
+    procs.started.append(client)
+    client.wait_for(rf"file descriptor limit: {limit} \(already the hard limit\); every tunneled connection "
+                    r"needs one, so raise LimitNOFILE \(systemd\) or ulimit -Hn to 4096 or more")
+    port = tunnel_port(client, "echo")
+    held = []
+    try:
+        # Every connection through the tunnel holds a descriptor on the
+        # client; open them until the client has none left for the next.
+        for _ in range(2 * limit):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+            held.append(sock)
+            sock.sendall(b"ping")
+            if sock.recv(4) != b"ping":
+                break
+        else:
+            raise AssertionError(f"{2 * limit} connections went through a client limited to {limit} descriptors")
+        client.wait_for(
+            rf"tunnel echo: cannot connect to 127\.0\.0\.1:{echo.port}: the client is out of file "
+            rf"descriptors \(limit {limit}\): raise LimitNOFILE / ulimit -n"
+        )
+        server.wait_for(r"closed: the client is out of file descriptors \(limit 64\)")
+        assert "cannot reach local service" not in client.output()
+        assert "cannot reach local service" not in server.output()
+    finally:
+        for sock in held:
+            sock.close()

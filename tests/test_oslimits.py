@@ -41,3 +41,80 @@ def test_endpoints_listen_with_the_backlog_on_ipv4_and_ipv6() -> None:
         (7000, listen_backlog(), "127.0.0.1"),
         (7000, listen_backlog(), "::1"),
     ]
+
+
+def test_descriptor_exhaustion_is_recognised_in_every_shape_twisted_gives_it() -> None:
+    import errno
+    import socket
+
+    from twisted.internet.error import CannotListenError, ConnectBindError, ConnectionRefusedError
+
+    from gotaxy.oslimits import is_fd_exhaustion
+
+    assert is_fd_exhaustion(ConnectBindError(errno.EMFILE, "Too many open files"))
+    assert is_fd_exhaustion(OSError(errno.ENFILE, "Too many open files in system"))
+    assert is_fd_exhaustion(CannotListenError("", 7000, OSError(errno.EMFILE, "Too many open files")))
+    assert not is_fd_exhaustion(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
+    assert not is_fd_exhaustion(CannotListenError("", 7000, OSError(errno.EADDRINUSE, "in use")))
+    assert not is_fd_exhaustion(socket.timeout())
+
+
+def test_descriptor_exhaustion_message_names_the_limit_and_the_fix() -> None:
+    from gotaxy.oslimits import fd_exhaustion
+
+    assert fd_exhaustion(1024) == "out of file descriptors (limit 1024): raise LimitNOFILE / ulimit -n"
+
+
+def test_soft_descriptor_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from gotaxy.oslimits import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(256, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        limit, message = raise_fd_limit()
+        now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if hard == resource.RLIM_INFINITY:
+            assert limit == now and now > lowered
+        else:
+            assert limit == now == hard
+            if hard > lowered:
+                assert message.startswith(f"file descriptor limit raised from {lowered} to {hard}")
+        # Once at the hard limit, a second call only reports it.
+        assert raise_fd_limit()[1].startswith(f"file descriptor limit: {now} (already the hard limit)")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_throttle_reports_once_per_interval_with_the_count() -> None:
+    from twisted.internet.task import Clock
+
+    from gotaxy.logs import Throttle
+
+    clock = Clock()
+    throttle = Throttle(clock, 10.0)
+    assert throttle("a") == 1
+    assert [throttle("a") for _ in range(5)] == [None] * 5
+    assert throttle("b") == 1  # keys are independent
+    clock.advance(9.9)
+    assert throttle("a") is None
+    clock.advance(0.1)
+    assert throttle("a") == 7  # this one and the six held back
+    clock.advance(10)
+    assert throttle("a") == 1
+
+
+def test_throttle_forgets_quiet_keys_so_it_stays_small() -> None:
+    from twisted.internet.task import Clock
+
+    from gotaxy.logs import Throttle
+
+    clock = Clock()
+    throttle = Throttle(clock, 1.0)
+    for n in range(Throttle.MAX_KEYS):
+        throttle(n)
+    clock.advance(2)
+    throttle("new")
+    assert len(throttle._last) == 1

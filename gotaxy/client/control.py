@@ -37,8 +37,9 @@ from zope.interface import implementer
 from gotaxy import __version__
 from gotaxy.config import ClientConfig, ConfigError, TunnelSpec, parse_host_port
 from gotaxy.heartbeat import HeartbeatMonitor
-from gotaxy.logs import gotaxy_observer
+from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.mux import MuxProtocol, Stream
+from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion
 from gotaxy.relay import StreamRelay
 from gotaxy.wire import CLOSE_ERROR_PREFIX
 from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
@@ -46,6 +47,9 @@ from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
 #: Seconds to wait for a local service to accept a connection.
 LOCAL_CONNECT_TIMEOUT = 10.0
 RECONNECT_CAP = 30.0
+
+#: Seconds between two log lines about running out of file descriptors.
+FD_REPORT_INTERVAL = 10.0
 
 
 def reconnect_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
@@ -231,8 +235,22 @@ class ClientControlProtocol(MuxProtocol):
             endpoint.connect(factory).addErrback(self._local_failed, stream, spec)
 
     def _local_failed(self, failure: Failure, stream: Stream, spec: TunnelSpec) -> None:
-        reason = f"cannot reach local service {spec.local_ip}:{spec.local_port}: {failure.getErrorMessage()}"
-        self.log.warn("tunnel {name}: {reason}", name=spec.name, reason=reason)
+        if is_fd_exhaustion(failure.value):
+            # Not the local service's fault: this process has no descriptor
+            # left for the connection.  Every connection fails the same
+            # way, so say it once per interval.
+            reason = f"the client is {fd_exhaustion()}"
+            count = self.factory.fd_throttle(spec.name)
+            if count is not None:
+                self.log.error(
+                    "tunnel {name}: cannot connect to {ip}:{port}: {reason} ({count} connection(s) "
+                    "failed this way in the last {interval:g} s)",
+                    name=spec.name, ip=spec.local_ip, port=spec.local_port, reason=reason, count=count,
+                    interval=FD_REPORT_INTERVAL,
+                )
+        else:
+            reason = f"cannot reach local service {spec.local_ip}:{spec.local_port}: {failure.getErrorMessage()}"
+            self.log.warn("tunnel {name}: {reason}", name=spec.name, reason=reason)
         stream.local_closed(CLOSE_ERROR_PREFIX + reason)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -257,6 +275,7 @@ class ClientControlFactory(Factory):
         self.verifier = verifier
         self.reactor = reactor
         self.fatal = fatal
+        self.fd_throttle = Throttle(reactor, FD_REPORT_INTERVAL)
         self.current: Optional[ClientControlProtocol] = None  #: logged in
         self.latest: Optional[ClientControlProtocol] = None  #: connected, maybe not logged in
 

@@ -23,6 +23,7 @@ from gotaxy.config import (
     parse_tunnel_flag,
 )
 from gotaxy.logs import gotaxy_observer, set_level
+from gotaxy.oslimits import log_fd_limit
 from gotaxy.process import exit_with
 from gotaxy.tls import KNOWN_SERVERS_FILENAME, ServerVerifier, normalise_fingerprint
 
@@ -146,6 +147,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     for tunnel in config.tunnels:
         if not tunnel.enabled:
             log.info("tunnel {name} is disabled in the config; defined but not opened", name=tunnel.name)
+    log_fd_limit(log)
     verifier = make_verifier(config, reactor)
     if config.insecure:
         log.warn(

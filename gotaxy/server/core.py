@@ -35,7 +35,7 @@ from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import Event, EventBus
 from gotaxy.logs import gotaxy_observer
-from gotaxy.oslimits import listen_backlog
+from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog
 from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.server.tunnel import LiveTunnel, PublicFactory
 from gotaxy.store import (
@@ -342,6 +342,12 @@ class ServerCore:
                 interface=self.config.effective_proxy_bind_addr(),
             )
         except CannotListenError as e:
+            if is_fd_exhaustion(e):
+                self.log.error(
+                    "tunnel {client}/{tunnel}: cannot listen on port {port}: the server is {reason}",
+                    client=tunnel.client, tunnel=tunnel.name, port=port, reason=fd_exhaustion(),
+                )
+                raise TunnelRefused(f"port {port} cannot be opened: the server is {fd_exhaustion()}") from None
             raise TunnelRefused(f"port {port} cannot be opened on the server: {e.socketError}") from None
 
     async def _listen_anywhere(self, tunnel: LiveTunnel, live_ports: set) -> Any:

@@ -34,7 +34,7 @@ from gotaxy.credentials import new_password
 from gotaxy.console import make_console_service
 from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.notify import build_notifier
-from gotaxy.oslimits import backlog_warning, tcp_server_endpoint
+from gotaxy.oslimits import backlog_warning, log_fd_limit, tcp_server_endpoint
 from gotaxy.notify.managed import ManagedMailRecipients, ManagedWebhooks
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
@@ -231,6 +231,7 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     capped = backlog_warning()
     if capped is not None:
         log.warn("{warning}", warning=capped)
+    log_fd_limit(log)
 
     data_dir = os.path.abspath(config.data_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
