@@ -40,6 +40,8 @@ Key mapping, server (``ServerConfig``)::
     transport.maxPendingConnections  max_pending           (ours)
     transport.maxPendingPerIP        max_pending_per_ip    (ours)
     maxPortsPerClient                max_ports_per_client
+    maxConnectionsPerClient          max_connections_per_client (ours)
+    tunnelIdleTimeout                tunnel_idle_timeout   (ours)
     transport.tls.certFile / keyFile tls_cert_file / tls_key_file
     log.level / log.maxDays          log_level / log_max_days
     store                            store                 (ours)
@@ -93,6 +95,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 
+from gotaxy.mux import MAX_STREAMS
 from gotaxy.tls import normalise_fingerprint
 
 if sys.version_info >= (3, 11):
@@ -373,6 +376,11 @@ TOKEN_AUTH = _Form(
 TLS_ON = _Form(
     "true (Gotaxy always uses TLS; remove transport.tls.enable)", _equals(True)
 )
+CONNECTIONS = _Form(
+    f"an integer from 1 to {MAX_STREAMS} (the most one client connection can carry)",
+    _integer(1, MAX_STREAMS),
+)
+IDLE_TIMEOUT = _Form("a number of seconds of at least 0 (0 turns it off)", _non_negative_seconds)
 GRACE = _Form("a number of seconds of at least 0 (0 turns it off)", _non_negative_seconds)
 EVENT_PATTERNS = _Form(
     'a list of event types such as ["client.disconnected", "tunnel.*"] ("*" for all)',
@@ -552,6 +560,8 @@ class ServerConfig:
     max_pending: int = _setting(256, COUNT, "transport.maxPendingConnections")
     max_pending_per_ip: int = _setting(16, COUNT, "transport.maxPendingPerIP")
     max_ports_per_client: int = _setting(0, LIMIT, "maxPortsPerClient", "--max-ports-per-client")
+    max_connections_per_client: int = _setting(MAX_STREAMS, CONNECTIONS, "maxConnectionsPerClient")
+    tunnel_idle_timeout: float = _setting(600.0, IDLE_TIMEOUT, "tunnelIdleTimeout")
     tls_cert_file: str | None = _setting(None, TEXT, "transport.tls.certFile")
     tls_key_file: str | None = _setting(None, TEXT, "transport.tls.keyFile")
     log_level: str = _setting("info", LOG_LEVEL, "log.level")

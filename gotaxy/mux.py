@@ -32,6 +32,21 @@ connection (a ``MuxProtocol``).  The design follows SSH channels and yamux:
   its socket.  If the mux connection itself is lost, every stream's socket
   is aborted (RST), so a truncated transfer never looks like a clean end.
 
+* **Fair shares.**  One connection carries at most ``max_streams`` streams
+  (``MAX_STREAMS``, or the server's ``maxConnectionsPerClient``), and one
+  tunnel must not take them all: 1,024 idle connections to one public port
+  would otherwise lock every other tunnel of the client out.  Each tunnel of
+  the connection (``fair_share_tunnels``) is guaranteed ``R = min(
+  TUNNEL_RESERVE, max_streams // tunnels)`` streams, and any tunnel may
+  borrow beyond its ``R`` only from what is not kept for the others: a
+  stream for tunnel T opens only if, afterwards, ::
+
+      open streams + sum over tunnels U != T of max(0, R - streams of U) <= max_streams
+
+  so every other tunnel can still open up to its ``R`` at any moment.  With
+  two tunnels and 1,024 streams one tunnel may hold 992; a lone tunnel may
+  hold all of them.  ``stream_refusal`` says which rule refused a stream.
+
 Stream ids are never reused within a connection, so late frames for a closed
 stream are recognised and dropped.
 """
@@ -39,7 +54,7 @@ stream are recognised and dropped.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Collection, Deque, Dict, Optional
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -72,6 +87,11 @@ WINDOW_UPDATE_THRESHOLD = INITIAL_WINDOW // 4
 #: Concurrent streams one connection may carry; more public connections than
 #: this for one client are refused.
 MAX_STREAMS = 1024
+
+#: Streams each tunnel of a connection can always open, however many the
+#: connection's other tunnels hold (fewer when so many tunnels share the
+#: connection that MAX_STREAMS does not go round).  See "Fair shares".
+TUNNEL_RESERVE = 32
 
 #: Send buffer of the mux's TCP socket before its streams are paused (and
 #: also the size of its reads).
@@ -342,6 +362,8 @@ class MuxProtocol(Protocol):
         self.authenticated = False
         self.disconnecting = False
         self.max_streams = MAX_STREAMS
+        #: Open streams per tunnel name, for the fair shares.
+        self.tunnel_streams: Dict[str, int] = {}
         self._preamble: Optional[bytes] = b"" if self.is_server else None
         # Server-opened streams are even, client-opened odd (reserved).
         self._next_stream_id = 2 if self.is_server else 1
@@ -402,6 +424,7 @@ class MuxProtocol(Protocol):
         for stream in list(self.streams.values()):
             stream.abort(f"tunnel connection lost: {text}")
         self.streams.clear()
+        self.tunnel_streams.clear()
 
     # -- IPushProducer: the TLS transport's buffer -----------------------------
 
@@ -476,7 +499,7 @@ class MuxProtocol(Protocol):
         if len(self.streams) >= self.max_streams:
             self.transport.write(encode_close(stream_id, "too many open streams"))
             return
-        self.streams[stream_id] = stream
+        self._add_stream(stream)
         self.stream_opened(stream)
 
     # -- frames out ----------------------------------------------------------
@@ -488,15 +511,41 @@ class MuxProtocol(Protocol):
         self.transport.write(encode_frame(FrameType.PING, 0, payload))
 
     def open_stream(self, tunnel: str, peer: str) -> Optional[Stream]:
-        """Open a stream towards the peer, or None if no more can be opened."""
-        stream_id = self._next_stream_id
-        if len(self.streams) >= self.max_streams or stream_id > _MAX_STREAM_ID or self.disconnecting:
+        """Open a stream towards the peer, or None if no more can be opened (see ``stream_refusal``)."""
+        if self.stream_refusal(tunnel) is not None:
             return None
+        stream_id = self._next_stream_id
         self._next_stream_id += 2
         stream = Stream(self, stream_id, tunnel, peer)
-        self.streams[stream_id] = stream
+        self._add_stream(stream)
         self.transport.write(encode_json(FrameType.OPEN, stream_id, {"tunnel": tunnel, "peer": peer}))
         return stream
+
+    def stream_refusal(self, tunnel: str) -> Optional[str]:
+        """Why no stream for ``tunnel`` can open now (a clause for a log line), or None if one can."""
+        if self.disconnecting:
+            return "the client's connection is closing"
+        if self._next_stream_id > _MAX_STREAM_ID:
+            return "the client's connection has used up its stream ids and must reconnect"
+        total = len(self.streams)
+        if total >= self.max_streams:
+            return f"the client has {total} connections open, the most one client may have"
+        tunnels = self.fair_share_tunnels()
+        if len(tunnels) > 1:
+            reserve = min(TUNNEL_RESERVE, self.max_streams // len(tunnels))
+            counts = self.tunnel_streams
+            kept = sum(max(0, reserve - counts.get(name, 0)) for name in tunnels if name != tunnel)
+            if total + 1 + kept > self.max_streams:
+                return (
+                    f"it has {counts.get(tunnel, 0)} connections open, its fair share of the client's "
+                    f"{self.max_streams}: the rest are kept for the client's {len(tunnels) - 1} other "
+                    f"tunnel(s), {reserve} each"
+                )
+        return None
+
+    def _add_stream(self, stream: Stream) -> None:
+        self.streams[stream.id] = stream
+        self.tunnel_streams[stream.tunnel] = self.tunnel_streams.get(stream.tunnel, 0) + 1
 
     def protocol_error(self, reason: str) -> None:
         self.log.warn("dropping connection from {peer}: protocol error: {reason}", peer=self.peer_address, reason=reason)
@@ -521,7 +570,16 @@ class MuxProtocol(Protocol):
     # -- hooks ---------------------------------------------------------------
 
     def stream_closed(self, stream: Stream) -> None:
-        self.streams.pop(stream.id, None)
+        if self.streams.pop(stream.id, None) is not None:
+            left = self.tunnel_streams[stream.tunnel] - 1
+            if left:
+                self.tunnel_streams[stream.tunnel] = left
+            else:
+                del self.tunnel_streams[stream.tunnel]
+
+    def fair_share_tunnels(self) -> Collection[str]:
+        """The tunnels that share this connection's streams fairly (none: first come, first served)."""
+        return ()
 
     def control_received(self, message: Dict[str, Any]) -> None:
         raise NotImplementedError

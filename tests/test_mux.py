@@ -669,6 +669,76 @@ def test_max_streams_limits_open_stream() -> None:
     assert c is not None and c.id not in (a.id, b.id)
 
 
+class FairServerMux(ServerMux):
+    __test__ = False
+
+    def __init__(self, tunnels: Tuple[str, ...]) -> None:
+        super().__init__()
+        self.tunnel_names = tunnels
+
+    def fair_share_tunnels(self) -> Tuple[str, ...]:
+        return self.tunnel_names
+
+
+def fair_server(tunnels: Tuple[str, ...], max_streams: int) -> FairServerMux:
+    mux = FairServerMux(tunnels)
+    mux.makeConnection(FakeTCP())
+    mux.authenticated = True
+    mux.max_streams = max_streams
+    return mux
+
+
+def fill(mux: MuxProtocol, tunnel: str) -> List[Stream]:
+    opened = []
+    while True:
+        stream = mux.open_stream(tunnel, "p")
+        if stream is None:
+            return opened
+        opened.append(stream)
+
+
+def test_one_tunnel_cannot_take_the_streams_the_other_tunnels_need() -> None:
+    from gotaxy.mux import MAX_STREAMS, TUNNEL_RESERVE
+
+    mux = fair_server(("a", "b"), MAX_STREAMS)
+    a = fill(mux, "a")
+    assert len(a) == MAX_STREAMS - TUNNEL_RESERVE
+    refusal = mux.stream_refusal("a")
+    assert refusal is not None and f"its fair share of the client's {MAX_STREAMS}" in refusal
+    assert len(fill(mux, "b")) == TUNNEL_RESERVE
+    assert mux.stream_refusal("b") == f"the client has {MAX_STREAMS} connections open, the most one client may have"
+    # One of A's ends: nothing needs keeping for A (it holds far more than
+    # its reserve), so B may borrow the freed stream.
+    a.pop().local_closed("done")
+    assert mux.tunnel_streams == {"a": MAX_STREAMS - TUNNEL_RESERVE - 1, "b": TUNNEL_RESERVE}
+    assert mux.open_stream("b", "p") is not None
+
+
+def test_every_tunnel_gets_its_reserve_however_the_others_fill_up() -> None:
+    mux = fair_server(("a", "b", "c", "d"), 64)  # reserve: min(32, 64 // 4) = 16
+    assert len(fill(mux, "a")) == 64 - 3 * 16
+    assert len(fill(mux, "b")) == 16
+    assert len(fill(mux, "c")) == 16
+    assert len(fill(mux, "d")) == 16
+    assert len(mux.streams) == 64
+
+
+def test_a_lone_tunnel_may_use_every_stream() -> None:
+    mux = fair_server(("a",), 40)
+    assert len(fill(mux, "a")) == 40
+
+
+def test_per_tunnel_counts_follow_closes_and_connection_loss() -> None:
+    mux = fair_server(("a", "b"), 8)
+    streams = fill(mux, "a") + fill(mux, "b")
+    assert mux.tunnel_streams == {"a": 4, "b": 4}
+    streams[0].local_closed("done")
+    streams[-1].close_received("closed by peer")
+    assert mux.tunnel_streams == {"a": 3, "b": 3}
+    mux.connectionLost(Failure(ConnectionLost()))
+    assert mux.tunnel_streams == {} and mux.streams == {}
+
+
 def test_stream_ids_are_even_increasing_and_never_reused() -> None:
     pair = Pair()
     ids = []

@@ -48,8 +48,9 @@ from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
 LOCAL_CONNECT_TIMEOUT = 10.0
 RECONNECT_CAP = 30.0
 
-#: Seconds between two log lines about running out of file descriptors.
-FD_REPORT_INTERVAL = 10.0
+#: Seconds between two log lines about one tunnel's failures that come in
+#: floods (out of file descriptors, public connections refused).
+REPORT_INTERVAL = 10.0
 
 
 def reconnect_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
@@ -116,6 +117,8 @@ class ClientControlProtocol(MuxProtocol):
                 "hostname": socket.gethostname()[:255],
                 "version": __version__,
                 "os": platform.system()[:32],
+                # Optional server messages this client understands.
+                "features": ["connections_refused"],
             }
         )
 
@@ -150,10 +153,30 @@ class ClientControlProtocol(MuxProtocol):
             name = str(message.get("name"))
             self.up.pop(name, None)
             self.log.warn("tunnel {name} down: {reason}", name=name, reason=reason)
+        elif kind == "connections_refused" and self.authenticated:
+            self._connections_refused(message, reason)
         elif kind == "error":
             self.log.warn("server closed the connection: {reason}", reason=reason)
         else:
             self.protocol_error(f"unexpected control message {kind!r}")
+
+    def _connections_refused(self, message: Dict[str, Any], reason: str) -> None:
+        """The server turned public connections to one of our tunnels away (it says so once per interval)."""
+        name = str(message.get("name"))
+        if name not in self.tunnels:
+            return
+        count = message.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 2**31:
+            count = 0
+        # A server that sends these faster than it should costs one line per interval.
+        held = self.factory.refusal_counts
+        held[name] = held.get(name, 0) + count
+        if self.factory.refusal_throttle(name) is None:
+            return
+        self.log.warn(
+            "tunnel {name}: the server refused {count} public connection(s): {reason}",
+            name=name, count=held.pop(name), reason=reason,
+        )
 
     def _logged_in(self, message: Dict[str, Any]) -> None:
         if self.authenticated:
@@ -246,7 +269,7 @@ class ClientControlProtocol(MuxProtocol):
                     "tunnel {name}: cannot connect to {ip}:{port}: {reason} ({count} connection(s) "
                     "failed this way in the last {interval:g} s)",
                     name=spec.name, ip=spec.local_ip, port=spec.local_port, reason=reason, count=count,
-                    interval=FD_REPORT_INTERVAL,
+                    interval=REPORT_INTERVAL,
                 )
         else:
             reason = f"cannot reach local service {spec.local_ip}:{spec.local_port}: {failure.getErrorMessage()}"
@@ -275,7 +298,9 @@ class ClientControlFactory(Factory):
         self.verifier = verifier
         self.reactor = reactor
         self.fatal = fatal
-        self.fd_throttle = Throttle(reactor, FD_REPORT_INTERVAL)
+        self.fd_throttle = Throttle(reactor, REPORT_INTERVAL)
+        self.refusal_throttle = Throttle(reactor, REPORT_INTERVAL)
+        self.refusal_counts: Dict[str, int] = {}
         self.current: Optional[ClientControlProtocol] = None  #: logged in
         self.latest: Optional[ClientControlProtocol] = None  #: connected, maybe not logged in
 

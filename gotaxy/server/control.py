@@ -24,7 +24,7 @@ memory and cannot crowd out honest clients' tunnels.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Set
+from typing import Any, Collection, Dict, Optional, Set
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.protocol import Factory
@@ -37,6 +37,18 @@ from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol
 from gotaxy.server.core import LoginRefused, ServerCore, TunnelRefused
+
+
+#: Optional control messages a client may announce in its login's "features".
+CONNECTIONS_REFUSED = "connections_refused"
+
+
+def announced_features(message: Dict[str, Any]) -> Set[str]:
+    """The features a login announces that this server knows (anything else is ignored)."""
+    features = message.get("features")
+    if not isinstance(features, list):
+        return set()
+    return {f for f in features[:16] if f == CONNECTIONS_REFUSED}
 
 
 def tunnel_add_message(name: str, local_addr: str, remote_port: int) -> Dict[str, Any]:
@@ -109,6 +121,9 @@ class ServerControlProtocol(MuxProtocol):
         # Tunnel requests are handled one at a time, in the order sent, so
         # limits such as maxPortsPerClient see every earlier decision.
         self.tunnel_lock = DeferredLock()
+        self.max_streams = core.config.max_connections_per_client
+        #: Optional messages the client understands (from its login).
+        self.features: Set[str] = set()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -166,6 +181,7 @@ class ServerControlProtocol(MuxProtocol):
             return
         self._leave_pending()
         self.authenticated = True
+        self.features = announced_features(message)
         config = self.core.config
         self.send_control(
             {
@@ -216,6 +232,14 @@ class ServerControlProtocol(MuxProtocol):
     def pong_received(self, payload: bytes) -> None:
         if self.heartbeat is not None:
             self.heartbeat.pong_received(payload)
+
+    def fair_share_tunnels(self) -> Collection[str]:
+        return self.tunnels.keys()
+
+    def connections_refused(self, tunnel: str, count: int, reason: str) -> None:
+        """Tell the client that public connections to ``tunnel`` were refused (if it understands)."""
+        if CONNECTIONS_REFUSED in self.features and not self.disconnecting:
+            self.send_control({"type": CONNECTIONS_REFUSED, "name": tunnel, "count": count, "reason": reason})
 
     def _bug(self, failure: Failure, what: str) -> None:
         self.log.failure("bug while handling {what} from {peer}", failure, what=what, peer=self.peer_address)

@@ -34,10 +34,10 @@ from twisted.logger import Logger
 from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import Event, EventBus
-from gotaxy.logs import gotaxy_observer
+from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog
 from gotaxy.ports import PortAllocator, server_ports
-from gotaxy.server.tunnel import LiveTunnel, PublicFactory
+from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel, PublicFactory
 from gotaxy.store import (
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
@@ -81,6 +81,10 @@ RATE_INTERVAL = 1.0
 #: local service fails every connection, and one event says it.
 TUNNEL_ERROR_INTERVAL = 60.0
 
+#: Idle public connections are looked for this often (seconds) at most; a
+#: connection is closed within a quarter of tunnelIdleTimeout of reaching it.
+IDLE_CHECK_MAX_INTERVAL = 30.0
+
 
 class LoginRefused(Exception):
     """The client may not log in; the message is sent to it."""
@@ -118,13 +122,39 @@ class ServerCore:
         self._last_error: Dict[Tuple[str, str], float] = {}
         self._rates = LoopingCall(self._sample_rates)
         self._rates.clock = reactor
+        #: Counts refused public connections per tunnel between reports.
+        self.refusals = Throttle(reactor, REFUSAL_REPORT_INTERVAL)
+        self._idle = LoopingCall(self._close_idle)
+        self._idle.clock = reactor
 
     def start(self) -> None:
         self._rates.start(RATE_INTERVAL, now=False)
+        self._start_idle_checks()
 
     def stop(self) -> None:
         if self._rates.running:
             self._rates.stop()
+        if self._idle.running:
+            self._idle.stop()
+
+    def _start_idle_checks(self) -> None:
+        timeout = self.config.tunnel_idle_timeout
+        if self._idle.running:
+            self._idle.stop()
+        if timeout > 0:
+            self._idle.start(min(timeout / 4, IDLE_CHECK_MAX_INTERVAL), now=False)
+
+    def _close_idle(self) -> None:
+        timeout = self.config.tunnel_idle_timeout
+        now = self.reactor.seconds()
+        for tunnel in list(self.tunnels.values()):
+            closed = tunnel.close_idle(now, timeout)
+            if closed:
+                self.log.info(
+                    "tunnel {client}/{tunnel}: closed {count} public connection(s) idle for {timeout:g} s "
+                    "(tunnelIdleTimeout)",
+                    client=tunnel.client, tunnel=tunnel.name, count=closed, timeout=timeout,
+                )
 
     # -- events --------------------------------------------------------------
 
@@ -462,9 +492,16 @@ class ServerCore:
                 await self.drop_session(session, "token revoked or expired")
 
     def reload_config(self, config: ServerConfig) -> None:
-        """Apply a re-read config: limits and ports apply to tunnels opened from now on."""
+        """
+        Apply a re-read config: limits and ports apply to tunnels opened from
+        now on, maxConnectionsPerClient to clients that log in from now on,
+        tunnelIdleTimeout at once.
+        """
+        idle_changed = config.tunnel_idle_timeout != self.config.tunnel_idle_timeout
         self.config = config
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
+        if idle_changed and self._rates.running:
+            self._start_idle_checks()
 
     async def shutdown(self) -> None:
         self.stop()
