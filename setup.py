@@ -30,6 +30,7 @@ setup(
         "pyotp>=2.9",
         "qrcode>=7.4",
         "tomli>=2.0; python_version<'3.11'",
+        "tomli-w>=1.0",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "jsonschema>=4.18", "playwright>=1.40"]},
     entry_points={"console_scripts": ["gotaxy = gotaxy.cli:main"]},

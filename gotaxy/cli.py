@@ -1,14 +1,16 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-``gotaxy``: manage client tokens in a server's store.
+``gotaxy``: manage client tokens in a server's store, convert frp's old files.
 
     gotaxy token create NAME [--expires-in DAYS]
     gotaxy token list
     gotaxy token revoke NAME
+    gotaxy convert FILE.ini [-o FILE.toml] [--server | --client] [--force]
 
 It works on the store directly (``--data-dir`` or ``--store``), so it can run
 while the server does: a running server notices a revoked token within ten
-seconds and disconnects the client.
+seconds and disconnects the client.  ``convert`` needs no store: it writes
+frp's legacy INI file as frp's TOML (see ``gotaxy.frp_ini``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shlex
 import sys
 from typing import List, Optional, TextIO
 
-from gotaxy.config import ServerConfig
+from gotaxy.config import ConfigError, ServerConfig, parse_client_config, parse_server_config
+from gotaxy.frp_ini import convert_ini
 from gotaxy.store import Store, StoreError, default_url
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
 
 
 def _when(timestamp: Optional[float]) -> str:
@@ -30,7 +39,9 @@ def _when(timestamp: Optional[float]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gotaxy", description="Manage a Gotaxy server's client tokens.")
+    parser = argparse.ArgumentParser(
+        prog="gotaxy", description="Manage a Gotaxy server's client tokens; convert frp's legacy INI files."
+    )
     parser.add_argument("--data-dir", default=ServerConfig().data_dir, help="server data directory [gotaxy-data]")
     parser.add_argument("--store", default=None, help="SQLAlchemy URL of the store (overrides --data-dir)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,11 +53,24 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="list tokens (never their secret)")
     revoke = actions.add_parser("revoke", help="revoke a token; its client is disconnected")
     revoke.add_argument("name")
+    convert = commands.add_parser(
+        "convert", help="write frp's legacy INI file (frps.ini, frpc.ini) as TOML"
+    )
+    convert.add_argument("file", help="the INI file")
+    convert.add_argument(
+        "-o", "--output", metavar="FILE", help="where to write the TOML ('-': standard output) [FILE.toml]"
+    )
+    kind = convert.add_mutually_exclusive_group()
+    kind.add_argument("--server", dest="kind", action="store_const", const="server", help="it is an frps.ini")
+    kind.add_argument("--client", dest="kind", action="store_const", const="client", help="it is an frpc.ini")
+    convert.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return parser
 
 
 def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "convert":
+        return convert(args.file, args.output, args.kind, args.force, out)
     if args.store is None and not os.path.exists(os.path.join(args.data_dir, "gotaxy.db")):
         print(
             f"gotaxy: no store in {args.data_dir!r}; start the server once or pass --data-dir/--store",
@@ -90,6 +114,63 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
         return 1
     finally:
         store.close()
+    return 0
+
+
+def convert(path: str, output: Optional[str], kind: Optional[str], force: bool, out: TextIO) -> int:
+    """``gotaxy convert``: frp's legacy INI file at ``path`` as TOML."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except FileNotFoundError:
+        print(f"gotaxy: no file {path!r}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError:
+        print(f"gotaxy: {path}: the file must be UTF-8 text; save it as UTF-8 and convert again", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"gotaxy: cannot read {path!r}: {e.strerror}", file=sys.stderr)
+        return 1
+    try:
+        result = convert_ini(text, path, kind)
+    except ConfigError as e:
+        print(f"gotaxy: {e}", file=sys.stderr)
+        return 1
+    toml_text = result.toml(os.path.basename(path))
+    target = output or os.path.splitext(path)[0] + ".toml"
+    report = sys.stderr if target == "-" else out
+    if target == "-":
+        out.write(toml_text)
+    else:
+        try:
+            # The file holds the token: readable by its owner only, and never
+            # written over by accident.
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+            with os.fdopen(os.open(target, flags, 0o600), "w", encoding="utf-8") as f:
+                f.write(toml_text)
+        except FileExistsError:
+            print(f"gotaxy: {target!r} exists; choose another file with -o, or pass --force to replace it",
+                  file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"gotaxy: cannot write {target!r}: {e.strerror}", file=sys.stderr)
+            return 1
+        print(f"wrote {target} (frp's TOML format, a {result.kind} file)", file=report)
+    for note in result.notes:
+        print(f"not converted: {note}", file=report)
+    parse = parse_server_config if result.kind == "server" else parse_client_config
+    shown = "the output" if target == "-" else target
+    try:
+        loaded = parse(tomllib.loads(toml_text), source=shown)
+    except ConfigError as e:
+        print(f"gotaxy: Gotaxy refuses the converted file as it is: {e}", file=sys.stderr)
+        return 1
+    if loaded.warnings:
+        print(f"Gotaxy ignores {len(loaded.warnings)} of its frp settings, with these warnings at start:", file=report)
+        for warning in loaded.warnings:
+            print(f"  {warning}", file=report)
+    if target != "-":
+        print(f"start with: twistd -n gotaxy-{result.kind} --config {shlex.quote(target)}", file=report)
     return 0
 
 

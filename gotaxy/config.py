@@ -90,6 +90,7 @@ import ipaddress
 import json
 import math
 import re
+import shlex
 import sys
 from typing import Any, Callable, Iterable, Mapping
 
@@ -113,6 +114,7 @@ __all__ = [
     "TunnelSpec",
     "WebhookSpec",
     "format_allow_ports",
+    "legacy_ini_message",
     "load_toml",
     "parse_allow_ports",
     "parse_client_config",
@@ -916,7 +918,7 @@ class _Schema:
         if key.split(".")[0] == "common" and not where:
             message += (
                 "; this looks like frp's old INI format, which Gotaxy does not read: "
-                "use frp's TOML format (frp 0.52 and later)"
+                f"convert it to frp's TOML format with: gotaxy convert {shlex.quote(source)}"
             )
         elif suggestion is not None:
             message += f"; did you mean '{suggestion}'?"
@@ -950,19 +952,34 @@ _WEBHOOK = _Schema.of(WebhookSpec, frp_keys=frozenset(), frp_tables=frozenset())
 # Files
 
 
+def legacy_ini_message(path: str) -> str:
+    """What to tell a user who gave Gotaxy one of frp's old INI files."""
+    return (
+        f"{path}: this is frp's legacy INI format (frps.ini / frpc.ini with a [common] section, "
+        f"before frp 0.52), which Gotaxy does not read; convert it to TOML with: "
+        f"gotaxy convert {shlex.quote(path)}"
+    )
+
+
 def load_toml(path: str) -> dict[str, Any]:
     """The parsed contents of the TOML file at ``path``."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            raw = f.read()
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid TOML: the file must be UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file '{path}': {e.strerror}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        from gotaxy.frp_ini import looks_like_frp_ini  # it imports this module
+
+        if looks_like_frp_ini(raw.decode("utf-8", errors="replace")):
+            raise ConfigError(legacy_ini_message(path)) from None
+        if isinstance(e, UnicodeDecodeError):
+            raise ConfigError(f"{path}: not valid TOML: the file must be UTF-8 text") from None
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
 def _evolve(base: Any, changes: Mapping[str, Any], source: str) -> Any:

@@ -178,3 +178,74 @@ def test_store_url_to_a_missing_file_is_refused(capsys, tmp_path: Path) -> None:
     code, _, err = gotaxy(capsys, "--store", f"sqlite:///{missing}", "token", "list")
     assert code == 1 and "no store at" in err
     assert not missing.exists()
+
+
+# -- gotaxy convert ----------------------------------------------------------------
+
+FRP_CONF = Path(__file__).parent / "frp_conf"
+
+
+def test_convert_writes_toml_next_to_the_ini(capsys, tmp_path: Path) -> None:
+    ini = tmp_path / "frps.ini"
+    shutil.copy(FRP_CONF / "frps_legacy_full.ini", ini)
+    # No store is needed (and none exists here).
+    code, out, err = gotaxy(capsys, "--data-dir", str(tmp_path / "none"), "convert", str(ini))
+    assert (code, err) == (0, "")
+    target = tmp_path / "frps.toml"
+    assert f"wrote {target} (frp's TOML format, a server file)" in out
+    assert "Gotaxy ignores 16 of its frp settings, with these warnings at start:" in out
+    assert "'vhostHTTPPort' is an frp setting" in out
+    assert f"start with: twistd -n gotaxy-server --config {target}" in out
+    assert target.stat().st_mode & 0o777 == 0o600  # it holds the token
+    assert target.read_text().startswith("# Converted by 'gotaxy convert' from frps.ini")
+
+    # A second run does not overwrite it ...
+    code, _, err = gotaxy(capsys, "convert", str(ini))
+    assert code == 1
+    assert err == f"gotaxy: {str(target)!r} exists; choose another file with -o, or pass --force to replace it\n"
+    # ... unless told to.
+    target.write_text("old")
+    assert gotaxy(capsys, "convert", str(ini), "--force")[0] == 0
+    assert target.read_text() != "old"
+
+
+def test_convert_to_standard_output(capsys, tmp_path: Path) -> None:
+    ini = tmp_path / "old.ini"
+    ini.write_text("[common]\ntoken = s3cret\nlog_way = file\n")
+    code, out, err = gotaxy(capsys, "convert", str(ini), "--client", "-o", "-")
+    assert code == 0
+    assert out.endswith('[auth]\ntoken = "s3cret"\n')
+    assert "not converted: [common] log_way (frp's TOML has only log.to, taken from log_file)" in err
+    assert not (tmp_path / "old.toml").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[common]\ntoken = x\n", "cannot tell whether this is a server (frps.ini) or a client (frpc.ini) file; pass --server or --client"),
+        ("bind_port = 7000\n", "not a valid frp INI file"),
+        ("[common]\nbind_port = seven\n", "[common] bind_port must be an integer, got 'seven'"),
+    ],
+)
+def test_convert_errors(capsys, tmp_path: Path, text: str, message: str) -> None:
+    ini = tmp_path / "x.ini"
+    ini.write_text(text)
+    code, _, err = gotaxy(capsys, "convert", str(ini))
+    assert code == 1 and message in err and err.startswith("gotaxy: ")
+    assert not (tmp_path / "x.toml").exists()
+
+
+def test_convert_says_when_gotaxy_refuses_the_result(capsys, tmp_path: Path) -> None:
+    ini = tmp_path / "frpc.ini"
+    ini.write_text("[common]\nserver_addr = x\ntls_enable = false\n")
+    code, _, err = gotaxy(capsys, "convert", str(ini))
+    assert code == 1
+    assert err == (
+        f"gotaxy: Gotaxy refuses the converted file as it is: {tmp_path / 'frpc.toml'}: "
+        "'transport.tls.enable' must be true (Gotaxy always uses TLS; remove transport.tls.enable), got false\n"
+    )
+
+
+def test_convert_missing_file(capsys, tmp_path: Path) -> None:
+    code, _, err = gotaxy(capsys, "convert", str(tmp_path / "nope.ini"))
+    assert code == 1 and err == f"gotaxy: no file {str(tmp_path / 'nope.ini')!r}\n"

@@ -627,6 +627,7 @@ class TestErrors:
         message = error_of(server, "[common]\nbind_port = 7000")
         assert message.startswith("server.toml: unknown key 'common.bind_port'; ")
         assert "frp's old INI format" in message
+        assert message.endswith("convert it to frp's TOML format with: gotaxy convert server.toml")
 
     def test_client_key_in_server_file_is_unknown(self) -> None:
         assert "unknown key 'serverAddr'" in error_of(server, 'serverAddr = "x"')
@@ -808,6 +809,23 @@ class TestLoadToml:
         message = str(caught.value)
         assert message.startswith(f"{path}: not valid TOML: ")
         assert "line 2" in message
+
+    @pytest.mark.parametrize("name", ["frps_legacy_full.ini", "frpc_legacy_full.ini"])
+    def test_frp_legacy_ini_names_the_format_and_the_fix(self, name: str) -> None:
+        path = str(FRP_CONF / name)
+        with pytest.raises(ConfigError) as caught:
+            load_toml(path)
+        assert str(caught.value) == (
+            f"{path}: this is frp's legacy INI format (frps.ini / frpc.ini with a [common] "
+            f"section, before frp 0.52), which Gotaxy does not read; convert it to TOML with: "
+            f"gotaxy convert {path}"
+        )
+
+    def test_legacy_ini_in_another_encoding_is_still_recognised(self, tmp_path: Path) -> None:
+        path = tmp_path / "frpc.ini"
+        path.write_bytes("[common]\n# 服务器地址\nserver_addr = 1.2.3.4\n".encode("gb18030"))
+        with pytest.raises(ConfigError, match="gotaxy convert"):
+            load_toml(str(path))
 
     def test_not_utf8(self, tmp_path: Path) -> None:
         path = tmp_path / "client.toml"

@@ -12,6 +12,11 @@ by others, each of which must occur exactly once.  The rewrites are
 * a ``remotePort`` that is fixed in the file to a free port (the file's
   own port may be taken on a shared machine).
 
+The legacy INI files get the same rewrites under frp's old names
+(``bind_addr``, ``bind_port``, ``dashboard_addr``, ``dashboard_port``,
+``server_addr``, ``server_port``, the ``remote_port`` of ``[ssh]`` and of
+``[range:tcp_port]``) before ``gotaxy convert`` turns them into TOML.
+
 What a file does not say is given as flags: ``--console-port 0`` (frp has
 no console; its default port is fixed) and the client's ``--data-dir`` (so
 that trust-on-first-use does not write into the real home directory).  The
@@ -35,6 +40,7 @@ from tests.e2e import (
     echo_once,
     free_port,
     free_port_range,
+    gotaxy_cli,
     tunnel_port,
     twistd,
 )
@@ -212,3 +218,75 @@ def test_frps_heartbeat_timeout_alone_is_enough(procs, echo, tmp_path):
     # The timeout is the file's: a frozen client is dropped after 3 s of silence.
     client.signal(signal.SIGSTOP)
     server.wait_for(r"client default offline: heartbeat timeout: nothing heard for [34] s", timeout=15)
+
+
+# -- frp's legacy INI files ------------------------------------------------------
+
+
+def test_legacy_ini_files_get_a_clear_message(procs):
+    for plugin, name in (("gotaxy-server", "frps_legacy_full.ini"), ("gotaxy-client", "frpc_legacy_full.ini")):
+        path = str(FRP_CONF / name)
+        process = Process([twistd(), "-n", "--pidfile=", plugin, "--config", path], procs.workdir, plugin)
+        procs.started.append(process)
+        assert process.wait_exit(60) != 0
+        output = process.output()
+        assert (
+            f"{path}: this is frp's legacy INI format (frps.ini / frpc.ini with a [common] section, "
+            f"before frp 0.52), which Gotaxy does not read; convert it to TOML with: "
+            f"gotaxy convert {path}"
+        ) in output
+        assert "not valid TOML" not in output and "Traceback" not in output
+
+
+FRPS_LEGACY_WARNINGS = [
+    "kcpBindPort", "vhostHTTPPort", "vhostHTTPSPort", "detailedErrorsToClient", "subDomainHost",
+    "udpPacketSize", "natholeAnalysisDataReserveHours", "webServer.user", "webServer.password",
+    "webServer.pprofEnable", "log.to", "log.disablePrintColor", "auth.oidc",
+    "transport.maxPoolCount", "transport.tls.force", "httpPlugins",
+]
+FRPC_LEGACY_WARNINGS = [
+    "udpPacketSize", "log.to", "log.disablePrintColor", "webServer.addr", "webServer.port",
+    "webServer.user", "webServer.password", "webServer.pprofEnable", "transport.poolCount",
+    "transport.protocol", "transport.connectServerLocalIP",
+    "transport.tls.disableCustomTLSFirstByte", "metadatas", "visitors",
+    "proxy dns", *(f"proxy udp_port_{i}" for i in range(11)), "proxy web01", "proxy web02",
+    "proxy plugin_unix_domain_socket", "proxy plugin_http_proxy", "proxy plugin_socks5",
+    "proxy plugin_static_file", "proxy plugin_https2http", "proxy plugin_https2https",
+    "proxy plugin_http2https", "proxy secret_tcp", "proxy p2p_tcp", "proxy tcpmuxhttpconnect",
+    "transport.bandwidthLimit", "transport.bandwidthLimitMode", "transport.useEncryption",
+    "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey", "healthCheck",
+    "metadatas",
+]
+
+
+def test_converted_legacy_files_start(procs, tmp_path):
+    port, web = free_port(), free_port()
+    ssh_port, _ = free_port_range(1)
+    ranged, _ = free_port_range(17)  # [range:tcp_port] maps 17 ports
+    frps = rewrite("frps_legacy_full.ini", tmp_path / "frps.ini", {
+        "bind_addr = 0.0.0.0": "bind_addr = 127.0.0.1",
+        "bind_port = 7000": f"bind_port = {port}",
+        "dashboard_addr = 0.0.0.0": "dashboard_addr = 127.0.0.1",
+        "dashboard_port = 7500": f"dashboard_port = {web}",
+    })
+    assert "wrote " + str(tmp_path / "frps.toml") in gotaxy_cli("convert", str(frps))
+    server = start_server(procs, tmp_path / "frps.toml", port)
+    assert warned_keys(warnings(server.process, r"listening for clients on 127\.0\.0\.1:")) == FRPS_LEGACY_WARNINGS
+    assert get(f"http://127.0.0.1:{web}/metrics") == 200  # enable_prometheus = true
+
+    frpc = rewrite("frpc_legacy_full.ini", tmp_path / "frpc.ini", {
+        "server_addr = 0.0.0.0": "server_addr = 127.0.0.1",
+        "server_port = 7000": f"server_port = {port}",
+        "remote_port = 6001": f"remote_port = {ssh_port}",
+        "remote_port = 6010-6020,6022,6024-6028": f"remote_port = {ranged}-{ranged + 16}",
+    })
+    report = gotaxy_cli("convert", str(frpc))
+    assert f"Gotaxy ignores {len(FRPC_LEGACY_WARNINGS)} of its frp settings" in report
+    client = start_client(procs, tmp_path / "frpc.toml")
+    lines = warnings(client, rf"logged in to 127\.0\.0\.1:{port} as shared:your_name")
+    assert warned_keys(lines) == FRPC_LEGACY_WARNINGS
+    assert tunnel_port(client, "ssh") == ssh_port
+    for i in range(17):
+        assert tunnel_port(client, f"tcp_port_{i}") == ranged + i
+    tunnel_port(client, "ssh_random")
+    assert "Traceback" not in server.output() + client.output()
