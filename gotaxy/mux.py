@@ -49,6 +49,17 @@ connection (a ``MuxProtocol``).  The design follows SSH channels and yamux:
 
 Stream ids are never reused within a connection, so late frames for a closed
 stream are recognised and dropped.
+
+**Bounded writes.**  Everything written toward the peer is bounded, also
+when the peer does not read.  DATA is bounded by the windows and by pausing
+the streams' sockets.  Answers to the peer (PONG, control messages, refusals)
+are bounded because the peer cannot make us answer before log-in (a PING
+then is a protocol error), PINGs are not answered while the connection's
+send buffer is full, more answers are refused by dropping the connection
+once ``MAX_BUFFERED_OUTPUT`` bytes wait, and a connection whose full send
+buffer has not drained at all for ``write_stall_timeout`` seconds is
+dropped.  Stopping to *read* instead would deadlock two honest peers that
+both push bulk data over a slow link.
 """
 
 from __future__ import annotations
@@ -96,6 +107,14 @@ TUNNEL_RESERVE = 32
 #: Send buffer of the mux's TCP socket before its streams are paused (and
 #: also the size of its reads).
 MUX_SOCKET_BUFFER = 512 * 1024
+
+#: Bytes waiting in the connection's send buffer beyond which a peer that
+#: keeps asking for answers it does not read is dropped.
+MAX_BUFFERED_OUTPUT = 8 * 1024 * 1024
+
+#: Seconds a full send buffer may go without draining before the peer is
+#: dropped (subclasses use their heartbeat timeout).
+WRITE_STALL_TIMEOUT = 30.0
 
 _DATA_HEADER = FrameType.DATA
 _MAX_STREAM_ID = 0xFFFFFFFF
@@ -347,13 +366,17 @@ class MuxProtocol(Protocol):
     Subclasses implement ``control_received`` (JSON messages on stream 0),
     ``stream_opened`` (a peer-opened stream, client side only in protocol
     v1), ``stream_closed`` bookkeeping via ``super()``, and decide when the
-    peer is ``authenticated`` (before that only CONTROL and PING frames are
+    peer is ``authenticated`` (before that only CONTROL frames are
     accepted).
     """
 
     #: True on the side that accepted the TCP connection (the server).
     is_server = False
     log = Logger()
+    #: Seconds a full send buffer may go without draining (see the module
+    #: docstring); needs ``reactor`` to be set.
+    write_stall_timeout = WRITE_STALL_TIMEOUT
+    reactor: Any = None
 
     def __init__(self) -> None:
         self.streams: Dict[int, Stream] = {}
@@ -369,6 +392,8 @@ class MuxProtocol(Protocol):
         self._next_stream_id = 2 if self.is_server else 1
         self._highest_peer_stream = 0
         self.peer_address = "?"
+        self._stall_check: Any = None
+        self._stall_waiting = 0
 
     # -- Protocol ------------------------------------------------------------
 
@@ -420,6 +445,7 @@ class MuxProtocol(Protocol):
         return buffered[PREAMBLE.size :]
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._stop_stall_watch()
         text = reason.getErrorMessage() if reason is not None else "connection closed"
         for stream in list(self.streams.values()):
             stream.abort(f"tunnel connection lost: {text}")
@@ -432,14 +458,67 @@ class MuxProtocol(Protocol):
         self.paused = True
         for stream in self.streams.values():
             stream._update_source()
+        self._watch_stall()
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self._stop_stall_watch()
         for stream in list(self.streams.values()):
             stream._update_source()
 
     def stopProducing(self) -> None:
         self.paused = True
+
+    # -- a peer that does not read ---------------------------------------------
+
+    def buffered_output(self) -> int:
+        """Bytes written toward the peer that its socket has not taken yet."""
+        transport = self.transport
+        waiting = sum(map(len, getattr(transport, "_appSendBuffer", ())))  # TLS, before the handshake
+        tcp = getattr(transport, "transport", transport)  # a TLS transport's TCP transport
+        data = getattr(tcp, "dataBuffer", None)
+        if data is not None:
+            waiting += len(data) - getattr(tcp, "offset", 0) + getattr(tcp, "_tempDataLen", 0)
+        return waiting
+
+    def _watch_stall(self) -> None:
+        if self.reactor is None or self._stall_check is not None or self.disconnecting:
+            return
+        self._stall_waiting = self.buffered_output()
+        self._stall_check = self.reactor.callLater(self.write_stall_timeout, self._check_stall)
+
+    def _stop_stall_watch(self) -> None:
+        if self._stall_check is not None and self._stall_check.active():
+            self._stall_check.cancel()
+        self._stall_check = None
+
+    def _check_stall(self) -> None:
+        self._stall_check = None
+        if not self.paused or self.disconnecting:
+            return
+        waiting = self.buffered_output()
+        if waiting >= self._stall_waiting:
+            self.drop_unread(
+                f"it has read nothing for {self.write_stall_timeout:g} s ({waiting} bytes are waiting for it)"
+            )
+            return
+        self._watch_stall()  # it reads, slowly: keep watching
+
+    def drop_unread(self, reason: str) -> None:
+        """Drop a peer that does not read what we send (nothing more can reach it)."""
+        self.log.warn("dropping connection from {peer}: {reason}", peer=self.peer_address, reason=reason)
+        self.disconnecting = True
+        self._stop_stall_watch()
+        self.transport.abortConnection()
+
+    def _write_answer(self, data: bytes) -> None:
+        """Write a frame the peer asked for, unless too much waits for it already."""
+        if self.disconnecting:
+            return
+        if self.paused and self.buffered_output() > MAX_BUFFERED_OUTPUT:
+            self.drop_unread(f"it does not read what we send ({MAX_BUFFERED_OUTPUT} bytes are waiting for it)")
+            return
+        self.transport.write(data)
 
     # -- frames in -----------------------------------------------------------
 
@@ -451,16 +530,20 @@ class MuxProtocol(Protocol):
         stream.data_received(chunk)
 
     def _frame_received(self, frame_type: int, stream_id: int, payload: bytes) -> None:
-        if frame_type == FrameType.PING:
-            self.transport.write(encode_frame(FrameType.PONG, 0, payload))
-            return
         if frame_type == FrameType.CONTROL:
             if stream_id != 0:
                 raise ProtocolError("CONTROL frame on a data stream")
             self.control_received(decode_json(payload))
             return
         if not self.authenticated:
+            # Nothing but the log-in is answered before log-in, PING included.
             raise ProtocolError(f"{FrameType(frame_type).name} frame before login")
+        if frame_type == FrameType.PING:
+            # While the peer has not taken what we sent, a PONG would only
+            # queue up behind it; any frame proves we are alive anyway.
+            if not self.paused:
+                self.transport.write(encode_frame(FrameType.PONG, 0, payload))
+            return
         if frame_type == FrameType.PONG:
             self.pong_received(payload)
             return
@@ -497,7 +580,7 @@ class MuxProtocol(Protocol):
         header = decode_json(payload)
         stream = Stream(self, stream_id, str(header.get("tunnel", "")), str(header.get("peer", "?")))
         if len(self.streams) >= self.max_streams:
-            self.transport.write(encode_close(stream_id, "too many open streams"))
+            self._write_answer(encode_close(stream_id, "too many open streams"))
             return
         self._add_stream(stream)
         self.stream_opened(stream)
@@ -505,7 +588,7 @@ class MuxProtocol(Protocol):
     # -- frames out ----------------------------------------------------------
 
     def send_control(self, message: Dict[str, Any]) -> None:
-        self.transport.write(encode_control(message))
+        self._write_answer(encode_control(message))
 
     def send_ping(self, payload: bytes) -> None:
         self.transport.write(encode_frame(FrameType.PING, 0, payload))

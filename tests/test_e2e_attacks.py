@@ -11,6 +11,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from gotaxy.store import Store, default_url
@@ -164,3 +165,49 @@ def test_shared_token_with_a_token_holders_name_gets_its_own_namespace(procs, ec
         assert owners.get(("shared:alice", "web")) != reserved
     finally:
         store.close()
+
+
+# -- item 2: answers to a peer that does not read are bounded --------------------
+
+
+def flood_pings(sock: ssl.SSLSocket, ceiling: int, deadline: float) -> Tuple[int, bool]:
+    """Send PINGs without reading until the server drops us; (bytes sent, dropped)."""
+    burst = frame(PING, 0, b"12345678") * 4096
+    sent = 0
+    sock.settimeout(10)
+    try:
+        while sent < ceiling and time.monotonic() < deadline:
+            sock.sendall(burst)
+            sent += len(burst)
+    except OSError:  # reset, broken pipe, TLS alert: the server dropped us
+        return sent, True
+    return sent, False
+
+
+def test_unauthenticated_ping_flood_is_not_answered(procs):
+    server = procs.server()
+    before = rss_kib(server.pid)
+    with tls_connect(server.port, rcvbuf=4096) as s:
+        s.sendall(PREAMBLE)
+        flood_pings(s, 32 * 1024 * 1024, time.monotonic() + 60)
+        frames, _ = read_frames(s, timeout=5)
+    server.wait_for(r"protocol error: PING frame before login")
+    assert [k for k, _ in frames] == [CONTROL], "the server answered PINGs before log-in"
+    assert controls(frames)[0]["reason"] == "protocol error: PING frame before login"
+    assert rss_kib(server.pid) - before < 16 * 1024
+
+
+def test_logged_in_peer_that_does_not_read_is_dropped_and_costs_bounded_memory(procs):
+    server = procs.server("--heartbeat-interval", "1", "--heartbeat-timeout", "3")
+    before = rss_kib(server.pid)
+    with tls_connect(server.port, rcvbuf=4096) as s:
+        s.sendall(PREAMBLE + control({"type": "login", "token": server.token, "user": "", "hostname": "h", "version": "0"}))
+        s.settimeout(10)
+        assert b"login_ok" in s.recv(4096)
+        started = time.monotonic()
+        sent, dropped = flood_pings(s, 256 * 1024 * 1024, started + 90)
+        assert dropped, f"still connected after sending {sent} bytes of PINGs and reading nothing"
+    server.wait_for(r"dropping connection from 127\.0\.0\.1:\d+: it has read nothing for 3 s")
+    server.wait_for(r"client default offline")
+    assert rss_kib(server.pid) - before < 32 * 1024
+    assert "Traceback" not in server.output()

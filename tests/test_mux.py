@@ -16,10 +16,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from gotaxy.mux import MuxProtocol, Stream
+from gotaxy.mux import MAX_BUFFERED_OUTPUT, MuxProtocol, Stream
 from gotaxy.relay import StreamRelay
 from gotaxy.wire import (
     INITIAL_WINDOW,
@@ -188,16 +189,24 @@ def test_other_protocol_version_is_refused_with_advice() -> None:
     assert "upgrade" in last_error(server.transport)
 
 
-def test_only_control_and_ping_before_login() -> None:
+def test_only_control_before_login() -> None:
     server = ServerMux()
     server.makeConnection(StringTransport())
     server.dataReceived(b"GTXY\x00\x00\x00\x01")
-    server.dataReceived(encode_frame(FrameType.PING, 0, b"abcdefgh") + encode_control({"type": "login"}))
-    assert frames(server.transport.value()) == [(FrameType.PONG, 0, b"abcdefgh")]
+    server.dataReceived(encode_control({"type": "login"}))
     assert server.controls == [{"type": "login"}]
     server.dataReceived(encode_frame(FrameType.DATA, 2, b"sneaky"))
     assert server.transport.disconnecting
     assert "before login" in last_error(server.transport)
+
+
+def test_ping_before_login_is_not_answered_but_a_protocol_error() -> None:
+    server = ServerMux()
+    server.makeConnection(StringTransport())
+    server.dataReceived(b"GTXY\x00\x00\x00\x01" + encode_frame(FrameType.PING, 0, b"abcdefgh") * 1000)
+    assert [t for t, _, _ in frames(server.transport.value())] == [FrameType.CONTROL]
+    assert last_error(server.transport) == "protocol error: PING frame before login"
+    assert server.transport.disconnecting
 
 
 def test_ping_is_answered_with_its_payload() -> None:
@@ -884,3 +893,102 @@ def test_relay_on_an_already_closed_stream_closes_its_socket() -> None:
     relay.connectionLost(Failure(ConnectionDone()))
     assert pair.client.transport.value() == b""  # no second CLOSE
 
+
+
+# -- a peer that does not read -------------------------------------------------
+
+
+class UnreadTransport(StringTransport):
+    """
+    A connection whose peer reads nothing: what is written stays in the send
+    buffer (``dataBuffer``, as on a real TCP transport), and like a real one
+    it pauses its producer above ``bufferSize``.  ``drain`` plays the peer
+    reading some of it.
+    """
+
+    bufferSize = 64 * 1024  # the mux raises it to MUX_SOCKET_BUFFER
+    offset = 0
+    _tempDataLen = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = False
+        self.paused_producer = False
+
+    @property
+    def dataBuffer(self) -> bytes:
+        return self.value()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and not self.paused_producer and len(self.value()) > self.bufferSize:
+            self.paused_producer = True
+            self.producer.pauseProducing()
+
+    def drain(self, n: int) -> None:
+        rest = self.value()[n:]
+        self.clear()
+        self.io.write(rest)
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def unread_server(clock: Clock) -> Tuple[ServerMux, UnreadTransport]:
+    server = ServerMux()
+    server.reactor = clock
+    server.write_stall_timeout = 30
+    transport = UnreadTransport()
+    server.makeConnection(transport)
+    server.dataReceived(b"GTXY\x00\x00\x00\x01")
+    server.authenticated = True
+    return server, transport
+
+
+def test_pings_from_a_peer_that_does_not_read_stop_being_answered() -> None:
+    server, transport = unread_server(Clock())
+    server.dataReceived(encode_frame(FrameType.PING, 0, b"abcdefgh") * 100_000)  # 1.7 MB of PINGs
+    assert server.paused
+    # PONGs stop once the send buffer is full: one buffer plus one frame.
+    assert len(transport.value()) <= transport.bufferSize + 17
+    assert not transport.aborted
+
+
+def test_a_peer_whose_send_buffer_never_drains_is_dropped() -> None:
+    clock = Clock()
+    server, transport = unread_server(clock)
+    server.dataReceived(encode_frame(FrameType.PING, 0, b"abcdefgh") * 100_000)
+    assert server.paused
+    clock.advance(29)
+    assert not transport.aborted
+    clock.advance(1)
+    assert transport.aborted and server.disconnecting
+
+
+def test_a_peer_that_reads_slowly_is_kept() -> None:
+    clock = Clock()
+    server, transport = unread_server(clock)
+    server.dataReceived(encode_frame(FrameType.PING, 0, b"abcdefgh") * 100_000)
+    for _ in range(10):
+        transport.drain(1000)
+        clock.advance(30)
+        assert not transport.aborted
+    server.resumeProducing()  # drained: the transport resumes us
+    transport.clear()
+    transport.paused_producer = False
+    clock.advance(300)
+    assert not transport.aborted
+    assert clock.getDelayedCalls() == []
+
+
+def test_answers_beyond_the_output_limit_drop_the_peer() -> None:
+    server, transport = unread_server(Clock())
+    message = {"type": "tunnel_refused", "reason": "x" * 8000}
+    sent = 0
+    while not transport.aborted:
+        server.send_control(message)
+        sent += 1
+        assert sent < 10_000, "never dropped"
+    assert MAX_BUFFERED_OUTPUT < len(transport.value()) <= MAX_BUFFERED_OUTPUT + 8100
+    server.send_control(message)  # nothing more is written
+    assert len(transport.value()) <= MAX_BUFFERED_OUTPUT + 8100

@@ -97,6 +97,8 @@ class ClientControlProtocol(MuxProtocol):
         self.factory = factory
         self.config: ClientConfig = factory.config
         self.reactor = factory.reactor
+        # A server that reads nothing of what we send is as dead as a silent one.
+        self.write_stall_timeout = self.config.heartbeat_timeout
         self.heartbeat: Optional[HeartbeatMonitor] = None
         self.tunnels: Dict[str, TunnelSpec] = {t.name: t for t in self.config.tunnels}
         self.up: Dict[str, int] = {}

@@ -104,6 +104,8 @@ class ServerControlProtocol(MuxProtocol):
         self.core = core
         self.admission = admission
         self.reactor = reactor
+        # A client that reads nothing of what we send is as dead as a silent one.
+        self.write_stall_timeout = core.config.heartbeat_timeout
         self.client_name: Optional[str] = None
         self.client_version = "?"
         self.token_checked = False
