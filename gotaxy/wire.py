@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 import struct
 from typing import Any, Callable, Dict
@@ -131,11 +132,23 @@ def _too_deep(payload: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return bool(brackets)
 
 
+def _not_json(constant: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (and every peer) does not.
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 would become Infinity
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
 def decode_json(payload: bytes) -> Dict[str, Any]:
     if _too_deep(payload):
         raise ProtocolError(f"JSON payload nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        message = json.loads(payload.decode("utf-8"))
+        message = json.loads(payload.decode("utf-8"), parse_constant=_not_json, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as e:
         raise ProtocolError(f"malformed JSON payload: {e}") from None
     if not isinstance(message, dict):

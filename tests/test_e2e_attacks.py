@@ -12,9 +12,11 @@ import ssl
 import struct
 import threading
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from gotaxy.store import Store, default_url
+from gotaxy.tls import load_or_create_server_credentials
 from tests.e2e import echo_once, free_port, gotaxy_cli, tunnel_port
 
 PREAMBLE = b"GTXY" + struct.pack("!I", 1)
@@ -211,3 +213,89 @@ def test_logged_in_peer_that_does_not_read_is_dropped_and_costs_bounded_memory(p
     server.wait_for(r"client default offline")
     assert rss_kib(server.pid) - before < 32 * 1024
     assert "Traceback" not in server.output()
+
+
+# -- item 15: a hostile server cannot crash the client ---------------------------
+
+
+class HostileServer:
+    """
+    A TLS server on loopback that logs the client in, then sends one of
+    ``attack`` (raw CONTROL payloads, one per connection in turn) and keeps
+    the connection open.  Counts connections.
+    """
+
+    def __init__(self, tls_dir: Path, attack: List[bytes]) -> None:
+        credentials = load_or_create_server_credentials(str(tls_dir))
+        (tls_dir / "leaf.pem").write_bytes(credentials.certificate_pem)
+        (tls_dir / "leaf.key").write_bytes(credentials.key_pem)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(tls_dir / "leaf.pem"), str(tls_dir / "leaf.key"))
+        self.attack = attack
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            payload = self.attack[self.connections % len(self.attack)]
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(raw, payload), daemon=True).start()
+
+    def _handle(self, raw: socket.socket, payload: bytes) -> None:
+        try:
+            with self.context.wrap_socket(raw, server_side=True) as s:
+                s.settimeout(20)
+                data = b""
+                while b"login" not in data:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                s.sendall(control({"type": "login_ok", "client": "victim", "serverVersion": "evil"}))
+                s.sendall(frame(CONTROL, 0, payload))
+                while s.recv(65536):
+                    pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_hostile_server_numbers_do_not_crash_the_client(procs, tmp_path):
+    attack = [
+        b'{"type":"tunnel_add","name":"x","localAddr":"127.0.0.1:22","remotePort":Infinity}',
+        b'{"type":"tunnel_add","name":"x","localAddr":"127.0.0.1:22","remotePort":1e400}',
+        b'{"type":"tunnel_up","name":"web","remotePort":true}',
+        b'{"type":"tunnel_add","name":"y","localAddr":"127.0.0.1:22","remotePort":22.5}',
+    ]
+    hostile = HostileServer(tmp_path / "hostile-tls", attack)
+    try:
+        client = procs.twistd(
+            "gotaxy-client",
+            ["--server", f"127.0.0.1:{hostile.port}", "--token", "gtx_x", "--insecure",
+             "--data-dir", str(tmp_path / "c"), "--tunnel", "web=tcp:127.0.0.1:9"],
+            "client",
+        )
+        client.wait_for(r"logged in to 127\.0\.0\.1:\d+ as victim \(server evil\)")
+        # The client drops each such connection cleanly and tries again, alive.
+        client.wait_for(r"protocol error: malformed JSON payload: Infinity is not a JSON value")
+        client.wait_for(r"protocol error: malformed JSON payload: number 1e400 is out of range", timeout=40)
+        client.wait_for(r"protocol error: tunnel_up: 'remotePort' must be an integer from 1 to 65535", timeout=40)
+        client.wait_for(r"protocol error: tunnel_add: 'remotePort' must be an integer from 0 to 65535", timeout=40)
+        deadline = time.monotonic() + 40
+        while hostile.connections < 5:
+            assert client.running() and time.monotonic() < deadline, client.output()[-3000:]
+            time.sleep(0.05)
+        assert client.running()
+        assert "Traceback" not in client.output() and "OverflowError" not in client.output()
+    finally:
+        hostile.close()

@@ -287,7 +287,9 @@ def test_control_json_that_is_not_an_object_is_a_protocol_error(payload: bytes) 
         decode_json(payload)
 
 
-@pytest.mark.parametrize("payload", [b"", b"{", b"\xff\xfe{}", b"{'a': 1}"])
+@pytest.mark.parametrize(
+    "payload", [b"", b"{", b"\xff\xfe{}", b"{'a': 1}", b'{"remotePort":Infinity}', b'{"a":NaN}', b'{"a":-Infinity}', b'{"a":1e400}']
+)
 def test_malformed_json_is_a_protocol_error(payload: bytes) -> None:
     with pytest.raises(ProtocolError, match="malformed JSON"):
         decode_json(payload)

@@ -16,6 +16,13 @@ every loss, with ``reconnect_delay`` between attempts):
    ``tunnel_up`` (logged as ``tunnel NAME up at HOST:PORT``, a line scripts
    may rely on) or ``tunnel_refused``, which affects that tunnel alone.
 4. Streams the server opens are connected to the tunnel's local service.
+
+Nothing the server sends is trusted: every field is checked for its type
+and range (a port is an ``int`` from 1 to 65535, never a bool, a float or
+``Infinity``; every string is bounded) before it is used, and a message that
+fails is a protocol error that ends the connection with a logged reason.
+Strings from the server are shown with control characters escaped, so they
+cannot forge log lines.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.mux import MuxProtocol, Stream
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion
 from gotaxy.relay import StreamRelay
-from gotaxy.wire import CLOSE_ERROR_PREFIX
+from gotaxy.wire import CLOSE_ERROR_PREFIX, ProtocolError
 from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
 
 #: Seconds to wait for a local service to accept a connection.
@@ -52,10 +59,47 @@ RECONNECT_CAP = 30.0
 #: floods (out of file descriptors, public connections refused).
 REPORT_INTERVAL = 10.0
 
+#: Longest string from the server that is shown (reasons, versions).
+MAX_SHOWN = 500
+
+#: Longest heartbeat setting a server may announce, in seconds.
+MAX_HEARTBEAT = 86400.0
+
 
 def reconnect_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Exponential backoff from 1 s, capped at 30 s, with jitter (50-100%)."""
     return min(RECONNECT_CAP, 2.0 ** min(attempt, 16)) * (0.5 + rng() / 2)
+
+
+def printable(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters, control characters escaped."""
+    text = text[:limit]
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _text(message: Dict[str, Any], key: str, limit: int, default: Optional[str] = None) -> str:
+    value = message.get(key, default)
+    if not isinstance(value, str) or len(value) > limit:
+        raise ProtocolError(f"{message.get('type')}: {key!r} must be a string of at most {limit} characters")
+    return value
+
+
+def _integer(message: Dict[str, Any], key: str, low: int, high: int, default: Optional[int] = None) -> int:
+    value = message.get(key, default)
+    if type(value) is not int or not low <= value <= high:  # bool is an int subclass: refused
+        raise ProtocolError(f"{message.get('type')}: {key!r} must be an integer from {low} to {high}")
+    return value
+
+
+def _seconds(message: Dict[str, Any], key: str) -> Optional[float]:
+    value = message.get(key)
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not 0 < value <= MAX_HEARTBEAT:  # also NaN and Infinity
+        raise ProtocolError(f"{message.get('type')}: {key!r} must be a number of seconds from 0 to {MAX_HEARTBEAT:g}")
+    return float(value)
 
 
 @functools.lru_cache(maxsize=256)
@@ -128,48 +172,53 @@ class ClientControlProtocol(MuxProtocol):
 
     def control_received(self, message: Dict[str, Any]) -> None:
         kind = message.get("type")
-        reason = str(message.get("reason", ""))[:500]
-        if kind == "login_ok":
+        if not isinstance(kind, str):
+            raise ProtocolError("a control message needs a string 'type'")
+        if kind == "login_ok" and not self.authenticated:
             self._logged_in(message)
-        elif kind == "login_failed":
-            text = f"the server refused our login: {reason}"
+        elif kind == "login_failed" and not self.authenticated:
+            text = f"the server refused our login: {printable(_text(message, 'reason', MAX_SHOWN * 4, ''))}"
             if self.config.login_fail_exit:
                 self.factory.fatal(text + "; check the token (auth.token / --token)")
             else:
                 self.log.error("{text}; retrying", text=text)
             self.close()
-        elif kind == "tunnel_up" and self.authenticated:
-            name, port = str(message.get("name")), message.get("remotePort")
-            self.up[name] = port  # type: ignore[assignment]
-            self.log.info("tunnel {name} up at {host}:{port}", name=name, host=self.config.server_addr, port=port)
-        elif kind == "tunnel_refused" and self.authenticated:
-            self.log.error("tunnel {name} refused by the server: {reason}", name=message.get("name"), reason=reason)
-        elif kind == "tunnel_add" and self.authenticated:
-            self._operator_tunnel(message)
-        elif kind == "tunnel_remove" and self.authenticated:
-            name = str(message.get("name"))
-            self.tunnels.pop(name, None)
-            self.up.pop(name, None)
-            self.log.info("tunnel {name} removed by the server's operator", name=name)
-        elif kind == "tunnel_down" and self.authenticated:
-            name = str(message.get("name"))
-            self.up.pop(name, None)
-            self.log.warn("tunnel {name} down: {reason}", name=name, reason=reason)
-        elif kind == "connections_refused" and self.authenticated:
-            self._connections_refused(message, reason)
         elif kind == "error":
+            reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
             self.log.warn("server closed the connection: {reason}", reason=reason)
+        elif not self.authenticated or kind not in self._after_login:
+            self.protocol_error(f"unexpected control message {printable(str(kind), 64)!r}")
         else:
-            self.protocol_error(f"unexpected control message {kind!r}")
+            self._after_login[kind](self, message, _text(message, "name", 64))
 
-    def _connections_refused(self, message: Dict[str, Any], reason: str) -> None:
+    def _tunnel_up(self, message: Dict[str, Any], name: str) -> None:
+        port = _integer(message, "remotePort", 1, 65535)
+        if name not in self.tunnels:
+            self.log.info("ignoring tunnel_up for {name!r}, which this client no longer has", name=printable(name))
+            return
+        self.up[name] = port
+        self.log.info("tunnel {name} up at {host}:{port}", name=name, host=self.config.server_addr, port=port)
+
+    def _tunnel_refused(self, message: Dict[str, Any], name: str) -> None:
+        reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
+        self.log.error("tunnel {name} refused by the server: {reason}", name=printable(name), reason=reason)
+
+    def _tunnel_remove(self, message: Dict[str, Any], name: str) -> None:
+        self.tunnels.pop(name, None)
+        self.up.pop(name, None)
+        self.log.info("tunnel {name} removed by the server's operator", name=printable(name))
+
+    def _tunnel_down(self, message: Dict[str, Any], name: str) -> None:
+        reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
+        self.up.pop(name, None)
+        self.log.warn("tunnel {name} down: {reason}", name=printable(name), reason=reason)
+
+    def _connections_refused(self, message: Dict[str, Any], name: str) -> None:
         """The server turned public connections to one of our tunnels away (it says so once per interval)."""
-        name = str(message.get("name"))
+        reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
+        count = _integer(message, "count", 1, 2**31)
         if name not in self.tunnels:
             return
-        count = message.get("count")
-        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 2**31:
-            count = 0
         # A server that sends these faster than it should costs one line per interval.
         held = self.factory.refusal_counts
         held[name] = held.get(name, 0) + count
@@ -181,17 +230,19 @@ class ClientControlProtocol(MuxProtocol):
         )
 
     def _logged_in(self, message: Dict[str, Any]) -> None:
-        if self.authenticated:
-            self.protocol_error("second login_ok")
-            return
+        client = printable(_text(message, "client", 128), 128)
+        version = printable(_text(message, "serverVersion", 64, "?"), 64)
+        interval, timeout = _seconds(message, "heartbeatInterval"), _seconds(message, "heartbeatTimeout")
+        if interval is not None and timeout is not None and interval >= timeout:
+            raise ProtocolError("login_ok: 'heartbeatInterval' must be shorter than 'heartbeatTimeout'")
         self.authenticated = True
         self.factory.connected(self)
         self.log.info(
             "logged in to {host}:{port} as {client} (server {version})",
             host=self.config.server_addr,
             port=self.config.server_port,
-            client=message.get("client"),
-            version=message.get("serverVersion"),
+            client=client,
+            version=version,
         )
         self.heartbeat = HeartbeatMonitor(
             self.reactor,
@@ -206,14 +257,15 @@ class ClientControlProtocol(MuxProtocol):
             if spec.enabled:  # a disabled one was reported once, at start-up
                 self._request_tunnel(spec)
 
-    def _operator_tunnel(self, message: Dict[str, Any]) -> None:
+    def _operator_tunnel(self, message: Dict[str, Any], name: str) -> None:
         """A tunnel defined on the server (panel or console): adopt it and open it."""
-        name = message.get("name")
+        local_addr = _text(message, "localAddr", 128)
+        remote_port = _integer(message, "remotePort", 0, 65535, 0)
         try:
-            host, port = parse_host_port(str(message.get("localAddr")))
-            spec = TunnelSpec(name=str(name), local_ip=host, local_port=port, remote_port=int(message.get("remotePort") or 0))
+            host, port = parse_host_port(local_addr)
+            spec = TunnelSpec(name=name, local_ip=host, local_port=port, remote_port=remote_port)
         except (ConfigError, TypeError, ValueError) as e:
-            self.log.error("ignoring tunnel {name} from the server: {error}", name=name, error=e)
+            self.log.error("ignoring tunnel {name} from the server: {error}", name=printable(name), error=printable(str(e)))
             return
         if spec.name in self.tunnels and spec.name in {t.name for t in self.config.tunnels}:
             self.log.error(
@@ -224,6 +276,16 @@ class ClientControlProtocol(MuxProtocol):
         self.tunnels[spec.name] = spec
         self.log.info("tunnel {name} added by the server's operator -> {ip}:{port}", name=spec.name, ip=host, port=port)
         self._request_tunnel(spec)
+
+    #: Handlers of the messages a logged-in server may send, by type.
+    _after_login: Dict[str, Callable[["ClientControlProtocol", Dict[str, Any], str], None]] = {
+        "tunnel_up": _tunnel_up,
+        "tunnel_refused": _tunnel_refused,
+        "tunnel_add": _operator_tunnel,
+        "tunnel_remove": _tunnel_remove,
+        "tunnel_down": _tunnel_down,
+        "connections_refused": _connections_refused,
+    }
 
     def _request_tunnel(self, spec: TunnelSpec) -> None:
         self.send_control(
