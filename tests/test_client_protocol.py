@@ -31,6 +31,7 @@ TEMPLATES: List[Dict[str, Any]] = [
     {"type": "tunnel_add", "name": "pushed", "localAddr": "127.0.0.1:22", "remotePort": 0},
     {"type": "tunnel_remove", "name": "pushed"},
     {"type": "tunnel_down", "name": "web", "reason": "disabled by the operator"},
+    {"type": "connections_refused", "name": "web", "count": 3, "reason": "too many open streams"},
     {"type": "error", "reason": "server shutting down"},
     {"type": "surprise"},
 ]
@@ -42,7 +43,7 @@ ODD_VALUES: List[Any] = [
     [], {}, [6000], {"a": [1]}, [[[[]]]],
 ]
 
-KEYS = ["type", "name", "remotePort", "localAddr", "reason", "client", "serverVersion",
+KEYS = ["type", "name", "remotePort", "localAddr", "reason", "client", "serverVersion", "count",
         "heartbeatInterval", "heartbeatTimeout", "extra"]
 
 
