@@ -128,6 +128,7 @@ class CommandTests(unittest.TestCase):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
         await live.wait_up("echo")
         long_name = "a-very-long-tunnel-name-that-goes-on-and-on-" + "x" * 20
+        await live.management.create_token("some-client-with-a-long-name")
         await self.cmd(f"tunnel add some-client-with-a-long-name {long_name} [::1]:65535 0")
         text = (await self.cmd("tunnels")).text
         self.assertFits(text)
@@ -190,9 +191,30 @@ class CommandTests(unittest.TestCase):
         nothing = await self.cmd("tunnel edit pushed", EXIT_USAGE)
         self.assertEqual(nothing.text, "error: nothing to change: give a local address or a public port")
 
+    async def test_tunnel_add_for_a_client_nobody_can_be_is_refused_with_the_known_ones(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        await live.management.create_token("laptop")
+        refused = await self.cmd("tunnel add alcie web 127.0.0.1:8080", EXIT_FAILED)
+        self.assertEqual(refused.text, "error: no client named 'alcie' (known clients: alice, laptop); a tunnel can "
+                                       "be added only for a client that has connected once or has a token "
+                                       "('gotaxy token create NAME')")
+        # Nothing of it shows anywhere.
+        self.assertEqual([c["name"] for c in json.loads((await self.cmd("clients --json")).text)], ["alice"])
+        self.assertEqual([t["client"] for t in json.loads((await self.cmd("tunnels --json")).text)], ["alice"])
+        self.assertEqual(json.loads((await self.cmd("events --type tunnel.added --json")).text), [])
+        await self.cmd("client alcie", EXIT_FAILED)
+        # A client with a token that has not connected yet can get one.
+        added = await self.cmd("tunnel add laptop web 127.0.0.1:8080")
+        self.assertTrue(added.text.endswith("it opens when laptop connects"), added.text)
+        await self.cmd("token revoke laptop")
+        gone = await self.cmd("tunnel add laptop ssh 127.0.0.1:22", EXIT_FAILED)
+        self.assertIn("no client named 'laptop' (known clients: alice)", gone.text)
+
     async def test_ambiguous_tunnel_names_need_the_client(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
         await live.wait_up("echo")
+        await live.management.create_token("bob")
         offline = await self.cmd("tunnel add bob echo 127.0.0.1:1")
         self.assertEqual(offline.text, "tunnel bob/echo added (public port picked by the server); "
                                        "it opens when bob connects")
@@ -246,6 +268,7 @@ class CommandTests(unittest.TestCase):
     async def test_events_filters_and_limits(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
         await live.wait_up("echo")
+        await live.management.create_token("bob")
         await self.cmd("tunnel add bob one 127.0.0.1:1")
         await self.cmd("tunnel add bob two 127.0.0.1:2")
         text = (await self.cmd("events --type tunnel.added")).text
@@ -329,7 +352,15 @@ class CommandTests(unittest.TestCase):
     async def test_completion(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
         await live.wait_up("echo")
-        await self.cmd("tunnel add bob echo 127.0.0.1:1")
+        # bob has connected once and is offline now; carol has a token and never connected.
+        _, bob_token = await live.management.create_token("bob")
+        alice = live.client
+        bob = await live.start_client([f"echo=tcp:127.0.0.1:{self.echo}"], token=bob_token)
+        await wait_until(lambda: "bob" in live.core.sessions)
+        await bob.stopService()
+        await wait_until(lambda: "bob" not in live.core.sessions)
+        live.client = alice
+        await live.management.create_token("carol")
         await self.cmd("tunnel add bob solo 127.0.0.1:2")
         await self.commands.refresh_names()
         complete = self.commands.complete
@@ -340,11 +371,14 @@ class CommandTests(unittest.TestCase):
         # A name two clients use completes only as CLIENT/NAME.
         self.assertEqual(complete("tunnel disable "), ["alice/echo", "bob/echo", "bob/solo", "solo"])
         self.assertEqual(complete("kick a"), ["alice"])
+        self.assertEqual(complete("kick "), ["alice"])  # only the online ones
+        self.assertEqual(complete("client "), ["alice", "bob"])
+        self.assertEqual(complete("tunnel add "), ["alice", "bob", "carol"])
         self.assertEqual(complete("events --type tunnel.o"), ["tunnel.opened"])
         self.assertEqual(complete("events --cl"), ["--client"])
         self.assertEqual(complete("help tu"), ["tunnel", "tunnels"])
         self.assertEqual(complete("help tunnel "), ["add", "disable", "edit", "enable", "remove", "restart"])
-        self.assertEqual(complete("token revoke "), ["alice"])
+        self.assertEqual(complete("token revoke "), ["alice", "bob", "carol"])
         self.assertEqual(complete("frob "), [])
 
     async def test_notify_add_list_test_remove(self):

@@ -210,6 +210,7 @@ class SessionTests(unittest.TestCase):
         self.assertRegex(screen, r"TUNNEL +PORT")
         self.assertIn("alice/echo", screen)
         # A live event shows up in the next frame.
+        await self.live.management.create_token("bob")
         await self.live.management.add_tunnel("bob", "later", "127.0.0.1:1", 0)
         await self.settle(channel, "tunnel.added  bob/later", timeout=5)
         channel.type(b"q")

@@ -114,6 +114,10 @@ class ManagementTests(unittest.TestCase):
     async def test_shared_token_clients_are_managed_under_their_own_names(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
         m = live.management
+        with self.assertRaises(ManagementError) as e:
+            await m.add_tunnel("shared:office", "pushed", f"127.0.0.1:{self.echo}")
+        self.assertEqual(e.exception.kind, "not_found")  # not connected yet: nobody is shared:office
+        await live.core.store.call(live.core.store.store.client_connected, "shared:office", "127.0.0.1:1", "0.1.0")
         view = await m.add_tunnel("shared:office", "pushed", f"127.0.0.1:{self.echo}")
         self.assertEqual((view.client, view.name), ("shared:office", "pushed"))
         for client in ("shared:", "shared:a:b", "other:office", "shared:" + "x" * 58):

@@ -384,6 +384,12 @@ class OperatorActionTests(WebTestCase):
         wrong_method = await web.request("PUT", f"{API}/tunnels")
         self.assertEqual((wrong_method.status, wrong_method.header("allow")), (405, "GET, POST"))
         self.assertEqual((await web.get(f"{API}/no/such/route")).status, 404)
+        phantom = await web.post(f"{API}/tunnels", dict(good, client="alcie"))
+        self.assertEqual((phantom.status, phantom.error["kind"], phantom.error["field"]), (404, "not_found", "client"))
+        self.assertTrue(phantom.error["message"].startswith("no client named 'alcie' (known clients: alice);"),
+                        phantom.error)
+        self.assertEqual([c["name"] for c in (await web.get(f"{API}/clients")).json["clients"]], ["alice"])
+        self.assertEqual((await web.get(f"{API}/tunnels?client=alcie")).json["tunnels"], [])
         edit_nothing = await web.post(f"{API}/tunnels", dict(good, remote_port=0))
         self.assertEqual(edit_nothing.status, 201)
         self.assertEqual((await web.patch(f"{API}/tunnels/alice/db", {})).status, 400)

@@ -503,7 +503,11 @@ class Commands:
                     candidates = GROUPS.get(previous[1], ()) if len(previous) == 2 else ()
             elif name in GROUPS and argument_index == 0:
                 candidates = list(GROUPS[name]) + (sorted(self.tunnel_refs) if name == "tunnel" else [])
-            elif name in ("client", "kick", "tunnel add") and argument_index == 0:
+            elif name == "kick" and argument_index == 0:
+                candidates = list(self.core.sessions)  # only a connected client can be kicked
+            elif name == "tunnel add" and argument_index == 0:
+                candidates = self.client_names | self.token_names  # what add_tunnel accepts
+            elif name == "client" and argument_index == 0:
                 candidates = self.client_names
             elif name == "token revoke" and argument_index == 0:
                 candidates = self.token_names

@@ -71,9 +71,10 @@ class MailRecipientView:
 
 
 class ManagementError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, field: Optional[str] = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.field = field  #: the argument it is about, when its message does not say (the panel marks it)
 
 
 @contextmanager
@@ -83,6 +84,20 @@ def _target_errors() -> Iterator[None]:
         yield
     except TargetError as e:
         raise ManagementError(e.kind, str(e)) from None
+
+
+def _unknown_client(client: str, known: Sequence[str], shown: int = 20) -> str:
+    """The refusal for a tunnel for a client nobody can log in as."""
+    if not known:
+        names = "there are none yet"
+    else:
+        names = "known clients: " + ", ".join(known[:shown])
+        if len(known) > shown:
+            names += f" and {len(known) - shown} more"
+    return (
+        f"no client named {client!r} ({names}); a tunnel can be added only for a client that has "
+        "connected once or has a token ('gotaxy token create NAME')"
+    )
 
 
 def _invalid(message: str) -> ManagementError:
@@ -198,6 +213,14 @@ class Management:
                 return view
         raise ManagementError("not_found", f"no client named {name!r}")
 
+    async def known_clients(self) -> List[str]:
+        """Names a tunnel can be defined for: every client that has logged in
+        once, and the client of every active token (it has not connected yet)."""
+        clients = await self._call(self._db.list_clients)
+        tokens = await self._call(self._db.list_tokens)
+        now = self.core.reactor.seconds()
+        return sorted({c.name for c in clients} | {t.name for t in tokens if t.active(now)})
+
     async def kick(self, name: str) -> None:
         """Disconnect a client; it reconnects unless its token is revoked."""
         session = self.core.sessions.get(name)
@@ -274,6 +297,9 @@ class Management:
         if not NAME_RE.match(name or ""):
             raise _invalid("a tunnel name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         local = self._parse_local(local_addr)
+        known = await self.known_clients()
+        if client not in known:
+            raise ManagementError("not_found", _unknown_client(client, known), field="client")
         await self._check_port(remote_port, (client, name))
         try:
             record = await self.core.record(

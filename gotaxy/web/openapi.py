@@ -331,8 +331,8 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     "/tunnels": [
         _operation("get", "All tunnels", (200, "Tunnels"), query=(("client", "string", "only this client's"),),
                    tag="tunnels"),
-        _operation("post", "Create a tunnel; the client opens it at once if online", (201, "Tunnel"), "TunnelCreate",
-                   (409,), tag="tunnels"),
+        _operation("post", "Create a tunnel for a known client; it opens at once if the client is online",
+                   (201, "Tunnel"), "TunnelCreate", (404, 409), tag="tunnels"),
     ],
     "/tunnels/{client}/{name}": [
         _operation("get", "One tunnel", (200, "Tunnel"), errors=(404,), tag="tunnels"),
