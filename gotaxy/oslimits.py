@@ -22,15 +22,18 @@ File descriptors
     their soft ``RLIMIT_NOFILE`` to the hard limit at start
     (``raise_fd_limit``, logged once), the systemd units raise the hard limit
     (``LimitNOFILE``), and running out (``EMFILE``/``ENFILE``) is reported as
-    what it is (``fd_exhaustion``), not as an unreachable local service.
+    what it is (``fd_exhaustion``), not as an unreachable local service;
+    on a tunnel's public port, Twisted's per-connection "EMFILE" lines are
+    replaced by one report per interval (``watch_accepts``).
 """
 
 from __future__ import annotations
 
 import errno
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import Logger
 
 try:
     import resource
@@ -148,3 +151,35 @@ def log_fd_limit(log: Any) -> None:
         log.warn("{message}", message=message)
     else:
         log.info("{message}", message=message)
+
+
+#: What Twisted logs when a listening port turns a connection away for want
+#: of a descriptor (it then closes the connection itself).
+_ACCEPT_EXHAUSTION_FORMATS = ("EMFILE encountered", "EMFILE recovery", "Re-reserving EMFILE")
+
+
+def watch_accepts(port: Any, exhausted: Callable[[], None]) -> None:
+    """
+    Call ``exhausted`` each time the Twisted TCP ``port`` turns a connection
+    away because the process is out of descriptors, instead of Twisted's own
+    info lines (three per refused connection, which say "EMFILE" and nothing
+    a user can act on).  A port without Twisted's accept logger (a test
+    double, another Twisted) is left alone.
+    """
+    logger = getattr(port, "_logger", None)
+    forward = getattr(logger, "observer", None)
+    if forward is None:
+        return
+
+    def observe(event: Dict[str, Any]) -> None:
+        text = str(event.get("log_format", ""))
+        if text.startswith(_ACCEPT_EXHAUSTION_FORMATS):
+            if text.startswith("EMFILE encountered"):
+                exhausted()
+            return
+        if text.startswith("Could not accept new connection") and event.get("acceptError") in ("EMFILE", "ENFILE"):
+            exhausted()
+            return
+        forward(event)
+
+    port._logger = Logger(namespace=logger.namespace, observer=observe)

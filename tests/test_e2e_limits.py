@@ -10,7 +10,7 @@ import subprocess
 from typing import Dict
 
 from gotaxy.oslimits import LISTEN_BACKLOG, listen_backlog
-from tests.e2e import Process, echo_once, free_port, tunnel_port, twistd
+from tests.e2e import GotaxyServer, Process, echo_once, free_port, tunnel_port, twistd
 
 
 def listen_backlogs() -> Dict[int, int]:
@@ -74,6 +74,45 @@ def test_a_client_out_of_descriptors_says_so_instead_of_blaming_the_local_servic
         server.wait_for(r"closed: the client is out of file descriptors \(limit 64\)")
         assert "cannot reach local service" not in client.output()
         assert "cannot reach local service" not in server.output()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_server_out_of_descriptors_says_so_once_per_interval(procs, echo):
+    limit = 64
+    port = free_port()
+    argv = [
+        "prlimit", f"--nofile={limit}:{limit}", twistd(), "-n", "--pidfile=", "gotaxy-server",
+        "--web-port", "0", "--console-port", "0", "--data-dir", "server-data",
+        "--bind-addr", "127.0.0.1", "--bind-port", str(port),
+    ]
+    process = Process(argv, procs.workdir, "server")
+    procs.started.append(process)
+    server = GotaxyServer(process, port, procs.workdir / "server-data")
+    server.wait_for(rf"file descriptor limit: {limit} \(already the hard limit\)")
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    public = tunnel_port(client, "echo")
+    held = []
+    try:
+        # Every public connection holds a descriptor on the server.
+        for _ in range(2 * limit):
+            sock = socket.create_connection(("127.0.0.1", public), timeout=20)
+            held.append(sock)
+            try:
+                sock.sendall(b"ping")
+                if sock.recv(4) != b"ping":
+                    break
+            except ConnectionResetError:
+                break
+        else:
+            raise AssertionError(f"{2 * limit} connections went through a server limited to {limit} descriptors")
+        server.wait_for(
+            r"tunnel default/echo: turned 1 public connection\(s\) away \(said at most once per 10 s\): "
+            rf"the server is out of file descriptors \(limit {limit}\): raise LimitNOFILE / ulimit -n"
+        )
+        # Twisted's own line for every refused connection is not there.
+        assert "EMFILE" not in server.output()
     finally:
         for sock in held:
             sock.close()

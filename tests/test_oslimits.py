@@ -118,3 +118,40 @@ def test_throttle_forgets_quiet_keys_so_it_stays_small() -> None:
     clock.advance(2)
     throttle("new")
     assert len(throttle._last) == 1
+
+
+def test_accept_exhaustion_replaces_twisteds_lines_and_passes_the_rest_on() -> None:
+    from twisted.logger import Logger
+
+    from gotaxy.oslimits import watch_accepts
+
+    forwarded: list = []
+    reports: list = []
+
+    class Port:
+        _logger = Logger(namespace="twisted.internet.tcp.Port", observer=forwarded.append)
+
+    port = Port()
+    namespace = port._logger.namespace
+    watch_accepts(port, lambda: reports.append(1))
+    log = port._logger
+    log.info("EMFILE encountered; releasing reserved file descriptor.")
+    log.info("EMFILE recovery: Closed socket from {address}", address=("127.0.0.1", 5))
+    log.info("Re-reserving EMFILE recovery file descriptor.")
+    log.info("Could not accept new connection ({acceptError})", acceptError="ENFILE")
+    log.info("Could not accept new connection ({acceptError})", acceptError="ENOBUFS")
+    log.info("something else")
+    assert reports == [1, 1]
+    assert [e["log_format"] for e in forwarded] == ["Could not accept new connection ({acceptError})", "something else"]
+    assert log.namespace == namespace
+
+
+def test_ports_without_twisteds_accept_logger_are_left_alone() -> None:
+    from gotaxy.oslimits import watch_accepts
+
+    class Fake:
+        pass
+
+    fake = Fake()
+    watch_accepts(fake, lambda: None)
+    assert not hasattr(fake, "_logger")

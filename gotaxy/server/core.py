@@ -35,7 +35,7 @@ from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import Event, EventBus
 from gotaxy.logs import Throttle, gotaxy_observer
-from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog
+from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
 from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel, PublicFactory
 from gotaxy.store import (
@@ -124,6 +124,8 @@ class ServerCore:
         self._rates.clock = reactor
         #: Counts refused public connections per tunnel between reports.
         self.refusals = Throttle(reactor, REFUSAL_REPORT_INTERVAL)
+        #: Counts public connections turned away for want of descriptors.
+        self._fd_refusals = Throttle(reactor, REFUSAL_REPORT_INTERVAL)
         self._idle = LoopingCall(self._close_idle)
         self._idle.clock = reactor
 
@@ -367,10 +369,12 @@ class ServerCore:
 
     def _listen(self, tunnel: LiveTunnel, port: int) -> Any:
         try:
-            return self.reactor.listenTCP(
+            listening = self.reactor.listenTCP(
                 port, PublicFactory(tunnel), backlog=listen_backlog(),
                 interface=self.config.effective_proxy_bind_addr(),
             )
+            watch_accepts(listening, lambda: self._out_of_descriptors(tunnel))
+            return listening
         except CannotListenError as e:
             if is_fd_exhaustion(e):
                 self.log.error(
@@ -379,6 +383,16 @@ class ServerCore:
                 )
                 raise TunnelRefused(f"port {port} cannot be opened: the server is {fd_exhaustion()}") from None
             raise TunnelRefused(f"port {port} cannot be opened on the server: {e.socketError}") from None
+
+    def _out_of_descriptors(self, tunnel: LiveTunnel) -> None:
+        count = self._fd_refusals(tunnel.key)
+        if count is not None:
+            self.log.error(
+                "tunnel {client}/{tunnel}: turned {count} public connection(s) away (said at most once per "
+                "{interval:g} s): the server is {reason}",
+                client=tunnel.client, tunnel=tunnel.name, count=count, interval=REFUSAL_REPORT_INTERVAL,
+                reason=fd_exhaustion(),
+            )
 
     async def _listen_anywhere(self, tunnel: LiveTunnel, live_ports: set) -> Any:
         if self.ports.unrestricted:
