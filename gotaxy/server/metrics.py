@@ -199,7 +199,7 @@ class GotaxyCollector:
         )
         refused = CounterMetricFamily(
             "gotaxy_tunnel_connections_refused",
-            "Public connections refused because the client was at its stream limit.", labels=labels,
+            "Public connections refused because the client or this tunnel was at its stream limit (fair share).", labels=labels,
         )
         traffic = CounterMetricFamily(
             "gotaxy_tunnel_bytes",
