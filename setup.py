@@ -9,8 +9,14 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["gotaxy", "gotaxy.*"]) + ["twisted.plugins", "gotaxy.web.www"],
-    # The panel's front end lives in www/ and is installed as gotaxy/web/www/.
-    package_dir={"gotaxy.web.www": "www"},
+    # Every package sits at its own path under the project's root (the panel's
+    # front end lives in www/; gotaxy/web/www is a symbolic link to it). With
+    # that layout and the root named as package_dir "", an editable install is
+    # a static .pth that puts the checkout on sys.path, so Twisted finds
+    # twisted/plugins/gotaxy_*.py there, as a plain install finds them in
+    # site-packages/twisted/plugins/ (tests/test_install.py tries both, in
+    # either order, from another directory).
+    package_dir={"": "."},
     package_data={
         "twisted": ["plugins/gotaxy_server.py", "plugins/gotaxy_client.py"],
         "gotaxy.web.www": ["*.html", "*.js", "*.css", "*.svg", "i18n/*.json"],
