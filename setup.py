@@ -1,3 +1,5 @@
+import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -21,6 +23,9 @@ setup(
         "twisted": ["plugins/gotaxy_server.py", "plugins/gotaxy_client.py"],
         "gotaxy.web.www": ["*.html", "*.js", "*.css", "*.svg", "i18n/*.json"],
     },
+    # The documentation the systemd units name (Documentation=), under the
+    # environment's prefix: /opt/gotaxy/share/doc/gotaxy/ for /opt/gotaxy.
+    data_files=[("share/doc/gotaxy", ["README.md", *sorted(glob.glob("docs/*.md"))])],
     install_requires=[
         "twisted[tls,conch]>=23.10",
         "service-identity>=21.1",

@@ -72,6 +72,8 @@ def assert_twistd_finds_gotaxy(python: Path, elsewhere: Path, editable: bool) ->
     else:
         assert Path(module).is_relative_to(python.parent.parent), module
     assert panel == "True", "the panel's front end is missing"
+    if not editable:  # the file the systemd units' Documentation= names, under the environment's prefix
+        assert (python.parent.parent / "share" / "doc" / "gotaxy" / "operations.md").is_file()
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,8 @@ class Options(usage.Options):
         ["config", "c", None, "TOML config file (frpc.toml key names)."],
         ["server", "s", None, "Server address, HOST:PORT (port defaults to 7000)."],
         ["token", "t", None, "Client token (auth.token)."],
+        ["token-file", None, None, "Read the client token from this file, e.g. a systemd credential or a Docker "
+                                   "secret (keeps it out of the command line and the config)."],
         ["user", "u", None, "Client name, needed with a shared server token (user)."],
         ["fingerprint", None, None, "Pin the server certificate: SHA256:HEX."],
         ["ca", None, None, "Trust server certificates issued by the CA in this PEM file."],
@@ -84,6 +86,10 @@ def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
     ]:
         if options.get(flag):
             overrides[field] = options[flag]
+    if options.get("token-file"):
+        if options.get("token"):
+            raise ConfigError("--token and --token-file both give the token; keep one of them")
+        overrides["token"] = read_token_file(options["token-file"])
     if options.get("fingerprint"):
         try:
             overrides["fingerprint"] = normalise_fingerprint(options["fingerprint"])
@@ -97,10 +103,36 @@ def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
         overrides["tunnels"] = config.tunnels + flags
     config = attrs.evolve(config, **overrides)
     if not config.token:
-        raise ConfigError("no token: pass --token TOKEN or set auth.token in the config file")
+        raise ConfigError("no token: pass --token TOKEN or --token-file FILE, or set auth.token in the config file")
     if not config.tunnels:
         raise ConfigError("no tunnels: pass --tunnel NAME=tcp:LOCALIP:LOCALPORT or add [[proxies]] to the config")
     return config, warnings
+
+
+#: A token is 40-odd characters; anything this long is not a token file.
+TOKEN_FILE_LIMIT = 4096
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path``: its first line, without surrounding white space."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(TOKEN_FILE_LIMIT + 1)
+    except OSError as e:
+        raise ConfigError(f"--token-file {path}: cannot read it ({e.strerror}); check the path and that this user "
+                          "may read it") from None
+    if len(data) > TOKEN_FILE_LIMIT:
+        raise ConfigError(f"--token-file {path}: longer than {TOKEN_FILE_LIMIT} bytes, so not a token file; "
+                          "put only the token in it")
+    try:
+        lines = data.decode("utf-8").strip().splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"--token-file {path}: not text; put only the token in it") from None
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ConfigError(f"--token-file {path} is empty; put the client's token in it "
+                          "('gotaxy token create NAME' prints one)")
+    return token
 
 
 class TunnelClientService(ClientService):
