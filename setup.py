@@ -43,7 +43,7 @@ setup(
         "tomli>=2.0; python_version<'3.11'",
         "tomli-w>=1.0",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "jsonschema>=4.18", "playwright>=1.40"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "jsonschema>=4.18", "playwright>=1.40", "pyyaml>=6"]},
     entry_points={"console_scripts": ["gotaxy = gotaxy.cli:main"]},
     classifiers=[
         "Framework :: Twisted",

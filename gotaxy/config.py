@@ -573,7 +573,7 @@ class ServerConfig:
     web_port: int = _setting(7500, SERVICE_PORT, "webServer.port", "--web-port")
     web_tls_cert_file: str | None = _setting(None, TEXT, "webServer.tls.certFile")
     web_tls_key_file: str | None = _setting(None, TEXT, "webServer.tls.keyFile")
-    console_addr: str = _setting("127.0.0.1", HOST, "console.addr")
+    console_addr: str = _setting("127.0.0.1", HOST, "console.addr", "--console-addr")
     console_port: int = _setting(7022, SERVICE_PORT, "console.port", "--console-port")
     console_python: bool = _setting(False, BOOLEAN, "console.python")
     server_name: str = _setting(_default_server_name(), TEXT, "serverName")

@@ -82,6 +82,7 @@ class Options(usage.Options):
         ["heartbeat-timeout", None, None, "Seconds of silence before a client is dropped.", float],
         ["web-addr", None, None, "Address of the web panel. [default: 127.0.0.1]"],
         ["web-port", None, None, "Port of the web panel, 0 to turn it off. [default: 7500]", int],
+        ["console-addr", None, None, "Address of the SSH console. [default: 127.0.0.1]"],
         ["console-port", None, None, "Port of the SSH console, 0 to turn it off. [default: 7022]", int],
     ]
 
@@ -115,6 +116,7 @@ def build_config(options: Dict[str, Any]) -> "tuple[ServerConfig, List[str]]":
         ("heartbeat-timeout", "heartbeat_timeout"),
         ("web-addr", "web_addr"),
         ("web-port", "web_port"),
+        ("console-addr", "console_addr"),
         ("console-port", "console_port"),
     ]:
         if options.get(flag) is not None:
