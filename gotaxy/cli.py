@@ -24,6 +24,7 @@ from typing import List, Optional, TextIO
 
 from gotaxy.config import ConfigError, ServerConfig, parse_client_config, parse_server_config
 from gotaxy.frp_ini import convert_ini
+from gotaxy.names import InvalidName, check_name
 from gotaxy.store import Store, StoreError, default_url
 
 if sys.version_info >= (3, 11):
@@ -71,6 +72,12 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
     args = _parser().parse_args(argv)
     if args.command == "convert":
         return convert(args.file, args.output, args.kind, args.force, out)
+    if getattr(args, "action", None) == "create":
+        try:
+            check_name(args.name, "a token's name (its client's name)")
+        except InvalidName as e:
+            print(f"gotaxy: {e}", file=sys.stderr)
+            return 1
     if args.store is None and not os.path.exists(os.path.join(args.data_dir, "gotaxy.db")):
         print(
             f"gotaxy: no store in {args.data_dir!r}; start the server once or pass --data-dir/--store",

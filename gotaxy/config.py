@@ -97,6 +97,7 @@ from typing import Any, Callable, Iterable, Mapping
 import attrs
 
 from gotaxy.mux import MAX_STREAMS
+from gotaxy.names import NAME_RULE, is_valid_name
 from gotaxy.tls import normalise_fingerprint
 
 if sys.version_info >= (3, 11):
@@ -216,11 +217,8 @@ def _host(value: Any) -> str:
     return host
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
 def _name(value: Any) -> str:
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
+    if not is_valid_name(value):
         raise _Mismatch(value)
     return value
 
@@ -359,9 +357,7 @@ HEARTBEAT = _Form(
 BOOLEAN = _Form("true or false", _boolean)
 TEXT = _Form("a non-empty string", _text)
 HOST = _Form("a host name or IP address without a port", _host)
-NAME = _Form(
-    "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", _name
-)
+NAME = _Form(NAME_RULE, _name)
 LOG_LEVEL = _Form('one of "trace", "debug", "info", "warn" or "error"', _log_level)
 FINGERPRINT = _Form(
     '"SHA256:" followed by 64 hex digits (colons allowed), as the server prints it', _fingerprint
@@ -1162,7 +1158,7 @@ def parse_tunnel_flag(text: str) -> TunnelSpec:
     kind, colon, address = rest.partition(":")
     if not (equals and colon and address):
         raise problem(usage)
-    if not _NAME.fullmatch(name):
+    if not is_valid_name(name):
         raise problem(f"the tunnel name must be {NAME.expected}")
     if kind not in SUPPORTED_TUNNEL_TYPES:
         if kind in FRP_PROXY_TYPES:

@@ -26,6 +26,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from gotaxy.credentials import hash_password, new_token, token_hash, tokens_equal, verify_password
+from gotaxy.names import NAME_RULE, is_valid_name, shown
 
 T = TypeVar("T")
 
@@ -201,8 +202,8 @@ class Store:
 
     def create_token(self, name: str, expires_at: Optional[float] = None) -> Tuple[TokenRecord, str]:
         """Create a token; return its record and the only copy of its text."""
-        if not name or len(name) > 64:
-            raise StoreError("a token name must be 1 to 64 characters")
+        if not is_valid_name(name):
+            raise StoreError(f"a token's name (its client's name) must be {NAME_RULE} (got {shown(name)})")
         now = self._clock()
         tokens = self.db["tokens"]
         for row in tokens.find(name=name):

@@ -171,3 +171,80 @@ async def echo_through(port: int, payload: bytes, timeout: float = 10.0) -> byte
 
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout), Collect())
     return await done
+
+
+class RawControlClient:
+    """
+    A control connection that sends exactly the messages a test gives it,
+    over TLS and the real frame layer: for log-ins no real client would
+    send (a name with a newline, a wrong token thousands of times).
+
+        raw = await RawControlClient.connect(port)
+        raw.login(token="...", user="w\\n")
+        reply = await raw.reply()     # {"type": "login_failed", ...}
+    """
+
+    def __init__(self) -> None:
+        self.replies: List[dict] = []  #: every control message from the server, in order
+        self._read = 0
+        self._waiting: List[Deferred] = []
+        self.closed: Deferred = Deferred()
+        self.protocol: Any = None
+
+    @classmethod
+    async def connect(cls, port: int, timeout: float = 10.0) -> "RawControlClient":
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+
+        from gotaxy.mux import MuxProtocol
+        from gotaxy.tls import ServerVerifier
+
+        raw = cls()
+
+        class Control(MuxProtocol):
+            def connectionMade(self) -> None:
+                super().connectionMade()
+                self.send_preamble()
+
+            def control_received(self, message: dict) -> None:
+                if message.get("type") == "login_ok":
+                    self.authenticated = True  # from now on any frame may come
+                raw.replies.append(message)
+                if raw._waiting:
+                    raw._read += 1
+                    raw._waiting.pop(0).callback(message)
+
+            def stream_opened(self, stream: Any) -> None:
+                stream.abort("not accepting streams")
+
+            def connectionLost(self, reason: Any = None) -> None:
+                super().connectionLost(reason)
+                waiting, raw._waiting = raw._waiting, []
+                for d in waiting:
+                    d.errback(AssertionError(f"connection closed; replies so far: {raw.replies}"))
+                raw.closed.callback(None)
+
+        creator = ServerVerifier("127.0.0.1", port, insecure=True).connection_creator()
+        endpoint = wrapClientTLS(creator, TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=timeout))
+        raw.protocol = await connectProtocol(endpoint, Control())
+        return raw
+
+    def send(self, message: dict) -> None:
+        self.protocol.send_control(message)
+
+    def login(self, token: str, user: str = "", hostname: str = "raw-test", version: str = "test") -> None:
+        self.send({"type": "login", "token": token, "user": user, "hostname": hostname, "version": version})
+
+    async def reply(self, timeout: float = 10.0) -> dict:
+        """The next control message from the server not read yet."""
+        if self._read < len(self.replies):
+            self._read += 1
+            return self.replies[self._read - 1]
+        d: Deferred = Deferred()
+        self._waiting.append(d)
+        d.addTimeout(timeout, reactor)
+        return await d
+
+    async def close(self) -> None:
+        if not self.closed.called:
+            self.protocol.close()
+        await self.closed

@@ -157,7 +157,7 @@ def test_duplicate_name_is_a_clear_error_and_prints_no_token(capsys, data_dir: s
 
 def test_too_long_name_is_a_clear_error(capsys, data_dir: str) -> None:
     code, _, err = gotaxy(capsys, "--data-dir", data_dir, "token", "create", "x" * 65)
-    assert code == 1 and "1 to 64 characters" in err
+    assert code == 1 and "must be 1 to 64 letters, digits" in err
 
 
 def test_usage_errors_exit_with_argparse_status(capsys, data_dir: str) -> None:

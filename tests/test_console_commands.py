@@ -252,7 +252,8 @@ class CommandTests(unittest.TestCase):
         self.assertEqual((await self.cmd("token revoke laptop", EXIT_FAILED)).text,
                          "error: no active token named 'laptop'")
         self.assertEqual((await self.cmd("token create 'bad name'", EXIT_USAGE)).text,
-                         "error: a token's name is its client's name: 1-64 letters, digits, '.', '_' or '-'")
+                         "error: a token's name (its client's name) must be 1 to 64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit (got 'bad name')")
 
     async def test_kick_makes_the_client_reconnect(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")

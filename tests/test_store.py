@@ -170,7 +170,7 @@ def test_name_can_be_reused_after_revoking(store: Store) -> None:
 
 @pytest.mark.parametrize("name", ["", "x" * 65])
 def test_token_name_length_is_checked(store: Store, name: str) -> None:
-    with pytest.raises(StoreError, match="1 to 64 characters"):
+    with pytest.raises(StoreError, match="must be 1 to 64 letters, digits"):
         store.create_token(name)
 
 

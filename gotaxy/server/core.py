@@ -23,7 +23,6 @@ through ``ThreadedStore``, so this module never blocks.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -35,6 +34,7 @@ from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import Event, EventBus
 from gotaxy.logs import Throttle, gotaxy_observer
+from gotaxy.names import InvalidName, check_name, is_valid_name
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
 from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel, PublicFactory
@@ -51,8 +51,6 @@ from gotaxy.store import (
     ThreadedStore,
 )
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
 #: A client that logs in with the shared ``auth.token`` is named
 #: ``shared:<user>``.  A token's name never contains ':', so a shared-token
 #: client can never be given a per-client token's name, and with it that
@@ -63,13 +61,16 @@ SHARED_PREFIX = "shared:"
 MAX_CLIENT_NAME = 64
 
 
-def valid_client_name(name: str) -> bool:
+def valid_client_name(name: Any) -> bool:
     """A client is named after its token, or ``shared:NAME`` (see SHARED_PREFIX)."""
+    if not isinstance(name, str):
+        return False
     if name.startswith(SHARED_PREFIX):
         name = name[len(SHARED_PREFIX) :]
         if len(SHARED_PREFIX) + len(name) > MAX_CLIENT_NAME:
             return False
-    return bool(NAME_RE.match(name))
+    return is_valid_name(name)
+
 
 #: Tunnels one client may ask for, whatever maxPortsPerClient says.
 MAX_TUNNELS_PER_CLIENT = 256
@@ -196,7 +197,7 @@ class ServerCore:
         if self.config.token and tokens_equal(token, self.config.token):
             user = user or hostname.split(".")[0]
             name = SHARED_PREFIX + user
-            if not NAME_RE.match(user) or len(name) > MAX_CLIENT_NAME:
+            if not is_valid_name(user) or len(name) > MAX_CLIENT_NAME:
                 raise LoginRefused(
                     "logging in with the shared auth.token needs a client name: set 'user' "
                     f"(at most {MAX_CLIENT_NAME - len(SHARED_PREFIX)} letters, digits, '.', '_', '-') "
@@ -255,8 +256,10 @@ class ServerCore:
         """Open the tunnel ``message`` asks for, or raise TunnelRefused."""
         client = session.client_name
         name = message.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise TunnelRefused("a tunnel name must be 1-64 letters, digits, '.', '_' or '-'")
+        try:
+            check_name(name, "a tunnel name")
+        except InvalidName as e:
+            raise TunnelRefused(str(e)) from None
         try:
             return await self._open_tunnel(session, client, name, message)
         except TunnelRefused as refused:

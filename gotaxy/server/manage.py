@@ -33,7 +33,8 @@ from gotaxy.config import ConfigError, parse_host_port
 from gotaxy.events import Event
 from gotaxy.notify.managed import TargetError
 from gotaxy.server.control import tunnel_add_message
-from gotaxy.server.core import NAME_RE, ServerCore, TunnelRefused, valid_client_name
+from gotaxy.names import NAME_RULE, InvalidName, check_name, shown
+from gotaxy.server.core import SHARED_PREFIX, ServerCore, TunnelRefused, valid_client_name
 from gotaxy.server.tunnel import LiveTunnel
 from gotaxy.store import (
     CLIENT_KICKED,
@@ -102,6 +103,14 @@ def _unknown_client(client: str, known: Sequence[str], shown: int = 20) -> str:
 
 def _invalid(message: str) -> ManagementError:
     return ManagementError("invalid", message)
+
+
+def _check_name(value: Any, what: str) -> str:
+    """``gotaxy.names.check_name``, refused as an ``invalid`` argument."""
+    try:
+        return check_name(value, what)
+    except InvalidName as e:
+        raise _invalid(str(e)) from None
 
 
 @attrs.frozen
@@ -292,10 +301,10 @@ class Management:
 
     async def add_tunnel(self, client: str, name: str, local_addr: str, remote_port: int = 0) -> TunnelView:
         """Define a tunnel for ``client``; it opens now if the client is online."""
-        if not valid_client_name(client or ""):
-            raise _invalid(f"invalid client name {client!r}")
-        if not NAME_RE.match(name or ""):
-            raise _invalid("a tunnel name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        if not valid_client_name(client):
+            raise _invalid(f"a client name must be {NAME_RULE}, or {SHARED_PREFIX}NAME for a shared-token client "
+                           f"(got {shown(client)})")
+        _check_name(name, "a tunnel name")
         local = self._parse_local(local_addr)
         known = await self.known_clients()
         if client not in known:
@@ -429,8 +438,7 @@ class Management:
 
     async def create_token(self, name: str, expires_at: Optional[float] = None) -> Tuple[TokenRecord, str]:
         """Create a client token; the text is returned once and never stored."""
-        if not NAME_RE.match(name or ""):
-            raise _invalid("a token's name is its client's name: 1-64 letters, digits, '.', '_' or '-'")
+        _check_name(name, "a token's name (its client's name)")
         try:
             return await self.core.record(self._db.create_token, name, expires_at, event=TOKEN_CREATED, client=name)
         except StoreError as e:
@@ -466,8 +474,7 @@ class Management:
         self, name: str, url: str, events: Sequence[str] = ("*",), format: str = "json", secret: Optional[str] = None
     ) -> WebhookView:
         """Deliver events to a new webhook from now on; it is kept across restarts."""
-        if not NAME_RE.match(name or ""):
-            raise _invalid("a webhook name must be 1-64 letters, digits, '.', '_' or '-'")
+        _check_name(name, "a webhook name")
         with _target_errors():
             await self._targets(self._webhooks).add(name, url, tuple(events), format, secret)
         (view,) = [v for v in await self.webhooks() if v.name == name]

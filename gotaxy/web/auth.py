@@ -42,6 +42,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import attrs
 import pyotp
 
+from gotaxy.names import NAME_RULE, is_valid_name, shown
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
 from gotaxy.store import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED, ensure_tables
 
@@ -264,6 +265,8 @@ class PanelAuth:
         return await self._call(rows)
 
     async def create_api_token(self, username: str, name: str) -> Tuple[ApiTokenRecord, str]:
+        if not is_valid_name(name):
+            raise PanelAuthError("invalid", f"an API token's name must be {NAME_RULE} (got {shown(name)})", "name")
         token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = self._now()
 
