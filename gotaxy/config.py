@@ -71,6 +71,7 @@ Client (``ClientConfig``)::
     transport.heartbeatTimeout       heartbeat_timeout      set alone, the other follows)
     transport.dialServerTimeout      dial_timeout
     loginFailExit                    login_fail_exit
+    allowOperatorTunnels             allow_operator_tunnels (ours; ["127.0.0.1:8000-8100", ...])
     log.level / log.maxDays          log_level / log_max_days
 
 Only ``tcp`` proxies are supported.  A proxy of another frp type, or one that
@@ -109,6 +110,7 @@ __all__ = [
     "ClientConfig",
     "ConfigError",
     "FRP_PROXY_TYPES",
+    "LocalAddressRule",
     "Loaded",
     "PortRange",
     "ServerConfig",
@@ -120,6 +122,7 @@ __all__ = [
     "parse_allow_ports",
     "parse_client_config",
     "parse_host_port",
+    "parse_local_rule_flag",
     "parse_server_config",
     "parse_tunnel_flag",
 ]
@@ -268,6 +271,22 @@ def _port_range(item: Any) -> PortRange:
     return PortRange(start, end)
 
 
+def _local_rules(value: Any) -> tuple[LocalAddressRule, ...]:
+    """``allowOperatorTunnels``: ``["127.0.0.1:8000-8100", "192.168.1.0/24:22"]``."""
+    if not isinstance(value, (list, tuple)):
+        raise _Mismatch(value)
+    rules = []
+    for item in value:
+        if isinstance(item, LocalAddressRule):
+            rules.append(item)
+            continue
+        try:
+            rules.append(_local_rule(item))
+        except ValueError:
+            raise _Mismatch(item) from None
+    return tuple(rules)
+
+
 def _non_negative_seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Mismatch(value)
@@ -361,6 +380,11 @@ NAME = _Form(NAME_RULE, _name)
 LOG_LEVEL = _Form('one of "trace", "debug", "info", "warn" or "error"', _log_level)
 FINGERPRINT = _Form(
     '"SHA256:" followed by 64 hex digits (colons allowed), as the server prints it', _fingerprint
+)
+LOCAL_RULES = _Form(
+    'a list of local addresses with a port or port range, such as '
+    '["127.0.0.1:8000-8100", "192.168.1.10:80", "192.168.1.0/24:22", "[::1]:*"]',
+    _local_rules,
 )
 PORT_RANGES = _Form(
     "a list of port ranges such as [{ start = 10000, end = 20000 }, { single = 6000 }] "
@@ -506,6 +530,81 @@ class PortRange:
 
     def __str__(self) -> str:
         return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+
+
+@attrs.frozen
+class LocalAddressRule:
+    """
+    One entry of a client's ``allowOperatorTunnels``: the local addresses an
+    operator may point a tunnel at.  ``network`` is an IP address or network
+    (a single address is a /32 or /128), or ``name`` a host name, which only
+    matches that same name: names are not resolved, so ``localhost:80``
+    allows ``localhost:80`` and not ``127.0.0.1:80``.
+    """
+
+    text: str
+    ports: PortRange
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    name: str | None = None
+
+    def allows(self, host: str, port: int) -> bool:
+        if port not in self.ports:
+            return False
+        if self.network is None:
+            return host.lower().rstrip(".") == self.name
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return address.version == self.network.version and address in self.network
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _local_rule(text: Any) -> LocalAddressRule:
+    """
+    Parse ``HOST:PORTS``: HOST an IP address, a network (``10.0.0.0/8``,
+    IPv6 in brackets) or a host name; PORTS a port, ``LOW-HIGH`` or ``*``.
+
+    @raise ValueError: if ``text`` is not of that form.
+    """
+    if not isinstance(text, str) or not text or any(c.isspace() for c in text):
+        raise ValueError(text)
+    if text.startswith("["):
+        host, bracket, after = text[1:].partition("]")
+        if not bracket or not after.startswith(":"):
+            raise ValueError(text)
+        ports = after[1:]
+        if ":" not in host:
+            raise ValueError(text)
+    else:
+        host, colon, ports = text.rpartition(":")
+        if not colon or ":" in host:
+            raise ValueError(text)
+    if ports == "*":
+        port_range = PortRange(1, 65535)
+    else:
+        low, dash, high = ports.partition("-")
+        bounds = (low, high) if dash else (low, low)
+        if not all(_FLAG_PORT.fullmatch(b) and 1 <= int(b) <= 65535 for b in bounds):
+            raise ValueError(text)
+        if int(bounds[0]) > int(bounds[1]):
+            raise ValueError(text)
+        port_range = PortRange(int(bounds[0]), int(bounds[1]))
+    try:
+        network = ipaddress.ip_network(host, strict=False)
+    except ValueError:
+        if "/" in host or ":" in host or not host:
+            raise ValueError(text) from None
+        try:
+            name = _host(host).lower().rstrip(".")
+        except _Mismatch:
+            raise ValueError(text) from None
+        return LocalAddressRule(text=text, ports=port_range, name=name)
+    if text.startswith("[") != (network.version == 6):
+        raise ValueError(text)  # IPv6 only in brackets, as everywhere else
+    return LocalAddressRule(text=text, ports=port_range, network=network)
 
 
 @attrs.frozen
@@ -683,6 +782,31 @@ class ClientConfig:
     login_fail_exit: bool = _setting(True, BOOLEAN, "loginFailExit")
     log_level: str = _setting("info", LOG_LEVEL, "log.level")
     log_max_days: int = _setting(3, COUNT, "log.maxDays")
+    #: Local addresses operator-defined tunnels may point at; empty: none.
+    allow_operator_tunnels: tuple[LocalAddressRule, ...] = _setting(
+        (), LOCAL_RULES, "allowOperatorTunnels", "--allow-operator-tunnel"
+    )
+
+    def operator_tunnel_refusal(self, host: str, port: int) -> str | None:
+        """
+        Why an operator-defined tunnel to ``host:port`` may not open, or
+        ``None`` if this client's ``allowOperatorTunnels`` allows it.
+        """
+        if any(rule.allows(host, port) for rule in self.allow_operator_tunnels):
+            return None
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if not self.allow_operator_tunnels:
+            return (
+                f"this client accepts no operator-defined tunnels; to allow {shown}, add it to "
+                f"allowOperatorTunnels in the client's config (or --allow-operator-tunnel {shown})"
+            )
+        allowed = ", ".join(str(rule) for rule in self.allow_operator_tunnels)
+        if len(allowed) > 200:
+            allowed = allowed[:197] + "..."
+        return (
+            f"{shown} is not in this client's allowOperatorTunnels ({allowed}); add it there "
+            f"to allow it"
+        )
 
     #: frp's client defaults: a ping every 30 s, the server dead after 90 s of silence.
     HEARTBEAT_DEFAULTS = (30.0, 90.0)
@@ -1199,6 +1323,17 @@ def parse_tunnel_flag(text: str) -> TunnelSpec:
     if remote_port is None:
         raise problem(f"the remote port must be {REMOTE_PORT.expected}, got {_show(ports[1])}")
     return TunnelSpec(name=name, local_port=local_port, local_ip=ip, remote_port=remote_port)
+
+
+def parse_local_rule_flag(text: str) -> LocalAddressRule:
+    """An ``--allow-operator-tunnel`` value such as ``127.0.0.1:8000-8100``."""
+    try:
+        return _local_rule(text)
+    except ValueError:
+        raise ConfigError(
+            f"--allow-operator-tunnel {_show(text)}: expected a local address with a port or "
+            f"port range, e.g. 127.0.0.1:8000-8100, 192.168.1.0/24:22 or [::1]:*"
+        ) from None
 
 
 def parse_allow_ports(text: str) -> tuple[PortRange, ...]:

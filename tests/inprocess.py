@@ -71,7 +71,8 @@ class LiveSystem:
 
     @classmethod
     async def start(
-        cls, test: Any, tunnels: List[str] = (), server_args: List[str] = (), client_name: str = "alice"
+        cls, test: Any, tunnels: List[str] = (), server_args: List[str] = (), client_name: str = "alice",
+        allow_operator_tunnels: List[str] = (),
     ) -> "LiveSystem":
         data_dir = tempfile.mkdtemp(prefix="gotaxy-test-")
         test.addCleanup(shutil.rmtree, data_dir, True)
@@ -89,7 +90,7 @@ class LiveSystem:
         live.server.startService()
         test.addCleanup(live._stop_server)
         if tunnels:
-            await live.start_client(tunnels)
+            await live.start_client(tunnels, allow_operator_tunnels=allow_operator_tunnels)
         return live
 
     @property
@@ -108,7 +109,13 @@ class LiveSystem:
     def control_port(self) -> int:
         return self.core.config.bind_port
 
-    async def start_client(self, tunnels: List[str], token: Optional[str] = None) -> Any:
+    async def start_client(
+        self, tunnels: List[str], token: Optional[str] = None, allow_operator_tunnels: List[str] = ()
+    ) -> Any:
+        """
+        Start the client with ``tunnels``; it accepts operator-defined tunnels
+        only to the addresses in ``allow_operator_tunnels`` (--allow-operator-tunnel).
+        """
         options = client_tap.Options()
         argv = [
             "--server", f"127.0.0.1:{self.control_port}",
@@ -118,6 +125,8 @@ class LiveSystem:
         ]
         for tunnel in tunnels:
             argv += ["--tunnel", tunnel]
+        for allowed in allow_operator_tunnels:
+            argv += ["--allow-operator-tunnel", allowed]
         options.parseOptions(argv)
         self.client = client_tap.makeService(options, reactor)
         self.client.startService()

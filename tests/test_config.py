@@ -23,6 +23,7 @@ from gotaxy.config import (
     parse_allow_ports,
     parse_client_config,
     parse_host_port,
+    parse_local_rule_flag,
     parse_server_config,
     parse_tunnel_flag,
 )
@@ -1243,3 +1244,55 @@ batchSeconds = 60
     )
     def test_errors(self, text: str, message: str) -> None:
         assert error_of(server, text) == message
+
+
+class TestOperatorTunnelAllowList:
+    """allowOperatorTunnels: which local addresses operator-defined tunnels may point at."""
+
+    def test_off_by_default(self) -> None:
+        config = ClientConfig()
+        assert config.allow_operator_tunnels == ()
+        refusal = config.operator_tunnel_refusal("127.0.0.1", 22)
+        assert refusal == (
+            "this client accepts no operator-defined tunnels; to allow 127.0.0.1:22, add it to "
+            "allowOperatorTunnels in the client's config (or --allow-operator-tunnel 127.0.0.1:22)"
+        )
+
+    def test_addresses_networks_ranges_and_names(self) -> None:
+        config = client(
+            'allowOperatorTunnels = ["127.0.0.1:8000-8100", "192.168.1.0/24:22", "[::1]:*", "db.lan:5432"]'
+        ).config
+        allowed = [("127.0.0.1", 8000), ("127.0.0.1", 8100), ("192.168.1.77", 22), ("::1", 1), ("::1", 65535),
+                   ("db.lan", 5432), ("DB.lan", 5432)]
+        refused = [("127.0.0.1", 7999), ("127.0.0.1", 8101), ("127.0.0.2", 8000), ("192.168.2.1", 22),
+                   ("192.168.1.77", 23), ("::2", 80), ("db.lan", 5433), ("other.lan", 5432),
+                   # names are not resolved: a name does not match an address rule, nor the reverse
+                   ("localhost", 8000), ("::ffff:127.0.0.1", 8000)]
+        for host, port in allowed:
+            assert config.operator_tunnel_refusal(host, port) is None, (host, port)
+        for host, port in refused:
+            assert config.operator_tunnel_refusal(host, port) == (
+                f"{f'[{host}]' if ':' in host else host}:{port} is not in this client's allowOperatorTunnels "
+                "(127.0.0.1:8000-8100, 192.168.1.0/24:22, [::1]:*, db.lan:5432); add it there to allow it"
+            ), (host, port)
+
+    @pytest.mark.parametrize(
+        "entry", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:9-8", "::1:80", "[127.0.0.1]:80",
+                  "[::1]80", "/24:22", "a b:1", "127.0.0.1:80,81", ":80", "10.0.0.0/33:22"]
+    )
+    def test_bad_entries_name_the_entry(self, entry: str) -> None:
+        message = error_of(client, f"allowOperatorTunnels = [{entry!r}]".replace("'", '"'))
+        assert message == (
+            "client.toml: 'allowOperatorTunnels' must be a list of local addresses with a port or port "
+            'range, such as ["127.0.0.1:8000-8100", "192.168.1.10:80", "192.168.1.0/24:22", "[::1]:*"], '
+            f'got "{entry}"'
+        )
+        with pytest.raises(ConfigError) as flag:
+            parse_local_rule_flag(entry)
+        assert str(flag.value) == (
+            f'--allow-operator-tunnel "{entry}": expected a local address with a port or port range, '
+            "e.g. 127.0.0.1:8000-8100, 192.168.1.0/24:22 or [::1]:*"
+        )
+
+    def test_a_single_string_is_not_a_list(self) -> None:
+        assert "must be a list of local addresses" in error_of(client, 'allowOperatorTunnels = "127.0.0.1:80"')

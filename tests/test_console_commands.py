@@ -10,6 +10,7 @@ import json
 import socket
 
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from gotaxy.console.commands import (
@@ -53,12 +54,25 @@ class FormattingTests(unittest.TestCase):
 class CommandTests(unittest.TestCase):
     timeout = 60
 
-    async def _live(self, *tunnels: str, server_args=()) -> LiveSystem:
+    async def _live(self, *tunnels: str, server_args=(), allow_operator_tunnels=()) -> LiveSystem:
         self.echo = listen_echo(self)
         specs = [t.replace("ECHO", str(self.echo)) for t in tunnels]
-        live = await LiveSystem.start(self, specs, server_args=["--console-port", "0", *server_args])
+        allowed = [a.replace("ECHO", str(self.echo)) for a in allow_operator_tunnels]
+        live = await LiveSystem.start(self, specs, server_args=["--console-port", "0", *server_args],
+                                      allow_operator_tunnels=allowed)
         self.commands = Commands(live.management)
         return live
+
+    async def tunnel_json_when(self, ref: str, predicate, timeout: float = 10.0) -> dict:
+        """``tunnel REF --json``, once ``predicate`` holds for it."""
+        deadline = reactor.seconds() + timeout
+        while True:
+            view = json.loads((await self.cmd(f"tunnel {ref} --json")).text)
+            if predicate(view):
+                return view
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"tunnel {ref} did not get there within {timeout} s: {view}")
+            await deferLater(reactor, 0.05, lambda: None)
 
     async def cmd(self, line: str, status: int = EXIT_OK):
         result = await self.commands.run(line)
@@ -137,7 +151,7 @@ class CommandTests(unittest.TestCase):
         self.assertFits((await self.cmd("help")).text)
 
     async def test_tunnel_add_disable_enable_remove_with_the_panels_rules(self):
-        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        live = await self._live("echo=tcp:127.0.0.1:ECHO", allow_operator_tunnels=["127.0.0.1:ECHO"])
         await live.wait_up("echo")
         wanted = free_port()
         added = await self.cmd(f"tunnel add alice pushed 127.0.0.1:{self.echo} {wanted}")
@@ -177,9 +191,12 @@ class CommandTests(unittest.TestCase):
                          "error: no tunnel named 'pushed'; 'tunnels' lists them")
 
     async def test_tunnel_edit(self):
-        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        live = await self._live("echo=tcp:127.0.0.1:ECHO", allow_operator_tunnels=["127.0.0.1:ECHO"])
         await live.wait_up("echo")
         await self.cmd("tunnel add alice pushed 127.0.0.1:1")
+        # The client does not allow 127.0.0.1:1; the operator sees why.
+        refused = await self.tunnel_json_when("pushed", lambda t: t["status"] == "refused")
+        self.assertIn("not in this client's allowOperatorTunnels", refused["reason"])
         wanted = free_port()
         edited = json.loads((await self.cmd(f"tunnel edit pushed --local 127.0.0.1:{self.echo} --port {wanted} --json")).text)
         self.assertEqual((edited["client"], edited["name"], edited["source"]), ("alice", "pushed", "server"))

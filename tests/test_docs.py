@@ -37,7 +37,9 @@ def table_rows(heading: str) -> "list[list[str]]":
 def flags_of(options_class) -> "set[str]":
     options = options_class()
     names = {name for name, *_ in options.optParameters + getattr(options, "optFlags", [])}
-    return {"--" + name for name in names} | {"--tunnel"}
+    # Repeatable flags (--tunnel, --allow-operator-tunnel) are opt_ methods.
+    methods = {name[len("opt_"):].replace("_", "-") for name in dir(options) if name.startswith("opt_")}
+    return {"--" + name for name in names | methods}
 
 
 def defaults_of(config_class) -> "dict[str, object]":

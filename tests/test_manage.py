@@ -18,10 +18,11 @@ from tests.inprocess import LiveSystem, echo_through, free_port, listen_echo, po
 class ManagementTests(unittest.TestCase):
     timeout = 60
 
-    async def _live(self, *tunnels: str, server_args=()) -> LiveSystem:
+    async def _live(self, *tunnels: str, server_args=(), allow_operator_tunnels=()) -> LiveSystem:
         self.echo = listen_echo(self)
         specs = [t.replace("ECHO", str(self.echo)) for t in tunnels]
-        live = await LiveSystem.start(self, specs, server_args=list(server_args))
+        allowed = [a.replace("ECHO", str(self.echo)) for a in allow_operator_tunnels]
+        live = await LiveSystem.start(self, specs, server_args=list(server_args), allow_operator_tunnels=allowed)
         self.events: list = []
         live.core.events.subscribe(self.events.append)
         return live
@@ -42,7 +43,8 @@ class ManagementTests(unittest.TestCase):
         self.assertEqual((tunnel.status, tunnel.remote_port, tunnel.source), ("up", port, "client"))
 
     async def test_add_tunnel_pushes_it_to_the_client(self):
-        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        # The client opens operator-defined tunnels only to addresses it allows.
+        live = await self._live("echo=tcp:127.0.0.1:ECHO", allow_operator_tunnels=["127.0.0.1:ECHO"])
         await live.wait_up("echo")
         wanted = free_port()
         view = await live.management.add_tunnel("alice", "pushed", f"127.0.0.1:{self.echo}", wanted)
@@ -63,6 +65,30 @@ class ManagementTests(unittest.TestCase):
         with self.assertRaises(ManagementError) as e:
             await live.management.tunnel("alice", "pushed")
         self.assertEqual(e.exception.kind, "not_found")
+
+    async def test_a_client_declines_only_what_it_was_offered(self):
+        # A client may refuse an operator-defined tunnel it was sent, once;
+        # a "decline" for anything else (its own tunnels, names never sent)
+        # changes nothing, so it cannot write the operator's tunnel list.
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        port = await live.wait_up("echo")
+        session = live.core.sessions["alice"]
+        await live.core.client_declines_tunnel(session, {"type": "tunnel_declined", "name": "echo", "reason": "x"})
+        await live.core.client_declines_tunnel(session, {"type": "tunnel_declined", "name": "ghost", "reason": "x"})
+        self.assertEqual([(t.name, t.status) for t in await live.management.tunnels()], [("echo", "up")])
+        self.assertEqual(await echo_through(port, b"still up"), b"still up")
+
+        await live.management.add_tunnel("alice", "pushed", f"127.0.0.1:{self.echo}", 0)
+        await wait_until(lambda: "pushed" not in session.offered)
+        await wait_until(lambda: "tunnel.refused" in [e.type for e in self.events])
+        view = await live.management.tunnel("alice", "pushed")
+        self.assertEqual(view.status, "refused")
+        self.assertTrue(view.reason.startswith("refused by the client: this client accepts no operator-defined"))
+        refused = [e for e in self.events if e.type == "tunnel.refused"]
+        await live.core.client_declines_tunnel(
+            session, {"type": "tunnel_declined", "name": "pushed", "reason": "again\x1b[2J"}
+        )
+        self.assertEqual([e for e in self.events if e.type == "tunnel.refused"], refused)
 
     async def test_disable_enable_restart(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")

@@ -34,10 +34,12 @@ API = API_PREFIX
 class WebTestCase(unittest.TestCase):
     timeout = 60
 
-    async def _live(self, with_client: bool = True, secure: bool = False) -> LiveSystem:
+    async def _live(self, with_client: bool = True, secure: bool = False, allow_operator: bool = False) -> LiveSystem:
         self.echo = listen_echo(self)
         tunnels = [f"echo=tcp:127.0.0.1:{self.echo}"] if with_client else []
-        self.live = await LiveSystem.start(self, tunnels)
+        # With allow_operator, the client accepts operator-defined tunnels to its echo service.
+        allowed = [f"127.0.0.1:{self.echo}"] if allow_operator else []
+        self.live = await LiveSystem.start(self, tunnels, allow_operator_tunnels=allowed)
         if with_client:
             self.echo_port = await self.live.wait_up("echo")
         self.panel = make_panel(self.live, secure=secure)
@@ -313,7 +315,7 @@ class OperatorActionTests(WebTestCase):
         self.assertEqual((await web.post(f"{API}/clients/nobody/kick")).status, 404)
 
     async def test_tunnel_lifecycle(self):
-        await self._live()
+        await self._live(allow_operator=True)
         web = await self.logged_in()
         (echo,) = (await web.get(f"{API}/tunnels")).json["tunnels"]
         self.assertEqual((echo["status"], echo["source"], echo["remote_port"]), ("up", "client", self.echo_port))

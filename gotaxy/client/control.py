@@ -23,6 +23,12 @@ and range (a port is an ``int`` from 1 to 65535, never a bool, a float or
 fails is a protocol error that ends the connection with a logged reason.
 Strings from the server are shown with control characters escaped, so they
 cannot forge log lines.
+
+Operator-defined tunnels (``tunnel_add`` from the server's panel, console or
+REST API) are opened only when the client's own ``allowOperatorTunnels``
+lists their local address: the client, not the server, decides what it
+exposes.  Any other is answered with ``tunnel_declined`` (name and reason),
+which the server records as the tunnel's refusal, and logged once.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import ipaddress
 import platform
 import random
 import socket
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHandshakeListener
@@ -54,6 +60,9 @@ from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
 #: Seconds to wait for a local service to accept a connection.
 LOCAL_CONNECT_TIMEOUT = 10.0
 RECONNECT_CAP = 30.0
+#: Refused operator tunnels remembered so that each is logged once, not at
+#: every reconnect.
+MAX_DECLINED_REMEMBERED = 1024
 
 #: Seconds between two log lines about one tunnel's failures that come in
 #: floods (out of file descriptors, public connections refused).
@@ -258,24 +267,41 @@ class ClientControlProtocol(MuxProtocol):
                 self._request_tunnel(spec)
 
     def _operator_tunnel(self, message: Dict[str, Any], name: str) -> None:
-        """A tunnel defined on the server (panel or console): adopt it and open it."""
+        """A tunnel defined on the server (panel or console): open it if our config allows it."""
         local_addr = _text(message, "localAddr", 128)
         remote_port = _integer(message, "remotePort", 0, 65535, 0)
         try:
-            host, port = parse_host_port(local_addr)
+            host, port = parse_host_port(local_addr, flag="localAddr")
             spec = TunnelSpec(name=name, local_ip=host, local_port=port, remote_port=remote_port)
         except (ConfigError, TypeError, ValueError) as e:
-            self.log.error("ignoring tunnel {name} from the server: {error}", name=printable(name), error=printable(str(e)))
+            self._decline(name, local_addr, f"the tunnel is malformed: {e}")
             return
-        if spec.name in self.tunnels and spec.name in {t.name for t in self.config.tunnels}:
-            self.log.error(
-                "ignoring tunnel {name} from the server: this client's config defines a tunnel of that name",
-                name=spec.name,
-            )
+        if spec.name in {t.name for t in self.config.tunnels}:
+            self._decline(name, local_addr, "this client's config defines a tunnel of that name")
+            return
+        refusal = self.config.operator_tunnel_refusal(host, port)
+        if refusal is not None:
+            # Whatever the operator sent before under this name is gone too
+            # (an edit moves a tunnel by sending it again).
+            self.tunnels.pop(spec.name, None)
+            self.up.pop(spec.name, None)
+            self._decline(name, local_addr, refusal)
             return
         self.tunnels[spec.name] = spec
         self.log.info("tunnel {name} added by the server's operator -> {ip}:{port}", name=spec.name, ip=host, port=port)
         self._request_tunnel(spec)
+
+    def _decline(self, name: str, local_addr: str, reason: str) -> None:
+        """Refuse an operator-defined tunnel: log it once, tell the server why."""
+        key = (name, local_addr)
+        if key not in self.factory.declined:
+            if len(self.factory.declined) < MAX_DECLINED_REMEMBERED:
+                self.factory.declined.add(key)
+            self.log.error(
+                "refusing tunnel {name} -> {local} from the server's operator: {reason}",
+                name=printable(name), local=printable(local_addr), reason=printable(reason),
+            )
+        self.send_control({"type": "tunnel_declined", "name": name, "reason": reason[:500]})
 
     #: Handlers of the messages a logged-in server may send, by type.
     _after_login: Dict[str, Callable[["ClientControlProtocol", Dict[str, Any], str], None]] = {
@@ -367,6 +393,8 @@ class ClientControlFactory(Factory):
         self.refusal_counts: Dict[str, int] = {}
         self.current: Optional[ClientControlProtocol] = None  #: logged in
         self.latest: Optional[ClientControlProtocol] = None  #: connected, maybe not logged in
+        #: (name, localAddr) of operator tunnels refused and logged already.
+        self.declined: Set[Tuple[str, str]] = set()
 
     def buildProtocol(self, addr: Any) -> ClientControlProtocol:
         self.latest = ClientControlProtocol(self)

@@ -20,6 +20,7 @@ from gotaxy.config import (
     load_toml,
     parse_client_config,
     parse_host_port,
+    parse_local_rule_flag,
     parse_tunnel_flag,
 )
 from gotaxy.logs import gotaxy_observer, set_level
@@ -56,10 +57,15 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["tunnel"] = []
+        self["allow-operator-tunnel"] = []
 
     def opt_tunnel(self, value: str) -> None:
         """A tunnel: NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT] (repeatable)."""
         self["tunnel"].append(value)
+
+    def opt_allow_operator_tunnel(self, value: str) -> None:
+        """Let the server's operator add tunnels to HOST:PORT, HOST:LOW-HIGH or HOST:* (HOST: IP, network or name; repeatable). Without it, operator-defined tunnels are refused."""
+        self["allow-operator-tunnel"].append(value)
 
     def postOptions(self) -> None:
         try:
@@ -101,6 +107,9 @@ def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
     if flags:
         # --tunnel adds to the file's [[proxies]]; a repeated name is an error.
         overrides["tunnels"] = config.tunnels + flags
+    allowed = tuple(parse_local_rule_flag(text) for text in options.get("allow-operator-tunnel") or [])
+    if allowed:
+        overrides["allow_operator_tunnels"] = config.allow_operator_tunnels + allowed
     config = attrs.evolve(config, **overrides)
     if not config.token:
         raise ConfigError("no token: pass --token TOKEN or --token-file FILE, or set auth.token in the config file")

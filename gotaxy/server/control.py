@@ -114,6 +114,9 @@ class ServerControlProtocol(MuxProtocol):
         #: lasts: a tunnel_open for one of them, sent before the client
         #: heard of the removal, must not bring it back.
         self.removed_tunnels: Set[str] = set()
+        #: Operator-defined tunnels sent to the client (name -> localAddr)
+        #: that it has not declined: only those may be declined.
+        self.offered: Dict[str, str] = {}
         self.lost = False
         self.dropped = False
         self._host: Optional[str] = None
@@ -168,6 +171,10 @@ class ServerControlProtocol(MuxProtocol):
             name = message.get("name")
             if isinstance(name, str):
                 Deferred.fromCoroutine(self.core.client_closes_tunnel(self, name)).addErrback(self._bug, "tunnel_close")
+        elif kind == "tunnel_declined":
+            Deferred.fromCoroutine(self.core.client_declines_tunnel(self, message)).addErrback(
+                self._bug, "tunnel_declined"
+            )
         elif kind == "error":
             self.log.info("client {client} reports: {reason}", client=self.client_name, reason=str(message.get("reason"))[:200])
         else:
@@ -205,7 +212,12 @@ class ServerControlProtocol(MuxProtocol):
         self.heartbeat.start()
         for record in await self.core.operator_tunnels(name):
             if not self.lost:
-                self.send_control(tunnel_add_message(record.name, record.local_addr, record.remote_port))
+                self.offer_tunnel(record.name, record.local_addr, record.remote_port)
+
+    def offer_tunnel(self, name: str, local_addr: str, remote_port: int) -> None:
+        """Send the client an operator-defined tunnel; it opens or declines it."""
+        self.offered[name] = local_addr
+        self.send_control(tunnel_add_message(name, local_addr, remote_port))
 
     async def _tunnel_open(self, message: Dict[str, Any]) -> None:
         name = message.get("name")

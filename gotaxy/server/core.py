@@ -102,6 +102,11 @@ def _text(message: Dict[str, Any], key: str, limit: int, default: str = "") -> s
     return value
 
 
+def _printable(text: str, limit: int) -> str:
+    """``text`` from a peer, made safe for logs and terminals: no control characters, at most ``limit``."""
+    return "".join(c if c.isprintable() else " " for c in text[:limit]).strip()
+
+
 class ServerCore:
     log = Logger(observer=gotaxy_observer)
 
@@ -464,6 +469,25 @@ class ServerCore:
                 event=TUNNEL_ERROR, client=tunnel.client, tunnel=tunnel.name, detail=reason,
             )
         ).addErrback(lambda f: self.log.failure("recording a tunnel error failed", f))
+
+    async def client_declines_tunnel(self, session: Any, message: Dict[str, Any]) -> None:
+        """
+        The client refuses an operator-defined tunnel it was sent (its
+        ``allowOperatorTunnels`` does not list the address): record the
+        refusal, with the client's reason, for the operator to see.
+        """
+        name = message.get("name")
+        if not isinstance(name, str) or session.offered.pop(name, None) is None:
+            return  # not offered, or declined already: nothing to record
+        reason = message.get("reason")
+        text = _printable(reason if isinstance(reason, str) else "", 500) or "no reason given"
+        client = session.client_name
+        self.log.warn("tunnel {client}/{tunnel} refused by the client: {reason}", client=client, tunnel=name, reason=text)
+        detail = f"refused by the client: {text}"
+        await self.record(
+            self._db.tunnel_down, client, name, "refused", detail, TUNNEL_REFUSED,
+            event=TUNNEL_REFUSED, client=client, tunnel=name, detail=detail,
+        )
 
     async def client_closes_tunnel(self, session: Any, name: str) -> None:
         tunnel = session.tunnels.get(name)

@@ -32,7 +32,6 @@ from gotaxy import __version__
 from gotaxy.config import ConfigError, parse_host_port
 from gotaxy.events import Event
 from gotaxy.notify.managed import TargetError
-from gotaxy.server.control import tunnel_add_message
 from gotaxy.names import NAME_RULE, InvalidName, check_name, shown
 from gotaxy.server.core import SHARED_PREFIX, ServerCore, TunnelRefused, valid_client_name
 from gotaxy.server.tunnel import LiveTunnel
@@ -320,7 +319,7 @@ class Management:
         session = self.core.sessions.get(client)
         if session is not None:
             session.removed_tunnels.discard(name)
-            session.send_control(tunnel_add_message(name, local, remote_port))
+            session.offer_tunnel(name, local, remote_port)
         return self._view(record, None)
 
     async def remove_tunnel(self, client: str, name: str) -> None:
@@ -414,13 +413,13 @@ class Management:
         session = self.core.sessions.get(client)
         if session is not None and record.enabled:
             updated = await self._record(client, name)
-            session.send_control(tunnel_add_message(name, updated.local_addr, updated.remote_port))
+            session.offer_tunnel(name, updated.local_addr, updated.remote_port)
         return await self.tunnel(client, name)
 
     async def _reopen(self, session: Any, record: TunnelRecord) -> None:
         if record.source == SOURCE_SERVER:
             # The client opens it with the settings we push.
-            session.send_control(tunnel_add_message(record.name, record.local_addr, record.remote_port))
+            session.offer_tunnel(record.name, record.local_addr, record.remote_port)
             return
         # A client-defined tunnel: open it as the client last asked, and say so.
         try:
