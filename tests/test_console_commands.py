@@ -406,7 +406,9 @@ class CommandTests(unittest.TestCase):
 
         receiver = Receiver()
         port = listen(self, Site(receiver))
-        await self._live("echo=tcp:127.0.0.1:ECHO")
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        # Its tunnel.opened event comes before the webhook, not to it.
+        await live.wait_up("echo")
         self.assertIn("(none)", (await self.cmd("notify")).text)
         added = await self.cmd(
             f"notify add ops http://127.0.0.1:{port}/secret-path --events client.*,tunnel.* --format slack --secret s3"

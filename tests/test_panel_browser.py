@@ -71,7 +71,9 @@ def shots(tmp_path):
 def test_panel_end_to_end(procs, echo, browser, shots: Path):
     web_port = free_port()
     server = procs.server("--web-port", str(web_port), env={"GOTAXY_ADMIN_PASSWORD": PASSWORD})
-    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    # The client lets operators add tunnels to its echo service (allowOperatorTunnels).
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}",
+                          args=["--allow-operator-tunnel", f"127.0.0.1:{echo.port}"])
     echo_port = tunnel_port(client, "echo")
     wait_for_panel(web_port)
     base = f"http://127.0.0.1:{web_port}/"
