@@ -2,7 +2,7 @@
 """
 ``gotaxy``: manage client tokens in a server's store, convert frp's old files.
 
-    gotaxy token create NAME [--expires-in DAYS]
+    gotaxy token create NAME [--expires-in DAYS]    (prints a join token, gtx1.PIN.SECRET)
     gotaxy token list
     gotaxy token revoke NAME
     gotaxy convert FILE.ini [-o FILE.toml] [--server | --client] [--force]
@@ -24,8 +24,9 @@ from typing import List, Optional, TextIO
 
 from gotaxy.config import ConfigError, ServerConfig, parse_client_config, parse_server_config
 from gotaxy.frp_ini import convert_ini
+from gotaxy.jointoken import make_join_token
 from gotaxy.names import InvalidName, check_name
-from gotaxy.store import Store, StoreError, default_url
+from gotaxy.store import JOIN_PIN_SETTING, Store, StoreError, default_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -100,7 +101,19 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
             if args.expires_in is not None:
                 expires = datetime.datetime.now(datetime.timezone.utc).timestamp() + args.expires_in * 86400
             record, token = store.create_token(args.name, expires_at=expires)
+            pin = store.get_setting(JOIN_PIN_SETTING)
+            if pin is not None:
+                # A join token: the client checks the server against it
+                # before sending the secret; no --fingerprint needed.
+                token = make_join_token(pin, token)
             print(f"token for client {record.name!r} (shown only now): {token}", file=out)
+            if pin is None:
+                print(
+                    "gotaxy: this store does not record the server's certificate yet (start the server once "
+                    "with this version), so this is a plain token: give the client --fingerprint too, or it "
+                    "trusts the server it first reaches",
+                    file=sys.stderr,
+                )
         elif args.action == "list":
             print(f"{'NAME':<24} {'CREATED':<21} {'EXPIRES':<21} {'LAST USED':<21} STATE", file=out)
             now = datetime.datetime.now(datetime.timezone.utc).timestamp()

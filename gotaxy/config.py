@@ -58,7 +58,7 @@ Key mapping, server (``ServerConfig``)::
 Client (``ClientConfig``)::
 
     serverAddr / serverPort          server_addr / server_port
-    auth.token / user                token / user
+    auth.token / user                token / user          (a join token gtx1.PIN.SECRET pins the server)
     [[proxies]]                      tunnels               (TunnelSpec: name, type,
                                                             localIP, localPort, remotePort)
     transport.tls.fingerprint        fingerprint           (ours)
@@ -97,6 +97,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 
+from gotaxy.jointoken import JoinToken, JoinTokenError, parse_join_token
 from gotaxy.mux import MAX_STREAMS
 from gotaxy.names import NAME_RULE, is_valid_name
 from gotaxy.tls import normalise_fingerprint
@@ -821,8 +822,24 @@ class ClientConfig:
         """Seconds of silence before the client reconnects."""
         return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[1]
 
+    @property
+    def join_token(self) -> JoinToken | None:
+        """``auth.token`` as a join token, or ``None`` for an old-style token."""
+        return parse_join_token(self.token) if self.token else None
+
+    @property
+    def login_secret(self) -> str:
+        """What the client sends to log in: a join token's secret, or the whole old-style token."""
+        join = self.join_token
+        return join.secret if join is not None else (self.token or "")
+
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
+        if self.token:
+            try:
+                parse_join_token(self.token)
+            except JoinTokenError as e:
+                raise ConfigError(f"{_field_label(ClientConfig, 'token')}: {e}") from None
         names = [tunnel.name for tunnel in self.tunnels]
         for name in names:
             if names.count(name) > 1:

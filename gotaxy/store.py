@@ -125,6 +125,11 @@ def ensure_tables(db: Any, columns: Dict[str, List[Tuple[str, Any]]], indexes: D
             table.create_index(index)
 
 
+#: ``settings`` key: the fingerprint join tokens pin (``gotaxy.jointoken``),
+#: written by the server at every start.
+JOIN_PIN_SETTING = "tls.join_pin"
+
+
 def default_url(data_dir: str) -> str:
     import os
 
@@ -188,6 +193,12 @@ class Store:
                 ("password_hash", types.text),
                 ("created_at", types.float),
             ],
+            # Facts about the server that tools reading the store need
+            # (``gotaxy token create`` needs the join pin); never secrets.
+            "settings": [
+                ("key", types.string(64)),
+                ("value", types.text),
+            ],
         }
         indexes = {
             "tokens": [["token_hash"], ["name"]],
@@ -195,8 +206,18 @@ class Store:
             "tunnels": [["client", "name"], ["remote_port"]],
             "events": [["at"], ["type"], ["client"]],
             "admins": [["username"]],
+            "settings": [["key"]],
         }
         ensure_tables(self.db, columns, indexes)
+
+    # -- settings ------------------------------------------------------------
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.db["settings"].upsert(dict(key=key, value=value), ["key"])
+
+    def get_setting(self, key: str) -> Optional[str]:
+        row = self.db["settings"].find_one(key=key)
+        return None if row is None else row["value"]
 
     # -- tokens --------------------------------------------------------------
 

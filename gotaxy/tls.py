@@ -21,7 +21,9 @@ The server certificate is deliberately long-lived and is never renewed
 automatically: clients pin its fingerprint (explicitly or by trust on first
 use), so a new certificate would break every pin.  To rotate it, delete
 C{server.pem} and C{server.key}, restart, and give clients the new
-fingerprint.  Users with their own certificate (a PEM file, optionally
+fingerprint.  Join tokens (L{gotaxy.jointoken}) pin the CA instead
+(L{ServerCredentials.join_pin}), so they survive such a rotation as long as
+C{ca.pem} and C{ca.key} are kept.  Users with their own certificate (a PEM file, optionally
 followed by its chain, and an unencrypted PEM key) pass both files instead;
 then nothing is generated.
 
@@ -36,7 +38,10 @@ and before any secret is sent, the control protocol hands the certificate
 chain the server presented (see L{peer_chain}) to L{ServerVerifier.verify},
 which applies exactly one policy:
 
- 1. pinned fingerprint: the leaf's fingerprint must equal the pin;
+ 1. pinned fingerprint: the leaf's fingerprint must equal the pin; a join
+    token's pin must be the leaf's fingerprint, or that of a certificate in
+    the chain the server sent that directly issued the leaf (the CA Gotaxy
+    generated), both valid now;
  2. CA file: the chain must lead to a CA in the file and the leaf must be
     valid now and for the server name (DNS name or IP address);
  3. neither (the default): trust on first use, as SSH does.  A
@@ -45,7 +50,8 @@ which applies exactly one policy:
     known one must present the recorded fingerprint;
  4. insecure: anything is accepted (the caller warns loudly).
 
-A pin and a CA file may be combined, in which case both must pass.  Every
+A pin, a join token's pin and a CA file may be combined, in which case all
+must pass; with insecure, a join token's pin is not checked.  Every
 refusal raises L{ServerIdentityError} with one sentence that names the server
 and says what to do.  Doing the check ourselves, after the handshake, lets
 all four policies share one code path and one error style, instead of
@@ -66,7 +72,7 @@ from typing import Any, Sequence, Union
 
 import attrs
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
@@ -230,12 +236,23 @@ class ServerCredentials:
     @ivar key_pem: the unencrypted private key, PEM.
     @ivar fingerprint: the leaf's canonical fingerprint.
     @ivar generated: whether the certificate was created by this call.
+    @ivar ca_fingerprint: the fingerprint of the CA Gotaxy generated, if it
+        issued the leaf; L{None} for the operator's own certificate.
     """
 
     certificate_pem: bytes
     key_pem: bytes
     fingerprint: str
     generated: bool
+    ca_fingerprint: str | None = None
+
+    @property
+    def join_pin(self) -> str:
+        """
+        The fingerprint join tokens carry: the generated CA's, which outlives
+        the server certificate it issues, or else the leaf's.
+        """
+        return self.ca_fingerprint or self.fingerprint
 
     def server_context(self) -> ssl.CertificateOptions:
         """
@@ -315,7 +332,7 @@ def load_or_create_server_credentials(
     if os.path.exists(server_cert):
         credentials = _load_pair(server_cert, server_key, generated=False)
         _warn_missing_names(credentials, names, tls_dir)
-        return credentials
+        return attrs.evolve(credentials, ca_fingerprint=_generated_ca_fingerprint(tls_dir, credentials))
 
     _make_private_dir(tls_dir)
     ca_cert, ca_key = _load_or_create_ca(tls_dir)
@@ -332,7 +349,28 @@ def load_or_create_server_credentials(
         key_pem=key_pem,
         fingerprint=fingerprint_of_certificate(cert),
         generated=True,
+        ca_fingerprint=fingerprint_of_certificate(ca_cert),
     )
+
+
+def _generated_ca_fingerprint(tls_dir: str, credentials: ServerCredentials) -> str | None:
+    """The fingerprint of C{tls_dir}'s C{ca.pem} if it issued the server's certificate."""
+    try:
+        with open(os.path.join(tls_dir, CA_CERT_FILENAME), "rb") as f:
+            ca = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        return None
+    leaf = x509.load_pem_x509_certificate(credentials.certificate_pem)
+    return fingerprint_of_certificate(ca) if _issued_by(leaf, ca) else None
+
+
+def _issued_by(leaf: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether C{issuer} signed C{leaf} (names and signature; not the time)."""
+    try:
+        leaf.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _validate_names(extra_names: Sequence[str]) -> list[str]:
@@ -685,6 +723,8 @@ class ServerVerifier:
         none of the above is given.
     @ivar clock: where the current time comes from for CA checks; the wall
         clock if L{None}.
+    @ivar join_pin: the fingerprint a join token carries (L{gotaxy.jointoken}):
+        the server's leaf or the CA that issued it.
 
     @raise ValueError: on construction, if the options contradict each other,
         the fingerprint is malformed, or the CA file cannot be used.
@@ -697,6 +737,7 @@ class ServerVerifier:
     insecure: bool = False
     known_servers_path: str | None = None
     clock: IReactorTime | None = attrs.field(default=None, eq=False, repr=False)
+    join_pin: str | None = attrs.field(default=None, converter=_to_fingerprint)
     _trusted_cas: list[x509.Certificate] = attrs.field(
         init=False, factory=list, eq=False, repr=False
     )
@@ -726,7 +767,7 @@ class ServerVerifier:
     def _mode(self) -> str:
         if self.insecure:
             return "insecure"
-        if self.fingerprint is not None or self.ca_file is not None:
+        if self.fingerprint is not None or self.ca_file is not None or self.join_pin is not None:
             return "explicit"
         return "tofu"
 
@@ -786,9 +827,45 @@ class ServerVerifier:
                 f"pinned {self.fingerprint}; check --fingerprint against the one "
                 f"the server prints at start-up."
             )
+        if self.join_pin is not None:
+            self._check_join_pin(chain, presented)
         if self.ca_file is not None:
             self._check_ca(chain)
         return presented
+
+    def _check_join_pin(self, chain: list[x509.Certificate], presented: str) -> None:
+        pin = self.join_pin
+        assert pin is not None
+        if hmac.compare_digest(presented, pin):
+            return
+        now = self._now()
+        for issuer in chain[1:]:
+            if not hmac.compare_digest(fingerprint_of_certificate(issuer), pin):
+                continue
+            if not _issued_by(chain[0], issuer):
+                raise ServerIdentityError(
+                    f"Server {self._label} sent the CA {pin} that the join token pins, but its "
+                    f"certificate {presented} was not issued by it; someone may be intercepting "
+                    f"the connection."
+                )
+            for cert, what in ((chain[0], "certificate"), (issuer, "CA")):
+                if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+                    raise ServerIdentityError(
+                        f"Server {self._label}'s {what} {fingerprint_of_certificate(cert)} is not "
+                        f"valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                        f"{cert.not_valid_after_utc:%Y-%m-%d}); check this machine's clock."
+                    )
+            return
+        sent = (
+            f"certificate {presented} issued by {fingerprint_of_certificate(chain[1])}"
+            if len(chain) > 1
+            else f"certificate {presented}"
+        )
+        raise ServerIdentityError(
+            f"Server {self._label} presented {sent}, but the join token pins {pin}; the token was "
+            f"made for another server or someone is intercepting the connection, so nothing was "
+            f"sent: check --server, or get a new token from this server's 'gotaxy token create'."
+        )
 
     def _now(self) -> datetime.datetime:
         if self.clock is None:

@@ -148,6 +148,16 @@ class LiveSystem:
         return self.server.stopService()
 
 
+def ca_fingerprint(data_dir: str) -> str:
+    """The fingerprint of the CA a server generated in ``data_dir`` (what its join tokens pin)."""
+    from cryptography import x509
+
+    from gotaxy.tls import fingerprint_of_certificate
+
+    with open(os.path.join(data_dir, "tls", "ca.pem"), "rb") as f:
+        return fingerprint_of_certificate(x509.load_pem_x509_certificate(f.read()))
+
+
 async def port_refused(port: int) -> bool:
     """True if nothing accepts connections on ``port`` (loopback)."""
     from twisted.internet.error import ConnectionRefusedError

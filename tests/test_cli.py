@@ -14,15 +14,21 @@ import pytest
 
 from gotaxy.cli import main
 from gotaxy.credentials import TOKEN_PREFIX
-from gotaxy.store import Store, default_url
+from gotaxy.jointoken import JoinToken, parse_join_token
+from gotaxy.store import JOIN_PIN_SETTING, Store, default_url
 
 TOKEN_RE = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{43}")
+
+
+PIN = "SHA256:" + "5A" * 32
 
 
 @pytest.fixture(scope="module")
 def blank_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("blank-store")
-    Store(default_url(str(directory))).close()
+    store = Store(default_url(str(directory)))
+    store.set_setting(JOIN_PIN_SETTING, PIN)  # the server records its join pin at every start
+    store.close()
     return directory
 
 
@@ -57,6 +63,21 @@ def test_create_prints_a_working_token_once(capsys, data_dir: str) -> None:
     assert "laptop" in out and "shown only now" in out
     record = authenticate(data_dir, tokens[0])
     assert record is not None and record.name == "laptop" and record.expires_at is None
+    # It is printed as a join token that pins the server.
+    (printed,) = re.findall(r"gtx1\.\S+", out)
+    assert parse_join_token(printed) == JoinToken(pin=PIN, secret=tokens[0])
+
+
+def test_without_a_recorded_pin_the_token_is_plain_and_says_so(capsys, tmp_path: Path) -> None:
+    Store(default_url(str(tmp_path))).close()  # a store no server of this version has started on
+    code, out, err = gotaxy(capsys, "--data-dir", str(tmp_path), "token", "create", "laptop")
+    assert code == 0
+    assert "gtx1." not in out and len(TOKEN_RE.findall(out)) == 1
+    assert err == (
+        "gotaxy: this store does not record the server's certificate yet (start the server once with this "
+        "version), so this is a plain token: give the client --fingerprint too, or it trusts the server it "
+        "first reaches\n"
+    )
 
 
 def test_list_shows_names_and_states_but_never_a_token(capsys, data_dir: str) -> None:

@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 
+from gotaxy.jointoken import parse_join_token
 from gotaxy.store import Store, default_url
 from tests.e2e import (
     connection_refused,
@@ -201,7 +202,7 @@ def test_wrong_token_exits_nonzero_and_is_logged_without_the_token(procs, echo):
     good = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="good")
     tunnel_port(good, "echo")
     log_text = server.output().split("=" * 72)[-1]  # everything after the first-start banner
-    for secret in (wrong, server.token):
+    for secret in (wrong, server.token, parse_join_token(server.token).secret):
         assert secret not in log_text
         assert secret not in client.output() and secret not in good.output()
         for path in (server.data_dir / "logs").iterdir():
@@ -210,11 +211,12 @@ def test_wrong_token_exits_nonzero_and_is_logged_without_the_token(procs, echo):
 
 
 def test_changed_server_certificate_is_refused(procs, echo, tmp_path):
+    # Old-style tokens (without the join token's pin) trust on first use.
     server = procs.server(data_dir="first")
     control = server.port
     argv = ["--server", f"127.0.0.1:{control}", "--data-dir", str(tmp_path / "c"),
             "--tunnel", f"echo=tcp:127.0.0.1:{echo.port}"]
-    first = procs.twistd("gotaxy-client", [*argv, "--token", server.token], "first")
+    first = procs.twistd("gotaxy-client", [*argv, "--token", parse_join_token(server.token).secret], "first")
     tunnel_port(first, "echo")
     first.wait_for(r"first use")
     known = (tmp_path / "c" / "known_servers").read_text()
@@ -225,7 +227,7 @@ def test_changed_server_certificate_is_refused(procs, echo, tmp_path):
     # Same address, new certificate (e.g. an impostor): refused, loudly.
     impostor = procs.server(data_dir="second", port=control, name="impostor")
     assert impostor.fingerprint != server.fingerprint
-    second = procs.twistd("gotaxy-client", [*argv, "--token", impostor.token], "second")
+    second = procs.twistd("gotaxy-client", [*argv, "--token", parse_join_token(impostor.token).secret], "second")
     assert second.wait_exit(30) == 2
     out = second.output()
     assert server.fingerprint in out and impostor.fingerprint in out

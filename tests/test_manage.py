@@ -11,8 +11,9 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from gotaxy.events import Event
+from gotaxy.jointoken import parse_join_token
 from gotaxy.server.manage import ManagementError
-from tests.inprocess import LiveSystem, echo_through, free_port, listen_echo, port_refused, wait_until
+from tests.inprocess import LiveSystem, ca_fingerprint, echo_through, free_port, listen_echo, port_refused, wait_until
 
 
 class ManagementTests(unittest.TestCase):
@@ -175,7 +176,10 @@ class ManagementTests(unittest.TestCase):
 
         record, token = await live.management.create_token("bob")
         self.assertEqual(record.name, "bob")
-        self.assertTrue(token.startswith("gtx_"))
+        # A join token: the secret, with the pin of the server's CA.
+        join = parse_join_token(token)
+        self.assertEqual(join.pin, ca_fingerprint(live.data_dir))
+        self.assertIsNotNone(await live.core.store.call(live.core.store.store.authenticate_token, join.secret))
         names = [t.name for t in await live.management.tokens()]
         self.assertEqual(sorted(names), ["alice", "bob"])
         await live.management.revoke_token("alice")

@@ -510,3 +510,80 @@ def test_contradictory_or_missing_options() -> None:
         ServerVerifier("localhost", 7000)
     with pytest.raises(ValueError, match="64 hex digits"):
         ServerVerifier("localhost", 7000, fingerprint="SHA256:nope")
+
+
+# ---------------------------------------------------------------------------
+# Join tokens' pins
+
+
+def test_join_pin_is_the_generated_ca_and_survives_a_new_server_certificate(tmp_path: Path) -> None:
+    first = load_or_create_server_credentials(str(tmp_path))
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    assert first.join_pin == fingerprint_of_certificate(ca) != first.fingerprint
+    assert load_or_create_server_credentials(str(tmp_path)).join_pin == first.join_pin  # reloaded
+
+    # A renewed server certificate from the same CA: old join tokens still pass.
+    (tmp_path / "server.pem").unlink()
+    renewed = load_or_create_server_credentials(str(tmp_path))
+    assert renewed.fingerprint != first.fingerprint
+    assert renewed.join_pin == first.join_pin
+    verifier = ServerVerifier("203.0.113.9", 7000, join_pin=first.join_pin)  # a name not in the certificate
+    assert verifier.verify(handshake(renewed, verifier).chain) == renewed.fingerprint
+
+
+def test_join_pin_of_an_own_certificate_is_that_certificate(tmp_path: Path) -> None:
+    own = load_or_create_server_credentials(str(tmp_path / "elsewhere"))
+    (tmp_path / "cert.pem").write_bytes(own.certificate_pem)
+    (tmp_path / "key.pem").write_bytes(own.key_pem)
+    loaded = load_or_create_server_credentials(
+        str(tmp_path / "unused"), cert_file=str(tmp_path / "cert.pem"), key_file=str(tmp_path / "key.pem")
+    )
+    assert loaded.join_pin == loaded.fingerprint
+    verifier = ServerVerifier("localhost", 7000, join_pin=loaded.fingerprint)
+    assert verifier.verify(handshake(loaded, verifier).chain) == loaded.fingerprint
+
+
+def test_join_pin_of_another_server_is_refused_naming_both(tmp_path: Path) -> None:
+    ours = load_or_create_server_credentials(str(tmp_path / "ours"))
+    theirs = load_or_create_server_credentials(str(tmp_path / "theirs"))
+    verifier = ServerVerifier("localhost", 7000, join_pin=ours.join_pin)
+    with pytest.raises(ServerIdentityError) as error:
+        verifier.verify(handshake(theirs, verifier).chain)
+    assert str(error.value) == (
+        f"Server localhost:7000 presented certificate {theirs.fingerprint} issued by {theirs.join_pin}, "
+        f"but the join token pins {ours.join_pin}; the token was made for another server or someone is "
+        f"intercepting the connection, so nothing was sent: check --server, or get a new token from this "
+        f"server's 'gotaxy token create'."
+    )
+
+
+def test_join_pin_ca_sent_along_with_a_leaf_it_did_not_issue(tmp_path: Path) -> None:
+    ours = load_or_create_server_credentials(str(tmp_path / "ours"))
+    theirs = load_or_create_server_credentials(str(tmp_path / "theirs"))
+    our_ca = (tmp_path / "ours" / "ca.pem").read_bytes()
+    # An impostor presents its own leaf followed by our (public) CA certificate.
+    impostor = attrs.evolve(
+        theirs, certificate_pem=x509.load_pem_x509_certificates(theirs.certificate_pem)[0].public_bytes(
+            serialization.Encoding.PEM) + our_ca
+    )
+    verifier = ServerVerifier("localhost", 7000, join_pin=ours.join_pin)
+    with pytest.raises(ServerIdentityError, match="was not issued by it; someone may be intercepting"):
+        verifier.verify(handshake(impostor, verifier).chain)
+
+
+def test_join_pin_refuses_a_certificate_that_is_not_valid_now(tmp_path: Path) -> None:
+    credentials = load_or_create_server_credentials(str(tmp_path))
+    clock = Clock()
+    clock.advance((datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=11 * 365)).timestamp())
+    verifier = ServerVerifier("localhost", 7000, join_pin=credentials.join_pin, clock=clock)
+    with pytest.raises(ServerIdentityError, match="is not valid now .*check this machine's clock"):
+        verifier.verify(handshake(credentials, verifier).chain)
+
+
+def test_join_pin_needs_no_known_servers_and_insecure_skips_it(tmp_path: Path) -> None:
+    ours = load_or_create_server_credentials(str(tmp_path / "ours"))
+    theirs = load_or_create_server_credentials(str(tmp_path / "theirs"))
+    verifier = ServerVerifier("localhost", 7000, join_pin=ours.join_pin, known_servers_path=None)
+    assert verifier.verify(handshake(ours, verifier).chain) == ours.fingerprint
+    insecure = ServerVerifier("localhost", 7000, join_pin=ours.join_pin, insecure=True)
+    assert insecure.verify(handshake(theirs, insecure).chain) == theirs.fingerprint

@@ -21,12 +21,13 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from gotaxy.jointoken import parse_join_token
 from gotaxy.web.app import Panel
 from gotaxy.web.auth import TOTP_LOCK_AFTER, TOTP_STEP
 from gotaxy.web.openapi import API_PREFIX, openapi_document
 from gotaxy.web.service import make_site
 from gotaxy.web.testing import WebClient, cookie_attributes, make_panel
-from tests.inprocess import ADMIN_PASSWORD, LiveSystem, echo_through, free_port, listen_echo, wait_until
+from tests.inprocess import ADMIN_PASSWORD, LiveSystem, ca_fingerprint, echo_through, free_port, listen_echo, wait_until
 
 API = API_PREFIX
 
@@ -402,7 +403,8 @@ class OperatorActionTests(WebTestCase):
         expires = reactor.seconds() + 86400
         created = await web.post(f"{API}/tokens", {"name": "bob", "expires_at": expires})
         self.assertEqual(created.status, 201)
-        self.assertTrue(created.json["secret"].startswith("gtx_"))
+        # A join token: the secret, with the pin of the server's CA.
+        self.assertEqual(parse_join_token(created.json["secret"]).pin, ca_fingerprint(self.live.data_dir))
         self.assertEqual(created.json["token"]["expires_at"], expires)
         self.assertEqual((await web.post(f"{API}/tokens", {"name": "bob"})).status, 409)
         past = await web.post(f"{API}/tokens", {"name": "carol", "expires_at": 1000})

@@ -6,8 +6,9 @@ Order of events on each connection (``ClientService`` makes a new one after
 every loss, with ``reconnect_delay`` between attempts):
 
 1. TLS handshake.  ``handshakeCompleted`` checks the server's certificate
-   (pinned fingerprint, CA file or trust-on-first-use, see ``gotaxy.tls``)
-   *before* anything secret is sent.  A failed check is fatal.
+   (pinned fingerprint, a join token's pin, CA file or trust-on-first-use,
+   see ``gotaxy.tls``) *before* anything secret is sent.  A failed check is
+   fatal.
 2. Preamble and ``login``.  ``login_failed`` is fatal when ``loginFailExit``
    is set (the default): a wrong token cannot be fixed by retrying.
 3. One ``tunnel_open`` per configured tunnel that is enabled (frp's
@@ -167,7 +168,8 @@ class ClientControlProtocol(MuxProtocol):
         self.send_control(
             {
                 "type": "login",
-                "token": self.config.token or "",
+                # A join token's secret only; its pin was checked above.
+                "token": self.config.login_secret,
                 "user": self.config.user or "",
                 "hostname": socket.gethostname()[:255],
                 "version": __version__,

@@ -44,7 +44,7 @@ class Options(usage.Options):
     optParameters: List[List[Any]] = [
         ["config", "c", None, "TOML config file (frpc.toml key names)."],
         ["server", "s", None, "Server address, HOST:PORT (port defaults to 7000)."],
-        ["token", "t", None, "Client token (auth.token)."],
+        ["token", "t", None, "Client token (auth.token); a join token (gtx1.PIN.SECRET) also pins the server."],
         ["token-file", None, None, "Read the client token from this file, e.g. a systemd credential or a Docker "
                                    "secret (keeps it out of the command line and the config)."],
         ["user", "u", None, "Client name, needed with a shared server token (user)."],
@@ -164,11 +164,13 @@ class TunnelClientService(ClientService):
 
 def make_verifier(config: ClientConfig, reactor: Any = None) -> ServerVerifier:
     data_dir = os.path.expanduser(config.data_dir)
+    join = config.join_token
     try:
         return ServerVerifier(
             server_name=config.server_name or config.server_addr,
             server_port=config.server_port,
             fingerprint=config.fingerprint,
+            join_pin=join.pin if join is not None else None,
             ca_file=config.trusted_ca_file,
             insecure=config.insecure,
             known_servers_path=os.path.join(data_dir, KNOWN_SERVERS_FILENAME),

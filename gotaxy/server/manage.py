@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred
 from gotaxy import __version__
 from gotaxy.config import ConfigError, parse_host_port
 from gotaxy.events import Event
+from gotaxy.jointoken import make_join_token
 from gotaxy.notify.managed import TargetError
 from gotaxy.names import NAME_RULE, InvalidName, check_name, shown
 from gotaxy.server.core import SHARED_PREFIX, ServerCore, TunnelRefused, valid_client_name
@@ -159,9 +160,12 @@ class TunnelView:
 
 class Management:
     def __init__(
-        self, core: ServerCore, reload: Optional[Any] = None, webhooks: Optional[Any] = None, mail: Optional[Any] = None
+        self, core: ServerCore, reload: Optional[Any] = None, webhooks: Optional[Any] = None, mail: Optional[Any] = None,
+        join_pin: Optional[str] = None,
     ) -> None:
         self.core = core
+        #: The fingerprint new tokens carry as join tokens (gotaxy.jointoken).
+        self.join_pin = join_pin
         self._db = core.store.store
         self._reload = reload  #: callable returning a fresh ServerConfig, or None
         self._webhooks = webhooks  #: gotaxy.notify.managed.ManagedWebhooks, or None
@@ -436,12 +440,19 @@ class Management:
         return await self._call(self._db.list_tokens)
 
     async def create_token(self, name: str, expires_at: Optional[float] = None) -> Tuple[TokenRecord, str]:
-        """Create a client token; the text is returned once and never stored."""
+        """
+        Create a client token; the text is returned once and never stored.
+        It is a join token (the secret with this server's pin) when the pin
+        is known.
+        """
         _check_name(name, "a token's name (its client's name)")
         try:
-            return await self.core.record(self._db.create_token, name, expires_at, event=TOKEN_CREATED, client=name)
+            record, secret = await self.core.record(
+                self._db.create_token, name, expires_at, event=TOKEN_CREATED, client=name
+            )
         except StoreError as e:
             raise ManagementError("conflict", str(e)) from None
+        return record, make_join_token(self.join_pin, secret) if self.join_pin else secret
 
     async def revoke_token(self, name: str) -> None:
         """Revoke a client's token and cut the client off at once."""

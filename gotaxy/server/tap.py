@@ -42,7 +42,8 @@ from gotaxy.server.manage import Management
 from gotaxy.server.history import History
 from gotaxy.server.metrics import Metrics
 from gotaxy.server.operators import OperatorAuth
-from gotaxy.store import SERVER_STARTED, Store, ThreadedStore, default_url
+from gotaxy.jointoken import make_join_token
+from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, ThreadedStore, default_url
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 from gotaxy.web import make_web_service
 
@@ -157,8 +158,11 @@ def bootstrap(config: ServerConfig, store: Store, env: Dict[str, str]) -> FirstS
 def first_start_banner(config: ServerConfig, first: FirstStart, credentials: ServerCredentials) -> str:
     host = config.bind_addr if config.bind_addr not in ("0.0.0.0", "::", "") else socket.getfqdn()
     lines = ["", "=" * 72, "Gotaxy server: first start. These secrets are shown only now; keep them.", ""]
-    if first.token:
-        lines.append(f"  client token ({INITIAL_TOKEN_NAME!r}):  {first.token}")
+    # A join token: the client checks the server against the pin in it
+    # before it sends the secret, so the command below needs no --fingerprint.
+    token = make_join_token(credentials.join_pin, first.token) if first.token else None
+    if token:
+        lines.append(f"  client token ({INITIAL_TOKEN_NAME!r}):  {token}")
     if first.admin_password:
         lines.append(f"  admin password (user {ADMIN_USER!r}):  {first.admin_password}")
     lines.append(f"  server certificate:  {credentials.fingerprint}")
@@ -169,8 +173,7 @@ def first_start_banner(config: ServerConfig, first: FirstStart, credentials: Ser
             "this server's public name or address if it differs):",
             "",
             f"  twistd -n gotaxy-client --server {host}:{config.bind_port} \\",
-            f"      --token {first.token} \\",
-            f"      --fingerprint {credentials.fingerprint} \\",
+            f"      --token {token} \\",
             "      --tunnel ssh=tcp:127.0.0.1:22",
         ]
     lines += ["=" * 72, ""]
@@ -244,6 +247,8 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     except ValueError as e:
         raise usage.UsageError(str(e))
     sync_store = Store(config.store or default_url(data_dir), clock=reactor.seconds)
+    # For ``gotaxy token create``, which reads the store, not the TLS files.
+    sync_store.set_setting(JOIN_PIN_SETTING, credentials.join_pin)
     first = bootstrap(config, sync_store, dict(os.environ) if env is None else env)
     if first.token or first.admin_password:
         # Printed, not logged: secrets must never reach the log files.
@@ -278,7 +283,9 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     webhooks.load()
     mail = ManagedMailRecipients(top.notifier, store, config, reactor)  # type: ignore[attr-defined]
     mail.load()
-    management = Management(core, reload=lambda: build_config(options), webhooks=webhooks, mail=mail)
+    management = Management(
+        core, reload=lambda: build_config(options), webhooks=webhooks, mail=mail, join_pin=credentials.join_pin
+    )
     operators = OperatorAuth(core)
     top.metrics = Metrics(core, admission, top.notifier, reactor)  # type: ignore[attr-defined]
     top.metrics.setServiceParent(top)  # type: ignore[attr-defined]
