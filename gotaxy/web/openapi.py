@@ -154,7 +154,10 @@ SCHEMAS: Dict[str, Any] = {
         }
     ),
     "TokenCreate": _object({"name": {"type": "string"}, "expires_at": _NUMBER_OR_NULL}, ["name"]),
-    "NewToken": _object({"token": _ref("Token"), "secret": {"type": "string", "description": "shown once"}}),
+    "NewToken": _object({
+        "token": _ref("Token"),
+        "secret": {"type": "string", "description": "shown once: a join token, gtx1.PIN.SECRET, that also pins this server"},
+    }),
     "Event": _object(
         {
             "id": {"type": "integer"},
