@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import Event, EventBus
+from gotaxy.jointoken import JoinTokenError, parse_join_token
 from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.names import InvalidName, check_name, is_valid_name
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
@@ -196,6 +197,14 @@ class ServerCore:
             session.client_version = _text(message, "version", 32, "?")
         except ValueError as e:
             raise LoginRefused(f"malformed login: {e}") from None
+        # Clients send a join token's secret only; one sent whole (by a
+        # client older than join tokens, or a script) is checked the same way.
+        try:
+            join = parse_join_token(token)
+        except JoinTokenError:
+            join = None
+        if join is not None:
+            token = join.secret
 
         name: Optional[str] = None
         via_store = False
