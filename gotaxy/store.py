@@ -459,14 +459,23 @@ class Store:
             raise StoreError(f"no operator account named {username!r}")
         self.db["admins"].update(dict(username=username, password_hash=hash_password(password)), ["username"])
 
-    def verify_admin(self, username: str, password: str) -> bool:
+    def admin_password_hash(self, username: str) -> Tuple[bool, str]:
+        """
+        Whether ``username`` is an operator, and the argon2 hash to verify
+        against: its own, or (no such user) a dummy one, so that verifying
+        takes the same time and timing does not reveal which names exist.
+        The server verifies on a thread pool of its own (``OperatorAuth``),
+        never on the store's thread.
+        """
         row = self.db["admins"].find_one(username=username)
         if row is None:
-            # Spend the same time as a real check so timing does not reveal
-            # which user names exist.
-            verify_password(_DUMMY_HASH, password)
-            return False
-        return verify_password(row["password_hash"], password)
+            return False, _DUMMY_HASH
+        return True, row["password_hash"]
+
+    def verify_admin(self, username: str, password: str) -> bool:
+        """Check a password right here (for the ``gotaxy`` command; the server uses ``OperatorAuth``)."""
+        exists, stored = self.admin_password_hash(username)
+        return verify_password(stored, password) and exists
 
 
 _DUMMY_HASH = hash_password("gotaxy-no-such-user")

@@ -86,7 +86,7 @@ class PasswordCheckerTests(unittest.TestCase):
 
         # Lock the address out (the clock is real: step past the slow-down by hand).
         for _ in range(LOCK_AFTER):
-            live.operators._failures["address:10.0.0.9"].times.append(reactor.seconds() - 60)
+            live.operators._failures["address:10.0.0.9"].attempts.append((reactor.seconds() - 60, "10.0.0.9"))
         live.operators._failures["address:10.0.0.9"].locked_until = reactor.seconds() + 900
         with self.assertRaises(UnauthorizedLogin) as locked:
             await checker.requestAvatarId(PasswordFromAddress(b"admin", ADMIN_PASSWORD.encode(), "10.0.0.9"))

@@ -7,12 +7,15 @@ import shutil
 import tempfile
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from gotaxy.config import ServerConfig
 from gotaxy.server.core import ServerCore
-from gotaxy.server.operators import LOCK_AFTER, LOCK_SECONDS, AuthFailed, LockedOut, OperatorAuth
+from gotaxy.server.operators import (
+    FREE_FAILURES, LOCK_AFTER, LOCK_SECONDS, MAX_CHECKS, WINDOW, AuthFailed, Busy, LockedOut, OperatorAuth,
+)
 from gotaxy.store import Store, ThreadedStore, default_url
 
 
@@ -28,7 +31,9 @@ class OperatorAuthTests(unittest.TestCase):
         self.store.start()
         self.addCleanup(self.store.stop)
         self.core = ServerCore(ServerConfig(data_dir=directory), self.store, self.clock)
-        self.auth = OperatorAuth(self.core)
+        self.auth = OperatorAuth(self.core, thread_reactor=reactor)
+        self.auth.startService()
+        self.addCleanup(self.auth.stopService)
         self.published = []
         self.core.events.subscribe(self.published.append)
 
@@ -69,15 +74,109 @@ class OperatorAuthTests(unittest.TestCase):
         with self.assertRaises(LockedOut):
             await self.auth.authenticate("admin", "the right password", "10.0.0.1", "panel")
 
-    async def test_lock_is_per_user_and_per_address(self):
+    async def test_lock_is_per_address_and_per_user_for_the_addresses_that_failed(self):
         for _ in range(3):
             await self._fail(address="10.0.0.1")
-        # Same user from elsewhere: the user is throttled too.
         with self.assertRaises(LockedOut):
-            await self.auth.authenticate("admin", "the right password", "10.0.0.2", "panel")
-        # Another user from a third address is not affected.
+            await self.auth.authenticate("admin", "the right password", "10.0.0.1", "panel")
+        # The operator at another address is not slowed down by someone else's guesses ...
+        await self.auth.authenticate("admin", "the right password", "10.0.0.2", "panel")
+        # ... nor is another user name from a third address.
         with self.assertRaises(AuthFailed):
             await self.auth.authenticate("bob", "x", "10.0.0.3", "panel")
+
+    async def test_ten_failures_from_elsewhere_do_not_lock_the_admin_out(self):
+        """Issue 8, item 4: anyone could lock the only admin out for 15 minutes."""
+        for _ in range(LOCK_AFTER):
+            self.clock.advance(self.auth.retry_after("admin", "10.0.0.1"))
+            await self._fail(address="10.0.0.1")
+        self.assertIn("operator.locked_out", [e.type for e in self.published])
+        with self.assertRaises(LockedOut):
+            await self.auth.authenticate("admin", "the right password", "10.0.0.1", "panel")
+        await self.auth.authenticate("admin", "the right password", "10.0.0.2", "console")
+
+    async def test_the_account_count_locks_every_address_that_guessed(self):
+        # One guess each from many addresses: the account's count locks all of them, so
+        # more addresses do not buy ten guesses each.
+        for n in range(LOCK_AFTER + 2):
+            await self._fail(address=f"10.1.0.{n}")
+        for n in range(LOCK_AFTER + 2):
+            with self.assertRaises(LockedOut):
+                await self.auth.authenticate("admin", "the right password", f"10.1.0.{n}", "panel")
+        await self.auth.authenticate("admin", "the right password", "10.2.0.1", "panel")
+
+    async def _storm(self, attempts):
+        results = await DeferredList(
+            [Deferred.fromCoroutine(self.auth.authenticate(user, password, address, "panel"))
+             for user, password, address in attempts],
+            consumeErrors=True,
+        )
+        return [type(value.value).__name__ if not ok else "ok" for ok, value in results]
+
+    async def test_concurrent_wrong_passwords_from_one_address_are_counted_before_checking(self):
+        """Issue 8, item 4: 60 concurrent wrong passwords were all evaluated."""
+        outcomes = await self._storm([("admin", f"guess {n}", "10.0.0.1") for n in range(60)])
+        self.assertEqual(outcomes.count("AuthFailed"), FREE_FAILURES)
+        self.assertEqual(outcomes.count("LockedOut"), 60 - FREE_FAILURES)
+        events = self.store.store.events(type_="operator.login_failed")
+        self.assertEqual(len(events), FREE_FAILURES)
+        # Storms every minute for 40 minutes: never more than LOCK_AFTER evaluated in any window.
+        evaluated = [(self.clock.seconds(), FREE_FAILURES)]
+        for _ in range(40):
+            self.clock.advance(60)
+            outcomes = await self._storm([("admin", "guess", "10.0.0.1") for _ in range(20)])
+            evaluated.append((self.clock.seconds(), outcomes.count("AuthFailed")))
+        for at, _ in evaluated:
+            in_window = sum(n for t, n in evaluated if at - WINDOW < t <= at)
+            self.assertLessEqual(in_window, LOCK_AFTER)
+        self.assertGreater(sum(n for _, n in evaluated), LOCK_AFTER)  # the window does move on
+
+    async def test_concurrent_wrong_passwords_for_one_account_from_two_addresses(self):
+        outcomes = await self._storm([("admin", "guess", f"10.0.0.{n % 2}") for n in range(60)])
+        # Per address the slow-down holds; the account's count adds up both.
+        self.assertLessEqual(outcomes.count("AuthFailed"), 2 * FREE_FAILURES)
+        self.assertEqual(self.auth.failures(username="admin"), outcomes.count("AuthFailed"))
+        # Concurrent wrong guesses for several names from one address: the address's limit holds.
+        self.clock.advance(LOCK_SECONDS + 1)
+        outcomes = await self._storm([(f"user{n}", "guess", "10.0.0.9") for n in range(40)])
+        self.assertEqual(outcomes.count("AuthFailed"), FREE_FAILURES)
+
+    async def test_a_right_password_gives_its_slot_back(self):
+        outcomes = await self._storm([("admin", "the right password", "10.0.0.1")] * 3)
+        self.assertEqual(outcomes, ["ok"] * 3)
+        self.assertEqual(self.auth.failures(username="admin", address="10.0.0.1"), 0)
+
+    async def test_too_many_checks_at_once_are_refused_as_busy_and_not_counted(self):
+        """Issue 8, item 3: the queue of waiting password checks is bounded."""
+        outcomes = await self._storm([("admin", "guess", f"10.3.0.{n}") for n in range(MAX_CHECKS + 5)])
+        self.assertEqual(outcomes.count("AuthFailed"), MAX_CHECKS)
+        self.assertEqual(outcomes.count("Busy"), 5)
+        self.assertEqual(self.auth.failures(address=f"10.3.0.{MAX_CHECKS}"), 0)
+        with self.assertRaises(Busy) as e:
+            raise Busy()
+        self.assertEqual(str(e.exception), "too many log-ins in progress, try again in a few seconds")
+        self.assertIsInstance(e.exception, LockedOut)  # so every caller answers "try later"
+        # Once they are done, log-ins work again.
+        await self.auth.authenticate("admin", "the right password", "10.3.1.1", "panel")
+
+    async def test_password_checks_do_not_run_on_the_store_thread(self):
+        """Issue 8, item 3: argon2 on the store's one thread starved client log-ins."""
+        import threading
+
+        from gotaxy.server import operators
+
+        threads = []
+
+        def verify(stored: str, password: str) -> bool:
+            threads.append(threading.current_thread().name)
+            return real(stored, password)
+
+        real = operators.verify_password
+        self.patch(operators, "verify_password", verify)
+        await self.auth.authenticate("admin", "the right password", "10.0.0.1", "panel")
+        await self._fail(address="10.0.0.2")
+        self.assertEqual(len(threads), 2)
+        self.assertTrue(all("gotaxy-password-check" in name for name in threads), threads)
 
     async def test_success_clears_the_count(self):
         await self._fail()

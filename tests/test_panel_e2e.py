@@ -6,15 +6,21 @@ storms and concurrent wrong passwords.
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import ssl
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from tests.e2e import free_port
+from gotaxy.store import Store, default_url
+from tests.e2e import echo_once, free_port, tunnel_port
 
 PASSWORD = "panel e2e password 42"
 
@@ -119,3 +125,93 @@ def test_https_panel_refuses_weak_tls_suites(procs, tmp_path):
     modern.maximum_version = ssl.TLSVersion.TLSv1_2
     assert _handshake(port, modern).startswith("ECDHE-RSA-")
     assert "without TLS" not in log_text(server)
+
+
+# -- items 3 and 4: log-in storms and concurrent wrong passwords ----------------------
+
+
+def _login(port: int, password: str, source: str = "127.0.0.1", sent: Optional[threading.Event] = None
+           ) -> "tuple[int, dict, dict]":
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60, source_address=(source, 0))
+    try:
+        connection.request("POST", "/api/v0.1/login", json.dumps({"username": "admin", "password": password}),
+                           {"Content-Type": "application/json"})
+        if sent is not None:
+            sent.set()
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+class Storm:
+    """``len(sources)`` log-ins with wrong passwords, all sent at once from threads."""
+
+    def __init__(self, port: int, sources: "list[str]") -> None:
+        self.results: list = []
+        self.sent = threading.Event()
+        barrier = threading.Barrier(len(sources))
+        lock = threading.Lock()
+
+        def one(n: int, source: str) -> None:
+            barrier.wait(30)
+            try:
+                result = _login(port, f"wrong password {n}", source, self.sent)
+            except OSError as e:
+                result = (None, {}, {"error": str(e)})
+            with lock:
+                self.results.append(result)
+
+        self.threads = [threading.Thread(target=one, args=(n, s), daemon=True) for n, s in enumerate(sources)]
+        for thread in self.threads:
+            thread.start()
+
+    def join(self, timeout: float = 120.0) -> list:
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self.threads), "the storm's log-ins did not all get an answer"
+        return self.results
+
+
+def test_client_logs_in_and_opens_a_tunnel_during_a_panel_log_in_storm(procs, echo):
+    """Issue 8, item 3: 150 concurrent wrong panel log-ins kept a client out for more than 10 s."""
+    server, port = start_panel(procs)
+    # Each from an address of its own (all of 127.0.0.0/8 is loopback), so that the lock-out,
+    # which is per address, does not refuse them before their passwords are checked.
+    storm = Storm(port, [f"127.0.{1 + n // 200}.{1 + n % 200}" for n in range(150)])
+    assert storm.sent.wait(60)
+    started = time.monotonic()
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+    tunnel = tunnel_port(client, "echo", timeout=60)
+    assert echo_once(tunnel, b"during the storm") == b"during the storm"
+    took = time.monotonic() - started
+    results = storm.join()
+    assert took < 10, f"the client needed {took:.1f} s to log in and open its tunnel"
+    statuses = [status for status, _, _ in results]
+    assert set(statuses) <= {401, 429}, [body for status, _, body in results if status not in (401, 429)][:3]
+    busy = [(headers, body) for status, headers, body in results if status == 429]
+    assert busy, "no log-in was refused: the queue of password checks is not bounded"
+    for headers, body in busy:
+        assert body["error"]["message"] == "too many log-ins in progress, try again in a few seconds"
+        assert int(headers["Retry-After"]) >= 1
+    assert "Traceback" not in log_text(server)
+
+
+def test_concurrent_wrong_passwords_from_one_address_respect_the_lock_out(procs):
+    """Issue 8, item 4: 60 concurrent wrong passwords from one address were all checked."""
+    server, port = start_panel(procs)
+    results = Storm(port, ["127.0.0.1"] * 60).join()
+    evaluated = [status for status, _, _ in results if status == 401]
+    refused = [body for status, _, body in results if status == 429]
+    assert len(evaluated) + len(refused) == 60
+    assert 1 <= len(evaluated) <= 10, f"{len(evaluated)} of 60 concurrent wrong passwords were checked"
+    assert all("try again" in body["error"]["message"] for body in refused)
+    # The right password from the guessing address waits; from another address it works.
+    assert _login(port, PASSWORD, "127.0.0.1")[0] == 429
+    assert _login(port, PASSWORD, "127.0.0.2")[0] == 200
+    store = Store(default_url(str(server.data_dir)))
+    try:
+        assert len(store.events(type_="operator.login_failed")) == len(evaluated)
+    finally:
+        store.close()

@@ -87,6 +87,10 @@ class PasswordFromAddress:
         raise NotImplementedError("checked by OperatorPasswordChecker")
 
 
+class TryLater(UnauthorizedLogin):
+    """Refused without checking the password (locked out, or a log-in storm); told to the client."""
+
+
 @implementer(ICredentialsChecker)
 class OperatorPasswordChecker:
     credentialInterfaces = (cred_credentials.IUsernamePassword,)
@@ -105,8 +109,8 @@ class OperatorPasswordChecker:
             password = b""  # still counts as a failure below
         try:
             await self.server.operators.authenticate(username, password.decode("utf-8", "replace"), address, via="console")
-        except LockedOut as e:
-            raise UnauthorizedLogin(str(e)) from None
+        except LockedOut as e:  # Busy too: "too many log-ins in progress, try again in a few seconds"
+            raise TryLater(str(e)) from None
         except AuthFailed:
             raise UnauthorizedLogin("wrong user name or password") from None
         return credentials.username
@@ -150,7 +154,7 @@ class ConsoleUserAuth(userauth.SSHUserAuthServer):
 
     def _tell_if_locked_out(self, failure: Any) -> Any:
         message = str(failure.value)
-        if failure.check(UnauthorizedLogin) and message.startswith("too many failed log-ins") and self.transport:
+        if failure.check(TryLater) and self.transport:
             self.transport.sendPacket(userauth.MSG_USERAUTH_BANNER, NS(f"gotaxy: {message}\r\n".encode()) + NS(b""))
         return failure
 

@@ -287,6 +287,7 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
         core, reload=lambda: build_config(options), webhooks=webhooks, mail=mail, join_pin=credentials.join_pin
     )
     operators = OperatorAuth(core)
+    operators.setServiceParent(top)  # its password-check threads start and stop with the server
     top.metrics = Metrics(core, admission, top.notifier, reactor)  # type: ignore[attr-defined]
     top.metrics.setServiceParent(top)  # type: ignore[attr-defined]
     top.history = History(core, store, reactor, ledger=top.metrics.ledger)  # type: ignore[attr-defined]
