@@ -672,6 +672,7 @@ class ServerConfig:
     console_addr: str = _setting("127.0.0.1", HOST, "console.addr", "--console-addr")
     console_port: int = _setting(7022, SERVICE_PORT, "console.port", "--console-port")
     console_python: bool = _setting(False, BOOLEAN, "console.python")
+    console_idle_timeout: float = _setting(900.0, GRACE, "console.idleTimeout")
     server_name: str = _setting(_default_server_name(), TEXT, "serverName")
     webhooks: tuple[WebhookSpec, ...] = attrs.field(
         default=(),

@@ -318,3 +318,145 @@ def test_tunnel_disable_closes_the_public_port(procs, echo):
     while connection_refused(port) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert echo_once(port, b"after") == b"after"
+
+
+# -- under attack (issue 8) ---------------------------------------------------------
+
+
+def test_stalled_connections_from_one_address_do_not_lock_out_another(procs):
+    """Issue 8, item 14: 20 stalled connections took all the console's log-in slots."""
+    import socket
+
+    server, console = start(procs)
+    stalled = []
+    try:
+        for _ in range(20):
+            s = socket.socket()
+            s.settimeout(10)
+            s.bind(("127.0.0.1", 0))
+            try:
+                s.connect(("127.0.0.1", console.port))
+            except OSError:
+                s.close()  # refused: fine, that is the per-address cap at work
+                continue
+            stalled.append(s)  # connected, and never says a word
+        # The operator, at another loopback address, still gets in.
+        argv = console.argv("status")
+        argv.insert(1, "-b")
+        argv.insert(2, "127.0.0.2")
+        result = subprocess.run(argv, env=console.env, capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        assert "version" in result.stdout
+    finally:
+        for s in stalled:
+            s.close()
+    server.wait_for(r"console: refused a connection from 127\.0\.0\.1: 4 connections from there")
+
+
+def test_an_idle_session_is_closed(procs, tmp_path):
+    """Issue 8, item 14: a logged-in session stayed open for ever."""
+    config = tmp_path / "server.toml"
+    config.write_text("[console]\nidleTimeout = 2\n")
+    server, console = start(procs, "--config", str(config))
+    session = PtySession(console.argv(tty=True), console.env)
+    try:
+        session.expect(r"gotaxy> ")
+        session.send(b"status\r")  # input restarts the timer
+        session.expect(r"version")
+        session.expect(r"gotaxy> ")
+        session.expect(r"closing the console after 2 s without input \(console\.idleTimeout\)")
+        session.wait()  # ssh leaves on its own once its channel is closed
+        assert session.proc.poll() is not None
+    finally:
+        session.close()
+    server.wait_for(r"console: closed a session from 127\.0\.0\.1 after 2 s without input")
+
+
+def test_using_the_python_prompt_is_an_event(procs, tmp_path):
+    """Issue 8, item 14: each use of the python prompt is an event."""
+    config = tmp_path / "server.toml"
+    config.write_text("[console]\npython = true\n")
+    server, console = start(procs, "--config", str(config))
+    for _ in range(2):
+        session = PtySession(console.argv(tty=True), console.env)
+        try:
+            session.expect(r"gotaxy> ")
+            session.send(b"python\r")
+            session.expect(r">>> ")
+            session.send(b"\x04")
+            session.expect(r"gotaxy> ")
+            session.send(b"exit\r")
+            assert session.wait() == 0
+        finally:
+            session.close()
+    events = json.loads(console.ok("events", "--type", "console.python", "--json"))
+    assert [(e["address"], e["detail"]) for e in events] == [
+        ("127.0.0.1", "user 'admin' opened the python prompt")] * 2
+
+
+def test_totp_is_required_after_the_password_but_not_with_a_key(procs, tmp_path):
+    """Issue 8, item 5: with TOTP on, a console password log-in asked for nothing more."""
+    import urllib.request
+
+    import pyotp
+
+    web_port = free_port()
+    server, console = start(procs, "--web-port", str(web_port))
+    server.wait_for(r"Site starting on %d" % web_port)
+
+    def api(path: str, body: dict, cookie: str = "", csrf: str = "") -> "tuple[dict, str]":
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{web_port}/api/v0.1/{path}", json.dumps(body).encode(),
+            {"Content-Type": "application/json", "Cookie": cookie, "X-CSRF-Token": csrf}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"{}"), response.headers.get("Set-Cookie", "")
+
+    account, set_cookie = api("login", {"username": "admin", "password": PASSWORD})
+    cookie, csrf = set_cookie.split(";")[0], account["csrf_token"]
+    enrolment, _ = api("account/totp", {}, cookie, csrf)
+    totp = pyotp.TOTP(enrolment["secret"])
+    step = int(time.time() // 30)
+    # Enrol with the previous step's code (one step of drift is allowed), so that the
+    # current and the next code are still unused for the two log-ins below.
+    api("account/totp/confirm", {"code": totp.at((step - 1) * 30)}, cookie, csrf)
+
+    # A script as SSH_ASKPASS that answers by the prompt: the password, or the code.
+    askpass = tmp_path / "askpass-totp.sh"
+    askpass.write_text('#!/bin/sh\ncase "$1" in\n  *code*) printf "%s\\n" "$GOTAXY_TEST_CODE" ;;\n'
+                       '  *) printf "%s\\n" "$GOTAXY_TEST_PASSWORD" ;;\nesac\n')
+    askpass.chmod(0o700)
+
+    def ssh(methods: str, code: str, *command: str) -> subprocess.CompletedProcess:
+        argv = console.argv(*command)
+        argv[argv.index("PreferredAuthentications=password")] = f"PreferredAuthentications={methods}"
+        env = dict(console.env, SSH_ASKPASS=str(askpass), GOTAXY_TEST_CODE=code)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+
+    # The password alone is no longer enough.
+    alone = ssh("password", "", "status")
+    assert alone.returncode == 255, (alone.stdout, alone.stderr)
+    # A wrong code is refused, and recorded.
+    wrong = ssh("password,keyboard-interactive", "000000" if totp.at(step * 30) != "000000" else "111111", "status")
+    assert wrong.returncode == 255, (wrong.stdout, wrong.stderr)
+    # Password, then the code (keyboard-interactive): in.
+    right = ssh("password,keyboard-interactive", totp.at(step * 30), "status")
+    assert right.returncode == 0, (right.stdout, right.stderr)
+    assert "version" in right.stdout
+    # keyboard-interactive alone asks for both.
+    both = ssh("keyboard-interactive", totp.at((step + 1) * 30), "status")
+    assert both.returncode == 0, (both.stdout, both.stderr)
+    # A code works once.
+    again = ssh("keyboard-interactive", totp.at((step + 1) * 30), "status")
+    assert again.returncode == 255
+
+    # A listed key is a full log-in on its own.
+    key = tmp_path / "operator_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    (server.data_dir / "console_authorized_keys").write_text((tmp_path / "operator_key.pub").read_text())
+    assert "version" in console.ok("status", key=key)
+
+    events = json.loads(console.ok("events", "--type", "operator.login_failed", "--json", key=key))
+    details = [e["detail"] for e in events]
+    assert details.count("via console, user 'admin', wrong second-factor code") == 2, details  # wrong, replayed

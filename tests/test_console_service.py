@@ -213,3 +213,37 @@ class ConnectionLimitTests(unittest.TestCase):
         self.assertTrue(first.transport.value().startswith(b"SSH-2.0-"))
         first.connectionLost(Failure(ConnectionDone()))
         self.assertIsNotNone(factory.buildProtocol(addr))  # room again
+
+    def test_connections_not_logged_in_are_capped_per_address(self):
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        from gotaxy.console.service import LOGIN_TIMEOUT, MAX_UNAUTHENTICATED_PER_ADDRESS, ConsoleFactory
+
+        clock = Clock()
+        key = load_or_create_host_key(os.path.join(_tempdir(self), HOST_KEY_FILE))
+        factory = ConsoleFactory(Portal(ConsoleRealm(None, clock, False)), key, clock)
+        factory.startFactory()
+        here, there = IPv4Address("TCP", "127.0.0.1", 50000), IPv4Address("TCP", "127.0.0.2", 50000)
+        stalled = [factory.buildProtocol(here) for _ in range(MAX_UNAUTHENTICATED_PER_ADDRESS)]
+        self.assertNotIn(None, stalled)
+        self.assertIsNone(factory.buildProtocol(here))
+        operator = factory.buildProtocol(there)
+        self.assertIsNotNone(operator)
+        # Logged in: no longer counted against its address's log-in slots.
+        operator.makeConnection(StringTransport())
+        factory.logged_in(operator)
+        self.assertEqual(factory.waiting, {"127.0.0.1": MAX_UNAUTHENTICATED_PER_ADDRESS})
+        # A connection that never logs in is closed after LOGIN_TIMEOUT, even if it never spoke.
+        for protocol in stalled:
+            protocol.makeConnection(StringTransport())
+        clock.advance(LOGIN_TIMEOUT)
+        self.assertTrue(all(p.transport.disconnecting for p in stalled))
+        self.assertFalse(operator.transport.disconnecting)
+        for protocol in stalled:
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(factory.waiting, {})
+        self.assertIsNotNone(factory.buildProtocol(here))

@@ -26,6 +26,7 @@ opened, the error is logged and the server carries on without it.
 from __future__ import annotations
 
 import os
+import struct
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -33,15 +34,16 @@ from twisted.application.service import Service
 from twisted.conch import avatar as conch_avatar
 from twisted.conch import interfaces as iconch
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
+from twisted.conch.error import NotEnoughAuthentication
 from twisted.conch.ssh import connection, factory, keys, session, transport, userauth
 from twisted.conch.ssh.common import NS, getNS
 from twisted.cred import credentials as cred_credentials
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from gotaxy import __version__
 from gotaxy.console.commands import Commands
@@ -55,9 +57,15 @@ log = Logger(observer=gotaxy_observer, namespace="gotaxy.console")
 HOST_KEY_FILE = "console_host_key"
 AUTHORIZED_KEYS_FILE = "console_authorized_keys"
 ADMIN_USER = "admin"
-MAX_CONNECTIONS = 16  #: console connections at once, logged in or not
-LOGIN_TIMEOUT = 60  #: seconds a connection has to log in
+MAX_CONNECTIONS = 32  #: console connections at once, logged in or not
+MAX_UNAUTHENTICATED = 16  #: connections not logged in (yet), from all addresses
+MAX_UNAUTHENTICATED_PER_ADDRESS = 4  #: connections not logged in (yet), from one address
+LOGIN_TIMEOUT = 60  #: seconds a connection has to log in, from its first byte on
 MAX_PASSWORD = 1024  #: longer passwords are refused without checking
+IDLE_HANG_UP = 5.0  #: seconds an idle session's client has to leave after being told
+MAX_CODE = 16  #: longer second-factor answers are refused without checking
+CONSOLE_PYTHON_USED = "console.python"  #: event: someone opened the ``python`` prompt
+MSG_USERAUTH_INFO_REQUEST = 60  #: RFC 4256 (Conch's server has no keyboard-interactive)
 
 
 def load_or_create_host_key(path: str) -> keys.Key:
@@ -74,46 +82,148 @@ def load_or_create_host_key(path: str) -> keys.Key:
 # -- log-in ----------------------------------------------------------------
 
 
+class LoginState:
+    """What one connection's log-in has proved so far (the password, when a code must follow)."""
+
+    def __init__(self) -> None:
+        self.password_ok_for: Optional[bytes] = None
+
+
 @implementer(cred_credentials.IUsernamePassword)
 class PasswordFromAddress:
     """A user name and password, and the address they came from."""
 
-    def __init__(self, username: bytes, password: bytes, address: str) -> None:
+    def __init__(self, username: bytes, password: bytes, address: str, state: Optional[LoginState] = None) -> None:
         self.username = username
         self.password = password
         self.address = address
+        self.state = state or LoginState()
 
     def checkPassword(self, password: bytes) -> bool:  # pragma: no cover - IUsernamePassword's API
         raise NotImplementedError("checked by OperatorPasswordChecker")
+
+
+class IOperatorConversation(Interface):
+    """
+    SSH keyboard-interactive (RFC 4256): the server asks questions, the
+    client's user answers them.
+    """
+
+    username = Attribute("bytes")
+    address = Attribute("the client's address")
+    state = Attribute("the connection's LoginState")
+
+    def ask(prompts: List[Tuple[str, bool]]) -> Deferred:
+        """Ask (prompt, echo) questions at once; fires with the answers (bytes)."""
+
+
+@implementer(IOperatorConversation)
+class Conversation:
+    def __init__(self, username: bytes, address: str, state: LoginState, ask: Any) -> None:
+        self.username = username
+        self.address = address
+        self.state = state
+        self.ask = ask
 
 
 class TryLater(UnauthorizedLogin):
     """Refused without checking the password (locked out, or a log-in storm); told to the client."""
 
 
+def second_factor(server: Any, reactor: Any) -> Any:
+    """
+    The ``PanelAuth`` that checks TOTP codes: the panel's own when it runs
+    (so that wrong codes count together), else one for the console.
+    """
+    panel = getattr(getattr(server, "web", None), "panel", None)
+    if panel is not None:
+        return panel.auth
+    own = getattr(server, "_console_second_factor", None)
+    if own is None:
+        from gotaxy.web.auth import PanelAuth
+
+        own = server._console_second_factor = PanelAuth(server.core, server.operators, reactor)
+    return own
+
+
+async def _password(server: Any, username: bytes, password: bytes, address: str) -> None:
+    if len(password) > MAX_PASSWORD:
+        password = b""  # still counts as a failure below
+    try:
+        await server.operators.authenticate(
+            username.decode("utf-8", "replace"), password.decode("utf-8", "replace"), address, via="console"
+        )
+    except LockedOut as e:  # Busy too: "too many log-ins in progress, try again in a few seconds"
+        raise TryLater(str(e)) from None
+    except AuthFailed:
+        raise UnauthorizedLogin("wrong user name or password") from None
+
+
 @implementer(ICredentialsChecker)
 class OperatorPasswordChecker:
+    """
+    The SSH ``password`` method.  With TOTP on, a right password is only a
+    partial success: the client must go on with keyboard-interactive, which
+    then asks for the code alone.
+    """
+
     credentialInterfaces = (cred_credentials.IUsernamePassword,)
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, reactor: Any = None) -> None:
         self.server = server  #: has ``operators`` once the server is assembled
+        self.reactor = reactor
 
     def requestAvatarId(self, credentials: Any) -> Deferred:
         return Deferred.fromCoroutine(self._check(credentials))
 
     async def _check(self, credentials: Any) -> bytes:
         address = getattr(credentials, "address", "unknown")
+        await _password(self.server, credentials.username, credentials.password, address)
         username = credentials.username.decode("utf-8", "replace")
-        password = credentials.password
-        if len(password) > MAX_PASSWORD:
-            password = b""  # still counts as a failure below
-        try:
-            await self.server.operators.authenticate(username, password.decode("utf-8", "replace"), address, via="console")
-        except LockedOut as e:  # Busy too: "too many log-ins in progress, try again in a few seconds"
-            raise TryLater(str(e)) from None
-        except AuthFailed:
-            raise UnauthorizedLogin("wrong user name or password") from None
+        if await second_factor(self.server, self.reactor).totp_enabled(username):
+            state = getattr(credentials, "state", None)
+            if state is not None:
+                state.password_ok_for = credentials.username
+            raise NotEnoughAuthentication("the password was right; the second-factor code must follow")
         return credentials.username
+
+
+@implementer(ICredentialsChecker)
+class OperatorConversationChecker:
+    """
+    The SSH ``keyboard-interactive`` method: asks for the password (unless
+    the ``password`` method proved it on this connection) and, with TOTP
+    on, for the code from the authenticator app.
+    """
+
+    credentialInterfaces = (IOperatorConversation,)
+
+    def __init__(self, server: Any, reactor: Any) -> None:
+        self.server = server
+        self.reactor = reactor
+
+    def requestAvatarId(self, credentials: Any) -> Deferred:
+        return Deferred.fromCoroutine(self._check(credentials))
+
+    async def _check(self, credentials: Any) -> bytes:
+        username = credentials.username
+        if credentials.state.password_ok_for != username:
+            (password,) = await credentials.ask([("Password: ", False)])
+            await _password(self.server, username, password, credentials.address)
+        name = username.decode("utf-8", "replace")
+        checker = second_factor(self.server, self.reactor)
+        if await checker.totp_enabled(name):
+            (code,) = await credentials.ask([("Verification code (TOTP): ", True)])
+            try:
+                if len(code) > MAX_CODE:
+                    raise AuthFailed("wrong second-factor code")
+                await checker.check_second_factor(name, code.decode("utf-8", "replace"), credentials.address,
+                                                  "console")
+            except LockedOut as e:
+                raise TryLater(str(e)) from None
+            except AuthFailed:
+                raise UnauthorizedLogin("wrong second-factor code") from None
+        return username
 
 
 @implementer(IAuthorizedKeysDB)
@@ -137,26 +247,105 @@ class AuthorizedKeysFile:
 
 
 class ConsoleUserAuth(userauth.SSHUserAuthServer):
-    """Conch's user-auth service, with the client's address in password credentials."""
+    """
+    Conch's user-auth service, with the client's address in the credentials,
+    keyboard-interactive (RFC 4256, for the second factor), and a word to
+    the factory when the connection has logged in.
+    """
 
     loginTimeout = LOGIN_TIMEOUT
+    interfaceToMethod = {
+        **userauth.SSHUserAuthServer.interfaceToMethod,
+        IOperatorConversation: b"keyboard-interactive",
+    }
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.login_state = LoginState()
+        self._question: Optional[Tuple[Deferred, int]] = None
+
+    def serviceStopped(self) -> None:
+        super().serviceStopped()
+        self._abandon_question()
+
+    def _address(self) -> str:
+        assert self.transport is not None and self.transport.transport is not None
+        return getattr(self.transport.transport.getPeer(), "host", "unknown")
+
+    def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
+        self._abandon_question()  # a new request ends an unanswered conversation
+        user = getNS(packet, 1)[0]
+        if getattr(self, "login_state", None) is not None and user != self.user:
+            self.login_state = LoginState()  # a password proved for another user name does not count
+        return super().ssh_USERAUTH_REQUEST(packet)
 
     def auth_password(self, packet: bytes) -> Deferred:
         password = getNS(packet[1:])[0]
-        assert self.transport is not None and self.transport.transport is not None
-        peer = self.transport.transport.getPeer()
-        address = getattr(peer, "host", "unknown")
-        credentials = PasswordFromAddress(self.user, password, address)
+        state = getattr(self, "login_state", None) or LoginState()
+        credentials = PasswordFromAddress(self.user, password, self._address(), state)
         d = self.portal.login(credentials, None, iconch.IConchUser)
         d.addErrback(self._tell_if_locked_out)
-        d.addErrback(self._ebPassword)
+        d.addErrback(self._delay_failure)
         return d
+
+    def auth_keyboard_interactive(self, packet: bytes) -> Deferred:
+        credentials = Conversation(self.user, self._address(), self.login_state, self._ask)
+        d = self.portal.login(credentials, None, iconch.IConchUser)
+        d.addErrback(self._tell_if_locked_out)
+        d.addErrback(self._delay_failure)
+        return d
+
+    def _delay_failure(self, failure: Any) -> Any:
+        if failure.check(NotEnoughAuthentication):
+            return failure  # the password was right: on to the code at once
+        return self._ebPassword(failure)
+
+    def _ask(self, prompts: List[Tuple[str, bool]]) -> Deferred:
+        if self._question is not None or self.transport is None:
+            return fail(UnauthorizedLogin("one question at a time"))
+        payload = NS(b"") + NS(b"") + NS(b"") + struct.pack(">L", len(prompts))
+        for prompt, echo in prompts:
+            payload += NS(prompt.encode()) + (b"\x01" if echo else b"\x00")
+        d: Deferred = Deferred()
+        self._question = (d, len(prompts))
+        self.transport.sendPacket(MSG_USERAUTH_INFO_REQUEST, payload)
+        return d
+
+    def ssh_USERAUTH_INFO_RESPONSE(self, packet: bytes) -> None:
+        if self._question is None:
+            self.transport.sendUnimplemented()
+            return
+        d, expected = self._question
+        self._question = None
+        try:
+            (count,) = struct.unpack(">L", packet[:4])
+            answers, rest = [], packet[4:]
+            for _ in range(min(count, expected)):
+                answer, rest = getNS(rest)
+                answers.append(answer)
+        except (struct.error, ValueError, IndexError):
+            d.errback(UnauthorizedLogin("a malformed answer"))
+            return
+        if count != expected or len(answers) != expected:
+            d.errback(UnauthorizedLogin("the answers do not match the questions"))
+            return
+        d.callback(answers)
+
+    def _abandon_question(self) -> None:
+        question, self._question = getattr(self, "_question", None), None
+        if question is not None:
+            question[0].errback(UnauthorizedLogin("the question was not answered"))
 
     def _tell_if_locked_out(self, failure: Any) -> Any:
         message = str(failure.value)
         if failure.check(TryLater) and self.transport:
             self.transport.sendPacket(userauth.MSG_USERAUTH_BANNER, NS(f"gotaxy: {message}\r\n".encode()) + NS(b""))
         return failure
+
+    def _cbFinishedAuth(self, result: Any) -> None:
+        super()._cbFinishedAuth(result)
+        counter: Any = self.transport.factory
+        counter.logged_in(self.transport)
 
 
 # -- avatar and realm --------------------------------------------------------
@@ -169,6 +358,7 @@ class ConsoleAvatar(conch_avatar.ConchUser):
         super().__init__()
         self.username = username
         self.realm = realm
+        self.address = "unknown"  #: set when the connection service starts
         self.channelLookup[b"session"] = session.SSHSession
 
     def __conform__(self, interface: Any) -> Any:
@@ -202,40 +392,196 @@ class ConsoleRealm:
             self.reactor,
             namespace=console_namespace(self.server, self.reactor) if allowed else None,
             banner=banner,
+            on_python=lambda: self.python_used(user),
         )
+
+    def python_used(self, user: ConsoleAvatar) -> None:
+        """The ``python`` prompt was opened: an event, since it can do anything."""
+        core = self.server.core
+        detail = f"user {user.username[:64]!r} opened the python prompt"
+        log.warn("console: {detail} from {address}", detail=detail, address=user.address)
+        d = Deferred.fromCoroutine(core.record(
+            core.store.store.record_event, CONSOLE_PYTHON_USED, None, None, user.address, detail,
+            event=CONSOLE_PYTHON_USED, address=user.address, detail=detail,
+        ))
+        d.addErrback(lambda f: log.failure("recording a use of the python prompt failed", f))
 
 
 # -- the SSH factory and the service ----------------------------------------
 
 
 class ConsoleTransport(transport.SSHServerTransport):
-    """Conch's server transport, counted by the factory while connected."""
+    """
+    Conch's server transport, counted by the factory while connected, and
+    closed if it has not logged in ``LOGIN_TIMEOUT`` seconds after it
+    connected (even if it never sent a byte).
+    """
+
+    address = "unknown"
+    logged_in = False
+    _login_deadline: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        counter: Any = self.factory
+        self._login_deadline = counter.reactor.callLater(LOGIN_TIMEOUT, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._login_deadline = None
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        if self._login_deadline is not None and self._login_deadline.active():
+            self._login_deadline.cancel()
+        self._login_deadline = None
         counter: Any = self.factory
-        counter.connections -= 1
+        counter.connection_lost(self)
         super().connectionLost(reason)
 
 
-class ConsoleFactory(factory.SSHFactory):
-    protocol = ConsoleTransport
-    services = {b"ssh-userauth": ConsoleUserAuth, b"ssh-connection": connection.SSHConnection}
+#: Messages from the client that are the operator doing something (keep-alives and window
+#: adjustments are not): they restart a logged-in session's idle timer.
+_ACTIVITY = {connection.MSG_CHANNEL_OPEN, connection.MSG_CHANNEL_REQUEST, connection.MSG_CHANNEL_DATA,
+             connection.MSG_CHANNEL_EXTENDED_DATA}
 
-    def __init__(self, portal: Portal, host_key: keys.Key, max_connections: int = MAX_CONNECTIONS) -> None:
+
+class ConsoleConnection(connection.SSHConnection):
+    """Conch's connection service, closed after ``console.idleTimeout`` seconds without input."""
+
+    _idle: Any = None
+    _hang_up: Any = None
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        counter: Any = self.transport.factory
+        self._reactor = counter.reactor
+        self._idle_timeout = counter.idle_timeout
+        avatar = getattr(self.transport, "avatar", None)
+        if isinstance(avatar, ConsoleAvatar):
+            avatar.address = getattr(self.transport, "address", "unknown")
+        self._touch()
+
+    def _touch(self) -> None:
+        if not self._idle_timeout:
+            return
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self._idle_timeout)
+        else:
+            self._idle = self._reactor.callLater(self._idle_timeout, self._idle_out)
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> Any:
+        if messageNum in _ACTIVITY:
+            self._touch()
+        return super().packetReceived(messageNum, packet)
+
+    def _idle_out(self) -> None:
+        self._idle = None
+        seconds = round(self._idle_timeout)
+        notice = f"\r\ngotaxy: closing the console after {seconds} s without input (console.idleTimeout)\r\n"
+        # Say why on each channel and close it (the client leaves when its channels are closed;
+        # a disconnect right away could overtake the notice); hang up ourselves if it does not.
+        for channel in list(self.channels.values()):
+            try:
+                channel.write(notice.encode())
+                channel.loseConnection()
+            except Exception:  # a channel half-closed already: nothing to tell
+                pass
+        log.info("console: closed a session from {address} after {seconds} s without input",
+                 address=getattr(self.transport, "address", "unknown"), seconds=seconds)
+        self._hang_up = self._reactor.callLater(IDLE_HANG_UP, self._hang_up_now)
+
+    def _hang_up_now(self) -> None:
+        self._hang_up = None
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def serviceStopped(self) -> None:
+        for call in (self._idle, self._hang_up):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle = self._hang_up = None
+        super().serviceStopped()
+
+
+class ConsoleFactory(factory.SSHFactory):
+    """
+    Serves the console; at most ``max_connections`` at once, and of those
+    not logged in (yet), at most ``max_unauthenticated`` in all and
+    ``max_per_address`` from one address, so stalled connections from one
+    place cannot keep the operator out.
+    """
+
+    protocol = ConsoleTransport
+    services = {b"ssh-userauth": ConsoleUserAuth, b"ssh-connection": ConsoleConnection}
+    REFUSAL_LOG_INTERVAL = 60.0
+
+    def __init__(self, portal: Portal, host_key: keys.Key, reactor: Any = None, idle_timeout: float = 900.0,
+                 max_connections: int = MAX_CONNECTIONS, max_unauthenticated: int = MAX_UNAUTHENTICATED,
+                 max_per_address: int = MAX_UNAUTHENTICATED_PER_ADDRESS) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
         self.portal = portal
         self.privateKeys = {host_key.sshType(): host_key}
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.primes = None
+        self.reactor = reactor
+        self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_unauthenticated = max_unauthenticated
+        self.max_per_address = max_per_address
         self.connections = 0
+        self.waiting: Dict[str, int] = {}  #: connections not logged in, per address
+        self._refused = 0
+        self._refusal_logged_at: Optional[float] = None
 
     def buildProtocol(self, addr: Any) -> Any:
+        host = getattr(addr, "host", str(addr))
         if self.connections >= self.max_connections:
-            log.warn("console: refused a connection from {addr}: {n} open already", addr=addr, n=self.connections)
-            return None
+            return self._refuse(host, f"{self.connections} connections open already")
+        if sum(self.waiting.values()) >= self.max_unauthenticated:
+            return self._refuse(host, f"{self.max_unauthenticated} connections are logging in already")
+        if self.waiting.get(host, 0) >= self.max_per_address:
+            return self._refuse(host, f"{self.max_per_address} connections from there are logging in already")
         protocol = super().buildProtocol(addr)
+        protocol.address = host
         self.connections += 1
+        self.waiting[host] = self.waiting.get(host, 0) + 1
         return protocol
+
+    def _refuse(self, host: str, why: str) -> None:
+        # One warning per interval, with the count, so a flood cannot fill the log.
+        self._refused += 1
+        now = self.reactor.seconds()
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= self.REFUSAL_LOG_INTERVAL:
+            log.warn("console: refused a connection from {host}: {why} ({n} refused since the last warning)",
+                     host=host, why=why, n=self._refused)
+            self._refusal_logged_at = now
+            self._refused = 0
+        return None
+
+    def _done_waiting(self, transport_: Any) -> None:
+        host = transport_.address
+        left = self.waiting.get(host, 0) - 1
+        if left > 0:
+            self.waiting[host] = left
+        else:
+            self.waiting.pop(host, None)
+
+    def logged_in(self, transport_: Any) -> None:
+        if not transport_.logged_in:
+            transport_.logged_in = True
+            self._done_waiting(transport_)
+            if transport_._login_deadline is not None and transport_._login_deadline.active():
+                transport_._login_deadline.cancel()
+            transport_._login_deadline = None
+
+    def connection_lost(self, transport_: Any) -> None:
+        self.connections -= 1
+        if not transport_.logged_in:
+            self._done_waiting(transport_)
 
 
 class ConsoleService(Service):
@@ -284,13 +630,15 @@ def make_console_service(config: Any, data_dir: str, server: Any, reactor: Any) 
     host_key = load_or_create_host_key(os.path.join(data_dir, HOST_KEY_FILE))
     realm = ConsoleRealm(server, reactor, bool(config.console_python))
     portal = Portal(realm, [
-        OperatorPasswordChecker(server),
+        OperatorPasswordChecker(server, reactor),
+        OperatorConversationChecker(server, reactor),
         SSHPublicKeyChecker(AuthorizedKeysFile(os.path.join(data_dir, AUTHORIZED_KEYS_FILE))),
     ])
     addr = config.console_addr
     where = f"[{addr}]:{config.console_port}" if ":" in addr else f"{addr}:{config.console_port}"
     endpoint = tcp_server_endpoint(reactor, config.console_port, addr)
-    return ConsoleService(endpoint, ConsoleFactory(portal, host_key), where)
+    console_factory = ConsoleFactory(portal, host_key, reactor, idle_timeout=config.console_idle_timeout)
+    return ConsoleService(endpoint, console_factory, where)
 
 
 def console_namespace(server: Any, reactor: Any) -> Dict[str, Any]:

@@ -94,8 +94,9 @@ class ConsoleProtocol(HistoricRecvLine):
 
     def __init__(self, commands: Commands, reactor: Any, finish: Callable[[int], None],
                  namespace: Optional[Dict[str, Any]] = None, width: int = 80, height: int = 24,
-                 banner: str = "") -> None:
+                 banner: str = "", on_python: Optional[Callable[[], None]] = None) -> None:
         super().__init__()
+        self.on_python = on_python  #: told each time the python prompt opens (it is logged as an event)
         self.commands = commands
         self.reactor = reactor
         self.finish = finish
@@ -303,6 +304,8 @@ class ConsoleProtocol(HistoricRecvLine):
             self.terminal.nextLine()
             self.drawInputLine()
             return
+        if self.on_python is not None:
+            self.on_python()
         prompt = ConsoleManhole(self.namespace, self.leave_python, self.reactor)
         self.terminal.terminalProtocol = prompt
         prompt.makeConnection(self.terminal)
@@ -415,8 +418,10 @@ class ConsoleSession:
     """One SSH session channel: a terminal console, a line session, or one command."""
 
     def __init__(self, make_commands: Callable[[], Commands], reactor: Any,
-                 namespace: Optional[Dict[str, Any]] = None, banner: str = "") -> None:
+                 namespace: Optional[Dict[str, Any]] = None, banner: str = "",
+                 on_python: Optional[Callable[[], None]] = None) -> None:
         self.make_commands = make_commands
+        self.on_python = on_python
         self.reactor = reactor
         self.namespace = namespace
         self.banner = banner
@@ -447,7 +452,7 @@ class ConsoleSession:
             return
         self.terminal = insults.ServerProtocol(
             ConsoleProtocol, commands, self.reactor, self.finish, self.namespace,
-            self.width, self.height, self.banner,
+            self.width, self.height, self.banner, self.on_python,
         )
         proto.makeConnection(_Glue(self.terminal.dataReceived, lambda: None))
         self.terminal.makeConnection(_Glue(self._write, lambda: self.finish(EXIT_OK)))

@@ -156,21 +156,31 @@ class PanelAuth:
         if locked > 0:
             raise LockedOut(locked)
         await self.operators.authenticate(username, password, address, "web")
-        totp = await self._call(self._totp_row, username)
-        if totp is not None and totp["enabled"]:
+        if await self.totp_enabled(username):
             if not code:
                 raise SecondFactorRequired("enter the 6-digit code from your authenticator app")
-            if not await self._call(self._use_code, username, code, self._now()):
-                await self._totp_failed(username, address)
+            await self.check_second_factor(username, code, address, "web")
         session_id = secrets.token_urlsafe(32)
         caller = await self._call(self._create_session, username, session_id, address, self._now())
         return session_id, caller
 
-    async def _totp_failed(self, username: str, address: str) -> None:
+    async def check_second_factor(self, username: str, code: str, address: str, via: str) -> None:
+        """
+        Return if ``code`` is the user's current TOTP code (and not used
+        before); raise ``AuthFailed`` or ``LockedOut``.  For the panel and
+        the SSH console alike, after the password was right.
+        """
+        locked = self._totp_locked_until.get(username, 0.0) - self._now()
+        if locked > 0:
+            raise LockedOut(locked)
+        if not await self._call(self._use_code, username, code, self._now()):
+            await self._totp_failed(username, address, via)
+
+    async def _totp_failed(self, username: str, address: str, via: str) -> None:
         now = self._now()
         times = [t for t in self._totp_failures.get(username, []) if now - t < TOTP_WINDOW] + [now]
         self._totp_failures[username] = times
-        detail = f"via web, user {username[:64]!r}, wrong second-factor code"
+        detail = f"via {via}, user {username[:64]!r}, wrong second-factor code"
         db = self.core.store.store
         await self.core.record(
             db.record_event, OPERATOR_LOGIN_FAILED, None, None, address, detail,
