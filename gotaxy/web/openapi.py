@@ -239,7 +239,7 @@ _ERRORS = {
           "config file, e-mail not set up"),
     413: "request body over 64 KiB",
     415: "request body not JSON",
-    429: "too many failed log-ins; see Retry-After",
+    429: "too many failed log-ins, or too many log-ins in progress; see Retry-After",
     500: "a bug in the server (the traceback is in its log)",
     503: "too many live views open",
 }
