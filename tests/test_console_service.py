@@ -247,3 +247,17 @@ class ConnectionLimitTests(unittest.TestCase):
             protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(factory.waiting, {})
         self.assertIsNotNone(factory.buildProtocol(here))
+
+    def test_ipv6_addresses_of_one_network_share_their_slots(self):
+        from twisted.internet.address import IPv6Address
+        from twisted.internet.task import Clock
+
+        from gotaxy.console.service import MAX_UNAUTHENTICATED_PER_ADDRESS, ConsoleFactory
+
+        clock = Clock()
+        key = load_or_create_host_key(os.path.join(_tempdir(self), HOST_KEY_FILE))
+        factory = ConsoleFactory(Portal(ConsoleRealm(None, clock, False)), key, clock)
+        for n in range(MAX_UNAUTHENTICATED_PER_ADDRESS):
+            self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", f"2001:db8::{n + 1}", 50000)))
+        self.assertIsNone(factory.buildProtocol(IPv6Address("TCP", "2001:db8::ffff", 50000)))
+        self.assertIsNotNone(factory.buildProtocol(IPv6Address("TCP", "2001:db8:0:1::1", 50000)))

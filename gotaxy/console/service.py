@@ -25,6 +25,7 @@ opened, the error is logged and the server carries on without it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -142,7 +143,7 @@ def second_factor(server: Any, reactor: Any) -> Any:
     if own is None:
         from gotaxy.web.auth import PanelAuth
 
-        own = server._console_second_factor = PanelAuth(server.core, server.operators, reactor)
+        own = server._console_second_factor = PanelAuth(server.core, server.operators, reactor or server.core.reactor)
     return own
 
 
@@ -417,7 +418,8 @@ class ConsoleTransport(transport.SSHServerTransport):
     connected (even if it never sent a byte).
     """
 
-    address = "unknown"
+    address = "unknown"  #: the client's address
+    source = "unknown"  #: what the per-address cap counts: the address, or an IPv6 address's /64
     logged_in = False
     _login_deadline: Any = None
 
@@ -504,6 +506,19 @@ class ConsoleConnection(connection.SSHConnection):
         super().serviceStopped()
 
 
+def source_of(host: str) -> str:
+    """
+    Where a connection comes from, for the per-address cap: the address, or
+    for IPv6 its /64 (one machine or site usually holds a whole /64).
+    """
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.ip_network(f"{host}/64", strict=False))
+    except ValueError:
+        return host
+
+
 class ConsoleFactory(factory.SSHFactory):
     """
     Serves the console; at most ``max_connections`` at once, and of those
@@ -538,7 +553,8 @@ class ConsoleFactory(factory.SSHFactory):
         self._refusal_logged_at: Optional[float] = None
 
     def buildProtocol(self, addr: Any) -> Any:
-        host = getattr(addr, "host", str(addr))
+        address = getattr(addr, "host", str(addr))
+        host = source_of(address)
         if self.connections >= self.max_connections:
             return self._refuse(host, f"{self.connections} connections open already")
         if sum(self.waiting.values()) >= self.max_unauthenticated:
@@ -546,7 +562,8 @@ class ConsoleFactory(factory.SSHFactory):
         if self.waiting.get(host, 0) >= self.max_per_address:
             return self._refuse(host, f"{self.max_per_address} connections from there are logging in already")
         protocol = super().buildProtocol(addr)
-        protocol.address = host
+        protocol.address = address
+        protocol.source = host
         self.connections += 1
         self.waiting[host] = self.waiting.get(host, 0) + 1
         return protocol
@@ -563,7 +580,7 @@ class ConsoleFactory(factory.SSHFactory):
         return None
 
     def _done_waiting(self, transport_: Any) -> None:
-        host = transport_.address
+        host = transport_.source
         left = self.waiting.get(host, 0) - 1
         if left > 0:
             self.waiting[host] = left
