@@ -10,10 +10,20 @@ Log-in (both lead to the same avatar; there is one operator, ``admin``):
   does not pass to checkers, so ``ConsoleUserAuth`` puts it into the
   credentials (``PasswordFromAddress``).  While an address or user is
   locked out, the client is told so in an SSH banner;
-* public key: a key listed in ``DATA_DIR/console_authorized_keys``
+* second factor: with TOTP on (enrolled in the panel), a right password is
+  only a partial success (RFC 4252 "partial success"), and the client must
+  go on with keyboard-interactive (RFC 4256, which Conch's server lacks, so
+  ``ConsoleUserAuth`` speaks it), which asks for the code.  A client that
+  starts with keyboard-interactive is asked for the password and the code;
+* public key (a full log-in on its own): a key listed in ``DATA_DIR/console_authorized_keys``
   (OpenSSH ``authorized_keys`` format), re-read at every attempt, so keys
   can be added or removed without a restart.  Clients offer every key they
   have, so a key that is not listed is not a failed log-in.
+
+Connections not logged in are capped in all and per address (an IPv6
+address's /64), and closed ``LOGIN_TIMEOUT`` seconds after connecting;
+logged-in sessions are closed after ``console.idleTimeout`` seconds without
+input.
 
 The host key is an Ed25519 key made on first start and kept in
 ``DATA_DIR/console_host_key`` (mode 0600), so clients see the same host key
