@@ -17,6 +17,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -468,6 +469,83 @@ class OperatorActionTests(WebTestCase):
         self.assertEqual((response.status, response.json["warnings"]), (200, []))
         (event,) = (await web.get(f"{API}/events?type=config.reloaded")).json["events"]
         self.assertEqual(event["type"], "config.reloaded")
+
+
+class HistoryTests(WebTestCase):
+    """The charts' data: recorded throughput samples and clients' stability."""
+
+    async def test_throughput_comes_from_recorded_samples(self):
+        await self._live()
+        history = self.live.server.history
+        web = await self.logged_in()
+        empty = await web.get(f"{API}/throughput")
+        self.assertEqual((empty.status, empty.json["points"], empty.json["window"]), (200, [], 3600))
+        self.assertEqual(empty.json["interval"], history.sample_interval)
+        history.sample()  # the counters before the traffic
+        await history.flush()
+        payload = os.urandom(200_000)
+        self.assertEqual(await echo_through(self.echo_port, payload), payload)
+        await wait_until(lambda: self.live.core.traffic()[1] >= len(payload))
+        history.sample()
+        await history.flush()
+        answer = await web.get(f"{API}/throughput?window=600")
+        self.assertEqual(answer.status, 200)
+        points = answer.json["points"]
+        self.assertEqual(len(points), 2)
+        self.assertLess(points[0]["at"], points[1]["at"])
+        last = points[-1]
+        self.assertGreaterEqual(last["bytes_in"], len(payload))
+        self.assertGreaterEqual(last["bytes_out"], len(payload))
+        self.assertLess(abs(last["rate_in"] * last["seconds"] - last["bytes_in"]), last["bytes_in"] * 0.01)
+        # A window that reaches no sample, and a window out of range.
+        self.assertLessEqual(answer.json["until"] - last["at"], 600)
+        for window in ("10", "100000", "soon"):
+            wrong = await web.get(f"{API}/throughput?window={window}")
+            self.assertEqual((wrong.status, wrong.error["field"]), (400, "window"), window)
+
+    async def test_client_stability_after_a_disconnect(self):
+        await self._live()
+        web = await self.logged_in()
+        first = self.live.core.sessions["alice"]
+        self.assertEqual((await web.post(f"{API}/clients/alice/kick")).status, 204)
+        await wait_until(lambda: "alice" in self.live.core.sessions and self.live.core.sessions["alice"] is not first)
+        self.live.server.history.sample()
+        await self.live.server.history.flush()
+
+        async def stability():
+            answer = await web.get(f"{API}/clients/alice/stability")
+            self.assertEqual(answer.status, 200)
+            return answer.json
+
+        record = await stability()
+        for _ in range(500):  # the disconnect event reaches the store on its thread
+            if record["disconnects_24h"] >= 1:
+                break
+            await deferLater(reactor, 0.02, lambda: None)
+            record = await stability()
+        self.assertEqual((record["client"], record["online"]), ("alice", True))
+        self.assertEqual((record["disconnects_24h"], record["disconnects_7d"]), (1, 1))
+        self.assertGreaterEqual(record["connects_24h"], 2)
+        self.assertIsNotNone(record["uptime_24h"])
+        self.assertLess(record["uptime_24h"], 100.0)  # offline between kick and reconnect
+        self.assertGreater(record["uptime_24h"], 0.0)
+        sessions = record["sessions_7d"]
+        self.assertEqual([s["open"] for s in sessions], [False, True])
+        self.assertLessEqual(sessions[0]["ended"], sessions[1]["started"])
+        self.assertTrue(sessions[0]["reason"])
+        self.assertEqual(len(record["rtt_samples_24h"]), 1)  # the sample just taken
+        (summary,) = (await web.get(f"{API}/stability")).json["clients"]
+        self.assertEqual((summary["client"], summary["disconnects_24h"]), ("alice", 1))
+        self.assertNotIn("rtt_samples_24h", summary)
+        self.assertEqual((await web.get(f"{API}/clients/nobody/stability")).status, 404)
+
+    async def test_without_history_the_charts_answer_503(self):
+        await self._live(with_client=False)
+        self.panel.history = None
+        web = await self.logged_in()
+        for path in ("/throughput", "/stability", "/clients/alice/stability"):
+            answer = await web.get(API + path)
+            self.assertEqual((answer.status, answer.error["kind"]), (503, "unavailable"), path)
 
 
 class WebhookTests(WebTestCase):

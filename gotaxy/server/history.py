@@ -34,8 +34,9 @@ interval, on the store's own thread.  Rollups and retention run in that
 same call once per hour.
 
 The read API for the panel and console is ``History.client_stability``,
-``History.all_stability``, ``History.client_rtt``,
-``History.tunnel_history`` and ``History.tunnel_stats``.
+``History.all_stability``, ``History.client_sessions``,
+``History.client_rtt``, ``History.throughput``, ``History.tunnel_history``
+and ``History.tunnel_stats``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ DAY = 86400.0
 MAX_BUFFERED = 20000
 #: Disconnect reasons listed per client.
 MAX_REASONS = 20
+#: Sessions listed per client by ``client_sessions``.
+MAX_SESSIONS = 500
+#: Points of a throughput series at most; longer series are merged into buckets.
+MAX_POINTS = 720
 
 
 def _committed(function: Callable[..., T]) -> Callable[..., T]:
@@ -182,13 +187,18 @@ def _overlap(intervals: List[Tuple[float, float]], start: float, end: float) -> 
 
 @_committed
 def _stability(
-    store: Any, name: str, now: float, current: Optional[float], sample_interval: float
+    store: Any, name: str, now: float, current: Optional[float], sample_interval: float,
+    pending: Tuple[Tuple[float, float], ...] = (),
 ) -> Dict[str, Any]:
     db = store.db
     rows = list(db.query(f"SELECT started, ended, open FROM {SESSIONS} WHERE client = :c", c=name))
-    intervals = [(r["started"], r["ended"]) for r in rows if not (r["open"] and current is not None and r["started"] == current)]
+    # Sessions by start: one that ended since the last flush (``pending``)
+    # replaces its checkpoint, and the open one is counted up to now.
+    by_start = {r["started"]: r["ended"] for r in rows}
+    by_start.update(dict(pending))
     if current is not None:
-        intervals.append((current, now))
+        by_start[current] = now
+    intervals = sorted(by_start.items())
     first_seen = min((a for a, _ in intervals), default=None)
 
     def uptime(window: float) -> Optional[float]:
@@ -253,6 +263,75 @@ def _series(
         c=client, t=tunnel, s=since, u=until,
     )
     return [{k: v for k, v in dict(r).items() if k not in ("id", "client", "tunnel")} for r in list(rows)]
+
+
+@_committed
+def _sessions(
+    store: Any, name: str, since: float, now: float, current: Optional[float],
+    pending: Tuple[Tuple[float, float, Optional[str]], ...] = (),
+) -> List[Dict[str, Any]]:
+    rows = store.db.query(
+        f"SELECT started, ended, reason FROM {SESSIONS} WHERE client = :c AND ended >= :s "
+        f"ORDER BY started DESC LIMIT :l",
+        c=name, s=since, l=MAX_SESSIONS,
+    )
+    # As in _stability: sessions ended since the last flush replace their
+    # checkpoints, and the open one runs until now.
+    by_start = {r["started"]: (r["ended"], r["reason"], False) for r in rows}
+    for started, ended, reason in pending:
+        if ended >= since:
+            by_start[started] = (ended, reason, False)
+    if current is not None:
+        by_start[current] = (now, None, True)
+    newest = sorted(by_start.items())[-MAX_SESSIONS:]
+    return [
+        {"started": started, "ended": ended, "reason": reason, "open": is_open}
+        for started, (ended, reason, is_open) in newest
+    ]
+
+
+@_committed
+def _throughput(store: Any, since: float, until: float) -> List[Tuple[float, int, int]]:
+    # Every sample tick writes rows with one ``at``; client rows (tunnel '')
+    # have no bytes, so an idle tick with clients online still counts, as 0.
+    return [
+        (r["at"], int(r["bin"] or 0), int(r["bout"] or 0))
+        for r in store.db.query(
+            f"SELECT at, SUM(bytes_in) AS bin, SUM(bytes_out) AS bout FROM {SAMPLES} "
+            f"WHERE at > :s AND at <= :u GROUP BY at ORDER BY at",
+            s=since, u=until,
+        )
+    ]
+
+
+def throughput_series(
+    ticks: List[Tuple[float, int, int]], interval: float, max_points: int = MAX_POINTS
+) -> List[Dict[str, Any]]:
+    """
+    Sample ticks (UNIX time, bytes in, bytes out during the interval before
+    it) as points with the average rates over each interval; at most
+    ``max_points``, consecutive ticks merged when there are more.
+    """
+    points = []
+    previous = None
+    for at, bytes_in, bytes_out in ticks:
+        # A tick covers the time since the one before; the first one, or one
+        # after a gap (the server was down), covers one sample interval.
+        span = at - previous if previous is not None and at - previous <= 2 * interval else interval
+        points.append([at, span, bytes_in, bytes_out])
+        previous = at
+    if len(points) > max_points:
+        size = math.ceil(len(points) / max_points)
+        merged = []
+        for i in range(0, len(points), size):
+            group = points[i : i + size]
+            merged.append([group[-1][0], sum(p[1] for p in group), sum(p[2] for p in group), sum(p[3] for p in group)])
+        points = merged
+    return [
+        {"at": at, "seconds": span, "bytes_in": b_in, "bytes_out": b_out,
+         "rate_in": round(b_in / span, 3) if span > 0 else 0.0, "rate_out": round(b_out / span, 3) if span > 0 else 0.0}
+        for at, span, b_in, b_out in points
+    ]
 
 
 class History(Service):
@@ -412,15 +491,39 @@ class History(Service):
         disconnect reasons of the last 7 d with counts, and the heartbeat
         RTT samples of the last 24 h as [UNIX time, seconds] pairs.
         """
+        pending = tuple((r["started"], r["ended"]) for r in self._ended if r["client"] == name)
         return self.store.call(
             _stability, self.store.store, name, self.reactor.seconds(), self.online_since.get(name),
-            self.sample_interval,
+            self.sample_interval, pending,
         )
 
     async def all_stability(self) -> List[Dict[str, Any]]:
         """``client_stability`` of every client known to the store or the history."""
         names = await self.store.call(_client_names, self.store.store)
         return [await self.client_stability(name) for name in names]
+
+    def client_sessions(self, name: str, since: float) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        One client's sessions that ended at or after ``since`` (at most
+        ``MAX_SESSIONS``, the newest), oldest first: ``started``, ``ended``
+        (now for the session still open), the disconnect ``reason`` and
+        ``open``.
+        """
+        pending = tuple((r["started"], r["ended"], r["reason"]) for r in self._ended if r["client"] == name)
+        return self.store.call(
+            _sessions, self.store.store, name, since, self.reactor.seconds(), self.online_since.get(name), pending
+        )
+
+    async def throughput(self, since: float, until: Optional[float] = None) -> List[Dict[str, Any]]:
+        """
+        The whole server's traffic from the recorded samples after ``since``:
+        per sample ``at`` (UNIX time), the ``seconds`` it covers, the
+        ``bytes_in``/``bytes_out`` of all tunnels during them and the average
+        ``rate_in``/``rate_out`` (bytes/s); at most ``MAX_POINTS`` points.
+        """
+        until = self.reactor.seconds() if until is None else until
+        ticks = await self.store.call(_throughput, self.store.store, since, until)
+        return throughput_series(ticks, self.sample_interval)
 
     def client_rtt(self, name: str, since: float, until: Optional[float] = None, hourly: bool = False) -> "Deferred[List[Dict[str, Any]]]":
         """Heartbeat RTT samples (``at``, ``rtt``) or hourly rollups (``hour``, ``rtt_avg``, ``rtt_max``)."""

@@ -297,7 +297,8 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     top.web = None  # type: ignore[attr-defined]
     if config.web_port:
         top.web = make_web_service(  # type: ignore[attr-defined]
-            config, core, management, operators, reactor, data_dir, extra_resources={b"metrics": top.metrics_resource}
+            config, core, management, operators, reactor, data_dir, extra_resources={b"metrics": top.metrics_resource},
+            history=top.history,  # type: ignore[attr-defined]
         )
         top.web.setServiceParent(top)  # type: ignore[attr-defined]
     top.console = make_console_service(config, data_dir, top, reactor)  # type: ignore[attr-defined]

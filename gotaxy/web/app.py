@@ -55,6 +55,7 @@ from werkzeug.exceptions import HTTPException
 
 from gotaxy import __version__
 from gotaxy.events import Event, EventBus
+from gotaxy.server.history import History
 from gotaxy.server.manage import Management, ManagementError
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
 from gotaxy.web.auth import Caller, PanelAuth, PanelAuthError, SecondFactorRequired
@@ -69,6 +70,11 @@ KEEPALIVE = 15.0
 NAME_LIMIT = 64
 URL_LIMIT = 2048
 ADDRESS_LIMIT = 320  # RFC 5321: 64 for the local part, '@', 255 for the domain
+#: ``GET /throughput``: the window it covers by default and at most (seconds).
+THROUGHPUT_WINDOW = 3600.0
+THROUGHPUT_WINDOW_MAX = 86400.0
+#: ``GET /clients/{name}/stability``: the sessions of this many seconds back.
+SESSIONS_WINDOW = 7 * 86400.0
 UNSAFE_METHODS = {b"POST", b"PUT", b"PATCH", b"DELETE"}
 SECURITY_HEADERS = {
     b"x-content-type-options": b"nosniff",
@@ -191,6 +197,11 @@ def _views(items: List[Any]) -> List[Dict[str, Any]]:
     return [attrs.asdict(item) for item in items]
 
 
+def _stability_summary(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A client's stability without its RTT samples."""
+    return {k: v for k, v in record.items() if k != "rtt_samples_24h"}
+
+
 def _token(record: Any, now: float) -> Dict[str, Any]:
     return dict(attrs.asdict(record), active=record.active(now))
 
@@ -211,8 +222,10 @@ class Panel:
         reactor: Any,
         secure: bool = False,
         www: Optional[Path] = None,
+        history: Optional[History] = None,
     ) -> None:
         self.management = management
+        self.history = history
         self.operators = operators
         self.auth = auth
         self.bus = bus
@@ -470,6 +483,43 @@ class Panel:
     @_api()
     async def client(self, request: Any, caller: Caller, name: str) -> Dict[str, Any]:
         return attrs.asdict(await self.management.client(name))
+
+    # -- history ---------------------------------------------------------------------
+
+    def _history(self) -> History:
+        if self.history is None:
+            raise HTTPError("unavailable", "this server keeps no history; it runs without the history service")
+        return self.history
+
+    @app.route(f"{API_PREFIX}/throughput", methods=["GET"])
+    @_api()
+    async def throughput(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        history = self._history()
+        window = self._query_number(request, "window")
+        window = THROUGHPUT_WINDOW if window is None else window
+        if not 60 <= window <= THROUGHPUT_WINDOW_MAX:
+            raise HTTPError("invalid", f"'window' must be from 60 to {THROUGHPUT_WINDOW_MAX:.0f} seconds", "window")
+        until = self.reactor.seconds()
+        points = await history.throughput(until - window, until)
+        return {"window": window, "until": until, "interval": history.sample_interval, "points": points}
+
+    @app.route(f"{API_PREFIX}/stability", methods=["GET"])
+    @_api()
+    async def stability(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        known = {view.name for view in await self.management.clients()}
+        records = [r for r in await self._history().all_stability() if r["client"] in known]
+        return {"clients": [_stability_summary(r) for r in records]}
+
+    @app.route(f"{API_PREFIX}/clients/<name>/stability", methods=["GET"])
+    @_api()
+    async def client_stability(self, request: Any, caller: Caller, name: str) -> Dict[str, Any]:
+        history = self._history()
+        await self.management.client(name)  # 404 for a client nobody knows
+        record = await history.client_stability(name)
+        since = self.reactor.seconds() - SESSIONS_WINDOW
+        record = dict(_stability_summary(record), rtt_samples_24h=[list(pair) for pair in record["rtt_samples_24h"]])
+        record["sessions_7d"] = await history.client_sessions(name, since)
+        return record
 
     @app.route(f"{API_PREFIX}/clients/<name>/kick", methods=["POST"])
     @_api()

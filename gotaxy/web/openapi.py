@@ -224,10 +224,70 @@ SCHEMAS: Dict[str, Any] = {
     "MailRecipients": _list_of("recipients", "MailRecipient"),
     "Reload": _object({"warnings": {"type": "array", "items": {"type": "string"}}}),
     "Clients": _list_of("clients", "Client"),
+    "ThroughputPoint": _object(
+        {
+            "at": {"type": "number", "description": "UNIX time the sample was taken"},
+            "seconds": {"type": "number", "description": "the time it covers, up to 'at'"},
+            "bytes_in": {"type": "integer", "description": "received by all tunnels during those seconds"},
+            "bytes_out": {"type": "integer", "description": "sent by all tunnels during those seconds"},
+            "rate_in": {"type": "number", "description": "average bytes per second over those seconds"},
+            "rate_out": {"type": "number", "description": "average bytes per second over those seconds"},
+        }
+    ),
+    "Throughput": _object(
+        {
+            "window": {"type": "number", "description": "seconds back from 'until' that the points cover"},
+            "until": {"type": "number", "description": "UNIX time of the answer"},
+            "interval": {"type": "number", "description": "seconds between samples (history.sampleInterval)"},
+            "points": {"type": "array", "items": _ref("ThroughputPoint"), "maxItems": 720,
+                       "description": "oldest first; longer series are merged into at most 720 points"},
+        }
+    ),
+    "DisconnectReason": _object(
+        {"reason": _STRING_OR_NULL, "count": {"type": "integer"}, "last": {"type": "number"}}
+    ),
+    "StabilitySummary": _object(
+        {
+            "client": {"type": "string"},
+            "online": {"type": "boolean"},
+            "online_since": _NUMBER_OR_NULL,
+            "first_seen": {**_NUMBER_OR_NULL, "description": "start of its first recorded session"},
+            "online_seconds": {"type": "number", "description": "total time online in the recorded sessions"},
+            "uptime_24h": {**_NUMBER_OR_NULL,
+                           "description": "percent of the last 24 h (since first seen, if later) it was online"},
+            "uptime_7d": {**_NUMBER_OR_NULL, "description": "the same over the last 7 days"},
+            "connects_24h": {"type": "integer"},
+            "connects_7d": {"type": "integer"},
+            "disconnects_24h": {"type": "integer"},
+            "disconnects_7d": {"type": "integer"},
+            "disconnect_reasons_7d": {"type": "array", "items": _ref("DisconnectReason")},
+            "sample_interval": {"type": "number"},
+        }
+    ),
+    "Stabilities": _list_of("clients", "StabilitySummary"),
+    "Session": _object(
+        {"started": {"type": "number"}, "ended": {"type": "number", "description": "now while it is open"},
+         "reason": {**_STRING_OR_NULL, "description": "why it ended"}, "open": {"type": "boolean"}}
+    ),
+
     "Tunnels": _list_of("tunnels", "Tunnel"),
     "Tokens": _list_of("tokens", "Token"),
     "ApiTokens": _list_of("api_tokens", "ApiToken"),
 }
+
+SCHEMAS["Stability"] = _object(
+    {
+        **SCHEMAS["StabilitySummary"]["properties"],
+        "rtt_samples_24h": {
+            "type": "array", "description": "heartbeat round trips of the last 24 h: [UNIX time, seconds or null]",
+            "items": {"type": "array", "prefixItems": [{"type": "number"}, _NUMBER_OR_NULL], "minItems": 2,
+                      "maxItems": 2},
+        },
+        "sessions_7d": {"type": "array", "items": _ref("Session"),
+                        "description": "sessions that ended in the last 7 days, and the one open now; oldest first"},
+    }
+)
+
 
 _ERRORS = {
     400: "invalid request (bad JSON, a missing or wrong field)",
@@ -241,7 +301,7 @@ _ERRORS = {
     415: "request body not JSON",
     429: "too many failed log-ins, or too many log-ins in progress; see Retry-After",
     500: "a bug in the server (the traceback is in its log)",
-    503: "too many live views open",
+    503: "unavailable: too many live views open, or the server keeps no history",
 }
 
 _PATH_PARAMS = {
@@ -327,6 +387,20 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     "/live": [_operation("get", "Live updates (server-sent events)", (200, "EventStream"), errors=(503,), tag="server")],
     "/clients": [_operation("get", "All clients", (200, "Clients"), tag="clients")],
     "/clients/{name}": [_operation("get", "One client", (200, "Client"), errors=(404,), tag="clients")],
+    "/clients/{name}/stability": [
+        _operation("get", "A client's stability: uptime over 24 h and 7 days, connects, disconnects and why, its "
+                   "sessions of the last 7 days and heartbeat round trips of the last 24 h", (200, "Stability"),
+                   errors=(404, 503), tag="clients")
+    ],
+    "/stability": [
+        _operation("get", "Every client's uptime over 24 h and 7 days, connects and disconnects", (200, "Stabilities"),
+                   errors=(503,), tag="clients")
+    ],
+    "/throughput": [
+        _operation("get", "The server's throughput from its recorded samples (history.sampleInterval apart)",
+                   (200, "Throughput"), errors=(400, 503), tag="server",
+                   query=(("window", "number", "seconds back from now, 60-86400, default 3600"),))
+    ],
     "/clients/{name}/kick": [
         _operation("post", "Disconnect a client (it reconnects unless its token is revoked)", (204, None), errors=(404,),
                    tag="clients")

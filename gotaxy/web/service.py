@@ -170,14 +170,18 @@ def make_web_service(
     reactor: Any,
     data_dir: Optional[str] = None,
     extra_resources: Mapping[bytes, IResource] = {},
+    history: Any = None,
 ) -> StreamServerEndpointService:
     """
     The panel on ``webServer.addr:port``.  ``data_dir`` is accepted for
     symmetry with the other services; the panel keeps its state (sessions,
-    API tokens, second factors) in the store's database.
+    API tokens, second factors) in the store's database.  ``history`` (a
+    ``gotaxy.server.history.History``) feeds the throughput and stability
+    charts; without it those endpoints answer 503.
     """
     auth = PanelAuth(core, operators, reactor)
-    panel = Panel(management, operators, auth, core.events, reactor, secure=bool(config.web_tls_cert_file))
+    panel = Panel(management, operators, auth, core.events, reactor, secure=bool(config.web_tls_cert_file),
+                  history=history)
     site = make_site(panel, extra_resources)
     service = StreamServerEndpointService(_endpoint(reactor, config), site)
     service._raiseSynchronously = True

@@ -29,7 +29,8 @@ BASE = "http://127.0.0.1:7500"
 def make_panel(live: Any, secure: bool = False) -> Panel:
     """A panel on ``live`` (a ``tests.inprocess.LiveSystem`` or anything with its attributes)."""
     auth = PanelAuth(live.core, live.operators, reactor)
-    return Panel(live.management, live.operators, auth, live.core.events, reactor, secure=secure)
+    return Panel(live.management, live.operators, auth, live.core.events, reactor, secure=secure,
+                 history=getattr(live.server, "history", None))
 
 
 def _template_for(path: str, method: str) -> Optional[str]:
