@@ -1,8 +1,10 @@
 // Gotaxy panel: a small single-page app on the REST API under /api/v0.1/.
 // No libraries and nothing from the internet.  Live updates: the server's
 // events arrive as server-sent events (/api/v0.1/live); each one makes the
-// page re-read what it shows.  The overview also samples /status every
-// 2 seconds for the throughput chart.
+// page re-read what it shows.  The throughput chart is drawn (inline SVG)
+// from the server's recorded samples (/throughput), re-read when a new one
+// is due, with the current rate from /status as its last point; a client's
+// stability comes from /clients/{name}/stability.
 "use strict";
 
 const API = "/api/v0.1";
@@ -15,7 +17,9 @@ const state = {
   live: null,
   timer: null,
   refreshTimer: null,
-  samples: [],
+  throughput: null,  // the last /throughput answer
+  current: null,  // the current rates: { at, in, out }
+  detail: null,  // the client whose stability is shown (#clients/NAME)
   events: { offset: 0, limit: 50, hasMore: false },
   clients: [],
   webhookSent: null,  // the webhook a test notification was last queued for
@@ -24,6 +28,22 @@ const state = {
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attributes = {}, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) el.setAttribute(name, String(value));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// On a narrow screen tables become stacked cards: each cell shows its column's name.
+function labelCells(table) {
+  const names = $$("thead th", table).map((th) => th.textContent.trim());
+  for (const row of $$("tbody tr", table)) {
+    Array.from(row.children).forEach((td, i) => { if (names[i]) td.dataset.label = names[i]; });
+  }
+}
 
 // -- i18n ----------------------------------------------------------------------
 
@@ -217,9 +237,10 @@ const PAGES = { overview: loadOverview, clients: loadClients, tunnels: loadTunne
 
 function route() {
   if (!state.account) return;
-  const name = (location.hash || "#overview").slice(1);
+  const [name, ...rest] = (location.hash || "#overview").slice(1).split("/");
   const page = PAGES[name] ? name : "overview";
   state.page = page;
+  state.detail = page === "clients" && rest.length ? decodeURIComponent(rest.join("/")) : null;
   for (const section of $$(".page")) section.hidden = section.id !== `page-${page}`;
   for (const link of $$("#nav a")) link.classList.toggle("active", link.dataset.page === page);
   clearInterval(state.timer);
@@ -251,57 +272,84 @@ async function loadOverview() {
   $("#ov-out").textContent = bytes(s.bytes_out);
   $("#ov-rate-in").textContent = rate(s.rate_in);
   $("#ov-rate-out").textContent = rate(s.rate_out);
-  const now = Date.now();
-  if (!state.samples.length || now - state.samples[state.samples.length - 1].at > 1500) {
-    state.samples.push({ at: now, in: s.rate_in, out: s.rate_out });
-    if (state.samples.length > 90) state.samples.shift();
+  // Server time, so the current point lines up with the samples whatever the browser's clock says.
+  state.current = { at: Date.now() / 1000 + (state.clockOffset || 0), in: s.rate_in, out: s.rate_out };
+  const last = state.throughput && state.throughput.points.length
+    ? state.throughput.points[state.throughput.points.length - 1].at : null;
+  const stale = !state.throughput || state.current.at - (last || state.throughput.until) >= state.throughput.interval;
+  if (stale && !state.throughputPending) {
+    state.throughputPending = true;
+    const answer = await api("GET", "/throughput?window=3600");
+    state.throughputPending = false;
+    if (answer.ok) {
+      state.throughput = answer.data;
+      state.clockOffset = answer.data.until - Date.now() / 1000;
+      state.current.at = answer.data.until;
+    }
   }
   drawChart();
 }
 
+function niceMax(value) {
+  const floor = Math.max(1024, value);
+  const step = Math.pow(2, Math.ceil(Math.log2(floor)));
+  return step;
+}
+
+// The throughput of the last hour: the server's samples (the average rate
+// over each sample's interval) and, last, the current rate.
 function drawChart() {
-  const canvas = $("#chart");
-  const width = canvas.clientWidth || 800;
-  const height = canvas.clientHeight || 220;
-  const ratio = window.devicePixelRatio || 1;
-  canvas.width = width * ratio;
-  canvas.height = height * ratio;
-  const g = canvas.getContext("2d");
-  g.scale(ratio, ratio);
-  g.clearRect(0, 0, width, height);
-  const styles = getComputedStyle(document.documentElement);
-  const max = Math.max(1024, ...state.samples.map((s) => Math.max(s.in, s.out)));
-  const left = 70, top = 10, bottom = 20, plotW = width - left - 10, plotH = height - top - bottom;
-  g.strokeStyle = styles.getPropertyValue("--grid").trim() || "#ddd";
-  g.fillStyle = styles.getPropertyValue("--muted").trim() || "#666";
-  g.font = "12px system-ui, sans-serif";
-  g.lineWidth = 1;
+  const chart = $("#chart");
+  const width = Math.max(200, Math.round(chart.getBoundingClientRect().width) || 800);
+  const height = 220;
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  chart.replaceChildren();
+  const data = state.throughput;
+  const points = data ? data.points.map((p) => ({ at: p.at, in: p.rate_in, out: p.rate_out })) : [];
+  chart.dataset.points = String(points.length);
+  chart.dataset.first = points.length ? String(points[0].at) : "";
+  if (data) $("#chart-interval").textContent = t("overview.chart_interval", { s: Math.round(data.interval) });
+  if (state.current) points.push(state.current);
+  const now = state.current ? state.current.at : Date.now() / 1000;
+  // Up to the whole window; less (3 minutes at least) while the samples start later.
+  const oldest = points.length ? points[0].at : now;
+  const span = Math.min(data ? data.window : 3600, Math.max(180, now - oldest + 10));
+  const max = niceMax(Math.max(0, ...points.map((p) => Math.max(p.in, p.out))));
+  const left = 76, top = 10, bottom = 22, right = 8;
+  const plotW = width - left - right, plotH = height - top - bottom;
   for (let i = 0; i <= 4; i++) {
     const y = top + plotH - (plotH * i) / 4;
-    g.beginPath(); g.moveTo(left, y); g.lineTo(left + plotW, y); g.stroke();
-    g.fillText(rate((max * i) / 4), 4, y + 4);
+    chart.append(svg("line", { x1: left, x2: left + plotW, y1: y, y2: y, class: "grid" }));
+    chart.append(svg("text", { x: 4, y: y + 4, class: "label" }, rate((max * i) / 4)));
   }
-  g.fillText(t("overview.chart_span"), left, height - 4);
-  const series = [["in", styles.getPropertyValue("--in").trim() || "#1f77b4"],
-    ["out", styles.getPropertyValue("--out").trim() || "#e67e22"]];
-  for (const [key, colour] of series) {
-    g.strokeStyle = colour;
-    g.lineWidth = 2;
-    g.setLineDash(key === "out" ? [6, 4] : []);  // visible even when it equals "in"
-    g.beginPath();
-    state.samples.forEach((s, i) => {
-      const x = left + plotW - ((state.samples.length - 1 - i) * plotW) / 89;
-      const y = top + plotH - (s[key] / max) * plotH;
-      if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
-    });
-    g.stroke();
+  const step = [30, 60, 120, 300, 600, 900].find((s) => span / s <= (width < 500 ? 3 : 6)) || 900;
+  for (let ago = 0; ago <= span; ago += step) {
+    const x = left + plotW - (ago * plotW) / span;
+    chart.append(svg("line", { x1: x, x2: x, y1: top, y2: top + plotH, class: "grid" }));
+    const text = ago === 0 ? t("stability.now")
+      : ago % 60 ? t("overview.seconds_ago", { s: ago }) : t("overview.minutes_ago", { m: ago / 60 });
+    chart.append(svg("text", { x, y: height - 6, class: "label", "text-anchor": ago === 0 ? "end" : "middle" }, text));
+  }
+  const x = (at) => left + plotW - ((now - at) * plotW) / span;
+  const y = (value) => top + plotH - (value / max) * plotH;
+  for (const key of ["in", "out"]) {
+    const shown = points.filter((p) => now - p.at <= span);
+    if (!shown.length) continue;
+    const d = shown.map((p, i) => `${i ? "L" : "M"}${x(p.at).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
+    chart.append(svg("path", { d, class: `series ${key}`, "data-series": key }));
+    if (shown.length === 1) chart.append(svg("circle", { cx: x(shown[0].at), cy: y(shown[0][key]), r: 3, class: `dot ${key}` }));
   }
 }
 
+function percent(value) {
+  return value === null || value === undefined ? "–" : `${value.toFixed(value === 100 ? 0 : 1)} %`;
+}
+
 async function loadClients() {
-  const result = await api("GET", "/clients");
+  const [result, stability] = await Promise.all([api("GET", "/clients"), api("GET", "/stability")]);
   if (!result.ok) return;
   state.clients = result.data.clients;
+  const uptimes = new Map(stability.ok ? stability.data.clients.map((r) => [r.client, r]) : []);
   const body = $("#clients-table tbody");
   body.replaceChildren();
   for (const c of result.data.clients) {
@@ -309,11 +357,21 @@ async function loadClients() {
     row.dataset.client = c.name;
     row.append(cell(c.name, "name"));
     const status = document.createElement("td");
+    status.className = "status";
     status.append(c.online ? badge("up", t("status.online")) : badge("down", t("status.offline")));
+    const s = uptimes.get(c.name);
     row.append(status, cell(c.address || "–"), cell(c.version || "–"),
       cell(c.online ? when(c.connected_at) : `${t("clients.last_seen")} ${when(c.last_seen_at)}`),
-      cell(c.rtt === null ? "–" : `${(c.rtt * 1000).toFixed(1)} ms`), cell(c.tunnels.join(", ") || "–"));
+      cell(c.rtt === null ? "–" : `${(c.rtt * 1000).toFixed(1)} ms`), cell(c.tunnels.join(", ") || "–"),
+      uptimeCell(s), cell(s ? `${s.disconnects_24h} / ${s.disconnects_7d}` : "–", "disconnects"));
     const actions = document.createElement("td");
+    actions.className = "actions";
+    const history = document.createElement("a");
+    history.href = `#clients/${encodeURIComponent(c.name)}`;
+    history.className = "button secondary";
+    history.dataset.action = "history";
+    history.textContent = t("clients.history");
+    actions.append(history);
     if (c.online) {
       actions.append(button(t("clients.kick"), "secondary", async (e) => {
         if (!confirm(t("clients.kick_confirm", { name: c.name }))) return;
@@ -322,9 +380,106 @@ async function loadClients() {
       }, "kick"));
     }
     row.append(actions);
+    row.classList.toggle("selected", c.name === state.detail);
     body.append(row);
   }
   $("#clients-empty").hidden = result.data.clients.length > 0;
+  await loadStability();
+}
+
+function uptimeCell(s) {
+  const td = document.createElement("td");
+  td.className = "uptime";
+  const day = document.createElement("span"), week = document.createElement("span");
+  day.className = "uptime-24h";
+  week.className = "uptime-7d";
+  day.textContent = s ? percent(s.uptime_24h) : "–";
+  week.textContent = s ? percent(s.uptime_7d) : "–";
+  td.append(day, " / ", week);
+  return td;
+}
+
+// One client's stability (#clients/NAME): uptime, disconnects, when it was online, round trips.
+async function loadStability() {
+  const card = $("#client-detail");
+  const name = state.detail;
+  if (!name) { card.hidden = true; return; }
+  const result = await api("GET", `/clients/${encodeURIComponent(name)}/stability`);
+  if (name !== state.detail) return;  // another client was chosen meanwhile
+  card.hidden = false;
+  $("#cd-name").textContent = name;
+  clearErrors(card);
+  if (!result.ok) { showError(card, Object.assign({}, result.error, { field: null }), "stability"); return; }
+  const r = result.data;
+  for (const [id, value] of [["#cd-uptime-24h", r.uptime_24h], ["#cd-uptime-7d", r.uptime_7d]]) {
+    $(id).textContent = percent(value);
+    $(id).dataset.uptime = value === null ? "" : String(value);
+  }
+  $("#cd-disc-24h").textContent = String(r.disconnects_24h);
+  $("#cd-disc-7d").textContent = String(r.disconnects_7d);
+  const now = Date.now() / 1000;
+  const end = Math.max(now, ...r.sessions_7d.map((x) => x.ended));  // the server's "now"
+  drawTimeline($("#cd-timeline-24h"), r.sessions_7d, r.first_seen, end, 86400);
+  drawTimeline($("#cd-timeline-7d"), r.sessions_7d, r.first_seen, end, 7 * 86400);
+  drawRtt($("#cd-rtt"), r.rtt_samples_24h, end);
+  const reasons = $("#cd-reasons");
+  reasons.replaceChildren();
+  for (const reason of r.disconnect_reasons_7d) {
+    const item = document.createElement("li");
+    item.textContent = t("stability.reason", { reason: reason.reason || "–", n: reason.count, last: when(reason.last) });
+    reasons.append(item);
+  }
+  $("#cd-reasons-empty").hidden = r.disconnect_reasons_7d.length > 0;
+}
+
+// Online sessions as green bars over the window (offline after it was first
+// seen, "not yet seen" before), a red tick where each one ended.
+function drawTimeline(chart, sessions, firstSeen, now, span) {
+  const width = 800, height = 40;
+  const x = (at) => Math.max(0, Math.min(width, width - ((now - at) * width) / span));
+  chart.replaceChildren(svg("rect", { x: 0, y: 0, width, height, class: "unknown" }));
+  if (firstSeen !== null) {
+    const seen = x(firstSeen);
+    chart.append(svg("rect", { x: seen, y: 0, width: width - seen, height, class: "offline" }));
+  }
+  let shown = 0;
+  for (const session of sessions) {
+    if (session.ended < now - span) continue;
+    const a = x(session.started), b = x(session.ended);
+    const bar = svg("rect", { x: Math.min(a, width - 2), y: 0, width: Math.max(2, b - a), height, class: "online" });
+    bar.append(svg("title", {}, `${when(session.started)} – ${session.open ? t("stability.now") : when(session.ended)}`));
+    chart.append(bar);
+    if (!session.open) chart.append(svg("rect", { x: Math.max(0, b - 1), y: 0, width: 2, height, class: "drop" }));
+    shown++;
+  }
+  chart.dataset.sessions = String(shown);
+}
+
+function drawRtt(chart, samples, now) {
+  const width = Math.max(200, Math.round(chart.getBoundingClientRect().width) || 800), height = 120;
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  chart.replaceChildren();
+  const points = samples.filter(([, rtt]) => rtt !== null);
+  chart.dataset.points = String(points.length);
+  $("#cd-rtt-empty").hidden = points.length > 0;
+  chart.hidden = points.length === 0;
+  $("#cd-rtt-axis").hidden = points.length === 0;
+  if (!points.length) return;
+  const max = Math.max(0.001, ...points.map(([, rtt]) => rtt)) * 1.1;
+  const left = 60, top = 8, bottom = 8, plotW = width - left - 8, plotH = height - top - bottom;
+  for (const fraction of [0, 0.5, 1]) {
+    const y = top + plotH - plotH * fraction;
+    chart.append(svg("line", { x1: left, x2: left + plotW, y1: y, y2: y, class: "grid" }));
+    chart.append(svg("text", { x: 4, y: y + 4, class: "label" }, `${(max * fraction * 1000).toFixed(1)} ms`));
+  }
+  // The last 24 h, or less when the samples start later.
+  const span = Math.min(86400, Math.max(60, now - points[0][0]));
+  $("#cd-rtt-from").textContent = when(now - span);
+  const x = (at) => left + plotW - ((now - at) * plotW) / span;
+  const y = (rtt) => top + plotH - (rtt / max) * plotH;
+  const d = points.map(([at, rtt], i) => `${i ? "L" : "M"}${x(at).toFixed(1)},${y(rtt).toFixed(1)}`).join(" ");
+  chart.append(svg("path", { d, class: "series rtt" }));
+  if (points.length === 1) chart.append(svg("circle", { cx: x(points[0][0]), cy: y(points[0][1]), r: 3, class: "dot rtt" }));
 }
 
 function tunnelStatus(tn) {
@@ -749,6 +904,10 @@ async function start() {
   $("#totp-enrol").addEventListener("submit", (e) => totpCode(e, "/account/totp/confirm"));
   $("#totp-disable").addEventListener("submit", (e) => totpCode(e, "/account/totp/disable"));
   $("#api-token-form").addEventListener("submit", createApiToken);
+  // Whatever fills a table, its cells get their column's name (for the narrow-screen cards).
+  for (const table of $$("table")) {
+    new MutationObserver(() => labelCells(table)).observe($("tbody", table), { childList: true });
+  }
   window.addEventListener("hashchange", route);
   window.addEventListener("resize", () => { if (state.page === "overview") drawChart(); });
   await setLanguage(pickLanguage());
