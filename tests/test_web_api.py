@@ -539,6 +539,18 @@ class HistoryTests(WebTestCase):
         self.assertNotIn("rtt_samples_24h", summary)
         self.assertEqual((await web.get(f"{API}/clients/nobody/stability")).status, 404)
 
+    async def test_long_series_are_merged_into_at_most_720_points(self):
+        await self._live()
+        history = self.live.server.history
+        web = await self.logged_in()
+        for _ in range(800):
+            history.sample()
+        await history.flush()
+        points = (await web.get(f"{API}/throughput")).json["points"]
+        self.assertTrue(400 <= len(points) <= 720, len(points))
+        rtt = (await web.get(f"{API}/clients/alice/stability")).json["rtt_samples_24h"]
+        self.assertTrue(400 <= len(rtt) <= 720, len(rtt))
+
     async def test_without_history_the_charts_answer_503(self):
         await self._live(with_client=False)
         self.panel.history = None

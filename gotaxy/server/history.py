@@ -188,7 +188,7 @@ def _overlap(intervals: List[Tuple[float, float]], start: float, end: float) -> 
 @_committed
 def _stability(
     store: Any, name: str, now: float, current: Optional[float], sample_interval: float,
-    pending: Tuple[Tuple[float, float], ...] = (),
+    pending: Tuple[Tuple[float, float], ...] = (), with_rtt: bool = True,
 ) -> Dict[str, Any]:
     db = store.db
     rows = list(db.query(f"SELECT started, ended, open FROM {SESSIONS} WHERE client = :c", c=name))
@@ -228,7 +228,7 @@ def _stability(
             f"SELECT at, rtt FROM {SAMPLES} WHERE client = :c AND tunnel = '' AND at >= :s ORDER BY at",
             c=name, s=now - DAY,
         )
-    ]
+    ] if with_rtt else []
     return {
         "client": name,
         "online": current is not None,
@@ -483,24 +483,25 @@ class History(Service):
 
     # -- read API for the panel and console -----------------------------------
 
-    def client_stability(self, name: str) -> "Deferred[Dict[str, Any]]":
+    def client_stability(self, name: str, with_rtt: bool = True) -> "Deferred[Dict[str, Any]]":
         """
         One client's stability: online now and since when, first seen, total
         online seconds, uptime % over the last 24 h and 7 d (of the time
         since first seen), connects and disconnects over 24 h and 7 d, the
         disconnect reasons of the last 7 d with counts, and the heartbeat
-        RTT samples of the last 24 h as [UNIX time, seconds] pairs.
+        RTT samples of the last 24 h as [UNIX time, seconds] pairs (none
+        unless ``with_rtt``).
         """
         pending = tuple((r["started"], r["ended"]) for r in self._ended if r["client"] == name)
         return self.store.call(
             _stability, self.store.store, name, self.reactor.seconds(), self.online_since.get(name),
-            self.sample_interval, pending,
+            self.sample_interval, pending, with_rtt,
         )
 
-    async def all_stability(self) -> List[Dict[str, Any]]:
+    async def all_stability(self, with_rtt: bool = True) -> List[Dict[str, Any]]:
         """``client_stability`` of every client known to the store or the history."""
         names = await self.store.call(_client_names, self.store.store)
-        return [await self.client_stability(name) for name in names]
+        return [await self.client_stability(name, with_rtt) for name in names]
 
     def client_sessions(self, name: str, since: float) -> "Deferred[List[Dict[str, Any]]]":
         """

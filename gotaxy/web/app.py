@@ -75,6 +75,8 @@ THROUGHPUT_WINDOW = 3600.0
 THROUGHPUT_WINDOW_MAX = 86400.0
 #: ``GET /clients/{name}/stability``: the sessions of this many seconds back.
 SESSIONS_WINDOW = 7 * 86400.0
+#: ... and at most this many heartbeat round trips (the highest of each run when there are more).
+MAX_RTT_POINTS = 720
 UNSAFE_METHODS = {b"POST", b"PUT", b"PATCH", b"DELETE"}
 SECURITY_HEADERS = {
     b"x-content-type-options": b"nosniff",
@@ -195,6 +197,19 @@ def _mail_field(kind: str, message: str, address: str) -> Optional[str]:
 
 def _views(items: List[Any]) -> List[Dict[str, Any]]:
     return [attrs.asdict(item) for item in items]
+
+
+def _at_most(samples: Sequence[Sequence[Any]], limit: int) -> List[List[Any]]:
+    """[time, RTT] samples, merged into at most ``limit``: the last time and the highest RTT of each run."""
+    if len(samples) <= limit:
+        return [list(pair) for pair in samples]
+    size = math.ceil(len(samples) / limit)
+    merged = []
+    for i in range(0, len(samples), size):
+        group = samples[i : i + size]
+        values = [rtt for _, rtt in group if rtt is not None]
+        merged.append([group[-1][0], max(values) if values else None])
+    return merged
 
 
 def _stability_summary(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -507,7 +522,7 @@ class Panel:
     @_api()
     async def stability(self, request: Any, caller: Caller) -> Dict[str, Any]:
         known = {view.name for view in await self.management.clients()}
-        records = [r for r in await self._history().all_stability() if r["client"] in known]
+        records = [r for r in await self._history().all_stability(with_rtt=False) if r["client"] in known]
         return {"clients": [_stability_summary(r) for r in records]}
 
     @app.route(f"{API_PREFIX}/clients/<name>/stability", methods=["GET"])
@@ -517,7 +532,7 @@ class Panel:
         await self.management.client(name)  # 404 for a client nobody knows
         record = await history.client_stability(name)
         since = self.reactor.seconds() - SESSIONS_WINDOW
-        record = dict(_stability_summary(record), rtt_samples_24h=[list(pair) for pair in record["rtt_samples_24h"]])
+        record = dict(_stability_summary(record), rtt_samples_24h=_at_most(record["rtt_samples_24h"], MAX_RTT_POINTS))
         record["sessions_7d"] = await history.client_sessions(name, since)
         return record
 

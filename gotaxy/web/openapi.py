@@ -279,7 +279,9 @@ SCHEMAS["Stability"] = _object(
     {
         **SCHEMAS["StabilitySummary"]["properties"],
         "rtt_samples_24h": {
-            "type": "array", "description": "heartbeat round trips of the last 24 h: [UNIX time, seconds or null]",
+            "type": "array", "maxItems": 720,
+            "description": "heartbeat round trips of the last 24 h: [UNIX time, seconds or null]; when there are "
+                           "more than 720, the highest of each run",
             "items": {"type": "array", "prefixItems": [{"type": "number"}, _NUMBER_OR_NULL], "minItems": 2,
                       "maxItems": 2},
         },
