@@ -29,7 +29,7 @@ from twisted.internet.task import deferLater
 
 from gotaxy.client import tap as client_tap
 from gotaxy.server import tap as server_tap
-from gotaxy.store import Store, default_url
+from gotaxy.store import SERVER_STARTED, Store, default_url
 
 ADMIN_PASSWORD = "correct horse battery staple"
 
@@ -72,7 +72,7 @@ class LiveSystem:
     @classmethod
     async def start(
         cls, test: Any, tunnels: List[str] = (), server_args: List[str] = (), client_name: str = "alice",
-        allow_operator_tunnels: List[str] = (),
+        allow_operator_tunnels: List[str] = (), services: List[Any] = (),
     ) -> "LiveSystem":
         data_dir = tempfile.mkdtemp(prefix="gotaxy-test-")
         test.addCleanup(shutil.rmtree, data_dir, True)
@@ -87,8 +87,24 @@ class LiveSystem:
              *server_args]
         )
         live.server = server_tap.makeService(options, reactor, env={"GOTAXY_ADMIN_PASSWORD": ADMIN_PASSWORD})
+        for service in services:  # started with the server's own services
+            service.setServiceParent(live.server)
+        # A server is started once it has announced server.started: a test
+        # that adds a webhook before then would race the announcement.
+        # (The test goes on in a later turn, after every subscriber heard it.)
+        started: Deferred = Deferred()
+
+        def heard(event: Any) -> None:
+            if event.type == SERVER_STARTED and not started.called:
+                reactor.callLater(0, started.callback, None)
+
+        unsubscribe = live.core.events.subscribe(heard)
         live.server.startService()
         test.addCleanup(live._stop_server)
+        try:
+            await started
+        finally:
+            unsubscribe()
         if tunnels:
             await live.start_client(tunnels, allow_operator_tunnels=allow_operator_tunnels)
         return live

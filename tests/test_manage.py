@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 
+from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.trial import unittest
 
@@ -227,10 +228,16 @@ class ServerStartedTests(unittest.TestCase):
     timeout = 30
 
     async def test_server_started_is_published_once_every_service_runs(self):
-        live = await LiveSystem.start(self)
         published: list = []
-        live.core.events.subscribe(published.append)  # as the notifier does in its startService
-        await wait_until(lambda: any(e.type == "server.started" for e in published))
+
+        class Subscriber(Service):
+            """Subscribes in its startService, as the notifier does."""
+
+            def startService(self) -> None:
+                super().startService()
+                self.parent.core.events.subscribe(published.append)
+
+        live = await LiveSystem.start(self, services=[Subscriber()])
         (event,) = [e for e in published if e.type == "server.started"]
         self.assertEqual(event.detail, "version 0.1.0")
         self.assertEqual([e.type for e in await live.management.events(type_="server.started")], ["server.started"])
