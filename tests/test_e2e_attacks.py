@@ -299,3 +299,52 @@ def test_hostile_server_numbers_do_not_crash_the_client(procs, tmp_path):
         assert "Traceback" not in client.output() and "OverflowError" not in client.output()
     finally:
         hostile.close()
+
+
+# -- issue 9 item 6: two machines under one identity ------------------------------
+
+
+def test_second_machine_with_the_same_token_is_refused_and_the_first_keeps_working(procs, echo, tmp_path):
+    server = procs.server()
+    first = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="first")
+    port = tunnel_port(first, "echo")
+    # Another machine (its own data directory) given the same token.
+    second = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="second")
+    assert second.wait_exit(30) == 2
+    out = second.output()
+    assert "client 'default' is already connected from 127.0.0.1 by another installation" in out
+    assert "gotaxy token create NAME" in out and "check the token" not in out
+    assert echo_once(port, b"still mine") == b"still mine"
+    assert "disconnected from the server" not in first.output()
+    server.wait_for(r"client default: refused a log-in from 127\.0\.0\.1:\d+: another installation is connected")
+
+    # One that keeps retrying (loginFailExit = false) is told once, and the
+    # server says it once: no loop of replacements, no flood of lines.
+    (tmp_path / "retry.toml").write_text("loginFailExit = false\n")
+    third = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="third",
+                         args=["--config", str(tmp_path / "retry.toml")])
+    third.wait_for(r"already connected from 127\.0\.0\.1 by another installation.*; retrying")
+    mark = server.mark()
+    retries = re.compile(r"Scheduling retry|retrying in")
+    deadline = time.monotonic() + 60
+    while len(retries.findall(third.output())) < 4:  # it has tried again three times
+        assert third.running() and time.monotonic() < deadline, third.output()[-3000:]
+        time.sleep(0.05)
+    assert third.output().count("already connected from") == 1
+    assert server.output().count("refused a log-in from") == 1
+    assert "reconnected" not in server.output()[mark:]
+    assert echo_once(port, b"still mine") == b"still mine"
+
+
+def test_two_machines_with_the_shared_token_and_one_user_name(procs, echo):
+    shared = "shared-secret-abcdef012345"
+    server = procs.server("--token", shared)
+    first = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", token=shared, args=["--user", "office"],
+                         name="first")
+    port = tunnel_port(first, "echo")
+    second = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", token=shared, args=["--user", "office"],
+                          name="second")
+    assert second.wait_exit(30) == 2
+    assert "client 'shared:office' is already connected" in second.output()
+    assert 'set user = "NAME" (or --user NAME)' in second.output()
+    assert echo_once(port, b"office") == b"office"

@@ -317,9 +317,11 @@ def test_new_login_replaces_a_session_the_server_still_holds(procs, echo):
     old = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="old")
     port = tunnel_port(old, "echo")
     # The old client freezes without closing its connection; before the
-    # heartbeat gives up, the same client logs in again from elsewhere.
+    # heartbeat gives up, the same installation (its data directory, after
+    # a network change, say) logs in again.
     old.signal(signal.SIGSTOP)
-    new = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="new")
+    new = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", name="new",
+                       args=["--data-dir", str(procs.workdir / "old-data")])
     assert tunnel_port(new, "echo") == port
     server.wait_for(r"client default reconnected from 127\.0\.0\.1:\d+; closing its previous connection")
     assert echo_once(port, b"new session") == b"new session"

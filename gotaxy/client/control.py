@@ -174,6 +174,8 @@ class ClientControlProtocol(MuxProtocol):
                 "hostname": socket.gethostname()[:255],
                 "version": __version__,
                 "os": platform.system()[:32],
+                # Lets this installation replace its own stale session (gotaxy.client.identity).
+                "instance": self.factory.instance_id,
                 # Optional server messages this client understands.
                 "features": ["connections_refused"],
             }
@@ -189,10 +191,15 @@ class ClientControlProtocol(MuxProtocol):
             self._logged_in(message)
         elif kind == "login_failed" and not self.authenticated:
             text = f"the server refused our login: {printable(_text(message, 'reason', MAX_SHOWN * 4, ''))}"
+            if message.get("code") != "in_use":  # there the reason says what to do
+                text += "; check the token (auth.token / --token)"
             if self.config.login_fail_exit:
-                self.factory.fatal(text + "; check the token (auth.token / --token)")
-            else:
+                self.factory.fatal(text)
+            elif text != self.factory.last_refusal:
                 self.log.error("{text}; retrying", text=text)
+            else:
+                self.log.debug("{text}; retrying", text=text)  # said already: once, not every retry
+            self.factory.last_refusal = text
             self.close()
         elif kind == "error":
             reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
@@ -384,9 +391,16 @@ class ClientControlFactory(Factory):
     noisy = False
 
     def __init__(
-        self, config: ClientConfig, verifier: ServerVerifier, reactor: Any, fatal: Callable[[str], None]
+        self,
+        config: ClientConfig,
+        verifier: ServerVerifier,
+        reactor: Any,
+        fatal: Callable[[str], None],
+        instance_id: str = "",
     ) -> None:
         self.config = config
+        self.instance_id = instance_id
+        self.last_refusal: Optional[str] = None
         self.verifier = verifier
         self.reactor = reactor
         self.fatal = fatal
@@ -404,6 +418,7 @@ class ClientControlFactory(Factory):
 
     def connected(self, protocol: ClientControlProtocol) -> None:
         self.current = protocol
+        self.last_refusal = None
 
     def disconnected(self, protocol: ClientControlProtocol) -> None:
         if self.current is protocol:

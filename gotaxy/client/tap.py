@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from gotaxy.client.control import ClientControlFactory, reconnect_delay
+from gotaxy.client.identity import load_or_create_instance_id
 from gotaxy.config import (
     ClientConfig,
     ConfigError,
@@ -207,7 +208,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             service.stopService()
         exit_with(reactor, EXIT_FATAL)
 
-    factory = ClientControlFactory(config, verifier, reactor, fatal)
+    try:
+        instance_id = load_or_create_instance_id(config.data_dir)
+    except OSError as e:
+        instance_id = ""
+        log.warn(
+            "cannot keep this installation's id in {dir}: {error}; after a network change this client "
+            "cannot take over its old session until the server notices that one is gone",
+            dir=config.data_dir, error=e,
+        )
+    factory = ClientControlFactory(config, verifier, reactor, fatal, instance_id)
     endpoint = wrapClientTLS(
         verifier.connection_creator(),
         HostnameEndpoint(reactor, config.server_addr, config.server_port, timeout=config.dial_timeout),

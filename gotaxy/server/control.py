@@ -36,7 +36,7 @@ from gotaxy import __version__
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol
-from gotaxy.server.core import LoginRefused, ServerCore, TunnelRefused
+from gotaxy.server.core import IdentityInUse, LoginRefused, ServerCore, TunnelRefused
 
 
 #: Optional control messages a client may announce in its login's "features".
@@ -109,6 +109,8 @@ class ServerControlProtocol(MuxProtocol):
         self.client_name: Optional[str] = None
         self.client_version = "?"
         self.token_checked = False
+        #: The installation id the client sent at log-in ("" if none).
+        self.instance = ""
         self.tunnels: Dict[str, Any] = {}
         #: Operator-defined tunnels an operator removed while this session
         #: lasts: a tunnel_open for one of them, sent before the client
@@ -185,7 +187,10 @@ class ServerControlProtocol(MuxProtocol):
             name = await self.core.login(self, message)
         except LoginRefused as e:
             if not self.lost:
-                self.send_control({"type": "login_failed", "reason": str(e)})
+                refusal = {"type": "login_failed", "reason": str(e)}
+                if isinstance(e, IdentityInUse):
+                    refusal["code"] = "in_use"
+                self.send_control(refusal)
                 self.close()
             return
         self._leave_pending()

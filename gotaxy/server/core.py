@@ -8,9 +8,13 @@ connection) and which tunnels are up (``tunnels``: (client, tunnel name) ->
 
 * ``login`` checks a token and registers the session.  A client that logs in
   again while its old session is still registered (a reconnect the server
-  has not noticed yet) replaces it: the old connection is closed and its
-  tunnels are torn down *before* the new session opens any, so ports come
-  free and are taken again without "address already in use".
+  has not noticed yet) replaces it, if it proves to be the same installation
+  (the same ``instance`` id, see ``gotaxy.client.identity``): the old
+  connection is closed and its tunnels are torn down *before* the new
+  session opens any, so ports come free and are taken again without
+  "address already in use".  Any other log-in under a name that is
+  connected is refused (``IdentityInUse``) and the first keeps working:
+  two machines sharing one token would otherwise replace each other forever.
 * ``open_tunnel`` applies the port rules (see ``gotaxy.ports``) and binds the
   public port.
 * ``session_lost`` closes the client's listeners and marks it offline.
@@ -76,6 +80,10 @@ def valid_client_name(name: Any) -> bool:
 #: Tunnels one client may ask for, whatever maxPortsPerClient says.
 MAX_TUNNELS_PER_CLIENT = 256
 
+#: At most one log line per client name in this many seconds about log-ins
+#: refused because another installation is connected under that name.
+IN_USE_LOG_INTERVAL = 600.0
+
 #: Seconds between traffic-rate samples.
 RATE_INTERVAL = 1.0
 
@@ -90,6 +98,10 @@ IDLE_CHECK_MAX_INTERVAL = 30.0
 
 class LoginRefused(Exception):
     """The client may not log in; the message is sent to it."""
+
+
+class IdentityInUse(LoginRefused):
+    """Another installation is connected under this client's name."""
 
 
 class TunnelRefused(Exception):
@@ -127,6 +139,7 @@ class ServerCore:
         self.retired_bytes_in = 0
         self.retired_bytes_out = 0
         self._last_error: Dict[Tuple[str, str], float] = {}
+        self._in_use_logged: Dict[str, float] = {}
         self._rates = LoopingCall(self._sample_rates)
         self._rates.clock = reactor
         #: Counts refused public connections per tunnel between reports.
@@ -195,6 +208,7 @@ class ServerCore:
             user = _text(message, "user", 64)
             hostname = _text(message, "hostname", 255)
             session.client_version = _text(message, "version", 32, "?")
+            instance = _text(message, "instance", 64)
         except ValueError as e:
             raise LoginRefused(f"malformed login: {e}") from None
         # Clients send a join token's secret only; one sent whole (by a
@@ -234,6 +248,8 @@ class ServerCore:
 
         old = self.sessions.get(name)
         if old is not None and old is not session:
+            if not (instance and old.instance and tokens_equal(instance, old.instance)):
+                raise self._identity_in_use(name, address, old, shared=not via_store)
             self.log.info(
                 "client {client} reconnected from {address}; closing its previous connection from {old}",
                 client=name,
@@ -246,6 +262,7 @@ class ServerCore:
             raise LoginRefused("connection lost during login")
         session.client_name = name
         session.token_checked = via_store
+        session.instance = instance
         self.sessions[name] = session
         await self.record(
             self._db.client_connected, name, address, session.client_version,
@@ -258,6 +275,30 @@ class ServerCore:
             version=session.client_version,
         )
         return name
+
+    def _identity_in_use(self, name: str, address: str, old: Any, shared: bool) -> IdentityInUse:
+        """The refusal for a second installation under ``name``; logged once per interval."""
+        old_host = old.peer_address.rsplit(":", 1)[0]
+        if shared:
+            fix = (f"with the shared token, give each machine its own name: set user = \"NAME\" "
+                   "(or --user NAME) in this client's config")
+        else:
+            fix = ("one token is for one machine: create another for this one on the server with "
+                   "'gotaxy token create NAME' and use it here")
+        now = self.reactor.seconds()
+        last = self._in_use_logged.get(name)
+        if last is None or now - last >= IN_USE_LOG_INTERVAL:
+            self._in_use_logged[name] = now
+            self.log.warn(
+                "client {client}: refused a log-in from {address}: another installation is connected "
+                "under this name from {old}, and keeps its session (said at most once per {interval:g} s)",
+                client=name, address=address, old=old.peer_address, interval=IN_USE_LOG_INTERVAL,
+            )
+        return IdentityInUse(
+            f"client {name!r} is already connected from {old_host} by another installation; {fix}. "
+            f"If that connection is gone, the server notices within {self.config.heartbeat_timeout:g} s; "
+            "try again after that"
+        )
 
     async def operator_tunnels(self, client: str) -> List[Any]:
         """The enabled tunnels operators defined for ``client`` (pushed at login)."""
