@@ -307,7 +307,9 @@ def test_garbage_and_floods_on_the_control_port_do_not_disturb_tunnels(procs, ec
         s.close()
     assert closed == len(idle)
     # ... and honest clients can log in again.
-    late = procs.client(server, f"late=tcp:127.0.0.1:{echo.port}", name="late")
+    # (A machine of its own, so a token of its own: one token is one client.)
+    late_token = re.search(r"gtx_\S+", gotaxy_cli("--data-dir", str(server.data_dir), "token", "create", "late")).group(0)
+    late = procs.client(server, f"late=tcp:127.0.0.1:{echo.port}", name="late", token=late_token)
     assert echo_once(tunnel_port(late, "late"), b"still serving") == b"still serving"
     assert re.search(r"Traceback", server.output()) is None
 
