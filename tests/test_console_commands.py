@@ -374,7 +374,8 @@ class CommandTests(unittest.TestCase):
         _, bob_token = await live.management.create_token("bob")
         alice = live.client
         bob = await live.start_client([f"echo=tcp:127.0.0.1:{self.echo}"], token=bob_token)
-        await wait_until(lambda: "bob" in live.core.sessions)
+        # Up on the client means recorded in the store: the server answers after it wrote.
+        await wait_until(lambda: bob.factory.current is not None and "echo" in bob.factory.current.up)
         await bob.stopService()
         await wait_until(lambda: "bob" not in live.core.sessions)
         live.client = alice
