@@ -44,6 +44,8 @@ Key mapping, server (``ServerConfig``)::
     tunnelIdleTimeout                tunnel_idle_timeout   (ours)
     transport.tls.certFile / keyFile tls_cert_file / tls_key_file
     log.level / log.maxDays          log_level / log_max_days
+    log.maxSize                      log_max_size          (ours; bytes, or "10MiB")
+    events.retentionDays             event_retention_days  (ours)
     store                            store                 (ours)
     serverName                       server_name           (ours; names this server in notifications)
     [[webhooks]]                     webhooks              (WebhookSpec: name, url, secret, events,
@@ -355,6 +357,27 @@ def _default_server_name() -> str:
     return socket.gethostname() or "gotaxy"
 
 
+_SIZE = re.compile(r"([0-9]+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+MIN_LOG_SIZE = 64 * 1024
+
+
+def _log_size(value: Any) -> int:
+    """A number of bytes, or a string with a unit such as "10MiB"; at least 64 KiB."""
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip())
+        if match is None:
+            raise _Mismatch(value)
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        raise _Mismatch(value)
+    if size < MIN_LOG_SIZE:
+        raise _Mismatch(value)
+    return size
+
+
 def _equals(expected: object) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         if value != expected or type(value) is not type(expected):
@@ -375,6 +398,10 @@ HEARTBEAT = _Form(
     _seconds,
 )
 BOOLEAN = _Form("true or false", _boolean)
+LOG_SIZE = _Form('a size of at least 64 KiB: a number of bytes, or a string such as "10MiB" or "500KB"', _log_size)
+RETENTION_DAYS = _Form(
+    "an integer number of days of at least 7 (the panel's 7-day connect counts read the events)", _integer(7)
+)
 TEXT = _Form("a non-empty string", _text)
 HOST = _Form("a host name or IP address without a port", _host)
 NAME = _Form(NAME_RULE, _name)
@@ -664,6 +691,8 @@ class ServerConfig:
     tls_key_file: str | None = _setting(None, TEXT, "transport.tls.keyFile")
     log_level: str = _setting("info", LOG_LEVEL, "log.level")
     log_max_days: int = _setting(3, COUNT, "log.maxDays")
+    log_max_size: int = _setting(10 * 2**20, LOG_SIZE, "log.maxSize")
+    event_retention_days: int = _setting(90, RETENTION_DAYS, "events.retentionDays")
     store: str | None = _setting(None, TEXT, "store", "--store")
     web_addr: str = _setting("127.0.0.1", HOST, "webServer.addr", "--web-addr")
     web_port: int = _setting(7500, SERVICE_PORT, "webServer.port", "--web-port")

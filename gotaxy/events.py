@@ -27,6 +27,7 @@ class Event:
     tunnel: Optional[str] = None
     address: Optional[str] = None
     detail: Optional[str] = None
+    count: int = 1  #: occurrences it stands for: more than 1 for repeated failed log-ins from one address
 
 
 Subscriber = Callable[[Event], None]

@@ -7,8 +7,10 @@ Where Gotaxy's log lines go.
   global publisher and so twistd's normal output (the terminal with ``-n``,
   the journal under systemd).
 * ``ErrorLogService`` additionally writes warnings, errors and tracebacks
-  (from any module) to ``DATA_DIR/logs/gotaxy.log``, rotated daily and kept
-  ``log.maxDays`` days.
+  (from any module) to ``DATA_DIR/logs/gotaxy.log``, rotated daily and at
+  ``log.maxSize`` bytes (default 10 MiB), ``log.maxDays`` rotated files kept,
+  none older than ``log.maxDays`` days: a bound on the disk the logs take,
+  however much an attacker makes the server log.
 
 Nothing here knows about secrets: the rule is that no log call is ever given
 a token or password, and tests grep the logs to hold us to it.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, Hashable, Optional
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.logger import (
@@ -28,7 +30,7 @@ from twisted.logger import (
     globalLogPublisher,
     textFileLogObserver,
 )
-from twisted.python.logfile import DailyLogFile
+from twisted.python.logfile import LogFile
 
 LEVELS = {
     "trace": LogLevel.debug,
@@ -37,6 +39,9 @@ LEVELS = {
     "warn": LogLevel.warn,
     "error": LogLevel.error,
 }
+
+#: ``log.maxSize`` unless set: the log file rotates at this many bytes.
+DEFAULT_MAX_SIZE = 10 * 2**20
 
 _level_filter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 gotaxy_observer = FilteringLogObserver(globalLogPublisher, [_level_filter])
@@ -48,20 +53,67 @@ def set_level(name: str) -> None:
     _level_filter.defaultLogLevel = LEVELS[name]
 
 
-class RetainingDailyLogFile(DailyLogFile):
-    """A ``DailyLogFile`` that deletes rotated files older than ``max_days``."""
+def _day(timestamp: float) -> Tuple[int, int, int]:
+    return time.localtime(timestamp)[:3]
 
-    def __init__(self, name: str, directory: str, max_days: int, default_mode: Optional[int] = 0o600) -> None:
+
+class RotatingLogFile(LogFile):
+    """
+    A log file rotated when it reaches ``max_size`` bytes and at its first
+    write on a new (local) day, keeping at most ``max_days`` rotated files
+    (``gotaxy.log.1`` the newest) and none older than ``max_days`` days.
+    The directory so never holds much more than ``(max_days + 1) *
+    max_size`` bytes, whoever writes the lines.
+
+    Twisted has each half but not both: ``LogFile`` rotates by size and
+    keeps a bounded number of numbered files; ``DailyLogFile`` rotates by
+    day, names its files by date and gives up rotating while the day's name
+    is taken, so it cannot rotate twice in a day.  Hence a ``LogFile`` (size,
+    count) that also rotates when the day changes, and deletes rotated files
+    by age (a quiet server still drops week-old files).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        directory: str,
+        max_days: int,
+        max_size: int,
+        default_mode: Optional[int] = 0o600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.max_days = max_days
-        super().__init__(name, directory, defaultMode=default_mode)
+        self._clock = clock
+        super().__init__(name, directory, rotateLength=max_size, defaultMode=default_mode, maxRotatedFiles=max_days)
         self.prune()
+
+    def _openFile(self) -> None:
+        super()._openFile()
+        self.day = _day(os.stat(self.path).st_mtime)
+
+    def shouldRotate(self) -> bool:
+        if self.size == 0:
+            return False  # nothing to keep: a new day or not, write on
+        return bool(super().shouldRotate()) or _day(self._clock()) > self.day
+
+    def write(self, data: str) -> None:
+        super().write(data)
+        self.day = max(self.day, _day(self._clock()))
+
+    def listLogs(self) -> List[int]:
+        # LogFile's own takes "2026_12_1" (DailyLogFile's names, kept by
+        # older versions) for the number 2026121.
+        prefix = self.name + "."
+        numbers = [e[len(prefix):] for e in os.listdir(self.directory) if e.startswith(prefix)]
+        return sorted(int(n) for n in numbers if n.isascii() and n.isdigit() and int(n) > 0)
 
     def rotate(self) -> None:
         super().rotate()
         self.prune()
 
     def prune(self, now: Optional[float] = None) -> None:
-        cutoff = (time.time() if now is None else now) - self.max_days * 86400
+        """Delete rotated files (any ``NAME.*``, older names included) older than ``max_days``."""
+        cutoff = (self._clock() if now is None else now) - self.max_days * 86400
         prefix = self.name + "."
         for entry in os.listdir(self.directory):
             if not entry.startswith(prefix):
@@ -77,15 +129,16 @@ class RetainingDailyLogFile(DailyLogFile):
 class ErrorLogService(Service):
     """Copies warnings and worse to a rotated file in ``directory``."""
 
-    def __init__(self, directory: str, max_days: int) -> None:
+    def __init__(self, directory: str, max_days: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
         self.directory = directory
         self.max_days = max_days
-        self._file: Optional[RetainingDailyLogFile] = None
+        self.max_size = max_size
+        self._file: Optional[RotatingLogFile] = None
         self._observer: Optional[FilteringLogObserver] = None
 
     def startService(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        self._file = RetainingDailyLogFile("gotaxy.log", self.directory, self.max_days)
+        self._file = RotatingLogFile("gotaxy.log", self.directory, self.max_days, self.max_size)
         self._observer = FilteringLogObserver(
             textFileLogObserver(self._file),
             [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],

@@ -108,6 +108,7 @@ class EventRecord:
     tunnel: Optional[str] = None
     address: Optional[str] = None
     detail: Optional[str] = None
+    count: int = 1  #: occurrences this row stands for (repeated failed log-ins from one address are one row)
 
 
 def ensure_tables(db: Any, columns: Dict[str, List[Tuple[str, Any]]], indexes: Dict[str, List[List[str]]]) -> None:
@@ -187,6 +188,7 @@ class Store:
                 ("tunnel", types.string(64)),
                 ("address", types.string(128)),
                 ("detail", types.text),
+                ("count", types.integer),
             ],
             "admins": [
                 ("username", types.string(64)),
@@ -401,10 +403,24 @@ class Store:
         tunnel: Optional[str] = None,
         address: Optional[str] = None,
         detail: Optional[str] = None,
+        count: int = 1,
     ) -> None:
         self.db["events"].insert(
-            dict(at=self._clock(), type=type_, client=client, tunnel=tunnel, address=address, detail=detail)
+            dict(at=self._clock(), type=type_, client=client, tunnel=tunnel, address=address, detail=detail, count=count)
         )
+
+    def expire_events(self, before: float, limit: int = 1000) -> int:
+        """
+        Delete up to ``limit`` of the oldest events recorded before ``before``;
+        return how many were deleted.  Callers repeat it, one store call per
+        batch, so a large backlog never holds the store thread for long.
+        """
+        with self.db as tx:
+            table = tx["events"]
+            ids = [row["id"] for row in table.find(at={"<": before}, order_by="id", _limit=limit)]
+            if ids:
+                table.delete(id={"in": ids})
+        return len(ids)
 
     def events(
         self,
@@ -439,6 +455,7 @@ class Store:
                 tunnel=row["tunnel"],
                 address=row["address"],
                 detail=row["detail"],
+                count=row.get("count") or 1,
             )
             for row in rows
         ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from gotaxy.logs import ErrorLogService, RetainingDailyLogFile, gotaxy_observer
+from gotaxy.logs import DEFAULT_MAX_SIZE, ErrorLogService, RotatingLogFile, gotaxy_observer
 
 DAY = 86400
 
@@ -33,7 +33,7 @@ def test_old_rotated_files_are_deleted_on_open_and_recent_ones_kept(tmp_path: Pa
     age(recent, 6)
     age(other, 400)
 
-    log = RetainingDailyLogFile("gotaxy.log", str(tmp_path), max_days=7)
+    log = RotatingLogFile("gotaxy.log", str(tmp_path), max_days=7, max_size=DEFAULT_MAX_SIZE)
     try:
         assert not old.exists() and not older.exists()
         assert recent.exists()
@@ -44,7 +44,7 @@ def test_old_rotated_files_are_deleted_on_open_and_recent_ones_kept(tmp_path: Pa
 
 
 def test_rotation_prunes_too(tmp_path: Path) -> None:
-    log = RetainingDailyLogFile("gotaxy.log", str(tmp_path), max_days=3)
+    log = RotatingLogFile("gotaxy.log", str(tmp_path), max_days=3, max_size=DEFAULT_MAX_SIZE)
     try:
         log.write("day one\n")
         stale = tmp_path / "gotaxy.log.2000_1_1"
@@ -65,7 +65,7 @@ def test_the_live_file_is_never_pruned(tmp_path: Path) -> None:
     live = tmp_path / "gotaxy.log"
     live.write_text("long-running\n")
     age(live, 100)
-    log = RetainingDailyLogFile("gotaxy.log", str(tmp_path), max_days=1)
+    log = RotatingLogFile("gotaxy.log", str(tmp_path), max_days=1, max_size=DEFAULT_MAX_SIZE)
     try:
         log.prune()
         assert live.exists()
@@ -74,7 +74,7 @@ def test_the_live_file_is_never_pruned(tmp_path: Path) -> None:
 
 
 def test_prune_with_an_explicit_now(tmp_path: Path) -> None:
-    log = RetainingDailyLogFile("gotaxy.log", str(tmp_path), max_days=2)
+    log = RotatingLogFile("gotaxy.log", str(tmp_path), max_days=2, max_size=DEFAULT_MAX_SIZE)
     try:
         kept = tmp_path / "gotaxy.log.2030_1_1"
         kept.write_text("x\n")
@@ -87,7 +87,7 @@ def test_prune_with_an_explicit_now(tmp_path: Path) -> None:
 
 
 def test_new_log_file_is_private(tmp_path: Path) -> None:
-    log = RetainingDailyLogFile("gotaxy.log", str(tmp_path), max_days=7)
+    log = RotatingLogFile("gotaxy.log", str(tmp_path), max_days=7, max_size=DEFAULT_MAX_SIZE)
     try:
         assert stat.S_IMODE(os.stat(tmp_path / "gotaxy.log").st_mode) == 0o600
     finally:
@@ -155,3 +155,76 @@ def test_log_level_applies_to_gotaxy_lines() -> None:
         globalLogPublisher.removeObserver(seen.append)
     formats = [e.get("log_format") for e in seen if e.get("log_namespace") == "gotaxy.test.level"]
     assert formats == ["still heard", "now heard"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_file_rotates_at_the_size_cap_and_keeps_max_days_files(tmp_path: Path) -> None:
+    # A flood of warnings (an attacker's doing, say) fills the file within a day.
+    clock = FakeClock()
+    log = RotatingLogFile("gotaxy.log", str(tmp_path), max_days=3, max_size=10_000, clock=clock)
+    line = "x" * 99 + "\n"
+    try:
+        for _ in range(2_000):  # 200 kB: 20 times the cap
+            log.write(line)
+        log.flush()
+    finally:
+        log.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["gotaxy.log", "gotaxy.log.1", "gotaxy.log.2", "gotaxy.log.3"]
+    for name in names[1:]:
+        # Rotated as soon as the cap is reached (checked before each line).
+        assert (tmp_path / name).stat().st_size == 10_000
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= (3 + 1) * 10_000
+
+
+def test_the_file_also_rotates_when_the_day_changes(tmp_path: Path) -> None:
+    clock = FakeClock()
+    log = RotatingLogFile("gotaxy.log", str(tmp_path), max_days=3, max_size=DEFAULT_MAX_SIZE, clock=clock)
+    try:
+        log.write("monday\n")
+        log.write("still monday\n")
+        clock.now += DAY
+        log.write("tuesday\n")
+        log.flush()
+        assert (tmp_path / "gotaxy.log.1").read_text() == "monday\nstill monday\n"
+        assert (tmp_path / "gotaxy.log").read_text() == "tuesday\n"
+        clock.now += DAY
+        log.flush()
+    finally:
+        log.close()
+
+
+def test_an_empty_file_is_not_rotated_for_a_new_day(tmp_path: Path) -> None:
+    clock = FakeClock()
+    log = RotatingLogFile("gotaxy.log", str(tmp_path), max_days=3, max_size=DEFAULT_MAX_SIZE, clock=clock)
+    try:
+        clock.now += 2 * DAY
+        log.write("first line\n")
+        clock.now += 60
+        log.write("second line\n")
+        log.flush()
+    finally:
+        log.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gotaxy.log"]
+
+
+def test_error_log_service_applies_the_size_cap(tmp_path: Path) -> None:
+    service = ErrorLogService(str(tmp_path), max_days=2, max_size=65536)
+    service.startService()
+    try:
+        log = Logger(namespace="gotaxy.test.flood")
+        for n in range(3000):
+            log.warn("refusing connection from 192.0.2.1 number {n}", n=n)
+    finally:
+        service.stopService()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["gotaxy.log", "gotaxy.log.1", "gotaxy.log.2"]
+    assert all(p.stat().st_size < 65536 + 1000 for p in tmp_path.iterdir())
+    assert "number 2999" in (tmp_path / "gotaxy.log").read_text()

@@ -8,7 +8,7 @@ receives::
     {"event": "client.disconnected", "time": "2026-11-25T23:00:00Z",
      "timestamp": 1795647600.0, "server": "tunnel.example.org",
      "client": "alice", "tunnel": null, "address": "198.51.100.7:50312",
-     "detail": "heartbeat timeout: nothing heard for 30 s",
+     "detail": "heartbeat timeout: nothing heard for 30 s", "count": 1,
      "text": "[tunnel.example.org] client alice offline: heartbeat timeout: ..."}
 
 ``render`` turns an event into the URL, body and headers of one delivery
@@ -93,6 +93,7 @@ def document(event: Event, server: str) -> Dict[str, object]:
         "tunnel": event.tunnel,
         "address": event.address,
         "detail": event.detail,
+        "count": event.count,
         "text": describe(event, server),
     }
 

@@ -19,12 +19,13 @@ Life of a connection::
 
 ``Admission`` bounds connections that have not logged in yet, in total and
 per peer address, so a flood of idle or garbage connections costs bounded
-memory and cannot crowd out honest clients' tunnels.
+memory and cannot crowd out honest clients' tunnels; its refusals are
+logged once a minute with their number, so the flood cannot fill the log.
 """
 
 from __future__ import annotations
 
-from typing import Any, Collection, Dict, Optional, Set
+from typing import Any, Collection, Dict, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.protocol import Factory
@@ -37,6 +38,10 @@ from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol
 from gotaxy.server.core import IdentityInUse, LoginRefused, ServerCore, TunnelRefused
+from gotaxy.server.throttle import RepeatThrottle
+
+#: Refused connections are logged at most once in this many seconds (with their number).
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 #: Optional control messages a client may announce in its login's "features".
@@ -57,34 +62,59 @@ def tunnel_add_message(name: str, local_addr: str, remote_port: int) -> Dict[str
 
 
 class Admission:
-    """Counts connections that have not authenticated yet."""
+    """
+    Counts connections that have not authenticated yet.  A refusal is
+    logged at once, and further refusals once a minute with their number,
+    so a flood cannot fill the log.
+    """
 
     log = Logger(observer=gotaxy_observer)
 
-    def __init__(self, max_pending: int, max_per_ip: int) -> None:
+    def __init__(self, max_pending: int, max_per_ip: int, reactor: Any,
+                 log_interval: float = REFUSAL_LOG_INTERVAL) -> None:
         self.max_pending = max_pending
         self.max_per_ip = max_per_ip
         self.pending = 0
         self.per_ip: Dict[str, int] = {}
         self.refused = 0
+        self._refusals = RepeatThrottle(reactor, log_interval, self._log_refusals, max_keys=1)
 
     def admit(self, host: str) -> bool:
         count = self.per_ip.get(host, 0)
         if self.pending >= self.max_pending or count >= self.max_per_ip:
             self.refused += 1
-            self.log.warn(
-                "refusing connection from {host}: {pending} connections are waiting to log in "
-                "({count} from this address; limits {total} and {per_ip})",
-                host=host,
-                pending=self.pending,
-                count=count,
-                total=self.max_pending,
-                per_ip=self.max_per_ip,
-            )
+            self._refusals.add("refused", (host, self.pending, count))
             return False
         self.pending += 1
         self.per_ip[host] = count + 1
         return True
+
+    def stop(self) -> None:
+        """Log the refusals not logged yet."""
+        self._refusals.flush()
+
+    def _log_refusals(self, key: Any, count: int, context: Tuple[str, int, int], first: bool) -> None:
+        host, pending, from_host = context
+        if first:
+            self.log.warn(
+                "refusing connection from {host}: {pending} connections are waiting to log in "
+                "({count} from this address; limits {total} and {per_ip})",
+                host=host,
+                pending=pending,
+                count=from_host,
+                total=self.max_pending,
+                per_ip=self.max_per_ip,
+            )
+        else:
+            self.log.warn(
+                "refused {count} more connections in the last {seconds:g} s: too many were waiting to log in "
+                "(last from {host}; limits {total} in all and {per_ip} per address)",
+                count=count,
+                seconds=self._refusals.interval,
+                host=host,
+                total=self.max_pending,
+                per_ip=self.max_per_ip,
+            )
 
     def release(self, host: str) -> None:
         self.pending -= 1

@@ -15,6 +15,10 @@ connection) and which tunnels are up (``tunnels``: (client, tunnel name) ->
   "address already in use".  Any other log-in under a name that is
   connected is refused (``IdentityInUse``) and the first keeps working:
   two machines sharing one token would otherwise replace each other forever.
+  A wrong token is recorded as one ``login.failed`` event and one log line
+  per source address a minute, carrying the number of attempts
+  (``gotaxy.server.throttle``), so guessing costs the attacker, not the
+  disk.
 * ``open_tunnel`` applies the port rules (see ``gotaxy.ports``) and binds the
   public port.
 * ``session_lost`` closes the client's listeners and marks it offline.
@@ -27,7 +31,7 @@ through ``ThreadedStore``, so this module never blocks.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError
@@ -42,6 +46,7 @@ from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.names import InvalidName, check_name, is_valid_name
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
 from gotaxy.ports import PortAllocator, server_ports
+from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel, PublicFactory
 from gotaxy.store import (
     CLIENT_CONNECTED,
@@ -83,6 +88,10 @@ MAX_TUNNELS_PER_CLIENT = 256
 #: At most one log line per client name in this many seconds about log-ins
 #: refused because another installation is connected under that name.
 IN_USE_LOG_INTERVAL = 600.0
+
+#: Failed log-ins from one address within this many seconds are one
+#: login.failed event (and one log line) with their count.
+LOGIN_FAILURE_INTERVAL = 60.0
 
 #: Seconds between traffic-rate samples.
 RATE_INTERVAL = 1.0
@@ -148,6 +157,9 @@ class ServerCore:
         self._fd_refusals = Throttle(reactor, REFUSAL_REPORT_INTERVAL)
         self._idle = LoopingCall(self._close_idle)
         self._idle.clock = reactor
+        #: Failed log-ins per source address, reported once a minute with their count.
+        self.login_failures = RepeatThrottle(reactor, LOGIN_FAILURE_INTERVAL, self._report_login_failures)
+        self._recording: Set[Deferred] = set()  #: events of failed log-ins being written
 
     def start(self) -> None:
         self._rates.start(RATE_INTERVAL, now=False)
@@ -158,6 +170,7 @@ class ServerCore:
             self._rates.stop()
         if self._idle.running:
             self._idle.stop()
+        self.login_failures.flush()
 
     def _start_idle_checks(self) -> None:
         timeout = self.config.tunnel_idle_timeout
@@ -189,10 +202,11 @@ class ServerCore:
         tunnel: Optional[str] = None,
         address: Optional[str] = None,
         detail: Optional[str] = None,
+        count: int = 1,
     ) -> Any:
         """Run a store call that records ``event``, then publish it live."""
         result = await self.store.call(store_call, *args)
-        self.publish(event, client=client, tunnel=tunnel, address=address, detail=detail)
+        self.publish(event, client=client, tunnel=tunnel, address=address, detail=detail, count=count)
         return result
 
     def publish(self, type_: str, **fields: Any) -> None:
@@ -237,11 +251,11 @@ class ServerCore:
                 name = record.name
                 via_store = True
         if name is None:
-            self.log.warn("login failed from {address}: invalid, expired or revoked token", address=address)
-            await self.record(
-                self._db.record_event, LOGIN_FAILED, None, None, address, "invalid token",
-                event=LOGIN_FAILED, address=address, detail="invalid token",
-            )
+            # One event and one log line per source address a minute, not
+            # one per attempt: see _report_login_failures.
+            recorded = self.login_failures.add(address.rsplit(":", 1)[0], address)
+            if recorded is not None:
+                await recorded  # the first of a series: in the store before the client hears
             raise LoginRefused("invalid, expired or revoked token")
         if session.lost:
             raise LoginRefused("connection lost during login")
@@ -299,6 +313,39 @@ class ServerCore:
             f"If that connection is gone, the server notices within {self.config.heartbeat_timeout:g} s; "
             "try again after that"
         )
+
+    def _report_login_failures(self, host: Any, count: int, address: str, first: bool) -> Deferred:
+        """
+        ``RepeatThrottle`` report: the first failure from ``host`` at once,
+        with its full address; then, once a minute while they go on, one
+        ``login.failed`` event carrying the number of further attempts.
+        """
+        if first:
+            where, detail = address, "invalid token"
+            self.log.warn("login failed from {address}: invalid, expired or revoked token", address=address)
+        else:
+            seconds = self.login_failures.interval
+            if host == OTHERS:
+                where = None
+                detail = f"invalid token; {count} more attempts from further addresses in the last {seconds:g} s"
+            else:
+                where = host
+                detail = f"invalid token; {count} more attempts in the last {seconds:g} s"
+            self.log.warn(
+                "login failed from {where}: {count} more attempts with an invalid, expired or revoked token "
+                "in the last {seconds:g} s",
+                where=where or "further addresses", count=count, seconds=seconds,
+            )
+        recording = Deferred.fromCoroutine(
+            self.record(
+                self._db.record_event, LOGIN_FAILED, None, None, where, detail, count,
+                event=LOGIN_FAILED, address=where, detail=detail, count=count,
+            )
+        )
+        self._recording.add(recording)
+        recording.addErrback(lambda f: self.log.failure("recording failed log-ins failed", f))
+        recording.addBoth(lambda _: self._recording.discard(recording))
+        return recording
 
     async def operator_tunnels(self, client: str) -> List[Any]:
         """The enabled tunnels operators defined for ``client`` (pushed at login)."""
@@ -600,6 +647,8 @@ class ServerCore:
         for session in sessions:
             session.close_with_error("server shutting down")
         await DeferredList([self.session_lost(s, "server shutting down") for s in sessions])
+        # The counts flushed by stop() reach the store before it closes.
+        await DeferredList(list(self._recording))
 
     # -- traffic -------------------------------------------------------------
 

@@ -100,13 +100,16 @@ class TunnelLedger:
 
 
 class EventCounts:
-    """Event-bus subscriber counting events by type."""
+    """
+    Event-bus subscriber counting occurrences by type: an event that stands
+    for several (failed log-ins from one address, aggregated) counts as many.
+    """
 
     def __init__(self) -> None:
         self.counts: Dict[str, int] = {}
 
     def __call__(self, event: Event) -> None:
-        self.counts[event.type] = self.counts.get(event.type, 0) + 1
+        self.counts[event.type] = self.counts.get(event.type, 0) + event.count
 
     def get(self, kind: str) -> int:
         return self.counts.get(kind, 0)

@@ -44,6 +44,7 @@ from gotaxy.server.metrics import Metrics
 from gotaxy.server.operators import OperatorAuth
 from gotaxy.jointoken import make_join_token
 from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, ThreadedStore, default_url
+from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 from gotaxy.web import make_web_service
 
@@ -183,10 +184,13 @@ def first_start_banner(config: ServerConfig, first: FirstStart, credentials: Ser
 class CoreService(Service):
     """Starts and stops what the core needs around the reactor's lifetime."""
 
-    def __init__(self, core: ServerCore, store: ThreadedStore, credentials: ServerCredentials) -> None:
+    def __init__(
+        self, core: ServerCore, store: ThreadedStore, credentials: ServerCredentials, admission: Optional[Admission] = None
+    ) -> None:
         self.core = core
         self.store = store
         self.credentials = credentials
+        self.admission = admission
 
     def startService(self) -> None:
         super().startService()
@@ -217,6 +221,8 @@ class CoreService(Service):
         super().stopService()
         if self._announce.active():
             self._announce.cancel()
+        if self.admission is not None:
+            self.admission.stop()
         d = Deferred.fromCoroutine(self.core.shutdown())
         d.addBoth(lambda _: self.store.stop())
         return d
@@ -257,11 +263,11 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
 
     store = ThreadedStore(sync_store, reactor)
     core = ServerCore(config, store, reactor)
-    admission = Admission(config.max_pending, config.max_pending_per_ip)
+    admission = Admission(config.max_pending, config.max_pending_per_ip, reactor)
 
     top = MultiService()
-    ErrorLogService(os.path.join(data_dir, "logs"), config.log_max_days).setServiceParent(top)
-    CoreService(core, store, credentials).setServiceParent(top)
+    ErrorLogService(os.path.join(data_dir, "logs"), config.log_max_days, config.log_max_size).setServiceParent(top)
+    CoreService(core, store, credentials, admission).setServiceParent(top)
     control = StreamServerEndpointService(
         _control_endpoint(reactor, config),
         AdmittingTLSFactory(credentials.server_context(), ServerControlFactory(core, admission, reactor)),
@@ -276,6 +282,9 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     )
     revocations.clock = reactor
     revocations.setServiceParent(top)
+    # Events older than events.retentionDays go, at start and then hourly.
+    top.event_retention = EventRetention(core)  # type: ignore[attr-defined]
+    top.event_retention.setServiceParent(top)  # type: ignore[attr-defined]
     # Notifications, metrics and stability history.
     top.notifier = build_notifier(config, core.events, reactor, store)  # type: ignore[attr-defined]
     top.notifier.setServiceParent(top)  # type: ignore[attr-defined]

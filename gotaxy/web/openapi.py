@@ -167,6 +167,11 @@ SCHEMAS: Dict[str, Any] = {
             "tunnel": _STRING_OR_NULL,
             "address": _STRING_OR_NULL,
             "detail": _STRING_OR_NULL,
+            "count": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "occurrences this event stands for: failed log-ins from one address are one event a minute",
+            },
         }
     ),
     "EventPage": _object(
