@@ -62,7 +62,10 @@ Client (``ClientConfig``)::
     serverAddr / serverPort          server_addr / server_port
     auth.token / user                token / user          (a join token gtx1.PIN.SECRET pins the server)
     [[proxies]]                      tunnels               (TunnelSpec: name, type,
-                                                            localIP, localPort, remotePort)
+                                                            localIP, localPort, remotePort,
+                                                            enabled, healthCheck.type /
+                                                            timeoutSeconds / maxFailed /
+                                                            intervalSeconds)
     transport.tls.fingerprint        fingerprint           (ours)
     transport.tls.trustedCaFile      trusted_ca_file
     transport.tls.serverName         server_name
@@ -420,6 +423,7 @@ PORT_RANGES = _Form(
     _port_ranges,
 )
 TUNNEL_TYPE = _Form('"tcp" (the only tunnel type Gotaxy supports so far)', _equals("tcp"))
+HEALTH_CHECK_TYPE = _Form('"tcp" or "http"', _one_of("tcp", "http"))
 TOKEN_AUTH = _Form(
     '"token" (Gotaxy supports token authentication only)', _equals("token")
 )
@@ -646,6 +650,14 @@ class TunnelSpec:
     remote_port: int = _setting(0, REMOTE_PORT, "remotePort")
     #: ``enabled = false`` (or a ``start`` list without it): defined, not opened.
     enabled: bool = _setting(True, BOOLEAN, "enabled")
+    #: frp's ``healthCheck``: a TCP connect to the local service every
+    #: ``health_check_interval`` s; after ``health_check_max_failed`` failures
+    #: in a row the tunnel is shown down (its port is kept).  ``"http"`` is
+    #: checked the same way (with a warning).  frp's defaults: 3 s, 1, 10 s.
+    health_check_type: str | None = _setting(None, HEALTH_CHECK_TYPE, "healthCheck.type")
+    health_check_timeout: float = _setting(3.0, SECONDS, "healthCheck.timeoutSeconds")
+    health_check_max_failed: int = _setting(1, COUNT, "healthCheck.maxFailed")
+    health_check_interval: float = _setting(10.0, SECONDS, "healthCheck.intervalSeconds")
 
 
 @attrs.frozen
@@ -938,9 +950,10 @@ _FRP_PROXY_KEYS = frozenset({
     "loadBalancer.group", "loadBalancer.groupKey",
     "httpUser", "httpPassword", "subdomain", "customDomains", "locations",
     "routeByHTTPUser", "hostHeaderRewrite", "multiplexer", "secretKey", "allowUsers",
+    "healthCheck.path", "healthCheck.httpHeaders",
 })
 _FRP_PROXY_TABLES = frozenset({
-    "healthCheck", "metadatas", "annotations", "requestHeaders", "responseHeaders", "plugin",
+    "metadatas", "annotations", "requestHeaders", "responseHeaders", "plugin",
     "natTraversal",
 })
 
@@ -1288,6 +1301,11 @@ def _read_proxies(entries: Any, source: str, warnings: list[str]) -> tuple[Tunne
                 f"e.g. localPort = 22"
             )
         tunnels.append(TunnelSpec(**_PROXY.convert(ours, source, f" in {label}")))
+        if tunnels[-1].health_check_type == "http":
+            warnings.append(
+                f'{source}: {label} has healthCheck.type = "http", which Gotaxy does not support '
+                f"yet; its local service is checked with a TCP connect instead"
+            )
         for key in frp:
             ignored.setdefault(key, []).append(name)
 

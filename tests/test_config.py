@@ -268,10 +268,14 @@ class TestFrpExampleFiles:
         assert config.user == "your_name"
         assert config.login_fail_exit is True
         assert config.tunnels == (
-            TunnelSpec(name="ssh", local_port=22, local_ip="127.0.0.1", remote_port=6001),
+            # frp's healthCheck of type tcp is honoured.
+            TunnelSpec(name="ssh", local_port=22, local_ip="127.0.0.1", remote_port=6001,
+                       health_check_type="tcp", health_check_timeout=3.0, health_check_max_failed=3,
+                       health_check_interval=10.0),
             TunnelSpec(name="ssh_random", local_port=22, local_ip="192.168.31.100"),
         )
         warnings = "\n".join(loaded.warnings)
+        assert "healthCheck" not in warnings
         assert "proxy 'dns' has type \"udp\"" in warnings
         assert "proxy 'web01' has type \"http\"" in warnings
         assert "proxy 'secret_tcp' has type \"stcp\"" in warnings
@@ -353,8 +357,8 @@ class TestFrpOwnFiles:
         warnings = "\n".join(loaded.warnings)
         for key in ("clientID", "visitors", "metadatas", "annotations"):
             assert f"'{key}'" in warnings
-        # 14 client keys and tables, 16 skipped proxies, 9 keys of proxy 'ssh'.
-        assert len(loaded.warnings) == 14 + 16 + 9
+        # 14 client keys and tables, 16 skipped proxies, 8 keys of proxy 'ssh' (its healthCheck is honoured).
+        assert len(loaded.warnings) == 14 + 16 + 8
         assert warnings.count("skipped") == 16
 
     def test_every_key_frp_documents_is_known(self) -> None:
@@ -1005,15 +1009,26 @@ class TestProxies:
             name = "b"
             localPort = 2
             transport.useEncryption = true
+            healthCheck.type = "http"
+            healthCheck.path = "/status"
             """
         )
         assert [t.name for t in loaded.config.tunnels] == ["a", "b"]
+        assert [t.health_check_type for t in loaded.config.tunnels] == ["tcp", "http"]
         assert loaded.warnings == (
+            "client.toml: proxy 'b' has healthCheck.type = \"http\", which Gotaxy does not support "
+            "yet; its local service is checked with a TCP connect instead",
             "client.toml: 'transport.useEncryption' (in proxies 'a', 'b') is an frp setting "
             "that Gotaxy does not support yet; ignored",
-            "client.toml: 'healthCheck' (in proxy 'a') is an frp setting that Gotaxy does not "
+            "client.toml: 'healthCheck.path' (in proxy 'b') is an frp setting that Gotaxy does not "
             "support yet; ignored",
         )
+
+    def test_health_check_values_are_checked(self) -> None:
+        message = error_of(client, '[[proxies]]\nname = "a"\nlocalPort = 1\nhealthCheck.type = "udp"')
+        assert "'healthCheck.type' in proxy 'a' must be \"tcp\" or \"http\", got \"udp\"" in message
+        message = error_of(client, '[[proxies]]\nname = "a"\nlocalPort = 1\nhealthCheck.maxFailed = 0')
+        assert "'healthCheck.maxFailed' in proxy 'a' must be an integer of at least 1, got 0" in message
 
     def test_proxies_must_be_an_array_of_tables(self) -> None:
         message = error_of(client, '[proxies]\nname = "ssh"')

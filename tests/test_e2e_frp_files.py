@@ -116,7 +116,7 @@ FRPC_FULL_WARNINGS = [
     "proxy secret_tcp", "proxy p2p_tcp", "proxy vnet-server",
     # frp settings of the tcp proxy 'ssh' that Gotaxy opens.
     "transport.bandwidthLimit", "transport.bandwidthLimitMode", "transport.useEncryption",
-    "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey", "healthCheck",
+    "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey",
     "metadatas", "annotations",
 ]
 
@@ -254,7 +254,7 @@ FRPC_LEGACY_WARNINGS = [
     "proxy plugin_static_file", "proxy plugin_https2http", "proxy plugin_https2https",
     "proxy plugin_http2https", "proxy secret_tcp", "proxy p2p_tcp", "proxy tcpmuxhttpconnect",
     "transport.bandwidthLimit", "transport.bandwidthLimitMode", "transport.useEncryption",
-    "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey", "healthCheck",
+    "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey",
     "metadatas",
 ]
 
