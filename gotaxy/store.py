@@ -58,6 +58,10 @@ OPERATOR_PASSWORD_CHANGED = "operator.password_changed"
 SOURCE_CLIENT = "client"
 SOURCE_SERVER = "server"
 
+#: Tunnels a client's refusals may add to the store (a client may ask for at
+#: most 256 at a time; names it tried once and gave up stay listed).
+MAX_TUNNEL_ROWS_PER_CLIENT = 512
+
 
 class StoreError(Exception):
     """A request the store refuses; the message is for the user."""
@@ -344,11 +348,23 @@ class Store:
         )
         self.record_event(TUNNEL_OPENED, client=client, tunnel=name, detail=f"port {port} -> {local_addr}")
 
-    def tunnel_down(self, client: str, name: str, status: str, reason: str, event: str) -> None:
+    def tunnel_down(self, client: str, name: str, status: str, reason: str, event: str,
+                    local_addr: Optional[str] = None) -> None:
+        """
+        Record why a tunnel is not up.  With ``local_addr``, a tunnel the
+        store does not know yet (refused at its first open) is added, so the
+        panel and console list it with the reason; at most
+        ``MAX_TUNNEL_ROWS_PER_CLIENT`` per client, and it reserves no port.
+        """
         now = self._clock()
         if self.db["tunnels"].find_one(client=client, name=name):
             self.db["tunnels"].update(
                 dict(client=client, name=name, status=status, reason=reason, updated_at=now), ["client", "name"]
+            )
+        elif local_addr is not None and self.db["tunnels"].count(client=client) < MAX_TUNNEL_ROWS_PER_CLIENT:
+            self.db["tunnels"].insert(
+                dict(client=client, name=name, type="tcp", local_addr=local_addr, remote_port=None, status=status,
+                     reason=reason, updated_at=now, source=SOURCE_CLIENT, enabled=True)
             )
         self.record_event(event, client=client, tunnel=name, detail=reason)
 

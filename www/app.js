@@ -485,8 +485,12 @@ function drawRtt(chart, samples, now) {
 function tunnelStatus(tn) {
   if (tn.status === "up") return badge("up", t("status.up"));
   if (tn.status === "disabled") return badge("off", t("status.disabled"));
-  if (tn.status === "refused") return badge("error", `${t("status.error")}: ${tn.reason || ""}`, tn.reason);
-  return badge("down", t("status.down"), tn.reason || "");
+  const refused = tn.status === "refused";
+  let text = t(refused ? "status.error" : "status.down") + (tn.reason ? `: ${tn.reason}` : "");
+  if (tn.retry_in != null) {
+    text += "; " + (tn.retry_in >= 1 ? t("status.retrying_in", { seconds: Math.round(tn.retry_in) }) : t("status.retrying_now"));
+  }
+  return badge(refused ? "error" : "down", text, tn.reason || "");
 }
 
 async function loadTunnels() {

@@ -16,7 +16,15 @@ every loss, with ``reconnect_delay`` between attempts):
    its name reserved against operator-added tunnels); the server answers each with
    ``tunnel_up`` (logged as ``tunnel NAME up at HOST:PORT``, a line scripts
    may rely on) or ``tunnel_refused``, which affects that tunnel alone.
+   A refused tunnel is asked for again after a backoff (``tunnel_retry_delay``:
+   1 s doubling to 60 s, jittered), whatever the reason: the busy port may
+   come free, and an operator may fix allowPorts or re-enable the tunnel
+   while the client runs.  A server that announces ``tunnel_status`` in its
+   ``login_ok`` is told when (``tunnel_retry``), so its panel can show it.
 4. Streams the server opens are connected to the tunnel's local service.
+   A tunnel with frp's ``healthCheck`` has its local service probed
+   (``gotaxy.client.health``); a change is logged and, to a server that
+   announces ``tunnel_status``, sent as ``tunnel_health``.
 
 Nothing the server sends is trusted: every field is checked for its type
 and range (a port is an ``int`` from 1 to 65535, never a bool, a float or
@@ -50,6 +58,7 @@ from zope.interface import implementer
 
 from gotaxy import __version__
 from gotaxy.config import ClientConfig, ConfigError, TunnelSpec, parse_host_port
+from gotaxy.client.health import LocalHealthCheck
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.mux import MuxProtocol, Stream
@@ -76,9 +85,31 @@ MAX_SHOWN = 500
 MAX_HEARTBEAT = 86400.0
 
 
+#: A refused tunnel is asked for again after at most this many seconds.
+TUNNEL_RETRY_CAP = 60.0
+
+#: Optional client messages (``tunnel_retry``, ``tunnel_health``) a server
+#: may announce in its ``login_ok``'s "features"; older servers refuse them.
+TUNNEL_STATUS = "tunnel_status"
+
+
+def backoff_delay(attempt: int, cap: float, rng: Callable[[], float] = random.random) -> float:
+    """Exponential backoff from 1 s (attempt 0), capped at ``cap``, with jitter (50-100%)."""
+    return min(cap, 2.0 ** min(attempt, 16)) * (0.5 + rng() / 2)
+
+
 def reconnect_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Exponential backoff from 1 s, capped at 30 s, with jitter (50-100%)."""
-    return min(RECONNECT_CAP, 2.0 ** min(attempt, 16)) * (0.5 + rng() / 2)
+    return backoff_delay(attempt, RECONNECT_CAP, rng)
+
+
+def tunnel_retry_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """When to ask again for a tunnel refused ``attempt`` times in a row before."""
+    return backoff_delay(attempt, TUNNEL_RETRY_CAP, rng)
+
+
+def seconds_text(seconds: float) -> str:
+    return f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
 
 
 def printable(text: str, limit: int = MAX_SHOWN) -> str:
@@ -156,6 +187,12 @@ class ClientControlProtocol(MuxProtocol):
         self.heartbeat: Optional[HeartbeatMonitor] = None
         self.tunnels: Dict[str, TunnelSpec] = {t.name: t for t in self.config.tunnels}
         self.up: Dict[str, int] = {}
+        #: Refused tunnels waiting for their next request, by name.
+        self.retries: Dict[str, Any] = {}
+        #: Health checks of the tunnels that are up and have one, by name.
+        self.checks: Dict[str, LocalHealthCheck] = {}
+        #: Optional messages the server understands (from its login_ok).
+        self.server_features: Set[str] = set()
 
     def handshakeCompleted(self) -> None:
         try:
@@ -215,20 +252,72 @@ class ClientControlProtocol(MuxProtocol):
             self.log.info("ignoring tunnel_up for {name!r}, which this client no longer has", name=printable(name))
             return
         self.up[name] = port
+        self.factory.tunnel_attempts.pop(name, None)
+        self._cancel_retry(name)
         self.log.info("tunnel {name} up at {host}:{port}", name=name, host=self.config.server_addr, port=port)
+        spec = self.tunnels[name]
+        if spec.health_check_type is not None and name not in self.checks:
+            check = LocalHealthCheck(self.reactor, spec, functools.partial(self._health_changed, name))
+            self.checks[name] = check
+            check.start()
 
     def _tunnel_refused(self, message: Dict[str, Any], name: str) -> None:
         reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
-        self.log.error("tunnel {name} refused by the server: {reason}", name=printable(name), reason=reason)
+        spec = self.tunnels.get(name)
+        if spec is None or not spec.enabled:
+            self.log.error("tunnel {name} refused by the server: {reason}", name=printable(name), reason=reason)
+            return
+        attempt = self.factory.tunnel_attempts.get(name, 0)
+        self.factory.tunnel_attempts[name] = attempt + 1
+        delay = tunnel_retry_delay(attempt, self.factory.rng)
+        self._cancel_retry(name)
+        self.retries[name] = self.reactor.callLater(delay, self._retry, name)
+        self.log.error(
+            "tunnel {name} refused by the server: {reason}; retrying in {delay} s",
+            name=name, reason=reason, delay=seconds_text(delay),
+        )
+        if TUNNEL_STATUS in self.server_features:
+            self.send_control({"type": "tunnel_retry", "name": name, "retryIn": round(delay, 3)})
+
+    def _retry(self, name: str) -> None:
+        del self.retries[name]
+        spec = self.tunnels.get(name)
+        if spec is not None and spec.enabled and name not in self.up and not self.disconnecting:
+            self._request_tunnel(spec)
+
+    def _cancel_retry(self, name: str) -> None:
+        call = self.retries.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _stop_check(self, name: str) -> None:
+        check = self.checks.pop(name, None)
+        if check is not None:
+            check.stop()
+
+    def _health_changed(self, name: str, healthy: bool, reason: str) -> None:
+        check = self.checks[name]
+        if healthy:
+            self.log.info("tunnel {name}: local service {address} answers again", name=name, address=check.address)
+        else:
+            self.log.warn(
+                "tunnel {name} down: {reason} ({count} failed check(s) in a row; last: {error})",
+                name=name, reason=reason, count=check.failures, error=check.last_error,
+            )
+        if TUNNEL_STATUS in self.server_features and not self.disconnecting:
+            self.send_control({"type": "tunnel_health", "name": name, "healthy": healthy})
 
     def _tunnel_remove(self, message: Dict[str, Any], name: str) -> None:
         self.tunnels.pop(name, None)
         self.up.pop(name, None)
+        self._cancel_retry(name)
+        self._stop_check(name)
         self.log.info("tunnel {name} removed by the server's operator", name=printable(name))
 
     def _tunnel_down(self, message: Dict[str, Any], name: str) -> None:
         reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
         self.up.pop(name, None)
+        self._stop_check(name)
         self.log.warn("tunnel {name} down: {reason}", name=printable(name), reason=reason)
 
     def _connections_refused(self, message: Dict[str, Any], name: str) -> None:
@@ -253,6 +342,10 @@ class ClientControlProtocol(MuxProtocol):
         interval, timeout = _seconds(message, "heartbeatInterval"), _seconds(message, "heartbeatTimeout")
         if interval is not None and timeout is not None and interval >= timeout:
             raise ProtocolError("login_ok: 'heartbeatInterval' must be shorter than 'heartbeatTimeout'")
+        features = message.get("features", [])
+        if not isinstance(features, list):
+            raise ProtocolError("login_ok: 'features' must be a list")
+        self.server_features = {f for f in features[:16] if f == TUNNEL_STATUS}
         self.authenticated = True
         self.factory.connected(self)
         self.log.info(
@@ -297,6 +390,8 @@ class ClientControlProtocol(MuxProtocol):
             self._decline(name, local_addr, refusal)
             return
         self.tunnels[spec.name] = spec
+        self._cancel_retry(spec.name)
+        self._stop_check(spec.name)
         self.log.info("tunnel {name} added by the server's operator -> {ip}:{port}", name=spec.name, ip=host, port=port)
         self._request_tunnel(spec)
 
@@ -378,6 +473,10 @@ class ClientControlProtocol(MuxProtocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         if self.heartbeat is not None:
             self.heartbeat.stop()
+        for name in list(self.retries):
+            self._cancel_retry(name)
+        for name in list(self.checks):
+            self._stop_check(name)
         super().connectionLost(reason)
         if self.authenticated:
             self.log.info(
@@ -407,6 +506,9 @@ class ClientControlFactory(Factory):
         self.fd_throttle = Throttle(reactor, REPORT_INTERVAL)
         self.refusal_throttle = Throttle(reactor, REPORT_INTERVAL)
         self.refusal_counts: Dict[str, int] = {}
+        #: Refusals in a row per tunnel (kept across reconnects), for the backoff.
+        self.tunnel_attempts: Dict[str, int] = {}
+        self.rng: Callable[[], float] = random.random
         self.current: Optional[ClientControlProtocol] = None  #: logged in
         self.latest: Optional[ClientControlProtocol] = None  #: connected, maybe not logged in
         #: (name, localAddr) of operator tunnels refused and logged already.

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from gotaxy.events import Event
 from gotaxy.logs import gotaxy_observer
-from gotaxy.server.manage import ClientView, Management, ManagementError, TunnelView
+from gotaxy.server.manage import ClientView, Management, ManagementError, TunnelView, status_text
 from gotaxy.store import (
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
@@ -197,7 +197,7 @@ def tunnels_table(views: Sequence[TunnelView], width: int = WIDTH) -> str:
     return table(
         ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"],
         [
-            [tunnel_ref(v), v.remote_port or "auto", v.local_addr, v.status, v.connections,
+            [tunnel_ref(v), v.remote_port or "auto", v.local_addr, status_text(v), v.connections,
              human_rate(v.rate_in), human_rate(v.rate_out)]
             for v in views
         ],
@@ -544,7 +544,7 @@ class Commands:
     def _tunnel_detail(self, v: TunnelView) -> str:
         return pairs([
             ("tunnel", tunnel_ref(v)),
-            ("status", v.status + (f" ({v.reason})" if v.reason and v.status != "up" else "")),
+            ("status", status_text(v)),
             ("enabled", "yes" if v.enabled else "no"),
             ("defined by", "the server (console or panel)" if v.source == "server" else "the client's config"),
             ("type", v.type),

@@ -37,7 +37,7 @@ from gotaxy import __version__
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol
-from gotaxy.server.core import IdentityInUse, LoginRefused, ServerCore, TunnelRefused
+from gotaxy.server.core import MAX_TUNNELS_PER_CLIENT, IdentityInUse, LoginRefused, ServerCore, TunnelRefused
 from gotaxy.server.throttle import RepeatThrottle
 
 #: Refused connections are logged at most once in this many seconds (with their number).
@@ -46,6 +46,14 @@ REFUSAL_LOG_INTERVAL = 60.0
 
 #: Optional control messages a client may announce in its login's "features".
 CONNECTIONS_REFUSED = "connections_refused"
+
+#: Optional messages from the client this server understands, announced in
+#: login_ok's "features": ``tunnel_retry`` (when a refused tunnel is asked
+#: for again) and ``tunnel_health`` (its local service answers or not).
+TUNNEL_STATUS = "tunnel_status"
+
+#: Longest wait a client may announce before it asks for a tunnel again.
+MAX_RETRY_IN = 86400.0
 
 
 def announced_features(message: Dict[str, Any]) -> Set[str]:
@@ -161,6 +169,11 @@ class ServerControlProtocol(MuxProtocol):
         self.max_streams = core.config.max_connections_per_client
         #: Optional messages the client understands (from its login).
         self.features: Set[str] = set()
+        #: Tunnels refused since the client last said when it asks again; a
+        #: ``tunnel_retry`` is taken once per refusal, for a refused name only.
+        self.refused_tunnels: Set[str] = set()
+        #: Refused tunnel -> when (reactor time) the client asks for it again.
+        self.retry_at: Dict[str, float] = {}
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -207,6 +220,10 @@ class ServerControlProtocol(MuxProtocol):
             Deferred.fromCoroutine(self.core.client_declines_tunnel(self, message)).addErrback(
                 self._bug, "tunnel_declined"
             )
+        elif kind == "tunnel_retry":
+            self._tunnel_retry(message)
+        elif kind == "tunnel_health":
+            self._tunnel_health(message)
         elif kind == "error":
             self.log.info("client {client} reports: {reason}", client=self.client_name, reason=str(message.get("reason"))[:200])
         else:
@@ -234,6 +251,7 @@ class ServerControlProtocol(MuxProtocol):
                 "serverVersion": __version__,
                 "heartbeatInterval": config.heartbeat_interval,
                 "heartbeatTimeout": config.heartbeat_timeout,
+                "features": [TUNNEL_STATUS],
             }
         )
         self.heartbeat = HeartbeatMonitor(
@@ -260,10 +278,35 @@ class ServerControlProtocol(MuxProtocol):
             tunnel = await self.tunnel_lock.run(lambda: Deferred.fromCoroutine(self.core.open_tunnel(self, message)))
         except TunnelRefused as e:
             if not self.lost:
+                if isinstance(name, str) and len(self.refused_tunnels) < MAX_TUNNELS_PER_CLIENT:
+                    self.refused_tunnels.add(name)
+                self.retry_at.pop(name, None)
                 self.send_control({"type": "tunnel_refused", "name": name, "reason": str(e)})
             return
+        self.refused_tunnels.discard(tunnel.name)
+        self.retry_at.pop(tunnel.name, None)
         if not self.lost:
             self.send_control({"type": "tunnel_up", "name": tunnel.name, "remotePort": tunnel.remote_port})
+
+    def _tunnel_retry(self, message: Dict[str, Any]) -> None:
+        """The client says when it asks again for a tunnel we refused."""
+        name, delay = message.get("name"), message.get("retryIn")
+        if type(delay) not in (int, float) or not 0 <= delay <= MAX_RETRY_IN:  # also NaN, Infinity, bools
+            self.protocol_error(f"tunnel_retry: 'retryIn' must be a number of seconds from 0 to {MAX_RETRY_IN:g}")
+            return
+        if isinstance(name, str) and name in self.refused_tunnels:
+            self.refused_tunnels.discard(name)
+            self.retry_at[name] = self.reactor.seconds() + delay
+
+    def _tunnel_health(self, message: Dict[str, Any]) -> None:
+        """The client's health check of a tunnel's local service changed."""
+        name, healthy = message.get("name"), message.get("healthy")
+        if not isinstance(healthy, bool):
+            self.protocol_error("tunnel_health: 'healthy' must be true or false")
+            return
+        tunnel = self.tunnels.get(name) if isinstance(name, str) else None
+        if tunnel is not None:
+            self.core.tunnel_health(tunnel, healthy)
 
     def _heartbeat_timed_out(self, silent: float) -> None:
         self.log.warn(

@@ -31,6 +31,7 @@ through ``ThreadedStore``, so this module never blocks.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -366,8 +367,16 @@ class ServerCore:
             return await self._open_tunnel(session, client, name, message)
         except TunnelRefused as refused:
             self.log.warn("tunnel {client}/{tunnel} refused: {reason}", client=client, tunnel=name, reason=refused)
+            # A tunnel refused at its first open is listed too (with why),
+            # unless an operator just removed it or the client is gone.
+            local_addr = message.get("localAddr")
+            listed = (
+                isinstance(local_addr, str) and len(local_addr) <= 128 and message.get("tunnelType", "tcp") == "tcp"
+                and name not in session.removed_tunnels and not (session.lost or session.dropped)
+            )
             await self.record(
                 self._db.tunnel_down, client, name, "refused", str(refused), TUNNEL_REFUSED,
+                local_addr if listed else None,
                 event=TUNNEL_REFUSED, client=client, tunnel=name, detail=str(refused),
             )
             raise
@@ -487,6 +496,8 @@ class ServerCore:
                     client=tunnel.client, tunnel=tunnel.name, port=port, reason=fd_exhaustion(),
                 )
                 raise TunnelRefused(f"port {port} cannot be opened: the server is {fd_exhaustion()}") from None
+            if getattr(e.socketError, "errno", None) == errno.EADDRINUSE:
+                raise TunnelRefused(f"port {port} is busy on the server") from None
             raise TunnelRefused(f"port {port} cannot be opened on the server: {e.socketError}") from None
 
     def _out_of_descriptors(self, tunnel: LiveTunnel) -> None:
@@ -585,6 +596,20 @@ class ServerCore:
             self._db.tunnel_down, client, name, "refused", detail, TUNNEL_REFUSED,
             event=TUNNEL_REFUSED, client=client, tunnel=name, detail=detail,
         )
+    def tunnel_health(self, tunnel: LiveTunnel, healthy: bool) -> None:
+        """The client's health check of ``tunnel``'s local service passed or failed."""
+        if healthy:
+            if tunnel.health_failure is not None:
+                self.log.info("tunnel {client}/{tunnel}: local service answers again", client=tunnel.client,
+                              tunnel=tunnel.name)
+            tunnel.health_failure = None
+            return
+        if tunnel.health_failure is None:
+            # Our own words: the client's are not shown to operators.
+            tunnel.health_failure = f"local service {tunnel.local_addr} not answering"
+            self.log.warn("tunnel {client}/{tunnel} down: {reason}", client=tunnel.client, tunnel=tunnel.name,
+                          reason=tunnel.health_failure)
+            self.tunnel_error(tunnel, tunnel.health_failure + " (health check)")
 
     async def client_closes_tunnel(self, session: Any, name: str) -> None:
         tunnel = session.tunnels.get(name)

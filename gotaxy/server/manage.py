@@ -147,6 +147,8 @@ class TunnelView:
     local_addr: str
     remote_port: int
     status: str  #: up, down, disabled, refused
+    #: why it is not up: the server's refusal, or (status "down" while its
+    #: port is open) its local service not answering the client
     reason: Optional[str]
     source: str
     enabled: bool
@@ -156,6 +158,20 @@ class TunnelView:
     bytes_out: int
     rate_in: float
     rate_out: float
+    #: refused: in how many seconds (from this view) the client asks for it
+    #: again, if it said (0: any moment now)
+    retry_in: Optional[float] = None
+
+
+def status_text(view: TunnelView) -> str:
+    """``up``, or the status with its reason and retry: ``refused: port 16050 ...; retrying in 30 s``."""
+    if view.status in ("up", "disabled") or not view.reason:
+        text = view.status
+    else:
+        text = f"{view.status}: {view.reason}"
+    if view.retry_in is not None:
+        text += f"; retrying in {view.retry_in:.0f} s" if view.retry_in >= 1 else "; retrying now"
+    return text
 
 
 class Management:
@@ -244,15 +260,22 @@ class Management:
     # -- tunnels -------------------------------------------------------------
 
     def _view(self, record: TunnelRecord, live: Optional[LiveTunnel]) -> TunnelView:
+        retry_in = None
         if live is not None:
             bytes_in, bytes_out = live.totals()
-            status, reason = "up", None
+            # The port is open, but connections through it fail on the client.
+            reason = live.health_failure or live.connect_failure
+            status = "down" if reason else "up"
         else:
             bytes_in = bytes_out = 0
             status = "disabled" if not record.enabled else record.status
             if status == "up":  # the store lags behind a tunnel that just closed
                 status = "down"
             reason = record.reason
+            session = self.core.sessions.get(record.client)
+            retry_at = session.retry_at.get(record.name) if session is not None else None
+            if status == "refused" and retry_at is not None:
+                retry_in = round(max(0.0, retry_at - self.core.reactor.seconds()), 1)
         return TunnelView(
             client=record.client,
             name=record.name,
@@ -269,6 +292,7 @@ class Management:
             bytes_out=bytes_out,
             rate_in=live.rate_in if live is not None else 0.0,
             rate_out=live.rate_out if live is not None else 0.0,
+            retry_in=retry_in,
         )
 
     async def tunnels(self, client: Optional[str] = None) -> List[TunnelView]:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 #: connections per tunnel in this many seconds.
 REFUSAL_REPORT_INTERVAL = 10.0
 
+#: Longest failure reason from the client kept for a tunnel's shown state.
+MAX_SHOWN_REASON = 200
+
 
 
 @attrs.define(eq=False)
@@ -61,6 +64,11 @@ class LiveTunnel:
     bytes_in: int = 0  #: bytes from public users to the client (closed connections)
     bytes_out: int = 0  #: bytes from the client to public users (closed connections)
     rate_in: float = 0.0  #: bytes/s, sampled every second
+    #: Set while the client's health check finds the local service down.
+    health_failure: Optional[str] = None
+    #: Why the last public connection failed on the client's side (its local
+    #: service refused, say); cleared by the next one that does not fail.
+    connect_failure: Optional[str] = None
     rate_out: float = 0.0
     _last_in: int = 0
     _last_out: int = 0
@@ -176,7 +184,10 @@ class PublicConnection(StreamRelay):
                 peer=stream.peer,
                 reason=reason,
             )
+            tunnel.connect_failure = reason[:MAX_SHOWN_REASON]
             tunnel.session.core.tunnel_error(tunnel, reason)
+        else:
+            tunnel.connect_failure = None
 
 
 class PublicFactory(ServerFactory):

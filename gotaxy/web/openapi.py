@@ -119,8 +119,11 @@ SCHEMAS: Dict[str, Any] = {
             "type": {"type": "string"},
             "local_addr": {"type": "string"},
             "remote_port": {"type": "integer"},
-            "status": {"type": "string", "description": "up, down, disabled, or refused (an error; see reason)"},
+            "status": {"type": "string", "description": "up, down, disabled, or refused (an error; see reason); "
+                       "down while the port is open: the local service does not answer the client"},
             "reason": _STRING_OR_NULL,
+            "retry_in": {**_NUMBER_OR_NULL, "description": "refused: seconds until the client asks again, "
+                         "if it said (0: any moment)"},
             "source": {"enum": ["client", "server"], "description": "client: from the client's own config"},
             "enabled": {"type": "boolean"},
             "connections": {"type": "integer"},
