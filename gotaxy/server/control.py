@@ -278,7 +278,7 @@ class ServerControlProtocol(MuxProtocol):
             tunnel = await self.tunnel_lock.run(lambda: Deferred.fromCoroutine(self.core.open_tunnel(self, message)))
         except TunnelRefused as e:
             if not self.lost:
-                if isinstance(name, str) and len(self.refused_tunnels) < MAX_TUNNELS_PER_CLIENT:
+                if isinstance(name, str) and len(name) <= 64 and len(self.refused_tunnels) < MAX_TUNNELS_PER_CLIENT:
                     self.refused_tunnels.add(name)
                 self.retry_at.pop(name, None)
                 self.send_control({"type": "tunnel_refused", "name": name, "reason": str(e)})
