@@ -13,7 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 
 def _exit_now(code: int) -> None:
@@ -29,3 +29,25 @@ def exit_with(reactor: Any, code: int) -> None:
     atexit.register(_exit_now, code)
     if reactor.running:
         reactor.stop()
+
+
+#: Exit status of a start that cannot succeed as configured (a busy port, a
+#: data directory in use by another server).
+EXIT_START_FAILED = 1
+#: Exit status of a wrong option or config file.
+EXIT_USAGE = 2
+
+
+class StartError(Exception):
+    """The process cannot start; the text says why and what to do, in one sentence."""
+
+
+def exit_with_message(program: str, message: str, code: int) -> NoReturn:
+    """
+    End the process before the reactor runs: one line on stderr, then
+    ``code``.  Used under twistd only, for errors found while it parses the
+    options or builds the service (its logger is not running yet, and its
+    own handling would print the whole usage text or a traceback first).
+    """
+    print(f"{program}: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)

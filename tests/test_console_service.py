@@ -32,6 +32,7 @@ from gotaxy.console.service import (
     PasswordFromAddress,
     load_or_create_host_key,
 )
+from gotaxy.process import StartError
 from gotaxy.server.operators import LOCK_AFTER, _Failures
 from tests.inprocess import ADMIN_PASSWORD, LiveSystem, free_port, wait_until
 
@@ -130,18 +131,16 @@ class ServiceTests(unittest.TestCase):
         path = os.path.join(live.data_dir, HOST_KEY_FILE)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
 
-    async def test_a_busy_port_is_logged_and_the_server_runs_on(self):
+    async def test_a_busy_port_stops_the_start_and_names_the_setting(self):
         busy = socket.socket()
         self.addCleanup(busy.close)
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        from tests.inprocess import listen_echo
-
-        echo = listen_echo(self)
-        live = await LiveSystem.start(self, [f"echo=tcp:127.0.0.1:{echo}"], server_args=["--console-port", str(port)])
-        await live.wait_up("echo")  # tunnels work without the console
-        self.assertIsNone(live.server.console.port)
+        with self.assertRaises(StartError) as caught:
+            await LiveSystem.start(self, server_args=["--console-port", str(port)])
+        self.assertIn(f"cannot listen on 127.0.0.1:{port} for the SSH console (console.port)", str(caught.exception))
+        self.assertIn("choose another port with console.port or --console-port, or 0 to turn it off", str(caught.exception))
 
 
 class _FakePeer:

@@ -41,7 +41,6 @@ import struct
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from twisted.application.service import Service
 from twisted.conch import avatar as conch_avatar
 from twisted.conch import interfaces as iconch
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
@@ -59,6 +58,7 @@ from zope.interface import Attribute, Interface, implementer
 from gotaxy import __version__
 from gotaxy.console.commands import Commands
 from gotaxy.console.session import ConsoleSession
+from gotaxy.listeners import CONSOLE, Listener
 from gotaxy.logs import gotaxy_observer
 from gotaxy.oslimits import tcp_server_endpoint
 from gotaxy.server.operators import AuthFailed, LockedOut
@@ -611,37 +611,18 @@ class ConsoleFactory(factory.SSHFactory):
             self._done_waiting(transport_)
 
 
-class ConsoleService(Service):
-    """Listens for console connections; logs, and carries on, if it cannot."""
+class ConsoleService(Listener):
+    """
+    Listens for console connections.  Like the other listeners, a port it
+    cannot bind stops the server's start (``gotaxy.listeners``).
+    """
 
     def __init__(self, endpoint: Any, factory_: ConsoleFactory, where: str) -> None:
-        self.endpoint = endpoint
-        self.factory = factory_
+        super().__init__(endpoint, factory_, CONSOLE, where, on_listening=self._listening)
         self.where = where
-        self.port: Any = None
-
-    def startService(self) -> None:
-        super().startService()
-        d = self.endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, self._failed)
 
     def _listening(self, port: Any) -> None:
-        self.port = port
         log.info("SSH operator console listening on {where}", where=self.where)
-
-    def _failed(self, failure: Any) -> None:
-        log.error(
-            "the SSH operator console cannot listen on {where}: {error}; the server runs without it "
-            "(choose another console.port / --console-port, or 0 to turn it off)",
-            where=self.where, error=failure.getErrorMessage(),
-        )
-
-    def stopService(self) -> Optional[Deferred]:
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
 
 
 def make_console_service(config: Any, data_dir: str, server: Any, reactor: Any) -> Optional[ConsoleService]:

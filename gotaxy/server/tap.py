@@ -2,10 +2,25 @@
 """
 ``twistd gotaxy-server``: options and service assembly.
 
-``makeService`` runs before the reactor starts, so first-start set-up (data
-directory, TLS certificates, store schema, the initial token and admin
-account) is done there synchronously; everything after that runs in the
-services it returns.
+``makeService`` runs before the reactor starts, so set-up (the data
+directory and its lock, TLS certificates, store schema) is done there
+synchronously; everything after that runs in the services it returns.
+
+The order of a start, and why:
+
+1. ``makeService`` locks the data directory (``gotaxy.server.datalock``)
+   before it touches anything in it, so a second server on the same
+   directory stops with the holder's pid instead of writing into the first
+   one's store.
+2. Every listener (control port, panel, console) binds in
+   ``privilegedStartService``; one that cannot ends the start with one line
+   naming the setting and exit status 1 (``gotaxy.listeners``).
+3. Only then are the first-start secrets (initial token, admin password)
+   created and printed, so a start that fails on a busy port creates none
+   and the next start still prints them.
+
+Errors in the options or config file are one line on stderr and exit
+status 2 under twistd (``exit_with_message``), not twistd's usage text.
 """
 
 from __future__ import annotations
@@ -13,10 +28,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import attrs
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -32,12 +47,15 @@ from gotaxy.config import (
 )
 from gotaxy.credentials import new_password
 from gotaxy.console import make_console_service
+from gotaxy.listeners import CONTROL, Listener, show_address
 from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.notify import build_notifier
 from gotaxy.oslimits import backlog_warning, log_fd_limit, tcp_server_endpoint
 from gotaxy.notify.managed import ManagedMailRecipients, ManagedWebhooks
+from gotaxy.process import EXIT_START_FAILED, EXIT_USAGE, StartError, exit_with_message
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
+from gotaxy.server.datalock import DataDirLock
 from gotaxy.server.manage import Management
 from gotaxy.server.history import History
 from gotaxy.server.metrics import Metrics
@@ -50,6 +68,7 @@ from gotaxy.web import make_web_service
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.server")
 
+PROGRAM = "gotaxy-server"
 ADMIN_USER = "admin"
 INITIAL_TOKEN_NAME = "default"
 
@@ -79,7 +98,7 @@ class Options(usage.Options):
         ["token", None, None, "Shared frp-style auth.token, accepted besides per-client tokens."],
         ["allow-ports", None, None, "Public ports clients may use, e.g. 10000-20000,6000."],
         ["store", None, None, "SQLAlchemy URL of the store. [default: sqlite in the data dir]"],
-        ["max-ports-per-client", None, None, "Most ports one client may hold (0: no limit).", _positive_int],
+        ["max-ports-per-client", None, None, "Most ports one client may hold, 0 for no limit", _positive_int],
         ["heartbeat-interval", None, None, "Seconds between heartbeats.", float],
         ["heartbeat-timeout", None, None, "Seconds of silence before a client is dropped.", float],
         ["web-addr", None, None, "Address of the web panel. [default: 127.0.0.1]"],
@@ -87,6 +106,15 @@ class Options(usage.Options):
         ["console-addr", None, None, "Address of the SSH console. [default: 127.0.0.1]"],
         ["console-port", None, None, "Port of the SSH console, 0 to turn it off. [default: 7022]", int],
     ]
+
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:  # parsed directly (tests, other programs): theirs to handle
+                raise
+            # Under twistd, whose handler would print the whole usage text first.
+            exit_with_message(PROGRAM, f"{e} (twistd {PROGRAM} --help lists the options)", EXIT_USAGE)
 
     def postOptions(self) -> None:
         try:
@@ -156,8 +184,19 @@ def bootstrap(config: ServerConfig, store: Store, env: Dict[str, str]) -> FirstS
     return FirstStart(token=token, admin_password=password if created and chosen is None else None)
 
 
+def _client_host(config: ServerConfig) -> "tuple[str, bool]":
+    """The host to put in the client command, and whether it is only a placeholder."""
+    if config.bind_addr not in ("0.0.0.0", "::", ""):
+        return config.bind_addr, False
+    name = socket.getfqdn()
+    if name == "localhost" or name.startswith("localhost.") or "." not in name:
+        # No public name known (containers, fresh machines): say so plainly.
+        return "HOST", True
+    return name, False
+
+
 def first_start_banner(config: ServerConfig, first: FirstStart, credentials: ServerCredentials) -> str:
-    host = config.bind_addr if config.bind_addr not in ("0.0.0.0", "::", "") else socket.getfqdn()
+    host, placeholder = _client_host(config)
     lines = ["", "=" * 72, "Gotaxy server: first start. These secrets are shown only now; keep them.", ""]
     # A join token: the client checks the server against the pin in it
     # before it sends the secret, so the command below needs no --fingerprint.
@@ -170,8 +209,12 @@ def first_start_banner(config: ServerConfig, first: FirstStart, credentials: Ser
     if first.token:
         lines += [
             "",
-            "On the machine whose services you want to expose, run (replace HOST with",
-            "this server's public name or address if it differs):",
+            "On the machine whose services you want to expose, run",
+            (
+                "(replace HOST with this server's public name or address):"
+                if placeholder
+                else f"(if clients know this server by another name or address, put that for {host}):"
+            ),
             "",
             f"  twistd -n gotaxy-client --server {host}:{config.bind_port} \\",
             f"      --token {token} \\",
@@ -228,6 +271,63 @@ class CoreService(Service):
         return d
 
 
+class ServerService(MultiService):
+    """
+    The server's top service.  Its listeners bind first; once all of them
+    listen, ``ready`` runs (first-start secrets and their banner).  Under
+    twistd a listener that cannot bind ends the process here with one log
+    line and exit status 1; a direct caller of ``startService`` (tests) gets
+    the ``StartError``.  ``stopService`` releases the data directory lock
+    once everything has stopped.
+    """
+
+    def __init__(self, lock: Optional[DataDirLock], ready: Callable[[], None]) -> None:
+        super().__init__()
+        self.lock = lock
+        self._ready = ready
+        self._bound = False
+        #: After a failed start: the Deferreds of the listeners it closed again.
+        self.unbound: List[Deferred] = []
+
+    def _bind(self) -> None:
+        if self._bound:
+            return
+        try:
+            super().privilegedStartService()  # each Listener binds here
+        except BaseException:
+            # Not started: free what was bound, for a caller that goes on (tests).
+            self.unbound = [child.stopService() for child in self if isinstance(child, Listener) and child.port]
+            if self.lock is not None:
+                self.lock.release()
+            raise
+        self._bound = True
+        self._ready()
+
+    def privilegedStartService(self) -> None:
+        try:
+            self._bind()
+        except StartError as e:
+            log.critical("{message}", message=str(e))
+            raise SystemExit(EXIT_START_FAILED)
+
+    def startService(self) -> None:
+        self._bind()
+        if self.lock is not None:
+            self.lock.record_pid()  # twistd may have forked into the background since makeService
+        super().startService()
+
+    def stopService(self) -> Deferred:
+        d = Deferred.fromCoroutine(self._stop())
+        return d
+
+    async def _stop(self) -> None:
+        try:
+            await super().stopService()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
 def _control_endpoint(reactor: Any, config: ServerConfig) -> Any:
     return tcp_server_endpoint(reactor, config.bind_port, config.bind_addr)
 
@@ -235,8 +335,22 @@ def _control_endpoint(reactor: Any, config: ServerConfig) -> Any:
 def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, str]] = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
+    under_twistd = getattr(options, "parent", None) is not None
+    try:
+        return _make_service(options, reactor, dict(os.environ) if env is None else env)
+    except (usage.UsageError, StartError) as e:
+        if not under_twistd:
+            raise
+        code = EXIT_START_FAILED if isinstance(e, StartError) else EXIT_USAGE
+        exit_with_message(PROGRAM, str(e), code)
+
+
+def _make_service(options: Options, reactor: Any, env: Dict[str, str]) -> MultiService:
     config: ServerConfig = options.loaded_config
     set_level(config.log_level)
+    # The first line a user (or a bug report) shows: which version this is.
+    log.info("Gotaxy server {version} starting (data directory {dir})",
+             version=__version__, dir=os.path.abspath(config.data_dir))
     for warning in options.warnings:
         log.warn("{warning}", warning=warning)
     capped = backlog_warning()
@@ -246,6 +360,17 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
 
     data_dir = os.path.abspath(config.data_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    lock = DataDirLock.acquire(data_dir)  # before anything in the directory is touched
+    try:
+        return _assemble(options, config, data_dir, lock, reactor, env)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _assemble(
+    options: Options, config: ServerConfig, data_dir: str, lock: DataDirLock, reactor: Any, env: Dict[str, str]
+) -> MultiService:
     try:
         credentials = load_or_create_server_credentials(
             os.path.join(data_dir, "tls"), config.tls_cert_file, config.tls_key_file
@@ -255,24 +380,30 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
     sync_store = Store(config.store or default_url(data_dir), clock=reactor.seconds)
     # For ``gotaxy token create``, which reads the store, not the TLS files.
     sync_store.set_setting(JOIN_PIN_SETTING, credentials.join_pin)
-    first = bootstrap(config, sync_store, dict(os.environ) if env is None else env)
-    if first.token or first.admin_password:
-        # Printed, not logged: secrets must never reach the log files.
-        print(first_start_banner(config, first, credentials), file=sys.__stdout__, flush=True)
     sync_store.mark_all_offline("server restarted")
+
+    def ready() -> None:
+        # Every listener is bound: only now create the first-start secrets
+        # and print them (a failed start must leave them for the next one).
+        # Synchronous store work is fine here: the reactor serves nothing yet.
+        first = bootstrap(config, sync_store, env)
+        if first.token or first.admin_password:
+            # Printed, not logged: secrets must never reach the log files.
+            print(first_start_banner(config, first, credentials), file=sys.__stdout__, flush=True)
 
     store = ThreadedStore(sync_store, reactor)
     core = ServerCore(config, store, reactor)
     admission = Admission(config.max_pending, config.max_pending_per_ip, reactor)
 
-    top = MultiService()
+    top = ServerService(lock, ready)
     ErrorLogService(os.path.join(data_dir, "logs"), config.log_max_days, config.log_max_size).setServiceParent(top)
     CoreService(core, store, credentials, admission).setServiceParent(top)
-    control = StreamServerEndpointService(
+    control = Listener(
         _control_endpoint(reactor, config),
         AdmittingTLSFactory(credentials.server_context(), ServerControlFactory(core, admission, reactor)),
+        CONTROL,
+        show_address(config.bind_addr, config.bind_port),
     )
-    control._raiseSynchronously = True
     control.setServiceParent(top)
     revocations = TimerService(
         min(config.heartbeat_interval, 10.0),

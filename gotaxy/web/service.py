@@ -14,13 +14,13 @@ import re
 from typing import Any, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from gotaxy.listeners import WEB, Listener, show_address
 from gotaxy.logs import gotaxy_observer
 from gotaxy.oslimits import listen_backlog, tcp_server_endpoint
 from gotaxy.tls import load_server_tls_options
@@ -171,7 +171,7 @@ def make_web_service(
     data_dir: Optional[str] = None,
     extra_resources: Mapping[bytes, IResource] = {},
     history: Any = None,
-) -> StreamServerEndpointService:
+) -> Listener:
     """
     The panel on ``webServer.addr:port``.  ``data_dir`` is accepted for
     symmetry with the other services; the panel keeps its state (sessions,
@@ -183,8 +183,7 @@ def make_web_service(
     panel = Panel(management, operators, auth, core.events, reactor, secure=bool(config.web_tls_cert_file),
                   history=history)
     site = make_site(panel, extra_resources)
-    service = StreamServerEndpointService(_endpoint(reactor, config), site)
-    service._raiseSynchronously = True
+    service = Listener(_endpoint(reactor, config), site, WEB, show_address(config.web_addr, config.web_port))
     service.panel = panel  # type: ignore[attr-defined]
     # For resources made after the panel (e.g. /metrics): service.mount(b"metrics", resource).
     service.mount = site.resource.putChild  # type: ignore[attr-defined]
