@@ -175,6 +175,8 @@ class _Form:
 
 def _show(value: object) -> str:
     """A value the way it would be written in TOML (JSON is close enough), kept short."""
+    if isinstance(value, _Described):
+        return str(value)
     text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -338,9 +340,26 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(_name(item) for item in value)
 
 
+class _Described(str):
+    """Stands for a value that must not be echoed; ``_show`` prints the description as is."""
+
+
 def _url(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
-        raise _Mismatch("<the url>" if isinstance(value, str) else value)
+        if not isinstance(value, str):
+            raise _Mismatch(value)
+        # A webhook URL often carries its secret (Slack, DingTalk, WeCom), so
+        # say what is wrong with it without repeating it.
+        scheme, sep, rest = value.partition("://")
+        if not sep:
+            problem = "a value without http:// or https:// in front"
+        elif scheme not in ("http", "https"):
+            problem = f"a URL that starts with {scheme[:10]}://" if scheme.lower() not in ("http", "https") else f"{scheme}:// in capitals"
+        elif not rest or rest.startswith("/"):
+            problem = "a URL without a host name"
+        else:
+            problem = "a URL with a space or other blank in it"
+        raise _Mismatch(_Described(problem + " (not shown: a webhook URL may hold a secret)"))
     return value
 
 
@@ -1427,6 +1446,12 @@ def format_allow_ports(ranges: Iterable[PortRange]) -> str:
     return ",".join(str(r) for r in ranges)
 
 
+def has_port(text: str) -> bool:
+    """True if a ``HOST:PORT`` text (``[::1]:PORT`` for IPv6) gives the port."""
+    after = text.rpartition("]")[2] if text.startswith("[") else text
+    return after.count(":") == 1
+
+
 def parse_host_port(
     text: str, default_port: int | None = None, *, flag: str = "--server"
 ) -> tuple[str, int]:
@@ -1439,6 +1464,13 @@ def parse_host_port(
     def problem(what: str) -> ConfigError:
         return ConfigError(f"{flag} {_show(text)}: {what}")
 
+    if "://" in text:
+        # A URL, e.g. https://example.org:7000: the server speaks its own
+        # protocol over TLS, so there is no scheme to give.
+        scheme, _, rest = text.partition("://")
+        rest = rest.split("/")[0] or "example.org"
+        example = rest if has_port(rest) else f"{rest}:{default_port or 7000}"
+        raise problem(f"write HOST:PORT without {scheme}://, e.g. {flag} {example}")
     port_text: str | None
     if text.startswith("["):
         host, bracket, after = text[1:].partition("]")

@@ -1243,7 +1243,9 @@ batchSeconds = 60
         "text, message",
         [
             ('[[webhooks]]\nname = "a"', "server.toml: webhook 'a' has no url; add url = \"https://...\" to it"),
-            ('[[webhooks]]\nurl = "ftp://x"', "server.toml: 'url' in webhook #1 must be an http:// or https:// URL, got \"<the url>\""),
+            ('[[webhooks]]\nurl = "ftp://x"', "server.toml: 'url' in webhook #1 must be an http:// or https:// URL, got a URL that starts with ftp:// (not shown: a webhook URL may hold a secret)"),
+            ('[[webhooks]]\nurl = "hooks.example.org/T0/secret"', "server.toml: 'url' in webhook #1 must be an http:// or https:// URL, got a value without http:// or https:// in front (not shown: a webhook URL may hold a secret)"),
+            ('[[webhooks]]\nurl = "https://hooks.example.org/T0 secret"', "server.toml: 'url' in webhook #1 must be an http:// or https:// URL, got a URL with a space or other blank in it (not shown: a webhook URL may hold a secret)"),
             ('[[webhooks]]\nurl = "https://x"\nformat = "teams"', "server.toml: 'format' in webhook #1 must be \"json\", \"slack\", \"dingtalk\" or \"feishu\", got \"teams\""),
             ('[[webhooks]]\nurl = "https://x"\nevent = ["*"]', "server.toml: unknown key 'event' in webhook #1; did you mean 'events'?"),
             ('[[webhooks]]\nurl = "https://x"\nevents = ["Client"]', "server.toml: 'events' in webhook #1 must be a list of event types such as [\"client.disconnected\", \"tunnel.*\"] (\"*\" for all), got \"Client\""),

@@ -3,14 +3,15 @@
 The client end of the control connection.
 
 Order of events on each connection (``ClientService`` makes a new one after
-every loss, with ``reconnect_delay`` between attempts):
+every loss, with ``Reconnection`` choosing the delay and saying why):
 
 1. TLS handshake.  ``handshakeCompleted`` checks the server's certificate
    (pinned fingerprint, a join token's pin, CA file or trust-on-first-use,
    see ``gotaxy.tls``) *before* anything secret is sent.  A failed check is
    fatal.
 2. Preamble and ``login``.  ``login_failed`` is fatal when ``loginFailExit``
-   is set (the default): a wrong token cannot be fixed by retrying.
+   is set (the default): a wrong token cannot be fixed by retrying.  The
+   handshake and log-in must be done within ``LOGIN_TIMEOUT``.
 3. One ``tunnel_open`` per configured tunnel that is enabled (frp's
    ``enabled = false`` and ``start`` leave a tunnel defined but closed, and
    its name reserved against operator-added tunnels); the server answers each with
@@ -49,6 +50,10 @@ import random
 import socket
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
+from OpenSSL import SSL
+from twisted.internet import error as net_error
+from twisted.internet.defer import CancelledError, Deferred
+
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Factory
@@ -69,6 +74,8 @@ from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
 
 #: Seconds to wait for a local service to accept a connection.
 LOCAL_CONNECT_TIMEOUT = 10.0
+#: Seconds from the TCP connection to ``login_ok`` (TLS handshake included).
+LOGIN_TIMEOUT = 30.0
 RECONNECT_CAP = 30.0
 #: Refused operator tunnels remembered so that each is logged once, not at
 #: every reconnect.
@@ -143,6 +150,111 @@ def _seconds(message: Dict[str, Any], key: str) -> Optional[float]:
     return float(value)
 
 
+def _tls_reason(failure: Failure) -> str:
+    # pyOpenSSL's errors are a list of (library, function, reason) triples.
+    parts = [str(item[-1]) for item in (failure.value.args[0] if failure.value.args else []) if item]
+    return "; ".join(p for p in parts if p) or failure.getErrorMessage()
+
+
+def describe_connect_failure(failure: Failure) -> str:
+    """Why a connection to the server failed, in a few words a user can act on."""
+    if failure.check(net_error.ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(net_error.DNSLookupError):
+        return "name not resolved"
+    if failure.check(net_error.TimeoutError, net_error.UserError, CancelledError, LoginTimeout):
+        # HostnameEndpoint's timeout cancels the attempt; UserError is how a
+        # cancelled connectTCP reports itself.
+        return "timed out"
+    if failure.check(SSL.Error):
+        return f"TLS failure ({_tls_reason(failure)}); is this the server's control port (bindPort)?"
+    if failure.check(net_error.ConnectionDone, net_error.ConnectionLost):
+        return "the server closed the connection before the log-in"
+    return failure.getErrorMessage()
+
+
+class LoginTimeout(Exception):
+    """No ``login_ok`` within ``LOGIN_TIMEOUT``."""
+
+
+class Reconnection:
+    """
+    ``ClientService``'s retry policy: the delay before the next attempt, and
+    the one line that says why there is one.
+
+    ``ClientService`` counts a connection that was made as a success, so a
+    server that accepts the TCP connection and then refuses the token (with
+    ``loginFailExit = false``) or fails the TLS handshake would be retried
+    every second forever.  Here an attempt only counts as a success once the
+    server has said ``login_ok`` (``logged_in``), so every failure backs off
+    the same way: 1, 2, 4 ... 30 s, with jitter.
+
+    The connection side reports what went wrong (``failed``); ``__call__``
+    (the policy) logs it with the delay.
+    """
+
+    log = Logger(observer=gotaxy_observer, namespace="gotaxy.client")
+
+    def __init__(self, address: str, rng: Callable[[], float] = random.random) -> None:
+        self.address = address
+        self.rng = rng
+        self.failures = 0
+        self._why: Optional[str] = None
+        self._refused: Optional[str] = None
+        self._hint = ""
+        self._repeated = False
+
+    def failed(self, failure: Failure) -> None:
+        """A connection attempt failed, or closed before its log-in (the first reason counts)."""
+        if self._refused is None and self._why is None:
+            self._why = describe_connect_failure(failure)
+
+    def refused(self, reason: str, hint: str = "", repeated: bool = False) -> None:
+        """The server refused the log-in (and ``loginFailExit`` is off); ``repeated``: as last time."""
+        self._refused = reason
+        self._hint = hint
+        self._repeated = repeated
+
+    def logged_in(self) -> None:
+        self.failures = 0
+        self._why = self._refused = None
+
+    def __call__(self, attempt: int) -> float:
+        # ``attempt`` is ClientService's count, which restarts at every TCP
+        # connection; ours restarts only at a log-in.
+        self.failures += 1
+        delay = reconnect_delay(self.failures, self.rng)
+        when = f"{delay:.0f} s" if delay >= 1 else f"{delay:.1f} s"
+        if self._refused is not None and self._repeated:
+            self.log.warn("log-in refused again, for the same reason; retrying in {when}", when=when)
+        elif self._refused is not None:
+            self.log.error(
+                "the server refused our login: {reason}; retrying in {when}{hint}",
+                reason=self._refused, when=when, hint=f"; {self._hint}" if self._hint else "",
+            )
+        elif self._why is not None:
+            self.log.warn("cannot reach {address}: {why}; retrying in {when}", address=self.address, why=self._why, when=when)
+        else:
+            self.log.info("reconnecting to {address} in {when}", address=self.address, when=when)
+        self._why = self._refused = None
+        return delay
+
+
+class ReportingEndpoint:
+    """Wraps the server's endpoint so that a failed connect reaches ``Reconnection``."""
+
+    def __init__(self, endpoint: Any, reconnection: Reconnection) -> None:
+        self.endpoint = endpoint
+        self.reconnection = reconnection
+
+    def connect(self, factory: Any) -> Deferred:
+        def failed(failure: Failure) -> Failure:
+            self.reconnection.failed(failure)
+            return failure
+
+        return self.endpoint.connect(factory).addErrback(failed)  # type: ignore[no-any-return]
+
+
 @functools.lru_cache(maxsize=256)
 def _is_ip_literal(host: str) -> bool:
     try:
@@ -193,6 +305,22 @@ class ClientControlProtocol(MuxProtocol):
         self.checks: Dict[str, LocalHealthCheck] = {}
         #: Optional messages the server understands (from its login_ok).
         self.server_features: Set[str] = set()
+        self._login_timer: Any = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._login_timer = self.reactor.callLater(LOGIN_TIMEOUT, self._login_timed_out)
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        self.factory.reconnection.failed(Failure(LoginTimeout()))
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    def _stop_login_timer(self) -> None:
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
 
     def handshakeCompleted(self) -> None:
         try:
@@ -227,15 +355,15 @@ class ClientControlProtocol(MuxProtocol):
         if kind == "login_ok" and not self.authenticated:
             self._logged_in(message)
         elif kind == "login_failed" and not self.authenticated:
-            text = f"the server refused our login: {printable(_text(message, 'reason', MAX_SHOWN * 4, ''))}"
-            if message.get("code") != "in_use":  # there the reason says what to do
-                text += "; check the token (auth.token / --token)"
+            reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
+            text = f"the server refused our login: {reason}"
+            # For in_use the reason itself says what to do.
+            hint = "" if message.get("code") == "in_use" else "check the token (auth.token / --token)"
             if self.config.login_fail_exit:
-                self.factory.fatal(text)
-            elif text != self.factory.last_refusal:
-                self.log.error("{text}; retrying", text=text)
+                self.factory.fatal(f"{text}; {hint}" if hint else text)
             else:
-                self.log.debug("{text}; retrying", text=text)  # said already: once, not every retry
+                # Logged with the retry delay; a repeated refusal without its text (said once).
+                self.factory.reconnection.refused(reason, hint, repeated=text == self.factory.last_refusal)
             self.factory.last_refusal = text
             self.close()
         elif kind == "error":
@@ -347,6 +475,7 @@ class ClientControlProtocol(MuxProtocol):
             raise ProtocolError("login_ok: 'features' must be a list")
         self.server_features = {f for f in features[:16] if f == TUNNEL_STATUS}
         self.authenticated = True
+        self._stop_login_timer()
         self.factory.connected(self)
         self.log.info(
             "logged in to {host}:{port} as {client} (server {version})",
@@ -477,7 +606,10 @@ class ClientControlProtocol(MuxProtocol):
             self._cancel_retry(name)
         for name in list(self.checks):
             self._stop_check(name)
+        self._stop_login_timer()
         super().connectionLost(reason)
+        if not self.authenticated and reason is not None:
+            self.factory.reconnection.failed(reason)
         if self.authenticated:
             self.log.info(
                 "disconnected from the server: {reason}",
@@ -496,6 +628,7 @@ class ClientControlFactory(Factory):
         reactor: Any,
         fatal: Callable[[str], None],
         instance_id: str = "",
+        reconnection: Optional[Reconnection] = None,
     ) -> None:
         self.config = config
         self.instance_id = instance_id
@@ -509,6 +642,7 @@ class ClientControlFactory(Factory):
         #: Refusals in a row per tunnel (kept across reconnects), for the backoff.
         self.tunnel_attempts: Dict[str, int] = {}
         self.rng: Callable[[], float] = random.random
+        self.reconnection = reconnection or Reconnection(server_address(config))
         self.current: Optional[ClientControlProtocol] = None  #: logged in
         self.latest: Optional[ClientControlProtocol] = None  #: connected, maybe not logged in
         #: (name, localAddr) of operator tunnels refused and logged already.
@@ -521,7 +655,13 @@ class ClientControlFactory(Factory):
     def connected(self, protocol: ClientControlProtocol) -> None:
         self.current = protocol
         self.last_refusal = None
+        self.reconnection.logged_in()
 
     def disconnected(self, protocol: ClientControlProtocol) -> None:
         if self.current is protocol:
             self.current = None
+
+
+def server_address(config: ClientConfig) -> str:
+    host = config.server_addr
+    return f"[{host}]:{config.server_port}" if ":" in host else f"{host}:{config.server_port}"

@@ -13,11 +13,13 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python import usage
 
-from gotaxy.client.control import ClientControlFactory, reconnect_delay
+from gotaxy import __version__
+from gotaxy.client.control import ClientControlFactory, Reconnection, ReportingEndpoint, server_address
 from gotaxy.client.identity import load_or_create_instance_id
 from gotaxy.config import (
     ClientConfig,
     ConfigError,
+    has_port,
     load_toml,
     parse_client_config,
     parse_host_port,
@@ -26,13 +28,15 @@ from gotaxy.config import (
 )
 from gotaxy.logs import gotaxy_observer, set_level
 from gotaxy.oslimits import log_fd_limit
-from gotaxy.process import exit_with
+from gotaxy.process import EXIT_USAGE, exit_with, exit_with_message
 from gotaxy.tls import KNOWN_SERVERS_FILENAME, ServerVerifier, normalise_fingerprint
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.client")
 
 #: Exit status when retrying cannot help (bad token, untrusted server).
 EXIT_FATAL = 2
+PROGRAM = "gotaxy-client"
+DEFAULT_SERVER_PORT = 7000
 
 
 class Options(usage.Options):
@@ -68,6 +72,15 @@ class Options(usage.Options):
         """Let the server's operator add tunnels to HOST:PORT, HOST:LOW-HIGH or HOST:* (HOST: IP, network or name; repeatable). Without it, operator-defined tunnels are refused."""
         self["allow-operator-tunnel"].append(value)
 
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:  # parsed directly (tests, other programs): theirs to handle
+                raise
+            # Under twistd, whose handler would print the whole usage text first.
+            exit_with_message(PROGRAM, f"{e} (twistd {PROGRAM} --help lists the options)", EXIT_USAGE)
+
     def postOptions(self) -> None:
         try:
             self.loaded_config, self.warnings = build_config(self)
@@ -83,7 +96,13 @@ def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
         config, warnings = loaded.config, list(loaded.warnings)  # type: ignore[assignment]
     overrides: Dict[str, Any] = {}
     if options.get("server"):
-        overrides["server_addr"], overrides["server_port"] = parse_host_port(options["server"], default_port=7000)
+        text = options["server"]
+        overrides["server_addr"], overrides["server_port"] = parse_host_port(text, default_port=DEFAULT_SERVER_PORT)
+        if not has_port(text):
+            warnings.append(
+                f"--server {text} has no port; using {DEFAULT_SERVER_PORT}, the default "
+                f"(write --server {text}:PORT if the server's bindPort is another)"
+            )
     for flag, field in [
         ("token", "token"),
         ("user", "user"),
@@ -145,12 +164,21 @@ def read_token_file(path: str) -> str:
     return token
 
 
+def _drop(event: Any) -> None:
+    pass
+
+
 class TunnelClientService(ClientService):
     """
     ``ClientService`` that closes its connection the way a mux must: the
     protocol is the producer of its TLS transport, which waits for that
     producer to unregister before it shuts down.
+
+    Its own log line ("Scheduling retry 1 to connect <_WrapperEndpoint ...>")
+    is silenced: ``Reconnection`` says the same with the address and reason.
     """
+
+    _log = Logger(observer=_drop)
 
     def __init__(self, factory: ClientControlFactory, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -184,8 +212,21 @@ def make_verifier(config: ClientConfig, reactor: Any = None) -> ServerVerifier:
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
+    try:
+        return _make_service(options, reactor)
+    except usage.UsageError as e:
+        if getattr(options, "parent", None) is None:
+            raise
+        exit_with_message(PROGRAM, str(e), EXIT_USAGE)
+
+
+def _make_service(options: Options, reactor: Any) -> MultiService:
     config: ClientConfig = options.loaded_config
     set_level(config.log_level)
+    log.info(
+        "Gotaxy client {version} starting: server {address}, {count} tunnel(s)",
+        version=__version__, address=server_address(config), count=len(config.tunnels),
+    )
     for warning in options.warnings:
         log.warn("{warning}", warning=warning)
     for tunnel in config.tunnels:
@@ -217,12 +258,16 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             "cannot take over its old session until the server notices that one is gone",
             dir=config.data_dir, error=e,
         )
-    factory = ClientControlFactory(config, verifier, reactor, fatal, instance_id)
-    endpoint = wrapClientTLS(
-        verifier.connection_creator(),
-        HostnameEndpoint(reactor, config.server_addr, config.server_port, timeout=config.dial_timeout),
+    reconnection = Reconnection(server_address(config))
+    factory = ClientControlFactory(config, verifier, reactor, fatal, instance_id, reconnection)
+    endpoint = ReportingEndpoint(
+        wrapClientTLS(
+            verifier.connection_creator(),
+            HostnameEndpoint(reactor, config.server_addr, config.server_port, timeout=config.dial_timeout),
+        ),
+        reconnection,
     )
-    service = TunnelClientService(factory, endpoint, factory, retryPolicy=reconnect_delay, clock=reactor)
+    service = TunnelClientService(factory, endpoint, factory, retryPolicy=reconnection, clock=reactor)
     service.setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
     return top
