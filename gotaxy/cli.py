@@ -1,15 +1,22 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-``gotaxy``: manage client tokens in a server's store, convert frp's old files.
+``gotaxy``: manage client tokens and the operator account in a server's store,
+convert frp's old files.
 
     gotaxy token create NAME [--expires-in DAYS]    (prints a join token, gtx1.PIN.SECRET)
     gotaxy token list
     gotaxy token revoke NAME
     gotaxy convert FILE.ini [-o FILE.toml] [--server | --client] [--force]
+    gotaxy admin reset-password [--user NAME] [--password-stdin]
+    gotaxy admin disable-totp [--user NAME]
+    gotaxy --version
 
 It works on the store directly (``--data-dir`` or ``--store``), so it can run
-while the server does: a running server notices a revoked token within ten
-seconds and disconnects the client.  ``convert`` needs no store: it writes
+while the server does (SQLite in WAL mode lets a second process write): a
+running server notices a revoked token within ten seconds and disconnects the
+client, and it reads the operator's password hash and second factor from the
+store at every log-in, so a reset takes effect at the next one.  A reset also
+ends the operator's panel sessions.  ``convert`` needs no store: it writes
 frp's legacy INI file as frp's TOML (see ``gotaxy.frp_ini``).
 """
 
@@ -22,11 +29,15 @@ import shlex
 import sys
 from typing import List, Optional, TextIO
 
+from gotaxy import __version__
 from gotaxy.config import ConfigError, ServerConfig, parse_client_config, parse_server_config
+from gotaxy.credentials import new_password
 from gotaxy.frp_ini import convert_ini
 from gotaxy.jointoken import make_join_token
 from gotaxy.names import InvalidName, check_name
-from gotaxy.store import JOIN_PIN_SETTING, Store, StoreError, default_url
+from gotaxy.server.operators import MIN_PASSWORD_LENGTH
+from gotaxy.server.tap import ADMIN_USER
+from gotaxy.store import JOIN_PIN_SETTING, OPERATOR_PASSWORD_CHANGED, Store, StoreError, default_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,8 +53,10 @@ def _when(timestamp: Optional[float]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gotaxy", description="Manage a Gotaxy server's client tokens; convert frp's legacy INI files."
+        prog="gotaxy",
+        description="Manage a Gotaxy server's client tokens and operator account; convert frp's legacy INI files.",
     )
+    parser.add_argument("--version", action="version", version=f"gotaxy {__version__}")
     parser.add_argument("--data-dir", default=ServerConfig().data_dir, help="server data directory [gotaxy-data]")
     parser.add_argument("--store", default=None, help="SQLAlchemy URL of the store (overrides --data-dir)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,10 +79,61 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--server", dest="kind", action="store_const", const="server", help="it is an frps.ini")
     kind.add_argument("--client", dest="kind", action="store_const", const="client", help="it is an frpc.ini")
     convert.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    admin = commands.add_parser("admin", help="recover the operator account (lost password or second factor)")
+    admin_actions = admin.add_subparsers(dest="action", required=True)
+    reset = admin_actions.add_parser(
+        "reset-password", help="set a new operator password (printed once) and end the operator's panel sessions"
+    )
+    reset.add_argument("--user", default=ADMIN_USER, help=f"the operator account [{ADMIN_USER}]")
+    reset.add_argument(
+        "--password-stdin", action="store_true",
+        help=f"read the new password from stdin (at least {MIN_PASSWORD_LENGTH} characters) instead of making one",
+    )
+    totp = admin_actions.add_parser("disable-totp", help="turn the operator's second factor (TOTP) off")
+    totp.add_argument("--user", default=ADMIN_USER, help=f"the operator account [{ADMIN_USER}]")
     return parser
 
 
-def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
+def _reset_password(store: Store, user: str, from_stdin: bool, stdin: TextIO, out: TextIO) -> int:
+    from gotaxy.web.auth import end_sessions  # the panel's table of sessions
+
+    if from_stdin:
+        password = stdin.readline().rstrip("\r\n")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            print(
+                f"gotaxy: the new password must have at least {MIN_PASSWORD_LENGTH} characters; nothing changed",
+                file=sys.stderr,
+            )
+            return 1
+    else:
+        password = new_password()
+    if not store.ensure_admin(user, password):
+        store.set_admin_password(user, password)
+    ended = end_sessions(store.db, user)
+    store.record_event(OPERATOR_PASSWORD_CHANGED, None, None, None, "via gotaxy admin reset-password")
+    if from_stdin:
+        print(f"new password set for operator {user!r}", file=out)
+    else:
+        print(f"new password for operator {user!r} (shown only now): {password}", file=out)
+    if ended:
+        print(f"ended {ended} panel session(s) of {user!r}", file=out)
+    return 0
+
+
+def _disable_totp(store: Store, user: str, out: TextIO) -> int:
+    from gotaxy.web.auth import remove_second_factor
+
+    if not store.db["admins"].find_one(username=user):
+        print(f"gotaxy: no operator account named {user!r}", file=sys.stderr)
+        return 1
+    if remove_second_factor(store.db, user):
+        print(f"second factor (TOTP) turned off for {user!r}; they log in with the password alone", file=out)
+    else:
+        print(f"{user!r} had no second factor on; nothing changed", file=out)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin) -> int:
     args = _parser().parse_args(argv)
     if args.command == "convert":
         return convert(args.file, args.output, args.kind, args.force, out)
@@ -96,6 +160,10 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout) -> int:
         return 1
     store = Store(args.store or default_url(args.data_dir))
     try:
+        if args.command == "admin":
+            if args.action == "reset-password":
+                return _reset_password(store, args.user, args.password_stdin, stdin, out)
+            return _disable_totp(store, args.user, out)
         if args.action == "create":
             expires = None
             if args.expires_in is not None:

@@ -124,6 +124,27 @@ def create_tables(db: Any) -> None:
     ensure_tables(db, columns, indexes)
 
 
+def end_sessions(db: Any, username: str) -> int:
+    """
+    Log ``username`` out of every browser; return how many sessions ended.
+    Synchronous, for the ``gotaxy admin`` command (a running server checks
+    sessions against the table on every request, so it sees this at once).
+    """
+    create_tables(db)
+    table = db["web_sessions"]
+    count = int(table.count(username=username))
+    table.delete(username=username)
+    return count
+
+
+def remove_second_factor(db: Any, username: str) -> bool:
+    """Turn ``username``'s TOTP off (pending enrolments too); True if there was one on."""
+    create_tables(db)
+    row = db["web_totp"].find_one(username=username)
+    db["web_totp"].delete(username=username)
+    return bool(row is not None and row["enabled"])
+
+
 class PanelAuth:
     def __init__(self, core: Any, operators: OperatorAuth, reactor: Any) -> None:
         self.core = core
