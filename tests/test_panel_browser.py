@@ -89,7 +89,9 @@ def test_panel_end_to_end(procs, echo, browser):
     expect(page.locator("#login")).to_be_visible()
     page.fill('#login-form [name="password"]', "not the password")
     page.click('#login-form button[type="submit"]')
-    expect(page.locator('#login-form [data-error="password"]')).to_contain_text("Wrong user name or password")
+    expect(page.locator('#login-form [data-error="password"]')).to_have_text(
+        "Wrong user name or password; check them and try again."
+    )  # without "Not logged in: " in front
     page.fill('#login-form [name="password"]', PASSWORD)
     page.click('#login-form button[type="submit"]')
     expect(page.locator("#nav")).to_be_visible()

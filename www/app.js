@@ -157,9 +157,11 @@ async function api(method, path, body) {
 }
 
 // Show an error next to what caused it: the field it names, or the form's own line.
-function showError(root, error, fallback = "_") {
+// `withKind`: put the kind ("Not logged in", ...) in front; off where the
+// message already says it all (the log-in form's own texts).
+function showError(root, error, fallback = "_", withKind = true) {
   clearErrors(root);
-  const prefix = t(`error.${error.kind}`);
+  const prefix = withKind ? t(`error.${error.kind}`) : "";
   const message = `${prefix}${prefix && error.message ? ": " : ""}${error.message || ""}`;
   const target = (error.field && $(`[data-error="${error.field}"]`, root)) || $(`[data-error="${fallback}"]`, root);
   if (target) target.textContent = message;
@@ -200,12 +202,15 @@ async function login(event) {
       form.code.focus();
       return;
     }
+    let own = true;
     if (result.error.kind === "locked") {
       result.error.message = t("login.locked", { s: Math.ceil(result.error.retry_after || 1) });
     } else if (result.error.kind === "unauthorized") {
       result.error.message = result.error.field === "code" ? t("login.wrong_code") : t("login.wrong");
+    } else {
+      own = false;
     }
-    showError(form, result.error);
+    showError(form, result.error, "_", !own);
     return;
   }
   form.password.value = "";
