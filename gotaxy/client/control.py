@@ -53,7 +53,6 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
-
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Factory

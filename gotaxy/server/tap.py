@@ -317,8 +317,7 @@ class ServerService(MultiService):
         super().startService()
 
     def stopService(self) -> Deferred:
-        d = Deferred.fromCoroutine(self._stop())
-        return d
+        return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
         try:
