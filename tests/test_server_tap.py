@@ -17,6 +17,7 @@ from gotaxy.server.datalock import LOCK_FILENAME, DataDirLock
 
 class _Credentials:
     fingerprint = "SHA256:" + "AB" * 32
+    join_pin = "SHA256:" + "CD" * 32
 
 
 FIRST = tap.FirstStart(token="gtx_token", admin_password="pw")
