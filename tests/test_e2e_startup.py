@@ -95,10 +95,13 @@ def test_a_refused_token_without_login_fail_exit_backs_off(procs, tmp_path):
     config.write_text("loginFailExit = false\n")
     client = _client(procs, f"127.0.0.1:{server.port}", "--config", str(config),
                      "--fingerprint", server.fingerprint)
-    line = (r"the server refused our login: invalid, expired or revoked token; " + RETRY
-            + r" \(check the token: auth\.token / --token\)")
-    client.wait_for(rf"(?s){line}.*{line}.*{line}", timeout=40)
-    delays = [float(d) for d in re.findall(line, client.output())]
+    first = (r"the server refused our login: invalid, expired or revoked token; " + RETRY
+             + r"; check the token \(auth\.token / --token\)")
+    again = r"log-in refused again, for the same reason; " + RETRY
+    client.wait_for(rf"(?s){first}.*{again}.*{again}", timeout=40)
+    out = client.output()
+    assert out.count("invalid, expired or revoked token") == 1  # said once, not at every retry
+    delays = [float(d) for d in re.findall(first, out) + re.findall(again, out)]
     # 1-2 s, then 2-4 s, then 4-8 s (jitter 50-100 %): growing, not ~1 s forever.
     assert delays[0] <= 2 and delays[1] >= 2 and delays[2] >= 4, delays
     assert client.running()
