@@ -547,6 +547,29 @@ def _heartbeats(
     return interval, timeout
 
 
+class _Heartbeats:
+    """
+    ``heartbeat_interval`` and ``heartbeat_timeout`` in effect for a config
+    with ``_heartbeat_interval``/``_heartbeat_timeout`` settings (None: not
+    set) and its ``HEARTBEAT_DEFAULTS``: see ``_heartbeats``.
+    """
+
+    __slots__ = ()
+    HEARTBEAT_DEFAULTS: tuple[float, float]
+    _heartbeat_interval: float | None
+    _heartbeat_timeout: float | None
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between pings: the setting, or a third of the timeout (at most the default)."""
+        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[0]
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        """Seconds of silence before the peer is taken for dead."""
+        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[1]
+
+
 def _check_heartbeats(config: ServerConfig | ClientConfig) -> None:
     if config.heartbeat_timeout <= config.heartbeat_interval:
         cls = type(config)
@@ -694,7 +717,7 @@ class WebhookSpec:
 
 
 @attrs.frozen
-class ServerConfig:
+class ServerConfig(_Heartbeats):
     """Everything ``gotaxy server`` needs to know; see the module docstring for the keys."""
 
     data_dir: str = _setting("gotaxy-data", TEXT, "dataDir", "--data-dir")
@@ -787,16 +810,6 @@ class ServerConfig:
     #: neither is set.  frp's server has only a timeout (90 s by default).
     HEARTBEAT_DEFAULTS = (10.0, 30.0)
 
-    @property
-    def heartbeat_interval(self) -> float:
-        """Seconds between the server's pings: the setting, or a third of the timeout (at most 10)."""
-        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[0]
-
-    @property
-    def heartbeat_timeout(self) -> float:
-        """Seconds of silence before a client is dropped."""
-        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[1]
-
     def effective_proxy_bind_addr(self) -> str:
         """The address public tunnel ports listen on."""
         return self.proxy_bind_addr if self.proxy_bind_addr is not None else self.bind_addr
@@ -815,7 +828,7 @@ class ServerConfig:
 
 
 @attrs.frozen
-class ClientConfig:
+class ClientConfig(_Heartbeats):
     """Everything ``gotaxy client`` needs to know; see the module docstring for the keys."""
 
     server_addr: str = _setting("127.0.0.1", HOST, "serverAddr", "--server")
@@ -872,16 +885,6 @@ class ClientConfig:
 
     #: frp's client defaults: a ping every 30 s, the server dead after 90 s of silence.
     HEARTBEAT_DEFAULTS = (30.0, 90.0)
-
-    @property
-    def heartbeat_interval(self) -> float:
-        """Seconds between the client's pings: the setting, or a third of the timeout (at most 30)."""
-        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[0]
-
-    @property
-    def heartbeat_timeout(self) -> float:
-        """Seconds of silence before the client reconnects."""
-        return _heartbeats(self._heartbeat_interval, self._heartbeat_timeout, self.HEARTBEAT_DEFAULTS)[1]
 
     @property
     def join_token(self) -> JoinToken | None:

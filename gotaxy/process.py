@@ -13,7 +13,9 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any, List, NoReturn, Optional
+
+from twisted.python import usage
 
 
 def _exit_now(code: int) -> None:
@@ -51,3 +53,21 @@ def exit_with_message(program: str, message: str, code: int) -> NoReturn:
     """
     print(f"{program}: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+class TwistdOptions(usage.Options):
+    """
+    Options of a twistd plugin: under twistd a wrong option is one line and
+    ``EXIT_USAGE``, not twistd's whole usage text in front of the error.
+    Subclasses set ``program``.
+    """
+
+    program = "gotaxy"
+
+    def parseOptions(self, options: Optional[List[str]] = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:  # parsed directly (tests, other programs): theirs to handle
+                raise
+            exit_with_message(self.program, f"{e} (twistd {self.program} --help lists the options)", EXIT_USAGE)

@@ -28,7 +28,7 @@ from gotaxy.config import (
 )
 from gotaxy.logs import gotaxy_observer, set_level
 from gotaxy.oslimits import log_fd_limit
-from gotaxy.process import EXIT_USAGE, exit_with, exit_with_message
+from gotaxy.process import EXIT_USAGE, TwistdOptions, exit_with, exit_with_message
 from gotaxy.tls import KNOWN_SERVERS_FILENAME, ServerVerifier, normalise_fingerprint
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.client")
@@ -39,7 +39,8 @@ PROGRAM = "gotaxy-client"
 DEFAULT_SERVER_PORT = 7000
 
 
-class Options(usage.Options):
+class Options(TwistdOptions):
+    program = PROGRAM
     synopsis = "--server HOST:PORT --token TOKEN --tunnel NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT] ..."
     longdesc = (
         "Run a Gotaxy tunnel client: connect to a Gotaxy server and expose local TCP services "
@@ -71,15 +72,6 @@ class Options(usage.Options):
     def opt_allow_operator_tunnel(self, value: str) -> None:
         """Let the server's operator add tunnels to HOST:PORT, HOST:LOW-HIGH or HOST:* (HOST: IP, network or name; repeatable). Without it, operator-defined tunnels are refused."""
         self["allow-operator-tunnel"].append(value)
-
-    def parseOptions(self, options: Optional[List[str]] = None) -> None:
-        try:
-            super().parseOptions(options)
-        except usage.UsageError as e:
-            if self.parent is None:  # parsed directly (tests, other programs): theirs to handle
-                raise
-            # Under twistd, whose handler would print the whole usage text first.
-            exit_with_message(PROGRAM, f"{e} (twistd {PROGRAM} --help lists the options)", EXIT_USAGE)
 
     def postOptions(self) -> None:
         try:

@@ -52,7 +52,7 @@ from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.notify import build_notifier
 from gotaxy.oslimits import backlog_warning, log_fd_limit, tcp_server_endpoint
 from gotaxy.notify.managed import ManagedMailRecipients, ManagedWebhooks
-from gotaxy.process import EXIT_START_FAILED, EXIT_USAGE, StartError, exit_with_message
+from gotaxy.process import EXIT_START_FAILED, EXIT_USAGE, StartError, TwistdOptions, exit_with_message
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
 from gotaxy.server.datalock import DataDirLock
@@ -83,7 +83,8 @@ def _positive_int(value: str) -> int:
 _positive_int.coerceDoc = "An integer."  # type: ignore[attr-defined]
 
 
-class Options(usage.Options):
+class Options(TwistdOptions):
+    program = PROGRAM
     synopsis = "[options]"
     longdesc = (
         "Run a Gotaxy tunnel server. With no options it keeps its data in ./gotaxy-data "
@@ -106,15 +107,6 @@ class Options(usage.Options):
         ["console-addr", None, None, "Address of the SSH console. [default: 127.0.0.1]"],
         ["console-port", None, None, "Port of the SSH console, 0 to turn it off. [default: 7022]", int],
     ]
-
-    def parseOptions(self, options: Optional[List[str]] = None) -> None:
-        try:
-            super().parseOptions(options)
-        except usage.UsageError as e:
-            if self.parent is None:  # parsed directly (tests, other programs): theirs to handle
-                raise
-            # Under twistd, whose handler would print the whole usage text first.
-            exit_with_message(PROGRAM, f"{e} (twistd {PROGRAM} --help lists the options)", EXIT_USAGE)
 
     def postOptions(self) -> None:
         try:
