@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGURATION = (ROOT / "docs" / "configuration.md").read_text()
 
 
-def table_rows(heading: str) -> "list[list[str]]":
-    section = CONFIGURATION.split(heading, 1)[1]
+def table_rows(heading: str, text: str = CONFIGURATION) -> "list[list[str]]":
+    """The rows of the first markdown table after ``heading`` in ``text``."""
+    section = text.split(heading, 1)[1]
     rows = []
     for line in section.splitlines()[2:]:
         if not line.startswith("|"):

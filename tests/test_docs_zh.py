@@ -1,0 +1,122 @@
+"""
+The Chinese documents against the English ones, so that they cannot drift
+apart unnoticed: README.zh-CN.md shows README.md's two commands, every key,
+flag and default in docs/configuration.md's tables is in
+docs/zh-CN/configuration.md's, and every relative link in the Chinese
+documents (and the links between the languages) leads to a file and heading
+that exist.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.test_docs import CONFIGURATION, table_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+README_ZH = ROOT / "README.zh-CN.md"
+CONFIGURATION_ZH = ROOT / "docs" / "zh-CN" / "configuration.md"
+CHINESE_DOCS = [README_ZH, *sorted((ROOT / "docs" / "zh-CN").glob("*.md"))]
+
+# The English heading (or line) before each table of docs/configuration.md,
+# the Chinese one before the same table, and the columns whose `values`
+# must be the same in both: keys, defaults, flags, examples.
+TABLES = [
+    ("## Server: `server.toml`", "## 服务器：`server.toml`", (0, 1, 2)),
+    ("## Client: `client.toml`", "## 客户端：`client.toml`", (0, 1, 2)),
+    ("### Tunnels: `[[proxies]]`", "### 隧道：`[[proxies]]`", (0, 1)),
+    ("## Heartbeats", "## 心跳", (1, 2)),
+    ("Server (`frps.toml`):", "服务器（`frps.toml`）：", (0,)),
+    ("Client (`frpc.toml`):", "客户端（`frpc.toml`）：", (0,)),
+    ("In a `[[proxies]]` entry:", "在 `[[proxies]]` 条目中：", (0,)),
+    ("## Command-line values", "## 命令行取值", (0, 2)),
+]
+
+
+def backticked(cell: str) -> "list[str]":
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def test_every_table_of_the_english_configuration_is_checked():
+    # A table added to docs/configuration.md must be added to TABLES too.
+    separators = len(re.findall(r"^\|(?: *-+ *\|)+$", CONFIGURATION, re.M))
+    assert separators == len(TABLES), f"docs/configuration.md has {separators} tables, TABLES lists {len(TABLES)}"
+
+
+def test_readme_zh_shows_the_readmes_two_commands():
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_command = re.search(r'^TEST_COMMAND="([^"]+)"', ci, re.M).group(1)
+    for command in (test_command, "pip install . && twistd -n gotaxy-server"):
+        assert command in README, f"README.md no longer shows {command!r}; update this test and README.zh-CN.md"
+        assert command in README_ZH.read_text(), f"README.zh-CN.md does not show README.md's command {command!r}"
+
+
+@pytest.mark.parametrize("english, chinese, columns", TABLES, ids=[t[0] for t in TABLES])
+def test_chinese_configuration_has_every_key_flag_and_default(english, chinese, columns):
+    text_zh = CONFIGURATION_ZH.read_text()
+    assert chinese in text_zh, f"docs/zh-CN/configuration.md has no {chinese!r} (the English {english!r})"
+    rows_en, rows_zh = table_rows(english), table_rows(chinese, text_zh)
+    assert rows_en, english
+
+    def by_key(rows):
+        # A row is known by the `keys` or `--flags` of its first cell; one
+        # whose first cell is prose (the heartbeat table) by its position.
+        return {tuple(backticked(row[0])) or (f"row {i + 1}",): row for i, row in enumerate(rows)}
+
+    en, zh = by_key(rows_en), by_key(rows_zh)
+    for key, row in en.items():
+        name = ", ".join(key)
+        assert key in zh, f"docs/zh-CN/configuration.md ({chinese}) lacks the row for {name}"
+        for column in columns:
+            assert backticked(zh[key][column]) == backticked(row[column]), (
+                f"docs/zh-CN/configuration.md ({chinese}), {name}: column {column + 1} shows "
+                f"{zh[key][column]!r}, the English {row[column]!r}"
+            )
+    extra = set(zh) - set(en)
+    assert not extra, f"docs/zh-CN/configuration.md ({chinese}) has rows the English lacks: {sorted(extra)}"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    text = heading.strip().lower().replace("`", "")
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> "set[str]":
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
+    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.M)}
+
+
+def relative_links(path: Path) -> "list[str]":
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", t)]
+
+
+@pytest.mark.parametrize("path", CHINESE_DOCS, ids=[p.name for p in CHINESE_DOCS])
+def test_every_relative_link_resolves(path):
+    links = relative_links(path)
+    assert links
+    for link in links:
+        target, _, anchor = link.partition("#")
+        resolved = (path.parent / target).resolve() if target else path
+        assert resolved.is_file(), f"{path.relative_to(ROOT)}: link {link!r} leads to no file"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in anchors(resolved), f"{path.relative_to(ROOT)}: link {link!r}: no such heading"
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [("README.md", "README.zh-CN.md"), ("README.md", "docs/zh-CN/quickstart.md"),
+     ("README.zh-CN.md", "README.md"), ("README.zh-CN.md", "docs/zh-CN/quickstart.md"),
+     ("docs/configuration.md", "docs/zh-CN/configuration.md"),
+     ("docs/zh-CN/configuration.md", "docs/configuration.md")],
+)
+def test_the_languages_link_to_each_other(source, target):
+    path = ROOT / source
+    assert any((path.parent / link.partition("#")[0]).resolve() == (ROOT / target).resolve()
+               for link in relative_links(path)), f"{source} does not link to {target}"
