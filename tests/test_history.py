@@ -102,7 +102,6 @@ class HistoryTest(unittest.TestCase):
 
     async def test_stability_of_a_client(self) -> None:
         history = self.history()
-        await history._ready
         await self.connect("alice", 0.020)
         tunnel = Tunnel()
         self.core.tunnels[("alice", "ssh")] = tunnel
@@ -181,7 +180,6 @@ class HistoryTest(unittest.TestCase):
         self.clock.advance(3600)
         self.core.sessions.clear()
         restarted = self.history()
-        await restarted._ready
         stats = await restarted.client_stability("carol")
         assert stats["online"] is False and stats["online_seconds"] == 600
         rows = await self.store.call(lambda: list(self.sync.db[SESSIONS].all()))

@@ -201,13 +201,10 @@ def test_tokens_survive_reopening_the_store(tmp_path: Path, now: FakeTime) -> No
 
 
 def test_reservations(store: Store) -> None:
-    assert store.reserved_port("alice", "ssh") is None
     assert store.port_owner(6000) is None
     assert store.reserved_ports() == set()
     store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
     store.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", 6001)
-    assert store.reserved_port("alice", "ssh") == 6000
-    assert store.reserved_port("alice", "web") is None
     assert store.port_owner(6000) == ("alice", "ssh")
     assert store.port_owner(6001) == ("bob", "web")
     assert store.reserved_ports() == {6000, 6001}
@@ -216,7 +213,6 @@ def test_reservations(store: Store) -> None:
 def test_a_tunnel_keeps_its_port_while_down(store: Store) -> None:
     store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
     store.tunnel_down("alice", "ssh", "down", "client disconnected", TUNNEL_CLOSED)
-    assert store.reserved_port("alice", "ssh") == 6000
     assert store.port_owner(6000) == ("alice", "ssh")
     (tunnel,) = store.list_tunnels()
     assert (tunnel.status, tunnel.reason, tunnel.remote_port) == ("down", "client disconnected", 6000)

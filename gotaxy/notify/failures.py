@@ -23,7 +23,8 @@ from twisted.logger import Logger
 
 from gotaxy.logs import gotaxy_observer
 
-TABLE = "notification_failures"
+from gotaxy.store.schema import NOTIFICATION_FAILURES as TABLE
+
 #: Failures waiting for the store; beyond this the oldest are only counted.
 MAX_UNWRITTEN = 1000
 #: Seconds between store writes.
@@ -36,17 +37,6 @@ class NotificationFailure:
     target: str  #: the target's label: its name, or "webhook #N (host)"; never its URL
     event: str  #: the event type that was not delivered
     reason: str
-
-
-def _create_table(store: Any) -> None:
-    db = store.db
-    types = db.types
-    table = db.create_table(TABLE, primary_id="id")
-    for column, type_ in [
-        ("at", types.float), ("target", types.string(128)), ("event", types.string(64)), ("reason", types.text)
-    ]:
-        table.create_column(column, type_)
-    table.create_index(["at"])
 
 
 def _write(store: Any, rows: List[Dict[str, Any]]) -> None:
@@ -67,9 +57,6 @@ class FailureLog:
         """``store`` is a ``ThreadedStore`` or ``None`` (memory only)."""
         self._reactor = reactor
         self._store = store
-        if store is not None:
-            # Synchronously: this is built in makeService, before the reactor runs.
-            _create_table(store.store)
         self.recent: Deque[NotificationFailure] = deque(maxlen=keep)
         self.counts: Dict[str, int] = {}
         self._unwritten: Deque[Dict[str, Any]] = deque(maxlen=MAX_UNWRITTEN)

@@ -26,9 +26,9 @@ from cryptography.fernet import Fernet
 from gotaxy.config import ConfigError, WebhookSpec
 from gotaxy.notify.dispatch import Notifier
 from gotaxy.notify.webhook import WebhookTarget
-from gotaxy.store import ensure_tables
+from gotaxy.store.schema import NOTIFY_MAIL, NOTIFY_WEBHOOKS
 
-TABLE = "notify_webhooks"
+TABLE = NOTIFY_WEBHOOKS
 KEY_FILE = "notify.key"
 SOURCE_CONFIG = "config"
 SOURCE_OPERATOR = "operator"
@@ -74,14 +74,7 @@ class ManagedWebhooks:
         self.operator_names: set = set()
 
     def load(self) -> None:
-        """At start-up, before the reactor runs: create the table, add the stored webhooks."""
-        types = self._db.types
-        ensure_tables(
-            self._db,
-            {TABLE: [("name", types.string(64)), ("url", types.text), ("secret", types.text),
-                     ("events", types.text), ("format", types.string(16)), ("created_at", types.float)]},
-            {TABLE: [["name"]]},
-        )
+        """At start-up, before the reactor runs: add the stored webhooks."""
         for row in self._db[TABLE].find(order_by="id"):
             spec = self._spec(
                 row["name"],
@@ -157,7 +150,7 @@ class ManagedWebhooks:
         self.notifier.remove(target)
 
 
-MAIL_TABLE = "notify_mail"
+MAIL_TABLE = NOTIFY_MAIL
 
 
 class ManagedMailRecipients:
@@ -181,13 +174,7 @@ class ManagedMailRecipients:
         return self.config.smtp_host is not None and bool(self.config.smtp_from)
 
     def load(self) -> None:
-        """At start-up, before the reactor runs: create the table, add the stored recipients."""
-        types = self._db.types
-        ensure_tables(
-            self._db,
-            {MAIL_TABLE: [("address", types.string(254)), ("events", types.text), ("created_at", types.float)]},
-            {MAIL_TABLE: [["address"]]},
-        )
+        """At start-up, before the reactor runs: add the stored recipients."""
         if not self.configured:
             return
         for row in self._db[MAIL_TABLE].find(order_by="id"):

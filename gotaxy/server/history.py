@@ -3,7 +3,8 @@
 Stability history: how each client and tunnel has been doing, kept in the
 store for the panel's charts and the console.
 
-What is kept, in tables of its own (``history_*``) in the server's store:
+What is kept, in tables of its own (``history_*``, defined in
+``gotaxy.store.schema``) in the server's store:
 
 ``history_sessions``
     One row per client session: ``started``, ``ended``, the disconnect
@@ -54,13 +55,14 @@ from twisted.logger import Logger
 from gotaxy.events import Event
 from gotaxy.logs import gotaxy_observer
 from gotaxy.server.metrics import TunnelLedger
-from gotaxy.store import CLIENT_CONNECTED, CLIENT_DISCONNECTED, ensure_tables
+from gotaxy.store import CLIENT_CONNECTED, CLIENT_DISCONNECTED
+from gotaxy.store.schema import HISTORY_HOURLY, HISTORY_SAMPLES, HISTORY_SESSIONS
 
 T = TypeVar("T")
 
-SESSIONS = "history_sessions"
-SAMPLES = "history_samples"
-HOURLY = "history_hourly"
+SESSIONS = HISTORY_SESSIONS
+SAMPLES = HISTORY_SAMPLES
+HOURLY = HISTORY_HOURLY
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -89,42 +91,6 @@ def _committed(function: Callable[..., T]) -> Callable[..., T]:
             return function(store, *args)
 
     return run
-
-
-def _create_tables(store: Any) -> None:
-    db = store.db
-    types = db.types
-    columns = {
-        SESSIONS: [
-            ("client", types.string(64)), ("started", types.float), ("ended", types.float),
-            ("reason", types.text), ("open", types.boolean),
-        ],
-        SAMPLES: [
-            ("at", types.float), ("client", types.string(64)), ("tunnel", types.string(64)),
-            ("rtt", types.float), ("connections", types.integer), ("opened", types.integer),
-            ("bytes_in", types.bigint), ("bytes_out", types.bigint),
-            ("rate_in", types.float), ("rate_out", types.float),
-        ],
-        HOURLY: [
-            ("hour", types.float), ("client", types.string(64)), ("tunnel", types.string(64)),
-            ("samples", types.integer), ("rtt_avg", types.float), ("rtt_max", types.float),
-            ("connections_max", types.integer), ("opened", types.bigint),
-            ("bytes_in", types.bigint), ("bytes_out", types.bigint),
-            ("rate_in_max", types.float), ("rate_out_max", types.float),
-        ],
-    }
-    indexes = {
-        SESSIONS: [["client", "started"], ["ended"]],
-        SAMPLES: [["client", "tunnel", "at"], ["at"]],
-        HOURLY: [["client", "tunnel", "hour"], ["hour"]],
-    }
-    ensure_tables(db, columns, indexes)
-
-
-def _prepare(store: Any) -> None:
-    """Create the tables; sessions left open by a server that died ended when last seen."""
-    _create_tables(store)
-    _close_stale_sessions(store)
 
 
 @_committed
@@ -364,15 +330,14 @@ class History(Service):
         self._last_totals: Dict[Tuple[str, str], Tuple[int, int, int, int]] = {}
         self._last_hour: Optional[float] = None
         self._writing: Optional[Deferred] = None
-        self._ready: Deferred = succeed(None)  # kept for callers that wait for set-up
         self.dropped = 0  #: sample rows dropped because the store fell behind
         self._sampler = LoopingCall(self.tick)
         self._sampler.clock = self.reactor
         self._unsubscribe: List[Callable[[], None]] = []
+        # Sessions left open by a server that died ended when last seen.
         # Synchronously, like the rest of the store's set-up: makeService
-        # builds this before the reactor runs, so no other writer (the
-        # ``gotaxy`` command, say) races a schema change at start-up.
-        _prepare(store.store)
+        # builds this before the reactor runs.
+        _close_stale_sessions(store.store)
 
     # -- live side ------------------------------------------------------------
 

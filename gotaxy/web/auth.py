@@ -44,7 +44,7 @@ import pyotp
 
 from gotaxy.names import NAME_RULE, is_valid_name, shown
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
-from gotaxy.store import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED, ensure_tables
+from gotaxy.store import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED
 
 SESSION_IDLE = 2 * 3600.0
 SESSION_LIFETIME = 24 * 3600.0
@@ -93,44 +93,12 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def create_tables(db: Any) -> None:
-    """Create the panel's tables in the store's database if they are missing."""
-    types = db.types
-    columns = {
-        "web_sessions": [
-            ("session_hash", types.string(64)),
-            ("username", types.string(64)),
-            ("csrf_token", types.string(64)),
-            ("created_at", types.float),
-            ("last_seen_at", types.float),
-            ("expires_at", types.float),
-            ("address", types.string(128)),
-        ],
-        "web_api_tokens": [
-            ("name", types.string(64)),
-            ("token_hash", types.string(64)),
-            ("username", types.string(64)),
-            ("created_at", types.float),
-            ("last_used_at", types.float),
-        ],
-        "web_totp": [
-            ("username", types.string(64)),
-            ("secret", types.string(64)),
-            ("enabled", types.boolean),
-            ("last_step", types.integer),
-        ],
-    }
-    indexes = {"web_sessions": [["session_hash"]], "web_api_tokens": [["token_hash"], ["name"]], "web_totp": [["username"]]}
-    ensure_tables(db, columns, indexes)
-
-
 def end_sessions(db: Any, username: str) -> int:
     """
     Log ``username`` out of every browser; return how many sessions ended.
     Synchronous, for the ``gotaxy admin`` command (a running server checks
     sessions against the table on every request, so it sees this at once).
     """
-    create_tables(db)
     table = db["web_sessions"]
     count = int(table.count(username=username))
     table.delete(username=username)
@@ -139,7 +107,6 @@ def end_sessions(db: Any, username: str) -> int:
 
 def remove_second_factor(db: Any, username: str) -> bool:
     """Turn ``username``'s TOTP off (pending enrolments too); True if there was one on."""
-    create_tables(db)
     row = db["web_totp"].find_one(username=username)
     db["web_totp"].delete(username=username)
     return bool(row is not None and row["enabled"])
@@ -153,16 +120,11 @@ class PanelAuth:
         self.db = core.store.store.db
         self._totp_failures: Dict[str, List[float]] = {}
         self._totp_locked_until: Dict[str, float] = {}
-        self._tables_ready = False
 
     def _now(self) -> float:
         return self.reactor.seconds()
 
     async def _call(self, function: Any, *args: Any) -> Any:
-        if not self._tables_ready:
-            # On the store's thread, like every other use of the database.
-            await self.core.store.call(create_tables, self.db)
-            self._tables_ready = True
         return await self.core.store.call(function, *args)
 
     # -- log-in and sessions ---------------------------------------------------

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_store -*-
 """
-The persistent store: tokens, clients, tunnels with their ports, events,
+The store's data access: tokens, clients, tunnels with their ports, events,
 operator accounts.
 
 ``Store`` is plain synchronous code on ``dataset`` (SQLite by default, any
@@ -27,6 +27,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gotaxy.credentials import hash_password, new_token, token_hash, tokens_equal, verify_password
 from gotaxy.names import NAME_RULE, is_valid_name, shown
+from gotaxy.store.schema import create_schema
 
 T = TypeVar("T")
 
@@ -115,21 +116,6 @@ class EventRecord:
     count: int = 1  #: occurrences this row stands for (repeated failed log-ins from one address are one row)
 
 
-def ensure_tables(db: Any, columns: Dict[str, List[Tuple[str, Any]]], indexes: Dict[str, List[List[str]]]) -> None:
-    """
-    Create ``columns`` (table -> [(column, type)]) and ``indexes`` (table ->
-    [[column, ...]]) where missing.  Other modules (the panel, the history)
-    keep their own tables in the store's database this way.  Run outside a
-    transaction: dataset warns about schema changes inside one.
-    """
-    for table_name, cols in columns.items():
-        table = db.create_table(table_name, primary_id="id")
-        for name, type_ in cols:
-            table.create_column(name, type_)
-        for index in indexes.get(table_name, []):
-            table.create_index(index)
-
-
 #: ``settings`` key: the fingerprint join tokens pin (``gotaxy.jointoken``),
 #: written by the server at every start.
 JOIN_PIN_SETTING = "tls.join_pin"
@@ -155,66 +141,7 @@ class Store:
         self.db.close()
 
     def _create_schema(self) -> None:
-        types = self.db.types
-        columns = {
-            "tokens": [
-                ("name", types.string(64)),
-                ("token_hash", types.string(64)),
-                ("created_at", types.float),
-                ("expires_at", types.float),
-                ("revoked_at", types.float),
-                ("last_used_at", types.float),
-            ],
-            "clients": [
-                ("name", types.string(64)),
-                ("online", types.boolean),
-                ("address", types.string(128)),
-                ("version", types.string(32)),
-                ("connected_at", types.float),
-                ("last_seen_at", types.float),
-            ],
-            "tunnels": [
-                ("client", types.string(64)),
-                ("name", types.string(64)),
-                ("type", types.string(16)),
-                ("local_addr", types.string(128)),
-                ("remote_port", types.integer),
-                ("status", types.string(16)),
-                ("reason", types.text),
-                ("updated_at", types.float),
-                ("source", types.string(8)),
-                ("enabled", types.boolean),
-            ],
-            "events": [
-                ("at", types.float),
-                ("type", types.string(32)),
-                ("client", types.string(64)),
-                ("tunnel", types.string(64)),
-                ("address", types.string(128)),
-                ("detail", types.text),
-                ("count", types.integer),
-            ],
-            "admins": [
-                ("username", types.string(64)),
-                ("password_hash", types.text),
-                ("created_at", types.float),
-            ],
-            # Facts about the server that tools reading the store need
-            # (``gotaxy token create`` needs the join pin); never secrets.
-            "settings": [
-                ("key", types.string(64)),
-                ("value", types.text),
-            ],
-        }
-        indexes = {
-            "tokens": [["token_hash"], ["name"]],
-            "clients": [["name"]],
-            "tunnels": [["client", "name"], ["remote_port"]],
-            "events": [["at"], ["type"], ["client"]],
-            "admins": [["username"]],
-            "settings": [["key"]],
-        }
-        ensure_tables(self.db, columns, indexes)
+        create_schema(self.db)
 
     # -- settings ------------------------------------------------------------
 
@@ -318,10 +245,6 @@ class Store:
         ]
 
     # -- tunnels and their ports ---------------------------------------------
-
-    def reserved_port(self, client: str, name: str) -> Optional[int]:
-        row = self.db["tunnels"].find_one(client=client, name=name)
-        return row["remote_port"] if row and row["remote_port"] else None
 
     def port_owner(self, port: int) -> Optional[Tuple[str, str]]:
         row = self.db["tunnels"].find_one(remote_port=port)

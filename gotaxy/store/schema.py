@@ -1,0 +1,200 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+Every table of the store, in one place.
+
+Each entry of ``TABLES`` is a table: its columns (name, SQLAlchemy type) and
+its indexes (lists of column names).  Every table also has an integer
+primary key ``id``.  Modules that keep data in the store (the history, the
+panel's sessions, the managed webhooks, ...) use the table names defined
+here and never create tables themselves.
+
+Keep the types portable: ``String(n)`` is enforced by PostgreSQL (SQLite
+ignores the length), so a value that comes from the network must be cut or
+refused before it reaches a ``String`` column; use ``Text`` otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import attrs
+from sqlalchemy import BigInteger, Boolean, Float, Integer, Unicode, UnicodeText
+from sqlalchemy.types import TypeEngine
+
+
+def String(length: int) -> TypeEngine:
+    """Text of at most ``length`` characters (what dataset's ``types.string`` is)."""
+    return Unicode(length)
+
+
+@attrs.frozen
+class TableSpec:
+    columns: Tuple[Tuple[str, Any], ...]
+    indexes: Tuple[Tuple[str, ...], ...] = ()
+
+
+# -- table names other modules use -------------------------------------------
+
+HISTORY_SESSIONS = "history_sessions"
+HISTORY_SAMPLES = "history_samples"
+HISTORY_HOURLY = "history_hourly"
+NOTIFICATION_FAILURES = "notification_failures"
+NOTIFY_WEBHOOKS = "notify_webhooks"
+NOTIFY_MAIL = "notify_mail"
+WEB_SESSIONS = "web_sessions"
+WEB_API_TOKENS = "web_api_tokens"
+WEB_TOTP = "web_totp"
+
+#: Text of any length (what dataset has always used for ``types.text``).
+TEXT = UnicodeText
+
+TABLES: Dict[str, TableSpec] = {
+    # -- tokens, clients, tunnels, events, operators (gotaxy.store.store) ----
+    "tokens": TableSpec(
+        columns=(
+            ("name", String(64)),
+            ("token_hash", String(64)),
+            ("created_at", Float),
+            ("expires_at", Float),
+            ("revoked_at", Float),
+            ("last_used_at", Float),
+        ),
+        indexes=(("token_hash",), ("name",)),
+    ),
+    "clients": TableSpec(
+        columns=(
+            ("name", String(64)),
+            ("online", Boolean),
+            ("address", String(128)),
+            ("version", String(32)),
+            ("connected_at", Float),
+            ("last_seen_at", Float),
+        ),
+        indexes=(("name",),),
+    ),
+    "tunnels": TableSpec(
+        columns=(
+            ("client", String(64)),
+            ("name", String(64)),
+            ("type", String(16)),
+            ("local_addr", String(128)),
+            ("remote_port", Integer),
+            ("status", String(16)),
+            ("reason", TEXT),
+            ("updated_at", Float),
+            ("source", String(8)),
+            ("enabled", Boolean),
+        ),
+        indexes=(("client", "name"), ("remote_port",)),
+    ),
+    "events": TableSpec(
+        columns=(
+            ("at", Float),
+            ("type", String(32)),
+            ("client", String(64)),
+            ("tunnel", String(64)),
+            ("address", String(128)),
+            ("detail", TEXT),
+            ("count", Integer),
+        ),
+        indexes=(("at",), ("type",), ("client",)),
+    ),
+    "admins": TableSpec(
+        columns=(("username", String(64)), ("password_hash", TEXT), ("created_at", Float)),
+        indexes=(("username",),),
+    ),
+    # Facts about the server that tools reading the store need (``gotaxy
+    # token create`` needs the join pin); never secrets.
+    "settings": TableSpec(
+        columns=(("key", String(64)), ("value", TEXT)),
+        indexes=(("key",),),
+    ),
+    # -- stability history (gotaxy.server.history) ---------------------------
+    HISTORY_SESSIONS: TableSpec(
+        columns=(
+            ("client", String(64)), ("started", Float), ("ended", Float), ("reason", TEXT), ("open", Boolean),
+        ),
+        indexes=(("client", "started"), ("ended",)),
+    ),
+    HISTORY_SAMPLES: TableSpec(
+        columns=(
+            ("at", Float), ("client", String(64)), ("tunnel", String(64)),
+            ("rtt", Float), ("connections", Integer), ("opened", Integer),
+            ("bytes_in", BigInteger), ("bytes_out", BigInteger),
+            ("rate_in", Float), ("rate_out", Float),
+        ),
+        indexes=(("client", "tunnel", "at"), ("at",)),
+    ),
+    HISTORY_HOURLY: TableSpec(
+        columns=(
+            ("hour", Float), ("client", String(64)), ("tunnel", String(64)),
+            ("samples", Integer), ("rtt_avg", Float), ("rtt_max", Float),
+            ("connections_max", Integer), ("opened", BigInteger),
+            ("bytes_in", BigInteger), ("bytes_out", BigInteger),
+            ("rate_in_max", Float), ("rate_out_max", Float),
+        ),
+        indexes=(("client", "tunnel", "hour"), ("hour",)),
+    ),
+    # -- notifications (gotaxy.notify.failures, gotaxy.notify.managed) -------
+    NOTIFICATION_FAILURES: TableSpec(
+        columns=(("at", Float), ("target", String(128)), ("event", String(64)), ("reason", TEXT)),
+        indexes=(("at",),),
+    ),
+    NOTIFY_WEBHOOKS: TableSpec(
+        columns=(
+            ("name", String(64)), ("url", TEXT), ("secret", TEXT),
+            ("events", TEXT), ("format", String(16)), ("created_at", Float),
+        ),
+        indexes=(("name",),),
+    ),
+    NOTIFY_MAIL: TableSpec(
+        columns=(("address", String(254)), ("events", TEXT), ("created_at", Float)),
+        indexes=(("address",),),
+    ),
+    # -- the panel's log-ins (gotaxy.web.auth) -------------------------------
+    WEB_SESSIONS: TableSpec(
+        columns=(
+            ("session_hash", String(64)),
+            ("username", String(64)),
+            ("csrf_token", String(64)),
+            ("created_at", Float),
+            ("last_seen_at", Float),
+            ("expires_at", Float),
+            ("address", String(128)),
+        ),
+        indexes=(("session_hash",),),
+    ),
+    WEB_API_TOKENS: TableSpec(
+        columns=(
+            ("name", String(64)),
+            ("token_hash", String(64)),
+            ("username", String(64)),
+            ("created_at", Float),
+            ("last_used_at", Float),
+        ),
+        indexes=(("token_hash",), ("name",)),
+    ),
+    WEB_TOTP: TableSpec(
+        columns=(("username", String(64)), ("secret", String(64)), ("enabled", Boolean), ("last_step", Integer)),
+        indexes=(("username",),),
+    ),
+}
+
+
+def ensure_tables(db: Any, tables: Dict[str, TableSpec]) -> None:
+    """
+    Create the tables, columns and indexes of ``tables`` where missing (an
+    existing column is left as it is).  Run outside a transaction: dataset
+    warns about schema changes inside one.
+    """
+    for table_name, spec in tables.items():
+        table = db.create_table(table_name, primary_id="id")
+        for name, type_ in spec.columns:
+            table.create_column(name, type_)
+        for index in spec.indexes:
+            table.create_index(list(index))
+
+
+def create_schema(db: Any) -> None:
+    """Every table of ``TABLES``, where missing."""
+    ensure_tables(db, TABLES)
