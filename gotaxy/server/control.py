@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Collection, Dict, Optional, Set, Tuple
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -39,6 +39,7 @@ from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol
 from gotaxy.server.core import MAX_TUNNELS_PER_CLIENT, IdentityInUse, LoginRefused, ServerCore, TunnelRefused
 from gotaxy.server.throttle import RepeatThrottle
+from gotaxy.server.tunnel import LiveTunnel
 
 #: Refused connections are logged at most once in this many seconds (with their number).
 REFUSAL_LOG_INTERVAL = 60.0
@@ -134,6 +135,12 @@ class Admission:
 
 
 class ServerControlProtocol(MuxProtocol):
+    """
+    A client's control connection: the ``ClientSession`` the core works
+    with (``gotaxy.server.session``), and the only place that writes the
+    control messages about its tunnels.
+    """
+
     is_server = True
     log = Logger(observer=gotaxy_observer)
 
@@ -149,7 +156,7 @@ class ServerControlProtocol(MuxProtocol):
         self.token_checked = False
         #: The installation id the client sent at log-in ("" if none).
         self.instance = ""
-        self.tunnels: Dict[str, Any] = {}
+        self.tunnels: Dict[str, LiveTunnel] = {}
         #: Operator-defined tunnels an operator removed while this session
         #: lasts: a tunnel_open for one of them, sent before the client
         #: heard of the removal, must not bring it back.
@@ -163,9 +170,6 @@ class ServerControlProtocol(MuxProtocol):
         self._login_started = False
         self._auth_timer: Any = None
         self.heartbeat: Optional[HeartbeatMonitor] = None
-        # Tunnel requests are handled one at a time, in the order sent, so
-        # limits such as maxPortsPerClient see every earlier decision.
-        self.tunnel_lock = DeferredLock()
         self.max_streams = core.config.max_connections_per_client
         #: Optional messages the client understands (from its login).
         self.features: Set[str] = set()
@@ -263,19 +267,35 @@ class ServerControlProtocol(MuxProtocol):
             on_timeout=self._heartbeat_timed_out,
         )
         self.heartbeat.start()
-        for record in await self.core.operator_tunnels(name):
-            if not self.lost:
-                self.offer_tunnel(record.name, record.local_addr, record.remote_port)
+        await self.core.push_operator_tunnels(self)
+
+    # -- what the core tells the client (ClientSession) ------------------------
 
     def offer_tunnel(self, name: str, local_addr: str, remote_port: int) -> None:
         """Send the client an operator-defined tunnel; it opens or declines it."""
         self.offered[name] = local_addr
         self.send_control(tunnel_add_message(name, local_addr, remote_port))
 
+    def withdraw_tunnel(self, name: str) -> None:
+        """An operator removed a tunnel it defined: the client forgets it."""
+        self.send_control({"type": "tunnel_remove", "name": name})
+
+    def tunnel_up(self, tunnel: LiveTunnel) -> None:
+        if not self.lost:
+            self.send_control({"type": "tunnel_up", "name": tunnel.name, "remotePort": tunnel.remote_port})
+
+    def tunnel_down(self, name: str, reason: str) -> None:
+        """The server closed a tunnel (an operator disabled it): the client does not ask again."""
+        self.send_control({"type": "tunnel_down", "name": name, "reason": reason})
+
+    # -- what the client asks ----------------------------------------------------
+
     async def _tunnel_open(self, message: Dict[str, Any]) -> None:
         name = message.get("name")
         try:
-            tunnel = await self.tunnel_lock.run(lambda: Deferred.fromCoroutine(self.core.open_tunnel(self, message)))
+            # Under the client's lock, in the order sent, so limits such as
+            # maxPortsPerClient see every earlier decision.
+            tunnel = await self.core.open_tunnel(self, message)
         except TunnelRefused as e:
             if not self.lost:
                 if isinstance(name, str) and len(name) <= 64 and len(self.refused_tunnels) < MAX_TUNNELS_PER_CLIENT:
@@ -285,8 +305,7 @@ class ServerControlProtocol(MuxProtocol):
             return
         self.refused_tunnels.discard(tunnel.name)
         self.retry_at.pop(tunnel.name, None)
-        if not self.lost:
-            self.send_control({"type": "tunnel_up", "name": tunnel.name, "remotePort": tunnel.remote_port})
+        self.tunnel_up(tunnel)
 
     def _tunnel_retry(self, message: Dict[str, Any]) -> None:
         """The client says when it asks again for a tunnel we refused."""

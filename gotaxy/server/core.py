@@ -22,9 +22,19 @@ connection) and which tunnels are up (``tunnels``: (client, tunnel name) ->
 * ``open_tunnel`` applies the port rules (see ``gotaxy.ports``) and binds the
   public port.
 * ``session_lost`` closes the client's listeners and marks it offline.
+* ``add_tunnel``, ``edit_tunnel`` (both push the tunnel to the client),
+  ``disable_tunnel``, ``enable_tunnel``, ``restart_tunnel`` and
+  ``remove_tunnel`` are the operator's actions on a tunnel.
 
-Operators (web panel, console) act through ``gotaxy.server.manage``, which
-calls in here.  Every decision is written to the store's events table and
+Every change to one client's tunnels, the client's own requests and the
+operator's actions alike, runs under that client's lock (``ClientLocks``,
+see ``gotaxy.server.session``), one at a time.  The client is a
+``ClientSession``; the core tells it things through that interface and never
+writes a control message itself.
+
+Operators (web panel, console, command line) act through
+``gotaxy.server.manage``, which checks their arguments, calls in here and
+words the outcome for each face.  Every decision is written to the store's events table and
 published on ``events`` for live watchers.  The store is reached only
 through ``ThreadedStore``, so this module never blocks.
 """
@@ -32,7 +42,8 @@ through ``ThreadedStore``, so this module never blocks.
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from functools import partial
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import CannotListenError
@@ -47,6 +58,7 @@ from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.names import InvalidName, check_name, is_valid_name
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
 from gotaxy.ports import PortAllocator, server_ports
+from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel, PublicFactory
 from gotaxy.store import (
@@ -55,12 +67,20 @@ from gotaxy.store import (
     CLIENT_REPLACED,
     LOGIN_FAILED,
     SOURCE_SERVER,
+    TUNNEL_ADDED,
     TUNNEL_CLOSED,
+    TUNNEL_DISABLED,
+    TUNNEL_EDITED,
+    TUNNEL_ENABLED,
     TUNNEL_ERROR,
     TUNNEL_OPENED,
     TUNNEL_REFUSED,
+    TUNNEL_REMOVED,
     ThreadedStore,
+    TunnelRecord,
 )
+
+T = TypeVar("T")
 
 #: A client that logs in with the shared ``auth.token`` is named
 #: ``shared:<user>``.  A token's name never contains ':', so a shared-token
@@ -118,6 +138,14 @@ class TunnelRefused(Exception):
     """This tunnel cannot open; the message is sent to the client."""
 
 
+class TunnelNotFound(LookupError):
+    """An operator named a tunnel the store does not have."""
+
+
+class TunnelConflict(Exception):
+    """An operator's action does not apply to this tunnel now; the message says why and what to do."""
+
+
 def _text(message: Dict[str, Any], key: str, limit: int, default: str = "") -> str:
     value = message.get(key, default)
     if not isinstance(value, str) or len(value) > limit:
@@ -140,7 +168,9 @@ class ServerCore:
         self.reactor = reactor
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
         self.events = EventBus()
-        self.sessions: Dict[str, Any] = {}
+        self.sessions: Dict[str, ClientSession] = {}
+        #: The one lock owner for every client's tunnels (see ``gotaxy.server.session``).
+        self.locks = ClientLocks()
         self.tunnels: Dict[Tuple[str, str], LiveTunnel] = {}
         # Listeners being closed, so a reopen of the same tunnel waits.
         self._closing: Dict[Tuple[str, str], Deferred] = {}
@@ -215,7 +245,7 @@ class ServerCore:
 
     # -- login ---------------------------------------------------------------
 
-    async def login(self, session: Any, message: Dict[str, Any]) -> str:
+    async def login(self, session: ClientSession, message: Dict[str, Any]) -> str:
         """Authenticate ``session``; return the client's name or raise LoginRefused."""
         address = session.peer_address
         try:
@@ -291,7 +321,7 @@ class ServerCore:
         )
         return name
 
-    def _identity_in_use(self, name: str, address: str, old: Any, shared: bool) -> IdentityInUse:
+    def _identity_in_use(self, name: str, address: str, old: ClientSession, shared: bool) -> IdentityInUse:
         """The refusal for a second installation under ``name``; logged once per interval."""
         old_host = old.peer_address.rsplit(":", 1)[0]
         if shared:
@@ -348,16 +378,36 @@ class ServerCore:
         recording.addBoth(lambda _: self._recording.discard(recording))
         return recording
 
-    async def operator_tunnels(self, client: str) -> List[Any]:
+    async def operator_tunnels(self, client: str) -> List[TunnelRecord]:
         """The enabled tunnels operators defined for ``client`` (pushed at login)."""
         records = await self.store.call(self._db.list_tunnels, client)
         return [r for r in records if r.source == SOURCE_SERVER and r.enabled]
 
     # -- tunnels -------------------------------------------------------------
 
-    async def open_tunnel(self, session: Any, message: Dict[str, Any]) -> LiveTunnel:
-        """Open the tunnel ``message`` asks for, or raise TunnelRefused."""
+    def _locked(self, session: ClientSession, work: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """Run ``work()`` under the lock of ``session``'s client."""
+        assert session.client_name is not None, "a session has a name once it is logged in"
+        return self.locks.run(session.client_name, work)
+
+    async def push_operator_tunnels(self, session: ClientSession) -> None:
+        """Send a client that just logged in the tunnels operators defined for it."""
+
+        async def push() -> None:
+            assert session.client_name is not None
+            for record in await self.operator_tunnels(session.client_name):
+                if not (session.lost or session.dropped):
+                    session.offer_tunnel(record.name, record.local_addr, record.remote_port)
+
+        await self._locked(session, push)
+
+    async def open_tunnel(self, session: ClientSession, message: Dict[str, Any]) -> LiveTunnel:
+        """The client asks for a tunnel: open it, or raise TunnelRefused."""
+        return await self._locked(session, lambda: self._open_or_refuse(session, message))
+
+    async def _open_or_refuse(self, session: ClientSession, message: Dict[str, Any]) -> LiveTunnel:
         client = session.client_name
+        assert client is not None
         name = message.get("name")
         try:
             check_name(name, "a tunnel name")
@@ -381,7 +431,7 @@ class ServerCore:
             )
             raise
 
-    async def _open_tunnel(self, session: Any, client: str, name: str, message: Dict[str, Any]) -> LiveTunnel:
+    async def _open_tunnel(self, session: ClientSession, client: str, name: str, message: Dict[str, Any]) -> LiveTunnel:
         kind = message.get("tunnelType", "tcp")
         if kind != "tcp":
             raise TunnelRefused(f"tunnel type {kind!r} is not supported by this server (only 'tcp')")
@@ -578,12 +628,15 @@ class ServerCore:
             )
         ).addErrback(lambda f: self.log.failure("recording a tunnel error failed", f))
 
-    async def client_declines_tunnel(self, session: Any, message: Dict[str, Any]) -> None:
+    async def client_declines_tunnel(self, session: ClientSession, message: Dict[str, Any]) -> None:
         """
         The client refuses an operator-defined tunnel it was sent (its
         ``allowOperatorTunnels`` does not list the address): record the
         refusal, with the client's reason, for the operator to see.
         """
+        await self._locked(session, lambda: self._declined(session, message))
+
+    async def _declined(self, session: ClientSession, message: Dict[str, Any]) -> None:
         name = message.get("name")
         if not isinstance(name, str) or session.offered.pop(name, None) is None:
             return  # not offered, or declined already: nothing to record
@@ -596,6 +649,7 @@ class ServerCore:
             self._db.tunnel_down, client, name, "refused", detail, TUNNEL_REFUSED,
             event=TUNNEL_REFUSED, client=client, tunnel=name, detail=detail,
         )
+
     def tunnel_health(self, tunnel: LiveTunnel, healthy: bool) -> None:
         """The client's health check of ``tunnel``'s local service passed or failed."""
         if healthy:
@@ -611,14 +665,172 @@ class ServerCore:
                           reason=tunnel.health_failure)
             self.tunnel_error(tunnel, tunnel.health_failure + " (health check)")
 
-    async def client_closes_tunnel(self, session: Any, name: str) -> None:
-        tunnel = session.tunnels.get(name)
-        if tunnel is not None:
-            await self.close_and_record(tunnel, "closed by the client")
+    async def client_closes_tunnel(self, session: ClientSession, name: str) -> None:
+        async def close() -> None:
+            tunnel = session.tunnels.get(name)
+            if tunnel is not None:
+                await self.close_and_record(tunnel, "closed by the client")
+
+        await self._locked(session, close)
+
+    # -- the operator's actions on tunnels -------------------------------------
+    #
+    # Each runs under the client's lock, whether the client is online or not,
+    # and raises TunnelNotFound, TunnelConflict, TunnelRefused (a port it may
+    # not have) or StoreError (a name in use) for ``Management`` to word.
+
+    async def _stored(self, client: str, name: str) -> TunnelRecord:
+        record = await self.store.call(self._db.get_tunnel, client, name)
+        if record is None:
+            raise TunnelNotFound(f"client {client!r} has no tunnel named {name!r}")
+        return record
+
+    def _push(self, record: TunnelRecord) -> None:
+        """Send an enabled operator-defined tunnel to its client, if online; it opens it like its own."""
+        session = self.sessions.get(record.client)
+        if session is not None and record.enabled:
+            session.removed_tunnels.discard(record.name)
+            session.offer_tunnel(record.name, record.local_addr, record.remote_port)
+
+    async def add_tunnel(self, client: str, name: str, local_addr: str, remote_port: int = 0) -> TunnelRecord:
+        """Define a tunnel for ``client`` (port 0: picked when it opens) and push it to the client."""
+
+        async def add() -> TunnelRecord:
+            if remote_port:
+                await self.check_port(remote_port, (client, name))
+            record: TunnelRecord = await self.record(
+                self._db.add_server_tunnel, client, name, local_addr, remote_port,
+                event=TUNNEL_ADDED, client=client, tunnel=name, detail=f"port {remote_port or 'auto'} -> {local_addr}",
+            )
+            self._push(record)
+            return record
+
+        return await self.locks.run(client, add)
+
+    async def edit_tunnel(
+        self, client: str, name: str, local_addr: Optional[str] = None, remote_port: Optional[int] = None
+    ) -> TunnelRecord:
+        """Change an operator-defined tunnel (port 0: any); it closes and is pushed again."""
+
+        async def edit() -> TunnelRecord:
+            record = await self._stored(client, name)
+            if record.source != SOURCE_SERVER:
+                raise TunnelConflict(
+                    f"tunnel {name!r} is defined in client {client!r}'s own config; change it there"
+                )
+            changes: Dict[str, Any] = {}
+            if local_addr is not None:
+                changes["local_addr"] = local_addr
+            if remote_port is not None:
+                if remote_port:
+                    await self.check_port(remote_port, (client, name))
+                changes["remote_port"] = remote_port or None
+            detail = ", ".join(f"{k}={v}" for k, v in changes.items())
+            await self.record(
+                partial(self._db.update_tunnel, client, name, TUNNEL_EDITED, detail, **changes),
+                event=TUNNEL_EDITED, client=client, tunnel=name, detail=detail,
+            )
+            live = self.tunnels.get((client, name))
+            if live is not None:
+                await self.close_tunnel(live, "changed by the operator", cut_connections=True)
+            updated = await self._stored(client, name)
+            self._push(updated)
+            return updated
+
+        return await self.locks.run(client, edit)
+
+    async def remove_tunnel(self, client: str, name: str) -> None:
+        """Forget an operator-defined tunnel: its port closes and is released, and the client forgets it."""
+
+        async def remove() -> None:
+            record = await self._stored(client, name)
+            if record.source != SOURCE_SERVER:
+                raise TunnelConflict(
+                    f"tunnel {name!r} is defined in client {client!r}'s own config; remove it there, or disable it"
+                )
+            session = self.sessions.get(client)
+            if session is not None:
+                session.removed_tunnels.add(name)
+                session.offered.pop(name, None)
+            live = self.tunnels.get((client, name))
+            if live is not None:
+                await self.close_tunnel(live, "removed by the operator", cut_connections=True)
+            if session is not None and not session.lost:
+                session.withdraw_tunnel(name)
+            await self.record(self._db.remove_tunnel, client, name, event=TUNNEL_REMOVED, client=client, tunnel=name)
+
+        await self.locks.run(client, remove)
+
+    async def disable_tunnel(self, client: str, name: str) -> TunnelRecord:
+        """Close a tunnel (cutting its connections) and keep it closed, across reconnects and restarts."""
+
+        async def disable() -> TunnelRecord:
+            record = await self._stored(client, name)
+            if not record.enabled:
+                return record
+            await self.record(
+                partial(self._db.update_tunnel, client, name, TUNNEL_DISABLED, None, enabled=False),
+                event=TUNNEL_DISABLED, client=client, tunnel=name,
+            )
+            live = self.tunnels.get((client, name))
+            if live is not None:
+                reason = "disabled by the operator"
+                await self.close_and_record(live, reason, cut_connections=True)
+                if not (live.session.lost or live.session.dropped):
+                    live.session.tunnel_down(name, reason)
+            return await self._stored(client, name)
+
+        return await self.locks.run(client, disable)
+
+    async def enable_tunnel(self, client: str, name: str) -> TunnelRecord:
+        """Let a disabled tunnel open again; it opens now if its client is online."""
+
+        async def enable() -> TunnelRecord:
+            record = await self._stored(client, name)
+            if record.enabled:
+                return record
+            await self.record(
+                partial(self._db.update_tunnel, client, name, TUNNEL_ENABLED, None, enabled=True),
+                event=TUNNEL_ENABLED, client=client, tunnel=name,
+            )
+            session = self.sessions.get(client)
+            if session is not None:
+                await self._reopen(session, await self._stored(client, name))
+            return await self._stored(client, name)
+
+        return await self.locks.run(client, enable)
+
+    async def restart_tunnel(self, client: str, name: str) -> TunnelRecord:
+        """Close a tunnel (cutting its connections) and open it again on its port."""
+
+        async def restart() -> TunnelRecord:
+            record = await self._stored(client, name)
+            if not record.enabled:
+                raise TunnelConflict(f"tunnel {name!r} is disabled; enable it instead")
+            session = self.sessions.get(client)
+            if session is None:
+                raise TunnelConflict(f"client {client!r} is offline; its tunnels open when it connects")
+            live = self.tunnels.get((client, name))
+            if live is not None:
+                await self.close_tunnel(live, "restarted by the operator", cut_connections=True)
+            await self._reopen(session, record)
+            return await self._stored(client, name)
+
+        return await self.locks.run(client, restart)
+
+    async def _reopen(self, session: ClientSession, record: TunnelRecord) -> None:
+        if record.source == SOURCE_SERVER:
+            self._push(record)  # the client opens it with the settings we push
+            return
+        # A client-defined tunnel: open it as the client last asked, and say so.
+        tunnel = await self._open_or_refuse(
+            session, {"name": record.name, "localAddr": record.local_addr, "remotePort": record.remote_port}
+        )
+        session.tunnel_up(tunnel)
 
     # -- sessions ------------------------------------------------------------
 
-    async def drop_session(self, session: Any, reason: str, event: Optional[str] = None) -> None:
+    async def drop_session(self, session: ClientSession, reason: str, event: Optional[str] = None) -> None:
         """Forget ``session``: close its tunnels and mark its client offline."""
         name = session.client_name
         if name is None or session.dropped:
@@ -638,7 +850,7 @@ class ServerCore:
             )
         self.log.info("client {client} offline: {reason}", client=name, reason=reason)
 
-    def session_lost(self, session: Any, reason: str) -> Deferred:
+    def session_lost(self, session: ClientSession, reason: str) -> Deferred:
         return Deferred.fromCoroutine(self.drop_session(session, reason))
 
     async def kick_inactive_tokens(self) -> None:

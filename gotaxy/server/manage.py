@@ -22,11 +22,9 @@ Tunnels come from two places (``source``):
 from __future__ import annotations
 
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import attrs
-from twisted.internet.defer import Deferred
 
 from gotaxy import __version__
 from gotaxy.config import ConfigError, parse_host_port
@@ -34,19 +32,15 @@ from gotaxy.events import Event
 from gotaxy.jointoken import make_join_token
 from gotaxy.notify.managed import TargetError
 from gotaxy.names import NAME_RULE, InvalidName, check_name, shown
-from gotaxy.server.core import SHARED_PREFIX, ServerCore, TunnelRefused, valid_client_name
+from gotaxy.server.core import (
+    SHARED_PREFIX, ServerCore, TunnelConflict, TunnelNotFound, TunnelRefused, valid_client_name,
+)
 from gotaxy.server.tunnel import LiveTunnel
 from gotaxy.store import (
     CLIENT_KICKED,
     CONFIG_RELOADED,
-    SOURCE_SERVER,
     TOKEN_CREATED,
     TOKEN_REVOKED,
-    TUNNEL_DISABLED,
-    TUNNEL_ADDED,
-    TUNNEL_EDITED,
-    TUNNEL_ENABLED,
-    TUNNEL_REMOVED,
     EventRecord,
     StoreError,
     TokenRecord,
@@ -76,6 +70,17 @@ class ManagementError(Exception):
         super().__init__(message)
         self.kind = kind
         self.field = field  #: the argument it is about, when its message does not say (the panel marks it)
+
+
+@contextmanager
+def _tunnel_errors() -> Iterator[None]:
+    """The core's refusals of an operator's action on a tunnel, as the ManagementError the faces expect."""
+    try:
+        yield
+    except TunnelNotFound as e:
+        raise ManagementError("not_found", str(e)) from None
+    except (TunnelConflict, TunnelRefused, StoreError) as e:
+        raise ManagementError("conflict", str(e)) from None
 
 
 @contextmanager
@@ -317,14 +322,10 @@ class Management:
             raise _invalid(f"local address {local_addr!r}: {e}") from None
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    async def _check_port(self, port: int, key: Tuple[str, str]) -> None:
+    @staticmethod
+    def _check_port(port: int) -> None:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise _invalid("the public port must be an integer from 0 (server picks) to 65535")
-        if port:
-            try:
-                await self.core.check_port(port, key)
-            except TunnelRefused as e:
-                raise ManagementError("conflict", str(e)) from None
 
     async def add_tunnel(self, client: str, name: str, local_addr: str, remote_port: int = 0) -> TunnelView:
         """Define a tunnel for ``client``; it opens now if the client is online."""
@@ -336,127 +337,40 @@ class Management:
         known = await self.known_clients()
         if client not in known:
             raise ManagementError("not_found", _unknown_client(client, known), field="client")
-        await self._check_port(remote_port, (client, name))
-        try:
-            record = await self.core.record(
-                self._db.add_server_tunnel, client, name, local, remote_port,
-                event=TUNNEL_ADDED, client=client, tunnel=name, detail=f"port {remote_port or 'auto'} -> {local}",
-            )
-        except StoreError as e:
-            raise ManagementError("conflict", str(e)) from None
-        session = self.core.sessions.get(client)
-        if session is not None:
-            session.removed_tunnels.discard(name)
-            session.offer_tunnel(name, local, remote_port)
+        self._check_port(remote_port)
+        with _tunnel_errors():
+            record = await self.core.add_tunnel(client, name, local, remote_port)
         return self._view(record, None)
 
     async def remove_tunnel(self, client: str, name: str) -> None:
-        await self._locked(client, lambda: self._remove_tunnel(client, name))
-
-    async def _remove_tunnel(self, client: str, name: str) -> None:
-        record = await self._record(client, name)
-        if record.source != SOURCE_SERVER:
-            raise ManagementError(
-                "conflict", f"tunnel {name!r} is defined in client {client!r}'s own config; remove it there, or disable it"
-            )
-        session = self.core.sessions.get(client)
-        if session is not None:
-            session.removed_tunnels.add(name)
-        live = self.core.tunnels.get((client, name))
-        if live is not None:
-            await self.core.close_tunnel(live, "removed by the operator", cut_connections=True)
-        if session is not None:
-            session.send_control({"type": "tunnel_remove", "name": name})
-        await self.core.record(self._db.remove_tunnel, client, name, event=TUNNEL_REMOVED, client=client, tunnel=name)
+        with _tunnel_errors():
+            await self.core.remove_tunnel(client, name)
 
     async def set_enabled(self, client: str, name: str, enabled: bool) -> TunnelView:
-        record = await self._record(client, name)
-        if record.enabled == enabled:
-            return await self.tunnel(client, name)
-        event = TUNNEL_ENABLED if enabled else TUNNEL_DISABLED
-        await self.core.record(
-            partial(self._db.update_tunnel, client, name, event, None, enabled=enabled),
-            event=event, client=client, tunnel=name,
-        )
-        live = self.core.tunnels.get((client, name))
-        session = self.core.sessions.get(client)
-        if not enabled and live is not None:
-            await self.core.close_and_record(live, "disabled by the operator", cut_connections=True)
-            if session is not None:
-                session.send_control({"type": "tunnel_down", "name": name, "reason": "disabled by the operator"})
-        elif enabled and session is not None:
-            await self._reopen(session, record)
+        with _tunnel_errors():
+            if enabled:
+                await self.core.enable_tunnel(client, name)
+            else:
+                await self.core.disable_tunnel(client, name)
         return await self.tunnel(client, name)
 
     async def restart_tunnel(self, client: str, name: str) -> TunnelView:
         """Close a tunnel (cutting its connections) and open it again on its port."""
-        record = await self._record(client, name)
-        if not record.enabled:
-            raise ManagementError("conflict", f"tunnel {name!r} is disabled; enable it instead")
-        session = self.core.sessions.get(client)
-        if session is None:
-            raise ManagementError("conflict", f"client {client!r} is offline; its tunnels open when it connects")
-        live = self.core.tunnels.get((client, name))
-        if live is not None:
-            await self.core.close_tunnel(live, "restarted by the operator", cut_connections=True)
-        await self._reopen(session, record)
+        with _tunnel_errors():
+            await self.core.restart_tunnel(client, name)
         return await self.tunnel(client, name)
-
-    async def _locked(self, client: str, work: Any) -> Any:
-        """Run ``work()`` while the client's tunnel requests wait (none is half-way)."""
-        session = self.core.sessions.get(client)
-        if session is None:
-            return await work()
-        return await session.tunnel_lock.run(lambda: Deferred.fromCoroutine(work()))
 
     async def edit_tunnel(
         self, client: str, name: str, local_addr: Optional[str] = None, remote_port: Optional[int] = None
     ) -> TunnelView:
-        return await self._locked(client, lambda: self._edit_tunnel(client, name, local_addr, remote_port))
-
-    async def _edit_tunnel(
-        self, client: str, name: str, local_addr: Optional[str], remote_port: Optional[int]
-    ) -> TunnelView:
-        record = await self._record(client, name)
-        if record.source != SOURCE_SERVER:
-            raise ManagementError(
-                "conflict", f"tunnel {name!r} is defined in client {client!r}'s own config; change it there"
-            )
-        changes: Dict[str, Any] = {}
-        if local_addr is not None:
-            changes["local_addr"] = self._parse_local(local_addr)
+        local = self._parse_local(local_addr) if local_addr is not None else None
         if remote_port is not None:
-            await self._check_port(remote_port, (client, name))
-            changes["remote_port"] = remote_port or None
-        if not changes:
+            self._check_port(remote_port)
+        if local is None and remote_port is None:
             raise _invalid("nothing to change: give a local address or a public port")
-        detail = ", ".join(f"{k}={v}" for k, v in changes.items())
-        await self.core.record(
-            partial(self._db.update_tunnel, client, name, TUNNEL_EDITED, detail, **changes),
-            event=TUNNEL_EDITED, client=client, tunnel=name, detail=detail,
-        )
-        live = self.core.tunnels.get((client, name))
-        if live is not None:
-            await self.core.close_tunnel(live, "changed by the operator", cut_connections=True)
-        session = self.core.sessions.get(client)
-        if session is not None and record.enabled:
-            updated = await self._record(client, name)
-            session.offer_tunnel(name, updated.local_addr, updated.remote_port)
+        with _tunnel_errors():
+            await self.core.edit_tunnel(client, name, local, remote_port)
         return await self.tunnel(client, name)
-
-    async def _reopen(self, session: Any, record: TunnelRecord) -> None:
-        if record.source == SOURCE_SERVER:
-            # The client opens it with the settings we push.
-            session.offer_tunnel(record.name, record.local_addr, record.remote_port)
-            return
-        # A client-defined tunnel: open it as the client last asked, and say so.
-        try:
-            tunnel = await self.core.open_tunnel(
-                session, {"name": record.name, "localAddr": record.local_addr, "remotePort": record.remote_port}
-            )
-        except TunnelRefused as e:
-            raise ManagementError("conflict", str(e)) from None
-        session.send_control({"type": "tunnel_up", "name": tunnel.name, "remotePort": tunnel.remote_port})
 
     # -- tokens --------------------------------------------------------------
 
