@@ -31,6 +31,7 @@ Key mapping, server (``ServerConfig``)::
 
     dataDir                          data_dir              (ours)
     bindAddr / bindPort              bind_addr / bind_port
+    bindEndpoint                     bind_endpoint         (ours; a Twisted endpoint string instead)
     proxyBindAddr                    proxy_bind_addr
     allowPorts                       allow_ports           [{start=.., end=..}, {single=..}]
     auth.token                       token                 (auth.method must be "token")
@@ -56,6 +57,8 @@ Key mapping, server (``ServerConfig``)::
     enablePrometheus                 enable_prometheus     (true: metrics.exposure "open")
     history.sampleInterval           history_sample_interval (ours)
     history.rawHours / retentionDays history_raw_hours / history_retention_days (ours)
+    webServer.endpoint               web_endpoint          (ours; instead of webServer.addr / port)
+    console.endpoint                 console_endpoint      (ours; instead of console.addr / port)
 
 Client (``ClientConfig``)::
 
@@ -206,6 +209,17 @@ def _boolean(value: Any) -> bool:
 
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
+        raise _Mismatch(value)
+    return value
+
+
+#: The Twisted endpoint types a listener may use (all listen at once, at start).
+ENDPOINT_TYPES = ("tcp", "tcp6", "ssl", "unix", "systemd")
+
+
+def _endpoint(value: Any) -> str:
+    """A Twisted server endpoint string; its arguments are checked when it listens."""
+    if not isinstance(value, str) or value.split(":", 1)[0] not in ENDPOINT_TYPES or ":" not in value:
         raise _Mismatch(value)
     return value
 
@@ -426,6 +440,11 @@ RETENTION_DAYS = _Form(
 )
 TEXT = _Form("a non-empty string", _text)
 HOST = _Form("a host name or IP address without a port", _host)
+ENDPOINT = _Form(
+    "a Twisted endpoint string such as \"tcp:7000:interface=0.0.0.0\" or \"systemd:domain=INET6:index=0\" "
+    f"(types: {', '.join(ENDPOINT_TYPES)})",
+    _endpoint,
+)
 NAME = _Form(NAME_RULE, _name)
 LOG_LEVEL = _Form('one of "trace", "debug", "info", "warn" or "error"', _log_level)
 FINGERPRINT = _Form(
@@ -723,6 +742,8 @@ class ServerConfig(_Heartbeats):
     data_dir: str = _setting("gotaxy-data", TEXT, "dataDir", "--data-dir")
     bind_addr: str = _setting("0.0.0.0", HOST, "bindAddr", "--bind-addr")
     bind_port: int = _setting(7000, PORT, "bindPort", "--bind-port")
+    #: A Twisted endpoint string for the control port; set, it replaces bindAddr and bindPort.
+    bind_endpoint: str | None = _setting(None, ENDPOINT, "bindEndpoint", "--bind-endpoint")
     proxy_bind_addr: str | None = _setting(None, HOST, "proxyBindAddr")
     allow_ports: tuple[PortRange, ...] = _setting((), PORT_RANGES, "allowPorts", "--allow-ports")
     token: str | None = _setting(None, TEXT, "auth.token", "--token", secret=True)
@@ -750,10 +771,12 @@ class ServerConfig(_Heartbeats):
     store: str | None = _setting(None, TEXT, "store", "--store")
     web_addr: str = _setting("127.0.0.1", HOST, "webServer.addr", "--web-addr")
     web_port: int = _setting(7500, SERVICE_PORT, "webServer.port", "--web-port")
+    web_endpoint: str | None = _setting(None, ENDPOINT, "webServer.endpoint", "--web-endpoint")
     web_tls_cert_file: str | None = _setting(None, TEXT, "webServer.tls.certFile")
     web_tls_key_file: str | None = _setting(None, TEXT, "webServer.tls.keyFile")
     console_addr: str = _setting("127.0.0.1", HOST, "console.addr", "--console-addr")
     console_port: int = _setting(7022, SERVICE_PORT, "console.port", "--console-port")
+    console_endpoint: str | None = _setting(None, ENDPOINT, "console.endpoint", "--console-endpoint")
     console_python: bool = _setting(False, BOOLEAN, "console.python")
     console_idle_timeout: float = _setting(900.0, GRACE, "console.idleTimeout")
     server_name: str = _setting(_default_server_name(), TEXT, "serverName")

@@ -10,19 +10,29 @@ names the setting, the address and the fix in one sentence; the server's top
 service turns it into one log line and exit status 1 (see
 ``gotaxy.server.tap.ServerService``).  The rule is the same for all three
 listeners: a server that cannot listen where it was told to does not run.
+
+Where a listener listens is a Twisted endpoint string (``ListenAt``): the
+``*Endpoint`` settings take one as written (``tcp:7000:interface=\\:\\:``,
+``systemd:domain=INET6:index=0`` for a socket systemd opened, ``unix:...``),
+and frp's address and port keys (``bindAddr``/``bindPort``, and the web
+panel's and console's) become one when no endpoint is set.  So socket
+activation, or a listener on a privileged port, needs no code: only a string.
 """
 
 from __future__ import annotations
 
 import errno
+import re
 from typing import Any, Callable, List, Optional
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.python.failure import Failure
 
+from gotaxy.oslimits import listen_backlog
 from gotaxy.process import StartError
 
 
@@ -35,6 +45,8 @@ class ListenSetting:
     port_flag: Optional[str]  #: command-line flag of the port, e.g. "--bind-port"
     addr_key: str  #: config key of the address, e.g. "bindAddr"
     addr_flag: Optional[str]
+    endpoint_key: str  #: config key of the endpoint string, e.g. "bindEndpoint"
+    endpoint_flag: Optional[str]
     can_turn_off: bool = False  #: port 0 turns it off
 
 
@@ -42,12 +54,58 @@ def _named(key: str, flag: Optional[str]) -> str:
     return f"{key} or {flag}" if flag else key
 
 
-def cannot_listen_message(setting: ListenSetting, address: str, error: Optional[OSError]) -> str:
+@attrs.frozen
+class ListenAt:
+    """Where a listener listens: a Twisted endpoint string, and whether the user wrote it."""
+
+    description: str
+    #: From an ``*Endpoint`` setting (True) or made from the address and port keys.
+    explicit: bool
+    #: What to show in messages: "0.0.0.0:7000", or the string as written.
+    shown: str
+
+
+def listen_at(setting: ListenSetting, endpoint: Optional[str], addr: str, port: int) -> Optional[ListenAt]:
+    """
+    ``endpoint`` if set; else a TCP endpoint on ``addr``:``port`` with
+    Gotaxy's backlog; None for a listener that port 0 turns off.
+    """
+    if endpoint:
+        return ListenAt(endpoint, True, endpoint)
+    if not port and setting.can_turn_off:
+        return None
+    description = f"tcp:{port}:interface={quoteStringArgument(addr)}:backlog={listen_backlog()}"
+    return ListenAt(description, False, show_address(addr, port))
+
+
+_TCP_PORT = re.compile(r"^(?:tcp6?|ssl):(?:port=)?(\d+)(?::|$)")
+
+
+def endpoint_port(description: str) -> Optional[int]:
+    """The TCP port a ``tcp:``/``ssl:`` endpoint string names first, if any (systemd's is not known)."""
+    match = _TCP_PORT.match(description)
+    return int(match.group(1)) if match else None
+
+
+def endpoint_error(setting: ListenSetting, at: ListenAt, error: str) -> str:
+    """The refusal of an endpoint string Twisted cannot parse."""
+    return (
+        f"{_named(setting.endpoint_key, setting.endpoint_flag)} {at.description!r} is not an endpoint this "
+        f"server can listen on ({error}); write it like tcp:7000:interface=0.0.0.0, tcp6:7000:interface=\\:\\: "
+        "or systemd:domain=INET6:index=0"
+    )
+
+
+def cannot_listen_message(setting: ListenSetting, address: str, error: Optional[OSError],
+                          explicit: bool = False) -> str:
     """One sentence: which setting, which address, why, and what to do."""
     port = _named(setting.port_key, setting.port_flag)
     addr = _named(setting.addr_key, setting.addr_flag)
-    head = f"cannot listen on {address} for {setting.what} ({setting.port_key})"
-    off = ", or 0 to turn it off" if setting.can_turn_off else ""
+    if explicit:
+        # The user wrote the endpoint string: that is the setting to fix.
+        port = addr = _named(setting.endpoint_key, setting.endpoint_flag)
+    head = f"cannot listen on {address} for {setting.what} ({setting.endpoint_key if explicit else setting.port_key})"
+    off = ", or 0 to turn it off" if setting.can_turn_off and not explicit else ""
     code = getattr(error, "errno", None)
     if code == errno.EADDRINUSE:
         return (
@@ -67,23 +125,25 @@ def cannot_listen_message(setting: ListenSetting, address: str, error: Optional[
 
 class Listener(Service):
     """
-    Listens on ``endpoint`` with ``factory`` from ``privilegedStartService``
-    (or ``startService``, for callers that skip the privileged phase), and
-    raises ``StartError`` if it cannot.  ``port`` is the listening port.
+    Listens at ``at`` (an endpoint string) with ``factory`` from
+    ``privilegedStartService`` (or ``startService``, for callers that skip
+    the privileged phase), and raises ``StartError`` if it cannot.  ``port``
+    is the listening port.
     """
 
     def __init__(
         self,
-        endpoint: Any,
+        reactor: Any,
+        at: ListenAt,
         factory: Any,
         setting: ListenSetting,
-        address: str,
         on_listening: Optional[Callable[[Any], None]] = None,
     ) -> None:
-        self.endpoint = endpoint
+        self.reactor = reactor
+        self.at = at
         self.factory = factory
         self.setting = setting
-        self.address = address
+        self.address = at.shown
         self.on_listening = on_listening
         self.port: Any = None
 
@@ -91,16 +151,32 @@ class Listener(Service):
         super().privilegedStartService()
         if self.port is not None:
             return
+        try:
+            endpoint = serverFromString(self.reactor, self.at.description)
+        except LookupError:
+            if not self.at.description.startswith("systemd:"):
+                raise StartError(endpoint_error(self.setting, self.at, "unknown argument")) from None
+            raise StartError(
+                f"{_named(self.setting.endpoint_key, self.setting.endpoint_flag)} {self.at.description!r}: systemd "
+                "passed no such socket (LISTEN_FDS, LISTEN_FDNAMES); start the server through its .socket unit, "
+                "or listen with a tcp: endpoint"
+            ) from None
+        except (ValueError, TypeError) as e:
+            raise StartError(endpoint_error(self.setting, self.at, str(e))) from None
         outcome: List[Any] = []
-        # TCP and SSL server endpoints listen synchronously: the Deferred has
-        # fired when listen() returns.
-        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        # TCP, SSL, UNIX and adopted (systemd) server endpoints listen
+        # synchronously: the Deferred has fired when listen() returns.
+        endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
-            raise RuntimeError(f"{self.endpoint!r} did not listen synchronously")
+            raise StartError(
+                f"{_named(self.setting.endpoint_key, self.setting.endpoint_flag)} {self.at.description!r}: "
+                "this kind of endpoint cannot listen at start; use tcp:, tcp6:, ssl:, unix: or systemd:"
+            )
         result = outcome[0]
         if isinstance(result, Failure):
             if result.check(CannotListenError):
-                raise StartError(cannot_listen_message(self.setting, self.address, result.value.socketError))
+                raise StartError(cannot_listen_message(self.setting, self.address, result.value.socketError,
+                                                       self.at.explicit))
             result.raiseException()
         self.port = result
         if self.on_listening is not None:
@@ -117,10 +193,20 @@ class Listener(Service):
             return port.stopListening()  # type: ignore[no-any-return]
         return None
 
+    def bound(self) -> str:
+        """Where it listens now, as "host:port" (the socket's own address: right for systemd's too)."""
+        host = self.port.getHost() if self.port is not None else None
+        if host is None or not hasattr(host, "port"):
+            return self.address
+        return show_address(host.host, host.port)
 
-CONTROL = ListenSetting("the control port", "bindPort", "--bind-port", "bindAddr", "--bind-addr")
-WEB = ListenSetting("the web panel", "webServer.port", "--web-port", "webServer.addr", "--web-addr", can_turn_off=True)
-CONSOLE = ListenSetting("the SSH console", "console.port", "--console-port", "console.addr", None, can_turn_off=True)
+
+CONTROL = ListenSetting("the control port", "bindPort", "--bind-port", "bindAddr", "--bind-addr",
+                        "bindEndpoint", "--bind-endpoint")
+WEB = ListenSetting("the web panel", "webServer.port", "--web-port", "webServer.addr", "--web-addr",
+                    "webServer.endpoint", "--web-endpoint", can_turn_off=True)
+CONSOLE = ListenSetting("the SSH console", "console.port", "--console-port", "console.addr", None,
+                        "console.endpoint", "--console-endpoint", can_turn_off=True)
 
 
 def show_address(host: str, port: int) -> str:

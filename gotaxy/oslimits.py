@@ -12,8 +12,8 @@ Listen backlog
     panel, SSH console) asks for ``LISTEN_BACKLOG``; the kernel silently caps
     it at ``net.core.somaxconn`` (and half-open connections at
     ``net.ipv4.tcp_max_syn_backlog``), so the server says at start when that
-    cap is lower.  ``tcp_server_endpoint`` is the one place that builds a
-    listening endpoint.
+    cap is lower.  ``gotaxy.listeners.listen_at`` puts it into every
+    listening endpoint string the server makes from an address and port.
 
 File descriptors
     Every tunneled connection costs one descriptor on the client (to the
@@ -32,7 +32,6 @@ from __future__ import annotations
 import errno
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 
 try:
@@ -80,14 +79,6 @@ def backlog_warning(path: str = SOMAXCONN_PATH) -> Optional[str]:
         f"{LISTEN_BACKLOG}; on a busy public server raise it: "
         f"sysctl -w net.core.somaxconn={LISTEN_BACKLOG} net.ipv4.tcp_max_syn_backlog={LISTEN_BACKLOG}"
     )
-
-
-def tcp_server_endpoint(reactor: Any, port: int, interface: str) -> Any:
-    """A TCP listening endpoint on ``interface`` (IPv4 or IPv6) with Gotaxy's backlog."""
-    backlog = listen_backlog()
-    if ":" in interface:
-        return TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
-    return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
 
 
 # -- file descriptors -----------------------------------------------------------

@@ -29,6 +29,7 @@ import random
 from typing import TYPE_CHECKING, Container, Dict, List, Mapping, Optional, Sequence
 
 from gotaxy.config import PortRange, format_allow_ports
+from gotaxy.listeners import endpoint_port
 
 if TYPE_CHECKING:
     from gotaxy.config import ServerConfig
@@ -46,11 +47,16 @@ DEFAULT_ALLOW_PORTS = (PortRange(FIRST_UNPRIVILEGED, 65535),)
 def server_ports(config: "ServerConfig") -> Dict[int, str]:
     """The server's own listening ports (port -> what listens there), none of them a tunnel's."""
     own: Dict[int, str] = {}
-    for port, what in (
-        (config.console_port, "SSH console port (console.port)"),
-        (config.web_port, "web panel and metrics port (webServer.port)"),
-        (config.bind_port, "control port (bindPort)"),
+    for port, endpoint, what in (
+        (config.console_port, config.console_endpoint, "SSH console port (console.port)"),
+        (config.web_port, config.web_endpoint, "web panel and metrics port (webServer.port)"),
+        (config.bind_port, config.bind_endpoint, "control port (bindPort)"),
     ):
+        if endpoint:
+            # The port in the endpoint string, if it names one (systemd's
+            # sockets are busy anyway: a tunnel there is refused as busy).
+            port = endpoint_port(endpoint) or 0
+            what = what.split(" (")[0] + f" ({endpoint})"
         if port:
             own[port] = what
     return own

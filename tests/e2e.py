@@ -74,7 +74,8 @@ def _port_free(port: int) -> bool:
 
 
 class Process:
-    def __init__(self, args: List[str], cwd: Path, name: str, env: Optional[dict] = None) -> None:
+    def __init__(self, args: List[str], cwd: Path, name: str, env: Optional[dict] = None,
+                 pass_fds: Iterable[int] = ()) -> None:
         self.name = name
         self.args = args
         self.log_path = cwd / f"{name}.out"
@@ -91,6 +92,7 @@ class Process:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
 
     @property

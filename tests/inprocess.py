@@ -65,7 +65,8 @@ class LiveSystem:
     def __init__(self, test: Any, data_dir: str) -> None:
         self.test = test
         self.data_dir = data_dir
-        self.server: Any = None
+        self.service: Any = None  #: the server's service tree (what twistd runs)
+        self.server: Any = None  #: the assembled ``gotaxy.server.tap.Server``
         self.client: Any = None
         self.token: Optional[str] = None
 
@@ -86,9 +87,10 @@ class LiveSystem:
             ["--data-dir", data_dir, "--bind-addr", "127.0.0.1", "--bind-port", str(free_port()), "--web-port", "0", "--console-port", "0",
              *server_args]
         )
-        live.server = server_tap.makeService(options, reactor, env={"GOTAXY_ADMIN_PASSWORD": ADMIN_PASSWORD})
+        live.service = server_tap.makeService(options, reactor, env={"GOTAXY_ADMIN_PASSWORD": ADMIN_PASSWORD})
+        live.server = live.service.server
         for service in services:  # started with the server's own services
-            service.setServiceParent(live.server)
+            service.setServiceParent(live.service)
         # A server is started once it has announced server.started: a test
         # that adds a webhook before then would race the announcement.
         # (The test goes on in a later turn, after every subscriber heard it.)
@@ -99,7 +101,7 @@ class LiveSystem:
                 reactor.callLater(0, started.callback, None)
 
         unsubscribe = live.core.events.subscribe(heard)
-        live.server.startService()
+        live.service.startService()
         test.addCleanup(live._stop_server)
         try:
             await started
@@ -161,7 +163,7 @@ class LiveSystem:
         return client.stopService()
 
     def _stop_server(self) -> Deferred:
-        return self.server.stopService()
+        return self.service.stopService()
 
 
 def ca_fingerprint(data_dir: str) -> str:

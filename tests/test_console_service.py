@@ -74,7 +74,7 @@ class PasswordCheckerTests(unittest.TestCase):
 
     async def test_same_password_events_and_lockout_as_the_panel(self):
         live = await LiveSystem.start(self, server_args=["--console-port", "0"])
-        checker = OperatorPasswordChecker(live.server)
+        checker = OperatorPasswordChecker(live.server.console_access)
         avatar = await checker.requestAvatarId(PasswordFromAddress(b"admin", ADMIN_PASSWORD.encode(), "10.0.0.9"))
         self.assertEqual(avatar, b"admin")
 
@@ -95,7 +95,7 @@ class PasswordCheckerTests(unittest.TestCase):
 
     async def test_overlong_password_is_a_failure(self):
         live = await LiveSystem.start(self, server_args=["--console-port", "0"])
-        checker = OperatorPasswordChecker(live.server)
+        checker = OperatorPasswordChecker(live.server.console_access)
         with self.assertRaises(UnauthorizedLogin):
             await checker.requestAvatarId(
                 PasswordFromAddress(b"admin", ADMIN_PASSWORD.encode() + b"x" * 5000, "10.0.0.8"))
@@ -166,7 +166,7 @@ class UserAuthTests(unittest.TestCase):
         live = await LiveSystem.start(self, server_args=["--console-port", "0"])
         auth = ConsoleUserAuth()
         auth.transport = _FakeSSHTransport()
-        auth.portal = Portal(ConsoleRealm(live.server, reactor, False), [OperatorPasswordChecker(live.server)])
+        auth.portal = Portal(ConsoleRealm(live.server.console_access, reactor, False), [OperatorPasswordChecker(live.server.console_access)])
         auth.passwordDelay = 0
         auth.user = b"admin"
         return auth, auth.transport, live

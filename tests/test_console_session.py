@@ -16,7 +16,6 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from gotaxy.console.commands import MAX_LINE, Commands
-from gotaxy.console.service import console_namespace
 from gotaxy.console.session import ConsoleSession
 from tests.inprocess import LiveSystem, listen_echo, wait_until
 
@@ -66,7 +65,7 @@ class SessionTests(unittest.TestCase):
 
     async def _session(self, pty: bool = True, python: bool = False) -> "tuple[ConsoleSession, FakeChannel]":
         await self._start_live()
-        namespace = console_namespace(self.live.server, reactor) if python else None
+        namespace = self.live.server.namespace() if python else None
         session = ConsoleSession(lambda: Commands(self.live.management, python_allowed=python), reactor,
                                  namespace=namespace, banner="Welcome to the test console.")
         if pty:

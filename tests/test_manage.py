@@ -235,7 +235,7 @@ class ServerStartedTests(unittest.TestCase):
 
             def startService(self) -> None:
                 super().startService()
-                self.parent.core.events.subscribe(published.append)
+                self.parent.server.core.events.subscribe(published.append)
 
         live = await LiveSystem.start(self, services=[Subscriber()])
         (event,) = [e for e in published if e.type == "server.started"]

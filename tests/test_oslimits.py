@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from twisted.internet.testing import MemoryReactor
 
-from gotaxy.oslimits import LISTEN_BACKLOG, backlog_warning, listen_backlog, tcp_server_endpoint
+from gotaxy.oslimits import LISTEN_BACKLOG, backlog_warning, listen_backlog
 
 
 def somaxconn_file(tmp_path, value: str):
@@ -32,11 +32,15 @@ def test_a_low_somaxconn_is_reported_with_the_sysctl(tmp_path) -> None:
 
 
 def test_endpoints_listen_with_the_backlog_on_ipv4_and_ipv6() -> None:
+    from twisted.internet.endpoints import serverFromString
     from twisted.internet.protocol import Factory
+
+    from gotaxy.listeners import CONTROL, listen_at
 
     reactor = MemoryReactor()
     for interface in ("127.0.0.1", "::1"):
-        tcp_server_endpoint(reactor, 7000, interface).listen(Factory())
+        at = listen_at(CONTROL, None, interface, 7000)
+        serverFromString(reactor, at.description).listen(Factory())
     assert [(port[0], port[2], port[3]) for port in reactor.tcpServers] == [
         (7000, listen_backlog(), "127.0.0.1"),
         (7000, listen_backlog(), "::1"),

@@ -113,7 +113,7 @@ class LiveRetentionTests(unittest.TestCase):
 
     async def test_the_server_runs_the_retention_and_it_deletes_old_rows(self):
         live = await LiveSystem.start(self, server_args=[])
-        service = live.server.getServiceNamed("event-retention")
+        service = live.service.getServiceNamed("event-retention")
         self.assertTrue(service.running)
         db = live.core.store.store.db
         old = time.time() - 91 * DAY

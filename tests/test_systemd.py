@@ -62,6 +62,18 @@ def test_systemd_analyze_verify_accepts_both_units(tmp_path):
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
 
 
+def test_systemd_analyze_verify_accepts_the_socket_unit(tmp_path):
+    # Socket activation (docs/operations.md): verified beside the service it starts.
+    server, _ = installed_units(tmp_path)
+    socket_unit = tmp_path / "gotaxy-server.socket"
+    socket_unit.write_text((UNITS / "gotaxy-server.socket").read_text())
+    assert "FileDescriptorName=control" in socket_unit.read_text()
+    result = subprocess.run([systemd_analyze(), "verify", str(socket_unit), str(server)], capture_output=True,
+                            text=True, timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if "gotaxy" in line]
+    assert result.returncode == 0 and not complaints, result.stdout + result.stderr
+
+
 def test_both_units_are_hardened(tmp_path):
     for unit in installed_units(tmp_path):
         result = subprocess.run(

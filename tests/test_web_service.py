@@ -66,6 +66,19 @@ class WebServiceTests(unittest.TestCase):
         status, _, _ = await deferToThread(_request, port, "GET", "/api/v0.1/status")
         self.assertEqual(status, 401)
 
+    async def test_the_console_gets_what_it_needs_and_shares_the_panels_second_factor(self):
+        live = await LiveSystem.start(self, server_args=["--web-port", str(free_port()),
+                                                         "--console-port", str(free_port())])
+        server = live.server
+        self.assertIs(live.service.server, server)
+        self.assertEqual(server.listeners, (server.control, server.web, server.console))
+        # Wrong TOTP codes at the panel and the console count together.
+        self.assertIs(server.web.panel.auth, server.second_factor)
+        access = server.console_access
+        self.assertIs(access.second_factor, server.second_factor)
+        self.assertEqual((access.management, access.operators), (server.management, server.operators))
+        self.assertEqual(access.namespace()["core"], server.core)
+
     async def test_web_port_zero_turns_the_panel_off(self):
         live = await LiveSystem.start(self, server_args=["--web-port", "0"])
         self.assertIsNone(live.server.web)

@@ -8,6 +8,6 @@ live server, interactively or one command at a time.
 """
 
 from gotaxy.console.commands import Commands, Result
-from gotaxy.console.service import ConsoleService, make_console_service
+from gotaxy.console.service import ConsoleAccess, ConsoleService, make_console_service
 
-__all__ = ["Commands", "Result", "ConsoleService", "make_console_service"]
+__all__ = ["Commands", "Result", "ConsoleAccess", "ConsoleService", "make_console_service"]

@@ -38,8 +38,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+import attrs
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch import avatar as conch_avatar
 from twisted.conch import interfaces as iconch
@@ -58,10 +59,13 @@ from zope.interface import Attribute, Interface, implementer
 from gotaxy import __version__
 from gotaxy.console.commands import Commands
 from gotaxy.console.session import ConsoleSession
-from gotaxy.listeners import CONSOLE, Listener
+from gotaxy.listeners import CONSOLE, Listener, listen_at
 from gotaxy.logs import gotaxy_observer
-from gotaxy.oslimits import tcp_server_endpoint
-from gotaxy.server.operators import AuthFailed, LockedOut
+from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
+
+if TYPE_CHECKING:
+    from gotaxy.server.manage import Management
+    from gotaxy.web.auth import PanelAuth
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.console")
 
@@ -141,27 +145,25 @@ class TryLater(UnauthorizedLogin):
     """Refused without checking the password (locked out, or a log-in storm); told to the client."""
 
 
-def second_factor(server: Any, reactor: Any) -> Any:
-    """
-    The ``PanelAuth`` that checks TOTP codes: the panel's own when it runs
-    (so that wrong codes count together), else one for the console.
-    """
-    panel = getattr(getattr(server, "web", None), "panel", None)
-    if panel is not None:
-        return panel.auth
-    own = getattr(server, "_console_second_factor", None)
-    if own is None:
-        from gotaxy.web.auth import PanelAuth
+@attrs.frozen
+class ConsoleAccess:
+    """What the console needs of the server, and no more."""
 
-        own = server._console_second_factor = PanelAuth(server.core, server.operators, reactor or server.core.reactor)
-    return own
+    #: What operators may see and do (the same as the panel).
+    management: "Management"
+    #: Operators' passwords and lock-outs (shared with the panel).
+    operators: OperatorAuth
+    #: The second factor (TOTP): the panel's own, so wrong codes count together.
+    second_factor: "PanelAuth"
+    #: The ``python`` prompt's objects (for the admin, with console.python on).
+    namespace: Callable[[], Dict[str, Any]]
 
 
-async def _password(server: Any, username: bytes, password: bytes, address: str) -> None:
+async def _password(access: ConsoleAccess, username: bytes, password: bytes, address: str) -> None:
     if len(password) > MAX_PASSWORD:
         password = b""  # still counts as a failure below
     try:
-        await server.operators.authenticate(
+        await access.operators.authenticate(
             username.decode("utf-8", "replace"), password.decode("utf-8", "replace"), address, via="console"
         )
     except LockedOut as e:  # Busy too: "too many log-ins in progress, try again in a few seconds"
@@ -180,8 +182,8 @@ class OperatorPasswordChecker:
 
     credentialInterfaces = (cred_credentials.IUsernamePassword,)
 
-    def __init__(self, server: Any, reactor: Any = None) -> None:
-        self.server = server  #: has ``operators`` once the server is assembled
+    def __init__(self, access: ConsoleAccess, reactor: Any = None) -> None:
+        self.access = access
         self.reactor = reactor
 
     def requestAvatarId(self, credentials: Any) -> Deferred:
@@ -189,9 +191,9 @@ class OperatorPasswordChecker:
 
     async def _check(self, credentials: Any) -> bytes:
         address = getattr(credentials, "address", "unknown")
-        await _password(self.server, credentials.username, credentials.password, address)
+        await _password(self.access, credentials.username, credentials.password, address)
         username = credentials.username.decode("utf-8", "replace")
-        if await second_factor(self.server, self.reactor).totp_enabled(username):
+        if await self.access.second_factor.totp_enabled(username):
             state = getattr(credentials, "state", None)
             if state is not None:
                 state.password_ok_for = credentials.username
@@ -209,8 +211,8 @@ class OperatorConversationChecker:
 
     credentialInterfaces = (IOperatorConversation,)
 
-    def __init__(self, server: Any, reactor: Any) -> None:
-        self.server = server
+    def __init__(self, access: ConsoleAccess, reactor: Any) -> None:
+        self.access = access
         self.reactor = reactor
 
     def requestAvatarId(self, credentials: Any) -> Deferred:
@@ -220,9 +222,9 @@ class OperatorConversationChecker:
         username = credentials.username
         if credentials.state.password_ok_for != username:
             (password,) = await credentials.ask([("Password: ", False)])
-            await _password(self.server, username, password, credentials.address)
+            await _password(self.access, username, password, credentials.address)
         name = username.decode("utf-8", "replace")
-        checker = second_factor(self.server, self.reactor)
+        checker = self.access.second_factor
         if await checker.totp_enabled(name):
             (code,) = await credentials.ask([("Verification code (TOTP): ", True)])
             try:
@@ -381,8 +383,8 @@ class ConsoleAvatar(conch_avatar.ConchUser):
 
 @implementer(IRealm)
 class ConsoleRealm:
-    def __init__(self, server: Any, reactor: Any, python: bool) -> None:
-        self.server = server  #: has ``core``, ``management``, ``operators``
+    def __init__(self, access: Optional[ConsoleAccess], reactor: Any, python: bool) -> None:
+        self.access = access
         self.reactor = reactor
         self.python = python
 
@@ -395,25 +397,26 @@ class ConsoleRealm:
         return self.python and username == ADMIN_USER
 
     def new_session(self, user: ConsoleAvatar) -> ConsoleSession:
+        access = self.access
+        assert access is not None, "a session opens only after a log-in, which needs the access"
         allowed = self.python_allowed(user.username)
         banner = (f"Gotaxy {__version__} operator console. Type 'help' for the commands, "
                   f"Tab to complete, 'exit' to leave.")
         return ConsoleSession(
-            lambda: Commands(self.server.management, python_allowed=allowed),
+            lambda: Commands(access.management, python_allowed=allowed),
             self.reactor,
-            namespace=console_namespace(self.server, self.reactor) if allowed else None,
+            namespace=access.namespace() if allowed else None,
             banner=banner,
             on_python=lambda: self.python_used(user),
         )
 
     def python_used(self, user: ConsoleAvatar) -> None:
         """The ``python`` prompt was opened: an event, since it can do anything."""
-        core = self.server.core
+        assert self.access is not None
         detail = f"user {user.username[:64]!r} opened the python prompt"
         log.warn("console: {detail} from {address}", detail=detail, address=user.address)
-        d = Deferred.fromCoroutine(core.record(
-            core.store.store.record_event, CONSOLE_PYTHON_USED, None, None, user.address, detail,
-            event=CONSOLE_PYTHON_USED, address=user.address, detail=detail,
+        d = Deferred.fromCoroutine(self.access.management.record_operator_event(
+            CONSOLE_PYTHON_USED, user.address, detail
         ))
         d.addErrback(lambda f: log.failure("recording a use of the python prompt failed", f))
 
@@ -617,55 +620,34 @@ class ConsoleService(Listener):
     cannot bind stops the server's start (``gotaxy.listeners``).
     """
 
-    def __init__(self, endpoint: Any, factory_: ConsoleFactory, where: str) -> None:
-        super().__init__(endpoint, factory_, CONSOLE, where, on_listening=self._listening)
-        self.where = where
+    def __init__(self, reactor: Any, at: Any, factory_: ConsoleFactory) -> None:
+        super().__init__(reactor, at, factory_, CONSOLE, on_listening=self._listening)
 
     def _listening(self, port: Any) -> None:
-        log.info("SSH operator console listening on {where}", where=self.where)
+        log.info("SSH operator console listening on {where}", where=self.bound())
 
 
-def make_console_service(config: Any, data_dir: str, server: Any, reactor: Any) -> Optional[ConsoleService]:
+def make_console_service(config: Any, data_dir: str, access: ConsoleAccess, reactor: Any) -> Optional[ConsoleService]:
     """
-    The console service for ``config``, or None when ``console_port`` is 0.
-
-    ``server`` is the server's top service; its ``core``, ``management`` and
-    ``operators`` are looked up when someone logs in, so this can be called
-    while the server is still being assembled.
+    The console service for ``config`` on ``console.addr:port`` or the
+    endpoint string ``console.endpoint``, or None when ``console.port`` is 0
+    and no endpoint is set.
     """
-    if not config.console_port:
+    at = listen_at(CONSOLE, config.console_endpoint, config.console_addr, config.console_port)
+    if at is None:
         return None
     host_key = load_or_create_host_key(os.path.join(data_dir, HOST_KEY_FILE))
-    realm = ConsoleRealm(server, reactor, bool(config.console_python))
+    realm = ConsoleRealm(access, reactor, bool(config.console_python))
     portal = Portal(realm, [
-        OperatorPasswordChecker(server, reactor),
-        OperatorConversationChecker(server, reactor),
+        OperatorPasswordChecker(access, reactor),
+        OperatorConversationChecker(access, reactor),
         SSHPublicKeyChecker(AuthorizedKeysFile(os.path.join(data_dir, AUTHORIZED_KEYS_FILE))),
     ])
-    addr = config.console_addr
-    where = f"[{addr}]:{config.console_port}" if ":" in addr else f"{addr}:{config.console_port}"
-    endpoint = tcp_server_endpoint(reactor, config.console_port, addr)
     console_factory = ConsoleFactory(portal, host_key, reactor, idle_timeout=config.console_idle_timeout)
-    return ConsoleService(endpoint, console_factory, where)
-
-
-def console_namespace(server: Any, reactor: Any) -> Dict[str, Any]:
-    """What the ``python`` prompt starts with: the live server's objects."""
-    core = server.core
-    return {
-        "server": server,
-        "core": core,
-        "management": server.management,
-        "operators": server.operators,
-        "store": core.store,
-        "config": core.config,
-        "sessions": core.sessions,
-        "tunnels": core.tunnels,
-        "reactor": reactor,
-    }
+    return ConsoleService(reactor, at, console_factory)
 
 
 __all__: List[str] = [
-    "ConsoleService", "make_console_service", "load_or_create_host_key", "console_namespace",
+    "ConsoleAccess", "ConsoleService", "make_console_service", "load_or_create_host_key",
     "AuthorizedKeysFile", "OperatorPasswordChecker", "ConsoleRealm",
 ]

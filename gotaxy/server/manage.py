@@ -476,6 +476,12 @@ class Management:
             raise _invalid("offset must not be negative")
         return await self._call(self._db.events, limit, type_, client, since, until, offset)
 
+    async def record_operator_event(self, type_: str, address: Optional[str], detail: str) -> None:
+        """Record something an operator did that is worth an event (the console's python prompt)."""
+        await self.core.record(
+            self._db.record_event, type_, None, None, address, detail, event=type_, address=address, detail=detail
+        )
+
     async def reload(self) -> List[str]:
         """Re-read the config file; returns its warnings."""
         if self._reload is None:

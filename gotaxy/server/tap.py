@@ -21,6 +21,20 @@ The order of a start, and why:
 
 Errors in the options or config file are one line on stderr and exit
 status 2 under twistd (``exit_with_message``), not twistd's usage text.
+
+What ``makeService`` builds is a ``Server``: one attrs object holding the
+parts (store, core, management, operator auth, notifications, metrics,
+history, and the listeners: control port, web panel, console).  twistd gets
+its ``service`` (the ``ServerService`` tree that starts and stops them, in
+order); tests and the console's python prompt reach the parts through
+``service.server``.  Each face gets only what it needs: the console a
+``ConsoleAccess`` (Management, the operator auth), not the tree.
+
+Every listener listens at a Twisted endpoint string (see
+``gotaxy.listeners``): ``bindEndpoint``/``--bind-endpoint`` and the panel's
+and console's ``endpoint`` settings as written, else one made from the
+address and port settings.  ``systemd:domain=INET6:index=0`` adopts a socket
+systemd opened (socket activation), so privileged ports need no root.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import attrs
 from twisted.application.internet import TimerService
@@ -46,11 +60,12 @@ from gotaxy.config import (
     parse_server_config,
 )
 from gotaxy.credentials import new_password
-from gotaxy.console import make_console_service
-from gotaxy.listeners import CONTROL, Listener, show_address
+from gotaxy.console import ConsoleAccess, ConsoleService, make_console_service
+from gotaxy.listeners import CONTROL, Listener, listen_at
 from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.notify import build_notifier
-from gotaxy.oslimits import backlog_warning, log_fd_limit, tcp_server_endpoint
+from gotaxy.notify.dispatch import Notifier
+from gotaxy.oslimits import backlog_warning, log_fd_limit
 from gotaxy.notify.managed import ManagedMailRecipients, ManagedWebhooks
 from gotaxy.process import EXIT_START_FAILED, EXIT_USAGE, StartError, TwistdOptions, exit_with_message
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
@@ -58,13 +73,14 @@ from gotaxy.server.core import ServerCore
 from gotaxy.server.datalock import DataDirLock
 from gotaxy.server.manage import Management
 from gotaxy.server.history import History
-from gotaxy.server.metrics import Metrics
+from gotaxy.server.metrics import Metrics, MetricsResource
 from gotaxy.server.operators import OperatorAuth
 from gotaxy.jointoken import make_join_token
 from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, ThreadedStore, default_url
 from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
-from gotaxy.web import make_web_service
+from gotaxy.web import PanelAuth, make_web_service
+from gotaxy.web.service import WebService
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.server")
 
@@ -80,7 +96,7 @@ def _positive_int(value: str) -> int:
     return number
 
 
-_positive_int.coerceDoc = "An integer."  # type: ignore[attr-defined]
+setattr(_positive_int, "coerceDoc", "An integer.")  # what twistd's --help says of the value
 
 
 class Options(TwistdOptions):
@@ -96,6 +112,8 @@ class Options(TwistdOptions):
         ["data-dir", "d", None, "Data directory (store, TLS, logs). [default: gotaxy-data]"],
         ["bind-addr", None, None, "Address of the control port. [default: 0.0.0.0]"],
         ["bind-port", "p", None, "Control port. [default: 7000]", int],
+        ["bind-endpoint", None, None, "Twisted endpoint string for the control port, instead of --bind-addr and "
+         "--bind-port (e.g. systemd:domain=INET6:index=0)."],
         ["token", None, None, "Shared frp-style auth.token, accepted besides per-client tokens."],
         ["allow-ports", None, None, "Public ports clients may use, e.g. 10000-20000,6000."],
         ["store", None, None, "SQLAlchemy URL of the store. [default: sqlite in the data dir]"],
@@ -104,8 +122,11 @@ class Options(TwistdOptions):
         ["heartbeat-timeout", None, None, "Seconds of silence before a client is dropped.", float],
         ["web-addr", None, None, "Address of the web panel. [default: 127.0.0.1]"],
         ["web-port", None, None, "Port of the web panel, 0 to turn it off. [default: 7500]", int],
+        ["web-endpoint", None, None, "Twisted endpoint string for the web panel, instead of --web-addr and --web-port."],
         ["console-addr", None, None, "Address of the SSH console. [default: 127.0.0.1]"],
         ["console-port", None, None, "Port of the SSH console, 0 to turn it off. [default: 7022]", int],
+        ["console-endpoint", None, None, "Twisted endpoint string for the SSH console, instead of --console-addr "
+         "and --console-port."],
     ]
 
     def postOptions(self) -> None:
@@ -125,12 +146,14 @@ def build_config(options: Dict[str, Any]) -> "tuple[ServerConfig, List[str]]":
     config = base
     if path is not None:
         loaded = parse_server_config(load_toml(path), source=path, base=base)
-        config, warnings = loaded.config, list(loaded.warnings)  # type: ignore[assignment]
+        assert isinstance(loaded.config, ServerConfig)
+        config, warnings = loaded.config, list(loaded.warnings)
     overrides: Dict[str, Any] = {}
     for flag, field in [
         ("data-dir", "data_dir"),
         ("bind-addr", "bind_addr"),
         ("bind-port", "bind_port"),
+        ("bind-endpoint", "bind_endpoint"),
         ("token", "token"),
         ("store", "store"),
         ("max-ports-per-client", "max_ports_per_client"),
@@ -138,8 +161,10 @@ def build_config(options: Dict[str, Any]) -> "tuple[ServerConfig, List[str]]":
         ("heartbeat-timeout", "heartbeat_timeout"),
         ("web-addr", "web_addr"),
         ("web-port", "web_port"),
+        ("web-endpoint", "web_endpoint"),
         ("console-addr", "console_addr"),
         ("console-port", "console_port"),
+        ("console-endpoint", "console_endpoint"),
     ]:
         if options.get(flag) is not None:
             overrides[field] = options[flag]
@@ -176,10 +201,10 @@ def bootstrap(config: ServerConfig, store: Store, env: Dict[str, str]) -> FirstS
     return FirstStart(token=token, admin_password=password if created and chosen is None else None)
 
 
-def _client_host(config: ServerConfig) -> "tuple[str, bool]":
+def _client_host(bind_addr: str) -> "tuple[str, bool]":
     """The host to put in the client command, and whether it is only a placeholder."""
-    if config.bind_addr not in ("0.0.0.0", "::", ""):
-        return config.bind_addr, False
+    if bind_addr not in ("0.0.0.0", "::", ""):
+        return bind_addr, False
     name = socket.getfqdn()
     if name == "localhost" or name.startswith("localhost.") or "." not in name:
         # No public name known (containers, fresh machines): say so plainly.
@@ -187,8 +212,12 @@ def _client_host(config: ServerConfig) -> "tuple[str, bool]":
     return name, False
 
 
-def first_start_banner(config: ServerConfig, first: FirstStart, credentials: ServerCredentials) -> str:
-    host, placeholder = _client_host(config)
+def first_start_banner(
+    config: ServerConfig, first: FirstStart, credentials: ServerCredentials, bound: Optional[Tuple[str, int]] = None
+) -> str:
+    """The secrets of a first start; ``bound`` is where the control port listens (default: the config's)."""
+    bind_addr, bind_port = bound or (config.bind_addr, config.bind_port)
+    host, placeholder = _client_host(bind_addr)
     lines = ["", "=" * 72, "Gotaxy server: first start. These secrets are shown only now; keep them.", ""]
     # A join token: the client checks the server against the pin in it
     # before it sends the secret, so the command below needs no --fingerprint.
@@ -208,7 +237,7 @@ def first_start_banner(config: ServerConfig, first: FirstStart, credentials: Ser
                 else f"(if clients know this server by another name or address, put that for {host}):"
             ),
             "",
-            f"  twistd -n gotaxy-client --server {host}:{config.bind_port} \\",
+            f"  twistd -n gotaxy-client --server {host}:{bind_port} \\",
             f"      --token {token} \\",
             "      --tunnel ssh=tcp:127.0.0.1:22",
         ]
@@ -220,12 +249,14 @@ class CoreService(Service):
     """Starts and stops what the core needs around the reactor's lifetime."""
 
     def __init__(
-        self, core: ServerCore, store: ThreadedStore, credentials: ServerCredentials, admission: Optional[Admission] = None
+        self, core: ServerCore, store: ThreadedStore, credentials: ServerCredentials, admission: Optional[Admission] = None,
+        control: Optional[Listener] = None,
     ) -> None:
         self.core = core
         self.store = store
         self.credentials = credentials
         self.admission = admission
+        self.control = control  #: the control port's listener, bound before this starts
 
     def startService(self) -> None:
         super().startService()
@@ -235,11 +266,12 @@ class CoreService(Service):
         # On the next turn, once every service (the notifier among them)
         # runs, so that server.started is published like any other event.
         self._announce = self.core.reactor.callLater(0, self._announce_start)
+        addr, port = _bound(self.control, config)
         log.info(
             "Gotaxy server {version} listening for clients on {addr}:{port} (TLS, certificate {fp})",
             version=__version__,
-            addr=config.bind_addr,
-            port=config.bind_port,
+            addr=addr,
+            port=port,
             fp=self.credentials.fingerprint,
         )
 
@@ -263,6 +295,14 @@ class CoreService(Service):
         return d
 
 
+def _bound(listener: Optional[Listener], config: ServerConfig) -> Tuple[str, int]:
+    """Where the control port listens: its socket's address (a systemd socket's too), else the config's."""
+    host = listener.port.getHost() if listener is not None and listener.port is not None else None
+    if host is not None and hasattr(host, "port"):
+        return host.host, host.port
+    return config.bind_addr, config.bind_port
+
+
 class ServerService(MultiService):
     """
     The server's top service.  Its listeners bind first; once all of them
@@ -272,6 +312,9 @@ class ServerService(MultiService):
     the ``StartError``.  ``stopService`` releases the data directory lock
     once everything has stopped.
     """
+
+    #: The assembled server, for tests and the console's python prompt.
+    server: "Server"
 
     def __init__(self, lock: Optional[DataDirLock], ready: Callable[[], None]) -> None:
         super().__init__()
@@ -319,13 +362,64 @@ class ServerService(MultiService):
                 self.lock.release()
 
 
-def _control_endpoint(reactor: Any, config: ServerConfig) -> Any:
-    return tcp_server_endpoint(reactor, config.bind_port, config.bind_addr)
+@attrs.define(eq=False)
+class Server:
+    """
+    A Gotaxy server, assembled: its parts and the service tree that runs
+    them.  Built once by ``makeService``; nothing here is replaced later.
+    """
+
+    config: ServerConfig
+    service: ServerService
+    store: ThreadedStore
+    core: ServerCore
+    admission: Admission
+    management: Management
+    #: Operators' passwords and lock-outs.
+    operators: OperatorAuth
+    #: Operators' second factor (TOTP), shared by the panel and the console.
+    second_factor: PanelAuth
+    notifier: Notifier
+    webhooks: ManagedWebhooks
+    mail: ManagedMailRecipients
+    metrics: Metrics
+    metrics_resource: MetricsResource
+    history: History
+    event_retention: EventRetention
+    #: The listeners: the control port always, the panel and console unless turned off.
+    control: Listener
+    web: Optional[WebService]
+    console: Optional[ConsoleService]
+    #: What the console gets of all this.
+    console_access: ConsoleAccess
+
+    def __attrs_post_init__(self) -> None:
+        self.service.server = self
+
+    @property
+    def listeners(self) -> Tuple[Listener, ...]:
+        return tuple(listener for listener in (self.control, self.web, self.console) if listener is not None)
+
+    def namespace(self) -> Dict[str, Any]:
+        """What the console's ``python`` prompt starts with: the live server's objects."""
+        return {
+            "server": self,
+            "core": self.core,
+            "management": self.management,
+            "operators": self.operators,
+            "store": self.store,
+            "config": self.core.config,
+            "sessions": self.core.sessions,
+            "tunnels": self.core.tunnels,
+            "reactor": self.core.reactor,
+        }
 
 
-def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, str]] = None) -> MultiService:
+def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, str]] = None) -> ServerService:
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
     under_twistd = getattr(options, "parent", None) is not None
     try:
         return _make_service(options, reactor, dict(os.environ) if env is None else env)
@@ -336,7 +430,7 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
         exit_with_message(PROGRAM, str(e), code)
 
 
-def _make_service(options: Options, reactor: Any, env: Dict[str, str]) -> MultiService:
+def _make_service(options: Options, reactor: Any, env: Dict[str, str]) -> ServerService:
     config: ServerConfig = options.loaded_config
     set_level(config.log_level)
     # The first line a user (or a bug report) shows: which version this is.
@@ -353,7 +447,7 @@ def _make_service(options: Options, reactor: Any, env: Dict[str, str]) -> MultiS
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     lock = DataDirLock.acquire(data_dir)  # before anything in the directory is touched
     try:
-        return _assemble(options, config, data_dir, lock, reactor, env)
+        return _assemble(options, config, data_dir, lock, reactor, env).service
     except BaseException:
         lock.release()
         raise
@@ -361,7 +455,7 @@ def _make_service(options: Options, reactor: Any, env: Dict[str, str]) -> MultiS
 
 def _assemble(
     options: Options, config: ServerConfig, data_dir: str, lock: DataDirLock, reactor: Any, env: Dict[str, str]
-) -> MultiService:
+) -> Server:
     try:
         credentials = load_or_create_server_credentials(
             os.path.join(data_dir, "tls"), config.tls_cert_file, config.tls_key_file
@@ -380,22 +474,19 @@ def _assemble(
         first = bootstrap(config, sync_store, env)
         if first.token or first.admin_password:
             # Printed, not logged: secrets must never reach the log files.
-            print(first_start_banner(config, first, credentials), file=sys.__stdout__, flush=True)
+            banner = first_start_banner(config, first, credentials, _bound(control, config))
+            print(banner, file=sys.__stdout__, flush=True)
 
     store = ThreadedStore(sync_store, reactor)
     core = ServerCore(config, store, reactor)
     admission = Admission(config.max_pending, config.max_pending_per_ip, reactor)
-
-    top = ServerService(lock, ready)
-    ErrorLogService(os.path.join(data_dir, "logs"), config.log_max_days, config.log_max_size).setServiceParent(top)
-    CoreService(core, store, credentials, admission).setServiceParent(top)
+    control_at = listen_at(CONTROL, config.bind_endpoint, config.bind_addr, config.bind_port)
+    assert control_at is not None, "the control port cannot be turned off"
     control = Listener(
-        _control_endpoint(reactor, config),
+        reactor, control_at,
         AdmittingTLSFactory(credentials.server_context(), ServerControlFactory(core, admission, reactor)),
         CONTROL,
-        show_address(config.bind_addr, config.bind_port),
     )
-    control.setServiceParent(top)
     revocations = TimerService(
         min(config.heartbeat_interval, 10.0),
         lambda: Deferred.fromCoroutine(core.kick_inactive_tokens()).addErrback(
@@ -403,39 +494,51 @@ def _assemble(
         ),
     )
     revocations.clock = reactor
-    revocations.setServiceParent(top)
     # Events older than events.retentionDays go, at start and then hourly.
-    top.event_retention = EventRetention(core)  # type: ignore[attr-defined]
-    top.event_retention.setServiceParent(top)  # type: ignore[attr-defined]
+    event_retention = EventRetention(core)
     # Notifications, metrics and stability history.
-    top.notifier = build_notifier(config, core.events, reactor, store)  # type: ignore[attr-defined]
-    top.notifier.setServiceParent(top)  # type: ignore[attr-defined]
-    webhooks = ManagedWebhooks(top.notifier, store, data_dir, config.server_name, reactor)  # type: ignore[attr-defined]
+    notifier = build_notifier(config, core.events, reactor, store)
+    webhooks = ManagedWebhooks(notifier, store, data_dir, config.server_name, reactor)
     webhooks.load()
-    mail = ManagedMailRecipients(top.notifier, store, config, reactor)  # type: ignore[attr-defined]
+    mail = ManagedMailRecipients(notifier, store, config, reactor)
     mail.load()
     management = Management(
         core, reload=lambda: build_config(options), webhooks=webhooks, mail=mail, join_pin=credentials.join_pin
     )
     operators = OperatorAuth(core)
-    operators.setServiceParent(top)  # its password-check threads start and stop with the server
-    top.metrics = Metrics(core, admission, top.notifier, reactor)  # type: ignore[attr-defined]
-    top.metrics.setServiceParent(top)  # type: ignore[attr-defined]
-    top.history = History(core, store, reactor, ledger=top.metrics.ledger)  # type: ignore[attr-defined]
-    top.history.setServiceParent(top)  # type: ignore[attr-defined]
-    top.metrics_resource = top.metrics.resource()  # type: ignore[attr-defined]
-    # The operator's faces: web panel (with /metrics) and SSH console; port 0 turns either off.
-    top.web = None  # type: ignore[attr-defined]
-    if config.web_port:
-        top.web = make_web_service(  # type: ignore[attr-defined]
-            config, core, management, operators, reactor, data_dir, extra_resources={b"metrics": top.metrics_resource},
-            history=top.history,  # type: ignore[attr-defined]
-        )
-        top.web.setServiceParent(top)  # type: ignore[attr-defined]
-    top.console = make_console_service(config, data_dir, top, reactor)  # type: ignore[attr-defined]
-    if top.console is not None:  # type: ignore[attr-defined]
-        top.console.setServiceParent(top)  # type: ignore[attr-defined]
-    top.core = core  # type: ignore[attr-defined]
-    top.management = management  # type: ignore[attr-defined]
-    top.operators = operators  # type: ignore[attr-defined]
-    return top
+    second_factor = PanelAuth(core, operators, reactor)
+    metrics = Metrics(core, admission, notifier, reactor)
+    history = History(core, store, reactor, ledger=metrics.ledger)
+    metrics_resource = metrics.resource()
+    # The operator's faces: web panel (with /metrics) and SSH console; either can be turned off.
+    web = make_web_service(
+        config, core, management, operators, reactor, data_dir, extra_resources={b"metrics": metrics_resource},
+        history=history, auth=second_factor,
+    )
+    server: Optional[Server] = None
+
+    def namespace() -> Dict[str, Any]:
+        assert server is not None
+        return server.namespace()
+
+    console_access = ConsoleAccess(management, operators, second_factor, namespace)
+    console = make_console_service(config, data_dir, console_access, reactor)
+
+    top = ServerService(lock, ready)
+    # Started in this order, stopped in the reverse.
+    for part in (
+        ErrorLogService(os.path.join(data_dir, "logs"), config.log_max_days, config.log_max_size),
+        CoreService(core, store, credentials, admission, control),
+        control, revocations, event_retention, notifier,
+        operators,  # its password-check threads start and stop with the server
+        metrics, history, web, console,
+    ):
+        if part is not None:
+            part.setServiceParent(top)
+    server = Server(
+        config=config, service=top, store=store, core=core, admission=admission, management=management,
+        operators=operators, second_factor=second_factor, notifier=notifier, webhooks=webhooks, mail=mail,
+        metrics=metrics, metrics_resource=metrics_resource, history=history, event_retention=event_retention,
+        control=control, web=web, console=console, console_access=console_access,
+    )
+    return server

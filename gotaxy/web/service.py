@@ -2,8 +2,9 @@
 """
 The panel's listening service: ``make_web_service`` builds the
 ``twisted.web`` site (the ``Panel`` app plus any extra top-level resources,
-such as ``/metrics``) and the endpoint service that serves it over HTTP, or
-HTTPS when ``webServer.tls.certFile`` and ``keyFile`` are set.
+such as ``/metrics``) and the listener that serves it over HTTP, or HTTPS
+when ``webServer.tls.certFile`` and ``keyFile`` are set, on
+``webServer.addr:port`` or the endpoint string ``webServer.endpoint``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ import re
 from typing import Any, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-from gotaxy.listeners import WEB, Listener, show_address
+from gotaxy.listeners import WEB, ListenAt, Listener, listen_at
 from gotaxy.logs import gotaxy_observer
-from gotaxy.oslimits import listen_backlog, tcp_server_endpoint
 from gotaxy.tls import load_server_tls_options
 from gotaxy.web.app import MAX_BODY, SECURITY_HEADERS, Panel
 from gotaxy.web.auth import PanelAuth
@@ -130,26 +130,47 @@ def make_site(panel: Panel, extra_resources: Mapping[bytes, IResource] = {}) -> 
     return site
 
 
-def _endpoint(reactor: Any, config: Any) -> Any:
-    if config.web_tls_cert_file:
-        try:
-            options = load_server_tls_options(config.web_tls_cert_file, config.web_tls_key_file)
-        except ValueError as e:
-            raise usage.UsageError(
-                f"cannot use webServer.tls.certFile {config.web_tls_cert_file!r} with keyFile "
-                f"{config.web_tls_key_file!r}: {e}"
-            ) from None
-        return SSL4ServerEndpoint(
-            reactor, config.web_port, options, backlog=listen_backlog(), interface=config.web_addr
-        )
-    if not is_loopback(config.web_addr):
-        log.warn(
-            "the web panel listens on {addr} without TLS: the admin password and session cookies cross the "
-            "network unencrypted; set webServer.tls.certFile and keyFile, or keep webServer.addr on "
-            "127.0.0.1 and reach the panel through an SSH tunnel",
-            addr=config.web_addr,
-        )
-    return tcp_server_endpoint(reactor, config.web_port, config.web_addr)
+def _tls_factory(config: Any, site: Site) -> Any:
+    """The site over HTTPS when webServer.tls is set (on any endpoint, systemd's too), else the site."""
+    if not config.web_tls_cert_file:
+        return site
+    try:
+        options = load_server_tls_options(config.web_tls_cert_file, config.web_tls_key_file)
+    except ValueError as e:
+        raise usage.UsageError(
+            f"cannot use webServer.tls.certFile {config.web_tls_cert_file!r} with keyFile "
+            f"{config.web_tls_key_file!r}: {e}"
+        ) from None
+    return TLSMemoryBIOFactory(options, False, site)
+
+
+def _warn_plain_http(address: str) -> None:
+    log.warn(
+        "the web panel listens on {addr} without TLS: the admin password and session cookies cross the "
+        "network unencrypted; set webServer.tls.certFile and keyFile, or keep webServer.addr on "
+        "127.0.0.1 and reach the panel through an SSH tunnel",
+        addr=address,
+    )
+
+
+class WebService(Listener):
+    """The panel's listener, with the panel it serves and a way to add top-level resources."""
+
+    def __init__(self, reactor: Any, at: ListenAt, site: Site, factory: Any, panel: Panel, secure: bool) -> None:
+        super().__init__(reactor, at, factory, WEB, on_listening=self._listening)
+        self.panel = panel
+        self._site = site
+        self._secure = secure
+
+    def mount(self, name: bytes, resource: IResource) -> None:
+        """Serve ``resource`` at ``/name`` (e.g. /metrics, made after the panel)."""
+        self._site.resource.putChild(name, resource)
+
+    def _listening(self, port: Any) -> None:
+        # An endpoint string (systemd's socket, say) says where only once it listens.
+        host = getattr(port.getHost(), "host", None)
+        if self.at.explicit and not self._secure and isinstance(host, str) and not is_loopback(host):
+            _warn_plain_http(host)
 
 
 def is_loopback(address: str) -> bool:
@@ -171,20 +192,26 @@ def make_web_service(
     data_dir: Optional[str] = None,
     extra_resources: Mapping[bytes, IResource] = {},
     history: Any = None,
-) -> Listener:
+    auth: Optional[PanelAuth] = None,
+) -> Optional[WebService]:
     """
     The panel on ``webServer.addr:port``.  ``data_dir`` is accepted for
     symmetry with the other services; the panel keeps its state (sessions,
     API tokens, second factors) in the store's database.  ``history`` (a
     ``gotaxy.server.history.History``) feeds the throughput and stability
-    charts; without it those endpoints answer 503.
+    charts; without it those endpoints answer 503.  ``auth`` checks the
+    operators' second factor; the console shares it, so wrong codes count
+    together.  None when webServer.port is 0 and no webServer.endpoint is set.
     """
-    auth = PanelAuth(core, operators, reactor)
-    panel = Panel(management, operators, auth, core.events, reactor, secure=bool(config.web_tls_cert_file),
-                  history=history)
+    at = listen_at(WEB, config.web_endpoint, config.web_addr, config.web_port)
+    if at is None:
+        return None
+    if auth is None:
+        auth = PanelAuth(core, operators, reactor)
+    secure = bool(config.web_tls_cert_file)
+    panel = Panel(management, operators, auth, core.events, reactor, secure=secure, history=history)
     site = make_site(panel, extra_resources)
-    service = Listener(_endpoint(reactor, config), site, WEB, show_address(config.web_addr, config.web_port))
-    service.panel = panel  # type: ignore[attr-defined]
-    # For resources made after the panel (e.g. /metrics): service.mount(b"metrics", resource).
-    service.mount = site.resource.putChild  # type: ignore[attr-defined]
-    return service
+    factory = _tls_factory(config, site)
+    if not secure and not at.explicit and not is_loopback(config.web_addr):
+        _warn_plain_http(config.web_addr)
+    return WebService(reactor, at, site, factory, panel, secure)
