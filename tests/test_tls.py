@@ -1,5 +1,5 @@
 """
-Tests for L{gotaxy.tls}: server credentials on disk and the client's checks
+Tests for L{gotaxy.tls} (credentials and verify): server credentials on disk and the client's checks
 of the server identity, over real TLS handshakes on in-memory transports.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
 from zope.interface import implementer
 
-from gotaxy import tls
 from gotaxy.tls import (
     ServerCredentials,
     ServerIdentityError,
@@ -41,7 +41,7 @@ FQDN = "gotaxy-test.example"
 
 @pytest.fixture(autouse=True)
 def fixed_fqdn(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tls.socket, "getfqdn", lambda: FQDN)
+    monkeypatch.setattr(socket, "getfqdn", lambda: FQDN)
 
 
 def mode_of(path: Path) -> int:
@@ -153,7 +153,7 @@ def test_generated_certificate_contents(tmp_path: Path) -> None:
 
 
 def test_invalid_fqdn_is_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tls.socket, "getfqdn", lambda: "my_laptop")
+    monkeypatch.setattr(socket, "getfqdn", lambda: "my_laptop")
     leaf = leaf_of(load_or_create_server_credentials(str(tmp_path)))
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
