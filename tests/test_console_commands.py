@@ -18,37 +18,11 @@ from gotaxy.console.commands import (
     EXIT_OK,
     EXIT_USAGE,
     MAX_LINE,
-    WIDTH,
     Commands,
-    human_bytes,
-    human_duration,
-    table,
 )
+from gotaxy.console.text import WIDTH
 from gotaxy.server.manage import ManagementError
 from tests.inprocess import LiveSystem, echo_through, free_port, listen_echo, port_refused, wait_until
-
-
-class FormattingTests(unittest.TestCase):
-    def test_table_fits_the_width_and_marks_cut_cells(self):
-        rows = [["alice/" + "x" * 70, 6000, "127.0.0.1:8080", "up"], ["b/web", 6001, "[::1]:1", "down"]]
-        text = table(["TUNNEL", "PORT", "LOCAL", "STATUS"], rows, width=60)
-        lines = text.split("\n")
-        self.assertEqual(len(lines), 3)
-        self.assertTrue(all(len(line) <= 60 for line in lines), text)
-        self.assertIn("~", lines[1])
-        self.assertIn("127.0.0.1:8080", lines[1])
-        self.assertTrue(lines[2].startswith("b/web "))
-
-    def test_empty_table_says_none(self):
-        self.assertEqual(table(["A", "B"], []).split("\n")[1], "(none)")
-
-    def test_human_units(self):
-        self.assertEqual(human_bytes(999), "999 B")
-        self.assertEqual(human_bytes(1500), "1.5 KB")
-        self.assertEqual(human_bytes(2_500_000), "2.5 MB")
-        self.assertEqual(human_duration(59), "59s")
-        self.assertEqual(human_duration(3 * 3600 + 5 * 60), "3h 05m")
-        self.assertEqual(human_duration(2 * 86400 + 3600), "2d 1h")
 
 
 class CommandTests(unittest.TestCase):
@@ -459,11 +433,3 @@ class CommandTests(unittest.TestCase):
         await self.cmd("mail remove ops@example.test", EXIT_FAILED)
         self.assertIn("no longer", (await self.cmd("mail remove dev@example.test")).text)
         await self.cmd("mail test dev@example.test", EXIT_FAILED)
-
-
-class PrintableTests(unittest.TestCase):
-    def test_control_characters_never_reach_the_terminal(self):
-        text = table(["CLIENT", "VERSION"], [["alice", "1.0\x1b[2J\x07"]])
-        self.assertNotIn("\x1b", text)
-        self.assertIn("1.0?[2J?", text)
-

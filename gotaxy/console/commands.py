@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_console_commands -*-
 """
-The console's command language: parsing, running and formatting.
+The console's command language: parsing and running.
 
 Everything here is independent of SSH and terminals.  ``Commands.run(line)``
 takes one line as the operator typed it and returns a ``Result``: the text
@@ -11,8 +11,8 @@ The interactive session and the one-shot ``ssh host COMMAND`` both go
 through ``run``, so they accept the same commands and print the same text.
 
 All rules live in ``Management`` (shared with the web panel); this module
-only turns words into calls and records into text.  Tables are cut to fit
-80 columns; every listing takes ``--json`` and then prints JSON instead.
+only turns words into calls, and ``gotaxy.console.text`` turns the records
+into text.  Every listing takes ``--json`` and then prints JSON instead.
 
 A command never raises: a usage problem or a ``ManagementError`` becomes one
 line saying what is wrong and where to get help, and an unexpected exception
@@ -23,15 +23,27 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import attrs
 from twisted.logger import Logger
 
-from gotaxy.events import Event
+from gotaxy.console.text import (
+    WIDTH,
+    as_json,
+    client_detail,
+    clients_table,
+    events_table,
+    mail_table,
+    status_pairs,
+    tokens_table,
+    tunnel_detail,
+    tunnel_ref,
+    tunnels_table,
+    webhooks_table,
+)
 from gotaxy.logs import gotaxy_observer
-from gotaxy.server.manage import ClientView, Management, ManagementError, TunnelView, status_text
+from gotaxy.server.manage import Management, ManagementError, TunnelView
 from gotaxy.store import (
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
@@ -57,7 +69,6 @@ from gotaxy.store import (
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.console")
 
-WIDTH = 80  #: every table fits this many columns
 MAX_LINE = 1024  #: longest command line accepted, in characters
 MAX_EVENTS = 1000  #: most events one ``events`` command prints
 
@@ -87,154 +98,6 @@ class UsageError(Exception):
     def __init__(self, message: str, topic: Optional[str] = None) -> None:
         super().__init__(message)
         self.topic = topic
-
-
-# -- formatting ----------------------------------------------------------------
-
-
-def human_bytes(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def human_rate(rate: float) -> str:
-    return human_bytes(rate) + "/s"
-
-
-def human_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
-
-
-def human_time(at: Optional[float]) -> str:
-    if at is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
-
-
-_CONTROL = {c: "?" for c in list(range(0, 32)) + [127] + list(range(0x80, 0xA0))}
-
-
-def printable(text: str) -> str:
-    """``text`` without control characters, which could drive the operator's terminal."""
-    return text.translate(_CONTROL)
-
-
-def _cut(text: str, width: int) -> str:
-    if len(text) <= width:
-        return text
-    return text[: max(0, width - 1)] + "~"
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], width: int = WIDTH,
-          minimum: int = 6) -> str:
-    """
-    Columns separated by two spaces, cut to ``width`` columns in all.
-
-    When the natural widths do not fit, the widest column is narrowed one
-    character at a time (never below ``minimum`` or its header) and its
-    cells end in ``~`` where they were cut.
-    """
-    cells = [[printable("-" if v is None else str(v)) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, value in enumerate(row):
-            widths[i] = max(widths[i], len(value))
-    floor = [max(len(h), minimum) for h in headers]
-    gap = 2 * (len(headers) - 1)
-    while sum(widths) + gap > width:
-        shrinkable = [i for i in range(len(widths)) if widths[i] > floor[i]]
-        if not shrinkable:
-            break
-        widest = max(shrinkable, key=lambda i: widths[i])
-        widths[widest] -= 1
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(_cut(v, w).ljust(w) for v, w in zip(values, widths)).rstrip()
-
-    out = [line(list(headers))]
-    out += [line(row) for row in cells]
-    if not cells:
-        out.append("(none)")
-    return "\n".join(out)
-
-
-def pairs(items: Sequence[Tuple[str, Any]], width: int = WIDTH) -> str:
-    """A two-column ``key  value`` listing, values cut to ``width``."""
-    key_width = max(len(k) for k, _ in items)
-    return "\n".join(
-        _cut(f"{k.ljust(key_width)}  {printable('-' if v is None else str(v))}", width) for k, v in items
-    )
-
-
-def as_json(value: Any) -> str:
-    def convert(v: Any) -> Any:
-        if attrs.has(type(v)):
-            return attrs.asdict(v, recurse=True, value_serializer=lambda _i, _a, x: list(x) if isinstance(x, tuple) else x)
-        raise TypeError(f"cannot print {type(v).__name__} as JSON")
-
-    return json.dumps(value, default=convert, indent=2)
-
-
-def tunnel_ref(view: TunnelView) -> str:
-    return f"{view.client}/{view.name}"
-
-
-def tunnels_table(views: Sequence[TunnelView], width: int = WIDTH) -> str:
-    return table(
-        ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"],
-        [
-            [tunnel_ref(v), v.remote_port or "auto", v.local_addr, status_text(v), v.connections,
-             human_rate(v.rate_in), human_rate(v.rate_out)]
-            for v in views
-        ],
-        width,
-    )
-
-
-def render_watch(status: Any, views: Sequence[TunnelView], recent: Sequence[Event], now: float,
-                 width: int = WIDTH, height: int = 24) -> str:
-    """One frame of ``watch``: totals, the tunnels table, the latest events."""
-    head = (
-        f"gotaxy {status.version}  up {human_duration(status.uptime)}  "
-        f"clients {status.clients_online}/{status.clients_total}  "
-        f"tunnels {status.tunnels_up}/{status.tunnels_total}"
-    )
-    traffic = (
-        f"in {human_bytes(status.bytes_in)} ({human_rate(status.rate_in)})  "
-        f"out {human_bytes(status.bytes_out)} ({human_rate(status.rate_out)})  "
-        f"{human_time(now)} UTC"
-    )
-    lines = [_cut(head, width), _cut(traffic, width), ""]
-    tunnel_lines = tunnels_table(views, width).split("\n")
-    room = max(3, height - 4 - len(lines) - min(len(recent), 5) - 1)
-    if len(tunnel_lines) > room:
-        hidden = len(tunnel_lines) - room + 1
-        tunnel_lines = tunnel_lines[: room - 1] + [f"... and {hidden} more"]
-    lines += tunnel_lines
-    if recent:
-        lines.append("")
-        for event in list(recent)[-5:]:
-            what = " ".join(x for x in (event.client and (event.client + (f"/{event.tunnel}" if event.tunnel else "")),
-                                        event.detail) if x)
-            lines.append(_cut(printable(f"{time.strftime('%H:%M:%S', time.gmtime(event.at))}  {event.type}  {what}"),
-                              width))
-    lines.append("")
-    lines.append("press any key to stop")
-    return "\n".join(lines)
 
 
 # -- the commands ------------------------------------------------------------
@@ -541,19 +404,6 @@ class Commands:
                                              f"say which, as CLIENT/NAME")
         return matches[0]
 
-    def _tunnel_detail(self, v: TunnelView) -> str:
-        return pairs([
-            ("tunnel", tunnel_ref(v)),
-            ("status", status_text(v)),
-            ("enabled", "yes" if v.enabled else "no"),
-            ("defined by", "the server (console or panel)" if v.source == "server" else "the client's config"),
-            ("type", v.type),
-            ("public port", v.remote_port or "auto"),
-            ("local address", v.local_addr),
-            ("connections", f"{v.connections} open, {v.opened} since up"),
-            ("traffic", f"in {human_bytes(v.bytes_in)}, out {human_bytes(v.bytes_out)}"),
-            ("rate", f"in {human_rate(v.rate_in)}, out {human_rate(v.rate_out)}"),
-        ], self.width)
 
     def _tunnel_result(self, v: TunnelView, options: Dict[str, Any], what: str) -> Result:
         if options.get("--json"):
@@ -595,44 +445,20 @@ class Commands:
         s = await self.management.status()
         if options.get("--json"):
             return Result(as_json(s))
-        return Result(pairs([
-            ("version", s.version),
-            ("uptime", human_duration(s.uptime)),
-            ("clients", f"{s.clients_online} online, {s.clients_total} known"),
-            ("tunnels", f"{s.tunnels_up} up, {s.tunnels_total} defined"),
-            ("traffic in", f"{human_bytes(s.bytes_in)} ({human_rate(s.rate_in)} now)"),
-            ("traffic out", f"{human_bytes(s.bytes_out)} ({human_rate(s.rate_out)} now)"),
-        ], self.width))
+        return Result(status_pairs(s, self.width))
 
     async def _clients(self, positional: List[str], options: Dict[str, Any]) -> Result:
         views = await self.management.clients()
         if options.get("--json"):
             return Result(as_json(views))
-        return Result(table(
-            ["CLIENT", "STATE", "ADDRESS", "VERSION", "RTT", "TUNNELS", "LAST SEEN"],
-            [[v.name, "online" if v.online else "offline", v.address, v.version,
-              f"{v.rtt * 1000:.0f}ms" if v.rtt is not None else None, len(v.tunnels),
-              human_time(v.last_seen_at)] for v in views],
-            self.width,
-        ))
+        return Result(clients_table(views, self.width))
 
-    def _client_detail(self, v: ClientView) -> str:
-        return pairs([
-            ("client", v.name),
-            ("state", "online" if v.online else "offline"),
-            ("address", v.address),
-            ("version", v.version),
-            ("connected at", human_time(v.connected_at) + " UTC" if v.connected_at else None),
-            ("last seen", human_time(v.last_seen_at) + " UTC" if v.last_seen_at else None),
-            ("round trip", f"{v.rtt * 1000:.1f} ms" if v.rtt is not None else None),
-            ("tunnels", ", ".join(v.tunnels) or "none"),
-        ], self.width)
 
     async def _client(self, positional: List[str], options: Dict[str, Any]) -> Result:
         view = await self.management.client(positional[0])
         if options.get("--json"):
             return Result(as_json(view))
-        return Result(self._client_detail(view))
+        return Result(client_detail(view, self.width))
 
     async def _kick(self, positional: List[str], options: Dict[str, Any]) -> Result:
         await self.management.kick(positional[0])
@@ -648,7 +474,7 @@ class Commands:
         view = await self.resolve_tunnel(positional[0], "tunnel")
         if options.get("--json"):
             return Result(as_json(view))
-        return Result(self._tunnel_detail(view))
+        return Result(tunnel_detail(view, self.width))
 
     async def _tunnel_add(self, positional: List[str], options: Dict[str, Any]) -> Result:
         client, name, local = positional[:3]
@@ -691,13 +517,7 @@ class Commands:
         records = await self.management.tokens()
         if options.get("--json"):
             return Result(as_json(records))
-        now = self.core.reactor.seconds()
-        return Result(table(
-            ["NAME", "STATE", "CREATED", "EXPIRES", "LAST USED"],
-            [[r.name, "active" if r.active(now) else ("revoked" if r.revoked_at else "expired"),
-              human_time(r.created_at), human_time(r.expires_at), human_time(r.last_used_at)] for r in records],
-            self.width,
-        ))
+        return Result(tokens_table(records, self.core.reactor.seconds(), self.width))
 
     async def _token_create(self, positional: List[str], options: Dict[str, Any]) -> Result:
         record, token = await self.management.create_token(positional[0])
@@ -709,18 +529,12 @@ class Commands:
         await self.management.revoke_token(positional[0])
         return Result(f"token {positional[0]} revoked; its client is cut off")
 
-    def _webhook_table(self, views: List[Any]) -> str:
-        return table(
-            ["NAME", "URL", "EVENTS", "FORMAT", "SIGNED", "SOURCE"],
-            [[v.name, v.url, ",".join(v.events), v.format, "yes" if v.signed else "no", v.source] for v in views],
-            self.width,
-        )
 
     async def _notify(self, positional: List[str], options: Dict[str, Any]) -> Result:
         views = await self.management.webhooks()
         if options.get("--json"):
             return Result(as_json(views))
-        return Result(self._webhook_table(views))
+        return Result(webhooks_table(views, self.width))
 
     async def _notify_add(self, positional: List[str], options: Dict[str, Any]) -> Result:
         events = [e.strip() for e in options.get("--events", "*").split(",")]
@@ -730,7 +544,7 @@ class Commands:
         )
         if options.get("--json"):
             return Result(as_json(view))
-        return Result(self._webhook_table([view]))
+        return Result(webhooks_table([view], self.width))
 
     async def _notify_remove(self, positional: List[str], options: Dict[str, Any]) -> Result:
         await self.management.remove_webhook(positional[0])
@@ -740,23 +554,19 @@ class Commands:
         await self.management.test_webhook(positional[0])
         return Result(f"test notification queued for webhook {positional[0]}")
 
-    def _mail_table(self, views: List[Any]) -> str:
-        return table(
-            ["ADDRESS", "EVENTS", "SOURCE"], [[v.address, ",".join(v.events), v.source] for v in views], self.width
-        )
 
     async def _mail(self, positional: List[str], options: Dict[str, Any]) -> Result:
         views = await self.management.mail_recipients()
         if options.get("--json"):
             return Result(as_json(views))
-        return Result(self._mail_table(views))
+        return Result(mail_table(views, self.width))
 
     async def _mail_add(self, positional: List[str], options: Dict[str, Any]) -> Result:
         events = [e.strip() for e in options.get("--events", "*").split(",")]
         view = await self.management.add_mail_recipient(positional[0], events=events)
         if options.get("--json"):
             return Result(as_json(view))
-        return Result(self._mail_table([view]))
+        return Result(mail_table([view], self.width))
 
     async def _mail_remove(self, positional: List[str], options: Dict[str, Any]) -> Result:
         await self.management.remove_mail_recipient(positional[0])
@@ -774,16 +584,7 @@ class Commands:
                                                limit=limit)
         if options.get("--json"):
             return Result(as_json(records))
-
-        def what(r: Any) -> str:
-            subject = "/".join(x for x in (r.client, r.tunnel) if x)
-            return " ".join(x for x in (subject, r.address and f"from {r.address}", r.detail) if x)
-
-        return Result(table(
-            ["TIME (UTC)", "TYPE", "DETAIL"],
-            [[human_time(r.at), r.type, what(r)] for r in records],
-            self.width,
-        ))
+        return Result(events_table(records, self.width))
 
     async def _reload(self, positional: List[str], options: Dict[str, Any]) -> Result:
         warnings = await self.management.reload()

@@ -37,7 +37,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gotaxy.console.commands import EXIT_OK, EXIT_USAGE, MAX_LINE, Commands, Result, printable, render_watch
+from gotaxy.console.commands import EXIT_OK, EXIT_USAGE, MAX_LINE, Commands, Result
+from gotaxy.console.text import printable, render_watch
 from gotaxy.events import Event
 from gotaxy.logs import gotaxy_observer
 

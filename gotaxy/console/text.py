@@ -1,0 +1,280 @@
+# -*- test-case-name: tests.test_console_text,tests.test_console_commands -*-
+"""
+The console's text: records turned into lines that fit a terminal.
+
+Tables are columns separated by two spaces and cut to C{WIDTH} (80) columns,
+cut cells ending in C{~}; C{key  value} listings the same.  Every string that
+came from outside (a client's version, an event's detail) passes through
+L{printable} first, so it cannot drive the operator's terminal.
+
+Nothing here does I/O or knows about SSH: L{gotaxy.console.commands} calls
+these to build its results, L{gotaxy.console.session} to draw C{watch}.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable, Optional, Sequence, Tuple
+
+import attrs
+
+from gotaxy.events import Event
+from gotaxy.server.manage import ClientView, TunnelView, status_text
+
+__all__ = [
+    "WIDTH",
+    "as_json",
+    "client_detail",
+    "clients_table",
+    "cut",
+    "events_table",
+    "human_bytes",
+    "human_duration",
+    "human_rate",
+    "human_time",
+    "mail_table",
+    "pairs",
+    "printable",
+    "render_watch",
+    "status_pairs",
+    "table",
+    "tokens_table",
+    "tunnel_detail",
+    "tunnel_ref",
+    "tunnels_table",
+    "webhooks_table",
+]
+
+WIDTH = 80  #: every table fits this many columns
+
+
+def human_bytes(count: float) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_rate(rate: float) -> str:
+    return human_bytes(rate) + "/s"
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def human_time(at: Optional[float]) -> str:
+    if at is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))
+
+
+_CONTROL = {c: "?" for c in list(range(0, 32)) + [127] + list(range(0x80, 0xA0))}
+
+
+def printable(text: str) -> str:
+    """``text`` without control characters, which could drive the operator's terminal."""
+    return text.translate(_CONTROL)
+
+
+def cut(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - 1)] + "~"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], width: int = WIDTH,
+          minimum: int = 6) -> str:
+    """
+    Columns separated by two spaces, cut to ``width`` columns in all.
+
+    When the natural widths do not fit, the widest column is narrowed one
+    character at a time (never below ``minimum`` or its header) and its
+    cells end in ``~`` where they were cut.
+    """
+    cells = [[printable("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, value in enumerate(row):
+            widths[i] = max(widths[i], len(value))
+    floor = [max(len(h), minimum) for h in headers]
+    gap = 2 * (len(headers) - 1)
+    while sum(widths) + gap > width:
+        shrinkable = [i for i in range(len(widths)) if widths[i] > floor[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(cut(v, w).ljust(w) for v, w in zip(values, widths)).rstrip()
+
+    out = [line(list(headers))]
+    out += [line(row) for row in cells]
+    if not cells:
+        out.append("(none)")
+    return "\n".join(out)
+
+
+def pairs(items: Sequence[Tuple[str, Any]], width: int = WIDTH) -> str:
+    """A two-column ``key  value`` listing, values cut to ``width``."""
+    key_width = max(len(k) for k, _ in items)
+    return "\n".join(
+        cut(f"{k.ljust(key_width)}  {printable('-' if v is None else str(v))}", width) for k, v in items
+    )
+
+
+def as_json(value: Any) -> str:
+    def convert(v: Any) -> Any:
+        if attrs.has(type(v)):
+            return attrs.asdict(v, recurse=True, value_serializer=lambda _i, _a, x: list(x) if isinstance(x, tuple) else x)
+        raise TypeError(f"cannot print {type(v).__name__} as JSON")
+
+    return json.dumps(value, default=convert, indent=2)
+
+
+def tunnel_ref(view: TunnelView) -> str:
+    return f"{view.client}/{view.name}"
+
+
+def tunnels_table(views: Sequence[TunnelView], width: int = WIDTH) -> str:
+    return table(
+        ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"],
+        [
+            [tunnel_ref(v), v.remote_port or "auto", v.local_addr, status_text(v), v.connections,
+             human_rate(v.rate_in), human_rate(v.rate_out)]
+            for v in views
+        ],
+        width,
+    )
+
+
+def render_watch(status: Any, views: Sequence[TunnelView], recent: Sequence[Event], now: float,
+                 width: int = WIDTH, height: int = 24) -> str:
+    """One frame of ``watch``: totals, the tunnels table, the latest events."""
+    head = (
+        f"gotaxy {status.version}  up {human_duration(status.uptime)}  "
+        f"clients {status.clients_online}/{status.clients_total}  "
+        f"tunnels {status.tunnels_up}/{status.tunnels_total}"
+    )
+    traffic = (
+        f"in {human_bytes(status.bytes_in)} ({human_rate(status.rate_in)})  "
+        f"out {human_bytes(status.bytes_out)} ({human_rate(status.rate_out)})  "
+        f"{human_time(now)} UTC"
+    )
+    lines = [cut(head, width), cut(traffic, width), ""]
+    tunnel_lines = tunnels_table(views, width).split("\n")
+    room = max(3, height - 4 - len(lines) - min(len(recent), 5) - 1)
+    if len(tunnel_lines) > room:
+        hidden = len(tunnel_lines) - room + 1
+        tunnel_lines = tunnel_lines[: room - 1] + [f"... and {hidden} more"]
+    lines += tunnel_lines
+    if recent:
+        lines.append("")
+        for event in list(recent)[-5:]:
+            what = " ".join(x for x in (event.client and (event.client + (f"/{event.tunnel}" if event.tunnel else "")),
+                                        event.detail) if x)
+            lines.append(cut(printable(f"{time.strftime('%H:%M:%S', time.gmtime(event.at))}  {event.type}  {what}"),
+                              width))
+    lines.append("")
+    lines.append("press any key to stop")
+    return "\n".join(lines)
+
+
+def tunnel_detail(v: TunnelView, width: int = WIDTH) -> str:
+    return pairs([
+        ("tunnel", tunnel_ref(v)),
+        ("status", status_text(v)),
+        ("enabled", "yes" if v.enabled else "no"),
+        ("defined by", "the server (console or panel)" if v.source == "server" else "the client's config"),
+        ("type", v.type),
+        ("public port", v.remote_port or "auto"),
+        ("local address", v.local_addr),
+        ("connections", f"{v.connections} open, {v.opened} since up"),
+        ("traffic", f"in {human_bytes(v.bytes_in)}, out {human_bytes(v.bytes_out)}"),
+        ("rate", f"in {human_rate(v.rate_in)}, out {human_rate(v.rate_out)}"),
+    ], width)
+
+
+def client_detail(v: ClientView, width: int = WIDTH) -> str:
+    return pairs([
+        ("client", v.name),
+        ("state", "online" if v.online else "offline"),
+        ("address", v.address),
+        ("version", v.version),
+        ("connected at", human_time(v.connected_at) + " UTC" if v.connected_at else None),
+        ("last seen", human_time(v.last_seen_at) + " UTC" if v.last_seen_at else None),
+        ("round trip", f"{v.rtt * 1000:.1f} ms" if v.rtt is not None else None),
+        ("tunnels", ", ".join(v.tunnels) or "none"),
+    ], width)
+
+
+def webhooks_table(views: Sequence[Any], width: int = WIDTH) -> str:
+    return table(
+        ["NAME", "URL", "EVENTS", "FORMAT", "SIGNED", "SOURCE"],
+        [[v.name, v.url, ",".join(v.events), v.format, "yes" if v.signed else "no", v.source] for v in views],
+        width,
+    )
+
+
+def mail_table(views: Sequence[Any], width: int = WIDTH) -> str:
+    return table(
+        ["ADDRESS", "EVENTS", "SOURCE"], [[v.address, ",".join(v.events), v.source] for v in views], width
+    )
+
+
+def status_pairs(s: Any, width: int = WIDTH) -> str:
+    """The server's totals, as ``status`` prints them."""
+    return pairs([
+        ("version", s.version),
+        ("uptime", human_duration(s.uptime)),
+        ("clients", f"{s.clients_online} online, {s.clients_total} known"),
+        ("tunnels", f"{s.tunnels_up} up, {s.tunnels_total} defined"),
+        ("traffic in", f"{human_bytes(s.bytes_in)} ({human_rate(s.rate_in)} now)"),
+        ("traffic out", f"{human_bytes(s.bytes_out)} ({human_rate(s.rate_out)} now)"),
+    ], width)
+
+
+def clients_table(views: Sequence[ClientView], width: int = WIDTH) -> str:
+    return table(
+        ["CLIENT", "STATE", "ADDRESS", "VERSION", "RTT", "TUNNELS", "LAST SEEN"],
+        [[v.name, "online" if v.online else "offline", v.address, v.version,
+          f"{v.rtt * 1000:.0f}ms" if v.rtt is not None else None, len(v.tunnels),
+          human_time(v.last_seen_at)] for v in views],
+        width,
+    )
+
+
+def tokens_table(records: Sequence[Any], now: float, width: int = WIDTH) -> str:
+    """Client tokens; ``now`` decides which have expired."""
+    return table(
+        ["NAME", "STATE", "CREATED", "EXPIRES", "LAST USED"],
+        [[r.name, "active" if r.active(now) else ("revoked" if r.revoked_at else "expired"),
+          human_time(r.created_at), human_time(r.expires_at), human_time(r.last_used_at)] for r in records],
+        width,
+    )
+
+
+def events_table(records: Sequence[Any], width: int = WIDTH) -> str:
+    def what(r: Any) -> str:
+        subject = "/".join(x for x in (r.client, r.tunnel) if x)
+        return " ".join(x for x in (subject, r.address and f"from {r.address}", r.detail) if x)
+
+    return table(
+        ["TIME (UTC)", "TYPE", "DETAIL"],
+        [[human_time(r.at), r.type, what(r)] for r in records],
+        width,
+    )
