@@ -140,8 +140,13 @@ __all__ = [
 class ConfigError(Exception):
     """
     A user error in configuration; str() is one clear sentence naming the
-    key/flag and the fix.
+    key/flag and the fix.  ``key`` is the TOML key at fault, when it is one
+    (faces that take the same settings as arguments mark that input).
     """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 #: Proxy types frp knows.  Gotaxy runs ``tcp`` ones and skips the others.
@@ -524,7 +529,7 @@ def _setting(
             return form.convert(value)
         except _Mismatch as e:
             raise ConfigError(
-                f"{_label(key, flag)} must be {form.expected}, got {_show(e.value)}"
+                f"{_label(key, flag)} must be {form.expected}, got {_show(e.value)}", key
             ) from None
 
     return attrs.field(

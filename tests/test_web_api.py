@@ -482,6 +482,35 @@ class OperatorActionTests(WebTestCase):
         self.assertEqual(event["type"], "config.reloaded")
 
 
+    async def test_each_validation_error_names_its_field_whatever_the_names_in_its_message(self):
+        # Names that hold the words "port" and "name": the field comes from
+        # the error itself, never from the wording of its message.
+        await self._live()
+        web = await self.logged_in()
+        local = f"127.0.0.1:{self.echo}"
+        self.assertEqual((await web.post(f"{API}/tunnels", {"client": "alice", "name": "export",
+                                                            "local_addr": local})).status, 201)
+        self.assertEqual((await web.post(f"{API}/tokens", {"name": "report"})).status, 201)
+        cases = [
+            ("POST", "/tunnels", {"client": "no such!", "name": "db", "local_addr": local}, 400, "client"),
+            ("POST", "/tunnels", {"client": "alice", "name": "bad name!", "local_addr": local}, 400, "name"),
+            ("POST", "/tunnels", {"client": "alice", "name": "export", "local_addr": local}, 409, "name"),
+            ("POST", "/tunnels", {"client": "alice", "name": "db", "local_addr": "name:port"}, 400, "local_addr"),
+            ("POST", "/tunnels", {"client": "alice", "name": "named", "local_addr": local,
+                                  "remote_port": self.echo_port}, 409, "remote_port"),
+            ("PATCH", "/tunnels/alice/export", {"local_addr": "nowhere"}, 400, "local_addr"),
+            ("PATCH", "/tunnels/alice/export", {"remote_port": 70000}, 400, "remote_port"),
+            ("POST", "/tokens", {"name": "report"}, 409, "name"),
+            ("POST", "/tokens", {"name": "bad name!"}, 400, "name"),
+            ("DELETE", "/tokens/support", None, 404, "name"),
+            ("GET", "/clients/transport", None, 404, "name"),
+        ]
+        for method, path, body, status, field in cases:
+            response = await web.request(method, API + path, body)
+            self.assertEqual((response.status, response.error["field"]), (status, field),
+                             f"{method} {path} {body}: {response.error}")
+
+
 class HistoryTests(WebTestCase):
     """The charts' data: recorded throughput samples and clients' stability."""
 

@@ -35,11 +35,12 @@ SOURCE_OPERATOR = "operator"
 
 
 class TargetError(Exception):
-    """A refused change to a notification target; ``kind`` as ManagementError's."""
+    """A refused change to a notification target; ``kind`` and ``field`` as ManagementError's."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, field: Optional[str] = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.field = field
 
 
 def redact(url: str) -> str:
@@ -89,7 +90,10 @@ class ManagedWebhooks:
     def _spec(name: str, url: str, events: Sequence[str], format: str, secret: Optional[str]) -> WebhookSpec:
         try:
             return WebhookSpec(url=url, name=name, secret=secret or None, events=tuple(events), format=format)
-        except (ConfigError, TypeError, ValueError) as e:
+        except ConfigError as e:
+            # A [[webhooks]] key is the argument of the same name.
+            raise TargetError("invalid", str(e).replace("server.toml: ", ""), e.key) from None
+        except (TypeError, ValueError) as e:
             raise TargetError("invalid", str(e).replace("server.toml: ", "")) from None
 
     def _attach(self, spec: WebhookSpec) -> WebhookTarget:
@@ -124,10 +128,10 @@ class ManagedWebhooks:
 
     async def add(self, name: str, url: str, events: Sequence[str], format: str, secret: Optional[str]) -> WebhookTarget:
         if not isinstance(name, str) or not name:
-            raise TargetError("invalid", "a webhook needs a name")
+            raise TargetError("invalid", "a webhook needs a name", "name")
         spec = self._spec(name, url, events, format, secret)
         if self.find(name) is not None:
-            raise TargetError("conflict", f"a webhook named {name!r} already exists; remove it first or pick another name")
+            raise TargetError("conflict", f"a webhook named {name!r} already exists; remove it first or pick another name", "name")
         row = dict(
             name=name,
             url=self._fernet.encrypt(url.encode()).decode(),
@@ -142,7 +146,7 @@ class ManagedWebhooks:
     async def remove(self, name: str) -> None:
         target = self.find(name)
         if target is None:
-            raise TargetError("not_found", f"no webhook named {name!r}")
+            raise TargetError("not_found", f"no webhook named {name!r}", "name")
         if name not in self.operator_names:
             raise TargetError("conflict", f"webhook {name!r} comes from server.toml; remove it there")
         await self.store.call(lambda: self._db[TABLE].delete(name=name))
@@ -186,7 +190,7 @@ class ManagedMailRecipients:
         try:
             settings = attrs.evolve(self.config, smtp_to=(address,))
         except (ConfigError, TypeError, ValueError):
-            raise TargetError("invalid", f"{address!r} is not an e-mail address") from None
+            raise TargetError("invalid", f"{address!r} is not an e-mail address", "address") from None
         try:
             return attrs.evolve(settings, smtp_events=tuple(events))
         except (ConfigError, TypeError, ValueError):
@@ -194,6 +198,7 @@ class ManagedMailRecipients:
                 "invalid",
                 f"events {', '.join(map(repr, events))}: give event types or families such as "
                 "client.disconnected or tunnel.* (or * for all)",
+                "events",
             ) from None
 
     def _attach(self, address: str, events: Sequence[str]) -> Any:
@@ -231,7 +236,7 @@ class ManagedMailRecipients:
             )
         self._settings(address, events)  # validates before anything is stored
         if self.find(address) is not None:
-            raise TargetError("conflict", f"{address} already receives notifications")
+            raise TargetError("conflict", f"{address} already receives notifications", "address")
         row = dict(address=address, events=json.dumps(list(events)), created_at=self.reactor.seconds())
         await self.store.call(lambda: self._db[MAIL_TABLE].insert(row))
         return self._attach(address, events)
@@ -240,6 +245,6 @@ class ManagedMailRecipients:
         if address not in self.targets:
             if self.find(address) is not None:
                 raise TargetError("conflict", f"{address} is set in server.toml's [smtp] to; remove it there")
-            raise TargetError("not_found", f"{address} is not a recipient")
+            raise TargetError("not_found", f"{address} is not a recipient", "address")
         await self.store.call(lambda: self._db[MAIL_TABLE].delete(address=address))
         self.notifier.remove(self.targets.pop(address))

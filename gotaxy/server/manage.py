@@ -8,7 +8,11 @@ seen by the other at once (both read the same ``ServerCore`` and store).
 
 Errors are ``ManagementError`` with a ``kind`` the faces map to their own
 idiom (HTTP status, console exit code): ``invalid`` (bad argument),
-``not_found``, ``conflict`` (port taken, name used, wrong kind of tunnel).
+``not_found``, ``conflict`` (port taken, name used, wrong kind of tunnel),
+and a ``field``: the argument it is about, spelt as this class's parameters
+and the REST API's body keys are (``client``, ``name``, ``local_addr``,
+``remote_port``, ``url``, ``events``, ``address``, ...), or ``None`` when it
+is about no one argument.  Faces read the field; none parses the message.
 
 Tunnels come from two places (``source``):
 
@@ -66,10 +70,12 @@ class MailRecipientView:
 
 
 class ManagementError(Exception):
+    """A refused operator action: ``kind`` and ``field`` as the module docstring says."""
+
     def __init__(self, kind: str, message: str, field: Optional[str] = None) -> None:
         super().__init__(message)
         self.kind = kind
-        self.field = field  #: the argument it is about, when its message does not say (the panel marks it)
+        self.field = field  #: the argument it is about (the panel marks that input), or None
 
 
 @contextmanager
@@ -78,8 +84,12 @@ def _tunnel_errors() -> Iterator[None]:
     try:
         yield
     except TunnelNotFound as e:
-        raise ManagementError("not_found", str(e)) from None
-    except (TunnelConflict, TunnelRefused, StoreError) as e:
+        raise ManagementError("not_found", str(e), "name") from None
+    except TunnelRefused as e:  # a port the tunnel may not have
+        raise ManagementError("conflict", str(e), "remote_port") from None
+    except StoreError as e:  # the client has a tunnel of that name
+        raise ManagementError("conflict", str(e), "name") from None
+    except TunnelConflict as e:  # about the tunnel's state, not one argument
         raise ManagementError("conflict", str(e)) from None
 
 
@@ -89,7 +99,7 @@ def _target_errors() -> Iterator[None]:
     try:
         yield
     except TargetError as e:
-        raise ManagementError(e.kind, str(e)) from None
+        raise ManagementError(e.kind, str(e), e.field) from None
 
 
 def _unknown_client(client: str, known: Sequence[str], shown: int = 20) -> str:
@@ -106,16 +116,16 @@ def _unknown_client(client: str, known: Sequence[str], shown: int = 20) -> str:
     )
 
 
-def _invalid(message: str) -> ManagementError:
-    return ManagementError("invalid", message)
+def _invalid(message: str, field: Optional[str]) -> ManagementError:
+    return ManagementError("invalid", message, field)
 
 
-def _check_name(value: Any, what: str) -> str:
-    """``gotaxy.names.check_name``, refused as an ``invalid`` argument."""
+def _check_name(value: Any, what: str, field: str = "name") -> str:
+    """``gotaxy.names.check_name``, refused as an ``invalid`` argument ``field``."""
     try:
         return check_name(value, what)
     except InvalidName as e:
-        raise _invalid(str(e)) from None
+        raise _invalid(str(e), field) from None
 
 
 @attrs.frozen
@@ -244,7 +254,7 @@ class Management:
         for view in await self.clients():
             if view.name == name:
                 return view
-        raise ManagementError("not_found", f"no client named {name!r}")
+        raise ManagementError("not_found", f"no client named {name!r}", "name")
 
     async def known_clients(self) -> List[str]:
         """Names a tunnel can be defined for: every client that has logged in
@@ -258,7 +268,7 @@ class Management:
         """Disconnect a client; it reconnects unless its token is revoked."""
         session = self.core.sessions.get(name)
         if session is None:
-            raise ManagementError("not_found", f"client {name!r} is not connected")
+            raise ManagementError("not_found", f"client {name!r} is not connected", "name")
         session.close_with_error("disconnected by the server's operator")
         await self.core.drop_session(session, "disconnected by the operator", CLIENT_KICKED)
 
@@ -311,7 +321,7 @@ class Management:
     async def _record(self, client: str, name: str) -> TunnelRecord:
         record = await self._call(self._db.get_tunnel, client, name)
         if record is None:
-            raise ManagementError("not_found", f"client {client!r} has no tunnel named {name!r}")
+            raise ManagementError("not_found", f"client {client!r} has no tunnel named {name!r}", "name")
         return record
 
     @staticmethod
@@ -319,19 +329,19 @@ class Management:
         try:
             host, port = parse_host_port(local_addr)
         except ConfigError as e:
-            raise _invalid(f"local address {local_addr!r}: {e}") from None
+            raise _invalid(f"local address {local_addr!r}: {e}", "local_addr") from None
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @staticmethod
     def _check_port(port: int) -> None:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-            raise _invalid("the public port must be an integer from 0 (server picks) to 65535")
+            raise _invalid("the public port must be an integer from 0 (server picks) to 65535", "remote_port")
 
     async def add_tunnel(self, client: str, name: str, local_addr: str, remote_port: int = 0) -> TunnelView:
         """Define a tunnel for ``client``; it opens now if the client is online."""
         if not valid_client_name(client):
             raise _invalid(f"a client name must be {NAME_RULE}, or {SHARED_PREFIX}NAME for a shared-token client "
-                           f"(got {shown(client)})")
+                           f"(got {shown(client)})", "client")
         _check_name(name, "a tunnel name")
         local = self._parse_local(local_addr)
         known = await self.known_clients()
@@ -367,7 +377,7 @@ class Management:
         if remote_port is not None:
             self._check_port(remote_port)
         if local is None and remote_port is None:
-            raise _invalid("nothing to change: give a local address or a public port")
+            raise _invalid("nothing to change: give a local address or a public port", None)
         with _tunnel_errors():
             await self.core.edit_tunnel(client, name, local, remote_port)
         return await self.tunnel(client, name)
@@ -388,14 +398,14 @@ class Management:
             record, secret = await self.core.record(
                 self._db.create_token, name, expires_at, event=TOKEN_CREATED, client=name
             )
-        except StoreError as e:
-            raise ManagementError("conflict", str(e)) from None
+        except StoreError as e:  # a token of that name exists
+            raise ManagementError("conflict", str(e), "name") from None
         return record, make_join_token(self.join_pin, secret) if self.join_pin else secret
 
     async def revoke_token(self, name: str) -> None:
         """Revoke a client's token and cut the client off at once."""
         if not await self._call(self._db.revoke_token, name):
-            raise ManagementError("not_found", f"no active token named {name!r}")
+            raise ManagementError("not_found", f"no active token named {name!r}", "name")
         self.core.publish(TOKEN_REVOKED, client=name)
         session = self.core.sessions.get(name)
         if session is not None and session.token_checked:
@@ -410,9 +420,9 @@ class Management:
             raise ManagementError("conflict", "notifications are not set up on this server")
         return part
 
-    def _send_test(self, target: Any, missing: str) -> None:
+    def _send_test(self, target: Any, missing: str, field: str) -> None:
         if target is None:
-            raise ManagementError("not_found", missing)
+            raise ManagementError("not_found", missing, field)
         target.deliver(Event(type="notify.test", at=self.core.reactor.seconds(), detail="sent by the server's operator"))
 
     async def webhooks(self) -> List[WebhookView]:
@@ -434,7 +444,7 @@ class Management:
 
     async def test_webhook(self, name: str) -> None:
         """Queue a ``notify.test`` event to that webhook only (whatever its filter)."""
-        self._send_test(self._targets(self._webhooks).find(name), f"no webhook named {name!r}")
+        self._send_test(self._targets(self._webhooks).find(name), f"no webhook named {name!r}", "name")
 
     async def mail_recipients(self) -> List[MailRecipientView]:
         """Who gets notification e-mail; empty when e-mail is not set up."""
@@ -457,7 +467,7 @@ class Management:
         added address alone, or, for an address from ``[smtp] to`` in
         server.toml, the one message all of those addresses share.
         """
-        self._send_test(self._targets(self._mail).find(address), f"{address} is not a recipient")
+        self._send_test(self._targets(self._mail).find(address), f"{address} is not a recipient", "address")
 
     # -- events and config -----------------------------------------------------
 
@@ -471,9 +481,9 @@ class Management:
         offset: int = 0,
     ) -> List[EventRecord]:
         if not 1 <= limit <= 1000:
-            raise _invalid("limit must be from 1 to 1000")
+            raise _invalid("limit must be from 1 to 1000", "limit")
         if offset < 0:
-            raise _invalid("offset must not be negative")
+            raise _invalid("offset must not be negative", "offset")
         return await self._call(self._db.events, limit, type_, client, since, until, offset)
 
     async def record_operator_event(self, type_: str, address: Optional[str], detail: str) -> None:
@@ -489,7 +499,7 @@ class Management:
         try:
             config, warnings = self._reload()
         except ConfigError as e:
-            raise _invalid(str(e)) from None
+            raise _invalid(str(e), None) from None
         self.core.reload_config(config)
         await self.core.record(self._db.record_event, CONFIG_RELOADED, event=CONFIG_RELOADED)
         return list(warnings)

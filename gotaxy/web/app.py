@@ -35,7 +35,6 @@ import hmac
 import io
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
 from urllib.parse import unquote, urlsplit
@@ -136,7 +135,7 @@ def _api(public: bool = False, session_only: bool = False) -> Callable[[Handler]
             except HTTPError as e:
                 return self._error(request, e.kind, str(e), e.field, **e.extra)
             except (ManagementError, PanelAuthError) as e:
-                return self._error(request, e.kind, str(e), getattr(e, "field", None) or _field_of(str(e)))
+                return self._error(request, e.kind, str(e), e.field)
             except Exception:
                 # A bug: the traceback goes to the log, the caller gets JSON.
                 log.failure("panel request {method} {path} failed", method=request.method, path=request.path)
@@ -154,45 +153,6 @@ def _api(public: bool = False, session_only: bool = False) -> Callable[[Handler]
 
 def _dump(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def _field_of(message: str) -> Optional[str]:
-    """Which input a management error is about, so the panel can show it there."""
-    lowered = message.lower()
-    if lowered.startswith("local address"):
-        return "local_addr"
-    if "port" in lowered:
-        return "remote_port"
-    if "name" in lowered:
-        return "name"
-    return None
-
-
-def _webhook_field(kind: str, message: str) -> Optional[str]:
-    """Which input of the webhook form a management error is about."""
-    if kind == "conflict":  # "a webhook named 'x' already exists" (the name may be any word)
-        return "name" if "named" in message else None
-    # Messages from the config checks start with the key: "'url' must be an http:// or https:// URL, ..."
-    key = re.match(r"'(\w+)'", message)
-    if key and key.group(1) in ("name", "url", "events", "format", "secret"):
-        return key.group(1)
-    lowered = message.lower()
-    for pattern, field in ((r"\burl\b", "url"), (r"\bevents?\b", "events"), (r"\bformat\b", "format"),
-                           (r"\bsecret\b", "secret"), (r"\bname\b", "name")):
-        if re.search(pattern, lowered):
-            return field
-    return None
-
-
-def _mail_field(kind: str, message: str, address: str) -> Optional[str]:
-    """Which input of the e-mail recipient form a management error is about."""
-    lowered = message.replace(address, "").lower()  # so that "events@example.org" is not about events
-    if kind == "conflict":
-        # "already a recipient" is about the address; "e-mail is not set up" is about the server, not a field.
-        return "address" if "already" in lowered else None
-    if kind == "invalid":
-        return "events" if re.search(r"\bevents?\b", lowered) else "address"
-    return None
 
 
 def _views(items: List[Any]) -> List[Dict[str, Any]]:
@@ -639,10 +599,7 @@ class Panel:
         events = self._events(body)
         format_ = self._optional(body, "format", limit=32) or "json"
         secret = self._optional(body, "secret", limit=1024)
-        try:
-            view = await self.management.add_webhook(name, url, events, format_, secret)
-        except ManagementError as e:
-            raise HTTPError(e.kind, str(e), getattr(e, "field", None) or _webhook_field(e.kind, str(e))) from None
+        view = await self.management.add_webhook(name, url, events, format_, secret)
         request.setResponseCode(201)
         return attrs.asdict(view)
 
@@ -685,10 +642,7 @@ class Panel:
         body = self._body(request)
         address = self._string(body, "address", limit=ADDRESS_LIMIT)
         events = self._events(body)
-        try:
-            view = await self.management.add_mail_recipient(address, events)
-        except ManagementError as e:
-            raise HTTPError(e.kind, str(e), getattr(e, "field", None) or _mail_field(e.kind, str(e), address)) from None
+        view = await self.management.add_mail_recipient(address, events)
         request.setResponseCode(201)
         return attrs.asdict(view)
 
