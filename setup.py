@@ -34,6 +34,9 @@ setup(
         "txaio>=23.1",
         "klein>=23.5",
         "dataset>=1.6",
+        # PostgreSQL (database.url = "postgresql://..."), the engine several
+        # servers can share; the binary wheel needs no libpq on the machine.
+        "psycopg[binary]>=3.1",
         "attrs>=23.1",
         "treq>=23.11",
         "prometheus-client>=0.17",

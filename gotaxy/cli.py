@@ -9,9 +9,11 @@ convert frp's old files.
     gotaxy convert FILE.ini [-o FILE.toml] [--server | --client] [--force]
     gotaxy admin reset-password [--user NAME] [--password-stdin]
     gotaxy admin disable-totp [--user NAME]
+    gotaxy migrate                                   (apply the store's schema migrations)
     gotaxy --version
 
-It works on the store directly (``--data-dir`` or ``--store``), so it can run
+It works on the store directly (``--database-url``, else ``database.url`` of
+``DATA_DIR/server.toml``, else SQLite in ``--data-dir``), so it can run
 while the server does (SQLite in WAL mode lets a second process write): a
 running server notices a revoked token within ten seconds and disconnects the
 client, and it reads the operator's password hash and second factor from the
@@ -58,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gotaxy {__version__}")
     parser.add_argument("--data-dir", default=ServerConfig().data_dir, help="server data directory [gotaxy-data]")
-    parser.add_argument("--store", default=None, help="SQLAlchemy URL of the store (overrides --data-dir)")
+    parser.add_argument(
+        "--database-url", "--store", dest="store", default=None, metavar="URL",
+        help="SQLAlchemy URL of the store [database.url of DATA_DIR/server.toml, else SQLite in the data directory]",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     token = commands.add_parser("token", help="create, list or revoke client tokens")
     actions = token.add_subparsers(dest="action", required=True)
@@ -91,7 +96,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     totp = admin_actions.add_parser("disable-totp", help="turn the operator's second factor (TOTP) off")
     totp.add_argument("--user", default=ADMIN_USER, help=f"the operator account [{ADMIN_USER}]")
+    commands.add_parser(
+        "migrate",
+        help="bring the store's schema up to this version of Gotaxy (the server does it at every start too)",
+    )
     return parser
+
+
+def _configured_url(data_dir: str) -> Optional[str]:
+    """``database.url`` (or the older ``store``) of ``DATA_DIR/server.toml``, if it has one."""
+    path = os.path.join(data_dir, "server.toml")
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        loaded = parse_server_config(tomllib.load(f), source=path)
+    return loaded.config.effective_database_url()
+
+
+def _migrate(store: Store, out: TextIO) -> int:
+    for migration in store.applied:
+        print(f"applied migration {migration.version}: {migration.description}", file=out)
+    version = store.schema_version
+    if store.applied:
+        print(f"the store {store.shown_url} is now at schema version {version}", file=out)
+    else:
+        print(f"the store {store.shown_url} is up to date (schema version {version}); nothing to apply", file=out)
+    return 0
 
 
 def _reset_password(store: Store, user: str, from_stdin: bool, stdin: TextIO, out: TextIO) -> int:
@@ -143,9 +173,15 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout, stdin: Text
         except InvalidName as e:
             print(f"gotaxy: {e}", file=sys.stderr)
             return 1
+    if args.store is None:
+        try:
+            args.store = _configured_url(args.data_dir)
+        except (ConfigError, OSError, tomllib.TOMLDecodeError) as e:
+            print(f"gotaxy: {e}", file=sys.stderr)
+            return 1
     if args.store is None and not os.path.exists(os.path.join(args.data_dir, "gotaxy.db")):
         print(
-            f"gotaxy: no store in {args.data_dir!r}; start the server once or pass --data-dir/--store",
+            f"gotaxy: no store in {args.data_dir!r}; start the server once or pass --data-dir/--database-url",
             file=sys.stderr,
         )
         return 1
@@ -153,13 +189,19 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout, stdin: Text
         # A SQLite URL to a file that does not exist would create an empty store.
         path = args.store[len("sqlite:///") :]
         if path and path != ":memory:" and not os.path.exists(path):
-            print(f"gotaxy: no store at {path!r}; check --store", file=sys.stderr)
+            print(f"gotaxy: no store at {path!r}; check --database-url", file=sys.stderr)
             return 1
     if getattr(args, "expires_in", None) is not None and args.expires_in <= 0:
         print("gotaxy: --expires-in takes a number of days greater than 0", file=sys.stderr)
         return 1
-    store = Store(args.store or default_url(args.data_dir))
     try:
+        store = Store(args.store or default_url(args.data_dir))
+    except StoreError as e:
+        print(f"gotaxy: {e}", file=sys.stderr)
+        return 1
+    try:
+        if args.command == "migrate":
+            return _migrate(store, out)
         if args.command == "admin":
             if args.action == "reset-password":
                 return _reset_password(store, args.user, args.password_stdin, stdin, out)

@@ -47,12 +47,14 @@ Key mapping, server (``ServerConfig``)::
     log.level / log.maxDays          log_level / log_max_days
     log.maxSize                      log_max_size          (ours; bytes, or "10MiB")
     events.retentionDays             event_retention_days  (ours)
-    store                            store                 (ours)
+    database.url                     database_url          (ours; any SQLAlchemy URL)
+    store                            store                 (ours; the older name of database.url)
     serverName                       server_name           (ours; names this server in notifications)
     [[webhooks]]                     webhooks              (WebhookSpec: name, url, secret, events,
                                                             format, timeout, retryFor, maxPending)
     smtp.host / port / tls / ...     smtp_*                (ours; e-mail notifications)
     notify.flapGrace                 notify_flap_grace     (ours)
+    notify.keyFile                   notify_key_file       (ours; default DATA_DIR/notify.key)
     metrics.exposure / token         metrics_exposure / metrics_token (ours)
     enablePrometheus                 enable_prometheus     (true: metrics.exposure "open")
     history.sampleInterval           history_sample_interval (ours)
@@ -484,6 +486,27 @@ EVENT_PATTERNS = _Form(
     _event_patterns,
 )
 URL = _Form("an http:// or https:// URL", _url)
+
+
+def _database_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Mismatch(value)
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(value)
+    except ArgumentError:
+        # It may hold the database's password: say what is wrong without it.
+        raise _Mismatch(_Described("a value that is not a URL (not shown: it may hold a password)")) from None
+    return value
+
+
+DATABASE_URL = _Form(
+    "a SQLAlchemy database URL such as \"postgresql://gotaxy:PASSWORD@db.example.com/gotaxy\" "
+    "or \"sqlite:////var/lib/gotaxy/gotaxy.db\"",
+    _database_url,
+)
 NAMES = _Form('a list of proxy names such as ["ssh", "web"]', _names)
 WEBHOOK_FORMAT = _Form(
     '"json", "slack", "dingtalk" or "feishu"', _one_of("json", "slack", "dingtalk", "feishu")
@@ -773,7 +796,8 @@ class ServerConfig(_Heartbeats):
     log_max_days: int = _setting(3, COUNT, "log.maxDays")
     log_max_size: int = _setting(10 * 2**20, LOG_SIZE, "log.maxSize")
     event_retention_days: int = _setting(90, RETENTION_DAYS, "events.retentionDays")
-    store: str | None = _setting(None, TEXT, "store", "--store")
+    database_url: str | None = _setting(None, DATABASE_URL, "database.url", "--database-url", secret=True)
+    store: str | None = _setting(None, DATABASE_URL, "store", "--store", secret=True)  #: the older name of database.url
     web_addr: str = _setting("127.0.0.1", HOST, "webServer.addr", "--web-addr")
     web_port: int = _setting(7500, SERVICE_PORT, "webServer.port", "--web-port")
     web_endpoint: str | None = _setting(None, ENDPOINT, "webServer.endpoint", "--web-endpoint")
@@ -801,6 +825,7 @@ class ServerConfig(_Heartbeats):
     smtp_batch_seconds: float = _setting(30.0, SECONDS, "smtp.batchSeconds")
     smtp_timeout: float = _setting(30.0, SECONDS, "smtp.timeout")
     notify_flap_grace: float = _setting(10.0, GRACE, "notify.flapGrace")
+    notify_key_file: str | None = _setting(None, TEXT, "notify.keyFile")
     metrics_exposure: str | None = _setting(None, METRICS_EXPOSURE, "metrics.exposure")
     metrics_token: str | None = _setting(None, TEXT, "metrics.token", secret=True)
     enable_prometheus: bool = _setting(False, BOOLEAN, "enablePrometheus")
@@ -810,6 +835,10 @@ class ServerConfig(_Heartbeats):
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
+        if self.database_url is not None and self.store is not None and self.database_url != self.store:
+            raise ConfigError(
+                "'database.url' and 'store' (its older name) name different databases; keep database.url only"
+            )
         if self.smtp_host is not None and not (self.smtp_from and self.smtp_to):
             raise ConfigError(
                 "'smtp.host' is set but 'smtp.from' or 'smtp.to' is missing; give the sender "
@@ -837,6 +866,10 @@ class ServerConfig(_Heartbeats):
     #: Seconds between pings and of silence before a client is dropped, when
     #: neither is set.  frp's server has only a timeout (90 s by default).
     HEARTBEAT_DEFAULTS = (10.0, 30.0)
+
+    def effective_database_url(self) -> str | None:
+        """``database.url``, or ``store`` (its older name); None: SQLite in the data directory."""
+        return self.database_url if self.database_url is not None else self.store
 
     def effective_proxy_bind_addr(self) -> str:
         """The address public tunnel ports listen on."""

@@ -12,7 +12,7 @@ import os
 from twisted.trial import unittest
 from twisted.web.server import Site
 
-from gotaxy.notify.managed import KEY_FILE, ManagedMailRecipients, ManagedWebhooks
+from gotaxy.notify.managed import KEY_FILE, KeyMismatch, ManagedMailRecipients, ManagedWebhooks
 from gotaxy.server.manage import ManagementError
 from tests.inprocess import LiveSystem, wait_until
 from tests.test_notify_webhook import Receiver, listen, verify
@@ -61,6 +61,32 @@ class ManagedWebhookTests(unittest.TestCase):
         self.assertEqual(len(live.server.notifier.targets), before + 1)
         self.assertEqual(again.find("ops").spec.url, self.url)
         live.server.notifier.remove(again.find("ops"))
+
+    async def test_a_second_server_on_the_store_needs_the_same_key(self):
+        # Two servers sharing one database (database.url): the second has a
+        # data directory, and so a notify.key, of its own.
+        live = await self._live()
+        await live.management.add_webhook("ops", self.url, secret=SECRET)
+        other_dir = self.mktemp()
+        os.makedirs(other_dir)
+        other = ManagedWebhooks(live.server.notifier, live.core.store, other_dir, "b", live.core.reactor)
+        with self.assertRaises(KeyMismatch) as refused:
+            other.load()
+        message = str(refused.exception)
+        self.assertIn(os.path.join(other_dir, KEY_FILE), message)
+        self.assertIn("copy notify.key from that server's data directory", message)
+        self.assertIn("notify.keyFile", message)
+        # notify.keyFile names a copy of the first server's key: the webhook loads, URL and secret intact.
+        shared = os.path.join(other_dir, "shared.key")
+        with open(os.path.join(live.data_dir, KEY_FILE), "rb") as f, open(shared, "wb") as g:
+            g.write(f.read())
+        again = ManagedWebhooks(live.server.notifier, live.core.store, other_dir, "b", live.core.reactor,
+                                key_file=shared)
+        before = list(live.server.notifier.targets)
+        again.load()
+        (loaded,) = [t for t in live.server.notifier.targets if t not in before]
+        self.assertEqual((loaded.spec.name, loaded.spec.url, loaded.spec.secret), ("ops", self.url, SECRET))
+        live.server.notifier.remove(loaded)
 
     async def test_remove_stops_deliveries(self):
         live = await self._live()

@@ -7,7 +7,6 @@ thread that keeps database work off the reactor.
 from __future__ import annotations
 
 import queue
-import shutil
 import threading
 from pathlib import Path
 from typing import Any, Callable, List
@@ -28,7 +27,6 @@ from gotaxy.store import (
     Store,
     StoreError,
     ThreadedStore,
-    default_url,
 )
 
 DAY = 86400.0
@@ -47,32 +45,35 @@ def now() -> FakeTime:
     return FakeTime()
 
 
-@pytest.fixture(scope="module")
-def blank_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A freshly created store, made once: creating the schema is the slow part."""
-    directory = tmp_path_factory.mktemp("blank-store")
-    Store(default_url(str(directory))).close()
-    return directory
-
-
 @pytest.fixture
-def store(tmp_path: Path, now: FakeTime, blank_store: Path):
-    for path in blank_store.iterdir():
-        shutil.copy(path, tmp_path / path.name)
-    s = Store(default_url(str(tmp_path)), clock=now)
+def store(store_url: str, now: FakeTime):
+    """A fresh store on SQLite, then on PostgreSQL (``store_url`` in tests/conftest.py)."""
+    s = Store(store_url, clock=now)
     yield s
     s.close()
 
 
-def database_bytes(directory: Path) -> bytes:
-    """Everything SQLite wrote: the database and its WAL/SHM side files."""
-    return b"".join(p.read_bytes() for p in sorted(directory.iterdir()) if p.name.startswith("gotaxy.db"))
+def database_bytes(url: str) -> bytes:
+    """
+    Everything the database holds: on SQLite the file and its WAL/SHM side
+    files as written, on PostgreSQL every row of every table.
+    """
+    if url.startswith("sqlite:///"):
+        directory = Path(url[len("sqlite:///"):]).parent
+        return b"".join(p.read_bytes() for p in sorted(directory.iterdir()) if p.name.startswith("gotaxy.db"))
+    reader = Store(url)
+    try:
+        return b"".join(
+            repr(list(reader.db.query(f"SELECT * FROM {table}"))).encode() for table in reader.db.tables
+        )
+    finally:
+        reader.close()
 
 
 # -- tokens ------------------------------------------------------------------
 
 
-def test_created_token_authenticates_and_its_text_is_never_stored(tmp_path: Path, store: Store) -> None:
+def test_created_token_authenticates_and_its_text_is_never_stored(store_url: str, store: Store) -> None:
     record, token = store.create_token("laptop")
     assert record.name == "laptop"
     assert token.startswith(TOKEN_PREFIX) and len(token) > 40
@@ -80,12 +81,12 @@ def test_created_token_authenticates_and_its_text_is_never_stored(tmp_path: Path
 
     # Force everything to disk (WAL included) and look for the secret.
     store.close()
-    data = database_bytes(tmp_path)
+    data = database_bytes(store_url)
     assert b"laptop" in data  # we are looking in the right place
     assert token.encode() not in data
     assert token[len(TOKEN_PREFIX) :].encode() not in data
     # Not in the records either: nothing can show it again.
-    reopened = Store(default_url(str(tmp_path)))
+    reopened = Store(store_url)
     try:
         assert token not in repr(reopened.list_tokens())
         assert token not in repr(reopened.events())
@@ -185,8 +186,8 @@ def test_inactive_tokens_finds_revoked_expired_and_unknown_names(store: Store, n
     assert store.inactive_tokens([]) == set()
 
 
-def test_tokens_survive_reopening_the_store(tmp_path: Path, now: FakeTime) -> None:
-    url = default_url(str(tmp_path))
+def test_tokens_survive_reopening_the_store(store_url: str, now: FakeTime) -> None:
+    url = store_url
     first = Store(url, clock=now)
     _, token = first.create_token("laptop")
     first.close()
@@ -260,19 +261,6 @@ def test_reconnecting_client_is_one_row(store: Store) -> None:
     assert client.online and client.address == "b:2" and client.version == "0.2.0"
 
 
-def test_mark_all_offline(store: Store) -> None:
-    store.client_connected("alice", "a:1", "0.1.0")
-    store.client_connected("bob", "b:1", "0.1.0")
-    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
-    store.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", 6001)
-    store.tunnel_down("bob", "web", "refused", "port taken", "tunnel.refused")
-    store.mark_all_offline("server restarted")
-    assert [c.online for c in store.list_clients()] == [False, False]
-    status = {t.name: (t.status, t.reason) for t in store.list_tunnels()}
-    # Up tunnels go down with the reason; a refused one keeps its own story.
-    assert status == {"ssh": ("down", "server restarted"), "web": ("refused", "port taken")}
-
-
 # -- events ------------------------------------------------------------------
 
 
@@ -320,14 +308,14 @@ def test_token_changes_are_events(store: Store) -> None:
 # -- operator accounts -------------------------------------------------------
 
 
-def test_admin_password_is_hashed_with_argon2(tmp_path: Path, store: Store) -> None:
+def test_admin_password_is_hashed_with_argon2(store_url: str, store: Store) -> None:
     password = "correct horse battery staple"
     assert store.ensure_admin("admin", password) is True
     row = store.db["admins"].find_one(username="admin")
     assert row["password_hash"].startswith("$argon2id$")
     assert password not in row["password_hash"]
     store.close()
-    assert password.encode() not in database_bytes(tmp_path)
+    assert password.encode() not in database_bytes(store_url)
 
 
 def test_verify_admin_and_ensure_admin_never_overwrites(store: Store) -> None:
@@ -371,9 +359,9 @@ class ThreadHopReactor:
         return results[0]
 
 
-def test_threaded_store_runs_calls_off_the_reactor_thread(tmp_path: Path) -> None:
+def test_threaded_store_runs_calls_off_the_reactor_thread(store_url: str) -> None:
     reactor = ThreadHopReactor()
-    threaded = ThreadedStore(Store(default_url(str(tmp_path))), reactor)
+    threaded = ThreadedStore(Store(store_url), reactor)
     threaded.start()
     try:
         reactor_thread = threading.current_thread()

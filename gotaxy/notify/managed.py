@@ -5,10 +5,18 @@ the SSH console, next to the ``[[webhooks]]`` of ``server.toml``.
 
 They are kept in the store (table ``notify_webhooks``) so they survive
 restarts.  A webhook's URL and secret are encrypted there with Fernet under
-a key in ``DATA_DIR/notify.key`` (mode 0600): a chat hook's URL is itself a
-credential, and the store may live elsewhere than the data directory
-(PostgreSQL, backups).  Nothing shows a stored URL or secret again; views
-show the URL's scheme and host only.
+a key in ``DATA_DIR/notify.key`` (mode 0600; ``notify.keyFile`` names
+another file): a chat hook's URL is itself a credential, and the store may
+live elsewhere than the data directory (PostgreSQL, backups).  Nothing
+shows a stored URL or secret again; views show the URL's scheme and host
+only.
+
+Servers that share one store must share the key.  The first server to
+start on a store records a check value in it (``notify.key_check``: a fixed
+text encrypted with its key, which proves nothing about the key to whoever
+reads it); a server whose key cannot read it refuses to start with a
+sentence saying which file to copy, instead of failing later on a webhook
+it cannot decrypt.
 
 Webhooks from ``server.toml`` are listed too, marked ``config``; they are
 changed in the file, not here.
@@ -21,7 +29,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import urlsplit
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken
 
 from gotaxy.config import ConfigError, WebhookSpec
 from gotaxy.notify.dispatch import Notifier
@@ -50,6 +58,18 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{host}{port}/…"
 
 
+KEY_CHECK_SETTING = "notify.key_check"
+_KEY_CHECK_TEXT = b"gotaxy notify key check"
+
+
+class KeyMismatch(Exception):
+    """This server's notify key is not the one the store's webhooks are encrypted with; for the user."""
+
+
+def key_path(data_dir: str, configured: Optional[str] = None) -> str:
+    return configured if configured is not None else os.path.join(data_dir, KEY_FILE)
+
+
 def _load_key(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -64,18 +84,20 @@ def _load_key(path: str) -> bytes:
 
 class ManagedWebhooks:
     def __init__(self, notifier: Notifier, store: Any, data_dir: str, server_name: str, reactor: Any,
-                 http: Any = None) -> None:
+                 http: Any = None, key_file: Optional[str] = None) -> None:
         self.notifier = notifier
         self.store = store  # ThreadedStore
         self._db = store.store.db
-        self._fernet = Fernet(_load_key(os.path.join(data_dir, KEY_FILE)))
+        self._key_path = key_path(data_dir, key_file)
+        self._fernet = Fernet(_load_key(self._key_path))
         self.server_name = server_name
         self.reactor = reactor
         self._http = http
         self.operator_names: set = set()
 
     def load(self) -> None:
-        """At start-up, before the reactor runs: add the stored webhooks."""
+        """At start-up, before the reactor runs: check the key, add the stored webhooks."""
+        self._check_key()
         for row in self._db[TABLE].find(order_by="id"):
             spec = self._spec(
                 row["name"],
@@ -85,6 +107,21 @@ class ManagedWebhooks:
                 self._fernet.decrypt(row["secret"].encode()).decode() if row["secret"] else None,
             )
             self._attach(spec)
+
+    def _check_key(self) -> None:
+        """Raise ``KeyMismatch`` unless our key reads the store's check value (recording it if there is none)."""
+        sync = self.store.store
+        check = sync.claim_setting(KEY_CHECK_SETTING, self._fernet.encrypt(_KEY_CHECK_TEXT).decode())
+        try:
+            readable = self._fernet.decrypt(check.encode()) == _KEY_CHECK_TEXT
+        except InvalidToken:
+            readable = False
+        if not readable:
+            raise KeyMismatch(
+                f"{self._key_path} is not the key this store's webhooks are encrypted with (another server "
+                f"sharing the database made them): copy notify.key from that server's data directory to "
+                f"{self._key_path}, or set notify.keyFile to a copy of it"
+            )
 
     @staticmethod
     def _spec(name: str, url: str, events: Sequence[str], format: str, secret: Optional[str]) -> WebhookSpec:

@@ -27,6 +27,12 @@ What is kept, in tables of its own (``history_*``, defined in
 Connects and disconnects with their reasons are read from the existing
 ``events`` table rather than copied.
 
+Several servers may share one store (``database.url``): each writes the
+samples and sessions of its own clients (sessions name their node), and
+each hour is rolled up once, by whichever server claims it first in
+``history_rollups``; while other servers run, an hour is rolled up two
+sample intervals after its end, so that their last samples are in.
+
 Nothing here is on the data path.  Samples are read from the tunnels' plain
 counters (through ``TunnelLedger``, so a tunnel's restarts do not lose
 counts) on a timer, buffered in memory (bounded: beyond ``MAX_BUFFERED``
@@ -47,6 +53,7 @@ from collections import deque
 import functools
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, TypeVar
 
+from sqlalchemy.exc import IntegrityError
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
@@ -56,13 +63,14 @@ from gotaxy.events import Event
 from gotaxy.logs import gotaxy_observer
 from gotaxy.server.metrics import TunnelLedger
 from gotaxy.store import CLIENT_CONNECTED, CLIENT_DISCONNECTED
-from gotaxy.store.schema import HISTORY_HOURLY, HISTORY_SAMPLES, HISTORY_SESSIONS
+from gotaxy.store.schema import HISTORY_HOURLY, HISTORY_ROLLUPS, HISTORY_SAMPLES, HISTORY_SESSIONS
 
 T = TypeVar("T")
 
 SESSIONS = HISTORY_SESSIONS
 SAMPLES = HISTORY_SAMPLES
 HOURLY = HISTORY_HOURLY
+ROLLUPS = HISTORY_ROLLUPS
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -94,57 +102,87 @@ def _committed(function: Callable[..., T]) -> Callable[..., T]:
 
 
 @_committed
-def _close_stale_sessions(store: Any) -> None:
-    store.db.query(f"UPDATE {SESSIONS} SET open = :f, reason = :r WHERE open = :t", f=False, t=True, r="server stopped")
-
-
-@_committed
-def _flush(
-    store: Any, samples: List[Dict[str, Any]], sessions: List[Dict[str, Any]], now: float,
-    roll_up: bool, raw_hours: int, retention_days: int,
-) -> None:
+def _write(store: Any, samples: List[Dict[str, Any]], sessions: List[Dict[str, Any]]) -> None:
     db = store.db
     if samples:
         db[SAMPLES].insert_many(samples, ensure=False)
     for row in sessions:
-        db[SESSIONS].upsert(row, ["client", "started"], ensure=False)
-    if roll_up:
-        _roll_up(store, now)
-        db.query(f"DELETE FROM {SAMPLES} WHERE at < :t", t=now - raw_hours * HOUR)
-        horizon = now - retention_days * DAY
-        db.query(f"DELETE FROM {HOURLY} WHERE hour < :t", t=horizon)
-        db.query(f"DELETE FROM {SESSIONS} WHERE ended < :t AND open = :f", t=horizon, f=False)
+        db[SESSIONS].upsert(dict(row, node=store.node), ["client", "started"], ensure=False)
 
 
-def _roll_up(store: Any, now: float) -> None:
-    """Roll up every completed hour after the last rolled one (samples at (hour, hour + 1 h])."""
+@_committed
+def _expire(store: Any, now: float, raw_hours: int, retention_days: int) -> None:
     db = store.db
-    current = (now // HOUR) * HOUR
-    last = list(db.query(f"SELECT MAX(hour) AS h FROM {HOURLY}"))[0]["h"]
-    first = list(db.query(f"SELECT MIN(at) AS a FROM {SAMPLES}"))[0]["a"]
+    db.query(f"DELETE FROM {SAMPLES} WHERE at < :t", t=now - raw_hours * HOUR)
+    horizon = now - retention_days * DAY
+    db.query(f"DELETE FROM {HOURLY} WHERE hour < :t", t=horizon)
+    db.query(f"DELETE FROM {SESSIONS} WHERE ended < :t AND open = :f", t=horizon, f=False)
+    db.query(f"DELETE FROM {ROLLUPS} WHERE hour < :t", t=horizon)
+
+
+def _flush(
+    store: Any, samples: List[Dict[str, Any]], sessions: List[Dict[str, Any]], now: float,
+    roll_up: bool, raw_hours: int, retention_days: int, grace: float = 0.0,
+) -> bool:
+    """Write the buffer; with ``roll_up``, roll up and expire too.  True if an hour waits for its grace."""
+    _write(store, samples, sessions)
+    if not roll_up:
+        return False
+    waiting = _roll_up(store, now, grace)
+    _expire(store, now, raw_hours, retention_days)
+    return waiting
+
+
+def _roll_up(store: Any, now: float, grace: float = 0.0) -> bool:
+    """
+    Roll up every completed hour after the last rolled one (samples at
+    (hour, hour + 1 h]).  Each hour is one transaction that starts by
+    claiming the hour in ``history_rollups``: of several servers sharing
+    the store, one rolls it up, the others find it claimed and skip it.
+    While other servers run, an hour waits ``grace`` seconds after its end
+    for their last samples; True if one is waiting.
+    """
+    db = store.db
+    with db:
+        others = [node for node, _ in store.live_nodes() if node != store.node]
+        last = max(
+            (r["h"] for table in (ROLLUPS, HOURLY) for r in db.query(f"SELECT MAX(hour) AS h FROM {table}")
+             if r["h"] is not None),
+            default=None,
+        )
+        first = list(db.query(f"SELECT MIN(at) AS a FROM {SAMPLES}"))[0]["a"]
+    current = ((now - (grace if others else 0.0)) // HOUR) * HOUR
+    waiting = current < (now // HOUR) * HOUR
     if first is None:
-        return
+        return waiting
     # A sample taken at t covers (t - interval, t]: one taken on the hour
     # belongs to the hour before.
     hour = math.ceil(first / HOUR) * HOUR - HOUR if last is None else last + HOUR
-    rows = []
     while hour < current:
-        for r in db.query(
-            f"SELECT client, tunnel, COUNT(*) AS n, AVG(rtt) AS rtt_avg, MAX(rtt) AS rtt_max, "
-            f"MAX(connections) AS cmax, SUM(opened) AS opened, SUM(bytes_in) AS bin, "
-            f"SUM(bytes_out) AS bout, MAX(rate_in) AS rin, MAX(rate_out) AS rout "
-            f"FROM {SAMPLES} WHERE at > :a AND at <= :b GROUP BY client, tunnel",
-            a=hour, b=hour + HOUR,
-        ):
-            rows.append(dict(
-                hour=hour, client=r["client"], tunnel=r["tunnel"], samples=r["n"],
-                rtt_avg=r["rtt_avg"], rtt_max=r["rtt_max"], connections_max=r["cmax"],
-                opened=r["opened"], bytes_in=r["bin"], bytes_out=r["bout"],
-                rate_in_max=r["rin"], rate_out_max=r["rout"],
-            ))
+        try:
+            with db:
+                db[ROLLUPS].insert(dict(hour=hour, node=store.node, at=now), ensure=False)
+                rows = [
+                    dict(
+                        hour=hour, client=r["client"], tunnel=r["tunnel"], samples=r["n"],
+                        rtt_avg=r["rtt_avg"], rtt_max=r["rtt_max"], connections_max=r["cmax"],
+                        opened=r["opened"], bytes_in=r["bin"], bytes_out=r["bout"],
+                        rate_in_max=r["rin"], rate_out_max=r["rout"],
+                    )
+                    for r in db.query(
+                        f"SELECT client, tunnel, COUNT(*) AS n, AVG(rtt) AS rtt_avg, MAX(rtt) AS rtt_max, "
+                        f"MAX(connections) AS cmax, SUM(opened) AS opened, SUM(bytes_in) AS bin, "
+                        f"SUM(bytes_out) AS bout, MAX(rate_in) AS rin, MAX(rate_out) AS rout "
+                        f"FROM {SAMPLES} WHERE at > :a AND at <= :b GROUP BY client, tunnel",
+                        a=hour, b=hour + HOUR,
+                    )
+                ]
+                if rows:
+                    db[HOURLY].insert_many(rows, ensure=False)
+        except IntegrityError:
+            pass  # another server claimed this hour and rolls it up
         hour += HOUR
-    if rows:
-        db[HOURLY].insert_many(rows, ensure=False)
+    return waiting
 
 
 def _overlap(intervals: List[Tuple[float, float]], start: float, end: float) -> float:
@@ -329,6 +367,8 @@ class History(Service):
         self.online_since: Dict[str, float] = {}  #: client -> start of its current session
         self._last_totals: Dict[Tuple[str, str], Tuple[int, int, int, int]] = {}
         self._last_hour: Optional[float] = None
+        # An hour whose roll-up waits for other servers' last samples: try at every flush.
+        self._roll_up_waiting = False
         self._writing: Optional[Deferred] = None
         self.dropped = 0  #: sample rows dropped because the store fell behind
         self._sampler = LoopingCall(self.tick)
@@ -337,7 +377,7 @@ class History(Service):
         # Sessions left open by a server that died ended when last seen.
         # Synchronously, like the rest of the store's set-up: makeService
         # builds this before the reactor runs.
-        _close_stale_sessions(store.store)
+        store.store.close_stale_sessions()
 
     # -- live side ------------------------------------------------------------
 
@@ -416,7 +456,7 @@ class History(Service):
             return self._writing
         now = self.reactor.seconds()
         hour = now // HOUR
-        roll_up = self._last_hour is None or hour != self._last_hour
+        roll_up = self._last_hour is None or hour != self._last_hour or self._roll_up_waiting
         samples = list(self._samples)
         self._samples.clear()
         sessions = self._ended
@@ -428,12 +468,14 @@ class History(Service):
         if not samples and not sessions and not roll_up:
             return succeed(None)
         d = self.store.call(
-            _flush, self.store.store, samples, sessions, now, roll_up, self.raw_hours, self.retention_days
+            _flush, self.store.store, samples, sessions, now, roll_up, self.raw_hours, self.retention_days,
+            2 * self.sample_interval,
         )
 
-        def written(_: Any) -> None:
+        def written(waiting: bool) -> None:
             if roll_up:
                 self._last_hour = hour
+                self._roll_up_waiting = waiting
 
         def failed(failure: Any) -> None:
             self.log.failure("could not write {n} history samples", failure, n=len(samples))

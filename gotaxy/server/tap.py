@@ -66,7 +66,7 @@ from gotaxy.logs import ErrorLogService, gotaxy_observer, set_level
 from gotaxy.notify import build_notifier
 from gotaxy.notify.dispatch import Notifier
 from gotaxy.oslimits import backlog_warning, log_fd_limit
-from gotaxy.notify.managed import ManagedMailRecipients, ManagedWebhooks
+from gotaxy.notify.managed import KeyMismatch, ManagedMailRecipients, ManagedWebhooks
 from gotaxy.process import EXIT_START_FAILED, EXIT_USAGE, StartError, TwistdOptions, exit_with_message
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
@@ -76,7 +76,8 @@ from gotaxy.server.history import History
 from gotaxy.server.metrics import Metrics, MetricsResource
 from gotaxy.server.operators import OperatorAuth
 from gotaxy.jointoken import make_join_token
-from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, ThreadedStore, default_url
+from gotaxy.server.lease import LEASE, NodeLease, node_id
+from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url
 from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 from gotaxy.web import PanelAuth, make_web_service
@@ -116,7 +117,8 @@ class Options(TwistdOptions):
          "--bind-port (e.g. systemd:domain=INET6:index=0)."],
         ["token", None, None, "Shared frp-style auth.token, accepted besides per-client tokens."],
         ["allow-ports", None, None, "Public ports clients may use, e.g. 10000-20000,6000."],
-        ["store", None, None, "SQLAlchemy URL of the store. [default: sqlite in the data dir]"],
+        ["database-url", None, None, "SQLAlchemy URL of the store. [default: SQLite in the data dir]"],
+        ["store", None, None, "Older name of --database-url."],
         ["max-ports-per-client", None, None, "Most ports one client may hold, 0 for no limit", _positive_int],
         ["heartbeat-interval", None, None, "Seconds between heartbeats.", float],
         ["heartbeat-timeout", None, None, "Seconds of silence before a client is dropped.", float],
@@ -155,6 +157,7 @@ def build_config(options: Dict[str, Any]) -> "tuple[ServerConfig, List[str]]":
         ("bind-port", "bind_port"),
         ("bind-endpoint", "bind_endpoint"),
         ("token", "token"),
+        ("database-url", "database_url"),
         ("store", "store"),
         ("max-ports-per-client", "max_ports_per_client"),
         ("heartbeat-interval", "heartbeat_interval"),
@@ -462,10 +465,24 @@ def _assemble(
         )
     except ValueError as e:
         raise usage.UsageError(str(e))
-    sync_store = Store(config.store or default_url(data_dir), clock=reactor.seconds)
+    try:
+        sync_store = Store(config.effective_database_url() or default_url(data_dir), clock=reactor.seconds)
+    except StoreError as e:
+        raise StartError(str(e)) from None
+    for migration in sync_store.applied:
+        log.info("store {url}: applied migration {version} ({description})", url=sync_store.shown_url,
+                 version=migration.version, description=migration.description)
+    log.info("store {url} at schema version {version}", url=sync_store.shown_url, version=sync_store.schema_version)
     # For ``gotaxy token create``, which reads the store, not the TLS files.
     sync_store.set_setting(JOIN_PIN_SETTING, credentials.join_pin)
-    sync_store.mark_all_offline("server restarted")
+    # This process is a node of the store: it releases what it left from its
+    # last run, and what nodes whose lease ran out left, never another live
+    # server's clients (several servers may share database.url).
+    node = node_id(data_dir)
+    released = sync_store.join_node(node, LEASE, "server restarted", host=socket.gethostname(), pid=os.getpid())
+    log.info("store node {node}; lease {lease:g} s", node=node, lease=LEASE)
+    for other in released:
+        log.info("node {node} stopped renewing its lease: its clients are marked offline", node=other)
 
     def ready() -> None:
         # Every listener is bound: only now create the first-start secrets
@@ -498,8 +515,11 @@ def _assemble(
     event_retention = EventRetention(core)
     # Notifications, metrics and stability history.
     notifier = build_notifier(config, core.events, reactor, store)
-    webhooks = ManagedWebhooks(notifier, store, data_dir, config.server_name, reactor)
-    webhooks.load()
+    webhooks = ManagedWebhooks(notifier, store, data_dir, config.server_name, reactor, key_file=config.notify_key_file)
+    try:
+        webhooks.load()
+    except KeyMismatch as e:
+        raise StartError(str(e)) from None
     mail = ManagedMailRecipients(notifier, store, config, reactor)
     mail.load()
     management = Management(
@@ -529,6 +549,7 @@ def _assemble(
     for part in (
         ErrorLogService(os.path.join(data_dir, "logs"), config.log_max_days, config.log_max_size),
         CoreService(core, store, credentials, admission, control),
+        NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
         control, revocations, event_retention, notifier,
         operators,  # its password-check threads start and stop with the server
         metrics, history, web, console,

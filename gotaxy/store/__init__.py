@@ -2,21 +2,44 @@
 """
 The persistent store: tokens, clients, tunnels with their ports, events,
 operator accounts, and the tables of the history, the notifications and the
-panel.  Import from here (``from gotaxy.store import Store``); the modules
-are:
+panel, on any SQLAlchemy database (SQLite in the data directory by default,
+PostgreSQL for several servers on one database).  Import from here
+(``from gotaxy.store import Store``); the modules are:
 
 ``schema``
-    Every table: its columns and indexes (``TABLES``).  No other module
-    creates a table.
+    Every table as the newest schema has it: columns, indexes, UNIQUE
+    column sets (``TABLES``).  No other module creates a table.
+``migrations``
+    The schema version and ``MIGRATIONS``, applied in order when a
+    ``Store`` opens a database (at every server start, and by ``gotaxy
+    migrate``); a database a newer Gotaxy migrated is refused.
 ``store``
-    ``Store``, the synchronous data access on ``dataset``, its records
-    (``TokenRecord``, ...) and ``ThreadedStore``, the reactor-side face that
-    runs every call on one dedicated thread.
+    ``Store``, the synchronous data access on ``dataset`` (nodes and their
+    leases among it), its records (``TokenRecord``, ...) and
+    ``ThreadedStore``, the reactor-side face that runs every call on one
+    dedicated thread.
 
 Adding a table
-    Add a ``TableSpec`` to ``schema.TABLES`` (and a name constant if another
-    module uses it).  ``Store`` creates missing tables, columns and indexes
-    when it opens the database.
+    1. Add a ``TableSpec`` to ``schema.TABLES`` (and a name constant next to
+       the others if another module uses it).
+    2. Append ``Migration(N, "what it is for", ensure("your_table"))`` to
+       ``migrations.MIGRATIONS``, N being the last version plus one.
+
+Adding a column or an index
+    Add it to its table's ``TableSpec``, and append a migration
+    ``ensure("that_table")``: it adds whatever the table lacks.
+
+Anything else (moving data, renaming a column, a UNIQUE on data that may
+hold duplicates)
+    A migration with a function of your own: portable SQL only (it runs on
+    SQLite and PostgreSQL), safe to run twice, and safe on a database that
+    earlier migrations created with today's ``TABLES`` (see the docstring of
+    ``gotaxy.store.migrations``).  Test it with a database of the older
+    schema, as tests/test_store_migrations.py does with the 0.1.0 store in
+    tests/data/.
+
+Every store test that takes the ``store_url`` fixture runs on SQLite and on
+a PostgreSQL the test run starts itself (tests/postgres.py).
 """
 
 from gotaxy.store.store import (

@@ -2,11 +2,13 @@
 """
 Every table of the store, in one place.
 
-Each entry of ``TABLES`` is a table: its columns (name, SQLAlchemy type) and
-its indexes (lists of column names).  Every table also has an integer
-primary key ``id``.  Modules that keep data in the store (the history, the
-panel's sessions, the managed webhooks, ...) use the table names defined
-here and never create tables themselves.
+Each entry of ``TABLES`` is a table as the newest schema version has it:
+its columns (name, SQLAlchemy type), its indexes and its UNIQUE column sets.
+Every table also has an integer primary key ``id``.  Modules that keep data
+in the store (the history, the panel's sessions, the managed webhooks, ...)
+use the table names defined here and never create tables themselves: a
+change here comes with a migration (``gotaxy.store.migrations``) that makes
+it in existing databases.
 
 Keep the types portable: ``String(n)`` is enforced by PostgreSQL (SQLite
 ignores the length), so a value that comes from the network must be cut or
@@ -29,8 +31,9 @@ def String(length: int) -> TypeEngine:
 
 @attrs.frozen
 class TableSpec:
-    columns: Tuple[Tuple[str, Any], ...]
-    indexes: Tuple[Tuple[str, ...], ...] = ()
+    columns: Tuple[Tuple[str, Any], ...]  #: (name, SQLAlchemy type); an integer key ``id`` comes first
+    indexes: Tuple[Tuple[str, ...], ...] = ()  #: column lists to index
+    unique: Tuple[Tuple[str, ...], ...] = ()  #: column lists no two rows may share (a UNIQUE index)
 
 
 # -- table names other modules use -------------------------------------------
@@ -38,6 +41,8 @@ class TableSpec:
 HISTORY_SESSIONS = "history_sessions"
 HISTORY_SAMPLES = "history_samples"
 HISTORY_HOURLY = "history_hourly"
+HISTORY_ROLLUPS = "history_rollups"
+NODES = "nodes"
 NOTIFICATION_FAILURES = "notification_failures"
 NOTIFY_WEBHOOKS = "notify_webhooks"
 NOTIFY_MAIL = "notify_mail"
@@ -69,8 +74,9 @@ TABLES: Dict[str, TableSpec] = {
             ("version", String(32)),
             ("connected_at", Float),
             ("last_seen_at", Float),
+            ("node", String(64)),  # the server process holding it while online (``nodes``)
         ),
-        indexes=(("name",),),
+        indexes=(("name",), ("node",)),
     ),
     "tunnels": TableSpec(
         columns=(
@@ -84,8 +90,9 @@ TABLES: Dict[str, TableSpec] = {
             ("updated_at", Float),
             ("source", String(8)),
             ("enabled", Boolean),
+            ("node", String(64)),  # the server process that last opened it
         ),
-        indexes=(("client", "name"), ("remote_port",)),
+        indexes=(("client", "name"), ("remote_port",), ("node",)),
     ),
     "events": TableSpec(
         columns=(
@@ -108,13 +115,24 @@ TABLES: Dict[str, TableSpec] = {
     "settings": TableSpec(
         columns=(("key", String(64)), ("value", TEXT)),
         indexes=(("key",),),
+        unique=(("key",),),
+    ),
+    # The server processes using this database (see gotaxy.store.store,
+    # "Nodes"): each renews its lease; rows of live state name their node.
+    NODES: TableSpec(
+        columns=(
+            ("node_id", String(64)), ("host", String(255)), ("pid", Integer),
+            ("started_at", Float), ("lease_until", Float),
+        ),
+        unique=(("node_id",),),
     ),
     # -- stability history (gotaxy.server.history) ---------------------------
     HISTORY_SESSIONS: TableSpec(
         columns=(
             ("client", String(64)), ("started", Float), ("ended", Float), ("reason", TEXT), ("open", Boolean),
+            ("node", String(64)),
         ),
-        indexes=(("client", "started"), ("ended",)),
+        indexes=(("client", "started"), ("ended",), ("node",)),
     ),
     HISTORY_SAMPLES: TableSpec(
         columns=(
@@ -134,6 +152,12 @@ TABLES: Dict[str, TableSpec] = {
             ("rate_in_max", Float), ("rate_out_max", Float),
         ),
         indexes=(("client", "tunnel", "hour"), ("hour",)),
+    ),
+    # One row per hour rolled up: the claim of the server process that did
+    # it, so that two processes never roll up one hour twice.
+    HISTORY_ROLLUPS: TableSpec(
+        columns=(("hour", Float), ("node", String(64)), ("at", Float)),
+        unique=(("hour",),),
     ),
     # -- notifications (gotaxy.notify.failures, gotaxy.notify.managed) -------
     NOTIFICATION_FAILURES: TableSpec(
@@ -179,22 +203,3 @@ TABLES: Dict[str, TableSpec] = {
         indexes=(("username",),),
     ),
 }
-
-
-def ensure_tables(db: Any, tables: Dict[str, TableSpec]) -> None:
-    """
-    Create the tables, columns and indexes of ``tables`` where missing (an
-    existing column is left as it is).  Run outside a transaction: dataset
-    warns about schema changes inside one.
-    """
-    for table_name, spec in tables.items():
-        table = db.create_table(table_name, primary_id="id")
-        for name, type_ in spec.columns:
-            table.create_column(name, type_)
-        for index in spec.indexes:
-            table.create_index(list(index))
-
-
-def create_schema(db: Any) -> None:
-    """Every table of ``TABLES``, where missing."""
-    ensure_tables(db, TABLES)

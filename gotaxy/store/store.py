@@ -17,17 +17,21 @@ given, so tests can steer expiry.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import attrs
 import dataset
+from sqlalchemy import delete, insert, or_, select, true, update
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from gotaxy.credentials import hash_password, new_token, token_hash, tokens_equal, verify_password
 from gotaxy.names import NAME_RULE, is_valid_name, shown
-from gotaxy.store.schema import create_schema
+from gotaxy.store.migrations import SchemaError, migrate, schema_version
+from gotaxy.store.schema import HISTORY_SESSIONS, NODES
 
 T = TypeVar("T")
 
@@ -127,26 +131,94 @@ def default_url(data_dir: str) -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(data_dir, "gotaxy.db"))
 
 
+def driver_url(url: str) -> URL:
+    """
+    ``url`` as SQLAlchemy will connect to it: a bare ``postgresql://`` (or
+    ``postgres://``) uses psycopg (version 3), the driver Gotaxy installs,
+    instead of SQLAlchemy's default psycopg2.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(
+            f"{shown_url(url)} is not a database URL; write one such as sqlite:////var/lib/gotaxy/gotaxy.db "
+            "or postgresql://gotaxy:PASSWORD@db.example.com/gotaxy"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: for logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        # Not a URL SQLAlchemy understands: show only what precedes a "user:password@".
+        return url.split("://", 1)[0] + "://…" if "://" in url else "(an unreadable database URL)"
+
+
 class Store:
+    """
+    The store on the database at ``url`` (any SQLAlchemy URL).  Opening it
+    applies the migrations the database lacks (``applied`` lists them) and
+    refuses, with ``StoreError``, a database a newer Gotaxy migrated.
+    """
+
+    #: The server process this store works for (``join_node``); None in the ``gotaxy`` command.
+    node: Optional[str] = None
+
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         self.url = url
+        self.shown_url = shown_url(url)
         self._clock = clock
+        target = driver_url(url)
         kwargs: Dict[str, Any] = {}
-        if url.startswith("sqlite"):
+        if target.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.db = dataset.connect(url, engine_kwargs=kwargs, sqlite_wal_mode=True)
-        self._create_schema()
+        try:
+            self.db = dataset.connect(
+                target.render_as_string(hide_password=False), engine_kwargs=kwargs, sqlite_wal_mode=True
+            )
+        except (ArgumentError, ImportError) as e:
+            raise StoreError(f"cannot use the database {self.shown_url}: {e}") from None
+        try:
+            self.applied = migrate(self.db.engine, self.shown_url, clock)
+        except SchemaError as e:
+            self.db.close()
+            raise StoreError(str(e)) from None
+        except OperationalError as e:
+            self.db.close()
+            raise StoreError(
+                f"cannot open the database {self.shown_url}: {_first_line(e)}; check database.url "
+                "(--database-url), that the database server runs and that its user may connect"
+            ) from None
+
+    @property
+    def schema_version(self) -> int:
+        return schema_version(self.db.engine)
 
     def close(self) -> None:
         self.db.close()
-
-    def _create_schema(self) -> None:
-        create_schema(self.db)
 
     # -- settings ------------------------------------------------------------
 
     def set_setting(self, key: str, value: str) -> None:
         self.db["settings"].upsert(dict(key=key, value=value), ["key"])
+
+    def claim_setting(self, key: str, value: str) -> str:
+        """
+        Set ``key`` to ``value`` unless it has a value; return the value it
+        has now.  One INSERT that fails if another process set it first.
+        """
+        try:
+            with self.db as tx:
+                tx["settings"].insert(dict(key=key, value=value))
+            return value
+        except IntegrityError:
+            stored = self.get_setting(key)
+            assert stored is not None
+            return stored
 
     def get_setting(self, key: str) -> Optional[str]:
         row = self.db["settings"].find_one(key=key)
@@ -209,27 +281,153 @@ class Store:
     def client_connected(self, name: str, address: str, version: str) -> None:
         now = self._clock()
         self.db["clients"].upsert(
-            dict(name=name, online=True, address=address, version=version, connected_at=now, last_seen_at=now),
+            dict(name=name, online=True, address=address, version=version[:32], connected_at=now, last_seen_at=now,
+                 node=self.node),
             ["name"],
         )
         self.record_event(CLIENT_CONNECTED, client=name, address=address, detail=f"version {version}")
 
     def client_disconnected(self, name: str, address: str, reason: str) -> None:
-        now = self._clock()
-        self.db["clients"].upsert(dict(name=name, online=False, last_seen_at=now), ["name"])
-        self.db["tunnels"].update(dict(client=name, status="down", reason=reason, updated_at=now), ["client"])
-        self.record_event(CLIENT_DISCONNECTED, client=name, address=address, detail=reason)
-
-    def mark_all_offline(self, reason: str) -> None:
-        """At start-up: nothing can be online before we accept anyone."""
+        """
+        The client left this server.  If another server holds it by now (it
+        reconnected there before this one noticed), its rows are that
+        server's and stay as they are; the event is recorded either way.
+        """
         now = self._clock()
         with self.db as tx:
-            tx.query("UPDATE clients SET online = :f WHERE online = :t", f=False, t=True)
-            tx.query(
-                "UPDATE tunnels SET status = 'down', reason = :r, updated_at = :n WHERE status = 'up'",
-                r=reason,
-                n=now,
-            )
+            clients = tx["clients"].table
+            tunnels = tx["tunnels"].table
+            mine = self._held_here(clients.c.node)
+            changed = tx.executable.execute(
+                update(clients).where(clients.c.name == name, mine).values(online=False, last_seen_at=now)
+            ).rowcount
+            if changed or tx["clients"].find_one(name=name) is None:
+                if not changed:
+                    tx["clients"].insert(dict(name=name, online=False, last_seen_at=now))
+                tx.executable.execute(
+                    update(tunnels).where(tunnels.c.client == name).values(status="down", reason=reason, updated_at=now)
+                )
+        self.record_event(CLIENT_DISCONNECTED, client=name, address=address, detail=reason)
+
+    # -- nodes: several server processes on one database ----------------------
+    #
+    # Each server process is a node: an id of its own (kept in its data
+    # directory), and a row in ``nodes`` with a lease it renews every
+    # ``NODE_RENEW`` seconds (``gotaxy.server.lease.NodeLease``).  Rows that
+    # describe live state (clients online, tunnels up, history sessions
+    # open) name the node that holds them.  A node that starts releases its
+    # own rows, left from its previous run, and never another's; the rows
+    # of a node whose lease ran out (killed, its machine gone) are released
+    # by whichever node notices first: deleting the node's expired row is
+    # the claim, so exactly one node releases them.  Times come from the
+    # store's clock: the nodes' clocks must agree (NTP) to well within the
+    # lease.
+
+    def _held_here(self, column: Any) -> Any:
+        """Rows this node may change as its own: its own, and those no node holds."""
+        if self.node is None:
+            return true()
+        return or_(column == self.node, column.is_(None))
+
+    def _release(self, tx: Any, held: Callable[[Any], Any], reason: str, now: float) -> None:
+        """Clients offline, tunnels down, history sessions ended: those ``held(node column)`` selects."""
+        clients = tx["clients"].table
+        tunnels = tx["tunnels"].table
+        sessions = tx[HISTORY_SESSIONS].table
+        tx.executable.execute(update(clients).where(clients.c.online == True, held(clients.c.node))  # noqa: E712
+                              .values(online=False))
+        tx.executable.execute(update(tunnels).where(tunnels.c.status == "up", held(tunnels.c.node))
+                              .values(status="down", reason=reason, updated_at=now))
+        tx.executable.execute(update(sessions).where(sessions.c.open == True, held(sessions.c.node))  # noqa: E712
+                              .values(open=False, reason="server stopped"))
+
+    def join_node(self, node: str, lease: float, reason: str, host: str = "", pid: int = 0) -> List[str]:
+        """
+        Start as ``node`` with a lease of ``lease`` seconds: release the rows
+        this node (or a server before nodes existed) left, and those of
+        nodes whose lease ran out; return the ids of those nodes.
+        """
+        now = self._clock()
+        self.node = node
+        with self.db as tx:
+            nodes = tx[NODES].table
+            values = dict(host=host[:255], pid=pid, started_at=now, lease_until=now + lease)
+            if not tx.executable.execute(update(nodes).where(nodes.c.node_id == node).values(**values)).rowcount:
+                tx.executable.execute(insert(nodes).values(node_id=node, **values))
+            self._release(tx, self._held_here, reason, now)
+        return self.release_expired_nodes()
+
+    def renew_node(self, lease: float, clients: Sequence[str] = (), tunnels: Sequence[Tuple[str, str]] = ()) -> bool:
+        """
+        Extend this node's lease; False if it had run out and another node
+        released this one's rows: then the node takes back ``clients`` (online
+        here) and ``tunnels`` (up here) and its lease starts again.
+        """
+        now = self._clock()
+        with self.db as tx:
+            nodes = tx[NODES].table
+            if tx.executable.execute(
+                update(nodes).where(nodes.c.node_id == self.node).values(lease_until=now + lease)
+            ).rowcount:
+                return True
+            tx.executable.execute(insert(nodes).values(
+                node_id=self.node, host="", pid=0, started_at=now, lease_until=now + lease
+            ))
+            table = tx["clients"].table
+            for name in clients:
+                tx.executable.execute(update(table).where(table.c.name == name).values(online=True, node=self.node))
+            table = tx["tunnels"].table
+            for client, name in tunnels:
+                tx.executable.execute(update(table).where(table.c.client == client, table.c.name == name)
+                                      .values(status="up", reason=None, node=self.node))
+        return False
+
+    def release_expired_nodes(self) -> List[str]:
+        """Release the rows of every node whose lease ran out; return their ids."""
+        now = self._clock()
+        nodes = self.db[NODES].table
+        with self.db as tx:
+            expired = [row[0] for row in tx.executable.execute(
+                select(nodes.c.node_id).where(nodes.c.lease_until < now, nodes.c.node_id != (self.node or ""))
+            )]
+        released = []
+        for node in expired:
+            with self.db as tx:
+                # The claim: of the nodes that noticed, the one that deletes the row releases.
+                if not tx.executable.execute(
+                    delete(nodes).where(nodes.c.node_id == node, nodes.c.lease_until < now)
+                ).rowcount:
+                    continue
+                self._release(
+                    tx, lambda column, node=node: column == node,
+                    f"server {node} stopped renewing its lease", now,
+                )
+            released.append(node)
+        return released
+
+    def leave_node(self) -> None:
+        """At a clean stop: this node's lease ends now."""
+        if self.node is None:
+            return
+        nodes = self.db[NODES].table
+        with self.db as tx:
+            tx.executable.execute(delete(nodes).where(nodes.c.node_id == self.node))
+
+    def close_stale_sessions(self) -> None:
+        """History sessions this node left open (it stopped without closing them) ended when last seen."""
+        with self.db as tx:
+            sessions = tx[HISTORY_SESSIONS].table
+            tx.executable.execute(update(sessions).where(sessions.c.open == True, self._held_here(sessions.c.node))  # noqa: E712
+                                  .values(open=False, reason="server stopped"))
+
+    def live_nodes(self) -> List[Tuple[str, float]]:
+        """The nodes whose lease runs, with the time it runs out, by id."""
+        nodes = self.db[NODES].table
+        with self.db as tx:
+            return [(row[0], row[1]) for row in tx.executable.execute(
+                select(nodes.c.node_id, nodes.c.lease_until).where(nodes.c.lease_until >= self._clock())
+                .order_by(nodes.c.node_id)
+            )]
 
     def list_clients(self) -> List[ClientRecord]:
         return [
@@ -266,6 +464,7 @@ class Store:
                 status="up",
                 reason=None,
                 updated_at=now,
+                node=self.node,
             ),
             ["client", "name"],
         )
@@ -435,6 +634,12 @@ class Store:
 
 
 _DUMMY_HASH = hash_password("gotaxy-no-such-user")
+
+
+def _first_line(error: Exception) -> str:
+    """A driver error's first line, without SQLAlchemy's "(Background on this error ...)"."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _tunnel(row: Dict[str, Any]) -> TunnelRecord:

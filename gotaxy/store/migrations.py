@@ -1,0 +1,224 @@
+# -*- test-case-name: tests.test_store_migrations -*-
+"""
+The store's schema version and the migrations that bring a database to it.
+
+A database records the migrations applied to it in ``schema_migrations``
+(one row each: ``version``, ``description``, ``applied_at``); its schema
+version is the highest.  ``migrate`` applies the missing ones in order, at
+every start of the server and on ``gotaxy migrate``.  A database whose
+version is higher than ``LATEST`` was migrated by a newer Gotaxy: it is
+refused, never touched.
+
+A database from before versions existed (Gotaxy 0.1.0: tables but no
+``schema_migrations``) and a new, empty one are both at version 0.
+
+Writing a migration
+    Append a ``Migration`` to ``MIGRATIONS`` with the next number.  Its
+    ``apply`` gets a SQLAlchemy connection inside a transaction.
+    ``ensure("table", ...)`` gives every named table of ``schema.TABLES``
+    its missing columns and indexes (creating the table if it is missing),
+    which is all that adding a table or a column needs.  Anything else
+    (moving data, renaming) is a function of your own, in portable SQL or
+    SQLAlchemy Core.
+
+    Make every step safe to run again and safe on a database created with
+    today's ``TABLES``: on SQLite a schema change is not rolled back with
+    the rest of a failed migration, and ``ensure`` in an earlier migration
+    already creates the newest shape of a table (so a rename checks that the
+    old column is still there).
+
+Two servers starting at once on one database may both try a migration;
+``version`` is UNIQUE, so one of them records it and the other, finding it
+recorded when it retries, goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import attrs
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from dataset.util import index_name
+from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, UniqueConstraint, inspect, select, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from gotaxy.store import schema
+
+SCHEMA_TABLE = "schema_migrations"
+
+
+class SchemaError(Exception):
+    """A database this Gotaxy cannot use as it is; the message is for the user."""
+
+
+@attrs.frozen
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _schema_table(metadata: MetaData) -> Table:
+    return Table(
+        SCHEMA_TABLE,
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("version", Integer, nullable=False),
+        Column("description", schema.TEXT),
+        Column("applied_at", Float),
+        UniqueConstraint("version", name="uq_schema_migrations_version"),
+    )
+
+
+def table_of(name: str, metadata: Optional[MetaData] = None) -> Table:
+    """``schema.TABLES[name]`` as a SQLAlchemy table (an ``id`` key first)."""
+    spec = schema.TABLES[name]
+    items: List[Any] = [Column("id", Integer, primary_key=True)]
+    items += [Column(column, type_) for column, type_ in spec.columns]
+    items += [Index(index_name(name, list(columns)), *columns) for columns in spec.indexes]
+    items += [Index(_unique_name(name, columns), *columns, unique=True) for columns in spec.unique]
+    return Table(name, metadata if metadata is not None else MetaData(), *items)
+
+
+def _unique_name(table: str, columns: Sequence[str]) -> str:
+    return "uq_" + index_name(table, list(columns))[3:]
+
+
+def ensure(*names: str) -> Callable[[Connection], None]:
+    """A migration step: the tables ``names`` of ``schema.TABLES``, with all their columns and indexes."""
+
+    def apply(connection: Connection) -> None:
+        ops = Operations(MigrationContext.configure(connection))
+        for name in names:
+            table = table_of(name)
+            inspector = inspect(connection)
+            if not inspector.has_table(name):
+                table.create(connection)
+                continue
+            present = {c["name"] for c in inspector.get_columns(name)}
+            for column in table.columns:
+                if column.name not in present:
+                    ops.add_column(name, Column(column.name, column.type))
+            indexed = {tuple(i["column_names"]) for i in inspector.get_indexes(name)}
+            indexed |= {tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)}
+            for index in table.indexes:
+                if tuple(c.name for c in index.columns) not in indexed:
+                    index.create(connection)
+
+    return apply
+
+
+#: The tables of Gotaxy 0.1.0, the release before schema versions.
+RELEASE_0_1 = (
+    "tokens", "clients", "tunnels", "events", "admins", "settings",
+    schema.HISTORY_SESSIONS, schema.HISTORY_SAMPLES, schema.HISTORY_HOURLY,
+    schema.NOTIFICATION_FAILURES, schema.NOTIFY_WEBHOOKS, schema.NOTIFY_MAIL,
+    schema.WEB_SESSIONS, schema.WEB_API_TOKENS, schema.WEB_TOTP,
+)
+
+def _release_0_1(connection: Connection) -> None:
+    if inspect(connection).has_table("settings"):
+        # ``ensure`` makes settings.key UNIQUE (the newest TABLES): keep the
+        # newest row of a key an older version wrote twice.
+        connection.execute(text("DELETE FROM settings WHERE id NOT IN (SELECT MAX(id) FROM settings GROUP BY key)"))
+    ensure(*RELEASE_0_1)(connection)
+
+
+MIGRATIONS: Tuple[Migration, ...] = (
+    Migration(1, "the tables of Gotaxy 0.1.0, with any column or index an older database lacks", _release_0_1),
+    Migration(
+        2,
+        "several server processes on one database: nodes with leases, the node holding each client, tunnel and "
+        "session, one roll-up per history hour, one row per setting",
+        ensure(schema.NODES, "clients", "tunnels", "settings", schema.HISTORY_SESSIONS, schema.HISTORY_ROLLUPS),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+
+def _applied_version(connection: Connection) -> int:
+    if not inspect(connection).has_table(SCHEMA_TABLE):
+        return 0
+    table = _schema_table(MetaData())
+    versions = [row[0] for row in connection.execute(select(table.c.version))]
+    return max(versions, default=0)
+
+
+def schema_version(engine: Engine) -> int:
+    """The database's schema version (0: none recorded yet)."""
+    with engine.connect() as connection:
+        return _applied_version(connection)
+
+
+def _refuse_newer(version: int, shown_url: str) -> None:
+    if version > LATEST:
+        raise SchemaError(
+            f"the database {shown_url} has schema version {version}, newer than this Gotaxy knows "
+            f"({LATEST}): a newer Gotaxy migrated it; upgrade Gotaxy here too"
+        )
+
+
+def migrate(engine: Engine, shown_url: str, clock: Callable[[], float] = time.time,
+            migrations: Sequence[Migration] = MIGRATIONS) -> List[Migration]:
+    """
+    Apply the migrations the database lacks, in order; return those this
+    call applied (none: it was up to date, or another server applied them
+    meanwhile).  ``shown_url`` names the database in errors (no password).
+    """
+    latest = migrations[-1].version if migrations else 0
+    with engine.connect() as connection:
+        version = _applied_version(connection)
+    _refuse_newer(version, shown_url)
+    applied: List[Migration] = []
+    if version >= latest:
+        return applied
+    for attempt in range(ATTEMPTS):
+        try:
+            with engine.begin() as connection:
+                _schema_table(MetaData()).create(connection, checkfirst=True)
+            break
+        except DBAPIError:  # another server created it at the same moment
+            if attempt == ATTEMPTS - 1:
+                raise
+            time.sleep(RETRY_DELAY)
+    for migration in migrations:
+        if migration.version > version and _apply(engine, migration, clock):
+            applied.append(migration)
+    return applied
+
+
+#: Tries of one migration, and seconds between them, while another server applies it too.
+ATTEMPTS = 10
+RETRY_DELAY = 0.2
+
+
+def _apply(engine: Engine, migration: Migration, clock: Callable[[], float]) -> bool:
+    """Apply ``migration`` unless it is recorded; False if another server applied it."""
+    for attempt in range(ATTEMPTS):
+        try:
+            with engine.begin() as connection:
+                if _applied_version(connection) >= migration.version:
+                    return False
+                migration.apply(connection)
+                connection.execute(
+                    _schema_table(MetaData()).insert().values(
+                        version=migration.version, description=migration.description, applied_at=clock()
+                    )
+                )
+            return True
+        except DBAPIError:
+            # Another server applying it at the same moment won the CREATE
+            # (or the UNIQUE version).  If it is recorded now, go on; if not,
+            # the other may still be at work: try again, the steps are
+            # idempotent.  Only at start-up, before the reactor runs.
+            with engine.connect() as connection:
+                if _applied_version(connection) >= migration.version:
+                    return False
+            if attempt == ATTEMPTS - 1:
+                raise
+            time.sleep(RETRY_DELAY)
+    return False  # not reached

@@ -1,0 +1,254 @@
+"""
+Several server processes on one store: each is a node with a lease; a start
+releases only its own rows, rows of a node whose lease ran out are released
+once, a late disconnect never marks a client that moved elsewhere offline,
+each history hour is rolled up once.  On SQLite and PostgreSQL
+(``store_url`` in tests/conftest.py); the last test runs two real servers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from typing import Dict, List, Tuple
+
+import pytest
+
+from gotaxy.server.history import HOURLY, ROLLUPS, _flush
+from gotaxy.server.lease import node_id
+from gotaxy.store import CLIENT_DISCONNECTED, Store
+from tests.e2e import free_port_range, tunnel_port
+
+LEASE = 30.0
+T0 = 1795600800.0  # on the hour
+
+
+class FakeTime:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def now() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def open_store(store_url: str, now: FakeTime):
+    opened: List[Store] = []
+
+    def open_() -> Store:
+        store = Store(store_url, clock=now)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+def online(store: Store) -> Dict[str, bool]:
+    return {c.name: c.online for c in store.list_clients()}
+
+
+def status(store: Store) -> Dict[Tuple[str, str], Tuple[str, str]]:
+    return {(t.client, t.name): (t.status, t.reason) for t in store.list_tunnels()}
+
+
+def two_nodes(open_store) -> Tuple[Store, Store]:
+    a, b = open_store(), open_store()
+    a.join_node("node-a", LEASE, "server restarted")
+    b.join_node("node-b", LEASE, "server restarted")
+    a.client_connected("alice", "192.0.2.1:1", "0.1.0")
+    a.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 16000)
+    b.client_connected("bob", "192.0.2.2:1", "0.1.0")
+    b.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", 16001)
+    return a, b
+
+
+def test_a_restart_releases_only_its_own_rows(open_store) -> None:
+    a, b = two_nodes(open_store)
+    a.close()
+    restarted = open_store()
+    assert restarted.join_node("node-a", LEASE, "server restarted") == []
+    assert online(restarted) == {"alice": False, "bob": True}
+    assert status(restarted) == {
+        ("alice", "ssh"): ("down", "server restarted"),
+        ("bob", "web"): ("up", None),  # node-b's: untouched
+    }
+
+
+def test_a_start_releases_what_a_server_before_nodes_left(store_url: str, now: FakeTime) -> None:
+    # Rows written without a node (Gotaxy 0.1.0, or the gotaxy command) are
+    # released by the first server to start, as every start did before.
+    old = Store(store_url, clock=now)
+    old.client_connected("alice", "a:1", "0.1.0")
+    old.client_connected("bob", "b:1", "0.1.0")
+    old.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
+    old.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", 6001)
+    old.tunnel_down("bob", "web", "refused", "port taken", "tunnel.refused")
+    old.close()
+    store = Store(store_url, clock=now)
+    try:
+        store.join_node("node-a", LEASE, "server restarted")
+        assert [c.online for c in store.list_clients()] == [False, False]
+        status = {t.name: (t.status, t.reason) for t in store.list_tunnels()}
+        # Up tunnels go down with the reason; a refused one keeps its own story.
+        assert status == {"ssh": ("down", "server restarted"), "web": ("refused", "port taken")}
+    finally:
+        store.close()
+
+
+def test_the_rows_of_a_node_whose_lease_ran_out_are_released_once(open_store, now: FakeTime) -> None:
+    a, b = two_nodes(open_store)
+    c = open_store()
+    c.join_node("node-c", LEASE, "server restarted")
+    now.now += LEASE / 2
+    assert b.renew_node(LEASE) and c.renew_node(LEASE)
+    assert b.release_expired_nodes() == []  # node-a's lease still runs
+    assert online(b) == {"alice": True, "bob": True}
+    now.now += LEASE / 2 + 1  # node-a (killed, say) renewed nothing
+    assert b.renew_node(LEASE) and c.renew_node(LEASE)
+    results: List[List[str]] = []
+    threads = [threading.Thread(target=lambda s=s: results.append(s.release_expired_nodes())) for s in (b, c)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results) == [[], ["node-a"]]  # one of them released it
+    assert online(b) == {"alice": False, "bob": True}
+    assert status(b) == {
+        ("alice", "ssh"): ("down", "server node-a stopped renewing its lease"),
+        ("bob", "web"): ("up", None),
+    }
+    assert [n for n, _ in b.live_nodes()] == ["node-b", "node-c"]
+
+
+def test_a_node_that_lost_its_lease_takes_its_live_clients_back(open_store, now: FakeTime) -> None:
+    a, b = two_nodes(open_store)
+    now.now += LEASE + 1  # node-a stalled (or lost the database) for longer than its lease
+    b.renew_node(LEASE)
+    assert b.release_expired_nodes() == ["node-a"]
+    assert online(a)["alice"] is False
+    # node-a is back: its renewal finds its lease gone, and re-asserts what it holds.
+    assert a.renew_node(LEASE, ["alice"], [("alice", "ssh")]) is False
+    assert online(a) == {"alice": True, "bob": True}
+    assert status(a)[("alice", "ssh")] == ("up", None)
+    assert a.renew_node(LEASE) is True
+
+
+def test_a_late_disconnect_leaves_a_client_that_moved_to_another_server(open_store, now: FakeTime) -> None:
+    a, b = two_nodes(open_store)
+    # alice's connection to node-a died; she is on node-b before node-a notices.
+    b.client_connected("alice", "192.0.2.1:2", "0.1.0")
+    b.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 16000)
+    now.now += 20
+    a.client_disconnected("alice", "192.0.2.1:1", "heartbeat timeout")
+    assert online(a) == {"alice": True, "bob": True}
+    assert status(a)[("alice", "ssh")] == ("up", None)
+    assert a.events(type_=CLIENT_DISCONNECTED)[0].detail == "heartbeat timeout"  # still recorded
+    # Her own node's disconnect counts.
+    b.client_disconnected("alice", "192.0.2.1:2", "bye")
+    assert online(a)["alice"] is False
+
+
+def test_each_history_hour_is_rolled_up_once_with_the_samples_of_both_servers(open_store, now: FakeTime) -> None:
+    a, b = open_store(), open_store()
+    a.join_node("node-a", LEASE, "server restarted")
+    b.join_node("node-b", LEASE, "server restarted")
+
+    def samples(client: str, at: float) -> List[dict]:
+        return [dict(at=at, client=client, tunnel="ssh", connections=1, opened=1, bytes_in=100, bytes_out=200,
+                     rate_in=1.0, rate_out=2.0)]
+
+    for minute in range(1, 61):
+        _flush(a, samples("alice", T0 + 60 * minute), [], T0 + 60 * minute, False, 48, 90, 120.0)
+        _flush(b, samples("bob", T0 + 60 * minute + 30), [], T0 + 60 * minute + 30, False, 48, 90, 120.0)
+    # Right after the hour, with another server running, the hour waits for its last samples.
+    now.now = T0 + 3600 + 10
+    assert a.renew_node(LEASE) and b.renew_node(LEASE)
+    assert _flush(a, [], [], now.now, True, 48, 90, 120.0) is True
+    assert a.db[HOURLY].count() == 0
+    # Two intervals later both try at once: one of them rolls it up.
+    now.now = T0 + 3600 + 125
+    assert a.renew_node(LEASE) and b.renew_node(LEASE)
+    results: List[bool] = []
+    threads = [
+        threading.Thread(target=lambda s=s: results.append(_flush(s, [], [], now.now, True, 48, 90, 120.0)))
+        for s in (a, b)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [False, False]
+    rows = sorted((r["hour"], r["client"], int(r["bytes_in"]), r["samples"]) for r in a.db[HOURLY].all())
+    # bob's sample at T0 + 3630 belongs to the next hour.
+    assert rows == [(T0, "alice", 6000, 60), (T0, "bob", 5900, 59)]
+    assert [r["hour"] for r in a.db[ROLLUPS].all()] == [T0]
+
+
+def test_a_server_alone_rolls_an_hour_up_as_soon_as_it_ends(open_store, now: FakeTime) -> None:
+    a = open_store()
+    a.join_node("node-a", LEASE, "server restarted")
+    _flush(a, [dict(at=T0 + 60, client="alice", tunnel="", rtt=0.02)], [], T0 + 60, False, 48, 90, 120.0)
+    now.now = T0 + 3600 + 1
+    assert a.renew_node(LEASE)
+    assert _flush(a, [], [], now.now, True, 48, 90, 120.0) is False
+    assert [(r["hour"], r["client"]) for r in a.db[HOURLY].all()] == [(T0, "alice")]
+
+
+# -- two real servers on one database ------------------------------------------
+
+
+def test_two_servers_on_one_database_a_restart_leaves_the_other_servers_clients_online(
+    procs, echo, store_url: str
+) -> None:
+    setup = Store(store_url)
+    _, alpha_token = setup.create_token("alpha")
+    _, beta_token = setup.create_token("beta")
+    setup.close()
+    a_low, a_high = free_port_range(20)
+    b_low, b_high = free_port_range(20)
+    a = procs.server("--database-url", store_url, "--allow-ports", f"{a_low}-{a_high}", name="a", data_dir="a-data")
+    # Servers sharing a database share the key of its webhooks (docs/configuration.md).
+    (a.data_dir.parent / "b-data").mkdir(mode=0o700)
+    shutil.copy(a.data_dir / "notify.key", a.data_dir.parent / "b-data" / "notify.key")
+    b = procs.server("--database-url", store_url, "--allow-ports", f"{b_low}-{b_high}", name="b", data_dir="b-data")
+    alpha = procs.client(a, f"echo=tcp:127.0.0.1:{echo.port}", token=alpha_token, name="alpha")
+    beta = procs.client(b, f"echo=tcp:127.0.0.1:{echo.port}", token=beta_token, name="beta")
+    tunnel_port(alpha, "echo", timeout=40)
+    tunnel_port(beta, "echo", timeout=40)
+    a_node = node_id(str(a.data_dir))
+    b_node = node_id(str(b.data_dir))
+    assert a_node != b_node
+
+    def seen() -> Tuple[Dict[str, bool], Dict[str, str]]:
+        store = Store(store_url)
+        try:
+            return online(store), {t.client: t.status for t in store.list_tunnels()}
+        finally:
+            store.close()
+
+    deadline = time.monotonic() + 30
+    while seen() != ({"alpha": True, "beta": True}, {"alpha": "up", "beta": "up"}):
+        assert time.monotonic() < deadline, seen()
+        time.sleep(0.1)
+
+    b.stop()
+    mark = beta.mark()
+    b2 = procs.server("--database-url", store_url, "--allow-ports", f"{b_low}-{b_high}", name="b2",
+                      data_dir="b-data", port=b.port)
+    # b's start released its own rows only: alpha, on a, is still online and up.
+    clients, tunnels = seen()
+    assert clients["alpha"] is True and tunnels["alpha"] == "up"
+    tunnel_port(beta, "echo", timeout=40, start=mark)
+    deadline = time.monotonic() + 30
+    while seen() != ({"alpha": True, "beta": True}, {"alpha": "up", "beta": "up"}):
+        assert time.monotonic() < deadline, seen()
+        time.sleep(0.1)
+    assert "store node " + b_node in b2.output()
