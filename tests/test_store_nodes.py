@@ -8,16 +8,19 @@ each history hour is rolled up once.  On SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
 from typing import Dict, List, Tuple
 
 import pytest
+from twisted.internet.task import Clock
+from twisted.trial import unittest
 
 from gotaxy.server.history import HOURLY, ROLLUPS, _flush
-from gotaxy.server.lease import node_id
-from gotaxy.store import CLIENT_DISCONNECTED, Store
+from gotaxy.server.lease import NodeLease, node_id
+from gotaxy.store import CLIENT_DISCONNECTED, Store, ThreadedStore, default_url
 from tests.e2e import free_port_range, tunnel_port
 
 LEASE = 30.0
@@ -252,3 +255,46 @@ def test_two_servers_on_one_database_a_restart_leaves_the_other_servers_clients_
         assert time.monotonic() < deadline, seen()
         time.sleep(0.1)
     assert "store node " + b_node in b2.output()
+
+
+# -- NodeLease: the timer that renews ---------------------------------------------
+
+
+class NodeLeaseTests(unittest.TestCase):
+    timeout = 60
+
+    async def test_the_lease_is_renewed_on_the_reactors_clock_and_ended_at_a_clean_stop(self) -> None:
+        from twisted.internet import reactor
+
+        now = FakeTime()
+        url = default_url(self.mktemp())
+        os.makedirs(os.path.dirname(url[len("sqlite:///"):]))
+        dead, sync = Store(url, clock=now), Store(url, clock=now)
+        self.addCleanup(dead.close)
+        dead.join_node("node-dead", LEASE, "server restarted")
+        dead.client_connected("alice", "a:1", "0.1.0")
+        sync.join_node("node-b", LEASE, "server restarted")
+        store = ThreadedStore(sync, reactor)
+        store.start()
+        self.addCleanup(store.stop)
+        clock = Clock()
+        core = fake_core(sessions={"bob": object()}, tunnels={})
+        lease = NodeLease(store, core, clock, lease=LEASE)
+        lease.startService()
+        now.now += LEASE + 1  # node-dead renews nothing; node-b renews on its timer
+        clock.advance(lease.renew_interval)
+        await lease._renewing
+        nodes = dict(await store.call(sync.live_nodes))
+        assert list(nodes) == ["node-b"] and nodes["node-b"] == now.now + LEASE
+        assert (await store.call(online, sync)) == {"alice": False}
+        await lease.stopService()
+        assert await store.call(sync.live_nodes) == []
+
+
+def fake_core(**fields: object) -> object:
+    class Core:
+        pass
+
+    core = Core()
+    core.__dict__.update(fields)
+    return core
