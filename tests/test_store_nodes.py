@@ -205,6 +205,30 @@ def test_a_server_alone_rolls_an_hour_up_as_soon_as_it_ends(open_store, now: Fak
     assert [(r["hour"], r["client"]) for r in a.db[HOURLY].all()] == [(T0, "alice")]
 
 
+def test_the_history_reads_run_on_every_database(open_store, now: FakeTime) -> None:
+    # The panel's charts read with hand-written SQL: portable SQL, checked on SQLite and PostgreSQL.
+    from gotaxy.server import history
+
+    a = open_store()
+    a.join_node("node-a", LEASE, "server restarted")
+    a.record_event("client.connected", client="alice")
+    a.record_event("client.disconnected", client="alice", detail="bye")
+    rows = [dict(at=T0 + 60, client="alice", tunnel="", rtt=0.02),
+            dict(at=T0 + 60, client="alice", tunnel="ssh", connections=1, opened=1, bytes_in=100, bytes_out=200,
+                 rate_in=1.0, rate_out=2.0)]
+    session = dict(client="alice", started=T0, ended=T0 + 60, reason="bye", open=False)
+    now.now = T0 + 3600 + 1
+    history._flush(a, rows, [session], now.now, True, 48, 90, 120.0)
+    stats = history._stability(a, "alice", now.now, None, 60.0)
+    assert (stats["connects_24h"], stats["disconnects_24h"], stats["online_seconds"]) == (1, 1, 60.0)
+    assert stats["disconnect_reasons_7d"][0]["reason"] == "bye"
+    assert history._client_names(a) == ["alice"]
+    assert [r["at"] for r in history._series(a, "alice", "ssh", T0, now.now, False)] == [T0 + 60]
+    assert [int(r["bytes_in"]) for r in history._series(a, "alice", "ssh", T0, now.now, True)] == [100]
+    assert [r["reason"] for r in history._sessions(a, "alice", T0, now.now, None)] == ["bye"]
+    assert history._throughput(a, T0, now.now) == [(T0 + 60, 100, 200)]
+
+
 # -- two real servers on one database ------------------------------------------
 
 
