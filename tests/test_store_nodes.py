@@ -229,6 +229,32 @@ def test_the_history_reads_run_on_every_database(open_store, now: FakeTime) -> N
     assert history._throughput(a, T0, now.now) == [(T0 + 60, 100, 200)]
 
 
+def test_a_failed_delivery_with_a_long_target_label_is_stored_on_every_database(store_url: str) -> None:
+    # PostgreSQL enforces the columns' lengths; a webhook's label may name a 253-character host.
+    from twisted.internet.defer import succeed
+
+    from gotaxy.notify.failures import FailureLog
+
+    class SyncStore:
+        def __init__(self, store: Store) -> None:
+            self.store = store
+
+        def call(self, function, *args):
+            return succeed(function(*args))
+
+    store = Store(store_url)
+    try:
+        log = FailureLog(Clock(), SyncStore(store))
+        label = "webhook #1 (" + "h" * 240 + ".example)"
+        log.record(label, "client.disconnected", "HTTP 500")
+        failures: List[object] = []
+        log.flush()
+        log.stored(10).addCallback(failures.extend)
+        assert [(f.target, f.reason) for f in failures] == [(label[:128], "HTTP 500")]
+    finally:
+        store.close()
+
+
 # -- two real servers on one database ------------------------------------------
 
 

@@ -74,7 +74,10 @@ class FailureLog:
         self.log.warn("notification {event} to {target} failed: {reason}", event=event, target=target, reason=reason)
         if self._store is None:
             return
-        self._unwritten.append(attrs.asdict(failure))
+        # Cut to the columns' lengths, which PostgreSQL enforces (a label may name a long host).
+        row = attrs.asdict(failure)
+        row.update(target=failure.target[:128], event=failure.event[:64])
+        self._unwritten.append(row)
         if self._timer is None:
             self._timer = self._reactor.callLater(WRITE_DELAY, self._flush_now)
 
