@@ -23,7 +23,7 @@ import attrs
 import dataset
 from sqlalchemy import delete, insert, or_, select, true, update
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -181,17 +181,17 @@ class Store:
                 target.render_as_string(hide_password=False), engine_kwargs=kwargs, sqlite_wal_mode=True
             )
         except (ArgumentError, ImportError) as e:
-            raise StoreError(f"cannot use the database {self.shown_url}: {e}") from None
+            raise StoreError(f"cannot use the database {self.shown_url}: {_scrubbed(str(e), url)}") from None
         try:
             self.applied = migrate(self.db.engine, self.shown_url, clock)
         except SchemaError as e:
             self.db.close()
             raise StoreError(str(e)) from None
-        except OperationalError as e:
+        except DBAPIError as e:
             self.db.close()
             raise StoreError(
-                f"cannot open the database {self.shown_url}: {_first_line(e)}; check database.url "
-                "(--database-url), that the database server runs and that its user may connect"
+                f"cannot open the database {self.shown_url}: {_scrubbed(_first_line(e), url)}; check database.url "
+                "(--database-url), that the database server runs and that its user may connect and create tables"
             ) from None
 
     @property
@@ -634,6 +634,15 @@ class Store:
 
 
 _DUMMY_HASH = hash_password("gotaxy-no-such-user")
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """``text`` without the password of ``url``, should a driver's message quote it."""
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return text.replace(url, shown_url(url))
+    return text.replace(str(password), "***") if password else text
 
 
 def _first_line(error: Exception) -> str:
