@@ -21,7 +21,7 @@ from twisted.trial import unittest
 from gotaxy.server.history import HOURLY, ROLLUPS, _flush
 from gotaxy.server.lease import NodeLease, node_id
 from gotaxy.store import CLIENT_DISCONNECTED, Store, ThreadedStore, default_url
-from tests.e2e import free_port_range, tunnel_port
+from tests.e2e import free_port, free_port_range, tunnel_port
 
 LEASE = 30.0
 T0 = 1795600800.0  # on the hour
@@ -348,3 +348,16 @@ def fake_core(**fields: object) -> object:
     core = Core()
     core.__dict__.update(fields)
     return core
+
+
+def test_a_second_server_with_another_notify_key_refuses_to_start_with_one_sentence(procs, tmp_path) -> None:
+    url = default_url(str(tmp_path / "shared"))
+    (tmp_path / "shared").mkdir()
+    a = procs.server("--database-url", url, name="a", data_dir="a-data")
+    b = procs.twistd("gotaxy-server", ["--database-url", url, "--data-dir", "b-data", "--bind-addr", "127.0.0.1",
+                                       "--bind-port", str(free_port())], "b")
+    assert b.wait_exit(60) == 1
+    assert "notify.key is not the key this store's webhooks are encrypted with" in b.output()
+    assert "copy notify.key from that server's data directory" in b.output()
+    assert "Traceback" not in b.output()
+    assert a.running()
