@@ -392,7 +392,9 @@ class AdmittingTLSFactory(TLSMemoryBIOFactory):
     """TLS on the control port, refusing connections over the pending limits."""
 
     def __init__(self, context: Any, wrapped: ServerControlFactory) -> None:
-        super().__init__(context, False, wrapped)
+        # TLS batches small writes until the next turn of this reactor (a
+        # test's clock, too), not of the global one.
+        super().__init__(context, False, wrapped, clock=wrapped.reactor)
         self.admission = wrapped.admission
 
     def buildProtocol(self, addr: Any) -> Any:
