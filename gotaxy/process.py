@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_server_tap -*-
 """
 Ending the twistd process with a status code.
 

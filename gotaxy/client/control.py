@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_client_protocol,tests.test_client_reconnect,tests.test_control_memory -*-
 """
 The client end of the control connection.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.test_client_options -*-
 """``twistd gotaxy-client``: options and service assembly."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_control_memory,tests.test_server_tunnel_state -*-
 """
 The server end of a client's control connection.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_server_tunnel -*-
 """
 A tunnel's public side: the listening port and the connections users open
 to it.  Each accepted connection becomes a stream on the owning client's

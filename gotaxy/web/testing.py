@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_web_api -*-
 """
 Test support for the web panel, shipped with it so that other code can test
 against it: ``WebClient`` drives a ``Panel`` through
