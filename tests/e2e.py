@@ -37,17 +37,41 @@ def twistd() -> str:
     return found
 
 
+#: Sockets that hold the ports ``free_port`` handed out, until ``release_ports``.
+_held: List[socket.socket] = []
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """
+    A port on ``host`` that nothing else can take until the test ends.
+
+    The port stays bound here (SO_REUSEADDR, never listening) until
+    ``release_ports`` (tests/conftest.py calls it after each test).  A bound
+    port is never handed out by the kernel, neither to another ``bind(0)``
+    nor as the local port of an outgoing connection, and a plain bind fails;
+    yet a server given the number can listen on it, because Twisted's
+    listeners set SO_REUSEADDR too and ours does not listen.  A port that
+    was merely free a moment ago could be taken by any connection made
+    meanwhile, and the test would fail with "address in use" for nothing.
+    """
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, 0))
+    _held.append(s)
+    return s.getsockname()[1]
+
+
+def release_ports() -> None:
+    """Let the ports ``free_port`` handed out go."""
+    while _held:
+        _held.pop().close()
 
 
 def free_port_range(size: int) -> "tuple[int, int]":
     """
-    A run of ``size`` ports that are free right now, taken below the
-    kernel's ephemeral range so that outgoing connections (which get their
-    local ports from that range) cannot land in it meanwhile.
+    A run of ``size`` ports held for the test as ``free_port`` holds one,
+    taken below the kernel's ephemeral range so that outgoing connections
+    (which get their local ports from that range) never come near it.
     """
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
@@ -57,20 +81,30 @@ def free_port_range(size: int) -> "tuple[int, int]":
     rng = random.Random()
     for _ in range(500):
         start = rng.randrange(10000, ephemeral_low - size)
-        if all(_port_free(p) for p in range(start, start + size)):
+        held = [_hold(port) for port in range(start, start + size)]
+        if all(s is not None for s in held):
+            _held.extend(held)  # type: ignore[arg-type]
             return start, start + size - 1
+        for s in held:
+            if s is not None:
+                s.close()
     raise RuntimeError("no free port range found")
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        # As a listener would: ports in TIME_WAIT are usable.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def _hold(port: int) -> "socket.socket | None":
+    """
+    A socket holding ``port`` as ``free_port`` holds one, or None if anyone
+    has the port, another test's holder included (hence the plain bind
+    first; SO_REUSEADDR, set after it, is what lets the server listen).
+    """
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        return None
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return s
 
 
 class Process:

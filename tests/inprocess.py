@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from typing import Any, List, Optional
 
@@ -30,14 +29,11 @@ from twisted.internet.task import deferLater
 from gotaxy.client import tap as client_tap
 from gotaxy.server import tap as server_tap
 from gotaxy.store import SERVER_STARTED, Store, default_url
+from tests.e2e import free_port  # noqa: F401 (tests import it from here too)
 
 ADMIN_PASSWORD = "correct horse battery staple"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
