@@ -12,7 +12,6 @@ import socket
 import ssl
 import struct
 import threading
-import time
 
 from gotaxy.jointoken import parse_join_token
 from gotaxy.store import Store, default_url
@@ -102,7 +101,7 @@ remotePort = 6002
     client.wait_for(rf"tunnel outside refused by the server: port {outside} is not allowed")
     client.wait_for(r"tunnel one-too-many refused by the server: .*maxPortsPerClient is 2")
     client.wait_for(r"'transport.useEncryption'.*not support")
-    client.wait_for(r"type 'udp'|udp")
+    client.wait_for(r"proxy 'dns' has type \"udp\", which Gotaxy does not support yet \(only \"tcp\"\); skipped")
     assert echo_once(single, b"via frp config") == b"via frp config"
     assert echo_once(auto, b"auto port") == b"auto port"
     server.wait_for(r"client shared:office connected")
@@ -131,7 +130,9 @@ def test_ports_are_kept_across_server_restarts(procs, echo):
     server.kill()
     client.wait_for(r"disconnected from the server", start=mark)
     mark = client.mark()
-    time.sleep(1.5)  # the client retries against a closed port meanwhile
+    # The client retries against the closed port meanwhile (which stays
+    # held for this test: free_port).
+    client.wait_for(r"cannot reach 127\.0\.0\.1:\d+: connection refused; retrying in", start=mark)
     server = procs.server("--allow-ports", f"{low}-{high}", port=control, name="server3")
     assert tunnel_port(client, "echo", timeout=40, start=mark) == port
     assert echo_once(port, b"after crash") == b"after crash"
@@ -164,10 +165,10 @@ def test_frozen_client_is_marked_offline_after_heartbeat_timeout(procs, echo):
     # SIGSTOP: the client's TCP connection stays open but nothing answers,
     # which is what a machine that lost power or network looks like.
     client.signal(signal.SIGSTOP)
-    started = time.monotonic()
-    server.wait_for(r"client default \(127\.0\.0\.1:\d+\) silent for \d+ s", timeout=15)
-    elapsed = time.monotonic() - started
-    assert 1.5 <= elapsed <= 6, elapsed
+    silent = server.wait_for(r"client default \(127\.0\.0\.1:\d+\) silent for (\d+) s", timeout=30)
+    # Not before the timeout, by the server's own clock (the wall clock of
+    # a loaded machine says nothing about the server).
+    assert int(silent.group(1)) >= 2, silent.group(0)
     server.wait_for(r"client default offline: heartbeat timeout")
     assert connection_refused(port)
     store = Store(default_url(str(server.data_dir)))
@@ -259,6 +260,7 @@ def test_garbage_and_floods_on_the_control_port_do_not_disturb_tunnels(procs, ec
     port = tunnel_port(client, "echo")
 
     results = []
+    mark = server.mark()  # the start-up lines mention TLS too
     transfer = threading.Thread(target=lambda: results.append(stream_through(port, 48 * 1024 * 1024)))
     transfer.start()
 
@@ -272,11 +274,11 @@ def test_garbage_and_floods_on_the_control_port_do_not_disturb_tunnels(procs, ec
     # Right preamble, then a frame announcing a 2 GiB payload.
     with _tls(server.port) as s:
         s.sendall(b"GTXY" + struct.pack("!I", 1) + struct.pack("!BII", 1, 0, 2**31))
-        time.sleep(0.2)
+        server.wait_for(r"CONTROL frame of 2147483648 bytes exceeds the limit of 16384", start=mark)
     # Right preamble, then data before logging in.
     with _tls(server.port) as s:
         s.sendall(b"GTXY" + struct.pack("!I", 1) + struct.pack("!BII", 3, 2, 5) + b"hello")
-        time.sleep(0.2)
+        server.wait_for(r"DATA frame before login", start=mark)
     # A flood of connections that never say anything.
     idle = []
     for _ in range(400):
@@ -289,12 +291,11 @@ def test_garbage_and_floods_on_the_control_port_do_not_disturb_tunnels(procs, ec
     transfer.join(120)
     assert results and results[0][0] == results[0][1]
 
-    server.wait_for(r"TLS|SSL|handshake|wrong version|unknown protocol|packet length", timeout=10)
-    server.wait_for(r"not a Gotaxy client")
-    server.wait_for(r"CONTROL frame of 2147483648 bytes exceeds the limit of 16384")
-    server.wait_for(r"DATA frame before login")
-    server.wait_for(r"refusing connection from 127\.0\.0\.1: \d+ connections are waiting to log in")
-    server.wait_for(r"no login within 2 s", timeout=10)
+    # The garbage is refused by TLS, each connection with one line.
+    server.wait_for(r"connection from 127\.0\.0\.1:\d+ closed before login: \[\('SSL routines'", timeout=10, start=mark)
+    server.wait_for(r"not a Gotaxy client", start=mark)
+    server.wait_for(r"refusing connection from 127\.0\.0\.1: \d+ connections are waiting to log in", start=mark)
+    server.wait_for(r"no login within 2 s", timeout=10, start=mark)
     # The idle connections are cut after authTimeout ...
     closed = 0
     for s in idle:
