@@ -67,12 +67,14 @@ from gotaxy.store import Store, ThreadedStore
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 
 __all__ = [
+    "Collector",
     "EchoFactory",
     "GotaxyClient",
     "GotaxyServer",
     "LogCapture",
     "MemoryNetwork",
     "SynchronousStore",
+    "server_config",
     "server_credentials",
 ]
 

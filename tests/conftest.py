@@ -1,6 +1,106 @@
+"""
+Fixtures shared by the test modules, and the test tiers.
+
+Each test is marked here, automatically, by what it starts:
+
+* ``e2e``: processes (``twistd``, the ``gotaxy`` command) or a browser:
+  it uses the ``procs`` fixture, or its module starts them itself;
+* ``live``: a server on real loopback sockets inside this process
+  (``tests.inprocess.LiveSystem``, the ``echo`` fixture, ``free_port``);
+* neither: in memory only (``gotaxy.testing``, ``StringTransport``, a
+  ``Clock``), which is the fast tier::
+
+      python -m pytest -m "not e2e and not live"
+
+So that the marks can be trusted, a test without ``e2e`` that starts a
+process, or one with neither mark that opens a socket, fails at once and
+says which mark it needs.
+"""
+
+import os
+import socket
+import subprocess
+from typing import Any, Callable, Dict, Tuple
+
 import pytest
 
-from tests.e2e import EchoServer, Processes
+from tests.e2e import EchoServer, Processes, release_ports
+
+E2E = "e2e"
+LIVE = "live"
+
+#: The command that runs the fast tier (README.md and README.zh-CN.md show it).
+FAST_TIER = f'python -m pytest -m "not {E2E} and not {LIVE}"'
+
+#: A module whose source names one of these starts processes (or a browser).
+PROCESS_STARTERS = ("subprocess", "playwright", "gotaxy_cli", "twistd(", "Process(")
+
+#: A module whose source names one of these opens real sockets in this process.
+SOCKET_OPENERS = ("LiveSystem", "RawControlClient", "listen_echo", "free_port(", "socket.socket(", "create_connection",
+                  "reactor.listen", "reactor.connect", "EchoServer", "HTTPServer")
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", f"{E2E}: starts processes or a browser")
+    config.addinivalue_line("markers", f"{LIVE}: runs a server on loopback sockets in the test process")
+
+
+def _signs(module: Any) -> Tuple[bool, bool]:
+    """Whether ``module`` starts processes, and whether it opens sockets."""
+    try:
+        with open(module.__file__, encoding="utf-8") as f:
+            source = f.read()
+    except (AttributeError, OSError, TypeError):
+        return False, False
+    return any(s in source for s in PROCESS_STARTERS), any(s in source for s in SOCKET_OPENERS)
+
+
+def pytest_collection_modifyitems(config: Any, items: Any) -> None:
+    modules: Dict[Any, Tuple[bool, bool]] = {}
+    for item in items:
+        module = getattr(item, "module", None)
+        if module not in modules:
+            modules[module] = _signs(module)
+        processes, sockets = modules[module]
+        fixtures = getattr(item, "fixturenames", ())
+        if processes or "procs" in fixtures:
+            item.add_marker(pytest.mark.e2e)
+        elif sockets or "echo" in fixtures:
+            item.add_marker(pytest.mark.live)
+
+
+def _refuse(what: str, mark: str) -> Callable[..., Any]:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(
+            f"this test {what} but is not marked {mark}: mark it @pytest.mark.{mark} (or use the "
+            f"procs / echo fixtures), so that the fast tier ({FAST_TIER}) stays in memory"
+        )
+
+    return refused
+
+
+@pytest.fixture(autouse=True)
+def _held_ports() -> Any:
+    """The ports ``free_port`` holds for a test go when it ends (after its processes: set up first, torn down last)."""
+    yield
+    release_ports()
+
+
+@pytest.fixture(autouse=True)
+def _tiers_hold(request: Any, monkeypatch: Any) -> None:
+    """A test starts processes only if marked e2e, and opens sockets only if marked e2e or live."""
+    if request.node.get_closest_marker(E2E) is not None:
+        return
+    starts = _refuse("starts a process", E2E)
+    monkeypatch.setattr(subprocess.Popen, "__init__", starts)
+    for name in ("fork", "posix_spawn", "posix_spawnp", "system", "execv", "execve"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, starts)
+    if request.node.get_closest_marker(LIVE) is not None:
+        return
+    opens = _refuse("opens a socket", LIVE)
+    for name in ("bind", "connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, opens)
 
 
 @pytest.fixture
