@@ -618,7 +618,10 @@ class GotaxyClient:
     @property
     def up(self) -> Dict[str, int]:
         """Tunnels the server said are up: name -> public port."""
-        return dict(self.factory.current.up) if self.factory.current is not None else {}
+        current = self.factory.current
+        if current is None:
+            return {}
+        return {name: getattr(address, "port", address) for name, address in current.up.items()}
 
     @property
     def link(self) -> Link:

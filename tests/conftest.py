@@ -3,8 +3,9 @@ Fixtures shared by the test modules, and the test tiers.
 
 Each test is marked here, automatically, by what it starts:
 
-* ``e2e``: processes (``twistd``, the ``gotaxy`` command) or a browser:
-  it uses the ``procs`` fixture, or its module starts them itself;
+* ``e2e``: processes (``twistd``, the ``gotaxy`` command, PostgreSQL) or
+  a browser: it uses the ``procs`` fixture or the PostgreSQL server, or its
+  module starts them itself;
 * ``live``: a server on real loopback sockets inside this process
   (``tests.inprocess.LiveSystem``, the ``echo`` fixture, ``free_port``);
 * neither: in memory only (``gotaxy.testing``, ``StringTransport``, a
@@ -63,7 +64,8 @@ def pytest_collection_modifyitems(config: Any, items: Any) -> None:
             modules[module] = _signs(module)
         processes, sockets = modules[module]
         fixtures = getattr(item, "fixturenames", ())
-        if processes or "procs" in fixtures:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if processes or "procs" in fixtures or "postgres" in fixtures or params.get("backend") == "postgresql":
             item.add_marker(pytest.mark.e2e)
         elif sockets or "echo" in fixtures:
             item.add_marker(pytest.mark.live)

@@ -150,7 +150,7 @@ def test_client_started_before_server_retries_until_it_is_up(procs, echo, tmp_pa
          "--data-dir", str(tmp_path / "c"), "--tunnel", f"echo=tcp:127.0.0.1:{echo.port}"],
         "client",
     )
-    client.wait_for(r"[Cc]onnection refused|Scheduling retry|retry", timeout=20)
+    client.wait_for(r"cannot reach 127\.0\.0\.1:\d+: connection refused; retrying in", timeout=20)
     procs.server(port=control, name="server2")
     port = tunnel_port(client, "echo", timeout=40)
     assert echo_once(port, b"late server") == b"late server"
