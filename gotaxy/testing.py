@@ -43,6 +43,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import attrs
@@ -286,12 +287,15 @@ class MemoryNetwork(MemoryReactorClock):
     """
     A reactor whose TCP connections are real conversations between the
     protocols at either end, in memory, on one port space (ports are not
-    per address).  Time is ``MemoryReactorClock``'s: it moves only in
-    ``pass_time`` (or ``advance``).
+    per address).  Time is ``MemoryReactorClock``'s, starting at the wall
+    clock's now: it moves only in ``pass_time`` (or ``advance``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: Optional[float] = None) -> None:
         super().__init__()
+        # The clock starts now (or at ``start``), not in 1970: certificates
+        # are checked against it, and the store dates its rows by it.
+        self.advance(time.time() // 1 if start is None else start)
         self.listeners: Dict[int, MemoryPort] = {}
         self.links: List[Link] = []
         #: Ports some other program holds: listening on them fails with

@@ -352,3 +352,13 @@ def test_a_client_pinned_to_the_right_certificate_logs_in(network: MemoryNetwork
 
     assert client.fatal == [] and client.protocol is not None
     assert not log.has("INSECURE")
+
+
+def test_a_client_that_checks_the_servers_ca_logs_in(network: MemoryNetwork, log: LogCapture, tmp_path) -> None:
+    # The network's clock is today's, so the certificates' validity holds.
+    server = GotaxyServer(network)
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(server.credentials.certificate_pem.split(b"-----END CERTIFICATE-----\n", 1)[1])
+    client = GotaxyClient(network, server.create_token("alice"), trusted_ca_file=str(ca)).start()
+
+    assert client.fatal == [] and client.protocol is not None
