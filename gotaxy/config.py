@@ -111,6 +111,7 @@ from gotaxy.jointoken import JoinToken, JoinTokenError, parse_join_token
 from gotaxy.mux import MAX_STREAMS
 from gotaxy.names import NAME_RULE, is_valid_name
 from gotaxy.tls import normalise_fingerprint
+from gotaxy.units import parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -400,18 +401,16 @@ def _default_server_name() -> str:
     return socket.gethostname() or "gotaxy"
 
 
-_SIZE = re.compile(r"([0-9]+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?")
-_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 MIN_LOG_SIZE = 64 * 1024
 
 
 def _log_size(value: Any) -> int:
-    """A number of bytes, or a string with a unit such as "10MiB"; at least 64 KiB."""
+    """A number of bytes, or a string with a unit such as "10MiB" (``gotaxy.units``); at least 64 KiB."""
     if isinstance(value, str):
-        match = _SIZE.fullmatch(value.strip())
-        if match is None:
-            raise _Mismatch(value)
-        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+        try:
+            size = parse_size(value)
+        except ValueError:
+            raise _Mismatch(value) from None
     elif isinstance(value, int) and not isinstance(value, bool):
         size = value
     else:

@@ -104,7 +104,7 @@ class CommandTests(unittest.TestCase):
         self.assertFits(text)
         detail = (await self.cmd("tunnel echo")).text
         self.assertIn("connections    1 open, 1 since up", detail)
-        self.assertRegex(detail, r"rate +in [1-9][0-9.]* [KM]?B/s")
+        self.assertRegex(detail, r"rate +in [1-9][0-9.]* (B|KiB|MiB)/s")
         self.assertIn("tunnel         alice/echo", (await self.cmd("tunnel alice/echo")).text)
         data = json.loads((await self.cmd("tunnel alice/echo --json")).text)
         self.assertEqual((data["connections"], data["remote_port"], data["status"]), (1, port, "up"))

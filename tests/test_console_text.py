@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from gotaxy.console.text import human_bytes, human_duration, table
+from gotaxy.console.text import human_duration, table
 
 
 class FormattingTests(unittest.TestCase):
@@ -24,10 +24,7 @@ class FormattingTests(unittest.TestCase):
     def test_empty_table_says_none(self):
         self.assertEqual(table(["A", "B"], []).split("\n")[1], "(none)")
 
-    def test_human_units(self):
-        self.assertEqual(human_bytes(999), "999 B")
-        self.assertEqual(human_bytes(1500), "1.5 KB")
-        self.assertEqual(human_bytes(2_500_000), "2.5 MB")
+    def test_human_durations(self):
         self.assertEqual(human_duration(59), "59s")
         self.assertEqual(human_duration(3 * 3600 + 5 * 60), "3h 05m")
         self.assertEqual(human_duration(2 * 86400 + 3600), "2d 1h")

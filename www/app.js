@@ -80,14 +80,7 @@ function t(key, vars = {}) {
 
 // -- formatting ------------------------------------------------------------------
 
-function bytes(n) {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return `${i ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
-}
-
-const rate = (n) => `${bytes(n)}/s`;
+// Byte counts and rates: formatBytes and formatRate, from units.js.
 
 function when(seconds) {
   if (seconds === null || seconds === undefined) return "–";
@@ -273,10 +266,10 @@ async function loadOverview() {
   $("#ov-uptime").textContent = duration(s.uptime);
   $("#ov-clients").textContent = `${s.clients_online} / ${s.clients_total}`;
   $("#ov-tunnels").textContent = `${s.tunnels_up} / ${s.tunnels_total}`;
-  $("#ov-in").textContent = bytes(s.bytes_in);
-  $("#ov-out").textContent = bytes(s.bytes_out);
-  $("#ov-rate-in").textContent = rate(s.rate_in);
-  $("#ov-rate-out").textContent = rate(s.rate_out);
+  $("#ov-in").textContent = formatBytes(s.bytes_in);
+  $("#ov-out").textContent = formatBytes(s.bytes_out);
+  $("#ov-rate-in").textContent = formatRate(s.rate_in);
+  $("#ov-rate-out").textContent = formatRate(s.rate_out);
   // Server time, so the current point lines up with the samples whatever the browser's clock says.
   state.current = { at: Date.now() / 1000 + (state.clockOffset || 0), in: s.rate_in, out: s.rate_out };
   const last = state.throughput && state.throughput.points.length
@@ -325,7 +318,7 @@ function drawChart() {
   for (let i = 0; i <= 4; i++) {
     const y = top + plotH - (plotH * i) / 4;
     chart.append(svg("line", { x1: left, x2: left + plotW, y1: y, y2: y, class: "grid" }));
-    chart.append(svg("text", { x: 4, y: y + 4, class: "label" }, rate((max * i) / 4)));
+    chart.append(svg("text", { x: 4, y: y + 4, class: "label" }, formatRate((max * i) / 4)));
   }
   const step = [30, 60, 120, 300, 600, 900].find((s) => span / s <= (width < 500 ? 3 : 6)) || 900;
   for (let ago = 0; ago <= span; ago += step) {
@@ -513,8 +506,8 @@ async function loadTunnels() {
     status.className = "status";
     status.append(tunnelStatus(tn));
     row.append(name, cell(tn.client), cell(tn.type), cell(tn.local_addr), cell(tn.remote_port || t("tunnels.auto_short")),
-      status, cell(String(tn.connections)), cell(`${bytes(tn.bytes_in)} / ${bytes(tn.bytes_out)}`),
-      cell(`${rate(tn.rate_in)} / ${rate(tn.rate_out)}`));
+      status, cell(String(tn.connections)), cell(`${formatBytes(tn.bytes_in)} / ${formatBytes(tn.bytes_out)}`),
+      cell(`${formatRate(tn.rate_in)} / ${formatRate(tn.rate_out)}`));
     const actions = document.createElement("td");
     actions.className = "actions";
     const path = `/tunnels/${encodeURIComponent(tn.client)}/${encodeURIComponent(tn.name)}`;

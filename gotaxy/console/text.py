@@ -5,7 +5,8 @@ The console's text: records turned into lines that fit a terminal.
 Tables are columns separated by two spaces and cut to C{WIDTH} (80) columns,
 cut cells ending in C{~}; C{key  value} listings the same.  Every string that
 came from outside (a client's version, an event's detail) passes through
-L{printable} first, so it cannot drive the operator's terminal.
+L{printable} first, so it cannot drive the operator's terminal.  Sizes and rates are
+L{gotaxy.units}' (1024s, KiB), the same text the panel shows.
 
 Nothing here does I/O or knows about SSH: L{gotaxy.console.commands} calls
 these to build its results, L{gotaxy.console.session} to draw C{watch}.
@@ -21,6 +22,7 @@ import attrs
 
 from gotaxy.events import Event
 from gotaxy.server.manage import ClientView, TunnelView, status_text
+from gotaxy.units import format_bytes, format_rate
 
 __all__ = [
     "WIDTH",
@@ -29,9 +31,7 @@ __all__ = [
     "clients_table",
     "cut",
     "events_table",
-    "human_bytes",
     "human_duration",
-    "human_rate",
     "human_time",
     "mail_table",
     "pairs",
@@ -47,19 +47,6 @@ __all__ = [
 ]
 
 WIDTH = 80  #: every table fits this many columns
-
-
-def human_bytes(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
-def human_rate(rate: float) -> str:
-    return human_bytes(rate) + "/s"
 
 
 def human_duration(seconds: float) -> str:
@@ -155,7 +142,7 @@ def tunnels_table(views: Sequence[TunnelView], width: int = WIDTH) -> str:
         ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"],
         [
             [tunnel_ref(v), v.remote_port or "auto", v.local_addr, status_text(v), v.connections,
-             human_rate(v.rate_in), human_rate(v.rate_out)]
+             format_rate(v.rate_in), format_rate(v.rate_out)]
             for v in views
         ],
         width,
@@ -171,8 +158,8 @@ def render_watch(status: Any, views: Sequence[TunnelView], recent: Sequence[Even
         f"tunnels {status.tunnels_up}/{status.tunnels_total}"
     )
     traffic = (
-        f"in {human_bytes(status.bytes_in)} ({human_rate(status.rate_in)})  "
-        f"out {human_bytes(status.bytes_out)} ({human_rate(status.rate_out)})  "
+        f"in {format_bytes(status.bytes_in)} ({format_rate(status.rate_in)})  "
+        f"out {format_bytes(status.bytes_out)} ({format_rate(status.rate_out)})  "
         f"{human_time(now)} UTC"
     )
     lines = [cut(head, width), cut(traffic, width), ""]
@@ -204,8 +191,8 @@ def tunnel_detail(v: TunnelView, width: int = WIDTH) -> str:
         ("public port", v.remote_port or "auto"),
         ("local address", v.local_addr),
         ("connections", f"{v.connections} open, {v.opened} since up"),
-        ("traffic", f"in {human_bytes(v.bytes_in)}, out {human_bytes(v.bytes_out)}"),
-        ("rate", f"in {human_rate(v.rate_in)}, out {human_rate(v.rate_out)}"),
+        ("traffic", f"in {format_bytes(v.bytes_in)}, out {format_bytes(v.bytes_out)}"),
+        ("rate", f"in {format_rate(v.rate_in)}, out {format_rate(v.rate_out)}"),
     ], width)
 
 
@@ -243,8 +230,8 @@ def status_pairs(s: Any, width: int = WIDTH) -> str:
         ("uptime", human_duration(s.uptime)),
         ("clients", f"{s.clients_online} online, {s.clients_total} known"),
         ("tunnels", f"{s.tunnels_up} up, {s.tunnels_total} defined"),
-        ("traffic in", f"{human_bytes(s.bytes_in)} ({human_rate(s.rate_in)} now)"),
-        ("traffic out", f"{human_bytes(s.bytes_out)} ({human_rate(s.rate_out)} now)"),
+        ("traffic in", f"{format_bytes(s.bytes_in)} ({format_rate(s.rate_in)} now)"),
+        ("traffic out", f"{format_bytes(s.bytes_out)} ({format_rate(s.rate_out)} now)"),
     ], width)
 
 
