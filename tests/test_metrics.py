@@ -1,8 +1,8 @@
 """
 ``/metrics``: a real server and client in-process, traffic sent through a
 tunnel, and the scrape (over HTTP on loopback) parsed with
-prometheus-client's own parser; plus exposure rules and counters that
-survive a tunnel's restart.
+prometheus-client's own parser; plus exposure rules.  That the counters
+survive a tunnel's restart is the traffic meters' (tests/test_traffic.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import shutil
 import tempfile
 from typing import Any, Dict, Tuple
 
-import attrs
 import pytest
 import treq
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,7 +22,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from gotaxy import __version__
 from gotaxy.server.core import LoginRefused
-from gotaxy.server.metrics import MetricsResource, TunnelLedger
+from gotaxy.server.metrics import MetricsResource
 from prometheus_client import CollectorRegistry
 from tests.inprocess import LiveSystem, echo_through, listen_echo, wait_until
 
@@ -180,40 +179,3 @@ class TestExposure:
     def test_token_exposure_without_token_is_refused(self) -> None:
         with pytest.raises(ValueError):
             MetricsResource(CollectorRegistry(), "token")
-
-
-@attrs.define(eq=False)
-class FakeTunnel:
-    opened: int = 0
-    refused: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    streams: set = attrs.Factory(set)
-
-    def totals(self) -> Tuple[int, int]:
-        return self.bytes_in, self.bytes_out
-
-
-@attrs.define
-class FakeCore:
-    tunnels: dict = attrs.Factory(dict)
-
-
-class TestTunnelLedger:
-    def test_counts_survive_restarts_and_late_bytes(self) -> None:
-        core = FakeCore()
-        ledger = TunnelLedger(core)
-        first = FakeTunnel(opened=2, bytes_in=100, bytes_out=200, streams={"s"})
-        core.tunnels[("a", "t")] = first
-        assert ledger.totals() == {("a", "t"): (2, 0, 100, 200)}
-        del core.tunnels[("a", "t")]  # listener closed; one connection still open
-        first.bytes_in += 50
-        assert ledger.totals() == {("a", "t"): (2, 0, 150, 200)}
-        second = FakeTunnel(opened=1, bytes_in=10, bytes_out=10)
-        core.tunnels[("a", "t")] = second
-        assert ledger.totals() == {("a", "t"): (3, 0, 160, 210)}
-        first.streams.clear()
-        first.bytes_out += 5
-        assert ledger.totals() == {("a", "t"): (3, 0, 160, 215)}
-        del core.tunnels[("a", "t")]
-        assert ledger.totals() == {("a", "t"): (3, 0, 160, 215)}

@@ -60,6 +60,7 @@ from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, wat
 from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
+from gotaxy.server.traffic import TrafficMeters
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel, PublicFactory
 from gotaxy.store import (
     CLIENT_CONNECTED,
@@ -175,9 +176,8 @@ class ServerCore:
         # Listeners being closed, so a reopen of the same tunnel waits.
         self._closing: Dict[Tuple[str, str], Deferred] = {}
         self.started_at = reactor.seconds()
-        # Traffic of tunnels that are no longer up, so totals never go back.
-        self.retired_bytes_in = 0
-        self.retired_bytes_out = 0
+        #: Connections and bytes per tunnel, per client and in all (``gotaxy.server.traffic``).
+        self.meters = TrafficMeters()
         self._last_error: Dict[Tuple[str, str], float] = {}
         self._in_use_logged: Dict[str, float] = {}
         self._rates = LoopingCall(self._sample_rates)
@@ -501,6 +501,8 @@ class ServerCore:
         if session.lost or session.dropped or key in self.tunnels or name in session.removed_tunnels:
             tunnel.listening_port.stopListening()
             raise TunnelRefused("client disconnected")
+        # No connection was accepted yet: nothing ran since the listen.
+        tunnel.count_into(self.meters.tunnel(client, name))
         self.tunnels[key] = tunnel
         session.tunnels[name] = tunnel
         await self.record(
@@ -596,9 +598,6 @@ class ServerCore:
         if cut_connections:
             for stream in list(tunnel.streams):
                 stream.abort(reason)
-        in_total, out_total = tunnel.totals()
-        self.retired_bytes_in += in_total
-        self.retired_bytes_out += out_total
         self.log.info("tunnel {client}/{tunnel} closed: {reason}", client=tunnel.client, tunnel=tunnel.name, reason=reason)
         return done
 
@@ -890,20 +889,13 @@ class ServerCore:
     # -- traffic -------------------------------------------------------------
 
     def _sample_rates(self) -> None:
-        for tunnel in self.tunnels.values():
-            tunnel.sample_rate(RATE_INTERVAL)
+        self.meters.sample(RATE_INTERVAL)
 
     def traffic(self) -> Tuple[int, int, float, float]:
         """Total bytes in and out since start, and the current rates (bytes/s)."""
-        bytes_in, bytes_out = self.retired_bytes_in, self.retired_bytes_out
-        rate_in = rate_out = 0.0
-        for tunnel in self.tunnels.values():
-            t_in, t_out = tunnel.totals()
-            bytes_in += t_in
-            bytes_out += t_out
-            rate_in += tunnel.rate_in
-            rate_out += tunnel.rate_out
-        return bytes_in, bytes_out, rate_in, rate_out
+        server = self.meters.server
+        bytes_in, bytes_out = server.totals()
+        return bytes_in, bytes_out, server.rate_in, server.rate_out
 
     def tunnels_of(self, client: str) -> List[LiveTunnel]:
         return [t for t in self.tunnels.values() if t.client == client]

@@ -33,11 +33,11 @@ each hour is rolled up once, by whichever server claims it first in
 ``history_rollups``; while other servers run, an hour is rolled up two
 sample intervals after its end, so that their last samples are in.
 
-Nothing here is on the data path.  Samples are read from the tunnels' plain
-counters (through ``TunnelLedger``, so a tunnel's restarts do not lose
-counts) on a timer, buffered in memory (bounded: beyond ``MAX_BUFFERED``
-rows the oldest are dropped and counted), and written in one store call per
-interval, on the store's own thread.  Rollups and retention run in that
+Nothing here is on the data path.  Samples are read from the core's traffic
+meters (``gotaxy.server.traffic``: one per tunnel, kept across its restarts,
+each telling the history what happened since it last asked) on a timer,
+buffered in memory (bounded: beyond ``MAX_BUFFERED`` rows the oldest are
+dropped and counted), and written in one store call per interval, on the store's own thread.  Rollups and retention run in that
 same call once per hour.
 
 The read API for the panel and console is ``History.client_stability``,
@@ -61,7 +61,7 @@ from twisted.logger import Logger
 
 from gotaxy.events import Event
 from gotaxy.logs import gotaxy_observer
-from gotaxy.server.metrics import TunnelLedger
+from gotaxy.server.traffic import Reading
 from gotaxy.store import CLIENT_CONNECTED, CLIENT_DISCONNECTED
 from gotaxy.store.schema import HISTORY_HOURLY, HISTORY_ROLLUPS, HISTORY_SAMPLES, HISTORY_SESSIONS
 
@@ -76,6 +76,8 @@ HOUR = 3600.0
 DAY = 86400.0
 #: Sample rows waiting for the store; beyond this the oldest are dropped.
 MAX_BUFFERED = 20000
+#: The name the history reads the traffic meters under (``TrafficMeter.advance``).
+HISTORY_READER = "history"
 #: Disconnect reasons listed per client.
 MAX_REASONS = 20
 #: Sessions listed per client by ``client_sessions``.
@@ -347,7 +349,6 @@ class History(Service):
         core: Any,
         store: Any,
         reactor: Any = None,
-        ledger: Optional[TunnelLedger] = None,
         sample_interval: Optional[float] = None,
         raw_hours: Optional[int] = None,
         retention_days: Optional[int] = None,
@@ -357,15 +358,12 @@ class History(Service):
         self.core = core
         self.store = store
         self.reactor = reactor if reactor is not None else core.reactor
-        self._own_ledger = ledger is None
-        self.ledger = ledger if ledger is not None else TunnelLedger(core)
         self.sample_interval = sample_interval or config.history_sample_interval
         self.raw_hours = raw_hours or config.history_raw_hours
         self.retention_days = retention_days or config.history_retention_days
         self._samples: Deque[Dict[str, Any]] = deque(maxlen=max_buffered)
         self._ended: List[Dict[str, Any]] = []
         self.online_since: Dict[str, float] = {}  #: client -> start of its current session
-        self._last_totals: Dict[Tuple[str, str], Tuple[int, int, int, int]] = {}
         self._last_hour: Optional[float] = None
         # An hour whose roll-up waits for other servers' last samples: try at every flush.
         self._roll_up_waiting = False
@@ -384,8 +382,6 @@ class History(Service):
     def startService(self) -> None:
         super().startService()
         self._unsubscribe = [self.core.events.subscribe(self.observe)]
-        if self._own_ledger:
-            self._unsubscribe.append(self.core.events.subscribe(self.ledger.track))
         for name in self.core.sessions:  # already online (a service restarted under a live core)
             self.online_since.setdefault(name, self.reactor.seconds())
         self._sampler.start(self.sample_interval, now=False)
@@ -424,20 +420,18 @@ class History(Service):
             heartbeat = getattr(session, "heartbeat", None)
             rows.append(dict(at=now, client=name, tunnel="", rtt=heartbeat.rtt if heartbeat is not None else None))
         live = self.core.tunnels
-        totals = self.ledger.totals()
-        for key, total in totals.items():
-            last = self._last_totals.get(key, (0, 0, 0, 0))
+        for key, meter in list(self.core.meters.tunnels.items()):
+            moved = meter.advance(HISTORY_READER)
             tunnel = live.get(key)
-            if tunnel is None and total == last:
+            if tunnel is None and not moved:
                 continue  # down and idle: nothing to chart
             rows.append(dict(
                 at=now, client=key[0], tunnel=key[1],
                 connections=tunnel.connections if tunnel is not None else 0,
-                opened=total[0] - last[0], bytes_in=total[2] - last[2], bytes_out=total[3] - last[3],
+                opened=moved.opened, bytes_in=moved.bytes_in, bytes_out=moved.bytes_out,
                 rate_in=tunnel.rate_in if tunnel is not None else 0.0,
                 rate_out=tunnel.rate_out if tunnel is not None else 0.0,
             ))
-        self._last_totals = totals
         room = self._samples.maxlen - len(self._samples) if self._samples.maxlen is not None else len(rows)
         if len(rows) > room:
             self.dropped += len(rows) - room
@@ -549,7 +543,9 @@ class History(Service):
 
     def tunnel_stats(self, client: str, tunnel: str) -> Dict[str, Any]:
         """A tunnel's counters now: connections opened since start, open now, bytes in/out, rate."""
-        opened, refused, bytes_in, bytes_out = self.ledger.totals().get((client, tunnel), (0, 0, 0, 0))
+        meter = self.core.meters.tunnels.get((client, tunnel))
+        total = meter.reading() if meter is not None else Reading()
+        opened, refused, bytes_in, bytes_out = total.opened, total.refused, total.bytes_in, total.bytes_out
         live = self.core.tunnels.get((client, tunnel))
         return {
             "client": client, "tunnel": tunnel, "up": live is not None,

@@ -2,17 +2,12 @@
 """
 ``GET /metrics``: the server's live state in Prometheus text format.
 
-Nothing here touches the data path.  Tunnels count their connections and
-bytes in plain integers (``LiveTunnel``); ``GotaxyCollector`` reads those,
-the sessions and the event counts only when Prometheus scrapes, so a scrape
-costs a walk over the live tunnels and an idle server costs nothing.
-
-Per-tunnel counters must never go backwards, but a ``LiveTunnel`` object
-lives only while its tunnel is up.  ``TunnelLedger`` keeps, per
-(client, tunnel), the totals of earlier incarnations: a tunnel that closed
-stays tracked until its last public connection has ended (bytes keep
-flowing through connections that outlive their listener), then its totals
-are folded into a base that later incarnations add to.
+Nothing here touches the data path.  Connections and bytes are counted by
+the core's traffic meters (``gotaxy.server.traffic``: one per tunnel, kept
+across the tunnel's restarts, so counters never go backwards);
+``GotaxyCollector`` reads them, the sessions and the event counts only when
+Prometheus scrapes, so a scrape costs a walk over the meters and an idle
+server costs nothing.
 
 Heartbeat round-trip times are observed into a histogram by
 ``RttSampler``, once per heartbeat interval per client and only when the
@@ -27,7 +22,7 @@ in constant time).  frp's ``enablePrometheus = true`` means ``open``.
 from __future__ import annotations
 
 import hmac
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -38,65 +33,9 @@ from twisted.web.resource import Resource
 
 from gotaxy import __version__
 from gotaxy.events import Event
-from gotaxy.store import LOGIN_FAILED, OPERATOR_LOGIN_FAILED, TUNNEL_OPENED, TUNNEL_REFUSED
-
-Key = Tuple[str, str]
+from gotaxy.store import LOGIN_FAILED, OPERATOR_LOGIN_FAILED, TUNNEL_REFUSED
 
 RTT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class TunnelLedger:
-    """Per-tunnel totals (connections opened and refused, bytes in and out) across restarts."""
-
-    def __init__(self, core: Any) -> None:
-        self._core = core
-        self._live: Dict[Key, Any] = {}
-        self._retired: Dict[Key, List[Any]] = {}
-        self._base: Dict[Key, List[int]] = {}  # key -> [opened, refused, in, out]
-
-    def track(self, event: Event) -> None:
-        """Event-bus subscriber: start tracking a tunnel as soon as it is up."""
-        if event.type == TUNNEL_OPENED and event.client is not None and event.tunnel is not None:
-            self.refresh()
-
-    def refresh(self) -> None:
-        current = self._core.tunnels
-        for key, tunnel in list(self._live.items()):
-            if current.get(key) is not tunnel:
-                del self._live[key]
-                self._retired.setdefault(key, []).append(tunnel)
-        for key, tunnel in current.items():
-            self._live[key] = tunnel
-        for key, tunnels in list(self._retired.items()):
-            for tunnel in list(tunnels):
-                if not tunnel.streams:
-                    self._fold(key, tunnel)
-                    tunnels.remove(tunnel)
-            if not tunnels:
-                del self._retired[key]
-
-    def _fold(self, key: Key, tunnel: Any) -> None:
-        base = self._base.setdefault(key, [0, 0, 0, 0])
-        bytes_in, bytes_out = tunnel.totals()
-        base[0] += tunnel.opened
-        base[1] += tunnel.refused
-        base[2] += bytes_in
-        base[3] += bytes_out
-
-    def totals(self) -> Dict[Key, Tuple[int, int, int, int]]:
-        """(opened, refused, bytes in, bytes out) for every tunnel ever seen since start."""
-        self.refresh()
-        result: Dict[Key, List[int]] = {key: list(base) for key, base in self._base.items()}
-        tracked = [(key, t) for key, t in self._live.items()]
-        tracked += [(key, t) for key, ts in self._retired.items() for t in ts]
-        for key, tunnel in tracked:
-            row = result.setdefault(key, [0, 0, 0, 0])
-            bytes_in, bytes_out = tunnel.totals()
-            row[0] += tunnel.opened
-            row[1] += tunnel.refused
-            row[2] += bytes_in
-            row[3] += bytes_out
-        return {key: (r[0], r[1], r[2], r[3]) for key, r in result.items()}
 
 
 class EventCounts:
@@ -142,14 +81,12 @@ class GotaxyCollector:
     def __init__(
         self,
         core: Any,
-        ledger: TunnelLedger,
         events: EventCounts,
         admission: Any = None,
         failures: Any = None,
         targets: Callable[[], List[Any]] = lambda: [],
     ) -> None:
         self._core = core
-        self._ledger = ledger
         self._events = events
         self._admission = admission
         self._failures = failures
@@ -209,14 +146,13 @@ class GotaxyCollector:
             "Bytes per tunnel: in = from public users to the client, out = back to the users.",
             labels=labels + ["direction"],
         )
-        all_opened = all_refused = 0
-        for (client, name), (n_opened, n_refused, bytes_in, bytes_out) in sorted(self._ledger.totals().items()):
-            opened.add_metric([client, name], n_opened)
-            refused.add_metric([client, name], n_refused)
+        meters = core.meters
+        for (client, name), meter in sorted(meters.tunnels.items()):
+            bytes_in, bytes_out = meter.totals()
+            opened.add_metric([client, name], meter.opened)
+            refused.add_metric([client, name], meter.refused)
             traffic.add_metric([client, name, "in"], bytes_in)
             traffic.add_metric([client, name, "out"], bytes_out)
-            all_opened += n_opened
-            all_refused += n_refused
         yield opened
         yield refused
         yield traffic
@@ -225,7 +161,7 @@ class GotaxyCollector:
         connections_open.add_metric([], sum(t.connections for t in tunnels.values()))
         yield connections_open
         connections = CounterMetricFamily("gotaxy_connections", "Public connections accepted, all tunnels.")
-        connections.add_metric([], all_opened)
+        connections.add_metric([], meters.server.opened)
         yield connections
         bytes_in, bytes_out, _, _ = core.traffic()
         server_bytes = CounterMetricFamily("gotaxy_bytes", "Bytes through all tunnels.", labels=["direction"])
@@ -251,7 +187,7 @@ class GotaxyCollector:
             labels=["kind"],
         )
         errors.add_metric(["tunnel_refused"], self._events.get(TUNNEL_REFUSED))
-        errors.add_metric(["connection_refused"], all_refused)
+        errors.add_metric(["connection_refused"], meters.server.refused)
         errors.add_metric(["admission_refused"], self._admission.refused if self._admission is not None else 0)
         errors.add_metric(["notification_failed"], self._failures.total if self._failures is not None else 0)
         yield errors
@@ -278,7 +214,6 @@ class Metrics(Service):
     def __init__(self, core: Any, admission: Any = None, notifier: Any = None, reactor: Any = None) -> None:
         self.core = core
         self.registry = CollectorRegistry(auto_describe=False)
-        self.ledger = TunnelLedger(core)
         self.events = EventCounts()
         self.rtt = Histogram(
             "gotaxy_heartbeat_rtt_seconds", "Heartbeat round-trip times, one observation per pong sampled.",
@@ -287,7 +222,7 @@ class Metrics(Service):
         self.sampler = RttSampler(core, self.rtt)
         failures = notifier.failures if notifier is not None else None
         self.collector = GotaxyCollector(
-            core, self.ledger, self.events, admission, failures,
+            core, self.events, admission, failures,
             targets=(lambda: list(notifier.targets)) if notifier is not None else (lambda: []),
         )
         self.registry.register(self.collector)
@@ -297,7 +232,7 @@ class Metrics(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._unsubscribe = [self.core.events.subscribe(self.events), self.core.events.subscribe(self.ledger.track)]
+        self._unsubscribe = [self.core.events.subscribe(self.events)]
         self._sampling.start(self.core.config.heartbeat_interval, now=False)
 
     def stopService(self) -> None:

@@ -528,7 +528,7 @@ def _assemble(
     operators = OperatorAuth(core)
     second_factor = PanelAuth(core, operators, reactor)
     metrics = Metrics(core, admission, notifier, reactor)
-    history = History(core, store, reactor, ledger=metrics.ledger)
+    history = History(core, store, reactor)
     metrics_resource = metrics.resource()
     # The operator's faces: web panel (with /metrics) and SSH console; either can be turned off.
     web = make_web_service(

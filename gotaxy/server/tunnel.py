@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from gotaxy.logs import gotaxy_observer
 from gotaxy.relay import StreamRelay, set_no_delay
+from gotaxy.server.traffic import Reading, TrafficMeter
 from gotaxy.wire import CLOSE_ERROR_PREFIX
 
 if TYPE_CHECKING:
@@ -59,25 +60,49 @@ class LiveTunnel:
     requested_port: int = 0  #: what the client asked for (0: any)
     #: open public connections: their stream -> the connection
     streams: Dict[Any, "PublicConnection"] = attrs.Factory(dict)
-    opened: int = 0  #: public connections accepted since the tunnel came up
-    refused: int = 0  #: public connections refused (client at its stream limit)
-    bytes_in: int = 0  #: bytes from public users to the client (closed connections)
-    bytes_out: int = 0  #: bytes from the client to public users (closed connections)
-    rate_in: float = 0.0  #: bytes/s, sampled every second
+    #: the (client, name) meter, which outlives this tunnel (``gotaxy.server.traffic``);
+    #: the core sets it (``count_into``) as the tunnel comes up
+    meter: TrafficMeter = attrs.Factory(TrafficMeter)
     #: Set while the client's health check finds the local service down.
     health_failure: Optional[str] = None
     #: Why the last public connection failed on the client's side (its local
     #: service refused, say); cleared by the next one that does not fail.
     connect_failure: Optional[str] = None
-    rate_out: float = 0.0
-    _last_in: int = 0
-    _last_out: int = 0
+    #: the meter's counts when this tunnel came up, so that it shows its own
+    _at_start: Reading = attrs.field(init=False)
     #: stream -> (bytes both ways when last looked at, when that changed)
     _activity: Dict[Any, Tuple[int, float]] = attrs.Factory(dict)
+
+    def __attrs_post_init__(self) -> None:
+        self._at_start = self.meter.reading()
+
+    def count_into(self, meter: TrafficMeter) -> None:
+        """Count into ``meter`` (its (client, name) one) from now on; call it before a connection comes."""
+        self.meter = meter
+        self._at_start = meter.reading()
 
     @property
     def key(self) -> Tuple[str, str]:
         return (self.client, self.name)
+
+    @property
+    def opened(self) -> int:
+        """Public connections accepted since the tunnel came up."""
+        return self.meter.opened - self._at_start.opened
+
+    @property
+    def refused(self) -> int:
+        """Public connections refused (client at its stream limit) since the tunnel came up."""
+        return self.meter.refused - self._at_start.refused
+
+    @property
+    def rate_in(self) -> float:
+        """Bytes/s from public users to the client, sampled every second."""
+        return self.meter.rate_in
+
+    @property
+    def rate_out(self) -> float:
+        return self.meter.rate_out
 
     @property
     def connections(self) -> int:
@@ -85,12 +110,9 @@ class LiveTunnel:
         return len(self.streams)
 
     def totals(self) -> Tuple[int, int]:
-        """Bytes in and out so far, open connections included."""
-        bytes_in, bytes_out = self.bytes_in, self.bytes_out
-        for stream in self.streams:
-            bytes_in += stream.bytes_out
-            bytes_out += stream.bytes_in
-        return bytes_in, bytes_out
+        """Bytes in and out since the tunnel came up, open connections included."""
+        bytes_in, bytes_out = self.meter.totals()
+        return bytes_in - self._at_start.bytes_in, bytes_out - self._at_start.bytes_out
 
     def close_idle(self, now: float, timeout: float) -> int:
         """
@@ -108,12 +130,6 @@ class LiveTunnel:
                 closed += 1
         return closed
 
-    def sample_rate(self, interval: float) -> None:
-        bytes_in, bytes_out = self.totals()
-        self.rate_in = (bytes_in - self._last_in) / interval
-        self.rate_out = (bytes_out - self._last_out) / interval
-        self._last_in, self._last_out = bytes_in, bytes_out
-
 
 class PublicConnection(StreamRelay):
     log = Logger(observer=gotaxy_observer)
@@ -130,11 +146,11 @@ class PublicConnection(StreamRelay):
         peer = self.transport.getPeer()
         stream = session.open_stream(tunnel.name, f"{peer.host}:{peer.port}")
         if stream is None:
-            tunnel.refused += 1
+            tunnel.meter.refuse()
             self._report_refusal(session.stream_refusal(tunnel.name) or "the client cannot take it")
             self.transport.loseConnection()
             return
-        tunnel.opened += 1
+        tunnel.meter.open(stream)
         tunnel.streams[stream] = self
         self.connect_stream(stream)
 
@@ -173,8 +189,7 @@ class PublicConnection(StreamRelay):
         tunnel = self.tunnel
         tunnel.streams.pop(stream, None)
         tunnel._activity.pop(stream, None)
-        tunnel.bytes_in += stream.bytes_out
-        tunnel.bytes_out += stream.bytes_in
+        tunnel.meter.close(stream)
         if stream.close_reason and stream.close_reason.startswith(CLOSE_ERROR_PREFIX):
             reason = stream.close_reason[len(CLOSE_ERROR_PREFIX) :]
             self.log.warn(
