@@ -107,6 +107,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import attrs
 
+from gotaxy.events import filter_pattern_error
 from gotaxy.jointoken import JoinToken, JoinTokenError, parse_join_token
 from gotaxy.mux import MAX_STREAMS
 from gotaxy.names import NAME_RULE, is_valid_name
@@ -343,14 +344,11 @@ def _texts(value: Any) -> tuple[str, ...]:
     return tuple(_text(item) for item in value)
 
 
-_EVENT_PATTERN = re.compile(r"\*|[a-z_]+\.(\*|[a-z_]+)?")
-
-
 def _event_patterns(value: Any) -> tuple[str, ...]:
-    """Event types to notify about: "client.disconnected", a family "tunnel.*", or "*"."""
+    """Event types to notify about: "client.disconnected", a family "tunnel.*", or "*" (see gotaxy.events)."""
     patterns = _texts(value)
     for pattern in patterns:
-        if not _EVENT_PATTERN.fullmatch(pattern):
+        if filter_pattern_error(pattern) is not None:
             raise _Mismatch(pattern)
     return patterns
 

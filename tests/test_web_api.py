@@ -27,6 +27,7 @@ from twisted.web.server import Site
 from gotaxy.jointoken import parse_join_token
 from gotaxy.web.app import Panel
 from gotaxy.web.auth import TOTP_LOCK_AFTER, TOTP_STEP
+from gotaxy.events import TYPES
 from gotaxy.web.openapi import API_PREFIX, openapi_document
 from gotaxy.web.service import make_site
 from gotaxy.web.testing import WebClient, cookie_attributes, make_panel
@@ -459,6 +460,17 @@ class OperatorActionTests(WebTestCase):
         self.assertEqual((await web.get(f"{API}/events?limit=5000")).status, 400)
         self.assertEqual((await web.get(f"{API}/events?since=yesterday")).status, 400)
         self.assertEqual((await web.get(f"{API}/events?offset=-1")).status, 400)
+
+    async def test_event_types_come_from_the_catalogue_and_an_unknown_filter_is_refused(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        listed = (await web.get(f"{API}/events/types")).json["types"]
+        self.assertEqual([t["type"] for t in listed], list(TYPES))
+        revoked = next(t for t in listed if t["type"] == "token.revoked")
+        self.assertEqual((revoked["family"], revoked["fields"], revoked["recorded"]), ("token", ["client"], True))
+        wrong = await web.get(f"{API}/events?type=tunnel.up")
+        self.assertEqual((wrong.status, wrong.error["field"]), (400, "type"))
+        self.assertIn("tunnel.opened", wrong.error["message"])
 
     async def test_a_bug_is_a_json_500_and_logged(self):
         await self._live(with_client=False)

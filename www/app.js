@@ -623,8 +623,23 @@ async function createToken(event) {
   loadTokens();
 }
 
+// The type filter offers each family of the server's event catalogue (GET /events/types).
+async function fillEventFamilies(select) {
+  if (select.options.length > 1) return;
+  const result = await api("GET", "/events/types");
+  if (!result.ok || select.options.length > 1) return;
+  const families = [...new Set(result.data.types.filter((t) => t.recorded).map((t) => t.family))];
+  for (const family of families) {
+    const option = document.createElement("option");
+    option.value = `${family}.`;
+    option.textContent = `${family}.*`;
+    select.append(option);
+  }
+}
+
 async function loadEvents() {
   const form = $("#events-form");
+  await fillEventFamilies(form.type);
   const params = new URLSearchParams({ limit: state.events.limit, offset: state.events.offset });
   if (form.type.value) params.set("type", form.type.value);
   if (form.client.value.trim()) params.set("client", form.client.value.trim());

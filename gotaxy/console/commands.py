@@ -42,30 +42,9 @@ from gotaxy.console.text import (
     tunnels_table,
     webhooks_table,
 )
+from gotaxy.events import QUERY_TYPES
 from gotaxy.logs import gotaxy_observer
 from gotaxy.server.manage import Management, ManagementError, TunnelView
-from gotaxy.store import (
-    CLIENT_CONNECTED,
-    CLIENT_DISCONNECTED,
-    CLIENT_KICKED,
-    CLIENT_REPLACED,
-    CONFIG_RELOADED,
-    LOGIN_FAILED,
-    OPERATOR_LOCKED_OUT,
-    OPERATOR_LOGIN_FAILED,
-    OPERATOR_PASSWORD_CHANGED,
-    SERVER_STARTED,
-    TOKEN_CREATED,
-    TOKEN_REVOKED,
-    TUNNEL_ADDED,
-    TUNNEL_CLOSED,
-    TUNNEL_DISABLED,
-    TUNNEL_EDITED,
-    TUNNEL_ENABLED,
-    TUNNEL_OPENED,
-    TUNNEL_REFUSED,
-    TUNNEL_REMOVED,
-)
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.console")
 
@@ -75,14 +54,6 @@ MAX_EVENTS = 1000  #: most events one ``events`` command prints
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-EVENT_TYPES = (
-    CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REPLACED, CLIENT_KICKED, LOGIN_FAILED,
-    TUNNEL_OPENED, TUNNEL_CLOSED, TUNNEL_REFUSED, TUNNEL_ADDED, TUNNEL_REMOVED,
-    TUNNEL_ENABLED, TUNNEL_DISABLED, TUNNEL_EDITED, TOKEN_CREATED, TOKEN_REVOKED,
-    SERVER_STARTED, CONFIG_RELOADED, OPERATOR_LOGIN_FAILED, OPERATOR_LOCKED_OUT,
-    OPERATOR_PASSWORD_CHANGED,
-)
 
 
 @attrs.frozen
@@ -356,7 +327,7 @@ class Commands:
             if previous[-1] in ("--client",):
                 candidates = self.client_names
             elif previous[-1] == "--type":
-                candidates = list(EVENT_TYPES) + sorted({t.split(".")[0] + "." for t in EVENT_TYPES})
+                candidates = QUERY_TYPES
             elif current.startswith("-"):
                 candidates = list(command.options) if command is not None else []
             elif first == "help":

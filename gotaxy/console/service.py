@@ -59,6 +59,7 @@ from zope.interface import Attribute, Interface, implementer
 from gotaxy import __version__
 from gotaxy.console.commands import Commands
 from gotaxy.console.session import ConsoleSession
+from gotaxy.events import CONSOLE_PYTHON_USED
 from gotaxy.listeners import CONSOLE, Listener, listen_at
 from gotaxy.logs import gotaxy_observer
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
@@ -79,7 +80,6 @@ LOGIN_TIMEOUT = 60  #: seconds a connection has to log in, from its first byte o
 MAX_PASSWORD = 1024  #: longer passwords are refused without checking
 IDLE_HANG_UP = 5.0  #: seconds an idle session's client has to leave after being told
 MAX_CODE = 16  #: longer second-factor answers are refused without checking
-CONSOLE_PYTHON_USED = "console.python"  #: event: someone opened the ``python`` prompt
 MSG_USERAUTH_INFO_REQUEST = 60  #: RFC 4256 (Conch's server has no keyboard-interactive)
 
 

@@ -31,7 +31,11 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from twisted.logger import Logger
+
 from gotaxy.config import ConfigError, WebhookSpec
+from gotaxy.events import filter_pattern_error
+from gotaxy.logs import gotaxy_observer
 from gotaxy.notify.dispatch import Notifier
 from gotaxy.notify.webhook import WebhookTarget
 from gotaxy.store.schema import NOTIFY_MAIL, NOTIFY_WEBHOOKS
@@ -70,6 +74,24 @@ def key_path(data_dir: str, configured: Optional[str] = None) -> str:
     return configured if configured is not None else os.path.join(data_dir, KEY_FILE)
 
 
+log = Logger(observer=gotaxy_observer, namespace="gotaxy.notify")
+
+
+def _stored_patterns(what: str, stored: str) -> tuple:
+    """
+    A stored target's event filter, without the patterns no event type
+    matches (accepted before the catalogue checked them): dropped with a
+    warning rather than keeping the server from starting.  A target left
+    with none is not loaded (it could not match anything).
+    """
+    patterns = tuple(json.loads(stored))
+    unknown = [p for p in patterns if filter_pattern_error(p) is not None]
+    if unknown:
+        log.warn("{what}: ignoring event filter(s) {unknown} that match no event type; remove it and add it "
+                 "again with known types (see 'help notify' in the console)", what=what, unknown=", ".join(unknown))
+    return tuple(p for p in patterns if p not in unknown)
+
+
 def _load_key(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -99,10 +121,13 @@ class ManagedWebhooks:
         """At start-up, before the reactor runs: check the key, add the stored webhooks."""
         self._check_key()
         for row in self._db[TABLE].find(order_by="id"):
+            patterns = _stored_patterns(f"webhook {row['name']!r}", row["events"])
+            if not patterns:
+                continue
             spec = self._spec(
                 row["name"],
                 self._fernet.decrypt(row["url"].encode()).decode(),
-                tuple(json.loads(row["events"])),
+                patterns,
                 row["format"],
                 self._fernet.decrypt(row["secret"].encode()).decode() if row["secret"] else None,
             )
@@ -219,7 +244,9 @@ class ManagedMailRecipients:
         if not self.configured:
             return
         for row in self._db[MAIL_TABLE].find(order_by="id"):
-            self._attach(row["address"], tuple(json.loads(row["events"])))
+            patterns = _stored_patterns(f"mail recipient {row['address']!r}", row["events"])
+            if patterns:
+                self._attach(row["address"], patterns)
 
     def _settings(self, address: str, events: Sequence[str]) -> Any:
         import attrs

@@ -31,34 +31,10 @@ from typing import Dict, Optional, Tuple
 from urllib.parse import quote
 
 from gotaxy import __version__
-from gotaxy.events import Event
+from gotaxy.events import TYPES, Event
 
 SIGNATURE_HEADER = "X-Gotaxy-Signature"
 EVENT_HEADER = "X-Gotaxy-Event"
-
-_PHRASES: Dict[str, str] = {
-    "client.connected": "client {client} online from {address}",
-    "client.disconnected": "client {client} offline: {detail}",
-    "client.replaced": "client {client} replaced by a new connection: {detail}",
-    "client.kicked": "client {client} disconnected by an operator",
-    "login.failed": "login failed from {address}: {detail}",
-    "tunnel.opened": "tunnel {client}/{tunnel} up: {detail}",
-    "tunnel.closed": "tunnel {client}/{tunnel} down: {detail}",
-    "tunnel.refused": "tunnel {client}/{tunnel} refused: {detail}",
-    "tunnel.error": "tunnel {client}/{tunnel} failed: {detail}",
-    "notify.test": "test notification: {detail}",
-    "tunnel.added": "tunnel {client}/{tunnel} added by an operator: {detail}",
-    "tunnel.removed": "tunnel {client}/{tunnel} removed by an operator",
-    "tunnel.enabled": "tunnel {client}/{tunnel} enabled by an operator",
-    "tunnel.disabled": "tunnel {client}/{tunnel} disabled by an operator",
-    "tunnel.edited": "tunnel {client}/{tunnel} edited by an operator: {detail}",
-    "token.created": "token {client} created",
-    "token.revoked": "token {client} revoked",
-    "config.reloaded": "configuration reloaded",
-    "server.started": "server started: {detail}",
-    "operator.login_failed": "operator log-in failed from {address}: {detail}",
-    "operator.locked_out": "operator log-in locked out: {detail}",
-}
 
 
 def iso_time(at: float) -> str:
@@ -73,12 +49,12 @@ def describe(event: Event, server: str) -> str:
         "address": event.address or "an unknown address",
         "detail": event.detail or "no details",
     }
-    phrase = _PHRASES.get(event.type)
-    if phrase is None:
+    kind = TYPES.get(event.type)
+    if kind is None:  # written by a newer server sharing the database, say
         parts = [event.type] + [f"{k}={getattr(event, k)}" for k in ("client", "tunnel", "address", "detail") if getattr(event, k)]
         text = " ".join(parts)
     else:
-        text = phrase.format(**fields)
+        text = kind.phrase.format(**fields)
     return f"[{server}] {text}"
 
 

@@ -34,15 +34,16 @@ writes a control message itself.
 
 Operators (web panel, console, command line) act through
 ``gotaxy.server.manage``, which checks their arguments, calls in here and
-words the outcome for each face.  Every decision is written to the store's events table and
-published on ``events`` for live watchers.  The store is reached only
+words the outcome for each face.  Every decision is written to the store's
+events table and the row is published on ``events`` for live watchers
+(``record``; events other processes write arrive there from
+``gotaxy.server.outbox``).  The store is reached only
 through ``ThreadedStore``, so this module never blocks.
 """
 
 from __future__ import annotations
 
 import errno
-from functools import partial
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -52,7 +53,19 @@ from twisted.logger import Logger
 
 from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
-from gotaxy.events import Event, EventBus
+from gotaxy.events import (
+    CLIENT_REPLACED,
+    LOGIN_FAILED,
+    TUNNEL_CLOSED,
+    TUNNEL_ERROR,
+    TUNNEL_DISABLED,
+    TUNNEL_EDITED,
+    TUNNEL_ENABLED,
+    TUNNEL_REFUSED,
+    TOKEN_REVOKED,
+    Event,
+    EventBus,
+)
 from gotaxy.jointoken import JoinTokenError, parse_join_token
 from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.names import InvalidName, check_name, is_valid_name
@@ -62,24 +75,7 @@ from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.traffic import TrafficMeters
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel, PublicFactory
-from gotaxy.store import (
-    CLIENT_CONNECTED,
-    CLIENT_DISCONNECTED,
-    CLIENT_REPLACED,
-    LOGIN_FAILED,
-    SOURCE_SERVER,
-    TUNNEL_ADDED,
-    TUNNEL_CLOSED,
-    TUNNEL_DISABLED,
-    TUNNEL_EDITED,
-    TUNNEL_ENABLED,
-    TUNNEL_ERROR,
-    TUNNEL_OPENED,
-    TUNNEL_REFUSED,
-    TUNNEL_REMOVED,
-    ThreadedStore,
-    TunnelRecord,
-)
+from gotaxy.store import SOURCE_SERVER, ThreadedStore, TunnelRecord
 
 T = TypeVar("T")
 
@@ -169,6 +165,12 @@ class ServerCore:
         self.reactor = reactor
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
         self.events = EventBus()
+        # What the store records (the state changes' events and ``record``'s)
+        # is published here, once, as the row was written.
+        store.on_recorded = self.events.publish
+        # A token revoked elsewhere (``gotaxy token revoke`` in a shell, another
+        # server): its client is cut off now, not at the next periodic check.
+        self.events.subscribe(self._token_revoked)
         self.sessions: Dict[str, ClientSession] = {}
         #: The one lock owner for every client's tunnels (see ``gotaxy.server.session``).
         self.locks = ClientLocks()
@@ -224,24 +226,17 @@ class ServerCore:
 
     # -- events --------------------------------------------------------------
 
-    async def record(
-        self,
-        store_call: Callable[..., Any],
-        *args: Any,
-        event: str,
-        client: Optional[str] = None,
-        tunnel: Optional[str] = None,
-        address: Optional[str] = None,
-        detail: Optional[str] = None,
-        count: int = 1,
-    ) -> Any:
-        """Run a store call that records ``event``, then publish it live."""
-        result = await self.store.call(store_call, *args)
-        self.publish(event, client=client, tunnel=tunnel, address=address, detail=detail, count=count)
-        return result
-
-    def publish(self, type_: str, **fields: Any) -> None:
-        self.events.publish(Event(type=type_, at=self.reactor.seconds(), **fields))
+    async def record(self, type_: str, **fields: Any) -> Event:
+        """
+        Write an event (a type from ``gotaxy.events``) to the events table;
+        the row, as recorded, is then published on ``events``.  Store calls
+        that change state record their own event the same way (the store
+        builds it, ``ThreadedStore`` publishes it): nothing is published
+        that is not in the table, nor written twice.
+        """
+        event = Event(type=type_, at=self.reactor.seconds(), **fields)
+        recorded: Event = await self.store.call(self._db.record, event)
+        return recorded
 
     # -- login ---------------------------------------------------------------
 
@@ -309,10 +304,7 @@ class ServerCore:
         session.token_checked = via_store
         session.instance = instance
         self.sessions[name] = session
-        await self.record(
-            self._db.client_connected, name, address, session.client_version,
-            event=CLIENT_CONNECTED, client=name, address=address, detail=f"version {session.client_version}",
-        )
+        await self.store.call(self._db.client_connected, name, address, session.client_version)
         self.log.info(
             "client {client} connected from {address} (version {version})",
             client=name,
@@ -368,10 +360,7 @@ class ServerCore:
                 where=where or "further addresses", count=count, seconds=seconds,
             )
         recording = Deferred.fromCoroutine(
-            self.record(
-                self._db.record_event, LOGIN_FAILED, None, None, where, detail, count,
-                event=LOGIN_FAILED, address=where, detail=detail, count=count,
-            )
+            self.record(LOGIN_FAILED, address=where, detail=detail, count=count)
         )
         self._recording.add(recording)
         recording.addErrback(lambda f: self.log.failure("recording failed log-ins failed", f))
@@ -424,10 +413,9 @@ class ServerCore:
                 isinstance(local_addr, str) and len(local_addr) <= 128 and message.get("tunnelType", "tcp") == "tcp"
                 and name not in session.removed_tunnels and not (session.lost or session.dropped)
             )
-            await self.record(
+            await self.store.call(
                 self._db.tunnel_down, client, name, "refused", str(refused), TUNNEL_REFUSED,
                 local_addr if listed else None,
-                event=TUNNEL_REFUSED, client=client, tunnel=name, detail=str(refused),
             )
             raise
 
@@ -505,10 +493,7 @@ class ServerCore:
         tunnel.count_into(self.meters.tunnel(client, name))
         self.tunnels[key] = tunnel
         session.tunnels[name] = tunnel
-        await self.record(
-            self._db.tunnel_up, client, name, "tcp", local_addr, tunnel.remote_port,
-            event=TUNNEL_OPENED, client=client, tunnel=name, detail=f"port {tunnel.remote_port} -> {local_addr}",
-        )
+        await self.store.call(self._db.tunnel_up, client, name, "tcp", local_addr, tunnel.remote_port)
         self.log.info(
             "tunnel {client}/{tunnel} up on port {port} -> {local}",
             client=client,
@@ -604,10 +589,7 @@ class ServerCore:
     async def close_and_record(self, tunnel: LiveTunnel, reason: str, status: str = "down",
                                cut_connections: bool = False) -> None:
         await self.close_tunnel(tunnel, reason, cut_connections)
-        await self.record(
-            self._db.tunnel_down, tunnel.client, tunnel.name, status, reason, TUNNEL_CLOSED,
-            event=TUNNEL_CLOSED, client=tunnel.client, tunnel=tunnel.name, detail=reason,
-        )
+        await self.store.call(self._db.tunnel_down, tunnel.client, tunnel.name, status, reason, TUNNEL_CLOSED)
 
     def tunnel_error(self, tunnel: LiveTunnel, reason: str) -> None:
         """
@@ -621,10 +603,7 @@ class ServerCore:
             return
         self._last_error[tunnel.key] = now
         Deferred.fromCoroutine(
-            self.record(
-                self._db.record_event, TUNNEL_ERROR, tunnel.client, tunnel.name, None, reason,
-                event=TUNNEL_ERROR, client=tunnel.client, tunnel=tunnel.name, detail=reason,
-            )
+            self.record(TUNNEL_ERROR, client=tunnel.client, tunnel=tunnel.name, detail=reason)
         ).addErrback(lambda f: self.log.failure("recording a tunnel error failed", f))
 
     async def client_declines_tunnel(self, session: ClientSession, message: Dict[str, Any]) -> None:
@@ -644,10 +623,7 @@ class ServerCore:
         client = session.client_name
         self.log.warn("tunnel {client}/{tunnel} refused by the client: {reason}", client=client, tunnel=name, reason=text)
         detail = f"refused by the client: {text}"
-        await self.record(
-            self._db.tunnel_down, client, name, "refused", detail, TUNNEL_REFUSED,
-            event=TUNNEL_REFUSED, client=client, tunnel=name, detail=detail,
-        )
+        await self.store.call(self._db.tunnel_down, client, name, "refused", detail, TUNNEL_REFUSED)
 
     def tunnel_health(self, tunnel: LiveTunnel, healthy: bool) -> None:
         """The client's health check of ``tunnel``'s local service passed or failed."""
@@ -697,9 +673,8 @@ class ServerCore:
         async def add() -> TunnelRecord:
             if remote_port:
                 await self.check_port(remote_port, (client, name))
-            record: TunnelRecord = await self.record(
-                self._db.add_server_tunnel, client, name, local_addr, remote_port,
-                event=TUNNEL_ADDED, client=client, tunnel=name, detail=f"port {remote_port or 'auto'} -> {local_addr}",
+            record: TunnelRecord = await self.store.call(
+                self._db.add_server_tunnel, client, name, local_addr, remote_port
             )
             self._push(record)
             return record
@@ -725,10 +700,7 @@ class ServerCore:
                     await self.check_port(remote_port, (client, name))
                 changes["remote_port"] = remote_port or None
             detail = ", ".join(f"{k}={v}" for k, v in changes.items())
-            await self.record(
-                partial(self._db.update_tunnel, client, name, TUNNEL_EDITED, detail, **changes),
-                event=TUNNEL_EDITED, client=client, tunnel=name, detail=detail,
-            )
+            await self.store.call(self._db.update_tunnel, client, name, TUNNEL_EDITED, detail, **changes)
             live = self.tunnels.get((client, name))
             if live is not None:
                 await self.close_tunnel(live, "changed by the operator", cut_connections=True)
@@ -756,7 +728,7 @@ class ServerCore:
                 await self.close_tunnel(live, "removed by the operator", cut_connections=True)
             if session is not None and not session.lost:
                 session.withdraw_tunnel(name)
-            await self.record(self._db.remove_tunnel, client, name, event=TUNNEL_REMOVED, client=client, tunnel=name)
+            await self.store.call(self._db.remove_tunnel, client, name)
 
         await self.locks.run(client, remove)
 
@@ -767,10 +739,7 @@ class ServerCore:
             record = await self._stored(client, name)
             if not record.enabled:
                 return record
-            await self.record(
-                partial(self._db.update_tunnel, client, name, TUNNEL_DISABLED, None, enabled=False),
-                event=TUNNEL_DISABLED, client=client, tunnel=name,
-            )
+            await self.store.call(self._db.update_tunnel, client, name, TUNNEL_DISABLED, None, enabled=False)
             live = self.tunnels.get((client, name))
             if live is not None:
                 reason = "disabled by the operator"
@@ -788,10 +757,7 @@ class ServerCore:
             record = await self._stored(client, name)
             if record.enabled:
                 return record
-            await self.record(
-                partial(self._db.update_tunnel, client, name, TUNNEL_ENABLED, None, enabled=True),
-                event=TUNNEL_ENABLED, client=client, tunnel=name,
-            )
+            await self.store.call(self._db.update_tunnel, client, name, TUNNEL_ENABLED, None, enabled=True)
             session = self.sessions.get(client)
             if session is not None:
                 await self._reopen(session, await self._stored(client, name))
@@ -838,19 +804,20 @@ class ServerCore:
         if self.sessions.get(name) is session:
             del self.sessions[name]
         await DeferredList([self.close_tunnel(t, reason) for t in list(session.tunnels.values())])
-        await self.record(
-            self._db.client_disconnected, name, session.peer_address, reason,
-            event=CLIENT_DISCONNECTED, client=name, address=session.peer_address, detail=reason,
-        )
+        await self.store.call(self._db.client_disconnected, name, session.peer_address, reason)
         if event is not None:
-            await self.record(
-                self._db.record_event, event, name, None, session.peer_address, reason,
-                event=event, client=name, address=session.peer_address, detail=reason,
-            )
+            await self.record(event, client=name, address=session.peer_address, detail=reason)
         self.log.info("client {client} offline: {reason}", client=name, reason=reason)
 
     def session_lost(self, session: ClientSession, reason: str) -> Deferred:
         return Deferred.fromCoroutine(self.drop_session(session, reason))
+
+    def _token_revoked(self, event: Event) -> None:
+        session = self.sessions.get(event.client or "") if event.type == TOKEN_REVOKED else None
+        if session is not None and session.token_checked:
+            Deferred.fromCoroutine(self.kick_inactive_tokens()).addErrback(
+                lambda f: self.log.failure("cutting off the client of a revoked token failed", f)
+            )
 
     async def kick_inactive_tokens(self) -> None:
         """Cut off clients whose token was revoked or expired since they logged in."""

@@ -381,7 +381,9 @@ class History(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._unsubscribe = [self.core.events.subscribe(self.observe)]
+        # This process's sessions only: another server sharing the store
+        # keeps its own history rows.
+        self._unsubscribe = [self.core.events.subscribe(self.observe, local_only=True)]
         for name in self.core.sessions:  # already online (a service restarted under a live core)
             self.online_since.setdefault(name, self.reactor.seconds())
         self._sampler.start(self.sample_interval, now=False)

@@ -32,7 +32,13 @@ import attrs
 
 from gotaxy import __version__
 from gotaxy.config import ConfigError, parse_host_port
-from gotaxy.events import Event
+from gotaxy.events import (
+    CLIENT_KICKED,
+    CONFIG_RELOADED,
+    NOTIFY_TEST,
+    Event,
+    query_type_error,
+)
 from gotaxy.jointoken import make_join_token
 from gotaxy.notify.managed import TargetError
 from gotaxy.names import NAME_RULE, InvalidName, check_name, shown
@@ -40,16 +46,7 @@ from gotaxy.server.core import (
     SHARED_PREFIX, ServerCore, TunnelConflict, TunnelNotFound, TunnelRefused, valid_client_name,
 )
 from gotaxy.server.tunnel import LiveTunnel
-from gotaxy.store import (
-    CLIENT_KICKED,
-    CONFIG_RELOADED,
-    TOKEN_CREATED,
-    TOKEN_REVOKED,
-    EventRecord,
-    StoreError,
-    TokenRecord,
-    TunnelRecord,
-)
+from gotaxy.store import EventRecord, StoreError, TokenRecord, TunnelRecord
 
 
 @attrs.frozen
@@ -395,9 +392,7 @@ class Management:
         """
         _check_name(name, "a token's name (its client's name)")
         try:
-            record, secret = await self.core.record(
-                self._db.create_token, name, expires_at, event=TOKEN_CREATED, client=name
-            )
+            record, secret = await self._call(self._db.create_token, name, expires_at)
         except StoreError as e:  # a token of that name exists
             raise ManagementError("conflict", str(e), "name") from None
         return record, make_join_token(self.join_pin, secret) if self.join_pin else secret
@@ -406,7 +401,6 @@ class Management:
         """Revoke a client's token and cut the client off at once."""
         if not await self._call(self._db.revoke_token, name):
             raise ManagementError("not_found", f"no active token named {name!r}", "name")
-        self.core.publish(TOKEN_REVOKED, client=name)
         session = self.core.sessions.get(name)
         if session is not None and session.token_checked:
             session.close_with_error("your token was revoked")
@@ -423,7 +417,7 @@ class Management:
     def _send_test(self, target: Any, missing: str, field: str) -> None:
         if target is None:
             raise ManagementError("not_found", missing, field)
-        target.deliver(Event(type="notify.test", at=self.core.reactor.seconds(), detail="sent by the server's operator"))
+        target.deliver(Event(type=NOTIFY_TEST, at=self.core.reactor.seconds(), detail="sent by the server's operator"))
 
     async def webhooks(self) -> List[WebhookView]:
         return [WebhookView(**view) for view in self._targets(self._webhooks).webhooks()]
@@ -484,13 +478,15 @@ class Management:
             raise _invalid("limit must be from 1 to 1000", "limit")
         if offset < 0:
             raise _invalid("offset must not be negative", "offset")
+        if type_:
+            error = query_type_error(type_)
+            if error is not None:
+                raise ManagementError("invalid", error, "type")
         return await self._call(self._db.events, limit, type_, client, since, until, offset)
 
     async def record_operator_event(self, type_: str, address: Optional[str], detail: str) -> None:
         """Record something an operator did that is worth an event (the console's python prompt)."""
-        await self.core.record(
-            self._db.record_event, type_, None, None, address, detail, event=type_, address=address, detail=detail
-        )
+        await self.core.record(type_, address=address, detail=detail)
 
     async def reload(self) -> List[str]:
         """Re-read the config file; returns its warnings."""
@@ -501,5 +497,5 @@ class Management:
         except ConfigError as e:
             raise _invalid(str(e), None) from None
         self.core.reload_config(config)
-        await self.core.record(self._db.record_event, CONFIG_RELOADED, event=CONFIG_RELOADED)
+        await self.core.record(CONFIG_RELOADED)
         return list(warnings)

@@ -42,6 +42,9 @@ class EventCounts:
     """
     Event-bus subscriber counting occurrences by type: an event that stands
     for several (failed log-ins from one address, aggregated) counts as many.
+    It counts the events this process recorded, not those it reads back from
+    other processes (``gotaxy.server.outbox``), so that the counters of
+    several servers on one store add up.
     """
 
     def __init__(self) -> None:
@@ -232,7 +235,8 @@ class Metrics(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._unsubscribe = [self.core.events.subscribe(self.events)]
+        # What this process recorded: /metrics of each server counts its own.
+        self._unsubscribe = [self.core.events.subscribe(self.events, local_only=True)]
         self._sampling.start(self.core.config.heartbeat_interval, now=False)
 
     def stopService(self) -> None:

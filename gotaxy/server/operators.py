@@ -51,7 +51,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from gotaxy.credentials import verify_password
-from gotaxy.store import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED, OPERATOR_PASSWORD_CHANGED
+from gotaxy.events import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED, OPERATOR_PASSWORD_CHANGED
 
 FREE_FAILURES = 3
 MAX_DELAY = 60.0
@@ -232,15 +232,9 @@ class OperatorAuth(Service):
             return
         locked = self._failed(username, address, attempt)
         detail = f"via {via}, user {username[:64]!r}"
-        await self.core.record(
-            self._db.record_event, OPERATOR_LOGIN_FAILED, None, None, address, detail,
-            event=OPERATOR_LOGIN_FAILED, address=address, detail=detail,
-        )
+        await self.core.record(OPERATOR_LOGIN_FAILED, address=address, detail=detail)
         if locked:
-            await self.core.record(
-                self._db.record_event, OPERATOR_LOCKED_OUT, None, None, address, detail,
-                event=OPERATOR_LOCKED_OUT, address=address, detail=detail,
-            )
+            await self.core.record(OPERATOR_LOCKED_OUT, address=address, detail=detail)
         raise AuthFailed("wrong user name or password")
 
     async def change_password(self, username: str, old: str, new: str, address: str, via: str) -> None:
@@ -248,10 +242,7 @@ class OperatorAuth(Service):
         if len(new) < MIN_PASSWORD_LENGTH:
             raise ValueError(f"the new password must have at least {MIN_PASSWORD_LENGTH} characters")
         await self.core.store.call(self._db.set_admin_password, username, new)
-        await self.core.record(
-            self._db.record_event, OPERATOR_PASSWORD_CHANGED, None, None, address, f"via {via}",
-            event=OPERATOR_PASSWORD_CHANGED, address=address, detail=f"via {via}",
-        )
+        await self.core.record(OPERATOR_PASSWORD_CHANGED, address=address, detail=f"via {via}")
 
     def failures(self, username: Optional[str] = None, address: Optional[str] = None) -> int:
         """Failed (or still being checked) attempts counted for the address or user."""

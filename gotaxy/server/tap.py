@@ -77,6 +77,7 @@ from gotaxy.server.metrics import Metrics, MetricsResource
 from gotaxy.server.operators import OperatorAuth
 from gotaxy.jointoken import make_join_token
 from gotaxy.server.lease import LEASE, NodeLease, node_id
+from gotaxy.server.outbox import EventTail
 from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url
 from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
@@ -281,10 +282,7 @@ class CoreService(Service):
     def _announce_start(self) -> None:
         detail = f"version {__version__}"
         Deferred.fromCoroutine(
-            self.core.record(
-                self.store.store.record_event, SERVER_STARTED, None, None, None, detail,
-                event=SERVER_STARTED, detail=detail,
-            )
+            self.core.record(SERVER_STARTED, detail=detail)
         ).addErrback(lambda f: log.failure("recording the server start failed", f))
 
     def stopService(self) -> Deferred:
@@ -389,6 +387,8 @@ class Server:
     metrics_resource: MetricsResource
     history: History
     event_retention: EventRetention
+    #: Reads the events other processes write (``gotaxy.server.outbox``).
+    event_tail: EventTail
     #: The listeners: the control port always, the panel and console unless turned off.
     control: Listener
     web: Optional[WebService]
@@ -513,6 +513,8 @@ def _assemble(
     revocations.clock = reactor
     # Events older than events.retentionDays go, at start and then hourly.
     event_retention = EventRetention(core)
+    # Events other processes write (the gotaxy command, another server) reach the bus.
+    event_tail = EventTail(store, core.events, reactor, sync_store.node)
     # Notifications, metrics and stability history.
     notifier = build_notifier(config, core.events, reactor, store)
     webhooks = ManagedWebhooks(notifier, store, data_dir, config.server_name, reactor, key_file=config.notify_key_file)
@@ -552,7 +554,9 @@ def _assemble(
         NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
         control, revocations, event_retention, notifier,
         operators,  # its password-check threads start and stop with the server
-        metrics, history, web, console,
+        metrics, history,
+        event_tail,  # once every subscriber listens; stopped before the store closes
+        web, console,
     ):
         if part is not None:
             part.setServiceParent(top)
@@ -560,6 +564,7 @@ def _assemble(
         config=config, service=top, store=store, core=core, admission=admission, management=management,
         operators=operators, second_factor=second_factor, notifier=notifier, webhooks=webhooks, mail=mail,
         metrics=metrics, metrics_resource=metrics_resource, history=history, event_retention=event_retention,
+        event_tail=event_tail,
         control=control, web=web, console=console, console_access=console_access,
     )
     return server

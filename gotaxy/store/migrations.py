@@ -135,6 +135,8 @@ MIGRATIONS: Tuple[Migration, ...] = (
         "session, one roll-up per history hour, one row per setting",
         ensure(schema.NODES, "clients", "tunnels", "settings", schema.HISTORY_SESSIONS, schema.HISTORY_ROLLUPS),
     ),
+    Migration(3, "every event names the server process that recorded it (the events table is an outbox)",
+              ensure("events")),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -103,6 +103,9 @@ TABLES: Dict[str, TableSpec] = {
             ("address", String(128)),
             ("detail", TEXT),
             ("count", Integer),
+            # The server process that wrote the row (None: the gotaxy
+            # command); the outbox's tail skips its own (gotaxy.server.outbox).
+            ("node", String(64)),
         ),
         indexes=(("at",), ("type",), ("client",)),
     ),

@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from gotaxy.credentials import hash_password, new_token, token_hash, tokens_equal, verify_password
@@ -35,28 +36,33 @@ from gotaxy.store.schema import HISTORY_SESSIONS, NODES
 
 T = TypeVar("T")
 
-#: Event types written to the ``events`` table.
-CLIENT_CONNECTED = "client.connected"
-CLIENT_DISCONNECTED = "client.disconnected"
-CLIENT_REPLACED = "client.replaced"
-LOGIN_FAILED = "login.failed"
-TUNNEL_OPENED = "tunnel.opened"
-TUNNEL_CLOSED = "tunnel.closed"
-TUNNEL_REFUSED = "tunnel.refused"
-TUNNEL_ERROR = "tunnel.error"
-TOKEN_CREATED = "token.created"
-TOKEN_REVOKED = "token.revoked"
-SERVER_STARTED = "server.started"
-CLIENT_KICKED = "client.kicked"
-TUNNEL_ADDED = "tunnel.added"
-TUNNEL_REMOVED = "tunnel.removed"
-TUNNEL_ENABLED = "tunnel.enabled"
-TUNNEL_DISABLED = "tunnel.disabled"
-TUNNEL_EDITED = "tunnel.edited"
-CONFIG_RELOADED = "config.reloaded"
-OPERATOR_LOGIN_FAILED = "operator.login_failed"
-OPERATOR_LOCKED_OUT = "operator.locked_out"
-OPERATOR_PASSWORD_CHANGED = "operator.password_changed"
+#: Event types, re-exported from their catalogue (``gotaxy.events``) for
+#: the modules that import them from here.
+from gotaxy.events import (  # noqa: E402
+    CLIENT_CONNECTED,
+    CLIENT_DISCONNECTED,
+    CLIENT_KICKED,
+    CLIENT_REPLACED,
+    CONFIG_RELOADED,
+    LOGIN_FAILED,
+    OPERATOR_LOCKED_OUT,
+    OPERATOR_LOGIN_FAILED,
+    OPERATOR_PASSWORD_CHANGED,
+    SERVER_STARTED,
+    TOKEN_CREATED,
+    TOKEN_REVOKED,
+    TUNNEL_ADDED,
+    TUNNEL_CLOSED,
+    TUNNEL_DISABLED,
+    TUNNEL_EDITED,
+    TUNNEL_ENABLED,
+    TUNNEL_ERROR,
+    TUNNEL_OPENED,
+    TUNNEL_REFUSED,
+    TUNNEL_REMOVED,
+    TYPES,
+    Event,
+)
 
 #: Who defined a tunnel: the client's own config, or an operator (panel or
 #: console), in which case the server pushes it to the client.
@@ -108,16 +114,8 @@ class TunnelRecord:
     enabled: bool = True
 
 
-@attrs.frozen
-class EventRecord:
-    id: int
-    at: float
-    type: str
-    client: Optional[str] = None
-    tunnel: Optional[str] = None
-    address: Optional[str] = None
-    detail: Optional[str] = None
-    count: int = 1  #: occurrences this row stands for (repeated failed log-ins from one address are one row)
+#: A row of the events table is an ``Event`` with its ``id`` and ``node``.
+EventRecord = Event
 
 
 #: ``settings`` key: the fingerprint join tokens pin (``gotaxy.jointoken``),
@@ -168,10 +166,17 @@ class Store:
     #: The server process this store works for (``join_node``); None in the ``gotaxy`` command.
     node: Optional[str] = None
 
-    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, url: str, clock: Callable[[], float] = time.time, node: Optional[str] = None) -> None:
         self.url = url
         self.shown_url = shown_url(url)
         self._clock = clock
+        # Written into the rows it owns and every event row it records (the
+        # outbox's tail skips its own: gotaxy.server.outbox); join_node sets it too.
+        self.node = node
+        #: While True (``ThreadedStore`` sets it), recorded events are kept
+        #: for ``take_recorded``, so that the server publishes each one.
+        self.collect_recorded = False
+        self._recorded: List[Event] = []
         target = driver_url(url)
         kwargs: Dict[str, Any] = {}
         if target.get_backend_name() == "sqlite":
@@ -534,6 +539,24 @@ class Store:
 
     # -- events --------------------------------------------------------------
 
+    def record(self, event: Event) -> Event:
+        """
+        Write ``event`` to the events table; return it as recorded (with
+        its row id and this store's node).  The one way an event is written:
+        the state changes above call it too, and ``ThreadedStore`` hands
+        what was recorded to the server's event bus.
+        """
+        if event.type not in TYPES or not TYPES[event.type].recorded:
+            raise ValueError(f"{event.type!r} is not an event type of the events table (see gotaxy.events)")
+        row_id = self.db["events"].insert(
+            dict(at=event.at, type=event.type, client=event.client, tunnel=event.tunnel, address=event.address,
+                 detail=event.detail, count=event.count, node=self.node)
+        )
+        recorded = attrs.evolve(event, id=row_id, node=self.node)
+        if self.collect_recorded:
+            self._recorded.append(recorded)
+        return recorded
+
     def record_event(
         self,
         type_: str,
@@ -542,10 +565,33 @@ class Store:
         address: Optional[str] = None,
         detail: Optional[str] = None,
         count: int = 1,
-    ) -> None:
-        self.db["events"].insert(
-            dict(at=self._clock(), type=type_, client=client, tunnel=tunnel, address=address, detail=detail, count=count)
-        )
+    ) -> Event:
+        """``record`` an event of ``type_`` that happens now."""
+        return self.record(Event(type=type_, at=self._clock(), client=client, tunnel=tunnel, address=address,
+                                 detail=detail, count=count))
+
+    def take_recorded(self) -> List[Event]:
+        """The events recorded since the last call, oldest first."""
+        recorded, self._recorded = self._recorded, []
+        return recorded
+
+    def newest_event_id(self) -> Optional[int]:
+        row = self.db.query("SELECT MAX(id) AS newest FROM events").next()
+        return None if row["newest"] is None else int(row["newest"])
+
+    def events_after(self, after: int, limit: int, also: Iterable[int] = ()) -> Tuple[List[Event], Optional[int]]:
+        """
+        For the outbox's tail: up to ``limit`` events with an id above
+        ``after``, and those with an id in ``also`` (at most ``limit`` of
+        them), oldest first; and the newest id in the table.
+        """
+        table = self.db["events"]
+        rows = list(table.find(id={">": after}, order_by="id", _limit=limit))
+        wanted = list(also)[:limit]
+        if wanted:
+            rows += list(table.find(id={"in": wanted}))
+        rows.sort(key=lambda row: row["id"])
+        return [_event(row) for row in rows], self.newest_event_id()
 
     def expire_events(self, before: float, limit: int = 1000) -> int:
         """
@@ -584,19 +630,7 @@ class Store:
         rows = self.db["events"].find(
             order_by="-id", _limit=max(1, min(limit, 10000)), _offset=max(0, offset), **filters
         )
-        return [
-            EventRecord(
-                id=row["id"],
-                at=row["at"],
-                type=row["type"],
-                client=row["client"],
-                tunnel=row["tunnel"],
-                address=row["address"],
-                detail=row["detail"],
-                count=row.get("count") or 1,
-            )
-            for row in rows
-        ]
+        return [_event(row) for row in rows]
 
     # -- operator accounts ---------------------------------------------------
 
@@ -666,6 +700,20 @@ def _tunnel(row: Dict[str, Any]) -> TunnelRecord:
     )
 
 
+def _event(row: Dict[str, Any]) -> Event:
+    return Event(
+        id=row["id"],
+        at=row["at"],
+        type=row["type"],
+        client=row["client"],
+        tunnel=row["tunnel"],
+        address=row["address"],
+        detail=row["detail"],
+        count=row.get("count") or 1,
+        node=row.get("node"),
+    )
+
+
 def _token(row: Dict[str, Any]) -> TokenRecord:
     return TokenRecord(
         name=row["name"],
@@ -687,6 +735,10 @@ class ThreadedStore:
         self.store = store
         self._reactor = reactor
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="gotaxy-store")
+        #: Called on the reactor thread with each event a call recorded, in
+        #: order, before that call's Deferred fires (the core publishes them).
+        self.on_recorded: Optional[Callable[[Event], None]] = None
+        store.collect_recorded = True
 
     def start(self) -> None:
         self._pool.start()
@@ -696,4 +748,21 @@ class ThreadedStore:
         self.store.close()
 
     def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> "Deferred[T]":
-        return deferToThreadPool(self._reactor, self._pool, function, *args, **kwargs)
+        d = deferToThreadPool(self._reactor, self._pool, self._run, function, args, kwargs)
+        d.addCallback(self._deliver)
+        return d
+
+    def _run(self, function: Callable[..., Any], args: Any, kwargs: Any) -> Tuple[Any, List[Event]]:
+        """On the store's thread: the call's result (or its Failure) and the events it recorded."""
+        try:
+            result = function(*args, **kwargs)
+        except BaseException:
+            result = Failure()
+        return result, self.store.take_recorded()
+
+    def _deliver(self, outcome: Tuple[Any, List[Event]]) -> Any:
+        result, recorded = outcome
+        if self.on_recorded is not None:
+            for event in recorded:
+                self.on_recorded(event)
+        return result  # a Failure fails the Deferred

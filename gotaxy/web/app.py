@@ -53,7 +53,7 @@ from twisted.web.static import File
 from werkzeug.exceptions import HTTPException
 
 from gotaxy import __version__
-from gotaxy.events import Event, EventBus
+from gotaxy.events import TYPES, Event, EventBus
 from gotaxy.server.history import History
 from gotaxy.server.manage import Management, ManagementError
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
@@ -660,6 +660,14 @@ class Panel:
         request.setResponseCode(202)  # queued; the SMTP attempt (and its retries) happen later
 
     # -- events, reload ------------------------------------------------------------
+
+    @app.route(f"{API_PREFIX}/events/types", methods=["GET"])
+    @_api()
+    async def event_types(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"types": [
+            {"type": t.name, "family": t.family, "meaning": t.meaning, "fields": list(t.fields), "recorded": t.recorded}
+            for t in TYPES.values()
+        ]}
 
     @app.route(f"{API_PREFIX}/events", methods=["GET"])
     @_api()

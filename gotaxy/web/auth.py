@@ -164,18 +164,11 @@ class PanelAuth:
         times = [t for t in self._totp_failures.get(username, []) if now - t < TOTP_WINDOW] + [now]
         self._totp_failures[username] = times
         detail = f"via {via}, user {username[:64]!r}, wrong second-factor code"
-        db = self.core.store.store
-        await self.core.record(
-            db.record_event, OPERATOR_LOGIN_FAILED, None, None, address, detail,
-            event=OPERATOR_LOGIN_FAILED, address=address, detail=detail,
-        )
+        await self.core.record(OPERATOR_LOGIN_FAILED, address=address, detail=detail)
         if len(times) >= TOTP_LOCK_AFTER:
             self._totp_locked_until[username] = now + TOTP_WINDOW
             self._totp_failures.pop(username, None)
-            await self.core.record(
-                db.record_event, OPERATOR_LOCKED_OUT, None, None, address, detail,
-                event=OPERATOR_LOCKED_OUT, address=address, detail=detail,
-            )
+            await self.core.record(OPERATOR_LOCKED_OUT, address=address, detail=detail)
         raise AuthFailed("wrong second-factor code")
 
     def _create_session(self, username: str, session_id: str, address: str, now: float) -> Caller:

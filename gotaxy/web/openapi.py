@@ -15,6 +15,7 @@ import copy
 from typing import Any, Dict, List, Optional, Tuple
 
 from gotaxy import __version__
+from gotaxy.events import FAMILIES, FIELDS, QUERY_TYPES, TYPES
 
 API_PREFIX = "/api/v0.1"
 
@@ -22,6 +23,8 @@ WEBHOOK_FORMATS = ("json", "slack", "dingtalk", "feishu")
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _STRING_OR_NULL = {"type": ["string", "null"]}
+#: A notification filter: an event type, a family ("tunnel.*" or "tunnel."), or "*".
+_FILTER_PATTERN = {"enum": ["*", *TYPES, *(f"{f}.*" for f in FAMILIES), *(f"{f}." for f in FAMILIES)]}
 
 
 def _object(properties: Dict[str, Any], required: Optional[List[str]] = None) -> Dict[str, Any]:
@@ -165,7 +168,7 @@ SCHEMAS: Dict[str, Any] = {
         {
             "id": {"type": "integer"},
             "at": {"type": "number"},
-            "type": {"type": "string"},
+            "type": {"enum": list(TYPES), "description": "see GET /events/types"},
             "client": _STRING_OR_NULL,
             "tunnel": _STRING_OR_NULL,
             "address": _STRING_OR_NULL,
@@ -175,8 +178,19 @@ SCHEMAS: Dict[str, Any] = {
                 "minimum": 1,
                 "description": "occurrences this event stands for: failed log-ins from one address are one event a minute",
             },
+            "node": {**_STRING_OR_NULL, "description": "the server process that recorded it; null: the gotaxy command"},
         }
     ),
+    "EventType": _object(
+        {
+            "type": {"enum": list(TYPES)},
+            "family": {"type": "string", "description": "what a filter such as 'tunnel.*' matches"},
+            "meaning": {"type": "string"},
+            "fields": {"type": "array", "items": {"enum": list(FIELDS)}, "description": "the Event fields it fills"},
+            "recorded": {"type": "boolean", "description": "kept in the event log (notify.test is only sent)"},
+        }
+    ),
+    "EventTypes": _list_of("types", "EventType"),
     "EventPage": _object(
         {
             "events": {"type": "array", "items": _ref("Event")},
@@ -190,7 +204,7 @@ SCHEMAS: Dict[str, Any] = {
             "name": {"type": "string"},
             "url": {"type": "string",
                     "description": "redacted: scheme, host and port only (the path may hold a token)"},
-            "events": {"type": "array", "items": {"type": "string"},
+            "events": {"type": "array", "items": _FILTER_PATTERN,
                        "description": "event types or patterns such as 'tunnel.*'; '*' for all"},
             "format": {"enum": list(WEBHOOK_FORMATS)},
             "signed": {"type": "boolean", "description": "it has a secret (which is never returned)"},
@@ -204,7 +218,7 @@ SCHEMAS: Dict[str, Any] = {
         {
             "name": {"type": "string", "maxLength": 64},
             "url": {"type": "string", "description": "http:// or https://", "maxLength": 2048},
-            "events": {"type": "array", "items": {"type": "string"}, "minItems": 1, "default": ["*"]},
+            "events": {"type": "array", "items": _FILTER_PATTERN, "minItems": 1, "default": ["*"]},
             "format": {"enum": list(WEBHOOK_FORMATS), "default": "json"},
             "secret": {"type": "string", "description": "signs every delivery; never shown again"},
         },
@@ -214,7 +228,7 @@ SCHEMAS: Dict[str, Any] = {
     "MailRecipient": _object(
         {
             "address": {"type": "string", "description": "an e-mail address"},
-            "events": {"type": "array", "items": {"type": "string"},
+            "events": {"type": "array", "items": _FILTER_PATTERN,
                        "description": "event types or patterns such as 'tunnel.*'; '*' for all"},
             "source": {
                 "enum": ["config", "operator"],
@@ -225,7 +239,7 @@ SCHEMAS: Dict[str, Any] = {
     "MailRecipientCreate": _object(
         {
             "address": {"type": "string", "maxLength": 320},
-            "events": {"type": "array", "items": {"type": "string"}, "minItems": 1, "default": ["*"]},
+            "events": {"type": "array", "items": _FILTER_PATTERN, "minItems": 1, "default": ["*"]},
         },
         ["address"],
     ),
@@ -328,7 +342,7 @@ def _operation(
     request: Optional[str] = None,
     errors: Tuple[int, ...] = (),
     public: bool = False,
-    query: Tuple[Tuple[str, str, str], ...] = (),
+    query: Tuple[Tuple[str, Any, str], ...] = (),
     tag: str = "",
 ) -> Tuple[str, Dict[str, Any]]:
     status, schema = response
@@ -356,7 +370,8 @@ def _operation(
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(request)}}}
     if query:
         operation["parameters"] = [
-            {"name": name, "in": "query", "required": False, "schema": {"type": type_}, "description": text}
+            {"name": name, "in": "query", "required": False,
+             "schema": type_ if isinstance(type_, dict) else {"type": type_}, "description": text}
             for name, type_, text in query
         ]
     return method, operation
@@ -472,11 +487,15 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
         _operation("post", "Queue a test e-mail (notify.test) to this recipient only", (202, None),
                    errors=(404, 409), tag="notifications")
     ],
+    "/events/types": [
+        _operation("get", "The event types: what each means and which fields it fills", (200, "EventTypes"),
+                   tag="events")
+    ],
     "/events": [
         _operation(
             "get", "Events, newest first", (200, "EventPage"), errors=(400,), tag="events",
             query=(
-                ("type", "string", "an event type, or a family ending in '.' such as 'tunnel.'"),
+                ("type", {"enum": list(QUERY_TYPES)}, "an event type, or a family ending in '.' such as 'tunnel.'"),
                 ("client", "string", "only this client's"),
                 ("since", "number", "UNIX time, inclusive"),
                 ("until", "number", "UNIX time, inclusive"),
