@@ -15,8 +15,9 @@ convert frp's old files.
 It works on the store directly (``--database-url``, else ``database.url`` of
 ``DATA_DIR/server.toml``, else SQLite in ``--data-dir``), so it can run
 while the server does (SQLite in WAL mode lets a second process write): a
-running server notices a revoked token within ten seconds and disconnects the
-client, and it reads the operator's password hash and second factor from the
+running server reads the token.revoked event from the store within half a
+second (``gotaxy.server.outbox``), disconnects the client and sends its
+notifications, and it reads the operator's password hash and second factor from the
 store at every log-in, so a reset takes effect at the next one.  A reset also
 ends the operator's panel sessions.  ``convert`` needs no store: it writes
 frp's legacy INI file as frp's TOML (see ``gotaxy.frp_ini``).

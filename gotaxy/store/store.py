@@ -16,6 +16,7 @@ given, so tests can steer expiry.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
@@ -177,6 +178,7 @@ class Store:
         #: for ``take_recorded``, so that the server publishes each one.
         self.collect_recorded = False
         self._recorded: List[Event] = []
+        self._recorded_lock = threading.Lock()  # start-up work may record from the reactor's thread
         target = driver_url(url)
         kwargs: Dict[str, Any] = {}
         if target.get_backend_name() == "sqlite":
@@ -554,7 +556,8 @@ class Store:
         )
         recorded = attrs.evolve(event, id=row_id, node=self.node)
         if self.collect_recorded:
-            self._recorded.append(recorded)
+            with self._recorded_lock:
+                self._recorded.append(recorded)
         return recorded
 
     def record_event(
@@ -572,7 +575,8 @@ class Store:
 
     def take_recorded(self) -> List[Event]:
         """The events recorded since the last call, oldest first."""
-        recorded, self._recorded = self._recorded, []
+        with self._recorded_lock:
+            recorded, self._recorded = self._recorded, []
         return recorded
 
     def newest_event_id(self) -> Optional[int]:
