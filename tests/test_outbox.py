@@ -1,7 +1,7 @@
 """
 The events table as an outbox (``gotaxy.server.outbox``): two server
-processes on one SQLite file, each with its store, bus and tail, on a fake
-clock.  An event one records reaches the other's subscribers once, and its
+processes on one database (a SQLite file, and a real PostgreSQL), each with
+its store, bus and tail, on a fake clock.  An event one records reaches the other's subscribers once, and its
 own once (straight from the record, not again from the tail); so do events
 the ``gotaxy`` command writes, whatever retention deletes meanwhile.
 """
@@ -72,8 +72,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'gotaxy.db'}"
+def url(store_url: str) -> str:
+    """One database the two processes share: SQLite, and a real PostgreSQL (tests/conftest.py)."""
+    return store_url
 
 
 @pytest.fixture
