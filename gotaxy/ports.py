@@ -48,8 +48,8 @@ def server_ports(config: "ServerConfig") -> Dict[int, str]:
     """The server's own listening ports (port -> what listens there), none of them a tunnel's."""
     own: Dict[int, str] = {}
     for port, endpoint, what in (
-        (config.console_port, config.console_endpoint, "SSH console port (console.port)"),
-        (config.web_port, config.web_endpoint, "web panel and metrics port (webServer.port)"),
+        (config.console.port, config.console.endpoint, "SSH console port (console.port)"),
+        (config.web.port, config.web.endpoint, "web panel and metrics port (webServer.port)"),
         (config.bind_port, config.bind_endpoint, "control port (bindPort)"),
     ):
         if endpoint:

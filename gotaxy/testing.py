@@ -500,7 +500,7 @@ class LogCapture:
 
 
 def server_config(**settings: Any) -> ServerConfig:
-    """A server's settings for tests: on loopback, with ``settings`` changed."""
+    """A server's settings for tests: on loopback, with ``settings`` changed (a section as a whole: ``limits=LimitsSettings(...)``)."""
     settings.setdefault("bind_addr", "127.0.0.1")
     settings.setdefault("data_dir", "/nonexistent/gotaxy-testing")  # nothing may write there
     return ServerConfig(**settings)
@@ -521,7 +521,7 @@ class GotaxyServer:
         self.credentials = credentials or server_credentials()
         self.store = SynchronousStore(memory_store(network.seconds), network)
         self.core = ServerCore(self.config, self.store, network)
-        self.admission = Admission(self.config.max_pending, self.config.max_pending_per_ip, network)
+        self.admission = Admission(self.config.transport.max_pending, self.config.transport.max_pending_per_ip, network)
         factory = AdmittingTLSFactory(self.credentials.server_context(),
                                       ServerControlFactory(self.core, self.admission, network))
         self.listening = network.listenTCP(self.config.bind_port, factory, interface=self.config.bind_addr)

@@ -14,9 +14,14 @@ import pytest
 from gotaxy.config import (
     ClientConfig,
     ConfigError,
+    LimitsSettings,
+    LogSettings,
+    MetricsSettings,
     PortRange,
     ServerConfig,
+    TransportSettings,
     TunnelSpec,
+    WebSettings,
     WebhookSpec,
     format_allow_ports,
     load_toml,
@@ -26,6 +31,7 @@ from gotaxy.config import (
     parse_local_rule_flag,
     parse_server_config,
     parse_tunnel_flag,
+    replace,
 )
 
 if sys.version_info >= (3, 11):
@@ -231,13 +237,11 @@ class TestFrpExampleFiles:
                 PortRange(3003, 3003),
                 PortRange(4000, 50000),
             ),
-            log_level="info",
-            log_max_days=3,
-            web_addr="127.0.0.1",
-            web_port=7500,
-            enable_prometheus=True,
+            log=LogSettings(level="info", max_days=3),
+            web=WebSettings(addr="127.0.0.1", port=7500),
+            metrics=MetricsSettings(enable_prometheus=True),
         )
-        assert config.effective_metrics_exposure() == "open"
+        assert config.metrics.effective_exposure() == "open"
         warned = [w.split("'")[1] for w in loaded.warnings]
         assert warned == [
             "kcpBindPort",
@@ -344,7 +348,7 @@ class TestFrpOwnFiles:
 
     def test_frps_full_example(self) -> None:
         loaded = parse_server_config(load_toml(str(FRP_CONF / "frps_full_example.toml")))
-        assert loaded.config.token == "12345678" and loaded.config.web_port == 7500
+        assert loaded.config.token == "12345678" and loaded.config.web.port == 7500
         assert len(loaded.warnings) == 16
 
     def test_frpc_full_example(self) -> None:
@@ -533,14 +537,12 @@ class TestServerFile:
             token="s3cret",
             heartbeat_interval=5.0,
             heartbeat_timeout=15.5,
-            auth_timeout=4.0,
-            max_pending=100,
-            max_pending_per_ip=4,
-            max_ports_per_client=5,
-            tls_cert_file="server.pem",
-            tls_key_file="server.key",
-            log_level="debug",
-            log_max_days=7,
+            transport=TransportSettings(
+                auth_timeout=4.0, max_pending=100, max_pending_per_ip=4,
+                tls_cert_file="server.pem", tls_key_file="server.key",
+            ),
+            limits=LimitsSettings(max_ports_per_client=5),
+            log=LogSettings(level="debug", max_days=7),
             store="postgresql://gotaxy@localhost/gotaxy",
         )
 
@@ -580,8 +582,8 @@ class TestServerFile:
         )
 
     def test_trace_log_level_is_debug(self) -> None:
-        assert server('log.level = "TRACE"').config.log_level == "debug"
-        assert server('log.level = "Warn"').config.log_level == "warn"
+        assert server('log.level = "TRACE"').config.log.level == "debug"
+        assert server('log.level = "Warn"').config.log.level == "warn"
 
     def test_secrets_stay_out_of_repr(self) -> None:
         assert "s3cret" not in repr(server('auth.token = "s3cret"').config)
@@ -1214,30 +1216,30 @@ batchSeconds = 60
         config = loaded.config
         assert loaded.warnings == ()
         assert config.server_name == "edge-1"
-        assert config.notify_flap_grace == 0.0
-        assert config.effective_metrics_exposure() == "token" and config.metrics_token == "m-s3cret"
-        assert (config.history_sample_interval, config.history_raw_hours, config.history_retention_days) == (30, 24, 30)
+        assert config.notify.flap_grace == 0.0
+        assert config.metrics.effective_exposure() == "token" and config.metrics.token == "m-s3cret"
+        assert (config.history.sample_interval, config.history.raw_hours, config.history.retention_days) == (30, 24, 30)
         first, second = config.webhooks
         assert first == WebhookSpec(
             url="https://hooks.example.org/x?access_token=w-s3cret", name="ops", secret="h-s3cret",
             events=("client.disconnected", "tunnel.*"), timeout=5.0, retry_for=60.0, max_pending=10,
         )
         assert (second.format, second.events, second.timeout, second.retry_for) == ("feishu", ("*",), 10.0, 300.0)
-        assert config.smtp_to == ("ops@example.org", "oncall@example.org")
-        assert config.effective_smtp_port() == 465
-        assert config.smtp_events == ("client.*",) and config.smtp_batch_seconds == 60.0
+        assert config.smtp.to == ("ops@example.org", "oncall@example.org")
+        assert config.smtp.effective_port() == 465
+        assert config.smtp.events == ("client.*",) and config.smtp.batch_seconds == 60.0
         text = repr(config)
         for secret in ("m-s3cret", "w-s3cret", "h-s3cret", "p-s3cret"):
             assert secret not in text
 
     def test_defaults(self) -> None:
         config = ServerConfig()
-        assert config.webhooks == () and config.smtp_host is None
-        assert config.notify_flap_grace == 10.0
-        assert config.effective_metrics_exposure() == "off"
+        assert config.webhooks == () and config.smtp.host is None
+        assert config.notify.flap_grace == 10.0
+        assert config.metrics.effective_exposure() == "off"
         assert config.server_name  # the host name
-        assert attrs.evolve(config, enable_prometheus=True).effective_metrics_exposure() == "open"
-        assert attrs.evolve(config, enable_prometheus=True, metrics_exposure="off").effective_metrics_exposure() == "off"
+        assert replace(config, {"metrics.enable_prometheus": True}).metrics.effective_exposure() == "open"
+        assert replace(config, {"metrics.enable_prometheus": True, "metrics.exposure": "off"}).metrics.effective_exposure() == "off"
 
     @pytest.mark.parametrize(
         "text, message",

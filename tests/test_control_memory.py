@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 from twisted.internet.protocol import ClientFactory
 
-from gotaxy.config import TunnelSpec, parse_allow_ports
+from gotaxy.config import LimitsSettings, TransportSettings, TunnelSpec, parse_allow_ports
 from gotaxy.testing import (
     Collector,
     EchoFactory,
@@ -103,7 +103,7 @@ def test_a_refused_login_is_retried_with_backoff_when_login_fail_exit_is_off(
 
 def test_a_connection_that_never_logs_in_is_closed_after_auth_timeout(
         network: MemoryNetwork, log: LogCapture) -> None:
-    server = GotaxyServer(network, server_config(auth_timeout=5.0))
+    server = GotaxyServer(network, server_config(transport=TransportSettings(auth_timeout=5.0)))
     silent = raw_connection(network, server.port)
     assert server.admission.pending == 1
 
@@ -117,7 +117,7 @@ def test_a_connection_that_never_logs_in_is_closed_after_auth_timeout(
 
 def test_connections_over_the_pending_limit_are_refused_and_logged_once(
         network: MemoryNetwork, log: LogCapture) -> None:
-    server = GotaxyServer(network, server_config(max_pending=10, max_pending_per_ip=2))
+    server = GotaxyServer(network, server_config(transport=TransportSettings(max_pending=10, max_pending_per_ip=2)))
     idle = [raw_connection(network, server.port) for _ in range(2)]
     refused = [raw_connection(network, server.port) for _ in range(3)]
 
@@ -135,7 +135,7 @@ def test_connections_over_the_pending_limit_are_refused_and_logged_once(
 
 
 def test_a_client_turned_away_by_admission_says_so_and_retries(network: MemoryNetwork, log: LogCapture) -> None:
-    server = GotaxyServer(network, server_config(max_pending=1))
+    server = GotaxyServer(network, server_config(transport=TransportSettings(max_pending=1)))
     raw_connection(network, server.port)
     client = GotaxyClient(network, server.create_token("alice")).start()
 
@@ -288,7 +288,7 @@ def test_a_message_before_the_login_is_refused(network: MemoryNetwork, log: LogC
 
 
 def test_max_ports_per_client_refuses_the_tunnel_over_the_limit(network: MemoryNetwork, log: LogCapture) -> None:
-    server = GotaxyServer(network, server_config(max_ports_per_client=1))
+    server = GotaxyServer(network, server_config(limits=LimitsSettings(max_ports_per_client=1)))
     db = TunnelSpec(name="db", local_port=LOCAL_PORT)
     client = GotaxyClient(network, server.create_token("alice"), tunnels=[web(), db]).start()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import attrs
 import pytest
 
 from gotaxy import config
@@ -44,7 +43,7 @@ def flags_of(options_class) -> "set[str]":
 
 
 def defaults_of(config_class) -> "dict[str, object]":
-    return {f.metadata["key"]: f.default for f in attrs.fields(config_class) if "key" in f.metadata}
+    return {key: f.default for key, _, f in config.settings_of(config_class)}
 
 
 @pytest.mark.parametrize(

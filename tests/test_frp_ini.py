@@ -52,7 +52,7 @@ class TestFrpLegacyFiles:
         assert config.allow_ports == (
             PortRange(2000, 3000), PortRange(3001, 3001), PortRange(3003, 3003), PortRange(4000, 50000),
         )
-        assert config.token == "12345678" and config.enable_prometheus and config.web_port == 7500
+        assert config.token == "12345678" and config.metrics.enable_prometheus and config.web.port == 7500
 
     def test_frpc_legacy_full(self) -> None:
         result = converted("frpc_legacy_full.ini")

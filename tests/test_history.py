@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from gotaxy.config import ServerConfig
+from gotaxy.config import HistorySettings, ServerConfig
 from gotaxy.events import Event, EventBus
 from gotaxy.server.history import HOURLY, SAMPLES, SESSIONS, History
 from gotaxy.server.traffic import TrafficMeters
@@ -53,7 +53,7 @@ class Stream:
 
 class FakeCore:
     def __init__(self, clock: Clock) -> None:
-        self.config = ServerConfig(history_sample_interval=60, history_raw_hours=2, history_retention_days=7)
+        self.config = ServerConfig(history=HistorySettings(sample_interval=60, raw_hours=2, retention_days=7))
         self.reactor = clock
         self.events = EventBus()
         self.sessions: Dict[str, Session] = {}

@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
 
-from gotaxy.config import ConfigError, ServerConfig
+from gotaxy.config import ConfigError, ServerConfig, WebSettings
 from gotaxy.listeners import CONSOLE, CONTROL, WEB, Listener, endpoint_port, listen_at
 from gotaxy.oslimits import listen_backlog
 from gotaxy.ports import server_ports
@@ -61,5 +61,5 @@ def test_a_systemd_socket_that_was_not_passed_is_named(monkeypatch) -> None:
 def test_the_port_of_an_endpoint_string_is_never_a_tunnels() -> None:
     assert [endpoint_port(d) for d in ("tcp:7443", "tcp6:port=80:interface=\\:\\:", "ssl:443:privateKey=k",
                                        "systemd:domain=INET:index=0", "unix:/run/g.sock")] == [7443, 80, 443, None, None]
-    own = server_ports(ServerConfig(bind_endpoint="tcp:7443:interface=0.0.0.0", web_endpoint="systemd:domain=INET:index=0"))
+    own = server_ports(ServerConfig(bind_endpoint="tcp:7443:interface=0.0.0.0", web=WebSettings(endpoint="systemd:domain=INET:index=0")))
     assert own == {7443: "control port (tcp:7443:interface=0.0.0.0)", 7022: "SSH console port (console.port)"}

@@ -19,7 +19,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from gotaxy.config import ServerConfig, WebhookSpec
+from gotaxy.config import ServerConfig, WebhookSpec, replace
 from gotaxy.events import Event, EventBus
 from gotaxy.notify import EventFilter, FailureLog, FlapSuppressor, Notifier, build_notifier, describe, document, render, sign
 from gotaxy.notify.webhook import WebhookTarget
@@ -218,8 +218,8 @@ class TestNotifier:
         config = ServerConfig(
             server_name="edge-1",
             webhooks=[WebhookSpec(url="https://example.org/a?token=x", name="ops"), WebhookSpec(url="http://hooks.example.net/b")],
-            notify_flap_grace=3.0,
         )
+        config = replace(config, {"notify.flap_grace": 3.0})
         notifier = build_notifier(config, EventBus(), Clock(), http=object())
         assert [t.label for t in notifier.targets] == ["ops", "webhook #2 (hooks.example.net)"]
         assert notifier.flaps.grace == 3.0

@@ -24,7 +24,7 @@ from twisted.mail.imap4 import LOGINCredentials, PLAINCredentials
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from gotaxy.config import ServerConfig
+from gotaxy.config import ServerConfig, SmtpSettings
 from gotaxy.events import Event
 from gotaxy.notify import FailureLog, MailTarget
 from gotaxy.tls import load_or_create_server_credentials
@@ -242,8 +242,9 @@ class TestBatching:
 
     def test_from_config(self) -> None:
         config = ServerConfig(
-            server_name="edge-1", smtp_host="mail.example.org", smtp_tls="tls", smtp_from="g@example.org",
-            smtp_to=["o@example.org"], smtp_username="u", smtp_password="p", smtp_batch_seconds=5,
+            server_name="edge-1",
+            smtp=SmtpSettings(host="mail.example.org", tls="tls", sender="g@example.org", to=["o@example.org"],
+                              username="u", password="p", batch_seconds=5),
         )
         target = MailTarget.from_config(config, Clock(), FailureLog(Clock()))
         assert (target.host, target.port, target.tls, target.batch_seconds) == ("mail.example.org", 465, "tls", 5)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from gotaxy.config import PortRange
+from gotaxy.config import ConsoleSettings, PortRange, WebSettings
 from gotaxy.ports import MAX_ATTEMPTS, PortAllocator
 
 
@@ -66,8 +66,8 @@ def test_server_ports_lists_the_enabled_listeners() -> None:
     from gotaxy.config import ServerConfig
     from gotaxy.ports import server_ports
 
-    assert set(server_ports(ServerConfig(bind_port=7100, web_port=7600, console_port=0))) == {7100, 7600}
-    assert "SSH console" in server_ports(ServerConfig(console_port=2222))[2222]
+    assert set(server_ports(ServerConfig(bind_port=7100, web=WebSettings(port=7600), console=ConsoleSettings(port=0)))) == {7100, 7600}
+    assert "SSH console" in server_ports(ServerConfig(console=ConsoleSettings(port=2222)))[2222]
 
 
 def test_restricted_is_not_unrestricted() -> None:

@@ -14,7 +14,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from gotaxy.config import ServerConfig
+from gotaxy.config import EventsSettings, ServerConfig
 from gotaxy.events import Event
 from gotaxy.server.retention import DAY, EXPIRY_INTERVAL, EventRetention
 from gotaxy.store import CLIENT_CONNECTED, LOGIN_FAILED, Store
@@ -45,7 +45,7 @@ class FakeCore:
     def __init__(self, store: CountingStore, reactor: Clock, days: int) -> None:
         self.store = store
         self.reactor = reactor
-        self.config = ServerConfig(event_retention_days=days)
+        self.config = ServerConfig(events=EventsSettings(retention_days=days))
 
 
 def dated_store(clock: FakeTime, ages_in_days: List[float]) -> Store:
@@ -86,7 +86,7 @@ def test_the_retention_service_runs_at_start_and_then_hourly_in_batches():
         store.record_event(LOGIN_FAILED, address="192.0.2.1", detail="x")
         clock.advance(EXPIRY_INTERVAL - 1)
         assert threaded.calls == 3
-        service.core.config = ServerConfig(event_retention_days=7)  # as a reload would
+        service.core.config = ServerConfig(events=EventsSettings(retention_days=7))  # as a reload would
         clock.advance(1)
         assert threaded.calls == 4
         assert [e.detail for e in store.events()] == ["x", "1 days ago"]
@@ -98,8 +98,8 @@ def test_the_retention_service_runs_at_start_and_then_hourly_in_batches():
 def test_retention_days_has_a_default_and_a_floor():
     from gotaxy.config import ConfigError, parse_server_config
 
-    assert ServerConfig().event_retention_days == 90
-    assert parse_server_config({"events": {"retentionDays": 30}}).config.event_retention_days == 30
+    assert ServerConfig().events.retention_days == 90
+    assert parse_server_config({"events": {"retentionDays": 30}}).config.events.retention_days == 30
     try:
         parse_server_config({"events": {"retentionDays": 1}})
     except ConfigError as e:

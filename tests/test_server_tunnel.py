@@ -54,9 +54,9 @@ def test_only_connections_quiet_for_the_whole_timeout_are_closed() -> None:
 
 def test_connection_limits_and_idle_timeout_settings() -> None:
     config = parse_server_config({"maxConnectionsPerClient": 64, "tunnelIdleTimeout": 0}).config
-    assert (config.max_connections_per_client, config.tunnel_idle_timeout) == (64, 0.0)
+    assert (config.limits.max_connections_per_client, config.limits.tunnel_idle_timeout) == (64, 0.0)
     defaults = ServerConfig()
-    assert (defaults.max_connections_per_client, defaults.tunnel_idle_timeout) == (1024, 600.0)
+    assert (defaults.limits.max_connections_per_client, defaults.limits.tunnel_idle_timeout) == (1024, 600.0)
     with pytest.raises(ConfigError, match=r"'maxConnectionsPerClient' must be an integer from 1 to 1024"):
         parse_server_config({"maxConnectionsPerClient": 5000})
     with pytest.raises(ConfigError, match=r"'tunnelIdleTimeout' must be a number of seconds of at least 0"):

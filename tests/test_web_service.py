@@ -16,8 +16,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 from twisted.python import usage
 
-import attrs
-
+from gotaxy.config import replace
 from gotaxy.web.service import make_web_service
 from tests.inprocess import ADMIN_PASSWORD, LiveSystem, free_port
 
@@ -86,17 +85,16 @@ class WebServiceTests(unittest.TestCase):
     async def test_https_with_a_certificate_and_secure_cookie(self):
         live = await LiveSystem.start(self)
         tls = os.path.join(live.data_dir, "tls")
-        config = attrs.evolve(
-            live.core.config,
-            web_port=free_port(),
-            web_tls_cert_file=os.path.join(tls, "server.pem"),
-            web_tls_key_file=os.path.join(tls, "server.key"),
-        )
+        config = replace(live.core.config, {
+            "web.port": free_port(),
+            "web.tls_cert_file": os.path.join(tls, "server.pem"),
+            "web.tls_key_file": os.path.join(tls, "server.key"),
+        })
         service = make_web_service(config, live.core, live.management, live.operators, reactor, live.data_dir)
         service.startService()
         self.addCleanup(service.stopService)
         status, headers, _ = await deferToThread(
-            _request, config.web_port, "POST", "/api/v0.1/login",
+            _request, config.web.port, "POST", "/api/v0.1/login",
             {"username": "admin", "password": ADMIN_PASSWORD}, True,
         )
         self.assertEqual(status, 200)
@@ -107,10 +105,10 @@ class WebServiceTests(unittest.TestCase):
 
     async def test_unreadable_certificate_is_a_clear_error(self):
         live = await LiveSystem.start(self)
-        config = attrs.evolve(
-            live.core.config, web_port=free_port(), web_tls_cert_file="/nonexistent/cert.pem",
-            web_tls_key_file="/nonexistent/key.pem",
-        )
+        config = replace(live.core.config, {
+            "web.port": free_port(), "web.tls_cert_file": "/nonexistent/cert.pem",
+            "web.tls_key_file": "/nonexistent/key.pem",
+        })
         with self.assertRaises(usage.UsageError) as e:
             make_web_service(config, live.core, live.management, live.operators, reactor, live.data_dir)
         self.assertIn("webServer.tls.certFile", str(e.exception))
@@ -125,7 +123,7 @@ class WebServiceTests(unittest.TestCase):
 
         def warnings_for(addr: str, **tls: str) -> list:
             del seen[:]
-            config = attrs.evolve(live.core.config, web_addr=addr, web_port=free_port(), **tls)
+            config = replace(live.core.config, {"web.addr": addr, "web.port": free_port(), **tls})
             make_web_service(config, live.core, live.management, live.operators, reactor, live.data_dir)
             return [formatEvent(e) for e in seen if "without TLS" in formatEvent(e)]
 
@@ -136,8 +134,8 @@ class WebServiceTests(unittest.TestCase):
         for addr in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
             self.assertEqual(warnings_for(addr), [], addr)
         tls = os.path.join(live.data_dir, "tls")
-        self.assertEqual(warnings_for("0.0.0.0", web_tls_cert_file=os.path.join(tls, "server.pem"),
-                                      web_tls_key_file=os.path.join(tls, "server.key")), [])
+        self.assertEqual(warnings_for("0.0.0.0", **{"web.tls_cert_file": os.path.join(tls, "server.pem"),
+                                                    "web.tls_key_file": os.path.join(tls, "server.key")}), [])
 
 
 class TranslationTests(unittest.TestCase):

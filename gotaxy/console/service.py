@@ -633,17 +633,17 @@ def make_console_service(config: Any, data_dir: str, access: ConsoleAccess, reac
     endpoint string ``console.endpoint``, or None when ``console.port`` is 0
     and no endpoint is set.
     """
-    at = listen_at(CONSOLE, config.console_endpoint, config.console_addr, config.console_port)
+    at = listen_at(CONSOLE, config.console.endpoint, config.console.addr, config.console.port)
     if at is None:
         return None
     host_key = load_or_create_host_key(os.path.join(data_dir, HOST_KEY_FILE))
-    realm = ConsoleRealm(access, reactor, bool(config.console_python))
+    realm = ConsoleRealm(access, reactor, bool(config.console.python))
     portal = Portal(realm, [
         OperatorPasswordChecker(access, reactor),
         OperatorConversationChecker(access, reactor),
         SSHPublicKeyChecker(AuthorizedKeysFile(os.path.join(data_dir, AUTHORIZED_KEYS_FILE))),
     ])
-    console_factory = ConsoleFactory(portal, host_key, reactor, idle_timeout=config.console_idle_timeout)
+    console_factory = ConsoleFactory(portal, host_key, reactor, idle_timeout=config.console.idle_timeout)
     return ConsoleService(reactor, at, console_factory)
 
 

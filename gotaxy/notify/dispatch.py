@@ -83,6 +83,6 @@ def build_notifier(
         WebhookTarget(spec, config.server_name, reactor, failures, http=http, number=n)
         for n, spec in enumerate(config.webhooks, 1)
     ]
-    if config.smtp_host is not None:
+    if config.smtp.host is not None:
         targets.append(MailTarget.from_config(config, reactor, failures))
-    return Notifier(bus, targets, config.notify_flap_grace, reactor, failures)
+    return Notifier(bus, targets, config.notify.flap_grace, reactor, failures)

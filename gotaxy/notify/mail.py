@@ -96,21 +96,21 @@ class MailTarget:
 
     @classmethod
     def from_config(cls, config: ServerConfig, reactor: Any, failures: FailureLog) -> "MailTarget":
-        assert config.smtp_host is not None and config.smtp_from and config.smtp_to
+        assert config.smtp.host is not None and config.smtp.sender and config.smtp.to
         return cls(
-            host=config.smtp_host,
-            port=config.effective_smtp_port(),
-            tls=config.smtp_tls,
-            sender=config.smtp_from,
-            recipients=config.smtp_to,
-            events=config.smtp_events,
-            batch_seconds=config.smtp_batch_seconds,
-            timeout=config.smtp_timeout,
+            host=config.smtp.host,
+            port=config.smtp.effective_port(),
+            tls=config.smtp.tls,
+            sender=config.smtp.sender,
+            recipients=config.smtp.to,
+            events=config.smtp.events,
+            batch_seconds=config.smtp.batch_seconds,
+            timeout=config.smtp.timeout,
             server_name=config.server_name,
             reactor=reactor,
             failures=failures,
-            username=config.smtp_username,
-            password=config.smtp_password,
+            username=config.smtp.username,
+            password=config.smtp.password,
         )
 
     def __repr__(self) -> str:

@@ -33,7 +33,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from twisted.logger import Logger
 
-from gotaxy.config import ConfigError, WebhookSpec
+from gotaxy.config import ConfigError, WebhookSpec, replace
 from gotaxy.events import filter_pattern_error
 from gotaxy.logs import gotaxy_observer
 from gotaxy.notify.dispatch import Notifier
@@ -237,7 +237,7 @@ class ManagedMailRecipients:
 
     @property
     def configured(self) -> bool:
-        return self.config.smtp_host is not None and bool(self.config.smtp_from)
+        return self.config.smtp.host is not None and bool(self.config.smtp.sender)
 
     def load(self) -> None:
         """At start-up, before the reactor runs: add the stored recipients."""
@@ -249,14 +249,12 @@ class ManagedMailRecipients:
                 self._attach(row["address"], patterns)
 
     def _settings(self, address: str, events: Sequence[str]) -> Any:
-        import attrs
-
         try:
-            settings = attrs.evolve(self.config, smtp_to=(address,))
+            settings = replace(self.config, {"smtp.to": (address,)})
         except (ConfigError, TypeError, ValueError):
             raise TargetError("invalid", f"{address!r} is not an e-mail address", "address") from None
         try:
-            return attrs.evolve(settings, smtp_events=tuple(events))
+            return replace(settings, {"smtp.events": tuple(events)})
         except (ConfigError, TypeError, ValueError):
             raise TargetError(
                 "invalid",
@@ -277,8 +275,8 @@ class ManagedMailRecipients:
         views: List[Dict[str, Any]] = []
         if not self.configured:
             return views
-        for address in self.config.smtp_to or ():
-            views.append(dict(address=address, events=tuple(self.config.smtp_events), source=SOURCE_CONFIG))
+        for address in self.config.smtp.to or ():
+            views.append(dict(address=address, events=tuple(self.config.smtp.events), source=SOURCE_CONFIG))
         for address, target in self.targets.items():
             views.append(dict(address=address, events=tuple(target.filter.patterns), source=SOURCE_OPERATOR))
         return views
@@ -287,9 +285,9 @@ class ManagedMailRecipients:
         """The target that mails ``address`` (the file's shared one for its recipients)."""
         if address in self.targets:
             return self.targets[address]
-        if self.configured and address in (self.config.smtp_to or ()):
+        if self.configured and address in (self.config.smtp.to or ()):
             for target in self.notifier.targets:
-                if getattr(target, "recipients", None) == list(self.config.smtp_to):
+                if getattr(target, "recipients", None) == list(self.config.smtp.to):
                     return target
         return None
 

@@ -170,7 +170,7 @@ class ServerControlProtocol(MuxProtocol):
         self._login_started = False
         self._auth_timer: Any = None
         self.heartbeat: Optional[HeartbeatMonitor] = None
-        self.max_streams = core.config.max_connections_per_client
+        self.max_streams = core.config.limits.max_connections_per_client
         #: Optional messages the client understands (from its login).
         self.features: Set[str] = set()
         #: Tunnels refused since the client last said when it asks again; a
@@ -183,14 +183,14 @@ class ServerControlProtocol(MuxProtocol):
         super().connectionMade()
         self._host = self.transport.getPeer().host
         config = self.core.config
-        self._auth_timer = self.reactor.callLater(config.auth_timeout, self._auth_timed_out)
+        self._auth_timer = self.reactor.callLater(config.transport.auth_timeout, self._auth_timed_out)
 
     def _auth_timed_out(self) -> None:
         self._auth_timer = None
         self.log.info(
             "closing connection from {peer}: no login within {seconds:g} s",
             peer=self.peer_address,
-            seconds=self.core.config.auth_timeout,
+            seconds=self.core.config.transport.auth_timeout,
         )
         self.disconnecting = True
         self.transport.abortConnection()

@@ -206,14 +206,14 @@ class ServerCore:
         self.login_failures.flush()
 
     def _start_idle_checks(self) -> None:
-        timeout = self.config.tunnel_idle_timeout
+        timeout = self.config.limits.tunnel_idle_timeout
         if self._idle.running:
             self._idle.stop()
         if timeout > 0:
             self._idle.start(min(timeout / 4, IDLE_CHECK_MAX_INTERVAL), now=False)
 
     def _close_idle(self) -> None:
-        timeout = self.config.tunnel_idle_timeout
+        timeout = self.config.limits.tunnel_idle_timeout
         now = self.reactor.seconds()
         for tunnel in list(self.tunnels.values()):
             closed = tunnel.close_idle(now, timeout)
@@ -444,7 +444,7 @@ class ServerCore:
         mine = self.tunnels_of(client)
         if len(mine) >= MAX_TUNNELS_PER_CLIENT:
             raise TunnelRefused(f"a client may have at most {MAX_TUNNELS_PER_CLIENT} tunnels")
-        limit = self.config.max_ports_per_client
+        limit = self.config.limits.max_ports_per_client
         if limit and len(mine) >= limit:
             raise TunnelRefused(f"client {client!r} already has {len(mine)} ports open; maxPortsPerClient is {limit}")
 
@@ -838,7 +838,7 @@ class ServerCore:
         now on, maxConnectionsPerClient to clients that log in from now on,
         tunnelIdleTimeout at once.
         """
-        idle_changed = config.tunnel_idle_timeout != self.config.tunnel_idle_timeout
+        idle_changed = config.limits.tunnel_idle_timeout != self.config.limits.tunnel_idle_timeout
         self.config = config
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
         if idle_changed and self._rates.running:

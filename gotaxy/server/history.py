@@ -358,9 +358,9 @@ class History(Service):
         self.core = core
         self.store = store
         self.reactor = reactor if reactor is not None else core.reactor
-        self.sample_interval = sample_interval or config.history_sample_interval
-        self.raw_hours = raw_hours or config.history_raw_hours
-        self.retention_days = retention_days or config.history_retention_days
+        self.sample_interval = sample_interval or config.history.sample_interval
+        self.raw_hours = raw_hours or config.history.raw_hours
+        self.retention_days = retention_days or config.history.retention_days
         self._samples: Deque[Dict[str, Any]] = deque(maxlen=max_buffered)
         self._ended: List[Dict[str, Any]] = []
         self.online_since: Dict[str, float] = {}  #: client -> start of its current session

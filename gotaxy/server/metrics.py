@@ -252,8 +252,8 @@ class Metrics(Service):
         config = self.core.config
         return MetricsResource(
             self.registry,
-            exposure if exposure is not None else config.effective_metrics_exposure(),
-            token if token is not None else config.metrics_token,
+            exposure if exposure is not None else config.metrics.effective_exposure(),
+            token if token is not None else config.metrics.token,
         )
 
 

@@ -70,7 +70,7 @@ class EventRetention(Service):
 
     async def run(self) -> int:
         """Delete every event older than the retention period; return how many went."""
-        days = self.core.config.event_retention_days
+        days = self.core.config.events.retention_days
         before = self.core.reactor.seconds() - days * DAY
         store = self.core.store
         deleted = 0

@@ -58,6 +58,7 @@ from gotaxy.config import (
     load_toml,
     parse_allow_ports,
     parse_server_config,
+    replace,
 )
 from gotaxy.credentials import new_password
 from gotaxy.console import ConsoleAccess, ConsoleService, make_console_service
@@ -160,22 +161,22 @@ def build_config(options: Dict[str, Any]) -> "tuple[ServerConfig, List[str]]":
         ("token", "token"),
         ("database-url", "database_url"),
         ("store", "store"),
-        ("max-ports-per-client", "max_ports_per_client"),
+        ("max-ports-per-client", "limits.max_ports_per_client"),
         ("heartbeat-interval", "heartbeat_interval"),
         ("heartbeat-timeout", "heartbeat_timeout"),
-        ("web-addr", "web_addr"),
-        ("web-port", "web_port"),
-        ("web-endpoint", "web_endpoint"),
-        ("console-addr", "console_addr"),
-        ("console-port", "console_port"),
-        ("console-endpoint", "console_endpoint"),
+        ("web-addr", "web.addr"),
+        ("web-port", "web.port"),
+        ("web-endpoint", "web.endpoint"),
+        ("console-addr", "console.addr"),
+        ("console-port", "console.port"),
+        ("console-endpoint", "console.endpoint"),
     ]:
         if options.get(flag) is not None:
             overrides[field] = options[flag]
     if options.get("allow-ports") is not None:
         overrides["allow_ports"] = parse_allow_ports(options["allow-ports"])
     try:
-        config = attrs.evolve(config, **overrides)
+        config = replace(config, overrides)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid command-line option: {e}") from None
     if not 0 < config.heartbeat_interval < config.heartbeat_timeout:
@@ -435,7 +436,7 @@ def makeService(options: Options, reactor: Any = None, env: Optional[Dict[str, s
 
 def _make_service(options: Options, reactor: Any, env: Dict[str, str]) -> ServerService:
     config: ServerConfig = options.loaded_config
-    set_level(config.log_level)
+    set_level(config.log.level)
     # The first line a user (or a bug report) shows: which version this is.
     log.info("Gotaxy server {version} starting (data directory {dir})",
              version=__version__, dir=os.path.abspath(config.data_dir))
@@ -461,7 +462,7 @@ def _assemble(
 ) -> Server:
     try:
         credentials = load_or_create_server_credentials(
-            os.path.join(data_dir, "tls"), config.tls_cert_file, config.tls_key_file
+            os.path.join(data_dir, "tls"), config.transport.tls_cert_file, config.transport.tls_key_file
         )
     except ValueError as e:
         raise usage.UsageError(str(e))
@@ -496,7 +497,7 @@ def _assemble(
 
     store = ThreadedStore(sync_store, reactor)
     core = ServerCore(config, store, reactor)
-    admission = Admission(config.max_pending, config.max_pending_per_ip, reactor)
+    admission = Admission(config.transport.max_pending, config.transport.max_pending_per_ip, reactor)
     control_at = listen_at(CONTROL, config.bind_endpoint, config.bind_addr, config.bind_port)
     assert control_at is not None, "the control port cannot be turned off"
     control = Listener(
@@ -517,7 +518,7 @@ def _assemble(
     event_tail = EventTail(store, core.events, reactor, sync_store.node)
     # Notifications, metrics and stability history.
     notifier = build_notifier(config, core.events, reactor, store)
-    webhooks = ManagedWebhooks(notifier, store, data_dir, config.server_name, reactor, key_file=config.notify_key_file)
+    webhooks = ManagedWebhooks(notifier, store, data_dir, config.server_name, reactor, key_file=config.notify.key_file)
     try:
         webhooks.load()
     except KeyMismatch as e:
@@ -549,7 +550,7 @@ def _assemble(
     top = ServerService(lock, ready)
     # Started in this order, stopped in the reverse.
     for part in (
-        ErrorLogService(os.path.join(data_dir, "logs"), config.log_max_days, config.log_max_size),
+        ErrorLogService(os.path.join(data_dir, "logs"), config.log.max_days, config.log.max_size),
         CoreService(core, store, credentials, admission, control),
         NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
         control, revocations, event_retention, notifier,

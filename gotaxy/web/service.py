@@ -132,14 +132,14 @@ def make_site(panel: Panel, extra_resources: Mapping[bytes, IResource] = {}) -> 
 
 def _tls_factory(config: Any, site: Site) -> Any:
     """The site over HTTPS when webServer.tls is set (on any endpoint, systemd's too), else the site."""
-    if not config.web_tls_cert_file:
+    if not config.web.tls_cert_file:
         return site
     try:
-        options = load_server_tls_options(config.web_tls_cert_file, config.web_tls_key_file)
+        options = load_server_tls_options(config.web.tls_cert_file, config.web.tls_key_file)
     except ValueError as e:
         raise usage.UsageError(
-            f"cannot use webServer.tls.certFile {config.web_tls_cert_file!r} with keyFile "
-            f"{config.web_tls_key_file!r}: {e}"
+            f"cannot use webServer.tls.certFile {config.web.tls_cert_file!r} with keyFile "
+            f"{config.web.tls_key_file!r}: {e}"
         ) from None
     return TLSMemoryBIOFactory(options, False, site)
 
@@ -203,15 +203,15 @@ def make_web_service(
     operators' second factor; the console shares it, so wrong codes count
     together.  None when webServer.port is 0 and no webServer.endpoint is set.
     """
-    at = listen_at(WEB, config.web_endpoint, config.web_addr, config.web_port)
+    at = listen_at(WEB, config.web.endpoint, config.web.addr, config.web.port)
     if at is None:
         return None
     if auth is None:
         auth = PanelAuth(core, operators, reactor)
-    secure = bool(config.web_tls_cert_file)
+    secure = bool(config.web.tls_cert_file)
     panel = Panel(management, operators, auth, core.events, reactor, secure=secure, history=history)
     site = make_site(panel, extra_resources)
     factory = _tls_factory(config, site)
-    if not secure and not at.explicit and not is_loopback(config.web_addr):
-        _warn_plain_http(config.web_addr)
+    if not secure and not at.explicit and not is_loopback(config.web.addr):
+        _warn_plain_http(config.web.addr)
     return WebService(reactor, at, site, factory, panel, secure)

@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+``gotaxy client``'s settings (``ClientConfig``) and the tunnels it asks for
+(``TunnelSpec``, from ``[[proxies]]`` or ``--tunnel``).
+"""
+
+from __future__ import annotations
+
+
+import attrs
+
+from gotaxy.jointoken import JoinToken, JoinTokenError, parse_join_token
+from gotaxy.names import is_valid_name
+from gotaxy.config.values import (
+    BOOLEAN,
+    COUNT,
+    ConfigError,
+    FINGERPRINT,
+    FRP_PROXY_TYPES,
+    HEALTH_CHECK_TYPE,
+    HEARTBEAT,
+    HOST,
+    LOCAL_RULES,
+    LOG_LEVEL,
+    LocalAddressRule,
+    NAME,
+    PORT,
+    REMOTE_PORT,
+    SECONDS,
+    SUPPORTED_TUNNEL_TYPES,
+    TEXT,
+    TUNNEL_TYPE,
+    _FLAG_PORT,
+    _Heartbeats,
+    _Mismatch,
+    _check_heartbeats,
+    _field_label,
+    _flag_port,
+    _host,
+    _is_ipv6,
+    _setting,
+    _show,
+)
+
+
+
+@attrs.frozen
+class TunnelSpec:
+    """One tunnel a client asks for: a ``[[proxies]]`` entry or a ``--tunnel`` flag."""
+
+    name: str = _setting(attrs.NOTHING, NAME, "name")
+    local_port: int = _setting(attrs.NOTHING, PORT, "localPort")
+    local_ip: str = _setting("127.0.0.1", HOST, "localIP")
+    type: str = _setting("tcp", TUNNEL_TYPE, "type")
+    remote_port: int = _setting(0, REMOTE_PORT, "remotePort")
+    #: ``enabled = false`` (or a ``start`` list without it): defined, not opened.
+    enabled: bool = _setting(True, BOOLEAN, "enabled")
+    #: frp's ``healthCheck``: a TCP connect to the local service every
+    #: ``health_check_interval`` s; after ``health_check_max_failed`` failures
+    #: in a row the tunnel is shown down (its port is kept).  ``"http"`` is
+    #: checked the same way (with a warning).  frp's defaults: 3 s, 1, 10 s.
+    health_check_type: str | None = _setting(None, HEALTH_CHECK_TYPE, "healthCheck.type")
+    health_check_timeout: float = _setting(3.0, SECONDS, "healthCheck.timeoutSeconds")
+    health_check_max_failed: int = _setting(1, COUNT, "healthCheck.maxFailed")
+    health_check_interval: float = _setting(10.0, SECONDS, "healthCheck.intervalSeconds")
+
+
+@attrs.frozen
+class ClientConfig(_Heartbeats):
+    """Everything ``gotaxy client`` needs to know; see the module docstring for the keys."""
+
+    server_addr: str = _setting("127.0.0.1", HOST, "serverAddr", "--server")
+    server_port: int = _setting(7000, PORT, "serverPort", "--server")
+    token: str | None = _setting(None, TEXT, "auth.token", "--token", secret=True)
+    user: str | None = _setting(None, NAME, "user", "--user")
+    tunnels: tuple[TunnelSpec, ...] = attrs.field(
+        default=(),
+        converter=tuple,
+        validator=attrs.validators.deep_iterable(attrs.validators.instance_of(TunnelSpec)),
+    )
+    fingerprint: str | None = _setting(
+        None, FINGERPRINT, "transport.tls.fingerprint", "--fingerprint"
+    )
+    trusted_ca_file: str | None = _setting(None, TEXT, "transport.tls.trustedCaFile", "--ca")
+    server_name: str | None = _setting(None, HOST, "transport.tls.serverName", "--server-name")
+    insecure: bool = _setting(False, BOOLEAN, "transport.tls.insecureSkipVerify", "--insecure")
+    data_dir: str = _setting("~/.gotaxy", TEXT, "dataDir", "--data-dir")
+    _heartbeat_interval: float | None = _setting(
+        None, HEARTBEAT, "transport.heartbeatInterval", alias="heartbeat_interval"
+    )
+    _heartbeat_timeout: float | None = _setting(
+        None, HEARTBEAT, "transport.heartbeatTimeout", alias="heartbeat_timeout"
+    )
+    dial_timeout: float = _setting(10.0, SECONDS, "transport.dialServerTimeout")
+    login_fail_exit: bool = _setting(True, BOOLEAN, "loginFailExit")
+    log_level: str = _setting("info", LOG_LEVEL, "log.level")
+    log_max_days: int = _setting(3, COUNT, "log.maxDays")
+    #: Local addresses operator-defined tunnels may point at; empty: none.
+    allow_operator_tunnels: tuple[LocalAddressRule, ...] = _setting(
+        (), LOCAL_RULES, "allowOperatorTunnels", "--allow-operator-tunnel"
+    )
+
+    def operator_tunnel_refusal(self, host: str, port: int) -> str | None:
+        """
+        Why an operator-defined tunnel to ``host:port`` may not open, or
+        ``None`` if this client's ``allowOperatorTunnels`` allows it.
+        """
+        if any(rule.allows(host, port) for rule in self.allow_operator_tunnels):
+            return None
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if not self.allow_operator_tunnels:
+            return (
+                f"this client accepts no operator-defined tunnels; to allow {shown}, add it to "
+                f"allowOperatorTunnels in the client's config (or --allow-operator-tunnel {shown})"
+            )
+        allowed = ", ".join(str(rule) for rule in self.allow_operator_tunnels)
+        if len(allowed) > 200:
+            allowed = allowed[:197] + "..."
+        return (
+            f"{shown} is not in this client's allowOperatorTunnels ({allowed}); add it there "
+            f"to allow it"
+        )
+
+    #: frp's client defaults: a ping every 30 s, the server dead after 90 s of silence.
+    HEARTBEAT_DEFAULTS = (30.0, 90.0)
+
+    @property
+    def join_token(self) -> JoinToken | None:
+        """``auth.token`` as a join token, or ``None`` for an old-style token."""
+        return parse_join_token(self.token) if self.token else None
+
+    @property
+    def login_secret(self) -> str:
+        """What the client sends to log in: a join token's secret, or the whole old-style token."""
+        join = self.join_token
+        return join.secret if join is not None else (self.token or "")
+
+    def __attrs_post_init__(self) -> None:
+        _check_heartbeats(self)
+        if self.token:
+            try:
+                parse_join_token(self.token)
+            except JoinTokenError as e:
+                raise ConfigError(f"{_field_label(ClientConfig, 'token')}: {e}") from None
+        names = [tunnel.name for tunnel in self.tunnels]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(
+                    f"two tunnels are named '{name}'; give each [[proxies]] entry "
+                    f"and --tunnel its own name"
+                )
+
+
+def parse_tunnel_flag(text: str) -> TunnelSpec:
+    """
+    A ``--tunnel NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT]`` value, such as
+    ``ssh=tcp:127.0.0.1:22:6000``, ``db=tcp:[::1]:5432:0`` or ``web=tcp:8080``
+    (local IP 127.0.0.1, remote port picked by the server).
+    """
+
+    def problem(what: str) -> ConfigError:
+        return ConfigError(f"--tunnel {_show(text)}: {what}")
+
+    usage = "expected NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT], e.g. ssh=tcp:127.0.0.1:22:6000"
+    name, equals, rest = text.partition("=")
+    kind, colon, address = rest.partition(":")
+    if not (equals and colon and address):
+        raise problem(usage)
+    if not is_valid_name(name):
+        raise problem(f"the tunnel name must be {NAME.expected}")
+    if kind not in SUPPORTED_TUNNEL_TYPES:
+        if kind in FRP_PROXY_TYPES:
+            raise problem(f'type "{kind}" is not supported yet; only tcp tunnels are')
+        raise problem(usage)
+
+    if address.startswith("["):
+        ip, bracket, after = address[1:].partition("]")
+        if not (bracket and after.startswith(":")):
+            raise problem(usage)
+        ports = after[1:].split(":")
+        ip = f"[{ip}]"  # so that _host insists on IPv6
+    else:
+        parts = address.split(":")
+        if len(parts) > 3:
+            bare_ipv6 = any(_is_ipv6(":".join(parts[:-n])) for n in (1, 2))
+            raise problem(
+                "put an IPv6 local address in brackets, e.g. db=tcp:[::1]:5432"
+                if bare_ipv6
+                else usage
+            )
+        if len(parts) == 2 and _FLAG_PORT.fullmatch(parts[0]):
+            raise problem(
+                f"to choose the remote port, give the local IP too, e.g. "
+                f"{name}=tcp:127.0.0.1:{parts[0]}:{parts[1]}"
+            )
+        ip, ports = ("127.0.0.1", parts) if len(parts) == 1 else (parts[0], parts[1:])
+    if len(ports) > 2:
+        raise problem(usage)
+    try:
+        ip = _host(ip)
+    except _Mismatch:
+        raise problem(f"the local IP must be {HOST.expected}, got {_show(ip)}") from None
+    local_port = _flag_port(ports[0], PORT)
+    if local_port is None:
+        raise problem(f"the local port must be {PORT.expected}, got {_show(ports[0])}")
+    remote_port = _flag_port(ports[1], REMOTE_PORT) if len(ports) == 2 else 0
+    if remote_port is None:
+        raise problem(f"the remote port must be {REMOTE_PORT.expected}, got {_show(ports[1])}")
+    return TunnelSpec(name=name, local_port=local_port, local_ip=ip, remote_port=remote_port)

@@ -1,0 +1,273 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+``gotaxy server``'s settings: ``ServerConfig``, nested in one attrs section
+per part of the server (``web``, ``console``, ``smtp``, ...), and the
+``[[webhooks]]`` it delivers to (``WebhookSpec``).  The TOML keys are frp's and
+flat as ever: each field still declares its full key (``webServer.port``);
+only the Python side is grouped.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from gotaxy.config.values import (
+    BOOLEAN,
+    CONNECTIONS,
+    DATABASE_URL,
+    ENDPOINT,
+    COUNT,
+    ConfigError,
+    EVENT_PATTERNS,
+    GRACE,
+    HEARTBEAT,
+    HOST,
+    IDLE_TIMEOUT,
+    LIMIT,
+    LOG_LEVEL,
+    LOG_SIZE,
+    MAIL_ADDRESS,
+    MAIL_ADDRESSES,
+    METRICS_EXPOSURE,
+    NAME,
+    PORT,
+    PORT_RANGES,
+    PortRange,
+    RETENTION_DAYS,
+    SECONDS,
+    SERVICE_PORT,
+    SMTP_TLS,
+    TEXT,
+    URL,
+    WEBHOOK_FORMAT,
+    _Heartbeats,
+    _check_heartbeats,
+    _default_server_name,
+    _section,
+    _setting,
+)
+from gotaxy.mux import MAX_STREAMS
+
+
+@attrs.frozen
+class WebhookSpec:
+    """One ``[[webhooks]]`` entry: where and how to deliver events by HTTP POST."""
+
+    url: str = _setting(attrs.NOTHING, URL, "url", secret=True)  # may hold a chat token
+    name: str | None = _setting(None, NAME, "name")
+    secret: str | None = _setting(None, TEXT, "secret", secret=True)
+    events: tuple[str, ...] = _setting(("*",), EVENT_PATTERNS, "events")
+    format: str = _setting("json", WEBHOOK_FORMAT, "format")
+    timeout: float = _setting(10.0, SECONDS, "timeout")
+    retry_for: float = _setting(300.0, SECONDS, "retryFor")
+    max_pending: int = _setting(100, COUNT, "maxPending")
+
+
+@attrs.frozen
+class TransportSettings:
+    """``transport.*``: the control connections' log-in and TLS."""
+
+    auth_timeout: float = _setting(10.0, SECONDS, "transport.authTimeout")
+    max_pending: int = _setting(256, COUNT, "transport.maxPendingConnections")
+    max_pending_per_ip: int = _setting(16, COUNT, "transport.maxPendingPerIP")
+    tls_cert_file: str | None = _setting(None, TEXT, "transport.tls.certFile")
+    tls_key_file: str | None = _setting(None, TEXT, "transport.tls.keyFile")
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(
+                "'transport.tls.certFile' and 'transport.tls.keyFile' go together: "
+                "give both, or remove both to use the certificate Gotaxy generates"
+            )
+
+
+@attrs.frozen
+class LimitsSettings:
+    """What one client and its public connections may take."""
+
+    max_ports_per_client: int = _setting(0, LIMIT, "maxPortsPerClient", "--max-ports-per-client")
+    max_connections_per_client: int = _setting(MAX_STREAMS, CONNECTIONS, "maxConnectionsPerClient")
+    tunnel_idle_timeout: float = _setting(600.0, IDLE_TIMEOUT, "tunnelIdleTimeout")
+
+
+@attrs.frozen
+class LogSettings:
+    """``log.*``: the error log files."""
+
+    level: str = _setting("info", LOG_LEVEL, "log.level")
+    max_days: int = _setting(3, COUNT, "log.maxDays")
+    max_size: int = _setting(10 * 2**20, LOG_SIZE, "log.maxSize")
+
+
+@attrs.frozen
+class EventsSettings:
+    """``events.*``: the events table."""
+
+    retention_days: int = _setting(90, RETENTION_DAYS, "events.retentionDays")
+
+
+@attrs.frozen
+class WebSettings:
+    """``webServer.*``: the panel, its REST API and ``/metrics``."""
+
+    addr: str = _setting("127.0.0.1", HOST, "webServer.addr", "--web-addr")
+    port: int = _setting(7500, SERVICE_PORT, "webServer.port", "--web-port")
+    endpoint: str | None = _setting(None, ENDPOINT, "webServer.endpoint", "--web-endpoint")
+    tls_cert_file: str | None = _setting(None, TEXT, "webServer.tls.certFile")
+    tls_key_file: str | None = _setting(None, TEXT, "webServer.tls.keyFile")
+
+    def __attrs_post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(
+                "'webServer.tls.certFile' and 'webServer.tls.keyFile' go together: give both for HTTPS, or neither"
+            )
+
+
+@attrs.frozen
+class ConsoleSettings:
+    """``console.*``: the SSH operator console."""
+
+    addr: str = _setting("127.0.0.1", HOST, "console.addr", "--console-addr")
+    port: int = _setting(7022, SERVICE_PORT, "console.port", "--console-port")
+    endpoint: str | None = _setting(None, ENDPOINT, "console.endpoint", "--console-endpoint")
+    python: bool = _setting(False, BOOLEAN, "console.python")
+    idle_timeout: float = _setting(900.0, GRACE, "console.idleTimeout")
+
+
+@attrs.frozen
+class SmtpSettings:
+    """``smtp.*``: e-mail notifications (off while ``host`` is not set)."""
+
+    host: str | None = _setting(None, HOST, "smtp.host")
+    port: int | None = _setting(None, PORT, "smtp.port")
+    tls: str = _setting("starttls", SMTP_TLS, "smtp.tls")
+    username: str | None = _setting(None, TEXT, "smtp.username")
+    password: str | None = _setting(None, TEXT, "smtp.password", secret=True)
+    sender: str | None = _setting(None, MAIL_ADDRESS, "smtp.from")
+    to: tuple[str, ...] | None = _setting(None, MAIL_ADDRESSES, "smtp.to")
+    events: tuple[str, ...] = _setting(("*",), EVENT_PATTERNS, "smtp.events")
+    batch_seconds: float = _setting(30.0, SECONDS, "smtp.batchSeconds")
+    timeout: float = _setting(30.0, SECONDS, "smtp.timeout")
+
+    def __attrs_post_init__(self) -> None:
+        if self.host is not None and not (self.sender and self.to):
+            raise ConfigError(
+                "'smtp.host' is set but 'smtp.from' or 'smtp.to' is missing; give the sender "
+                "and at least one recipient, or remove [smtp] to turn e-mail off"
+            )
+        if (self.username is None) != (self.password is None):
+            raise ConfigError(
+                "'smtp.username' and 'smtp.password' go together: give both to log in, or neither"
+            )
+
+    def effective_port(self) -> int:
+        """``smtp.port``, or the usual port for ``smtp.tls``."""
+        if self.port is not None:
+            return self.port
+        return {"starttls": 587, "tls": 465, "none": 25}[self.tls]
+
+
+@attrs.frozen
+class NotifySettings:
+    """``notify.*``: what every notification target shares."""
+
+    flap_grace: float = _setting(10.0, GRACE, "notify.flapGrace")
+    key_file: str | None = _setting(None, TEXT, "notify.keyFile")
+
+
+@attrs.frozen
+class MetricsSettings:
+    """``metrics.*`` and frp's ``enablePrometheus``: who may read ``/metrics``."""
+
+    exposure: str | None = _setting(None, METRICS_EXPOSURE, "metrics.exposure")
+    token: str | None = _setting(None, TEXT, "metrics.token", secret=True)
+    enable_prometheus: bool = _setting(False, BOOLEAN, "enablePrometheus")
+
+    def __attrs_post_init__(self) -> None:
+        if self.effective_exposure() == "token" and self.token is None:
+            raise ConfigError(
+                "'metrics.exposure' is \"token\" but 'metrics.token' is missing; set the bearer "
+                "token Prometheus must send, or use \"open\" or \"off\""
+            )
+
+    def effective_exposure(self) -> str:
+        """``metrics.exposure`` if set; otherwise "open" for frp's ``enablePrometheus = true``."""
+        if self.exposure is not None:
+            return self.exposure
+        return "open" if self.enable_prometheus else "off"
+
+
+@attrs.frozen
+class HistorySettings:
+    """``history.*``: the stability history's samples and rollups."""
+
+    sample_interval: float = _setting(60.0, SECONDS, "history.sampleInterval")
+    raw_hours: int = _setting(48, COUNT, "history.rawHours")
+    retention_days: int = _setting(90, COUNT, "history.retentionDays")
+
+
+@attrs.frozen
+class ServerConfig(_Heartbeats):
+    """
+    Everything ``gotaxy server`` needs to know; see the package docstring for
+    the keys.  The server's own address, token and heartbeats are fields of
+    their own; the rest is grouped in one section per part of the server
+    (``config.web.port``, ``config.smtp.host``).  ``replace`` changes
+    settings by their dotted field names.
+    """
+
+    data_dir: str = _setting("gotaxy-data", TEXT, "dataDir", "--data-dir")
+    bind_addr: str = _setting("0.0.0.0", HOST, "bindAddr", "--bind-addr")
+    bind_port: int = _setting(7000, PORT, "bindPort", "--bind-port")
+    #: A Twisted endpoint string for the control port; set, it replaces bindAddr and bindPort.
+    bind_endpoint: str | None = _setting(None, ENDPOINT, "bindEndpoint", "--bind-endpoint")
+    proxy_bind_addr: str | None = _setting(None, HOST, "proxyBindAddr")
+    allow_ports: tuple[PortRange, ...] = _setting((), PORT_RANGES, "allowPorts", "--allow-ports")
+    token: str | None = _setting(None, TEXT, "auth.token", "--token", secret=True)
+    # Not set: follows from the other one (see heartbeat_interval / _timeout).
+    _heartbeat_interval: float | None = _setting(
+        None, HEARTBEAT, "transport.heartbeatInterval", "--heartbeat-interval",
+        alias="heartbeat_interval",
+    )
+    _heartbeat_timeout: float | None = _setting(
+        None, HEARTBEAT, "transport.heartbeatTimeout", "--heartbeat-timeout",
+        alias="heartbeat_timeout",
+    )
+    database_url: str | None = _setting(None, DATABASE_URL, "database.url", "--database-url", secret=True)
+    store: str | None = _setting(None, DATABASE_URL, "store", "--store", secret=True)  #: the older name of database.url
+    server_name: str = _setting(_default_server_name(), TEXT, "serverName")
+    webhooks: tuple[WebhookSpec, ...] = attrs.field(
+        default=(),
+        converter=tuple,
+        validator=attrs.validators.deep_iterable(attrs.validators.instance_of(WebhookSpec)),
+    )
+    transport: TransportSettings = _section(TransportSettings)
+    limits: LimitsSettings = _section(LimitsSettings)
+    log: LogSettings = _section(LogSettings)
+    events: EventsSettings = _section(EventsSettings)
+    web: WebSettings = _section(WebSettings)
+    console: ConsoleSettings = _section(ConsoleSettings)
+    smtp: SmtpSettings = _section(SmtpSettings)
+    notify: NotifySettings = _section(NotifySettings)
+    metrics: MetricsSettings = _section(MetricsSettings)
+    history: HistorySettings = _section(HistorySettings)
+
+    def __attrs_post_init__(self) -> None:
+        _check_heartbeats(self)
+        if self.database_url is not None and self.store is not None and self.database_url != self.store:
+            raise ConfigError(
+                "'database.url' and 'store' (its older name) name different databases; keep database.url only"
+            )
+
+    #: Seconds between pings and of silence before a client is dropped, when
+    #: neither is set.  frp's server has only a timeout (90 s by default).
+    HEARTBEAT_DEFAULTS = (10.0, 30.0)
+
+    def effective_database_url(self) -> str | None:
+        """``database.url``, or ``store`` (its older name); None: SQLite in the data directory."""
+        return self.database_url if self.database_url is not None else self.store
+
+    def effective_proxy_bind_addr(self) -> str:
+        """The address public tunnel ports listen on."""
+        return self.proxy_bind_addr if self.proxy_bind_addr is not None else self.bind_addr
+
