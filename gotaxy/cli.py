@@ -33,6 +33,7 @@ import sys
 from typing import List, Optional, TextIO
 
 from gotaxy import __version__
+from gotaxy.store import lockouts
 from gotaxy.config import ConfigError, ServerConfig, parse_client_config, parse_server_config
 from gotaxy.credentials import new_password
 from gotaxy.frp_ini import convert_ini
@@ -141,6 +142,7 @@ def _reset_password(store: Store, user: str, from_stdin: bool, stdin: TextIO, ou
     if not store.ensure_admin(user, password):
         store.set_admin_password(user, password)
     ended = end_sessions(store.db, user)
+    lifted = lockouts.lift_all(store.db)
     store.record_event(OPERATOR_PASSWORD_CHANGED, None, None, None, "via gotaxy admin reset-password")
     if from_stdin:
         print(f"new password set for operator {user!r}", file=out)
@@ -148,6 +150,8 @@ def _reset_password(store: Store, user: str, from_stdin: bool, stdin: TextIO, ou
         print(f"new password for operator {user!r} (shown only now): {password}", file=out)
     if ended:
         print(f"ended {ended} panel session(s) of {user!r}", file=out)
+    if lifted:
+        print(f"lifted {lifted} lock-out(s) after failed log-ins", file=out)
     return 0
 
 

@@ -270,3 +270,21 @@ def test_convert_says_when_gotaxy_refuses_the_result(capsys, tmp_path: Path) -> 
 def test_convert_missing_file(capsys, tmp_path: Path) -> None:
     code, _, err = gotaxy(capsys, "convert", str(tmp_path / "nope.ini"))
     assert code == 1 and err == f"gotaxy: no file {str(tmp_path / 'nope.ini')!r}\n"
+
+
+def test_reset_password_lifts_lock_outs(capsys, data_dir: str) -> None:
+    """Lock-outs live in the store (every server process sees them), so a restart no longer lifts them: a reset does."""
+    from gotaxy.store import lockouts
+
+    store = Store(default_url(data_dir))
+    store.ensure_admin("admin", "the old password")
+    lockouts.lock(store.db, lockouts.OPERATOR, lockouts.address_key("10.0.0.1"), 2e9)
+    store.close()
+    code, out, err = gotaxy(capsys, "--data-dir", data_dir, "admin", "reset-password")
+    assert (code, err) == (0, "")
+    assert "lifted 1 lock-out(s) after failed log-ins" in out
+    store = Store(default_url(data_dir))
+    try:
+        assert lockouts.locked_for(store.db, lockouts.OPERATOR, lockouts.address_key("10.0.0.1"), 1e9) == 0
+    finally:
+        store.close()

@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import tempfile
+from typing import Any
 
 from twisted.conch.ssh import keys
 from twisted.cred.error import UnauthorizedLogin
@@ -25,6 +26,7 @@ from twisted.cred.portal import Portal
 from gotaxy.console.service import (
     AUTHORIZED_KEYS_FILE,
     HOST_KEY_FILE,
+    AuthorizedKeysChecker,
     AuthorizedKeysFile,
     ConsoleRealm,
     ConsoleUserAuth,
@@ -33,7 +35,7 @@ from gotaxy.console.service import (
     load_or_create_host_key,
 )
 from gotaxy.process import StartError
-from gotaxy.server.operators import LOCK_AFTER, _Failures
+from gotaxy.store import lockouts
 from tests.inprocess import ADMIN_PASSWORD, LiveSystem, free_port, wait_until
 
 
@@ -69,6 +71,45 @@ class AuthorizedKeysTests(unittest.TestCase):
         self.assertEqual(list(db.getAuthorizedKeys(b"admin")), [])
 
 
+    async def test_the_file_is_read_off_the_reactor_thread(self):
+        """A slow disk (or a huge file) must not stall every tunnel while a key is checked."""
+        import threading
+
+        from twisted.cred.credentials import SSHPrivateKey
+
+        directory = _tempdir(self)
+        path = os.path.join(directory, AUTHORIZED_KEYS_FILE)
+        private = load_or_create_host_key(os.path.join(directory, "k"))
+        with open(path, "wb") as f:
+            f.write(private.public().toString("openssh") + b"\n")
+        readers = []
+
+        class Recording(AuthorizedKeysFile):
+            def getAuthorizedKeys(self, username: bytes) -> Any:
+                readers.append(threading.current_thread())
+                return super().getAuthorizedKeys(username)
+
+        checker = AuthorizedKeysChecker(Recording(path), reactor)
+        data = b"session and request data"
+        blob = private.public().blob()
+        avatar = await checker.requestAvatarId(
+            SSHPrivateKey(b"admin", b"ssh-ed25519", blob, data, private.sign(data)))
+        self.assertEqual(avatar, b"admin")
+        self.assertEqual(len(readers), 1)
+        self.assertIsNot(readers[0], threading.main_thread())
+        # A key not listed is still refused.
+        other = load_or_create_host_key(os.path.join(directory, "other"))
+        with self.assertRaises(UnauthorizedLogin):
+            await checker.requestAvatarId(
+                SSHPrivateKey(b"admin", b"ssh-ed25519", other.public().blob(), data, other.sign(data)))
+
+
+async def _lock_out(live: Any, address: str, until: float) -> None:
+    """Lock ``address`` out in the store, as ten failures would (without waiting out the slow-down)."""
+    store = live.operators.core.store
+    await store.call(lockouts.lock, store.store.db, lockouts.OPERATOR, lockouts.address_key(address), until)
+
+
 class PasswordCheckerTests(unittest.TestCase):
     timeout = 60
 
@@ -83,12 +124,10 @@ class PasswordCheckerTests(unittest.TestCase):
         (event,) = await live.management.events(type_="operator.login_failed")
         self.assertEqual((event.address, event.detail), ("10.0.0.9", "via console, user 'admin'"))
         # One OperatorAuth for both faces: the console's failure counts for the panel too.
-        self.assertEqual(live.operators.failures(address="10.0.0.9"), 1)
+        self.assertEqual(await live.operators.failures(address="10.0.0.9"), 1)
 
         # Lock the address out (the clock is real: step past the slow-down by hand).
-        for _ in range(LOCK_AFTER):
-            live.operators._failures["address:10.0.0.9"].attempts.append((reactor.seconds() - 60, "10.0.0.9"))
-        live.operators._failures["address:10.0.0.9"].locked_until = reactor.seconds() + 900
+        await _lock_out(live, "10.0.0.9", reactor.seconds() + 900)
         with self.assertRaises(UnauthorizedLogin) as locked:
             await checker.requestAvatarId(PasswordFromAddress(b"admin", ADMIN_PASSWORD.encode(), "10.0.0.9"))
         self.assertTrue(str(locked.exception).startswith("too many failed log-ins; try again in"))
@@ -99,7 +138,7 @@ class PasswordCheckerTests(unittest.TestCase):
         with self.assertRaises(UnauthorizedLogin):
             await checker.requestAvatarId(
                 PasswordFromAddress(b"admin", ADMIN_PASSWORD.encode() + b"x" * 5000, "10.0.0.8"))
-        self.assertEqual(live.operators.failures(address="10.0.0.8"), 1)
+        self.assertEqual(await live.operators.failures(address="10.0.0.8"), 1)
 
 
 class _Banner(Protocol):
@@ -175,7 +214,7 @@ class UserAuthTests(unittest.TestCase):
         auth, transport, live = await self._auth()
         with self.assertRaises(UnauthorizedLogin):
             await auth.auth_password(b"\x00" + NS(b"wrong"))
-        self.assertEqual(live.operators.failures(address="10.0.0.7"), 1)
+        self.assertEqual(await live.operators.failures(address="10.0.0.7"), 1)
         self.assertEqual(transport.packets, [])  # a plain failure: no banner
         interface, avatar, logout = await auth.auth_password(b"\x00" + NS(ADMIN_PASSWORD.encode()))
         self.assertEqual(avatar.username, "admin")
@@ -183,7 +222,7 @@ class UserAuthTests(unittest.TestCase):
     async def test_a_locked_out_client_is_told_so_in_a_banner(self):
         auth, transport, live = await self._auth()
         # Lock the address out as ten failures would (without waiting out the slow-down).
-        live.operators._failures["address:10.0.0.7"] = _Failures(locked_until=reactor.seconds() + 600)
+        await _lock_out(live, "10.0.0.7", reactor.seconds() + 600)
         with self.assertRaises(UnauthorizedLogin):
             await auth.auth_password(b"\x00" + NS(ADMIN_PASSWORD.encode()))
         ((kind, payload),) = transport.packets

@@ -117,6 +117,23 @@ class ManagementTests(unittest.TestCase):
         await wait_until(lambda: any(e.type == "tunnel.refused" for e in self.events), timeout=10)
         self.assertTrue(await port_refused(port))
 
+    async def test_a_port_or_name_held_by_another_tunnel_is_refused_with_its_holder_on_that_field(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        port = await live.wait_up("echo")
+        m = live.management
+        with self.assertRaises(ManagementError) as held:
+            await m.add_tunnel("alice", "other", "127.0.0.1:1", port)
+        self.assertEqual((held.exception.kind, held.exception.field), ("conflict", "remote_port"))
+        self.assertIn(f"port {port} is reserved by tunnel 'echo' of client 'alice'", str(held.exception))
+        await m.add_tunnel("alice", "pushed", "127.0.0.1:1")
+        with self.assertRaises(ManagementError) as moved:
+            await m.edit_tunnel("alice", "pushed", remote_port=port)
+        self.assertEqual((moved.exception.kind, moved.exception.field), ("conflict", "remote_port"))
+        with self.assertRaises(ManagementError) as named:
+            await m.add_tunnel("alice", "pushed", "127.0.0.1:2")
+        self.assertEqual((named.exception.kind, named.exception.field), ("conflict", "name"))
+        self.assertIn("already has a tunnel named 'pushed'", str(named.exception))
+
     async def test_errors(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
         port = await live.wait_up("echo")

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from gotaxy.config import ServerConfig
 from gotaxy.server.core import ServerCore
 from gotaxy.server.operators import (
-    FREE_FAILURES, LOCK_AFTER, LOCK_SECONDS, MAX_CHECKS, WINDOW, AuthFailed, Busy, LockedOut, OperatorAuth,
+    FREE_FAILURES, LOCK_AFTER, LOCK_SECONDS, MAX_CHECKS, MAX_DELAY, WINDOW, AuthFailed, Busy, LockedOut, OperatorAuth,
 )
 from gotaxy.store import Store, ThreadedStore, default_url
 
@@ -64,7 +64,7 @@ class OperatorAuthTests(unittest.TestCase):
         # Waiting long enough allows another try; failures keep doubling the wait.
         waits = []
         for _ in range(LOCK_AFTER - 3):
-            waits.append(self.auth.retry_after("admin", "10.0.0.1"))
+            waits.append(await self.auth.retry_after("admin", "10.0.0.1"))
             self.clock.advance(waits[-1])
             await self._fail()
         self.assertEqual(waits[:4], [1.0, 2.0, 4.0, 8.0])
@@ -88,7 +88,7 @@ class OperatorAuthTests(unittest.TestCase):
     async def test_ten_failures_from_elsewhere_do_not_lock_the_admin_out(self):
         """Issue 8, item 4: anyone could lock the only admin out for 15 minutes."""
         for _ in range(LOCK_AFTER):
-            self.clock.advance(self.auth.retry_after("admin", "10.0.0.1"))
+            self.clock.advance(await self.auth.retry_after("admin", "10.0.0.1"))
             await self._fail(address="10.0.0.1")
         self.assertIn("operator.locked_out", [e.type for e in self.published])
         with self.assertRaises(LockedOut):
@@ -135,7 +135,7 @@ class OperatorAuthTests(unittest.TestCase):
         outcomes = await self._storm([("admin", "guess", f"10.0.0.{n % 2}") for n in range(60)])
         # Per address the slow-down holds; the account's count adds up both.
         self.assertLessEqual(outcomes.count("AuthFailed"), 2 * FREE_FAILURES)
-        self.assertEqual(self.auth.failures(username="admin"), outcomes.count("AuthFailed"))
+        self.assertEqual(await self.auth.failures(username="admin"), outcomes.count("AuthFailed"))
         # Concurrent wrong guesses for several names from one address: the address's limit holds.
         self.clock.advance(LOCK_SECONDS + 1)
         outcomes = await self._storm([(f"user{n}", "guess", "10.0.0.9") for n in range(40)])
@@ -144,14 +144,14 @@ class OperatorAuthTests(unittest.TestCase):
     async def test_a_right_password_gives_its_slot_back(self):
         outcomes = await self._storm([("admin", "the right password", "10.0.0.1")] * 3)
         self.assertEqual(outcomes, ["ok"] * 3)
-        self.assertEqual(self.auth.failures(username="admin", address="10.0.0.1"), 0)
+        self.assertEqual(await self.auth.failures(username="admin", address="10.0.0.1"), 0)
 
     async def test_too_many_checks_at_once_are_refused_as_busy_and_not_counted(self):
         """Issue 8, item 3: the queue of waiting password checks is bounded."""
         outcomes = await self._storm([("admin", "guess", f"10.3.0.{n}") for n in range(MAX_CHECKS + 5)])
         self.assertEqual(outcomes.count("AuthFailed"), MAX_CHECKS)
         self.assertEqual(outcomes.count("Busy"), 5)
-        self.assertEqual(self.auth.failures(address=f"10.3.0.{MAX_CHECKS}"), 0)
+        self.assertEqual(await self.auth.failures(address=f"10.3.0.{MAX_CHECKS}"), 0)
         with self.assertRaises(Busy) as e:
             raise Busy()
         self.assertEqual(str(e.exception), "too many log-ins in progress, try again in a few seconds")
@@ -182,7 +182,7 @@ class OperatorAuthTests(unittest.TestCase):
         await self._fail()
         await self._fail()
         await self.auth.authenticate("admin", "the right password", "10.0.0.1", "panel")
-        self.assertEqual(self.auth.failures(username="admin", address="10.0.0.1"), 0)
+        self.assertEqual(await self.auth.failures(username="admin", address="10.0.0.1"), 0)
 
     async def test_change_password(self):
         with self.assertRaises(ValueError):
@@ -192,3 +192,79 @@ class OperatorAuthTests(unittest.TestCase):
         with self.assertRaises(AuthFailed):
             await self.auth.authenticate("admin", "the right password", "10.0.0.1", "panel")
         self.assertIn("operator.password_changed", [e.type for e in self.published])
+
+    async def test_a_new_password_is_hashed_off_the_store_thread(self):
+        """argon2 on the store's one thread would hold up every client log-in and tunnel open meanwhile."""
+        import threading
+
+        from gotaxy.server import operators
+
+        threads = []
+        real = operators.hash_password
+
+        def hash_(password: str) -> str:
+            threads.append(threading.current_thread().name)
+            return real(password)
+
+        self.patch(operators, "hash_password", hash_)
+        await self.auth.change_password("admin", "the right password", "a much better one", "10.0.0.1", "panel")
+        self.assertEqual(len(threads), 1)
+        self.assertIn("gotaxy-password-check", threads[0])
+
+
+class SharedStoreTests(unittest.TestCase):
+    """Two server processes on one store: what one counts, the other enforces."""
+
+    def setUp(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        Store(default_url(directory)).ensure_admin("admin", "the right password")
+        self.cores = []
+        for _ in range(2):
+            # Each its own connection to the one database file, as two processes have.
+            store = ThreadedStore(Store(default_url(directory), clock=self.clock.seconds), reactor)
+            store.start()
+            self.addCleanup(store.stop)
+            core = ServerCore(ServerConfig(data_dir=directory), store, self.clock)
+            auth = OperatorAuth(core, thread_reactor=reactor)
+            auth.startService()
+            self.addCleanup(auth.stopService)
+            self.cores.append((core, auth))
+
+    async def test_failures_on_one_server_lock_the_address_out_of_the_other(self):
+        (_, first), (_, second) = self.cores
+        for n in range(LOCK_AFTER):
+            self.clock.advance(await first.retry_after("admin", "10.0.0.1"))
+            # Alternate between the two: the slow-down counts both.
+            with self.assertRaises(AuthFailed):
+                await (first if n % 2 else second).authenticate("admin", "wrong", "10.0.0.1", "panel")
+        self.assertEqual(await second.failures(address="10.0.0.1"), LOCK_AFTER)
+        self.clock.advance(MAX_DELAY)
+        for auth in (first, second):
+            with self.assertRaises(LockedOut):
+                await auth.authenticate("admin", "the right password", "10.0.0.1", "console")
+        # The operator elsewhere is not locked out of either.
+        await second.authenticate("admin", "the right password", "10.0.0.2", "panel")
+
+    async def test_the_slow_down_holds_across_servers(self):
+        (_, first), (_, second) = self.cores
+        for _ in range(FREE_FAILURES):
+            with self.assertRaises(AuthFailed):
+                await first.authenticate("admin", "wrong", "10.0.0.1", "panel")
+        with self.assertRaises(LockedOut) as refused:
+            await second.authenticate("admin", "the right password", "10.0.0.1", "panel")
+        self.assertAlmostEqual(refused.exception.retry_after, 1.0)
+
+    async def test_wrong_second_factor_codes_on_one_server_lock_the_name_on_the_other(self):
+        from gotaxy.web.auth import TOTP_LOCK_AFTER, PanelAuth
+
+        (core1, auth1), (core2, auth2) = self.cores
+        panels = [PanelAuth(core1, auth1, self.clock), PanelAuth(core2, auth2, self.clock)]
+        for n in range(TOTP_LOCK_AFTER):
+            with self.assertRaises(AuthFailed):
+                await panels[n % 2].check_second_factor("admin", "000000", "10.0.0.1", "web")
+        for panel in panels:
+            with self.assertRaises(LockedOut):
+                await panel.check_second_factor("admin", "000000", "10.0.0.1", "web")

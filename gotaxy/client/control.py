@@ -52,10 +52,11 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from OpenSSL import SSL
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Factory
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -305,6 +306,7 @@ class ClientControlProtocol(MuxProtocol):
         #: Optional messages the server understands (from its login_ok).
         self.server_features: Set[str] = set()
         self._login_timer: Any = None
+        self._connection_lost = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -322,12 +324,27 @@ class ClientControlProtocol(MuxProtocol):
         self._login_timer = None
 
     def handshakeCompleted(self) -> None:
-        try:
-            self.factory.verifier.verify(peer_chain(self.transport))
-        except ServerIdentityError as e:
-            self.factory.fatal(str(e))
+        chain = peer_chain(self.transport)
+        verifier = self.factory.verifier
+        if verifier.reads_known_servers:
+            # Trust on first use reads (and may append to) known_servers: a
+            # file, so on a thread, never on the reactor's.
+            checked = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), verifier.verify, chain)
+        else:
+            checked = maybeDeferred(verifier.verify, chain)
+        checked.addCallbacks(self._server_verified, self._server_not_verified)
+
+    def _server_not_verified(self, failure: Failure) -> None:
+        if failure.check(ServerIdentityError):
+            self.factory.fatal(failure.getErrorMessage())
+        else:
+            self.log.failure("checking the server's certificate failed", failure)
+        if self.transport is not None and not self._connection_lost:
             self.transport.abortConnection()
-            return
+
+    def _server_verified(self, _: str) -> None:
+        if self.disconnecting or self.transport is None or self._connection_lost:
+            return  # gone while its certificate was checked
         self.send_preamble()
         self.send_control(
             {
@@ -599,6 +616,7 @@ class ClientControlProtocol(MuxProtocol):
         stream.local_closed(CLOSE_ERROR_PREFIX + reason)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._connection_lost = True
         if self.heartbeat is not None:
             self.heartbeat.stop()
         for name in list(self.retries):

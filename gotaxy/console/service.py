@@ -16,8 +16,8 @@ Log-in (both lead to the same avatar; there is one operator, ``admin``):
   ``ConsoleUserAuth`` speaks it), which asks for the code.  A client that
   starts with keyboard-interactive is asked for the password and the code;
 * public key (a full log-in on its own): a key listed in ``DATA_DIR/console_authorized_keys``
-  (OpenSSH ``authorized_keys`` format), re-read at every attempt, so keys
-  can be added or removed without a restart.  Clients offer every key they
+  (OpenSSH ``authorized_keys`` format), re-read at every attempt (on a
+  thread, not the reactor's), so keys can be added or removed without a restart.  Clients offer every key they
   have, so a key that is not listed is not a failed log-in.
 
 Connections not logged in are capped in all and per address (an IPv6
@@ -53,6 +53,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
@@ -257,6 +258,30 @@ class AuthorizedKeysFile:
         except OSError as e:
             log.error("cannot read {path}: {error}", path=self.path, error=e)
             return []
+
+
+class AuthorizedKeysChecker(SSHPublicKeyChecker):
+    """
+    Conch's public-key checker, with the keys read on a thread: the file is
+    read at every attempt, and a slow disk must not stall the reactor.
+    """
+
+    def __init__(self, keydb: IAuthorizedKeysDB, reactor: Any) -> None:
+        super().__init__(keydb)
+        self._reactor = reactor
+
+    def _checkKey(self, pubKey: keys.Key, credentials: Any) -> Deferred:
+        reading = deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(),
+            lambda: list(self._keydb.getAuthorizedKeys(credentials.username)),
+        )
+
+        def check(authorized: List[keys.Key]) -> keys.Key:
+            if any(key == pubKey for key in authorized):
+                return pubKey
+            raise UnauthorizedLogin("Key not authorized")
+
+        return reading.addCallback(check)
 
 
 class ConsoleUserAuth(userauth.SSHUserAuthServer):
@@ -641,7 +666,7 @@ def make_console_service(config: Any, data_dir: str, access: ConsoleAccess, reac
     portal = Portal(realm, [
         OperatorPasswordChecker(access, reactor),
         OperatorConversationChecker(access, reactor),
-        SSHPublicKeyChecker(AuthorizedKeysFile(os.path.join(data_dir, AUTHORIZED_KEYS_FILE))),
+        AuthorizedKeysChecker(AuthorizedKeysFile(os.path.join(data_dir, AUTHORIZED_KEYS_FILE)), reactor),
     ])
     console_factory = ConsoleFactory(portal, host_key, reactor, idle_timeout=config.console.idle_timeout)
     return ConsoleService(reactor, at, console_factory)
@@ -649,5 +674,5 @@ def make_console_service(config: Any, data_dir: str, access: ConsoleAccess, reac
 
 __all__: List[str] = [
     "ConsoleAccess", "ConsoleService", "make_console_service", "load_or_create_host_key",
-    "AuthorizedKeysFile", "OperatorPasswordChecker", "ConsoleRealm",
+    "AuthorizedKeysFile", "AuthorizedKeysChecker", "OperatorPasswordChecker", "ConsoleRealm",
 ]

@@ -51,6 +51,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gotaxy.store.claims import Claimed, Claims
 from gotaxy.config import ServerConfig, format_allow_ports
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import (
@@ -70,7 +71,7 @@ from gotaxy.jointoken import JoinTokenError, parse_join_token
 from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.names import InvalidName, check_name, is_valid_name
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
-from gotaxy.ports import PortAllocator, server_ports
+from gotaxy.ports import MAX_ATTEMPTS, PortAllocator, server_ports
 from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.traffic import TrafficMeters
@@ -162,6 +163,8 @@ class ServerCore:
         self.config = config
         self.store = store
         self._db = store.store
+        #: Claims on public addresses and names, shared with every server process on this store.
+        self.claims = Claims(store)
         self.reactor = reactor
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
         self.events = EventBus()
@@ -474,20 +477,25 @@ class ServerCore:
             source=record.source if record is not None else "client",
             requested_port=requested,
         )
-        live_ports = {t.remote_port for t in self.tunnels.values()}
-        if requested:
-            await self._check_port_free(requested, key, live_ports)
-            tunnel.listening_port = self._listen(tunnel, requested)
-        elif reserved is not None:
-            await self._check_port_free(reserved, key, live_ports)
-            tunnel.listening_port = self._listen(tunnel, reserved)
+        port = requested or reserved
+        if port:
+            self._check_port_rules(port)
+            fresh = await self._claim_port(tunnel, port)
+            try:
+                tunnel.listening_port = self._listen(tunnel, port)
+            except TunnelRefused:
+                if fresh:
+                    await self.store.call(self._db.release_port, client, name, port)
+                raise
         else:
-            tunnel.listening_port = await self._listen_anywhere(tunnel, live_ports)
+            tunnel.listening_port, fresh = await self._listen_anywhere(tunnel)
         tunnel.remote_port = tunnel.listening_port.getHost().port
         # The session may have gone (or been dropped: kicked, replaced, shut
         # down) while we were binding.
         if session.lost or session.dropped or key in self.tunnels or name in session.removed_tunnels:
             tunnel.listening_port.stopListening()
+            if fresh:  # it never came up: the port is not its to keep
+                await self.store.call(self._db.release_port, client, name, tunnel.remote_port)
             raise TunnelRefused("client disconnected")
         # No connection was accepted yet: nothing ran since the listen.
         tunnel.count_into(self.meters.tunnel(client, name))
@@ -503,20 +511,26 @@ class ServerCore:
         )
         return tunnel
 
-    async def check_port(self, port: int, key: Tuple[str, str]) -> None:
-        """Raise TunnelRefused unless ``key`` may use ``port`` (for operators)."""
-        live = {t.remote_port for k, t in self.tunnels.items() if k != key}
-        await self._check_port_free(port, key, live)
+    def check_port(self, port: int) -> None:
+        """Raise TunnelRefused unless this server's rules let a tunnel have ``port`` (for operators)."""
+        self._check_port_rules(port)
 
-    async def _check_port_free(self, port: int, key: Tuple[str, str], live_ports: set) -> None:
+    def _check_port_rules(self, port: int) -> None:
         refusal = self.ports.refusal(port)
         if refusal is not None:
             raise TunnelRefused(refusal)
-        owner = await self.store.call(self._db.port_owner, port)
-        if owner is not None and tuple(owner) != key:
-            raise TunnelRefused(f"port {port} is reserved by tunnel {owner[1]!r} of client {owner[0]!r}")
-        if port in live_ports:
-            raise TunnelRefused(f"port {port} is used by another tunnel")
+
+    async def _claim_port(self, tunnel: LiveTunnel, port: int) -> bool:
+        """
+        Claim ``port`` for ``tunnel`` in the store (True: claimed now, False:
+        it held it already), or raise TunnelRefused naming its holder.  The
+        claim is what decides between two tunnels (or two server processes)
+        asking at once; see ``gotaxy.claims``.
+        """
+        try:
+            return await self.store.call(self._db.claim_port, tunnel.client, tunnel.name, port)
+        except Claimed as e:
+            raise TunnelRefused(str(e)) from None
 
     def _listen(self, tunnel: LiveTunnel, port: int) -> Any:
         try:
@@ -547,14 +561,37 @@ class ServerCore:
                 reason=fd_exhaustion(),
             )
 
-    async def _listen_anywhere(self, tunnel: LiveTunnel, live_ports: set) -> Any:
+    async def _listen_anywhere(self, tunnel: LiveTunnel) -> Tuple[Any, bool]:
+        """
+        Listen on a free allowed port and claim it; return the listening
+        port and whether the claim is new.  A port another tunnel holds
+        (offline ones keep theirs) is skipped, as is one that will not bind.
+        """
         if self.ports.unrestricted:
-            return self._listen(tunnel, 0)
-        reserved = await self.store.call(self._db.reserved_ports)
-        for port in self.ports.candidates(reserved | live_ports):
+            # The operating system picks; the pick may be a port an offline
+            # tunnel holds, so claim it and pick again if it is.
+            for _ in range(MAX_ATTEMPTS):
+                listening = self._listen(tunnel, 0)
+                port = listening.getHost().port
+                try:
+                    return listening, await self._claim_port(tunnel, port)
+                except TunnelRefused:
+                    listening.stopListening()
+            raise TunnelRefused(
+                f"no free port found in {MAX_ATTEMPTS} tries; ask the operator to set allowPorts to a range "
+                "that other tunnels have not reserved"
+            )
+        held = await self.store.call(self._db.reserved_ports)
+        for port in self.ports.candidates(held):
             try:
-                return self._listen(tunnel, port)
+                fresh = await self._claim_port(tunnel, port)
             except TunnelRefused:
+                continue  # claimed since we looked
+            try:
+                return self._listen(tunnel, port), fresh
+            except TunnelRefused:
+                if fresh:
+                    await self.store.call(self._db.release_port, tunnel.client, tunnel.name, port)
                 continue
         raise TunnelRefused(
             f"no free port left in allowPorts ({format_allow_ports(self.ports.ranges)}); "
@@ -672,7 +709,7 @@ class ServerCore:
 
         async def add() -> TunnelRecord:
             if remote_port:
-                await self.check_port(remote_port, (client, name))
+                self.check_port(remote_port)
             record: TunnelRecord = await self.store.call(
                 self._db.add_server_tunnel, client, name, local_addr, remote_port
             )
@@ -697,7 +734,7 @@ class ServerCore:
                 changes["local_addr"] = local_addr
             if remote_port is not None:
                 if remote_port:
-                    await self.check_port(remote_port, (client, name))
+                    self.check_port(remote_port)
                 changes["remote_port"] = remote_port or None
             detail = ", ".join(f"{k}={v}" for k, v in changes.items())
             await self.store.call(self._db.update_tunnel, client, name, TUNNEL_EDITED, detail, **changes)

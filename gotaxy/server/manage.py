@@ -47,6 +47,7 @@ from gotaxy.server.core import (
 )
 from gotaxy.server.tunnel import LiveTunnel
 from gotaxy.store import EventRecord, StoreError, TokenRecord, TunnelRecord
+from gotaxy.store.claims import PORT_KINDS, Claimed
 
 
 @attrs.frozen
@@ -84,6 +85,8 @@ def _tunnel_errors() -> Iterator[None]:
         raise ManagementError("not_found", str(e), "name") from None
     except TunnelRefused as e:  # a port the tunnel may not have
         raise ManagementError("conflict", str(e), "remote_port") from None
+    except Claimed as e:  # a port another tunnel holds
+        raise ManagementError("conflict", str(e), "remote_port" if e.kind in PORT_KINDS else "name") from None
     except StoreError as e:  # the client has a tunnel of that name
         raise ManagementError("conflict", str(e), "name") from None
     except TunnelConflict as e:  # about the tunnel's state, not one argument

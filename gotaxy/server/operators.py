@@ -2,8 +2,9 @@
 """
 Operator log-in, shared by the web panel and the SSH console.
 
-One ``OperatorAuth`` per server holds the failure counts, so failures in
-either place count toward the same slow-down and lock-out.
+The failure counts live in the store (``gotaxy.lockouts``), so failures in
+either place, and in every server process sharing the store, count toward
+the same slow-down and lock-out.
 
 Counting
 --------
@@ -24,9 +25,11 @@ Failures are counted per client address and per user name, within
   the account's total, so more addresses do not buy many more guesses;
 * a successful log-in clears the counts for that address and user.
 
-An attempt is counted *before* its password is checked (a reserved slot,
-given back if the password was right), so concurrent attempts cannot slip
-past the limits while earlier ones are still being checked.
+An attempt is counted *before* its password is checked (a row written to
+the store, deleted again if the password was right), and whether it may go
+ahead is decided from the attempts written before it, so concurrent
+attempts, here or in another process, cannot slip past the limits while
+earlier ones are still being checked.
 
 Checking
 --------
@@ -43,15 +46,16 @@ the password).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional
 
-import attrs
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from gotaxy.credentials import verify_password
+from gotaxy.credentials import hash_password, verify_password
 from gotaxy.events import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED, OPERATOR_PASSWORD_CHANGED
+from gotaxy.store import lockouts
 
 FREE_FAILURES = 3
 MAX_DELAY = 60.0
@@ -62,7 +66,6 @@ MIN_PASSWORD_LENGTH = 10
 CHECK_THREADS = 2  #: password checks at the same time
 MAX_CHECKS = 8  #: password checks running or waiting; more are refused with ``Busy``
 BUSY_RETRY = 5.0  #: seconds a refused attempt is told to wait
-PRUNE_AT = 1000  #: addresses and names tracked before stale ones are forgotten
 
 
 class AuthFailed(Exception):
@@ -84,25 +87,16 @@ class Busy(LockedOut):
         super().__init__(BUSY_RETRY, "too many log-ins in progress, try again in a few seconds")
 
 
-@attrs.define
-class _Failures:
-    #: when each failed (or not yet checked) attempt came, and from where
-    attempts: List[Tuple[float, str]] = attrs.Factory(list)
-    locked_until: float = 0.0
-
-    def prune(self, now: float) -> None:
-        self.attempts = [attempt for attempt in self.attempts if now - attempt[0] < WINDOW]
-
-    def wait(self, now: float) -> float:
-        """Seconds before the next attempt may be checked."""
-        wait = max(0.0, self.locked_until - now)
-        count = len(self.attempts)
-        if count >= LOCK_AFTER:
-            wait = max(wait, self.attempts[-LOCK_AFTER][0] + WINDOW - now)
-        if count >= FREE_FAILURES:
-            delay = min(MAX_DELAY, 2.0 ** (count - FREE_FAILURES))
-            wait = max(wait, self.attempts[-1][0] + delay - now)
-        return wait
+def _wait(record: lockouts.Record, now: float) -> float:
+    """Seconds before the next attempt may be checked, by one record's count."""
+    wait = max(0.0, record.locked_until - now)
+    count = len(record.attempts)
+    if count >= LOCK_AFTER:
+        wait = max(wait, record.attempts[-LOCK_AFTER][0] + WINDOW - now)
+    if count >= FREE_FAILURES:
+        delay = min(MAX_DELAY, 2.0 ** (count - FREE_FAILURES))
+        wait = max(wait, record.attempts[-1][0] + delay - now)
+    return wait
 
 
 class OperatorAuth(Service):
@@ -120,10 +114,8 @@ class OperatorAuth(Service):
         self.core = core
         self._thread_reactor = thread_reactor or core.reactor
         self._db = core.store.store
-        self._failures: Dict[str, _Failures] = {}
         self._pool = ThreadPool(minthreads=0, maxthreads=CHECK_THREADS, name="gotaxy-password-check")
         self._checks = 0
-        self._prune_at = PRUNE_AT
 
     # -- service -----------------------------------------------------------------
 
@@ -140,85 +132,36 @@ class OperatorAuth(Service):
         if self._pool.started:
             self._pool.stop()
 
-    # -- counting ----------------------------------------------------------------
+    # -- counting (in the store: see gotaxy.lockouts) -------------------------------
 
     def _now(self) -> float:
         return self.core.reactor.seconds()
 
-    @staticmethod
-    def _address_key(address: str) -> str:
-        return f"address:{address}"
-
-    @staticmethod
-    def _user_key(username: str) -> str:
-        return f"user:{username[:64]}"
-
-    def _records(self, username: str, address: str) -> List[_Failures]:
-        """The counts that apply to this attempt (pruned to the window)."""
-        now = self._now()
-        records = []
-        by_address = self._failures.get(self._address_key(address))
-        if by_address is not None:
-            records.append(by_address)
-        by_user = self._failures.get(self._user_key(username))
-        if by_user is not None:
-            by_user.prune(now)
-            if any(a == address for _, a in by_user.attempts):
-                records.append(by_user)
-        for record in records:
-            record.prune(now)
-        return records
-
-    def retry_after(self, username: str, address: str) -> float:
+    def retry_after(self, username: str, address: str) -> "Deferred[float]":
         """Seconds before this user may try from this address (0: now)."""
-        now = self._now()
-        return max([0.0] + [record.wait(now) for record in self._records(username, address)])
+        return self.core.store.call(
+            lockouts.wait, self._db.db, lockouts.OPERATOR, username, address, WINDOW, self._now(), _wait
+        )
 
-    def _forget_stale(self) -> None:
-        # Every address that ever tried has a record: drop those with nothing
-        # left in the window, so a crowd of addresses cannot grow memory.
-        now = self._now()
-        for key, record in list(self._failures.items()):
-            record.prune(now)
-            if not record.attempts and record.locked_until <= now:
-                del self._failures[key]
-        self._prune_at = max(PRUNE_AT, 2 * len(self._failures))
-
-    def _reserve(self, username: str, address: str) -> Tuple[float, str]:
-        if len(self._failures) >= self._prune_at:
-            self._forget_stale()
-        attempt = (self._now(), address)
-        for key in (self._address_key(address), self._user_key(username)):
-            self._failures.setdefault(key, _Failures()).attempts.append(attempt)
-        return attempt
-
-    def _failed(self, username: str, address: str, attempt: Tuple[float, str]) -> bool:
-        """
-        The reserved ``attempt`` failed: it now counts from this moment (the
-        slow-down runs from the previous failure), and what reached
-        ``LOCK_AFTER`` is locked.  True if something was locked now.
-        """
-        now = self._now()
-        locked = False
-        for key in (self._address_key(address), self._user_key(username)):
-            record = self._failures.setdefault(key, _Failures())
-            kept = [a for a in record.attempts if a is not attempt]
-            record.attempts = sorted(kept + [(now, address)], key=lambda a: a[0])
-            if len(record.attempts) >= LOCK_AFTER and record.locked_until <= now:
-                record.locked_until = now + LOCK_SECONDS
-                locked = True
-        return locked
+    def failures(self, username: Optional[str] = None, address: Optional[str] = None) -> "Deferred[int]":
+        """Failed (or still being checked) attempts counted for the address or user."""
+        return self.core.store.call(
+            lockouts.count, self._db.db, lockouts.OPERATOR, WINDOW, self._now(), username, address
+        )
 
     # -- checking ----------------------------------------------------------------
 
     async def authenticate(self, username: str, password: str, address: str, via: str) -> None:
         """Return if the password is right; raise AuthFailed, LockedOut or Busy."""
-        wait = self.retry_after(username, address)
-        if wait > 0:
+        db = self._db.db
+        attempt, wait = await self.core.store.call(
+            lockouts.reserve, db, lockouts.OPERATOR, username, address, WINDOW, self._now(), _wait
+        )
+        if attempt is None:
             raise LockedOut(wait)
         if self._checks >= MAX_CHECKS:
+            await self.core.store.call(lockouts.give_back, db, attempt)
             raise Busy()
-        attempt = self._reserve(username, address)
         self._checks += 1
         try:
             exists, stored = await self.core.store.call(self._db.admin_password_hash, username)
@@ -227,10 +170,12 @@ class OperatorAuth(Service):
         finally:
             self._checks -= 1
         if right and exists:
-            for key in (self._address_key(address), self._user_key(username)):
-                self._failures.pop(key, None)
+            await self.core.store.call(lockouts.succeeded, db, lockouts.OPERATOR, username, address)
             return
-        locked = self._failed(username, address, attempt)
+        locked = await self.core.store.call(
+            lockouts.failed, db, lockouts.OPERATOR, username, address, attempt, WINDOW, self._now(), LOCK_AFTER,
+            LOCK_SECONDS,
+        )
         detail = f"via {via}, user {username[:64]!r}"
         await self.core.record(OPERATOR_LOGIN_FAILED, address=address, detail=detail)
         if locked:
@@ -241,14 +186,8 @@ class OperatorAuth(Service):
         await self.authenticate(username, old, address, via)
         if len(new) < MIN_PASSWORD_LENGTH:
             raise ValueError(f"the new password must have at least {MIN_PASSWORD_LENGTH} characters")
-        await self.core.store.call(self._db.set_admin_password, username, new)
+        # argon2 here too, not on the store's thread (see the module docstring).
+        self._start_pool()
+        new_hash = await deferToThreadPool(self._thread_reactor, self._pool, hash_password, new)
+        await self.core.store.call(self._db.set_admin_password_hash, username, new_hash)
         await self.core.record(OPERATOR_PASSWORD_CHANGED, address=address, detail=f"via {via}")
-
-    def failures(self, username: Optional[str] = None, address: Optional[str] = None) -> int:
-        """Failed (or still being checked) attempts counted for the address or user."""
-        keys = []
-        if address is not None:
-            keys.append(self._address_key(address))
-        if username is not None:
-            keys.append(self._user_key(username))
-        return max((len(self._failures[k].attempts) for k in keys if k in self._failures), default=0)

@@ -199,7 +199,10 @@ def bootstrap(config: ServerConfig, store: Store, env: Dict[str, str]) -> FirstS
     """Create the initial token and admin account if the store has none."""
     token = None
     if not store.list_tokens():
-        _, token = store.create_token(INITIAL_TOKEN_NAME)
+        try:
+            _, token = store.create_token(INITIAL_TOKEN_NAME)
+        except StoreError:
+            pass  # another server process on this store made it a moment ago
     chosen = env.get("GOTAXY_ADMIN_PASSWORD") or None
     password = chosen or new_password()
     created = store.ensure_admin(ADMIN_USER, password)

@@ -18,6 +18,14 @@ PostgreSQL for several servers on one database).  Import from here
     leases among it), its records (``TokenRecord``, ...) and
     ``ThreadedStore``, the reactor-side face that runs every call on one
     dedicated thread.
+``claims``
+    Who holds a public port, a domain, a token's or tunnel's name, an
+    account: one row each under UNIQUE(kind, key), so a claim is one INSERT
+    that can fail, never a read followed by a write (``Claims`` is the
+    reactor-side face a proxy type claims its address through).
+``lockouts``
+    Failed log-ins and lock-outs, counted here so that every server process
+    sharing the store enforces them.
 
 Adding a table
     1. Add a ``TableSpec`` to ``schema.TABLES`` (and a name constant next to

@@ -127,6 +127,57 @@ def _release_0_1(connection: Connection) -> None:
     ensure(*RELEASE_0_1)(connection)
 
 
+def _claims(connection: Connection) -> None:
+    """
+    The claims table, and the claims an older database holds implicitly:
+    tunnels' reserved ports and names, live tokens' and API tokens' names,
+    the operator accounts (``gotaxy.store.claims``).  Where old rows
+    conflict (two tunnels that got one port through the old read-then-write
+    race), the older row keeps it; a key claimed already is left alone, so
+    running it again changes nothing.
+    """
+    ensure(schema.CLAIMS, schema.AUTH_FAILURES, schema.AUTH_LOCKS)(connection)
+    from gotaxy.store import claims  # the kinds and owners
+
+    metadata = MetaData()
+    table = table_of(schema.CLAIMS, metadata)
+    held = {(row.kind, row.key) for row in connection.execute(select(table.c.kind, table.c.key))}
+    inspector = inspect(connection)
+    wanted: List[Tuple[str, str, claims.Owner]] = []
+    if inspector.has_table("tunnels"):
+        tunnels = table_of("tunnels", metadata)
+        for row in connection.execute(
+            select(tunnels.c.client, tunnels.c.name, tunnels.c.remote_port).order_by(tunnels.c.id)
+        ):
+            owner = claims.Owner.tunnel(row.client, row.name)
+            wanted.append((claims.TUNNEL, claims.tunnel_key(row.client, row.name), owner))
+            if row.remote_port:
+                wanted.append((claims.PORT, str(row.remote_port), owner))
+    if inspector.has_table("tokens"):
+        tokens = table_of("tokens", metadata)
+        for row in connection.execute(
+            select(tokens.c.name).where(tokens.c.revoked_at.is_(None)).order_by(tokens.c.id)
+        ):
+            wanted.append((claims.TOKEN, row.name, claims.Owner.token(row.name)))
+    if inspector.has_table(schema.WEB_API_TOKENS):
+        api = table_of(schema.WEB_API_TOKENS, metadata)
+        for row in connection.execute(select(api.c.name).order_by(api.c.id)):
+            wanted.append((claims.API_TOKEN, row.name, claims.Owner.api_token(row.name)))
+    if inspector.has_table("admins"):
+        admins = table_of("admins", metadata)
+        for row in connection.execute(select(admins.c.username).order_by(admins.c.id)):
+            wanted.append((claims.ADMIN, row.username, claims.Owner.operator(row.username)))
+    now = time.time()
+    for kind, key, owner in wanted:
+        if (kind, key) in held:
+            continue
+        held.add((kind, key))
+        connection.execute(table.insert().values(
+            kind=kind, key=key, owner_kind=owner.kind, owner_client=owner.client, owner_name=owner.name,
+            created_at=now,
+        ))
+
+
 MIGRATIONS: Tuple[Migration, ...] = (
     Migration(1, "the tables of Gotaxy 0.1.0, with any column or index an older database lacks", _release_0_1),
     Migration(
@@ -137,6 +188,12 @@ MIGRATIONS: Tuple[Migration, ...] = (
     ),
     Migration(3, "every event names the server process that recorded it (the events table is an outbox)",
               ensure("events")),
+    Migration(
+        4,
+        "claims: one row per port, name and account, UNIQUE(kind, key), made from the reservations the database "
+        "holds; failed log-ins and lock-outs shared by every server process",
+        _claims,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

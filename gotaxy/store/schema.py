@@ -49,6 +49,9 @@ NOTIFY_MAIL = "notify_mail"
 WEB_SESSIONS = "web_sessions"
 WEB_API_TOKENS = "web_api_tokens"
 WEB_TOTP = "web_totp"
+CLAIMS = "claims"
+AUTH_FAILURES = "auth_failures"
+AUTH_LOCKS = "auth_locks"
 
 #: Text of any length (what dataset has always used for ``types.text``).
 TEXT = UnicodeText
@@ -128,6 +131,34 @@ TABLES: Dict[str, TableSpec] = {
             ("started_at", Float), ("lease_until", Float),
         ),
         unique=(("node_id",),),
+    ),
+    # -- who holds a port, a name, an account (gotaxy.store.claims) ----------
+    CLAIMS: TableSpec(
+        columns=(
+            ("kind", String(16)),
+            ("key", String(255)),
+            ("owner_kind", String(16)),
+            ("owner_client", String(64)),
+            ("owner_name", String(64)),
+            ("created_at", Float),
+        ),
+        indexes=(("owner_kind", "owner_client", "owner_name"),),
+        unique=(("kind", "key"),),
+    ),
+    # -- failed log-ins and lock-outs (gotaxy.store.lockouts) ----------------
+    AUTH_FAILURES: TableSpec(
+        columns=(
+            ("scope", String(16)),
+            ("username", String(64)),
+            ("address", String(128)),
+            ("at", Float),
+            ("pending", Boolean),
+        ),
+        indexes=(("scope", "address"), ("scope", "username"), ("at",)),
+    ),
+    AUTH_LOCKS: TableSpec(
+        columns=(("scope", String(16)), ("key", String(200)), ("until", Float)),
+        indexes=(("scope", "key"), ("until",)),
     ),
     # -- stability history (gotaxy.server.history) ---------------------------
     HISTORY_SESSIONS: TableSpec(

@@ -30,6 +30,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from gotaxy.store import claims
+from gotaxy.store.claims import Claimed, Owner, tunnel_key
 from gotaxy.credentials import hash_password, new_token, token_hash, tokens_equal, verify_password
 from gotaxy.names import NAME_RULE, is_valid_name, shown
 from gotaxy.store.migrations import SchemaError, migrate, schema_version
@@ -208,6 +210,21 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    # -- claims (see gotaxy.store.claims) --------------------------------------------
+
+    def claim(self, kind: str, key: str, owner: Owner) -> bool:
+        """True if claimed now, False if ``owner`` held it already; raises ``Claimed``."""
+        return claims.claim(self.db, kind, key, owner, self._clock())
+
+    def release(self, kind: str, key: str, owner: Optional[Owner] = None) -> bool:
+        return claims.release(self.db, kind, key, owner)
+
+    def claim_holder(self, kind: str, key: str) -> Optional[Owner]:
+        return claims.holder(self.db, kind, key)
+
+    def claimed_keys(self, kind: str) -> Set[str]:
+        return claims.keys(self.db, kind)
+
     # -- settings ------------------------------------------------------------
 
     def set_setting(self, key: str, value: str) -> None:
@@ -238,12 +255,19 @@ class Store:
         if not is_valid_name(name):
             raise StoreError(f"a token's name (its client's name) must be {NAME_RULE} (got {shown(name)})")
         now = self._clock()
-        tokens = self.db["tokens"]
-        for row in tokens.find(name=name):
-            if row["revoked_at"] is None:
-                raise StoreError(f"a token named {name!r} already exists; revoke it first or choose another name")
+        owner = Owner.token(name)
+        try:
+            fresh = self.claim(claims.TOKEN, name, owner)
+        except Claimed as e:
+            raise StoreError(str(e)) from None
+        if not fresh:  # held by this name's live token
+            raise StoreError(str(Claimed(claims.TOKEN, name, owner)))
         token = new_token()
-        tokens.insert(dict(name=name, token_hash=token_hash(token), created_at=now, expires_at=expires_at))
+        try:
+            self.db["tokens"].insert(dict(name=name, token_hash=token_hash(token), created_at=now, expires_at=expires_at))
+        except BaseException:
+            self.release(claims.TOKEN, name, owner)
+            raise
         self.record_event(TOKEN_CREATED, client=name)
         return TokenRecord(name=name, created_at=now, expires_at=expires_at), token
 
@@ -255,6 +279,7 @@ class Store:
                 tx["tokens"].update(dict(id=row["id"], revoked_at=now), ["id"])
                 revoked = True
         if revoked:
+            self.release(claims.TOKEN, name, Owner.token(name))  # the name may be given to a new token
             self.record_event(TOKEN_REVOKED, client=name)
         return revoked
 
@@ -452,15 +477,36 @@ class Store:
     # -- tunnels and their ports ---------------------------------------------
 
     def port_owner(self, port: int) -> Optional[Tuple[str, str]]:
-        row = self.db["tunnels"].find_one(remote_port=port)
-        return (row["client"], row["name"]) if row else None
+        """The (client, tunnel) that holds ``port``'s claim, or None."""
+        owner = self.claim_holder(claims.PORT, str(port))
+        return (owner.client or "", owner.name) if owner is not None else None
 
     def reserved_ports(self) -> Set[int]:
-        return {row["remote_port"] for row in self.db["tunnels"].find() if row["remote_port"]}
+        return {int(key) for key in self.claimed_keys(claims.PORT)}
+
+    def claim_port(self, client: str, name: str, port: int) -> bool:
+        """
+        Claim ``port`` for the tunnel (True: now; False: it held it already);
+        raises ``Claimed`` naming the tunnel that holds it.
+        """
+        return self.claim(claims.PORT, str(port), Owner.tunnel(client, name))
+
+    def release_port(self, client: str, name: str, port: int) -> bool:
+        return self.release(claims.PORT, str(port), Owner.tunnel(client, name))
+
+    def _claim_tunnel_name(self, client: str, name: str) -> bool:
+        return self.claim(claims.TUNNEL, tunnel_key(client, name), Owner.tunnel(client, name))
 
     def tunnel_up(self, client: str, name: str, type_: str, local_addr: str, port: int) -> None:
-        """Record the tunnel as up on ``port``; the port stays reserved for it."""
+        """
+        Record the tunnel as up on ``port``; the port stays reserved for it
+        (claimed, if the caller has not claimed it already), and a port it
+        held before is given back.
+        """
         now = self._clock()
+        owner = Owner.tunnel(client, name)
+        self.claim_port(client, name, port)
+        self._claim_tunnel_name(client, name)
         self.db["tunnels"].upsert(
             dict(
                 client=client,
@@ -475,6 +521,7 @@ class Store:
             ),
             ["client", "name"],
         )
+        claims.release_owner(self.db, owner, (claims.PORT,), keep=(claims.PORT, str(port)))
         self.record_event(TUNNEL_OPENED, client=client, tunnel=name, detail=f"port {port} -> {local_addr}")
 
     def tunnel_down(self, client: str, name: str, status: str, reason: str, event: str,
@@ -491,10 +538,13 @@ class Store:
                 dict(client=client, name=name, status=status, reason=reason, updated_at=now), ["client", "name"]
             )
         elif local_addr is not None and self.db["tunnels"].count(client=client) < MAX_TUNNEL_ROWS_PER_CLIENT:
-            self.db["tunnels"].insert(
-                dict(client=client, name=name, type="tcp", local_addr=local_addr, remote_port=None, status=status,
-                     reason=reason, updated_at=now, source=SOURCE_CLIENT, enabled=True)
-            )
+            row = dict(client=client, name=name, status=status, reason=reason, updated_at=now)
+            if self._claim_tunnel_name(client, name):
+                self.db["tunnels"].insert(
+                    dict(row, type="tcp", local_addr=local_addr, remote_port=None, source=SOURCE_CLIENT, enabled=True)
+                )
+            else:  # another server process added it a moment ago
+                self.db["tunnels"].update(row, ["client", "name"])
         self.record_event(event, client=client, tunnel=name, detail=reason)
 
     def list_tunnels(self, client: Optional[str] = None) -> List[TunnelRecord]:
@@ -506,9 +556,22 @@ class Store:
         return _tunnel(row) if row else None
 
     def add_server_tunnel(self, client: str, name: str, local_addr: str, port: int) -> TunnelRecord:
-        """Record a tunnel an operator defined for ``client`` (port 0: pick on open)."""
-        if self.db["tunnels"].find_one(client=client, name=name):
-            raise StoreError(f"client {client!r} already has a tunnel named {name!r}")
+        """
+        Record a tunnel an operator defined for ``client`` (port 0: pick on
+        open).  Its name and port are claimed; refused with ``StoreError``
+        if the client has a tunnel of that name, ``Claimed`` if another
+        tunnel holds the port.
+        """
+        owner = Owner.tunnel(client, name)
+        key = tunnel_key(client, name)
+        if not self.claim(claims.TUNNEL, key, owner):
+            raise StoreError(str(Claimed(claims.TUNNEL, key, owner)))
+        try:
+            if port:
+                self.claim_port(client, name, port)
+        except Claimed:
+            self.release(claims.TUNNEL, key, owner)
+            raise
         now = self._clock()
         row = dict(
             client=client,
@@ -522,21 +585,36 @@ class Store:
             source=SOURCE_SERVER,
             enabled=True,
         )
-        self.db["tunnels"].insert(row)
+        try:
+            self.db["tunnels"].insert(row)
+        except BaseException:
+            claims.release_owner(self.db, owner)
+            raise
         self.record_event(TUNNEL_ADDED, client=client, tunnel=name, detail=f"port {port or 'auto'} -> {local_addr}")
         return _tunnel(row)
 
     def update_tunnel(self, client: str, name: str, event: str, detail: Optional[str] = None, **fields: Any) -> None:
-        """Change a tunnel's stored settings (local_addr, remote_port, enabled)."""
+        """
+        Change a tunnel's stored settings (local_addr, remote_port, enabled).
+        A new remote_port is claimed first (``Claimed`` if it is held) and
+        the old one given back; None gives the port back.
+        """
         allowed = {"local_addr", "remote_port", "enabled"}
         if not set(fields) <= allowed:
             raise ValueError(f"cannot update {set(fields) - allowed}")
+        if "remote_port" in fields:
+            port = fields["remote_port"]
+            if port:
+                self.claim_port(client, name, port)  # Claimed if another tunnel holds it
+            keep = (claims.PORT, str(port)) if port else None
+            claims.release_owner(self.db, Owner.tunnel(client, name), (claims.PORT,), keep=keep)
         self.db["tunnels"].update(dict(client=client, name=name, updated_at=self._clock(), **fields), ["client", "name"])
         self.record_event(event, client=client, tunnel=name, detail=detail)
 
     def remove_tunnel(self, client: str, name: str) -> None:
-        """Forget a tunnel and release its port."""
+        """Forget a tunnel and give back its claims (its name, its port)."""
         self.db["tunnels"].delete(client=client, name=name)
+        claims.release_owner(self.db, Owner.tunnel(client, name))
         self.record_event(TUNNEL_REMOVED, client=client, tunnel=name)
 
     # -- events --------------------------------------------------------------
@@ -639,18 +717,31 @@ class Store:
     # -- operator accounts ---------------------------------------------------
 
     def ensure_admin(self, username: str, password: str) -> bool:
-        """Create the account unless it exists; True if it was created."""
-        if self.db["admins"].find_one(username=username):
+        """
+        Create the account unless it exists; True if it was created.  Two
+        processes starting at once on a new database create it once: the
+        name is claimed first.
+        """
+        owner = Owner.operator(username)
+        if not self.claim(claims.ADMIN, username, owner):
             return False
-        self.db["admins"].insert(
-            dict(username=username, password_hash=hash_password(password), created_at=self._clock())
-        )
+        try:
+            self.db["admins"].insert(
+                dict(username=username, password_hash=hash_password(password), created_at=self._clock())
+            )
+        except BaseException:
+            self.release(claims.ADMIN, username, owner)
+            raise
         return True
 
     def set_admin_password(self, username: str, password: str) -> None:
+        """Hash and set (for the ``gotaxy`` command; the server hashes off this thread)."""
+        self.set_admin_password_hash(username, hash_password(password))
+
+    def set_admin_password_hash(self, username: str, password_hash: str) -> None:
         if not self.db["admins"].find_one(username=username):
             raise StoreError(f"no operator account named {username!r}")
-        self.db["admins"].update(dict(username=username, password_hash=hash_password(password)), ["username"])
+        self.db["admins"].update(dict(username=username, password_hash=password_hash), ["username"])
 
     def admin_password_hash(self, username: str) -> Tuple[bool, str]:
         """

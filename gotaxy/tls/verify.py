@@ -187,6 +187,11 @@ class ServerVerifier:
             )
 
     @property
+    def reads_known_servers(self) -> bool:
+        """L{verify} reads (and may append to) C{known_servers}: call it off the reactor thread."""
+        return self._mode == "tofu"
+
+    @property
     def _mode(self) -> str:
         if self.insecure:
             return "insecure"

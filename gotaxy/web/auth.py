@@ -43,6 +43,8 @@ import attrs
 import pyotp
 
 from gotaxy.names import NAME_RULE, is_valid_name, shown
+from gotaxy.store import claims, lockouts
+from gotaxy.store.claims import Claimed, Owner
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
 from gotaxy.store import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED
 
@@ -118,8 +120,6 @@ class PanelAuth:
         self.operators = operators
         self.reactor = reactor
         self.db = core.store.store.db
-        self._totp_failures: Dict[str, List[float]] = {}
-        self._totp_locked_until: Dict[str, float] = {}
 
     def _now(self) -> float:
         return self.reactor.seconds()
@@ -135,9 +135,7 @@ class PanelAuth:
         session's id (for the cookie only) and its caller.  Raises
         ``AuthFailed``, ``LockedOut`` or ``SecondFactorRequired``.
         """
-        locked = self._totp_locked_until.get(username, 0.0) - self._now()
-        if locked > 0:
-            raise LockedOut(locked)
+        await self._refuse_if_code_locked(username)
         await self.operators.authenticate(username, password, address, "web")
         if await self.totp_enabled(username):
             if not code:
@@ -153,21 +151,26 @@ class PanelAuth:
         before); raise ``AuthFailed`` or ``LockedOut``.  For the panel and
         the SSH console alike, after the password was right.
         """
-        locked = self._totp_locked_until.get(username, 0.0) - self._now()
-        if locked > 0:
-            raise LockedOut(locked)
+        await self._refuse_if_code_locked(username)
         if not await self._call(self._use_code, username, code, self._now()):
             await self._totp_failed(username, address, via)
 
+    async def _refuse_if_code_locked(self, username: str) -> None:
+        """LockedOut while too many wrong codes lock the name (in the store: every server process sees it)."""
+        locked = await self.core.store.call(
+            lockouts.locked_for, self.db, lockouts.TOTP, lockouts.user_key(username), self._now()
+        )
+        if locked > 0:
+            raise LockedOut(locked)
+
     async def _totp_failed(self, username: str, address: str, via: str) -> None:
-        now = self._now()
-        times = [t for t in self._totp_failures.get(username, []) if now - t < TOTP_WINDOW] + [now]
-        self._totp_failures[username] = times
+        locked = await self.core.store.call(
+            lockouts.failed_for_user, self.db, lockouts.TOTP, username, address, TOTP_WINDOW, self._now(),
+            TOTP_LOCK_AFTER, TOTP_WINDOW,
+        )
         detail = f"via {via}, user {username[:64]!r}, wrong second-factor code"
         await self.core.record(OPERATOR_LOGIN_FAILED, address=address, detail=detail)
-        if len(times) >= TOTP_LOCK_AFTER:
-            self._totp_locked_until[username] = now + TOTP_WINDOW
-            self._totp_failures.pop(username, None)
+        if locked:
             await self.core.record(OPERATOR_LOCKED_OUT, address=address, detail=detail)
         raise AuthFailed("wrong second-factor code")
 
@@ -258,11 +261,23 @@ class PanelAuth:
 
         def create() -> ApiTokenRecord:
             table = self.db["web_api_tokens"]
-            if table.find_one(name=name) is not None:
-                raise PanelAuthError("conflict", f"an API token named {name!r} exists; revoke it or choose another name", "name")
             if table.count() >= MAX_API_TOKENS:
                 raise PanelAuthError("conflict", f"there are already {MAX_API_TOKENS} API tokens; revoke one you no longer use")
-            table.insert(dict(name=name, token_hash=_hash(token), username=username, created_at=now, last_used_at=None))
+            # The name is claimed first: two requests (or two servers) creating it at once cannot both.
+            owner = Owner.api_token(name)
+            store = self.core.store.store
+            try:
+                fresh = store.claim(claims.API_TOKEN, name, owner)
+            except Claimed as e:
+                raise PanelAuthError("conflict", str(e), "name") from None
+            if not fresh:
+                raise PanelAuthError("conflict", str(Claimed(claims.API_TOKEN, name, owner)), "name")
+            try:
+                table.insert(dict(name=name, token_hash=_hash(token), username=username, created_at=now,
+                                  last_used_at=None))
+            except BaseException:
+                store.release(claims.API_TOKEN, name, owner)
+                raise
             return ApiTokenRecord(name=name, created_at=now)
 
         return await self._call(create), token
@@ -271,6 +286,7 @@ class PanelAuth:
         def revoke() -> None:
             if not self.db["web_api_tokens"].delete(name=name):
                 raise PanelAuthError("not_found", f"no API token named {name!r}")
+            self.core.store.store.release(claims.API_TOKEN, name, Owner.api_token(name))
 
         await self._call(revoke)
 
