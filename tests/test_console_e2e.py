@@ -167,9 +167,9 @@ def test_password_login_one_shot_commands_exit_codes_and_json(procs, echo):
     assert re.search(r"^tunnels +1 up, 1 defined$", status, re.M), status
 
     (tunnel,) = json.loads(console.ok("tunnels", "--json"))
-    assert (tunnel["client"], tunnel["name"], tunnel["remote_port"], tunnel["status"]) == ("default", "echo", port, "up")
+    assert (tunnel["client"], tunnel["name"], tunnel["address"]["port"], tunnel["status"]) == ("default", "echo", port, "up")
     table = console.ok("tunnels").splitlines()
-    assert table[0].split() == ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"]
+    assert table[0].split() == ["TUNNEL", "ADDRESS", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"]
     assert table[1].split()[:4] == ["default/echo", str(port), f"127.0.0.1:{echo.port}", "up"]
     assert all(len(line) <= 80 for line in table)
 
@@ -309,7 +309,7 @@ def test_tunnel_disable_closes_the_public_port(procs, echo):
     port = tunnel_port(client, "echo")
     assert echo_once(port, b"before") == b"before"
     out = console.ok("tunnel", "disable", "echo")
-    assert out.strip() == f"tunnel default/echo disabled; status disabled, public port {port}"
+    assert out.strip() == f"tunnel default/echo disabled; status disabled, port {port}"
     assert connection_refused(port)
     detail = console.ok("tunnel", "default/echo")
     assert re.search(r"^status +disabled", detail, re.M), detail

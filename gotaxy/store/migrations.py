@@ -34,6 +34,7 @@ recorded when it retries, goes on.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -127,6 +128,36 @@ def _release_0_1(connection: Connection) -> None:
     ensure(*RELEASE_0_1)(connection)
 
 
+def _move_ports(connection: Connection) -> None:
+    """
+    Before proxy types a tunnel's public port was ``tunnels.remote_port`` and
+    an operator's tunnel was ``local_addr`` plus that port: give those rows
+    their ``address`` (``tcp:PORT``) and ``spec`` (frp's keys), so that they
+    keep their ports and settings.  Rows that have an address are left alone.
+    """
+    ensure("tunnels")(connection)
+    if "remote_port" not in {c["name"] for c in inspect(connection).get_columns("tunnels")}:
+        return
+    metadata = MetaData()
+    tunnels = Table("tunnels", metadata, autoload_with=connection)
+    rows = connection.execute(
+        select(tunnels.c.id, tunnels.c.remote_port, tunnels.c.local_addr, tunnels.c.source, tunnels.c.spec)
+        .where(tunnels.c.address.is_(None))
+    ).fetchall()
+    for row_id, port, local_addr, source, spec in rows:
+        changes: dict = {}
+        if port:
+            changes["address"] = f"tcp:{int(port)}"
+        host, _, local_port = (local_addr or "").rpartition(":")
+        if spec is None and host and local_port.isdigit():
+            changes["spec"] = json.dumps({
+                "type": "tcp", "localIP": host.strip("[]"), "localPort": int(local_port),
+                "remotePort": int(port or 0) if source == "server" else 0,
+            })
+        if changes:
+            connection.execute(tunnels.update().where(tunnels.c.id == row_id).values(**changes))
+
+
 MIGRATIONS: Tuple[Migration, ...] = (
     Migration(1, "the tables of Gotaxy 0.1.0, with any column or index an older database lacks", _release_0_1),
     Migration(
@@ -137,6 +168,12 @@ MIGRATIONS: Tuple[Migration, ...] = (
     ),
     Migration(3, "every event names the server process that recorded it (the events table is an outbox)",
               ensure("events")),
+    Migration(
+        4,
+        "proxy types: a tunnel's public address (tunnels.address, 'tcp:PORT') and settings (tunnels.spec) "
+        "instead of remote_port",
+        _move_ports,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -17,6 +17,7 @@ given, so tests can steer expiry.
 from __future__ import annotations
 
 import threading
+import json
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
@@ -32,6 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gotaxy.credentials import hash_password, new_token, token_hash, tokens_equal, verify_password
 from gotaxy.names import NAME_RULE, is_valid_name, shown
+from gotaxy.proxy.address import PublicAddress, address_or_none
 from gotaxy.store.migrations import SchemaError, migrate, schema_version
 from gotaxy.store.schema import HISTORY_SESSIONS, NODES
 
@@ -106,13 +108,17 @@ class TunnelRecord:
     client: str
     name: str
     type: str
+    #: where the client's side leads, for people (the spec's local description)
     local_addr: str
-    remote_port: int
+    #: the public address the tunnel holds (kept while it is down), if any
+    address: Optional[PublicAddress]
     status: str
     reason: Optional[str] = None
     updated_at: Optional[float] = None
     source: str = SOURCE_CLIENT
     enabled: bool = True
+    #: the spec it was last opened (or, for an operator's, defined) with: frp's keys
+    spec: Optional[Dict[str, Any]] = None
 
 
 #: A row of the events table is an ``Event`` with its ``id`` and ``node``.
@@ -451,49 +457,51 @@ class Store:
 
     # -- tunnels and their ports ---------------------------------------------
 
-    def port_owner(self, port: int) -> Optional[Tuple[str, str]]:
-        row = self.db["tunnels"].find_one(remote_port=port)
+    def address_owner(self, address: PublicAddress) -> Optional[Tuple[str, str]]:
+        """The (client, tunnel) that holds ``address``, if any."""
+        row = self.db["tunnels"].find_one(address=address.text)
         return (row["client"], row["name"]) if row else None
 
-    def reserved_ports(self) -> Set[int]:
-        return {row["remote_port"] for row in self.db["tunnels"].find() if row["remote_port"]}
+    def held_ports(self, scheme: str) -> Set[int]:
+        """The ports of ``scheme`` that tunnels hold."""
+        ports = set()
+        for row in self.db["tunnels"].find(self.db["tunnels"].table.c.address.like(f"{scheme}:%")):
+            address = address_or_none(row["address"])
+            if address is not None and address.by_port:
+                ports.add(address.port)
+        return ports
 
-    def tunnel_up(self, client: str, name: str, type_: str, local_addr: str, port: int) -> None:
-        """Record the tunnel as up on ``port``; the port stays reserved for it."""
+    def tunnel_up(self, client: str, name: str, type_: str, local_addr: str, address: PublicAddress,
+                  spec: Dict[str, Any]) -> None:
+        """Record the tunnel as up at ``address``; the address stays reserved for it."""
         now = self._clock()
-        self.db["tunnels"].upsert(
-            dict(
-                client=client,
-                name=name,
-                type=type_,
-                local_addr=local_addr,
-                remote_port=port,
-                status="up",
-                reason=None,
-                updated_at=now,
-                node=self.node,
-            ),
-            ["client", "name"],
-        )
-        self.record_event(TUNNEL_OPENED, client=client, tunnel=name, detail=f"port {port} -> {local_addr}")
+        row = dict(client=client, name=name, type=type_, local_addr=local_addr, address=address.text,
+                   status="up", reason=None, updated_at=now, node=self.node)
+        existing = self.db["tunnels"].find_one(client=client, name=name)
+        if existing is None or existing.get("source") != SOURCE_SERVER:
+            row["spec"] = json.dumps(spec)  # an operator's tunnel keeps the spec the operator gave
+        self.db["tunnels"].upsert(row, ["client", "name"])
+        self.record_event(TUNNEL_OPENED, client=client, tunnel=name, detail=f"{address.description} -> {local_addr}")
 
     def tunnel_down(self, client: str, name: str, status: str, reason: str, event: str,
-                    local_addr: Optional[str] = None) -> None:
+                    asked: Optional[Tuple[str, str, Dict[str, Any]]] = None) -> None:
         """
-        Record why a tunnel is not up.  With ``local_addr``, a tunnel the
-        store does not know yet (refused at its first open) is added, so the
-        panel and console list it with the reason; at most
-        ``MAX_TUNNEL_ROWS_PER_CLIENT`` per client, and it reserves no port.
+        Record why a tunnel is not up.  With ``asked`` (its type, local
+        description and spec), a tunnel the store does not know yet (refused
+        at its first open) is added, so the panel and console list it with
+        the reason; at most ``MAX_TUNNEL_ROWS_PER_CLIENT`` per client, and it
+        reserves no address.
         """
         now = self._clock()
         if self.db["tunnels"].find_one(client=client, name=name):
             self.db["tunnels"].update(
                 dict(client=client, name=name, status=status, reason=reason, updated_at=now), ["client", "name"]
             )
-        elif local_addr is not None and self.db["tunnels"].count(client=client) < MAX_TUNNEL_ROWS_PER_CLIENT:
+        elif asked is not None and self.db["tunnels"].count(client=client) < MAX_TUNNEL_ROWS_PER_CLIENT:
+            type_, local_addr, spec = asked
             self.db["tunnels"].insert(
-                dict(client=client, name=name, type="tcp", local_addr=local_addr, remote_port=None, status=status,
-                     reason=reason, updated_at=now, source=SOURCE_CLIENT, enabled=True)
+                dict(client=client, name=name, type=type_, local_addr=local_addr, address=None, spec=json.dumps(spec),
+                     status=status, reason=reason, updated_at=now, source=SOURCE_CLIENT, enabled=True)
             )
         self.record_event(event, client=client, tunnel=name, detail=reason)
 
@@ -505,17 +513,19 @@ class Store:
         row = self.db["tunnels"].find_one(client=client, name=name)
         return _tunnel(row) if row else None
 
-    def add_server_tunnel(self, client: str, name: str, local_addr: str, port: int) -> TunnelRecord:
-        """Record a tunnel an operator defined for ``client`` (port 0: pick on open)."""
+    def add_server_tunnel(self, client: str, name: str, type_: str, local_addr: str, spec: Dict[str, Any],
+                          address: Optional[PublicAddress]) -> TunnelRecord:
+        """Record a tunnel an operator defined for ``client``; ``address`` (None: pick on open) is reserved."""
         if self.db["tunnels"].find_one(client=client, name=name):
             raise StoreError(f"client {client!r} already has a tunnel named {name!r}")
         now = self._clock()
         row = dict(
             client=client,
             name=name,
-            type="tcp",
+            type=type_,
             local_addr=local_addr,
-            remote_port=port or None,
+            address=address.text if address is not None else None,
+            spec=json.dumps(spec),
             status="down",
             reason="not opened yet",
             updated_at=now,
@@ -523,14 +533,19 @@ class Store:
             enabled=True,
         )
         self.db["tunnels"].insert(row)
-        self.record_event(TUNNEL_ADDED, client=client, tunnel=name, detail=f"port {port or 'auto'} -> {local_addr}")
+        shown_address = address.description if address is not None else "address picked by the server"
+        self.record_event(TUNNEL_ADDED, client=client, tunnel=name, detail=f"{shown_address} -> {local_addr}")
         return _tunnel(row)
 
     def update_tunnel(self, client: str, name: str, event: str, detail: Optional[str] = None, **fields: Any) -> None:
-        """Change a tunnel's stored settings (local_addr, remote_port, enabled)."""
-        allowed = {"local_addr", "remote_port", "enabled"}
+        """Change a tunnel's stored settings (local_addr, address, spec, enabled)."""
+        allowed = {"local_addr", "address", "spec", "enabled"}
         if not set(fields) <= allowed:
             raise ValueError(f"cannot update {set(fields) - allowed}")
+        if "address" in fields:
+            fields["address"] = fields["address"].text if fields["address"] is not None else None
+        if "spec" in fields:
+            fields["spec"] = json.dumps(fields["spec"])
         self.db["tunnels"].update(dict(client=client, name=name, updated_at=self._clock(), **fields), ["client", "name"])
         self.record_event(event, client=client, tunnel=name, detail=detail)
 
@@ -695,12 +710,13 @@ def _tunnel(row: Dict[str, Any]) -> TunnelRecord:
         name=row["name"],
         type=row.get("type") or "tcp",
         local_addr=row.get("local_addr") or "",
-        remote_port=row.get("remote_port") or 0,
+        address=address_or_none(row.get("address")),
         status=row.get("status") or "down",
         reason=row.get("reason"),
         updated_at=row.get("updated_at"),
         source=row.get("source") or SOURCE_CLIENT,
         enabled=row.get("enabled") is not False,
+        spec=_spec(row.get("spec")),
     )
 
 
@@ -716,6 +732,16 @@ def _event(row: Dict[str, Any]) -> Event:
         count=row.get("count") or 1,
         node=row.get("node"),
     )
+
+
+def _spec(text: Optional[str]) -> Optional[Dict[str, Any]]:
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return None
+    return spec if isinstance(spec, dict) else None
 
 
 def _token(row: Dict[str, Any]) -> TokenRecord:
