@@ -100,7 +100,7 @@ class CommandTests(unittest.TestCase):
         text = (await self.cmd("tunnels")).text
         header, row = text.split("\n")
         self.assertEqual(header.split(), ["TUNNEL", "ADDRESS", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"])
-        self.assertEqual(row.split()[:5], ["alice/echo", str(port), f"127.0.0.1:{self.echo}", "up", "1"])
+        self.assertEqual(row.split()[:6], ["alice/echo", "port", str(port), f"127.0.0.1:{self.echo}", "up", "1"])
         self.assertFits(text)
         detail = (await self.cmd("tunnel echo")).text
         self.assertIn("connections    1 open, 1 since up", detail)

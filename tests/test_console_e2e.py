@@ -170,7 +170,7 @@ def test_password_login_one_shot_commands_exit_codes_and_json(procs, echo):
     assert (tunnel["client"], tunnel["name"], tunnel["address"]["port"], tunnel["status"]) == ("default", "echo", port, "up")
     table = console.ok("tunnels").splitlines()
     assert table[0].split() == ["TUNNEL", "ADDRESS", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"]
-    assert table[1].split()[:4] == ["default/echo", str(port), f"127.0.0.1:{echo.port}", "up"]
+    assert table[1].split()[:5] == ["default/echo", "port", str(port), f"127.0.0.1:{echo.port}", "up"]
     assert all(len(line) <= 80 for line in table)
 
     failed = console.run("tunnel", "nothing")
