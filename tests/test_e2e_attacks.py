@@ -17,9 +17,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from gotaxy.store import Store, default_url
 from gotaxy.tls import load_or_create_server_credentials
+from gotaxy.wire import PROTOCOL_VERSION
 from tests.e2e import echo_once, free_port, gotaxy_cli, tunnel_port
 
-PREAMBLE = b"GTXY" + struct.pack("!I", 1)
+
+PREAMBLE = b"GTXY" + struct.pack("!I", PROTOCOL_VERSION)
 HEADER = struct.Struct("!BII")
 CONTROL, PING, PONG = 1, 7, 8
 

@@ -48,7 +48,7 @@ def test_every_face_shows_the_description() -> None:
     )
     assert str(PublicAddress.tcp(1)) == "port 1"
     assert PublicAddress.tcp(16000).at("203.0.113.5") == "203.0.113.5:16000"
-    assert PublicAddress("udp", 53).at("::1") == "udp [::1]:53"
+    assert PublicAddress("udp", 53).at("::1") == "udp ::1:53"
 
 
 @pytest.mark.parametrize("address", [

@@ -90,9 +90,9 @@ class PublicAddress:
         """Where a user connects, given the server's host: ``host:16000``, ``udp host:5353``, ``http://name``."""
         if self.hosts:
             return self.description
-        host = f"[{server_host}]" if ":" in server_host else server_host
+        # As the client has always logged it ("up at ::1:6000"): scripts read it.
         prefix = "" if self.scheme == "tcp" else f"{self.scheme} "
-        return f"{prefix}{host}:{self.port}"
+        return f"{prefix}{server_host}:{self.port}"
 
     @property
     def text(self) -> str:
