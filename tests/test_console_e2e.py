@@ -245,14 +245,14 @@ def test_interactive_session_over_a_pty(procs, echo):
         session.expect(r"operator console")
         session.expect(r"gotaxy> ")
         session.send(b"tunnels\r")
-        row = session.expect(r"default/echo +(\d+) +127\.0\.0\.1:\d+ +up")
+        row = session.expect(r"default/echo +port (\d+) +127\.0\.0\.1:\d+ +up")
         assert int(row.group(1)) == port
         session.expect(r"gotaxy> ")
         session.send(b"tok\ts\r")  # Tab completes "tok" to "token" (or tokens), then type the "s"
         session.expect(r"NAME +STATE +CREATED")
         session.expect(r"gotaxy> ")
         session.send(b"\x1b[A\x1b[A\r")  # Up twice: "tunnels" again
-        session.expect(r"default/echo +%d" % port)
+        session.expect(r"default/echo +port %d" % port)
         session.expect(r"gotaxy> ")
         session.send(b"no-such-command\r")
         session.expect(r"unknown command 'no-such-command'; type 'help' for the list of commands")
