@@ -262,6 +262,8 @@ def test_a_database_from_before_proxy_types_keeps_its_tunnels(tmp_path: Path) ->
     """Rows that kept a port in remote_port get it as their address, and an operator's its settings."""
     import dataset
 
+    from gotaxy.store import default_url
+
     url = default_url(str(tmp_path))
     old = dataset.connect(url)
     old["tunnels"].insert(dict(client="alice", name="ssh", type="tcp", local_addr="127.0.0.1:22", remote_port=6000,
