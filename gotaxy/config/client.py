@@ -27,7 +27,6 @@ from gotaxy.config.values import (
     PORT,
     REMOTE_PORT,
     SECONDS,
-    SUPPORTED_TUNNEL_TYPES,
     supported_type,
     TEXT,
     TUNNEL_TYPE,

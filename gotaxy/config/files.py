@@ -30,7 +30,6 @@ from gotaxy.config.values import (
     ConfigError,
     FRP_PROXY_TYPES,
     NAMES,
-    SUPPORTED_TUNNEL_TYPES,
     supported_type,
     TLS_ON,
     TOKEN_AUTH,
