@@ -330,10 +330,10 @@ def test_a_client_of_the_previous_protocol_is_told_to_upgrade_in_a_message_it_un
     from gotaxy.server.control import Admission, ServerControlProtocol
     from gotaxy.wire import PREAMBLE, PREAMBLE_MAGIC, PROTOCOL_VERSION
 
+    from gotaxy.config import ServerConfig
+
     class Core:
-        config = attrs.make_class("C", {"heartbeat_timeout": attrs.field(default=30.0),
-                                        "auth_timeout": attrs.field(default=10.0),
-                                        "max_connections_per_client": attrs.field(default=16)})()
+        config = ServerConfig()
 
     clock = MemoryReactorClock()
     admission = Admission(16, 16, clock)
