@@ -438,10 +438,9 @@ class MuxProtocol(Protocol):
         _, version = PREAMBLE.unpack_from(buffered)
         self._preamble = None
         if version != PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"client speaks protocol version {version}, this server speaks {PROTOCOL_VERSION}; "
-                "upgrade the older side"
-            )
+            self.version_mismatch(version)
+            self.disconnecting = True  # nothing more it sends is read
+            return b""
         return buffered[PREAMBLE.size :]
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -666,6 +665,12 @@ class MuxProtocol(Protocol):
 
     def control_received(self, message: Dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def version_mismatch(self, version: int) -> None:
+        """The peer's preamble names another protocol version (the server's side reads preambles)."""
+        raise ProtocolError(
+            f"client speaks protocol version {version}, this server speaks {PROTOCOL_VERSION}; upgrade the older side"
+        )
 
     def stream_opened(self, stream: Stream) -> None:
         raise NotImplementedError

@@ -3,7 +3,11 @@
 The Gotaxy wire format: frames on the client's single TLS connection.
 
 After the TLS handshake the client sends an 8-byte preamble, ``b"GTXY"``
-followed by the protocol version as a big-endian uint32 (currently 1).  From
+followed by the protocol version as a big-endian uint32 (currently 2; version
+2 carries tunnels as proxy specs and public addresses, see ``gotaxy.proxy``).
+A server refuses another version with a ``login_failed`` control message
+(code ``version``) that names the side to upgrade: the frame format and that
+message are the same in every version, so an old client shows it.  From
 then on both directions carry frames, each a 9-byte header and a payload::
 
     +--------+-----------------+-----------------+------------------+
@@ -36,7 +40,7 @@ import struct
 from typing import Any, Callable, Dict
 
 PREAMBLE_MAGIC = b"GTXY"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 PREAMBLE = struct.Struct("!4sI")
 
 HEADER = struct.Struct("!BII")

@@ -153,7 +153,7 @@ class LiveSystem:
         await wait_until(
             lambda: self.client.factory.current is not None and name in self.client.factory.current.up, timeout
         )
-        return self.client.factory.current.up[name]
+        return self.client.factory.current.up[name].port
 
     def _stop_client(self, client: Any) -> Deferred:
         return client.stopService()

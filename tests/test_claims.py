@@ -10,9 +10,22 @@ from pathlib import Path
 
 import pytest
 
+from gotaxy.proxy import PublicAddress
 from gotaxy.store import claims
 from gotaxy.store.claims import Claimed, Owner
 from gotaxy.store import TUNNEL_CLOSED, Store, StoreError, default_url
+
+
+def _up(store: Store, client: str, name: str, local_addr: str, port: int) -> None:
+    """The tunnel is up on TCP ``port``."""
+    store.tunnel_up(client, name, "tcp", local_addr, PublicAddress.tcp(port), {})
+
+
+def _operator_tunnel(store: Store, client: str, name: str, local_addr: str, port: int) -> None:
+    """An operator defines a TCP tunnel (port 0: picked when it opens)."""
+    store.add_server_tunnel(client, name, "tcp", local_addr, {"type": "tcp"},
+                            PublicAddress.tcp(port) if port else None)
+
 
 @pytest.fixture(scope="module")
 def blank_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -72,41 +85,41 @@ def test_a_released_claim_can_be_taken(store: Store) -> None:
 
 
 def test_a_tunnel_moving_to_another_port_gives_the_old_one_back(store: Store) -> None:
-    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
-    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6001)
+    _up(store, "alice", "ssh", "127.0.0.1:22", 6000)
+    _up(store, "alice", "ssh", "127.0.0.1:22", 6001)
     assert store.reserved_ports() == {6001}
     assert store.claim_port("bob", "web", 6000) is True
 
 
 def test_a_down_tunnel_keeps_its_claim(store: Store) -> None:
-    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
+    _up(store, "alice", "ssh", "127.0.0.1:22", 6000)
     store.tunnel_down("alice", "ssh", "down", "client disconnected", TUNNEL_CLOSED)
     with pytest.raises(Claimed, match="reserved by tunnel 'ssh' of client 'alice'"):
         store.claim_port("bob", "web", 6000)
 
 
 def test_an_operator_tunnel_claims_its_name_and_port_and_removing_it_gives_them_back(store: Store) -> None:
-    store.add_server_tunnel("alice", "web", "127.0.0.1:80", 6000)
+    _operator_tunnel(store, "alice", "web", "127.0.0.1:80", 6000)
     with pytest.raises(StoreError, match=r"^client 'alice' already has a tunnel named 'web'; choose another name"):
-        store.add_server_tunnel("alice", "web", "127.0.0.1:81", 0)
+        _operator_tunnel(store, "alice", "web", "127.0.0.1:81", 0)
     with pytest.raises(Claimed, match=r"^port 6000 is reserved by tunnel 'web' of client 'alice'"):
-        store.add_server_tunnel("bob", "web", "127.0.0.1:80", 6000)
+        _operator_tunnel(store, "bob", "web", "127.0.0.1:80", 6000)
     # The refused one left no claim behind: bob's name is free.
-    store.add_server_tunnel("bob", "web", "127.0.0.1:80", 6001)
+    _operator_tunnel(store, "bob", "web", "127.0.0.1:80", 6001)
     store.remove_tunnel("alice", "web")
-    store.add_server_tunnel("carol", "web", "127.0.0.1:80", 6000)
-    store.add_server_tunnel("alice", "web", "127.0.0.1:80", 0)
+    _operator_tunnel(store, "carol", "web", "127.0.0.1:80", 6000)
+    _operator_tunnel(store, "alice", "web", "127.0.0.1:80", 0)
 
 
 def test_editing_the_port_claims_the_new_one_and_gives_the_old_one_back(store: Store) -> None:
-    store.add_server_tunnel("alice", "web", "127.0.0.1:80", 6000)
-    store.add_server_tunnel("bob", "db", "127.0.0.1:5432", 6001)
+    _operator_tunnel(store, "alice", "web", "127.0.0.1:80", 6000)
+    _operator_tunnel(store, "bob", "db", "127.0.0.1:5432", 6001)
     with pytest.raises(Claimed, match="port 6001 is reserved by tunnel 'db' of client 'bob'"):
-        store.update_tunnel("alice", "web", "tunnel.edited", remote_port=6001)
-    assert store.get_tunnel("alice", "web").remote_port == 6000
-    store.update_tunnel("alice", "web", "tunnel.edited", remote_port=6002)
+        store.update_tunnel("alice", "web", "tunnel.edited", address=PublicAddress.tcp(6001))
+    assert store.get_tunnel("alice", "web").address == PublicAddress.tcp(6000)
+    store.update_tunnel("alice", "web", "tunnel.edited", address=PublicAddress.tcp(6002))
     assert store.reserved_ports() == {6001, 6002}
-    store.update_tunnel("alice", "web", "tunnel.edited", remote_port=None)
+    store.update_tunnel("alice", "web", "tunnel.edited", address=None)
     assert store.reserved_ports() == {6001}
 
 
@@ -143,8 +156,10 @@ def test_existing_reservations_become_claims(empty_store_url: str, tmp_path: Pat
         with pytest.raises(Claimed, match="port 16000 is reserved by tunnel 'ssh' of client 'laptop'"):
             store.claim_port("dave", "x", 16000)
         assert store.port_owner(16001) == ("laptop", "web")
+        # ... and then the proxy types' migration gave the tunnel its address, the same port.
+        assert store.get_tunnel("laptop", "ssh").address == PublicAddress.tcp(16000)
         with pytest.raises(StoreError, match="already has a tunnel named 'web'"):
-            store.add_server_tunnel("laptop", "web", "127.0.0.1:80", 0)
+            _operator_tunnel(store, "laptop", "web", "127.0.0.1:80", 0)
         with pytest.raises(StoreError, match="a token named 'laptop' already exists"):
             store.create_token("laptop")
         store.create_token("nas")  # its old token was revoked: the name is free

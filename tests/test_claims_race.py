@@ -43,7 +43,7 @@ def _race(url: str, me: int, kind: str, rounds: int, barrier: Any, results: Any)
                     store.create_token(f"token{i}")
                     won = True
                 elif kind == "tunnel":
-                    store.add_server_tunnel("alice", f"web{i}", "127.0.0.1:80", 0)
+                    store.add_server_tunnel("alice", f"web{i}", "tcp", "127.0.0.1:80", {"type": "tcp"}, None)
                     won = True
                 else:
                     won = store.ensure_admin(f"operator{i}", "a long enough password")

@@ -19,16 +19,19 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from gotaxy.client.control import ClientControlFactory, ClientControlProtocol
 from gotaxy.config import ClientConfig, TunnelSpec
+from gotaxy.proxy import PublicAddress
+from gotaxy.proxy.tcp import TcpSpec
 from gotaxy.wire import MAX_CONTROL, FrameDecoder, FrameType, ProtocolError, encode_control, encode_frame, encode_json
 
+PUSHED = {"type": "tcp", "localIP": "127.0.0.1", "localPort": 22, "remotePort": 0}
 LOGIN_OK = {"type": "login_ok", "client": "alice", "serverVersion": "0.1.0", "heartbeatInterval": 10, "heartbeatTimeout": 30}
 
 TEMPLATES: List[Dict[str, Any]] = [
     LOGIN_OK,
     {"type": "login_failed", "reason": "invalid, expired or revoked token"},
-    {"type": "tunnel_up", "name": "web", "remotePort": 6000},
+    {"type": "tunnel_up", "name": "web", "address": {"scheme": "tcp", "port": 6000}},
     {"type": "tunnel_refused", "name": "web", "reason": "port 6000 is used by another tunnel"},
-    {"type": "tunnel_add", "name": "pushed", "localAddr": "127.0.0.1:22", "remotePort": 0},
+    {"type": "tunnel_add", "name": "pushed", "spec": {"type": "tcp", "localIP": "127.0.0.1", "localPort": 22, "remotePort": 0}},
     {"type": "tunnel_remove", "name": "pushed"},
     {"type": "tunnel_down", "name": "web", "reason": "disabled by the operator"},
     {"type": "connections_refused", "name": "web", "count": 3, "reason": "too many open streams"},
@@ -43,8 +46,8 @@ ODD_VALUES: List[Any] = [
     [], {}, [6000], {"a": [1]}, [[[[]]]],
 ]
 
-KEYS = ["type", "name", "remotePort", "localAddr", "reason", "client", "serverVersion", "count",
-        "heartbeatInterval", "heartbeatTimeout", "extra"]
+KEYS = ["type", "name", "spec", "address", "remotePort", "localIP", "localPort", "scheme", "port", "hosts",
+        "reason", "client", "serverVersion", "count", "heartbeatInterval", "heartbeatTimeout", "extra"]
 
 
 class Client:
@@ -76,12 +79,15 @@ class Client:
     def check_invariants(self) -> None:
         """What a client that handled or dropped its input must look like."""
         p = self.protocol
-        for name, port in p.up.items():
+        for name, address in p.up.items():
             assert isinstance(name, str) and name in p.tunnels
-            assert type(port) is int and 1 <= port <= 65535, port
-        for spec in p.tunnels.values():
+            assert isinstance(address, PublicAddress)
+            assert type(address.port) is int and 1 <= address.port <= 65535, address
+        for name, spec in p.tunnels.items():
             assert isinstance(spec, TunnelSpec)
-            assert type(spec.remote_port) is int and 0 <= spec.remote_port <= 65535
+            proxy = p.proxies[name]
+            assert isinstance(proxy, TcpSpec)
+            assert type(proxy.remote_port) is int and 0 <= proxy.remote_port <= 65535
         if p.disconnecting:
             assert self.transport.disconnecting  # closed, not left half-open
 
@@ -99,7 +105,7 @@ def logged_in() -> Client:
 @pytest.mark.parametrize("port", [float("inf"), float("nan"), 1e308, 6000.0, True, "6000", None, -1, 65536, 2**64])
 def test_tunnel_add_with_a_bad_remote_port_is_a_protocol_error(port: Any) -> None:
     client = logged_in()
-    client.message({"type": "tunnel_add", "name": "pushed", "localAddr": "127.0.0.1:22", "remotePort": port})
+    client.message({"type": "tunnel_add", "name": "pushed", "spec": dict(PUSHED, remotePort=port)})
     assert client.protocol.disconnecting and client.transport.disconnecting
     assert "pushed" not in client.protocol.tunnels
     (error,) = client.errors()
@@ -111,16 +117,25 @@ def test_infinity_reaching_the_handler_is_refused_too() -> None:
     client = logged_in()
     with pytest.raises(ProtocolError, match="'remotePort' must be an integer from 0 to 65535"):
         client.protocol.control_received(
-            {"type": "tunnel_add", "name": "pushed", "localAddr": "127.0.0.1:22", "remotePort": float("inf")}
+            {"type": "tunnel_add", "name": "pushed", "spec": dict(PUSHED, remotePort=float("inf"))}
         )
 
 
 @pytest.mark.parametrize("port", [0, True, 1.0, 70000, "1"])
 def test_tunnel_up_with_a_bad_port_is_a_protocol_error(port: Any) -> None:
     client = logged_in()
-    client.message({"type": "tunnel_up", "name": "web", "remotePort": port})
+    client.message({"type": "tunnel_up", "name": "web", "address": {"scheme": "tcp", "port": port}})
     assert client.protocol.up == {}
-    assert "'remotePort' must be an integer from 1 to 65535" in client.errors()[0]
+    assert "tunnel_up: 'address': the public port must be an integer from " in client.errors()[0]
+
+
+def test_a_tunnel_of_a_type_this_client_does_not_know_is_declined() -> None:
+    """A newer server's tunnel type: the client says no, and stays connected."""
+    client = logged_in()
+    client.message({"type": "tunnel_add", "name": "site", "spec": {"type": "teleport", "localPort": 80}})
+    assert not client.protocol.disconnecting and "site" not in client.protocol.tunnels
+    (declined,) = [json.loads(p) for t, _, p in client.sent() if t == FrameType.CONTROL and b"tunnel_declined" in p]
+    assert declined["name"] == "site" and "tunnel type 'teleport' is not supported" in declined["reason"]
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,7 @@ def test_refused_tunnel_is_asked_for_again_after_a_growing_wait() -> None:
         clock.advance(0.02)
         assert opens(client) == before + 1
     # Up at last: the next refusal (after a restart of the port, say) starts from 1 s again.
-    client.message({"type": "tunnel_up", "name": "web", "remotePort": 6000})
+    client.message({"type": "tunnel_up", "name": "web", "address": {"scheme": "tcp", "port": 6000}})
     client.message(REFUSED)
     assert [m for m in controls(client) if m["type"] == "tunnel_retry"][-1]["retryIn"] == 1
 
@@ -142,7 +142,7 @@ def test_a_tunnel_with_a_health_check_tells_the_server_when_its_service_stops_an
     client.protocol.tunnels = {"web": spec}
     client.protocol.config = client.protocol.config.__class__(token="gtx_test", tunnels=(spec,))
     client.message(dict(LOGIN_OK, features=["tunnel_status"]))
-    client.message({"type": "tunnel_up", "name": "web", "remotePort": 6000})
+    client.message({"type": "tunnel_up", "name": "web", "address": {"scheme": "tcp", "port": 6000}})
     health_messages = [m for m in controls(client) if m["type"] == "tunnel_health"]
     assert health_messages == [{"type": "tunnel_health", "name": "web", "healthy": False}]
     answers[0] = True

@@ -99,15 +99,15 @@ class CommandTests(unittest.TestCase):
         await wait_until(lambda: tunnel.connections == 1 and tunnel.rate_in > 0, timeout=15)
         text = (await self.cmd("tunnels")).text
         header, row = text.split("\n")
-        self.assertEqual(header.split(), ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"])
-        self.assertEqual(row.split()[:5], ["alice/echo", str(port), f"127.0.0.1:{self.echo}", "up", "1"])
+        self.assertEqual(header.split(), ["TUNNEL", "ADDRESS", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"])
+        self.assertEqual(row.split()[:6], ["alice/echo", "port", str(port), f"127.0.0.1:{self.echo}", "up", "1"])
         self.assertFits(text)
         detail = (await self.cmd("tunnel echo")).text
         self.assertIn("connections    1 open, 1 since up", detail)
         self.assertRegex(detail, r"rate +in [1-9][0-9.]* (B|KiB|MiB)/s")
         self.assertIn("tunnel         alice/echo", (await self.cmd("tunnel alice/echo")).text)
         data = json.loads((await self.cmd("tunnel alice/echo --json")).text)
-        self.assertEqual((data["connections"], data["remote_port"], data["status"]), (1, port, "up"))
+        self.assertEqual((data["connections"], data["address"]["port"], data["status"]), (1, port, "up"))
         (listed,) = json.loads((await self.cmd("tunnels --json")).text)
         self.assertEqual((listed["client"], listed["name"]), ("alice", "echo"))
         self.assertEqual(json.loads((await self.cmd("tunnels --client nobody --json")).text), [])
@@ -129,7 +129,7 @@ class CommandTests(unittest.TestCase):
         await live.wait_up("echo")
         wanted = free_port()
         added = await self.cmd(f"tunnel add alice pushed 127.0.0.1:{self.echo} {wanted}")
-        self.assertEqual(added.text, f"tunnel alice/pushed added (public port {wanted}); it opens now")
+        self.assertEqual(added.text, f"tunnel alice/pushed added (port {wanted}); it opens now")
         port = await live.wait_up("pushed")
         self.assertEqual((port, await echo_through(port, b"hi")), (wanted, b"hi"))
 
@@ -146,7 +146,7 @@ class CommandTests(unittest.TestCase):
                          "tunnel add: PUBLICPORT must be a number, not 'port'; type 'help tunnel add' for usage")
 
         disabled = await self.cmd("tunnel disable pushed")
-        self.assertEqual(disabled.text, "tunnel alice/pushed disabled; status disabled, public port %d" % wanted)
+        self.assertEqual(disabled.text, "tunnel alice/pushed disabled; status disabled, port %d" % wanted)
         await wait_until(lambda: ("alice", "pushed") not in live.core.tunnels)
         self.assertTrue(await port_refused(wanted))
         enabled = json.loads((await self.cmd("tunnel enable alice/pushed --json")).text)
@@ -175,9 +175,9 @@ class CommandTests(unittest.TestCase):
         edited = json.loads((await self.cmd(f"tunnel edit pushed --local 127.0.0.1:{self.echo} --port {wanted} --json")).text)
         self.assertEqual((edited["client"], edited["name"], edited["source"]), ("alice", "pushed", "server"))
         await wait_until(lambda: live.core.tunnels.get(("alice", "pushed")) is not None
-                         and live.core.tunnels[("alice", "pushed")].remote_port == wanted)
+                         and live.core.tunnels[("alice", "pushed")].address.port == wanted)
         now = json.loads((await self.cmd("tunnel pushed --json")).text)
-        self.assertEqual((now["local_addr"], now["remote_port"]), (f"127.0.0.1:{self.echo}", wanted))
+        self.assertEqual((now["local_addr"], now["address"]["port"]), (f"127.0.0.1:{self.echo}", wanted))
         self.assertEqual(await echo_through(wanted, b"edited"), b"edited")
         nothing = await self.cmd("tunnel edit pushed", EXIT_USAGE)
         self.assertEqual(nothing.text, "error: nothing to change: give a local address or a public port")
@@ -207,7 +207,7 @@ class CommandTests(unittest.TestCase):
         await live.wait_up("echo")
         await live.management.create_token("bob")
         offline = await self.cmd("tunnel add bob echo 127.0.0.1:1")
-        self.assertEqual(offline.text, "tunnel bob/echo added (public port picked by the server); "
+        self.assertEqual(offline.text, "tunnel bob/echo added (address picked by the server); "
                                        "it opens when bob connects")
         ambiguous = await self.cmd("tunnel echo", EXIT_USAGE)
         self.assertEqual(ambiguous.text, "error: several clients have a tunnel named 'echo' "

@@ -167,10 +167,10 @@ def test_password_login_one_shot_commands_exit_codes_and_json(procs, echo):
     assert re.search(r"^tunnels +1 up, 1 defined$", status, re.M), status
 
     (tunnel,) = json.loads(console.ok("tunnels", "--json"))
-    assert (tunnel["client"], tunnel["name"], tunnel["remote_port"], tunnel["status"]) == ("default", "echo", port, "up")
+    assert (tunnel["client"], tunnel["name"], tunnel["address"]["port"], tunnel["status"]) == ("default", "echo", port, "up")
     table = console.ok("tunnels").splitlines()
-    assert table[0].split() == ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"]
-    assert table[1].split()[:4] == ["default/echo", str(port), f"127.0.0.1:{echo.port}", "up"]
+    assert table[0].split() == ["TUNNEL", "ADDRESS", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"]
+    assert table[1].split()[:5] == ["default/echo", "port", str(port), f"127.0.0.1:{echo.port}", "up"]
     assert all(len(line) <= 80 for line in table)
 
     failed = console.run("tunnel", "nothing")
@@ -245,14 +245,14 @@ def test_interactive_session_over_a_pty(procs, echo):
         session.expect(r"operator console")
         session.expect(r"gotaxy> ")
         session.send(b"tunnels\r")
-        row = session.expect(r"default/echo +(\d+) +127\.0\.0\.1:\d+ +up")
+        row = session.expect(r"default/echo +port (\d+) +127\.0\.0\.1:\d+ +up")
         assert int(row.group(1)) == port
         session.expect(r"gotaxy> ")
         session.send(b"tok\ts\r")  # Tab completes "tok" to "token" (or tokens), then type the "s"
         session.expect(r"NAME +STATE +CREATED")
         session.expect(r"gotaxy> ")
         session.send(b"\x1b[A\x1b[A\r")  # Up twice: "tunnels" again
-        session.expect(r"default/echo +%d" % port)
+        session.expect(r"default/echo +port %d" % port)
         session.expect(r"gotaxy> ")
         session.send(b"no-such-command\r")
         session.expect(r"unknown command 'no-such-command'; type 'help' for the list of commands")
@@ -309,7 +309,7 @@ def test_tunnel_disable_closes_the_public_port(procs, echo):
     port = tunnel_port(client, "echo")
     assert echo_once(port, b"before") == b"before"
     out = console.ok("tunnel", "disable", "echo")
-    assert out.strip() == f"tunnel default/echo disabled; status disabled, public port {port}"
+    assert out.strip() == f"tunnel default/echo disabled; status disabled, port {port}"
     assert connection_refused(port)
     detail = console.ok("tunnel", "default/echo")
     assert re.search(r"^status +disabled", detail, re.M), detail

@@ -136,7 +136,7 @@ class SessionTests(unittest.TestCase):
         self.assertIn("Welcome to the test console.", screen)
         channel.type(b"tunnels\r")
         screen = await self.prompt_count(channel, 2)
-        self.assertRegex(screen, r"gotaxy> tunnels\nTUNNEL +PORT +LOCAL")
+        self.assertRegex(screen, r"gotaxy> tunnels\nTUNNEL +ADDRESS +LOCAL")
         self.assertIn("alice/echo", screen)
         channel.type(b"exit\r")
         await wait_until(lambda: channel.ended is not None)
@@ -206,7 +206,7 @@ class SessionTests(unittest.TestCase):
         await self.prompt_count(channel, 1)
         channel.type(b"watch\r")
         screen = await self.settle(channel, "press any key to stop")
-        self.assertRegex(screen, r"TUNNEL +PORT")
+        self.assertRegex(screen, r"TUNNEL +ADDRESS")
         self.assertIn("alice/echo", screen)
         # A live event shows up in the next frame.
         await self.live.management.create_token("bob")

@@ -17,9 +17,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from gotaxy.store import Store, default_url
 from gotaxy.tls import load_or_create_server_credentials
+from gotaxy.wire import PROTOCOL_VERSION
 from tests.e2e import echo_once, free_port, gotaxy_cli, tunnel_port
 
-PREAMBLE = b"GTXY" + struct.pack("!I", 1)
+
+PREAMBLE = b"GTXY" + struct.pack("!I", PROTOCOL_VERSION)
 HEADER = struct.Struct("!BII")
 CONTROL, PING, PONG = 1, 7, 8
 
@@ -162,7 +164,7 @@ def test_shared_token_with_a_token_holders_name_gets_its_own_namespace(procs, ec
     try:
         clients = {c.name: c.online for c in store.list_clients()}
         assert clients == {"alice": True, "shared:alice": True}
-        owners = {(t.client, t.name): t.remote_port for t in store.list_tunnels()}
+        owners = {(t.client, t.name): t.address.port for t in store.list_tunnels() if t.address}
         assert owners[("alice", "web")] == reserved
         assert owners.get(("shared:alice", "web")) != reserved
     finally:
@@ -272,10 +274,10 @@ class HostileServer:
 
 def test_hostile_server_numbers_do_not_crash_the_client(procs, tmp_path):
     attack = [
-        b'{"type":"tunnel_add","name":"x","localAddr":"127.0.0.1:22","remotePort":Infinity}',
-        b'{"type":"tunnel_add","name":"x","localAddr":"127.0.0.1:22","remotePort":1e400}',
-        b'{"type":"tunnel_up","name":"web","remotePort":true}',
-        b'{"type":"tunnel_add","name":"y","localAddr":"127.0.0.1:22","remotePort":22.5}',
+        b'{"type":"tunnel_add","name":"x","spec":{"type":"tcp","localPort":22,"remotePort":Infinity}}',
+        b'{"type":"tunnel_add","name":"x","spec":{"type":"tcp","localPort":22,"remotePort":1e400}}',
+        b'{"type":"tunnel_up","name":"web","address":{"scheme":"tcp","port":true}}',
+        b'{"type":"tunnel_add","name":"y","spec":{"type":"tcp","localPort":22,"remotePort":22.5}}',
     ]
     hostile = HostileServer(tmp_path / "hostile-tls", attack)
     try:
@@ -289,7 +291,7 @@ def test_hostile_server_numbers_do_not_crash_the_client(procs, tmp_path):
         # The client drops each such connection cleanly and tries again, alive.
         client.wait_for(r"protocol error: malformed JSON payload: Infinity is not a JSON value")
         client.wait_for(r"protocol error: malformed JSON payload: number 1e400 is out of range", timeout=40)
-        client.wait_for(r"protocol error: tunnel_up: 'remotePort' must be an integer from 1 to 65535", timeout=40)
+        client.wait_for(r"protocol error: tunnel_up: 'address': the public port must be an integer from 0 to 65535", timeout=40)
         client.wait_for(r"protocol error: tunnel_add: 'remotePort' must be an integer from 0 to 65535", timeout=40)
         deadline = time.monotonic() + 40
         while hostile.connections < 5:

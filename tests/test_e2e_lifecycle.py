@@ -15,6 +15,7 @@ import threading
 
 from gotaxy.jointoken import parse_join_token
 from gotaxy.store import Store, default_url
+from gotaxy.wire import PROTOCOL_VERSION
 from tests.e2e import (
     connection_refused,
     echo_once,
@@ -273,11 +274,11 @@ def test_garbage_and_floods_on_the_control_port_do_not_disturb_tunnels(procs, ec
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
     # Right preamble, then a frame announcing a 2 GiB payload.
     with _tls(server.port) as s:
-        s.sendall(b"GTXY" + struct.pack("!I", 1) + struct.pack("!BII", 1, 0, 2**31))
+        s.sendall(b"GTXY" + struct.pack("!I", PROTOCOL_VERSION) + struct.pack("!BII", 1, 0, 2**31))
         server.wait_for(r"CONTROL frame of 2147483648 bytes exceeds the limit of 16384", start=mark)
     # Right preamble, then data before logging in.
     with _tls(server.port) as s:
-        s.sendall(b"GTXY" + struct.pack("!I", 1) + struct.pack("!BII", 3, 2, 5) + b"hello")
+        s.sendall(b"GTXY" + struct.pack("!I", PROTOCOL_VERSION) + struct.pack("!BII", 3, 2, 5) + b"hello")
         server.wait_for(r"DATA frame before login", start=mark)
     # A flood of connections that never say anything.
     idle = []

@@ -94,7 +94,7 @@ def test_health_check_shows_a_local_service_that_stops_answering(procs, tmp_path
                     rf"\(2 failed check\(s\) in a row", start=mark)
     view = wait_state(console, "web", lambda v: v["status"] == "down")
     assert view["reason"] == f"local service 127.0.0.1:{local} not answering"
-    assert view["remote_port"] == port  # the port is kept
+    assert view["address"]["port"] == port  # the port is kept
     assert f"down: local service 127.0.0.1:{local} not answering" in console.ok("tunnel", "default/web")
 
     service = _Server(("127.0.0.1", local), _EchoHandler)

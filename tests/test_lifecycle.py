@@ -22,6 +22,7 @@ from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.store import Store
 
 LOCAL = "127.0.0.1:8080"
+SPEC = {"type": "tcp", "localIP": "127.0.0.1", "localPort": 8080}
 
 
 class Reactor(MemoryReactorClock):
@@ -83,15 +84,15 @@ class FakeSession:
         self.heartbeat = None
         self.told: List[tuple] = []
 
-    def offer_tunnel(self, name: str, local_addr: str, remote_port: int) -> None:
-        self.offered[name] = local_addr
-        self.told.append(("add", name, local_addr, remote_port))
+    def offer_tunnel(self, name: str, spec: Any) -> None:
+        self.offered[name] = spec.local_description
+        self.told.append(("add", name, spec.local_description, spec.remote_port))
 
     def withdraw_tunnel(self, name: str) -> None:
         self.told.append(("remove", name))
 
     def tunnel_up(self, tunnel: Any) -> None:
-        self.told.append(("up", tunnel.name, tunnel.remote_port))
+        self.told.append(("up", tunnel.name, tunnel.address.port))
 
     def tunnel_down(self, name: str, reason: str) -> None:
         self.told.append(("down", name, reason))
@@ -132,7 +133,7 @@ class Server:
         return outcome
 
     def client_opens(self, name: str, port: int) -> Any:
-        return self.one(self.core.open_tunnel(self.session, {"name": name, "localAddr": LOCAL, "remotePort": port}))
+        return self.one(self.core.open_tunnel(self.session, {"name": name, "spec": dict(SPEC, remotePort=port)}))
 
     def stored(self, name: str) -> Any:
         return self.db.get_tunnel("alice", name)
@@ -151,11 +152,11 @@ def test_the_control_protocol_is_a_client_session(server: Server) -> None:
 
 def test_add_pushes_the_tunnel_to_an_online_client_only(server: Server) -> None:
     view = server.one(server.management.add_tunnel("alice", "web", LOCAL, 16001))
-    assert (view.source, view.status, view.remote_port) == ("server", "down", 16001)
+    assert (view.source, view.status, view.address.port) == ("server", "down", 16001)
     assert server.session.told == [("add", "web", LOCAL, 16001)]
     # The client opens it like its own.
     tunnel = server.client_opens("web", 16001)
-    assert (tunnel.remote_port, 16001 in server.reactor.listening) == (16001, True)
+    assert (tunnel.address.port, 16001 in server.reactor.listening) == (16001, True)
 
     del server.core.sessions["alice"]
     server.one(server.management.add_tunnel("alice", "later", LOCAL, 0))
@@ -169,7 +170,7 @@ def test_edit_closes_the_tunnel_and_pushes_the_new_settings(server: Server) -> N
     server.one(server.management.edit_tunnel("alice", "web", remote_port=16002))
     assert 16001 not in server.reactor.listening
     assert server.session.told[-1] == ("add", "web", LOCAL, 16002)
-    assert server.stored("web").remote_port == 16002
+    assert server.stored("web").address.port == 16002
 
     server.client_opens("mine", 16003)
     with pytest.raises(ManagementError) as e:
@@ -210,7 +211,7 @@ def test_disable_closes_and_keeps_it_closed_enable_reopens(server: Server) -> No
         server.client_opens("mine", 16003)
 
     view = server.one(server.management.set_enabled("alice", "mine", True))
-    assert (view.status, view.remote_port) == ("up", 16003)
+    assert (view.status, view.address.port) == ("up", 16003)
     assert 16003 in server.reactor.listening
     assert server.session.told[-1] == ("up", "mine", 16003)
 
@@ -218,7 +219,7 @@ def test_disable_closes_and_keeps_it_closed_enable_reopens(server: Server) -> No
 def test_restart_reopens_on_the_same_port(server: Server) -> None:
     first = server.client_opens("mine", 16003)
     view = server.one(server.management.restart_tunnel("alice", "mine"))
-    assert (view.status, view.remote_port) == ("up", 16003)
+    assert (view.status, view.address.port) == ("up", 16003)
     assert server.core.tunnels[("alice", "mine")] is not first
     assert server.session.told[-1] == ("up", "mine", 16003)
 
@@ -258,7 +259,7 @@ def test_a_removal_racing_the_clients_open_wins(server: Server) -> None:
     # The client asks for an operator's tunnel just as the operator removes it.
     server.one(server.management.add_tunnel("alice", "web", LOCAL, 16001))
     opened, removed = server.run(
-        server.core.open_tunnel(server.session, {"name": "web", "localAddr": LOCAL, "remotePort": 16001}),
+        server.core.open_tunnel(server.session, {"name": "web", "spec": dict(SPEC, remotePort=16001)}),
         server.management.remove_tunnel("alice", "web"),
     )
     assert removed is None

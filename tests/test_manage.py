@@ -11,6 +11,7 @@ from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from gotaxy.proxy import PublicAddress
 from gotaxy.events import Event
 from gotaxy.jointoken import parse_join_token
 from gotaxy.server.manage import ManagementError
@@ -42,7 +43,7 @@ class ManagementTests(unittest.TestCase):
         self.assertEqual((client.name, client.online, client.tunnels), ("alice", True, ("echo",)))
         self.assertTrue(client.address.startswith("127.0.0.1:"))
         (tunnel,) = await live.management.tunnels()
-        self.assertEqual((tunnel.status, tunnel.remote_port, tunnel.source), ("up", port, "client"))
+        self.assertEqual((tunnel.status, tunnel.address.port, tunnel.source), ("up", port, "client"))
 
     async def test_add_tunnel_pushes_it_to_the_client(self):
         # The client opens operator-defined tunnels only to addresses it allows.
@@ -59,7 +60,7 @@ class ManagementTests(unittest.TestCase):
         # Editing moves it; removing closes the port and releases it.
         moved = free_port()
         await live.management.edit_tunnel("alice", "pushed", remote_port=moved)
-        await wait_until(lambda: live.client.factory.current.up.get("pushed") == moved)
+        await wait_until(lambda: live.client.factory.current.up.get("pushed") == PublicAddress.tcp(moved))
         self.assertEqual(await echo_through(moved, b"moved"), b"moved")
         await live.management.remove_tunnel("alice", "pushed")
         self.assertTrue(await port_refused(moved))
@@ -99,7 +100,7 @@ class ManagementTests(unittest.TestCase):
         self.assertEqual(view.status, "disabled")
         self.assertTrue(await port_refused(port))
         view = await live.management.set_enabled("alice", "echo", True)
-        self.assertEqual((view.status, view.remote_port), ("up", port))
+        self.assertEqual((view.status, view.address.port), ("up", port))
         self.assertEqual(await echo_through(port, b"again"), b"again")
         view = await live.management.restart_tunnel("alice", "echo")
         self.assertEqual(view.status, "up")

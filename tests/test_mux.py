@@ -25,6 +25,9 @@ from gotaxy.relay import StreamRelay
 from gotaxy.wire import (
     INITIAL_WINDOW,
     MAX_DATA,
+    PREAMBLE,
+    PREAMBLE_MAGIC,
+    PROTOCOL_VERSION,
     WINDOW_INCREMENT,
     FrameDecoder,
     FrameType,
@@ -32,6 +35,8 @@ from gotaxy.wire import (
     encode_frame,
     encode_json,
 )
+
+CURRENT_PREAMBLE = PREAMBLE.pack(PREAMBLE_MAGIC, PROTOCOL_VERSION)
 
 
 class FakeTCP(StringTransport):
@@ -158,7 +163,7 @@ def last_error(transport: StringTransport) -> Optional[str]:
 def test_preamble_may_arrive_in_pieces() -> None:
     server = ServerMux()
     server.makeConnection(StringTransport())
-    preamble = b"GTXY\x00\x00\x00\x01"
+    preamble = CURRENT_PREAMBLE
     for i in range(len(preamble)):
         server.dataReceived(preamble[i : i + 1])
     server.dataReceived(encode_control({"type": "login"}))
@@ -169,7 +174,7 @@ def test_preamble_may_arrive_in_pieces() -> None:
 def test_preamble_and_first_frame_in_one_read() -> None:
     server = ServerMux()
     server.makeConnection(StringTransport())
-    server.dataReceived(b"GTXY\x00\x00\x00\x01" + encode_control({"type": "login"}))
+    server.dataReceived(CURRENT_PREAMBLE + encode_control({"type": "login"}))
     assert server.controls == [{"type": "login"}]
 
 
@@ -184,7 +189,7 @@ def test_wrong_magic_is_refused_at_the_first_bad_byte() -> None:
 def test_other_protocol_version_is_refused_with_advice() -> None:
     server = ServerMux()
     server.makeConnection(StringTransport())
-    server.dataReceived(b"GTXY\x00\x00\x00\x02")
+    server.dataReceived(PREAMBLE.pack(PREAMBLE_MAGIC, PROTOCOL_VERSION + 1))
     assert server.transport.disconnecting
     assert "upgrade" in last_error(server.transport)
 
@@ -192,7 +197,7 @@ def test_other_protocol_version_is_refused_with_advice() -> None:
 def test_only_control_before_login() -> None:
     server = ServerMux()
     server.makeConnection(StringTransport())
-    server.dataReceived(b"GTXY\x00\x00\x00\x01")
+    server.dataReceived(CURRENT_PREAMBLE)
     server.dataReceived(encode_control({"type": "login"}))
     assert server.controls == [{"type": "login"}]
     server.dataReceived(encode_frame(FrameType.DATA, 2, b"sneaky"))
@@ -203,7 +208,7 @@ def test_only_control_before_login() -> None:
 def test_ping_before_login_is_not_answered_but_a_protocol_error() -> None:
     server = ServerMux()
     server.makeConnection(StringTransport())
-    server.dataReceived(b"GTXY\x00\x00\x00\x01" + encode_frame(FrameType.PING, 0, b"abcdefgh") * 1000)
+    server.dataReceived(CURRENT_PREAMBLE + encode_frame(FrameType.PING, 0, b"abcdefgh") * 1000)
     assert [t for t, _, _ in frames(server.transport.value())] == [FrameType.CONTROL]
     assert last_error(server.transport) == "protocol error: PING frame before login"
     assert server.transport.disconnecting
@@ -940,7 +945,7 @@ def unread_server(clock: Clock) -> Tuple[ServerMux, UnreadTransport]:
     server.write_stall_timeout = 30
     transport = UnreadTransport()
     server.makeConnection(transport)
-    server.dataReceived(b"GTXY\x00\x00\x00\x01")
+    server.dataReceived(CURRENT_PREAMBLE)
     server.authenticated = True
     return server, transport
 

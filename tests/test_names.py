@@ -139,7 +139,7 @@ class LiveEntryPointTests(unittest.TestCase):
         raw.login(token=live.token)
         self.assertEqual((await raw.reply())["type"], "login_ok")
         for name in HOSTILE:
-            raw.send({"type": "tunnel_open", "name": name, "localAddr": f"127.0.0.1:{self.echo}", "remotePort": 0})
+            raw.send({"type": "tunnel_open", "name": name, "spec": {"type": "tcp", "localPort": self.echo}})
             reply = await raw.reply()
             self.assertEqual(reply["type"], "tunnel_refused", reply)
             self.assertEqual(reply["reason"], f"a tunnel name must be {NAME_RULE} (got {name!r})")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 
 from gotaxy.config import ConfigError, ServerConfig, parse_server_config
+from gotaxy.proxy import PublicAddress
+from gotaxy.proxy.tcp import TcpSpec
 from gotaxy.server.tunnel import LiveTunnel
 
 
@@ -27,7 +29,7 @@ class FakeConnection:
 
 
 def tunnel_with(*streams: FakeStream) -> "tuple[LiveTunnel, list]":
-    tunnel = LiveTunnel(client="c", name="t", type="tcp", local_addr="127.0.0.1:1", remote_port=1, session=None)
+    tunnel = LiveTunnel(client="c", name="t", spec=TcpSpec(local_port=1), session=None, address=PublicAddress.tcp(1))
     connections = []
     for stream in streams:
         connection = FakeConnection()

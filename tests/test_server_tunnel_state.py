@@ -29,11 +29,11 @@ class TunnelStateTests(unittest.TestCase):
     async def test_refused_tunnel_is_listed_with_its_reason_and_retry(self):
         live = await self._refused()
         (view,) = await live.management.tunnels()
-        self.assertEqual((view.name, view.status, view.reason, view.remote_port),
-                         ("web", "refused", f"port {self.busy_port} is busy on the server", 0))
+        self.assertEqual((view.name, view.status, view.reason, view.address),
+                         ("web", "refused", f"port {self.busy_port} is busy on the server", None))
         self.assertTrue(0 <= view.retry_in <= 60, view.retry_in)
         # The refusal reserved no port.
-        self.assertNotIn(self.busy_port, live.core.store.store.reserved_ports())
+        self.assertNotIn(self.busy_port, live.core.store.store.held_ports("tcp"))
 
     async def test_a_client_cannot_announce_retries_for_tunnels_that_were_not_refused(self):
         live = await self._refused()

@@ -15,6 +15,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from gotaxy.proxy import PublicAddress
 from gotaxy.credentials import TOKEN_PREFIX, hash_password, new_password, tokens_equal, verify_password
 from gotaxy.store import (
     CLIENT_CONNECTED,
@@ -202,23 +203,27 @@ def test_tokens_survive_reopening_the_store(store_url: str, now: FakeTime) -> No
 
 
 def test_reservations(store: Store) -> None:
-    assert store.port_owner(6000) is None
-    assert store.reserved_ports() == set()
-    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
-    store.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", 6001)
-    assert store.port_owner(6000) == ("alice", "ssh")
-    assert store.port_owner(6001) == ("bob", "web")
-    assert store.reserved_ports() == {6000, 6001}
+    assert store.address_owner(PublicAddress.tcp(6000)) is None
+    assert store.held_ports("tcp") == set()
+    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", PublicAddress.tcp(6000), {})
+    store.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", PublicAddress.tcp(6001), {})
+    assert store.get_tunnel("alice", "ssh").address == PublicAddress.tcp(6000)
+    assert store.address_owner(PublicAddress.tcp(6000)) == ("alice", "ssh")
+    assert store.address_owner(PublicAddress.tcp(6001)) == ("bob", "web")
+    assert store.held_ports("tcp") == {6000, 6001}
+    # A UDP port of the same number is another address.
+    assert store.address_owner(PublicAddress("udp", 6000)) is None
+    assert store.held_ports("udp") == set()
 
 
 def test_a_tunnel_keeps_its_port_while_down(store: Store) -> None:
-    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
+    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", PublicAddress.tcp(6000), {})
     store.tunnel_down("alice", "ssh", "down", "client disconnected", TUNNEL_CLOSED)
-    assert store.port_owner(6000) == ("alice", "ssh")
+    assert store.address_owner(PublicAddress.tcp(6000)) == ("alice", "ssh")
     (tunnel,) = store.list_tunnels()
-    assert (tunnel.status, tunnel.reason, tunnel.remote_port) == ("down", "client disconnected", 6000)
+    assert (tunnel.status, tunnel.reason, tunnel.address) == ("down", "client disconnected", PublicAddress.tcp(6000))
     # Coming back up on the same port updates the one row.
-    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:2222", 6000)
+    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:2222", PublicAddress.tcp(6000), {})
     (tunnel,) = store.list_tunnels()
     assert (tunnel.status, tunnel.reason, tunnel.local_addr) == ("up", None, "127.0.0.1:2222")
 
@@ -232,9 +237,9 @@ def test_tunnel_down_for_an_unknown_tunnel_only_records_the_event(store: Store) 
 
 def test_client_connect_and_disconnect(store: Store, now: FakeTime) -> None:
     store.client_connected("alice", "198.51.100.7:40000", "0.1.0")
-    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
-    store.tunnel_up("alice", "web", "tcp", "127.0.0.1:80", 6001)
-    store.tunnel_up("bob", "db", "tcp", "127.0.0.1:5432", 6002)
+    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", PublicAddress.tcp(6000), {})
+    store.tunnel_up("alice", "web", "tcp", "127.0.0.1:80", PublicAddress.tcp(6001), {})
+    store.tunnel_up("bob", "db", "tcp", "127.0.0.1:5432", PublicAddress.tcp(6002), {})
     (client,) = store.list_clients()
     assert client.online and client.address == "198.51.100.7:40000" and client.version == "0.1.0"
     assert client.connected_at == now.now
@@ -250,7 +255,35 @@ def test_client_connect_and_disconnect(store: Store, now: FakeTime) -> None:
         ("bob", "db"): ("up", None),
     }
     # Ports stay reserved for alice.
-    assert store.reserved_ports() == {6000, 6001, 6002}
+    assert store.held_ports("tcp") == {6000, 6001, 6002}
+
+
+def test_a_database_from_before_proxy_types_keeps_its_tunnels(tmp_path: Path) -> None:
+    """Rows that kept a port in remote_port get it as their address, and an operator's its settings."""
+    import dataset
+
+    from gotaxy.store import default_url
+
+    url = default_url(str(tmp_path))
+    old = dataset.connect(url)
+    old["tunnels"].insert(dict(client="alice", name="ssh", type="tcp", local_addr="127.0.0.1:22", remote_port=6000,
+                               status="down", reason="client disconnected", source="client", enabled=True))
+    old["tunnels"].insert(dict(client="alice", name="db", type="tcp", local_addr="[::1]:5432", remote_port=15432,
+                               status="down", reason="not opened yet", source="server", enabled=True))
+    old["tunnels"].insert(dict(client="bob", name="web", type="tcp", local_addr="127.0.0.1:80", remote_port=None,
+                               status="refused", reason="port 80 is not allowed", source="client", enabled=True))
+    old.close()
+    store = Store(url)
+    try:
+        tunnels = {(t.client, t.name): t for t in store.list_tunnels()}
+        assert tunnels[("alice", "ssh")].address == PublicAddress.tcp(6000)
+        assert tunnels[("alice", "db")].address == PublicAddress.tcp(15432)
+        assert tunnels[("alice", "db")].spec == {"type": "tcp", "localIP": "::1", "localPort": 5432, "remotePort": 15432}
+        assert tunnels[("bob", "web")].address is None
+        assert store.address_owner(PublicAddress.tcp(6000)) == ("alice", "ssh")
+        assert store.held_ports("tcp") == {6000, 15432}
+    finally:
+        store.close()
 
 
 def test_reconnecting_client_is_one_row(store: Store) -> None:
@@ -269,7 +302,7 @@ def test_events_newest_first_with_filters_and_limit(store: Store, now: FakeTime)
     now.now += 1
     store.client_connected("alice", "a:1", "0.1.0")
     now.now += 1
-    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
+    store.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", PublicAddress.tcp(6000), {})
     now.now += 1
     store.client_connected("bob", "b:1", "0.1.0")
     now.now += 1

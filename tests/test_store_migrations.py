@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import MetaData, create_engine, text
 
 from gotaxy import cli
+from gotaxy.proxy import PublicAddress
 from gotaxy.store import Store, StoreError
 from gotaxy.store.migrations import LATEST, MIGRATIONS, SCHEMA_TABLE, migrate
 from gotaxy.store.store import driver_url
@@ -88,8 +89,10 @@ def test_a_store_of_the_release_before_versions_migrates_without_losing_rows(old
         # operator's password still works, the tunnel keeps its port.
         assert store.authenticate_token(OLD_TOKEN).name == "laptop"
         assert store.verify_admin("admin", OLD_ADMIN_PASSWORD)
-        assert store.port_owner(16000) == ("laptop", "ssh")
-        assert {(t.name, t.remote_port) for t in store.list_tunnels("laptop")} == {("ssh", 16000), ("web", 16001)}
+        assert store.address_owner(PublicAddress.tcp(16000)) == ("laptop", "ssh")
+        assert {(t.name, t.address) for t in store.list_tunnels("laptop")} == {
+            ("ssh", PublicAddress.tcp(16000)), ("web", PublicAddress.tcp(16001))}
+        assert all(t.spec is not None and t.spec["type"] == "tcp" for t in store.list_tunnels("laptop"))
         assert store.events(type_="login.failed")[0].count == 3
     finally:
         store.close()

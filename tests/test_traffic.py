@@ -14,6 +14,8 @@ import attrs
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from gotaxy.proxy import PublicAddress
+from gotaxy.proxy.tcp import TcpSpec
 from gotaxy.server.traffic import IRateLimiter, Reading, TrafficMeter, TrafficMeters
 from gotaxy.server.tunnel import LiveTunnel
 
@@ -27,7 +29,8 @@ class Stream:
 
 
 def live_tunnel(meters: TrafficMeters, client: str = "a", name: str = "t") -> LiveTunnel:
-    tunnel = LiveTunnel(client=client, name=name, type="tcp", local_addr="127.0.0.1:1", remote_port=1, session=None)
+    tunnel = LiveTunnel(client=client, name=name, spec=TcpSpec(local_port=1), session=None,
+                        address=PublicAddress.tcp(1))
     tunnel.count_into(meters.tunnel(client, name))
     return tunnel
 

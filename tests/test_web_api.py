@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
+from gotaxy.proxy import PublicAddress
 from gotaxy.jointoken import parse_join_token
 from gotaxy.web.app import Panel
 from gotaxy.web.auth import TOTP_LOCK_AFTER, TOTP_STEP
@@ -343,7 +344,7 @@ class OperatorActionTests(WebTestCase):
         await self._live(allow_operator=True)
         web = await self.logged_in()
         (echo,) = (await web.get(f"{API}/tunnels")).json["tunnels"]
-        self.assertEqual((echo["status"], echo["source"], echo["remote_port"]), ("up", "client", self.echo_port))
+        self.assertEqual((echo["status"], echo["source"], echo["address"]["port"]), ("up", "client", self.echo_port))
         wanted = free_port()
         created = await web.post(
             f"{API}/tunnels", {"client": "alice", "name": "web", "local_addr": f"127.0.0.1:{self.echo}",
@@ -354,14 +355,14 @@ class OperatorActionTests(WebTestCase):
         self.assertEqual(await self.live.wait_up("web"), wanted)
         self.assertEqual(await echo_through(wanted, b"via the panel"), b"via the panel")
         one = await web.get(f"{API}/tunnels/alice/web")
-        self.assertEqual((one.json["status"], one.json["remote_port"]), ("up", wanted))
+        self.assertEqual((one.json["status"], one.json["address"]["port"]), ("up", wanted))
         self.assertEqual(len((await web.get(f"{API}/tunnels?client=alice")).json["tunnels"]), 2)
         self.assertEqual((await web.get(f"{API}/tunnels?client=bob")).json["tunnels"], [])
 
         moved = free_port()
         edited = await web.patch(f"{API}/tunnels/alice/web", {"remote_port": moved})
         self.assertEqual(edited.status, 200, edited.raw)
-        await wait_until(lambda: self.live.client.factory.current.up.get("web") == moved)
+        await wait_until(lambda: self.live.client.factory.current.up.get("web") == PublicAddress.tcp(moved))
         self.assertEqual(await echo_through(moved, b"moved"), b"moved")
 
         disabled = await web.post(f"{API}/tunnels/alice/web/disable")

@@ -491,6 +491,13 @@ function tunnelStatus(tn) {
   return badge(refused ? "error" : "down", text, tn.reason || "");
 }
 
+// A proxy type's label ("proxy.tcp" in the strings), or its name for a type without one.
+function typeLabel(type) {
+  const key = `proxy.${type}`;
+  const label = t(key);
+  return label === key ? type : label;
+}
+
 async function loadTunnels() {
   const [result, clients] = await Promise.all([api("GET", "/tunnels"), api("GET", "/clients")]);
   if (!result.ok) return;
@@ -505,7 +512,8 @@ async function loadTunnels() {
     const status = document.createElement("td");
     status.className = "status";
     status.append(tunnelStatus(tn));
-    row.append(name, cell(tn.client), cell(tn.type), cell(tn.local_addr), cell(tn.remote_port || t("tunnels.auto_short")),
+    row.append(name, cell(tn.client), cell(typeLabel(tn.type)), cell(tn.local_addr),
+      cell(tn.address ? tn.address.description : t("tunnels.auto_short")),
       status, cell(String(tn.connections)), cell(`${formatBytes(tn.bytes_in)} / ${formatBytes(tn.bytes_out)}`),
       cell(`${formatRate(tn.rate_in)} / ${formatRate(tn.rate_out)}`));
     const actions = document.createElement("td");
@@ -568,7 +576,7 @@ function openEdit(tn) {
   form.dataset.path = `/tunnels/${encodeURIComponent(tn.client)}/${encodeURIComponent(tn.name)}`;
   $("#edit-title").textContent = `${tn.client}/${tn.name}`;
   form.local_addr.value = tn.local_addr;
-  form.remote_port.value = tn.remote_port || 0;
+  form.remote_port.value = (tn.spec && tn.spec.remotePort) || 0;
   clearErrors(form);
   form.scrollIntoView({ block: "nearest" });
 }

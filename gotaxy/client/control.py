@@ -44,7 +44,6 @@ which the server records as the tunnel's refusal, and logged once.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import platform
 import random
 import socket
@@ -53,27 +52,26 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 from OpenSSL import SSL
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import ClientFactory, Factory
+from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gotaxy import __version__
-from gotaxy.config import ClientConfig, ConfigError, TunnelSpec, parse_host_port
+from gotaxy.config import ClientConfig, TunnelSpec
 from gotaxy.client.health import LocalHealthCheck
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.mux import MuxProtocol, Stream
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion
-from gotaxy.relay import StreamRelay
+from gotaxy.names import InvalidName, check_name
+from gotaxy.proxy import AddressError, ProxySpec, PublicAddress, SpecError, parse_spec, type_of
+from gotaxy.proxy.registry import UnknownType
 from gotaxy.wire import CLOSE_ERROR_PREFIX, ProtocolError
 from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
 
-#: Seconds to wait for a local service to accept a connection.
-LOCAL_CONNECT_TIMEOUT = 10.0
 #: Seconds from the TCP connection to ``login_ok`` (TLS handshake included).
 LOGIN_TIMEOUT = 30.0
 RECONNECT_CAP = 30.0
@@ -256,33 +254,11 @@ class ReportingEndpoint:
 
 
 @functools.lru_cache(maxsize=256)
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-class _LocalServiceFactory(ClientFactory):
-    """
-    Connects one stream to the tunnel's local service.  Quiet (there is one
-    per tunneled connection) and used with ``reactor.connectTCP`` for IP
-    literals, which costs far less per connection than an endpoint.
-    """
-
-    noisy = False
-
-    def __init__(self, stream: Stream, spec: TunnelSpec, failed: Callable[[Failure, Stream, TunnelSpec], None]) -> None:
-        self.stream = stream
-        self.spec = spec
-        self.failed = failed
-
-    def buildProtocol(self, addr: Any) -> StreamRelay:
-        return StreamRelay(self.stream)
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.failed(reason, self.stream, self.spec)
+def proxy_spec(tunnel: TunnelSpec) -> ProxySpec:
+    """The proxy spec of a tunnel from this client's config or flags (SpecError if it is not valid)."""
+    return parse_spec(
+        {"type": tunnel.type, "localIP": tunnel.local_ip, "localPort": tunnel.local_port, "remotePort": tunnel.remote_port}
+    )
 
 
 @implementer(IHandshakeListener)
@@ -298,7 +274,9 @@ class ClientControlProtocol(MuxProtocol):
         self.write_stall_timeout = self.config.heartbeat_timeout
         self.heartbeat: Optional[HeartbeatMonitor] = None
         self.tunnels: Dict[str, TunnelSpec] = {t.name: t for t in self.config.tunnels}
-        self.up: Dict[str, int] = {}
+        #: Each tunnel's proxy spec (what is asked for, and how a stream reaches the local service).
+        self.proxies: Dict[str, ProxySpec] = {t.name: proxy_spec(t) for t in self.config.tunnels}
+        self.up: Dict[str, PublicAddress] = {}
         #: Refused tunnels waiting for their next request, by name.
         self.retries: Dict[str, Any] = {}
         #: Health checks of the tunnels that are up and have one, by name.
@@ -373,8 +351,8 @@ class ClientControlProtocol(MuxProtocol):
         elif kind == "login_failed" and not self.authenticated:
             reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
             text = f"the server refused our login: {reason}"
-            # For in_use the reason itself says what to do.
-            hint = "" if message.get("code") == "in_use" else "check the token (auth.token / --token)"
+            # For in_use and version the reason itself says what to do.
+            hint = "" if message.get("code") in ("in_use", "version") else "check the token (auth.token / --token)"
             if self.config.login_fail_exit:
                 self.factory.fatal(f"{text}; {hint}" if hint else text)
             else:
@@ -391,14 +369,20 @@ class ClientControlProtocol(MuxProtocol):
             self._after_login[kind](self, message, _text(message, "name", 64))
 
     def _tunnel_up(self, message: Dict[str, Any], name: str) -> None:
-        port = _integer(message, "remotePort", 1, 65535)
+        try:
+            address = PublicAddress.from_wire(message.get("address"))
+        except AddressError as e:
+            raise ProtocolError(f"tunnel_up: 'address': {e}") from None
+        if address.by_port and not address.port:
+            raise ProtocolError("tunnel_up: 'address': the public port must be an integer from 1 to 65535")
         if name not in self.tunnels:
             self.log.info("ignoring tunnel_up for {name!r}, which this client no longer has", name=printable(name))
             return
-        self.up[name] = port
+        self.up[name] = address
         self.factory.tunnel_attempts.pop(name, None)
         self._cancel_retry(name)
-        self.log.info("tunnel {name} up at {host}:{port}", name=name, host=self.config.server_addr, port=port)
+        # "tunnel NAME up at HOST:PORT": a line scripts may rely on.
+        self.log.info("tunnel {name} up at {where}", name=name, where=address.at(self.config.server_addr))
         spec = self.tunnels[name]
         if spec.health_check_type is not None and name not in self.checks:
             check = LocalHealthCheck(self.reactor, spec, functools.partial(self._health_changed, name))
@@ -453,6 +437,7 @@ class ClientControlProtocol(MuxProtocol):
 
     def _tunnel_remove(self, message: Dict[str, Any], name: str) -> None:
         self.tunnels.pop(name, None)
+        self.proxies.pop(name, None)
         self.up.pop(name, None)
         self._cancel_retry(name)
         self._stop_check(name)
@@ -515,30 +500,45 @@ class ClientControlProtocol(MuxProtocol):
 
     def _operator_tunnel(self, message: Dict[str, Any], name: str) -> None:
         """A tunnel defined on the server (panel or console): open it if our config allows it."""
-        local_addr = _text(message, "localAddr", 128)
-        remote_port = _integer(message, "remotePort", 0, 65535, 0)
+        keys = message.get("spec")
+        if not isinstance(keys, dict):
+            raise ProtocolError("tunnel_add: 'spec' must be an object")
         try:
-            host, port = parse_host_port(local_addr, flag="localAddr")
-            spec = TunnelSpec(name=name, local_ip=host, local_port=port, remote_port=remote_port)
-        except (ConfigError, TypeError, ValueError) as e:
-            self._decline(name, local_addr, f"the tunnel is malformed: {e}")
+            proxy = parse_spec(keys)
+        except UnknownType as e:
+            self._decline(name, "?", str(e))
             return
-        if spec.name in {t.name for t in self.config.tunnels}:
-            self._decline(name, local_addr, "this client's config defines a tunnel of that name")
+        except SpecError as e:
+            raise ProtocolError(f"tunnel_add: {e}") from None
+        try:
+            check_name(name, "a tunnel name")
+        except InvalidName as e:
+            self._decline(name, proxy.local_description, f"the tunnel is malformed: {e}")
             return
-        refusal = self.config.operator_tunnel_refusal(host, port)
+        local = proxy.local_description
+        if name in {t.name for t in self.config.tunnels}:
+            self._decline(name, local, "this client's config defines a tunnel of that name")
+            return
+        endpoint = proxy.local_endpoint
+        refusal = (
+            self.config.operator_tunnel_refusal(*endpoint) if endpoint is not None
+            else f"a {proxy.type} tunnel has no local address that allowOperatorTunnels could allow"
+        )
         if refusal is not None:
             # Whatever the operator sent before under this name is gone too
             # (an edit moves a tunnel by sending it again).
-            self.tunnels.pop(spec.name, None)
-            self.up.pop(spec.name, None)
-            self._decline(name, local_addr, refusal)
+            self.tunnels.pop(name, None)
+            self.proxies.pop(name, None)
+            self.up.pop(name, None)
+            self._decline(name, local, refusal)
             return
-        self.tunnels[spec.name] = spec
-        self._cancel_retry(spec.name)
-        self._stop_check(spec.name)
-        self.log.info("tunnel {name} added by the server's operator -> {ip}:{port}", name=spec.name, ip=host, port=port)
-        self._request_tunnel(spec)
+        assert endpoint is not None
+        self.tunnels[name] = TunnelSpec(name=name, type=proxy.type, local_ip=endpoint[0], local_port=endpoint[1])
+        self.proxies[name] = proxy
+        self._cancel_retry(name)
+        self._stop_check(name)
+        self.log.info("tunnel {name} added by the server's operator -> {local}", name=name, local=local)
+        self._request_tunnel(self.tunnels[name])
 
     def _decline(self, name: str, local_addr: str, reason: str) -> None:
         """Refuse an operator-defined tunnel: log it once, tell the server why."""
@@ -563,15 +563,7 @@ class ClientControlProtocol(MuxProtocol):
     }
 
     def _request_tunnel(self, spec: TunnelSpec) -> None:
-        self.send_control(
-            {
-                "type": "tunnel_open",
-                "name": spec.name,
-                "tunnelType": spec.type,
-                "localAddr": f"{spec.local_ip}:{spec.local_port}",
-                "remotePort": spec.remote_port,
-            }
-        )
+        self.send_control({"type": "tunnel_open", "name": spec.name, "spec": self.proxies[spec.name].to_keys()})
 
     def _heartbeat_timed_out(self, silent: float) -> None:
         self.log.warn("server silent for {seconds:.0f} s; reconnecting", seconds=silent)
@@ -589,14 +581,11 @@ class ClientControlProtocol(MuxProtocol):
         if spec is None or not spec.enabled:
             stream.local_closed(f"{CLOSE_ERROR_PREFIX}the client has no open tunnel named {stream.tunnel!r}")
             return
-        factory = _LocalServiceFactory(stream, spec, self._local_failed)
-        if _is_ip_literal(spec.local_ip):
-            self.reactor.connectTCP(spec.local_ip, spec.local_port, factory, timeout=LOCAL_CONNECT_TIMEOUT)
-        else:
-            endpoint = HostnameEndpoint(self.reactor, spec.local_ip, spec.local_port, timeout=LOCAL_CONNECT_TIMEOUT)
-            endpoint.connect(factory).addErrback(self._local_failed, stream, spec)
+        proxy = self.proxies[stream.tunnel]
+        type_of(proxy).connect(self.reactor, proxy, stream, functools.partial(self._local_failed, stream=stream, spec=spec))
 
     def _local_failed(self, failure: Failure, stream: Stream, spec: TunnelSpec) -> None:
+        local = self.proxies[spec.name].local_description if spec.name in self.proxies else "?"
         if is_fd_exhaustion(failure.value):
             # Not the local service's fault: this process has no descriptor
             # left for the connection.  Every connection fails the same
@@ -605,13 +594,13 @@ class ClientControlProtocol(MuxProtocol):
             count = self.factory.fd_throttle(spec.name)
             if count is not None:
                 self.log.error(
-                    "tunnel {name}: cannot connect to {ip}:{port}: {reason} ({count} connection(s) "
+                    "tunnel {name}: cannot connect to {local}: {reason} ({count} connection(s) "
                     "failed this way in the last {interval:g} s)",
-                    name=spec.name, ip=spec.local_ip, port=spec.local_port, reason=reason, count=count,
+                    name=spec.name, local=local, reason=reason, count=count,
                     interval=REPORT_INTERVAL,
                 )
         else:
-            reason = f"cannot reach local service {spec.local_ip}:{spec.local_port}: {failure.getErrorMessage()}"
+            reason = f"cannot reach local service {local}: {failure.getErrorMessage()}"
             self.log.warn("tunnel {name}: {reason}", name=spec.name, reason=reason)
         stream.local_closed(CLOSE_ERROR_PREFIX + reason)
 

@@ -27,7 +27,7 @@ from gotaxy.config.values import (
     PORT,
     REMOTE_PORT,
     SECONDS,
-    SUPPORTED_TUNNEL_TYPES,
+    supported_type,
     TEXT,
     TUNNEL_TYPE,
     _FLAG_PORT,
@@ -168,7 +168,7 @@ def parse_tunnel_flag(text: str) -> TunnelSpec:
         raise problem(usage)
     if not is_valid_name(name):
         raise problem(f"the tunnel name must be {NAME.expected}")
-    if kind not in SUPPORTED_TUNNEL_TYPES:
+    if not supported_type(kind):
         if kind in FRP_PROXY_TYPES:
             raise problem(f'type "{kind}" is not supported yet; only tcp tunnels are')
         raise problem(usage)
@@ -206,4 +206,4 @@ def parse_tunnel_flag(text: str) -> TunnelSpec:
     remote_port = _flag_port(ports[1], REMOTE_PORT) if len(ports) == 2 else 0
     if remote_port is None:
         raise problem(f"the remote port must be {REMOTE_PORT.expected}, got {_show(ports[1])}")
-    return TunnelSpec(name=name, local_port=local_port, local_ip=ip, remote_port=remote_port)
+    return TunnelSpec(name=name, type=kind, local_port=local_port, local_ip=ip, remote_port=remote_port)

@@ -30,7 +30,7 @@ from gotaxy.config.values import (
     ConfigError,
     FRP_PROXY_TYPES,
     NAMES,
-    SUPPORTED_TUNNEL_TYPES,
+    supported_type,
     TLS_ON,
     TOKEN_AUTH,
     _Form,
@@ -372,7 +372,7 @@ def _read_proxies(entries: Any, source: str, warnings: list[str]) -> tuple[Tunne
             close = difflib.get_close_matches(str(kind).lower(), FRP_PROXY_TYPES, n=1)
             fix = f'did you mean "{close[0]}"?' if close else 'Gotaxy tunnels use type = "tcp"'
             raise ConfigError(f"{source}: {label} has unknown type {_show(kind)}; {fix}")
-        if kind not in SUPPORTED_TUNNEL_TYPES:
+        if not supported_type(kind):
             warnings.append(
                 f'{source}: {label} has type "{kind}", which Gotaxy does not support yet '
                 f'(only "tcp"); skipped'

@@ -20,6 +20,7 @@ import attrs
 from gotaxy.events import filter_pattern_error
 from gotaxy.mux import MAX_STREAMS
 from gotaxy.names import NAME_RULE, is_valid_name
+from gotaxy.proxy import registry as proxy_registry
 from gotaxy.tls import normalise_fingerprint
 from gotaxy.units import parse_size
 
@@ -37,9 +38,15 @@ class ConfigError(Exception):
         self.key = key
 
 
-#: Proxy types frp knows.  Gotaxy runs ``tcp`` ones and skips the others.
+#: Proxy types frp knows.  Gotaxy runs the ones in its registry
+#: (``gotaxy.proxy.registry``: ``tcp`` so far) and skips the others.
 FRP_PROXY_TYPES = ("tcp", "udp", "http", "https", "tcpmux", "stcp", "sudp", "xtcp")
-SUPPORTED_TUNNEL_TYPES = ("tcp",)
+SUPPORTED_TUNNEL_TYPES = ("tcp",)  #: the built-in ones; ``supported_type`` also knows registered ones
+
+
+def supported_type(kind: object) -> bool:
+    """A proxy type this installation has (``gotaxy.proxy.registry``)."""
+    return isinstance(kind, str) and proxy_registry.get(kind) is not None
 
 
 # ---------------------------------------------------------------------------
@@ -348,7 +355,13 @@ PORT_RANGES = _Form(
     "with ports from 1 to 65535 and no range starting above its end",
     _port_ranges,
 )
-TUNNEL_TYPE = _Form('"tcp" (the only tunnel type Gotaxy supports so far)', _equals("tcp"))
+def _tunnel_type(value: Any) -> Any:
+    if not supported_type(value):
+        raise _Mismatch(value)
+    return value
+
+
+TUNNEL_TYPE = _Form('"tcp" (the only tunnel type Gotaxy supports so far)', _tunnel_type)
 HEALTH_CHECK_TYPE = _Form('"tcp" or "http"', _one_of("tcp", "http"))
 TOKEN_AUTH = _Form(
     '"token" (Gotaxy supports token authentication only)', _equals("token")

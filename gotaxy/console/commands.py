@@ -95,7 +95,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
     Command("client", "client NAME [--json]", "one client in detail", options=_json_option(), positional=(1, 1)),
     Command("kick", "kick NAME", "disconnect a client (it reconnects unless its token is revoked)",
             positional=(1, 1)),
-    Command("tunnels", "tunnels [--client NAME] [--json]", "every tunnel with its port, status and rates",
+    Command("tunnels", "tunnels [--client NAME] [--json]", "every tunnel with its public address, status and rates",
             options=_json_option(**{"--client": True})),
     Command("tunnel", "tunnel TUNNEL [--json]", "one tunnel in detail, with connections and rates",
             details="TUNNEL is CLIENT/NAME, or just NAME when only one client has a tunnel of that name.",
@@ -380,7 +380,7 @@ class Commands:
         if options.get("--json"):
             return Result(as_json(v))
         return Result(f"tunnel {tunnel_ref(v)} {what}; status {v.status}"
-                      + (f", public port {v.remote_port}" if v.remote_port else ""))
+                      + (f", {v.address.description}" if v.address is not None else ""))
 
     # -- handlers ------------------------------------------------------------
 
@@ -454,7 +454,8 @@ class Commands:
         if options.get("--json"):
             return Result(as_json(view))
         online = client in self.core.sessions
-        return Result(f"tunnel {tunnel_ref(view)} added (public port {port or 'picked by the server'}); "
+        where = view.address.description if view.address is not None else "address picked by the server"
+        return Result(f"tunnel {tunnel_ref(view)} added ({where}); "
                       + ("it opens now" if online else f"it opens when {client} connects"))
 
     async def _tunnel_edit(self, positional: List[str], options: Dict[str, Any]) -> Result:

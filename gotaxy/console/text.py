@@ -21,6 +21,7 @@ from typing import Any, Iterable, Optional, Sequence, Tuple
 import attrs
 
 from gotaxy.events import Event
+from gotaxy.proxy import registry
 from gotaxy.server.manage import ClientView, TunnelView, status_text
 from gotaxy.units import format_bytes, format_rate
 
@@ -137,11 +138,22 @@ def tunnel_ref(view: TunnelView) -> str:
     return f"{view.client}/{view.name}"
 
 
+def address_text(view: TunnelView) -> str:
+    """A tunnel's public address as every face shows it (``port 16000``), or ``auto`` while none is known."""
+    return view.address.description if view.address is not None else "auto"
+
+
+def type_label(view: TunnelView) -> str:
+    """The tunnel type's label (``TCP``), from its proxy type."""
+    proxy_type = registry.get(view.type)
+    return proxy_type.label if proxy_type is not None else view.type
+
+
 def tunnels_table(views: Sequence[TunnelView], width: int = WIDTH) -> str:
     return table(
-        ["TUNNEL", "PORT", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"],
+        ["TUNNEL", "ADDRESS", "LOCAL", "STATUS", "CONNS", "IN/S", "OUT/S"],
         [
-            [tunnel_ref(v), v.remote_port or "auto", v.local_addr, status_text(v), v.connections,
+            [tunnel_ref(v), address_text(v), v.local_addr, status_text(v), v.connections,
              format_rate(v.rate_in), format_rate(v.rate_out)]
             for v in views
         ],
@@ -187,8 +199,8 @@ def tunnel_detail(v: TunnelView, width: int = WIDTH) -> str:
         ("status", status_text(v)),
         ("enabled", "yes" if v.enabled else "no"),
         ("defined by", "the server (console or panel)" if v.source == "server" else "the client's config"),
-        ("type", v.type),
-        ("public port", v.remote_port or "auto"),
+        ("type", type_label(v)),
+        ("published at", v.address.description if v.address is not None else "an address the server picks when it opens"),
         ("local address", v.local_addr),
         ("connections", f"{v.connections} open, {v.opened} since up"),
         ("traffic", f"in {format_bytes(v.bytes_in)}, out {format_bytes(v.bytes_out)}"),

@@ -37,9 +37,11 @@ from gotaxy import __version__
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol
+from gotaxy.proxy import ProxySpec
 from gotaxy.server.core import MAX_TUNNELS_PER_CLIENT, IdentityInUse, LoginRefused, ServerCore, TunnelRefused
 from gotaxy.server.throttle import RepeatThrottle
 from gotaxy.server.tunnel import LiveTunnel
+from gotaxy.wire import PROTOCOL_VERSION
 
 #: Refused connections are logged at most once in this many seconds (with their number).
 REFUSAL_LOG_INTERVAL = 60.0
@@ -65,9 +67,23 @@ def announced_features(message: Dict[str, Any]) -> Set[str]:
     return {f for f in features[:16] if f == CONNECTIONS_REFUSED}
 
 
-def tunnel_add_message(name: str, local_addr: str, remote_port: int) -> Dict[str, Any]:
+def tunnel_add_message(name: str, spec: ProxySpec) -> Dict[str, Any]:
     """Tell the client about a tunnel an operator defined for it."""
-    return {"type": "tunnel_add", "name": name, "localAddr": local_addr, "remotePort": remote_port}
+    return {"type": "tunnel_add", "name": name, "spec": spec.to_keys()}
+
+
+def tunnel_up_message(tunnel: Any) -> Dict[str, Any]:
+    """Tell the client where the public reaches its tunnel."""
+    return {"type": "tunnel_up", "name": tunnel.name, "address": tunnel.address.to_wire()}
+
+
+def version_refusal(version: int) -> str:
+    """What a client speaking protocol ``version`` (not ours) is told, naming the side to upgrade."""
+    if version < PROTOCOL_VERSION:
+        return (f"this client speaks Gotaxy protocol version {version} and the server version {PROTOCOL_VERSION}: "
+                f"upgrade the client to Gotaxy {__version__} or later")
+    return (f"this client speaks Gotaxy protocol version {version}, newer than the server's {PROTOCOL_VERSION}: "
+            f"upgrade the server (it runs Gotaxy {__version__})")
 
 
 class Admission:
@@ -161,7 +177,7 @@ class ServerControlProtocol(MuxProtocol):
         #: lasts: a tunnel_open for one of them, sent before the client
         #: heard of the removal, must not bring it back.
         self.removed_tunnels: Set[str] = set()
-        #: Operator-defined tunnels sent to the client (name -> localAddr)
+        #: Operator-defined tunnels sent to the client (name -> local description)
         #: that it has not declined: only those may be declined.
         self.offered: Dict[str, str] = {}
         self.lost = False
@@ -271,10 +287,21 @@ class ServerControlProtocol(MuxProtocol):
 
     # -- what the core tells the client (ClientSession) ------------------------
 
-    def offer_tunnel(self, name: str, local_addr: str, remote_port: int) -> None:
+    def offer_tunnel(self, name: str, spec: ProxySpec) -> None:
         """Send the client an operator-defined tunnel; it opens or declines it."""
-        self.offered[name] = local_addr
-        self.send_control(tunnel_add_message(name, local_addr, remote_port))
+        self.offered[name] = spec.local_description
+        self.send_control(tunnel_add_message(name, spec))
+
+    def version_mismatch(self, version: int) -> None:
+        """
+        The client speaks another protocol version: refuse its log-in in
+        words every version understands (the frame format and
+        ``login_failed`` never change), naming the side to upgrade.
+        """
+        reason = version_refusal(version)
+        self.log.info("refusing connection from {peer}: {reason}", peer=self.peer_address, reason=reason)
+        self.send_control({"type": "login_failed", "reason": reason, "code": "version"})
+        self.close()
 
     def withdraw_tunnel(self, name: str) -> None:
         """An operator removed a tunnel it defined: the client forgets it."""
@@ -282,7 +309,7 @@ class ServerControlProtocol(MuxProtocol):
 
     def tunnel_up(self, tunnel: LiveTunnel) -> None:
         if not self.lost:
-            self.send_control({"type": "tunnel_up", "name": tunnel.name, "remotePort": tunnel.remote_port})
+            self.send_control(tunnel_up_message(tunnel))
 
     def tunnel_down(self, name: str, reason: str) -> None:
         """The server closed a tunnel (an operator disabled it): the client does not ask again."""

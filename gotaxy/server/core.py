@@ -19,8 +19,9 @@ connection) and which tunnels are up (``tunnels``: (client, tunnel name) ->
   per source address a minute, carrying the number of attempts
   (``gotaxy.server.throttle``), so guessing costs the attacker, not the
   disk.
-* ``open_tunnel`` applies the port rules (see ``gotaxy.ports``) and binds the
-  public port.
+* ``open_tunnel`` parses the tunnel's spec with its proxy type
+  (``gotaxy.proxy``), which claims the public address through the port
+  rules (``gotaxy.server.claims``, ``gotaxy.ports``) and serves it.
 * ``session_lost`` closes the client's listeners and marks it offline.
 * ``add_tunnel``, ``edit_tunnel`` (both push the tunnel to the client),
   ``disable_tunnel``, ``enable_tunnel``, ``restart_tunnel`` and
@@ -43,16 +44,13 @@ through ``ThreadedStore``, so this module never blocks.
 
 from __future__ import annotations
 
-import errno
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gotaxy.store.claims import Claimed, Claims
-from gotaxy.config import ServerConfig, format_allow_ports
+from gotaxy.config import ServerConfig
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import (
     CLIENT_REPLACED,
@@ -70,12 +68,15 @@ from gotaxy.events import (
 from gotaxy.jointoken import JoinTokenError, parse_join_token
 from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.names import InvalidName, check_name, is_valid_name
-from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
-from gotaxy.ports import MAX_ATTEMPTS, PortAllocator, server_ports
+from gotaxy.oslimits import fd_exhaustion
+from gotaxy.ports import PortAllocator, server_ports
+from gotaxy.proxy import ExposeContext, ProxySpec, PublicAddress, SpecError, TunnelRefused, parse_spec, registry, type_of
+from gotaxy.server.claims import PortReservations
+from gotaxy.store.claims import Claims
 from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.traffic import TrafficMeters
-from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel, PublicFactory
+from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel
 from gotaxy.store import SOURCE_SERVER, ThreadedStore, TunnelRecord
 
 T = TypeVar("T")
@@ -132,10 +133,6 @@ class IdentityInUse(LoginRefused):
     """Another installation is connected under this client's name."""
 
 
-class TunnelRefused(Exception):
-    """This tunnel cannot open; the message is sent to the client."""
-
-
 class TunnelNotFound(LookupError):
     """An operator named a tunnel the store does not have."""
 
@@ -167,6 +164,12 @@ class ServerCore:
         self.claims = Claims(store)
         self.reactor = reactor
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
+        #: Each proxy type's shared front (its listener for all its tunnels), if it has one.
+        self.fronts: Dict[str, Any] = {}
+        for proxy_type in registry.types():
+            front = proxy_type.make_front(config, reactor)
+            if front is not None:
+                self.fronts[proxy_type.name] = front
         self.events = EventBus()
         # What the store records (the state changes' events and ``record``'s)
         # is published here, once, as the row was written.
@@ -200,8 +203,12 @@ class ServerCore:
     def start(self) -> None:
         self._rates.start(RATE_INTERVAL, now=False)
         self._start_idle_checks()
+        for front in self.fronts.values():
+            front.start()
 
     def stop(self) -> None:
+        for front in self.fronts.values():
+            front.stop()
         if self._rates.running:
             self._rates.stop()
         if self._idle.running:
@@ -388,8 +395,9 @@ class ServerCore:
         async def push() -> None:
             assert session.client_name is not None
             for record in await self.operator_tunnels(session.client_name):
-                if not (session.lost or session.dropped):
-                    session.offer_tunnel(record.name, record.local_addr, record.remote_port)
+                spec = self._stored_spec(record)
+                if spec is not None and not (session.lost or session.dropped):
+                    session.offer_tunnel(record.name, spec)
 
         await self._locked(session, push)
 
@@ -411,27 +419,23 @@ class ServerCore:
             self.log.warn("tunnel {client}/{tunnel} refused: {reason}", client=client, tunnel=name, reason=refused)
             # A tunnel refused at its first open is listed too (with why),
             # unless an operator just removed it or the client is gone.
-            local_addr = message.get("localAddr")
-            listed = (
-                isinstance(local_addr, str) and len(local_addr) <= 128 and message.get("tunnelType", "tcp") == "tcp"
-                and name not in session.removed_tunnels and not (session.lost or session.dropped)
-            )
+            try:
+                spec: Optional[ProxySpec] = parse_spec(message.get("spec"))
+            except SpecError:
+                spec = None
+            listed = spec is not None and name not in session.removed_tunnels and not (session.lost or session.dropped)
             await self.store.call(
                 self._db.tunnel_down, client, name, "refused", str(refused), TUNNEL_REFUSED,
-                local_addr if listed else None,
+                (spec.type, spec.local_description, spec.to_keys()) if listed and spec is not None else None,
             )
             raise
 
     async def _open_tunnel(self, session: ClientSession, client: str, name: str, message: Dict[str, Any]) -> LiveTunnel:
-        kind = message.get("tunnelType", "tcp")
-        if kind != "tcp":
-            raise TunnelRefused(f"tunnel type {kind!r} is not supported by this server (only 'tcp')")
-        local_addr = message.get("localAddr", "")
-        requested = message.get("remotePort", 0)
-        if not isinstance(local_addr, str) or len(local_addr) > 128:
-            raise TunnelRefused("localAddr must be a string of at most 128 characters")
-        if not isinstance(requested, int) or isinstance(requested, bool) or not 0 <= requested <= 65535:
-            raise TunnelRefused("remotePort must be an integer from 0 to 65535")
+        try:
+            spec = parse_spec(message.get("spec"))
+        except SpecError as e:
+            raise TunnelRefused(str(e)) from None
+        proxy_type = type_of(spec)
         key = (client, name)
         if name in session.removed_tunnels:
             raise TunnelRefused(f"tunnel {name!r} was removed by the operator")
@@ -439,7 +443,7 @@ class ServerCore:
         if existing is not None:
             if existing.session is not session:
                 raise TunnelRefused(f"tunnel {name!r} is already open")
-            if (existing.local_addr, existing.requested_port) == (local_addr, requested):
+            if existing.spec == spec:
                 return existing  # asked again for what it has: nothing to do
             # The client asks with new settings (an operator edited the
             # tunnel while its first open was in flight): they win.
@@ -459,97 +463,53 @@ class ServerCore:
             raise TunnelRefused("client disconnected")
         if record is not None and not record.enabled:
             raise TunnelRefused(f"tunnel {name!r} is disabled by the operator")
-        if record is not None and record.source == SOURCE_SERVER and (
-            local_addr != record.local_addr or (record.remote_port and requested not in (0, record.remote_port))
-        ):
+        if record is not None and record.source == SOURCE_SERVER and record.spec != spec.to_keys():
             # An operator changed this tunnel after the client was sent it;
             # the store has the settings and the client is being sent them.
             raise TunnelRefused(f"tunnel {name!r} was changed by the operator; opening it with the new settings")
-        reserved = record.remote_port if record is not None and record.remote_port else None
 
         tunnel = LiveTunnel(
             client=client,
             name=name,
-            type="tcp",
-            local_addr=local_addr,
-            remote_port=0,
+            spec=spec,
             session=session,
             source=record.source if record is not None else "client",
-            requested_port=requested,
         )
-        port = requested or reserved
-        if port:
-            self._check_port_rules(port)
-            fresh = await self._claim_port(tunnel, port)
-            try:
-                tunnel.listening_port = self._listen(tunnel, port)
-            except TunnelRefused:
-                if fresh:
-                    await self.store.call(self._db.release_port, client, name, port)
-                raise
-        else:
-            tunnel.listening_port, fresh = await self._listen_anywhere(tunnel)
-        tunnel.remote_port = tunnel.listening_port.getHost().port
+        claims = PortReservations(self, key, record.address if record is not None else None)
+        context = ExposeContext(
+            reactor=self.reactor, config=self.config, claims=claims, front=self.fronts.get(proxy_type.name),
+            out_of_descriptors=lambda: self._out_of_descriptors(tunnel),
+        )
+        # Before it is exposed: a connection may come while expose() waits for its claim.
+        tunnel.count_into(self.meters.tunnel(client, name))
+        exposure = await proxy_type.expose(tunnel, context)
+        tunnel.exposure, tunnel.address = exposure, exposure.address
         # The session may have gone (or been dropped: kicked, replaced, shut
         # down) while we were binding.
         if session.lost or session.dropped or key in self.tunnels or name in session.removed_tunnels:
-            tunnel.listening_port.stopListening()
-            if fresh:  # it never came up: the port is not its to keep
-                await self.store.call(self._db.release_port, client, name, tunnel.remote_port)
+            exposure.close()
+            await claims.release(exposure.address)  # it never came up: a fresh claim is not its to keep
             raise TunnelRefused("client disconnected")
-        # No connection was accepted yet: nothing ran since the listen.
-        tunnel.count_into(self.meters.tunnel(client, name))
         self.tunnels[key] = tunnel
         session.tunnels[name] = tunnel
-        await self.store.call(self._db.tunnel_up, client, name, "tcp", local_addr, tunnel.remote_port)
+        address = exposure.address
+        await self.store.call(self._db.tunnel_up, client, name, spec.type, tunnel.local_addr, address, spec.to_keys())
         self.log.info(
-            "tunnel {client}/{tunnel} up on port {port} -> {local}",
+            "tunnel {client}/{tunnel} up on {address} -> {local}",
             client=client,
             tunnel=name,
-            port=tunnel.remote_port,
-            local=local_addr,
+            address=address.description,
+            local=tunnel.local_addr,
         )
         return tunnel
 
-    def check_port(self, port: int) -> None:
-        """Raise TunnelRefused unless this server's rules let a tunnel have ``port`` (for operators)."""
-        self._check_port_rules(port)
-
-    def _check_port_rules(self, port: int) -> None:
-        refusal = self.ports.refusal(port)
-        if refusal is not None:
-            raise TunnelRefused(refusal)
-
-    async def _claim_port(self, tunnel: LiveTunnel, port: int) -> bool:
+    async def check_address(self, address: PublicAddress, key: Tuple[str, str]) -> None:
         """
-        Claim ``port`` for ``tunnel`` in the store (True: claimed now, False:
-        it held it already), or raise TunnelRefused naming its holder.  The
-        claim is what decides between two tunnels (or two server processes)
-        asking at once; see ``gotaxy.claims``.
+        Raise TunnelRefused unless this server's rules let ``key`` have
+        ``address`` (for operators).  Who holds it is the store's claim to
+        decide, as the tunnel is stored.
         """
-        try:
-            return await self.store.call(self._db.claim_port, tunnel.client, tunnel.name, port)
-        except Claimed as e:
-            raise TunnelRefused(str(e)) from None
-
-    def _listen(self, tunnel: LiveTunnel, port: int) -> Any:
-        try:
-            listening = self.reactor.listenTCP(
-                port, PublicFactory(tunnel), backlog=listen_backlog(),
-                interface=self.config.effective_proxy_bind_addr(),
-            )
-            watch_accepts(listening, lambda: self._out_of_descriptors(tunnel))
-            return listening
-        except CannotListenError as e:
-            if is_fd_exhaustion(e):
-                self.log.error(
-                    "tunnel {client}/{tunnel}: cannot listen on port {port}: the server is {reason}",
-                    client=tunnel.client, tunnel=tunnel.name, port=port, reason=fd_exhaustion(),
-                )
-                raise TunnelRefused(f"port {port} cannot be opened: the server is {fd_exhaustion()}") from None
-            if getattr(e.socketError, "errno", None) == errno.EADDRINUSE:
-                raise TunnelRefused(f"port {port} is busy on the server") from None
-            raise TunnelRefused(f"port {port} cannot be opened on the server: {e.socketError}") from None
+        PortReservations(self, key, None).check_rules(address)
 
     def _out_of_descriptors(self, tunnel: LiveTunnel) -> None:
         count = self._fd_refusals(tunnel.key)
@@ -560,43 +520,6 @@ class ServerCore:
                 client=tunnel.client, tunnel=tunnel.name, count=count, interval=REFUSAL_REPORT_INTERVAL,
                 reason=fd_exhaustion(),
             )
-
-    async def _listen_anywhere(self, tunnel: LiveTunnel) -> Tuple[Any, bool]:
-        """
-        Listen on a free allowed port and claim it; return the listening
-        port and whether the claim is new.  A port another tunnel holds
-        (offline ones keep theirs) is skipped, as is one that will not bind.
-        """
-        if self.ports.unrestricted:
-            # The operating system picks; the pick may be a port an offline
-            # tunnel holds, so claim it and pick again if it is.
-            for _ in range(MAX_ATTEMPTS):
-                listening = self._listen(tunnel, 0)
-                port = listening.getHost().port
-                try:
-                    return listening, await self._claim_port(tunnel, port)
-                except TunnelRefused:
-                    listening.stopListening()
-            raise TunnelRefused(
-                f"no free port found in {MAX_ATTEMPTS} tries; ask the operator to set allowPorts to a range "
-                "that other tunnels have not reserved"
-            )
-        held = await self.store.call(self._db.reserved_ports)
-        for port in self.ports.candidates(held):
-            try:
-                fresh = await self._claim_port(tunnel, port)
-            except TunnelRefused:
-                continue  # claimed since we looked
-            try:
-                return self._listen(tunnel, port), fresh
-            except TunnelRefused:
-                if fresh:
-                    await self.store.call(self._db.release_port, tunnel.client, tunnel.name, port)
-                continue
-        raise TunnelRefused(
-            f"no free port left in allowPorts ({format_allow_ports(self.ports.ranges)}); "
-            "ask the operator to widen it"
-        )
 
     def close_tunnel(self, tunnel: LiveTunnel, reason: str, cut_connections: bool = False) -> Deferred:
         """
@@ -615,7 +538,7 @@ class ServerCore:
                 del self._closing[key]
             done.callback(None)
 
-        stopping = tunnel.listening_port.stopListening() if tunnel.listening_port else None
+        stopping = tunnel.exposure.close() if tunnel.exposure is not None else None
         (stopping if stopping is not None else succeed(None)).addBoth(stopped)
         if cut_connections:
             for stream in list(tunnel.streams):
@@ -697,31 +620,43 @@ class ServerCore:
             raise TunnelNotFound(f"client {client!r} has no tunnel named {name!r}")
         return record
 
+    def _stored_spec(self, record: TunnelRecord) -> Optional[ProxySpec]:
+        """The spec a stored tunnel was defined with, or None (logged) if this server cannot read it."""
+        try:
+            return parse_spec(record.spec or {})
+        except SpecError as e:
+            self.log.error("tunnel {client}/{tunnel}: its stored settings are not valid: {reason}",
+                           client=record.client, tunnel=record.name, reason=e)
+            return None
+
     def _push(self, record: TunnelRecord) -> None:
         """Send an enabled operator-defined tunnel to its client, if online; it opens it like its own."""
         session = self.sessions.get(record.client)
-        if session is not None and record.enabled:
+        spec = self._stored_spec(record)
+        if session is not None and record.enabled and spec is not None:
             session.removed_tunnels.discard(record.name)
-            session.offer_tunnel(record.name, record.local_addr, record.remote_port)
+            session.offer_tunnel(record.name, spec)
 
-    async def add_tunnel(self, client: str, name: str, local_addr: str, remote_port: int = 0) -> TunnelRecord:
-        """Define a tunnel for ``client`` (port 0: picked when it opens) and push it to the client."""
+    async def add_tunnel(self, client: str, name: str, spec: ProxySpec) -> TunnelRecord:
+        """Define a tunnel of any type for ``client`` and push it to the client."""
 
         async def add() -> TunnelRecord:
-            if remote_port:
-                self.check_port(remote_port)
+            requested = spec.requested
+            if requested is not None:
+                await self.check_address(requested, (client, name))
             record: TunnelRecord = await self.store.call(
-                self._db.add_server_tunnel, client, name, local_addr, remote_port
+                self._db.add_server_tunnel, client, name, spec.type, spec.local_description, spec.to_keys(), requested
             )
             self._push(record)
             return record
 
         return await self.locks.run(client, add)
 
-    async def edit_tunnel(
-        self, client: str, name: str, local_addr: Optional[str] = None, remote_port: Optional[int] = None
-    ) -> TunnelRecord:
-        """Change an operator-defined tunnel (port 0: any); it closes and is pushed again."""
+    async def edit_tunnel(self, client: str, name: str, changes: Dict[str, Any]) -> TunnelRecord:
+        """
+        Change some settings (frp's keys) of an operator-defined tunnel; it
+        closes and is pushed again.  SpecError if the result is not valid.
+        """
 
         async def edit() -> TunnelRecord:
             record = await self._stored(client, name)
@@ -729,15 +664,15 @@ class ServerCore:
                 raise TunnelConflict(
                     f"tunnel {name!r} is defined in client {client!r}'s own config; change it there"
                 )
-            changes: Dict[str, Any] = {}
-            if local_addr is not None:
-                changes["local_addr"] = local_addr
-            if remote_port is not None:
-                if remote_port:
-                    self.check_port(remote_port)
-                changes["remote_port"] = remote_port or None
+            spec = parse_spec({**(record.spec or {}), **changes})
+            requested = spec.requested
+            if requested is not None and requested != record.address:
+                await self.check_address(requested, (client, name))
+            fields: Dict[str, Any] = {"spec": spec.to_keys(), "local_addr": spec.local_description}
+            if requested is not None or "remotePort" in changes:
+                fields["address"] = requested  # None: the server picks a new one at the next open
             detail = ", ".join(f"{k}={v}" for k, v in changes.items())
-            await self.store.call(self._db.update_tunnel, client, name, TUNNEL_EDITED, detail, **changes)
+            await self.store.call(self._db.update_tunnel, client, name, TUNNEL_EDITED, detail, **fields)
             live = self.tunnels.get((client, name))
             if live is not None:
                 await self.close_tunnel(live, "changed by the operator", cut_connections=True)
@@ -825,9 +760,7 @@ class ServerCore:
             self._push(record)  # the client opens it with the settings we push
             return
         # A client-defined tunnel: open it as the client last asked, and say so.
-        tunnel = await self._open_or_refuse(
-            session, {"name": record.name, "localAddr": record.local_addr, "remotePort": record.remote_port}
-        )
+        tunnel = await self._open_or_refuse(session, {"name": record.name, "spec": record.spec})
         session.tunnel_up(tunnel)
 
     # -- sessions ------------------------------------------------------------

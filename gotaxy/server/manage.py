@@ -42,6 +42,7 @@ from gotaxy.events import (
 from gotaxy.jointoken import make_join_token
 from gotaxy.notify.managed import TargetError
 from gotaxy.names import NAME_RULE, InvalidName, check_name, shown
+from gotaxy.proxy import ProxySpec, PublicAddress, SpecError, parse_spec
 from gotaxy.server.core import (
     SHARED_PREFIX, ServerCore, TunnelConflict, TunnelNotFound, TunnelRefused, valid_client_name,
 )
@@ -116,6 +117,15 @@ def _unknown_client(client: str, known: Sequence[str], shown: int = 20) -> str:
     )
 
 
+def _spec_field(message: str) -> Optional[str]:
+    """The form field a spec's error is about (its message starts with the frp key), for the panel."""
+    if message.startswith(("'localIP'", "'localPort'")):
+        return "local_addr"
+    if message.startswith("'remotePort'"):
+        return "remote_port"
+    return None
+
+
 def _invalid(message: str, field: Optional[str]) -> ManagementError:
     return ManagementError("invalid", message, field)
 
@@ -160,7 +170,8 @@ class TunnelView:
     name: str
     type: str
     local_addr: str
-    remote_port: int
+    #: where the public reaches it (held while it is down), or None: not yet known
+    address: Optional[PublicAddress]
     status: str  #: up, down, disabled, refused
     #: why it is not up: the server's refusal, or (status "down" while its
     #: port is open) its local service not answering the client
@@ -176,6 +187,8 @@ class TunnelView:
     #: refused: in how many seconds (from this view) the client asks for it
     #: again, if it said (0: any moment now)
     retry_in: Optional[float] = None
+    #: what it is asked with: frp's keys (``type``, ``localIP``, ``remotePort``, ...)
+    spec: Optional[Dict[str, Any]] = None
 
 
 def status_text(view: TunnelView) -> str:
@@ -296,7 +309,7 @@ class Management:
             name=record.name,
             type=record.type,
             local_addr=live.local_addr if live is not None else record.local_addr,
-            remote_port=live.remote_port if live is not None else record.remote_port,
+            address=live.address if live is not None else record.address,
             status=status,
             reason=reason,
             source=record.source,
@@ -308,6 +321,7 @@ class Management:
             rate_in=live.rate_in if live is not None else 0.0,
             rate_out=live.rate_out if live is not None else 0.0,
             retry_in=retry_in,
+            spec=live.spec.to_keys() if live is not None else record.spec,
         )
 
     async def tunnels(self, client: Optional[str] = None) -> List[TunnelView]:
@@ -325,31 +339,50 @@ class Management:
         return record
 
     @staticmethod
-    def _parse_local(local_addr: str) -> str:
+    def _local_keys(local_addr: str) -> Dict[str, Any]:
+        """A ``HOST:PORT`` local address (the tcp form of the faces) as frp's keys."""
         try:
             host, port = parse_host_port(local_addr)
         except ConfigError as e:
-            raise _invalid(f"local address {local_addr!r}: {e}", "local_addr") from None
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ManagementError("invalid", f"local address {local_addr!r}: {e}", field="local_addr") from None
+        return {"localIP": host, "localPort": port}
 
     @staticmethod
-    def _check_port(port: int) -> None:
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-            raise _invalid("the public port must be an integer from 0 (server picks) to 65535", "remote_port")
+    def _port_keys(remote_port: Any) -> Dict[str, Any]:
+        if not isinstance(remote_port, int) or isinstance(remote_port, bool) or not 0 <= remote_port <= 65535:
+            raise ManagementError("invalid", "the public port must be an integer from 0 (server picks) to 65535",
+                                  field="remote_port")
+        return {"remotePort": remote_port}
+
+    @staticmethod
+    def _spec(keys: Dict[str, Any]) -> ProxySpec:
+        try:
+            return parse_spec(keys)
+        except SpecError as e:
+            raise ManagementError("invalid", str(e), field=_spec_field(str(e))) from None
 
     async def add_tunnel(self, client: str, name: str, local_addr: str, remote_port: int = 0) -> TunnelView:
-        """Define a tunnel for ``client``; it opens now if the client is online."""
+        """Define a tcp tunnel for ``client`` (``HOST:PORT``, public port or 0); see ``define_tunnel``."""
+        self._check_names(client, name)
+        keys = {"type": "tcp", **self._local_keys(local_addr), **self._port_keys(remote_port)}
+        return await self.define_tunnel(client, name, keys)
+
+    @staticmethod
+    def _check_names(client: str, name: str) -> None:
         if not valid_client_name(client):
             raise _invalid(f"a client name must be {NAME_RULE}, or {SHARED_PREFIX}NAME for a shared-token client "
                            f"(got {shown(client)})", "client")
         _check_name(name, "a tunnel name")
-        local = self._parse_local(local_addr)
+
+    async def define_tunnel(self, client: str, name: str, keys: Dict[str, Any]) -> TunnelView:
+        """Define a tunnel of any type (frp's keys) for ``client``; it opens now if the client is online."""
+        self._check_names(client, name)
+        spec = self._spec(keys)
         known = await self.known_clients()
         if client not in known:
             raise ManagementError("not_found", _unknown_client(client, known), field="client")
-        self._check_port(remote_port)
         with _tunnel_errors():
-            record = await self.core.add_tunnel(client, name, local, remote_port)
+            record = await self.core.add_tunnel(client, name, spec)
         return self._view(record, None)
 
     async def remove_tunnel(self, client: str, name: str) -> None:
@@ -373,13 +406,28 @@ class Management:
     async def edit_tunnel(
         self, client: str, name: str, local_addr: Optional[str] = None, remote_port: Optional[int] = None
     ) -> TunnelView:
-        local = self._parse_local(local_addr) if local_addr is not None else None
+        """Change a tcp tunnel's local address or public port; see ``change_tunnel``."""
+        changes: Dict[str, Any] = {}
+        if local_addr is not None:
+            changes.update(self._local_keys(local_addr))
         if remote_port is not None:
-            self._check_port(remote_port)
-        if local is None and remote_port is None:
+            changes.update(self._port_keys(remote_port))
+        if not changes:
             raise _invalid("nothing to change: give a local address or a public port", None)
+        return await self.change_tunnel(client, name, changes)
+
+    async def change_tunnel(self, client: str, name: str, changes: Dict[str, Any]) -> TunnelView:
+        """Change some of an operator-defined tunnel's settings (frp's keys); it reopens with them."""
+        return await self._change_tunnel(client, name, changes)
+
+    async def _change_tunnel(self, client: str, name: str, changes: Dict[str, Any]) -> TunnelView:
+        if not changes:
+            raise _invalid("nothing to change", None)
         with _tunnel_errors():
-            await self.core.edit_tunnel(client, name, local, remote_port)
+            try:
+                await self.core.edit_tunnel(client, name, changes)
+            except SpecError as e:
+                raise ManagementError("invalid", str(e), field=_spec_field(str(e))) from None
         return await self.tunnel(client, name)
 
     # -- tokens --------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Dict, Optional, Protocol,
 from twisted.internet.defer import DeferredLock
 
 if TYPE_CHECKING:
+    from gotaxy.proxy import ProxySpec
     from gotaxy.heartbeat import HeartbeatMonitor
     from gotaxy.server.tunnel import LiveTunnel
 
@@ -54,14 +55,14 @@ class ClientSession(Protocol):
     #: tunnel_open for one, sent before the client heard of the removal,
     #: must not bring it back.
     removed_tunnels: Set[str]
-    #: Operator-defined tunnels sent to the client (name -> localAddr) that
+    #: Operator-defined tunnels sent to the client (name -> local description) that
     #: it has not declined: only those may be declined.
     offered: Dict[str, str]
     #: Refused tunnel -> when (reactor time) the client asks for it again.
     retry_at: Dict[str, float]
     heartbeat: Optional["HeartbeatMonitor"]
 
-    def offer_tunnel(self, name: str, local_addr: str, remote_port: int) -> None:
+    def offer_tunnel(self, name: str, spec: "ProxySpec") -> None:
         """Send the client an operator-defined tunnel; it opens or declines it."""
 
     def withdraw_tunnel(self, name: str) -> None:

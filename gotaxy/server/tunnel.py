@@ -1,9 +1,15 @@
 # -*- test-case-name: tests.test_server_tunnel -*-
 """
-A tunnel's public side: the listening port and the connections users open
-to it.  Each accepted connection becomes a stream on the owning client's
-control connection (``MuxProtocol.open_stream``) and is spliced to it by
-``StreamRelay``.
+A tunnel's public side: the connections users open to its public address
+(the proxy type's listener, see ``gotaxy.proxy``).  Each accepted connection
+becomes a stream on the owning client's control connection
+(``MuxProtocol.open_stream``) and is spliced to it by ``StreamRelay``.
+
+A connection opens its stream as soon as it is made (``TCP``), or, for a
+front that must read before it knows where a connection goes (the Host
+header, the TLS SNI), when the front calls ``open_stream(preface)``: the
+bytes already read are then sent first, once, and the stream is spliced
+to the socket from there on, so the data path is the same in both cases.
 
 Two limits keep one tunnel from starving the client's others:
 
@@ -34,6 +40,8 @@ from gotaxy.server.traffic import Reading, TrafficMeter
 from gotaxy.wire import CLOSE_ERROR_PREFIX
 
 if TYPE_CHECKING:
+    from gotaxy.proxy.address import PublicAddress
+    from gotaxy.proxy.base import Exposure, ProxySpec
     from gotaxy.server.control import ServerControlProtocol
 
 #: At most one report (log line, message to the client) of refused public
@@ -47,17 +55,18 @@ MAX_SHOWN_REASON = 200
 
 @attrs.define(eq=False)
 class LiveTunnel:
-    """A tunnel that is up: its port is listening on the server."""
+    """A tunnel that is up: its public address is served by the server."""
 
     client: str
     name: str
-    type: str
-    local_addr: str
-    remote_port: int
+    #: what it was asked with (its proxy type's spec)
+    spec: "ProxySpec"
     session: "ServerControlProtocol"
-    listening_port: Any = None
+    #: where the public reaches it, once its proxy type has exposed it
+    address: Optional["PublicAddress"] = None
+    #: how to stop serving it (from ``ProxyType.expose``)
+    exposure: Optional["Exposure"] = None
     source: str = "client"  #: "client" (its own config) or "server" (an operator)
-    requested_port: int = 0  #: what the client asked for (0: any)
     #: open public connections: their stream -> the connection
     streams: Dict[Any, "PublicConnection"] = attrs.Factory(dict)
     #: the (client, name) meter, which outlives this tunnel (``gotaxy.server.traffic``);
@@ -105,6 +114,15 @@ class LiveTunnel:
         return self.meter.rate_out
 
     @property
+    def type(self) -> str:
+        return self.spec.type
+
+    @property
+    def local_addr(self) -> str:
+        """Where the client's side leads, for people (``127.0.0.1:22``)."""
+        return self.spec.local_description
+
+    @property
     def connections(self) -> int:
         """Public connections open now."""
         return len(self.streams)
@@ -132,16 +150,32 @@ class LiveTunnel:
 
 
 class PublicConnection(StreamRelay):
+    """
+    One public connection to a tunnel.  With ``tunnel`` given it opens its
+    stream when made; a front that routes by what it reads first makes it
+    with ``tunnel=None``, reads, and then calls ``open_stream``.
+    """
+
     log = Logger(observer=gotaxy_observer)
 
-    def __init__(self, tunnel: LiveTunnel) -> None:
+    def __init__(self, tunnel: Optional[LiveTunnel]) -> None:
         super().__init__()
-        self.tunnel = tunnel
+        self.tunnel: Optional[LiveTunnel] = tunnel
         self.idle_closing = False
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
-        tunnel = self.tunnel
+        if self.tunnel is not None:
+            self.open_stream(self.tunnel)
+
+    def open_stream(self, tunnel: LiveTunnel, preface: bytes = b"") -> bool:
+        """
+        Open the stream to ``tunnel``'s client and splice this connection
+        to it; ``preface`` (bytes a front read to route the connection) goes
+        first.  False (and the connection closed) if the client cannot take
+        another stream.
+        """
+        self.tunnel = tunnel
         session = tunnel.session
         peer = self.transport.getPeer()
         stream = session.open_stream(tunnel.name, f"{peer.host}:{peer.port}")
@@ -149,13 +183,17 @@ class PublicConnection(StreamRelay):
             tunnel.meter.refuse()
             self._report_refusal(session.stream_refusal(tunnel.name) or "the client cannot take it")
             self.transport.loseConnection()
-            return
+            return False
         tunnel.meter.open(stream)
         tunnel.streams[stream] = self
+        if preface:
+            stream.write(preface)
         self.connect_stream(stream)
+        return True
 
     def _report_refusal(self, reason: str) -> None:
         tunnel = self.tunnel
+        assert tunnel is not None
         count = tunnel.session.core.refusals(tunnel.key)
         if count is None:
             return  # reported less than an interval ago
@@ -184,9 +222,9 @@ class PublicConnection(StreamRelay):
     def connectionLost(self, reason: Any = None) -> None:
         stream = self.stream
         super().connectionLost(reason)
-        if stream is None:
-            return
         tunnel = self.tunnel
+        if stream is None or tunnel is None:
+            return
         tunnel.streams.pop(stream, None)
         tunnel._activity.pop(stream, None)
         tunnel.meter.close(stream)

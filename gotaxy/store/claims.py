@@ -50,12 +50,13 @@ what a proxy type's ``expose()`` is handed to claim its public address.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Collection, Dict, Optional, Set, Tuple
 
 import attrs
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
 
+from gotaxy.proxy.address import address_or_none
 from gotaxy.store.schema import CLAIMS
 
 #: Kinds of claim.
@@ -68,6 +69,8 @@ API_TOKEN = "api_token"
 ADMIN = "admin"
 KINDS = (PORT, UDP_PORT, DOMAIN, TUNNEL, TOKEN, API_TOKEN, ADMIN)
 PORT_KINDS = (PORT, UDP_PORT)
+#: The kinds a tunnel's public address is claimed under (``PublicAddress.claim_keys``).
+ADDRESS_KINDS = (PORT, UDP_PORT, DOMAIN)
 
 #: Kinds of owner.
 OWNER_TUNNEL = "tunnel"
@@ -195,13 +198,13 @@ def release(db: Any, kind: str, key: str, owner: Optional[Owner] = None) -> bool
 
 
 def release_owner(db: Any, owner: Owner, kinds: Optional[Tuple[str, ...]] = None,
-                  keep: Optional[Tuple[str, str]] = None) -> int:
-    """Give back every claim ``owner`` holds (of ``kinds``), except ``keep`` (kind, key); return how many."""
+                  keep: Collection[Tuple[str, str]] = ()) -> int:
+    """Give back every claim ``owner`` holds (of ``kinds``), except those in ``keep`` (kind, key); return how many."""
     released = 0
     for row in list(db[TABLE].find(owner_kind=owner.kind, owner_client=owner.client, owner_name=owner.name)):
         if kinds is not None and row["kind"] not in kinds:
             continue
-        if keep is not None and (row["kind"], row["key"]) == keep:
+        if (row["kind"], row["key"]) in keep:
             continue
         db[TABLE].delete(id=row["id"])
         released += 1
@@ -240,8 +243,8 @@ def migrate_existing(db: Any, now: float) -> int:
         for row in list(db["tunnels"].find(order_by="id")):
             owner = Owner.tunnel(row["client"], row["name"])
             add(TUNNEL, tunnel_key(row["client"], row["name"]), owner)
-            if row.get("remote_port"):
-                add(PORT, str(row["remote_port"]), owner)
+            for kind, key in stored_address_keys(row):
+                add(kind, key, owner)
     if "tokens" in db:
         for row in list(db["tokens"].find(revoked_at=None, order_by="id")):
             add(TOKEN, row["name"], Owner.token(row["name"]))
@@ -252,6 +255,20 @@ def migrate_existing(db: Any, now: float) -> int:
         for row in list(db["admins"].find(order_by="id")):
             add(ADMIN, row["username"], Owner.operator(row["username"]))
     return made
+
+
+def stored_address_keys(row: Dict[str, Any]) -> Tuple[Tuple[str, str], ...]:
+    """
+    The claim keys of a stored tunnel's public address: its ``address``
+    (``tcp:16000``) since proxy types, else the ``remote_port`` of a
+    database from before them.
+    """
+    address = address_or_none(row.get("address"))
+    if address is not None:
+        return address.claim_keys if address.port or address.hosts else ()
+    if row.get("remote_port"):
+        return ((PORT, str(int(row["remote_port"]))),)
+    return ()
 
 
 class Claims:

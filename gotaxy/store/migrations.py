@@ -34,6 +34,7 @@ recorded when it retries, goes on.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -145,14 +146,14 @@ def _claims(connection: Connection) -> None:
     inspector = inspect(connection)
     wanted: List[Tuple[str, str, claims.Owner]] = []
     if inspector.has_table("tunnels"):
-        tunnels = table_of("tunnels", metadata)
-        for row in connection.execute(
-            select(tunnels.c.client, tunnels.c.name, tunnels.c.remote_port).order_by(tunnels.c.id)
-        ):
-            owner = claims.Owner.tunnel(row.client, row.name)
-            wanted.append((claims.TUNNEL, claims.tunnel_key(row.client, row.name), owner))
-            if row.remote_port:
-                wanted.append((claims.PORT, str(row.remote_port), owner))
+        # A 0.1.0 database has remote_port (migration 5 turns it into
+        # address); a tunnel's address, where it has one, is its claim.
+        tunnels = Table("tunnels", MetaData(), autoload_with=connection)
+        for row in connection.execute(select(tunnels).order_by(tunnels.c.id)).mappings():
+            owner = claims.Owner.tunnel(row["client"], row["name"])
+            wanted.append((claims.TUNNEL, claims.tunnel_key(row["client"], row["name"]), owner))
+            for kind, key in claims.stored_address_keys(dict(row)):
+                wanted.append((kind, key, owner))
     if inspector.has_table("tokens"):
         tokens = table_of("tokens", metadata)
         for row in connection.execute(
@@ -178,6 +179,36 @@ def _claims(connection: Connection) -> None:
         ))
 
 
+def _move_ports(connection: Connection) -> None:
+    """
+    Before proxy types a tunnel's public port was ``tunnels.remote_port`` and
+    an operator's tunnel was ``local_addr`` plus that port: give those rows
+    their ``address`` (``tcp:PORT``) and ``spec`` (frp's keys), so that they
+    keep their ports and settings.  Rows that have an address are left alone.
+    """
+    ensure("tunnels")(connection)
+    if "remote_port" not in {c["name"] for c in inspect(connection).get_columns("tunnels")}:
+        return
+    metadata = MetaData()
+    tunnels = Table("tunnels", metadata, autoload_with=connection)
+    rows = connection.execute(
+        select(tunnels.c.id, tunnels.c.remote_port, tunnels.c.local_addr, tunnels.c.source, tunnels.c.spec)
+        .where(tunnels.c.address.is_(None))
+    ).fetchall()
+    for row_id, port, local_addr, source, spec in rows:
+        changes: dict = {}
+        if port:
+            changes["address"] = f"tcp:{int(port)}"
+        host, _, local_port = (local_addr or "").rpartition(":")
+        if spec is None and host and local_port.isdigit():
+            changes["spec"] = json.dumps({
+                "type": "tcp", "localIP": host.strip("[]"), "localPort": int(local_port),
+                "remotePort": int(port or 0) if source == "server" else 0,
+            })
+        if changes:
+            connection.execute(tunnels.update().where(tunnels.c.id == row_id).values(**changes))
+
+
 MIGRATIONS: Tuple[Migration, ...] = (
     Migration(1, "the tables of Gotaxy 0.1.0, with any column or index an older database lacks", _release_0_1),
     Migration(
@@ -193,6 +224,12 @@ MIGRATIONS: Tuple[Migration, ...] = (
         "claims: one row per port, name and account, UNIQUE(kind, key), made from the reservations the database "
         "holds; failed log-ins and lock-outs shared by every server process",
         _claims,
+    ),
+    Migration(
+        5,
+        "proxy types: a tunnel's public address (tunnels.address, 'tcp:PORT') and settings (tunnels.spec) "
+        "instead of remote_port",
+        _move_ports,
     ),
 )
 

@@ -87,7 +87,11 @@ TABLES: Dict[str, TableSpec] = {
             ("name", String(64)),
             ("type", String(16)),
             ("local_addr", String(128)),
-            ("remote_port", Integer),
+            # The public address it holds (PublicAddress.text: "tcp:6000");
+            # before proxy types, the port was in remote_port (moved at open
+            # by Store._move_ports).
+            ("address", String(4200)),
+            ("spec", TEXT),  # frp's keys, JSON
             ("status", String(16)),
             ("reason", TEXT),
             ("updated_at", Float),
@@ -95,7 +99,7 @@ TABLES: Dict[str, TableSpec] = {
             ("enabled", Boolean),
             ("node", String(64)),  # the server process that last opened it
         ),
-        indexes=(("client", "name"), ("remote_port",), ("node",)),
+        indexes=(("client", "name"), ("address",), ("node",)),
     ),
     "events": TableSpec(
         columns=(

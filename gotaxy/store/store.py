@@ -17,6 +17,7 @@ given, so tests can steer expiry.
 from __future__ import annotations
 
 import threading
+import json
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
 
@@ -34,6 +35,7 @@ from gotaxy.store import claims
 from gotaxy.store.claims import Claimed, Owner, tunnel_key
 from gotaxy.credentials import hash_password, new_token, token_hash, tokens_equal, verify_password
 from gotaxy.names import NAME_RULE, is_valid_name, shown
+from gotaxy.proxy.address import PublicAddress, address_or_none
 from gotaxy.store.migrations import SchemaError, migrate, schema_version
 from gotaxy.store.schema import HISTORY_SESSIONS, NODES
 
@@ -108,13 +110,17 @@ class TunnelRecord:
     client: str
     name: str
     type: str
+    #: where the client's side leads, for people (the spec's local description)
     local_addr: str
-    remote_port: int
+    #: the public address the tunnel holds (kept while it is down), if any
+    address: Optional[PublicAddress]
     status: str
     reason: Optional[str] = None
     updated_at: Optional[float] = None
     source: str = SOURCE_CLIENT
     enabled: bool = True
+    #: the spec it was last opened (or, for an operator's, defined) with: frp's keys
+    spec: Optional[Dict[str, Any]] = None
 
 
 #: A row of the events table is an ``Event`` with its ``id`` and ``node``.
@@ -476,72 +482,108 @@ class Store:
 
     # -- tunnels and their ports ---------------------------------------------
 
+    def address_owner(self, address: PublicAddress) -> Optional[Tuple[str, str]]:
+        """The (client, tunnel) that holds ``address``'s claim, if any."""
+        for kind, key in address.claim_keys:
+            owner = self.claim_holder(kind, key)
+            if owner is not None:
+                return (owner.client or "", owner.name)
+        return None
+
     def port_owner(self, port: int) -> Optional[Tuple[str, str]]:
-        """The (client, tunnel) that holds ``port``'s claim, or None."""
-        owner = self.claim_holder(claims.PORT, str(port))
-        return (owner.client or "", owner.name) if owner is not None else None
+        """The (client, tunnel) that holds TCP ``port``'s claim, or None."""
+        return self.address_owner(PublicAddress.tcp(port))
+
+    def held_ports(self, scheme: str) -> Set[int]:
+        """The ports of ``scheme`` (``tcp``, ``udp``) that tunnels hold a claim on."""
+        return {int(key) for key in self.claimed_keys(f"{scheme}-port")}
 
     def reserved_ports(self) -> Set[int]:
-        return {int(key) for key in self.claimed_keys(claims.PORT)}
+        """The TCP ports that tunnels hold a claim on."""
+        return self.held_ports("tcp")
 
     def claim_port(self, client: str, name: str, port: int) -> bool:
         """
         Claim ``port`` for the tunnel (True: now; False: it held it already);
         raises ``Claimed`` naming the tunnel that holds it.
         """
-        return self.claim(claims.PORT, str(port), Owner.tunnel(client, name))
+        return self.claim_address(client, name, PublicAddress.tcp(port))
 
     def release_port(self, client: str, name: str, port: int) -> bool:
-        return self.release(claims.PORT, str(port), Owner.tunnel(client, name))
+        return self.release_address(client, name, PublicAddress.tcp(port))
+
+    def claim_address(self, client: str, name: str, address: PublicAddress) -> bool:
+        """
+        Claim every key of ``address`` (its port, its host names) for the
+        tunnel, each one INSERT (True: a key was claimed now; False: it held
+        them all already); raises ``Claimed`` naming the holder, having given
+        back what it claimed here.
+        """
+        owner = Owner.tunnel(client, name)
+        fresh = []
+        try:
+            for kind, key in address.claim_keys:
+                if self.claim(kind, key, owner):
+                    fresh.append((kind, key))
+        except Claimed:
+            for kind, key in fresh:
+                self.release(kind, key, owner)
+            raise
+        return bool(fresh)
+
+    def release_address(self, client: str, name: str, address: PublicAddress) -> bool:
+        owner = Owner.tunnel(client, name)
+        released = [self.release(kind, key, owner) for kind, key in address.claim_keys]
+        return any(released)
+
+    def _keep_only_address(self, client: str, name: str, address: Optional[PublicAddress]) -> None:
+        """Give back the tunnel's claims on public addresses other than ``address``."""
+        keep = set(address.claim_keys) if address is not None else set()
+        claims.release_owner(self.db, Owner.tunnel(client, name), claims.ADDRESS_KINDS, keep=keep)
 
     def _claim_tunnel_name(self, client: str, name: str) -> bool:
         return self.claim(claims.TUNNEL, tunnel_key(client, name), Owner.tunnel(client, name))
 
-    def tunnel_up(self, client: str, name: str, type_: str, local_addr: str, port: int) -> None:
+    def tunnel_up(self, client: str, name: str, type_: str, local_addr: str, address: PublicAddress,
+                  spec: Dict[str, Any]) -> None:
         """
-        Record the tunnel as up on ``port``; the port stays reserved for it
-        (claimed, if the caller has not claimed it already), and a port it
-        held before is given back.
+        Record the tunnel as up at ``address``; the address stays reserved
+        for it (claimed, if the caller has not claimed it already), and an
+        address it held before is given back.
         """
         now = self._clock()
-        owner = Owner.tunnel(client, name)
-        self.claim_port(client, name, port)
+        self.claim_address(client, name, address)
         self._claim_tunnel_name(client, name)
-        self.db["tunnels"].upsert(
-            dict(
-                client=client,
-                name=name,
-                type=type_,
-                local_addr=local_addr,
-                remote_port=port,
-                status="up",
-                reason=None,
-                updated_at=now,
-                node=self.node,
-            ),
-            ["client", "name"],
-        )
-        claims.release_owner(self.db, owner, (claims.PORT,), keep=(claims.PORT, str(port)))
-        self.record_event(TUNNEL_OPENED, client=client, tunnel=name, detail=f"port {port} -> {local_addr}")
+        row = dict(client=client, name=name, type=type_, local_addr=local_addr, address=address.text,
+                   status="up", reason=None, updated_at=now, node=self.node)
+        existing = self.db["tunnels"].find_one(client=client, name=name)
+        if existing is None or existing.get("source") != SOURCE_SERVER:
+            row["spec"] = json.dumps(spec)  # an operator's tunnel keeps the spec the operator gave
+        self.db["tunnels"].upsert(row, ["client", "name"])
+        self._keep_only_address(client, name, address)
+        self.record_event(TUNNEL_OPENED, client=client, tunnel=name, detail=f"{address.description} -> {local_addr}")
 
     def tunnel_down(self, client: str, name: str, status: str, reason: str, event: str,
-                    local_addr: Optional[str] = None) -> None:
+                    asked: Optional[Tuple[str, str, Dict[str, Any]]] = None) -> None:
         """
-        Record why a tunnel is not up.  With ``local_addr``, a tunnel the
-        store does not know yet (refused at its first open) is added, so the
-        panel and console list it with the reason; at most
-        ``MAX_TUNNEL_ROWS_PER_CLIENT`` per client, and it reserves no port.
+        Record why a tunnel is not up.  With ``asked`` (its type, local
+        description and spec), a tunnel the store does not know yet (refused
+        at its first open) is added, so the panel and console list it with
+        the reason; at most ``MAX_TUNNEL_ROWS_PER_CLIENT`` per client, and it
+        reserves no address.
         """
         now = self._clock()
         if self.db["tunnels"].find_one(client=client, name=name):
             self.db["tunnels"].update(
                 dict(client=client, name=name, status=status, reason=reason, updated_at=now), ["client", "name"]
             )
-        elif local_addr is not None and self.db["tunnels"].count(client=client) < MAX_TUNNEL_ROWS_PER_CLIENT:
+        elif asked is not None and self.db["tunnels"].count(client=client) < MAX_TUNNEL_ROWS_PER_CLIENT:
+            type_, local_addr, spec = asked
             row = dict(client=client, name=name, status=status, reason=reason, updated_at=now)
             if self._claim_tunnel_name(client, name):
                 self.db["tunnels"].insert(
-                    dict(row, type="tcp", local_addr=local_addr, remote_port=None, source=SOURCE_CLIENT, enabled=True)
+                    dict(row, type=type_, local_addr=local_addr, address=None, spec=json.dumps(spec),
+                         source=SOURCE_CLIENT, enabled=True)
                 )
             else:  # another server process added it a moment ago
                 self.db["tunnels"].update(row, ["client", "name"])
@@ -555,20 +597,21 @@ class Store:
         row = self.db["tunnels"].find_one(client=client, name=name)
         return _tunnel(row) if row else None
 
-    def add_server_tunnel(self, client: str, name: str, local_addr: str, port: int) -> TunnelRecord:
+    def add_server_tunnel(self, client: str, name: str, type_: str, local_addr: str, spec: Dict[str, Any],
+                          address: Optional[PublicAddress]) -> TunnelRecord:
         """
-        Record a tunnel an operator defined for ``client`` (port 0: pick on
-        open).  Its name and port are claimed; refused with ``StoreError``
-        if the client has a tunnel of that name, ``Claimed`` if another
-        tunnel holds the port.
+        Record a tunnel an operator defined for ``client`` (``address``
+        None: pick on open).  Its name and address are claimed; refused with
+        ``StoreError`` if the client has a tunnel of that name, ``Claimed``
+        if another tunnel holds the address.
         """
         owner = Owner.tunnel(client, name)
         key = tunnel_key(client, name)
         if not self.claim(claims.TUNNEL, key, owner):
             raise StoreError(str(Claimed(claims.TUNNEL, key, owner)))
         try:
-            if port:
-                self.claim_port(client, name, port)
+            if address is not None:
+                self.claim_address(client, name, address)
         except Claimed:
             self.release(claims.TUNNEL, key, owner)
             raise
@@ -576,9 +619,10 @@ class Store:
         row = dict(
             client=client,
             name=name,
-            type="tcp",
+            type=type_,
             local_addr=local_addr,
-            remote_port=port or None,
+            address=address.text if address is not None else None,
+            spec=json.dumps(spec),
             status="down",
             reason="not opened yet",
             updated_at=now,
@@ -590,24 +634,27 @@ class Store:
         except BaseException:
             claims.release_owner(self.db, owner)
             raise
-        self.record_event(TUNNEL_ADDED, client=client, tunnel=name, detail=f"port {port or 'auto'} -> {local_addr}")
+        shown_address = address.description if address is not None else "address picked by the server"
+        self.record_event(TUNNEL_ADDED, client=client, tunnel=name, detail=f"{shown_address} -> {local_addr}")
         return _tunnel(row)
 
     def update_tunnel(self, client: str, name: str, event: str, detail: Optional[str] = None, **fields: Any) -> None:
         """
-        Change a tunnel's stored settings (local_addr, remote_port, enabled).
-        A new remote_port is claimed first (``Claimed`` if it is held) and
-        the old one given back; None gives the port back.
+        Change a tunnel's stored settings (local_addr, address, spec,
+        enabled).  A new address is claimed first (``Claimed`` if it is
+        held) and the old one given back; None gives the address back.
         """
-        allowed = {"local_addr", "remote_port", "enabled"}
+        allowed = {"local_addr", "address", "spec", "enabled"}
         if not set(fields) <= allowed:
             raise ValueError(f"cannot update {set(fields) - allowed}")
-        if "remote_port" in fields:
-            port = fields["remote_port"]
-            if port:
-                self.claim_port(client, name, port)  # Claimed if another tunnel holds it
-            keep = (claims.PORT, str(port)) if port else None
-            claims.release_owner(self.db, Owner.tunnel(client, name), (claims.PORT,), keep=keep)
+        if "address" in fields:
+            address = fields["address"]
+            if address is not None:
+                self.claim_address(client, name, address)  # Claimed if another tunnel holds it
+            self._keep_only_address(client, name, address)
+            fields["address"] = address.text if address is not None else None
+        if "spec" in fields:
+            fields["spec"] = json.dumps(fields["spec"])
         self.db["tunnels"].update(dict(client=client, name=name, updated_at=self._clock(), **fields), ["client", "name"])
         self.record_event(event, client=client, tunnel=name, detail=detail)
 
@@ -786,12 +833,13 @@ def _tunnel(row: Dict[str, Any]) -> TunnelRecord:
         name=row["name"],
         type=row.get("type") or "tcp",
         local_addr=row.get("local_addr") or "",
-        remote_port=row.get("remote_port") or 0,
+        address=address_or_none(row.get("address")),
         status=row.get("status") or "down",
         reason=row.get("reason"),
         updated_at=row.get("updated_at"),
         source=row.get("source") or SOURCE_CLIENT,
         enabled=row.get("enabled") is not False,
+        spec=_spec(row.get("spec")),
     )
 
 
@@ -807,6 +855,16 @@ def _event(row: Dict[str, Any]) -> Event:
         count=row.get("count") or 1,
         node=row.get("node"),
     )
+
+
+def _spec(text: Optional[str]) -> Optional[Dict[str, Any]]:
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+    except ValueError:
+        return None
+    return spec if isinstance(spec, dict) else None
 
 
 def _token(row: Dict[str, Any]) -> TokenRecord:

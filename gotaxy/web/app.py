@@ -292,6 +292,14 @@ class Panel:
         return value
 
     @staticmethod
+    def _spec(body: Dict[str, Any]) -> Dict[str, Any]:
+        spec = body["spec"]
+        if not isinstance(spec, dict) or len(spec) > 64:
+            raise HTTPError("invalid", "'spec' must be an object of frp's tunnel keys, such as "
+                                       '{"type": "tcp", "localPort": 22}', "spec")
+        return spec
+
+    @staticmethod
     def _integer(body: Dict[str, Any], key: str) -> Optional[int]:
         value = body.get(key)
         if value is None:
@@ -512,12 +520,14 @@ class Panel:
     @_api()
     async def add_tunnel(self, request: Any, caller: Caller) -> Dict[str, Any]:
         body = self._body(request)
-        view = await self.management.add_tunnel(
-            self._string(body, "client", limit=NAME_LIMIT),
-            self._string(body, "name", limit=NAME_LIMIT),
-            self._string(body, "local_addr", limit=300),
-            self._integer(body, "remote_port") or 0,
-        )
+        client = self._string(body, "client", limit=NAME_LIMIT)
+        name = self._string(body, "name", limit=NAME_LIMIT)
+        if "spec" in body:  # any proxy type, in frp's keys
+            view = await self.management.define_tunnel(client, name, self._spec(body))
+        else:  # the tcp form
+            view = await self.management.add_tunnel(
+                client, name, self._string(body, "local_addr", limit=300), self._integer(body, "remote_port") or 0,
+            )
         request.setResponseCode(201)
         return attrs.asdict(view)
 
@@ -530,9 +540,12 @@ class Panel:
     @_api()
     async def edit_tunnel(self, request: Any, caller: Caller, client: str, name: str) -> Dict[str, Any]:
         body = self._body(request)
-        view = await self.management.edit_tunnel(
-            client, name, self._optional(body, "local_addr", limit=300), self._integer(body, "remote_port")
-        )
+        if "spec" in body:
+            view = await self.management.change_tunnel(client, name, self._spec(body))
+        else:
+            view = await self.management.edit_tunnel(
+                client, name, self._optional(body, "local_addr", limit=300), self._integer(body, "remote_port")
+            )
         return attrs.asdict(view)
 
     @app.route(f"{API_PREFIX}/tunnels/<client>/<name>", methods=["DELETE"])

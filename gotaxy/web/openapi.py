@@ -121,7 +121,9 @@ SCHEMAS: Dict[str, Any] = {
             "name": {"type": "string"},
             "type": {"type": "string"},
             "local_addr": {"type": "string"},
-            "remote_port": {"type": "integer"},
+            "address": {"oneOf": [_ref("PublicAddress"), {"type": "null"}],
+                        "description": "where the public reaches it (kept while it is down); null: not known yet"},
+            "spec": {"oneOf": [_ref("TunnelSpec"), {"type": "null"}]},
             "status": {"type": "string", "description": "up, down, disabled, or refused (an error; see reason); "
                        "down while the port is open: the local service does not answer the client"},
             "reason": _STRING_OR_NULL,
@@ -137,17 +139,35 @@ SCHEMAS: Dict[str, Any] = {
             "rate_out": {"type": "number"},
         }
     ),
+    "PublicAddress": _object(
+        {
+            "scheme": {"type": "string", "description": "tcp, udp, http or https: the namespace of the address"},
+            "port": {"type": "integer", "minimum": 0, "maximum": 65535,
+                     "description": "the public port (for host names, the shared port, 0: the default one)"},
+            "hosts": {"type": "array", "items": {"type": "string"}, "description": "host names (http, https)"},
+            "description": {"type": "string", "description": "how to show it: 'port 16000', 'http://wiki.example.com'"},
+        }
+    ),
+    "TunnelSpec": {
+        "type": "object",
+        "description": "a tunnel's settings in frp's keys: type (tcp when absent) and that type's keys, e.g. "
+                       "localIP, localPort and remotePort (0: the server picks) for tcp",
+        "properties": {"type": {"type": "string"}},
+        "additionalProperties": True,
+    },
     "TunnelCreate": _object(
         {
             "client": {"type": "string"},
             "name": {"type": "string"},
-            "local_addr": {"type": "string", "description": "host:port on the client's side"},
-            "remote_port": {"type": "integer", "minimum": 0, "maximum": 65535, "description": "0: the server picks"},
+            "local_addr": {"type": "string", "description": "tcp: host:port on the client's side"},
+            "remote_port": {"type": "integer", "minimum": 0, "maximum": 65535, "description": "tcp: 0, the server picks"},
+            "spec": {**_ref("TunnelSpec"), "description": "any type, instead of local_addr and remote_port"},
         },
-        ["client", "name", "local_addr"],
+        ["client", "name"],
     ),
     "TunnelEdit": _object(
-        {"local_addr": {"type": "string"}, "remote_port": {"type": "integer", "minimum": 0, "maximum": 65535}}, []
+        {"local_addr": {"type": "string"}, "remote_port": {"type": "integer", "minimum": 0, "maximum": 65535},
+         "spec": {**_ref("TunnelSpec"), "description": "the keys to change (frp's names)"}}, []
     ),
     "Token": _object(
         {

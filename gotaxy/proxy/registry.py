@@ -1,0 +1,62 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The proxy types this installation knows, by name.
+
+``register`` adds one (``gotaxy.proxy`` registers the built-in ones);
+everything that needs a type looks it up here, so a new type is one module
+plus one ``register`` call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterator, Mapping, Optional
+
+from gotaxy.proxy.base import ProxySpec, ProxyType, SpecError
+
+
+class UnknownType(SpecError):
+    """The spec names a type this installation does not have (a newer peer's, say)."""
+
+_TYPES: Dict[str, ProxyType] = {}
+
+
+def register(proxy_type: ProxyType) -> ProxyType:
+    """Make ``proxy_type`` known under its name (replacing one of that name)."""
+    _TYPES[proxy_type.name] = proxy_type
+    return proxy_type
+
+
+def unregister(name: str) -> None:
+    """Forget a type (for tests that register one of their own)."""
+    _TYPES.pop(name, None)
+
+
+def get(name: str) -> Optional[ProxyType]:
+    return _TYPES.get(name)
+
+
+def names() -> tuple:
+    return tuple(_TYPES)
+
+
+def types() -> Iterator[ProxyType]:
+    return iter(list(_TYPES.values()))
+
+
+def parse_spec(keys: Mapping[str, Any]) -> ProxySpec:
+    """A spec from frp's keys, by its ``type`` (``tcp`` when absent); SpecError if it is not valid."""
+    if not isinstance(keys, Mapping):
+        raise SpecError("a tunnel's settings must be an object of frp keys")
+    kind = keys.get("type", "tcp")
+    proxy_type = _TYPES.get(kind) if isinstance(kind, str) else None
+    if proxy_type is None:
+        known = ", ".join(f"'{n}'" for n in _TYPES)
+        raise UnknownType(f"tunnel type {str(kind)[:32]!r} is not supported by this version of Gotaxy (only {known})")
+    return proxy_type.parse(keys)
+
+
+def type_of(spec: ProxySpec) -> ProxyType:
+    proxy_type = _TYPES.get(spec.type)
+    if proxy_type is None:
+        raise SpecError(f"tunnel type {spec.type!r} is not registered")
+    return proxy_type

@@ -1,0 +1,216 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+``type = "tcp"``: one public TCP port per tunnel, each public connection a
+stream to ``localIP:localPort`` on the client.
+
+frp's keys and meanings: ``localIP`` (default 127.0.0.1), ``localPort``,
+``remotePort`` (0: the server picks, from ``allowPorts``, and the tunnel
+keeps that port across reconnects and restarts; see ``gotaxy.ports`` for
+the rules).  No front: each tunnel listens on its own port, and a public
+connection opens its stream at once (no preface).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import re
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
+
+import attrs
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import ClientFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gotaxy.logs import gotaxy_observer
+from gotaxy.mux import Stream
+from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
+from gotaxy.proxy.address import PublicAddress
+from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
+from gotaxy.relay import StreamRelay
+from gotaxy.server.tunnel import LiveTunnel, PublicFactory
+
+#: Seconds to wait for a local service to accept a connection.
+LOCAL_CONNECT_TIMEOUT = 10.0
+
+#: Longest ``localIP`` (a host name or an IP address).
+MAX_LOCAL_HOST = 128
+
+#: Ports tried for ``remotePort = 0`` when the operating system picks one
+#: another tunnel holds (reserved while its client is offline).
+MAX_PICK_ATTEMPTS = 8
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
+
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _local_ip(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, str) or not value or len(value) > MAX_LOCAL_HOST:
+        raise SpecError(f"'localIP' must be a host name or an IP address of at most {MAX_LOCAL_HOST} characters")
+    if not (_is_ip(value) or _HOST_NAME.fullmatch(value)):
+        raise SpecError(f"'localIP' must be a host name or an IP address (without brackets), got {value[:64]!r}")
+
+
+def _port(key: str, low: int, what: str = "") -> Callable[[Any, Any, Any], None]:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if type(value) is not int or not low <= value <= 65535:  # bool is an int subclass: refused
+            raise SpecError(f"'{key}' must be an integer from {low} to 65535{what}")
+
+    return check
+
+
+@attrs.frozen
+class TcpSpec(ProxySpec):
+    """A ``type = "tcp"`` tunnel: frp's ``localIP``, ``localPort`` and ``remotePort``."""
+
+    type: ClassVar[str] = "tcp"
+
+    local_port: int = attrs.field(validator=_port("localPort", 1))
+    local_ip: str = attrs.field(default="127.0.0.1", validator=_local_ip)
+    remote_port: int = attrs.field(default=0, validator=_port("remotePort", 0, " (0 lets the server pick)"))
+
+    def to_keys(self) -> Dict[str, Any]:
+        return {"type": "tcp", "localIP": self.local_ip, "localPort": self.local_port, "remotePort": self.remote_port}
+
+    @property
+    def local_description(self) -> str:
+        return f"[{self.local_ip}]:{self.local_port}" if ":" in self.local_ip else f"{self.local_ip}:{self.local_port}"
+
+    @property
+    def requested(self) -> Optional[PublicAddress]:
+        return PublicAddress.tcp(self.remote_port) if self.remote_port else None
+
+    @property
+    def local_endpoint(self) -> Optional[Tuple[str, int]]:
+        return (self.local_ip, self.local_port)
+
+
+#: frp's key -> TcpSpec's attribute.
+_ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port"}
+
+
+class _LocalServiceFactory(ClientFactory):
+    """
+    Connects one stream to the local service.  Quiet (there is one per
+    tunneled connection) and used with ``reactor.connectTCP`` for IP
+    literals, which costs far less per connection than an endpoint.
+    """
+
+    noisy = False
+
+    def __init__(self, stream: Stream, failed: Callable[[Failure], None]) -> None:
+        self.stream = stream
+        self.failed = failed
+
+    def buildProtocol(self, addr: Any) -> StreamRelay:
+        return StreamRelay(self.stream)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.failed(reason)
+
+
+class TcpProxy(ProxyType):
+    name = "tcp"
+    label = "TCP"
+    log = Logger(observer=gotaxy_observer)
+
+    def parse(self, keys: Mapping[str, Any]) -> TcpSpec:
+        unknown = sorted(str(k)[:32] for k in keys if k != "type" and k not in _ATTRIBUTES)
+        if unknown:
+            raise SpecError(f"a tcp tunnel has no setting {unknown[0]!r} (it has localIP, localPort and remotePort)")
+        if "localPort" not in keys:
+            raise SpecError("a tcp tunnel needs 'localPort', the port of the local service")
+        return TcpSpec(**{attribute: keys[key] for key, attribute in _ATTRIBUTES.items() if key in keys})
+
+    async def expose(self, tunnel: LiveTunnel, context: ExposeContext) -> Exposure:
+        spec = tunnel.spec
+        assert isinstance(spec, TcpSpec)
+        claims = context.claims
+        reserved = claims.reserved if claims.reserved is not None and claims.reserved.scheme == "tcp" else None
+        wanted = spec.remote_port or (reserved.port if reserved is not None else 0)
+        if wanted:
+            address = PublicAddress.tcp(wanted)
+            await claims.claim(address)
+            try:
+                listening = self._listen(tunnel, wanted, context)
+            except TunnelRefused:
+                claims.release(address)
+                raise
+            return self._exposure(address, listening)
+        if claims.any_port:
+            for _ in range(MAX_PICK_ATTEMPTS):
+                listening = self._listen(tunnel, 0, context)
+                address = PublicAddress.tcp(listening.getHost().port)
+                try:
+                    await claims.claim(address)
+                except TunnelRefused:
+                    listening.stopListening()
+                    continue
+                return self._exposure(address, listening)
+            raise TunnelRefused("no free port: every port the system offered is held by another tunnel; try again")
+        for port in claims.port_candidates(await claims.held_ports("tcp")):
+            address = PublicAddress.tcp(port)
+            try:
+                await claims.claim(address)
+            except TunnelRefused:
+                continue
+            try:
+                return self._exposure(address, self._listen(tunnel, port, context))
+            except TunnelRefused:
+                claims.release(address)
+                continue
+        raise TunnelRefused(
+            f"no free port left in allowPorts ({format_ranges(context.config)}); ask the operator to widen it"
+        )
+
+    @staticmethod
+    def _exposure(address: PublicAddress, listening: Any) -> Exposure:
+        return Exposure(address=address, close=listening.stopListening)
+
+    def _listen(self, tunnel: LiveTunnel, port: int, context: ExposeContext) -> Any:
+        try:
+            listening = context.reactor.listenTCP(
+                port, PublicFactory(tunnel), backlog=listen_backlog(),
+                interface=context.config.effective_proxy_bind_addr(),
+            )
+        except CannotListenError as e:
+            if is_fd_exhaustion(e):
+                self.log.error(
+                    "tunnel {client}/{tunnel}: cannot listen on port {port}: the server is {reason}",
+                    client=tunnel.client, tunnel=tunnel.name, port=port, reason=fd_exhaustion(),
+                )
+                raise TunnelRefused(f"port {port} cannot be opened: the server is {fd_exhaustion()}") from None
+            if getattr(e.socketError, "errno", None) == errno.EADDRINUSE:
+                raise TunnelRefused(f"port {port} is busy on the server") from None
+            raise TunnelRefused(f"port {port} cannot be opened on the server: {e.socketError}") from None
+        watch_accepts(listening, context.out_of_descriptors)
+        return listening
+
+    def connect(self, reactor: Any, spec: ProxySpec, stream: Stream, failed: Callable[[Failure], None]) -> None:
+        assert isinstance(spec, TcpSpec)
+        factory = _LocalServiceFactory(stream, failed)
+        if _is_ip(spec.local_ip):
+            reactor.connectTCP(spec.local_ip, spec.local_port, factory, timeout=LOCAL_CONNECT_TIMEOUT)
+        else:
+            endpoint = HostnameEndpoint(reactor, spec.local_ip, spec.local_port, timeout=LOCAL_CONNECT_TIMEOUT)
+            endpoint.connect(factory).addErrback(failed)
+
+
+def format_ranges(config: Any) -> str:
+    from gotaxy.config import format_allow_ports
+    from gotaxy.ports import DEFAULT_ALLOW_PORTS
+
+    return format_allow_ports(config.allow_ports or DEFAULT_ALLOW_PORTS)
+
+
+TCP = TcpProxy()

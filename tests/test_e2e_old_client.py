@@ -1,0 +1,71 @@
+"""
+End to end: a client of the previous wire protocol (Gotaxy's own code from
+before the version went up, taken from this repository's history) is told
+to upgrade in its own words, and stops, instead of failing on a message it
+cannot parse.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from gotaxy.wire import PROTOCOL_VERSION
+from tests.e2e import ROOT
+
+#: Commits of gotaxy/wire.py looked at to find the last one of the previous version.
+HISTORY_DEPTH = 200
+
+
+def previous_version_tree(destination: Path) -> Optional[str]:
+    """Extract the last commit whose wire protocol is ``PROTOCOL_VERSION - 1``; its id, or None."""
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        return None
+    try:
+        commits = subprocess.run(
+            [git, "-C", str(ROOT), "log", f"-n{HISTORY_DEPTH}", "--format=%H", "--", "gotaxy/wire.py"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.split()
+        for commit in commits:
+            wire = subprocess.run([git, "-C", str(ROOT), "show", f"{commit}:gotaxy/wire.py"],
+                                  capture_output=True, text=True, timeout=30).stdout
+            if f"\nPROTOCOL_VERSION = {PROTOCOL_VERSION - 1}\n" in wire:
+                archive = subprocess.run([git, "-C", str(ROOT), "archive", commit, "gotaxy", "twisted"],
+                                         capture_output=True, check=True, timeout=60).stdout
+                with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+                    tar.extractall(destination, filter="data")
+                return commit
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return None
+
+
+def test_a_client_of_the_previous_protocol_shows_upgrade_the_client_and_stops(procs, tmp_path):
+    old = tmp_path / "old-gotaxy"
+    commit = previous_version_tree(old)
+    if commit is None:
+        pytest.skip("needs this repository's git history (git and .git) to run the previous version's client")
+    server = procs.server()
+    client = procs.twistd(
+        "gotaxy-client",
+        ["--server", f"127.0.0.1:{server.port}", "--token", server.token, "--fingerprint", server.fingerprint,
+         "--data-dir", str(tmp_path / "old-client"), "--tunnel", "web=tcp:127.0.0.1:9"],
+        "old-client",
+        env={"PYTHONPATH": str(old)},
+    )
+    client.wait_for(
+        rf"the server refused our login: this client speaks Gotaxy protocol version {PROTOCOL_VERSION - 1} and "
+        rf"the server version {PROTOCOL_VERSION}: upgrade the client to Gotaxy \S+ or later",
+        timeout=30,
+    )
+    assert client.wait_exit(30) != 0, client.output()  # loginFailExit: retrying cannot help
+    output = client.output()
+    assert "Traceback" not in output and "protocol error" not in output, output
+    server.wait_for(r"refusing connection from 127\.0\.0\.1:\d+: this client speaks Gotaxy protocol version")
