@@ -18,6 +18,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from gotaxy.proxy import PublicAddress
 from gotaxy.server.history import HOURLY, ROLLUPS, _flush
 from gotaxy.server.lease import NodeLease, node_id
 from gotaxy.store import CLIENT_DISCONNECTED, Store, ThreadedStore, default_url
@@ -67,9 +68,9 @@ def two_nodes(open_store) -> Tuple[Store, Store]:
     a.join_node("node-a", LEASE, "server restarted")
     b.join_node("node-b", LEASE, "server restarted")
     a.client_connected("alice", "192.0.2.1:1", "0.1.0")
-    a.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 16000)
+    a.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", PublicAddress.tcp(16000), {})
     b.client_connected("bob", "192.0.2.2:1", "0.1.0")
-    b.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", 16001)
+    b.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", PublicAddress.tcp(16001), {})
     return a, b
 
 
@@ -91,8 +92,8 @@ def test_a_start_releases_what_a_server_before_nodes_left(store_url: str, now: F
     old = Store(store_url, clock=now)
     old.client_connected("alice", "a:1", "0.1.0")
     old.client_connected("bob", "b:1", "0.1.0")
-    old.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 6000)
-    old.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", 6001)
+    old.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", PublicAddress.tcp(6000), {})
+    old.tunnel_up("bob", "web", "tcp", "127.0.0.1:80", PublicAddress.tcp(6001), {})
     old.tunnel_down("bob", "web", "refused", "port taken", "tunnel.refused")
     old.close()
     store = Store(store_url, clock=now)
@@ -148,7 +149,7 @@ def test_a_late_disconnect_leaves_a_client_that_moved_to_another_server(open_sto
     a, b = two_nodes(open_store)
     # alice's connection to node-a died; she is on node-b before node-a notices.
     b.client_connected("alice", "192.0.2.1:2", "0.1.0")
-    b.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", 16000)
+    b.tunnel_up("alice", "ssh", "tcp", "127.0.0.1:22", PublicAddress.tcp(16000), {})
     now.now += 20
     a.client_disconnected("alice", "192.0.2.1:1", "heartbeat timeout")
     assert online(a) == {"alice": True, "bob": True}
