@@ -74,14 +74,28 @@ class _Realm:
         return smtp.IMessageDelivery, self.delivery, lambda: None
 
 
+class _TrackedESMTP(smtp.ESMTP):
+    """An ESMTP server connection that leaves the set of open ones when it ends."""
+
+    def __init__(self, open_connections: set, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._open = open_connections
+        self._open.add(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._open.discard(self)
+        super().connectionLost(reason)
+
+
 class _SMTPFactory(smtp.SMTPFactory):
     def __init__(self, portal: Portal, context: Any, delivery: _Delivery) -> None:
         super().__init__(portal)
         self.context = context
         self.delivery = delivery
+        self.open: set = set()
 
     def buildProtocol(self, addr: Any) -> Any:
-        p = smtp.ESMTP(contextFactory=self.context)
+        p = _TrackedESMTP(self.open, contextFactory=self.context)
         p.challengers = {b"LOGIN": LOGINCredentials, b"PLAIN": PLAINCredentials}
         p.portal = self.portal
         p.factory = self
@@ -113,6 +127,11 @@ class MailServer:
         else:
             self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         test.addCleanup(self.port.stopListening)
+        # Runs after the test's own cleanups (MailTarget.stop): the sender
+        # hears "250" before its QUIT and TLS close are through, so wait for
+        # every connection to end rather than leave it (and the server's
+        # timeout call) to the next test.
+        test.addCleanup(lambda: defer.ensureDeferred(wait_until(lambda: not factory.open)))
 
     @property
     def number(self) -> int:
