@@ -72,7 +72,6 @@ from gotaxy.oslimits import fd_exhaustion
 from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.proxy import ExposeContext, ProxySpec, PublicAddress, SpecError, TunnelRefused, parse_spec, registry, type_of
 from gotaxy.server.claims import PortReservations
-from gotaxy.store.claims import Claims
 from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.traffic import TrafficMeters
@@ -160,8 +159,6 @@ class ServerCore:
         self.config = config
         self.store = store
         self._db = store.store
-        #: Claims on public addresses and names, shared with every server process on this store.
-        self.claims = Claims(store)
         self.reactor = reactor
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
         #: Each proxy type's shared front (its listener for all its tunnels), if it has one.
@@ -327,7 +324,7 @@ class ServerCore:
         """The refusal for a second installation under ``name``; logged once per interval."""
         old_host = old.peer_address.rsplit(":", 1)[0]
         if shared:
-            fix = (f"with the shared token, give each machine its own name: set user = \"NAME\" "
+            fix = ("with the shared token, give each machine its own name: set user = \"NAME\" "
                    "(or --user NAME) in this client's config")
         else:
             fix = ("one token is for one machine: create another for this one on the server with "
