@@ -7,6 +7,7 @@ convert frp's old files.
     gotaxy token list
     gotaxy token revoke NAME
     gotaxy convert FILE.ini [-o FILE.toml] [--server | --client] [--force]
+    gotaxy verify FILE [--server | --client]         (check a config file; exit 0 or 1)
     gotaxy admin reset-password [--user NAME] [--password-stdin]
     gotaxy admin disable-totp [--user NAME]
     gotaxy migrate                                   (apply the store's schema migrations)
@@ -20,7 +21,9 @@ second (``gotaxy.server.outbox``), disconnects the client and sends its
 notifications, and it reads the operator's password hash and second factor from the
 store at every log-in, so a reset takes effect at the next one.  A reset also
 ends the operator's panel sessions.  ``convert`` needs no store: it writes
-frp's legacy INI file as frp's TOML (see ``gotaxy.frp_ini``).
+frp's legacy INI file as frp's TOML (see ``gotaxy.frp_ini``).  Nor does
+``verify``, which prints every error and warning of a server or client file
+(``gotaxy.config.verify``) and starts nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import List, Optional, TextIO
 from gotaxy import __version__
 from gotaxy.store import lockouts
 from gotaxy.config import ConfigError, ServerConfig, parse_client_config, parse_server_config
+from gotaxy.config.verify import verify_file
 from gotaxy.credentials import new_password
 from gotaxy.frp_ini import convert_ini
 from gotaxy.jointoken import make_join_token
@@ -86,6 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     kind.add_argument("--server", dest="kind", action="store_const", const="server", help="it is an frps.ini")
     kind.add_argument("--client", dest="kind", action="store_const", const="client", help="it is an frpc.ini")
     convert.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    verify = commands.add_parser(
+        "verify", help="check a server or client config file and print every error and warning (exit 0 or 1)"
+    )
+    verify.add_argument("file", help="the TOML file (server.toml, client.toml, frps.toml, frpc.toml)")
+    verify_kind = verify.add_mutually_exclusive_group()
+    verify_kind.add_argument("--server", dest="kind", action="store_const", const="server",
+                             help="it is a server file [guessed from its keys]")
+    verify_kind.add_argument("--client", dest="kind", action="store_const", const="client",
+                             help="it is a client file [guessed from its keys]")
     admin = commands.add_parser("admin", help="recover the operator account (lost password or second factor)")
     admin_actions = admin.add_subparsers(dest="action", required=True)
     reset = admin_actions.add_parser(
@@ -172,6 +185,8 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout, stdin: Text
     args = _parser().parse_args(argv)
     if args.command == "convert":
         return convert(args.file, args.output, args.kind, args.force, out)
+    if args.command == "verify":
+        return verify(args.file, args.kind, out)
     if getattr(args, "action", None) == "create":
         try:
             check_name(args.name, "a token's name (its client's name)")
@@ -250,6 +265,22 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout, stdin: Text
     finally:
         store.close()
     return 0
+
+
+def verify(path: str, kind: Optional[str], out: TextIO) -> int:
+    """``gotaxy verify``: every error and warning of the config file at ``path``; 0 if it has no error."""
+    verdict = verify_file(path, kind)
+    for error in verdict.errors:
+        print(f"error: {error}", file=out)
+    for warning in verdict.warnings:
+        print(f"warning: {warning}", file=out)
+    warned = f"; {len(verdict.warnings)} warning(s)" if verdict.warnings else ""
+    if verdict.ok:
+        print(f"{path}: a valid {verdict.kind} file{warned}", file=out)
+        return 0
+    print(f"{path}: {len(verdict.errors)} error(s) in this {verdict.kind} file{warned}; nothing was started",
+          file=out)
+    return 1
 
 
 def convert(path: str, output: Optional[str], kind: Optional[str], force: bool, out: TextIO) -> int:

@@ -20,8 +20,7 @@ from gotaxy.config import (
     ClientConfig,
     ConfigError,
     has_port,
-    load_toml,
-    parse_client_config,
+    load_client_file,
     parse_host_port,
     parse_local_rule_flag,
     parse_tunnel_flag,
@@ -84,7 +83,7 @@ def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
     config = ClientConfig()
     warnings: List[str] = []
     if options.get("config"):
-        loaded = parse_client_config(load_toml(options["config"]), source=options["config"], base=config)
+        loaded = load_client_file(options["config"], base=config)
         config, warnings = loaded.config, list(loaded.warnings)  # type: ignore[assignment]
     overrides: Dict[str, Any] = {}
     if options.get("server"):

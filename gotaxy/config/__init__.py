@@ -84,6 +84,7 @@ Client (``ClientConfig``)::
     transport.heartbeatTimeout       heartbeat_timeout      set alone, the other follows)
     transport.dialServerTimeout      dial_timeout
     loginFailExit                    login_fail_exit
+    includes                         tunnels, included     (frp's: files of [[proxies]], relative to the file)
     allowOperatorTunnels             allow_operator_tunnels (ours; ["127.0.0.1:8000-8100", ...])
     log.level / log.maxDays          log_level / log_max_days
 
@@ -94,7 +95,9 @@ that use it.
 
 The package: ``values`` (what a value may look like, ``_setting``, flags),
 ``server`` (``ServerConfig`` in sections), ``client`` (``ClientConfig``,
-``TunnelSpec``), ``frp`` (frp's own keys) and ``files`` (reading TOML).
+``TunnelSpec``), ``frp`` (frp's own keys), ``files`` (reading TOML, and a
+client file's ``includes``), ``templates`` (frp's ``{{ .Envs.NAME }}``) and
+``verify`` (``gotaxy verify``: every error of a file, not only the first).
 
 Paths are kept as written; the caller resolves them.  Errors raised by the
 config classes themselves (a bad flag value, a timeout below the interval)
@@ -107,6 +110,8 @@ from gotaxy.config.client import ClientConfig, TunnelSpec, parse_tunnel_flag
 from gotaxy.config.files import (
     Loaded,
     legacy_ini_message,
+    load_client_file,
+    load_server_file,
     load_toml,
     parse_client_config,
     parse_server_config,
@@ -162,6 +167,8 @@ __all__ = [
     "format_allow_ports",
     "has_port",
     "legacy_ini_message",
+    "load_client_file",
+    "load_server_file",
     "load_toml",
     "parse_allow_ports",
     "parse_client_config",

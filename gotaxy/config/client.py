@@ -78,6 +78,8 @@ class ClientConfig(_Heartbeats):
         converter=tuple,
         validator=attrs.validators.deep_iterable(attrs.validators.instance_of(TunnelSpec)),
     )
+    #: The files ``includes`` named when the config was read (their proxies are in ``tunnels``).
+    included: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     fingerprint: str | None = _setting(
         None, FINGERPRINT, "transport.tls.fingerprint", "--fingerprint"
     )

@@ -8,6 +8,8 @@ the ``parse_server_config`` / ``parse_client_config`` entry points.
 from __future__ import annotations
 
 import difflib
+import glob
+import os
 import shlex
 import sys
 from typing import Any, Mapping
@@ -26,6 +28,7 @@ from gotaxy.config.frp import (
     PANEL_ACCOUNTS,
 )
 from gotaxy.config.server import ServerConfig, WebhookSpec
+from gotaxy.config.templates import TemplateError, render
 from gotaxy.config.values import (
     ConfigError,
     FRP_PROXY_TYPES,
@@ -45,6 +48,12 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
+
+
+#: Longest configuration file read (an included one too).
+MAX_FILE_SIZE = 4 * 2**20
+#: Most files one client file's ``includes`` may name, all patterns together.
+MAX_INCLUDED_FILES = 256
 
 
 @attrs.frozen
@@ -158,6 +167,27 @@ class _Schema:
                 values[f"{section}.{field.alias}" if section else field.alias] = value
         return values
 
+    def problems(self, table: Mapping[str, Any], source: str, where: str = "") -> list[str]:
+        """
+        Every error ``sort`` and ``convert`` would raise for ``table``, one
+        per key, instead of the first only (``gotaxy verify``).
+        """
+        errors: list[str] = []
+        for key, value in self.flatten(table).items():
+            try:
+                ours, _ = self._one(key, value, source, where)
+                self.convert(ours, source, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        return errors
+
+    def _one(self, key: str, value: Any, source: str, where: str) -> tuple[dict[str, Any], list[str]]:
+        if key in self.settings or key in self.checks or key in self.sections:
+            return {key: value}, []
+        if key in self.frp_keys or key in self.frp_tables:
+            return {}, [key]
+        raise self._unknown(key, source, where)
+
     def warning(self, key: str, source: str, where: str = "") -> str:
         return f"{source}: '{key}'{where} {self.notes.get(key, NOT_YET)}; ignored"
 
@@ -213,7 +243,7 @@ _CLIENT = _Schema.of(
     frp_keys=FRPC_KEYS,
     frp_tables=FRPC_TABLES,
     checks={"auth.method": TOKEN_AUTH, "transport.tls.enable": TLS_ON},
-    sections=frozenset({"proxies", "start"}),
+    sections=frozenset({"proxies", "start", "includes"}),
 )
 _PROXY = _Schema.of(TunnelSpec, frp_keys=FRP_PROXY_KEYS, frp_tables=FRP_PROXY_TABLES)
 _WEBHOOK = _Schema.of(WebhookSpec, frp_keys=frozenset(), frp_tables=frozenset())
@@ -232,17 +262,48 @@ def legacy_ini_message(path: str) -> str:
     )
 
 
-def load_toml(path: str) -> dict[str, Any]:
-    """The parsed contents of the TOML file at ``path``."""
+def load_toml(path: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The parsed contents of the TOML file at ``path``, its ``{{ .Envs.NAME }}`` rendered."""
+    return read_toml(path, env)[0]
+
+
+def read_toml(path: str, env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """
+    The parsed contents of the TOML file at ``path`` and the warnings about
+    it: frp's ``{{ .Envs.NAME }}`` templates are rendered first, from ``env``
+    (default: this process's environment; see ``gotaxy.config.templates``).
+    """
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_FILE_SIZE + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' not found") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file '{path}': {e.strerror}") from None
+    if len(raw) > MAX_FILE_SIZE:
+        raise ConfigError(
+            f"{path}: longer than {MAX_FILE_SIZE // 2**20} MiB, so not a config file; check the path"
+        )
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    warnings: list[str] = []
+    if text is not None:
+        try:
+            rendered = render(text, os.environ if env is None else env)
+        except TemplateError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        text = rendered.text
+        for name in rendered.unset:
+            warnings.append(
+                f"{path}: the environment variable {name} is not set, so "
+                f"{{{{ .Envs.{name} }}}} is empty; set it before starting"
+            )
+    try:
+        if text is None:
+            raise UnicodeDecodeError("utf-8", raw, 0, 1, "not UTF-8")
+        return tomllib.loads(text), warnings
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         from gotaxy.frp_ini import looks_like_frp_ini  # it imports this module
 
@@ -251,6 +312,24 @@ def load_toml(path: str) -> dict[str, Any]:
         if isinstance(e, UnicodeDecodeError):
             raise ConfigError(f"{path}: not valid TOML: the file must be UTF-8 text") from None
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_server_file(
+    path: str, base: ServerConfig = ServerConfig(), env: Mapping[str, str] | None = None
+) -> Loaded:
+    """``server.toml`` (or ``frps.toml``) at ``path``, templates rendered, on top of ``base``."""
+    data, warnings = read_toml(path, env)
+    loaded = parse_server_config(data, source=path, base=base)
+    return Loaded(loaded.config, warnings + list(loaded.warnings))
+
+
+def load_client_file(
+    path: str, base: ClientConfig = ClientConfig(), env: Mapping[str, str] | None = None
+) -> Loaded:
+    """``client.toml`` (or ``frpc.toml``) at ``path``, templates rendered and ``includes`` read."""
+    data, warnings = read_toml(path, env)
+    loaded = parse_client_config(data, source=path, base=base, env=env)
+    return Loaded(loaded.config, warnings + list(loaded.warnings))
 
 
 def _evolve(base: Any, changes: Mapping[str, Any], source: str) -> Any:
@@ -276,7 +355,7 @@ def parse_server_config(
     return Loaded(config, [_SERVER.warning(key, source) for key in ignored])
 
 
-def _read_webhooks(entries: Any, source: str) -> tuple[WebhookSpec, ...]:
+def _read_webhooks(entries: Any, source: str, first: int = 1) -> tuple[WebhookSpec, ...]:
     """The ``[[webhooks]]`` entries of a server file."""
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ConfigError(
@@ -285,7 +364,7 @@ def _read_webhooks(entries: Any, source: str) -> tuple[WebhookSpec, ...]:
         )
     hooks: list[WebhookSpec] = []
     names: set[str] = set()
-    for number, entry in enumerate(entries, 1):
+    for number, entry in enumerate(entries, first):
         name = entry.get("name")
         label = f"webhook '{name}'" if isinstance(name, str) and name else f"webhook #{number}"
         if "url" not in entry:
@@ -303,11 +382,15 @@ def _read_webhooks(entries: Any, source: str) -> tuple[WebhookSpec, ...]:
 
 
 def parse_client_config(
-    data: dict[str, Any], source: str = "client.toml", base: ClientConfig = ClientConfig()
+    data: dict[str, Any],
+    source: str = "client.toml",
+    base: ClientConfig = ClientConfig(),
+    env: Mapping[str, str] | None = None,
 ) -> Loaded:
     """
     Apply a parsed ``client.toml`` (or ``frpc.toml``) on top of ``base``.
-    ``[[proxies]]`` in the file replace ``base.tunnels``.
+    ``[[proxies]]`` in the file (and in the files its ``includes`` name,
+    found relative to the directory of ``source``) replace ``base.tunnels``.
 
     @raise ConfigError: for an unknown key, a bad value or a bad proxy.
     """
@@ -316,11 +399,83 @@ def parse_client_config(
     warnings = [_CLIENT.warning(key, source) for key in ignored]
     if "proxies" in ours:
         changes["tunnels"] = _read_proxies(ours["proxies"], source, warnings)
+    if "includes" in ours:
+        own = changes.get("tunnels", ())
+        included, files = _read_includes(ours["includes"], source, own, warnings, env)
+        changes["tunnels"] = own + included
+        changes["included"] = files
     if "start" in ours:
         changes["tunnels"] = _apply_start(
             changes.get("tunnels", base.tunnels), ours["start"], source, warnings
         )
     return Loaded(_evolve(base, changes, source), warnings)
+
+
+def _included_files(patterns: Any, source: str) -> list[tuple[str, str]]:
+    """(file, the pattern that found it) for frp's ``includes``, sorted by name within each pattern."""
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p.strip() for p in patterns):
+        raise ConfigError(
+            f"{source}: 'includes' must be a list of file patterns, e.g. includes = [\"./confd/*.toml\"]"
+        )
+    here = os.path.dirname(os.path.abspath(source))
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        full = os.path.normpath(os.path.join(here, os.path.expanduser(pattern)))
+        for path in sorted(glob.glob(full)):
+            real = os.path.realpath(path)
+            if real in seen or real == os.path.realpath(source) or not os.path.isfile(path):
+                continue
+            seen.add(real)
+            found.append((path, pattern))
+    if len(found) > MAX_INCLUDED_FILES:
+        raise ConfigError(
+            f"{source}: 'includes' names {len(found)} files; at most {MAX_INCLUDED_FILES} may be "
+            f"included, so narrow the patterns"
+        )
+    return found
+
+
+def _read_includes(
+    patterns: Any,
+    source: str,
+    own: tuple[TunnelSpec, ...],
+    warnings: list[str],
+    env: Mapping[str, str] | None,
+) -> tuple[tuple[TunnelSpec, ...], tuple[str, ...]]:
+    """
+    The proxies of the files frp's ``includes`` names: each holds only
+    ``[[proxies]]`` (``[[visitors]]`` are warned about), rendered like the
+    main file; a proxy name used twice, in any two files, is an error
+    naming both.
+    """
+    files = _included_files(patterns, source)
+    matched = {pattern for _, pattern in files}
+    for pattern in patterns:
+        if pattern not in matched:
+            warnings.append(f"{source}: 'includes' pattern {_show(pattern)} matches no file; nothing included from it")
+    origin = {tunnel.name: source for tunnel in own}
+    tunnels: list[TunnelSpec] = []
+    for path, _ in files:
+        data, notes = read_toml(path, env)
+        warnings.extend(notes)
+        for key in data:
+            if key == "visitors":
+                warnings.append(f"{path}: '[[visitors]]' {NOT_YET}; ignored")
+            elif key != "proxies":
+                raise ConfigError(
+                    f"{path}: an included file holds only [[proxies]] entries, not '{key}'; "
+                    f"move '{key}' to {source}"
+                )
+        for tunnel in _read_proxies(data.get("proxies", []), path, warnings):
+            if tunnel.name in origin:
+                raise ConfigError(
+                    f"{path}: proxy '{tunnel.name}' is also defined in {origin[tunnel.name]}; "
+                    f"give each proxy its own name"
+                )
+            origin[tunnel.name] = path
+            tunnels.append(tunnel)
+    return tuple(tunnels), tuple(path for path, _ in files)
 
 
 def _apply_start(
@@ -343,7 +498,7 @@ def _apply_start(
     return tuple(t if t.name in start else attrs.evolve(t, enabled=False) for t in tunnels)
 
 
-def _read_proxies(entries: Any, source: str, warnings: list[str]) -> tuple[TunnelSpec, ...]:
+def _read_proxies(entries: Any, source: str, warnings: list[str], first: int = 1) -> tuple[TunnelSpec, ...]:
     """The tunnels in ``[[proxies]]``; warnings on skipped proxies and keys go to ``warnings``."""
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ConfigError(
@@ -353,7 +508,7 @@ def _read_proxies(entries: Any, source: str, warnings: list[str]) -> tuple[Tunne
     tunnels: list[TunnelSpec] = []
     ignored: dict[str, list[str]] = {}  # frp key -> names of the proxies that set it
     names: set[str] = set()
-    for number, entry in enumerate(entries, 1):
+    for number, entry in enumerate(entries, first):
         name = entry.get("name")
         label = f"proxy '{name}'" if isinstance(name, str) and name else f"proxy #{number}"
         if "name" not in entry:

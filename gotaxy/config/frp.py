@@ -48,7 +48,7 @@ FRPC_KEYS = frozenset({
     "transport.tls.keyFile", "transport.tls.trustedCaFile", "transport.tls.serverName",
     "transport.tls.disableCustomTLSFirstByte", "transport.heartbeatInterval",
     "transport.heartbeatTimeout", "dnsServer", "udpPacketSize",
-    "virtualNet.address", "includes", "store.path",
+    "virtualNet.address", "store.path",
 })
 FRPC_TABLES = frozenset({
     "auth.tokenSource", "auth.oidc", "transport.quic", "featureGates", "metadatas",

@@ -55,9 +55,8 @@ from gotaxy import __version__
 from gotaxy.config import (
     ConfigError,
     ServerConfig,
-    load_toml,
+    load_server_file,
     parse_allow_ports,
-    parse_server_config,
     replace,
 )
 from gotaxy.credentials import new_password
@@ -149,7 +148,7 @@ def build_config(options: Dict[str, Any]) -> "tuple[ServerConfig, List[str]]":
     warnings: List[str] = []
     config = base
     if path is not None:
-        loaded = parse_server_config(load_toml(path), source=path, base=base)
+        loaded = load_server_file(path, base=base)
         assert isinstance(loaded.config, ServerConfig)
         config, warnings = loaded.config, list(loaded.warnings)
     overrides: Dict[str, Any] = {}
