@@ -45,6 +45,8 @@ setup(
         "qrcode>=7.4",
         "tomli>=2.0; python_version<'3.11'",
         "tomli-w>=1.0",
+        # ACME (acme.enable): certbot's protocol implementation, not a hand-written client.
+        "acme>=3.0",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "jsonschema>=4.18", "playwright>=1.40", "pyyaml>=6"]},
     entry_points={"console_scripts": ["gotaxy = gotaxy.cli:main"]},

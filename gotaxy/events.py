@@ -128,6 +128,17 @@ OPERATOR_PASSWORD_CHANGED = _define(
 CONSOLE_PYTHON_USED = _define(
     "console.python", "someone opened the console's Python prompt (what is typed there is not recorded)",
     ("address", "detail"), "console Python prompt opened from {address}: {detail}")
+CERTIFICATE_ISSUED = _define(
+    "certificate.issued", "the server obtained a certificate for a host name through ACME; address: the name; "
+    "detail: its expiry",
+    ("address", "detail"), "certificate for {address} issued, {detail}")
+CERTIFICATE_RENEWED = _define(
+    "certificate.renewed", "the server renewed a host name's ACME certificate; address: the name; detail: its expiry",
+    ("address", "detail"), "certificate for {address} renewed, {detail}")
+CERTIFICATE_FAILED = _define(
+    "certificate.failed", "the server could not obtain or renew a host name's ACME certificate; address: the name; "
+    "detail: why, and when it tries again",
+    ("address", "detail"), "no certificate for {address}: {detail}")
 NOTIFY_TEST = _define(
     "notify.test", "a test notification an operator sent to one target; never in the event log",
     ("detail",), "test notification: {detail}", recorded=False)

@@ -14,6 +14,7 @@ import pytest
 from gotaxy.config import (
     ClientConfig,
     ConfigError,
+    HttpsSettings,
     LimitsSettings,
     LogSettings,
     MetricsSettings,
@@ -240,6 +241,7 @@ class TestFrpExampleFiles:
             log=LogSettings(level="info", max_days=3),
             web=WebSettings(addr="127.0.0.1", port=7500),
             metrics=MetricsSettings(enable_prometheus=True),
+            https=HttpsSettings(port=443),
         )
         assert config.metrics.effective_exposure() == "open"
         warned = [w.split("'")[1] for w in loaded.warnings]
@@ -248,7 +250,6 @@ class TestFrpExampleFiles:
             "transport.maxPoolCount",
             "transport.tls.force",
             "vhostHTTPPort",
-            "vhostHTTPSPort",
             "webServer.user",
             "webServer.password",
             "webServer.pprofEnable",
@@ -349,7 +350,7 @@ class TestFrpOwnFiles:
     def test_frps_full_example(self) -> None:
         loaded = parse_server_config(load_toml(str(FRP_CONF / "frps_full_example.toml")))
         assert loaded.config.token == "12345678" and loaded.config.web.port == 7500
-        assert len(loaded.warnings) == 16
+        assert len(loaded.warnings) == 15  # vhostHTTPSPort is read
 
     def test_frpc_full_example(self) -> None:
         loaded = parse_client_config(load_toml(str(FRP_CONF / "frpc_full_example.toml")))

@@ -30,6 +30,7 @@ CHINESE_DOCS = [README_ZH, *sorted((ROOT / "docs" / "zh-CN").glob("*.md"))]
 TABLES = [
     ("## Server: `server.toml`", "## 服务器：`server.toml`", (0, 1, 2)),
     ("## Client: `client.toml`", "## 客户端：`client.toml`", (0, 1, 2)),
+    ("### HTTPS and certificates (`vhostHTTPSPort`, `acme.*`)", "### HTTPS 与证书（`vhostHTTPSPort`、`acme.*`）", (0, 1)),
     ("### Tunnels: `[[proxies]]`", "### 隧道：`[[proxies]]`", (0, 1)),
     ("## Heartbeats", "## 心跳", (1, 2)),
     ("Server (`frps.toml`):", "服务器（`frps.toml`）：", (0,)),

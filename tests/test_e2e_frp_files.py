@@ -99,7 +99,7 @@ def get(url: str) -> int:
 # frp's example files give these warnings, one per unsupported key, proxy or table.
 FRPS_FULL_WARNINGS = [
     "kcpBindPort", "transport.maxPoolCount", "transport.tls.force", "vhostHTTPPort",
-    "vhostHTTPSPort", "webServer.user", "webServer.password", "webServer.pprofEnable", "log.to",
+    "webServer.user", "webServer.password", "webServer.pprofEnable", "log.to",
     "log.disablePrintColor", "detailedErrorsToClient", "auth.oidc", "subDomainHost",
     "udpPacketSize", "natholeAnalysisDataReserveHours", "httpPlugins",
 ]
@@ -239,7 +239,7 @@ def test_legacy_ini_files_get_a_clear_message(procs):
 
 
 FRPS_LEGACY_WARNINGS = [
-    "kcpBindPort", "vhostHTTPPort", "vhostHTTPSPort", "detailedErrorsToClient", "subDomainHost",
+    "kcpBindPort", "vhostHTTPPort", "detailedErrorsToClient", "subDomainHost",
     "udpPacketSize", "natholeAnalysisDataReserveHours", "webServer.user", "webServer.password",
     "webServer.pprofEnable", "log.to", "log.disablePrintColor", "auth.oidc",
     "transport.maxPoolCount", "transport.tls.force", "httpPlugins",

@@ -117,9 +117,11 @@ from gotaxy.config.files import (
     parse_server_config,
 )
 from gotaxy.config.server import (
+    AcmeSettings,
     ConsoleSettings,
     EventsSettings,
     HistorySettings,
+    HttpsSettings,
     LimitsSettings,
     LogSettings,
     MetricsSettings,
@@ -145,12 +147,14 @@ from gotaxy.config.values import (
 )
 
 __all__ = [
+    "AcmeSettings",
     "ClientConfig",
     "ConfigError",
     "ConsoleSettings",
     "EventsSettings",
     "FRP_PROXY_TYPES",
     "HistorySettings",
+    "HttpsSettings",
     "LimitsSettings",
     "LocalAddressRule",
     "Loaded",

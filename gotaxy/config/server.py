@@ -207,6 +207,30 @@ class HistorySettings:
 
 
 @attrs.frozen
+class HttpsSettings:
+    """
+    The shared HTTPS front (``gotaxy.proxy.sni``): frp's ``vhostHTTPSPort``
+    (0: off), the time and size a ClientHello may take, and the directory of
+    certificates the operator supplies for ``http`` tunnels served over HTTPS.
+    """
+
+    port: int = _setting(0, SERVICE_PORT, "vhostHTTPSPort")
+    hello_timeout: float = _setting(10.0, SECONDS, "vhostHTTPSHelloTimeout")
+    cert_dir: str | None = _setting(None, TEXT, "vhostHTTPSCertDir")
+
+
+@attrs.frozen
+class AcmeSettings:
+    """``acme.*``: certificates obtained and renewed through ACME (``gotaxy.tls.acme``)."""
+
+    enable: bool = _setting(False, BOOLEAN, "acme.enable")
+    email: str | None = _setting(None, MAIL_ADDRESS, "acme.email")
+    directory: str = _setting("https://acme-v02.api.letsencrypt.org/directory", URL, "acme.directory")
+    ca_file: str | None = _setting(None, TEXT, "acme.caFile")
+    renew_before_days: int = _setting(30, COUNT, "acme.renewBefore")
+
+
+@attrs.frozen
 class ServerConfig(_Heartbeats):
     """
     Everything ``gotaxy server`` needs to know; see the package docstring for
@@ -251,9 +275,16 @@ class ServerConfig(_Heartbeats):
     notify: NotifySettings = _section(NotifySettings)
     metrics: MetricsSettings = _section(MetricsSettings)
     history: HistorySettings = _section(HistorySettings)
+    https: HttpsSettings = _section(HttpsSettings)
+    acme: AcmeSettings = _section(AcmeSettings)
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
+        if self.acme.enable and not self.https.port:
+            raise ConfigError(
+                "'acme.enable' is true but 'vhostHTTPSPort' is not set: ACME certificates are for the HTTPS "
+                "front, so set vhostHTTPSPort (443, say) and vhostHTTPPort (80, for the challenges), or turn ACME off"
+            )
         if self.database_url is not None and self.store is not None and self.database_url != self.store:
             raise ConfigError(
                 "'database.url' and 'store' (its older name) name different databases; keep database.url only"

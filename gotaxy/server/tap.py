@@ -81,6 +81,7 @@ from gotaxy.server.outbox import EventTail
 from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url
 from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
+from gotaxy.tls.acme import AcmeManager, ChallengeStore, settings_from
 from gotaxy.web import PanelAuth, make_web_service
 from gotaxy.web.service import WebService
 
@@ -398,6 +399,10 @@ class Server:
     console: Optional[ConsoleService]
     #: What the console gets of all this.
     console_access: ConsoleAccess
+    #: HTTP-01 answers pending, which the plain-HTTP front serves (``gotaxy.tls.acme``).
+    challenges: ChallengeStore = attrs.Factory(ChallengeStore)
+    #: Certificates through ACME (``acme.enable``), else None.
+    acme: Optional[AcmeManager] = None
 
     def __attrs_post_init__(self) -> None:
         self.service.server = self
@@ -549,6 +554,11 @@ def _assemble(
     console_access = ConsoleAccess(management, operators, second_factor, namespace)
     console = make_console_service(config, data_dir, console_access, reactor)
 
+    challenges = ChallengeStore()
+    acme = None
+    if config.acme.enable:
+        acme = AcmeManager(reactor, settings_from(config), data_dir, challenges, core.record)
+
     top = ServerService(lock, ready)
     # Started in this order, stopped in the reverse.
     for part in (
@@ -557,7 +567,7 @@ def _assemble(
         NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
         control, revocations, event_retention, notifier,
         operators,  # its password-check threads start and stop with the server
-        metrics, history,
+        metrics, history, acme,
         event_tail,  # once every subscriber listens; stopped before the store closes
         web, console,
     ):
@@ -569,5 +579,6 @@ def _assemble(
         metrics=metrics, metrics_resource=metrics_resource, history=history, event_retention=event_retention,
         event_tail=event_tail,
         control=control, web=web, console=console, console_access=console_access,
+        challenges=challenges, acme=acme,
     )
     return server
