@@ -384,6 +384,23 @@ class OperatorActionTests(WebTestCase):
         self.assertTrue(await self.refused(moved))
         self.assertEqual((await web.get(f"{API}/tunnels/alice/web")).status, 404)
 
+    async def test_proxy_types_list_each_types_fields_and_any_types_spec_is_accepted(self):
+        await self._live(allow_operator=True)
+        web = await self.logged_in()
+        types = (await web.get(f"{API}/proxy-types")).json["types"]
+        (tcp,) = [t for t in types if t["name"] == "tcp"]
+        self.assertEqual([(f["key"], f["kind"], f["required"]) for f in tcp["fields"]],
+                         [("localIP", "host", False), ("localPort", "port", True), ("remotePort", "port", False)])
+        self.assertEqual(tcp["fields"][2]["minimum"], 0)
+        wanted = free_port()
+        created = await web.post(f"{API}/tunnels", {"client": "alice", "name": "web", "spec": {
+            "type": "tcp", "localIP": "127.0.0.1", "localPort": self.echo, "remotePort": wanted}})
+        self.assertEqual(created.status, 201, created.raw)
+        self.assertEqual(await self.live.wait_up("web"), wanted)
+        # An emptied setting (null) goes back to its default: the server picks a port.
+        edited = await web.patch(f"{API}/tunnels/alice/web", {"spec": {"remotePort": None}})
+        self.assertEqual((edited.status, edited.json["spec"]["remotePort"]), (200, 0), edited.raw)
+
     async def test_tunnel_errors(self):
         await self._live()
         web = await self.logged_in()
@@ -523,6 +540,20 @@ class OperatorActionTests(WebTestCase):
                                   "remote_port": self.echo_port}, 409, "remote_port"),
             ("PATCH", "/tunnels/alice/export", {"local_addr": "nowhere"}, 400, "local_addr"),
             ("PATCH", "/tunnels/alice/export", {"remote_port": 70000}, 400, "remote_port"),
+            # The spec form (any type): the field is the frp key inside 'spec'.
+            ("POST", "/tunnels", {"client": "alice", "name": "db", "spec": {"type": "tcp", "localPort": 0}},
+             400, "spec.localPort"),
+            ("POST", "/tunnels", {"client": "alice", "name": "db", "spec": {"type": "tcp"}}, 400, "spec.localPort"),
+            ("POST", "/tunnels", {"client": "alice", "name": "db", "spec": {"localPort": 1, "localIP": "[::1]"}},
+             400, "spec.localIP"),
+            ("POST", "/tunnels", {"client": "alice", "name": "db", "spec": {"localPort": 1, "subdomain": "x"}},
+             400, "spec.subdomain"),
+            ("POST", "/tunnels", {"client": "alice", "name": "db", "spec": {"type": "teleport"}}, 400, "spec.type"),
+            ("POST", "/tunnels", {"client": "alice", "name": "db", "spec": [1]}, 400, "spec"),
+            ("POST", "/tunnels", {"client": "alice", "name": "db",
+                                  "spec": {"localPort": self.echo, "remotePort": self.echo_port}}, 409,
+             "spec.remotePort"),
+            ("PATCH", "/tunnels/alice/export", {"spec": {"remotePort": -1}}, 400, "spec.remotePort"),
             ("POST", "/tokens", {"name": "report"}, 409, "name"),
             ("POST", "/tokens", {"name": "bad name!"}, 400, "name"),
             ("DELETE", "/tokens/support", None, 404, "name"),

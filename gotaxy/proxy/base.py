@@ -31,6 +31,7 @@ rules for who may hold an address live in one place (the claims table).
 from __future__ import annotations
 
 import abc
+import re
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Mapping, Optional, Set, Tuple
 
 import attrs
@@ -44,8 +45,23 @@ if TYPE_CHECKING:
     from gotaxy.server.tunnel import LiveTunnel
 
 
+_LEADING_KEY = re.compile(r"'([A-Za-z][A-Za-z0-9_.]{0,63})'")
+
+
 class SpecError(ValueError):
-    """A tunnel's settings are wrong; the message names the key and the fix."""
+    """
+    A tunnel's settings are wrong; the message names the key and the fix.
+    ``key`` is frp's key it is about (the faces mark that input), given, or
+    read from a message that starts with it quoted (``'localPort' must
+    be ...``); None when it is about no one key.
+    """
+
+    def __init__(self, message: str, key: Optional[str] = None) -> None:
+        super().__init__(message)
+        if key is None:
+            match = _LEADING_KEY.match(message)
+            key = match.group(1) if match else None
+        self.key = key
 
 
 class TunnelRefused(Exception):
@@ -146,6 +162,19 @@ class ProxyType(abc.ABC):
     name: ClassVar[str]
     #: Short label for tables (the panel and console translate it).
     label: ClassVar[str]
+    #: The spec's settings, for the faces' forms and help (``gotaxy.proxy.fields``), in the order to show them.
+    fields: ClassVar[Tuple[Any, ...]] = ()
+
+    def describe(self) -> Dict[str, Any]:
+        """The type for the faces: its name, label and fields (the REST API's ``ProxyType``)."""
+        return {"name": self.name, "label": self.label, "fields": [f.describe() for f in self.fields]}
+
+    def field(self, key: str) -> Any:
+        """The ``SpecField`` of frp's ``key``, or None."""
+        for f in self.fields:
+            if f.key == key:
+                return f
+        return None
 
     @abc.abstractmethod
     def parse(self, keys: Mapping[str, Any]) -> ProxySpec:

@@ -43,6 +43,11 @@ def types() -> Iterator[ProxyType]:
     return iter(list(_TYPES.values()))
 
 
+def describe_types() -> list:
+    """Every registered type for the faces (name, label, fields), in registration order."""
+    return [proxy_type.describe() for proxy_type in types()]
+
+
 def parse_spec(keys: Mapping[str, Any]) -> ProxySpec:
     """A spec from frp's keys, by its ``type`` (``tcp`` when absent); SpecError if it is not valid."""
     if not isinstance(keys, Mapping):
@@ -51,7 +56,8 @@ def parse_spec(keys: Mapping[str, Any]) -> ProxySpec:
     proxy_type = _TYPES.get(kind) if isinstance(kind, str) else None
     if proxy_type is None:
         known = ", ".join(f"'{n}'" for n in _TYPES)
-        raise UnknownType(f"tunnel type {str(kind)[:32]!r} is not supported by this version of Gotaxy (only {known})")
+        raise UnknownType(f"tunnel type {str(kind)[:32]!r} is not supported by this version of Gotaxy (only {known})",
+                          "type")
     return proxy_type.parse(keys)
 
 

@@ -13,8 +13,6 @@ connection opens its stream at once (no preface).
 from __future__ import annotations
 
 import errno
-import ipaddress
-import re
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 import attrs
@@ -28,45 +26,19 @@ from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import Stream
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
 from gotaxy.proxy.address import PublicAddress
-from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
+from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, TunnelRefused
+from gotaxy.proxy.fields import (
+    LOCAL_IP, LOCAL_PORT, REMOTE_PORT, check_local_ip, check_port, host_port, is_ip, parse_keys,
+)
 from gotaxy.relay import StreamRelay
 from gotaxy.server.tunnel import LiveTunnel, PublicFactory
 
 #: Seconds to wait for a local service to accept a connection.
 LOCAL_CONNECT_TIMEOUT = 10.0
 
-#: Longest ``localIP`` (a host name or an IP address).
-MAX_LOCAL_HOST = 128
-
 #: Ports tried for ``remotePort = 0`` when the operating system picks one
 #: another tunnel holds (reserved while its client is offline).
 MAX_PICK_ATTEMPTS = 8
-
-_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?")
-
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _local_ip(instance: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, str) or not value or len(value) > MAX_LOCAL_HOST:
-        raise SpecError(f"'localIP' must be a host name or an IP address of at most {MAX_LOCAL_HOST} characters")
-    if not (_is_ip(value) or _HOST_NAME.fullmatch(value)):
-        raise SpecError(f"'localIP' must be a host name or an IP address (without brackets), got {value[:64]!r}")
-
-
-def _port(key: str, low: int, what: str = "") -> Callable[[Any, Any, Any], None]:
-    def check(instance: Any, attribute: Any, value: Any) -> None:
-        if type(value) is not int or not low <= value <= 65535:  # bool is an int subclass: refused
-            raise SpecError(f"'{key}' must be an integer from {low} to 65535{what}")
-
-    return check
 
 
 @attrs.frozen
@@ -75,16 +47,16 @@ class TcpSpec(ProxySpec):
 
     type: ClassVar[str] = "tcp"
 
-    local_port: int = attrs.field(validator=_port("localPort", 1))
-    local_ip: str = attrs.field(default="127.0.0.1", validator=_local_ip)
-    remote_port: int = attrs.field(default=0, validator=_port("remotePort", 0, " (0 lets the server pick)"))
+    local_port: int = attrs.field(validator=check_port("localPort", 1))
+    local_ip: str = attrs.field(default="127.0.0.1", validator=check_local_ip)
+    remote_port: int = attrs.field(default=0, validator=check_port("remotePort", 0, " (0 lets the server pick)"))
 
     def to_keys(self) -> Dict[str, Any]:
         return {"type": "tcp", "localIP": self.local_ip, "localPort": self.local_port, "remotePort": self.remote_port}
 
     @property
     def local_description(self) -> str:
-        return f"[{self.local_ip}]:{self.local_port}" if ":" in self.local_ip else f"{self.local_ip}:{self.local_port}"
+        return host_port(self.local_ip, self.local_port)
 
     @property
     def requested(self) -> Optional[PublicAddress]:
@@ -122,15 +94,11 @@ class _LocalServiceFactory(ClientFactory):
 class TcpProxy(ProxyType):
     name = "tcp"
     label = "TCP"
+    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT)
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> TcpSpec:
-        unknown = sorted(str(k)[:32] for k in keys if k != "type" and k not in _ATTRIBUTES)
-        if unknown:
-            raise SpecError(f"a tcp tunnel has no setting {unknown[0]!r} (it has localIP, localPort and remotePort)")
-        if "localPort" not in keys:
-            raise SpecError("a tcp tunnel needs 'localPort', the port of the local service")
-        return TcpSpec(**{attribute: keys[key] for key, attribute in _ATTRIBUTES.items() if key in keys})
+        return parse_keys("tcp", self.fields, keys, TcpSpec, _ATTRIBUTES)  # type: ignore[no-any-return]
 
     async def expose(self, tunnel: LiveTunnel, context: ExposeContext) -> Exposure:
         spec = tunnel.spec
@@ -199,7 +167,7 @@ class TcpProxy(ProxyType):
     def connect(self, reactor: Any, spec: ProxySpec, stream: Stream, failed: Callable[[Failure], None]) -> None:
         assert isinstance(spec, TcpSpec)
         factory = _LocalServiceFactory(stream, failed)
-        if _is_ip(spec.local_ip):
+        if is_ip(spec.local_ip):
             reactor.connectTCP(spec.local_ip, spec.local_port, factory, timeout=LOCAL_CONNECT_TIMEOUT)
         else:
             endpoint = HostnameEndpoint(reactor, spec.local_ip, spec.local_port, timeout=LOCAL_CONNECT_TIMEOUT)

@@ -661,7 +661,11 @@ class ServerCore:
                 raise TunnelConflict(
                     f"tunnel {name!r} is defined in client {client!r}'s own config; change it there"
                 )
-            spec = parse_spec({**(record.spec or {}), **changes})
+            before = dict(record.spec or {})
+            if changes.get("type", before.get("type", "tcp")) != before.get("type", "tcp"):
+                before = {}  # another type: its settings replace the old ones
+            merged = {key: value for key, value in {**before, **changes}.items() if value is not None}
+            spec = parse_spec(merged)
             requested = spec.requested
             if requested is not None and requested != record.address:
                 await self.check_address(requested, (client, name))

@@ -11,8 +11,10 @@ idiom (HTTP status, console exit code): ``invalid`` (bad argument),
 ``not_found``, ``conflict`` (port taken, name used, wrong kind of tunnel),
 and a ``field``: the argument it is about, spelt as this class's parameters
 and the REST API's body keys are (``client``, ``name``, ``local_addr``,
-``remote_port``, ``url``, ``events``, ``address``, ...), or ``None`` when it
-is about no one argument.  Faces read the field; none parses the message.
+``remote_port``, ``url``, ``events``, ``address``, ...), a setting of a
+tunnel's spec as ``spec.<frp key>`` (``spec.localPort``, ``spec.customDomains``;
+``spec`` alone when it names no one key), or ``None`` when it is about no
+one argument.  Faces read the field; none parses the message.
 
 Tunnels come from two places (``source``):
 
@@ -42,13 +44,13 @@ from gotaxy.events import (
 from gotaxy.jointoken import make_join_token
 from gotaxy.notify.managed import TargetError
 from gotaxy.names import NAME_RULE, InvalidName, check_name, shown
-from gotaxy.proxy import ProxySpec, PublicAddress, SpecError, parse_spec
+from gotaxy.proxy import ProxySpec, PublicAddress, SpecError, describe_types, parse_spec
 from gotaxy.server.core import (
     SHARED_PREFIX, ServerCore, TunnelConflict, TunnelNotFound, TunnelRefused, valid_client_name,
 )
 from gotaxy.server.tunnel import LiveTunnel
 from gotaxy.store import EventRecord, StoreError, TokenRecord, TunnelRecord
-from gotaxy.store.claims import PORT_KINDS, Claimed
+from gotaxy.store.claims import DOMAIN, PORT_KINDS, Claimed
 
 
 @attrs.frozen
@@ -78,16 +80,22 @@ class ManagementError(Exception):
 
 
 @contextmanager
-def _tunnel_errors() -> Iterator[None]:
-    """The core's refusals of an operator's action on a tunnel, as the ManagementError the faces expect."""
+def _tunnel_errors(port_field: str = "remote_port") -> Iterator[None]:
+    """
+    The core's refusals of an operator's action on a tunnel, as the
+    ManagementError the faces expect; a refused port is about ``port_field``
+    (``remote_port`` in the tcp form, ``spec.remotePort`` in the spec form).
+    """
     try:
         yield
     except TunnelNotFound as e:
         raise ManagementError("not_found", str(e), "name") from None
     except TunnelRefused as e:  # a port the tunnel may not have
-        raise ManagementError("conflict", str(e), "remote_port") from None
-    except Claimed as e:  # a port another tunnel holds
-        raise ManagementError("conflict", str(e), "remote_port" if e.kind in PORT_KINDS else "name") from None
+        raise ManagementError("conflict", str(e), port_field) from None
+    except Claimed as e:  # a port or name another tunnel holds
+        raise ManagementError("conflict", str(e), port_field if e.kind in PORT_KINDS else
+                              "spec.customDomains" if e.kind == DOMAIN and port_field.startswith("spec.")
+                              else "name") from None
     except StoreError as e:  # the client has a tunnel of that name
         raise ManagementError("conflict", str(e), "name") from None
     except TunnelConflict as e:  # about the tunnel's state, not one argument
@@ -117,13 +125,19 @@ def _unknown_client(client: str, known: Sequence[str], shown: int = 20) -> str:
     )
 
 
-def _spec_field(message: str) -> Optional[str]:
-    """The form field a spec's error is about (its message starts with the frp key), for the panel."""
-    if message.startswith(("'localIP'", "'localPort'")):
-        return "local_addr"
-    if message.startswith("'remotePort'"):
-        return "remote_port"
-    return None
+#: The tcp form's arguments (``local_addr``, ``remote_port``) that frp's keys were read from.
+_TCP_FORM = {"localIP": "local_addr", "localPort": "local_addr", "remotePort": "remote_port"}
+
+
+def _spec_field(error: SpecError, tcp_form: bool) -> Optional[str]:
+    """
+    The field a spec's error is about: ``spec.<frp key>`` (``spec.localPort``;
+    ``spec`` when it names no one key), or in the tcp form the argument the
+    key came from.
+    """
+    if tcp_form:
+        return _TCP_FORM.get(error.key or "")
+    return f"spec.{error.key}" if error.key else "spec"
 
 
 def _invalid(message: str, field: Optional[str]) -> ManagementError:
@@ -339,7 +353,7 @@ class Management:
         return record
 
     @staticmethod
-    def _local_keys(local_addr: str) -> Dict[str, Any]:
+    def local_keys(local_addr: str) -> Dict[str, Any]:
         """A ``HOST:PORT`` local address (the tcp form of the faces) as frp's keys."""
         try:
             host, port = parse_host_port(local_addr)
@@ -355,17 +369,21 @@ class Management:
         return {"remotePort": remote_port}
 
     @staticmethod
-    def _spec(keys: Dict[str, Any]) -> ProxySpec:
+    def _spec(keys: Dict[str, Any], tcp_form: bool = False) -> ProxySpec:
         try:
             return parse_spec(keys)
         except SpecError as e:
-            raise ManagementError("invalid", str(e), field=_spec_field(str(e))) from None
+            raise ManagementError("invalid", str(e), field=_spec_field(e, tcp_form)) from None
+
+    def proxy_types(self) -> List[Dict[str, Any]]:
+        """The kinds of tunnel this server has, with their settings (``gotaxy.proxy.fields``), for the faces' forms."""
+        return describe_types()
 
     async def add_tunnel(self, client: str, name: str, local_addr: str, remote_port: int = 0) -> TunnelView:
         """Define a tcp tunnel for ``client`` (``HOST:PORT``, public port or 0); see ``define_tunnel``."""
         self._check_names(client, name)
-        keys = {"type": "tcp", **self._local_keys(local_addr), **self._port_keys(remote_port)}
-        return await self.define_tunnel(client, name, keys)
+        keys = {"type": "tcp", **self.local_keys(local_addr), **self._port_keys(remote_port)}
+        return await self._define(client, name, keys, tcp_form=True)
 
     @staticmethod
     def _check_names(client: str, name: str) -> None:
@@ -375,13 +393,20 @@ class Management:
         _check_name(name, "a tunnel name")
 
     async def define_tunnel(self, client: str, name: str, keys: Dict[str, Any]) -> TunnelView:
-        """Define a tunnel of any type (frp's keys) for ``client``; it opens now if the client is online."""
+        """
+        Define a tunnel of any registered type (frp's keys, ``type`` among
+        them) for ``client``; it opens now if the client is online.  An error
+        about one key has the field ``spec.<key>``.
+        """
+        return await self._define(client, name, keys, tcp_form=False)
+
+    async def _define(self, client: str, name: str, keys: Dict[str, Any], tcp_form: bool) -> TunnelView:
         self._check_names(client, name)
-        spec = self._spec(keys)
+        spec = self._spec(keys, tcp_form)
         known = await self.known_clients()
         if client not in known:
             raise ManagementError("not_found", _unknown_client(client, known), field="client")
-        with _tunnel_errors():
+        with _tunnel_errors("remote_port" if tcp_form else "spec.remotePort"):
             record = await self.core.add_tunnel(client, name, spec)
         return self._view(record, None)
 
@@ -409,25 +434,29 @@ class Management:
         """Change a tcp tunnel's local address or public port; see ``change_tunnel``."""
         changes: Dict[str, Any] = {}
         if local_addr is not None:
-            changes.update(self._local_keys(local_addr))
+            changes.update(self.local_keys(local_addr))
         if remote_port is not None:
             changes.update(self._port_keys(remote_port))
         if not changes:
             raise _invalid("nothing to change: give a local address or a public port", None)
-        return await self.change_tunnel(client, name, changes)
+        return await self._change_tunnel(client, name, changes, tcp_form=True)
 
     async def change_tunnel(self, client: str, name: str, changes: Dict[str, Any]) -> TunnelView:
-        """Change some of an operator-defined tunnel's settings (frp's keys); it reopens with them."""
-        return await self._change_tunnel(client, name, changes)
+        """
+        Change some of an operator-defined tunnel's settings (frp's keys; a
+        key set to None goes back to its default); it reopens with them.  A
+        change of ``type`` replaces every setting.
+        """
+        return await self._change_tunnel(client, name, changes, tcp_form=False)
 
-    async def _change_tunnel(self, client: str, name: str, changes: Dict[str, Any]) -> TunnelView:
+    async def _change_tunnel(self, client: str, name: str, changes: Dict[str, Any], tcp_form: bool) -> TunnelView:
         if not changes:
             raise _invalid("nothing to change", None)
-        with _tunnel_errors():
+        with _tunnel_errors("remote_port" if tcp_form else "spec.remotePort"):
             try:
                 await self.core.edit_tunnel(client, name, changes)
             except SpecError as e:
-                raise ManagementError("invalid", str(e), field=_spec_field(str(e))) from None
+                raise ManagementError("invalid", str(e), field=_spec_field(e, tcp_form)) from None
         return await self.tunnel(client, name)
 
     # -- tokens --------------------------------------------------------------

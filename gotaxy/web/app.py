@@ -511,6 +511,11 @@ class Panel:
 
     # -- tunnels -----------------------------------------------------------------
 
+    @app.route(f"{API_PREFIX}/proxy-types", methods=["GET"])
+    @_api()
+    async def proxy_types(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"types": self.management.proxy_types()}
+
     @app.route(f"{API_PREFIX}/tunnels", methods=["GET"])
     @_api()
     async def tunnels(self, request: Any, caller: Caller) -> Dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from gotaxy import __version__
 from gotaxy.events import FAMILIES, FIELDS, QUERY_TYPES, TYPES
+from gotaxy.proxy import registry
+from gotaxy.proxy.fields import KINDS
 
 API_PREFIX = "/api/v0.1"
 
@@ -148,13 +150,34 @@ SCHEMAS: Dict[str, Any] = {
             "description": {"type": "string", "description": "how to show it: 'port 16000', 'http://wiki.example.com'"},
         }
     ),
-    "TunnelSpec": {
+    # "TunnelSpec" is built from the registered proxy types (tunnel_spec_schema).
+    "TunnelChanges": {
         "type": "object",
-        "description": "a tunnel's settings in frp's keys: type (tcp when absent) and that type's keys, e.g. "
-                       "localIP, localPort and remotePort (0: the server picks) for tcp",
+        "description": "some of a tunnel's settings in frp's keys (a key set to null goes back to its default; "
+                       "another 'type' replaces them all)",
         "properties": {"type": {"type": "string"}},
         "additionalProperties": True,
     },
+    "ProxyField": _object(
+        {
+            "key": {"type": "string", "description": "frp's key, as in the spec"},
+            "kind": {"enum": list(KINDS), "description": "what a value looks like (gotaxy.proxy.fields)"},
+            "label": {"type": "string", "description": "the label's key in the panel's strings (www/i18n)"},
+            "hint": {"type": "string", "description": "the placeholder's key in the panel's strings, or ''"},
+            "help": {"type": "string"},
+            "required": {"type": "boolean"},
+            "default": {"description": "the value when the key is absent, or null"},
+            "minimum": {"type": ["integer", "null"]},
+            "maximum": {"type": ["integer", "null"]},
+            "choices": {"type": "array", "items": {"type": "string"}},
+            "editable": {"type": "boolean"},
+        }
+    ),
+    "ProxyType": _object(
+        {"name": {"type": "string"}, "label": {"type": "string"},
+         "fields": {"type": "array", "items": _ref("ProxyField")}}
+    ),
+    "ProxyTypes": _list_of("types", "ProxyType"),
     "TunnelCreate": _object(
         {
             "client": {"type": "string"},
@@ -167,7 +190,7 @@ SCHEMAS: Dict[str, Any] = {
     ),
     "TunnelEdit": _object(
         {"local_addr": {"type": "string"}, "remote_port": {"type": "integer", "minimum": 0, "maximum": 65535},
-         "spec": {**_ref("TunnelSpec"), "description": "the keys to change (frp's names)"}}, []
+         "spec": {**_ref("TunnelChanges"), "description": "the keys to change (frp's names)"}}, []
     ),
     "Token": _object(
         {
@@ -450,6 +473,10 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
         _operation("post", "Disconnect a client (it reconnects unless its token is revoked)", (204, None), errors=(404,),
                    tag="clients")
     ],
+    "/proxy-types": [
+        _operation("get", "The kinds of tunnel this server has, with each one's settings (for forms)",
+                   (200, "ProxyTypes"), tag="tunnels")
+    ],
     "/tunnels": [
         _operation("get", "All tunnels", (200, "Tunnels"), query=(("client", "string", "only this client's"),),
                    tag="tunnels"),
@@ -527,6 +554,21 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
 }
 
 
+def tunnel_spec_schema() -> Dict[str, Any]:
+    """A spec of any registered proxy type, one schema per type from its fields (``gotaxy.proxy.fields``)."""
+    variants = []
+    for proxy_type in registry.types():
+        properties: Dict[str, Any] = {"type": {"const": proxy_type.name}}
+        properties.update({f.key: f.schema() for f in proxy_type.fields})
+        required = [f.key for f in proxy_type.fields if f.required]
+        if proxy_type.name != "tcp":  # a spec without a type is a tcp one
+            required.insert(0, "type")
+        variants.append({"title": proxy_type.name, "type": "object", "properties": properties,
+                         "required": required, "additionalProperties": False})
+    return {"description": "a tunnel's settings in frp's keys: 'type' (tcp when absent) and that type's keys "
+                           "(GET /proxy-types lists them)", "oneOf": variants}
+
+
 def openapi_document() -> Dict[str, Any]:
     paths: Dict[str, Any] = {}
     for path, operations in _ROUTES.items():
@@ -554,7 +596,7 @@ def openapi_document() -> Dict[str, Any]:
                 ),
             },
             "components": {
-                "schemas": SCHEMAS,
+                "schemas": {**SCHEMAS, "TunnelSpec": tunnel_spec_schema()},
                 "securitySchemes": {
                     "session": {"type": "apiKey", "in": "cookie", "name": "gotaxy_session"},
                     "bearer": {"type": "http", "scheme": "bearer"},
