@@ -180,7 +180,36 @@ class CommandTests(unittest.TestCase):
         self.assertEqual((now["local_addr"], now["address"]["port"]), (f"127.0.0.1:{self.echo}", wanted))
         self.assertEqual(await echo_through(wanted, b"edited"), b"edited")
         nothing = await self.cmd("tunnel edit pushed", EXIT_USAGE)
-        self.assertEqual(nothing.text, "error: nothing to change: give a local address or a public port")
+        self.assertEqual(nothing.text, "error: nothing to change: give a local address (--local), a public port (--port) "
+                                        "or a --KEY VALUE setting")
+
+    async def test_tunnel_add_and_edit_take_the_types_keys(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO", allow_operator_tunnels=["127.0.0.1:ECHO"])
+        await live.wait_up("echo")
+        wanted = free_port()
+        added = await self.cmd(f"tunnel add alice keyed --type tcp --localPort {self.echo} --remotePort={wanted}")
+        self.assertEqual(added.text, f"tunnel alice/keyed added (port {wanted}); it opens now")
+        self.assertEqual(await echo_through(await live.wait_up("keyed"), b"keys"), b"keys")
+        # Each type's keys are in the help, with what they take.
+        help_text = (await self.cmd("help tunnel add")).text
+        self.assertIn("  tcp:", help_text)
+        self.assertIn("--localPort PORT (required): the port of the local service", help_text)
+        self.assertFits(help_text[help_text.index("Types and their keys"):])
+        errors = [
+            ("tunnel add alice x --type teleport --localPort 1",
+             "tunnel add: --type 'teleport' is not a tunnel type of this server (it has tcp"),
+            ("tunnel add alice x --localPort one", "tunnel add: 'localPort' must be a whole number, not 'one'"),
+            ("tunnel add alice x --localPort 0", "error: 'localPort' must be an integer from 1 to 65535"),
+            ("tunnel add alice x --nonsense 1", "tunnel add: unknown option '--nonsense'"),
+            ("tunnel add alice x --localPort", "tunnel add: --localPort needs a value"),
+            ("tunnel add alice x", "tunnel add: missing LOCALHOST:PORT"),
+        ]
+        for line, start in errors:
+            text = (await self.cmd(line, EXIT_USAGE)).text
+            self.assertTrue(text.startswith(start), f"{line!r} -> {text!r}")
+        # An empty value puts a setting back to its default: remotePort 0, the server picks.
+        edited = json.loads((await self.cmd("tunnel edit keyed --remotePort '' --json")).text)
+        self.assertEqual(edited["spec"]["remotePort"], 0)
 
     async def test_tunnel_add_for_a_client_nobody_can_be_is_refused_with_the_known_ones(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")

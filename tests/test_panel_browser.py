@@ -112,22 +112,45 @@ def test_panel_end_to_end(procs, echo, browser):
     expect(echo_row).to_contain_text("client config")
     expect(echo_row).to_contain_text(str(echo_port))
 
-    # A port out of range: the error appears by the port field.
+    # The form shows the chosen type's settings (tcp: local IP, local port, public port).
     page.select_option('#tunnel-form [name="client"]', "default")
+    expect(page.locator('#tunnel-form [name="type"]')).to_have_value("tcp")
+    expect(page.locator('#tunnel-form [name="spec.localIP"]')).to_have_attribute("placeholder", "127.0.0.1")
+    expect(page.locator('#tunnel-form [name="spec.remotePort"]')).to_have_attribute("placeholder", "0: the server picks")
     page.fill('#tunnel-form [name="name"]', "web")
-    page.fill('#tunnel-form [name="local_addr"]', f"127.0.0.1:{echo.port}")
-    page.fill('#tunnel-form [name="remote_port"]', "70000")
+    page.fill('#tunnel-form [name="spec.localPort"]', "echo")
     page.click('#tunnel-form button[type="submit"]')
-    expect(page.locator('#tunnel-form [data-error="remote_port"]')).to_contain_text("public port")
+    expect(page.locator('#tunnel-form [data-error="spec.localPort"]')).to_have_text(
+        "Invalid: Local port must be a whole number.")  # checked in the page
+    # A port out of range: the server's error appears by the port field.
+    page.fill('#tunnel-form [name="spec.localPort"]', str(echo.port))
+    page.fill('#tunnel-form [name="spec.remotePort"]', "70000")
+    page.click('#tunnel-form button[type="submit"]')
+    expect(page.locator('#tunnel-form [data-error="spec.remotePort"]')).to_contain_text("'remotePort' must be")
+    expect(page.locator('#tunnel-form [name="spec.remotePort"]')).to_have_attribute("aria-invalid", "true")
 
     # Create a tunnel from the panel: the client opens it live, no restart.
     wanted = free_port()
-    page.fill('#tunnel-form [name="remote_port"]', str(wanted))
+    page.fill('#tunnel-form [name="spec.remotePort"]', str(wanted))
     page.click('#tunnel-form button[type="submit"]')
     web_row = page.locator('#tunnels-table tr[data-tunnel="default/web"]')
     expect(web_row.locator(".status")).to_have_text("up")  # arrives through the live updates
     assert tunnel_port(client, "web") == wanted
     assert echo_once(wanted, b"through the panel's tunnel") == b"through the panel's tunnel"
+
+    # Edit it: the form holds its settings; another public port moves it there.
+    web_row.locator('button[data-action="edit"]').click()
+    expect(page.locator("#edit-type")).to_have_text("TCP port")
+    expect(page.locator('#edit-form [name="spec.localPort"]')).to_have_value(str(echo.port))
+    expect(page.locator('#edit-form [name="spec.remotePort"]')).to_have_value(str(wanted))
+    moved = free_port()
+    mark = len(client.output())
+    page.fill('#edit-form [name="spec.remotePort"]', str(moved))
+    page.click('#edit-form button[type="submit"]')
+    expect(page.locator("#edit-form")).to_be_hidden()
+    assert tunnel_port(client, "web", start=mark) == moved
+    expect(web_row).to_contain_text(f"127.0.0.1:{moved}")  # the address as the panel reached the server
+    wanted = moved
 
     # Disable it: the page shows it and the port refuses connections.
     web_row.locator('button[data-action="disable"]').click()

@@ -22,6 +22,7 @@ const state = {
   detail: null,  // the client whose stability is shown (#clients/NAME)
   events: { offset: 0, limit: 50, hasMore: false },
   clients: [],
+  types: null,  // the proxy types with their fields (/proxy-types), read once
   webhookSent: null,  // the webhook a test notification was last queued for
   mailSent: null,  // the e-mail address a test message was last queued for
 };
@@ -80,7 +81,8 @@ function t(key, vars = {}) {
 
 // -- formatting ------------------------------------------------------------------
 
-// Byte counts and rates: formatBytes and formatRate, from units.js.
+// Byte counts and rates: formatBytes and formatRate, from units.js; a
+// type's settings as form texts: specFromTexts, textOf, addressText, from fields.js.
 
 function when(seconds) {
   if (seconds === null || seconds === undefined) return "–";
@@ -499,7 +501,7 @@ function typeLabel(type) {
 }
 
 async function loadTunnels() {
-  const [result, clients] = await Promise.all([api("GET", "/tunnels"), api("GET", "/clients")]);
+  const [result, clients] = await Promise.all([api("GET", "/tunnels"), api("GET", "/clients"), loadProxyTypes()]);
   if (!result.ok) return;
   if (clients.ok) fillClientSelect(clients.data.clients);
   const body = $("#tunnels-table tbody");
@@ -513,7 +515,7 @@ async function loadTunnels() {
     status.className = "status";
     status.append(tunnelStatus(tn));
     row.append(name, cell(tn.client), cell(typeLabel(tn.type)), cell(tn.local_addr),
-      cell(tn.address ? tn.address.description : t("tunnels.auto_short")),
+      cell(addressText(tn.address, location.hostname) || t("tunnels.auto_short")),
       status, cell(String(tn.connections)), cell(`${formatBytes(tn.bytes_in)} / ${formatBytes(tn.bytes_out)}`),
       cell(`${formatRate(tn.rate_in)} / ${formatRate(tn.rate_out)}`));
     const actions = document.createElement("td");
@@ -551,32 +553,126 @@ function fillClientSelect(clients) {
   if (clients.some((c) => c.name === current)) select.value = current;
 }
 
+// -- the forms of a proxy type's settings ---------------------------------------------
+// Each type says which settings its spec has (GET /proxy-types); fields.js
+// turns the inputs' texts into frp's keys.  An input is named "spec.KEY", as
+// the API names an error about it, so that showError marks it.
+
+async function loadProxyTypes() {
+  if (state.types) return state.types;
+  const result = await api("GET", "/proxy-types");
+  if (!result.ok) return [];
+  state.types = result.data.types;
+  const select = $('#tunnel-form [name="type"]');
+  select.replaceChildren();
+  for (const type of state.types) {
+    const option = document.createElement("option");
+    option.value = type.name;
+    option.dataset.i18n = `proxy.${type.name}`;
+    option.textContent = typeLabel(type.name);
+    select.append(option);
+  }
+  drawFields($("#tunnel-form"), proxyType(select.value), {}, false);
+  return state.types;
+}
+
+function proxyType(name) {
+  return (state.types || []).find((type) => type.name === name) || { name, fields: [] };
+}
+
+// A key of the strings, or `fallback` when the strings have none.
+function tOr(key, fallback) {
+  const text = t(key);
+  return text === key ? fallback : text;
+}
+
+function drawFields(form, type, spec, editing) {
+  const box = $("[data-fields]", form);
+  box.replaceChildren();
+  for (const field of type.fields) {
+    const label = document.createElement("label");
+    const name = document.createElement("span");
+    name.dataset.i18n = field.label;
+    name.textContent = tOr(field.label, field.key);
+    let input;
+    if (field.kind === "choice") {
+      input = document.createElement("select");
+      for (const choice of ["", ...field.choices]) {
+        const option = document.createElement("option");
+        option.value = choice;
+        option.textContent = choice || (field.default !== null ? String(field.default) : "–");
+        input.append(option);
+      }
+    } else {
+      input = document.createElement("input");
+      input.type = field.kind === "bool" ? "checkbox" : field.kind === "secret" ? "password" : "text";
+      if (field.kind === "port" || field.kind === "integer") input.inputMode = "numeric";
+      if (field.kind !== "bool") {
+        if (field.hint) {
+          input.dataset.i18nPlaceholder = field.hint;
+          input.placeholder = tOr(field.hint, "");
+        } else if (field.default !== null && field.default !== "") {
+          input.placeholder = String(field.default);
+        }
+      }
+    }
+    input.name = `spec.${field.key}`;
+    input.dataset.key = field.key;
+    input.title = field.help;
+    if (field.required) input.required = true;
+    if (editing && !field.editable) input.disabled = true;
+    const text = textOf(field, spec[field.key]);
+    if (field.kind === "bool") input.checked = text; else if (editing) input.value = text;
+    const error = document.createElement("span");
+    error.className = "error";
+    error.dataset.error = `spec.${field.key}`;
+    label.append(name, input, error);
+    box.append(label);
+  }
+}
+
+// The form's settings as frp's keys, or null after showing what is wrong.
+function formSpec(form, type, editing) {
+  const texts = {};
+  for (const input of $$("[data-fields] [data-key]", form)) {
+    texts[input.dataset.key] = input.type === "checkbox" ? input.checked : input.value;
+  }
+  const { spec, errors } = specFromTexts(type.fields, texts, editing);
+  if (errors.length) {
+    const { key, problem } = errors[0];
+    const field = type.fields.find((f) => f.key === key);
+    showError(form, { kind: "invalid", field: `spec.${key}`,
+      message: t(`field.bad_${problem}`, { label: tOr(field.label, key) }) });
+    return null;
+  }
+  return spec;
+}
+
 async function createTunnel(event) {
   event.preventDefault();
   const form = event.target;
-  const body = { client: form.client.value, name: form.name.value.trim(), local_addr: form.local_addr.value.trim() };
-  if (!body.client) return showError(form, { kind: "invalid", field: "client", message: t("tunnels.no_client") });
-  if (form.remote_port.value !== "") {
-    const port = Number(form.remote_port.value);
-    if (!Number.isInteger(port)) return showError(form, { kind: "invalid", field: "remote_port", message: t("tunnels.bad_port") });
-    body.remote_port = port;
-  }
+  if (!form.client.value) return showError(form, { kind: "invalid", field: "client", message: t("tunnels.no_client") });
+  const type = proxyType(form.type.value);
+  const spec = formSpec(form, type, false);
+  if (spec === null) return;
+  const body = { client: form.client.value, name: form.name.value.trim(), spec: { type: type.name, ...spec } };
   const result = await api("POST", "/tunnels", body);
   if (!result.ok) return showError(form, result.error);
   clearErrors(form);
   form.name.value = "";
-  form.local_addr.value = "";
-  form.remote_port.value = "";
+  drawFields(form, type, {}, false);
   loadTunnels();
 }
 
-function openEdit(tn) {
+async function openEdit(tn) {
+  await loadProxyTypes();
   const form = $("#edit-form");
   form.hidden = false;
   form.dataset.path = `/tunnels/${encodeURIComponent(tn.client)}/${encodeURIComponent(tn.name)}`;
+  form.dataset.type = tn.type;
   $("#edit-title").textContent = `${tn.client}/${tn.name}`;
-  form.local_addr.value = tn.local_addr;
-  form.remote_port.value = (tn.spec && tn.spec.remotePort) || 0;
+  $("#edit-type").textContent = typeLabel(tn.type);
+  drawFields(form, proxyType(tn.type), tn.spec || {}, true);
   clearErrors(form);
   form.scrollIntoView({ block: "nearest" });
 }
@@ -584,9 +680,9 @@ function openEdit(tn) {
 async function saveEdit(event) {
   event.preventDefault();
   const form = event.target;
-  const port = Number(form.remote_port.value || 0);
-  if (!Number.isInteger(port)) return showError(form, { kind: "invalid", field: "remote_port", message: t("tunnels.bad_port") });
-  const result = await api("PATCH", form.dataset.path, { local_addr: form.local_addr.value.trim(), remote_port: port });
+  const spec = formSpec(form, proxyType(form.dataset.type), true);
+  if (spec === null) return;
+  const result = await api("PATCH", form.dataset.path, { spec });
   if (!result.ok) return showError(form, result.error);
   form.hidden = true;
   loadTunnels();
@@ -914,6 +1010,10 @@ async function start() {
   $("#login-form").addEventListener("submit", login);
   $("#logout").addEventListener("click", logout);
   $("#tunnel-form").addEventListener("submit", createTunnel);
+  $('#tunnel-form [name="type"]').addEventListener("change", (e) => {
+    clearErrors($("#tunnel-form"));
+    drawFields($("#tunnel-form"), proxyType(e.target.value), {}, false);
+  });
   $("#edit-form").addEventListener("submit", saveEdit);
   $("#edit-cancel").addEventListener("click", () => { $("#edit-form").hidden = true; });
   $("#token-form").addEventListener("submit", createToken);

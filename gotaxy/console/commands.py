@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import textwrap
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import attrs
@@ -44,6 +45,7 @@ from gotaxy.console.text import (
 )
 from gotaxy.events import QUERY_TYPES
 from gotaxy.logs import gotaxy_observer
+from gotaxy.proxy import SpecError, registry
 from gotaxy.server.manage import Management, ManagementError, TunnelView
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.console")
@@ -82,6 +84,8 @@ class Command:
     details: str = ""
     options: Dict[str, bool] = attrs.Factory(dict)  #: option -> takes a value
     positional: Tuple[int, int] = (0, 0)  #: fewest, most
+    #: also takes ``--KEY VALUE`` for the settings of the proxy types (``options["spec"]``: key -> text)
+    spec_keys: bool = False
 
 
 def _json_option(**more: bool) -> Dict[str, bool]:
@@ -100,14 +104,19 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
     Command("tunnel", "tunnel TUNNEL [--json]", "one tunnel in detail, with connections and rates",
             details="TUNNEL is CLIENT/NAME, or just NAME when only one client has a tunnel of that name.",
             options=_json_option(), positional=(1, 1)),
-    Command("tunnel add", "tunnel add CLIENT NAME LOCALHOST:PORT [PUBLICPORT] [--json]",
+    Command("tunnel add", "tunnel add CLIENT NAME LOCALHOST:PORT [PUBLICPORT] [--type TYPE] [--KEY VALUE] [--json]",
             "define a tunnel for a client; it opens now if the client is online",
             details="PUBLICPORT 0 or left out lets the server pick one (and keep it). "
-                    "IPv6 local addresses go in brackets: [::1]:5432.",
-            options=_json_option(), positional=(3, 4)),
-    Command("tunnel edit", "tunnel edit TUNNEL [--local HOST:PORT] [--port PUBLICPORT] [--json]",
+                    "IPv6 local addresses go in brackets: [::1]:5432. TYPE is tcp (the default) or another "
+                    "type below; --KEY VALUE sets one of its settings by frp's key (--localPort 53), and "
+                    "LOCALHOST:PORT and PUBLICPORT are short for --localIP, --localPort and --remotePort.",
+            options=_json_option(**{"--type": True}), positional=(2, 4), spec_keys=True),
+    Command("tunnel edit", "tunnel edit TUNNEL [--local HOST:PORT] [--port PUBLICPORT] [--KEY VALUE] [--json]",
             "change a tunnel defined here (not in the client's own config)",
-            options=_json_option(**{"--local": True, "--port": True}), positional=(1, 1)),
+            details="--KEY VALUE changes one setting of the tunnel's type by frp's key; an empty VALUE ('') "
+                    "puts it back to its default. --local and --port are short for --localIP with --localPort, "
+                    "and --remotePort.",
+            options=_json_option(**{"--local": True, "--port": True}), positional=(1, 1), spec_keys=True),
     Command("tunnel remove", "tunnel remove TUNNEL", "delete a tunnel defined here, cutting its connections",
             positional=(1, 1)),
     Command("tunnel enable", "tunnel enable TUNNEL [--json]", "let a disabled tunnel open again",
@@ -171,6 +180,15 @@ def parse_args(command: Command, words: Sequence[str]) -> Tuple[List[str], Dict[
         word = words[i]
         if word.startswith("--") and len(word) > 2:
             name, eq, value = word.partition("=")
+            if name not in command.options and command.spec_keys and name[2:] in _spec_keys():
+                if not eq:
+                    i += 1
+                    if i >= len(words):
+                        raise UsageError(f"{command.name}: {name} needs a value", command.name)
+                    value = words[i]
+                options.setdefault("spec", {})[name[2:]] = value
+                i += 1
+                continue
             if name not in command.options:
                 raise UsageError(f"{command.name}: unknown option {name!r}", command.name)
             if command.options[name]:
@@ -195,6 +213,42 @@ def parse_args(command: Command, words: Sequence[str]) -> Tuple[List[str], Dict[
             problem = "missing " + command.usage.split()[len(command.name.split()) + len(positional)].strip("[]")
         raise UsageError(f"{command.name}: {problem}", command.name)
     return positional, options
+
+
+def _spec_keys() -> Set[str]:
+    """frp's keys of every registered proxy type (what ``--KEY`` may name)."""
+    return {f.key for t in registry.types() for f in t.fields}
+
+
+def _types_help(width: int) -> str:
+    """Each proxy type with its keys, for the help of the commands that take them, wrapped to ``width``."""
+    lines = ["Types and their keys (--KEY VALUE):"]
+    for proxy_type in registry.types():
+        lines.append(f"  {proxy_type.name}:")
+        for f in proxy_type.fields:
+            flags = " (required)" if f.required else f" (default {f.default})" if f.default not in (None, "") else ""
+            shape = f"one of {', '.join(f.choices)}" if f.kind == "choice" else f.kind
+            lines += textwrap.wrap(f"--{f.key} {shape.upper() if f.kind != 'choice' else shape}{flags}: {f.help}",
+                                   width, initial_indent="    ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def _spec_values(proxy_type: Any, texts: Dict[str, str], topic: str, empty_is_default: bool = False) -> Dict[str, Any]:
+    """The ``--KEY VALUE`` texts as values of ``proxy_type``'s settings."""
+    values: Dict[str, Any] = {}
+    for key, text in texts.items():
+        field = proxy_type.field(key)
+        if field is None:
+            keys = ", ".join(f"--{f.key}" for f in proxy_type.fields)
+            raise UsageError(f"{topic}: a {proxy_type.name} tunnel has no setting --{key} (it has {keys})", topic)
+        if empty_is_default and text == "":
+            values[key] = None
+            continue
+        try:
+            values[key] = field.from_text(text)
+        except SpecError as e:
+            raise UsageError(f"{topic}: {e}", topic) from None
+    return values
 
 
 def _int(value: str, what: str, topic: str) -> int:
@@ -410,6 +464,8 @@ class Commands:
         text = f"usage: {command.usage}\n{command.summary}"
         if command.details:
             text += "\n" + command.details
+        if command.spec_keys:
+            text += "\n" + _types_help(self.width)
         return Result(text)
 
     async def _status(self, positional: List[str], options: Dict[str, Any]) -> Result:
@@ -448,9 +504,28 @@ class Commands:
         return Result(tunnel_detail(view, self.width))
 
     async def _tunnel_add(self, positional: List[str], options: Dict[str, Any]) -> Result:
-        client, name, local = positional[:3]
-        port = _int(positional[3], "PUBLICPORT", "tunnel add") if len(positional) > 3 else 0
-        view = await self.management.add_tunnel(client, name, local, port)
+        topic = "tunnel add"
+        client, name = positional[:2]
+        type_name = options.get("--type", "tcp")
+        proxy_type = registry.get(type_name)
+        if proxy_type is None:
+            known = ", ".join(registry.names())
+            raise UsageError(f"{topic}: --type {type_name!r} is not a tunnel type of this server (it has {known})",
+                             topic)
+        keys: Dict[str, Any] = {"type": type_name}
+        shorthand = {"LOCALHOST:PORT": ("localIP", "localPort"), "PUBLICPORT": ("remotePort",)}
+        for (word, covers), given in zip(shorthand.items(), positional[2:]):
+            if not all(proxy_type.field(key) for key in covers):
+                raise UsageError(f"{topic}: a {type_name} tunnel has no {word}; give its settings as --KEY VALUE",
+                                 topic)
+            if word == "PUBLICPORT":
+                keys["remotePort"] = _int(given, "PUBLICPORT", topic)
+            else:
+                keys.update(self.management.local_keys(given))
+        keys.update(_spec_values(proxy_type, options.get("spec", {}), topic))
+        if len(positional) == 2 and proxy_type.field("localPort") is not None and "localPort" not in keys:
+            raise UsageError(f"{topic}: missing LOCALHOST:PORT", topic)
+        view = await self.management.define_tunnel(client, name, keys)
         if options.get("--json"):
             return Result(as_json(view))
         online = client in self.core.sessions
@@ -459,9 +534,21 @@ class Commands:
                       + ("it opens now" if online else f"it opens when {client} connects"))
 
     async def _tunnel_edit(self, positional: List[str], options: Dict[str, Any]) -> Result:
-        view = await self.resolve_tunnel(positional[0], "tunnel edit")
-        port = _int(options["--port"], "--port", "tunnel edit") if "--port" in options else None
-        updated = await self.management.edit_tunnel(view.client, view.name, options.get("--local"), port)
+        topic = "tunnel edit"
+        view = await self.resolve_tunnel(positional[0], topic)
+        changes: Dict[str, Any] = {}
+        if "--local" in options:
+            changes.update(self.management.local_keys(options["--local"]))
+        if "--port" in options:
+            changes["remotePort"] = _int(options["--port"], "--port", topic)
+        if options.get("spec"):
+            proxy_type = registry.get(view.type)
+            if proxy_type is None:
+                raise UsageError(f"{topic}: tunnel type {view.type!r} is not known to this server", topic)
+            changes.update(_spec_values(proxy_type, options["spec"], topic, empty_is_default=True))
+        if not changes:
+            raise ManagementError("invalid", "nothing to change: give a local address (--local), a public port (--port) or a --KEY VALUE setting")
+        updated = await self.management.change_tunnel(view.client, view.name, changes)
         return self._tunnel_result(updated, options, "changed")
 
     async def _tunnel_remove(self, positional: List[str], options: Dict[str, Any]) -> Result:
