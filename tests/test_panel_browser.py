@@ -114,7 +114,7 @@ def test_panel_end_to_end(procs, echo, browser):
 
     # The form shows the chosen type's settings (tcp: local IP, local port, public port).
     page.select_option('#tunnel-form [name="client"]', "default")
-    expect(page.locator('#tunnel-form [name="type"]')).to_have_value("tcp")
+    expect(page.locator('#tunnel-form [name="spec.type"]')).to_have_value("tcp")
     expect(page.locator('#tunnel-form [name="spec.localIP"]')).to_have_attribute("placeholder", "127.0.0.1")
     expect(page.locator('#tunnel-form [name="spec.remotePort"]')).to_have_attribute("placeholder", "0: the server picks")
     page.fill('#tunnel-form [name="name"]', "web")

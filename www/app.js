@@ -563,7 +563,7 @@ async function loadProxyTypes() {
   const result = await api("GET", "/proxy-types");
   if (!result.ok) return [];
   state.types = result.data.types;
-  const select = $('#tunnel-form [name="type"]');
+  const select = $('#tunnel-form [name="spec.type"]');
   select.replaceChildren();
   for (const type of state.types) {
     const option = document.createElement("option");
@@ -652,7 +652,7 @@ async function createTunnel(event) {
   event.preventDefault();
   const form = event.target;
   if (!form.client.value) return showError(form, { kind: "invalid", field: "client", message: t("tunnels.no_client") });
-  const type = proxyType(form.type.value);
+  const type = proxyType($('[name="spec.type"]', form).value);
   const spec = formSpec(form, type, false);
   if (spec === null) return;
   const body = { client: form.client.value, name: form.name.value.trim(), spec: { type: type.name, ...spec } };
@@ -1010,7 +1010,7 @@ async function start() {
   $("#login-form").addEventListener("submit", login);
   $("#logout").addEventListener("click", logout);
   $("#tunnel-form").addEventListener("submit", createTunnel);
-  $('#tunnel-form [name="type"]').addEventListener("change", (e) => {
+  $('#tunnel-form [name="spec.type"]').addEventListener("change", (e) => {
     clearErrors($("#tunnel-form"));
     drawFields($("#tunnel-form"), proxyType(e.target.value), {}, false);
   });
