@@ -26,7 +26,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 TOKEN_PREFIX = "gtx_"
-_password_hasher = PasswordHasher()
+#: argon2id with argon2-cffi's defaults (64 MiB, 3 passes: tens of
+#: milliseconds per check, on purpose).  The in-memory test tier swaps in
+#: cheap parameters (``tests/conftest.py``); a hash records the parameters it
+#: was made with, so hashes made either way verify either way.
+PASSWORD_HASHER = PasswordHasher()
 
 
 def new_token() -> str:
@@ -47,11 +51,11 @@ def tokens_equal(a: str, b: str) -> bool:
 
 
 def hash_password(password: str) -> str:
-    return _password_hasher.hash(password)
+    return PASSWORD_HASHER.hash(password)
 
 
 def verify_password(stored_hash: str, password: str) -> bool:
     try:
-        return _password_hasher.verify(stored_hash, password)
+        return PASSWORD_HASHER.verify(stored_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False

@@ -89,6 +89,23 @@ def _held_ports() -> Any:
 
 
 @pytest.fixture(autouse=True)
+def _cheap_password_hashing(request: Any, monkeypatch: Any) -> None:
+    """
+    In-process tests hash passwords with argon2's smallest parameters: the
+    defaults cost tens of milliseconds and 64 MiB each, and the log-in tests
+    check hundreds.  What they test (counting, lock-outs, threads) does not
+    depend on the cost; processes that e2e tests start keep the defaults.
+    """
+    if request.node.get_closest_marker(E2E) is not None:
+        return
+    from argon2 import PasswordHasher
+
+    from gotaxy import credentials
+
+    monkeypatch.setattr(credentials, "PASSWORD_HASHER", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
+@pytest.fixture(autouse=True)
 def _tiers_hold(request: Any, monkeypatch: Any) -> None:
     """A test starts processes only if marked e2e, and opens sockets only if marked e2e or live."""
     if request.node.get_closest_marker(E2E) is not None:
