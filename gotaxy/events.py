@@ -114,8 +114,13 @@ SERVER_STARTED = _define(
     "server.started", "the server started; detail: its version",
     ("detail",), "server started: {detail}")
 CONFIG_RELOADED = _define(
-    "config.reloaded", "the server's configuration was re-read",
-    (), "configuration reloaded")
+    "config.reloaded", "the server's configuration was re-read; address: who asked (SIGHUP, an operator, "
+    "an API token); detail: what was applied and what needs a restart",
+    ("address", "detail"), "configuration reloaded by {address}: {detail}")
+CONFIG_RELOAD_FAILED = _define(
+    "config.reload_failed", "a reload found the configuration file wrong and changed nothing; address: who "
+    "asked; detail: the error, naming the key",
+    ("address", "detail"), "configuration reload by {address} refused: {detail}")
 OPERATOR_LOGIN_FAILED = _define(
     "operator.login_failed", "an operator log-in (panel or console) failed; detail: how and which user",
     ("address", "detail"), "operator log-in failed from {address}: {detail}")

@@ -52,6 +52,16 @@ class HeartbeatMonitor:
         self._check = LoopingCall(self._tick)
         self._check.clock = clock
 
+    def retune(self, interval: float, timeout: float) -> None:
+        """New settings (a reload), keeping what was heard so far; the next check follows them."""
+        if not 0 < interval < timeout:
+            raise ValueError("heartbeat interval must be positive and shorter than the timeout")
+        self.interval, self.timeout = interval, timeout
+        self._step = interval / math.ceil(interval / (timeout / 10))
+        if self._check.running:
+            self._check.stop()
+            self._check.start(self._step, now=False)
+
     def start(self) -> None:
         now = self._clock.seconds()
         self._last_heard = now

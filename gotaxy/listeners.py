@@ -151,36 +151,83 @@ class Listener(Service):
         super().privilegedStartService()
         if self.port is not None:
             return
+        self.port = self._listen(self.at)
+
+    def _listen(self, at: ListenAt) -> Any:
+        """Listen at ``at`` now and return the port, or raise ``StartError`` saying why not."""
         try:
-            endpoint = serverFromString(self.reactor, self.at.description)
+            endpoint = serverFromString(self.reactor, at.description)
         except LookupError:
-            if not self.at.description.startswith("systemd:"):
-                raise StartError(endpoint_error(self.setting, self.at, "unknown argument")) from None
+            if not at.description.startswith("systemd:"):
+                raise StartError(endpoint_error(self.setting, at, "unknown argument")) from None
             raise StartError(
-                f"{_named(self.setting.endpoint_key, self.setting.endpoint_flag)} {self.at.description!r}: systemd "
+                f"{_named(self.setting.endpoint_key, self.setting.endpoint_flag)} {at.description!r}: systemd "
                 "passed no such socket (LISTEN_FDS, LISTEN_FDNAMES); start the server through its .socket unit, "
                 "or listen with a tcp: endpoint"
             ) from None
         except (ValueError, TypeError) as e:
-            raise StartError(endpoint_error(self.setting, self.at, str(e))) from None
+            raise StartError(endpoint_error(self.setting, at, str(e))) from None
         outcome: List[Any] = []
         # TCP, SSL, UNIX and adopted (systemd) server endpoints listen
         # synchronously: the Deferred has fired when listen() returns.
         endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
             raise StartError(
-                f"{_named(self.setting.endpoint_key, self.setting.endpoint_flag)} {self.at.description!r}: "
+                f"{_named(self.setting.endpoint_key, self.setting.endpoint_flag)} {at.description!r}: "
                 "this kind of endpoint cannot listen at start; use tcp:, tcp6:, ssl:, unix: or systemd:"
             )
         result = outcome[0]
         if isinstance(result, Failure):
             if result.check(CannotListenError):
-                raise StartError(cannot_listen_message(self.setting, self.address, result.value.socketError,
-                                                       self.at.explicit))
+                raise StartError(cannot_listen_message(self.setting, at.shown, result.value.socketError,
+                                                       at.explicit))
             result.raiseException()
-        self.port = result
         if self.on_listening is not None:
             self.on_listening(result)
+        return result
+
+    async def apply(self, config: Any) -> List[Any]:
+        """
+        A reload's address for this listener: listen at the new one, then
+        stop listening at the old one.  Connections it accepted stay open
+        (a stopped port only stops accepting), so clients, panel sessions
+        and console sessions are not cut.  Where both are the same port on
+        different addresses, the old one is closed first, and listened on
+        again if the new one fails.  A listener that was off at start needs
+        a restart to be turned on.
+        """
+        from gotaxy.server.reload import applied, needs_restart, value_of
+
+        s = self.setting
+        keys = f"{s.addr_key} / {s.port_key} / {s.endpoint_key}"
+        at = listen_at(s, value_of(config, s.endpoint_key), value_of(config, s.addr_key),
+                       value_of(config, s.port_key))
+        if at == self.at:
+            return []
+        if self.port is None:
+            return [needs_restart(keys, f"{s.what} was not listening when the server started")]
+        if at is None:
+            port, self.port = self.port, None
+            await port.stopListening()
+            self.at = ListenAt("", False, "off")
+            return [applied(keys, f"{s.what} no longer listens (turned off); open sessions stay")]
+        old = self.port
+        try:
+            new = self._listen(at)
+        except StartError as first:
+            if endpoint_port(at.description) != endpoint_port(self.at.description):
+                return [needs_restart(keys, f"{first}; it still listens at {self.bound()}")]
+            # The same port on another address: free it, then try again.
+            await old.stopListening()
+            try:
+                new = self._listen(at)
+            except StartError as second:
+                self.port = self._listen(self.at)
+                return [needs_restart(keys, f"{second}; it still listens at {self.bound()}")]
+        else:
+            await old.stopListening()
+        self.port, self.at, self.address = new, at, at.shown
+        return [applied(keys, f"{s.what} listens at {self.bound()} now; open connections stay")]
 
     def startService(self) -> None:
         self.privilegedStartService()

@@ -129,7 +129,8 @@ class RotatingLogFile(LogFile):
 class ErrorLogService(Service):
     """Copies warnings and worse to a rotated file in ``directory``."""
 
-    def __init__(self, directory: str, max_days: int, max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(self, directory: str, max_days: int, max_size: int = DEFAULT_MAX_SIZE, level: str = "info") -> None:
+        self.level = level  #: log.level, which a reload may change (``apply``)
         self.directory = directory
         self.max_days = max_days
         self.max_size = max_size
@@ -145,6 +146,23 @@ class ErrorLogService(Service):
         )
         globalLogPublisher.addObserver(self._observer)
         super().startService()
+
+    def apply(self, config: Any) -> List[Any]:
+        """``log.level``, ``log.maxDays`` and ``log.maxSize`` from a reload: at once."""
+        from gotaxy.server.reload import applied
+
+        done: List[Any] = []
+        if config.log.level != self.level:
+            self.level = config.log.level
+            set_level(config.log.level)
+            done.append(applied("log.level", config.log.level))
+        if (config.log.max_days, config.log.max_size) != (self.max_days, self.max_size):
+            self.max_days, self.max_size = config.log.max_days, config.log.max_size
+            if self._file is not None:
+                self._file.max_days = self._file.maxRotatedFiles = self.max_days
+                self._file.rotateLength = self.max_size
+            done.append(applied("log.maxDays / log.maxSize", f"{self.max_days} days, {self.max_size} bytes a file"))
+        return done
 
     def stopService(self) -> None:
         super().stopService()

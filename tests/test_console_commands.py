@@ -312,9 +312,10 @@ class CommandTests(unittest.TestCase):
 
     async def test_reload(self):
         live = await self._live()
-        self.assertEqual((await self.cmd("reload")).text, "config reloaded")
+        self.assertEqual((await self.cmd("reload")).text, "config reloaded: no setting changed")
         (event,) = await live.management.events(type_="config.reloaded")
         self.assertEqual(event.type, "config.reloaded")
+        self.assertIn("console", event.address)
 
     async def test_bad_commands_get_one_line_that_points_at_help(self):
         await self._live()

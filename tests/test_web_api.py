@@ -517,9 +517,10 @@ class OperatorActionTests(WebTestCase):
         await self._live(with_client=False)
         web = await self.logged_in()
         response = await web.post(f"{API}/reload")
-        self.assertEqual((response.status, response.json["warnings"]), (200, []))
+        self.assertEqual((response.status, response.json), (200, {"applied": [], "restart": [], "warnings": []}))
         (event,) = (await web.get(f"{API}/events?type=config.reloaded")).json["events"]
         self.assertEqual(event["type"], "config.reloaded")
+        self.assertEqual(event["address"], "panel operator admin")
 
 
     async def test_each_validation_error_names_its_field_whatever_the_names_in_its_message(self):

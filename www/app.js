@@ -225,6 +225,22 @@ function enter(account) {
   route();
 }
 
+// The server re-reads server.toml: one line per setting applied or needing a restart.
+async function reloadConfig() {
+  const card = $("#reload-config").closest(".card");
+  clearErrors(card);
+  const list = $("#reload-result");
+  list.replaceChildren();
+  const result = await api("POST", "/reload");
+  if (!result.ok) { showError(card, result.error, "reload"); return; }
+  const r = result.data;
+  const line = (text) => { const li = document.createElement("li"); li.textContent = text; list.append(li); };
+  if (!r.applied.length && !r.restart.length) line(t("overview.reload_nothing"));
+  for (const c of r.applied) line(t("overview.reload_applied", { key: c.key, detail: c.detail }));
+  for (const c of r.restart) line(t("overview.reload_restart", { key: c.key, reason: c.reason }));
+  for (const w of r.warnings) line(t("overview.reload_warning", { warning: w }));
+}
+
 async function logout() {
   await api("POST", "/logout");
   showLogin();
@@ -1009,6 +1025,7 @@ async function start() {
   });
   $("#login-form").addEventListener("submit", login);
   $("#logout").addEventListener("click", logout);
+  $("#reload-config").addEventListener("click", reloadConfig);
   $("#tunnel-form").addEventListener("submit", createTunnel);
   $('#tunnel-form [name="spec.type"]').addEventListener("change", (e) => {
     clearErrors($("#tunnel-form"));

@@ -155,7 +155,11 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
             details=f"TYPE is an event type such as tunnel.opened, or a family ending in '.' such as "
                     f"'tunnel.'. N is 1-{MAX_EVENTS} (default 20).",
             options=_json_option(**{"--type": True, "--client": True, "--limit": True})),
-    Command("reload", "reload", "re-read the server's config file"),
+    Command("reload", "reload [--json]",
+            "re-read the server's config file and apply what can change live",
+            details="A file with an error changes nothing; the error names the key. Otherwise each changed "
+                    "setting is listed as applied, or as needing a restart and why.",
+            options=_json_option()),
     Command("watch", "watch", "live view of the tunnels and their rates until a key is pressed"),
     Command("python", "python", "a Python prompt with the live server objects (if console.python is on)"),
     Command("exit", "exit", "close the console (also: quit, logout, Ctrl-D)"),
@@ -266,8 +270,11 @@ class Commands:
     this operator; otherwise it is the dict the prompt starts with.
     """
 
-    def __init__(self, management: Management, python_allowed: bool = False, width: int = WIDTH) -> None:
+    def __init__(self, management: Management, python_allowed: bool = False, width: int = WIDTH,
+                 operator: str = "the console") -> None:
         self.management = management
+        #: Who reloads, for the config.reloaded event ("console operator admin from 127.0.0.1:5555").
+        self.operator = operator
         self.core = management.core
         self.python_allowed = python_allowed
         self.width = width
@@ -646,8 +653,10 @@ class Commands:
         return Result(events_table(records, self.width))
 
     async def _reload(self, positional: List[str], options: Dict[str, Any]) -> Result:
-        warnings = await self.management.reload()
-        return Result("\n".join(["config reloaded"] + [f"warning: {w}" for w in warnings]))
+        report = await self.management.reload(self.operator)
+        if options.get("--json"):
+            return Result(json.dumps(report.to_json(), indent=2))
+        return Result("\n".join(report.lines()))
 
     async def _python(self, positional: List[str], options: Dict[str, Any]) -> Result:
         if not self.python_allowed:

@@ -428,7 +428,8 @@ class ConsoleRealm:
         banner = (f"Gotaxy {__version__} operator console. Type 'help' for the commands, "
                   f"Tab to complete, 'exit' to leave.")
         return ConsoleSession(
-            lambda: Commands(access.management, python_allowed=allowed),
+            lambda: Commands(access.management, python_allowed=allowed,
+                             operator=f"console operator {user.username} from {user.address}"),
             self.reactor,
             namespace=access.namespace() if allowed else None,
             banner=banner,

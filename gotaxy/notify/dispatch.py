@@ -36,6 +36,12 @@ class Notifier(Service):
         self.failures = failures
         self.flaps = FlapSuppressor(grace, reactor, self._fan_out)
         self._unsubscribe: Optional[Callable[[], None]] = None
+        #: The targets server.toml defines (``[[webhooks]]``, ``[smtp]``), which a reload replaces.
+        self.from_file: List[Any] = list(targets)
+        #: Builds the targets of a config (``build_notifier`` sets it), for ``apply``.
+        self.config: Optional[ServerConfig] = None
+        self._reactor = reactor
+        self._http: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -62,6 +68,38 @@ class Notifier(Service):
         self.targets.remove(target)
         target.stop()
 
+    def apply(self, config: ServerConfig) -> List[Any]:
+        """
+        ``[[webhooks]]``, ``[smtp]`` and ``notify.flapGrace`` from a reload:
+        the file's targets are replaced by the new file's (what the old ones
+        had queued is given up); targets operators added stay.
+        """
+        from gotaxy.server.reload import applied, changed_keys
+
+        old = self.config
+        if old is None:
+            return []
+        self.config = config
+        done: List[Any] = []
+        smtp = [k for k in changed_keys(old, config) if k.startswith("smtp.")]
+        hooks = old.webhooks != config.webhooks
+        if hooks or smtp:
+            for target in self.from_file:
+                if target in self.targets:
+                    self.remove(target)
+            self.from_file = _file_targets(config, self._reactor, self.failures, self._http)
+            for target in self.from_file:
+                self.add(target)
+        if hooks:
+            done.append(applied("webhooks", f"{len(config.webhooks)} webhook(s) from the file now"))
+        if smtp:
+            state = f"mail through {config.smtp.host}" if config.smtp.host else "e-mail off"
+            done.append(applied(" / ".join(smtp), state))
+        if old.notify.flap_grace != config.notify.flap_grace:
+            self.flaps.grace = config.notify.flap_grace
+            done.append(applied("notify.flapGrace", f"{config.notify.flap_grace:g} s, for the next drop"))
+        return done
+
     def _fan_out(self, event: Event) -> None:
         for target in self.targets:
             try:
@@ -75,14 +113,22 @@ def build_notifier(
     config: ServerConfig, bus: EventBus, reactor: Any, store: Any = None, http: Any = None
 ) -> Notifier:
     """The notifier for ``config``'s ``[[webhooks]]`` and ``[smtp]`` (it may have no targets)."""
+    failures = FailureLog(reactor, store)
+    notifier = Notifier(bus, _file_targets(config, reactor, failures, http), config.notify.flap_grace, reactor,
+                        failures)
+    notifier.config, notifier._http = config, http
+    return notifier
+
+
+def _file_targets(config: ServerConfig, reactor: Any, failures: FailureLog, http: Any) -> List[Any]:
+    """The targets ``config``'s ``[[webhooks]]`` and ``[smtp]`` define."""
     from gotaxy.notify.mail import MailTarget
     from gotaxy.notify.webhook import WebhookTarget
 
-    failures = FailureLog(reactor, store)
     targets: List[Any] = [
         WebhookTarget(spec, config.server_name, reactor, failures, http=http, number=n)
         for n, spec in enumerate(config.webhooks, 1)
     ]
     if config.smtp.host is not None:
         targets.append(MailTarget.from_config(config, reactor, failures))
-    return Notifier(bus, targets, config.notify.flap_grace, reactor, failures)
+    return targets

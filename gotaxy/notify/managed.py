@@ -248,6 +248,29 @@ class ManagedMailRecipients:
             if patterns:
                 self._attach(row["address"], patterns)
 
+    async def apply(self, config: Any) -> List[Any]:
+        """
+        A reload's ``[smtp]``: the operators' recipients are mailed through
+        the new server settings (the ``Notifier`` reports the change), and
+        are loaded once e-mail is set up.
+        """
+        from gotaxy.server.reload import changed_keys
+
+        old, self.config = self.config, config
+        moved = [k for k in changed_keys(old, config) if k.startswith("smtp.") and k not in ("smtp.to", "smtp.events")]
+        if not moved:
+            return []
+        for target in self.targets.values():
+            self.notifier.remove(target)
+        self.targets.clear()
+        if self.configured:
+            rows = await self.store.call(lambda: list(self._db[MAIL_TABLE].find(order_by="id")))
+            for row in rows:
+                patterns = _stored_patterns(f"mail recipient {row['address']!r}", row["events"])
+                if patterns:
+                    self._attach(row["address"], patterns)
+        return []
+
     def _settings(self, address: str, events: Sequence[str]) -> Any:
         try:
             settings = replace(self.config, {"smtp.to": (address,)})

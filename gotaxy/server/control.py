@@ -25,7 +25,7 @@ logged once a minute with their number, so the flood cannot fill the log.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Dict, Optional, Set, Tuple
+from typing import Any, Collection, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -103,6 +103,19 @@ class Admission:
         self.per_ip: Dict[str, int] = {}
         self.refused = 0
         self._refusals = RepeatThrottle(reactor, log_interval, self._log_refusals, max_keys=1)
+
+    def apply(self, config: Any) -> List[Any]:
+        """``transport.maxPendingConnections`` / ``maxPendingPerIP`` from a reload: at once."""
+        from gotaxy.server.reload import applied
+
+        new = (config.transport.max_pending, config.transport.max_pending_per_ip)
+        if new == (self.max_pending, self.max_per_ip):
+            return []
+        self.max_pending, self.max_per_ip = new
+        return [applied(
+            "transport.maxPendingConnections / transport.maxPendingPerIP",
+            f"{new[0]} / {new[1]}, for connections from now on",
+        )]
 
     def admit(self, host: str) -> bool:
         count = self.per_ip.get(host, 0)

@@ -44,7 +44,7 @@ through ``ThreadedStore``, so this module never blocks.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
@@ -77,6 +77,9 @@ from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.traffic import TrafficMeters
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel
 from gotaxy.store import SOURCE_SERVER, ThreadedStore, TunnelRecord
+
+if TYPE_CHECKING:
+    from gotaxy.server.reload import Change
 
 T = TypeVar("T")
 
@@ -803,17 +806,118 @@ class ServerCore:
                 session.close_with_error("your token was revoked or has expired")
                 await self.drop_session(session, "token revoked or expired")
 
-    def reload_config(self, config: ServerConfig) -> None:
+    async def apply(self, config: ServerConfig) -> List["Change"]:
         """
-        Apply a re-read config: limits and ports apply to tunnels opened from
-        now on, maxConnectionsPerClient to clients that log in from now on,
-        tunnelIdleTimeout at once.
+        A re-read config's settings that the core owns (``gotaxy.server.reload``):
+        port rules and ``maxPortsPerClient`` close the tunnels that no longer
+        fit (each with a ``tunnel.closed`` event naming the rule; the client
+        is told and does not ask again until it reconnects or reloads), the
+        shared ``auth.token`` disconnects clients that logged in with the old
+        one, heartbeats are retuned on live connections,
+        ``maxConnectionsPerClient`` applies to live connections, and
+        ``tunnelIdleTimeout`` at once.  ``proxyBindAddr`` applies to tunnels
+        opened from now on.
         """
-        idle_changed = config.limits.tunnel_idle_timeout != self.config.limits.tunnel_idle_timeout
-        self.config = config
+        from gotaxy.server.reload import applied, changed_keys
+
+        old, self.config = self.config, config
+        changed = set(changed_keys(old, config))
+        done: List[Any] = []
+        ports_changed = server_ports(old) != server_ports(config)
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
-        if idle_changed and self._rates.running:
-            self._start_idle_checks()
+        if "allowPorts" in changed or ports_changed:
+            closed = await self._close_outside_rules()
+            done.append(applied(
+                "allowPorts",
+                f"new tunnels follow the new rules; {closed} open tunnel(s) outside them closed",
+            ))
+        if "maxPortsPerClient" in changed:
+            closed = await self._close_over_limit()
+            done.append(applied(
+                "maxPortsPerClient",
+                f"now {config.limits.max_ports_per_client or 'no limit'}; {closed} tunnel(s) over it closed",
+            ))
+        if "maxConnectionsPerClient" in changed:
+            for session in self.sessions.values():
+                if hasattr(session, "max_streams"):
+                    session.max_streams = config.limits.max_connections_per_client  # type: ignore[attr-defined]
+            done.append(applied("maxConnectionsPerClient", "on every connected client's next connection"))
+        if "tunnelIdleTimeout" in changed:
+            if self._rates.running:
+                self._start_idle_checks()
+            done.append(applied("tunnelIdleTimeout", "at once, on open connections too"))
+        if "auth.token" in changed:
+            kicked = 0
+            for session in list(self.sessions.values()):
+                if not session.token_checked and (session.client_name or "").startswith(SHARED_PREFIX):
+                    kicked += 1
+                    session.close_with_error("the server's shared auth.token changed; log in with the new one")
+                    await self.drop_session(session, "the shared auth.token changed")
+            done.append(applied(
+                "auth.token",
+                f"log-ins from now on; {kicked} client(s) logged in with the old shared token disconnected",
+            ))
+        heartbeat = [k for k in ("transport.heartbeatInterval", "transport.heartbeatTimeout") if k in changed]
+        if heartbeat:
+            for session in self.sessions.values():
+                monitor = session.heartbeat
+                if monitor is not None:
+                    monitor.retune(config.heartbeat_interval, config.heartbeat_timeout)
+                if hasattr(session, "write_stall_timeout"):
+                    session.write_stall_timeout = config.heartbeat_timeout  # type: ignore[attr-defined]
+            done.append(applied(
+                " / ".join(heartbeat),
+                f"{config.heartbeat_interval:g} s / {config.heartbeat_timeout:g} s, on connected clients too",
+            ))
+        if "transport.authTimeout" in changed:
+            done.append(applied("transport.authTimeout", "for connections from now on"))
+        if "proxyBindAddr" in changed:
+            done.append(applied("proxyBindAddr", "tunnels opened from now on; open ones keep their address"))
+        for front in self.fronts.values():
+            apply = getattr(front, "apply", None)
+            if apply is not None:
+                result = apply(config)
+                done.extend(result if isinstance(result, list) else await result)
+        return done
+
+    async def _close_outside_rules(self) -> int:
+        """Close the tunnels whose public address the port rules no longer allow."""
+        closed = 0
+        for tunnel in list(self.tunnels.values()):
+            address = tunnel.address
+            if address is None or not address.by_port:
+                continue
+            refusal = self.ports.refusal(address.port)
+            if refusal is not None and self.tunnels.get(tunnel.key) is tunnel:
+                await self._close_by_reload(tunnel, f"closed by a config reload: {refusal}")
+                closed += 1
+        return closed
+
+    async def _close_over_limit(self) -> int:
+        """Close each client's newest tunnels beyond maxPortsPerClient."""
+        limit = self.config.limits.max_ports_per_client
+        if not limit:
+            return 0
+        closed = 0
+        for session in list(self.sessions.values()):
+            tunnels = list(session.tunnels.values())
+            for tunnel in tunnels[limit:]:
+                await self._close_by_reload(
+                    tunnel, f"closed by a config reload: maxPortsPerClient is now {limit} and client "
+                    f"{tunnel.client!r} had {len(tunnels)} tunnels open",
+                )
+                closed += 1
+        return closed
+
+    async def _close_by_reload(self, tunnel: LiveTunnel, reason: str) -> None:
+        async def close() -> None:
+            if self.tunnels.get(tunnel.key) is not tunnel:
+                return
+            await self.close_and_record(tunnel, reason, cut_connections=True)
+            if not tunnel.session.lost:
+                tunnel.session.tunnel_down(tunnel.name, reason)
+
+        await self._locked(tunnel.session, close)
 
     async def shutdown(self) -> None:
         self.stop()

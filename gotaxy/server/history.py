@@ -401,6 +401,23 @@ class History(Service):
         self.online_since.clear()
         return self.flush()
 
+    def apply(self, config: Any) -> List[Any]:
+        """``history.*`` from a reload: the next sample, flush and roll-up follow them."""
+        from gotaxy.server.reload import applied
+
+        new = (config.history.sample_interval, config.history.raw_hours, config.history.retention_days)
+        if new == (self.sample_interval, self.raw_hours, self.retention_days):
+            return []
+        keys = [key for key, was, now in zip(
+            ("history.sampleInterval", "history.rawHours", "history.retentionDays"),
+            (self.sample_interval, self.raw_hours, self.retention_days), new,
+        ) if was != now]
+        self.sample_interval, self.raw_hours, self.retention_days = new
+        if self._sampler.running:
+            self._sampler.stop()
+            self._sampler.start(self.sample_interval, now=False)
+        return [applied(" / ".join(keys), "from the next sample on")]
+
     def observe(self, event: Event) -> None:
         """Event-bus subscriber: sessions start and end."""
         if event.client is None:

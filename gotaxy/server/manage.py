@@ -36,7 +36,6 @@ from gotaxy import __version__
 from gotaxy.config import ConfigError, parse_host_port
 from gotaxy.events import (
     CLIENT_KICKED,
-    CONFIG_RELOADED,
     NOTIFY_TEST,
     Event,
     query_type_error,
@@ -225,7 +224,8 @@ class Management:
         #: The fingerprint new tokens carry as join tokens (gotaxy.jointoken).
         self.join_pin = join_pin
         self._db = core.store.store
-        self._reload = reload  #: callable returning a fresh ServerConfig, or None
+        #: ``gotaxy.server.reload.ConfigReloader``, or None (set by the server's assembly).
+        self.reloader: Optional[Any] = reload
         self._webhooks = webhooks  #: gotaxy.notify.managed.ManagedWebhooks, or None
         self._mail = mail  #: gotaxy.notify.managed.ManagedMailRecipients, or None
 
@@ -568,14 +568,17 @@ class Management:
         """Record something an operator did that is worth an event (the console's python prompt)."""
         await self.core.record(type_, address=address, detail=detail)
 
-    async def reload(self) -> List[str]:
-        """Re-read the config file; returns its warnings."""
-        if self._reload is None:
+    async def reload(self, who: str = "an operator") -> Any:
+        """
+        Re-read the config file and apply what can change live
+        (``gotaxy.server.reload``); a wrong file changes nothing and is an
+        ``invalid`` error naming the key.
+        """
+        from gotaxy.server.reload import ReloadRefused
+
+        if self.reloader is None:
             raise ManagementError("conflict", "this server was not started from a config file it can re-read")
         try:
-            config, warnings = self._reload()
-        except ConfigError as e:
-            raise _invalid(str(e), None) from None
-        self.core.reload_config(config)
-        await self.core.record(CONFIG_RELOADED)
-        return list(warnings)
+            return await self.reloader.reload(who)
+        except ReloadRefused as e:
+            raise _invalid(f"nothing changed: {e}", e.key) from None

@@ -275,6 +275,17 @@ class MetricsResource(Resource):
     def __repr__(self) -> str:
         return f"<MetricsResource exposure={self.exposure}>"
 
+    def apply(self, config: Any) -> List[Any]:
+        """``metrics.exposure`` / ``metrics.token`` / ``enablePrometheus`` from a reload: the next request."""
+        from gotaxy.server.reload import applied
+
+        exposure, token = config.metrics.effective_exposure(), config.metrics.token
+        expected = b"Bearer " + token.encode("utf-8") if token else None
+        if (exposure, expected) == (self.exposure, self._expected):
+            return []
+        self.exposure, self._expected = exposure, expected
+        return [applied("metrics.exposure / metrics.token / enablePrometheus", f"/metrics is {exposure}")]
+
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"cache-control", b"no-store")
         if self.exposure == "off":

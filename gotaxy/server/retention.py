@@ -14,7 +14,7 @@ for the batch in flight and starts no other, so the store can close.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -36,12 +36,22 @@ class EventRetention(Service):
 
     def __init__(self, core: Any, batch: int = BATCH, interval: float = EXPIRY_INTERVAL) -> None:
         self.core = core  #: its config (re-read on reload) says how long to keep events
+        self._retention_days = core.config.events.retention_days
         self.batch = batch
         self.interval = interval
         self._loop = LoopingCall(self._tick)
         self._loop.clock = core.reactor
         self._running: Optional[Deferred] = None
         self._stopping = False
+
+    def apply(self, config: Any) -> List[Any]:
+        """``events.retentionDays``: it is read from the core's config at every run, so it applies at the next."""
+        from gotaxy.server.reload import applied
+
+        if config.events.retention_days == self._retention_days:
+            return []
+        self._retention_days = config.events.retention_days
+        return [applied("events.retentionDays", f"{self._retention_days} days, from the next hourly run")]
 
     def startService(self) -> None:
         super().startService()

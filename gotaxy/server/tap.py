@@ -79,6 +79,7 @@ from gotaxy.jointoken import make_join_token
 from gotaxy.server.lease import LEASE, NodeLease, node_id
 from gotaxy.server.outbox import EventTail
 from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url
+from gotaxy.server.reload import ConfigReloader, SignalReload
 from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 from gotaxy.tls.acme import AcmeManager, ChallengeStore, settings_from
@@ -532,9 +533,7 @@ def _assemble(
         raise StartError(str(e)) from None
     mail = ManagedMailRecipients(notifier, store, config, reactor)
     mail.load()
-    management = Management(
-        core, reload=lambda: build_config(options), webhooks=webhooks, mail=mail, join_pin=credentials.join_pin
-    )
+    management = Management(core, webhooks=webhooks, mail=mail, join_pin=credentials.join_pin)
     operators = OperatorAuth(core)
     second_factor = PanelAuth(core, operators, reactor)
     metrics = Metrics(core, admission, notifier, reactor)
@@ -559,10 +558,21 @@ def _assemble(
     if config.acme.enable:
         acme = AcmeManager(reactor, settings_from(config), data_dir, challenges, core.record)
 
+    error_log = ErrorLogService(os.path.join(data_dir, "logs"), config.log.max_days, config.log.max_size,
+                                config.log.level)
+    # A reload (SIGHUP, console, panel, REST API) reads the file as the start
+    # did and hands it to every part's apply (gotaxy.server.reload).
+    reloader = ConfigReloader(
+        lambda: build_config(options), config,
+        [part for part in (core, admission, error_log, notifier, mail, history, metrics_resource, event_retention,
+                           control, web, console) if part is not None],
+        core.record,
+    )
+    management.reloader = reloader
     top = ServerService(lock, ready)
     # Started in this order, stopped in the reverse.
     for part in (
-        ErrorLogService(os.path.join(data_dir, "logs"), config.log.max_days, config.log.max_size),
+        error_log,
         CoreService(core, store, credentials, admission, control),
         NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
         control, revocations, event_retention, notifier,
@@ -570,6 +580,7 @@ def _assemble(
         metrics, history, acme,
         event_tail,  # once every subscriber listens; stopped before the store closes
         web, console,
+        SignalReload(reloader, reactor),
     ):
         if part is not None:
             part.setServiceParent(top)

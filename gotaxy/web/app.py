@@ -716,7 +716,10 @@ class Panel:
     @app.route(f"{API_PREFIX}/reload", methods=["POST"])
     @_api()
     async def reload(self, request: Any, caller: Caller) -> Dict[str, Any]:
-        return {"warnings": await self.management.reload()}
+        who = (f"API token {caller.token_name!r}" if caller.via == "token"
+               else f"panel operator {caller.username}")
+        report = await self.management.reload(who)
+        return report.to_json()
 
     # -- live updates ----------------------------------------------------------------
 

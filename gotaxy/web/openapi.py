@@ -287,7 +287,13 @@ SCHEMAS: Dict[str, Any] = {
         ["address"],
     ),
     "MailRecipients": _list_of("recipients", "MailRecipient"),
-    "Reload": _object({"warnings": {"type": "array", "items": {"type": "string"}}}),
+    "Reload": _object({
+        "applied": {"type": "array", "description": "settings applied live, with what was done",
+                    "items": _object({"key": {"type": "string"}, "detail": {"type": "string"}})},
+        "restart": {"type": "array", "description": "settings that changed but need a restart, with why",
+                    "items": _object({"key": {"type": "string"}, "reason": {"type": "string"}})},
+        "warnings": {"type": "array", "items": {"type": "string"}},
+    }),
     "Clients": _list_of("clients", "Client"),
     "ThroughputPoint": _object(
         {
@@ -451,7 +457,8 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     "/api-tokens/{name}": [_operation("delete", "Revoke an API token", (204, None), errors=(404,), tag="account")],
     "/openapi.json": [_operation("get", "This document", (200, None), tag="server")],
     "/status": [_operation("get", "Server overview and traffic", (200, "Status"), tag="server")],
-    "/reload": [_operation("post", "Re-read the config file", (200, "Reload"), errors=(409,), tag="server")],
+    "/reload": [_operation("post", "Re-read the config file and apply what can change live; a wrong file "
+                           "changes nothing (400 naming the key)", (200, "Reload"), errors=(400, 409), tag="server")],
     "/live": [_operation("get", "Live updates (server-sent events)", (200, "EventStream"), errors=(503,), tag="server")],
     "/clients": [_operation("get", "All clients", (200, "Clients"), tag="clients")],
     "/clients/{name}": [_operation("get", "One client", (200, "Client"), errors=(404,), tag="clients")],
