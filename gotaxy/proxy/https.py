@@ -1,0 +1,369 @@
+# -*- test-case-name: tests.test_proxy_https -*-
+"""
+``type = "https"``, and the shared HTTPS front on ``vhostHTTPSPort``.
+
+An ``https`` tunnel is TLS passthrough, as in frp: the private service holds
+the certificate, and the server never decrypts anything.  frp's keys:
+``customDomains`` (host names; a wildcard ``*.example.com`` allowed),
+``subdomain`` (``NAME.subDomainHost``), ``localIP``, ``localPort``.  Each
+name is claimed through the claims table like an ``http`` tunnel's (the two
+types share one namespace of names: a name is either a website whose TLS the
+server terminates, or a passthrough, never both).
+
+``HttpsFront`` is the one listener on ``vhostHTTPSPort``.  For each
+connection it reads the ClientHello (``gotaxy.proxy.sni``: bounded to
+``MAX_BUFFERED`` bytes and ``vhostHTTPSHelloTimeout`` seconds) and routes by
+its server name, exact name first, then wildcards from the closest
+(``a.b.example.com``, ``*.b.example.com``, ``*.example.com``), as frp does:
+
+* a name of an ``https`` tunnel: the stream to its client opens with the
+  bytes read so far as its preface (``PublicConnection.open_stream``), and
+  from then on the connection is a plain splice, as for TCP;
+* otherwise, when the server terminates TLS for ``http`` tunnels
+  (``terminate_with``: the certificates of ``gotaxy.tls.sites`` and the
+  http front's ``protocol_factory("https")``) and holds a certificate for
+  the name: the connection is handed to a TLS protocol
+  (``twisted.protocols.tls``) wrapped around the http front, which routes
+  each decrypted request by its Host header as on the plain port;
+* otherwise it is closed: no ClientHello, no server name, or a name nothing
+  here serves.  Each refusal is counted by reason (``refusals``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
+
+import attrs
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gotaxy.logs import gotaxy_observer
+from gotaxy.mux import Stream
+from gotaxy.oslimits import listen_backlog
+from gotaxy.proxy.address import MAX_HOSTS, AddressError, PublicAddress
+from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
+from gotaxy.proxy.sni import MAX_BUFFERED, ClientHello, NotAClientHello, read_client_hello
+from gotaxy.proxy.tcp import TCP, TcpSpec, _local_ip, _port
+from gotaxy.relay import set_no_delay
+from gotaxy.server.tunnel import LiveTunnel, PublicConnection
+
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+#: Why the front closed a connection (the keys of ``HttpsFront.refusals``).
+REFUSED_NOT_TLS = "not_tls"
+REFUSED_SLOW = "hello_timeout"
+REFUSED_NO_NAME = "no_server_name"
+REFUSED_UNKNOWN = "unknown_name"
+
+
+def _host_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 253:
+        raise SpecError(f"each of 'customDomains' must be a host name such as \"app.example.com\", got {str(value)[:64]!r}")
+    name = value.lower().rstrip(".")
+    labels = name.split(".")
+    if labels[0] == "*" and len(labels) > 2:
+        labels = labels[1:]
+    if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise SpecError(
+            "each of 'customDomains' must be a host name such as \"app.example.com\" (or \"*.example.com\"), "
+            f"without a scheme or port, got {value[:64]!r}"
+        )
+    return name
+
+
+def _domains(value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_HOSTS:
+        raise SpecError(f"'customDomains' must be a list of at most {MAX_HOSTS} host names")
+    return tuple(dict.fromkeys(_host_name(v) for v in value))
+
+
+def _subdomain(value: Any) -> Optional[str]:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _LABEL.fullmatch(value.lower()):
+        raise SpecError(f"'subdomain' must be one name part such as \"app\" (letters, digits and '-'), got {str(value)[:64]!r}")
+    return value.lower()
+
+
+@attrs.frozen
+class HttpsSpec(ProxySpec):
+    """A ``type = "https"`` tunnel: frp's ``customDomains``, ``subdomain``, ``localIP``, ``localPort``."""
+
+    type: ClassVar[str] = "https"
+
+    local_port: int = attrs.field(validator=_port("localPort", 1))
+    local_ip: str = attrs.field(default="127.0.0.1", validator=_local_ip)
+    custom_domains: Tuple[str, ...] = attrs.field(default=(), converter=_domains)
+    subdomain: Optional[str] = attrs.field(default=None, converter=_subdomain)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.custom_domains and self.subdomain is None:
+            raise SpecError(
+                "an https tunnel needs 'customDomains' (such as [\"app.example.com\"]) or 'subdomain' "
+                "(such as \"app\", for app.<the server's subDomainHost>)"
+            )
+
+    def to_keys(self) -> Dict[str, Any]:
+        keys: Dict[str, Any] = {"type": "https", "localIP": self.local_ip, "localPort": self.local_port}
+        if self.custom_domains:
+            keys["customDomains"] = list(self.custom_domains)
+        if self.subdomain is not None:
+            keys["subdomain"] = self.subdomain
+        return keys
+
+    @property
+    def local_description(self) -> str:
+        return f"[{self.local_ip}]:{self.local_port}" if ":" in self.local_ip else f"{self.local_ip}:{self.local_port}"
+
+    @property
+    def requested(self) -> Optional[PublicAddress]:
+        return None  # names, not a port: what ``address`` gives once the server's subDomainHost is known
+
+    @property
+    def local_endpoint(self) -> Optional[Tuple[str, int]]:
+        return (self.local_ip, self.local_port)
+
+    def address(self, sub_domain_host: Optional[str], port: int = 0) -> PublicAddress:
+        """The names this tunnel claims, given the server's ``subDomainHost``."""
+        hosts: List[str] = list(self.custom_domains)
+        if self.subdomain is not None:
+            if not sub_domain_host:
+                raise SpecError(
+                    "'subdomain' needs the server's subDomainHost, which this server does not set; "
+                    "use 'customDomains' or ask the operator to set subDomainHost"
+                )
+            hosts.append(f"{self.subdomain}.{sub_domain_host}")
+        try:
+            return PublicAddress("https", port, tuple(dict.fromkeys(hosts)))
+        except AddressError as e:
+            raise SpecError(str(e)) from None
+
+
+_KEYS = {"localIP": "local_ip", "localPort": "local_port", "customDomains": "custom_domains",
+         "subdomain": "subdomain"}
+
+
+def candidates(host: str) -> List[str]:
+    """``a.b.example.com`` -> itself, ``*.b.example.com``, ``*.example.com`` (frp's order)."""
+    names = [host]
+    labels = host.split(".")
+    while len(labels) >= 3:
+        labels = labels[1:]
+        names.append("*." + ".".join(labels))
+    return names
+
+
+class HelloReader(PublicConnection):
+    """
+    One connection to the HTTPS front: buffers what the visitor sends until
+    the ClientHello is whole (or too big, or too slow), then lets the front
+    route it.  Once routed to a passthrough tunnel it is that tunnel's
+    ``PublicConnection``; handed to TLS termination, its transport belongs
+    to the TLS protocol from then on.
+    """
+
+    def __init__(self, front: "HttpsFront") -> None:
+        super().__init__(None)
+        self.front = front
+        self._buffer = b""
+        self._timer: Any = None
+        self.routed = False
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)
+        self._timer = self.front.reactor.callLater(self.front.hello_timeout, self._too_slow)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.routed:
+            super().dataReceived(data)
+            return
+        self._buffer += data
+        try:
+            hello = read_client_hello(self._buffer)
+            if hello is None and len(self._buffer) >= MAX_BUFFERED:
+                raise NotAClientHello(f"no whole ClientHello in {MAX_BUFFERED} bytes")
+        except NotAClientHello:
+            self._refuse(REFUSED_NOT_TLS)
+            return
+        if hello is None:
+            return
+        self._stop_timer()
+        self.routed = True
+        buffered, self._buffer = self._buffer, b""
+        self.front.route(self, hello, buffered)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        if not self.routed:
+            self._refuse(REFUSED_SLOW)
+
+    def _refuse(self, reason: str) -> None:
+        self._stop_timer()
+        self.routed = True
+        self._buffer = b""
+        self.front.refusals[reason] += 1
+        self.transport.abortConnection()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def readConnectionLost(self) -> None:
+        if not self.routed:
+            self._refuse(REFUSED_NOT_TLS)
+            return
+        super().readConnectionLost()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._stop_timer()
+        super().connectionLost(reason)
+
+
+class _HelloFactory(ServerFactory):
+    noisy = False
+
+    def __init__(self, front: "HttpsFront") -> None:
+        self.front = front
+
+    def buildProtocol(self, addr: Any) -> HelloReader:
+        return HelloReader(self.front)
+
+
+class HttpsFront:
+    """The listener on ``vhostHTTPSPort`` and its router (see the module docstring)."""
+
+    log = Logger(observer=gotaxy_observer)
+
+    def __init__(self, config: Any, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.port: int = config.https.port
+        self.hello_timeout: float = config.https.hello_timeout
+        #: passthrough names (exact, or ``*.example.com``) -> the https tunnel
+        self.routes: Dict[str, LiveTunnel] = {}
+        #: connections closed, by reason (REFUSED_*)
+        self.refusals: Counter = Counter()
+        #: set by ``terminate_with``: TLS termination for http tunnels
+        self.terminator: Any = None
+        self.listening: Any = None
+
+    @property
+    def serving(self) -> bool:
+        return bool(self.port)
+
+    def factory(self) -> ServerFactory:
+        return _HelloFactory(self)
+
+    def terminate_with(self, terminator: Any) -> None:
+        """
+        Terminate TLS for names ``terminator`` has a certificate for: it has
+        ``can_serve(name) -> bool`` and ``take_over(connection, name, buffered)``
+        (``gotaxy.tls.sites.Termination``).
+        """
+        self.terminator = terminator
+
+    # -- lifecycle (the core calls these) ---------------------------------------
+
+    def start(self) -> None:
+        if not self.port:
+            return
+        address = self.config.effective_proxy_bind_addr()
+        try:
+            self.listening = self.reactor.listenTCP(self.port, self.factory(), backlog=listen_backlog(),
+                                                    interface=address)
+        except CannotListenError as e:
+            raise CannotListenError(
+                address, self.port,
+                f"the HTTPS port for websites (vhostHTTPSPort = {self.port}) cannot be opened: {e.socketError}; "
+                "choose a free port (ports below 1024 need CAP_NET_BIND_SERVICE, see docs/websites.md)",
+            ) from None
+        self.log.info("https tunnels and websites over HTTPS served on port {port}",
+                      port=self.listening.getHost().port)
+
+    def stop(self) -> Any:
+        listening, self.listening = self.listening, None
+        return listening.stopListening() if listening is not None else None
+
+    # -- routes -----------------------------------------------------------------
+
+    def add(self, tunnel: LiveTunnel, address: PublicAddress) -> None:
+        for host in address.hosts:
+            self.routes[host] = tunnel
+
+    def remove(self, tunnel: LiveTunnel) -> None:
+        for host in [h for h, t in self.routes.items() if t is tunnel]:
+            del self.routes[host]
+
+    def lookup(self, name: str) -> Optional[LiveTunnel]:
+        for candidate in candidates(name):
+            tunnel = self.routes.get(candidate)
+            if tunnel is not None:
+                return tunnel
+        return None
+
+    def route(self, connection: HelloReader, hello: ClientHello, buffered: bytes) -> None:
+        name = hello.server_name
+        if name is None:
+            connection._refuse(REFUSED_NO_NAME)
+            return
+        tunnel = self.lookup(name)
+        if tunnel is not None:
+            connection.open_stream(tunnel, buffered)
+            return
+        terminator = self.terminator
+        if terminator is not None and terminator.can_serve(name):
+            terminator.take_over(connection, name, buffered)
+            return
+        connection._refuse(REFUSED_UNKNOWN)
+
+
+class HttpsProxy(ProxyType):
+    name = "https"
+    label = "HTTPS"
+    log = Logger(observer=gotaxy_observer)
+
+    def parse(self, keys: Mapping[str, Any]) -> HttpsSpec:
+        unknown = sorted(str(k)[:32] for k in keys if k != "type" and k not in _KEYS)
+        if unknown:
+            raise SpecError(
+                f"an https tunnel has no setting {unknown[0]!r} (it has localIP, localPort, customDomains "
+                "and subdomain)"
+            )
+        if "localPort" not in keys:
+            raise SpecError("an https tunnel needs 'localPort', the port of the local service (which speaks TLS)")
+        return HttpsSpec(**{attribute: keys[key] for key, attribute in _KEYS.items() if key in keys})
+
+    def make_front(self, config: Any, reactor: Any) -> Optional[HttpsFront]:
+        return HttpsFront(config, reactor)
+
+    async def expose(self, tunnel: LiveTunnel, context: ExposeContext) -> Exposure:
+        spec = tunnel.spec
+        assert isinstance(spec, HttpsSpec)
+        front = context.front
+        if front is None or not front.serving:
+            raise TunnelRefused(
+                "this server has no HTTPS port; ask the operator to set vhostHTTPSPort "
+                "(for example vhostHTTPSPort = 443) in the server's config"
+            )
+        vhost = getattr(context.config, "vhost", None)
+        try:
+            address = spec.address(getattr(vhost, "sub_domain_host", None))
+        except SpecError as e:
+            raise TunnelRefused(str(e)) from None
+        await context.claims.claim(address)
+        front.add(tunnel, address)
+        return Exposure(address=address, close=lambda: front.remove(tunnel))
+
+    def connect(self, reactor: Any, spec: ProxySpec, stream: Stream, failed: Callable[[Failure], None]) -> None:
+        assert isinstance(spec, HttpsSpec)
+        TCP.connect(reactor, TcpSpec(local_port=spec.local_port, local_ip=spec.local_ip), stream, failed)
+
+
+HTTPS = HttpsProxy()

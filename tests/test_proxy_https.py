@@ -1,0 +1,123 @@
+"""
+The HTTPS front's first reads, in memory (``gotaxy.proxy.https``): a
+ClientHello is routed by its name once whole; what is not TLS, what is too
+big, what is too slow or has no name is closed at once and counted by
+reason; names route exact first, then the closest wildcard.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Tuple
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from gotaxy.config import HttpsSettings
+from gotaxy.proxy.https import (
+    REFUSED_NO_NAME,
+    REFUSED_NOT_TLS,
+    REFUSED_SLOW,
+    REFUSED_UNKNOWN,
+    HttpsFront,
+    HttpsProxy,
+    HttpsSpec,
+    candidates,
+)
+from gotaxy.proxy.base import SpecError
+from gotaxy.proxy.sni import MAX_BUFFERED
+from gotaxy.testing import server_config
+from tests.test_proxy_sni import client_hello
+
+
+class _Terminator:
+    def __init__(self, names: Tuple[str, ...]) -> None:
+        self.names = names
+        self.taken: List[Tuple[str, bytes]] = []
+
+    def can_serve(self, name: str) -> bool:
+        return name in self.names
+
+    def take_over(self, connection: Any, name: str, buffered: bytes) -> None:
+        self.taken.append((name, buffered))
+
+
+@pytest.fixture
+def front() -> HttpsFront:
+    return HttpsFront(server_config(https=HttpsSettings(port=8443, hello_timeout=10.0)), Clock())
+
+
+def connect(front: HttpsFront) -> Tuple[Any, StringTransport]:
+    protocol = front.factory().buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_a_hello_for_a_terminated_name_is_handed_over_whole(front):
+    terminator = _Terminator(("wiki.gotaxy.test",))
+    front.terminate_with(terminator)
+    protocol, transport = connect(front)
+    hello = client_hello(b"wiki.gotaxy.test")
+    protocol.dataReceived(hello[:40])
+    assert terminator.taken == []
+    protocol.dataReceived(hello[40:])
+    assert terminator.taken == [("wiki.gotaxy.test", hello)]
+    assert not transport.disconnecting
+    front.reactor.advance(60)  # the hello timer is gone
+    assert not transport.disconnecting and sum(front.refusals.values()) == 0
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"GET / HTTP/1.1\r\nHost: wiki.gotaxy.test\r\n\r\n", REFUSED_NOT_TLS),
+    (client_hello(None), REFUSED_NO_NAME),
+    (client_hello(b"nobody.gotaxy.test"), REFUSED_UNKNOWN),
+])
+def test_what_cannot_be_routed_is_closed_and_counted(front, data, reason):
+    protocol, transport = connect(front)
+    protocol.dataReceived(data)
+    assert transport.disconnecting and front.refusals == {reason: 1}
+
+
+def test_a_visitor_too_slow_with_its_hello_is_closed_on_the_timeout(front):
+    protocol, transport = connect(front)
+    protocol.dataReceived(client_hello()[:20])
+    front.reactor.advance(9.9)
+    assert not transport.disconnecting
+    front.reactor.advance(0.2)
+    assert transport.disconnecting and front.refusals == {REFUSED_SLOW: 1}
+
+
+def test_records_that_never_make_a_hello_are_bounded(front):
+    protocol, transport = connect(front)
+    # Records of one byte each: a hello's header that claims 16 KiB, fed slowly.
+    protocol.dataReceived(b"\x16\x03\x01\x00\x01\x01")
+    for _ in range(MAX_BUFFERED // 6 + 1):
+        if transport.disconnecting:
+            break
+        protocol.dataReceived(b"\x16\x03\x01\x00\x01\x00")
+    assert transport.disconnecting and front.refusals == {REFUSED_NOT_TLS: 1}
+
+
+def test_exact_names_win_then_the_closest_wildcard():
+    assert candidates("a.b.example.com") == ["a.b.example.com", "*.b.example.com", "*.example.com"]
+    front = HttpsFront(server_config(), Clock())
+    exact, near, far = object(), object(), object()
+    front.routes.update({"a.b.example.com": exact, "*.b.example.com": near, "*.example.com": far})
+    assert front.lookup("a.b.example.com") is exact
+    assert front.lookup("c.b.example.com") is near
+    assert front.lookup("c.example.com") is far
+    assert front.lookup("example.com") is None
+
+
+def test_the_spec_takes_frps_keys_and_says_what_is_missing():
+    spec = HttpsProxy().parse({"type": "https", "localPort": 8443, "customDomains": ["App.Example.com"]})
+    assert spec == HttpsSpec(local_port=8443, custom_domains=("app.example.com",))
+    assert HttpsProxy().parse(spec.to_keys()) == spec
+    with pytest.raises(SpecError, match="needs 'customDomains'"):
+        HttpsProxy().parse({"type": "https", "localPort": 8443})
+    with pytest.raises(SpecError, match="no setting 'locations'"):
+        HttpsProxy().parse({"type": "https", "localPort": 8443, "subdomain": "app", "locations": ["/"]})
+    with pytest.raises(SpecError, match="subDomainHost"):
+        HttpsProxy().parse({"type": "https", "localPort": 1, "subdomain": "app"}).address(None)
+    assert HttpsSpec(local_port=1, subdomain="app").address("gotaxy.test").hosts == ("app.gotaxy.test",)
