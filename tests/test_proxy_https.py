@@ -116,7 +116,7 @@ def test_the_spec_takes_frps_keys_and_says_what_is_missing():
     assert HttpsProxy().parse(spec.to_keys()) == spec
     with pytest.raises(SpecError, match="needs 'customDomains'"):
         HttpsProxy().parse({"type": "https", "localPort": 8443})
-    with pytest.raises(SpecError, match="no setting 'locations'"):
+    with pytest.raises(SpecError, match="has no setting 'locations'"):
         HttpsProxy().parse({"type": "https", "localPort": 8443, "subdomain": "app", "locations": ["/"]})
     with pytest.raises(SpecError, match="subDomainHost"):
         HttpsProxy().parse({"type": "https", "localPort": 1, "subdomain": "app"}).address(None)

@@ -390,7 +390,8 @@ class OperatorActionTests(WebTestCase):
         types = (await web.get(f"{API}/proxy-types")).json["types"]
         (tcp,) = [t for t in types if t["name"] == "tcp"]
         self.assertEqual([(f["key"], f["kind"], f["required"]) for f in tcp["fields"]],
-                         [("localIP", "host", False), ("localPort", "port", True), ("remotePort", "port", False)])
+                         [("localIP", "host", False), ("localPort", "port", True), ("remotePort", "port", False),
+                          ("transport.proxyProtocolVersion", "choice", False)])
         self.assertEqual(tcp["fields"][2]["minimum"], 0)
         wanted = free_port()
         created = await web.post(f"{API}/tunnels", {"client": "alice", "name": "web", "spec": {

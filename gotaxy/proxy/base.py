@@ -77,6 +77,8 @@ class ProxySpec(abc.ABC):
 
     #: The proxy type's name (``type = "tcp"``).
     type: ClassVar[str]
+    #: frp's ``transport.proxyProtocolVersion`` ("v1", "v2"), for the types that offer it; None: no PROXY header.
+    proxy_protocol_version: Optional[str] = None
 
     @abc.abstractmethod
     def to_keys(self) -> Dict[str, Any]:

@@ -46,8 +46,10 @@ from gotaxy.mux import Stream
 from gotaxy.oslimits import listen_backlog
 from gotaxy.proxy.address import MAX_HOSTS, AddressError, PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
+from gotaxy.proxy.fields import LOCAL_IP, LOCAL_PORT, SpecField, check_local_ip, check_port, host_port, parse_keys
+from gotaxy.proxy.proxyprotocol import PROXY_PROTOCOL, check_version
 from gotaxy.proxy.sni import MAX_BUFFERED, ClientHello, NotAClientHello, read_client_hello
-from gotaxy.proxy.tcp import TCP, TcpSpec, _local_ip, _port
+from gotaxy.proxy.tcp import TCP, TcpSpec
 from gotaxy.relay import set_no_delay
 from gotaxy.server.tunnel import LiveTunnel, PublicConnection
 
@@ -97,10 +99,11 @@ class HttpsSpec(ProxySpec):
 
     type: ClassVar[str] = "https"
 
-    local_port: int = attrs.field(validator=_port("localPort", 1))
-    local_ip: str = attrs.field(default="127.0.0.1", validator=_local_ip)
+    local_port: int = attrs.field(validator=check_port("localPort", 1))
+    local_ip: str = attrs.field(default="127.0.0.1", validator=check_local_ip)
     custom_domains: Tuple[str, ...] = attrs.field(default=(), converter=_domains)
     subdomain: Optional[str] = attrs.field(default=None, converter=_subdomain)
+    proxy_protocol_version: Optional[str] = attrs.field(default=None, validator=check_version)
 
     def __attrs_post_init__(self) -> None:
         if not self.custom_domains and self.subdomain is None:
@@ -115,11 +118,13 @@ class HttpsSpec(ProxySpec):
             keys["customDomains"] = list(self.custom_domains)
         if self.subdomain is not None:
             keys["subdomain"] = self.subdomain
+        if self.proxy_protocol_version is not None:
+            keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
         return keys
 
     @property
     def local_description(self) -> str:
-        return f"[{self.local_ip}]:{self.local_port}" if ":" in self.local_ip else f"{self.local_ip}:{self.local_port}"
+        return host_port(self.local_ip, self.local_port)
 
     @property
     def requested(self) -> Optional[PublicAddress]:
@@ -146,7 +151,11 @@ class HttpsSpec(ProxySpec):
 
 
 _KEYS = {"localIP": "local_ip", "localPort": "local_port", "customDomains": "custom_domains",
-         "subdomain": "subdomain"}
+         "subdomain": "subdomain", "transport.proxyProtocolVersion": "proxy_protocol_version"}
+
+CUSTOM_DOMAINS = SpecField("customDomains", "list", "the host names visitors ask for (TLS SNI), such as "
+                           "app.example.com or *.example.com", hint="field.customDomains.hint")
+SUBDOMAIN = SpecField("subdomain", "text", "a name under the server's subDomainHost (app for app.example.com)")
 
 
 def candidates(host: str) -> List[str]:
@@ -327,18 +336,11 @@ class HttpsFront:
 class HttpsProxy(ProxyType):
     name = "https"
     label = "HTTPS"
+    fields = (LOCAL_IP, LOCAL_PORT, CUSTOM_DOMAINS, SUBDOMAIN, PROXY_PROTOCOL)
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> HttpsSpec:
-        unknown = sorted(str(k)[:32] for k in keys if k != "type" and k not in _KEYS)
-        if unknown:
-            raise SpecError(
-                f"an https tunnel has no setting {unknown[0]!r} (it has localIP, localPort, customDomains "
-                "and subdomain)"
-            )
-        if "localPort" not in keys:
-            raise SpecError("an https tunnel needs 'localPort', the port of the local service (which speaks TLS)")
-        return HttpsSpec(**{attribute: keys[key] for key, attribute in _KEYS.items() if key in keys})
+        return parse_keys("https", self.fields, keys, HttpsSpec, _KEYS)  # type: ignore[no-any-return]
 
     def make_front(self, config: Any, reactor: Any) -> Optional[HttpsFront]:
         return HttpsFront(config, reactor)

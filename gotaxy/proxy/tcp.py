@@ -27,6 +27,7 @@ from gotaxy.mux import Stream
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
 from gotaxy.proxy.address import PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, TunnelRefused
+from gotaxy.proxy.proxyprotocol import PROXY_PROTOCOL, check_version
 from gotaxy.proxy.fields import (
     LOCAL_IP, LOCAL_PORT, REMOTE_PORT, check_local_ip, check_port, host_port, is_ip, parse_keys,
 )
@@ -50,9 +51,14 @@ class TcpSpec(ProxySpec):
     local_port: int = attrs.field(validator=check_port("localPort", 1))
     local_ip: str = attrs.field(default="127.0.0.1", validator=check_local_ip)
     remote_port: int = attrs.field(default=0, validator=check_port("remotePort", 0, " (0 lets the server pick)"))
+    proxy_protocol_version: Optional[str] = attrs.field(default=None, validator=check_version)
 
     def to_keys(self) -> Dict[str, Any]:
-        return {"type": "tcp", "localIP": self.local_ip, "localPort": self.local_port, "remotePort": self.remote_port}
+        keys: Dict[str, Any] = {"type": "tcp", "localIP": self.local_ip, "localPort": self.local_port,
+                                "remotePort": self.remote_port}
+        if self.proxy_protocol_version is not None:
+            keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
+        return keys
 
     @property
     def local_description(self) -> str:
@@ -68,7 +74,8 @@ class TcpSpec(ProxySpec):
 
 
 #: frp's key -> TcpSpec's attribute.
-_ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port"}
+_ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port",
+               "transport.proxyProtocolVersion": "proxy_protocol_version"}
 
 
 class _LocalServiceFactory(ClientFactory):
@@ -94,7 +101,7 @@ class _LocalServiceFactory(ClientFactory):
 class TcpProxy(ProxyType):
     name = "tcp"
     label = "TCP"
-    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT)
+    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, PROXY_PROTOCOL)
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> TcpSpec:

@@ -83,6 +83,7 @@ from gotaxy.server.reload import ConfigReloader, SignalReload
 from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 from gotaxy.tls.acme import AcmeManager, ChallengeStore, settings_from
+from gotaxy.tls.sites import CertificatesForTunnels, SiteCertificates, Termination
 from gotaxy.web import PanelAuth, make_web_service
 from gotaxy.web.service import WebService
 
@@ -404,6 +405,8 @@ class Server:
     challenges: ChallengeStore = attrs.Factory(ChallengeStore)
     #: Certificates through ACME (``acme.enable``), else None.
     acme: Optional[AcmeManager] = None
+    #: The certificates websites are served with on vhostHTTPSPort, when it is set.
+    site_certificates: Optional[SiteCertificates] = None
 
     def __attrs_post_init__(self) -> None:
         self.service.server = self
@@ -557,6 +560,17 @@ def _assemble(
     acme = None
     if config.acme.enable:
         acme = AcmeManager(reactor, settings_from(config), data_dir, challenges, core.record)
+    # Websites over HTTPS: TLS terminated on vhostHTTPSPort, then the http front.
+    site_certificates = None
+    https_front, http_front = core.fronts.get("https"), core.fronts.get("http")
+    if https_front is not None and https_front.serving:
+        site_certificates = SiteCertificates(reactor, config.https.cert_dir, acme)
+        if http_front is not None:
+            https_front.terminate_with(Termination(site_certificates, http_front.protocol_factory("https")))
+        if acme is not None:
+            core.events.subscribe(CertificatesForTunnels(core, acme, site_certificates), local_only=True)
+    if http_front is not None:
+        http_front.challenges = challenges  # HTTP-01 answers on vhostHTTPPort
 
     error_log = ErrorLogService(os.path.join(data_dir, "logs"), config.log.max_days, config.log.max_size,
                                 config.log.level)
@@ -577,7 +591,7 @@ def _assemble(
         NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
         control, revocations, event_retention, notifier,
         operators,  # its password-check threads start and stop with the server
-        metrics, history, acme,
+        metrics, history, acme, site_certificates,
         event_tail,  # once every subscriber listens; stopped before the store closes
         web, console,
         SignalReload(reloader, reactor),
@@ -590,6 +604,6 @@ def _assemble(
         metrics=metrics, metrics_resource=metrics_resource, history=history, event_retention=event_retention,
         event_tail=event_tail,
         control=control, web=web, console=console, console_access=console_access,
-        challenges=challenges, acme=acme,
+        challenges=challenges, acme=acme, site_certificates=site_certificates,
     )
     return server

@@ -8,7 +8,9 @@ becomes a stream on the owning client's control connection
 A connection opens its stream as soon as it is made (``TCP``), or, for a
 front that must read before it knows where a connection goes (the Host
 header, the TLS SNI), when the front calls ``open_stream(preface)``: the
-bytes already read are then sent first, once, and the stream is spliced
+bytes already read are then sent first, once (after the PROXY protocol
+header, for a tunnel with ``transport.proxyProtocolVersion``: see
+``gotaxy.proxy.proxyprotocol``), and the stream is spliced
 to the socket from there on, so the data path is the same in both cases.
 
 Two limits keep one tunnel from starving the client's others:
@@ -186,6 +188,12 @@ class PublicConnection(StreamRelay):
             return False
         tunnel.meter.open(stream)
         tunnel.streams[stream] = self
+        version = tunnel.spec.proxy_protocol_version
+        if version is not None:
+            # The visitor's address for the local service, before anything the visitor sent.
+            from gotaxy.proxy.proxyprotocol import header  # (gotaxy.proxy imports this module)
+
+            preface = header(version, peer, self.transport.getHost()) + preface
         if preface:
             stream.write(preface)
         self.connect_stream(stream)

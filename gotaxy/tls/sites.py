@@ -313,3 +313,43 @@ class Termination:
         transport.protocol = protocol
         protocol.makeConnection(transport)
         protocol.dataReceived(buffered)
+
+
+class CertificatesForTunnels:
+    """
+    ACME's "issuance on the first claim of a name": hears ``tunnel.opened``
+    (this process's, so each name is asked for once per server that serves
+    it) and asks ACME for each name of an ``http`` tunnel that no file
+    covers; ``tunnel.removed`` stops the retries for its names.  Wildcards
+    are left out: HTTP-01 cannot prove them (a file must cover those).
+    """
+
+    log = Logger(observer=gotaxy_observer)
+
+    def __init__(self, core: Any, acme: Any, certificates: SiteCertificates) -> None:
+        self.core = core
+        self.acme = acme
+        self.certificates = certificates
+        #: (client, tunnel) -> the names asked for
+        self._names: Dict[Tuple[str, str], Tuple[str, ...]] = {}
+
+    def __call__(self, event: Any) -> None:
+        from gotaxy.events import TUNNEL_OPENED, TUNNEL_REMOVED
+
+        key = (event.client, event.tunnel)
+        if event.type == TUNNEL_REMOVED:
+            for name in self._names.pop(key, ()):
+                if name not in {n for names in self._names.values() for n in names}:
+                    self.acme.unwant(name)
+            return
+        if event.type != TUNNEL_OPENED:
+            return
+        tunnel = self.core.tunnels.get(key)
+        address = getattr(tunnel, "address", None)
+        if address is None or address.scheme != "http":
+            return
+        names = tuple(h for h in address.hosts if not h.startswith("*.") and not self.certificates.covered(h))
+        self._names[key] = names
+        for name in names:
+            self.acme.want(name).addErrback(
+                lambda failure, name=name: self.log.failure("ACME for {name} failed", failure, name=name))
