@@ -121,3 +121,108 @@ def test_the_spec_takes_frps_keys_and_says_what_is_missing():
     with pytest.raises(SpecError, match="subDomainHost"):
         HttpsProxy().parse({"type": "https", "localPort": 1, "subdomain": "app"}).address(None)
     assert HttpsSpec(local_port=1, subdomain="app").address("gotaxy.test").hosts == ("app.gotaxy.test",)
+
+
+# -- passthrough, end to end in memory ------------------------------------------------
+
+from twisted.internet.protocol import ClientFactory, Factory  # noqa: E402
+from twisted.internet.ssl import Certificate, optionsForClientTLS  # noqa: E402
+from twisted.protocols.tls import TLSMemoryBIOFactory  # noqa: E402
+
+from gotaxy.config import TunnelSpec, parse_local_rule_flag  # noqa: E402
+from gotaxy.proxy import registry  # noqa: E402
+from gotaxy.proxy.https import HTTPS  # noqa: E402
+from gotaxy.proxy.proxyprotocol import V2_SIGNATURE  # noqa: E402
+from gotaxy.testing import Collector, Echo, GotaxyClient, GotaxyServer, MemoryNetwork  # noqa: E402
+from gotaxy.tls.sites import tls_options  # noqa: E402
+
+FRONT = 8443
+LOCAL = 9443
+
+
+@pytest.fixture
+def https_registered():
+    known = registry.get("https")
+    registry.register(HTTPS)
+    yield
+    if known is None:
+        registry.unregister("https")
+
+
+def _service_options(ca: Any, names: Tuple[str, ...]) -> Any:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    chain_pem, key_pem = ca.issue(list(names))
+    return tls_options(x509.load_pem_x509_certificates(chain_pem), serialization.load_pem_private_key(key_pem, None))
+
+
+def _system(network: MemoryNetwork, local_factory: Any) -> Tuple[GotaxyServer, GotaxyClient]:
+    server = GotaxyServer(network, server_config(https=HttpsSettings(port=FRONT)))
+    network.listenTCP(LOCAL, local_factory, interface="127.0.0.1")
+    network.listenTCP(7001, Factory.forProtocol(Echo), interface="127.0.0.1")
+    client = GotaxyClient(network, server.create_token("alice"), server_port=server.port,
+                          tunnels=[TunnelSpec(name="own", local_port=7001)],
+                          allow_operator_tunnels=(parse_local_rule_flag(f"127.0.0.1:{LOCAL}"),)).start()
+    return server, client
+
+
+async def _define(server: GotaxyServer, network: MemoryNetwork, spec: HttpsSpec) -> None:
+    from twisted.internet.defer import ensureDeferred
+
+    done = ensureDeferred(server.core.add_tunnel("alice", "app", spec))
+    network.flush()
+    assert done.called
+    await done
+
+
+def test_an_https_tunnel_passes_tls_through_to_the_service_that_holds_the_certificate(https_registered):
+    from tests.test_tls_sites import SitesCA
+
+    ca = SitesCA()
+    network = MemoryNetwork()
+    service = TLSMemoryBIOFactory(_service_options(ca, ("app.gotaxy.test",)), False, Factory.forProtocol(Echo),
+                                  clock=network)
+    server, client = _system(network, service)
+    from twisted.internet.defer import ensureDeferred
+
+    ensureDeferred(_define(server, network, HttpsSpec(local_port=LOCAL, custom_domains=("app.gotaxy.test",))))
+    network.flush()
+    tunnel = server.core.tunnels[("alice", "app")]
+    assert tunnel.address.description == "https://app.gotaxy.test"
+    visitor = Collector()
+    options = optionsForClientTLS("app.gotaxy.test", trustRoot=Certificate.loadPEM(ca.pem))
+    network.connectTCP("127.0.0.1", FRONT, TLSMemoryBIOFactory(options, True, ClientFactory.forProtocol(lambda: visitor),
+                                                               clock=network))
+    network.flush()
+    visitor.transport.write(b"through, still encrypted")
+    network.flush()
+    assert b"".join(visitor.received) == b"through, still encrypted"
+    # The certificate the visitor checked is the local service's: the server decrypted nothing.
+    peer = visitor.transport.getPeerCertificate().to_cryptography()
+    assert peer.subject.rfc4514_string() == "CN=app.gotaxy.test"
+
+
+def test_proxy_protocol_on_an_https_tunnel_comes_before_the_client_hello(https_registered):
+    network = MemoryNetwork()
+    received: List[Any] = []
+
+    def collector() -> Collector:
+        received.append(Collector())
+        return received[-1]
+
+    server, client = _system(network, Factory.forProtocol(collector))
+    from twisted.internet.defer import ensureDeferred
+
+    ensureDeferred(_define(server, network, HttpsSpec(local_port=LOCAL, custom_domains=("app.gotaxy.test",),
+                                                      proxy_protocol_version="v2")))
+    network.flush()
+    hello = client_hello(b"app.gotaxy.test")
+    visitor = Collector()
+    network.connectTCP("127.0.0.1", FRONT, ClientFactory.forProtocol(lambda: visitor))
+    network.flush()
+    visitor.transport.write(hello)
+    network.flush()
+    data = b"".join(received[0].received)
+    assert data.startswith(V2_SIGNATURE + b"\x21\x11")
+    assert data[16 + 12:] == hello

@@ -120,7 +120,7 @@ class TerminationTests(unittest.TestCase):
         self.front = HttpsFront(server_config(https=HttpsSettings(port=1, hello_timeout=5.0)), reactor)
         site = Site(Page())
         site.noisy = False
-        self.front.terminate_with(Termination(self.certificates, site))
+        self.front.terminate_with(Termination(self.certificates, site, reactor))
         listening = reactor.listenTCP(0, self.front.factory(), interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         self.port = listening.getHost().port

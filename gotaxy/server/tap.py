@@ -566,7 +566,7 @@ def _assemble(
     if https_front is not None and https_front.serving:
         site_certificates = SiteCertificates(reactor, config.https.cert_dir, acme)
         if http_front is not None:
-            https_front.terminate_with(Termination(site_certificates, http_front.protocol_factory("https")))
+            https_front.terminate_with(Termination(site_certificates, http_front.protocol_factory("https"), reactor))
         if acme is not None:
             core.events.subscribe(CertificatesForTunnels(core, acme, site_certificates), local_only=True)
     if http_front is not None:

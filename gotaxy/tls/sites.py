@@ -283,9 +283,10 @@ class SiteCertificates(Service):
 class Termination:
     """TLS terminated at the server, then the http front (see the module docstring)."""
 
-    def __init__(self, certificates: SiteCertificates, http_factory: Any) -> None:
+    def __init__(self, certificates: SiteCertificates, http_factory: Any, reactor: Any) -> None:
         self.certificates = certificates
         self.http_factory = http_factory
+        self.reactor = reactor  #: the TLS layer's clock (it gathers small writes until the next turn)
         #: per CertificateOptions: its TLS factory (the options hold the OpenSSL context)
         self._factories: Dict[int, Tuple[ssl.CertificateOptions, TLSMemoryBIOFactory]] = {}
 
@@ -298,7 +299,7 @@ class Termination:
             return found[1]
         if len(self._factories) > 4 * MAX_FILES:
             self._factories.clear()
-        factory = TLSMemoryBIOFactory(options, False, self.http_factory)
+        factory = TLSMemoryBIOFactory(options, False, self.http_factory, clock=self.reactor)
         factory.noisy = False
         self._factories[id(options)] = (options, factory)
         return factory
