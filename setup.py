@@ -47,8 +47,10 @@ setup(
         "tomli-w>=1.0",
         # ACME (acme.enable): certbot's protocol implementation, not a hand-written client.
         "acme>=3.0",
+        # The HTTP front's parser (gotaxy.proxy.vhost): sans-I/O, so bodies stream.
+        "h11>=0.14",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "jsonschema>=4.18", "playwright>=1.40", "pyyaml>=6"]},
+    extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "jsonschema>=4.18", "playwright>=1.40", "pyyaml>=6", "websockets>=12"]},
     entry_points={"console_scripts": ["gotaxy = gotaxy.cli:main"]},
     classifiers=[
         "Framework :: Twisted",

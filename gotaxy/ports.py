@@ -51,6 +51,7 @@ def server_ports(config: "ServerConfig") -> Dict[int, str]:
         (config.console.port, config.console.endpoint, "SSH console port (console.port)"),
         (config.web.port, config.web.endpoint, "web panel and metrics port (webServer.port)"),
         (config.bind_port, config.bind_endpoint, "control port (bindPort)"),
+        (config.vhost.http_port, None, "HTTP virtual-host port (vhostHTTPPort)"),
         (config.https.port, None, "HTTPS port for websites (vhostHTTPSPort)"),
     ):
         if endpoint:

@@ -22,6 +22,7 @@ from gotaxy.config import (
     ServerConfig,
     TransportSettings,
     TunnelSpec,
+    VhostSettings,
     WebSettings,
     WebhookSpec,
     format_allow_ports,
@@ -242,6 +243,7 @@ class TestFrpExampleFiles:
             web=WebSettings(addr="127.0.0.1", port=7500),
             metrics=MetricsSettings(enable_prometheus=True),
             https=HttpsSettings(port=443),
+            vhost=VhostSettings(http_port=80, sub_domain_host="frps.com"),
         )
         assert config.metrics.effective_exposure() == "open"
         warned = [w.split("'")[1] for w in loaded.warnings]
@@ -249,7 +251,6 @@ class TestFrpExampleFiles:
             "kcpBindPort",
             "transport.maxPoolCount",
             "transport.tls.force",
-            "vhostHTTPPort",
             "webServer.user",
             "webServer.password",
             "webServer.pprofEnable",
@@ -257,7 +258,6 @@ class TestFrpExampleFiles:
             "log.disablePrintColor",
             "detailedErrorsToClient",
             "auth.oidc",
-            "subDomainHost",
             "udpPacketSize",
             "natholeAnalysisDataReserveHours",
             "httpPlugins",
@@ -278,11 +278,25 @@ class TestFrpExampleFiles:
                        health_check_type="tcp", health_check_timeout=3.0, health_check_max_failed=3,
                        health_check_interval=10.0),
             TunnelSpec(name="ssh_random", local_port=22, local_ip="192.168.31.100"),
+            # An http proxy keeps every frp key of its type.
+            TunnelSpec(name="web01", type="http", local_port=80, local_ip="127.0.0.1", http_user="admin",
+                       http_password="admin", subdomain="web01", custom_domains=("web01.yourdomain.com",),
+                       locations=("/", "/pic"), host_header_rewrite="example.com",
+                       request_headers=(("x-from-where", "frp"),), response_headers=(("foo", "bar"),),
+                       health_check_type="http"),
         )
         warnings = "\n".join(loaded.warnings)
-        assert "healthCheck" not in warnings
+        # Only web01's HTTP health check is not (yet) what frp does.
+        assert [w for w in loaded.warnings if "healthCheck" in w] == [
+            'client.toml: proxy \'web01\' has healthCheck.type = "http", which Gotaxy does not support yet; '
+            "its local service is checked with a TCP connect instead",
+            "client.toml: 'healthCheck.path' (in proxy 'web01') is an frp setting that Gotaxy does not support yet; "
+            "ignored",
+            "client.toml: 'healthCheck.httpHeaders' (in proxy 'web01') is an frp setting that Gotaxy does not "
+            "support yet; ignored",
+        ]
         assert "proxy 'dns' has type \"udp\"" in warnings
-        assert "proxy 'web01' has type \"http\"" in warnings
+        assert "proxy 'web01' has type" not in warnings
         assert "proxy 'secret_tcp' has type \"stcp\"" in warnings
         assert 'proxy \'plugin_unix_domain_socket\' uses the frp plugin "unix_domain_socket"' in (
             warnings
@@ -350,7 +364,7 @@ class TestFrpOwnFiles:
     def test_frps_full_example(self) -> None:
         loaded = parse_server_config(load_toml(str(FRP_CONF / "frps_full_example.toml")))
         assert loaded.config.token == "12345678" and loaded.config.web.port == 7500
-        assert len(loaded.warnings) == 15  # vhostHTTPSPort is read
+        assert len(loaded.warnings) == 13  # vhostHTTPPort, vhostHTTPSPort and subDomainHost are read
 
     def test_frpc_full_example(self) -> None:
         loaded = parse_client_config(load_toml(str(FRP_CONF / "frpc_full_example.toml")))
@@ -358,20 +372,23 @@ class TestFrpOwnFiles:
         assert [(t.name, t.remote_port, t.enabled) for t in config.tunnels] == [
             ("ssh", 6001, True),
             ("ssh_random", 0, True),
+            ("web01", 0, True),
         ]
         warnings = "\n".join(loaded.warnings)
         for key in ("clientID", "visitors", "metadatas", "annotations"):
             assert f"'{key}'" in warnings
-        # 14 client keys and tables, 16 skipped proxies, 8 keys of proxy 'ssh' (its healthCheck is honoured).
-        assert len(loaded.warnings) == 14 + 16 + 8
-        assert warnings.count("skipped") == 16
+        # 14 client keys and tables, 15 skipped proxies, 8 keys of proxy 'ssh' (its healthCheck is
+        # honoured), web01's HTTP health check and its two keys.
+        assert len(loaded.warnings) == 14 + 15 + 8 + 3
+        assert warnings.count("skipped") == 15
 
     def test_every_key_frp_documents_is_known(self) -> None:
         loaded = server(uncommented("frps_full_example.toml"))
         warned = {w.split("'")[1] for w in loaded.warnings}
-        assert {"quicBindPort", "transport.quic.keepalivePeriod", "vhostHTTPTimeout",
-                "tcpmuxHTTPConnectPort", "custom404Page", "sshTunnelGateway",
+        assert {"quicBindPort", "transport.quic.keepalivePeriod",
+                "tcpmuxHTTPConnectPort", "sshTunnelGateway",
                 "auth.tokenSource", "auth.additionalScopes"} <= warned
+        assert loaded.config.vhost.http_timeout == 60 and loaded.config.vhost.custom_404_page == "/path/to/404.html"
         assert loaded.config.proxy_bind_addr == "127.0.0.1"
         assert loaded.config.heartbeat_timeout == 90
 
@@ -384,9 +401,9 @@ class TestFrpOwnFiles:
         config = loaded.config
         assert (config.heartbeat_interval, config.heartbeat_timeout) == (30, 90)
         assert config.trusted_ca_file == "ca.crt" and config.server_name == "example.com"
-        # start = ["ssh", "dns"]: of the tcp proxies only ssh is opened.
+        # start = ["ssh", "dns"]: of the tcp and http proxies only ssh is opened.
         assert [(t.name, t.enabled) for t in config.tunnels] == [
-            ("ssh", True), ("ssh_random", False),
+            ("ssh", True), ("ssh_random", False), ("web01", False),
         ]
 
     @pytest.mark.parametrize(
@@ -564,13 +581,13 @@ class TestServerFile:
     def test_each_unsupported_frp_key_warns_once(self) -> None:
         loaded = server(
             """
-            vhostHTTPPort = 80
+            tcpmuxHTTPConnectPort = 1337
             sshTunnelGateway.bindPort = 2200
             sshTunnelGateway.privateKeyFile = "/home/frp-user/.ssh/id_rsa"
             """
         )
         assert loaded.warnings == (
-            "server.toml: 'vhostHTTPPort' is an frp setting that Gotaxy does not support yet; "
+            "server.toml: 'tcpmuxHTTPConnectPort' is an frp setting that Gotaxy does not support yet; "
             "ignored",
             "server.toml: 'sshTunnelGateway' is an frp setting that Gotaxy does not support "
             "yet; ignored",
@@ -988,7 +1005,7 @@ class TestProxies:
             client, '[[proxies]]\nname = "ssh"\ntype = "quux"\nlocalPort = 22'
         )
 
-    @pytest.mark.parametrize("frp_type", ["udp", "http", "https", "tcpmux", "stcp", "sudp", "xtcp"])
+    @pytest.mark.parametrize("frp_type", ["udp", "https", "tcpmux", "stcp", "sudp", "xtcp"])
     def test_other_frp_types_are_skipped_with_one_warning(self, frp_type: str) -> None:
         loaded = client(
             f'[[proxies]]\nname = "x"\ntype = "{frp_type}"\nlocalPort = 1\nsubdomain = "x"'
@@ -996,7 +1013,7 @@ class TestProxies:
         assert loaded.config.tunnels == ()
         assert loaded.warnings == (
             f'client.toml: proxy \'x\' has type "{frp_type}", which Gotaxy does not support '
-            f'yet (only "tcp"); skipped',
+            f'yet (only "tcp", "http"); skipped',
         )
 
     def test_unsupported_proxy_keys_warn_once_per_key(self) -> None:

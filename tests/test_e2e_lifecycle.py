@@ -102,7 +102,7 @@ remotePort = 6002
     client.wait_for(rf"tunnel outside refused by the server: port {outside} is not allowed")
     client.wait_for(r"tunnel one-too-many refused by the server: .*maxPortsPerClient is 2")
     client.wait_for(r"'transport.useEncryption'.*not support")
-    client.wait_for(r"proxy 'dns' has type \"udp\", which Gotaxy does not support yet \(only \"tcp\"\); skipped")
+    client.wait_for(r"proxy 'dns' has type \"udp\", which Gotaxy does not support yet \(only \"tcp\", \"http\"\); skipped")
     assert echo_once(single, b"via frp config") == b"via frp config"
     assert echo_once(auto, b"auto port") == b"auto port"
     server.wait_for(r"client shared:office connected")

@@ -256,9 +256,7 @@ class ReportingEndpoint:
 @functools.lru_cache(maxsize=256)
 def proxy_spec(tunnel: TunnelSpec) -> ProxySpec:
     """The proxy spec of a tunnel from this client's config or flags (SpecError if it is not valid)."""
-    return parse_spec(
-        {"type": tunnel.type, "localIP": tunnel.local_ip, "localPort": tunnel.local_port, "remotePort": tunnel.remote_port}
-    )
+    return parse_spec(tunnel.proxy_keys())
 
 
 @implementer(IHandshakeListener)

@@ -44,6 +44,11 @@ Key mapping, server (``ServerConfig``; a dotted field is in a section,
     maxPortsPerClient                limits.max_ports_per_client
     maxConnectionsPerClient          limits.max_connections_per_client (ours)
     tunnelIdleTimeout                limits.tunnel_idle_timeout (ours)
+    vhostHTTPPort / vhostHTTPTimeout vhost.http_port / vhost.http_timeout (0: no HTTP front; 60 s)
+    subDomainHost / custom404Page    vhost.sub_domain_host / vhost.custom_404_page
+    vhostForwardedHeaders            vhost.forwarded_headers (ours; "append" or "replace")
+    vhostHTTPHeaderTimeout           vhost.header_timeout  (ours; slowloris)
+    vhostHTTPMaxHeaderBytes / ...    vhost.max_header_bytes / max_headers / max_requests_per_tunnel (ours)
     transport.tls.certFile / keyFile transport.tls_cert_file / tls_key_file
     log.level / log.maxDays          log.level / log.max_days
     log.maxSize                      log.max_size          (ours; bytes, or "10MiB")
@@ -123,6 +128,7 @@ from gotaxy.config.server import (
     HistorySettings,
     HttpsSettings,
     LimitsSettings,
+    VhostSettings,
     LogSettings,
     MetricsSettings,
     NotifySettings,
@@ -156,6 +162,7 @@ __all__ = [
     "HistorySettings",
     "HttpsSettings",
     "LimitsSettings",
+    "VhostSettings",
     "LocalAddressRule",
     "Loaded",
     "LogSettings",

@@ -17,6 +17,9 @@ from gotaxy.config.values import (
     ConfigError,
     FINGERPRINT,
     FRP_PROXY_TYPES,
+    HEADER_TABLE,
+    STRING,
+    STRINGS,
     HEALTH_CHECK_TYPE,
     HEARTBEAT,
     HOST,
@@ -63,6 +66,35 @@ class TunnelSpec:
     health_check_timeout: float = _setting(3.0, SECONDS, "healthCheck.timeoutSeconds")
     health_check_max_failed: int = _setting(1, COUNT, "healthCheck.maxFailed")
     health_check_interval: float = _setting(10.0, SECONDS, "healthCheck.intervalSeconds")
+    #: ``type = "http"``'s keys (``gotaxy.proxy.http`` checks them).
+    custom_domains: tuple[str, ...] = _setting((), STRINGS, "customDomains")
+    subdomain: str | None = _setting(None, STRING, "subdomain")
+    locations: tuple[str, ...] = _setting((), STRINGS, "locations")
+    host_header_rewrite: str | None = _setting(None, STRING, "hostHeaderRewrite")
+    http_user: str | None = _setting(None, STRING, "httpUser")
+    http_password: str | None = _setting(None, STRING, "httpPassword", secret=True)
+    route_by_http_user: str | None = _setting(None, STRING, "routeByHTTPUser")
+    request_headers: tuple[tuple[str, str], ...] = _setting((), HEADER_TABLE, "requestHeaders.set")
+    response_headers: tuple[tuple[str, str], ...] = _setting((), HEADER_TABLE, "responseHeaders.set")
+
+    def proxy_keys(self) -> dict:
+        """frp's keys of this tunnel for its proxy type (``gotaxy.proxy.parse_spec`` reads them)."""
+        keys: dict = {"type": self.type, "localIP": self.local_ip, "localPort": self.local_port}
+        if self.type in ("tcp", "udp") or self.remote_port:
+            keys["remotePort"] = self.remote_port
+        for key, value in (
+            ("customDomains", list(self.custom_domains)), ("subdomain", self.subdomain),
+            ("locations", list(self.locations)), ("hostHeaderRewrite", self.host_header_rewrite),
+            ("httpUser", self.http_user), ("httpPassword", self.http_password),
+            ("routeByHTTPUser", self.route_by_http_user),
+        ):
+            if value:
+                keys[key] = value
+        if self.request_headers:
+            keys["requestHeaders"] = {"set": dict(self.request_headers)}
+        if self.response_headers:
+            keys["responseHeaders"] = {"set": dict(self.response_headers)}
+        return keys
 
 
 @attrs.frozen

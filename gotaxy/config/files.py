@@ -29,6 +29,8 @@ from gotaxy.config.frp import (
 )
 from gotaxy.config.server import ServerConfig, WebhookSpec
 from gotaxy.config.templates import TemplateError, render
+from gotaxy.proxy import SpecError, parse_spec
+from gotaxy.proxy import registry as proxy_registry
 from gotaxy.config.values import (
     ConfigError,
     FRP_PROXY_TYPES,
@@ -530,7 +532,7 @@ def _read_proxies(entries: Any, source: str, warnings: list[str], first: int = 1
         if not supported_type(kind):
             warnings.append(
                 f'{source}: {label} has type "{kind}", which Gotaxy does not support yet '
-                f'(only "tcp"); skipped'
+                f'(only {", ".join(chr(34) + name + chr(34) for name in proxy_registry.names())}); skipped'
             )
             continue
         if "plugin" in entry:
@@ -547,6 +549,10 @@ def _read_proxies(entries: Any, source: str, warnings: list[str], first: int = 1
                 f"e.g. localPort = 22"
             )
         tunnels.append(TunnelSpec(**_PROXY.convert(ours, source, f" in {label}")))
+        try:
+            parse_spec(tunnels[-1].proxy_keys())
+        except SpecError as e:
+            raise ConfigError(f"{source}: {label}: {e}") from None
         if tunnels[-1].health_check_type == "http":
             warnings.append(
                 f'{source}: {label} has healthCheck.type = "http", which Gotaxy does not support '

@@ -65,7 +65,7 @@ FRP_PROXY_KEYS = frozenset({
     "healthCheck.path", "healthCheck.httpHeaders",
 })
 FRP_PROXY_TABLES = frozenset({
-    "metadatas", "annotations", "requestHeaders", "responseHeaders", "plugin",
+    "metadatas", "annotations", "plugin",
     "natTraversal",
 })
 

@@ -15,6 +15,9 @@ from gotaxy.config.values import (
     BOOLEAN,
     CONNECTIONS,
     DATABASE_URL,
+    DOMAIN,
+    FORWARDED_HEADERS,
+    HEADER_BYTES,
     ENDPOINT,
     COUNT,
     ConfigError,
@@ -88,6 +91,30 @@ class LimitsSettings:
     max_ports_per_client: int = _setting(0, LIMIT, "maxPortsPerClient", "--max-ports-per-client")
     max_connections_per_client: int = _setting(MAX_STREAMS, CONNECTIONS, "maxConnectionsPerClient")
     tunnel_idle_timeout: float = _setting(600.0, IDLE_TIMEOUT, "tunnelIdleTimeout")
+
+
+@attrs.frozen
+class VhostSettings:
+    """
+    The shared HTTP front for ``type = "http"`` tunnels (``gotaxy.proxy.vhost``):
+    frp's ``vhostHTTPPort`` (0: off), ``subDomainHost``, ``custom404Page`` and
+    ``vhostHTTPTimeout`` (seconds to wait for a response's headers), and our
+    limits on what a visitor may send.
+    """
+
+    http_port: int = _setting(0, SERVICE_PORT, "vhostHTTPPort")
+    http_timeout: float = _setting(60.0, SECONDS, "vhostHTTPTimeout")
+    sub_domain_host: str | None = _setting(None, DOMAIN, "subDomainHost")
+    custom_404_page: str | None = _setting(None, TEXT, "custom404Page")
+    #: "append": add the visitor's address to X-Forwarded-For as frp does;
+    #: "replace": this server is the edge, so what a visitor sent is dropped.
+    forwarded_headers: str = _setting("append", FORWARDED_HEADERS, "vhostForwardedHeaders")
+    #: Seconds a visitor has to send a request line and its headers (slowloris).
+    header_timeout: float = _setting(10.0, SECONDS, "vhostHTTPHeaderTimeout")
+    max_header_bytes: int = _setting(32768, HEADER_BYTES, "vhostHTTPMaxHeaderBytes")
+    max_headers: int = _setting(100, COUNT, "vhostHTTPMaxHeaders")
+    #: Requests one tunnel serves at once (0: only the client's stream limit).
+    max_requests_per_tunnel: int = _setting(256, LIMIT, "vhostHTTPMaxRequestsPerTunnel")
 
 
 @attrs.frozen
@@ -267,6 +294,7 @@ class ServerConfig(_Heartbeats):
     )
     transport: TransportSettings = _section(TransportSettings)
     limits: LimitsSettings = _section(LimitsSettings)
+    vhost: VhostSettings = _section(VhostSettings)
     log: LogSettings = _section(LogSettings)
     events: EventsSettings = _section(EventsSettings)
     web: WebSettings = _section(WebSettings)

@@ -142,6 +142,45 @@ def _host(value: Any) -> str:
     return host
 
 
+_DOMAIN_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _domain(value: Any) -> str:
+    """A DNS name such as ``example.com`` (lower-cased; no port, no wildcard, no trailing dot)."""
+    if not isinstance(value, str) or not value or len(value) > 253:
+        raise _Mismatch(value)
+    name = value.lower()
+    if not all(_DOMAIN_LABEL.fullmatch(label) for label in name.split(".")):
+        raise _Mismatch(value)
+    return name
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of strings (a single string counts as a list of one); the proxy type checks each."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or len(value) > 64 or not all(isinstance(v, str) for v in value):
+        raise _Mismatch(value)
+    return tuple(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 1024:
+        raise _Mismatch(value)
+    return value
+
+
+def _header_table(value: Any) -> tuple[tuple[str, str], ...]:
+    """frp's ``requestHeaders.set``: a table of header names and string values."""
+    if isinstance(value, tuple):
+        value = dict(value)
+    if not isinstance(value, dict) or len(value) > 64 or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise _Mismatch(value)
+    return tuple(value.items())
+
+
 def _name(value: Any) -> str:
     if not is_valid_name(value):
         raise _Mismatch(value)
@@ -335,6 +374,12 @@ RETENTION_DAYS = _Form(
 )
 TEXT = _Form("a non-empty string", _text)
 HOST = _Form("a host name or IP address without a port", _host)
+DOMAIN = _Form('a domain name such as "example.com" (no port, no "*", no "http://")', _domain)
+FORWARDED_HEADERS = _Form('"append" (as frp) or "replace" (this server is the edge)', _one_of("append", "replace"))
+STRINGS = _Form('a list of strings such as ["wiki.example.com"]', _strings)
+STRING = _Form("a string", _string)
+HEADER_TABLE = _Form('a table of header names and values such as { X-From = "gotaxy" }', _header_table)
+HEADER_BYTES = _Form("a number of bytes from 1024 to 1048576", _integer(1024, 1048576))
 ENDPOINT = _Form(
     "a Twisted endpoint string such as \"tcp:7000:interface=0.0.0.0\" or \"systemd:domain=INET6:index=0\" "
     f"(types: {', '.join(ENDPOINT_TYPES)})",
@@ -361,7 +406,7 @@ def _tunnel_type(value: Any) -> Any:
     return value
 
 
-TUNNEL_TYPE = _Form('"tcp" (the only tunnel type Gotaxy supports so far)', _tunnel_type)
+TUNNEL_TYPE = _Form('a tunnel type this Gotaxy supports, such as "tcp" or "http"', _tunnel_type)
 HEALTH_CHECK_TYPE = _Form('"tcp" or "http"', _one_of("tcp", "http"))
 TOKEN_AUTH = _Form(
     '"token" (Gotaxy supports token authentication only)', _equals("token")

@@ -22,9 +22,11 @@ __all__ = [
 
 
 def _register_builtin() -> None:
+    from gotaxy.proxy.http import HTTP
     from gotaxy.proxy.tcp import TCP
 
     register(TCP)
+    register(HTTP)
 
 
 _register_builtin()

@@ -26,9 +26,17 @@ HOST_SCHEMES = ("http", "https")
 #: Longest host name (RFC 1035), and most names one address may hold.
 MAX_HOST = 253
 MAX_HOSTS = 16
+#: Most URL path prefixes (frp's ``locations``) one address may hold, and the longest.
+MAX_PATHS = 16
+MAX_PATH = 256
+#: Longest user name an address may be routed by (frp's ``routeByHTTPUser``).
+MAX_ROUTE_USER = 64
 
 _SCHEME = re.compile(r"[a-z][a-z0-9]{0,15}")
 _HOST = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+# A path prefix: what a URL path may hold, less the separators of ``text``.
+_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+=:@%/-]*")
+_ROUTE_USER = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 class AddressError(ValueError):
@@ -48,6 +56,19 @@ def _check_hosts(instance: Any, attribute: Any, value: Any) -> None:
             raise AddressError(f"{host!r} is not a host name (letters, digits, '-' and '.', lower case)")
 
 
+def _check_paths(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, tuple) or len(value) > MAX_PATHS:
+        raise AddressError(f"a public address has at most {MAX_PATHS} locations")
+    for path in value:
+        if not isinstance(path, str) or len(path) > MAX_PATH or not _PATH.fullmatch(path):
+            raise AddressError(f"{str(path)[:64]!r} is not a location (a URL path that starts with '/')")
+
+
+def _check_user(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, str) or len(value) > MAX_ROUTE_USER or (value and not _ROUTE_USER.fullmatch(value)):
+        raise AddressError(f"{str(value)[:64]!r} is not a user name to route by (letters, digits, '.', '_', '-', '~')")
+
+
 def _check_scheme(instance: Any, attribute: Any, value: Any) -> None:
     if not isinstance(value, str) or not _SCHEME.fullmatch(value):
         raise AddressError(f"{value!r} is not an address scheme")
@@ -64,6 +85,10 @@ class PublicAddress:
     scheme: str = attrs.field(validator=_check_scheme)
     port: int = attrs.field(default=0, validator=_check_port)
     hosts: Tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_check_hosts)
+    #: URL path prefixes on those hosts (frp's ``locations``); none: every path.
+    paths: Tuple[str, ...] = attrs.field(default=(), converter=tuple, validator=_check_paths)
+    #: Only requests of this basic-auth user (frp's ``routeByHTTPUser``); empty: anyone's.
+    user: str = attrs.field(default="", validator=_check_user)
     #: How every face shows it: ``port 16000``, ``udp port 5353``, ``http://wiki.example.com``
     #: (a field, so that the REST API's and the console's JSON carry it).
     description: str = attrs.field(init=False, eq=False, repr=False,
@@ -81,7 +106,9 @@ class PublicAddress:
     def _describe(self) -> str:
         if self.hosts:
             suffix = f":{self.port}" if self.port else ""
-            return ", ".join(f"{self.scheme}://{host}{suffix}" for host in self.hosts)
+            who = f"{self.user}@" if self.user else ""
+            paths = self.paths or ("",)
+            return ", ".join(f"{self.scheme}://{who}{host}{suffix}{path}" for host in self.hosts for path in paths)
         if self.scheme == "tcp":
             return f"port {self.port}"
         return f"{self.scheme} port {self.port}"
@@ -96,9 +123,17 @@ class PublicAddress:
 
     @property
     def text(self) -> str:
-        """The store's form: ``tcp:16000``, ``udp:5353``, ``http:a.example.com,b.example.com``."""
+        """
+        The store's form: ``tcp:16000``, ``udp:5353``, ``http:a.example.com,b.example.com``,
+        with locations and a user ``http:a.example.com;/news,/pic;user=alice``.
+        """
         if self.hosts:
-            return f"{self.scheme}:{','.join(self.hosts)}"
+            text = f"{self.scheme}:{','.join(self.hosts)}"
+            if self.paths or self.user:
+                text += f";{','.join(self.paths)}"
+            if self.user:
+                text += f";user={self.user}"
+            return text
         return f"{self.scheme}:{self.port}"
 
     @classmethod
@@ -109,19 +144,37 @@ class PublicAddress:
             raise AddressError(f"{text!r} is not a public address")
         if rest.isdigit():
             return cls(scheme, int(rest))
-        return cls(scheme, 0, tuple(rest.split(",")))
+        hosts, _, more = rest.partition(";")
+        paths, _, user = more.partition(";")
+        if user and not user.startswith("user="):
+            raise AddressError(f"{text!r} is not a public address")
+        return cls(scheme, 0, tuple(hosts.split(",")), tuple(paths.split(",")) if paths else (), user[len("user="):])
 
     @property
     def claim_keys(self) -> Tuple[Tuple[str, str], ...]:
-        """(kind, key) pairs only one tunnel may hold: ``("tcp-port", "16000")``, ``("domain", "a.example.com")``."""
+        """
+        (kind, key) pairs only one tunnel may hold: ``("tcp-port", "16000")``,
+        ``("domain", "a.example.com")``.  A host name is one key for every
+        path (``wiki.example.com``, ``*.example.com``); a location narrows it
+        (``wiki.example.com/news``: another tunnel may hold ``/`` of the same
+        name, as in frp) and so does a user to route by (``alice@wiki.example.com``).
+        An exact name and a wildcard that covers it are different keys: the
+        exact one wins when routing, as in frp.
+        """
         if self.hosts:
-            return tuple(("domain", host) for host in self.hosts)
+            who = f"{self.user}@" if self.user else ""
+            paths = list(dict.fromkeys("" if p == "/" else p for p in self.paths)) or [""]
+            return tuple(("domain", f"{who}{host}{path}") for host in self.hosts for path in paths)
         return ((f"{self.scheme}-port", str(self.port)),)
 
     def to_wire(self) -> Dict[str, Any]:
         message: Dict[str, Any] = {"scheme": self.scheme, "port": self.port}
         if self.hosts:
             message["hosts"] = list(self.hosts)
+        if self.paths:
+            message["paths"] = list(self.paths)
+        if self.user:
+            message["user"] = self.user
         return message
 
     @classmethod
@@ -130,9 +183,10 @@ class PublicAddress:
         if not isinstance(message, dict):
             raise AddressError("an address must be an object")
         hosts = message.get("hosts", [])
-        if not isinstance(hosts, list):
-            raise AddressError("an address's 'hosts' must be a list")
-        return cls(message.get("scheme"), message.get("port", 0), tuple(hosts))
+        paths = message.get("paths", [])
+        if not isinstance(hosts, list) or not isinstance(paths, list):
+            raise AddressError("an address's 'hosts' and 'paths' must be lists")
+        return cls(message.get("scheme"), message.get("port", 0), tuple(hosts), tuple(paths), message.get("user", ""))
 
     def __str__(self) -> str:
         return self.description

@@ -173,12 +173,17 @@ class TcpProxy(ProxyType):
 
     def connect(self, reactor: Any, spec: ProxySpec, stream: Stream, failed: Callable[[Failure], None]) -> None:
         assert isinstance(spec, TcpSpec)
-        factory = _LocalServiceFactory(stream, failed)
-        if is_ip(spec.local_ip):
-            reactor.connectTCP(spec.local_ip, spec.local_port, factory, timeout=LOCAL_CONNECT_TIMEOUT)
-        else:
-            endpoint = HostnameEndpoint(reactor, spec.local_ip, spec.local_port, timeout=LOCAL_CONNECT_TIMEOUT)
-            endpoint.connect(factory).addErrback(failed)
+        connect_local(reactor, spec.local_ip, spec.local_port, stream, failed)
+
+
+def connect_local(reactor: Any, host: str, port: int, stream: Stream, failed: Callable[[Failure], None]) -> None:
+    """Client side of every type that ends in a TCP service: splice ``stream`` to ``host:port``."""
+    factory = _LocalServiceFactory(stream, failed)
+    if is_ip(host):
+        reactor.connectTCP(host, port, factory, timeout=LOCAL_CONNECT_TIMEOUT)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=LOCAL_CONNECT_TIMEOUT)
+        endpoint.connect(factory).addErrback(failed)
 
 
 def format_ranges(config: Any) -> str:

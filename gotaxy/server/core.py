@@ -170,6 +170,10 @@ class ServerCore:
             front = proxy_type.make_front(config, reactor)
             if front is not None:
                 self.fronts[proxy_type.name] = front
+                # A front that needs the core (the store, the refusal reports) says so.
+                attach = getattr(front, "attach", None)
+                if attach is not None:
+                    attach(self)
         self.events = EventBus()
         # What the store records (the state changes' events and ``record``'s)
         # is published here, once, as the row was written.

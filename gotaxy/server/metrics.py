@@ -160,6 +160,24 @@ class GotaxyCollector:
         yield refused
         yield traffic
 
+        front = core.fronts.get("http")
+        if front is not None:
+            # The HTTP front's refusals (``gotaxy.proxy.vhost``): each error page a visitor got, by reason.
+            http_refused = CounterMetricFamily(
+                "gotaxy_http_refusals", "HTTP requests the website front answered with an error page, by reason.",
+                labels=["reason"],
+            )
+            for reason, count in sorted(front.refusals.items()):
+                http_refused.add_metric([reason], count)
+            yield http_refused
+            tunnel_refused = CounterMetricFamily(
+                "gotaxy_tunnel_http_refusals", "HTTP requests for a tunnel answered with an error page, by reason.",
+                labels=labels + ["reason"],
+            )
+            for (client, name, reason), count in sorted(front.tunnel_refusals.items()):
+                tunnel_refused.add_metric([client, name, reason], count)
+            yield tunnel_refused
+
         connections_open = GaugeMetricFamily("gotaxy_connections_open", "Public connections open now, all tunnels.")
         connections_open.add_metric([], sum(t.connections for t in tunnels.values()))
         yield connections_open

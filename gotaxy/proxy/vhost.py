@@ -1,0 +1,941 @@
+# -*- test-case-name: tests.test_proxy_vhost -*-
+"""
+The shared HTTP front: one listener (``vhostHTTPPort``) for every
+``type = "http"`` tunnel, routing each *request* by its Host header and
+path to a tunnel (``Router``), and carrying it there over a mux stream.
+
+Entry points
+============
+
+* ``HttpFront(config, reactor)`` is made once by the http proxy type
+  (``make_front``); the core starts and stops it.  ``front.router`` is what
+  ``expose`` adds a tunnel's names to.
+* ``front.protocol_factory(scheme)`` is a ``ServerFactory`` of visitor
+  connections for ``scheme`` (``"http"`` or ``"https"``).  The plain port
+  listens with ``protocol_factory("http")``; a TLS front that terminates
+  TLS for http tunnels wraps ``protocol_factory("https")`` (for example in
+  ``TLSMemoryBIOFactory``), so that ``X-Forwarded-Proto`` says https and
+  everything else is the same.
+
+One visitor connection
+======================
+
+``VisitorConnection`` parses what the visitor sends with **h11** (a
+sans-I/O HTTP/1.1 parser: it never reads the socket or buffers a body, it
+turns the bytes it is given into events, and we decide what to feed it and
+when).  That fits the streaming design: nothing here holds more than one
+socket read or one mux window of a body.  ``twisted.web.http`` was not
+used: its ``Request`` collects the whole body before the application sees
+it, which breaks a 1 GiB upload and backpressure.
+
+For each request::
+
+    Request event  -> route (Host, path, basic-auth user) -> checks (auth,
+                      per-tunnel cap) -> the tunnel's stream (kept from the
+                      previous request if it went to the same tunnel and
+                      the local service kept the connection open; else a
+                      new stream) -> the request, with header rules and
+                      X-Forwarded-*, written through a client-side h11
+                      connection into the stream
+    Data / EOM     -> into the stream (chunked or sized as the visitor sent)
+    response       <- the stream's bytes parsed by that client h11
+                      connection; headers rewritten, then sent to the
+                      visitor through the server h11 connection, which
+                      frames it for the visitor (chunked for HTTP/1.1,
+                      close-delimited for HTTP/1.0)
+
+So a keep-alive connection whose next request names another host goes to
+that host's tunnel (or gets a 404), never to the previous one; pipelined
+requests are answered in order (h11 pauses after each request until its
+response is out, and we stop reading the socket meanwhile).  An upgrade
+(WebSocket, any ``Upgrade``) that the local service accepts with 101 turns
+the connection into a plain splice of socket and stream.
+
+Backpressure: the stream is the visitor socket's producer (a full visitor
+socket withholds window credit from the client), and a dry stream window
+pauses reading the visitor's socket, as for a TCP tunnel.
+
+What a visitor sees instead of a dropped connection: 404 (no tunnel has the
+name; ``custom404Page``), 401 (basic auth), 429 (locked out after failed
+log-ins), 502 (the client is offline, or its local service refused or
+broke the response), 503 (the tunnel is at its concurrent request cap or
+the client at its stream limit), 504 (no response headers within
+``vhostHTTPTimeout``), 400 (not HTTP), 408 (request line and headers not in
+within ``vhostHTTPHeaderTimeout``), 431 (headers beyond
+``vhostHTTPMaxHeaderBytes`` / ``vhostHTTPMaxHeaders``).  Each is counted by
+reason, in all and per tunnel where there is one (``/metrics``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import html
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+import attrs
+import h11
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+
+from gotaxy.logs import gotaxy_observer
+from gotaxy.mux import set_no_delay
+from gotaxy.oslimits import listen_backlog
+from gotaxy.wire import CLOSE_ERROR_PREFIX
+
+if TYPE_CHECKING:
+    from gotaxy.mux import Stream
+    from gotaxy.proxy.address import PublicAddress
+    from gotaxy.server.tunnel import LiveTunnel
+
+#: Seconds an idle keep-alive connection waits for its next request.
+KEEPALIVE_TIMEOUT = 75.0
+#: Largest custom404Page served (bytes); a bigger file is cut.
+MAX_404_PAGE = 64 * 1024
+#: Most names remembered as "its client is offline" (for 502 rather than 404).
+MAX_OFFLINE = 10000
+#: Basic-auth failures: scope in the shared lock-out table.
+AUTH_SCOPE = "http"
+
+#: Why a request was refused (the ``reason`` label in /metrics).
+REASONS = ("not_found", "unauthorized", "locked_out", "client_offline", "bad_gateway", "busy",
+           "timeout", "bad_request", "header_timeout", "headers_too_large")
+
+_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
+    b"transfer-encoding", b"proxy-authenticate",
+})
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
+_STATUS_TEXT = {
+    400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 408: "Request Timeout",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout",
+}
+
+
+@attrs.define(eq=False)
+class _Route:
+    path: str
+    user: str
+    tunnel: "LiveTunnel"
+
+
+class Router:
+    """
+    Host names (exact, or frp's ``*.example.com``) and paths to tunnels, as
+    frp routes: the exact name first, then wildcards from the longest; on a
+    name, the longest location that is a prefix of the path; a route for
+    the request's basic-auth user (``routeByHTTPUser``) before one for anyone.
+    Who may hold a name is the claims table's business: the router only
+    maps what was claimed.
+    """
+
+    def __init__(self) -> None:
+        self._hosts: Dict[str, List[_Route]] = {}
+        self._addresses: Dict["LiveTunnel", "PublicAddress"] = {}
+        #: names whose tunnel went down (its client is offline): 502, not 404
+        self._offline: Dict[str, None] = {}
+
+    def add(self, tunnel: "LiveTunnel", address: "PublicAddress") -> None:
+        self._addresses[tunnel] = address
+        for host in address.hosts:
+            routes = self._hosts.setdefault(host, [])
+            for path in address.paths or ("/",):
+                routes.append(_Route(path, address.user, tunnel))
+            routes.sort(key=lambda route: len(route.path), reverse=True)
+            self._offline.pop(host, None)
+
+    def remove(self, tunnel: "LiveTunnel") -> None:
+        address = self._addresses.pop(tunnel, None)
+        if address is None:
+            return
+        for host in address.hosts:
+            routes = [route for route in self._hosts.get(host, ()) if route.tunnel is not tunnel]
+            if routes:
+                self._hosts[host] = routes
+            else:
+                self._hosts.pop(host, None)
+                if len(self._offline) >= MAX_OFFLINE:
+                    self._offline.pop(next(iter(self._offline)))
+                self._offline[host] = None
+
+    def lookup(self, host: str, path: str, user: str = "") -> Optional["LiveTunnel"]:
+        for name in _candidates(host):
+            routes = self._hosts.get(name)
+            if not routes:
+                continue
+            for wanted in ((user, "") if user else ("",)):
+                for route in routes:
+                    if route.user == wanted and path.startswith(route.path):
+                        return route.tunnel
+        return None
+
+    def offline(self, host: str) -> bool:
+        """A tunnel served ``host`` here and went down (and none has it now)."""
+        return any(name in self._offline for name in _candidates(host))
+
+    def tunnels(self) -> List["LiveTunnel"]:
+        return list(self._addresses)
+
+
+def _candidates(host: str) -> List[str]:
+    """``a.b.example.com`` -> itself, ``*.b.example.com``, ``*.example.com`` (frp's order)."""
+    names = [host]
+    labels = host.split(".")
+    while len(labels) >= 3:
+        labels = labels[1:]
+        names.append("*." + ".".join(labels))
+    return names
+
+
+class HttpFront:
+    """The shared listener and router of the http type (see the module docstring)."""
+
+    log = Logger(observer=gotaxy_observer)
+
+    def __init__(self, config: Any, reactor: Any) -> None:
+        self.config = config
+        self.settings = config.vhost
+        self.reactor = reactor
+        self.router = Router()
+        #: set by the core (``attach``): the store for the lock-out, the refusal reports
+        self.core: Any = None
+        self.listening: Any = None
+        #: refusals by reason, and by (client, tunnel, reason)
+        self.refusals: Counter = Counter()
+        self.tunnel_refusals: Counter = Counter()
+        #: requests in flight per tunnel (client, name)
+        self.active: Counter = Counter()
+        #: address -> until when basic-auth attempts from it are refused
+        self._locked: Dict[str, float] = {}
+        self.page_404 = self._read_404_page()
+
+    @property
+    def serving(self) -> bool:
+        """The front takes tunnels: some port of it is configured."""
+        return bool(self.settings.http_port)
+
+    def attach(self, core: Any) -> None:
+        self.core = core
+
+    def _read_404_page(self) -> Optional[bytes]:
+        path = self.settings.custom_404_page
+        if not path:
+            return None
+        try:
+            # Read once, at start-up, before the reactor runs.
+            with open(path, "rb") as page:
+                return page.read(MAX_404_PAGE)
+        except OSError as e:
+            self.log.error("custom404Page {path!r} cannot be read ({reason}); the built-in page is used",
+                           path=path, reason=e.strerror)
+            return None
+
+    def protocol_factory(self, scheme: str) -> ServerFactory:
+        """A factory of visitor connections that arrive over ``scheme`` ("http" or "https")."""
+        return _VisitorFactory(self, scheme)
+
+    def start(self) -> None:
+        port = self.settings.http_port
+        if not port:
+            return
+        address = self.config.effective_proxy_bind_addr()
+        try:
+            self.listening = self.reactor.listenTCP(
+                port, self.protocol_factory("http"), backlog=listen_backlog(), interface=address
+            )
+        except CannotListenError as e:
+            raise CannotListenError(
+                address, port,
+                f"the HTTP port for websites (vhostHTTPPort = {port}) cannot be opened: {e.socketError}; "
+                f"choose a free port (ports below 1024 need CAP_NET_BIND_SERVICE, see docs/websites.md)",
+            ) from None
+        self.log.info("websites (http tunnels) served on port {port}", port=self.listening.getHost().port)
+
+    def stop(self) -> Any:
+        listening, self.listening = self.listening, None
+        return listening.stopListening() if listening is not None else None
+
+    def refuse(self, reason: str, tunnel: Optional["LiveTunnel"] = None) -> None:
+        self.refusals[reason] += 1
+        if tunnel is not None:
+            self.tunnel_refusals[(tunnel.client, tunnel.name, reason)] += 1
+
+    # -- basic auth lock-out ----------------------------------------------------
+
+    def locked_out(self, address: str) -> bool:
+        until = self._locked.get(address)
+        if until is None:
+            return False
+        if until <= self.reactor.seconds():
+            del self._locked[address]
+            return False
+        return True
+
+    def auth_failed(self, address: str, user: str) -> None:
+        """Count a wrong basic-auth password in the shared lock-out table (off the reactor thread)."""
+        core = self.core
+        if core is None:
+            return
+        from gotaxy.server.operators import LOCK_AFTER, LOCK_SECONDS, WINDOW
+        from gotaxy.store import lockouts
+
+        now = self.reactor.seconds()
+
+        def counted(locked: bool) -> None:
+            if locked:
+                if len(self._locked) > MAX_OFFLINE:
+                    self._locked.clear()
+                self._locked[address] = self.reactor.seconds() + LOCK_SECONDS
+
+        store = core.store
+        store.call(lockouts.failed, store.store.db, AUTH_SCOPE, user[:64], address, None, WINDOW, now,
+                   LOCK_AFTER, LOCK_SECONDS).addCallbacks(
+            counted, lambda failure: self.log.failure("cannot count a failed basic-auth log-in", failure))
+
+    # -- pages ------------------------------------------------------------------
+
+    def page(self, status: int, detail: str) -> bytes:
+        if status == 404 and self.page_404 is not None:
+            return self.page_404
+        title = f"{status} {_STATUS_TEXT.get(status, '')}"
+        return (
+            f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
+            f"<body><h1>{title}</h1><p>{html.escape(detail)}</p><hr><p>Gotaxy</p></body></html>\n"
+        ).encode("utf-8")
+
+
+class _VisitorFactory(ServerFactory):
+    noisy = False
+
+    def __init__(self, front: HttpFront, scheme: str) -> None:
+        self.front = front
+        self.scheme = scheme
+
+    def buildProtocol(self, addr: Any) -> "VisitorConnection":
+        return VisitorConnection(self.front, self.scheme)
+
+
+def _header(headers: List[Tuple[bytes, bytes]], name: bytes) -> Optional[bytes]:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _basic_credentials(headers: List[Tuple[bytes, bytes]]) -> Optional[Tuple[str, str]]:
+    value = _header(headers, b"authorization")
+    if value is None or value[:6].lower() != b"basic ":
+        return None
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None
+
+
+class _Upstream:
+    """
+    One stream to a tunnel's client, and the client-side h11 connection
+    that writes requests into it and parses the responses out of it.  It is
+    the "transport" the stream is attached to (``Stream.attach``), so the
+    stream's flow control reaches the visitor's socket.
+    """
+
+    def __init__(self, visitor: "VisitorConnection", tunnel: "LiveTunnel", stream: "Stream") -> None:
+        self.visitor = visitor
+        self.tunnel = tunnel
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=visitor.front.settings.max_header_bytes)
+        self.dead = False
+        self.switched = False
+        self.eof = False
+
+    # -- as the stream's transport ------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.switched:
+            self.visitor.transport.write(data)
+            return
+        self.h11.receive_data(data)
+        self.visitor.response_events(self)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.visitor.set_producer(self, producer)
+
+    def unregisterProducer(self) -> None:
+        self.visitor.set_producer(self, None)
+
+    def pauseProducing(self) -> None:
+        self.visitor.pause("window", self)
+
+    def resumeProducing(self) -> None:
+        self.visitor.resume("window", self)
+
+    def loseWriteConnection(self) -> None:
+        self._ended()
+
+    def loseConnection(self) -> None:
+        self._ended()
+
+    def abortConnection(self) -> None:
+        self._ended(aborted=True)
+
+    def _ended(self, aborted: bool = False) -> None:
+        if self.switched:
+            if aborted:
+                self.visitor.transport.abortConnection()
+            else:
+                self.visitor.transport.loseConnection()
+            return
+        if not self.eof:
+            self.eof = True
+            waiting = self.visitor.exchange is self and not self.visitor.response_started
+            if not aborted and not waiting:
+                # The end of a close-delimited response, or of an idle connection.
+                self.h11.receive_data(b"")
+                self.visitor.response_events(self)
+        self.visitor.upstream_gone(self)
+
+    # -- as a connection of the tunnel ----------------------------------------------
+
+    def close_idle(self) -> bool:
+        """``LiveTunnel.close_idle``: close this stream (and the visitor, if it waits on it)."""
+        if self.dead:
+            return False
+        self.visitor.transport.loseConnection()
+        return True
+
+    def send(self, event: Any) -> None:
+        data = self.h11.send(event)
+        if data:
+            self.stream.write(data)
+
+    def close(self, reason: str = "closed") -> None:
+        """We are done with this stream (the visitor left, or another tunnel is asked)."""
+        if self.dead:
+            return
+        self.dead = True
+        self.stream.local_closed(reason)
+        self.visitor.forget(self)
+
+
+class VisitorConnection(Protocol):
+    """One connection from a visitor to the HTTP front; see the module docstring."""
+
+    log = Logger(observer=gotaxy_observer)
+
+    def __init__(self, front: HttpFront, scheme: str) -> None:
+        self.front = front
+        self.settings = front.settings
+        self.scheme = scheme
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.settings.max_header_bytes)
+        self.upstream: Optional[_Upstream] = None
+        #: the upstream the request being answered went to (None: answered here)
+        self.exchange: Optional[_Upstream] = None
+        self.response_started = False
+        #: the request's body is being read and dropped (answered here)
+        self.discarding = False
+        self.has_body = False
+        self.switched = False
+        self._paused: set = set()
+        self._producer: Optional[_Upstream] = None
+        self._header_timer: Any = None
+        self._response_timer: Any = None
+        self._cycle_bytes = 0
+        self.peer_host = ""
+        self.closed = False
+
+    # -- the socket ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)
+        self.peer_host = getattr(self.transport.getPeer(), "host", "") or ""
+        self._wait_for_request(self.settings.header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.switched:
+            upstream = self.exchange
+            if upstream is not None:
+                upstream.stream.write(data)
+            return
+        if self._header_timer is not None and self._cycle_bytes == 0:
+            self._wait_for_request(self.settings.header_timeout)  # idle keep-alive ends: the clock starts
+        self._cycle_bytes += len(data)
+        try:
+            self.h11.receive_data(data)
+        except RuntimeError:
+            return  # after an error, or closed: nothing more is read
+        self._request_events()
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
+        self._cancel_timers()
+        if self.exchange is not None:
+            self._exchange_done()
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.close("the visitor closed the connection")
+
+    # -- pausing the visitor's socket for several reasons ---------------------
+
+    def pause(self, reason: str, upstream: Optional[_Upstream] = None) -> None:
+        if upstream is not None and upstream is not self.upstream:
+            return
+        if not self._paused and not self.closed:
+            self.transport.pauseProducing()
+        self._paused.add(reason)
+
+    def resume(self, reason: str, upstream: Optional[_Upstream] = None) -> None:
+        if upstream is not None and upstream is not self.upstream:
+            return
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused and not self.closed:
+                self.transport.resumeProducing()
+
+    def set_producer(self, upstream: _Upstream, producer: Any) -> None:
+        """The stream of ``upstream`` becomes (or stops being) the producer of our socket."""
+        if self.closed:
+            return
+        if producer is None:
+            if self._producer is upstream:
+                self._producer = None
+                self.transport.unregisterProducer()
+            return
+        if self._producer is not None:
+            self.transport.unregisterProducer()
+        self._producer = upstream
+        self.transport.registerProducer(producer, True)
+
+    # -- timers -----------------------------------------------------------------
+
+    def _wait_for_request(self, timeout: float) -> None:
+        if self._header_timer is not None and self._header_timer.active():
+            self._header_timer.cancel()
+        self._header_timer = self.front.reactor.callLater(timeout, self._header_timeout)
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self._cycle_bytes:
+            self.front.refuse("header_timeout")
+            self._fatal(408, "The request line and headers did not arrive in time.")
+        else:
+            self.transport.loseConnection()  # an idle keep-alive connection
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._response_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._header_timer = self._response_timer = None
+
+    # -- requests -------------------------------------------------------------
+
+    def _request_events(self) -> None:
+        while not self.closed:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                status = e.error_status_hint
+                if status == 431:
+                    self.front.refuse("headers_too_large")
+                    self._fatal(431, "The request's headers are too large.")
+                else:
+                    self.front.refuse("bad_request")
+                    self._fatal(400, "This is not an HTTP request this server can read.")
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                # The next request (pipelined) waits until this one is answered.
+                self.pause("pipelined")
+                return
+            if isinstance(event, h11.Request):
+                if self._header_timer is not None and self._header_timer.active():
+                    self._header_timer.cancel()
+                self._header_timer = None
+                self._request(event)
+            elif isinstance(event, h11.Data):
+                if self.exchange is not None and not self.discarding:
+                    self.exchange.send(event)
+            elif isinstance(event, h11.EndOfMessage):
+                if self.exchange is not None and not self.discarding:
+                    self.exchange.send(event)
+                    if not self.response_started:
+                        self._start_response_timer()
+                self._maybe_next_cycle()
+            elif isinstance(event, h11.ConnectionClosed):
+                if self.exchange is None:
+                    self.transport.loseConnection()
+                return
+
+    def _request(self, request: h11.Request) -> None:
+        front = self.front
+        headers = list(request.headers)
+        length = _header(headers, b"content-length")
+        self.has_body = _header(headers, b"transfer-encoding") is not None or length not in (None, b"0")
+        if len(headers) > self.settings.max_headers:
+            front.refuse("headers_too_large")
+            self._fatal(431, f"A request may have at most {self.settings.max_headers} headers.")
+            return
+        # h11 bounds what it buffers of an incomplete head; a head that came whole is measured here.
+        size = len(request.target) + sum(len(name) + len(value) + 4 for name, value in headers)
+        if size > self.settings.max_header_bytes:
+            front.refuse("headers_too_large")
+            self._fatal(431, "The request's headers are too large.")
+            return
+        raw_host = _header(headers, b"host") or b""
+        host = _host_of(raw_host)
+        target = request.target.decode("latin-1")
+        path = target.split("?", 1)[0]
+        if not path.startswith("/"):
+            path = "/" + path.split("://", 1)[-1].partition("/")[2]  # absolute-form
+        credentials = _basic_credentials(headers)
+        tunnel = front.router.lookup(host, path, credentials[0] if credentials else "") if host else None
+        if tunnel is None:
+            if host and front.router.offline(host):
+                front.refuse("client_offline")
+                self._answer(502, f"The website {host} is offline: its client is not connected.")
+            else:
+                front.refuse("not_found")
+                self._answer(404, f"There is no website named {host or '(none)'} on this server.")
+            return
+        spec = tunnel.spec
+        if spec.http_user is not None:
+            if front.locked_out(self.peer_host):
+                front.refuse("locked_out", tunnel)
+                self._answer(429, "Too many wrong passwords from your address; try again later.",
+                             [(b"retry-after", b"900")])
+                return
+            if not _credentials_match(credentials, spec.http_user, spec.http_password):
+                front.refuse("unauthorized", tunnel)
+                if credentials is not None:
+                    front.auth_failed(self.peer_host, credentials[0])
+                self._answer(401, "This website asks for a user name and password.",
+                             [(b"www-authenticate", b'Basic realm="Restricted"')])
+                return
+        cap = self.settings.max_requests_per_tunnel
+        if cap and front.active[tunnel.key] >= cap:
+            front.refuse("busy", tunnel)
+            self._answer(503, "The website is busy; try again in a moment.", [(b"retry-after", b"1")])
+            return
+        upstream = self._upstream_for(tunnel)
+        if upstream is None:
+            front.refuse("busy", tunnel)
+            self._answer(503, "The website's client cannot take another connection now; try again.",
+                         [(b"retry-after", b"1")])
+            return
+        self.exchange = upstream
+        self.response_started = False
+        front.active[tunnel.key] += 1
+        outgoing = h11.Request(method=request.method, target=request.target,
+                               headers=self._request_headers(headers, raw_host, spec))
+        try:
+            upstream.send(outgoing)
+        except h11.LocalProtocolError:
+            self._exchange_done()
+            front.refuse("bad_request", tunnel)
+            self._fatal(400, "This request cannot be forwarded.")
+
+    def _request_headers(self, headers: List[Tuple[bytes, bytes]], raw_host: bytes, spec: Any) -> List[Tuple[bytes, bytes]]:
+        named = _connection_tokens(headers)
+        upgrade = _header(headers, b"upgrade")
+        edge = self.settings.forwarded_headers == "replace"
+        out: List[Tuple[bytes, bytes]] = []
+        forwarded_for: List[bytes] = []
+        seen: Dict[bytes, bytes] = {}
+        for name, value in headers:
+            if name in _HOP_BY_HOP and name != b"transfer-encoding" or name in named:
+                continue
+            if name in _FORWARDED:
+                if name == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                else:
+                    seen.setdefault(name, value)
+                continue
+            if name == b"host" and spec.host_header_rewrite:
+                value = spec.host_header_rewrite.encode("ascii")
+            out.append((name, value))
+        peer = self.peer_host.encode("ascii", "replace")
+        if edge or not forwarded_for:
+            out.append((b"x-forwarded-for", peer))
+        else:
+            out.append((b"x-forwarded-for", b", ".join(forwarded_for + [peer])))
+        out.append((b"x-real-ip", peer if edge else seen.get(b"x-real-ip", peer)))
+        out.append((b"x-forwarded-proto", self.scheme.encode() if edge else seen.get(b"x-forwarded-proto", self.scheme.encode())))
+        out.append((b"x-forwarded-host", raw_host if edge else seen.get(b"x-forwarded-host", raw_host)))
+        if upgrade is not None:
+            out.append((b"connection", b"upgrade"))
+            out.append((b"upgrade", upgrade))
+        for name, value in spec.request_headers:
+            key = name.lower().encode("ascii")
+            out = [(n, v) for n, v in out if n != key]
+            out.append((key, value.encode("utf-8")))
+        return out
+
+    def _upstream_for(self, tunnel: "LiveTunnel") -> Optional[_Upstream]:
+        """The stream to ``tunnel``: the open one if it serves that tunnel and is ready, else a new one."""
+        upstream = self.upstream
+        if upstream is not None:
+            if (upstream.tunnel is tunnel and not upstream.dead and not upstream.eof
+                    and upstream.h11.our_state is h11.IDLE and upstream.h11.their_state is h11.IDLE):
+                return upstream
+            upstream.close("the next request goes elsewhere")
+        session = tunnel.session
+        peer = self.transport.getPeer()
+        stream = session.open_stream(tunnel.name, f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', 0)}")
+        if stream is None:
+            tunnel.meter.refuse()
+            return None
+        upstream = _Upstream(self, tunnel, stream)
+        self.upstream = upstream
+        tunnel.meter.open(stream)
+        tunnel.streams[stream] = upstream  # type: ignore[assignment]
+        stream.attach(upstream)
+        return upstream
+
+    def forget(self, upstream: _Upstream) -> None:
+        """``upstream``'s stream is closed: count it into its tunnel and stop using it."""
+        upstream.dead = True
+        tunnel = upstream.tunnel
+        stream = upstream.stream
+        tunnel.streams.pop(stream, None)
+        tunnel._activity.pop(stream, None)
+        tunnel.meter.close(stream)
+        if self._producer is upstream:
+            self.set_producer(upstream, None)
+        if upstream is self.upstream:
+            self.upstream = None
+            self.resume("window")
+
+    # -- responses --------------------------------------------------------------
+
+    def _start_response_timer(self) -> None:
+        if self._response_timer is None or not self._response_timer.active():
+            self._response_timer = self.front.reactor.callLater(self.settings.http_timeout, self._response_timeout)
+
+    def _response_timeout(self) -> None:
+        self._response_timer = None
+        upstream = self.exchange
+        if upstream is None or self.response_started:
+            return
+        self.front.refuse("timeout", upstream.tunnel)
+        self._exchange_done()
+        upstream.close("no response in vhostHTTPTimeout")
+        self._answer(504, "The website did not answer in time.", close=True)
+
+    def response_events(self, upstream: _Upstream) -> None:
+        """Events of the response ``upstream`` parsed: pass them on to the visitor."""
+        while not self.closed:
+            if upstream is not self.exchange:
+                if upstream.h11.their_state is not h11.IDLE:
+                    upstream.close("an answer nobody asked for")
+                return
+            try:
+                event = upstream.h11.next_event()
+            except h11.RemoteProtocolError:
+                self._bad_upstream(upstream, "its local service sent a response this server cannot read")
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                return
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    self._switch(upstream, event)
+                    return
+                self._send(h11.InformationalResponse(status_code=event.status_code,
+                                                     headers=_response_headers(event.headers, ()),
+                                                     reason=event.reason))
+            elif isinstance(event, h11.Response):
+                self.response_started = True
+                if self._response_timer is not None and self._response_timer.active():
+                    self._response_timer.cancel()
+                self._response_timer = None
+                spec = upstream.tunnel.spec
+                self._send(h11.Response(status_code=event.status_code,
+                                        headers=_response_headers(event.headers, spec.response_headers),
+                                        reason=event.reason))
+            elif isinstance(event, h11.Data):
+                self._send(event)
+            elif isinstance(event, h11.EndOfMessage):
+                self._send(h11.EndOfMessage())
+                self._exchange_done()
+                if upstream.h11.our_state is h11.DONE and upstream.h11.their_state is h11.DONE:
+                    upstream.h11.start_next_cycle()
+                else:
+                    upstream.close("the local service ended its connection")
+                self._maybe_next_cycle()
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+
+    def _send(self, event: Any) -> None:
+        try:
+            data = self.h11.send(event)
+        except h11.LocalProtocolError:
+            self.transport.abortConnection()
+            return
+        if data:
+            self.transport.write(data)
+
+    def _bad_upstream(self, upstream: _Upstream, why: str) -> None:
+        tunnel = upstream.tunnel
+        started = self.response_started
+        self._exchange_done()
+        upstream.close(why)
+        if started:
+            self.transport.abortConnection()  # a truncated response must not look complete
+            return
+        self.front.refuse("bad_gateway", tunnel)
+        self._answer(502, f"The website cannot be reached: {why}.", close=True)
+
+    def upstream_gone(self, upstream: _Upstream) -> None:
+        """The client closed ``upstream``'s stream (its local service closed, refused, or the client left)."""
+        if upstream is self.exchange and not self.closed:
+            reason = upstream.stream.close_reason or ""
+            if reason.startswith(CLOSE_ERROR_PREFIX):
+                why = f"its local service is not answering ({reason[len(CLOSE_ERROR_PREFIX):][:120]})"
+                upstream.tunnel.connect_failure = reason[len(CLOSE_ERROR_PREFIX):][:200]
+            else:
+                why = "its local service closed the connection"
+            self._bad_upstream(upstream, why)
+            return
+        if not upstream.dead:
+            upstream.dead = True
+            upstream.stream.local_closed("done")
+            self.forget(upstream)
+
+    def _switch(self, upstream: _Upstream, event: h11.InformationalResponse) -> None:
+        """The local service accepted an upgrade: from now on the connection is a splice."""
+        self.response_started = True
+        if self._response_timer is not None and self._response_timer.active():
+            self._response_timer.cancel()
+        self._response_timer = None
+        try:
+            data = self.h11.send(h11.InformationalResponse(status_code=101, headers=event.headers, reason=event.reason))
+        except h11.LocalProtocolError:
+            self._bad_upstream(upstream, "it switched protocols without being asked")
+            return
+        self.transport.write(data)
+        self.switched = True
+        upstream.switched = True
+        self._cancel_timers()
+        from_local, _ = upstream.h11.trailing_data
+        from_visitor, _ = self.h11.trailing_data
+        if from_local:
+            self.transport.write(from_local)
+        if from_visitor:
+            upstream.stream.write(from_visitor)
+        self.resume("pipelined")
+
+    def _exchange_done(self) -> None:
+        upstream = self.exchange
+        if upstream is None:
+            return
+        self.exchange = None
+        key = upstream.tunnel.key
+        self.front.active[key] -= 1
+        if self.front.active[key] <= 0:
+            del self.front.active[key]
+        if self._response_timer is not None and self._response_timer.active():
+            self._response_timer.cancel()
+        self._response_timer = None
+
+    def _maybe_next_cycle(self) -> None:
+        """Both sides of this request are done: read the next one (or close, if the visitor asked)."""
+        if self.closed or self.switched:
+            return
+        conn = self.h11
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+            if conn.our_state in (h11.DONE, h11.MUST_CLOSE):
+                self.transport.loseConnection()
+            return
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self.discarding = False
+            self._cycle_bytes = 0
+            self._wait_for_request(KEEPALIVE_TIMEOUT)
+            self.resume("pipelined")
+            self._request_events()
+
+    # -- answers from the front itself ------------------------------------------
+
+    def _answer(self, status: int, detail: str, extra: Optional[List[Tuple[bytes, bytes]]] = None,
+                close: bool = False) -> None:
+        """Answer the current request here (an error page); the rest of its body is read and dropped."""
+        body = self.front.page(status, detail)
+        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        headers += extra or []
+        # A body still coming is not read to its end for nothing: the connection closes.
+        close = close or (self.has_body and self.h11.their_state is not h11.DONE)
+        if close:
+            headers.append((b"connection", b"close"))
+        self.discarding = True
+        try:
+            data = self.h11.send(h11.Response(status_code=status, headers=headers))
+            data += self.h11.send(h11.Data(data=body)) + self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            self._fatal(status, detail)
+            return
+        self.transport.write(data)
+        if close:
+            self.transport.loseConnection()
+        else:
+            self._maybe_next_cycle()
+
+    def _fatal(self, status: int, detail: str) -> None:
+        """Answer and close, whatever state the parser is in."""
+        body = self.front.page(status, detail)
+        self.transport.write(
+            f"HTTP/1.1 {status} {_STATUS_TEXT.get(status, '')}\r\ncontent-type: text/html; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode("ascii") + body
+        )
+        self.transport.loseConnection()
+        self.closed = True
+        self._cancel_timers()
+
+
+def _host_of(raw: bytes) -> str:
+    """The host name of a Host header, lower case, without its port."""
+    text = raw.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text.partition("]")[0] + "]"
+    return text.rpartition(":")[0] if ":" in text else text.rstrip(".")
+
+
+def _connection_tokens(headers: List[Tuple[bytes, bytes]]) -> frozenset:
+    """Headers a ``Connection`` header names: hop-by-hop too."""
+    named = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    named.discard(b"upgrade")
+    return frozenset(named)
+
+
+def _response_headers(headers: Any, rules: Tuple[Tuple[str, str], ...]) -> List[Tuple[bytes, bytes]]:
+    """A response's headers for the visitor: the hop's own dropped (h11 frames it again), the tunnel's rules set."""
+    headers = list(headers)
+    named = _connection_tokens(headers)
+    out = [(n, v) for n, v in headers if n not in _HOP_BY_HOP and n not in named]
+    for name, value in rules:
+        key = name.lower().encode("ascii")
+        out = [(n, v) for n, v in out if n != key]
+        out.append((key, value.encode("utf-8")))
+    return out
+
+
+def _credentials_match(credentials: Optional[Tuple[str, str]], user: str, password: str) -> bool:
+    """Both compared in constant time, and both always compared."""
+    given_user, given_password = credentials if credentials is not None else ("", "")
+    user_ok = hmac.compare_digest(given_user.encode("utf-8"), user.encode("utf-8"))
+    password_ok = hmac.compare_digest(given_password.encode("utf-8"), password.encode("utf-8"))
+    return credentials is not None and user_ok and password_ok
