@@ -7,7 +7,8 @@ addresses and ports, with ``rewrite``: exact ``key = value`` lines replaced
 by others, each of which must occur exactly once.  The rewrites are
 
 * the server's ``bindAddr`` to 127.0.0.1 and ``bindPort`` to a free port;
-  ``webServer.port`` (the panel, which Gotaxy honours) to a free port;
+  ``webServer.port`` (the panel, which Gotaxy honours) and ``vhostHTTPPort``
+  (websites) to free ports;
 * the client's ``serverAddr`` / ``serverPort`` to that server;
 * a ``remotePort`` that is fixed in the file to a free port (the file's
   own port may be taken on a shared machine).
@@ -21,7 +22,7 @@ What a file does not say is given as flags: ``--console-port 0`` (frp has
 no console; its default port is fixed) and the client's ``--data-dir`` (so
 that trust-on-first-use does not write into the real home directory).  The
 ports frp's files give to settings Gotaxy ignores (``kcpBindPort``,
-``vhostHTTPPort``, the client's ``webServer.port`` ...) stay as they are:
+the client's ``webServer.port`` ...) stay as they are:
 nothing listens on them, which the warnings say.
 """
 
@@ -98,9 +99,9 @@ def get(url: str) -> int:
 
 # frp's example files give these warnings, one per unsupported key, proxy or table.
 FRPS_FULL_WARNINGS = [
-    "kcpBindPort", "transport.maxPoolCount", "transport.tls.force", "vhostHTTPPort",
+    "kcpBindPort", "transport.maxPoolCount", "transport.tls.force",
     "webServer.user", "webServer.password", "webServer.pprofEnable", "log.to",
-    "log.disablePrintColor", "detailedErrorsToClient", "auth.oidc", "subDomainHost",
+    "log.disablePrintColor", "detailedErrorsToClient", "auth.oidc",
     "udpPacketSize", "natholeAnalysisDataReserveHours", "httpPlugins",
 ]
 FRPC_FULL_WARNINGS = [
@@ -109,7 +110,9 @@ FRPC_FULL_WARNINGS = [
     "transport.protocol", "transport.connectServerLocalIP", "udpPacketSize", "metadatas",
     "visitors",
     # Proxies of types and plugins Gotaxy does not support yet: skipped, one line each.
-    "proxy dns", "proxy web01", "proxy web02", "proxy tcpmuxhttpconnect",
+    "proxy dns",
+    "web01",  # its healthCheck.type = "http" is a TCP connect for now
+    "proxy web02", "proxy tcpmuxhttpconnect",
     "proxy plugin_unix_domain_socket", "proxy plugin_http_proxy", "proxy plugin_socks5",
     "proxy plugin_static_file", "proxy plugin_https2http", "proxy plugin_https2https",
     "proxy plugin_http2https", "proxy plugin_http2http", "proxy plugin_tls2raw",
@@ -118,16 +121,19 @@ FRPC_FULL_WARNINGS = [
     "transport.bandwidthLimit", "transport.bandwidthLimitMode", "transport.useEncryption",
     "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey",
     "metadatas", "annotations",
+    # ... and of the http proxy 'web01'.
+    "healthCheck.path", "healthCheck.httpHeaders",
 ]
 
 
 def test_frp_full_examples_start(procs, tmp_path):
-    port, web = free_port(), free_port()
+    port, web, vhost = free_port(), free_port(), free_port()
     ssh_port, _ = free_port_range(1)  # inside the file's allowPorts (4000-50000)
     frps = rewrite("frps_full_example.toml", tmp_path / "frps.toml", {
         'bindAddr = "0.0.0.0"': 'bindAddr = "127.0.0.1"',
         "bindPort = 7000": f"bindPort = {port}",
         "webServer.port = 7500": f"webServer.port = {web}",
+        "vhostHTTPPort = 80": f"vhostHTTPPort = {vhost}",
     })
     server = start_server(procs, frps, port)
     assert warned_keys(warnings(server.process, r"listening for clients on 127\.0\.0\.1:")) == FRPS_FULL_WARNINGS
@@ -149,6 +155,9 @@ def test_frp_full_examples_start(procs, tmp_path):
     # remotePort = 0: the server picks a port from allowPorts.
     picked = tunnel_port(client, "ssh_random")
     assert 2000 <= picked <= 3000 or picked in (3001, 3003) or 4000 <= picked <= 50000
+    # The http proxy web01: its custom domain and its subdomain under the file's subDomainHost.
+    client.wait_for(r"tunnel web01 up at http://web01\.yourdomain\.com/, http://web01\.yourdomain\.com/pic, "
+                    r"http://web01\.frps\.com/, http://web01\.frps\.com/pic")
     server.wait_for(r"client shared:your_name connected")
     assert "Traceback" not in server.output() + client.output()
 
@@ -239,7 +248,7 @@ def test_legacy_ini_files_get_a_clear_message(procs):
 
 
 FRPS_LEGACY_WARNINGS = [
-    "kcpBindPort", "vhostHTTPPort", "detailedErrorsToClient", "subDomainHost",
+    "kcpBindPort", "detailedErrorsToClient",
     "udpPacketSize", "natholeAnalysisDataReserveHours", "webServer.user", "webServer.password",
     "webServer.pprofEnable", "log.to", "log.disablePrintColor", "auth.oidc",
     "transport.maxPoolCount", "transport.tls.force", "httpPlugins",
@@ -249,18 +258,21 @@ FRPC_LEGACY_WARNINGS = [
     "webServer.user", "webServer.password", "webServer.pprofEnable", "transport.poolCount",
     "transport.protocol", "transport.connectServerLocalIP",
     "transport.tls.disableCustomTLSFirstByte", "metadatas", "visitors",
-    "proxy dns", *(f"proxy udp_port_{i}" for i in range(11)), "proxy web01", "proxy web02",
+    "proxy dns", *(f"proxy udp_port_{i}" for i in range(11)),
+    "web01",  # its healthCheck.type = "http" is a TCP connect for now
+    "proxy web02",
     "proxy plugin_unix_domain_socket", "proxy plugin_http_proxy", "proxy plugin_socks5",
     "proxy plugin_static_file", "proxy plugin_https2http", "proxy plugin_https2https",
     "proxy plugin_http2https", "proxy secret_tcp", "proxy p2p_tcp", "proxy tcpmuxhttpconnect",
     "transport.bandwidthLimit", "transport.bandwidthLimitMode", "transport.useEncryption",
     "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey",
     "metadatas",
+    "healthCheck.path",  # of the http proxy web01
 ]
 
 
 def test_converted_legacy_files_start(procs, tmp_path):
-    port, web = free_port(), free_port()
+    port, web, vhost = free_port(), free_port(), free_port()
     ssh_port, _ = free_port_range(1)
     ranged, _ = free_port_range(17)  # [range:tcp_port] maps 17 ports
     frps = rewrite("frps_legacy_full.ini", tmp_path / "frps.ini", {
@@ -268,6 +280,7 @@ def test_converted_legacy_files_start(procs, tmp_path):
         "bind_port = 7000": f"bind_port = {port}",
         "dashboard_addr = 0.0.0.0": "dashboard_addr = 127.0.0.1",
         "dashboard_port = 7500": f"dashboard_port = {web}",
+        "vhost_http_port = 80": f"vhost_http_port = {vhost}",
     })
     assert "wrote " + str(tmp_path / "frps.toml") in gotaxy_cli("convert", str(frps))
     server = start_server(procs, tmp_path / "frps.toml", port)
