@@ -156,8 +156,8 @@ def test_frp_full_examples_start(procs, tmp_path):
     picked = tunnel_port(client, "ssh_random")
     assert 2000 <= picked <= 3000 or picked in (3001, 3003) or 4000 <= picked <= 50000
     # The http proxy web01: its custom domain and its subdomain under the file's subDomainHost.
-    client.wait_for(r"tunnel web01 up at http://web01\.yourdomain\.com/, http://web01\.yourdomain\.com/pic, "
-                    r"http://web01\.frps\.com/, http://web01\.frps\.com/pic")
+    client.wait_for(rf"tunnel web01 up at http://web01\.yourdomain\.com:{vhost}/, http://web01\.yourdomain\.com:{vhost}/pic, "
+                    rf"http://web01\.frps\.com:{vhost}/, http://web01\.frps\.com:{vhost}/pic")
     server.wait_for(r"client shared:your_name connected")
     assert "Traceback" not in server.output() + client.output()
 

@@ -79,7 +79,7 @@ def test_a_field_of_an_unknown_kind_is_a_bug_caught_at_once() -> None:
 def test_every_types_fields_match_what_its_parse_accepts() -> None:
     # A spec built from each type's required fields and defaults parses; its keys are its fields.
     for proxy_type in registry.types():
-        keys = {"type": proxy_type.name}
+        keys = {"type": proxy_type.name, **getattr(proxy_type, "example_keys", {})}
         for f in proxy_type.fields:
             if f.required:
                 keys[f.key] = {"port": 1, "integer": 1}.get(f.kind, f.default if f.default is not None else "x")
@@ -160,3 +160,18 @@ def test_the_panel_shows_a_port_address_with_the_servers_host() -> None:
         "  f.addressText(null, 'x')]));"
     )
     assert shown == ["udp 203.0.113.5:5353", "[::1]:16000", "http://wiki.example.com", None]
+
+
+def test_the_panel_shows_a_websites_urls_as_links() -> None:
+    links = _node(
+        "console.log(JSON.stringify(["
+        "  f.addressLinks({scheme: 'http', port: 8080, hosts: ['wiki.example.com', '*.example.com'], paths: ['/', '/api']}),"
+        "  f.addressLinks({scheme: 'http', port: 0, hosts: ['wiki.example.com'], paths: []}),"
+        "  f.addressLinks({scheme: 'tcp', port: 16000})]));"
+    )
+    assert links == [
+        [{"url": "http://wiki.example.com:8080/", "link": True}, {"url": "http://wiki.example.com:8080/api", "link": True},
+         {"url": "http://*.example.com:8080/", "link": False}, {"url": "http://*.example.com:8080/api", "link": False}],
+        [{"url": "http://wiki.example.com/", "link": True}],
+        [],
+    ]

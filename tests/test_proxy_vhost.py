@@ -65,7 +65,7 @@ def network() -> MemoryNetwork:
 
 def site(network: MemoryNetwork, port: int, name: str) -> Named:
     resource = Named(name)
-    network.listenTCP(port, Site(resource), interface="127.0.0.1")
+    network.listenTCP(port, Site(resource, reactor=network), interface="127.0.0.1")
     return resource
 
 
@@ -226,7 +226,8 @@ def test_subdomain_is_under_the_servers_sub_domain_host(network: MemoryNetwork, 
     site(network, 9001, "wiki")
     client = GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, subdomain="wiki")]).start()
     assert answer(one(network, get("wiki.tunnels.example.org")))["site"] == "wiki"
-    assert client.protocol.up["wiki"] == PublicAddress("http", 0, ("wiki.tunnels.example.org",))
+    assert client.protocol.up["wiki"] == PublicAddress("http", FRONT, ("wiki.tunnels.example.org",))
+    assert log.has("tunnel wiki up at http://wiki.tunnels.example.org:8000")
 
 
 def test_subdomain_without_sub_domain_host_is_refused_with_the_fix(network: MemoryNetwork, log: LogCapture) -> None:
@@ -475,3 +476,47 @@ def test_refusals_are_counted_in_metrics_in_all_and_per_tunnel(network: MemoryNe
     assert 'gotaxy_http_refusals_total{reason="not_found"} 1.0' in text
     assert 'gotaxy_http_refusals_total{reason="bad_gateway"} 1.0' in text
     assert 'gotaxy_tunnel_http_refusals_total{client="office",reason="bad_gateway",tunnel="wiki"} 1.0' in text
+
+
+# -- faces ------------------------------------------------------------------------------
+
+
+def _refusal(network: MemoryNetwork, coroutine: Any) -> Any:
+    from twisted.internet.defer import Deferred
+
+    from gotaxy.server.manage import ManagementError
+
+    done = Deferred.fromCoroutine(coroutine)
+    network.flush()
+    failures: List[Any] = []
+    done.addErrback(failures.append)
+    assert failures, "the operator's request was not refused"
+    assert failures[0].check(ManagementError), failures[0]
+    return failures[0].value
+
+
+def test_an_operators_http_tunnel_on_a_held_domain_is_an_error_on_that_field(network: MemoryNetwork) -> None:
+    from gotaxy.server.manage import Management
+
+    server = make_server(network)
+    site(network, 9001, "wiki")
+    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+    management = Management(server.core)
+    held = _refusal(network, management.define_tunnel(
+        "office", "copy", {"type": "http", "localPort": 9001, "customDomains": ["wiki.example.com"]}))
+    assert (held.kind, held.field) == ("conflict", "spec.customDomains")
+    assert "domain wiki.example.com is held by tunnel 'wiki' of client 'office'" in str(held)
+    no_sub = _refusal(network, management.define_tunnel("office", "sub", {"type": "http", "localPort": 9001, "subdomain": "x"}))
+    assert (no_sub.kind, no_sub.field) == ("invalid", "spec.subdomain")
+
+
+def test_acme_challenges_are_answered_for_any_name_before_routing(network: MemoryNetwork) -> None:
+    from gotaxy.tls.acme import ChallengeStore
+
+    server = make_server(network)
+    challenges = ChallengeStore()
+    challenges.add("tok3n_AZ-09", "tok3n_AZ-09.thumbprint")
+    server.core.fronts["http"].challenges = challenges
+    status, headers, body = one(network, get("wiki.example.com", "/.well-known/acme-challenge/tok3n_AZ-09"))
+    assert (status, headers["content-type"], body) == (200, "text/plain", b"tok3n_AZ-09.thumbprint")
+    assert one(network, get("wiki.example.com", "/.well-known/acme-challenge/other"))[0] == 404

@@ -105,6 +105,25 @@ function cell(text, className) {
   return td;
 }
 
+// A tunnel's public address: a website's URLs as links, anything else as text.
+function addressCell(address) {
+  const links = addressLinks(address);
+  if (!links.length) return cell(addressText(address, location.hostname) || t("tunnels.auto_short"), "address");
+  const td = document.createElement("td");
+  td.className = "address";
+  links.forEach((item, i) => {
+    if (i) td.append(", ");
+    if (!item.link) { td.append(item.url); return; }
+    const a = document.createElement("a");
+    a.href = item.url;
+    a.textContent = item.url;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    td.append(a);
+  });
+  return td;
+}
+
 function badge(kind, text, title) {
   const span = document.createElement("span");
   span.className = `badge ${kind}`;
@@ -531,7 +550,7 @@ async function loadTunnels() {
     status.className = "status";
     status.append(tunnelStatus(tn));
     row.append(name, cell(tn.client), cell(typeLabel(tn.type)), cell(tn.local_addr),
-      cell(addressText(tn.address, location.hostname) || t("tunnels.auto_short")),
+      addressCell(tn.address),
       status, cell(String(tn.connections)), cell(`${formatBytes(tn.bytes_in)} / ${formatBytes(tn.bytes_out)}`),
       cell(`${formatRate(tn.rate_in)} / ${formatRate(tn.rate_out)}`));
     const actions = document.createElement("td");

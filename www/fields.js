@@ -74,4 +74,19 @@ function addressText(address, host) {
   return `${address.scheme === "tcp" ? "" : address.scheme + " "}${shown}:${address.port}`;
 }
 
-if (typeof module !== "undefined") module.exports = { fieldValue, specFromTexts, textOf, addressText };
+// The URLs of a website's address (http/https host names), to show as links; a wildcard name is no link.
+function addressLinks(address) {
+  if (!address || !address.hosts || !address.hosts.length) return [];
+  const port = address.port ? `:${address.port}` : "";
+  const paths = address.paths && address.paths.length ? address.paths : ["/"];
+  const links = [];
+  for (const host of address.hosts) {
+    for (const path of paths) {
+      const url = `${address.scheme}://${host}${port}${path}`;
+      links.push({ url, link: !host.startsWith("*.") });
+    }
+  }
+  return links;
+}
+
+if (typeof module !== "undefined") module.exports = { fieldValue, specFromTexts, textOf, addressText, addressLinks };

@@ -94,6 +94,15 @@ class ProxySpec(abc.ABC):
     def requested(self) -> Optional[PublicAddress]:
         """The public address asked for, or None when the server chooses."""
 
+    def address_for(self, config: Any) -> Optional[PublicAddress]:
+        """
+        The public address asked for on a server with ``config`` (an http
+        tunnel's ``subdomain`` is a name under its ``subDomainHost``), or
+        None when the server chooses; SpecError naming the key if the
+        settings do not fit that server.
+        """
+        return self.requested
+
     @property
     def local_endpoint(self) -> Optional[Tuple[str, int]]:
         """The local service's (host, port), which ``allowOperatorTunnels`` is checked against; None: none."""

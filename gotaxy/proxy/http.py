@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from gotaxy.mux import Stream
 from gotaxy.proxy.address import MAX_HOSTS, MAX_PATH, MAX_PATHS, MAX_ROUTE_USER, AddressError, PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
-from gotaxy.proxy.fields import check_local_ip, check_port, host_port
+from gotaxy.proxy.fields import LOCAL_IP, LOCAL_PORT, SpecField, check_local_ip, check_port, host_port
 from gotaxy.proxy.tcp import connect_local
 from gotaxy.server.tunnel import LiveTunnel
 
@@ -54,9 +54,9 @@ _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+=:@%/-]*")
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive"})
 
 
-def _host_name(value: Any, what: str) -> str:
+def _host_name(value: Any, what: str, key: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 253:
-        raise SpecError(f"{what} must be a host name such as \"wiki.example.com\", got {str(value)[:64]!r}")
+        raise SpecError(f"{what} must be a host name such as \"wiki.example.com\", got {str(value)[:64]!r}", key)
     name = value.lower()
     labels = name.split(".")
     if labels[0] == "*" and len(labels) > 1:
@@ -64,7 +64,7 @@ def _host_name(value: Any, what: str) -> str:
     if not all(_LABEL.fullmatch(label) for label in labels):
         raise SpecError(
             f"{what} must be a host name such as \"wiki.example.com\" (or \"*.example.com\"), "
-            f"without a scheme or port, got {value[:64]!r}"
+            f"without a scheme or port, got {value[:64]!r}", key
         )
     return name
 
@@ -74,7 +74,7 @@ def _domains(value: Any) -> Tuple[str, ...]:
         value = [value]
     if not isinstance(value, (list, tuple)) or len(value) > MAX_HOSTS:
         raise SpecError(f"'customDomains' must be a list of at most {MAX_HOSTS} host names")
-    return tuple(dict.fromkeys(_host_name(v, "each of 'customDomains'") for v in value))
+    return tuple(dict.fromkeys(_host_name(v, "each of 'customDomains'", "customDomains") for v in value))
 
 
 def _subdomain(value: Any) -> Optional[str]:
@@ -98,7 +98,7 @@ def _locations(value: Any) -> Tuple[str, ...]:
         if path == "":
             path = "/"  # frp's default location
         if not isinstance(path, str) or len(path) > MAX_PATH or not _PATH.fullmatch(path):
-            raise SpecError(f"each of 'locations' must be a URL path starting with '/', such as \"/api\", got {str(path)[:64]!r}")
+            raise SpecError(f"each of 'locations' must be a URL path starting with '/', such as \"/api\", got {str(path)[:64]!r}", "locations")
         paths.append(path)
     return tuple(dict.fromkeys(paths))
 
@@ -152,7 +152,7 @@ class HttpSpec(ProxySpec):
     subdomain: Optional[str] = attrs.field(default=None, converter=_subdomain)
     locations: Tuple[str, ...] = attrs.field(default=(), converter=_locations)
     host_header_rewrite: Optional[str] = attrs.field(
-        default=None, converter=lambda v: None if v in (None, "") else _host_name(v, "'hostHeaderRewrite'")
+        default=None, converter=lambda v: None if v in (None, "") else _host_name(v, "'hostHeaderRewrite'", "hostHeaderRewrite")
     )
     http_user: Optional[str] = attrs.field(default=None, converter=_optional_text("httpUser", MAX_CREDENTIAL, _PRINTABLE))
     http_password: Optional[str] = attrs.field(
@@ -168,7 +168,7 @@ class HttpSpec(ProxySpec):
         if not self.custom_domains and self.subdomain is None:
             raise SpecError(
                 "an http tunnel needs 'customDomains' (such as [\"wiki.example.com\"]) or 'subdomain' "
-                "(such as \"wiki\", for wiki.<the server's subDomainHost>)"
+                "(such as \"wiki\", for wiki.<the server's subDomainHost>)", "customDomains"
             )
         if (self.http_user is None) != (self.http_password is None):
             raise SpecError("'httpUser' and 'httpPassword' go together: give both to ask visitors to log in, or neither")
@@ -215,23 +215,27 @@ class HttpSpec(ProxySpec):
                 if host == sub_domain_host or host.endswith("." + sub_domain_host):
                     raise SpecError(
                         f"custom domain {host!r} is under the server's subDomainHost {sub_domain_host!r}; "
-                        f"use subdomain = {host[: -len(sub_domain_host) - 1].split('.')[-1]!r} instead"
+                        f"use subdomain = {host[: -len(sub_domain_host) - 1].split('.')[-1]!r} instead",
+                        "customDomains",
                     )
         if self.subdomain is not None:
             if not sub_domain_host:
                 raise SpecError(
                     "this server has no subDomainHost, so 'subdomain' cannot be used; use 'customDomains', "
-                    "or ask the operator to set subDomainHost"
+                    "or ask the operator to set subDomainHost", "subdomain"
                 )
             hosts.append(f"{self.subdomain}.{sub_domain_host}")
         return tuple(dict.fromkeys(hosts))
+
+    def address_for(self, config: Any) -> Optional[PublicAddress]:
+        return self.address(config.vhost.sub_domain_host)
 
     def address(self, sub_domain_host: Optional[str]) -> PublicAddress:
         """Where the public reaches this tunnel (SpecError if the names do not fit the server)."""
         try:
             return PublicAddress("http", 0, self.hosts(sub_domain_host), self.locations, self.route_by_http_user or "")
         except AddressError as e:
-            raise SpecError(str(e)) from None
+            raise SpecError(str(e), "customDomains") from None
 
 
 #: frp's key -> HttpSpec's attribute (the header tables are read apart).
@@ -246,23 +250,45 @@ _TABLES = {"requestHeaders": "request_headers", "responseHeaders": "response_hea
 class HttpProxy(ProxyType):
     name = "http"
     label = "HTTP"
+    fields = (
+        LOCAL_IP,
+        LOCAL_PORT,
+        SpecField("customDomains", "list", "host names the site answers to, such as wiki.example.com or "
+                  "*.example.com (give this or subdomain)", hint="field.customDomains.hint"),
+        SpecField("subdomain", "text", "a name under the server's subDomainHost: wiki for wiki.<subDomainHost> "
+                  "(give this or customDomains)", hint="field.subdomain.hint"),
+        SpecField("locations", "list", "URL path prefixes this tunnel serves, the longest match winning; "
+                  "none: every path", hint="field.locations.hint"),
+        SpecField("httpUser", "text", "the user name visitors log in with (HTTP basic auth, checked by the server)"),
+        SpecField("httpPassword", "secret", "the password visitors log in with"),
+        SpecField("routeByHTTPUser", "text", "only requests logged in as this user reach this tunnel"),
+        SpecField("hostHeaderRewrite", "host", "the Host header the local web server gets"),
+        SpecField("requestHeaders", "map", "request headers the server sets, NAME=VALUE"),
+        SpecField("responseHeaders", "map", "response headers the server sets, NAME=VALUE"),
+    )
+    #: Keys that make a valid spec with the required fields (one of customDomains and subdomain is needed).
+    example_keys: ClassVar[Dict[str, Any]] = {"customDomains": ["www.example.com"]}
 
     def parse(self, keys: Mapping[str, Any]) -> HttpSpec:
         known = set(_ATTRIBUTES) | set(_TABLES) | {"type"}
         unknown = sorted(str(k)[:32] for k in keys if k not in known)
         if unknown:
             raise SpecError(
-                f"an http tunnel has no setting {unknown[0]!r} (it has {', '.join(sorted(set(_ATTRIBUTES) | set(_TABLES)))})"
+                f"an http tunnel has no setting {unknown[0]!r} (it has {', '.join(sorted(set(_ATTRIBUTES) | set(_TABLES)))})",
+                unknown[0],
             )
         if "localPort" not in keys:
-            raise SpecError("an http tunnel needs 'localPort', the port of the local web server")
+            raise SpecError("an http tunnel needs 'localPort', the port of the local web server", "localPort")
         values = {attribute: keys[key] for key, attribute in _ATTRIBUTES.items() if key in keys}
         for key, attribute in _TABLES.items():
             if key in keys:
                 table = keys[key]
-                if not isinstance(table, Mapping) or set(table) - {"set"}:
-                    raise SpecError(f"'{key}' takes one table, 'set' (e.g. {key}.set.X-From = \"gotaxy\")")
-                values[attribute] = table.get("set")
+                if isinstance(table, Mapping) and isinstance(table.get("set"), Mapping) and set(table) == {"set"}:
+                    values[attribute] = table["set"]  # frp's form: requestHeaders.set.X-From = "gotaxy"
+                elif isinstance(table, Mapping) and all(isinstance(v, str) for v in table.values()):
+                    values[attribute] = table  # the faces' form: the headers themselves
+                else:
+                    raise SpecError(f"'{key}' takes one table, 'set' (e.g. {key}.set.X-From = \"gotaxy\")", key)
         return HttpSpec(**values)
 
     def make_front(self, config: Any, reactor: Any) -> Any:
@@ -284,6 +310,9 @@ class HttpProxy(ProxyType):
             address = spec.address(vhost.sub_domain_host)
         except SpecError as e:
             raise TunnelRefused(str(e)) from None
+        if vhost.http_port != 80:
+            # Not part of the identity (the claims hold names): it makes the URLs the faces show right.
+            address = attrs.evolve(address, port=vhost.http_port)
         await context.claims.claim(address)
         front.router.add(tunnel, address)
         return Exposure(address=address, close=lambda: front.router.remove(tunnel))

@@ -16,6 +16,9 @@ Entry points
   TLS for http tunnels wraps ``protocol_factory("https")`` (for example in
   ``TLSMemoryBIOFactory``), so that ``X-Forwarded-Proto`` says https and
   everything else is the same.
+* ``front.challenges``: set it to a ``gotaxy.tls.acme.ChallengeStore`` and
+  ``/.well-known/acme-challenge/<token>`` is answered from it for any
+  name, before routing.
 
 One visitor connection
 ======================
@@ -209,6 +212,8 @@ class HttpFront:
         self.tunnel_refusals: Counter = Counter()
         #: requests in flight per tunnel (client, name)
         self.active: Counter = Counter()
+        #: ACME's HTTP-01 answers (a ``gotaxy.tls.acme.ChallengeStore``), set by whoever runs ACME
+        self.challenges: Any = None
         #: address -> until when basic-auth attempts from it are refused
         self._locked: Dict[str, float] = {}
         self.page_404 = self._read_404_page()
@@ -597,6 +602,15 @@ class VisitorConnection(Protocol):
         path = target.split("?", 1)[0]
         if not path.startswith("/"):
             path = "/" + path.split("://", 1)[-1].partition("/")[2]  # absolute-form
+        challenges = front.challenges
+        if challenges is not None and challenges.is_challenge(request.target.split(b"?", 1)[0]):
+            # ACME's HTTP-01 (gotaxy.tls.acme): answered here for any name, never routed.
+            answer = challenges.answer(request.target.split(b"?", 1)[0])
+            if answer is None:
+                self._answer(404, "No such challenge.")
+            else:
+                self._answer_body(200, answer, b"text/plain")
+            return
         credentials = _basic_credentials(headers)
         tunnel = front.router.lookup(host, path, credentials[0] if credentials else "") if host else None
         if tunnel is None:
@@ -871,8 +885,11 @@ class VisitorConnection(Protocol):
     def _answer(self, status: int, detail: str, extra: Optional[List[Tuple[bytes, bytes]]] = None,
                 close: bool = False) -> None:
         """Answer the current request here (an error page); the rest of its body is read and dropped."""
-        body = self.front.page(status, detail)
-        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+        self._answer_body(status, self.front.page(status, detail), b"text/html; charset=utf-8", extra, close)
+
+    def _answer_body(self, status: int, body: bytes, content_type: bytes,
+                     extra: Optional[List[Tuple[bytes, bytes]]] = None, close: bool = False) -> None:
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         headers += extra or []
         # A body still coming is not read to its end for nothing: the connection closes.
         close = close or (self.has_body and self.h11.their_state is not h11.DONE)
@@ -883,7 +900,7 @@ class VisitorConnection(Protocol):
             data = self.h11.send(h11.Response(status_code=status, headers=headers))
             data += self.h11.send(h11.Data(data=body)) + self.h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
-            self._fatal(status, detail)
+            self._fatal(status, "The request cannot be answered.")
             return
         self.transport.write(data)
         if close:

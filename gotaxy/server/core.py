@@ -645,7 +645,7 @@ class ServerCore:
         """Define a tunnel of any type for ``client`` and push it to the client."""
 
         async def add() -> TunnelRecord:
-            requested = spec.requested
+            requested = spec.address_for(self.config)
             if requested is not None:
                 await self.check_address(requested, (client, name))
             record: TunnelRecord = await self.store.call(
@@ -673,7 +673,7 @@ class ServerCore:
                 before = {}  # another type: its settings replace the old ones
             merged = {key: value for key, value in {**before, **changes}.items() if value is not None}
             spec = parse_spec(merged)
-            requested = spec.requested
+            requested = spec.address_for(self.config)
             if requested is not None and requested != record.address:
                 await self.check_address(requested, (client, name))
             fields: Dict[str, Any] = {"spec": spec.to_keys(), "local_addr": spec.local_description}

@@ -407,7 +407,10 @@ class Management:
         if client not in known:
             raise ManagementError("not_found", _unknown_client(client, known), field="client")
         with _tunnel_errors("remote_port" if tcp_form else "spec.remotePort"):
-            record = await self.core.add_tunnel(client, name, spec)
+            try:
+                record = await self.core.add_tunnel(client, name, spec)
+            except SpecError as e:  # settings that do not fit this server (a subdomain without subDomainHost)
+                raise ManagementError("invalid", str(e), field=_spec_field(e, tcp_form)) from None
         return self._view(record, None)
 
     async def remove_tunnel(self, client: str, name: str) -> None:

@@ -147,6 +147,9 @@ SCHEMAS: Dict[str, Any] = {
             "port": {"type": "integer", "minimum": 0, "maximum": 65535,
                      "description": "the public port (for host names, the shared port, 0: the default one)"},
             "hosts": {"type": "array", "items": {"type": "string"}, "description": "host names (http, https)"},
+            "paths": {"type": "array", "items": {"type": "string"},
+                      "description": "URL path prefixes on those names (frp's locations); empty: every path"},
+            "user": {"type": "string", "description": "only requests of this basic-auth user (routeByHTTPUser); empty: anyone's"},
             "description": {"type": "string", "description": "how to show it: 'port 16000', 'http://wiki.example.com'"},
         }
     ),
