@@ -45,11 +45,11 @@ maxPortsPerClient = 2
 transport.heartbeatTimeout = 30
 log.level = "info"
 log.maxDays = 3
-vhostHTTPSPort = 8443
+tcpmuxHTTPConnectPort = 1337
 """
     )
     server = procs.server("--config", str(tmp_path / "frps.toml"), port=control)
-    server.wait_for(r"'vhostHTTPSPort' is an frp setting that Gotaxy does not support yet")
+    server.wait_for(r"'tcpmuxHTTPConnectPort' is an frp setting that Gotaxy does not support yet")
 
     (tmp_path / "frpc.toml").write_text(
         f"""
