@@ -520,3 +520,24 @@ def test_acme_challenges_are_answered_for_any_name_before_routing(network: Memor
     status, headers, body = one(network, get("wiki.example.com", "/.well-known/acme-challenge/tok3n_AZ-09"))
     assert (status, headers["content-type"], body) == (200, "text/plain", b"tok3n_AZ-09.thumbprint")
     assert one(network, get("wiki.example.com", "/.well-known/acme-challenge/other"))[0] == 404
+
+
+def test_a_reload_moves_the_port_and_applies_the_limits(network: MemoryNetwork) -> None:
+    from twisted.internet.defer import Deferred
+
+    from gotaxy.config import replace
+
+    server = make_server(network)
+    site(network, 9001, "wiki")
+    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+    kept = visit(network)  # a visitor connected before the reload
+    front = server.core.fronts["http"]
+    new = replace(server.config, {"vhost": VhostSettings(http_port=8001, max_requests_per_tunnel=0)})
+    done = Deferred.fromCoroutine(front.apply(new))
+    network.flush()
+    changes = {c.key: c.applied for c in done.result}
+    assert changes == {"vhostHTTPMaxRequestsPerTunnel": True, "vhostHTTPPort": True}
+    assert FRONT not in network.listeners and 8001 in network.listeners
+    kept.transport.write(get("wiki.example.com"))
+    network.flush()
+    assert answer(kept.responses()[0])["site"] == "wiki"  # the open connection stays

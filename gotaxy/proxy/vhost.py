@@ -264,6 +264,48 @@ class HttpFront:
         listening, self.listening = self.listening, None
         return listening.stopListening() if listening is not None else None
 
+    async def apply(self, config: Any) -> List[Any]:
+        """
+        A reload (``gotaxy.server.reload``): the limits, timeouts and
+        ``vhostForwardedHeaders`` apply to connections from now on;
+        ``subDomainHost`` to tunnels opened from now on; a new
+        ``vhostHTTPPort`` is listened on and the old one closed (visitors'
+        open connections stay).  ``custom404Page`` is read at start only.
+        """
+        from gotaxy.server.reload import applied, needs_restart
+
+        old, new = self.settings, config.vhost
+        self.config, self.settings = config, new
+        done: List[Any] = []
+        if new.custom_404_page != old.custom_404_page:
+            done.append(needs_restart("custom404Page", "the page is read once, at start"))
+        if new.sub_domain_host != old.sub_domain_host:
+            done.append(applied("subDomainHost", "tunnels opened from now on; open ones keep their names"))
+        live = [key for key, a, b in (
+            ("vhostHTTPTimeout", old.http_timeout, new.http_timeout),
+            ("vhostForwardedHeaders", old.forwarded_headers, new.forwarded_headers),
+            ("vhostHTTPHeaderTimeout", old.header_timeout, new.header_timeout),
+            ("vhostHTTPMaxHeaderBytes", old.max_header_bytes, new.max_header_bytes),
+            ("vhostHTTPMaxHeaders", old.max_headers, new.max_headers),
+            ("vhostHTTPMaxRequestsPerTunnel", old.max_requests_per_tunnel, new.max_requests_per_tunnel),
+        ) if a != b]
+        if live:
+            done.append(applied(" / ".join(live), "visitor connections from now on"))
+        if new.http_port != old.http_port:
+            previous = self.listening
+            self.listening = None
+            try:
+                self.start()
+            except CannotListenError as e:
+                self.listening = previous
+                self.config, self.settings = self.config, attrs.evolve(new, http_port=old.http_port)
+                return done + [needs_restart("vhostHTTPPort", f"{e.socketError}; still on the old port")]
+            if previous is not None:
+                await previous.stopListening()
+            done.append(applied("vhostHTTPPort", f"websites served on {new.http_port or 'no port (off)'}; "
+                                                 "open visitor connections stay"))
+        return done
+
     def refuse(self, reason: str, tunnel: Optional["LiveTunnel"] = None) -> None:
         self.refusals[reason] += 1
         if tunnel is not None:
