@@ -303,8 +303,8 @@ class HttpProxy(ProxyType):
         vhost = context.config.vhost
         if front is None or not front.serving:
             raise TunnelRefused(
-                "this server has no HTTP port for websites; ask the operator to set vhostHTTPPort "
-                "(for example vhostHTTPPort = 80) in the server's config"
+                "this server has no port for websites; ask the operator to set vhostHTTPPort "
+                "(for example vhostHTTPPort = 80) or vhostHTTPSPort in the server's config"
             )
         try:
             address = spec.address(vhost.sub_domain_host)

@@ -220,8 +220,9 @@ class HttpFront:
 
     @property
     def serving(self) -> bool:
-        """The front takes tunnels: some port of it is configured."""
-        return bool(self.settings.http_port)
+        """The front takes tunnels: vhostHTTPPort is set, or vhostHTTPSPort (TLS terminated, then this front)."""
+        https = getattr(self.config, "https", None)
+        return bool(self.settings.http_port) or bool(https is not None and https.port)
 
     def attach(self, core: Any) -> None:
         self.core = core
