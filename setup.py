@@ -51,7 +51,7 @@ setup(
         "h11>=0.14",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "jsonschema>=4.18", "playwright>=1.40", "pyyaml>=6", "websockets>=12"]},
-    entry_points={"console_scripts": ["gotaxy = gotaxy.cli:main"]},
+    entry_points={"console_scripts": ["gotaxy = gotaxy.cli:main", "gotaxy-client = gotaxy.client.admin:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

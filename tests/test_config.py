@@ -377,9 +377,10 @@ class TestFrpOwnFiles:
         warnings = "\n".join(loaded.warnings)
         for key in ("clientID", "visitors", "metadatas", "annotations"):
             assert f"'{key}'" in warnings
-        # 14 client keys and tables, 15 skipped proxies, 8 keys of proxy 'ssh' (its healthCheck is
-        # honoured), web01's HTTP health check and its two keys.
-        assert len(loaded.warnings) == 14 + 15 + 8 + 3
+        # 10 client keys and tables (webServer.addr, port, user and password are read), 15 skipped
+        # proxies, 8 keys of proxy 'ssh' (its healthCheck is honoured), web01's HTTP health check
+        # and its two keys.
+        assert len(loaded.warnings) == 10 + 15 + 8 + 3
         assert warnings.count("skipped") == 15
 
     def test_every_key_frp_documents_is_known(self) -> None:

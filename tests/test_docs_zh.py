@@ -37,6 +37,7 @@ TABLES = [
     ("Client (`frpc.toml`):", "客户端（`frpc.toml`）：", (0,)),
     ("In a `[[proxies]]` entry:", "在 `[[proxies]]` 条目中：", (0,)),
     ("### The server", "### 服务器", (0, 1)),
+    ("### The client", "### 客户端", ()),
     ("## Command-line values", "## 命令行取值", (0, 2)),
 ]
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import signal
+import json
 import urllib.request
 from pathlib import Path
 from typing import Dict, List
@@ -105,8 +106,7 @@ FRPS_FULL_WARNINGS = [
     "udpPacketSize", "natholeAnalysisDataReserveHours", "httpPlugins",
 ]
 FRPC_FULL_WARNINGS = [
-    "clientID", "log.to", "log.disablePrintColor", "webServer.addr", "webServer.port",
-    "webServer.user", "webServer.password", "webServer.pprofEnable", "transport.poolCount",
+    "clientID", "log.to", "log.disablePrintColor", "webServer.pprofEnable", "transport.poolCount",
     "transport.protocol", "transport.connectServerLocalIP", "udpPacketSize", "metadatas",
     "visitors",
     # Proxies of types and plugins Gotaxy does not support yet: skipped, one line each.
@@ -127,7 +127,7 @@ FRPC_FULL_WARNINGS = [
 
 
 def test_frp_full_examples_start(procs, tmp_path):
-    port, web, vhost = free_port(), free_port(), free_port()
+    port, web, vhost, admin = free_port(), free_port(), free_port(), free_port()
     ssh_port, _ = free_port_range(1)  # inside the file's allowPorts (4000-50000)
     frps = rewrite("frps_full_example.toml", tmp_path / "frps.toml", {
         'bindAddr = "0.0.0.0"': 'bindAddr = "127.0.0.1"',
@@ -145,6 +145,7 @@ def test_frp_full_examples_start(procs, tmp_path):
         'serverAddr = "0.0.0.0"': 'serverAddr = "127.0.0.1"',
         "serverPort = 7000": f"serverPort = {port}",
         "remotePort = 6001": f"remotePort = {ssh_port}",
+        "webServer.port = 7400": f"webServer.port = {admin}",
     })
     client = start_client(procs, frpc)
     # The shared auth.token = "12345678" of both files: the client is named shared:<user>.
@@ -159,6 +160,13 @@ def test_frp_full_examples_start(procs, tmp_path):
     client.wait_for(rf"tunnel web01 up at http://web01\.yourdomain\.com:{vhost}/, http://web01\.yourdomain\.com:{vhost}/pic, "
                     rf"http://web01\.frps\.com:{vhost}/, http://web01\.frps\.com:{vhost}/pic")
     server.wait_for(r"client shared:your_name connected")
+    # Honoured: frpc's admin API on webServer.port, with the file's admin / admin.
+    client.wait_for(rf"admin API on http://127\.0\.0\.1:{admin}/api/status")
+    request = urllib.request.Request(f"http://127.0.0.1:{admin}/api/status",
+                                     headers={"Authorization": "Basic YWRtaW46YWRtaW4="})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        statuses = {p["name"]: p["status"] for p in json.loads(response.read())["tcp"]}
+    assert statuses["ssh"] in ("running", "start error")  # its local service may not run here
     assert "Traceback" not in server.output() + client.output()
 
 
@@ -254,8 +262,7 @@ FRPS_LEGACY_WARNINGS = [
     "transport.maxPoolCount", "transport.tls.force", "httpPlugins",
 ]
 FRPC_LEGACY_WARNINGS = [
-    "udpPacketSize", "log.to", "log.disablePrintColor", "webServer.addr", "webServer.port",
-    "webServer.user", "webServer.password", "webServer.pprofEnable", "transport.poolCount",
+    "udpPacketSize", "log.to", "log.disablePrintColor", "webServer.pprofEnable", "transport.poolCount",
     "transport.protocol", "transport.connectServerLocalIP",
     "transport.tls.disableCustomTLSFirstByte", "metadatas", "visitors",
     "proxy dns", *(f"proxy udp_port_{i}" for i in range(11)),
@@ -292,6 +299,7 @@ def test_converted_legacy_files_start(procs, tmp_path):
         "server_port = 7000": f"server_port = {port}",
         "remote_port = 6001": f"remote_port = {ssh_port}",
         "remote_port = 6010-6020,6022,6024-6028": f"remote_port = {ranged}-{ranged + 16}",
+        "admin_port = 7400": f"admin_port = {free_port()}",  # frpc's admin API, honoured
     })
     report = gotaxy_cli("convert", str(frpc))
     assert f"Gotaxy ignores {len(FRPC_LEGACY_WARNINGS)} of its frp settings" in report

@@ -47,7 +47,7 @@ import functools
 import platform
 import random
 import socket
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 from OpenSSL import SSL
 from twisted.internet import error as net_error
@@ -88,6 +88,14 @@ MAX_SHOWN = 500
 
 #: Longest heartbeat setting a server may announce, in seconds.
 MAX_HEARTBEAT = 86400.0
+
+#: Seconds the open connections of a tunnel a reload removed may go on
+#: before they are cut (they end on their own before that when their data
+#: is through).
+DRAIN_GRACE = 30.0
+
+#: Most tunnels whose last error is remembered.
+MAX_TUNNEL_ERRORS = 1024
 
 
 #: A refused tunnel is asked for again after at most this many seconds.
@@ -377,6 +385,7 @@ class ClientControlProtocol(MuxProtocol):
             self.log.info("ignoring tunnel_up for {name!r}, which this client no longer has", name=printable(name))
             return
         self.up[name] = address
+        self.factory.tunnel_errors.pop(name, None)
         self.factory.tunnel_attempts.pop(name, None)
         self._cancel_retry(name)
         # "tunnel NAME up at HOST:PORT": a line scripts may rely on.
@@ -393,6 +402,7 @@ class ClientControlProtocol(MuxProtocol):
         if spec is None or not spec.enabled:
             self.log.error("tunnel {name} refused by the server: {reason}", name=printable(name), reason=reason)
             return
+        self.factory.tunnel_errors[name] = f"refused by the server: {reason}"
         attempt = self.factory.tunnel_attempts.get(name, 0)
         self.factory.tunnel_attempts[name] = attempt + 1
         delay = tunnel_retry_delay(attempt, self.factory.rng)
@@ -445,6 +455,8 @@ class ClientControlProtocol(MuxProtocol):
         reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
         self.up.pop(name, None)
         self._stop_check(name)
+        if name in self.tunnels and len(self.factory.tunnel_errors) < MAX_TUNNEL_ERRORS:
+            self.factory.tunnel_errors[name] = f"closed by the server: {reason}"
         self.log.warn("tunnel {name} down: {reason}", name=printable(name), reason=reason)
 
     def _connections_refused(self, message: Dict[str, Any], name: str) -> None:
@@ -563,6 +575,70 @@ class ClientControlProtocol(MuxProtocol):
     def _request_tunnel(self, spec: TunnelSpec) -> None:
         self.send_control({"type": "tunnel_open", "name": spec.name, "spec": self.proxies[spec.name].to_keys()})
 
+    # -- reload ----------------------------------------------------------------
+
+    def reconfigure(self, old: Sequence[TunnelSpec], new: Sequence[TunnelSpec]) -> None:
+        """
+        The config's tunnels changed from ``old`` to ``new`` (a reload, see
+        ``gotaxy.client.reload``): open the added ones, close the removed
+        and disabled ones (``tunnel_close``: the server stops listening, and
+        their open connections go on until they end, or until
+        ``DRAIN_GRACE`` seconds have passed), reopen the changed ones
+        (``tunnel_open`` with the new spec: the server closes the old
+        listener and its connections and opens the new one), and leave the
+        others alone: not one frame of theirs is touched.
+        """
+        self.config = self.factory.config
+        before = {t.name: t for t in old if t.enabled}
+        after = {t.name: t for t in new if t.enabled}
+        for name in before.keys() - after.keys():
+            self._drop_tunnel(name)
+        for name, spec in after.items():
+            was = before.get(name)
+            if was == spec:
+                continue
+            proxy = proxy_spec(spec)
+            self.tunnels[name] = spec
+            self.proxies[name] = proxy
+            self._cancel_retry(name)
+            self._stop_check(name)
+            self.factory.tunnel_attempts.pop(name, None)
+            self.factory.tunnel_errors.pop(name, None)
+            if was is not None and name in self.up:
+                self.up.pop(name)
+            self._request_tunnel(spec)
+        for spec in new:
+            if not spec.enabled:
+                self.tunnels[spec.name] = spec  # defined, not opened: its name stays reserved
+                self.proxies[spec.name] = proxy_spec(spec)
+
+    def _drop_tunnel(self, name: str) -> None:
+        self.tunnels.pop(name, None)
+        self.proxies.pop(name, None)
+        self.up.pop(name, None)
+        self._cancel_retry(name)
+        self._stop_check(name)
+        self.factory.tunnel_attempts.pop(name, None)
+        self.factory.tunnel_errors.pop(name, None)
+        if not self.disconnecting:
+            self.send_control({"type": "tunnel_close", "name": name})
+        draining = [stream for stream in self.streams.values() if stream.tunnel == name]
+        if draining:
+            self.log.info(
+                "tunnel {name} closed by a reload; {count} open connection(s) may finish within {grace:g} s",
+                name=name, count=len(draining), grace=DRAIN_GRACE,
+            )
+            self.reactor.callLater(DRAIN_GRACE, self._end_drained, name, draining)
+        else:
+            self.log.info("tunnel {name} closed by a reload", name=name)
+
+    def _end_drained(self, name: str, streams: Sequence[Stream]) -> None:
+        if name in self.tunnels:
+            return  # opened again since: its connections are its own again
+        for stream in streams:
+            if self.streams.get(stream.id) is stream:
+                stream.abort(f"tunnel {name} was removed from the client's config {DRAIN_GRACE:g} s ago")
+
     def _heartbeat_timed_out(self, silent: float) -> None:
         self.log.warn("server silent for {seconds:.0f} s; reconnecting", seconds=silent)
         self.disconnecting = True
@@ -645,6 +721,8 @@ class ClientControlFactory(Factory):
         self.refusal_counts: Dict[str, int] = {}
         #: Refusals in a row per tunnel (kept across reconnects), for the backoff.
         self.tunnel_attempts: Dict[str, int] = {}
+        #: Why each tunnel that is not up is not (kept across reconnects), for the admin API's status.
+        self.tunnel_errors: Dict[str, str] = {}
         self.rng: Callable[[], float] = random.random
         self.reconnection = reconnection or Reconnection(server_address(config))
         self.current: Optional[ClientControlProtocol] = None  #: logged in

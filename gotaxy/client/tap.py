@@ -14,7 +14,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from gotaxy import __version__
+from gotaxy.client.admin import AdminService, ClientAdmin
 from gotaxy.client.control import ClientControlFactory, Reconnection, ReportingEndpoint, server_address
+from gotaxy.client.reload import ClientReloader, ClientSignalReload
 from gotaxy.client.identity import load_or_create_instance_id
 from gotaxy.config import (
     ClientConfig,
@@ -260,5 +262,13 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
     )
     service = TunnelClientService(factory, endpoint, factory, retryPolicy=reconnection, clock=reactor)
     service.setServiceParent(top)
+    # SIGHUP, gotaxy-client reload and POST /api/reload read the file again (gotaxy.client.reload).
+    path = options.get("config")
+    reloader = ClientReloader((lambda: build_config(options)) if path else None, factory)
+    ClientSignalReload(reloader, reactor).setServiceParent(top)
+    if config.admin_port:
+        admin = ClientAdmin(factory, reloader, path, reactor, stop=reactor.stop)
+        AdminService(admin, config.admin_addr, config.admin_port, reactor).setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]
+    top.reloader = reloader  # type: ignore[attr-defined]
     return top

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 
 import attrs
 
@@ -30,6 +31,7 @@ from gotaxy.config.values import (
     PORT,
     REMOTE_PORT,
     SECONDS,
+    SERVICE_PORT,
     supported_type,
     TEXT,
     TUNNEL_TYPE,
@@ -129,6 +131,11 @@ class ClientConfig(_Heartbeats):
     login_fail_exit: bool = _setting(True, BOOLEAN, "loginFailExit")
     log_level: str = _setting("info", LOG_LEVEL, "log.level")
     log_max_days: int = _setting(3, COUNT, "log.maxDays")
+    #: frp's admin API (``webServer.*``, ``gotaxy.client.admin``): off while the port is 0.
+    admin_addr: str = _setting("127.0.0.1", HOST, "webServer.addr")
+    admin_port: int = _setting(0, SERVICE_PORT, "webServer.port")
+    admin_user: str | None = _setting(None, TEXT, "webServer.user")
+    admin_password: str | None = _setting(None, TEXT, "webServer.password", secret=True)
     #: Local addresses operator-defined tunnels may point at; empty: none.
     allow_operator_tunnels: tuple[LocalAddressRule, ...] = _setting(
         (), LOCAL_RULES, "allowOperatorTunnels", "--allow-operator-tunnel"
@@ -171,6 +178,12 @@ class ClientConfig(_Heartbeats):
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
+        if self.admin_port and not self.admin_password and not _is_loopback(self.admin_addr):
+            raise ConfigError(
+                f"'webServer.addr' is {self.admin_addr}, reachable from other machines, but "
+                f"'webServer.password' is not set: set webServer.user and webServer.password, or "
+                f'listen on loopback only (webServer.addr = "127.0.0.1")'
+            )
         if self.token:
             try:
                 parse_join_token(self.token)
@@ -183,6 +196,15 @@ class ClientConfig(_Heartbeats):
                     f"two tunnels are named '{name}'; give each [[proxies]] entry "
                     f"and --tunnel its own name"
                 )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to anything
 
 
 def parse_tunnel_flag(text: str) -> TunnelSpec:

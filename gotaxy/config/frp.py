@@ -38,7 +38,6 @@ FRPC_KEYS = frozenset({
     "clientID", "user", "serverAddr", "serverPort", "natHoleStunServer", "loginFailExit",
     "log.to", "log.level", "log.maxDays", "log.disablePrintColor",
     "auth.method", "auth.additionalScopes", "auth.token",
-    "webServer.addr", "webServer.port", "webServer.user", "webServer.password",
     "webServer.tls.certFile", "webServer.tls.keyFile", "webServer.tls.trustedCaFile",
     "webServer.tls.serverName", "webServer.assetsDir", "webServer.pprofEnable",
     "transport.dialServerTimeout", "transport.dialServerKeepalive", "transport.poolCount",
