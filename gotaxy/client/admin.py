@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client_admin -*-
+# -*- test-case-name: tests.test_client_reload -*-
 """
 The client's admin API, frp's (``webServer.*`` in ``frpc.toml``), and the
 ``gotaxy-client status|reload|stop`` commands that use it.
