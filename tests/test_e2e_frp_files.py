@@ -21,9 +21,9 @@ The legacy INI files get the same rewrites under frp's old names
 What a file does not say is given as flags: ``--console-port 0`` (frp has
 no console; its default port is fixed) and the client's ``--data-dir`` (so
 that trust-on-first-use does not write into the real home directory).  The
-ports frp's files give to settings Gotaxy ignores (``kcpBindPort``,
-the client's ``webServer.port`` ...) stay as they are:
-nothing listens on them, which the warnings say.
+ports frp's files give to settings Gotaxy ignores (``kcpBindPort`` ...)
+stay as they are: nothing listens on them, which the warnings say.  The
+client's ``webServer.port`` (frpc's admin API, honoured) gets a free port.
 """
 
 from __future__ import annotations
