@@ -201,9 +201,9 @@ class MailTest(unittest.TestCase):
         server = MailServer(self, open_relay=True)
         server.port.factory.context = None
         target = self.target(server.number, "none")
-        target.deliver(event("config.reloaded", client=None))
+        target.deliver(event("config.reloaded", client=None, detail="applied: log.level"))
         await wait_until(lambda: target.sent == 1)
-        assert server.messages()[0]["Subject"].strip() == "[edge-1] configuration reloaded"
+        assert server.messages()[0]["Subject"].strip() == "[edge-1] configuration reloaded by 127.0.0.1:1: applied: log.level"
 
     async def test_wrong_password_is_recorded(self) -> None:
         server = MailServer(self)
