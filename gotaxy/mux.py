@@ -50,6 +50,19 @@ connection (a ``MuxProtocol``).  The design follows SSH channels and yamux:
 Stream ids are never reused within a connection, so late frames for a closed
 stream are recognised and dropped.
 
+**Datagram flows.**  A UDP tunnel's visitor is a ``Flow``, not a
+``Stream``: opened by the server with an OPEN that says ``"mode":
+"datagram"``, it carries whole datagrams, one per DATAGRAM frame, in both
+directions, with no window.  ``Flow.send`` writes a datagram at once or,
+when the connection is backed up (paused by its transport, or more than
+``DATAGRAM_BACKLOG`` bytes already waiting for the peer), drops it and says
+so: datagrams are never queued, so a UDP flood cannot grow a buffer or hold
+up a stream's data, and a stream's bulk transfer is served first (it may
+fill the send buffer to ``MUX_SOCKET_BUFFER``, datagrams only to
+``DATAGRAM_BACKLOG``).  Flows have ids from the same sequence as streams,
+do not count against ``max_streams`` (their proxy type caps them per
+tunnel), and end with CLOSE from either side or when the connection is lost.
+
 **Bounded writes.**  Everything written toward the peer is bounded, also
 when the peer does not read.  DATA is bounded by the windows and by pausing
 the streams' sockets.  Answers to the peer (PONG, control messages, refusals)
@@ -79,6 +92,7 @@ from gotaxy.wire import (
     MAX_WINDOW,
     PREAMBLE,
     PREAMBLE_MAGIC,
+    MAX_DATAGRAM,
     PROTOCOL_VERSION,
     WINDOW_INCREMENT,
     FrameDecoder,
@@ -116,7 +130,15 @@ MAX_BUFFERED_OUTPUT = 8 * 1024 * 1024
 #: dropped (subclasses use their heartbeat timeout).
 WRITE_STALL_TIMEOUT = 30.0
 
+#: Bytes waiting for the peer beyond which a datagram is dropped rather than
+#: sent (a quarter of what streams may fill), so that streams come first.
+DATAGRAM_BACKLOG = MUX_SOCKET_BUFFER // 4
+
+#: Datagram flows one connection may carry (each proxy type caps its own per tunnel).
+MAX_FLOWS = 65536
+
 _DATA_HEADER = FrameType.DATA
+_DATAGRAM = FrameType.DATAGRAM
 _MAX_STREAM_ID = 0xFFFFFFFF
 
 
@@ -358,6 +380,83 @@ class Stream:
         self._sink_paused = True
 
 
+class Flow:
+    """
+    One datagram association (a UDP tunnel's visitor): whole datagrams both
+    ways, dropped rather than queued.  See "Datagram flows" above.
+
+    ``receiver`` is called with each datagram from the peer; ``on_close``
+    once, with the reason, when the flow ends for any reason but our own
+    ``close``.
+    """
+
+    __slots__ = (
+        "mux", "id", "tunnel", "peer", "bytes_in", "bytes_out", "datagrams_in", "datagrams_out",
+        "closed", "close_reason", "receiver", "on_close",
+    )
+
+    def __init__(self, mux: "MuxProtocol", flow_id: int, tunnel: str, peer: str) -> None:
+        self.mux = mux
+        self.id = flow_id
+        self.tunnel = tunnel
+        self.peer = peer
+        self.bytes_in = 0  #: bytes of datagrams from the peer (as a Stream counts them)
+        self.bytes_out = 0  #: bytes of datagrams sent to the peer
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.closed = False
+        self.close_reason: Optional[str] = None
+        self.receiver: Any = None
+        self.on_close: Any = None
+
+    def send(self, datagram: bytes) -> bool:
+        """Send one datagram to the peer now; False (dropped) if the connection is backed up or the flow closed."""
+        mux = self.mux
+        if self.closed or mux.paused or mux.disconnecting or len(datagram) > MAX_DATAGRAM:
+            return False
+        if mux.buffered_output() > DATAGRAM_BACKLOG:
+            return False
+        self.bytes_out += len(datagram)
+        self.datagrams_out += 1
+        mux.transport.write(encode_frame(_DATAGRAM, self.id, datagram))
+        return True
+
+    def datagram_received(self, datagram: bytes) -> None:
+        self.bytes_in += len(datagram)
+        self.datagrams_in += 1
+        receiver = self.receiver
+        if receiver is not None:
+            receiver(datagram)
+
+    def close(self, reason: str) -> None:
+        """We are done with it: tell the peer (``on_close`` is not called)."""
+        if self.closed:
+            return
+        self._finish(reason)
+        if not self.mux.disconnecting:
+            self.mux.transport.write(encode_close(self.id, reason))
+
+    def close_received(self, reason: str) -> None:
+        self._ended(reason)
+
+    def abort(self, reason: str) -> None:
+        """The connection is gone."""
+        self._ended(reason)
+
+    def _ended(self, reason: str) -> None:
+        if self.closed:
+            return
+        self._finish(reason)
+        on_close = self.on_close
+        if on_close is not None:
+            on_close(reason)
+
+    def _finish(self, reason: str) -> None:
+        self.closed = True
+        self.close_reason = reason
+        self.mux.flows.pop(self.id, None)
+
+
 @implementer(IPushProducer)
 class MuxProtocol(Protocol):
     """
@@ -380,6 +479,8 @@ class MuxProtocol(Protocol):
 
     def __init__(self) -> None:
         self.streams: Dict[int, Stream] = {}
+        #: datagram flows (UDP tunnels' visitors), by id
+        self.flows: Dict[int, Flow] = {}
         self.decoder = FrameDecoder(self._frame_received, self._data_received)
         self.paused = False
         self.authenticated = False
@@ -450,6 +551,9 @@ class MuxProtocol(Protocol):
             stream.abort(f"tunnel connection lost: {text}")
         self.streams.clear()
         self.tunnel_streams.clear()
+        for flow in list(self.flows.values()):
+            flow.abort(f"tunnel connection lost: {text}")
+        self.flows.clear()
 
     # -- IPushProducer: the TLS transport's buffer -----------------------------
 
@@ -524,6 +628,8 @@ class MuxProtocol(Protocol):
     def _data_received(self, stream_id: int, chunk: bytes) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
+            if stream_id in self.flows:
+                raise ProtocolError(f"DATA frame for datagram flow {stream_id}")
             self._unknown_stream(stream_id, FrameType.DATA)
             return
         stream.data_received(chunk)
@@ -551,8 +657,14 @@ class MuxProtocol(Protocol):
             return
         stream = self.streams.get(stream_id)
         if stream is None:
-            self._unknown_stream(stream_id, frame_type)
+            flow = self.flows.get(stream_id)
+            if flow is not None:
+                self._flow_frame(flow, frame_type, payload)
+            else:
+                self._unknown_stream(stream_id, frame_type)
             return
+        if frame_type == FrameType.DATAGRAM:
+            raise ProtocolError(f"DATAGRAM frame for stream {stream_id}, which is a byte stream")
         if frame_type == FrameType.WINDOW:
             (increment,) = WINDOW_INCREMENT.unpack(payload.rjust(4, b"\0"))
             stream.window_received(increment)
@@ -560,6 +672,14 @@ class MuxProtocol(Protocol):
             stream.fin_received_from_peer()
         elif frame_type == FrameType.CLOSE:
             stream.close_received(payload.decode("utf-8", "replace") or "closed by peer")
+
+    def _flow_frame(self, flow: Flow, frame_type: int, payload: bytes) -> None:
+        if frame_type == FrameType.DATAGRAM:
+            flow.datagram_received(payload)
+        elif frame_type == FrameType.CLOSE:
+            flow.close_received(payload.decode("utf-8", "replace") or "closed by peer")
+        else:
+            raise ProtocolError(f"{FrameType(frame_type).name} frame for datagram flow {flow.id}")
 
     def _unknown_stream(self, stream_id: int, frame_type: int) -> None:
         if not self.authenticated:
@@ -577,6 +697,14 @@ class MuxProtocol(Protocol):
             raise ProtocolError(f"invalid OPEN for stream {stream_id}")
         self._highest_peer_stream = stream_id
         header = decode_json(payload)
+        if header.get("mode") == "datagram":
+            flow = Flow(self, stream_id, str(header.get("tunnel", ""))[:256], str(header.get("peer", "?"))[:64])
+            if len(self.flows) >= MAX_FLOWS:
+                self._write_answer(encode_close(stream_id, "too many datagram flows"))
+                return
+            self.flows[stream_id] = flow
+            self.flow_opened(flow)
+            return
         stream = Stream(self, stream_id, str(header.get("tunnel", "")), str(header.get("peer", "?")))
         if len(self.streams) >= self.max_streams:
             self._write_answer(encode_close(stream_id, "too many open streams"))
@@ -602,6 +730,17 @@ class MuxProtocol(Protocol):
         self._add_stream(stream)
         self.transport.write(encode_json(FrameType.OPEN, stream_id, {"tunnel": tunnel, "peer": peer}))
         return stream
+
+    def open_flow(self, tunnel: str, peer: str) -> Optional[Flow]:
+        """Open a datagram flow towards the peer for one visitor, or None if none can be opened now."""
+        if self.disconnecting or self._next_stream_id > _MAX_STREAM_ID or len(self.flows) >= MAX_FLOWS:
+            return None
+        flow_id = self._next_stream_id
+        self._next_stream_id += 2
+        flow = Flow(self, flow_id, tunnel, peer)
+        self.flows[flow_id] = flow
+        self.transport.write(encode_json(FrameType.OPEN, flow_id, {"tunnel": tunnel, "peer": peer, "mode": "datagram"}))
+        return flow
 
     def stream_refusal(self, tunnel: str) -> Optional[str]:
         """Why no stream for ``tunnel`` can open now (a clause for a log line), or None if one can."""
@@ -674,6 +813,10 @@ class MuxProtocol(Protocol):
 
     def stream_opened(self, stream: Stream) -> None:
         raise NotImplementedError
+
+    def flow_opened(self, flow: Flow) -> None:
+        """The peer opened a datagram flow (client side); by default it is refused."""
+        flow.close("datagram flows are not supported here")
 
     def pong_received(self, payload: bytes) -> None:
         pass

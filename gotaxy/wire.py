@@ -26,6 +26,18 @@ payloads are not buffered at all: ``FrameDecoder`` hands every piece of a
 DATA frame to ``on_data`` as soon as it arrives, which keeps the relay path
 free of copies and the memory bound independent of frame size.
 
+**Datagram flows** (UDP tunnels): an OPEN whose JSON has ``"mode":
+"datagram"`` opens a *flow* instead of a byte stream: one visitor's
+association.  Each DATAGRAM frame on it carries exactly one datagram, whole
+(the frame is buffered until complete, like CONTROL, and handed over as
+one), so datagrams are never merged or split.  A flow has no window, FIN or
+WINDOW frames: a sender whose connection is backed up drops the datagram
+instead (UDP's contract), so datagrams never hold up a stream.  CLOSE ends
+a flow from either side.  The frame type is additive within version 2: it
+is only ever sent on a flow of a ``udp`` tunnel, and a peer without the
+``udp`` type refuses such a tunnel by name ("tunnel type 'udp' is not
+supported by this version") before any flow exists.
+
 ``docs/protocol.md`` is the user-facing description of the same format; keep
 the two in step.
 """
@@ -56,12 +68,15 @@ class FrameType(enum.IntEnum):
     CLOSE = 6  #: the sender is done with the stream; payload: UTF-8 reason
     PING = 7  #: payload 8 opaque bytes, echoed in PONG
     PONG = 8
+    DATAGRAM = 9  #: one whole datagram of a datagram flow (OPEN with "mode": "datagram"); no window
 
 
 #: Largest payload accepted per frame type; anything larger is a protocol
 #: error that ends the connection.
 MAX_DATA = 65536
 MAX_CONTROL = 16384
+#: The largest UDP payload there is (65,535 less the IP and UDP headers, rounded up).
+MAX_DATAGRAM = 65535
 MAX_PAYLOAD: Dict[int, int] = {
     FrameType.CONTROL: MAX_CONTROL,
     FrameType.OPEN: 1024,
@@ -71,6 +86,7 @@ MAX_PAYLOAD: Dict[int, int] = {
     FrameType.CLOSE: 1024,
     FrameType.PING: 8,
     FrameType.PONG: 8,
+    FrameType.DATAGRAM: MAX_DATAGRAM,
 }
 
 #: Bytes each side may send on a new stream before it hears a WINDOW frame.

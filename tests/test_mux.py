@@ -997,3 +997,129 @@ def test_answers_beyond_the_output_limit_drop_the_peer() -> None:
     assert MAX_BUFFERED_OUTPUT < len(transport.value()) <= MAX_BUFFERED_OUTPUT + 8100
     server.send_control(message)  # nothing more is written
     assert len(transport.value()) <= MAX_BUFFERED_OUTPUT + 8100
+
+
+# -- datagram flows ------------------------------------------------------------
+
+
+class FlowClientMux(ClientMux):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flows_opened: List[Any] = []
+
+    def flow_opened(self, flow: Any) -> None:
+        self.flows_opened.append(flow)
+
+
+class FlowPair(Pair):
+    def __init__(self) -> None:
+        self.server = ServerMux()
+        self.client = FlowClientMux()
+        self.server.makeConnection(StringTransport())
+        self.client.makeConnection(StringTransport())
+        self.client.send_preamble()
+        self.deliver_to_server()
+        self.server.authenticated = self.client.authenticated = True
+
+    def open_flow(self) -> Tuple[Any, Any, List[bytes], List[bytes]]:
+        s = self.server.open_flow("dns", "203.0.113.9:5353")
+        assert s is not None
+        self.deliver_to_client()
+        c = self.client.flows_opened[-1]
+        assert (c.id, c.tunnel, c.peer) == (s.id, "dns", "203.0.113.9:5353")
+        to_server: List[bytes] = []
+        to_client: List[bytes] = []
+        s.receiver, c.receiver = to_server.append, to_client.append
+        return s, c, to_server, to_client
+
+
+def test_datagrams_cross_whole_one_per_frame_both_ways() -> None:
+    pair = FlowPair()
+    s, c, to_server, to_client = pair.open_flow()
+    sizes = [0, 1, 1200, 1500, 65535]
+    for n in sizes:
+        assert s.send(bytes([n % 256]) * n)
+    assert [(t, i) for t, i, _ in frames(pair.server.transport.value())] == [(FrameType.DATAGRAM, s.id)] * len(sizes)
+    pair.deliver_to_client()
+    assert to_client == [bytes([n % 256]) * n for n in sizes]  # never merged, never split
+    assert c.send(b"answer") and c.send(b"second")
+    pair.deliver_to_server()
+    assert to_server == [b"answer", b"second"]
+    assert (s.datagrams_out, s.bytes_out, s.datagrams_in, s.bytes_in) == (5, sum(sizes), 2, 12)
+    assert not c.send(b"x" * 65536)  # larger than any datagram: not sent
+    # Flows are not streams: none of the stream limits or windows apply.
+    assert pair.server.streams == {} and pair.client.streams == {}
+
+
+def test_a_backed_up_connection_drops_datagrams_instead_of_queueing_them() -> None:
+    pair = FlowPair()
+    s, c, _, to_client = pair.open_flow()
+    pair.server.pauseProducing()  # the TLS transport's buffer is full
+    assert not s.send(b"dropped")
+    pair.server.resumeProducing()
+    assert s.send(b"sent")
+
+    class Backlog:
+        """A send buffer already holding more than DATAGRAM_BACKLOG (the TCP transport's dataBuffer)."""
+
+        def __init__(self, waiting: int) -> None:
+            self.dataBuffer, self.offset, self._tempDataLen = b"x" * waiting, 0, 0
+
+    from gotaxy.mux import DATAGRAM_BACKLOG
+
+    pair.server.transport.transport = Backlog(DATAGRAM_BACKLOG + 1)
+    assert not s.send(b"dropped too")
+    pair.server.transport.transport = Backlog(DATAGRAM_BACKLOG)
+    assert s.send(b"sent too")
+    pair.deliver_to_client()
+    assert to_client == [b"sent", b"sent too"]
+
+
+def test_close_ends_a_flow_on_both_sides_and_late_datagrams_are_dropped() -> None:
+    pair = FlowPair()
+    s, c, to_server, to_client = pair.open_flow()
+    ended: List[str] = []
+    s.on_close = ended.append
+    c.close("idle")
+    assert c.closed and not c.send(b"late")
+    assert s.send(b"crosses the close")  # in flight while the CLOSE travels
+    pair.pump()
+    assert ended == ["idle"] and s.closed and pair.server.flows == {} and pair.client.flows == {}
+    assert to_client == [] and not pair.client.transport.disconnecting  # the late datagram was dropped quietly
+
+
+def test_a_lost_connection_ends_every_flow() -> None:
+    pair = FlowPair()
+    s, c, _, _ = pair.open_flow()
+    reasons: List[str] = []
+    c.on_close = reasons.append
+    pair.client.connectionLost(Failure(ConnectionLost("gone")))
+    assert c.closed and reasons and reasons[0].startswith("tunnel connection lost")
+
+
+@pytest.mark.parametrize("frame_type", [FrameType.DATA, FrameType.WINDOW, FrameType.FIN])
+def test_stream_frames_on_a_flow_are_a_protocol_error(frame_type: FrameType) -> None:
+    pair = FlowPair()
+    s, _, _, _ = pair.open_flow()
+    payload = WINDOW_INCREMENT.pack(1) if frame_type == FrameType.WINDOW else b"x" if frame_type == FrameType.DATA else b""
+    pair.server.transport.write(encode_frame(frame_type, s.id, payload))
+    pair.deliver_to_client()
+    assert pair.client.transport.disconnecting
+    assert "datagram flow" in (last_error(pair.client.transport) or "")
+
+
+def test_a_datagram_on_a_byte_stream_is_a_protocol_error() -> None:
+    pair = Pair()
+    s, _, _, _ = pair.open()
+    pair.server.transport.write(encode_frame(FrameType.DATAGRAM, s.id, b"x"))
+    pair.deliver_to_client()
+    assert "DATAGRAM frame for stream" in (last_error(pair.client.transport) or "")
+
+
+def test_a_side_that_takes_no_flows_refuses_them() -> None:
+    pair = Pair()  # its client has no flow_opened of its own
+    flow = pair.server.open_flow("dns", "203.0.113.9:1")
+    ended: List[str] = []
+    flow.on_close = ended.append
+    pair.pump()
+    assert ended == ["datagram flows are not supported here"]

@@ -73,6 +73,7 @@ SAMPLE_PAYLOADS = {
     FrameType.CLOSE: (2, "done \u2713".encode("utf-8")),
     FrameType.PING: (0, b"\x01\x02\x03\x04\x05\x06\x07\x08"),
     FrameType.PONG: (0, b"\x08\x07\x06\x05\x04\x03\x02\x01"),
+    FrameType.DATAGRAM: (6, b"\x00one datagram, whole\xff"),
 }
 
 
@@ -106,6 +107,19 @@ def test_every_frame_type_round_trips(frame_type: FrameType) -> None:
     events = decode(encode_frame(frame_type, stream_id, payload))
     kind = "data" if frame_type == FrameType.DATA else "frame"
     assert events == [(kind, frame_type, stream_id, payload)]
+
+
+def test_a_datagram_arrives_as_one_frame_however_the_bytes_are_split() -> None:
+    datagram = bytes(range(256)) * 5 + b"end"
+    wire = encode_frame(FrameType.DATAGRAM, 6, datagram) + encode_frame(FrameType.DATAGRAM, 6, b"")
+    for cut in (1, 9, 10, 700, len(wire) - 1):
+        events: list = []
+        decoder = FrameDecoder(lambda t, s, p: events.append((t, s, p)), lambda s, c: events.append(("data", s, c)))
+        decoder.feed(wire[:cut])
+        decoder.feed(wire[cut:])
+        assert events == [(FrameType.DATAGRAM, 6, datagram), (FrameType.DATAGRAM, 6, b"")]  # never split, never merged
+    with pytest.raises(ProtocolError, match="DATAGRAM frame of 65536 bytes exceeds the limit of 65535"):
+        FrameDecoder(lambda *a: None, lambda *a: None).feed(HEADER.pack(FrameType.DATAGRAM, 6, 65536))
 
 
 def test_control_and_json_helpers_round_trip() -> None:
@@ -245,7 +259,7 @@ def test_largest_allowed_payloads_are_accepted() -> None:
         assert b"".join(e[3] for e in events) == payload
 
 
-@pytest.mark.parametrize("frame_type", [0, 9, 255])
+@pytest.mark.parametrize("frame_type", [0, 10, 255])
 def test_unknown_frame_type_is_a_protocol_error(frame_type: int) -> None:
     with pytest.raises(ProtocolError, match="unknown frame type"):
         Recorder().decoder.feed(HEADER.pack(frame_type, 0, 0))
