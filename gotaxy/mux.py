@@ -481,6 +481,8 @@ class MuxProtocol(Protocol):
         self.streams: Dict[int, Stream] = {}
         #: datagram flows (UDP tunnels' visitors), by id
         self.flows: Dict[int, Flow] = {}
+        #: what a proxy type keeps per connection, under its own name (udp: its associations)
+        self.proxy_state: Dict[str, Any] = {}
         self.decoder = FrameDecoder(self._frame_received, self._data_received)
         self.paused = False
         self.authenticated = False

@@ -258,7 +258,6 @@ class TestFrpExampleFiles:
             "log.disablePrintColor",
             "detailedErrorsToClient",
             "auth.oidc",
-            "udpPacketSize",
             "natholeAnalysisDataReserveHours",
             "httpPlugins",
         ]
@@ -278,6 +277,7 @@ class TestFrpExampleFiles:
                        health_check_type="tcp", health_check_timeout=3.0, health_check_max_failed=3,
                        health_check_interval=10.0),
             TunnelSpec(name="ssh_random", local_port=22, local_ip="192.168.31.100"),
+            TunnelSpec(name="dns", type="udp", local_port=53, local_ip="114.114.114.114", remote_port=6002),
             # An http proxy keeps every frp key of its type.
             TunnelSpec(name="web01", type="http", local_port=80, local_ip="127.0.0.1", http_user="admin",
                        http_password="admin", subdomain="web01", custom_domains=("web01.yourdomain.com",),
@@ -295,7 +295,7 @@ class TestFrpExampleFiles:
             "client.toml: 'healthCheck.httpHeaders' (in proxy 'web01') is an frp setting that Gotaxy does not "
             "support yet; ignored",
         ]
-        assert "proxy 'dns' has type \"udp\"" in warnings
+        assert "proxy 'dns'" not in warnings  # udp tunnels are read
         assert "proxy 'web01' has type" not in warnings
         assert "proxy 'secret_tcp' has type \"stcp\"" in warnings
         assert 'proxy \'plugin_unix_domain_socket\' uses the frp plugin "unix_domain_socket"' in (
@@ -364,7 +364,7 @@ class TestFrpOwnFiles:
     def test_frps_full_example(self) -> None:
         loaded = parse_server_config(load_toml(str(FRP_CONF / "frps_full_example.toml")))
         assert loaded.config.token == "12345678" and loaded.config.web.port == 7500
-        assert len(loaded.warnings) == 13  # vhostHTTPPort, vhostHTTPSPort and subDomainHost are read
+        assert len(loaded.warnings) == 12  # vhostHTTPPort, vhostHTTPSPort, subDomainHost and udpPacketSize are read
 
     def test_frpc_full_example(self) -> None:
         loaded = parse_client_config(load_toml(str(FRP_CONF / "frpc_full_example.toml")))
@@ -372,16 +372,17 @@ class TestFrpOwnFiles:
         assert [(t.name, t.remote_port, t.enabled) for t in config.tunnels] == [
             ("ssh", 6001, True),
             ("ssh_random", 0, True),
+            ("dns", 6002, True),
             ("web01", 0, True),
         ]
         warnings = "\n".join(loaded.warnings)
         for key in ("clientID", "visitors", "metadatas", "annotations"):
             assert f"'{key}'" in warnings
-        # 10 client keys and tables (webServer.addr, port, user and password are read), 15 skipped
+        # 10 client keys and tables (webServer.addr, port, user and password are read), 14 skipped
         # proxies, 8 keys of proxy 'ssh' (its healthCheck is honoured), web01's HTTP health check
         # and its two keys.
-        assert len(loaded.warnings) == 10 + 15 + 8 + 3
-        assert warnings.count("skipped") == 15
+        assert len(loaded.warnings) == 10 + 14 + 8 + 3
+        assert warnings.count("skipped") == 14
 
     def test_every_key_frp_documents_is_known(self) -> None:
         loaded = server(uncommented("frps_full_example.toml"))
@@ -402,9 +403,9 @@ class TestFrpOwnFiles:
         config = loaded.config
         assert (config.heartbeat_interval, config.heartbeat_timeout) == (30, 90)
         assert config.trusted_ca_file == "ca.crt" and config.server_name == "example.com"
-        # start = ["ssh", "dns"]: of the tcp and http proxies only ssh is opened.
+        # start = ["ssh", "dns"]: of the tcp, udp and http proxies only ssh and dns are opened.
         assert [(t.name, t.enabled) for t in config.tunnels] == [
-            ("ssh", True), ("ssh_random", False), ("web01", False),
+            ("ssh", True), ("ssh_random", False), ("dns", True), ("web01", False),
         ]
 
     @pytest.mark.parametrize(
@@ -467,7 +468,7 @@ class TestEnabledAndStart:
             '[[proxies]]\nname = "dns"\ntype = "udp"\nlocalPort = 53'
         )
         assert [(t.name, t.enabled) for t in loaded.config.tunnels] == [
-            ("a", False), ("b", True), ("c", False),
+            ("a", False), ("b", True), ("c", False), ("dns", True),
         ]
         assert loaded.warnings[-1] == (
             "client.toml: 'start' does not list 'a'; defined but not opened "
@@ -1006,7 +1007,7 @@ class TestProxies:
             client, '[[proxies]]\nname = "ssh"\ntype = "quux"\nlocalPort = 22'
         )
 
-    @pytest.mark.parametrize("frp_type", ["udp", "https", "tcpmux", "stcp", "sudp", "xtcp"])
+    @pytest.mark.parametrize("frp_type", ["https", "tcpmux", "stcp", "sudp", "xtcp"])
     def test_other_frp_types_are_skipped_with_one_warning(self, frp_type: str) -> None:
         loaded = client(
             f'[[proxies]]\nname = "x"\ntype = "{frp_type}"\nlocalPort = 1\nsubdomain = "x"'
@@ -1014,7 +1015,7 @@ class TestProxies:
         assert loaded.config.tunnels == ()
         assert loaded.warnings == (
             f'client.toml: proxy \'x\' has type "{frp_type}", which Gotaxy does not support '
-            f'yet (only "tcp", "http"); skipped',
+            f'yet (only "tcp", "http", "udp"); skipped',
         )
 
     def test_unsupported_proxy_keys_warn_once_per_key(self) -> None:
@@ -1089,7 +1090,7 @@ class TestTunnelFlag:
             ("ssh=tcp", "expected NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT]"),
             ("=tcp:22", "the tunnel name must be 1 to 64 letters"),
             ("-x=tcp:22", "the tunnel name must be 1 to 64 letters"),
-            ("dns=udp:53", 'type "udp" is not supported yet; only tcp tunnels are'),
+            ("dns=stcp:53", 'type "stcp" is not supported yet; only "tcp", "http", "udp" tunnels are'),
             ("ssh=ftp:22", "expected NAME=tcp:"),
             (
                 "ssh=tcp:127.0.0.1:abc",

@@ -103,14 +103,13 @@ FRPS_FULL_WARNINGS = [
     "kcpBindPort", "transport.maxPoolCount", "transport.tls.force",
     "webServer.user", "webServer.password", "webServer.pprofEnable", "log.to",
     "log.disablePrintColor", "detailedErrorsToClient", "auth.oidc",
-    "udpPacketSize", "natholeAnalysisDataReserveHours", "httpPlugins",
+    "natholeAnalysisDataReserveHours", "httpPlugins",
 ]
 FRPC_FULL_WARNINGS = [
     "clientID", "log.to", "log.disablePrintColor", "webServer.pprofEnable", "transport.poolCount",
     "transport.protocol", "transport.connectServerLocalIP", "udpPacketSize", "metadatas",
     "visitors",
     # Proxies of types and plugins Gotaxy does not support yet: skipped, one line each.
-    "proxy dns",
     "web01",  # its healthCheck.type = "http" is a TCP connect for now
     "proxy web02", "proxy tcpmuxhttpconnect",
     "proxy plugin_unix_domain_socket", "proxy plugin_http_proxy", "proxy plugin_socks5",
@@ -257,7 +256,7 @@ def test_legacy_ini_files_get_a_clear_message(procs):
 
 FRPS_LEGACY_WARNINGS = [
     "kcpBindPort", "detailedErrorsToClient",
-    "udpPacketSize", "natholeAnalysisDataReserveHours", "webServer.user", "webServer.password",
+    "natholeAnalysisDataReserveHours", "webServer.user", "webServer.password",
     "webServer.pprofEnable", "log.to", "log.disablePrintColor", "auth.oidc",
     "transport.maxPoolCount", "transport.tls.force", "httpPlugins",
 ]
@@ -265,7 +264,6 @@ FRPC_LEGACY_WARNINGS = [
     "udpPacketSize", "log.to", "log.disablePrintColor", "webServer.pprofEnable", "transport.poolCount",
     "transport.protocol", "transport.connectServerLocalIP",
     "transport.tls.disableCustomTLSFirstByte", "metadatas", "visitors",
-    "proxy dns", *(f"proxy udp_port_{i}" for i in range(11)),
     "web01",  # its healthCheck.type = "http" is a TCP connect for now
     "proxy web02",
     "proxy plugin_unix_domain_socket", "proxy plugin_http_proxy", "proxy plugin_socks5",

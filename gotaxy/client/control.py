@@ -64,7 +64,7 @@ from gotaxy.config import ClientConfig, TunnelSpec
 from gotaxy.client.health import LocalHealthCheck
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import Throttle, gotaxy_observer
-from gotaxy.mux import MuxProtocol, Stream
+from gotaxy.mux import Flow, MuxProtocol, Stream
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion
 from gotaxy.names import InvalidName, check_name
 from gotaxy.proxy import AddressError, ProxySpec, PublicAddress, SpecError, parse_spec, type_of
@@ -342,7 +342,7 @@ class ClientControlProtocol(MuxProtocol):
                 # Lets this installation replace its own stale session (gotaxy.client.identity).
                 "instance": self.factory.instance_id,
                 # Optional server messages this client understands.
-                "features": ["connections_refused"],
+                "features": ["connections_refused", "datagrams"],
             }
         )
 
@@ -658,7 +658,17 @@ class ClientControlProtocol(MuxProtocol):
         proxy = self.proxies[stream.tunnel]
         type_of(proxy).connect(self.reactor, proxy, stream, functools.partial(self._local_failed, stream=stream, spec=spec))
 
-    def _local_failed(self, failure: Failure, stream: Stream, spec: TunnelSpec) -> None:
+    def flow_opened(self, flow: Flow) -> None:
+        """A visitor of a udp tunnel: its type gives it an association to the local service."""
+        spec = self.tunnels.get(flow.tunnel)
+        if spec is None or not spec.enabled:
+            flow.close(f"{CLOSE_ERROR_PREFIX}the client has no open tunnel named {flow.tunnel!r}")
+            return
+        proxy = self.proxies[flow.tunnel]
+        type_of(proxy).connect_flow(self.reactor, proxy, flow, functools.partial(self._local_failed, stream=flow,
+                                                                                 spec=spec))
+
+    def _local_failed(self, failure: Failure, stream: Any, spec: TunnelSpec) -> None:
         local = self.proxies[spec.name].local_description if spec.name in self.proxies else "?"
         if is_fd_exhaustion(failure.value):
             # Not the local service's fault: this process has no descriptor
@@ -676,7 +686,10 @@ class ClientControlProtocol(MuxProtocol):
         else:
             reason = f"cannot reach local service {local}: {failure.getErrorMessage()}"
             self.log.warn("tunnel {name}: {reason}", name=spec.name, reason=reason)
-        stream.local_closed(CLOSE_ERROR_PREFIX + reason)
+        if isinstance(stream, Flow):
+            stream.close(CLOSE_ERROR_PREFIX + reason)
+        else:
+            stream.local_closed(CLOSE_ERROR_PREFIX + reason)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._connection_lost = True

@@ -33,6 +33,7 @@ from gotaxy.config.values import (
     SECONDS,
     SERVICE_PORT,
     supported_type,
+    supported_types_text,
     TEXT,
     TUNNEL_TYPE,
     _FLAG_PORT,
@@ -226,7 +227,7 @@ def parse_tunnel_flag(text: str) -> TunnelSpec:
         raise problem(f"the tunnel name must be {NAME.expected}")
     if not supported_type(kind):
         if kind in FRP_PROXY_TYPES:
-            raise problem(f'type "{kind}" is not supported yet; only tcp tunnels are')
+            raise problem(f'type "{kind}" is not supported yet; only {supported_types_text()} tunnels are')
         raise problem(usage)
 
     if address.startswith("["):

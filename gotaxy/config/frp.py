@@ -29,7 +29,7 @@ FRPS_KEYS = frozenset({
     "log.to", "log.level", "log.maxDays", "log.disablePrintColor",
     "detailedErrorsToClient", "auth.method", "auth.additionalScopes", "auth.token",
     "userConnTimeout", "allowPorts", "maxPortsPerClient", "allowedClientIPs",
-    "subDomainHost", "custom404Page", "udpPacketSize", "natholeAnalysisDataReserveHours",
+    "subDomainHost", "custom404Page", "natholeAnalysisDataReserveHours",
 })
 # Map-valued settings and arrays of tables: one warning for the whole thing.
 FRPS_TABLES = frozenset({"auth.tokenSource", "auth.oidc", "sshTunnelGateway", "httpPlugins"})

@@ -91,6 +91,8 @@ class LimitsSettings:
     max_ports_per_client: int = _setting(0, LIMIT, "maxPortsPerClient", "--max-ports-per-client")
     max_connections_per_client: int = _setting(MAX_STREAMS, CONNECTIONS, "maxConnectionsPerClient")
     tunnel_idle_timeout: float = _setting(600.0, IDLE_TIMEOUT, "tunnelIdleTimeout")
+    #: frp's: the largest datagram a udp tunnel carries, either way; larger ones are dropped and counted.
+    udp_packet_size: int = _setting(1500, PORT, "udpPacketSize")
 
 
 @attrs.frozen

@@ -400,6 +400,11 @@ PORT_RANGES = _Form(
     "with ports from 1 to 65535 and no range starting above its end",
     _port_ranges,
 )
+def supported_types_text() -> str:
+    """The registered types for a sentence: ``"tcp", "http", "udp"``."""
+    return ", ".join(f'"{name}"' for name in proxy_registry.names())
+
+
 def _tunnel_type(value: Any) -> Any:
     if not supported_type(value):
         raise _Mismatch(value)

@@ -24,9 +24,11 @@ __all__ = [
 def _register_builtin() -> None:
     from gotaxy.proxy.http import HTTP
     from gotaxy.proxy.tcp import TCP
+    from gotaxy.proxy.udp import UDP
 
     register(TCP)
     register(HTTP)
+    register(UDP)
 
 
 _register_builtin()

@@ -22,7 +22,9 @@ the type's details:
   ``context.claims`` and starts serving it; returns an ``Exposure`` with
   what was claimed and how to stop serving it;
 * its **client side** (``ProxyType.connect``): how one stream reaches the
-  local service (TCP: a connection to ``localIP:localPort``).
+  local service (TCP: a connection to ``localIP:localPort``); a type that
+  carries datagrams (udp) serves datagram flows in ``connect_flow``
+  instead, and its ``expose`` opens them (``MuxProtocol.open_flow``).
 
 Claims go through the ``Claims`` object the core passes in, so that the
 rules for who may hold an address live in one place (the claims table).
@@ -41,7 +43,7 @@ from twisted.python.failure import Failure
 from gotaxy.proxy.address import PublicAddress
 
 if TYPE_CHECKING:
-    from gotaxy.mux import Stream
+    from gotaxy.mux import Flow, Stream
     from gotaxy.server.tunnel import LiveTunnel
 
 
@@ -203,3 +205,7 @@ class ProxyType(abc.ABC):
     def connect(self, reactor: Any, spec: ProxySpec, stream: "Stream",
                 failed: Callable[[Failure], None]) -> None:
         """Client side: connect ``stream`` to the local service; call ``failed`` if that fails."""
+
+    def connect_flow(self, reactor: Any, spec: ProxySpec, flow: "Flow", failed: Callable[[Failure], None]) -> None:
+        """Client side, for a type that carries datagrams: serve one visitor's ``flow`` (udp); others refuse."""
+        flow.close(f"error: a {self.name} tunnel carries byte streams, not datagrams")

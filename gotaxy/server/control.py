@@ -49,6 +49,8 @@ REFUSAL_LOG_INTERVAL = 60.0
 
 #: Optional control messages a client may announce in its login's "features".
 CONNECTIONS_REFUSED = "connections_refused"
+#: The client takes datagram flows (OPEN with "mode": "datagram"; udp tunnels).
+DATAGRAMS = "datagrams"
 
 #: Optional messages from the client this server understands, announced in
 #: login_ok's "features": ``tunnel_retry`` (when a refused tunnel is asked
@@ -64,7 +66,7 @@ def announced_features(message: Dict[str, Any]) -> Set[str]:
     features = message.get("features")
     if not isinstance(features, list):
         return set()
-    return {f for f in features[:16] if f == CONNECTIONS_REFUSED}
+    return {f for f in features[:16] if f in (CONNECTIONS_REFUSED, DATAGRAMS)}
 
 
 def tunnel_add_message(name: str, spec: ProxySpec) -> Dict[str, Any]:

@@ -80,6 +80,8 @@ class TrafficMeter:
     rate_out: float = 0.0
     #: streams of the connections open now
     streams: Set[Any] = attrs.Factory(set)
+    #: a udp tunnel's datagram counters (``gotaxy.proxy.udp.DatagramCounts``), or None
+    datagrams: Optional[Any] = None
     _ended_in: int = 0  #: bytes of connections that have ended
     _ended_out: int = 0
     _sampled: Tuple[int, int] = (0, 0)

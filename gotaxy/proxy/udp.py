@@ -1,0 +1,504 @@
+# -*- test-case-name: tests.test_proxy_udp -*-
+"""
+``type = "udp"``: one public UDP port per tunnel; each visitor (public source
+address and port) is one *association*, a datagram flow on the client's
+connection (``gotaxy.mux.Flow``) and, on the client, one UDP socket of its
+own connected to ``localIP:localPort``, so the local service's replies go
+back to the visitor that asked and many visitors talk at once.
+
+frp's keys and meanings: ``localIP`` (default 127.0.0.1), ``localPort``,
+``remotePort`` (0: the server picks from ``allowPorts`` and the tunnel
+keeps it).  The public UDP port is a claim of its own (``udp-port`` in the
+claims table): a TCP and a UDP tunnel may both have port 5353.  Two keys of
+Gotaxy's own bound what visitors can take:
+
+* ``idleTimeout`` (seconds, default 60): an association that carried no
+  datagram either way for that long ends, on both sides (whichever side's
+  sweep sees it first sends CLOSE);
+* ``maxAssociations`` (default 1024): at most that many at once per
+  tunnel; a new visitor beyond it evicts the one idle longest, on both
+  sides, so a flood of spoofed sources costs a bounded number of sockets.
+
+Datagrams are kept whole: one datagram is one DATAGRAM frame and one
+``sendto``.  The server's ``udpPacketSize`` (frp's, default 1500) is the
+largest datagram carried, in both directions; a larger one is dropped and
+counted (never truncated: the socket is read with one byte more than the
+limit, so an oversized datagram is seen as such).  When the client's
+connection is backed up a datagram is dropped and counted (``Flow.send``),
+never queued, so TCP streams of the same client keep their throughput.
+
+Counters per tunnel (``DatagramCounts``, on the tunnel's traffic meter, so
+they outlive restarts): datagrams in and out, drops by reason (too large,
+queue full, no association slot); bytes go through the meter as a stream's
+do, and each association counts as a connection (opened, open now).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
+
+import attrs
+from twisted.internet.error import CannotListenError, MessageLengthError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gotaxy.logs import gotaxy_observer
+from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion
+from gotaxy.proxy.address import PublicAddress
+from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
+from gotaxy.proxy.fields import (
+    LOCAL_IP, LOCAL_PORT, REMOTE_PORT, SpecField, check_local_ip, check_port, host_port, is_ip, parse_keys,
+)
+
+#: Defaults and bounds of the association settings.
+DEFAULT_IDLE_TIMEOUT = 60
+MAX_IDLE_TIMEOUT = 86400
+DEFAULT_MAX_ASSOCIATIONS = 1024
+MAX_ASSOCIATIONS = 65536
+
+#: frp's default ``udpPacketSize``.
+DEFAULT_PACKET_SIZE = 1500
+
+#: Ports tried for ``remotePort = 0`` when the operating system picks one another tunnel holds.
+MAX_PICK_ATTEMPTS = 8
+
+#: Datagrams a client-side association keeps while it resolves a host-name ``localIP``.
+MAX_PENDING = 8
+
+
+def _positive(key: str, high: int) -> Callable[[Any, Any, Any], None]:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if type(value) is not int or not 1 <= value <= high:
+            raise SpecError(f"'{key}' must be an integer from 1 to {high}")
+
+    return check
+
+
+@attrs.frozen
+class UdpSpec(ProxySpec):
+    """A ``type = "udp"`` tunnel: frp's ``localIP``, ``localPort``, ``remotePort``, and the association bounds."""
+
+    type: ClassVar[str] = "udp"
+
+    local_port: int = attrs.field(validator=check_port("localPort", 1))
+    local_ip: str = attrs.field(default="127.0.0.1", validator=check_local_ip)
+    remote_port: int = attrs.field(default=0, validator=check_port("remotePort", 0, " (0 lets the server pick)"))
+    idle_timeout: int = attrs.field(default=DEFAULT_IDLE_TIMEOUT,
+                                    validator=_positive("idleTimeout", MAX_IDLE_TIMEOUT))
+    max_associations: int = attrs.field(default=DEFAULT_MAX_ASSOCIATIONS,
+                                        validator=_positive("maxAssociations", MAX_ASSOCIATIONS))
+
+    def to_keys(self) -> Dict[str, Any]:
+        return {"type": "udp", "localIP": self.local_ip, "localPort": self.local_port, "remotePort": self.remote_port,
+                "idleTimeout": self.idle_timeout, "maxAssociations": self.max_associations}
+
+    @property
+    def local_description(self) -> str:
+        return host_port(self.local_ip, self.local_port)
+
+    @property
+    def requested(self) -> Optional[PublicAddress]:
+        return PublicAddress("udp", self.remote_port) if self.remote_port else None
+
+    @property
+    def local_endpoint(self) -> Optional[Tuple[str, int]]:
+        return (self.local_ip, self.local_port)
+
+
+_ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port",
+               "idleTimeout": "idle_timeout", "maxAssociations": "max_associations"}
+
+IDLE_TIMEOUT = SpecField("idleTimeout", "integer", "seconds without a datagram either way after which a visitor's "
+                         "association ends", default=DEFAULT_IDLE_TIMEOUT, minimum=1, maximum=MAX_IDLE_TIMEOUT)
+MAX_ASSOCIATIONS_FIELD = SpecField("maxAssociations", "integer", "visitors at once; a new one beyond it evicts the "
+                                   "one idle longest", default=DEFAULT_MAX_ASSOCIATIONS, minimum=1,
+                                   maximum=MAX_ASSOCIATIONS)
+
+
+@attrs.define
+class DatagramCounts:
+    """A udp tunnel's datagram counters (bytes are in its traffic meter)."""
+
+    datagrams_in: int = 0  #: from visitors, sent to the client
+    datagrams_out: int = 0  #: from the client, sent to visitors
+    too_large: int = 0  #: dropped: larger than udpPacketSize (either way)
+    queue_full: int = 0  #: dropped: the client's connection or the public socket was backed up
+    no_slot: int = 0  #: dropped: no association could be opened for a new visitor
+
+    def as_dict(self) -> Dict[str, int]:
+        return attrs.asdict(self)
+
+
+def counts_of(meter: Any) -> DatagramCounts:
+    """The datagram counters kept on ``meter`` (made the first time)."""
+    counts = getattr(meter, "datagrams", None)
+    if counts is None:
+        counts = meter.datagrams = DatagramCounts()
+    return counts  # type: ignore[no-any-return]
+
+
+# -- the server's side ---------------------------------------------------------------
+
+
+class Visitor:
+    """One public source address's association on the server: its flow, and when it last carried a datagram."""
+
+    __slots__ = ("front", "address", "flow", "seen")
+
+    def __init__(self, front: "UdpFront", address: Any, flow: Any, seen: float) -> None:
+        self.front = front
+        self.address = address
+        self.flow = flow
+        self.seen = seen
+
+    def close_idle(self) -> bool:
+        """The core's ``tunnelIdleTimeout`` sweep: end it like our own idle sweep does."""
+        if self.flow.closed:
+            return False
+        self.front.end(self, "idle")
+        return True
+
+
+class UdpFront(DatagramProtocol):
+    """A udp tunnel's public port: visitors by source address, each with its flow to the client."""
+
+    noisy = False
+    log = Logger(observer=gotaxy_observer)
+
+    def __init__(self, tunnel: Any, reactor: Any, max_size: int) -> None:
+        self.tunnel = tunnel
+        self.reactor = reactor
+        self.spec: UdpSpec = tunnel.spec
+        self.max_size = max_size
+        self.counts = counts_of(tunnel.meter)
+        #: source address -> Visitor, the one idle longest first
+        self.visitors: "collections.OrderedDict[Any, Visitor]" = collections.OrderedDict()
+        self._sweep: Any = None
+        self.stopped = False
+
+    # -- visitors -> client
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:
+        if len(data) > self.max_size:
+            self.counts.too_large += 1
+            return
+        visitor = self.visitors.get(address)
+        if visitor is None:
+            visitor = self._open(address)
+            if visitor is None:
+                self.counts.no_slot += 1
+                return
+        else:
+            self.visitors.move_to_end(address)
+        visitor.seen = self.reactor.seconds()
+        if visitor.flow.send(data):
+            self.counts.datagrams_in += 1
+        else:
+            self.counts.queue_full += 1
+
+    def _open(self, address: Any) -> Optional[Visitor]:
+        if self.stopped:
+            return None
+        if len(self.visitors) >= self.spec.max_associations:
+            _, oldest = next(iter(self.visitors.items()))
+            self.end(oldest, "evicted: the tunnel is at its maxAssociations")
+        flow = self.tunnel.session.open_flow(self.tunnel.name, host_port(str(address[0]), int(address[1])))
+        if flow is None:
+            return None
+        visitor = Visitor(self, address, flow, self.reactor.seconds())
+        flow.receiver = lambda datagram: self._reply(visitor, datagram)
+        flow.on_close = lambda reason: self._ended(visitor)
+        self.visitors[address] = visitor
+        self.tunnel.meter.open(flow)
+        self.tunnel.streams[flow] = visitor
+        self._schedule_sweep()
+        return visitor
+
+    # -- client -> visitors
+
+    def _reply(self, visitor: Visitor, datagram: bytes) -> None:
+        if len(datagram) > self.max_size:
+            self.counts.too_large += 1
+            return
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            transport.write(datagram, visitor.address)
+        except (OSError, MessageLengthError):  # the socket's send buffer is full, or the network refuses
+            self.counts.queue_full += 1
+            return
+        self.counts.datagrams_out += 1
+        visitor.seen = self.reactor.seconds()
+        if visitor.address in self.visitors:
+            self.visitors.move_to_end(visitor.address)
+
+    # -- ending associations
+
+    def end(self, visitor: Visitor, reason: str) -> None:
+        """End one association (idle, evicted): tell the client, forget it."""
+        visitor.flow.close(reason)
+        self._ended(visitor)
+
+    def _ended(self, visitor: Visitor) -> None:
+        if self.visitors.get(visitor.address) is visitor:
+            del self.visitors[visitor.address]
+        self.tunnel.streams.pop(visitor.flow, None)
+        self.tunnel._activity.pop(visitor.flow, None)
+        self.tunnel.meter.close(visitor.flow)
+        if not self.visitors and self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+            self._sweep = None
+
+    def _schedule_sweep(self) -> None:
+        if self._sweep is None and not self.stopped:
+            self._sweep = self.reactor.callLater(max(1.0, self.spec.idle_timeout / 4), self.sweep)
+
+    def sweep(self) -> None:
+        """End the associations idle for ``idleTimeout`` or more (the idle-longest come first)."""
+        self._sweep = None
+        limit = self.reactor.seconds() - self.spec.idle_timeout
+        while self.visitors:
+            visitor = next(iter(self.visitors.values()))
+            if visitor.seen > limit:
+                break
+            self.end(visitor, "idle")
+        if self.visitors:
+            self._schedule_sweep()
+
+    def stop(self) -> Any:
+        """Stop serving: the port closes and every association ends."""
+        self.stopped = True
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        for visitor in list(self.visitors.values()):
+            self.end(visitor, "the tunnel closed")
+        return self.transport.stopListening() if self.transport is not None else None
+
+
+# -- the client's side ------------------------------------------------------------------
+
+
+class LocalAssociation(DatagramProtocol):
+    """One visitor's socket on the client, connected to the local service."""
+
+    noisy = False
+
+    def __init__(self, table: "Associations", flow: Any) -> None:
+        self.table = table
+        self.flow = flow
+        self.seen = table.reactor.seconds()
+        self.pending: Optional[List[bytes]] = []  # until connected (a host-name localIP resolves first)
+        self.port: Any = None
+
+    def connect_to(self, ip: str, port: int) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        transport.connect(ip, port)
+        pending, self.pending = self.pending or [], None
+        for datagram in pending:
+            self.send_local(datagram)
+
+    def send_local(self, datagram: bytes) -> None:
+        """A datagram from the visitor, to the local service."""
+        self.seen = self.table.reactor.seconds()
+        self.table.touch(self)
+        if self.pending is not None:
+            if len(self.pending) < MAX_PENDING:
+                self.pending.append(datagram)
+            return
+        try:
+            self.transport.write(datagram)
+        except (OSError, MessageLengthError):
+            self.table.dropped += 1
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:
+        self.seen = self.table.reactor.seconds()
+        self.table.touch(self)
+        if not self.flow.send(data):
+            self.table.dropped += 1
+
+    def connectionRefused(self) -> None:
+        # ICMP port unreachable from the local service: UDP's way to say
+        # nothing listens.  The visitor hears nothing, as without a tunnel.
+        pass
+
+    def close(self) -> None:
+        if self.port is not None:
+            port, self.port = self.port, None
+            port.stopListening()
+
+
+class Associations:
+    """A udp tunnel's associations on one client connection: at most ``maxAssociations``, ended when idle."""
+
+    def __init__(self, reactor: Any, spec: UdpSpec) -> None:
+        self.reactor = reactor
+        self.spec = spec
+        #: flow id -> association, the one idle longest first
+        self.live: "collections.OrderedDict[int, LocalAssociation]" = collections.OrderedDict()
+        self.dropped = 0  #: datagrams dropped on this side (socket or connection full)
+        self._sweep: Any = None
+
+    @classmethod
+    def of(cls, mux: Any, spec: UdpSpec, reactor: Any) -> "Associations":
+        tables = mux.proxy_state.setdefault("udp", {})
+        table = tables.get(spec)
+        if table is None:
+            table = tables[spec] = cls(reactor, spec)
+        return table  # type: ignore[no-any-return]
+
+    def touch(self, association: LocalAssociation) -> None:
+        if association.flow.id in self.live:
+            self.live.move_to_end(association.flow.id)
+
+    def open(self, flow: Any, failed: Callable[[Failure], None]) -> None:
+        spec = self.spec
+        while len(self.live) >= spec.max_associations:
+            _, oldest = self.live.popitem(last=False)
+            oldest.flow.close("evicted: the tunnel is at its maxAssociations")
+            oldest.close()
+        association = LocalAssociation(self, flow)
+        v6 = ":" in spec.local_ip
+        try:
+            association.port = self.reactor.listenUDP(0, association, interface="::" if v6 else "0.0.0.0",
+                                                      maxPacketSize=65535)
+        except CannotListenError as e:
+            failed(Failure(e.socketError if is_fd_exhaustion(e) else e))
+            return
+        flow.receiver = association.send_local
+        flow.on_close = lambda reason: self._ended(association)
+        self.live[flow.id] = association
+        if is_ip(spec.local_ip):
+            association.connect_to(spec.local_ip, spec.local_port)
+        else:
+            resolving = self.reactor.resolve(spec.local_ip)
+            resolving.addCallback(lambda ip: association.connect_to(ip, spec.local_port))
+            resolving.addErrback(lambda f: (self.end(association, "error: cannot resolve localIP"), failed(f)))
+        self._schedule_sweep()
+
+    def end(self, association: LocalAssociation, reason: str) -> None:
+        association.flow.close(reason)
+        self._ended(association)
+
+    def _ended(self, association: LocalAssociation) -> None:
+        if self.live.get(association.flow.id) is association:
+            del self.live[association.flow.id]
+        association.close()
+        if not self.live:
+            self._stop_sweep()
+
+    def _stop_sweep(self) -> None:
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+
+    def _schedule_sweep(self) -> None:
+        if self._sweep is None:
+            self._sweep = self.reactor.callLater(max(1.0, self.spec.idle_timeout / 4), self.sweep)
+
+    def sweep(self) -> None:
+        self._sweep = None
+        limit = self.reactor.seconds() - self.spec.idle_timeout
+        while self.live:
+            association = next(iter(self.live.values()))
+            if association.seen > limit:
+                break
+            self.end(association, "idle")
+        if self.live:
+            self._schedule_sweep()
+
+    def close_all(self) -> None:
+        self._stop_sweep()
+        for association in list(self.live.values()):
+            self._ended(association)
+
+
+# -- the type -------------------------------------------------------------------------------
+
+
+class UdpProxy(ProxyType):
+    name = "udp"
+    label = "UDP"
+    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, IDLE_TIMEOUT, MAX_ASSOCIATIONS_FIELD)
+    log = Logger(observer=gotaxy_observer)
+
+    def parse(self, keys: Mapping[str, Any]) -> UdpSpec:
+        return parse_keys("udp", self.fields, keys, UdpSpec, _ATTRIBUTES)  # type: ignore[no-any-return]
+
+    async def expose(self, tunnel: Any, context: ExposeContext) -> Exposure:
+        spec = tunnel.spec
+        assert isinstance(spec, UdpSpec)
+        if "datagrams" not in getattr(tunnel.session, "features", {"datagrams"}):
+            raise TunnelRefused("this client's version of Gotaxy cannot carry udp tunnels; upgrade the client")
+        claims = context.claims
+        reserved = claims.reserved if claims.reserved is not None and claims.reserved.scheme == "udp" else None
+        wanted = spec.remote_port or (reserved.port if reserved is not None else 0)
+        if wanted:
+            address = PublicAddress("udp", wanted)
+            await claims.claim(address)
+            try:
+                front = self._listen(tunnel, wanted, context)
+            except TunnelRefused:
+                claims.release(address)
+                raise
+            return Exposure(address=address, close=front.stop)
+        if claims.any_port:
+            for _ in range(MAX_PICK_ATTEMPTS):
+                front = self._listen(tunnel, 0, context)
+                address = PublicAddress("udp", front.transport.getHost().port)
+                try:
+                    await claims.claim(address)
+                except TunnelRefused:
+                    front.stop()
+                    continue
+                return Exposure(address=address, close=front.stop)
+            raise TunnelRefused("no free UDP port: every port the system offered is held by another tunnel; try again")
+        for port in claims.port_candidates(await claims.held_ports("udp")):
+            address = PublicAddress("udp", port)
+            try:
+                await claims.claim(address)
+            except TunnelRefused:
+                continue
+            try:
+                front = self._listen(tunnel, port, context)
+            except TunnelRefused:
+                claims.release(address)
+                continue
+            return Exposure(address=address, close=front.stop)
+        from gotaxy.proxy.tcp import format_ranges
+
+        raise TunnelRefused(
+            f"no free UDP port left in allowPorts ({format_ranges(context.config)}); ask the operator to widen it"
+        )
+
+    def _listen(self, tunnel: Any, port: int, context: ExposeContext) -> UdpFront:
+        limits = getattr(context.config, "limits", None)
+        max_size = getattr(limits, "udp_packet_size", DEFAULT_PACKET_SIZE)
+        front = UdpFront(tunnel, context.reactor, max_size)
+        try:
+            context.reactor.listenUDP(port, front, interface=context.config.effective_proxy_bind_addr(),
+                                      maxPacketSize=max_size + 1)
+        except CannotListenError as e:
+            if is_fd_exhaustion(e):
+                raise TunnelRefused(f"UDP port {port} cannot be opened: the server is {fd_exhaustion()}") from None
+            if getattr(e.socketError, "errno", None) == errno.EADDRINUSE:
+                raise TunnelRefused(f"UDP port {port} is busy on the server") from None
+            raise TunnelRefused(f"UDP port {port} cannot be opened on the server: {e.socketError}") from None
+        return front
+
+    def connect(self, reactor: Any, spec: ProxySpec, stream: Any, failed: Callable[[Failure], None]) -> None:
+        # A byte stream for a udp tunnel: a peer bug; say so on the stream.
+        stream.local_closed("error: a udp tunnel carries datagram flows, not streams")
+
+    def connect_flow(self, reactor: Any, spec: ProxySpec, flow: Any, failed: Callable[[Failure], None]) -> None:
+        assert isinstance(spec, UdpSpec)
+        Associations.of(flow.mux, spec, reactor).open(flow, failed)
+
+
+UDP = UdpProxy()
