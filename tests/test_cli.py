@@ -214,7 +214,7 @@ def test_convert_writes_toml_next_to_the_ini(capsys, tmp_path: Path) -> None:
     assert (code, err) == (0, "")
     target = tmp_path / "frps.toml"
     assert f"wrote {target} (frp's TOML format, a server file)" in out
-    assert "Gotaxy ignores 13 of its frp settings, with these warnings at start:" in out
+    assert "Gotaxy ignores 12 of its frp settings, with these warnings at start:" in out
     assert "'kcpBindPort' is an frp setting" in out
     assert f"start with: twistd -n gotaxy-server --config {target}" in out
     assert target.stat().st_mode & 0o777 == 0o600  # it holds the token

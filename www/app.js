@@ -535,6 +535,24 @@ function typeLabel(type) {
   return label === key ? type : label;
 }
 
+// Bytes in / out; for a udp tunnel also its datagrams, and its drops with their reasons.
+function trafficCell(tn) {
+  const td = cell(`${formatBytes(tn.bytes_in)} / ${formatBytes(tn.bytes_out)}`);
+  const d = tn.datagrams;
+  if (d) {
+    const line = document.createElement("div");
+    line.className = "datagrams";
+    line.textContent = t("tunnels.datagrams", { in: d.datagrams_in, out: d.datagrams_out });
+    const dropped = d.too_large + d.queue_full + d.no_slot;
+    if (dropped) {
+      line.append(" · ", badge("down", t("tunnels.dropped", { n: dropped }),
+        t("tunnels.dropped_detail", { large: d.too_large, full: d.queue_full, slot: d.no_slot })));
+    }
+    td.append(line);
+  }
+  return td;
+}
+
 async function loadTunnels() {
   const [result, clients] = await Promise.all([api("GET", "/tunnels"), api("GET", "/clients"), loadProxyTypes()]);
   if (!result.ok) return;
@@ -551,7 +569,7 @@ async function loadTunnels() {
     status.append(tunnelStatus(tn));
     row.append(name, cell(tn.client), cell(typeLabel(tn.type)), cell(tn.local_addr),
       addressCell(tn.address),
-      status, cell(String(tn.connections)), cell(`${formatBytes(tn.bytes_in)} / ${formatBytes(tn.bytes_out)}`),
+      status, cell(String(tn.connections)), trafficCell(tn),
       cell(`${formatRate(tn.rate_in)} / ${formatRate(tn.rate_out)}`));
     const actions = document.createElement("td");
     actions.className = "actions";

@@ -79,6 +79,10 @@ class TunnelSpec:
     route_by_http_user: str | None = _setting(None, STRING, "routeByHTTPUser")
     request_headers: tuple[tuple[str, str], ...] = _setting((), HEADER_TABLE, "requestHeaders.set")
     response_headers: tuple[tuple[str, str], ...] = _setting((), HEADER_TABLE, "responseHeaders.set")
+    #: ``type = "udp"``: seconds an idle visitor's association lasts, and most visitors at once
+    #: (``gotaxy.proxy.udp``; not set: its defaults, 60 s and 1024).
+    idle_timeout: int | None = _setting(None, COUNT, "idleTimeout")
+    max_associations: int | None = _setting(None, COUNT, "maxAssociations")
 
     def proxy_keys(self) -> dict:
         """frp's keys of this tunnel for its proxy type (``gotaxy.proxy.parse_spec`` reads them)."""
@@ -90,6 +94,7 @@ class TunnelSpec:
             ("locations", list(self.locations)), ("hostHeaderRewrite", self.host_header_rewrite),
             ("httpUser", self.http_user), ("httpPassword", self.http_password),
             ("routeByHTTPUser", self.route_by_http_user),
+            ("idleTimeout", self.idle_timeout), ("maxAssociations", self.max_associations),
         ):
             if value:
                 keys[key] = value

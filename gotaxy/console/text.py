@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import attrs
 
@@ -194,7 +194,7 @@ def render_watch(status: Any, views: Sequence[TunnelView], recent: Sequence[Even
 
 
 def tunnel_detail(v: TunnelView, width: int = WIDTH) -> str:
-    return pairs([
+    items = [
         ("tunnel", tunnel_ref(v)),
         ("status", status_text(v)),
         ("enabled", "yes" if v.enabled else "no"),
@@ -205,7 +205,16 @@ def tunnel_detail(v: TunnelView, width: int = WIDTH) -> str:
         ("connections", f"{v.connections} open, {v.opened} since up"),
         ("traffic", f"in {format_bytes(v.bytes_in)}, out {format_bytes(v.bytes_out)}"),
         ("rate", f"in {format_rate(v.rate_in)}, out {format_rate(v.rate_out)}"),
-    ], width)
+    ]
+    if v.datagrams is not None:
+        items.append(("datagrams", datagrams_text(v.datagrams)))
+    return pairs(items, width)
+
+
+def datagrams_text(counts: Dict[str, int]) -> str:
+    """A udp tunnel's counters: ``in 150, out 148; dropped 2 too large, 0 queue full, 0 no slot``."""
+    return (f"in {counts['datagrams_in']}, out {counts['datagrams_out']}; dropped {counts['too_large']} too large, "
+            f"{counts['queue_full']} queue full, {counts['no_slot']} no slot")
 
 
 def client_detail(v: ClientView, width: int = WIDTH) -> str:

@@ -202,6 +202,9 @@ class TunnelView:
     retry_in: Optional[float] = None
     #: what it is asked with: frp's keys (``type``, ``localIP``, ``remotePort``, ...)
     spec: Optional[Dict[str, Any]] = None
+    #: a udp tunnel's datagram counters since the server started (``gotaxy.proxy.udp.DatagramCounts``:
+    #: datagrams_in, datagrams_out, too_large, queue_full, no_slot); None for other types
+    datagrams: Optional[Dict[str, int]] = None
 
 
 def status_text(view: TunnelView) -> str:
@@ -336,7 +339,16 @@ class Management:
             rate_out=live.rate_out if live is not None else 0.0,
             retry_in=retry_in,
             spec=live.spec.to_keys() if live is not None else record.spec,
+            datagrams=self._datagrams(record),
         )
+
+    def _datagrams(self, record: TunnelRecord) -> Optional[Dict[str, int]]:
+        meter = self.core.meters.tunnels.get((record.client, record.name))
+        counts = meter.datagrams if meter is not None else None
+        if counts is None:
+            return {"datagrams_in": 0, "datagrams_out": 0, "too_large": 0, "queue_full": 0, "no_slot": 0} \
+                if record.type == "udp" else None
+        return counts.as_dict()  # type: ignore[no-any-return]
 
     async def tunnels(self, client: Optional[str] = None) -> List[TunnelView]:
         records = await self._call(self._db.list_tunnels, client)

@@ -149,6 +149,17 @@ class GotaxyCollector:
             "Bytes per tunnel: in = from public users to the client, out = back to the users.",
             labels=labels + ["direction"],
         )
+        datagrams = CounterMetricFamily(
+            "gotaxy_tunnel_datagrams",
+            "Datagrams per udp tunnel: in = from visitors to the client, out = back to the visitors.",
+            labels=labels + ["direction"],
+        )
+        dropped = CounterMetricFamily(
+            "gotaxy_tunnel_datagrams_dropped",
+            "Datagrams a udp tunnel dropped, by reason: too_large (over udpPacketSize), queue_full (the client's "
+            "connection or the public socket was backed up), no_slot (no association for a new visitor).",
+            labels=labels + ["reason"],
+        )
         meters = core.meters
         for (client, name), meter in sorted(meters.tunnels.items()):
             bytes_in, bytes_out = meter.totals()
@@ -156,9 +167,17 @@ class GotaxyCollector:
             refused.add_metric([client, name], meter.refused)
             traffic.add_metric([client, name, "in"], bytes_in)
             traffic.add_metric([client, name, "out"], bytes_out)
+            counts = meter.datagrams
+            if counts is not None:
+                datagrams.add_metric([client, name, "in"], counts.datagrams_in)
+                datagrams.add_metric([client, name, "out"], counts.datagrams_out)
+                for reason in ("too_large", "queue_full", "no_slot"):
+                    dropped.add_metric([client, name, reason], getattr(counts, reason))
         yield opened
         yield refused
         yield traffic
+        yield datagrams
+        yield dropped
 
         front = core.fronts.get("http")
         if front is not None:

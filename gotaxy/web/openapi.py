@@ -139,6 +139,18 @@ SCHEMAS: Dict[str, Any] = {
             "bytes_out": {"type": "integer"},
             "rate_in": {"type": "number"},
             "rate_out": {"type": "number"},
+            "datagrams": {"oneOf": [_ref("DatagramCounts"), {"type": "null"}],
+                          "description": "udp tunnels: datagrams and drops since the server started; null otherwise"},
+        }
+    ),
+    "DatagramCounts": _object(
+        {
+            "datagrams_in": {"type": "integer", "description": "from visitors, sent to the client"},
+            "datagrams_out": {"type": "integer", "description": "from the client, sent to visitors"},
+            "too_large": {"type": "integer", "description": "dropped: larger than udpPacketSize (either way)"},
+            "queue_full": {"type": "integer", "description": "dropped: the client's connection or the public "
+                                                             "socket was backed up"},
+            "no_slot": {"type": "integer", "description": "dropped: no association could be opened for a new visitor"},
         }
     ),
     "PublicAddress": _object(
