@@ -506,6 +506,13 @@ class TestDocumentedExamples:
         assert loaded.warnings == ()
         assert [t.name for t in loaded.config.tunnels] == ["ssh", "web", "db"]
 
+    def test_udp_example(self) -> None:
+        (example,) = [e for e in self.examples() if 'type = "udp"' in e]
+        loaded = client(example)
+        assert loaded.warnings == ()
+        (dns,) = loaded.config.tunnels
+        assert (dns.type, dns.local_port, dns.remote_port) == ("udp", 53, 5353)
+
     def test_fragments(self) -> None:
         fragments = [e for e in self.examples() if not e.startswith("#")]
         assert len(fragments) == 2
