@@ -117,6 +117,10 @@ CONFIG_RELOADED = _define(
     "config.reloaded", "the server's configuration was re-read; address: who asked (SIGHUP, an operator, "
     "an API token); detail: what was applied and what needs a restart",
     ("address", "detail"), "configuration reloaded by {address}: {detail}")
+CLIENT_RELOADED = _define(
+    "client.reloaded", "a client re-read its config file; address: where it connects from; detail: who asked it "
+    "and which tunnels it opened, closed and reopened (in the client's words)",
+    ("client", "address", "detail"), "client {client} reloaded its config: {detail}")
 CONFIG_RELOAD_FAILED = _define(
     "config.reload_failed", "a reload found the configuration file wrong and changed nothing; address: who "
     "asked; detail: the error, naming the key",

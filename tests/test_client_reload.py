@@ -86,6 +86,9 @@ class ClientReloadTests(_Client):
         self.assertTrue(await port_refused(c))
         self.assertEqual(self.client.factory.current.proxies["d"].local_port, self.other)
         self.assertEqual(await echo_through(d, b"to the new port"), b"to the new port")
+        (event,) = [e for e in await self.live.management.events(type_="client.reloaded")]
+        self.assertEqual(event.client, "alice")
+        self.assertEqual(event.detail, "asked by a test: opened: b; closed: c; reopened: d")
         # Tunnel a: the same live tunnel, its open connection untouched.
         self.assertIs(self.live.core.tunnels[("alice", "a")], a_tunnel)
         self.assertEqual(await kept.echo(b"after"), b"after")
@@ -139,6 +142,29 @@ class ClientReloadTests(_Client):
         self.assertEqual((report.applied, report.restart), (("log.level",), ("serverPort",)))
         self.assertEqual(self.client.factory.config.server_port, self.live.control_port)
         self.assertIs(self.client.factory.current, self.client.factory.latest)
+
+
+class ReloadNoticeTests(unittest.TestCase):
+    """The client_reloaded message, as a server takes it from any client."""
+
+    async def test_one_event_per_interval_and_malformed_notices_end_the_connection(self):
+        from tests.inprocess import RawControlClient
+
+        live = await LiveSystem.start(self)
+        heard: list = []
+        live.core.events.subscribe(lambda e: heard.append(e) if e.type == "client.reloaded" else None)
+        raw = await RawControlClient.connect(live.control_port)
+        self.addCleanup(raw.close)
+        raw.login(live.token)
+        ok = await raw.reply()
+        self.assertIn("client_reloaded", ok["features"])
+        raw.send({"type": "client_reloaded", "who": "SIGHUP", "detail": "opened: b\x1b[2J"})
+        raw.send({"type": "client_reloaded", "who": "SIGHUP", "detail": "a second one, too soon"})
+        await wait_until(lambda: bool(heard))
+        raw.send({"type": "client_reloaded", "who": "SIGHUP", "detail": "x" * 2001})
+        await raw.closed
+        (event,) = heard
+        self.assertEqual((event.client, event.detail), ("alice", "asked by SIGHUP: opened: b [2J"))
 
 
 class AdminApiTests(_Client):

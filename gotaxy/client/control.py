@@ -104,6 +104,8 @@ TUNNEL_RETRY_CAP = 60.0
 #: Optional client messages (``tunnel_retry``, ``tunnel_health``) a server
 #: may announce in its ``login_ok``'s "features"; older servers refuse them.
 TUNNEL_STATUS = "tunnel_status"
+#: A server that announces it records our reloads as events.
+CLIENT_RELOADED = "client_reloaded"
 
 
 def backoff_delay(attempt: int, cap: float, rng: Callable[[], float] = random.random) -> float:
@@ -484,7 +486,7 @@ class ClientControlProtocol(MuxProtocol):
         features = message.get("features", [])
         if not isinstance(features, list):
             raise ProtocolError("login_ok: 'features' must be a list")
-        self.server_features = {f for f in features[:16] if f == TUNNEL_STATUS}
+        self.server_features = {f for f in features[:16] if f in (TUNNEL_STATUS, CLIENT_RELOADED)}
         self.authenticated = True
         self._stop_login_timer()
         self.factory.connected(self)
@@ -611,6 +613,11 @@ class ClientControlProtocol(MuxProtocol):
             if not spec.enabled:
                 self.tunnels[spec.name] = spec  # defined, not opened: its name stays reserved
                 self.proxies[spec.name] = proxy_spec(spec)
+
+    def report_reload(self, who: str, summary: str) -> None:
+        """Tell a server that records reloads (``client_reloaded``) that this client re-read its file."""
+        if CLIENT_RELOADED in self.server_features and not self.disconnecting:
+            self.send_control({"type": CLIENT_RELOADED, "who": who[:100], "detail": summary[:2000]})
 
     def _drop_tunnel(self, name: str) -> None:
         self.tunnels.pop(name, None)

@@ -127,6 +127,8 @@ class ClientReloader:
             latest.tunnels = {t.name: t for t in config.tunnels}
             latest.proxies = {t.name: proxy_spec(t) for t in config.tunnels}
         report = ClientReloadReport(added, removed, changed, unchanged, applied, restart, warnings)
+        if protocol is not None and not protocol.disconnecting:
+            protocol.report_reload(who, report.summary())
         self.log.info("config reloaded (asked by {who}): {summary}", who=who, summary=report.summary())
         for name in restart:
             self.log.warn("{key} changed in the config; it applies after a restart", key=name)

@@ -56,6 +56,11 @@ DATAGRAMS = "datagrams"
 #: login_ok's "features": ``tunnel_retry`` (when a refused tunnel is asked
 #: for again) and ``tunnel_health`` (its local service answers or not).
 TUNNEL_STATUS = "tunnel_status"
+#: ``client_reloaded``: the client re-read its file (recorded as a ``client.reloaded`` event).
+CLIENT_RELOADED_FEATURE = "client_reloaded"
+
+#: At most one client.reloaded event per client in this many seconds.
+CLIENT_RELOAD_EVENT_INTERVAL = 10.0
 
 #: Longest wait a client may announce before it asks for a tunnel again.
 MAX_RETRY_IN = 86400.0
@@ -204,6 +209,7 @@ class ServerControlProtocol(MuxProtocol):
         self.max_streams = core.config.limits.max_connections_per_client
         #: Optional messages the client understands (from its login).
         self.features: Set[str] = set()
+        self._last_reload_event = -CLIENT_RELOAD_EVENT_INTERVAL
         #: Tunnels refused since the client last said when it asks again; a
         #: ``tunnel_retry`` is taken once per refusal, for a refused name only.
         self.refused_tunnels: Set[str] = set()
@@ -259,6 +265,8 @@ class ServerControlProtocol(MuxProtocol):
             self._tunnel_retry(message)
         elif kind == "tunnel_health":
             self._tunnel_health(message)
+        elif kind == CLIENT_RELOADED_FEATURE:
+            self._client_reloaded(message)
         elif kind == "error":
             self.log.info("client {client} reports: {reason}", client=self.client_name, reason=str(message.get("reason"))[:200])
         else:
@@ -286,7 +294,7 @@ class ServerControlProtocol(MuxProtocol):
                 "serverVersion": __version__,
                 "heartbeatInterval": config.heartbeat_interval,
                 "heartbeatTimeout": config.heartbeat_timeout,
-                "features": [TUNNEL_STATUS],
+                "features": [TUNNEL_STATUS, CLIENT_RELOADED_FEATURE],
             }
         )
         self.heartbeat = HeartbeatMonitor(
@@ -358,6 +366,18 @@ class ServerControlProtocol(MuxProtocol):
         if isinstance(name, str) and name in self.refused_tunnels:
             self.refused_tunnels.discard(name)
             self.retry_at[name] = self.reactor.seconds() + delay
+
+    def _client_reloaded(self, message: Dict[str, Any]) -> None:
+        """The client re-read its config: one event (at most every few seconds per client), in its words, bounded."""
+        detail, who = message.get("detail"), message.get("who")
+        if not isinstance(detail, str) or not isinstance(who, str) or len(detail) > 2000 or len(who) > 100:
+            self.protocol_error("client_reloaded: 'detail' and 'who' must be strings of at most 2000 and 100 characters")
+            return
+        now = self.reactor.seconds()
+        if now - self._last_reload_event < CLIENT_RELOAD_EVENT_INTERVAL:
+            return
+        self._last_reload_event = now
+        Deferred.fromCoroutine(self.core.client_reloaded(self, who, detail)).addErrback(self._bug, "client_reloaded")
 
     def _tunnel_health(self, message: Dict[str, Any]) -> None:
         """The client's health check of a tunnel's local service changed."""

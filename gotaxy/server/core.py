@@ -53,6 +53,7 @@ from twisted.logger import Logger
 from gotaxy.config import ServerConfig
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import (
+    CLIENT_RELOADED,
     CLIENT_REPLACED,
     LOGIN_FAILED,
     TUNNEL_CLOSED,
@@ -603,6 +604,12 @@ class ServerCore:
             self.log.warn("tunnel {client}/{tunnel} down: {reason}", client=tunnel.client, tunnel=tunnel.name,
                           reason=tunnel.health_failure)
             self.tunnel_error(tunnel, tunnel.health_failure + " (health check)")
+
+    async def client_reloaded(self, session: ClientSession, who: str, detail: str) -> None:
+        """The client re-read its config file: a ``client.reloaded`` event, in its (cleaned) words."""
+        shown = f"asked by {_printable(who, 100)}: {_printable(detail, 1000)}"
+        self.log.info("client {client} reloaded its config ({detail})", client=session.client_name, detail=shown)
+        await self.record(CLIENT_RELOADED, client=session.client_name, address=session.peer_address, detail=shown)
 
     async def client_closes_tunnel(self, session: ClientSession, name: str) -> None:
         async def close() -> None:
