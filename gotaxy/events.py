@@ -148,6 +148,13 @@ CERTIFICATE_FAILED = _define(
     "certificate.failed", "the server could not obtain or renew a host name's ACME certificate; address: the name; "
     "detail: why, and when it tries again",
     ("address", "detail"), "no certificate for {address}: {detail}")
+BAN_ADDED = _define(
+    "ban.added", "an address was banned from every listener (repeated failures, or an operator); address: it; "
+    "detail: why and for how long; count: how many times it was banned",
+    ("address", "detail", "count"), "address {address} banned: {detail}")
+BAN_LIFTED = _define(
+    "ban.lifted", "an operator lifted an address's ban; address: it; detail: who",
+    ("address", "detail"), "ban of {address} lifted: {detail}")
 NOTIFY_TEST = _define(
     "notify.test", "a test notification an operator sent to one target; never in the event log",
     ("detail",), "test notification: {detail}", recorded=False)

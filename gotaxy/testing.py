@@ -106,7 +106,8 @@ class SynchronousStore(ThreadedStore):
         self.store.close()
 
     def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
-        return maybeDeferred(function, *args, **kwargs)
+        # As the thread's calls do: the events it recorded reach the bus before its result.
+        return maybeDeferred(lambda: self._deliver(self._run(function, args, kwargs)))
 
 
 def memory_store(clock: Callable[[], float]) -> Store:
@@ -170,6 +171,8 @@ class MemoryConnector:
         self.factory = factory
         self.cancelled = False
         self.link: Optional["Link"] = None
+        #: The address the connection comes from (``bindAddress``'s host, else the network's ``source``).
+        self.source = network.source
 
     def getDestination(self) -> IPv4Address:
         return IPv4Address("TCP", self.host, self.port)
@@ -302,6 +305,9 @@ class MemoryNetwork(MemoryReactorClock):
         #: "address already in use".
         self.taken: set = set()
         self._ephemeral = itertools.cycle(EPHEMERAL_PORTS)
+        #: Where connections come from unless ``connectTCP`` has a ``bindAddress``: set it to test
+        #: address rules and bans with a visitor from elsewhere.
+        self.source = "127.0.0.1"
 
     # -- IReactorTCP -----------------------------------------------------------
 
@@ -318,6 +324,8 @@ class MemoryNetwork(MemoryReactorClock):
     def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None
                    ) -> MemoryConnector:
         connector = MemoryConnector(self, host, port, factory)
+        if bindAddress is not None:
+            connector.source = bindAddress[0]
         self._dial(connector)
         return connector
 
@@ -332,7 +340,7 @@ class MemoryNetwork(MemoryReactorClock):
         if listening is None:
             connector.factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
             return
-        client_address = IPv4Address("TCP", "127.0.0.1", self._free_port())
+        client_address = IPv4Address("TCP", connector.source, self._free_port())
         server_address = IPv4Address("TCP", connector.host, connector.port)
         server_protocol = listening.factory.buildProtocol(client_address)
         refused = server_protocol is None
@@ -409,14 +417,16 @@ class MemoryNetwork(MemoryReactorClock):
 
     # -- a public user ---------------------------------------------------------
 
-    def exchange(self, port: int, payload: bytes) -> bytes:
+    def exchange(self, port: int, payload: bytes, source: Optional[str] = None) -> bytes:
         """
-        Connect to ``port`` as someone on the Internet would, send
-        ``payload``, and return what came back once the network settled
-        (an echo service behind a tunnel returns ``payload``).
+        Connect to ``port`` as someone on the Internet would (from
+        ``source``, default the network's), send ``payload``, and return
+        what came back once the network settled (an echo service behind a
+        tunnel returns ``payload``; a refused connection, nothing).
         """
         collector = Collector()
-        self.connectTCP("127.0.0.1", port, ClientFactory.forProtocol(lambda: collector))
+        self.connectTCP("127.0.0.1", port, ClientFactory.forProtocol(lambda: collector),
+                        bindAddress=(source, 0) if source is not None else None)
         self.flush()
         if collector.transport is None:
             raise AssertionError(f"nothing accepted the connection to port {port}")

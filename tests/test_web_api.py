@@ -993,3 +993,30 @@ class MalformedPathTests(WebTestCase):
         self.assertEqual((await web.get(f"{API}/health")).status, 200)
         self.assertEqual((await web.get(f"{API}/tunnels/%61lice/x", check=False)).status, 401)  # "%61" is "a"
         self.assertEqual((await web.get("/no-such-page")).status, 404)
+
+
+class BanTests(WebTestCase):
+    """Bans and the address rules from the REST API: listed, added and lifted, each with its event."""
+
+    async def test_ban_list_and_lift(self):
+        await self._live(with_client=False)
+        web = await self.logged_in()
+        created = await web.post(f"{API}/bans", {"address": "2001:db8::7", "seconds": 3600, "reason": "scanner"})
+        self.assertEqual(created.status, 201, created.raw)
+        self.assertEqual((created.json["address"], created.json["by"], created.json["reason"]),
+                         ("2001:db8::7", "panel operator admin", "scanner"))
+        self.assertTrue(3590 < created.json["remaining"] <= 3600, created.json)
+        listed = (await web.get(f"{API}/bans")).json["bans"]
+        self.assertEqual([b["address"] for b in listed], ["2001:db8::7"])
+        self.assertFalse(self.live.core.access.admits("control", "2001:db8::7"))
+        rules = (await web.get(f"{API}/access")).json
+        self.assertEqual(rules["listeners"]["control"], {"allow": [], "deny": []})
+        lifted = await web.delete(f"{API}/bans/2001%3Adb8%3A%3A7")
+        self.assertEqual(lifted.status, 204, lifted.raw)
+        self.assertEqual((await web.get(f"{API}/bans")).json["bans"], [])
+        again = await web.delete(f"{API}/bans/2001%3Adb8%3A%3A7")
+        self.assertEqual((again.status, again.error["field"]), (404, "address"))
+        wrong = await web.post(f"{API}/bans", {"address": "example.com"})
+        self.assertEqual((wrong.status, wrong.error["field"]), (400, "address"))
+        types = [e["type"] for e in (await web.get(f"{API}/events?type=ban.")).json["events"]]
+        self.assertEqual(types, ["ban.lifted", "ban.added"])

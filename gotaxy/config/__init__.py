@@ -122,6 +122,7 @@ from gotaxy.config.files import (
     parse_server_config,
 )
 from gotaxy.config.server import (
+    AccessSettings,
     AcmeSettings,
     ConsoleSettings,
     EventsSettings,
@@ -153,6 +154,7 @@ from gotaxy.config.values import (
 )
 
 __all__ = [
+    "AccessSettings",
     "AcmeSettings",
     "ClientConfig",
     "ConfigError",

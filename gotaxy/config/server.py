@@ -32,6 +32,8 @@ from gotaxy.config.values import (
     MAIL_ADDRESS,
     MAIL_ADDRESSES,
     METRICS_EXPOSURE,
+    NETWORKS,
+    PER_TUNNEL_RULES,
     NAME,
     PORT,
     PORT_RANGES,
@@ -260,6 +262,52 @@ class AcmeSettings:
 
 
 @attrs.frozen
+class AccessSettings:
+    """
+    ``access.*``: who may connect at all (allow and deny lists per listener
+    and per tunnel), and automatic bans of sources that keep failing
+    (``gotaxy.server.access``).  Gotaxy's own keys: frp has none for this.
+    """
+
+    control_allow: tuple[str, ...] = _setting((), NETWORKS, "access.control.allow")
+    control_deny: tuple[str, ...] = _setting((), NETWORKS, "access.control.deny")
+    web_allow: tuple[str, ...] = _setting((), NETWORKS, "access.webServer.allow")
+    web_deny: tuple[str, ...] = _setting((), NETWORKS, "access.webServer.deny")
+    console_allow: tuple[str, ...] = _setting((), NETWORKS, "access.console.allow")
+    console_deny: tuple[str, ...] = _setting((), NETWORKS, "access.console.deny")
+    tunnels_allow: tuple[str, ...] = _setting((), NETWORKS, "access.tunnels.allow")
+    tunnels_deny: tuple[str, ...] = _setting((), NETWORKS, "access.tunnels.deny")
+    per_tunnel: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = _setting(
+        (), PER_TUNNEL_RULES, "access.perTunnel")
+    ban_enable: bool = _setting(True, BOOLEAN, "access.ban.enable")
+    ban_window: float = _setting(600.0, SECONDS, "access.ban.window")
+    ban_token_failures: int = _setting(10, LIMIT, "access.ban.tokenFailures")
+    ban_protocol_errors: int = _setting(10, LIMIT, "access.ban.protocolErrors")
+    ban_login_lockouts: int = _setting(1, LIMIT, "access.ban.loginLockouts")
+    ban_basic_auth_failures: int = _setting(20, LIMIT, "access.ban.basicAuthFailures")
+    ban_flood_refusals: int = _setting(200, LIMIT, "access.ban.floodRefusals")
+    ban_time: float = _setting(600.0, SECONDS, "access.ban.time")
+    ban_max_time: float = _setting(86400.0, SECONDS, "access.ban.maxTime")
+    ban_forget_after: float = _setting(7 * 86400.0, SECONDS, "access.ban.forgetAfter")
+    ban_exempt: tuple[str, ...] = _setting(("127.0.0.0/8", "::1/128"), NETWORKS, "access.ban.exempt")
+    nft_set: str | None = _setting(None, TEXT, "access.ban.nftSet")
+    nft_set6: str | None = _setting(None, TEXT, "access.ban.nftSet6")
+    nft_command: str = _setting("nft", TEXT, "access.ban.nftCommand")
+
+    def __attrs_post_init__(self) -> None:
+        if self.ban_max_time < self.ban_time:
+            raise ConfigError(
+                f"'access.ban.maxTime' ({self.ban_max_time:g} s) is shorter than 'access.ban.time' "
+                f"({self.ban_time:g} s); make maxTime at least as long as the first ban"
+            )
+        for key, value in (("access.ban.nftSet", self.nft_set), ("access.ban.nftSet6", self.nft_set6)):
+            if value is not None and len(value.split()) != 3:
+                raise ConfigError(
+                    f"'{key}' must be the set's family, table and name, such as \"inet gotaxy banned\", "
+                    f"got {value!r}", key)
+
+
+@attrs.frozen
 class ServerConfig(_Heartbeats):
     """
     Everything ``gotaxy server`` needs to know; see the package docstring for
@@ -307,6 +355,7 @@ class ServerConfig(_Heartbeats):
     history: HistorySettings = _section(HistorySettings)
     https: HttpsSettings = _section(HttpsSettings)
     acme: AcmeSettings = _section(AcmeSettings)
+    access: AccessSettings = _section(AccessSettings)
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)

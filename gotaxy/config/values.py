@@ -248,6 +248,54 @@ def _local_rules(value: Any) -> tuple[LocalAddressRule, ...]:
     return tuple(rules)
 
 
+def _network(item: Any) -> str:
+    """One IP address or CIDR network, as ``ipaddress`` writes it ("10.0.0.0/8", "2001:db8::/32")."""
+    if not isinstance(item, str) or not item.strip() or len(item) > 64:
+        raise _Mismatch(item)
+    try:
+        network = ipaddress.ip_network(item.strip().strip("[]"), strict=False)
+    except ValueError:
+        raise _Mismatch(item) from None
+    if network.version == 6 and network.prefixlen >= 96 and network.network_address.ipv4_mapped is not None:
+        # ::ffff:10.0.0.0/104 is 10.0.0.0/8: IPv4-mapped peers are checked as IPv4.
+        network = ipaddress.ip_network(
+            f"{network.network_address.ipv4_mapped}/{network.prefixlen - 96}", strict=False)
+    return str(network)
+
+
+#: Most entries in one address list (each is checked per connection).
+MAX_NETWORKS = 1024
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    """A list of IP addresses and CIDR networks, possibly empty; duplicates dropped."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_NETWORKS:
+        raise _Mismatch(value)
+    return tuple(dict.fromkeys(_network(item) for item in value))
+
+
+def _per_tunnel_rules(value: Any) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
+    """
+    ``access.perTunnel``: ``{ "CLIENT/TUNNEL" = { allow = [...], deny = [...] } }``
+    (TUNNEL may be ``*``), as sorted (pattern, allow, deny) triples.
+    """
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, dict) or len(value) > MAX_NETWORKS:
+        raise _Mismatch(value)
+    rules = []
+    for pattern, entry in value.items():
+        client, slash, tunnel = str(pattern).partition("/")
+        if not slash or not is_valid_name(client) or not (tunnel == "*" or is_valid_name(tunnel)):
+            raise _Mismatch(pattern)
+        if not isinstance(entry, dict) or not set(entry) <= {"allow", "deny"}:
+            raise _Mismatch(entry)
+        rules.append((f"{client}/{tunnel}", _networks(entry.get("allow", [])), _networks(entry.get("deny", []))))
+    return tuple(sorted(rules))
+
+
 def _non_negative_seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Mismatch(value)
@@ -430,6 +478,15 @@ EVENT_PATTERNS = _Form(
     _event_patterns,
 )
 URL = _Form("an http:// or https:// URL", _url)
+NETWORKS = _Form(
+    'a list of IP addresses and CIDR networks such as ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7"]',
+    _networks,
+)
+PER_TUNNEL_RULES = _Form(
+    'a table of "CLIENT/TUNNEL" (TUNNEL may be "*") to { allow = [...], deny = [...] } lists of IP addresses '
+    'and CIDR networks, such as { "alice/ssh" = { allow = ["203.0.113.0/24"] } }',
+    _per_tunnel_rules,
+)
 
 
 def _database_url(value: Any) -> str:

@@ -31,7 +31,9 @@ from twisted.logger import Logger
 
 from gotaxy.console.text import (
     WIDTH,
+    access_text,
     as_json,
+    bans_table,
     client_detail,
     clients_table,
     events_table,
@@ -160,6 +162,16 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
             details="A file with an error changes nothing; the error names the key. Otherwise each changed "
                     "setting is listed as applied, or as needing a restart and why.",
             options=_json_option()),
+    Command("access", "access [--json]",
+            "the address rules and ban settings in force, and connections refused",
+            options=_json_option()),
+    Command("bans", "bans [--json]", "the banned addresses, with why and until when",
+            options=_json_option()),
+    Command("ban", "ban ADDRESS [--for SECONDS] [--reason TEXT] [--json]",
+            "ban an IP address from every listener of every server on this store",
+            details="SECONDS defaults to access.ban.time. The ban is kept across restarts; 'unban' lifts it.",
+            options=_json_option(**{"--for": True, "--reason": True}), positional=(1, 1)),
+    Command("unban", "unban ADDRESS", "lift an address's ban (and forget its earlier bans)", positional=(1, 1)),
     Command("watch", "watch", "live view of the tunnels and their rates until a key is pressed"),
     Command("python", "python", "a Python prompt with the live server objects (if console.python is on)"),
     Command("exit", "exit", "close the console (also: quit, logout, Ctrl-D)"),
@@ -309,6 +321,10 @@ class Commands:
             "mail test": self._mail_test,
             "events": self._events,
             "reload": self._reload,
+            "access": self._access,
+            "bans": self._bans,
+            "ban": self._ban,
+            "unban": self._unban,
             "watch": self._action("watch"),
             "python": self._python,
             "exit": self._action("exit"),
@@ -657,6 +673,29 @@ class Commands:
         if options.get("--json"):
             return Result(json.dumps(report.to_json(), indent=2))
         return Result("\n".join(report.lines()))
+
+    async def _access(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        rules = self.management.access_rules()
+        if options.get("--json"):
+            return Result(json.dumps(rules, indent=2))
+        return Result(access_text(rules))
+
+    async def _bans(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        bans = self.management.bans()
+        if options.get("--json"):
+            return Result(json.dumps(bans, indent=2))
+        return Result(bans_table(bans, self.width))
+
+    async def _ban(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        seconds = _int(options["--for"], "--for", "ban") if "--for" in options else None
+        ban = await self.management.ban(positional[0], seconds, options.get("--reason", ""), self.operator)
+        if options.get("--json"):
+            return Result(json.dumps(ban, indent=2))
+        return Result(f"{ban['address']} banned on every listener for {ban['remaining']:.0f} s")
+
+    async def _unban(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        await self.management.lift_ban(positional[0], self.operator)
+        return Result(f"ban of {positional[0]} lifted")
 
     async def _python(self, positional: List[str], options: Dict[str, Any]) -> Result:
         if not self.python_allowed:

@@ -286,3 +286,44 @@ def events_table(records: Sequence[Any], width: int = WIDTH) -> str:
         [[human_time(r.at), r.type, what(r)] for r in records],
         width,
     )
+
+
+def bans_table(bans: Sequence[dict], width: int = WIDTH) -> str:
+    """The bans in force (``Management.bans``)."""
+    if not bans:
+        return "no address is banned"
+    return table(
+        ["ADDRESS", "LEFT", "UNTIL (UTC)", "BAN", "BY", "WHY"],
+        [[b["address"], human_duration(b["remaining"]), human_time(b["until"]), b["strikes"], b["by"], b["reason"]]
+         for b in bans],
+        width,
+    )
+
+
+def access_text(rules: dict) -> str:
+    """The address rules and ban settings in force (``Management.access_rules``)."""
+    def listed(entry: dict) -> str:
+        parts = []
+        if entry["allow"]:
+            parts.append("allow " + ", ".join(entry["allow"]))
+        if entry["deny"]:
+            parts.append("deny " + ", ".join(entry["deny"]))
+        return "; ".join(parts) or "anyone"
+
+    lines = ["Address rules (access.*):"]
+    for name, entry in rules["listeners"].items():
+        lines.append(f"  {name + ':':<12} {listed(entry)}")
+    for pattern, entry in rules["perTunnel"].items():
+        lines.append(f"  tunnel {pattern}: {listed(entry)}")
+    ban = rules["ban"]
+    if ban["enable"]:
+        thresholds = ", ".join(f"{kind} {count}" for kind, count in ban["thresholds"].items() if count)
+        lines.append(f"Bans: after {thresholds} in {ban['window']:g} s; first for {human_duration(ban['time'])}, "
+                     f"doubling up to {human_duration(ban['maxTime'])}; never {', '.join(ban['exempt']) or '-'}")
+    else:
+        lines.append("Bans: off (access.ban.enable = false)")
+    if ban["nftSet"] or ban["nftSet6"]:
+        lines.append(f"Firewall: nftables set {ban['nftSet'] or '-'} (IPv4), {ban['nftSet6'] or '-'} (IPv6)")
+    refused = ", ".join(f"{r['listener']} {r['reason']} {r['count']}" for r in rules["refused"])
+    lines.append(f"Refused so far: {refused or 'none'}")
+    return "\n".join(lines)

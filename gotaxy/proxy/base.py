@@ -194,7 +194,13 @@ class ProxyType(abc.ABC):
         """Build and validate a spec from frp's keys; SpecError names the key that is wrong."""
 
     def make_front(self, config: Any, reactor: Any) -> Any:
-        """The shared listener all tunnels of this type use, or None (the default)."""
+        """
+        The shared listener all tunnels of this type use, or None (the
+        default).  A front with a ``gate`` attribute (a function of a
+        factory, identity by default) listens with ``gate(factory)``: the
+        server sets it to check bans and address rules before the front
+        reads a byte (``gotaxy.server.access``).
+        """
         return None
 
     @abc.abstractmethod

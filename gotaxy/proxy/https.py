@@ -262,6 +262,9 @@ class HttpsFront:
         #: set by ``terminate_with``: TLS termination for http tunnels
         self.terminator: Any = None
         self.listening: Any = None
+        #: Wraps the listener's factory: the core sets it to check bans and address rules first
+        #: (``gotaxy.server.access.GatedFactory``).
+        self.gate: Callable[[Any], Any] = lambda factory: factory
 
     @property
     def serving(self) -> bool:
@@ -285,7 +288,7 @@ class HttpsFront:
             return
         address = self.config.effective_proxy_bind_addr()
         try:
-            self.listening = self.reactor.listenTCP(self.port, self.factory(), backlog=listen_backlog(),
+            self.listening = self.reactor.listenTCP(self.port, self.gate(self.factory()), backlog=listen_backlog(),
                                                     interface=address)
         except CannotListenError as e:
             raise CannotListenError(

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Collection, Dict, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -38,6 +39,7 @@ from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol
 from gotaxy.proxy import ProxySpec
+from gotaxy.server.access import CONTROL, FLOOD, PROTOCOL
 from gotaxy.server.core import MAX_TUNNELS_PER_CLIENT, IdentityInUse, LoginRefused, ServerCore, TunnelRefused
 from gotaxy.server.throttle import RepeatThrottle
 from gotaxy.server.tunnel import LiveTunnel
@@ -203,6 +205,7 @@ class ServerControlProtocol(MuxProtocol):
         self.lost = False
         self.dropped = False
         self._host: Optional[str] = None
+        self._peer_host: Optional[str] = None
         self._login_started = False
         self._auth_timer: Any = None
         self.heartbeat: Optional[HeartbeatMonitor] = None
@@ -219,6 +222,7 @@ class ServerControlProtocol(MuxProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._host = self.transport.getPeer().host
+        self._peer_host = self._host
         config = self.core.config
         self._auth_timer = self.reactor.callLater(config.transport.auth_timeout, self._auth_timed_out)
 
@@ -414,6 +418,11 @@ class ServerControlProtocol(MuxProtocol):
         if CONNECTIONS_REFUSED in self.features and not self.disconnecting:
             self.send_control({"type": CONNECTIONS_REFUSED, "name": tunnel, "count": count, "reason": reason})
 
+    def protocol_error(self, reason: str) -> None:
+        if not self.authenticated and self._host is not None:
+            self.core.access.failure(PROTOCOL, self._host, reason[:80])
+        super().protocol_error(reason)
+
     def _bug(self, failure: Failure, what: str) -> None:
         self.log.failure("bug while handling {what} from {peer}", failure, what=what, peer=self.peer_address)
         self.close_with_error("internal server error")
@@ -428,6 +437,9 @@ class ServerControlProtocol(MuxProtocol):
         super().connectionLost(reason)
         text = reason.getErrorMessage() if reason is not None else "connection closed"
         if self.client_name is None:
+            if not self._login_started and reason is not None and reason.check(SSLError) and self._peer_host:
+                # Not TLS at all, or a handshake that failed: garbage on the control port.
+                self.core.access.failure(PROTOCOL, self._peer_host, "TLS handshake failed")
             if not self.authenticated and not self._login_started:
                 self.log.info("connection from {peer} closed before login: {reason}", peer=self.peer_address, reason=text)
             return
@@ -460,6 +472,12 @@ class AdmittingTLSFactory(TLSMemoryBIOFactory):
         self.admission = wrapped.admission
 
     def buildProtocol(self, addr: Any) -> Any:
-        if not self.admission.admit(getattr(addr, "host", "?")):
+        host = getattr(addr, "host", "?")
+        # Address rules and bans first: a refused source costs no TLS, no admission slot.
+        access = self.wrappedFactory.core.access
+        if not access.admits(CONTROL, host):
+            return None
+        if not self.admission.admit(host):
+            access.failure(FLOOD, host, "over transport.maxPendingConnections / maxPendingPerIP")
             return None
         return super().buildProtocol(addr)

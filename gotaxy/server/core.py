@@ -72,6 +72,7 @@ from gotaxy.names import InvalidName, check_name, is_valid_name
 from gotaxy.oslimits import fd_exhaustion
 from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.proxy import ExposeContext, ProxySpec, PublicAddress, SpecError, TunnelRefused, parse_spec, registry, type_of
+from gotaxy.server.access import TOKEN, TUNNELS, AccessControl, GatedFactory
 from gotaxy.server.claims import PortReservations
 from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
@@ -176,6 +177,11 @@ class ServerCore:
                 if attach is not None:
                     attach(self)
         self.events = EventBus()
+        #: Address rules and bans, checked by every listener before anything else (``gotaxy.server.access``).
+        self.access = AccessControl(config, reactor, store, self.events)
+        for front in self.fronts.values():
+            if hasattr(front, "gate"):  # its listener checks bans and access.tunnels before it reads a byte
+                front.gate = lambda factory: GatedFactory(lambda: self.access, TUNNELS, factory)
         # What the store records (the state changes' events and ``record``'s)
         # is published here, once, as the row was written.
         store.on_recorded = self.events.publish
@@ -206,6 +212,7 @@ class ServerCore:
         self._recording: Set[Deferred] = set()  #: events of failed log-ins being written
 
     def start(self) -> None:
+        self.access.start()
         self._rates.start(RATE_INTERVAL, now=False)
         self._start_idle_checks()
         for front in self.fronts.values():
@@ -218,6 +225,7 @@ class ServerCore:
             self._rates.stop()
         if self._idle.running:
             self._idle.stop()
+        self.access.stop()
         self.login_failures.flush()
 
     def _start_idle_checks(self) -> None:
@@ -294,7 +302,9 @@ class ServerCore:
         if name is None:
             # One event and one log line per source address a minute, not
             # one per attempt: see _report_login_failures.
-            recorded = self.login_failures.add(address.rsplit(":", 1)[0], address)
+            host = address.rsplit(":", 1)[0]
+            self.access.failure(TOKEN, host)
+            recorded = self.login_failures.add(host, address)
             if recorded is not None:
                 await recorded  # the first of a series: in the store before the client hears
             raise LoginRefused("invalid, expired or revoked token")

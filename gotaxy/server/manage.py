@@ -579,6 +579,44 @@ class Management:
                 raise ManagementError("invalid", error, "type")
         return await self._call(self._db.events, limit, type_, client, since, until, offset)
 
+    # -- who may connect (gotaxy.server.access) ------------------------------------
+
+    def access_rules(self) -> Dict[str, Any]:
+        """The address rules and ban settings in force, and the connections refused so far."""
+        return self.core.access.describe()  # type: ignore[no-any-return]
+
+    def bans(self) -> List[Dict[str, Any]]:
+        """The bans in force, the longest-lasting first."""
+        now = self.core.reactor.seconds()
+        return [ban.to_json(now) for ban in self.core.access.in_force()]
+
+    async def ban(self, address: str, seconds: Optional[float] = None, reason: str = "",
+                  who: str = "an operator") -> Dict[str, Any]:
+        """Ban ``address`` on every listener, for ``seconds`` (default: as a first automatic ban)."""
+        from gotaxy.server.access import BanRefused
+
+        if seconds is not None and not (0 < seconds <= 366 * 86400):
+            raise _invalid("seconds must be more than 0 and at most a year", "seconds")
+        length = seconds if seconds is not None else self.core.access.settings.ban_time
+        try:
+            ban = await self.core.access.ban(address, (reason or "banned by an operator")[:200], by=who,
+                                             seconds=length)
+        except BanRefused as e:
+            raise _invalid(str(e), "address") from None
+        return ban.to_json(self.core.reactor.seconds())  # type: ignore[no-any-return]
+
+    async def lift_ban(self, address: str, who: str = "an operator") -> None:
+        """Lift ``address``'s ban in every server process; not_found if it is not banned."""
+        from gotaxy.server.access import BanRefused
+
+        try:
+            lifted = await self.core.access.lift(address, who)
+        except BanRefused as e:
+            raise _invalid(str(e), "address") from None
+        if not lifted:
+            raise ManagementError("not_found", f"{address[:64]} is not banned; 'bans' lists the bans in force",
+                                  "address")
+
     async def record_operator_event(self, type_: str, address: Optional[str], detail: str) -> None:
         """Record something an operator did that is worth an event (the console's python prompt)."""
         await self.core.record(type_, address=address, detail=detail)

@@ -68,6 +68,7 @@ from gotaxy.notify.dispatch import Notifier
 from gotaxy.oslimits import backlog_warning, log_fd_limit
 from gotaxy.notify.managed import KeyMismatch, ManagedMailRecipients, ManagedWebhooks
 from gotaxy.process import EXIT_START_FAILED, EXIT_USAGE, StartError, TwistdOptions, exit_with_message
+from gotaxy.server import access
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
 from gotaxy.server.datalock import DataDirLock
@@ -555,6 +556,10 @@ def _assemble(
 
     console_access = ConsoleAccess(management, operators, second_factor, namespace)
     console = make_console_service(config, data_dir, console_access, reactor)
+    # Bans and address rules before TLS, HTTP or SSH see a byte (gotaxy.server.access).
+    for listener, name in ((web, access.WEB), (console, access.CONSOLE)):
+        if listener is not None:
+            listener.factory = access.GatedFactory(lambda: core.access, name, listener.factory)
 
     challenges = ChallengeStore()
     acme = None
@@ -578,7 +583,7 @@ def _assemble(
     # did and hands it to every part's apply (gotaxy.server.reload).
     reloader = ConfigReloader(
         lambda: build_config(options), config,
-        [part for part in (core, admission, error_log, notifier, mail, history, metrics_resource, event_retention,
+        [part for part in (core, core.access, admission, error_log, notifier, mail, history, metrics_resource, event_retention,
                            control, web, console) if part is not None],
         core.record,
     )

@@ -96,6 +96,15 @@ class LiveTunnel:
     def key(self) -> Tuple[str, str]:
         return (self.client, self.name)
 
+    def admits(self, host: str, routed: bool = False) -> bool:
+        """
+        May a visitor from ``host`` reach this tunnel (bans, ``access.tunnels``
+        and the tunnel's own rules: ``gotaxy.server.access``)?  ``routed``:
+        a front's listener checked the first two already.
+        """
+        access = getattr(getattr(self.session, "core", None), "access", None)
+        return access is None or access.admits_tunnel(self.client, self.name, host, routed)
+
     @property
     def opened(self) -> int:
         """Public connections accepted since the tunnel came up."""
@@ -163,6 +172,8 @@ class PublicConnection(StreamRelay):
     def __init__(self, tunnel: Optional[LiveTunnel]) -> None:
         super().__init__()
         self.tunnel: Optional[LiveTunnel] = tunnel
+        #: Made by a front without a tunnel: its tunnel's rules are checked when it is routed.
+        self.routed_by_front = tunnel is None
         self.idle_closing = False
 
     def connectionMade(self) -> None:
@@ -180,6 +191,11 @@ class PublicConnection(StreamRelay):
         self.tunnel = tunnel
         session = tunnel.session
         peer = self.transport.getPeer()
+        if self.routed_by_front and not tunnel.admits(peer.host, routed=True):
+            # A front routed it here: the tunnel's own address rules are checked now.
+            self.tunnel = None
+            self.transport.abortConnection()
+            return False
         stream = session.open_stream(tunnel.name, f"{peer.host}:{peer.port}")
         if stream is None:
             tunnel.meter.refuse()
@@ -258,4 +274,7 @@ class PublicFactory(ServerFactory):
         self.tunnel = tunnel
 
     def buildProtocol(self, addr: Any) -> Optional[PublicConnection]:
+        # Before anything else: a banned or denied visitor gets no connection at all.
+        if not self.tunnel.admits(getattr(addr, "host", "")):
+            return None
         return PublicConnection(self.tunnel)

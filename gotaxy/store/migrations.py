@@ -231,6 +231,8 @@ MIGRATIONS: Tuple[Migration, ...] = (
         "instead of remote_port",
         _move_ports,
     ),
+    Migration(6, "bans: addresses refused on every listener after repeated failures, shared by every server process",
+              ensure(schema.BANS)),
 )
 
 LATEST = MIGRATIONS[-1].version

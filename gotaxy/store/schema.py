@@ -52,6 +52,7 @@ WEB_TOTP = "web_totp"
 CLAIMS = "claims"
 AUTH_FAILURES = "auth_failures"
 AUTH_LOCKS = "auth_locks"
+BANS = "bans"
 
 #: Text of any length (what dataset has always used for ``types.text``).
 TEXT = UnicodeText
@@ -163,6 +164,19 @@ TABLES: Dict[str, TableSpec] = {
     AUTH_LOCKS: TableSpec(
         columns=(("scope", String(16)), ("key", String(200)), ("until", Float)),
         indexes=(("scope", "key"), ("until",)),
+    ),
+    # -- addresses banned after repeated failures (gotaxy.store.bans) --------
+    BANS: TableSpec(
+        columns=(
+            ("address", String(64)),
+            ("reason", String(200)),
+            ("strikes", Integer),
+            ("at", Float),
+            ("until", Float),
+            ("by", String(128)),
+        ),
+        indexes=(("until",),),
+        unique=(("address",),),
     ),
     # -- stability history (gotaxy.server.history) ---------------------------
     HISTORY_SESSIONS: TableSpec(

@@ -677,6 +677,41 @@ class Panel:
         await self.management.test_mail(unquote(address))
         request.setResponseCode(202)  # queued; the SMTP attempt (and its retries) happen later
 
+    # -- who may connect (gotaxy.server.access) --------------------------------------
+
+    @staticmethod
+    def _who(caller: Caller) -> str:
+        return f"API token {caller.token_name!r}" if caller.via == "token" else f"panel operator {caller.username}"
+
+    @app.route(f"{API_PREFIX}/access", methods=["GET"])
+    @_api()
+    async def access_rules(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return self.management.access_rules()
+
+    @app.route(f"{API_PREFIX}/bans", methods=["GET"])
+    @_api()
+    async def bans(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"bans": self.management.bans()}
+
+    @app.route(f"{API_PREFIX}/bans", methods=["POST"])
+    @_api()
+    async def add_ban(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        body = self._body(request)
+        address = self._string(body, "address", limit=64)
+        seconds = body.get("seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
+            raise HTTPError("invalid", "'seconds' must be a number of seconds", "seconds")
+        reason = self._optional(body, "reason", limit=200) or ""
+        ban = await self.management.ban(address, seconds, reason, self._who(caller))
+        request.setResponseCode(201)
+        return ban
+
+    # An IPv6 address holds ':': the panel sends it percent-encoded.
+    @app.route(f"{API_PREFIX}/bans/<address>", methods=["DELETE"])
+    @_api()
+    async def lift_ban(self, request: Any, caller: Caller, address: str) -> None:
+        await self.management.lift_ban(unquote(address), self._who(caller))
+
     # -- events, reload ------------------------------------------------------------
 
     @app.route(f"{API_PREFIX}/events/types", methods=["GET"])

@@ -302,6 +302,36 @@ SCHEMAS: Dict[str, Any] = {
         ["address"],
     ),
     "MailRecipients": _list_of("recipients", "MailRecipient"),
+    "Ban": _object({
+        "address": {"type": "string", "description": "the banned IP address"},
+        "reason": {"type": "string", "description": "why: the failures that led to it, or the operator's reason"},
+        "strikes": {"type": "integer", "description": "how many times it was banned (each repeat lasts twice as long)"},
+        "at": {"type": "number", "description": "UNIX time of the ban"},
+        "until": {"type": "number", "description": "UNIX time it ends"},
+        "by": {"type": "string", "description": "'automatic', or the operator or API token"},
+        "remaining": {"type": "number", "description": "seconds left"},
+    }),
+    "Bans": _list_of("bans", "Ban"),
+    "BanCreate": _object({
+        "address": {"type": "string", "maxLength": 64, "description": "an IPv4 or IPv6 address"},
+        "seconds": {"type": "number", "description": "how long (default access.ban.time)"},
+        "reason": {"type": "string", "maxLength": 200},
+    }, required=["address"]),
+    "AddressRules": _object({
+        "allow": {"type": "array", "items": {"type": "string"}, "description": "CIDR networks; empty: anyone"},
+        "deny": {"type": "array", "items": {"type": "string"}, "description": "CIDR networks; deny wins"},
+    }),
+    "Access": _object({
+        "listeners": _object({name: _ref("AddressRules") for name in ("control", "webServer", "console", "tunnels")}),
+        "perTunnel": {"type": "object", "additionalProperties": _ref("AddressRules"),
+                      "description": "CLIENT/TUNNEL (or CLIENT/*) -> that tunnel's own rules"},
+        "ban": {"type": "object", "description": "access.ban.* in force: enable, window, time, maxTime, "
+                "forgetAfter, exempt, thresholds (per kind of failure), nftSet, nftSet6"},
+        "refused": {"type": "array", "description": "connections refused since the start, per listener and reason "
+                    "(denied, banned)",
+                    "items": _object({"listener": {"type": "string"}, "reason": {"enum": ["denied", "banned"]},
+                                      "count": {"type": "integer"}})},
+    }),
     "Reload": _object({
         "applied": {"type": "array", "description": "settings applied live, with what was done",
                     "items": _object({"key": {"type": "string"}, "detail": {"type": "string"}})},
@@ -555,6 +585,18 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     "/mail-recipients/{address}/test": [
         _operation("post", "Queue a test e-mail (notify.test) to this recipient only", (202, None),
                    errors=(404, 409), tag="notifications")
+    ],
+    "/access": [_operation("get", "The address rules and ban settings in force (access.* in server.toml), and the "
+                           "connections refused", (200, "Access"), tag="access")],
+    "/bans": [
+        _operation("get", "The addresses banned from every listener, longest-lasting first", (200, "Bans"),
+                   tag="access"),
+        _operation("post", "Ban an address from every listener of every server on this store", (201, "Ban"),
+                   "BanCreate", tag="access"),
+    ],
+    "/bans/{address}": [
+        _operation("delete", "Lift an address's ban (percent-encode an IPv6 address)", (204, None), errors=(404,),
+                   tag="access")
     ],
     "/events/types": [
         _operation("get", "The event types: what each means and which fields it fills", (200, "EventTypes"),
