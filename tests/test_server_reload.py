@@ -150,6 +150,7 @@ class ServerReloadTests(unittest.TestCase):
             'metrics.exposure = "open"\n'
             "transport.heartbeatInterval = 4\ntransport.heartbeatTimeout = 12\n"
             "console.python = true\n"
+            "udpPacketSize = 1200\n"
             f'[[webhooks]]\nurl = "http://127.0.0.1:{hook_port}/hook"\n'
         )
         report = await server.management.reload("a test")
@@ -157,7 +158,7 @@ class ServerReloadTests(unittest.TestCase):
         self.assertLessEqual({
             "transport.maxPendingConnections / transport.maxPendingPerIP", "log.level",
             "history.sampleInterval", "metrics.exposure / metrics.token / enablePrometheus",
-            "transport.heartbeatInterval / transport.heartbeatTimeout", "webhooks",
+            "transport.heartbeatInterval / transport.heartbeatTimeout", "webhooks", "udpPacketSize",
         }, applied)
         self.assertEqual((server.admission.max_pending, server.admission.max_per_ip), (7, 3))
         self.assertEqual(server.history.sample_interval, 5)

@@ -890,6 +890,8 @@ class ServerCore:
                 " / ".join(heartbeat),
                 f"{config.heartbeat_interval:g} s / {config.heartbeat_timeout:g} s, on connected clients too",
             ))
+        if "udpPacketSize" in changed:
+            done.append(applied("udpPacketSize", "udp tunnels opened from now on; open ones keep theirs until they reopen"))
         if "transport.authTimeout" in changed:
             done.append(applied("transport.authTimeout", "for connections from now on"))
         if "proxyBindAddr" in changed:
