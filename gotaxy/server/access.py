@@ -269,8 +269,12 @@ class AccessControl:
                  firewall: Any = None) -> None:
         self.reactor = reactor
         self.store = store
-        self.firewall = firewall
         self._configure(config.access)
+        if firewall is None and (self.settings.nft_set or self.settings.nft_set6):
+            from gotaxy.server.nft import NftSets
+
+            firewall = NftSets(reactor, self.settings.nft_command, self.settings.nft_set, self.settings.nft_set6)
+        self.firewall = firewall
         self.failures = FailureCounter(reactor, self.settings.ban_window)
         #: address text -> the ban in force
         self.bans: Dict[str, Ban] = {}
@@ -294,6 +298,8 @@ class AccessControl:
     # -- service -------------------------------------------------------------
 
     def start(self) -> None:
+        if self.firewall is not None:
+            self.firewall.start()  # emptied first: the bans in force are added as they load
         if self.store is not None and not self._refresh.running:
             self._refresh.start(REFRESH_INTERVAL, now=True)
 
