@@ -214,3 +214,21 @@ class ServerReloadTests(unittest.TestCase):
         self.assertIn("shared auth.token changed", str(raw.replies[-1]))
         self.assertNotIn("shared-secret", repr(report))
         self.assertNotIn("shared-secret", self.of_type("config.reloaded")[0].detail)
+
+
+def test_the_docs_say_for_every_server_setting_whether_it_applies_live():
+    """docs/configuration.md's "Changing configuration live" table: a new setting must get its row (and its rule)."""
+    import re
+    from pathlib import Path
+
+    from gotaxy.server.reload import _SETTINGS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    table = doc.split("## Changing configuration live", 1)[1].split("### The client", 1)[0]
+    named = re.findall(r"`([^`]+)`", table)
+
+    def listed(key: str) -> bool:
+        return any(n == key or (n.endswith(".*") and key.startswith(n[:-1])) for n in named)
+
+    missing = [key for key in _SETTINGS if not listed(key)]
+    assert missing == [], f"docs/configuration.md does not say whether these apply live: {missing}"
