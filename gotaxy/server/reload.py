@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_server_reload -*-
 """
 Live reload of ``server.toml``: ``SIGHUP``, the console's ``reload``, the
-panel and ``POST /api/v1/reload`` all call ``ConfigReloader.reload``.
+panel and ``POST /api/v0.1/reload`` all call ``ConfigReloader.reload``.
 
 A reload is two steps, and the first can change nothing:
 
