@@ -65,6 +65,9 @@ DEFAULT_PACKET_SIZE = 1500
 #: Ports tried for ``remotePort = 0`` when the operating system picks one another tunnel holds.
 MAX_PICK_ATTEMPTS = 8
 
+#: Bytes of datagrams a public UDP port reads per turn of the reactor (Twisted's default is 256 KiB).
+UDP_READ_PER_TURN = 64 * 1024
+
 #: Datagrams a client-side association keeps while it resolves a host-name ``localIP``.
 MAX_PENDING = 8
 
@@ -482,14 +485,19 @@ class UdpProxy(ProxyType):
         max_size = getattr(limits, "udp_packet_size", DEFAULT_PACKET_SIZE)
         front = UdpFront(tunnel, context.reactor, max_size)
         try:
-            context.reactor.listenUDP(port, front, interface=context.config.effective_proxy_bind_addr(),
-                                      maxPacketSize=max_size + 1)
+            listening = context.reactor.listenUDP(port, front, interface=context.config.effective_proxy_bind_addr(),
+                                                  maxPacketSize=max_size + 1)
         except CannotListenError as e:
             if is_fd_exhaustion(e):
                 raise TunnelRefused(f"UDP port {port} cannot be opened: the server is {fd_exhaustion()}") from None
             if getattr(e.socketError, "errno", None) == errno.EADDRINUSE:
                 raise TunnelRefused(f"UDP port {port} is busy on the server") from None
             raise TunnelRefused(f"UDP port {port} cannot be opened on the server: {e.socketError}") from None
+        if isinstance(getattr(listening, "maxThroughput", None), int):
+            # Read at most this much per turn of the reactor: a flood waits in
+            # (and overflows) the kernel's buffer instead of taking the turns
+            # the TCP streams of the same process need.
+            listening.maxThroughput = UDP_READ_PER_TURN
         return front
 
     def connect(self, reactor: Any, spec: ProxySpec, stream: Any, failed: Callable[[Failure], None]) -> None:
