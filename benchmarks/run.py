@@ -20,6 +20,14 @@ drift of the machine hits all three alike:
   ``Connection: close`` so that every request opens a new connection
   (through a tunnel that is a new stream/channel per request).
 
+* UDP (``--no-udp`` skips it): ``iperf3 -u`` with 1,200-byte datagrams,
+  direct, through a plain one-hop relay (``socat UDP-LISTEN:…,fork UDP:…``,
+  the practical limit, with a socat TCP relay for iperf3's control
+  connection) and through a Gotaxy ``udp`` tunnel (and a ``tcp`` one on the
+  same public port number for the control connection).  The rate steps up
+  (all three paths at each step) until a path loses 1 % or more; the figure
+  is the highest rate with under 1 % loss, and its datagrams per second.
+
 While a workload runs, the CPU time of the tunnel processes is sampled from
 /proc, and after the load their VmRSS and VmHWM are read.  The results are
 printed as a table (``--markdown`` for docs/benchmarks.md).  Every process
@@ -66,6 +74,7 @@ REQUIRED_TOOLS = [
     ("sshd", "openssh-server"),
     ("ssh", "openssh-client"),
     ("ssh-keygen", "openssh-client"),
+    ("socat", "socat"),
 ]
 
 DIRECT, GOTAXY, SSH = "direct", "gotaxy", "ssh -R"
@@ -460,9 +469,21 @@ def start_targets(group: ProcessGroup, tools: Dict[str, str], work: Path, file_s
 
 
 def start_gotaxy(
-    group: ProcessGroup, tools: Dict[str, str], work: Path, source: Path, nginx_port: int, iperf_port: int
+    group: ProcessGroup, tools: Dict[str, str], work: Path, source: Path, nginx_port: int, iperf_port: int,
+    udp_iperf: Optional[Tuple[int, int]] = None,
 ) -> PathEndpoints:
+    """
+    The gotaxy server and client with the HTTP and iperf3 tunnels; with
+    ``udp_iperf`` = (local iperf3 port, public port), also a udp tunnel and a
+    tcp one (iperf3's control connection) on that public port number.
+    """
     control_port, web_port, iperf_public, panel_port, console_port = free_ports(5)
+    extra_ports = f",{udp_iperf[1]}" if udp_iperf else ""
+    extra_tunnels: List[str] = []
+    if udp_iperf:
+        local, public = udp_iperf
+        extra_tunnels = ["--tunnel", f"iperfudp=udp:{LOOPBACK}:{local}:{public}",
+                         "--tunnel", f"iperfctl=tcp:{LOOPBACK}:{local}:{public}"]
     directory = work / "gotaxy"
     directory.mkdir()
     env = dict(os.environ)
@@ -485,7 +506,7 @@ def start_gotaxy(
             "--data-dir", str(directory / "server"),
             "--bind-addr", LOOPBACK,
             "--bind-port", str(control_port),
-            "--allow-ports", f"{web_port},{iperf_public}",
+            "--allow-ports", f"{web_port},{iperf_public}{extra_ports}",
             *services,
         ],
         env=env,
@@ -516,6 +537,7 @@ def start_gotaxy(
             "--data-dir", str(directory / "client"),
             "--tunnel", f"web=tcp:{LOOPBACK}:{nginx_port}:{web_port}",
             "--tunnel", f"iperf=tcp:{LOOPBACK}:{iperf_port}:{iperf_public}",
+            *extra_tunnels,
         ],
         env=env,
         cwd=directory,
@@ -523,7 +545,10 @@ def start_gotaxy(
 
     def tunnels_up() -> bool:
         text = group.log_path("gotaxy-client").read_text(errors="replace")
-        return "tunnel web up at" in text and "tunnel iperf up at" in text
+        wanted = ["tunnel web up at", "tunnel iperf up at"]
+        if udp_iperf:
+            wanted += ["tunnel iperfudp up at", "tunnel iperfctl up at"]
+        return all(w in text for w in wanted)
 
     wait_until(
         "both gotaxy tunnels to come up", tunnels_up, [("gotaxy-server", server), ("gotaxy-client", client)], group
@@ -1038,6 +1063,122 @@ def verdict(chosen: List[Workload], results: Dict[Tuple[str, str], Summary]) -> 
     return "\n".join(lines)
 
 
+# --- UDP ---------------------------------------------------------------------
+
+UDP_PATHS = (DIRECT, "socat", GOTAXY)
+UDP_DATAGRAM = 1200
+#: Offered rates, Mbit/s, stepped up until a path loses 1 % or more.
+UDP_RATES = (10, 25, 50, 75, 100, 125, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1500, 2000)
+UDP_LOSS_LIMIT = 1.0
+
+
+@attrs.frozen
+class UdpStep:
+    rate: float  #: offered, Mbit/s
+    received: Optional[float]  #: Mbit/s that arrived, None when the run failed
+    loss: Optional[float]  #: percent
+    jitter: Optional[float] = None  #: ms
+    problems: str = ""
+
+
+def start_udp_targets(group: ProcessGroup, tools: Dict[str, str]) -> Dict[str, int]:
+    """One iperf3 server per UDP path (direct, socat, gotaxy); their local ports."""
+    ports = free_ports(len(UDP_PATHS))
+    waiting = []
+    for path, port in zip(UDP_PATHS, ports):
+        name = f"iperf3-udp-server-{path}"
+        waiting.append((name, group.start(name, [tools["iperf3"], "-s", "-B", LOOPBACK, "-p", str(port)])))
+    wait_until("the UDP iperf3 servers to listen", lambda: all(is_listening(p) for p in ports), waiting, group)
+    return dict(zip(UDP_PATHS, ports))
+
+
+def start_socat(group: ProcessGroup, tools: Dict[str, str], target: int) -> int:
+    """A plain one-hop relay to ``target``: UDP (the datagrams) and TCP (iperf3's control) on one port."""
+    (port,) = free_ports(1)
+    udp = group.start("socat-udp", [tools["socat"], f"UDP4-LISTEN:{port},bind={LOOPBACK},fork,reuseaddr",
+                                    f"UDP4:{LOOPBACK}:{target}"])
+    tcp = group.start("socat-tcp", [tools["socat"], f"TCP4-LISTEN:{port},bind={LOOPBACK},fork,reuseaddr",
+                                    f"TCP4:{LOOPBACK}:{target}"])
+    wait_until("socat to listen", lambda: is_listening(port), [("socat-udp", udp), ("socat-tcp", tcp)], group)
+    return port
+
+
+def run_iperf3_udp(tools: Dict[str, str], port: int, rate: float, duration: float) -> UdpStep:
+    import json
+
+    argv = [tools["iperf3"], "-c", LOOPBACK, "-p", str(port), "-u", "-b", f"{rate:g}M", "-l", str(UDP_DATAGRAM),
+            "-t", f"{duration:g}", "-J", "--connect-timeout", "5000"]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return UdpStep(rate, None, None, problems=f"iperf3 did not finish within {duration + 30:g} s")
+        try:
+            report = json.loads(done.stdout)
+        except ValueError:
+            return UdpStep(rate, None, None, problems=f"iperf3 exited {done.returncode}")
+        # The server may still be closing the previous test's control connection.
+        if "busy" in report.get("error", "") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            continue
+        break
+    if "error" in report:
+        return UdpStep(rate, None, None, problems=f"iperf3: {report['error']}")
+    total = report["end"]["sum"]
+    received = total["bits_per_second"] * (1 - total["lost_percent"] / 100) / 1e6
+    return UdpStep(rate, received, total["lost_percent"], total.get("jitter_ms"))
+
+
+def measure_udp(tools: Dict[str, str], ports: Dict[str, int], duration: float) -> Dict[str, List[UdpStep]]:
+    """Step the rate up on every path in turn until each loses 1 % or more (or the ladder ends)."""
+    steps: Dict[str, List[UdpStep]] = {path: [] for path in ports}
+    going = list(ports)
+    for rate in UDP_RATES:
+        for path in list(going):
+            step = run_iperf3_udp(tools, ports[path], rate, duration)
+            steps[path].append(step)
+            shown = "failed" if step.loss is None else f"loss {step.loss:.2f} %, jitter {step.jitter or 0:.3f} ms"
+            progress(f"[udp] {rate:>6g} Mbit/s offered  {path:<7} {shown}" + (f" | !! {step.problems}"
+                                                                               if step.problems else ""))
+            if step.loss is None or step.loss >= UDP_LOSS_LIMIT:
+                going.remove(path)
+            time.sleep(1)
+        if not going:
+            break
+    return steps
+
+
+def best_udp(steps: List[UdpStep]) -> Optional[UdpStep]:
+    passed = [s for s in steps if s.loss is not None and s.loss < UDP_LOSS_LIMIT]
+    return max(passed, key=lambda s: s.rate) if passed else None
+
+
+def udp_report(steps: Dict[str, List[UdpStep]], markdown: bool) -> str:
+    socat = best_udp(steps.get("socat", []))
+    headers = ["path", "highest rate under 1 % loss", "datagrams/s", "loss there", "jitter there", "vs socat"]
+    rows = []
+    for path, path_steps in steps.items():
+        best = best_udp(path_steps)
+        if best is None:
+            rows.append([path, "none passed", "–", "–", "–", "–"])
+            continue
+        pps = best.rate * 1e6 / 8 / UDP_DATAGRAM
+        ratio = f"{best.rate / socat.rate:.2f}" if socat is not None else "–"
+        rows.append([path, f"{best.rate:g} Mbit/s", f"{pps:,.0f}", f"{best.loss:.2f} %",
+                     f"{best.jitter:.3f} ms" if best.jitter is not None else "–", ratio])
+    return render(headers, rows, markdown)
+
+
+def udp_verdict(steps: Dict[str, List[UdpStep]]) -> str:
+    gotaxy, socat = best_udp(steps.get(GOTAXY, [])), best_udp(steps.get("socat", []))
+    bar = "The UDP bar: gotaxy's highest rate under 1 % loss at least 50 % of socat's."
+    if gotaxy is None or socat is None:
+        return f"{bar}\n  cannot tell (no rate passed on {'gotaxy' if gotaxy is None else 'socat'})"
+    ratio = gotaxy.rate / socat.rate
+    return f"{bar}\n  {'met' if ratio >= 0.5 else 'NOT met'} (gotaxy / socat = {ratio:.2f})"
+
+
 # --- main --------------------------------------------------------------------
 
 
@@ -1063,6 +1204,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--file-size", type=int, default=1024, help="bytes in the file nginx serves (default 1024)")
     parser.add_argument("--no-reverse", dest="reverse", action="store_false", help="skip the iperf3 -R run")
+    parser.add_argument("--no-udp", dest="udp", action="store_false",
+                        help="skip the UDP rows (iperf3 -u direct, through socat and through a udp tunnel)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     parser.add_argument(
@@ -1149,8 +1292,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         endpoints = {
             DIRECT: PathEndpoints(DIRECT, http_port=nginx_port, iperf_port=iperf_ports[DIRECT], description="no tunnel")
         }
+        udp_ports: Dict[str, int] = {}
+        udp_gotaxy: Optional[Tuple[int, int]] = None
+        if args.udp:
+            udp_targets = start_udp_targets(group, tools)
+            udp_ports = {DIRECT: udp_targets[DIRECT], "socat": start_socat(group, tools, udp_targets["socat"])}
+            udp_gotaxy = (udp_targets[GOTAXY], free_ports(1)[0])
         progress("starting gotaxy server and client")
-        endpoints[GOTAXY] = start_gotaxy(group, tools, work, args.source, nginx_port, iperf_ports[GOTAXY])
+        endpoints[GOTAXY] = start_gotaxy(group, tools, work, args.source, nginx_port, iperf_ports[GOTAXY], udp_gotaxy)
+        if udp_gotaxy is not None:
+            udp_ports[GOTAXY] = udp_gotaxy[1]
         progress("starting sshd and ssh -R")
         endpoints[SSH] = start_ssh(group, tools, work, nginx_port, iperf_ports[SSH])
         check_paths(endpoints, (work / "www" / FILE_NAME).read_bytes())
@@ -1169,6 +1320,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     )
                     runs.setdefault((workload.key, path), []).append(result)
 
+        udp_steps = measure_udp(tools, udp_ports, args.duration) if args.udp else {}
+
         for path in (GOTAXY, SSH):
             memory[path] = {role: (idle[path][role], memory_of(pid)) for role, pid in endpoints[path].carriers.items()}
         results = {key: summarize(value) for key, value in runs.items()}
@@ -1185,6 +1338,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(report(chosen, results, memory, args.markdown))
         print()
         print(verdict(chosen, results))
+        if udp_steps:
+            print()
+            print(f"UDP: iperf3 -u, {UDP_DATAGRAM}-byte datagrams, {args.duration:g} s per step, the rate stepped "
+                  f"up until 1 % loss")
+            print(udp_report(udp_steps, args.markdown))
+            print()
+            print(udp_verdict(udp_steps))
         return 0
     except BenchmarkError as e:
         progress(f"benchmark set-up failed: {e}")

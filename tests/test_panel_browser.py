@@ -160,6 +160,18 @@ def test_panel_end_to_end(procs, echo, browser):
     expect(web_row.locator(".status")).to_have_text("up")
     assert echo_once(wanted, b"again") == b"again"
 
+    # A udp tunnel from the same form: the type's own fields, its address and datagram counters in the table.
+    page.select_option('#tunnel-form [name="spec.type"]', "udp")
+    expect(page.locator('#tunnel-form [name="spec.idleTimeout"]')).to_have_attribute("placeholder", "60")
+    page.fill('#tunnel-form [name="name"]', "dns")
+    page.fill('#tunnel-form [name="spec.localPort"]', str(echo.port))
+    page.click('#tunnel-form button[type="submit"]')
+    dns_row = page.locator('#tunnels-table tr[data-tunnel="default/dns"]')
+    expect(dns_row.locator(".status")).to_have_text("up")
+    expect(dns_row).to_contain_text("UDP port")
+    expect(dns_row).to_contain_text("udp 127.0.0.1:")
+    expect(dns_row.locator(".datagrams")).to_have_text("0 / 0 datagrams")
+
     # Tokens and events pages.
     page.click('#nav a[data-page="tokens"]')
     page.fill('#token-form [name="name"]', "laptop")
