@@ -27,6 +27,18 @@ drift of the machine hits all three alike:
   same public port number for the control connection).  The rate steps up
   (all three paths at each step) until a path loses 1 % or more; the figure
   is the highest rate with under 1 % loss, and its datagrams per second.
+Websites by name (``--no-vhost`` skips them): the same nginx reached by
+``Host: web.bench.test`` four ways, with wrk keep-alive and new connection
+per request, interleaved the same way:
+
+* nginx direct;
+* nginx as a reverse proxy in front of it (the cost of one HTTP hop: the
+  practical limit for any HTTP front);
+* Gotaxy's ``type = "http"`` tunnel on its ``vhostHTTPPort`` (a second
+  server and client, so that the TCP rows above are not disturbed);
+* PageKite (Debian package ``pagekite``), a Python reverse tunnel that
+  routes by Host, as a peer: a front end and a back end, plain TCP between
+  them.
 
 While a workload runs, the CPU time of the tunnel processes is sampled from
 /proc, and after the load their VmRSS and VmHWM are read.  The results are
@@ -80,6 +92,11 @@ REQUIRED_TOOLS = [
 DIRECT, GOTAXY, SSH = "direct", "gotaxy", "ssh -R"
 PATHS = (DIRECT, GOTAXY, SSH)
 
+#: The websites-by-name paths (see the module docstring) and the name they answer to.
+NGINX_DIRECT, NGINX_PROXY, GOTAXY_HTTP, PAGEKITE = "nginx direct", "nginx proxy", "gotaxy http", "pagekite"
+VHOST_PATHS = (NGINX_DIRECT, NGINX_PROXY, GOTAXY_HTTP, PAGEKITE)
+VHOST_NAME = "web.bench.test"
+
 
 class BenchmarkError(Exception):
     """Setting up a path failed; the message says which and where to look."""
@@ -115,6 +132,9 @@ def locate_tools() -> Dict[str, str]:
         missing.append(f"{name} (Debian package {package})")
         if package not in packages:
             packages.append(package)
+    pagekite = find_tool("pagekite")  # optional: the PageKite row (Debian package pagekite)
+    if pagekite is not None:
+        tools["pagekite"] = pagekite
     twistd = find_twistd()
     if twistd is None:
         missing.append("twistd (pip install -e . in this repository)")
@@ -411,6 +431,8 @@ class PathEndpoints:
     #: role -> what the process is called in messages and logs
     names: Dict[str, str] = attrs.field(factory=dict)
     description: str = ""
+    #: the Host header wrk sends (websites by name), or None
+    host: Optional[str] = None
 
 
 def start_targets(group: ProcessGroup, tools: Dict[str, str], work: Path, file_size: int) -> Tuple[int, Dict[str, int]]:
@@ -776,6 +798,8 @@ def run_wrk(
     tools: Dict[str, str], ends: PathEndpoints, duration: float, connections: int, threads: int, new_connection: bool
 ) -> Tuple[Optional[float], str, str]:
     argv = [tools["wrk"], f"-t{threads}", f"-c{connections}", f"-d{duration:g}s"]
+    if ends.host:
+        argv += ["-H", f"Host: {ends.host}"]
     if new_connection:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://{LOOPBACK}:{ends.http_port}/{FILE_NAME}")
@@ -1063,6 +1087,243 @@ def verdict(chosen: List[Workload], results: Dict[Tuple[str, str], Summary]) -> 
     return "\n".join(lines)
 
 
+# --- websites by name ----------------------------------------------------------
+
+
+def start_nginx_proxy(group: ProcessGroup, tools: Dict[str, str], work: Path, nginx_port: int) -> PathEndpoints:
+    """nginx (one worker) as a reverse proxy to the target nginx, keeping upstream connections alive."""
+    (port,) = free_ports(1)
+    directory = work / "nginx-proxy"
+    directory.mkdir()
+    user = f"user {pwd.getpwuid(os.getuid()).pw_name};" if os.getuid() == 0 else ""
+    config = directory / "nginx.conf"
+    config.write_text(textwrap.dedent(f"""\
+            {user}
+            daemon off;
+            worker_processes 1;
+            pid {directory}/nginx.pid;
+            error_log {directory}/error.log warn;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                keepalive_requests 1000000;
+                client_body_temp_path {directory}/body;
+                proxy_temp_path {directory}/proxy;
+                fastcgi_temp_path {directory}/fastcgi;
+                uwsgi_temp_path {directory}/uwsgi;
+                scgi_temp_path {directory}/scgi;
+                upstream target {{ server {LOOPBACK}:{nginx_port}; keepalive 64; }}
+                server {{
+                    listen {LOOPBACK}:{port};
+                    server_name {VHOST_NAME};
+                    location / {{
+                        proxy_pass http://target;
+                        proxy_http_version 1.1;
+                        proxy_set_header Connection "";
+                        proxy_set_header Host $host;
+                        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                    }}
+                }}
+            }}
+            """))
+    proxy = group.start(
+        "nginx-proxy", [tools["nginx"], "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(config)]
+    )
+    wait_until("the reverse-proxy nginx to listen", lambda: is_listening(port), [("nginx-proxy", proxy)], group)
+    # The worker does the work; the master only watches it.
+    worker = next(iter(children_of(proxy.pid)), proxy.pid)
+    return PathEndpoints(NGINX_PROXY, http_port=port, iperf_port=0, carriers={"proxy": worker},
+                         names={"proxy": "nginx-proxy"}, description="nginx proxy_pass, upstream keepalive 64",
+                         host=VHOST_NAME)
+
+
+def start_gotaxy_http(
+    group: ProcessGroup, tools: Dict[str, str], work: Path, source: Path, nginx_port: int
+) -> Optional[PathEndpoints]:
+    """A Gotaxy server with vhostHTTPPort and a client with one http tunnel to nginx; None if --source has none."""
+    if not (source / "gotaxy" / "proxy" / "vhost.py").exists():
+        return None
+    control_port, web_port = free_ports(2)
+    directory = work / "gotaxy-http"
+    directory.mkdir()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+    server_config = directory / "server.toml"
+    server_config.write_text(f'vhostHTTPPort = {web_port}\n')
+    server = group.start(
+        "gotaxy-http-server",
+        [
+            tools["twistd"], "-n", "--pidfile=", "gotaxy-server", "--config", str(server_config),
+            "--data-dir", str(directory / "server"), "--bind-addr", LOOPBACK, "--bind-port", str(control_port),
+            "--web-port", "0", "--console-port", "0",
+        ],
+        env=env,
+        cwd=directory,
+    )
+    banner: Dict[str, str] = {}
+
+    def banner_printed() -> bool:
+        try:
+            text = group.log_path("gotaxy-http-server").read_text(errors="replace")
+        except OSError:
+            return False
+        for line in text.splitlines():
+            if "client token" in line:
+                banner["token"] = line.split()[-1]
+            elif "server certificate" in line:
+                banner["fingerprint"] = line.split()[-1]
+        return len(banner) == 2 and is_listening(control_port) and is_listening(web_port)
+
+    wait_until("the gotaxy http server's first-start banner", banner_printed,
+               [("gotaxy-http-server", server)], group)
+    client_config = directory / "client.toml"
+    client_config.write_text(textwrap.dedent(f"""\
+            [[proxies]]
+            name = "web"
+            type = "http"
+            localIP = "{LOOPBACK}"
+            localPort = {nginx_port}
+            customDomains = ["{VHOST_NAME}"]
+            """))
+    client = group.start(
+        "gotaxy-http-client",
+        [
+            tools["twistd"], "-n", "--pidfile=", "gotaxy-client", "--config", str(client_config),
+            "--server", f"{LOOPBACK}:{control_port}", "--token", banner["token"],
+            "--fingerprint", banner["fingerprint"], "--data-dir", str(directory / "client"),
+        ],
+        env=env,
+        cwd=directory,
+    )
+    wait_until(
+        "the gotaxy http tunnel to come up",
+        lambda: "tunnel web up at" in group.log_path("gotaxy-http-client").read_text(errors="replace"),
+        [("gotaxy-http-server", server), ("gotaxy-http-client", client)],
+        group,
+    )
+    return PathEndpoints(GOTAXY_HTTP, http_port=web_port, iperf_port=0,
+                         carriers={"server": server.pid, "client": client.pid},
+                         names={"server": "gotaxy-http-server", "client": "gotaxy-http-client"},
+                         description="vhostHTTPPort, one http tunnel", host=VHOST_NAME)
+
+
+def start_pagekite(group: ProcessGroup, tools: Dict[str, str], work: Path, nginx_port: int) -> PathEndpoints:
+    """PageKite's front end on a port, and a back end that serves nginx as the kite web.bench.test."""
+    (port,) = free_ports(1)
+    secret = os.urandom(8).hex()
+    directory = work / "pagekite"
+    directory.mkdir()
+    frontend = group.start(
+        "pagekite-frontend",
+        [tools["pagekite"], "--clean", "--nullui", "--isfrontend", f"--host={LOOPBACK}", f"--ports={port}",
+         "--protos=http",
+         f"--domain=http:{VHOST_NAME}:{secret}", f"--logfile={directory / 'frontend.log'}"],
+        cwd=directory,
+    )
+    wait_until("PageKite's front end to listen", lambda: is_listening(port), [("pagekite-frontend", frontend)], group)
+    backend = group.start(
+        "pagekite-backend",
+        [tools["pagekite"], "--clean", "--nullui", f"--frontend={LOOPBACK}:{port}",
+         f"--service_on=http:{VHOST_NAME}:{LOOPBACK}:{nginx_port}:{secret}",
+         f"--logfile={directory / 'backend.log'}"],
+        cwd=directory,
+    )
+
+    def kite_up() -> bool:
+        try:
+            connection = http.client.HTTPConnection(LOOPBACK, port, timeout=2)
+            connection.request("GET", f"/{FILE_NAME}", headers={"Host": VHOST_NAME})
+            return connection.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            connection.close()
+
+    wait_until("the PageKite kite to come up", kite_up,
+               [("pagekite-frontend", frontend), ("pagekite-backend", backend)], group)
+    return PathEndpoints(PAGEKITE, http_port=port, iperf_port=0,
+                         carriers={"frontend": frontend.pid, "backend": backend.pid},
+                         names={"frontend": "pagekite-frontend", "backend": "pagekite-backend"},
+                         description=f"PageKite {pagekite_version(directory / 'frontend.log')}, "
+                                     "plain TCP between its ends", host=VHOST_NAME)
+
+
+def pagekite_version(log: Path) -> str:
+    """The version PageKite logs at start (``version=1.5.2.201011``); it has no --version."""
+    try:
+        found = re.search(r"version=([\w.]+)", log.read_text(errors="replace"))
+    except OSError:
+        return "(version unknown)"
+    return found.group(1) if found else "(version unknown)"
+
+
+def check_vhost_paths(endpoints: Dict[str, PathEndpoints], expected: bytes) -> None:
+    """One GET by name through every websites path before measuring."""
+    for path, ends in endpoints.items():
+        connection = http.client.HTTPConnection(LOOPBACK, ends.http_port, timeout=10)
+        try:
+            connection.request("GET", f"/{FILE_NAME}", headers={"Host": VHOST_NAME})
+            response = connection.getresponse()
+            body = response.read()
+        except OSError as e:
+            raise BenchmarkError(f"GET /{FILE_NAME} through {path} (port {ends.http_port}) failed: {e}") from None
+        finally:
+            connection.close()
+        if response.status != 200 or body != expected:
+            raise BenchmarkError(f"GET /{FILE_NAME} by name through {path} returned {response.status}, not the file")
+
+
+def vhost_report(
+    chosen: List[Workload], results: Dict[Tuple[str, str], Summary], tcp: Dict[Tuple[str, str], Summary],
+    paths: Sequence[str], markdown: bool,
+) -> str:
+    headers = ["workload", *paths, "gotaxy http / pagekite", "gotaxy http / nginx proxy", "gotaxy http / gotaxy tcp"]
+    rows = []
+    notes: List[str] = []
+    for workload in chosen:
+        cells = {path: results[(workload.key, path)] for path in paths}
+        gotaxy = cells.get(GOTAXY_HTTP)
+        value = gotaxy.value if gotaxy is not None else None
+        rows.append([
+            f"{workload.label} ({workload.unit})",
+            *(cell(cells[path], workload.unit, notes) for path in paths),
+            format_ratio(value, cells[PAGEKITE].value if PAGEKITE in cells else None),
+            format_ratio(value, cells[NGINX_PROXY].value),
+            format_ratio(value, tcp[(workload.key, GOTAXY)].value if (workload.key, GOTAXY) in tcp else None),
+        ])
+    text = render(headers, rows, markdown)
+    if notes:
+        text += "\n\n" + "\n".join(f"[!{number}] {note}" for number, note in enumerate(notes, 1))
+    cpu_rows = [
+        [workload.label, path, ", ".join(f"{role} {share * 100:.0f} %" for role, share in summary.cpu.items()) or "—"]
+        for workload in chosen for path in paths if (summary := results[(workload.key, path)])
+    ]
+    return "\n".join([
+        "Websites by name (Host: " + VHOST_NAME + "):", "", text, "",
+        "CPU use of the processes that carry each websites path (100 % = one core):", "",
+        render(["workload", "path", "CPU"], cpu_rows, markdown),
+    ])
+
+
+def vhost_verdict(chosen: List[Workload], results: Dict[Tuple[str, str], Summary],
+                  tcp: Dict[Tuple[str, str], Summary], paths: Sequence[str]) -> str:
+    lines = ["The bar for websites: gotaxy http at least 2x PageKite on both workloads, and keep-alive "
+             "req/s at least 70 % of gotaxy's own TCP tunnel."]
+    for workload in chosen:
+        gotaxy = results.get((workload.key, GOTAXY_HTTP))
+        if gotaxy is None or gotaxy.value is None:
+            lines.append(f"  {workload.label}: cannot tell (the gotaxy http run failed or did not run)")
+            continue
+        if PAGEKITE in paths and results[(workload.key, PAGEKITE)].value:
+            ratio = gotaxy.value / results[(workload.key, PAGEKITE)].value  # type: ignore[operator]
+            lines.append(f"  {workload.label} vs PageKite: {'met' if ratio >= 2 else 'NOT met'} ({ratio:.2f}x)")
+        own = tcp.get((workload.key, GOTAXY))
+        if workload.key == "keepalive" and own is not None and own.value:
+            ratio = gotaxy.value / own.value
+            lines.append(f"  {workload.label} vs gotaxy tcp: {'met' if ratio >= 0.7 else 'NOT met'} ({ratio:.2f})")
+    return "\n".join(lines)
+
+
 # --- UDP ---------------------------------------------------------------------
 
 UDP_PATHS = (DIRECT, "socat", GOTAXY)
@@ -1206,6 +1467,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-reverse", dest="reverse", action="store_false", help="skip the iperf3 -R run")
     parser.add_argument("--no-udp", dest="udp", action="store_false",
                         help="skip the UDP rows (iperf3 -u direct, through socat and through a udp tunnel)")
+    parser.add_argument("--no-vhost", dest="vhost", action="store_false",
+                        help="skip the websites-by-name rows (nginx proxy, gotaxy http, PageKite)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     parser.add_argument(
@@ -1305,6 +1568,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         progress("starting sshd and ssh -R")
         endpoints[SSH] = start_ssh(group, tools, work, nginx_port, iperf_ports[SSH])
         check_paths(endpoints, (work / "www" / FILE_NAME).read_bytes())
+        vhost_endpoints: Dict[str, PathEndpoints] = {}
+        if args.vhost:
+            vhost_endpoints[NGINX_DIRECT] = attrs.evolve(endpoints[DIRECT], path=NGINX_DIRECT, host=VHOST_NAME)
+            progress("starting the websites paths: nginx reverse proxy, gotaxy http, PageKite")
+            vhost_endpoints[NGINX_PROXY] = start_nginx_proxy(group, tools, work, nginx_port)
+            gotaxy_http = start_gotaxy_http(group, tools, work, args.source, nginx_port)
+            if gotaxy_http is None:
+                progress(f"note: {args.source} has no http tunnels (gotaxy/proxy/vhost.py); no gotaxy http row")
+            else:
+                vhost_endpoints[GOTAXY_HTTP] = gotaxy_http
+            if "pagekite" in tools:
+                vhost_endpoints[PAGEKITE] = start_pagekite(group, tools, work, nginx_port)
+            else:
+                progress("note: pagekite is not installed (Debian package pagekite); no PageKite row")
+            check_vhost_paths(vhost_endpoints, (work / "www" / FILE_NAME).read_bytes())
 
         memory: Dict[str, Dict[str, Tuple[Optional[Memory], Optional[Memory]]]] = {}
         idle = {
@@ -1321,10 +1599,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     runs.setdefault((workload.key, path), []).append(result)
 
         udp_steps = measure_udp(tools, udp_ports, args.duration) if args.udp else {}
+        vhost_chosen = [w for w in chosen if w.key in ("keepalive", "close")]
+        for repeat in range(args.repeat):
+            for workload in vhost_chosen:
+                for path in vhost_endpoints:
+                    result = measure_quietly(
+                        workload, tools, vhost_endpoints[path], args, group, f"[{repeat + 1}/{args.repeat}]"
+                    )
+                    runs.setdefault((workload.key, "vhost:" + path), []).append(result)
 
         for path in (GOTAXY, SSH):
             memory[path] = {role: (idle[path][role], memory_of(pid)) for role, pid in endpoints[path].carriers.items()}
-        results = {key: summarize(value) for key, value in runs.items()}
+        summaries = {key: summarize(value) for key, value in runs.items()}
+        results = {key: value for key, value in summaries.items() if not key[1].startswith("vhost:")}
+        vhost_results = {(key[0], key[1][len("vhost:"):]): value for key, value in summaries.items()
+                         if key[1].startswith("vhost:")}
         for name, process in group.started:
             if process.poll() is not None:
                 how = (
@@ -1345,6 +1634,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(udp_report(udp_steps, args.markdown))
             print()
             print(udp_verdict(udp_steps))
+        if vhost_endpoints:
+            print()
+            print("\n".join(f"{path}: {ends.description}" for path, ends in vhost_endpoints.items()))
+            print()
+            print(vhost_report(vhost_chosen, vhost_results, results, list(vhost_endpoints), args.markdown))
+            print()
+            print(vhost_verdict(vhost_chosen, vhost_results, results, list(vhost_endpoints)))
         return 0
     except BenchmarkError as e:
         progress(f"benchmark set-up failed: {e}")
