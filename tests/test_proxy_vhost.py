@@ -541,3 +541,39 @@ def test_a_reload_moves_the_port_and_applies_the_limits(network: MemoryNetwork) 
     kept.transport.write(get("wiki.example.com"))
     network.flush()
     assert answer(kept.responses()[0])["site"] == "wiki"  # the open connection stays
+
+
+# -- address rules and bans (gotaxy.server.access) -----------------------------------------
+
+
+def test_a_tunnels_own_address_rules_refuse_with_403_while_its_neighbours_serve(network: MemoryNetwork) -> None:
+    from gotaxy.config import parse_server_config
+
+    access = parse_server_config({"access": {"perTunnel": {"office/private": {"deny": ["127.0.0.0/8"]}}}}).config.access
+    server = GotaxyServer(network, server_config(vhost=VhostSettings(http_port=FRONT), access=access))
+    site(network, 9001, "wiki")
+    site(network, 9002, "private")
+    GotaxyClient(network, server.create_token("office"), tunnels=[
+        http("wiki", 9001, custom_domains=("wiki.example.com",)),
+        http("private", 9002, custom_domains=("private.example.com",)),
+    ]).start()
+    assert one(network, get("private.example.com"))[0] == 403
+    assert answer(one(network, get("wiki.example.com")))["site"] == "wiki"
+    assert server.core.fronts["http"].tunnel_refusals[("office", "private", "denied")] == 1
+
+
+def test_wrong_website_passwords_end_in_a_ban_on_the_front(network: MemoryNetwork) -> None:
+    from gotaxy.config import AccessSettings
+
+    access = AccessSettings(ban_exempt=(), ban_basic_auth_failures=3)
+    server = GotaxyServer(network, server_config(vhost=VhostSettings(http_port=FRONT), access=access))
+    site(network, 9001, "wiki")
+    GotaxyClient(network, server.create_token("office"), tunnels=[http(
+        "wiki", 9001, custom_domains=("wiki.example.com",), http_user="alice", http_password="s3cret pass",
+    )]).start()
+    bad = "Authorization: Basic " + __import__("base64").b64encode(b"alice:guess").decode()
+    for _ in range(3):
+        assert one(network, get("wiki.example.com", "/", bad))[0] == 401
+    network.flush()
+    refused = visit(network)  # banned: closed before a byte is read
+    assert refused.lost is not None and refused.received == []

@@ -58,8 +58,13 @@ Backpressure: the stream is the visitor socket's producer (a full visitor
 socket withholds window credit from the client), and a dry stream window
 pauses reading the visitor's socket, as for a TCP tunnel.
 
+Who may connect is ``gotaxy.server.access``'s: the listener's factory is
+wrapped in ``front.gate`` (bans, ``access.tunnels``), and each routed
+request is checked against its tunnel's own rules (403).  A wrong basic-auth
+password counts towards the shared lock-out and towards a ban.
+
 What a visitor sees instead of a dropped connection: 404 (no tunnel has the
-name; ``custom404Page``), 401 (basic auth), 429 (locked out after failed
+name; ``custom404Page``), 403 (the tunnel's address rules), 401 (basic auth), 429 (locked out after failed
 log-ins), 502 (the client is offline, or its local service refused or
 broke the response), 503 (the tunnel is at its concurrent request cap or
 the client at its stream limit), 504 (no response headers within
@@ -76,7 +81,7 @@ import binascii
 import hmac
 import html
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import attrs
 import h11
@@ -104,7 +109,7 @@ MAX_OFFLINE = 10000
 AUTH_SCOPE = "http"
 
 #: Why a request was refused (the ``reason`` label in /metrics).
-REASONS = ("not_found", "unauthorized", "locked_out", "client_offline", "bad_gateway", "busy",
+REASONS = ("not_found", "denied", "unauthorized", "locked_out", "client_offline", "bad_gateway", "busy",
            "timeout", "bad_request", "header_timeout", "headers_too_large")
 
 _HOP_BY_HOP = frozenset({
@@ -113,7 +118,7 @@ _HOP_BY_HOP = frozenset({
 })
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
 _STATUS_TEXT = {
-    400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 408: "Request Timeout",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
     429: "Too Many Requests", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
     503: "Service Unavailable", 504: "Gateway Timeout",
 }
@@ -212,6 +217,8 @@ class HttpFront:
         self.tunnel_refusals: Counter = Counter()
         #: requests in flight per tunnel (client, name)
         self.active: Counter = Counter()
+        #: wraps the listener's factory in the access rules and bans (the core sets it: ``gotaxy.server.access``)
+        self.gate: Callable[[Any], Any] = lambda factory: factory
         #: ACME's HTTP-01 answers (a ``gotaxy.tls.acme.ChallengeStore``), set by whoever runs ACME
         self.challenges: Any = None
         #: address -> until when basic-auth attempts from it are refused
@@ -251,7 +258,7 @@ class HttpFront:
         address = self.config.effective_proxy_bind_addr()
         try:
             self.listening = self.reactor.listenTCP(
-                port, self.protocol_factory("http"), backlog=listen_backlog(), interface=address
+                port, self.gate(self.protocol_factory("http")), backlog=listen_backlog(), interface=address
             )
         except CannotListenError as e:
             raise CannotListenError(
@@ -328,6 +335,11 @@ class HttpFront:
         core = self.core
         if core is None:
             return
+        access = getattr(core, "access", None)
+        if access is not None:  # towards a ban on every listener (gotaxy.server.access)
+            from gotaxy.server.access import BASIC_AUTH
+
+            access.failure(BASIC_AUTH, address, "wrong website passwords")
         from gotaxy.server.operators import LOCK_AFTER, LOCK_SECONDS, WINDOW
         from gotaxy.store import lockouts
 
@@ -663,6 +675,10 @@ class VisitorConnection(Protocol):
             else:
                 front.refuse("not_found")
                 self._answer(404, f"There is no website named {host or '(none)'} on this server.")
+            return
+        if not tunnel.admits(self.peer_host, routed=True):  # the tunnel's own address rules (access.perTunnel)
+            front.refuse("denied", tunnel)
+            self._answer(403, "Your address may not visit this website.")
             return
         spec = tunnel.spec
         if spec.http_user is not None:
