@@ -27,6 +27,7 @@ drift of the machine hits all three alike:
   same public port number for the control connection).  The rate steps up
   (all three paths at each step) until a path loses 1 % or more; the figure
   is the highest rate with under 1 % loss, and its datagrams per second.
+
 Websites by name (``--no-vhost`` skips them): the same nginx reached by
 ``Host: web.bench.test`` four ways, with wrk keep-alive and new connection
 per request, interleaved the same way:
