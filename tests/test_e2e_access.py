@@ -1,0 +1,153 @@
+"""
+End to end, with real ``twistd`` processes on loopback: address rules and
+automatic bans (``gotaxy.server.access``).  The visitor the server must
+turn away comes from 127.0.0.2 (the tests bind their sockets there), the
+operator and the honest client from 127.0.0.1:
+
+* a denied address cannot reach the control port, the panel, the console
+  or a tunnel, while an allowed one can;
+* wrong client tokens from 127.0.0.2 ban it on every listener, the ban
+  survives a restart of the server, and ``unban`` in the console lets it in
+  again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+from typing import Any, Dict, List
+
+import pytest
+
+from gotaxy.wire import PREAMBLE, PREAMBLE_MAGIC, PROTOCOL_VERSION, FrameDecoder, FrameType, decode_json, encode_control
+from tests.e2e import EchoServer, echo_once, free_port, tunnel_port
+from tests.test_console_e2e import PASSWORD, Console
+
+pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (openssh-client)")
+
+STRANGER = "127.0.0.2"
+
+
+def turned_away(port: int, source: str = STRANGER, payload: bytes = b"") -> bool:
+    """True if a connection from ``source`` is closed by the server without a byte (no TLS, no banner, no echo)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
+        try:
+            if payload:
+                s.sendall(payload)
+            return s.recv(1024) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+
+def login_from(port: int, token: str, source: str = STRANGER) -> Dict[str, Any]:
+    """One log-in over TLS and the real frame format from ``source``; the server's answer."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    frames: List[Any] = []
+    decoder = FrameDecoder(lambda kind, stream, payload: frames.append((kind, bytes(payload))), lambda s, c: None)
+    login = {"type": "login", "token": token, "user": "", "hostname": "stranger", "version": "test"}
+    with socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0)) as raw:
+        with context.wrap_socket(raw) as tls:
+            tls.sendall(PREAMBLE.pack(PREAMBLE_MAGIC, PROTOCOL_VERSION) + encode_control(login))
+            while not frames:
+                data = tls.recv(65536)
+                if not data:
+                    break
+                decoder.feed(data)
+    for kind, payload in frames:
+        if kind == FrameType.CONTROL:
+            return decode_json(payload)
+    raise AssertionError("the server closed without answering the log-in")
+
+
+def ssh_from(console: Console, source: str, *command: str) -> subprocess.CompletedProcess:
+    argv = console.argv(*command)
+    argv.insert(1, "-b")
+    argv.insert(2, source)
+    return subprocess.run(argv, env=console.env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def start(procs, config: str, data_dir: str = "server-data", port: int = 0, console_port: int = 0,
+          web_port: int = 0, name: str = "server"):
+    path = procs.workdir / "server.toml"
+    path.write_text(config)
+    console_port = console_port or free_port()
+    web_port = web_port or free_port()
+    server = procs.server("--config", str(path), "--console-port", str(console_port), "--web-port", str(web_port),
+                          data_dir=data_dir, port=port or None, name=name, env={"GOTAXY_ADMIN_PASSWORD": PASSWORD})
+    server.wait_for(r"SSH operator console listening on 127\.0\.0\.1:%d" % console_port)
+    return server, Console(server, console_port, procs.workdir), web_port
+
+
+def test_a_denied_address_reaches_no_listener_and_an_allowed_one_every_one(procs):
+    echo = EchoServer()
+    try:
+        server, console, web_port = start(procs, f"""
+[access.control]
+deny = ["{STRANGER}"]
+[access.webServer]
+deny = ["{STRANGER}/32"]
+[access.console]
+deny = ["{STRANGER}"]
+[access.tunnels]
+deny = ["{STRANGER}"]
+""")
+        client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+        port = tunnel_port(client, "echo")
+        assert echo_once(port, b"hello") == b"hello"  # from 127.0.0.1
+        assert turned_away(server.port, payload=b"\x16\x03\x01")  # no TLS for it
+        assert turned_away(web_port, payload=b"GET /api/v0.1/health HTTP/1.0\r\n\r\n")
+        assert turned_away(console.port)  # not even the SSH banner
+        assert turned_away(port, payload=b"hello")
+        assert ssh_from(console, STRANGER, "status").returncode != 0
+        shown = json.loads(console.ok("access", "--json"))
+        assert shown["listeners"]["console"]["deny"] == [f"{STRANGER}/32"]
+        refused = {(r["listener"], r["reason"]): r["count"] for r in shown["refused"]}
+        assert refused[("tunnels", "denied")] >= 1 and refused[("control", "denied")] >= 1
+        with socket.create_connection(("127.0.0.1", web_port), timeout=10) as s:  # the operator's panel
+            s.sendall(b"GET /api/v0.1/health HTTP/1.0\r\n\r\n")
+            assert s.recv(64).startswith(b"HTTP/1.")
+    finally:
+        echo.close()
+
+
+def test_wrong_tokens_ban_a_source_everywhere_across_a_restart_until_the_console_lifts_it(procs):
+    echo = EchoServer()
+    config = '[access.ban]\nexempt = []\ntokenFailures = 3\n'
+    try:
+        server, console, web_port = start(procs, config)
+        client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}")
+        port = tunnel_port(client, "echo")
+        wrong = "gtx_" + "C" * 43
+        for _ in range(3):
+            assert login_from(server.port, wrong)["type"] == "login_failed"
+        server.wait_for(r"banned 127\.0\.0\.2 for 600 s on every listener: 3 wrong client tokens in 600 s")
+        assert turned_away(server.port, payload=b"\x16\x03\x01")
+        assert turned_away(port, payload=b"hello")
+        assert turned_away(web_port, payload=b"GET / HTTP/1.0\r\n\r\n")
+        assert turned_away(console.port)
+        assert echo_once(port, b"still here") == b"still here"  # everyone else is served
+        (ban,) = json.loads(console.ok("bans", "--json"))
+        assert (ban["address"], ban["by"], ban["strikes"]) == (STRANGER, "automatic", 1)
+
+        # The ban is in the store: a restarted server refuses the address at once.
+        control_port, console_port = server.port, console.port
+        server.stop()
+        server, console, web_port = start(procs, config, port=control_port, console_port=console_port,
+                                          name="restarted")
+        assert turned_away(server.port, payload=b"\x16\x03\x01")
+        assert turned_away(console.port)
+
+        assert console.ok("unban", STRANGER).strip() == f"ban of {STRANGER} lifted"
+        assert login_from(server.port, wrong)["type"] == "login_failed"  # heard again
+        events = console.ok("events", "--type", "ban.")
+        assert "ban.lifted" in events and "ban.added" in events
+    finally:
+        echo.close()
