@@ -281,3 +281,53 @@ def test_the_console_lists_bans_and_lifts_them():
     assert manual.text == "203.0.113.9 banned on every listener for 60 s"
     assert not server.core.access.admits(CONTROL, "203.0.113.9")
     server.shutdown()
+
+
+# -- the other proxy types inherit the rules ------------------------------------
+
+
+def test_a_udp_tunnel_drops_datagrams_of_denied_visitors():
+    from twisted.internet.task import Clock
+
+    from gotaxy.proxy.udp import UdpSpec
+    from tests.test_proxy_udp import front
+
+    access = AccessControl(access_config(per_tunnel=(("alice/dns", (), (ATTACKER + "/32",)),)), Clock())
+    udp, tunnel = front(UdpSpec(local_port=53), Clock())
+    tunnel.admits = lambda host, routed=False: access.admits_tunnel("alice", "dns", host, routed)
+    udp.datagramReceived(b"query", (FRIEND, 1000))
+    udp.datagramReceived(b"query", (ATTACKER, 1000))
+    assert [flow.peer for flow in tunnel.session.flows] == [f"{FRIEND}:1000"]
+    assert udp.counts.no_slot == 0 and access.refused[(TUNNELS, "denied")] == 1
+
+
+def test_http_sites_answer_403_by_their_own_rules_and_bans_close_the_shared_port():
+    import base64
+
+    from gotaxy.config import VhostSettings
+    from gotaxy.server.operators import LOCK_AFTER
+    from tests.test_proxy_vhost import FRONT, get, http, one, site, visit
+
+    network = MemoryNetwork()
+    config = server_config(vhost=VhostSettings(http_port=FRONT), access=AccessSettings(
+        ban_exempt=(), ban_basic_auth_failures=LOCK_AFTER, per_tunnel=(("office/wiki", (), ("192.0.2.0/24",)),)))
+    server = GotaxyServer(network, config)
+    site(network, 9001, "wiki")
+    GotaxyClient(network, server.create_token("office"), tunnels=[http(
+        "wiki", 9001, custom_domains=("wiki.example.com",), http_user="alice", http_password="s3cret pass",
+    )]).start()
+    good = "Authorization: Basic " + base64.b64encode(b"alice:s3cret pass").decode()
+    bad = "Authorization: Basic " + base64.b64encode(b"alice:guess").decode()
+    network.source = "192.0.2.8"
+    assert one(network, get("wiki.example.com", "/", good))[0] == 403  # the tunnel's own rule
+    network.source = ATTACKER
+    assert one(network, get("wiki.example.com", "/", good))[0] == 200
+    for _ in range(LOCK_AFTER):
+        assert one(network, get("wiki.example.com", "/", bad))[0] == 401
+    network.flush()
+    # the wrong passwords ban the address on every listener: the shared port no longer answers
+    assert [b.address for b in server.core.access.in_force()] == [ATTACKER]
+    refused = visit(network, get("wiki.example.com", "/", good))
+    assert refused.received == [] and refused.lost is not None
+    assert connect(network, server.port, ATTACKER).lost is not None
+    server.shutdown()

@@ -94,6 +94,8 @@ class FakeTunnel:
         self.meter = TrafficMeter()
         self.streams: Dict[Any, Any] = {}
         self._activity: Dict[Any, Any] = {}
+        #: who may send (LiveTunnel.admits: bans and address rules); everyone here
+        self.admits: Any = lambda host, routed=False: True
 
 
 class RecordingPort:

@@ -190,6 +190,8 @@ class UdpFront(DatagramProtocol):
             return
         visitor = self.visitors.get(address)
         if visitor is None:
+            if not self.tunnel.admits(str(address[0])):
+                return  # banned, or outside the address rules: counted there (gotaxy.server.access)
             visitor = self._open(address)
             if visitor is None:
                 self.counts.no_slot += 1

@@ -37,10 +37,11 @@ sliding window of ``access.ban.window`` seconds (``FailureCounter``, at
 most ``MAX_TRACKED`` sources): wrong client tokens, protocol garbage before
 log-in (a control message that is not a login, a frame that does not
 decode, a TLS handshake that fails), connections refused as a flood (over
-``transport.maxPendingPerIP`` and the connection limits), HTTP basic-auth
-failures, and operator lock-outs (the panel's and console's lock-out,
-``gotaxy.server.operators``, counts the passwords in the store: a lock-out
-it records is one failure here, so the passwords are not counted twice).
+``transport.maxPendingPerIP`` and the connection limits), wrong HTTP
+basic-auth passwords (``gotaxy.proxy.vhost``), and operator lock-outs (the
+panel's and console's lock-out, ``gotaxy.server.operators``, counts the
+passwords in the store: a lock-out it records is one failure here, so its
+passwords are not counted twice).
 At a kind's threshold the source is banned on every listener for
 ``access.ban.time`` seconds, doubled with each repeat up to
 ``access.ban.maxTime``; repeats are remembered ``access.ban.forgetAfter``
