@@ -577,3 +577,22 @@ def test_wrong_website_passwords_end_in_a_ban_on_the_front(network: MemoryNetwor
     network.flush()
     refused = visit(network)  # banned: closed before a byte is read
     assert refused.lost is not None and refused.received == []
+
+
+def test_a_request_that_names_two_hosts_is_refused(network: MemoryNetwork) -> None:
+    # (h11 refuses it: the website could otherwise read another name than the one routed)
+    server = make_server(network)
+    site(network, 9001, "wiki")
+    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+    visitor = visit(network, get("wiki.example.com", "/", "Host: admin.intranet"))
+    assert visitor.responses()[0][0] == 400 and visitor.lost is not None
+
+
+def test_a_chunked_body_reaches_the_website_without_a_content_length_to_misread(network: MemoryNetwork) -> None:
+    server = make_server(network)
+    site(network, 9001, "wiki")
+    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+    visitor = visit(network, b"POST / HTTP/1.1\r\nHost: wiki.example.com\r\nContent-Length: 3\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    got = answer(visitor.responses()[0])
+    assert got["body"] == 5 and "content-length" not in got["headers"]

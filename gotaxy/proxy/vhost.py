@@ -112,6 +112,9 @@ AUTH_SCOPE = "http"
 REASONS = ("not_found", "denied", "unauthorized", "locked_out", "client_offline", "bad_gateway", "busy",
            "timeout", "bad_request", "header_timeout", "headers_too_large")
 
+#: One end of a message, used again (h11's events are values).
+_END = h11.EndOfMessage()
+
 _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade",
     b"transfer-encoding", b"proxy-authenticate",
@@ -724,8 +727,12 @@ class VisitorConnection(Protocol):
         out: List[Tuple[bytes, bytes]] = []
         forwarded_for: List[bytes] = []
         seen: Dict[bytes, bytes] = {}
+        # With both, h11 framed the body by Transfer-Encoding; the website must not read a Content-Length.
+        chunked = _header(headers, b"transfer-encoding") is not None
         for name, value in headers:
             if name in _HOP_BY_HOP and name != b"transfer-encoding" or name in named:
+                continue
+            if chunked and name == b"content-length":
                 continue
             if name in _FORWARDED:
                 if name == b"x-forwarded-for":
@@ -839,7 +846,7 @@ class VisitorConnection(Protocol):
             elif isinstance(event, h11.Data):
                 self._send(event)
             elif isinstance(event, h11.EndOfMessage):
-                self._send(h11.EndOfMessage())
+                self._send(_END)
                 self._exchange_done()
                 if upstream.h11.our_state is h11.DONE and upstream.h11.their_state is h11.DONE:
                     upstream.h11.start_next_cycle()
@@ -957,7 +964,7 @@ class VisitorConnection(Protocol):
         self.discarding = True
         try:
             data = self.h11.send(h11.Response(status_code=status, headers=headers))
-            data += self.h11.send(h11.Data(data=body)) + self.h11.send(h11.EndOfMessage())
+            data += self.h11.send(h11.Data(data=body)) + self.h11.send(_END)
         except h11.LocalProtocolError:
             self._fatal(status, "The request cannot be answered.")
             return
