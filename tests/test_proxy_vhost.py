@@ -596,3 +596,17 @@ def test_a_chunked_body_reaches_the_website_without_a_content_length_to_misread(
                              b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     got = answer(visitor.responses()[0])
     assert got["body"] == 5 and "content-length" not in got["headers"]
+
+
+def test_the_front_behind_tls_says_https_to_the_website(network: MemoryNetwork) -> None:
+    # What the HTTPS front wraps in TLS: the same front, for scheme "https".
+    server = make_server(network)
+    site(network, 9001, "wiki")
+    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+    network.listenTCP(8443, server.core.fronts["http"].protocol_factory("https"), interface="127.0.0.1")
+    visitor = Visitor()
+    network.connectTCP("127.0.0.1", 8443, ClientFactory.forProtocol(lambda: visitor))
+    network.flush()
+    visitor.transport.write(get("wiki.example.com"))
+    network.flush()
+    assert answer(visitor.responses()[0])["headers"]["x-forwarded-proto"] == "https"
