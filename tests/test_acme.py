@@ -123,3 +123,45 @@ class ConfigTests(unittest.TestCase):
         self.assertIn("set vhostHTTPSPort", str(caught.exception))
         loaded = parse_server_config({"vhostHTTPSPort": 8443, "acme": {"enable": True, "renewBefore": 20}})
         self.assertEqual(loaded.config.acme.renew_before_days, 20)
+
+
+class FirstClaimTests(unittest.TestCase):
+    """ACME is asked for an http tunnel's names when it opens, except what a file or a wildcard covers."""
+
+    def test_names_of_an_http_tunnel_are_asked_for_once_it_is_up(self) -> None:
+        from gotaxy.events import Event
+        from gotaxy.proxy.address import PublicAddress
+        from gotaxy.tls.sites import CertificatesForTunnels
+
+        class Acme:
+            def __init__(self) -> None:
+                self.wanted: list = []
+                self.unwanted: list = []
+
+            def want(self, name: str) -> Any:
+                self.wanted.append(name)
+                return succeed(None)
+
+            def unwant(self, name: str) -> None:
+                self.unwanted.append(name)
+
+        class Files:
+            def covered(self, name: str) -> bool:
+                return name == "wiki.example.com"
+
+        class Tunnel:
+            def __init__(self, address: Any) -> None:
+                self.address = address
+
+        core = type("Core", (), {})()
+        core.tunnels = {
+            ("alice", "site"): Tunnel(PublicAddress("http", 0, ("erp.example.com", "wiki.example.com", "*.dev.example.com"))),
+            ("alice", "ssh"): Tunnel(PublicAddress.tcp(16000)),
+        }
+        acme = Acme()
+        hear = CertificatesForTunnels(core, acme, Files())
+        hear(Event("tunnel.opened", 0.0, client="alice", tunnel="ssh"))
+        hear(Event("tunnel.opened", 0.0, client="alice", tunnel="site"))
+        self.assertEqual(acme.wanted, ["erp.example.com"])
+        hear(Event("tunnel.removed", 0.0, client="alice", tunnel="site"))
+        self.assertEqual(acme.unwanted, ["erp.example.com"])
