@@ -120,8 +120,11 @@ class ConfigTests(unittest.TestCase):
 
         with self.assertRaises(ConfigError) as caught:
             parse_server_config({"acme": {"enable": True}})
-        self.assertIn("set vhostHTTPSPort", str(caught.exception))
-        loaded = parse_server_config({"vhostHTTPSPort": 8443, "acme": {"enable": True, "renewBefore": 20}})
+        self.assertIn("set vhostHTTPSPort (443, say) and vhostHTTPPort (80)", str(caught.exception))
+        with self.assertRaises(ConfigError):
+            parse_server_config({"vhostHTTPSPort": 8443, "acme": {"enable": True}})
+        loaded = parse_server_config({"vhostHTTPSPort": 8443, "vhostHTTPPort": 8080,
+                                      "acme": {"enable": True, "renewBefore": 20}})
         self.assertEqual(loaded.config.acme.renew_before_days, 20)
 
 

@@ -374,15 +374,18 @@ class TestFrpOwnFiles:
             ("ssh_random", 0, True),
             ("dns", 6002, True),
             ("web01", 0, True),
+            ("web02", 0, True),
         ]
         warnings = "\n".join(loaded.warnings)
         for key in ("clientID", "visitors", "metadatas", "annotations"):
             assert f"'{key}'" in warnings
-        # 10 client keys and tables (webServer.addr, port, user and password are read), 14 skipped
+        # 10 client keys and tables (webServer.addr, port, user and password are read), 13 skipped
         # proxies, 8 keys of proxy 'ssh' (its healthCheck is honoured), web01's HTTP health check
         # and its two keys.
-        assert len(loaded.warnings) == 10 + 14 + 8 + 3
-        assert warnings.count("skipped") == 14
+        assert len(loaded.warnings) == 10 + 13 + 8 + 3
+        assert warnings.count("skipped") == 13
+        web02 = config.tunnels[-1]
+        assert (web02.type, web02.proxy_protocol_version) == ("https", "v2")
 
     def test_every_key_frp_documents_is_known(self) -> None:
         loaded = server(uncommented("frps_full_example.toml"))
@@ -403,9 +406,9 @@ class TestFrpOwnFiles:
         config = loaded.config
         assert (config.heartbeat_interval, config.heartbeat_timeout) == (30, 90)
         assert config.trusted_ca_file == "ca.crt" and config.server_name == "example.com"
-        # start = ["ssh", "dns"]: of the tcp, udp and http proxies only ssh and dns are opened.
+        # start = ["ssh", "dns"]: of the tcp, udp, http and https proxies only ssh and dns are opened.
         assert [(t.name, t.enabled) for t in config.tunnels] == [
-            ("ssh", True), ("ssh_random", False), ("dns", True), ("web01", False),
+            ("ssh", True), ("ssh_random", False), ("dns", True), ("web01", False), ("web02", False),
         ]
 
     @pytest.mark.parametrize(
@@ -456,7 +459,7 @@ class TestEnabledAndStart:
         )
 
     def test_enabled_in_a_skipped_proxy_is_no_error(self) -> None:
-        loaded = client('[[proxies]]\nname = "w"\ntype = "https"\nenabled = false\nlocalPort = 1')
+        loaded = client('[[proxies]]\nname = "w"\ntype = "stcp"\nenabled = false\nlocalPort = 1')
         assert loaded.config.tunnels == () and len(loaded.warnings) == 1
 
     def test_start_opens_only_the_listed_proxies(self) -> None:
@@ -1014,7 +1017,7 @@ class TestProxies:
             client, '[[proxies]]\nname = "ssh"\ntype = "quux"\nlocalPort = 22'
         )
 
-    @pytest.mark.parametrize("frp_type", ["https", "tcpmux", "stcp", "sudp", "xtcp"])
+    @pytest.mark.parametrize("frp_type", ["tcpmux", "stcp", "sudp", "xtcp"])
     def test_other_frp_types_are_skipped_with_one_warning(self, frp_type: str) -> None:
         loaded = client(
             f'[[proxies]]\nname = "x"\ntype = "{frp_type}"\nlocalPort = 1\nsubdomain = "x"'
@@ -1022,7 +1025,7 @@ class TestProxies:
         assert loaded.config.tunnels == ()
         assert loaded.warnings == (
             f'client.toml: proxy \'x\' has type "{frp_type}", which Gotaxy does not support '
-            f'yet (only "tcp", "http", "udp"); skipped',
+            f'yet (only "tcp", "http", "udp", "https"); skipped',
         )
 
     def test_unsupported_proxy_keys_warn_once_per_key(self) -> None:

@@ -111,7 +111,7 @@ FRPC_FULL_WARNINGS = [
     "visitors",
     # Proxies of types and plugins Gotaxy does not support yet: skipped, one line each.
     "web01",  # its healthCheck.type = "http" is a TCP connect for now
-    "proxy web02", "proxy tcpmuxhttpconnect",
+    "proxy tcpmuxhttpconnect",
     "proxy plugin_unix_domain_socket", "proxy plugin_http_proxy", "proxy plugin_socks5",
     "proxy plugin_static_file", "proxy plugin_https2http", "proxy plugin_https2https",
     "proxy plugin_http2https", "proxy plugin_http2http", "proxy plugin_tls2raw",
@@ -126,13 +126,14 @@ FRPC_FULL_WARNINGS = [
 
 
 def test_frp_full_examples_start(procs, tmp_path):
-    port, web, vhost, admin = free_port(), free_port(), free_port(), free_port()
+    port, web, vhost, admin, vhost_https = free_port(), free_port(), free_port(), free_port(), free_port()
     ssh_port, _ = free_port_range(1)  # inside the file's allowPorts (4000-50000)
     frps = rewrite("frps_full_example.toml", tmp_path / "frps.toml", {
         'bindAddr = "0.0.0.0"': 'bindAddr = "127.0.0.1"',
         "bindPort = 7000": f"bindPort = {port}",
         "webServer.port = 7500": f"webServer.port = {web}",
         "vhostHTTPPort = 80": f"vhostHTTPPort = {vhost}",
+        "vhostHTTPSPort = 443": f"vhostHTTPSPort = {vhost_https}",
     })
     server = start_server(procs, frps, port)
     assert warned_keys(warnings(server.process, r"listening for clients on 127\.0\.0\.1:")) == FRPS_FULL_WARNINGS
@@ -158,6 +159,9 @@ def test_frp_full_examples_start(procs, tmp_path):
     # The http proxy web01: its custom domain and its subdomain under the file's subDomainHost.
     client.wait_for(rf"tunnel web01 up at http://web01\.yourdomain\.com:{vhost}/, http://web01\.yourdomain\.com:{vhost}/pic, "
                     rf"http://web01\.frps\.com:{vhost}/, http://web01\.frps\.com:{vhost}/pic")
+    # The https proxy web02 (TLS passthrough, PROXY protocol v2) on vhostHTTPSPort.
+    client.wait_for(rf"tunnel web02 up at https://web02\.yourdomain\.com:{vhost_https}, "
+                    rf"https://web02\.frps\.com:{vhost_https}")
     server.wait_for(r"client shared:your_name connected")
     # Honoured: frpc's admin API on webServer.port, with the file's admin / admin.
     client.wait_for(rf"admin API on http://127\.0\.0\.1:{admin}/api/status")
@@ -265,7 +269,6 @@ FRPC_LEGACY_WARNINGS = [
     "transport.protocol", "transport.connectServerLocalIP",
     "transport.tls.disableCustomTLSFirstByte", "metadatas", "visitors",
     "web01",  # its healthCheck.type = "http" is a TCP connect for now
-    "proxy web02",
     "proxy plugin_unix_domain_socket", "proxy plugin_http_proxy", "proxy plugin_socks5",
     "proxy plugin_static_file", "proxy plugin_https2http", "proxy plugin_https2https",
     "proxy plugin_http2https", "proxy secret_tcp", "proxy p2p_tcp", "proxy tcpmuxhttpconnect",
@@ -277,7 +280,7 @@ FRPC_LEGACY_WARNINGS = [
 
 
 def test_converted_legacy_files_start(procs, tmp_path):
-    port, web, vhost = free_port(), free_port(), free_port()
+    port, web, vhost, vhost_https = free_port(), free_port(), free_port(), free_port()
     ssh_port, _ = free_port_range(1)
     ranged, _ = free_port_range(17)  # [range:tcp_port] maps 17 ports
     frps = rewrite("frps_legacy_full.ini", tmp_path / "frps.ini", {
@@ -286,6 +289,7 @@ def test_converted_legacy_files_start(procs, tmp_path):
         "dashboard_addr = 0.0.0.0": "dashboard_addr = 127.0.0.1",
         "dashboard_port = 7500": f"dashboard_port = {web}",
         "vhost_http_port = 80": f"vhost_http_port = {vhost}",
+        "vhost_https_port = 443": f"vhost_https_port = {vhost_https}",
     })
     assert "wrote " + str(tmp_path / "frps.toml") in gotaxy_cli("convert", str(frps))
     server = start_server(procs, tmp_path / "frps.toml", port)

@@ -88,7 +88,7 @@ class TestFrpLegacyFiles:
         loaded = parse_client_config(data)
         tunnels = [t.name for t in loaded.config.tunnels]
         assert tunnels == ["ssh", "ssh_random", *(f"tcp_port_{i}" for i in range(17)), "dns",
-                           *(f"udp_port_{i}" for i in range(11)), "web01"]  # udp proxies are read as well
+                           *(f"udp_port_{i}" for i in range(11)), "web01", "web02"]  # udp proxies are read as well
 
 
 class TestValues:

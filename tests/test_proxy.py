@@ -95,7 +95,7 @@ def test_the_tcp_spec_reads_and_gives_back_frps_keys() -> None:
     ({"localPort": 22, "remotePort": 22.5}, "'remotePort' must be an integer from 0 to 65535 (0 lets the server pick)"),
     ({"localPort": 22, "localIP": "[::1]"}, "'localIP' must be a host name or an IP address (without brackets)"),
     ({"localPort": 22, "customDomains": ["a"]}, "a tcp tunnel has no setting 'customDomains'"),
-    ({"type": "teleport"}, "tunnel type 'teleport' is not supported by this version of Gotaxy (only 'tcp', 'http', 'udp')"),
+    ({"type": "teleport"}, "tunnel type 'teleport' is not supported by this version of Gotaxy (only 'tcp', 'http', 'udp', 'https')"),
     ([1], "a tunnel's settings must be an object of frp keys"),
 ])
 def test_a_bad_spec_is_one_sentence_naming_the_key(keys: Any, message: str) -> None:

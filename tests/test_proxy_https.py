@@ -189,7 +189,7 @@ def test_an_https_tunnel_passes_tls_through_to_the_service_that_holds_the_certif
     ensureDeferred(_define(server, network, HttpsSpec(local_port=LOCAL, custom_domains=("app.gotaxy.test",))))
     network.flush()
     tunnel = server.core.tunnels[("alice", "app")]
-    assert tunnel.address.description == "https://app.gotaxy.test"
+    assert tunnel.address.description == "https://app.gotaxy.test:8443"  # the port, as it is not 443
     visitor = Collector()
     options = optionsForClientTLS("app.gotaxy.test", trustRoot=Certificate.loadPEM(ca.pem))
     network.connectTCP("127.0.0.1", FRONT, TLSMemoryBIOFactory(options, True, ClientFactory.forProtocol(lambda: visitor),
@@ -226,3 +226,100 @@ def test_proxy_protocol_on_an_https_tunnel_comes_before_the_client_hello(https_r
     data = b"".join(received[0].received)
     assert data.startswith(V2_SIGNATURE + b"\x21\x11")
     assert data[16 + 12:] == hello
+
+
+def test_closed_connections_are_counted_in_metrics(https_registered):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gotaxy.server.metrics import EventCounts, GotaxyCollector
+
+    network = MemoryNetwork()
+    server, _ = _system(network, Factory.forProtocol(Echo))
+    for data in (b"GET / HTTP/1.1\r\n\r\n", client_hello(b"nobody.gotaxy.test")):
+        visitor = Collector()
+        network.connectTCP("127.0.0.1", FRONT, ClientFactory.forProtocol(lambda: visitor))
+        network.flush()
+        visitor.transport.write(data)
+        network.flush()
+        assert visitor.lost is not None
+    registry = CollectorRegistry()
+    registry.register(GotaxyCollector(server.core, EventCounts()))
+    text = generate_latest(registry).decode()
+    assert 'gotaxy_https_refusals_total{reason="not_tls"} 1.0' in text
+    assert 'gotaxy_https_refusals_total{reason="unknown_name"} 1.0' in text
+
+
+# -- websites over HTTPS: TLS terminated, then the http front ---------------------------
+
+from twisted.web.resource import Resource  # noqa: E402
+from twisted.web.server import Site  # noqa: E402
+
+from gotaxy.config import VhostSettings  # noqa: E402
+from gotaxy.tls.sites import Termination  # noqa: E402
+
+PLAIN = 8080
+
+
+class _Proto(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> bytes:
+        return b"proto=" + (request.getHeader(b"x-forwarded-proto") or b"-") + b" path=" + request.uri
+
+
+class _Certificates:
+    def __init__(self, options: Any, names: Tuple[str, ...]) -> None:
+        self.options, self.names = options, names
+
+    def options_for(self, name: str) -> Any:
+        return self.options if name in self.names else None
+
+
+def _website(network: MemoryNetwork, redirect: bool) -> Tuple[GotaxyServer, Any]:
+    from tests.test_tls_sites import SitesCA
+
+    ca = SitesCA()
+    server = GotaxyServer(network, server_config(vhost=VhostSettings(http_port=PLAIN), https=HttpsSettings(port=FRONT)))
+    certificates = _Certificates(_service_options(ca, ("wiki.example.com",)), ("wiki.example.com",))
+    server.core.fronts["https"].terminate_with(
+        Termination(certificates, server.core.fronts["http"].protocol_factory("https"), network))
+    network.listenTCP(9009, Site(_Proto()), interface="127.0.0.1")
+    GotaxyClient(network, server.create_token("office"), server_port=server.port,
+                 tunnels=[TunnelSpec(name="wiki", type="http", local_port=9009, custom_domains=("wiki.example.com",),
+                                     redirect_to_https=redirect)]).start()
+    return server, ca
+
+
+def _get(network: MemoryNetwork, port: int, request: bytes, tls: Any = None) -> bytes:
+    visitor = Collector()
+    factory: Any = ClientFactory.forProtocol(lambda: visitor)
+    if tls is not None:
+        factory = TLSMemoryBIOFactory(tls, True, factory, clock=network)
+    network.connectTCP("127.0.0.1", port, factory)
+    network.flush()
+    visitor.transport.write(request)
+    network.flush()
+    return b"".join(visitor.received)
+
+
+def test_a_website_is_served_over_https_and_its_app_hears_so(https_registered):
+    network = MemoryNetwork()
+    server, ca = _website(network, redirect=False)
+    tls = optionsForClientTLS("wiki.example.com", trustRoot=Certificate.loadPEM(ca.pem))
+    answer = _get(network, FRONT, b"GET /page?x=1 HTTP/1.1\r\nHost: wiki.example.com\r\nConnection: close\r\n\r\n", tls)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"proto=https path=/page?x=1")
+    plain = _get(network, PLAIN, b"GET /page HTTP/1.1\r\nHost: wiki.example.com\r\nConnection: close\r\n\r\n")
+    assert plain.endswith(b"proto=http path=/page")  # no redirect unless the tunnel asks for it
+
+
+def test_plain_http_is_redirected_to_https_when_the_tunnel_asks(https_registered):
+    network = MemoryNetwork()
+    server, ca = _website(network, redirect=True)
+    plain = _get(network, PLAIN, b"GET /page?x=1 HTTP/1.1\r\nHost: wiki.example.com\r\nConnection: close\r\n\r\n")
+    assert plain.startswith(b"HTTP/1.1 308 ")
+    assert b"\r\nlocation: https://wiki.example.com:8443/page?x=1\r\n" in plain.lower()
+    tls = optionsForClientTLS("wiki.example.com", trustRoot=Certificate.loadPEM(ca.pem))
+    secure = _get(network, FRONT, b"GET /page HTTP/1.1\r\nHost: wiki.example.com\r\nConnection: close\r\n\r\n", tls)
+    assert secure.endswith(b"proto=https path=/page")
+    # No Strict-Transport-Security unless the site sets it (responseHeaders.set).
+    assert b"strict-transport-security" not in secure.lower()

@@ -83,6 +83,10 @@ class TunnelSpec:
     #: (``gotaxy.proxy.udp``; not set: its defaults, 60 s and 1024).
     idle_timeout: int | None = _setting(None, COUNT, "idleTimeout")
     max_associations: int | None = _setting(None, COUNT, "maxAssociations")
+    #: ``tcp`` and ``https``: HAProxy's PROXY header to the local service, "v1" or "v2" (``gotaxy.proxy.proxyprotocol``).
+    proxy_protocol_version: str | None = _setting(None, STRING, "transport.proxyProtocolVersion")
+    #: ``http``: plain-HTTP requests are redirected to HTTPS.
+    redirect_to_https: bool = _setting(False, BOOLEAN, "redirectToHTTPS")
 
     def proxy_keys(self) -> dict:
         """frp's keys of this tunnel for its proxy type (``gotaxy.proxy.parse_spec`` reads them)."""
@@ -95,6 +99,7 @@ class TunnelSpec:
             ("httpUser", self.http_user), ("httpPassword", self.http_password),
             ("routeByHTTPUser", self.route_by_http_user),
             ("idleTimeout", self.idle_timeout), ("maxAssociations", self.max_associations),
+            ("transport.proxyProtocolVersion", self.proxy_protocol_version),
         ):
             if value:
                 keys[key] = value
@@ -102,6 +107,8 @@ class TunnelSpec:
             keys["requestHeaders"] = {"set": dict(self.request_headers)}
         if self.response_headers:
             keys["responseHeaders"] = {"set": dict(self.response_headers)}
+        if self.redirect_to_https:
+            keys["redirectToHTTPS"] = True
         return keys
 
 

@@ -359,10 +359,11 @@ class ServerConfig(_Heartbeats):
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
-        if self.acme.enable and not self.https.port:
+        if self.acme.enable and not (self.https.port and self.vhost.http_port):
             raise ConfigError(
-                "'acme.enable' is true but 'vhostHTTPSPort' is not set: ACME certificates are for the HTTPS "
-                "front, so set vhostHTTPSPort (443, say) and vhostHTTPPort (80, for the challenges), or turn ACME off"
+                "'acme.enable' is true but 'vhostHTTPSPort' or 'vhostHTTPPort' is not set: ACME certificates are for "
+                "the HTTPS front and its challenges are answered on the HTTP port, so set vhostHTTPSPort (443, say) "
+                "and vhostHTTPPort (80), or turn ACME off"
             )
         if self.database_url is not None and self.store is not None and self.database_url != self.store:
             raise ConfigError(

@@ -23,12 +23,14 @@ __all__ = [
 
 def _register_builtin() -> None:
     from gotaxy.proxy.http import HTTP
+    from gotaxy.proxy.https import HTTPS
     from gotaxy.proxy.tcp import TCP
     from gotaxy.proxy.udp import UDP
 
     register(TCP)
     register(HTTP)
     register(UDP)
+    register(HTTPS)
 
 
 _register_builtin()

@@ -54,6 +54,14 @@ _PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+=:@%/-]*")
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive"})
 
 
+def _boolean(key: str) -> Callable[[Any, Any, Any], None]:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if type(value) is not bool:
+            raise SpecError(f"'{key}' must be true or false", key)
+
+    return check
+
+
 def _host_name(value: Any, what: str, key: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 253:
         raise SpecError(f"{what} must be a host name such as \"wiki.example.com\", got {str(value)[:64]!r}", key)
@@ -163,6 +171,8 @@ class HttpSpec(ProxySpec):
     )
     request_headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), converter=_header_rules("requestHeaders.set"))
     response_headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), converter=_header_rules("responseHeaders.set"))
+    #: Plain-HTTP requests get a redirect to the same URL over HTTPS (needs the server's vhostHTTPSPort).
+    redirect_to_https: bool = attrs.field(default=False, validator=_boolean("redirectToHTTPS"))
 
     def __attrs_post_init__(self) -> None:
         if not self.custom_domains and self.subdomain is None:
@@ -192,6 +202,8 @@ class HttpSpec(ProxySpec):
             keys["requestHeaders"] = {"set": dict(self.request_headers)}
         if self.response_headers:
             keys["responseHeaders"] = {"set": dict(self.response_headers)}
+        if self.redirect_to_https:
+            keys["redirectToHTTPS"] = True
         return keys
 
     @property
@@ -243,6 +255,7 @@ _ATTRIBUTES = {
     "localIP": "local_ip", "localPort": "local_port", "customDomains": "custom_domains",
     "subdomain": "subdomain", "locations": "locations", "hostHeaderRewrite": "host_header_rewrite",
     "httpUser": "http_user", "httpPassword": "http_password", "routeByHTTPUser": "route_by_http_user",
+    "redirectToHTTPS": "redirect_to_https",
 }
 _TABLES = {"requestHeaders": "request_headers", "responseHeaders": "response_headers"}
 
@@ -265,6 +278,8 @@ class HttpProxy(ProxyType):
         SpecField("hostHeaderRewrite", "host", "the Host header the local web server gets"),
         SpecField("requestHeaders", "map", "request headers the server sets, NAME=VALUE"),
         SpecField("responseHeaders", "map", "response headers the server sets, NAME=VALUE"),
+        SpecField("redirectToHTTPS", "bool", "answer plain-HTTP requests with a redirect to HTTPS "
+                  "(the server's vhostHTTPSPort)", default=False),
     )
     #: Keys that make a valid spec with the required fields (one of customDomains and subdomain is needed).
     example_keys: ClassVar[Dict[str, Any]] = {"customDomains": ["www.example.com"]}

@@ -134,6 +134,9 @@ class HttpsSpec(ProxySpec):
     def local_endpoint(self) -> Optional[Tuple[str, int]]:
         return (self.local_ip, self.local_port)
 
+    def address_for(self, config: Any) -> Optional[PublicAddress]:
+        return self.address(config.vhost.sub_domain_host)
+
     def address(self, sub_domain_host: Optional[str], port: int = 0) -> PublicAddress:
         """The names this tunnel claims, given the server's ``subDomainHost``."""
         hosts: List[str] = list(self.custom_domains)
@@ -141,13 +144,13 @@ class HttpsSpec(ProxySpec):
             if not sub_domain_host:
                 raise SpecError(
                     "'subdomain' needs the server's subDomainHost, which this server does not set; "
-                    "use 'customDomains' or ask the operator to set subDomainHost"
+                    "use 'customDomains' or ask the operator to set subDomainHost", "subdomain"
                 )
             hosts.append(f"{self.subdomain}.{sub_domain_host}")
         try:
             return PublicAddress("https", port, tuple(dict.fromkeys(hosts)))
         except AddressError as e:
-            raise SpecError(str(e)) from None
+            raise SpecError(str(e), "customDomains") from None
 
 
 _KEYS = {"localIP": "local_ip", "localPort": "local_port", "customDomains": "custom_domains",
@@ -340,6 +343,8 @@ class HttpsProxy(ProxyType):
     name = "https"
     label = "HTTPS"
     fields = (LOCAL_IP, LOCAL_PORT, CUSTOM_DOMAINS, SUBDOMAIN, PROXY_PROTOCOL)
+    #: A spec that parses, for the faces' tests (the names are not a required field: one of two is).
+    example_keys: ClassVar[Dict[str, Any]] = {"customDomains": ["app.example.com"]}
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> HttpsSpec:
@@ -357,9 +362,9 @@ class HttpsProxy(ProxyType):
                 "this server has no HTTPS port; ask the operator to set vhostHTTPSPort "
                 "(for example vhostHTTPSPort = 443) in the server's config"
             )
-        vhost = getattr(context.config, "vhost", None)
         try:
-            address = spec.address(getattr(vhost, "sub_domain_host", None))
+            # The port is not part of the identity (the claims hold names): it makes the URLs shown right.
+            address = spec.address(context.config.vhost.sub_domain_host, 0 if front.port == 443 else front.port)
         except SpecError as e:
             raise TunnelRefused(str(e)) from None
         await context.claims.claim(address)

@@ -121,7 +121,8 @@ _HOP_BY_HOP = frozenset({
 })
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
 _STATUS_TEXT = {
-    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+    308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    408: "Request Timeout",
     429: "Too Many Requests", 431: "Request Header Fields Too Large", 502: "Bad Gateway",
     503: "Service Unavailable", 504: "Gateway Timeout",
 }
@@ -684,6 +685,15 @@ class VisitorConnection(Protocol):
             self._answer(403, "Your address may not visit this website.")
             return
         spec = tunnel.spec
+        https_port = front.config.https.port
+        if self.scheme == "http" and spec.redirect_to_https and https_port:
+            # Before the password is asked for: it would travel in the clear.
+            suffix = "" if https_port == 443 else f":{https_port}"
+            origin = target if target.startswith("/") else path
+            location = f"https://{host}{suffix}{origin}"
+            self._answer_body(308, self.front.page(308, f"This website is at {location}"),
+                              b"text/html; charset=utf-8", [(b"location", location.encode("latin-1"))])
+            return
         if spec.http_user is not None:
             if front.locked_out(self.peer_host):
                 front.refuse("locked_out", tunnel)

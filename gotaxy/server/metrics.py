@@ -197,6 +197,17 @@ class GotaxyCollector:
                 tunnel_refused.add_metric([client, name, reason], count)
             yield tunnel_refused
 
+        https_front = core.fronts.get("https")
+        if https_front is not None:
+            # The HTTPS front's closed connections (``gotaxy.proxy.https``): no ClientHello, too slow, no name, unknown name.
+            https_refused = CounterMetricFamily(
+                "gotaxy_https_refusals", "Connections the HTTPS front closed before routing them, by reason.",
+                labels=["reason"],
+            )
+            for reason, count in sorted(https_front.refusals.items()):
+                https_refused.add_metric([reason], count)
+            yield https_refused
+
         connections_open = GaugeMetricFamily("gotaxy_connections_open", "Public connections open now, all tunnels.")
         connections_open.add_metric([], sum(t.connections for t in tunnels.values()))
         yield connections_open
