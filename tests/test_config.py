@@ -1100,7 +1100,7 @@ class TestTunnelFlag:
             ("ssh=tcp", "expected NAME=tcp:LOCALIP:LOCALPORT[:REMOTEPORT]"),
             ("=tcp:22", "the tunnel name must be 1 to 64 letters"),
             ("-x=tcp:22", "the tunnel name must be 1 to 64 letters"),
-            ("dns=stcp:53", 'type "stcp" is not supported yet; only "tcp", "http", "udp" tunnels are'),
+            ("dns=stcp:53", 'type "stcp" is not supported yet; only "tcp", "http", "udp", "https" tunnels are'),
             ("ssh=ftp:22", "expected NAME=tcp:"),
             (
                 "ssh=tcp:127.0.0.1:abc",

@@ -283,7 +283,7 @@ def _website(network: MemoryNetwork, redirect: bool) -> Tuple[GotaxyServer, Any]
     certificates = _Certificates(_service_options(ca, ("wiki.example.com",)), ("wiki.example.com",))
     server.core.fronts["https"].terminate_with(
         Termination(certificates, server.core.fronts["http"].protocol_factory("https"), network))
-    network.listenTCP(9009, Site(_Proto()), interface="127.0.0.1")
+    network.listenTCP(9009, Site(_Proto(), reactor=network), interface="127.0.0.1")
     GotaxyClient(network, server.create_token("office"), server_port=server.port,
                  tunnels=[TunnelSpec(name="wiki", type="http", local_port=9009, custom_domains=("wiki.example.com",),
                                      redirect_to_https=redirect)]).start()
