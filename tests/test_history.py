@@ -173,6 +173,29 @@ class HistoryTest(unittest.TestCase):
         }
         await history.stopService()
 
+    async def test_a_udp_tunnels_samples_and_hours_hold_its_datagrams_and_drops(self) -> None:
+        from gotaxy.proxy.udp import counts_of
+
+        history = self.history()
+        await self.connect("bob", 0.01)
+        self.core.tunnels[("bob", "dns")] = Tunnel(connections=1, rate_in=1.0, rate_out=1.0)
+        self.core.tunnels[("bob", "web")] = Tunnel(connections=0, rate_in=0.0, rate_out=0.0)
+        self.core.meters.tunnel("bob", "web")
+        counts = counts_of(self.core.meters.tunnel("bob", "dns"))
+        counts.datagrams_in, counts.datagrams_out, counts.too_large = 10, 9, 1
+        await self.advance(history, 60)
+        counts.datagrams_in, counts.queue_full, counts.no_slot = 15, 2, 3
+        await self.advance(history, 60)
+        rows = await history.tunnel_history("bob", "dns", since=T0)
+        assert [(r["datagrams_in"], r["datagrams_out"], r["dropped"]) for r in rows] == [(10, 9, 1), (5, 0, 5)]
+        (web,) = (await history.tunnel_history("bob", "web", since=T0))[:1]
+        assert (web["datagrams_in"], web["dropped"]) == (None, None)  # not a udp tunnel
+        await self.advance(history, 3600)  # the hour is rolled up
+        (hour,) = [r for r in await history.tunnel_history("bob", "dns", since=T0 - 3600, hourly=True)
+                   if r["datagrams_in"]]
+        assert (hour["datagrams_in"], hour["datagrams_out"], hour["dropped"]) == (15, 9, 6)
+        await history.stopService()
+
     async def test_sessions_survive_a_restart_and_a_crash(self) -> None:
         history = self.history()
         await self.connect("carol", 0.01)

@@ -170,11 +170,13 @@ def _roll_up(store: Any, now: float, grace: float = 0.0) -> bool:
                         rtt_avg=r["rtt_avg"], rtt_max=r["rtt_max"], connections_max=r["cmax"],
                         opened=r["opened"], bytes_in=r["bin"], bytes_out=r["bout"],
                         rate_in_max=r["rin"], rate_out_max=r["rout"],
+                        datagrams_in=r["din"], datagrams_out=r["dout"], dropped=r["dr"],
                     )
                     for r in db.query(
                         f"SELECT client, tunnel, COUNT(*) AS n, AVG(rtt) AS rtt_avg, MAX(rtt) AS rtt_max, "
                         f"MAX(connections) AS cmax, SUM(opened) AS opened, SUM(bytes_in) AS bin, "
-                        f"SUM(bytes_out) AS bout, MAX(rate_in) AS rin, MAX(rate_out) AS rout "
+                        f"SUM(bytes_out) AS bout, MAX(rate_in) AS rin, MAX(rate_out) AS rout, "
+                        f"SUM(datagrams_in) AS din, SUM(datagrams_out) AS dout, SUM(dropped) AS dr "
                         f"FROM {SAMPLES} WHERE at > :a AND at <= :b GROUP BY client, tunnel",
                         a=hour, b=hour + HOUR,
                     )
@@ -362,6 +364,8 @@ class History(Service):
         self.raw_hours = raw_hours or config.history.raw_hours
         self.retention_days = retention_days or config.history.retention_days
         self._samples: Deque[Dict[str, Any]] = deque(maxlen=max_buffered)
+        #: (client, tunnel) -> a udp tunnel's datagram counters at the last sample
+        self._datagrams: Dict[Tuple[str, str], Tuple[int, int, int]] = {}
         self._ended: List[Dict[str, Any]] = []
         self.online_since: Dict[str, float] = {}  #: client -> start of its current session
         self._last_hour: Optional[float] = None
@@ -444,13 +448,23 @@ class History(Service):
             tunnel = live.get(key)
             if tunnel is None and not moved:
                 continue  # down and idle: nothing to chart
-            rows.append(dict(
+            row = dict(
                 at=now, client=key[0], tunnel=key[1],
                 connections=tunnel.connections if tunnel is not None else 0,
                 opened=moved.opened, bytes_in=moved.bytes_in, bytes_out=moved.bytes_out,
                 rate_in=tunnel.rate_in if tunnel is not None else 0.0,
                 rate_out=tunnel.rate_out if tunnel is not None else 0.0,
-            ))
+                datagrams_in=None, datagrams_out=None, dropped=None,
+            )
+            counts = meter.datagrams
+            if counts is not None:  # a udp tunnel: its datagrams since the last sample
+                now_counts = (counts.datagrams_in, counts.datagrams_out,
+                              counts.too_large + counts.queue_full + counts.no_slot)
+                before = self._datagrams.get(key, (0, 0, 0))
+                self._datagrams[key] = now_counts
+                row.update(datagrams_in=now_counts[0] - before[0], datagrams_out=now_counts[1] - before[1],
+                           dropped=now_counts[2] - before[2])
+            rows.append(row)
         room = self._samples.maxlen - len(self._samples) if self._samples.maxlen is not None else len(rows)
         if len(rows) > room:
             self.dropped += len(rows) - room
@@ -556,7 +570,9 @@ class History(Service):
         A tunnel's samples (``at``, ``connections`` open, ``opened`` and
         ``bytes_in``/``bytes_out`` during the interval, ``rate_in``/``rate_out``)
         or its hourly rollups (``hour``, ``samples``, ``connections_max``,
-        ``opened``, ``bytes_in``, ``bytes_out``, ``rate_in_max``, ``rate_out_max``).
+        ``opened``, ``bytes_in``, ``bytes_out``, ``rate_in_max``, ``rate_out_max``);
+        for a udp tunnel also ``datagrams_in``, ``datagrams_out`` and
+        ``dropped`` during the interval (None for other types).
         """
         return self._series(client, tunnel, since, until, hourly)
 

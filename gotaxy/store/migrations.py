@@ -233,6 +233,8 @@ MIGRATIONS: Tuple[Migration, ...] = (
     ),
     Migration(6, "bans: addresses refused on every listener after repeated failures, shared by every server process",
               ensure(schema.BANS)),
+    Migration(7, "history: a udp tunnel's datagrams in and out and its drops, per sample and per hour",
+              ensure(schema.HISTORY_SAMPLES, schema.HISTORY_HOURLY)),
 )
 
 LATEST = MIGRATIONS[-1].version

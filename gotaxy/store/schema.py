@@ -192,6 +192,8 @@ TABLES: Dict[str, TableSpec] = {
             ("rtt", Float), ("connections", Integer), ("opened", Integer),
             ("bytes_in", BigInteger), ("bytes_out", BigInteger),
             ("rate_in", Float), ("rate_out", Float),
+            # udp tunnels: datagrams each way and dropped, during the interval (schema version 7)
+            ("datagrams_in", BigInteger), ("datagrams_out", BigInteger), ("dropped", BigInteger),
         ),
         indexes=(("client", "tunnel", "at"), ("at",)),
     ),
@@ -202,6 +204,7 @@ TABLES: Dict[str, TableSpec] = {
             ("connections_max", Integer), ("opened", BigInteger),
             ("bytes_in", BigInteger), ("bytes_out", BigInteger),
             ("rate_in_max", Float), ("rate_out_max", Float),
+            ("datagrams_in", BigInteger), ("datagrams_out", BigInteger), ("dropped", BigInteger),
         ),
         indexes=(("client", "tunnel", "hour"), ("hour",)),
     ),
