@@ -300,3 +300,32 @@ class LiveUdpTests(unittest.TestCase):
             50, 150, 150)
         view = await live.management.tunnel("alice", "dns")
         assert view.type == "udp" and view.address == PublicAddress("udp", public)
+
+
+def test_proxy_protocol_v2_goes_ahead_of_every_datagram_with_the_visitors_address() -> None:
+    import ipaddress
+    import struct
+
+    from gotaxy.proxy.proxyprotocol import V2_SIGNATURE
+
+    class BoundPort(RecordingPort):
+        def getHost(self) -> Any:
+            from twisted.internet.address import IPv4Address
+
+            return IPv4Address("UDP", "192.0.2.1", 5353)
+
+    clock = Clock()
+    udp, tunnel = front(UdpSpec(local_port=53, proxy_protocol_version="v2"), clock, max_size=1500)
+    udp.transport = BoundPort()
+    udp.datagramReceived(b"x" * 1500, ("203.0.113.7", 40000))  # the limit is the visitor's datagram, without it
+    udp.datagramReceived(b"second", ("203.0.113.7", 40000))
+    (flow,) = tunnel.session.flows
+    for datagram, payload in zip(flow.sent, [b"x" * 1500, b"second"]):
+        head = datagram[:28]
+        assert head[:12] == V2_SIGNATURE and head[12:14] == b"\x21\x12"  # PROXY, UDP over IPv4
+        assert struct.unpack("!H", head[14:16]) == (12,)
+        src, dst = ipaddress.ip_address(head[16:20]), ipaddress.ip_address(head[20:24])
+        assert (str(src), str(dst), struct.unpack("!HH", head[24:28])) == ("203.0.113.7", "192.0.2.1", (40000, 5353))
+        assert datagram[28:] == payload
+    with pytest.raises(SpecError, match="must be \"v2\""):
+        parse_spec({"type": "udp", "localPort": 53, "transport.proxyProtocolVersion": "v1"})

@@ -46,11 +46,13 @@ def _text(address: Any) -> str:
     return f"::ffff:{mapped}" if mapped is not None else str(address)
 
 
-def header(version: str, source: Any, destination: Any) -> bytes:
+def header(version: str, source: Any, destination: Any, datagram: bool = False) -> bytes:
     """
     The PROXY header for a TCP connection from ``source`` to
     ``destination`` (Twisted ``IPv4Address``/``IPv6Address``); an address
     that is not IP (a UNIX socket) gives v1's ``UNKNOWN`` or v2's LOCAL.
+    ``datagram``: for a UDP datagram (v2 only: families 0x12 and 0x22, put
+    ahead of every datagram, as frp does for udp tunnels).
     """
     try:
         src, sport, dst, dport = _addresses(source, destination)
@@ -61,11 +63,10 @@ def header(version: str, source: Any, destination: Any) -> bytes:
     if version == "v1":
         family = "TCP4" if src.version == 4 else "TCP6"
         return f"PROXY {family} {_text(src)} {_text(dst)} {sport} {dport}\r\n".encode("ascii")
-    if src.version == 4:
-        body = src.packed + dst.packed + struct.pack("!HH", sport, dport)
-        return V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", len(body)) + body
+    transport = 2 if datagram else 1  # the low nibble: 1 STREAM, 2 DGRAM
     body = src.packed + dst.packed + struct.pack("!HH", sport, dport)
-    return V2_SIGNATURE + b"\x21\x21" + struct.pack("!H", len(body)) + body
+    family = (0x10 if src.version == 4 else 0x20) | transport
+    return V2_SIGNATURE + bytes((0x21, family)) + struct.pack("!H", len(body)) + body
 
 
 def check_version(instance: Any, attribute: Any, value: Any) -> None:

@@ -27,6 +27,11 @@ limit, so an oversized datagram is seen as such).  When the client's
 connection is backed up a datagram is dropped and counted (``Flow.send``),
 never queued, so TCP streams of the same client keep their throughput.
 
+frp's ``transport.proxyProtocolVersion = "v2"`` puts HAProxy's PROXY v2
+header (family UDP, the visitor's address and the public one) ahead of every
+datagram to the local service, as frp does; the server adds it, so
+``udpPacketSize`` applies to the visitor's datagram without it.
+
 Counters per tunnel (``DatagramCounts``, on the tunnel's traffic meter, so
 they outlive restarts): datagrams in and out, drops by reason (too large,
 queue full, no association slot); bytes go through the meter as a stream's
@@ -93,10 +98,21 @@ class UdpSpec(ProxySpec):
                                     validator=_positive("idleTimeout", MAX_IDLE_TIMEOUT))
     max_associations: int = attrs.field(default=DEFAULT_MAX_ASSOCIATIONS,
                                         validator=_positive("maxAssociations", MAX_ASSOCIATIONS))
+    #: frp's ``transport.proxyProtocolVersion``: "v2" puts a PROXY v2 header ahead of every datagram; None: none
+    proxy_protocol_version: Optional[str] = attrs.field(default=None)
+
+    @proxy_protocol_version.validator
+    def _check_proxy_protocol(self, attribute: Any, value: Any) -> None:
+        if value is not None and value != "v2":
+            raise SpecError("'transport.proxyProtocolVersion' of a udp tunnel must be \"v2\" (v1 has no form for "
+                            f"datagrams), or left out for none; got {str(value)[:16]!r}")
 
     def to_keys(self) -> Dict[str, Any]:
-        return {"type": "udp", "localIP": self.local_ip, "localPort": self.local_port, "remotePort": self.remote_port,
+        keys = {"type": "udp", "localIP": self.local_ip, "localPort": self.local_port, "remotePort": self.remote_port,
                 "idleTimeout": self.idle_timeout, "maxAssociations": self.max_associations}
+        if self.proxy_protocol_version is not None:
+            keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
+        return keys
 
     @property
     def local_description(self) -> str:
@@ -112,10 +128,14 @@ class UdpSpec(ProxySpec):
 
 
 _ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port",
-               "idleTimeout": "idle_timeout", "maxAssociations": "max_associations"}
+               "idleTimeout": "idle_timeout", "maxAssociations": "max_associations",
+               "transport.proxyProtocolVersion": "proxy_protocol_version"}
 
 IDLE_TIMEOUT = SpecField("idleTimeout", "integer", "seconds without a datagram either way after which a visitor's "
                          "association ends", default=DEFAULT_IDLE_TIMEOUT, minimum=1, maximum=MAX_IDLE_TIMEOUT)
+PROXY_PROTOCOL_V2 = SpecField("transport.proxyProtocolVersion", "choice",
+                              "put the visitor's address ahead of every datagram to the local service (HAProxy's "
+                              "PROXY protocol v2; the service must expect it)", choices=("v2",))
 MAX_ASSOCIATIONS_FIELD = SpecField("maxAssociations", "integer", "visitors at once; a new one beyond it evicts the "
                                    "one idle longest", default=DEFAULT_MAX_ASSOCIATIONS, minimum=1,
                                    maximum=MAX_ASSOCIATIONS)
@@ -149,13 +169,14 @@ def counts_of(meter: Any) -> DatagramCounts:
 class Visitor:
     """One public source address's association on the server: its flow, and when it last carried a datagram."""
 
-    __slots__ = ("front", "address", "flow", "seen")
+    __slots__ = ("front", "address", "flow", "seen", "prefix")
 
-    def __init__(self, front: "UdpFront", address: Any, flow: Any, seen: float) -> None:
+    def __init__(self, front: "UdpFront", address: Any, flow: Any, seen: float, prefix: bytes = b"") -> None:
         self.front = front
         self.address = address
         self.flow = flow
         self.seen = seen
+        self.prefix = prefix  #: the PROXY v2 header put ahead of each datagram (transport.proxyProtocolVersion)
 
     def close_idle(self) -> bool:
         """The core's ``tunnelIdleTimeout`` sweep: end it like our own idle sweep does."""
@@ -199,7 +220,7 @@ class UdpFront(DatagramProtocol):
         else:
             self.visitors.move_to_end(address)
         visitor.seen = self.reactor.seconds()
-        if visitor.flow.send(data):
+        if visitor.flow.send(visitor.prefix + data if visitor.prefix else data):
             self.counts.datagrams_in += 1
         else:
             self.counts.queue_full += 1
@@ -213,7 +234,7 @@ class UdpFront(DatagramProtocol):
         flow = self.tunnel.session.open_flow(self.tunnel.name, host_port(str(address[0]), int(address[1])))
         if flow is None:
             return None
-        visitor = Visitor(self, address, flow, self.reactor.seconds())
+        visitor = Visitor(self, address, flow, self.reactor.seconds(), self._proxy_header(address))
         flow.receiver = lambda datagram: self._reply(visitor, datagram)
         flow.on_close = lambda reason: self._ended(visitor)
         self.visitors[address] = visitor
@@ -221,6 +242,17 @@ class UdpFront(DatagramProtocol):
         self.tunnel.streams[flow] = visitor
         self._schedule_sweep()
         return visitor
+
+    def _proxy_header(self, address: Any) -> bytes:
+        if self.spec.proxy_protocol_version is None:
+            return b""
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        from gotaxy.proxy.proxyprotocol import header
+
+        kind = IPv6Address if ":" in str(address[0]) else IPv4Address
+        here = self.transport.getHost() if self.transport is not None else kind("UDP", "0.0.0.0", 0)
+        return header("v2", kind("UDP", str(address[0]), int(address[1])), here, datagram=True)
 
     # -- client -> visitors
 
@@ -430,7 +462,7 @@ class Associations:
 class UdpProxy(ProxyType):
     name = "udp"
     label = "UDP"
-    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, IDLE_TIMEOUT, MAX_ASSOCIATIONS_FIELD)
+    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, IDLE_TIMEOUT, MAX_ASSOCIATIONS_FIELD, PROXY_PROTOCOL_V2)
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> UdpSpec:
