@@ -93,7 +93,10 @@ Client (``ClientConfig``)::
     allowOperatorTunnels             allow_operator_tunnels (ours; ["127.0.0.1:8000-8100", ...])
     log.level / log.maxDays          log_level / log_max_days
 
-Only ``tcp`` proxies are supported.  A proxy of another frp type, or one that
+The proxy types are the registry's (``gotaxy.proxy.registry``: tcp, udp,
+http ...); a ``[[proxies]]`` entry's keys for its type (an http proxy's
+``customDomains``, ``locations``, ``requestHeaders.set`` ...) are kept on
+``TunnelSpec`` and checked by that type.  A proxy of another frp type, or one that
 hands its connections to an frp ``plugin``, is skipped with one warning; an
 frp key inside a kept proxy is warned about once per key, naming the proxies
 that use it.
