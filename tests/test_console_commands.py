@@ -211,6 +211,31 @@ class CommandTests(unittest.TestCase):
         edited = json.loads((await self.cmd("tunnel edit keyed --remotePort '' --json")).text)
         self.assertEqual(edited["spec"]["remotePort"], 0)
 
+    async def test_a_udp_tunnel_from_the_console_shows_its_datagrams(self):
+        from twisted.internet.protocol import DatagramProtocol
+
+        class Echo(DatagramProtocol):
+            def datagramReceived(self, data, address):
+                self.transport.write(data, address)
+
+        echo = reactor.listenUDP(0, Echo(), interface="127.0.0.1")
+        self.addCleanup(echo.stopListening)
+        udp_port = echo.getHost().port
+        live = await self._live("echo=tcp:127.0.0.1:ECHO", allow_operator_tunnels=[f"127.0.0.1:{udp_port}"])
+        await live.wait_up("echo")
+        added = await self.cmd(f"tunnel add alice dns 127.0.0.1:{udp_port} --type udp --idleTimeout 30")
+        self.assertTrue(added.text.startswith("tunnel alice/dns added"), added.text)
+        public = await live.wait_up("dns")
+        view = json.loads((await self.cmd("tunnel alice/dns --json")).text)
+        self.assertEqual((view["type"], view["spec"]["idleTimeout"], view["address"]["description"]),
+                         ("udp", 30, f"udp port {public}"))
+        detail = (await self.cmd("tunnel alice/dns")).text
+        self.assertIn("datagrams      in 0, out 0; dropped 0 too large, 0 queue full, 0 no slot", detail)
+        self.assertFits(detail)
+        self.assertIn(f"udp port {public}", (await self.cmd("tunnels")).text)
+        bad = await self.cmd("tunnel add alice dns2 127.0.0.1:1 --type udp --customDomains a.example.com", EXIT_USAGE)
+        self.assertTrue(bad.text.startswith("tunnel add: a udp tunnel has no setting --customDomains"), bad.text)
+
     async def test_tunnel_add_for_a_client_nobody_can_be_is_refused_with_the_known_ones(self):
         live = await self._live("echo=tcp:127.0.0.1:ECHO")
         await live.wait_up("echo")

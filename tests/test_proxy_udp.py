@@ -329,3 +329,65 @@ def test_proxy_protocol_v2_goes_ahead_of_every_datagram_with_the_visitors_addres
         assert datagram[28:] == payload
     with pytest.raises(SpecError, match="must be \"v2\""):
         parse_spec({"type": "udp", "localPort": 53, "transport.proxyProtocolVersion": "v1"})
+
+
+class LoopedFlow(FakeFlow):
+    """A flow whose two ends are in this process: what one side sends, the other's receiver gets."""
+
+    peer_end: Any = None
+
+    def send(self, datagram: bytes) -> bool:
+        self.sent.append(datagram)
+        reactor.callLater(0, lambda: self.peer_end.receiver(datagram) if self.peer_end.receiver else None)
+        return True
+
+
+class IPv6Tests(unittest.TestCase):
+    """IPv6 on both sides, on real loopback sockets: the public port on ``proxyBindAddr = "::1"``, the local service on ::1."""
+
+    timeout = 20
+
+    async def test_a_visitor_over_ipv6_reaches_an_ipv6_local_service(self):
+        import socket as sockets
+
+        if not sockets.has_ipv6:
+            raise unittest.SkipTest("no IPv6 on this machine")
+        try:
+            echo = reactor.listenUDP(0, UdpEcho(), interface="::1")
+        except Exception as e:  # an IPv6 loopback the kernel does not have
+            raise unittest.SkipTest(f"no IPv6 loopback: {e}")
+        self.addCleanup(echo.stopListening)
+        spec = UdpSpec(local_ip="::1", local_port=echo.getHost().port)
+        mux = FakeMux()
+        table = Associations.of(mux, spec, reactor)
+        self.addCleanup(table.close_all)
+        tunnel = FakeTunnel(spec)
+        tunnel.admits = lambda host, routed=False: True
+
+        def open_flow(name: str, peer: str) -> LoopedFlow:
+            server_end, client_end = LoopedFlow(2, mux), LoopedFlow(2, mux)
+            server_end.peer_end, client_end.peer_end = client_end, server_end
+            server_end.peer = peer
+            tunnel.session.flows.append(server_end)
+            table.open(client_end, lambda failure: None)
+            return server_end
+
+        tunnel.session.open_flow = open_flow
+        udp = UdpFront(tunnel, reactor, 1500)
+        public = reactor.listenUDP(0, udp, interface="::1", maxPacketSize=1501)
+        self.addCleanup(udp.stop)  # the port, its associations and their sweep
+        visitor = Visitors()
+        port = reactor.listenUDP(0, visitor, interface="::1")
+        self.addCleanup(port.stopListening)
+        got: Deferred = Deferred()
+        visitor.waiting = (1, got)
+        port.write(b"over six", ("::1", public.getHost().port))
+        assert await got == [b"echo:over six"]
+        (flow,) = tunnel.session.flows
+        assert flow.peer.startswith("[::1]:")  # the visitor's IPv6 address, as the OPEN carries it
+        await table_closed(table)
+
+
+async def table_closed(table: Associations) -> None:
+    table.close_all()
+    await wait_until(lambda: table.live == {})
