@@ -1432,6 +1432,46 @@ def udp_report(steps: Dict[str, List[UdpStep]], markdown: bool) -> str:
     return render(headers, rows, markdown)
 
 
+def tcp_under_udp_flood(tools: Dict[str, str], tcp_port: int, udp_port: int, duration: float,
+                        flood: float = 2000) -> Tuple[Optional[float], Optional[float], str]:
+    """
+    One iperf3 TCP stream through gotaxy's tcp tunnel, alone and then while
+    ``iperf3 -u -b FLOOD`` (beyond what the udp tunnel carries) floods the
+    udp tunnel of the same client: (Gbit/s alone, Gbit/s during, problems).
+    """
+    import json
+
+    def tcp_run() -> Tuple[Optional[float], str]:
+        argv = [tools["iperf3"], "-c", LOOPBACK, "-p", str(tcp_port), "-t", f"{duration:g}", "-J",
+                "--connect-timeout", "5000"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True)
+            report = json.loads(done.stdout)
+        except (subprocess.TimeoutExpired, ValueError):
+            return None, "iperf3 (tcp) failed"
+        if "error" in report:
+            return None, f"iperf3 (tcp): {report['error']}"
+        return report["end"]["sum_received"]["bits_per_second"] / 1e9, ""
+
+    alone, problems = tcp_run()
+    time.sleep(1)
+    flooding = subprocess.Popen(
+        [tools["iperf3"], "-c", LOOPBACK, "-p", str(udp_port), "-u", "-b", f"{flood:g}M", "-l", str(UDP_DATAGRAM),
+         "-t", f"{duration + 4:g}", "--connect-timeout", "5000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        time.sleep(1)  # the flood is under way
+        during, more = tcp_run()
+    finally:
+        flooding.terminate()
+        try:
+            flooding.wait(10)
+        except subprocess.TimeoutExpired:
+            flooding.kill()
+    return alone, during, "; ".join(filter(None, [problems, more]))
+
+
 def udp_verdict(steps: Dict[str, List[UdpStep]]) -> str:
     gotaxy, socat = best_udp(steps.get(GOTAXY, [])), best_udp(steps.get("socat", []))
     bar = "The UDP bar: gotaxy's highest rate under 1 % loss at least 50 % of socat's."
@@ -1600,6 +1640,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     runs.setdefault((workload.key, path), []).append(result)
 
         udp_steps = measure_udp(tools, udp_ports, args.duration) if args.udp else {}
+        flood: Optional[Tuple[Optional[float], Optional[float], str]] = None
+        if args.udp:
+            progress("[udp] gotaxy's tcp tunnel alone, then while its udp tunnel is flooded")
+            flood = tcp_under_udp_flood(tools, endpoints[GOTAXY].iperf_port, udp_ports[GOTAXY], args.duration)
         vhost_chosen = [w for w in chosen if w.key in ("keepalive", "close")]
         for repeat in range(args.repeat):
             for workload in vhost_chosen:
@@ -1635,6 +1679,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(udp_report(udp_steps, args.markdown))
             print()
             print(udp_verdict(udp_steps))
+        if flood is not None:
+            alone, during, problems = flood
+            shown = (f"{alone:.2f} Gbit/s alone, {during:.2f} Gbit/s while its udp tunnel was flooded "
+                     f"(iperf3 -u -b 2000M): {during / alone:.0%} (the goal: at least 80 %)"
+                     if alone and during is not None else f"not measured ({problems or 'a run failed'})")
+            print()
+            print(f"TCP on the same client under a UDP flood: one iperf3 stream through gotaxy, {shown}")
         if vhost_endpoints:
             print()
             print("\n".join(f"{path}: {ends.description}" for path, ends in vhost_endpoints.items()))
