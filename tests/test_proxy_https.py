@@ -99,6 +99,22 @@ def test_records_that_never_make_a_hello_are_bounded(front):
     assert transport.disconnecting and front.refusals == {REFUSED_NOT_TLS: 1}
 
 
+def test_connections_still_sending_their_hello_are_bounded(front, monkeypatch):
+    from gotaxy.proxy import https
+
+    monkeypatch.setattr(https, "MAX_PENDING_HELLOS", 2)
+    first, second = connect(front), connect(front)
+    third = connect(front)
+    assert third[1].disconnecting and front.refusals == {"too_many_pending": 1}
+    first[0].dataReceived(b"GET / HTTP/1.0\r\n\r\n")  # refused: no longer pending
+    first[0].connectionLost(None)
+    assert front.pending == 1
+    fourth = connect(front)
+    assert not fourth[1].disconnecting and front.pending == 2
+    front.reactor.advance(60)
+    assert front.pending == 0
+
+
 def test_exact_names_win_then_the_closest_wildcard():
     assert candidates("a.b.example.com") == ["a.b.example.com", "*.b.example.com", "*.example.com"]
     front = HttpsFront(server_config(), Clock())

@@ -26,7 +26,8 @@ its server name, exact name first, then wildcards from the closest
   (``twisted.protocols.tls``) wrapped around the http front, which routes
   each decrypted request by its Host header as on the plain port;
 * otherwise it is closed: no ClientHello, no server name, or a name nothing
-  here serves.  Each refusal is counted by reason (``refusals``).
+  here serves.  Each refusal is counted by reason (``refusals``), and so
+  is a connection beyond ``MAX_PENDING_HELLOS`` still sending its hello.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ REFUSED_NOT_TLS = "not_tls"
 REFUSED_SLOW = "hello_timeout"
 REFUSED_NO_NAME = "no_server_name"
 REFUSED_UNKNOWN = "unknown_name"
+REFUSED_BUSY = "too_many_pending"
+
+#: Connections that may be sending their ClientHello at once; more are closed at once (each holds
+#: at most MAX_BUFFERED bytes for at most vhostHTTPSHelloTimeout seconds).
+MAX_PENDING_HELLOS = 1024
 
 
 def _host_name(value: Any) -> str:
@@ -186,9 +192,15 @@ class HelloReader(PublicConnection):
         self._buffer = b""
         self._timer: Any = None
         self.routed = False
+        self._pending = False
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
+        if self.front.pending >= MAX_PENDING_HELLOS:
+            self._refuse(REFUSED_BUSY)
+            return
+        self.front.pending += 1
+        self._pending = True
         self._timer = self.front.reactor.callLater(self.front.hello_timeout, self._too_slow)
 
     def dataReceived(self, data: bytes) -> None:
@@ -226,6 +238,9 @@ class HelloReader(PublicConnection):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._pending:
+            self._pending = False
+            self.front.pending -= 1
 
     def readConnectionLost(self) -> None:
         if not self.routed:
@@ -264,6 +279,8 @@ class HttpsFront:
         self.refusals: Counter = Counter()
         #: set by ``terminate_with``: TLS termination for http tunnels
         self.terminator: Any = None
+        #: connections still sending their ClientHello
+        self.pending = 0
         self.listening: Any = None
         #: Wraps the listener's factory: the core sets it to check bans and address rules first
         #: (``gotaxy.server.access.GatedFactory``).
