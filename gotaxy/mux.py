@@ -87,6 +87,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gotaxy.wire import (
+    CLOSE_ERROR_PREFIX,
     INITIAL_WINDOW,
     MAX_DATA,
     MAX_WINDOW,
@@ -258,6 +259,14 @@ class Stream:
             return
         self._eof_pending = True
         self._flush()
+
+    def cut(self, reason: str) -> None:
+        """End the stream from our side: reset our socket and tell the peer (what is buffered is dropped)."""
+        transport = self._transport
+        self._send_buffer.clear()
+        self.local_closed(CLOSE_ERROR_PREFIX + reason if not reason.startswith(CLOSE_ERROR_PREFIX) else reason)
+        if transport is not None:
+            transport.abortConnection()
 
     def local_closed(self, reason: str) -> None:
         """Our socket is gone; tell the peer once our buffered data is out."""

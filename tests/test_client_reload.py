@@ -94,6 +94,23 @@ class ClientReloadTests(_Client):
         self.assertEqual(await kept.echo(b"after"), b"after")
         self.assertFalse(kept.lost.called)
 
+    async def test_a_removed_tunnels_connections_drain_then_end_after_the_grace_period(self):
+        from gotaxy.client import control
+
+        self.patch(control, "DRAIN_GRACE", 1.0)
+        c = free_port()
+        await self.start(proxies(f'name = "c"\nlocalPort = {self.echo}\nremotePort = {c}'))
+        await self.live.wait_up("c")
+        held = await hold(c)
+        self.assertEqual(await held.echo(b"before"), b"before")
+        self.write(self.head())
+        self.assertEqual((await self.client.reloader.reload("a test")).removed, ("c",))
+        await wait_until(lambda: self.server_tunnels() == [])
+        self.assertTrue(await port_refused(c))  # no new connection...
+        self.assertEqual(await held.echo(b"draining"), b"draining")  # ...but the open one goes on
+        await held.lost  # and ends once the grace period is over
+        self.assertIsNotNone(self.client.factory.current)  # a client with no tunnel left stays connected
+
     async def test_enabled_false_closes_and_true_opens_again(self):
         await self.start(proxies(f'name = "a"\nlocalPort = {self.echo}'))
         await self.live.wait_up("a")

@@ -643,8 +643,8 @@ class ClientControlProtocol(MuxProtocol):
         if name in self.tunnels:
             return  # opened again since: its connections are its own again
         for stream in streams:
-            if self.streams.get(stream.id) is stream:
-                stream.abort(f"tunnel {name} was removed from the client's config {DRAIN_GRACE:g} s ago")
+            if self.streams.get(stream.id) is stream and not stream.closed:
+                stream.cut(f"tunnel {name} was removed from the client's config {DRAIN_GRACE:g} s ago")
 
     def _heartbeat_timed_out(self, silent: float) -> None:
         self.log.warn("server silent for {seconds:.0f} s; reconnecting", seconds=silent)

@@ -81,7 +81,7 @@ class Options(TwistdOptions):
             raise usage.UsageError(str(e))
 
 
-def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
+def build_config(options: Dict[str, Any], require_tunnels: bool = True) -> "tuple[ClientConfig, List[str]]":
     config = ClientConfig()
     warnings: List[str] = []
     if options.get("config"):
@@ -126,7 +126,7 @@ def build_config(options: Dict[str, Any]) -> "tuple[ClientConfig, List[str]]":
     config = attrs.evolve(config, **overrides)
     if not config.token:
         raise ConfigError("no token: pass --token TOKEN or --token-file FILE, or set auth.token in the config file")
-    if not config.tunnels:
+    if not config.tunnels and require_tunnels:
         raise ConfigError("no tunnels: pass --tunnel NAME=tcp:LOCALIP:LOCALPORT or add [[proxies]] to the config")
     return config, warnings
 
@@ -264,7 +264,8 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
     service.setServiceParent(top)
     # SIGHUP, gotaxy-client reload and POST /api/reload read the file again (gotaxy.client.reload).
     path = options.get("config")
-    reloader = ClientReloader((lambda: build_config(options)) if path else None, factory)
+    # A reload may leave no tunnel (the last included file removed): the client stays connected.
+    reloader = ClientReloader((lambda: build_config(options, require_tunnels=False)) if path else None, factory)
     ClientSignalReload(reloader, reactor).setServiceParent(top)
     if config.admin_port:
         admin = ClientAdmin(factory, reloader, path, reactor, stop=reactor.stop)
