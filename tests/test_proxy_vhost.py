@@ -610,3 +610,20 @@ def test_the_front_behind_tls_says_https_to_the_website(network: MemoryNetwork) 
     visitor.transport.write(get("wiki.example.com"))
     network.flush()
     assert answer(visitor.responses()[0])["headers"]["x-forwarded-proto"] == "https"
+
+
+def test_a_tunnels_error_pages_are_shown_in_its_view_and_the_console(network: MemoryNetwork) -> None:
+    from twisted.internet.defer import Deferred
+
+    from gotaxy.console.text import tunnel_detail
+    from gotaxy.server.manage import Management
+
+    server = make_server(network)
+    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9009, custom_domains=("wiki.example.com",))]).start()
+    one(network, get("wiki.example.com"))  # its local service is down: 502
+    one(network, get("wiki.example.com"))
+    done = Deferred.fromCoroutine(Management(server.core).tunnel("office", "wiki"))
+    network.flush()
+    view = done.result
+    assert view.http_refused == {"bad_gateway": 2}
+    assert "error pages" in tunnel_detail(view) and "2 bad_gateway" in tunnel_detail(view)

@@ -550,6 +550,14 @@ function trafficCell(tn) {
     }
     td.append(line);
   }
+  const refused = tn.http_refused ? Object.values(tn.http_refused).reduce((a, b) => a + b, 0) : 0;
+  if (refused) {  // an http tunnel's requests answered with an error page, by reason
+    const line = document.createElement("div");
+    line.className = "http-refused";
+    line.append(badge("down", t("tunnels.error_pages", { n: refused }),
+      Object.entries(tn.http_refused).map(([reason, n]) => `${reason} ${n}`).join(", ")));
+    td.append(line);
+  }
   return td;
 }
 

@@ -208,6 +208,9 @@ def tunnel_detail(v: TunnelView, width: int = WIDTH) -> str:
     ]
     if v.datagrams is not None:
         items.append(("datagrams", datagrams_text(v.datagrams)))
+    if v.http_refused is not None:
+        items.append(("error pages", ", ".join(f"{count} {reason}" for reason, count in v.http_refused.items())
+                      or "none"))
     return pairs(items, width)
 
 

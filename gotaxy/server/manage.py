@@ -205,6 +205,9 @@ class TunnelView:
     #: a udp tunnel's datagram counters since the server started (``gotaxy.proxy.udp.DatagramCounts``:
     #: datagrams_in, datagrams_out, too_large, queue_full, no_slot); None for other types
     datagrams: Optional[Dict[str, int]] = None
+    #: an http tunnel's requests answered with an error page since the server started, by reason
+    #: (``gotaxy.proxy.vhost.REASONS``: busy, timeout, bad_gateway, unauthorized ...); None for other types
+    http_refused: Optional[Dict[str, int]] = None
 
 
 def status_text(view: TunnelView) -> str:
@@ -340,7 +343,16 @@ class Management:
             retry_in=retry_in,
             spec=live.spec.to_keys() if live is not None else record.spec,
             datagrams=self._datagrams(record),
+            http_refused=self._http_refused(record),
         )
+
+    def _http_refused(self, record: TunnelRecord) -> Optional[Dict[str, int]]:
+        if record.type != "http":
+            return None
+        front = self.core.fronts.get("http")
+        counts = getattr(front, "tunnel_refusals", {})
+        return {reason: count for (client, name, reason), count in sorted(counts.items())
+                if (client, name) == (record.client, record.name)}
 
     def _datagrams(self, record: TunnelRecord) -> Optional[Dict[str, int]]:
         meter = self.core.meters.tunnels.get((record.client, record.name))

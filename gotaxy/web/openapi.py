@@ -141,6 +141,10 @@ SCHEMAS: Dict[str, Any] = {
             "rate_out": {"type": "number"},
             "datagrams": {"oneOf": [_ref("DatagramCounts"), {"type": "null"}],
                           "description": "udp tunnels: datagrams and drops since the server started; null otherwise"},
+            "http_refused": {"oneOf": [{"type": "object", "additionalProperties": {"type": "integer"}}, {"type": "null"}],
+                             "description": "http tunnels: requests answered with an error page since the server "
+                                            "started, by reason (busy, timeout, bad_gateway, unauthorized, "
+                                            "locked_out, denied); null otherwise"},
         }
     ),
     "DatagramCounts": _object(
