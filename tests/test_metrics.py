@@ -126,6 +126,13 @@ class MetricsOverHTTP(unittest.TestCase):
         assert value(samples, "gotaxy_tunnel_bytes_total", direction="in", **labels) == sent
         assert session is live.core.sessions["alice"]
 
+        # A ban, and a connection it turned away: counted by listener and reason.
+        await live.core.access.ban("203.0.113.9", "test", seconds=60)
+        assert not live.core.access.admits("console", "203.0.113.9")
+        samples = await self.scrape()
+        assert value(samples, "gotaxy_bans") == 1
+        assert value(samples, "gotaxy_access_refused_total", listener="console", reason="banned") == 1
+
     async def test_token_is_required(self) -> None:
         await self.start()
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):

@@ -219,3 +219,34 @@ def test_panel_end_to_end(procs, echo, browser):
     assert response.status == 401
     assert response.json()["error"]["kind"] == "unauthorized"
     context.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_access_page_shows_the_rules_and_bans_and_lifts_one(procs, browser, tmp_path):
+    web_port = free_port()
+    config = tmp_path / "server.toml"
+    config.write_text('[access.tunnels]\ndeny = ["192.0.2.0/24"]\n')
+    procs.server("--config", str(config), "--web-port", str(web_port), env={"GOTAXY_ADMIN_PASSWORD": PASSWORD})
+    wait_for_panel(web_port)
+    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.set_default_timeout(15000)
+    expect = sync_api.expect
+    page.goto(f"http://127.0.0.1:{web_port}/")
+    page.fill('#login-form [name="password"]', PASSWORD)
+    page.click('#login-form button[type="submit"]')
+    page.click('#nav a[data-page="access"]')
+    expect(page.locator("#rules-table")).to_contain_text("192.0.2.0/24")
+    page.fill('#ban-form [name="address"]', "not an address")
+    page.click('#ban-form button[type="submit"]')
+    expect(page.locator('#ban-form [data-error="address"]')).to_contain_text("is not an IP address")
+    page.fill('#ban-form [name="address"]', "198.51.100.7")
+    page.fill('#ban-form [name="reason"]', "port scanner")
+    page.click('#ban-form button[type="submit"]')
+    row = page.locator('#bans-table tr[data-ban="198.51.100.7"]')
+    expect(row).to_contain_text("port scanner")
+    expect(row).to_contain_text("panel operator admin")
+    row.locator("button").click()
+    expect(row).to_have_count(0)
+    context.close()

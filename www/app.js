@@ -267,7 +267,7 @@ async function logout() {
 
 // -- pages -------------------------------------------------------------------------
 
-const PAGES = { overview: loadOverview, clients: loadClients, tunnels: loadTunnels, tokens: loadTokens,
+const PAGES = { overview: loadOverview, clients: loadClients, tunnels: loadTunnels, tokens: loadTokens, access: loadAccess,
   events: loadEvents, notifications: loadNotifications, account: loadAccount };
 
 function route() {
@@ -788,6 +788,53 @@ async function createToken(event) {
   loadTokens();
 }
 
+// Access: the address rules in force (GET /access) and the bans (GET /bans), lifted with DELETE /bans/{address}.
+async function loadAccess() {
+  const [rules, bans] = await Promise.all([api("GET", "/access"), api("GET", "/bans")]);
+  if (!rules.ok || !bans.ok) return;
+  const refused = {};
+  for (const r of rules.data.refused) refused[r.listener] = (refused[r.listener] || 0) + r.count;
+  const rows = Object.entries(rules.data.listeners).map(([name, r]) => [t(`access.listener.${name}`), r, refused[name] || 0]);
+  for (const [pattern, r] of Object.entries(rules.data.perTunnel)) rows.push([pattern, r, ""]);
+  const body = $("#rules-table tbody");
+  body.replaceChildren();
+  for (const [name, r, count] of rows) {
+    const row = document.createElement("tr");
+    row.append(cell(name, "name"), cell(r.allow.join(", ") || t("access.anyone")), cell(r.deny.join(", ") || "-"),
+      cell(String(count)));
+    body.append(row);
+  }
+  const list = $("#bans-table tbody");
+  list.replaceChildren();
+  for (const b of bans.data.bans) {
+    const row = document.createElement("tr");
+    row.dataset.ban = b.address;
+    row.append(cell(b.address, "name"), cell(`${Math.ceil(b.remaining / 60)} min`), cell(when(b.until)),
+      cell(String(b.strikes)), cell(b.by), cell(b.reason));
+    const actions = document.createElement("td");
+    actions.append(button(t("access.lift"), "danger", async () => {
+      if (!confirm(t("access.lift_confirm", { address: b.address }))) return;
+      const r = await api("DELETE", `/bans/${encodeURIComponent(b.address)}`);
+      if (!r.ok) showError($("#page-access"), Object.assign({}, r.error, { field: null }), "bans"); else loadAccess();
+    }, "lift"));
+    row.append(actions);
+    list.append(row);
+  }
+}
+
+async function addBan(event) {
+  event.preventDefault();
+  const form = event.target;
+  const body = { address: form.address.value.trim() };
+  if (form.seconds.value) body.seconds = Number(form.seconds.value);
+  if (form.reason.value.trim()) body.reason = form.reason.value.trim();
+  const result = await api("POST", "/bans", body);
+  if (!result.ok) return showError(form, result.error);
+  clearErrors(form);
+  form.reset();
+  loadAccess();
+}
+
 // The type filter offers each family of the server's event catalogue (GET /events/types).
 async function fillEventFamilies(select) {
   if (select.options.length > 1) return;
@@ -1079,6 +1126,7 @@ async function start() {
   $("#edit-form").addEventListener("submit", saveEdit);
   $("#edit-cancel").addEventListener("click", () => { $("#edit-form").hidden = true; });
   $("#token-form").addEventListener("submit", createToken);
+  $("#ban-form").addEventListener("submit", addBan);
   $("#webhook-form").addEventListener("submit", addWebhook);
   $("#mail-form").addEventListener("submit", addMailRecipient);
   $("#events-form").addEventListener("submit", (e) => { e.preventDefault(); state.events.offset = 0; loadEvents(); });

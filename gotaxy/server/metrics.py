@@ -208,6 +208,20 @@ class GotaxyCollector:
                 https_refused.add_metric([reason], count)
             yield https_refused
 
+        # Connections turned away before anything else (gotaxy.server.access): by listener and reason.
+        access_refused = CounterMetricFamily(
+            "gotaxy_access_refused",
+            "Connections refused by the address rules (denied) or a ban (banned), by listener: control, "
+            "webServer, console, tunnels.",
+            labels=["listener", "reason"],
+        )
+        for (listener, reason), count in sorted(core.access.refused.items()):
+            access_refused.add_metric([listener, reason], count)
+        yield access_refused
+        bans = GaugeMetricFamily("gotaxy_bans", "Addresses banned now, on every listener.")
+        bans.add_metric([], len(core.access.in_force()))
+        yield bans
+
         connections_open = GaugeMetricFamily("gotaxy_connections_open", "Public connections open now, all tunnels.")
         connections_open.add_metric([], sum(t.connections for t in tunnels.values()))
         yield connections_open
