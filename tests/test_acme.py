@@ -126,6 +126,11 @@ class ConfigTests(unittest.TestCase):
         loaded = parse_server_config({"vhostHTTPSPort": 8443, "vhostHTTPPort": 8080,
                                       "acme": {"enable": True, "renewBefore": 20}})
         self.assertEqual(loaded.config.acme.renew_before_days, 20)
+        limited = parse_server_config({"vhostHTTPSPort": 8443, "vhostHTTPPort": 8080,
+                                       "acme": {"enable": True, "domains": ["Example.com"]}})
+        self.assertEqual(limited.config.acme.domains, ("example.com",))
+        with self.assertRaises(ConfigError):
+            parse_server_config({"acme": {"domains": ["*.example.com"]}})
 
 
 class FirstClaimTests(unittest.TestCase):
@@ -148,6 +153,8 @@ class FirstClaimTests(unittest.TestCase):
             def unwant(self, name: str) -> None:
                 self.unwanted.append(name)
 
+            settings = AcmeClientSettings(domains=("example.com",))
+
         class Files:
             def covered(self, name: str) -> bool:
                 return name == "wiki.example.com"
@@ -158,7 +165,8 @@ class FirstClaimTests(unittest.TestCase):
 
         core = type("Core", (), {})()
         core.tunnels = {
-            ("alice", "site"): Tunnel(PublicAddress("http", 0, ("erp.example.com", "wiki.example.com", "*.dev.example.com"))),
+            ("alice", "site"): Tunnel(PublicAddress("http", 0, ("erp.example.com", "wiki.example.com", "*.dev.example.com",
+                                                                "elsewhere.org"))),
             ("alice", "ssh"): Tunnel(PublicAddress.tcp(16000)),
         }
         acme = Acme()

@@ -16,6 +16,7 @@ from gotaxy.config.values import (
     CONNECTIONS,
     DATABASE_URL,
     DOMAIN,
+    DOMAINS,
     FORWARDED_HEADERS,
     HEADER_BYTES,
     ENDPOINT,
@@ -259,6 +260,8 @@ class AcmeSettings:
     directory: str = _setting("https://acme-v02.api.letsencrypt.org/directory", URL, "acme.directory")
     ca_file: str | None = _setting(None, TEXT, "acme.caFile")
     renew_before_days: int = _setting(30, COUNT, "acme.renewBefore")
+    #: Only names under these get certificates (empty: any name a tunnel claims).
+    domains: tuple[str, ...] = _setting((), DOMAINS, "acme.domains")
 
 
 @attrs.frozen

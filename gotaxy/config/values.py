@@ -155,6 +155,12 @@ def _domain(value: Any) -> str:
     return name
 
 
+def _list_of(value: Any) -> list:
+    if not isinstance(value, (list, tuple)) or len(value) > 256:
+        raise _Mismatch(value)
+    return list(value)
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     """A list of strings (a single string counts as a list of one); the proxy type checks each."""
     if isinstance(value, str):
@@ -424,6 +430,8 @@ TEXT = _Form("a non-empty string", _text)
 HOST = _Form("a host name or IP address without a port", _host)
 DOMAIN = _Form('a domain name such as "example.com" (no port, no "*", no "http://")', _domain)
 FORWARDED_HEADERS = _Form('"append" (as frp) or "replace" (this server is the edge)', _one_of("append", "replace"))
+DOMAINS = _Form('a list of domain names such as ["example.com"]',
+                lambda value: tuple(_domain(v) for v in ([value] if isinstance(value, str) else _list_of(value))))
 STRINGS = _Form('a list of strings such as ["wiki.example.com"]', _strings)
 STRING = _Form("a string", _string)
 HEADER_TABLE = _Form('a table of header names and values such as { X-From = "gotaxy" }', _header_table)

@@ -258,6 +258,11 @@ class AcmeClientSettings:
     #: CA bundle trusted for the directory's HTTPS (a private CA, Pebble), or None for the system's.
     ca_file: Optional[str] = None
     renew_before: float = 30 * 86400.0  #: seconds before expiry
+    #: names under these only (``acme.domains``); empty: any
+    domains: Tuple[str, ...] = ()
+
+    def allows(self, name: str) -> bool:
+        return not self.domains or any(name == d or name.endswith("." + d) for d in self.domains)
 
 
 class _Protocol:
@@ -543,4 +548,4 @@ def settings_from(config: Any) -> AcmeClientSettings:
     """``AcmeClientSettings`` from a ServerConfig's ``acme`` section."""
     section = config.acme
     return AcmeClientSettings(directory=section.directory, email=section.email, ca_file=section.ca_file,
-                        renew_before=section.renew_before_days * 86400.0)
+                              renew_before=section.renew_before_days * 86400.0, domains=section.domains)

@@ -322,7 +322,9 @@ class CertificatesForTunnels:
     (this process's, so each name is asked for once per server that serves
     it) and asks ACME for each name of an ``http`` tunnel that no file
     covers; ``tunnel.removed`` stops the retries for its names.  Wildcards
-    are left out: HTTP-01 cannot prove them (a file must cover those).
+    are left out: HTTP-01 cannot prove them (a file must cover those), and
+    so are names outside ``acme.domains`` when it is set (so that a client
+    cannot spend the server's ACME account on names of its choosing).
     """
 
     log = Logger(observer=gotaxy_observer)
@@ -349,7 +351,9 @@ class CertificatesForTunnels:
         address = getattr(tunnel, "address", None)
         if address is None or address.scheme != "http":
             return
-        names = tuple(h for h in address.hosts if not h.startswith("*.") and not self.certificates.covered(h))
+        allows = self.acme.settings.allows
+        names = tuple(h for h in address.hosts
+                      if not h.startswith("*.") and not self.certificates.covered(h) and allows(h))
         self._names[key] = names
         for name in names:
             self.acme.want(name).addErrback(
