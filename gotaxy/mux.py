@@ -743,8 +743,15 @@ class MuxProtocol(Protocol):
         return stream
 
     def open_flow(self, tunnel: str, peer: str) -> Optional[Flow]:
-        """Open a datagram flow towards the peer for one visitor, or None if none can be opened now."""
+        """
+        Open a datagram flow towards the peer for one visitor, or None if none
+        can be opened now: also while the connection is backed up, so that a
+        flood of new (spoofed) source addresses cannot queue OPEN frames
+        any more than datagrams.
+        """
         if self.disconnecting or self._next_stream_id > _MAX_STREAM_ID or len(self.flows) >= MAX_FLOWS:
+            return None
+        if self.paused or self.buffered_output() > DATAGRAM_BACKLOG:
             return None
         flow_id = self._next_stream_id
         self._next_stream_id += 2

@@ -1069,10 +1069,13 @@ def test_a_backed_up_connection_drops_datagrams_instead_of_queueing_them() -> No
 
     pair.server.transport.transport = Backlog(DATAGRAM_BACKLOG + 1)
     assert not s.send(b"dropped too")
+    assert pair.server.open_flow("dns", "203.0.113.9:1") is None  # nor is a new flow opened: its OPEN would queue
     pair.server.transport.transport = Backlog(DATAGRAM_BACKLOG)
     assert s.send(b"sent too")
     pair.deliver_to_client()
     assert to_client == [b"sent", b"sent too"]
+    pair.server.pauseProducing()
+    assert pair.server.open_flow("dns", "203.0.113.9:2") is None
 
 
 def test_close_ends_a_flow_on_both_sides_and_late_datagrams_are_dropped() -> None:

@@ -228,12 +228,12 @@ class UdpFront(DatagramProtocol):
     def _open(self, address: Any) -> Optional[Visitor]:
         if self.stopped:
             return None
+        flow = self.tunnel.session.open_flow(self.tunnel.name, host_port(str(address[0]), int(address[1])))
+        if flow is None:  # the client's connection is backed up or closing: nobody is evicted for nothing
+            return None
         if len(self.visitors) >= self.spec.max_associations:
             _, oldest = next(iter(self.visitors.items()))
             self.end(oldest, "evicted: the tunnel is at its maxAssociations")
-        flow = self.tunnel.session.open_flow(self.tunnel.name, host_port(str(address[0]), int(address[1])))
-        if flow is None:
-            return None
         visitor = Visitor(self, address, flow, self.reactor.seconds(), self._proxy_header(address))
         flow.receiver = lambda datagram: self._reply(visitor, datagram)
         flow.on_close = lambda reason: self._ended(visitor)
