@@ -262,6 +262,14 @@ class AdminApiTests(_Client):
         self.assertTrue(host_allowed("127.0.0.1:7400") and host_allowed("[::1]:7400") and host_allowed("localhost"))
         self.assertFalse(host_allowed("gotaxy.example:7400") or host_allowed(""))
 
+    async def test_without_a_password_the_config_file_is_not_served(self):
+        self.base = await self.admin(proxies(f'name = "a"\nlocalPort = {self.echo}'), password="")
+        code, body = await self.call("GET", "/api/config", headers={})
+        self.assertEqual(code, 403)
+        self.assertIn("needs webServer.user and webServer.password", json.loads(body)["error"])
+        self.assertEqual((await self.call("PUT", "/api/config", headers={}, data=b"x = 1\n"))[0], 403)
+        self.assertEqual((await self.call("GET", "/api/status", headers={}))[0], 200)
+
     async def test_the_gotaxy_client_commands(self):
         self.base = await self.admin(proxies(f'name = "a"\nlocalPort = {self.echo}'))
         await self.live.wait_up("a")

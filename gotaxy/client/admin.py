@@ -19,8 +19,9 @@ credentials, compared in constant time as one string.  Whatever the
 credentials, a request whose ``Host`` is a name other than ``localhost``
 is refused (a web page cannot reach the API by DNS rebinding), and so is a
 state-changing request whose ``Origin`` is another site (nor by a form it
-posts).  Request bodies are limited to ``MAX_BODY`` bytes, refused by their
-``Content-Length`` before they are read.
+posts).  ``/api/config`` (the file holds the token) answers only when a
+password is set.  Request bodies are limited to ``MAX_BODY`` bytes, refused
+by their ``Content-Length`` before they are read.
 """
 
 from __future__ import annotations
@@ -205,6 +206,12 @@ class ClientAdmin:
         return self._json(request, {"stopping": True})
 
     def _path(self) -> str:
+        config: ClientConfig = self.factory.config
+        if config.admin_password is None:
+            # The file holds the client's token: on a machine with other
+            # users, loopback alone does not keep it to its owner.
+            raise AdminError(403, "the config file holds the token, so /api/config needs webServer.user and "
+                                  "webServer.password to be set")
         if self.config_path is None:
             raise AdminError(409, "this client was not started with --config, so it has no config file")
         return self.config_path
