@@ -151,3 +151,28 @@ def test_wrong_tokens_ban_a_source_everywhere_across_a_restart_until_the_console
         assert "ban.lifted" in events and "ban.added" in events
     finally:
         echo.close()
+
+
+def test_a_ban_on_one_server_holds_on_another_sharing_its_database(procs, tmp_path):
+    import time
+
+    from gotaxy.store import default_url
+
+    (tmp_path / "shared").mkdir()
+    url = default_url(str(tmp_path / "shared"))
+    config = procs.workdir / "shared.toml"
+    config.write_text('[access.ban]\nexempt = []\ntokenFailures = 2\n')
+    a = procs.server("--config", str(config), "--database-url", url, name="a", data_dir="a-data")
+    # Servers sharing a database share the key of its webhooks (docs/configuration.md).
+    (a.data_dir.parent / "b-data").mkdir(mode=0o700)
+    shutil.copy(a.data_dir / "notify.key", a.data_dir.parent / "b-data" / "notify.key")
+    b = procs.server("--config", str(config), "--database-url", url, name="b", data_dir="b-data")
+    wrong = "gtx_" + "D" * 43
+    assert login_from(b.port, wrong)["type"] == "login_failed"  # b hears it: not banned yet
+    for _ in range(2):
+        assert login_from(a.port, wrong)["type"] == "login_failed"
+    a.wait_for(r"banned 127\.0\.0\.2 for 600 s on every listener")
+    deadline = time.monotonic() + 10  # b reads a's ban.added from the events table within about a second
+    while not turned_away(b.port, payload=b"\x16\x03\x01"):
+        assert time.monotonic() < deadline, b.output()[-2000:]
+    assert login_from(b.port, "gtx_" + "E" * 43, source="127.0.0.1")["type"] == "login_failed"  # others still heard
