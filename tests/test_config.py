@@ -1115,6 +1115,9 @@ class TestTunnelFlag:
             ("db=tcp:[::1]5432", "expected NAME=tcp:"),
             ("db=tcp:[nothost]:5432", "the local IP must be a host name or IP address"),
             ("ssh=tcp::22", "the local IP must be a host name or IP address"),
+            # A website's names cannot be given in a flag: the file can.
+            ("web=http:8080", "an http tunnel needs 'customDomains'"),
+            ("web=http:8080", "define this tunnel in [[proxies]] of the client's config"),
         ],
     )
     def test_bad(self, text: str, problem: str) -> None:

@@ -275,4 +275,14 @@ def parse_tunnel_flag(text: str) -> TunnelSpec:
     remote_port = _flag_port(ports[1], REMOTE_PORT) if len(ports) == 2 else 0
     if remote_port is None:
         raise problem(f"the remote port must be {REMOTE_PORT.expected}, got {_show(ports[1])}")
-    return TunnelSpec(name=name, type=kind, local_port=local_port, local_ip=ip, remote_port=remote_port)
+    tunnel = TunnelSpec(name=name, type=kind, local_port=local_port, local_ip=ip, remote_port=remote_port)
+    from gotaxy.proxy import SpecError, parse_spec
+
+    try:
+        parse_spec(tunnel.proxy_keys())
+    except SpecError as e:
+        raise problem(
+            f"{e}; a --tunnel flag gives only the local address and the remote port, so define this tunnel "
+            f"in [[proxies]] of the client's config (--config FILE)"
+        ) from None
+    return tunnel
