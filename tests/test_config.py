@@ -1056,6 +1056,15 @@ class TestProxies:
             "support yet; ignored",
         )
 
+    def test_a_udp_proxys_health_check_is_ignored_with_a_warning(self) -> None:
+        loaded = client('[[proxies]]\nname = "dns"\ntype = "udp"\nlocalPort = 53\nhealthCheck.type = "tcp"')
+        (dns,) = loaded.config.tunnels
+        assert dns.health_check_type is None  # a TCP connect would show a healthy UDP service down
+        assert loaded.warnings == (
+            "client.toml: proxy 'dns' is a udp proxy, and Gotaxy's health checks are TCP connects; "
+            "its healthCheck is ignored",
+        )
+
     def test_health_check_values_are_checked(self) -> None:
         message = error_of(client, '[[proxies]]\nname = "a"\nlocalPort = 1\nhealthCheck.type = "udp"')
         assert "'healthCheck.type' in proxy 'a' must be \"tcp\" or \"http\", got \"udp\"" in message

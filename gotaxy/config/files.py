@@ -553,7 +553,14 @@ def _read_proxies(entries: Any, source: str, warnings: list[str], first: int = 1
             parse_spec(tunnels[-1].proxy_keys())
         except SpecError as e:
             raise ConfigError(f"{source}: {label}: {e}") from None
-        if tunnels[-1].health_check_type == "http":
+        if tunnels[-1].type == "udp" and tunnels[-1].health_check_type is not None:
+            # A TCP connect says nothing about a UDP service: checking it would show a healthy one down.
+            warnings.append(
+                f"{source}: {label} is a udp proxy, and Gotaxy's health checks are TCP connects; "
+                f"its healthCheck is ignored"
+            )
+            tunnels[-1] = attrs.evolve(tunnels[-1], health_check_type=None)
+        elif tunnels[-1].health_check_type == "http":
             warnings.append(
                 f'{source}: {label} has healthCheck.type = "http", which Gotaxy does not support '
                 f"yet; its local service is checked with a TCP connect instead"
