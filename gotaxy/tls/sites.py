@@ -307,7 +307,9 @@ class Termination:
     def take_over(self, connection: Any, name: str, buffered: bytes) -> None:
         options = self.certificates.options_for(name)
         transport = connection.transport
-        if options is None:  # gone since can_serve: cannot happen on one thread, but be safe
+        if options is None or getattr(transport, "protocol", None) is not connection:
+            # No certificate any more (cannot happen on one thread), or a transport whose protocol
+            # cannot be handed over (a wrapping factory in front of the HTTPS front): refuse.
             transport.abortConnection()
             return
         protocol = self._factory(options).buildProtocol(transport.getPeer())
