@@ -627,3 +627,15 @@ def test_a_tunnels_error_pages_are_shown_in_its_view_and_the_console(network: Me
     view = done.result
     assert view.http_refused == {"bad_gateway": 2}
     assert "error pages" in tunnel_detail(view) and "2 bad_gateway" in tunnel_detail(view)
+
+
+def test_after_a_restart_a_reserved_name_whose_client_is_away_is_502_not_404(network: MemoryNetwork) -> None:
+    server = make_server(network)
+    server.store.store.claim_address("office", "wiki", PublicAddress("http", 0, ("wiki.example.com",), ("/docs",)))
+    front = server.core.fronts["http"]
+    front.stop()
+    front.start()  # as at a restart: the claims table is read
+    network.flush()
+    status, _, body = one(network, get("wiki.example.com", "/docs/x"))
+    assert status == 502 and b"offline" in body
+    assert one(network, get("other.example.com"))[0] == 404

@@ -185,6 +185,17 @@ class Router:
                         return route.tunnel
         return None
 
+    def remember_claimed(self, keys: Any) -> None:
+        """
+        Names the claims table holds (``domain`` keys: ``wiki.example.com``,
+        ``alice@wiki.example.com/news``) that no tunnel serves here: their
+        tunnels' clients are offline (or on another server), so 502, not 404.
+        """
+        for key in keys:
+            host = key.rpartition("@")[2].partition("/")[0]
+            if host and host not in self._hosts and len(self._offline) < MAX_OFFLINE:
+                self._offline[host] = None
+
     def offline(self, host: str) -> bool:
         """A tunnel served ``host`` here and went down (and none has it now)."""
         return any(name in self._offline for name in _candidates(host))
@@ -256,6 +267,7 @@ class HttpFront:
         return _VisitorFactory(self, scheme)
 
     def start(self) -> None:
+        self._load_claims()
         port = self.settings.http_port
         if not port:
             return
@@ -271,6 +283,19 @@ class HttpFront:
                 f"choose a free port (ports below 1024 need CAP_NET_BIND_SERVICE, see docs/websites.md)",
             ) from None
         self.log.info("websites (http tunnels) served on port {port}", port=self.listening.getHost().port)
+
+    def _load_claims(self) -> None:
+        """The names reserved for tunnels that are not up (yet): after a restart they answer 502, not 404."""
+        core = self.core
+        if core is None:
+            return
+        from gotaxy.store.claims import DOMAIN
+
+        store = core.store
+        store.call(store.store.claimed_keys, DOMAIN).addCallbacks(
+            self.router.remember_claimed,
+            lambda failure: self.log.failure("cannot read the names reserved for websites", failure),
+        )
 
     def stop(self) -> Any:
         listening, self.listening = self.listening, None
