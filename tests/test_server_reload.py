@@ -189,6 +189,17 @@ class ServerReloadTests(unittest.TestCase):
         self.assertFalse(await listening(first))
         self.assertTrue(await listening(second))
 
+    async def test_the_https_port_moves(self):
+        first, second = free_port(), free_port()
+        live = await self._live(f"vhostHTTPSPort = {first}\nvhostHTTPSHelloTimeout = 10\n")
+        self.assertTrue(await listening(first))
+        self.write(f"vhostHTTPSPort = {second}\nvhostHTTPSHelloTimeout = 3\n")
+        report = await live.management.reload("a test")
+        self.assertEqual({c.key for c in report.applied}, {"vhostHTTPSPort", "vhostHTTPSHelloTimeout"})
+        self.assertFalse(await listening(first))
+        self.assertTrue(await listening(second))
+        self.assertEqual(live.core.fronts["https"].hello_timeout, 3)
+
     async def test_a_port_that_cannot_be_had_keeps_the_old_listener(self):
         first = free_port()
         busy = listen_echo(self)

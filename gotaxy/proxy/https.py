@@ -323,6 +323,38 @@ class HttpsFront:
         listening, self.listening = self.listening, None
         return listening.stopListening() if listening is not None else None
 
+    async def apply(self, config: Any) -> List[Any]:
+        """
+        A reload (``gotaxy.server.reload``): ``vhostHTTPSHelloTimeout`` for
+        connections from now on; a new ``vhostHTTPSPort`` is listened on and
+        then the old one closed (visitors' open connections stay; a port
+        that cannot be had keeps the old one).  ``vhostHTTPSCertDir`` is read
+        at start only.
+        """
+        from gotaxy.server.reload import applied, needs_restart
+
+        old, new = self.config.https, config.https
+        self.config = config
+        done: List[Any] = []
+        if new.cert_dir != old.cert_dir:
+            done.append(needs_restart("vhostHTTPSCertDir", "the certificates in it are loaded at start"))
+        if new.hello_timeout != self.hello_timeout:
+            self.hello_timeout = new.hello_timeout
+            done.append(applied("vhostHTTPSHelloTimeout", f"{new.hello_timeout:g} s, connections from now on"))
+        if new.port != self.port:
+            previous, old_port = self.listening, self.port
+            self.listening, self.port = None, new.port
+            try:
+                self.start()
+            except CannotListenError as e:
+                self.listening, self.port = previous, old_port
+                return done + [needs_restart("vhostHTTPSPort", f"{e.socketError}; still on port {old_port}")]
+            if previous is not None:
+                await previous.stopListening()
+            done.append(applied("vhostHTTPSPort", f"served on {new.port or 'no port (off)'} now; "
+                                                  "open visitor connections stay"))
+        return done
+
     # -- routes -----------------------------------------------------------------
 
     def add(self, tunnel: LiveTunnel, address: PublicAddress) -> None:

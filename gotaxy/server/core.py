@@ -846,12 +846,18 @@ class ServerCore:
         done: List[Any] = []
         ports_changed = server_ports(old) != server_ports(config)
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
-        if "allowPorts" in changed or ports_changed:
+        if "allowPorts" in changed:
             closed = await self._close_outside_rules()
             done.append(applied(
                 "allowPorts",
                 f"new tunnels follow the new rules; {closed} open tunnel(s) outside them closed",
             ))
+        elif ports_changed:
+            # The server's own ports moved (a listener's reload rule says so): a
+            # tunnel on one of the new ones gives it up.
+            closed = await self._close_outside_rules()
+            if closed:
+                done.append(applied("allowPorts", f"{closed} open tunnel(s) on the server's own new ports closed"))
         if "maxPortsPerClient" in changed:
             closed = await self._close_over_limit()
             done.append(applied(

@@ -80,8 +80,6 @@ RESTART_REASONS: Dict[str, str] = {
     "console.python": "the console's sessions are set up at start",
     "console.idleTimeout": "the console's sessions are set up at start",
 }
-for _key in ("vhostHTTPSPort", "vhostHTTPSHelloTimeout", "vhostHTTPSCertDir"):
-    RESTART_REASONS[_key] = "the HTTPS front's listener and certificates are set up at start"
 for _key in ("acme.enable", "acme.email", "acme.directory", "acme.caFile", "acme.renewBefore", "acme.domains"):
     RESTART_REASONS[_key] = "the ACME account and its renewals are set up at start"
 DEFAULT_REASON = "it is read only at start"
