@@ -300,7 +300,9 @@ class AccessControl:
 
     def start(self) -> None:
         if self.firewall is not None:
-            self.firewall.start()  # emptied first: the bans in force are added as they load
+            self.firewall.start()  # emptied first; then the bans in force (more are added as they load)
+            for address in self.bans:
+                self.firewall.add(address)
         if self.store is not None and not self._refresh.running:
             self._refresh.start(REFRESH_INTERVAL, now=True)
 
@@ -312,6 +314,14 @@ class AccessControl:
         d = self.refresh()
         d.addErrback(lambda f: self.log.failure("reading the bans from the store failed", f))
         return None  # a slow store must not stop the loop
+
+    def load(self, db: Any) -> None:
+        """
+        Read the bans in force from ``db`` at once, synchronously: only at
+        start, before the reactor runs (so the first connection is checked
+        against them); afterwards ``refresh`` reads them on the store's thread.
+        """
+        self.bans = {r.address: _ban_of(r) for r in stored_bans.active(db, self.reactor.seconds())}
 
     def refresh(self) -> Deferred:
         """Reload the bans in force from the store (and drop the expired ones)."""

@@ -509,6 +509,8 @@ def _assemble(
 
     store = ThreadedStore(sync_store, reactor)
     core = ServerCore(config, store, reactor)
+    # The bans in force, before any listener accepts (the reactor is not running yet).
+    core.access.load(sync_store.db)
     admission = Admission(config.transport.max_pending, config.transport.max_pending_per_ip, reactor)
     control_at = listen_at(CONTROL, config.bind_endpoint, config.bind_addr, config.bind_port)
     assert control_at is not None, "the control port cannot be turned off"
