@@ -554,6 +554,11 @@ class GatedFactory(Factory):
             return None
         return self.wrapped.buildProtocol(addr)
 
+    def logPrefix(self) -> str:
+        """The wrapped factory's (Twisted logs "Site starting on 7500" by it; scripts and tests wait for that line)."""
+        prefix = getattr(self.wrapped, "logPrefix", None)
+        return prefix() if prefix is not None else self.wrapped.__class__.__name__
+
     def doStart(self) -> None:
         self.wrapped.doStart()
 
