@@ -331,3 +331,25 @@ def test_http_sites_answer_403_by_their_own_rules_and_bans_close_the_shared_port
     assert refused.received == [] and refused.lost is not None
     assert connect(network, server.port, ATTACKER).lost is not None
     server.shutdown()
+
+
+def test_a_new_ban_closes_what_is_open_from_that_address():
+    network = MemoryNetwork()
+    server = GotaxyServer(network, access_config(ban_exempt=()))
+    network.listenTCP(8080, EchoFactory())
+    network.source = FRIEND  # where the client runs
+    client = GotaxyClient(network, server.create_token("alice"),
+                          tunnels=[TunnelSpec(name="web", local_port=8080)]).start()
+    port = client.up["web"]
+    theirs, other = connect(network, port, ATTACKER), connect(network, port, "203.0.113.6")
+    assert theirs.lost is None and other.lost is None
+    server.core.access.ban(ATTACKER, "by hand", by="operator admin", seconds=60)
+    network.flush()
+    assert theirs.lost is not None and other.lost is None  # only the banned visitor's connection is cut
+    assert server.session("alice") is not None
+    server.core.access.ban(FRIEND, "by hand", by="operator admin", seconds=60)
+    network.flush()
+    assert server.session("alice") is None  # a client at a banned address is disconnected
+    assert other.lost is not None  # and its tunnel with it
+    client.stop()
+    server.shutdown()

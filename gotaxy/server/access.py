@@ -282,6 +282,8 @@ class AccessControl:
         #: (listener, reason) -> connections refused
         self.refused: Dict[Tuple[str, str], int] = collections.Counter()
         self._banning: Set[str] = set()
+        #: Called with each address newly banned (the core cuts what it has open from there).
+        self.on_ban: Callable[[str], None] = lambda address: None
         self._refresh = LoopingCall(self._refresh_now)
         self._refresh.clock = reactor
         self.events = events
@@ -345,6 +347,8 @@ class AccessControl:
                 self.firewall.remove(address)
             for address in added:
                 self.firewall.add(address)
+        for address in added:  # banned by another process: what is open from there closes here too
+            self._cut(address)
 
     # -- checks (on every connection: no store, no logging) ------------------
 
@@ -439,6 +443,14 @@ class AccessControl:
         self.bans = {**self.bans, ban.address: ban}
         if new and self.firewall is not None:
             self.firewall.add(ban.address)
+        if new:
+            self._cut(ban.address)
+
+    def _cut(self, address: str) -> None:
+        try:
+            self.on_ban(address)
+        except Exception:
+            self.log.failure("closing the connections of banned {address} failed", address=address)
 
     def lift(self, host: str, by: str) -> Deferred:
         """Lift ``host``'s ban (stored, with its event); fires with True, or False if it was not banned."""

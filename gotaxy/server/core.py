@@ -72,7 +72,7 @@ from gotaxy.names import InvalidName, check_name, is_valid_name
 from gotaxy.oslimits import fd_exhaustion
 from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.proxy import ExposeContext, ProxySpec, PublicAddress, SpecError, TunnelRefused, parse_spec, registry, type_of
-from gotaxy.server.access import TOKEN, TUNNELS, AccessControl, GatedFactory
+from gotaxy.server.access import TOKEN, TUNNELS, AccessControl, GatedFactory, canonical
 from gotaxy.server.claims import PortReservations
 from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
@@ -179,6 +179,7 @@ class ServerCore:
         self.events = EventBus()
         #: Address rules and bans, checked by every listener before anything else (``gotaxy.server.access``).
         self.access = AccessControl(config, reactor, store, self.events)
+        self.access.on_ban = self._cut_banned
         for front in self.fronts.values():
             if hasattr(front, "gate"):  # its listener checks bans and access.tunnels before it reads a byte
                 front.gate = lambda factory: GatedFactory(lambda: self.access, TUNNELS, factory)
@@ -803,6 +804,37 @@ class ServerCore:
         if event is not None:
             await self.record(event, client=name, address=session.peer_address, detail=reason)
         self.log.info("client {client} offline: {reason}", client=name, reason=reason)
+
+    def _cut_banned(self, address: str) -> None:
+        """
+        A new ban: the control connections and public connections open from
+        ``address`` close now (new ones are refused by the listeners).
+        """
+        def banned(peer: Any) -> bool:
+            host = str(peer or "").rsplit(":", 1)[0]
+            found = canonical(host)
+            return found is not None and str(found) == address
+
+        reason = f"the address {address} is banned"
+        for session in list(self.sessions.values()):
+            if banned(session.peer_address):
+                session.close_with_error(f"{reason} on this server")
+                Deferred.fromCoroutine(self.drop_session(session, reason)).addErrback(
+                    lambda f: self.log.failure("dropping a banned client failed", f))
+        cut = 0
+        for tunnel in list(self.tunnels.values()):
+            for stream, connection in list(tunnel.streams.items()):
+                if not banned(getattr(stream, "peer", None)):
+                    continue
+                transport = getattr(connection, "transport", None)
+                if transport is not None and hasattr(transport, "abortConnection"):
+                    transport.abortConnection()
+                    cut += 1
+                elif hasattr(connection, "close_idle"):  # a udp visitor
+                    connection.close_idle()
+                    cut += 1
+        if cut:
+            self.log.info("closed {count} public connection(s) from banned {address}", count=cut, address=address)
 
     def session_lost(self, session: ClientSession, reason: str) -> Deferred:
         return Deferred.fromCoroutine(self.drop_session(session, reason))
