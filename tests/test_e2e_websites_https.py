@@ -126,3 +126,23 @@ def test_a_private_site_over_https_with_a_certificate_pebble_issued(procs, tmp_p
                 browser.close()
     finally:
         ca.close()
+
+
+@pytest.mark.parametrize("key", ["vhostHTTPSPort", "vhostHTTPPort"])
+def test_a_busy_website_port_is_one_line_and_exit_1(procs, tmp_path, key):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        (tmp_path / "server.toml").write_text(f"{key} = {port}\n")
+        server = procs.twistd("gotaxy-server", ["--config", str(tmp_path / "server.toml"), "--data-dir", "d",
+                                                "--bind-addr", "127.0.0.1", "--bind-port", str(free_port())], "server")
+        assert server.wait_exit(30) == 1
+    finally:
+        busy.close()
+    out = server.output()
+    assert f"cannot listen on 127.0.0.1:{port}: the HTTP" in out and f"({key} = {port}) cannot be opened" in out
+    assert "Traceback" not in out and "listening for clients" not in out

@@ -304,7 +304,7 @@ class HttpsFront:
     # -- lifecycle (the core calls these) ---------------------------------------
 
     def start(self) -> None:
-        if not self.port:
+        if not self.port or self.listening is not None:  # (bound already with the other listeners: FrontListeners)
             return
         address = self.config.effective_proxy_bind_addr()
         try:

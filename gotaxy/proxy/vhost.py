@@ -269,7 +269,7 @@ class HttpFront:
     def start(self) -> None:
         self._load_claims()
         port = self.settings.http_port
-        if not port:
+        if not port or self.listening is not None:  # (bound already with the other listeners: FrontListeners)
             return
         address = self.config.effective_proxy_bind_addr()
         try:

@@ -48,6 +48,7 @@ import attrs
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -254,6 +255,28 @@ def first_start_banner(
         ]
     lines += ["=" * 72, ""]
     return "\n".join(lines)
+
+
+class FrontListeners(Service):
+    """
+    Binds the shared fronts' ports (``vhostHTTPPort``, ``vhostHTTPSPort``)
+    when the other listeners bind, so that a busy or forbidden one ends the
+    start with one line and exit status 1 like them, not a traceback.
+    """
+
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        for front in self.core.fronts.values():
+            try:
+                front.start()
+            except CannotListenError as e:
+                for started in self.core.fronts.values():
+                    started.stop()  # the ones bound before this one
+                reason = e.socketError if isinstance(e.socketError, str) else f"{e.socketError}"
+                raise StartError(f"cannot listen on {e.interface or '*'}:{e.port}: {reason}") from None
 
 
 class CoreService(Service):
@@ -594,6 +617,7 @@ def _assemble(
     # Started in this order, stopped in the reverse.
     for part in (
         error_log,
+        FrontListeners(core),
         CoreService(core, store, credentials, admission, control),
         NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
         control, revocations, event_retention, notifier,
