@@ -268,7 +268,10 @@ class ConnectionLimitTests(unittest.TestCase):
         here, there = IPv4Address("TCP", "127.0.0.1", 50000), IPv4Address("TCP", "127.0.0.2", 50000)
         stalled = [factory.buildProtocol(here) for _ in range(MAX_UNAUTHENTICATED_PER_ADDRESS)]
         self.assertNotIn(None, stalled)
+        floods = []
+        factory.on_refused = floods.append  # the server counts these towards a ban (gotaxy.server.access)
         self.assertIsNone(factory.buildProtocol(here))
+        self.assertEqual(floods, ["127.0.0.1"])
         operator = factory.buildProtocol(there)
         self.assertIsNotNone(operator)
         # Logged in: no longer counted against its address's log-in slots.

@@ -590,6 +590,8 @@ class ConsoleFactory(factory.SSHFactory):
         self.waiting: Dict[str, int] = {}  #: connections not logged in, per address
         self._refused = 0
         self._refusal_logged_at: Optional[float] = None
+        #: Called with the address of each connection refused as a flood (the server counts it towards a ban).
+        self.on_refused: Callable[[str], None] = lambda host: None
 
     def buildProtocol(self, addr: Any) -> Any:
         address = getattr(addr, "host", str(addr))
@@ -616,6 +618,7 @@ class ConsoleFactory(factory.SSHFactory):
                      host=host, why=why, n=self._refused)
             self._refusal_logged_at = now
             self._refused = 0
+        self.on_refused(host)
         return None
 
     def _done_waiting(self, transport_: Any) -> None:

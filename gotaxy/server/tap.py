@@ -585,6 +585,9 @@ def _assemble(
     for listener, name in ((web, access.WEB), (console, access.CONSOLE)):
         if listener is not None:
             listener.factory = access.GatedFactory(lambda: core.access, name, listener.factory)
+    if console is not None:  # too many connections logging in from one address: a flood
+        console.factory.wrapped.on_refused = lambda host: core.access.failure(
+            access.FLOOD, host, "too many console connections logging in")
 
     challenges = ChallengeStore()
     acme = None
