@@ -360,11 +360,14 @@ class AccessControl:
 
     def admits(self, listener: str, host: str) -> bool:
         """May a connection from ``host`` reach ``listener`` (``CONTROL``, ``WEB``, ...)?"""
+        rules = self.rules.listeners[listener]
+        if not self.bans and rules.empty:
+            return True  # nothing to check: no address parsed
         address = canonical(host)
         if self._banned(address):
             self.refused[(listener, BANNED)] += 1
             return False
-        if not self.rules.listeners[listener].permits(address):
+        if not rules.permits(address):
             self.refused[(listener, DENIED)] += 1
             return False
         return True
@@ -375,6 +378,8 @@ class AccessControl:
         listener checked the ban and ``access.tunnels`` already; only the
         tunnel's own rules are left.
         """
+        if not self.rules.per_tunnel and (routed or (not self.bans and self._tunnels.empty)):
+            return True  # nothing to check: no address parsed
         address = canonical(host)
         if not routed:
             if self._banned(address):
