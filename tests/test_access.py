@@ -257,7 +257,7 @@ def test_the_console_lists_bans_and_lifts_them():
     from gotaxy.server.manage import Management
 
     network = MemoryNetwork()
-    server = GotaxyServer(network, access_config(ban_token_failures=2, ban_exempt=(),
+    server = GotaxyServer(network, access_config(ban_token_failures=2, ban_exempt=("127.0.0.0/8",),
                                                  control_deny=("192.0.2.0/24",)))
     commands = Commands(Management(server.core), operator="console operator admin", width=200)
     wrong_tokens(network, server, 2)
@@ -277,6 +277,8 @@ def test_the_console_lists_bans_and_lifts_them():
     assert run("bans").text == "no address is banned"
     missing = run("unban 198.51.100.7")
     assert missing.status == 1 and "is not banned" in missing.text
+    exempt = run("ban 127.0.0.1")  # loopback is exempt by default: an operator cannot lock themselves out
+    assert exempt.status != 0 and "access.ban.exempt" in exempt.text
     manual = run("ban 203.0.113.9 --for 60 --reason testing")
     assert manual.text == "203.0.113.9 banned on every listener for 60 s"
     assert not server.core.access.admits(CONTROL, "203.0.113.9")

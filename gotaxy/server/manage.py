@@ -605,8 +605,12 @@ class Management:
     async def ban(self, address: str, seconds: Optional[float] = None, reason: str = "",
                   who: str = "an operator") -> Dict[str, Any]:
         """Ban ``address`` on every listener, for ``seconds`` (default: as a first automatic ban)."""
-        from gotaxy.server.access import BanRefused
+        from gotaxy.server.access import BanRefused, canonical
 
+        found = canonical(address)
+        if found is not None and self.core.access.exempted(found):
+            raise _invalid(f"{found} is in access.ban.exempt (never banned); remove it from there in server.toml "
+                           "and reload to ban it", "address")
         if seconds is not None and not (0 < seconds <= 366 * 86400):
             raise _invalid("seconds must be more than 0 and at most a year", "seconds")
         length = seconds if seconds is not None else self.core.access.settings.ban_time
