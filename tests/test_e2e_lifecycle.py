@@ -93,6 +93,12 @@ type = "udp"
 localIP = "127.0.0.1"
 localPort = 53
 remotePort = 6002
+
+[[proxies]]
+name = "secret"
+type = "stcp"
+localIP = "127.0.0.1"
+localPort = 22
 """
     )
     client = procs.twistd("gotaxy-client", ["--config", str(tmp_path / "frpc.toml")], "client")
@@ -102,7 +108,9 @@ remotePort = 6002
     client.wait_for(rf"tunnel outside refused by the server: port {outside} is not allowed")
     client.wait_for(r"tunnel one-too-many refused by the server: .*maxPortsPerClient is 2")
     client.wait_for(r"'transport.useEncryption'.*not support")
-    client.wait_for(r"proxy 'dns' has type \"udp\", which Gotaxy does not support yet \(only \"tcp\", \"http\"\); skipped")
+    # udp is a tunnel type now, under the same per-client limit; stcp is not (yet).
+    client.wait_for(r"tunnel dns refused by the server: .*maxPortsPerClient is 2")
+    client.wait_for(r"proxy 'secret' has type \"stcp\", which Gotaxy does not support yet \(only \"tcp\", .*\"udp\".*\); skipped")
     assert echo_once(single, b"via frp config") == b"via frp config"
     assert echo_once(auto, b"auto port") == b"auto port"
     server.wait_for(r"client shared:office connected")
