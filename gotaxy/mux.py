@@ -47,6 +47,11 @@ connection (a ``MuxProtocol``).  The design follows SSH channels and yamux:
   two tunnels and 1,024 streams one tunnel may hold 992; a lone tunnel may
   hold all of them.  ``stream_refusal`` says which rule refused a stream.
 
+* **Bandwidth limits.**  A stream may have a ``send_bucket`` and a
+  ``recv_bucket`` (``gotaxy.bandwidth``): past its limit it pauses its
+  socket's reading, or withholds the peer's window credit, until the
+  bucket refills; nothing is buffered beyond the window.
+
 Stream ids are never reused within a connection, so late frames for a closed
 stream are recognised and dropped.
 
@@ -194,6 +199,10 @@ class Stream:
         "_inbox",
         "_unacked",
         "close_reason",
+        "send_bucket",
+        "recv_bucket",
+        "_rate_paused",
+        "_credit_held",
     )
 
     def __init__(self, mux: "MuxProtocol", stream_id: int, tunnel: str, peer: str) -> None:
@@ -217,6 +226,11 @@ class Stream:
         self._inbox: Optional[list] = []  # data that arrived before attach()
         self._unacked = 0
         self.close_reason: Optional[str] = None
+        #: bandwidth limits (``gotaxy.bandwidth.TokenBucket``) on what we send and receive; None: none
+        self.send_bucket: Any = None
+        self.recv_bucket: Any = None
+        self._rate_paused = False  # our socket waits for send_bucket
+        self._credit_held = False  # window credit waits for recv_bucket
 
     # -- wiring ------------------------------------------------------------
 
@@ -245,12 +259,26 @@ class Stream:
             return
         n = len(data)
         self.bytes_out += n
+        if self.send_bucket is not None:
+            self._spend_send(n)
         if not self._send_buffer and n <= self.send_window and n <= MAX_DATA:
             self.send_window -= n
             self.mux.transport.write(encode_frame(_DATA_HEADER, self.id, data))
             return
         self._send_buffer.append(data)
         self._flush()
+        self._update_source()
+
+    def _spend_send(self, n: int) -> None:
+        # The bytes were read already and go out as usual; past the limit the
+        # socket stops being read until the bucket has refilled.
+        if not self.send_bucket.spend(n) and not self._rate_paused:
+            self._rate_paused = True
+            self.send_bucket.wait(self._send_refilled)
+            self._update_source()
+
+    def _send_refilled(self) -> None:
+        self._rate_paused = False
         self._update_source()
 
     def write_eof(self) -> None:
@@ -303,7 +331,7 @@ class Stream:
         transport = self._transport
         if transport is None:
             return
-        want_paused = bool(self._send_buffer) or self.mux.paused
+        want_paused = bool(self._send_buffer) or self.mux.paused or self._rate_paused
         if want_paused != self._source_paused:
             self._source_paused = want_paused
             if want_paused:
@@ -328,7 +356,17 @@ class Stream:
 
     def _consumed(self, n: int) -> None:
         self._unacked += n
-        if not self._sink_paused and self._unacked >= WINDOW_UPDATE_THRESHOLD:
+        bucket = self.recv_bucket
+        if bucket is not None and not bucket.spend(n) and not self._credit_held:
+            # Past the limit: the peer gets no more window until the bucket refills.
+            self._credit_held = True
+            bucket.wait(self._credit_refilled)
+        if not self._sink_paused and not self._credit_held and self._unacked >= WINDOW_UPDATE_THRESHOLD:
+            self._send_credit()
+
+    def _credit_refilled(self) -> None:
+        self._credit_held = False
+        if not self._sink_paused and not self.closed and self._unacked >= WINDOW_UPDATE_THRESHOLD:
             self._send_credit()
 
     def _send_credit(self) -> None:
@@ -382,7 +420,7 @@ class Stream:
 
     def resumeProducing(self) -> None:
         self._sink_paused = False
-        if self._unacked >= WINDOW_UPDATE_THRESHOLD and not self.closed:
+        if self._unacked >= WINDOW_UPDATE_THRESHOLD and not self.closed and not self._credit_held:
             self._send_credit()
 
     def stopProducing(self) -> None:

@@ -191,6 +191,23 @@ class MemoryConnector:
         self.network._dial(self)
 
 
+class MemoryTransport(FakeTransport):
+    """
+    ``FakeTransport``, whose ``pauseProducing`` (stop reading) does nothing;
+    on a network with ``backpressure`` this one's does: what is sent to a
+    transport that paused its reading waits in the sender's buffer, as in a
+    socket's, until it resumes.
+    """
+
+    reading_paused = False
+
+    def pauseProducing(self) -> None:
+        self.reading_paused = True
+
+    def resumeProducing(self) -> None:
+        self.reading_paused = False
+
+
 class Link:
     """One TCP connection: a ``FakeTransport`` at each end."""
 
@@ -206,6 +223,8 @@ class Link:
         moved = False
         for here, there in ((self.client, self.server), (self.server, self.client)):
             here._checkProducer()
+            if getattr(there, "reading_paused", False):
+                continue
             data = here.getOutBuffer()
             if data and not self.partitioned and not there.disconnected:
                 there.bufferReceived(data)
@@ -308,6 +327,9 @@ class MemoryNetwork(MemoryReactorClock):
         #: Where connections come from unless ``connectTCP`` has a ``bindAddress``: set it to test
         #: address rules and bans with a visitor from elsewhere.
         self.source = "127.0.0.1"
+        #: Whether a protocol's ``transport.pauseProducing()`` stops its reading
+        #: (``MemoryTransport``); off by default, as ``FakeTransport`` has it.
+        self.backpressure = False
 
     # -- IReactorTCP -----------------------------------------------------------
 
@@ -351,8 +373,9 @@ class MemoryNetwork(MemoryReactorClock):
         client_protocol = connector.factory.buildProtocol(server_address)
         if client_protocol is None:
             return
-        server = FakeTransport(server_protocol, True, server_address, client_address)
-        client = FakeTransport(client_protocol, False, client_address, server_address)
+        kind = MemoryTransport if self.backpressure else FakeTransport
+        server = kind(server_protocol, True, server_address, client_address)
+        client = kind(client_protocol, False, client_address, server_address)
         link = Link(client, server)
         connector.link = link
         self.links.append(link)

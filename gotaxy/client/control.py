@@ -60,6 +60,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gotaxy import __version__
+from gotaxy.bandwidth import BandwidthLimiter, limiter_for
 from gotaxy.config import ClientConfig, TunnelSpec
 from gotaxy.client.health import LocalHealthCheck
 from gotaxy.heartbeat import HeartbeatMonitor
@@ -284,6 +285,8 @@ class ClientControlProtocol(MuxProtocol):
         self.tunnels: Dict[str, TunnelSpec] = {t.name: t for t in self.config.tunnels}
         #: Each tunnel's proxy spec (what is asked for, and how a stream reaches the local service).
         self.proxies: Dict[str, ProxySpec] = {t.name: proxy_spec(t) for t in self.config.tunnels}
+        #: tunnel name -> (the spec it was made for, its bandwidth limiter or None), for bandwidthLimitMode "client"
+        self._limiters: Dict[str, Tuple[ProxySpec, Optional[BandwidthLimiter]]] = {}
         self.up: Dict[str, PublicAddress] = {}
         #: Refused tunnels waiting for their next request, by name.
         self.retries: Dict[str, Any] = {}
@@ -663,7 +666,17 @@ class ClientControlProtocol(MuxProtocol):
             stream.local_closed(f"{CLOSE_ERROR_PREFIX}the client has no open tunnel named {stream.tunnel!r}")
             return
         proxy = self.proxies[stream.tunnel]
+        limiter = self._limiter(stream.tunnel, proxy)
+        if limiter is not None:
+            limiter.stream_opened(stream)
         type_of(proxy).connect(self.reactor, proxy, stream, functools.partial(self._local_failed, stream=stream, spec=spec))
+
+    def _limiter(self, name: str, proxy: ProxySpec) -> Optional[BandwidthLimiter]:
+        """The tunnel's limit on this end (shared by its streams; a new one when its spec changes)."""
+        known = self._limiters.get(name)
+        if known is None or known[0] is not proxy:
+            known = self._limiters[name] = (proxy, limiter_for(self.reactor, proxy, "client"))
+        return known[1]
 
     def flow_opened(self, flow: Flow) -> None:
         """A visitor of a udp tunnel: its type gives it an association to the local service."""

@@ -85,6 +85,9 @@ class TunnelSpec:
     max_associations: int | None = _setting(None, COUNT, "maxAssociations")
     #: ``tcp`` and ``https``: HAProxy's PROXY header to the local service, "v1" or "v2" (``gotaxy.proxy.proxyprotocol``).
     proxy_protocol_version: str | None = _setting(None, STRING, "transport.proxyProtocolVersion")
+    #: ``tcp``: frp's bandwidth limit, "1MB" a second each way, and which end enforces it (``gotaxy.bandwidth``).
+    bandwidth_limit: str | None = _setting(None, STRING, "transport.bandwidthLimit")
+    bandwidth_limit_mode: str | None = _setting(None, STRING, "transport.bandwidthLimitMode")
     #: ``http``: plain-HTTP requests are redirected to HTTPS.
     redirect_to_https: bool = _setting(False, BOOLEAN, "redirectToHTTPS")
 
@@ -100,6 +103,8 @@ class TunnelSpec:
             ("routeByHTTPUser", self.route_by_http_user),
             ("idleTimeout", self.idle_timeout), ("maxAssociations", self.max_associations),
             ("transport.proxyProtocolVersion", self.proxy_protocol_version),
+            ("transport.bandwidthLimit", self.bandwidth_limit),
+            ("transport.bandwidthLimitMode", self.bandwidth_limit_mode),
         ):
             if value:
                 keys[key] = value

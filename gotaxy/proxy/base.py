@@ -81,6 +81,10 @@ class ProxySpec(abc.ABC):
     type: ClassVar[str]
     #: frp's ``transport.proxyProtocolVersion`` ("v1", "v2"), for the types that offer it; None: no PROXY header.
     proxy_protocol_version: Optional[str] = None
+    #: frp's ``transport.bandwidthLimit`` as given ("1MB", or bytes), for the types that offer it; None: no limit
+    bandwidth_limit: Any = None
+    #: frp's ``transport.bandwidthLimitMode``: "client" or "server" enforces it (``gotaxy.bandwidth``)
+    bandwidth_limit_mode: str = "client"
 
     @abc.abstractmethod
     def to_keys(self) -> Dict[str, Any]:

@@ -213,3 +213,13 @@ def parse_keys(type_name: str, fields: Sequence[SpecField], keys: Mapping[str, A
         if f.required and f.key not in keys:
             raise SpecError(f"a {type_name} tunnel needs '{f.key}', {f.help}", f.key)
     return spec_class(**{attributes[key]: value for key, value in keys.items() if key in attributes})
+
+
+#: frp's ``transport.bandwidthLimit`` and ``transport.bandwidthLimitMode`` (``gotaxy.bandwidth`` enforces them),
+#: for the types whose connections are streams (tcp, http, https).
+BANDWIDTH_LIMIT = SpecField("transport.bandwidthLimit", "size",
+                            "most bytes a second in each direction, all connections together "
+                            "(\"1MB\", \"512KB\"; empty: no limit)", hint="field.transport.bandwidthLimit.hint")
+BANDWIDTH_LIMIT_MODE = SpecField("transport.bandwidthLimitMode", "choice",
+                                 "which end enforces transport.bandwidthLimit: the client or the server",
+                                 default="client", choices=("client", "server"))

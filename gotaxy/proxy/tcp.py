@@ -22,6 +22,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gotaxy.bandwidth import BANDWIDTH_ATTRIBUTES, bandwidth_keys, check_limit, check_mode
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import Stream
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
@@ -29,7 +30,7 @@ from gotaxy.proxy.address import PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, TunnelRefused
 from gotaxy.proxy.proxyprotocol import PROXY_PROTOCOL, check_version
 from gotaxy.proxy.fields import (
-    LOCAL_IP, LOCAL_PORT, REMOTE_PORT, check_local_ip, check_port, host_port, is_ip, parse_keys,
+    BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE, LOCAL_IP, LOCAL_PORT, REMOTE_PORT, check_local_ip, check_port, host_port, is_ip, parse_keys,
 )
 from gotaxy.relay import StreamRelay
 from gotaxy.server.tunnel import LiveTunnel, PublicFactory
@@ -52,12 +53,15 @@ class TcpSpec(ProxySpec):
     local_ip: str = attrs.field(default="127.0.0.1", validator=check_local_ip)
     remote_port: int = attrs.field(default=0, validator=check_port("remotePort", 0, " (0 lets the server pick)"))
     proxy_protocol_version: Optional[str] = attrs.field(default=None, validator=check_version)
+    bandwidth_limit: Any = attrs.field(default=None, validator=check_limit)
+    bandwidth_limit_mode: str = attrs.field(default="client", validator=check_mode)
 
     def to_keys(self) -> Dict[str, Any]:
         keys: Dict[str, Any] = {"type": "tcp", "localIP": self.local_ip, "localPort": self.local_port,
                                 "remotePort": self.remote_port}
         if self.proxy_protocol_version is not None:
             keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
+        keys.update(bandwidth_keys(self))
         return keys
 
     @property
@@ -75,7 +79,7 @@ class TcpSpec(ProxySpec):
 
 #: frp's key -> TcpSpec's attribute.
 _ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port",
-               "transport.proxyProtocolVersion": "proxy_protocol_version"}
+               "transport.proxyProtocolVersion": "proxy_protocol_version", **BANDWIDTH_ATTRIBUTES}
 
 
 class _LocalServiceFactory(ClientFactory):
@@ -101,7 +105,7 @@ class _LocalServiceFactory(ClientFactory):
 class TcpProxy(ProxyType):
     name = "tcp"
     label = "TCP"
-    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, PROXY_PROTOCOL)
+    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, PROXY_PROTOCOL, BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE)
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> TcpSpec:

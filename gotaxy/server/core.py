@@ -50,6 +50,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gotaxy.bandwidth import limiter_for
 from gotaxy.config import ServerConfig
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import (
@@ -498,6 +499,8 @@ class ServerCore:
         )
         # Before it is exposed: a connection may come while expose() waits for its claim.
         tunnel.count_into(self.meters.tunnel(client, name))
+        # transport.bandwidthLimitMode = "server": this end limits the tunnel's streams.
+        tunnel.meter.limiter = limiter_for(self.reactor, spec, "server")
         exposure = await proxy_type.expose(tunnel, context)
         tunnel.exposure, tunnel.address = exposure, exposure.address
         # The session may have gone (or been dropped: kicked, replaced, shut
