@@ -273,8 +273,9 @@ class TestFrpExampleFiles:
         assert config.login_fail_exit is True
         assert config.tunnels == (
             # frp's healthCheck of type tcp is honoured.
+            # frp's bandwidth limit is honoured.
             TunnelSpec(name="ssh", local_port=22, local_ip="127.0.0.1", remote_port=6001,
-                       health_check_type="tcp", health_check_timeout=3.0, health_check_max_failed=3,
+                       bandwidth_limit="1MB", bandwidth_limit_mode="client", health_check_type="tcp", health_check_timeout=3.0, health_check_max_failed=3,
                        health_check_interval=10.0),
             TunnelSpec(name="ssh_random", local_port=22, local_ip="192.168.31.100"),
             TunnelSpec(name="dns", type="udp", local_port=53, local_ip="114.114.114.114", remote_port=6002),
@@ -380,9 +381,9 @@ class TestFrpOwnFiles:
         for key in ("clientID", "visitors", "metadatas", "annotations"):
             assert f"'{key}'" in warnings
         # 10 client keys and tables (webServer.addr, port, user and password are read), 13 skipped
-        # proxies, 8 keys of proxy 'ssh' (its healthCheck is honoured), web01's HTTP health check
-        # and its two keys.
-        assert len(loaded.warnings) == 10 + 13 + 8 + 3
+        # proxies, 6 keys of proxy 'ssh' (its healthCheck and bandwidth limit are honoured), web01's
+        # HTTP health check and its two keys.
+        assert len(loaded.warnings) == 10 + 13 + 6 + 3
         assert warnings.count("skipped") == 13
         web02 = config.tunnels[-1]
         assert (web02.type, web02.proxy_protocol_version) == ("https", "v2")

@@ -117,8 +117,7 @@ FRPC_FULL_WARNINGS = [
     "proxy plugin_http2https", "proxy plugin_http2http", "proxy plugin_tls2raw",
     "proxy secret_tcp", "proxy p2p_tcp", "proxy vnet-server",
     # frp settings of the tcp proxy 'ssh' that Gotaxy opens.
-    "transport.bandwidthLimit", "transport.bandwidthLimitMode", "transport.useEncryption",
-    "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey",
+    "transport.useEncryption", "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey",
     "metadatas", "annotations",
     # ... and of the http proxy 'web01'.
     "healthCheck.path", "healthCheck.httpHeaders",
@@ -272,8 +271,7 @@ FRPC_LEGACY_WARNINGS = [
     "proxy plugin_unix_domain_socket", "proxy plugin_http_proxy", "proxy plugin_socks5",
     "proxy plugin_static_file", "proxy plugin_https2http", "proxy plugin_https2https",
     "proxy plugin_http2https", "proxy secret_tcp", "proxy p2p_tcp", "proxy tcpmuxhttpconnect",
-    "transport.bandwidthLimit", "transport.bandwidthLimitMode", "transport.useEncryption",
-    "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey",
+    "transport.useEncryption", "transport.useCompression", "loadBalancer.group", "loadBalancer.groupKey",
     "metadatas",
     "healthCheck.path",  # of the http proxy web01
 ]

@@ -147,7 +147,8 @@ def test_the_panel_turns_a_forms_texts_into_frps_keys() -> None:
         "console.log(JSON.stringify(Object.fromEntries(fields.map((x) => [x.key, f.textOf(x, spec[x.key])]))));"
     )
     assert texts_back == {"localIP": "127.0.0.1", "localPort": "22", "remotePort": "0", "on": False, "names": "a, b",
-                          "headers": "A=1", "secret": "", "limit": "", "transport.proxyProtocolVersion": ""}
+                          "headers": "A=1", "secret": "", "limit": "", "transport.proxyProtocolVersion": "",
+                          "transport.bandwidthLimit": "", "transport.bandwidthLimitMode": ""}
 
 
 def test_the_panel_shows_a_port_address_with_the_servers_host() -> None:

@@ -391,7 +391,9 @@ class OperatorActionTests(WebTestCase):
         (tcp,) = [t for t in types if t["name"] == "tcp"]
         self.assertEqual([(f["key"], f["kind"], f["required"]) for f in tcp["fields"]],
                          [("localIP", "host", False), ("localPort", "port", True), ("remotePort", "port", False),
-                          ("transport.proxyProtocolVersion", "choice", False)])
+                          ("transport.proxyProtocolVersion", "choice", False),
+                          ("transport.bandwidthLimit", "size", False),
+                          ("transport.bandwidthLimitMode", "choice", False)])
         self.assertEqual(tcp["fields"][2]["minimum"], 0)
         wanted = free_port()
         created = await web.post(f"{API}/tunnels", {"client": "alice", "name": "web", "spec": {
