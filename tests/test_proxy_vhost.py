@@ -639,3 +639,87 @@ def test_after_a_restart_a_reserved_name_whose_client_is_away_is_502_not_404(net
     status, _, body = one(network, get("wiki.example.com", "/docs/x"))
     assert status == 502 and b"offline" in body
     assert one(network, get("other.example.com"))[0] == 404
+
+
+# -- the fast way for plain responses (see gotaxy.proxy.vhost's docstring) -------
+
+
+class Scripted(Protocol):
+    """A local service that answers every request (a head without a body) with the next of ``answers``, byte by byte."""
+
+    answers: List[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            answer = self.answers.pop(0)
+            close = answer.startswith(b"CLOSE:")
+            answer = answer[len(b"CLOSE:"):] if close else answer
+            for i in range(len(answer)):  # in the smallest pieces: the head and body are read across writes
+                self.transport.write(answer[i:i + 1])
+            if close:
+                self.transport.loseConnection()
+
+
+def scripted(network: MemoryNetwork, *answers: bytes) -> GotaxyServer:
+    server = make_server(network)
+    Scripted.answers = list(answers)
+    network.listenTCP(9001, Factory.forProtocol(Scripted), interface="127.0.0.1")
+    GotaxyClient(network, server.create_token("office"), tunnels=[http("raw", 9001, custom_domains=("raw.example.com",))]).start()
+    return server
+
+
+def test_a_plain_response_drops_the_hops_headers_and_the_connection_stays_alive(network: MemoryNetwork) -> None:
+    scripted(network,
+             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n"
+             b"X-Hop: 1\r\nX-Kept:  yes \r\n\r\nhello",
+             b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye")
+    visitor = visit(network, get("raw.example.com", "/1"), get("raw.example.com", "/2"), get("raw.example.com", "/3"))
+    (s1, h1, b1), (s2, _, b2), (s3, _, b3) = visitor.responses()
+    assert (s1, b1, s2, b2, s3, b3) == (200, b"hello", 404, b"", 200, b"bye")
+    assert h1 == {"Content-Length": "5", "X-Kept": "yes"} or {k.lower(): v for k, v in h1.items()} == {
+        "content-length": "5", "x-kept": "yes"}
+    assert visitor.lost is None
+
+
+def test_bytes_after_the_content_length_are_not_taken_for_the_next_answer(network: MemoryNetwork) -> None:
+    scripted(network,
+             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale",
+             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+    visitor = visit(network, get("raw.example.com", "/1"), get("raw.example.com", "/2"))
+    assert [(status, body) for status, _, body in visitor.responses()] == [(200, b"ok"), (200, b"fresh")]
+
+
+def test_a_body_cut_short_is_not_passed_off_as_complete(network: MemoryNetwork) -> None:
+    scripted(network, b"CLOSE:HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+    visitor = visit(network, get("raw.example.com"))
+    network.flush()
+    assert b"".join(visitor.received).endswith(b"half") and visitor.lost is not None
+    with pytest.raises(h11.RemoteProtocolError):  # as curl says: closed with outstanding read data
+        visitor.responses()
+
+
+def test_responses_the_fast_way_does_not_take_go_through_h11(network: MemoryNetwork) -> None:
+    scripted(network,
+             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+             b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy")
+    visitor = visit(network, get("raw.example.com", "/1"), get("raw.example.com", "/2"), get("raw.example.com", "/3"),
+                    get("raw.example.com", "/4"))
+    answers = [(status, body) for status, _, body in visitor.responses()]
+    # chunked passes whole; 304 has no body whatever it says; HTTP/1.0 ends the website's connection;
+    # two lengths are a response this server cannot read: 502
+    assert answers[:3] == [(200, b"abc"), (304, b""), (200, b"hi")]
+    assert answers[3][0] == 502
+
+
+def test_a_response_that_is_not_http_gives_502(network: MemoryNetwork) -> None:
+    scripted(network, b"SSH-2.0-OpenSSH_9.2\r\nContent-Length: 0\r\n\r\n")
+    status, _, body = one(network, get("raw.example.com"))
+    assert status == 502 and b"cannot read" in body
