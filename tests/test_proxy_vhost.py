@@ -723,3 +723,20 @@ def test_a_response_that_is_not_http_gives_502(network: MemoryNetwork) -> None:
     scripted(network, b"SSH-2.0-OpenSSH_9.2\r\nContent-Length: 0\r\n\r\n")
     status, _, body = one(network, get("raw.example.com"))
     assert status == 502 and b"cannot read" in body
+
+
+def test_request_rules_apply_on_the_fast_way_and_the_connection_is_kept(network: MemoryNetwork) -> None:
+    server = make_server(network)
+    site(network, 9001, "wiki")
+    GotaxyClient(network, server.create_token("office"), tunnels=[http(
+        "wiki", 9001, custom_domains=("wiki.example.com",), host_header_rewrite="intranet.local",
+        request_headers=(("X-From-Where", "gotaxy"),),
+    )]).start()
+    visitor = visit(network, get("wiki.example.com", "/1", "X-From-Where: visitor", "Connection: keep-alive, X-Secret",
+                                 "X-Secret: hop"),
+                    get("wiki.example.com", "/2"))
+    first, second = (json.loads(body) for _, _, body in visitor.responses())
+    got = first["all"]
+    assert got["host"] == ["intranet.local"] and got["x-forwarded-host"] == ["wiki.example.com"]
+    assert got["x-from-where"] == ["gotaxy"] and "x-secret" not in got and "connection" not in got
+    assert second["path"] == "/2" and visitor.lost is None

@@ -136,6 +136,10 @@ _HOP_BY_HOP = frozenset({
 #: One header line of a response head that the fast way takes (RFC 9110 token, then a value without
 #: control characters but tab; h11's own rules, stricter than needed rather than looser).
 _FAST_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?[ \t]*")
+#: Connection tokens that keep a request off the fast way.
+_CLOSE_OR_UPGRADE = frozenset({b"close", b"upgrade"})
+#: A header name (RFC 9110 token).
+_FAST_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: The status line the fast way takes: HTTP/1.1, a status with a body of Content-Length bytes.
 _FAST_STATUS = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?")
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"})
@@ -468,6 +472,8 @@ class _Upstream:
         self.head: Optional[bytearray] = None
         #: fast way: body bytes still to come
         self.remaining = 0
+        #: the request write_request wrote (method, target, headers), which h11 has not seen
+        self.written: Optional[Tuple[bytes, bytes, List[Tuple[bytes, bytes]]]] = None
 
     # -- as the stream's transport ------------------------------------------------
 
@@ -528,9 +534,30 @@ class _Upstream:
         return True
 
     def send(self, event: Any) -> None:
+        if self.written is not None:
+            return  # the end of a request without a body that write_request wrote whole
         data = self.h11.send(event)
         if data:
             self.stream.write(data)
+
+    def write_request(self, method: bytes, target: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
+        """A request without a body, its answer taken the fast way (see the module docstring)."""
+        host = [b"%s: %s\r\n" % header for header in headers if header[0] == b"host"]
+        lines = [b"%s %s HTTP/1.1\r\n" % (method, target), *host]
+        lines += [b"%s: %s\r\n" % header for header in headers if header[0] != b"host"]
+        lines.append(b"\r\n")
+        self.written = (method, target, headers)
+        self.fast = True
+        self.head = bytearray()
+        self.stream.write(b"".join(lines))
+
+    def tell_h11(self) -> None:
+        """The answer to what write_request wrote goes to h11 after all: tell it what it was."""
+        written, self.written = self.written, None
+        if written is not None:
+            method, target, headers = written
+            self.h11.send(h11.Request(method=method, target=target, headers=headers))
+            self.h11.send(_END)
 
     def close(self, reason: str = "closed") -> None:
         """We are done with this stream (the visitor left, or another tunnel is asked)."""
@@ -774,21 +801,22 @@ class VisitorConnection(Protocol):
         self.exchange = upstream
         self.response_started = False
         front.active[tunnel.key] += 1
-        outgoing = h11.Request(method=request.method, target=request.target,
-                               headers=self._request_headers(headers, raw_host, spec))
+        outgoing = self._request_headers(headers, raw_host, spec)
+        connection = _header(headers, b"connection")
+        if (not self.has_body and request.method != b"HEAD" and request.http_version == b"1.1"
+                and (connection is None or not _CLOSE_OR_UPGRADE.intersection(
+                    token.strip().lower() for token in connection.split(b",")))
+                and _header(headers, b"upgrade") is None and not spec.response_headers
+                and _plain_rules(spec)):
+            # Everything in it was read by h11 or is ours and plain: written as h11 would, without it.
+            upstream.write_request(request.method, request.target, outgoing)
+            return
         try:
-            upstream.send(outgoing)
+            upstream.send(h11.Request(method=request.method, target=request.target, headers=outgoing))
         except h11.LocalProtocolError:
             self._exchange_done()
             front.refuse("bad_request", tunnel)
             self._fatal(400, "This request cannot be forwarded.")
-            return
-        connection = _header(headers, b"connection")
-        if (not self.has_body and request.method != b"HEAD" and request.http_version == b"1.1"
-                and (connection is None or connection.lower() == b"keep-alive")
-                and _header(headers, b"upgrade") is None and not spec.response_headers):
-            upstream.fast = True
-            upstream.head = bytearray()
 
     def _request_headers(self, headers: List[Tuple[bytes, bytes]], raw_host: bytes, spec: Any) -> List[Tuple[bytes, bytes]]:
         named = _connection_tokens(headers)
@@ -975,12 +1003,14 @@ class VisitorConnection(Protocol):
     def _slow_response(self, upstream: _Upstream) -> None:
         """The head is not one for the fast way: h11 reads it, from its first byte."""
         head, upstream.head, upstream.fast = upstream.head, None, False
+        upstream.tell_h11()
         upstream.h11.receive_data(bytes(head or b""))
         self.response_events(upstream)
 
     def _fast_done(self, upstream: _Upstream, extra: bytes) -> None:
         """A fast response is out: both h11 connections start their next cycle (fresh ones)."""
         upstream.fast = False
+        upstream.written = None
         self._exchange_done()
         upstream.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=self.settings.max_header_bytes)
         if extra:
@@ -1132,6 +1162,14 @@ def _host_of(raw: bytes) -> str:
     if text.startswith("["):
         return text.partition("]")[0] + "]"
     return text.rpartition(":")[0] if ":" in text else text.rstrip(".")
+
+
+def _plain_rules(spec: Any) -> bool:
+    """The tunnel's request header rules set only printable ASCII (what h11 would check when it writes them)."""
+    values = [value for _, value in spec.request_headers] + [spec.host_header_rewrite or ""]
+    names = [name for name, _ in spec.request_headers]
+    return (all(value.isascii() and value.isprintable() and value == value.strip() for value in values)
+            and all(_FAST_NAME.fullmatch(name.encode("utf-8")) for name in names))
 
 
 def _fast_head(head: bytearray, end: int) -> Optional[Tuple[bytes, int]]:
