@@ -37,6 +37,11 @@ per request, interleaved the same way:
   practical limit for any HTTP front);
 * Gotaxy's ``type = "http"`` tunnel on its ``vhostHTTPPort`` (a second
   server and client, so that the TCP rows above are not disturbed);
+* the same tunnel over HTTPS, TLS terminated at the Gotaxy server
+  (``vhostHTTPSPort`` with a certificate for ``localhost`` that the run
+  makes with openssl in ``vhostHTTPSCertDir``; wrk connects to
+  ``https://localhost``, so that its SNI names the site, and sends the
+  same Host header);
 * PageKite (Debian package ``pagekite``), a Python reverse tunnel that
   routes by Host, as a peer: a front end and a back end, plain TCP between
   them.
@@ -95,7 +100,10 @@ PATHS = (DIRECT, GOTAXY, SSH)
 
 #: The websites-by-name paths (see the module docstring) and the name they answer to.
 NGINX_DIRECT, NGINX_PROXY, GOTAXY_HTTP, PAGEKITE = "nginx direct", "nginx proxy", "gotaxy http", "pagekite"
-VHOST_PATHS = (NGINX_DIRECT, NGINX_PROXY, GOTAXY_HTTP, PAGEKITE)
+GOTAXY_HTTPS = "gotaxy https"
+VHOST_PATHS = (NGINX_DIRECT, NGINX_PROXY, GOTAXY_HTTP, GOTAXY_HTTPS, PAGEKITE)
+#: The name wrk reaches the https path by: it resolves to 127.0.0.1, and wrk sends it as the SNI.
+TLS_NAME = "localhost"
 VHOST_NAME = "web.bench.test"
 
 
@@ -434,6 +442,8 @@ class PathEndpoints:
     description: str = ""
     #: the Host header wrk sends (websites by name), or None
     host: Optional[str] = None
+    #: how wrk reaches http_port: "http" on 127.0.0.1, or "https" on TLS_NAME
+    scheme: str = "http"
 
 
 def start_targets(group: ProcessGroup, tools: Dict[str, str], work: Path, file_size: int) -> Tuple[int, Dict[str, int]]:
@@ -803,7 +813,7 @@ def run_wrk(
         argv += ["-H", f"Host: {ends.host}"]
     if new_connection:
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://{LOOPBACK}:{ends.http_port}/{FILE_NAME}")
+    argv.append(f"{ends.scheme}://{TLS_NAME if ends.scheme == 'https' else LOOPBACK}:{ends.http_port}/{FILE_NAME}")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True)
     except subprocess.TimeoutExpired:
@@ -1140,17 +1150,36 @@ def start_nginx_proxy(group: ProcessGroup, tools: Dict[str, str], work: Path, ng
 
 def start_gotaxy_http(
     group: ProcessGroup, tools: Dict[str, str], work: Path, source: Path, nginx_port: int
-) -> Optional[PathEndpoints]:
-    """A Gotaxy server with vhostHTTPPort and a client with one http tunnel to nginx; None if --source has none."""
+) -> List[PathEndpoints]:
+    """
+    A Gotaxy server with vhostHTTPPort and a client with one http tunnel to
+    nginx: its plain path, and, when --source terminates TLS for http
+    tunnels (gotaxy/tls/sites.py), its path over vhostHTTPSPort; none if
+    --source has no http tunnels.
+    """
     if not (source / "gotaxy" / "proxy" / "vhost.py").exists():
-        return None
-    control_port, web_port = free_ports(2)
+        return []
+    tls = (source / "gotaxy" / "tls" / "sites.py").exists()
+    control_port, web_port, tls_port = free_ports(3)
     directory = work / "gotaxy-http"
     directory.mkdir()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     server_config = directory / "server.toml"
-    server_config.write_text(f'vhostHTTPPort = {web_port}\n')
+    settings = f'vhostHTTPPort = {web_port}\n'
+    if tls:
+        certs = directory / "certs"
+        certs.mkdir()
+        made = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(certs / f"{TLS_NAME}.key"), "-out", str(certs / f"{TLS_NAME}.crt"), "-days", "2",
+             "-subj", f"/CN={TLS_NAME}", "-addext", f"subjectAltName=DNS:{TLS_NAME}"],
+            capture_output=True, text=True, timeout=60,
+        )
+        if made.returncode != 0:
+            raise BenchmarkError(f"openssl could not make the https path's certificate: {made.stderr.strip()[:200]}")
+        settings += f'vhostHTTPSPort = {tls_port}\nvhostHTTPSCertDir = "{certs}"\n'
+    server_config.write_text(settings)
     server = group.start(
         "gotaxy-http-server",
         [
@@ -1173,7 +1202,8 @@ def start_gotaxy_http(
                 banner["token"] = line.split()[-1]
             elif "server certificate" in line:
                 banner["fingerprint"] = line.split()[-1]
-        return len(banner) == 2 and is_listening(control_port) and is_listening(web_port)
+        return len(banner) == 2 and is_listening(control_port) and is_listening(web_port) and (
+            not tls or is_listening(tls_port))
 
     wait_until("the gotaxy http server's first-start banner", banner_printed,
                [("gotaxy-http-server", server)], group)
@@ -1184,7 +1214,7 @@ def start_gotaxy_http(
             type = "http"
             localIP = "{LOOPBACK}"
             localPort = {nginx_port}
-            customDomains = ["{VHOST_NAME}"]
+            customDomains = ["{VHOST_NAME}", "{TLS_NAME}"]
             """))
     client = group.start(
         "gotaxy-http-client",
@@ -1202,10 +1232,15 @@ def start_gotaxy_http(
         [("gotaxy-http-server", server), ("gotaxy-http-client", client)],
         group,
     )
-    return PathEndpoints(GOTAXY_HTTP, http_port=web_port, iperf_port=0,
-                         carriers={"server": server.pid, "client": client.pid},
-                         names={"server": "gotaxy-http-server", "client": "gotaxy-http-client"},
-                         description="vhostHTTPPort, one http tunnel", host=VHOST_NAME)
+    plain = PathEndpoints(GOTAXY_HTTP, http_port=web_port, iperf_port=0,
+                          carriers={"server": server.pid, "client": client.pid},
+                          names={"server": "gotaxy-http-server", "client": "gotaxy-http-client"},
+                          description="vhostHTTPPort, one http tunnel", host=VHOST_NAME)
+    if not tls:
+        return [plain]
+    return [plain, attrs.evolve(plain, path=GOTAXY_HTTPS, http_port=tls_port, scheme="https",
+                                description="the same tunnel on vhostHTTPSPort, TLS terminated at the server "
+                                            "(an operator's certificate)")]
 
 
 def start_pagekite(group: ProcessGroup, tools: Dict[str, str], work: Path, nginx_port: int) -> PathEndpoints:
@@ -1261,7 +1296,11 @@ def pagekite_version(log: Path) -> str:
 def check_vhost_paths(endpoints: Dict[str, PathEndpoints], expected: bytes) -> None:
     """One GET by name through every websites path before measuring."""
     for path, ends in endpoints.items():
-        connection = http.client.HTTPConnection(LOOPBACK, ends.http_port, timeout=10)
+        if ends.scheme == "https":  # (the run's own certificate: nothing to verify it against)
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                TLS_NAME, ends.http_port, timeout=10, context=ssl._create_unverified_context())
+        else:
+            connection = http.client.HTTPConnection(LOOPBACK, ends.http_port, timeout=10)
         try:
             connection.request("GET", f"/{FILE_NAME}", headers={"Host": VHOST_NAME})
             response = connection.getresponse()
@@ -1278,7 +1317,8 @@ def vhost_report(
     chosen: List[Workload], results: Dict[Tuple[str, str], Summary], tcp: Dict[Tuple[str, str], Summary],
     paths: Sequence[str], markdown: bool,
 ) -> str:
-    headers = ["workload", *paths, "gotaxy http / pagekite", "gotaxy http / nginx proxy", "gotaxy http / gotaxy tcp"]
+    headers = ["workload", *paths, "gotaxy http / pagekite", "gotaxy http / nginx proxy", "gotaxy http / gotaxy tcp",
+               "gotaxy https / gotaxy http"]
     rows = []
     notes: List[str] = []
     for workload in chosen:
@@ -1291,6 +1331,7 @@ def vhost_report(
             format_ratio(value, cells[PAGEKITE].value if PAGEKITE in cells else None),
             format_ratio(value, cells[NGINX_PROXY].value),
             format_ratio(value, tcp[(workload.key, GOTAXY)].value if (workload.key, GOTAXY) in tcp else None),
+            format_ratio(cells[GOTAXY_HTTPS].value if GOTAXY_HTTPS in cells else None, value),
         ])
     text = render(headers, rows, markdown)
     if notes:
@@ -1612,13 +1653,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         vhost_endpoints: Dict[str, PathEndpoints] = {}
         if args.vhost:
             vhost_endpoints[NGINX_DIRECT] = attrs.evolve(endpoints[DIRECT], path=NGINX_DIRECT, host=VHOST_NAME)
-            progress("starting the websites paths: nginx reverse proxy, gotaxy http, PageKite")
+            progress("starting the websites paths: nginx reverse proxy, gotaxy http and https, PageKite")
             vhost_endpoints[NGINX_PROXY] = start_nginx_proxy(group, tools, work, nginx_port)
             gotaxy_http = start_gotaxy_http(group, tools, work, args.source, nginx_port)
-            if gotaxy_http is None:
+            if not gotaxy_http:
                 progress(f"note: {args.source} has no http tunnels (gotaxy/proxy/vhost.py); no gotaxy http row")
-            else:
-                vhost_endpoints[GOTAXY_HTTP] = gotaxy_http
+            for ends in gotaxy_http:
+                vhost_endpoints[ends.path] = ends
             if "pagekite" in tools:
                 vhost_endpoints[PAGEKITE] = start_pagekite(group, tools, work, nginx_port)
             else:
