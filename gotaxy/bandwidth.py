@@ -32,18 +32,25 @@ the server sets one on a tunnel's meter for ``bandwidthLimitMode =
 every stream of its tunnel the two buckets, the right way round for its
 side (the server sends what the public sends *in*; the client sends what
 the local service sends *out*).
+
+The server's own limits, ``maxBandwidth`` (all traffic) and
+``maxBandwidthPerClient`` (each client's), are buckets too
+(``ServerBandwidth``): a tunnel's bucket spends from its client's, which
+spends from the server's, and a stream waits for whichever owes.  A reload
+changes their rates in place (``ServerBandwidth.set``), so open connections
+follow at once and none is dropped.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from zope.interface import implementer
 
 from gotaxy.server.traffic import IRateLimiter
 from gotaxy.units import parse_size
 
-__all__ = ["BANDWIDTH_ATTRIBUTES", "MODES", "bandwidth_keys", "BandwidthLimiter", "TokenBucket", "check_limit", "limit_bytes", "limiter_for"]
+__all__ = ["BANDWIDTH_ATTRIBUTES", "MODES", "ClientBandwidth", "ServerBandwidth", "bandwidth_keys", "BandwidthLimiter", "TokenBucket", "check_limit", "limit_bytes", "limiter_for"]
 
 #: ``transport.bandwidthLimitMode``: where the limit is enforced (frp's default first).
 MODES = ("client", "server")
@@ -54,14 +61,18 @@ MIN_BURST = 4096
 
 class TokenBucket:
     """
-    ``rate`` bytes a second, at most ``burst`` saved up (a tenth of a second's
-    worth by default); see the module docstring.
+    ``rate`` bytes a second (None: no limit of its own), at most ``burst``
+    saved up (a tenth of a second's worth by default), and what it spends
+    is spent from its ``parent`` too (a client's bucket for a tunnel's, the
+    server's for a client's); see the module docstring.
     """
 
-    def __init__(self, reactor: Any, rate: int, burst: Optional[int] = None) -> None:
+    def __init__(self, reactor: Any, rate: Optional[int], burst: Optional[int] = None,
+                 parent: Optional["TokenBucket"] = None) -> None:
         self.reactor = reactor
         self.rate = rate
-        self.burst = burst if burst is not None else max(MIN_BURST, rate // 10)
+        self.parent = parent
+        self.burst = burst if burst is not None else _burst(rate)
         self.tokens = float(self.burst)
         self._last = reactor.seconds()
         self._waiters: List[Callable[[], None]] = []
@@ -69,22 +80,37 @@ class TokenBucket:
 
     def _refill(self) -> None:
         now = self.reactor.seconds()
-        self.tokens = min(float(self.burst), self.tokens + (now - self._last) * self.rate)
+        if self.rate is not None:
+            self.tokens = min(float(self.burst), self.tokens + (now - self._last) * self.rate)
         self._last = now
 
     def spend(self, n: int) -> bool:
-        """``n`` bytes moved; True unless that leaves the bucket in debt (then ``wait``)."""
-        self._refill()
-        self.tokens -= n
-        return self.tokens >= 0
+        """``n`` bytes moved; True unless that leaves this bucket or one above it in debt (then ``wait``)."""
+        ok = True
+        if self.rate is not None:
+            self._refill()
+            self.tokens -= n
+            ok = self.tokens >= 0
+        if self.parent is not None and not self.parent.spend(n):
+            ok = False
+        return ok
 
     def wait(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the debt is paid (at once if there is none)."""
-        self._waiters.append(callback)
-        if self._timer is None:
-            self._schedule()
+        """Call ``callback`` once this bucket's debt is paid, or the debt of the one above it."""
+        if self.rate is not None:
+            self._refill()
+            if self.tokens < 0:
+                self._waiters.append(callback)
+                if self._timer is None:
+                    self._schedule()
+                return
+        if self.parent is not None:
+            self.parent.wait(callback)
+        else:
+            callback()
 
     def _schedule(self) -> None:
+        assert self.rate is not None
         self._refill()
         self._timer = self.reactor.callLater(max(0.0, -self.tokens / self.rate), self._wake)
 
@@ -94,28 +120,34 @@ class TokenBucket:
         if self.tokens < -0.5:  # a clock's rounding: do not wake a whole byte early
             self._schedule()
             return
+        self._release()
+
+    def _release(self) -> None:
         waiters, self._waiters = self._waiters, []
         for callback in waiters:
             callback()
 
-    def set_rate(self, rate: int) -> None:
-        """A new limit, live: what is saved up and owed stays, the waiters' timer is set again."""
+    def set_rate(self, rate: Optional[int]) -> None:
+        """A new limit (None: none), live: what is owed stays owed, those waiting wait by the new rate."""
         self._refill()
-        self.rate = rate
-        self.burst = max(MIN_BURST, rate // 10)
-        self.tokens = min(self.tokens, float(self.burst))
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        self.rate = rate
+        self.burst = _burst(rate)
+        self.tokens = min(self.tokens, float(self.burst)) if rate is not None else 0.0
+        if rate is None or self.tokens >= 0:
+            self._release()
+        elif self._waiters:
             self._schedule()
 
     def stop(self) -> None:
         """Release every waiter now (the limit was lifted)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        waiters, self._waiters = self._waiters, []
-        for callback in waiters:
-            callback()
+        self.set_rate(None)
+
+
+def _burst(rate: Optional[int]) -> int:
+    return max(MIN_BURST, rate // 10) if rate is not None else 0
 
 
 def limit_bytes(value: Any) -> Optional[int]:
@@ -169,13 +201,19 @@ def bandwidth_keys(spec: Any) -> Dict[str, Any]:
 
 @implementer(IRateLimiter)
 class BandwidthLimiter:
-    """One tunnel's limit on one side: a bucket for bytes *in* (public to local) and one for *out*."""
+    """
+    One tunnel's limit on one side: a bucket for bytes *in* (public to local)
+    and one for *out*, each under ``parents`` (the client's and server's, on
+    the server) if given.
+    """
 
-    def __init__(self, reactor: Any, rate: int, side: str) -> None:
+    def __init__(self, reactor: Any, rate: Optional[int], side: str,
+                 parents: Optional[Tuple[TokenBucket, TokenBucket]] = None) -> None:
         self.rate = rate
         self.side = side
-        self.bucket_in = TokenBucket(reactor, rate)
-        self.bucket_out = TokenBucket(reactor, rate)
+        parent_in, parent_out = parents if parents is not None else (None, None)
+        self.bucket_in = TokenBucket(reactor, rate, parent=parent_in)
+        self.bucket_out = TokenBucket(reactor, rate, parent=parent_out)
 
     def stream_opened(self, stream: Any) -> None:
         if self.side == "server":
@@ -187,9 +225,70 @@ class BandwidthLimiter:
         stream.send_bucket = stream.recv_bucket = None
 
 
-def limiter_for(reactor: Any, spec: Any, side: str) -> Optional[BandwidthLimiter]:
+def limiter_for(reactor: Any, spec: Any, side: str,
+                parents: Optional[Tuple[TokenBucket, TokenBucket]] = None) -> Optional[BandwidthLimiter]:
     """The limiter ``side`` ("client" or "server") enforces for a tunnel with ``spec``, or None."""
     rate = limit_bytes(getattr(spec, "bandwidth_limit", None))
     if rate is None or getattr(spec, "bandwidth_limit_mode", "client") != side:
         return None
-    return BandwidthLimiter(reactor, rate, side)
+    return BandwidthLimiter(reactor, rate, side, parents)
+
+
+@implementer(IRateLimiter)
+class ClientBandwidth:
+    """
+    The server's limit for one client (``maxBandwidthPerClient``), under the
+    server's (``maxBandwidth``): a stream that no tunnel limit of the
+    server's governs gets these buckets, if either limit is set as it opens.
+    """
+
+    def __init__(self, server: "ServerBandwidth", bucket_in: TokenBucket, bucket_out: TokenBucket) -> None:
+        self.server = server
+        self.bucket_in = bucket_in
+        self.bucket_out = bucket_out
+
+    @property
+    def buckets(self) -> Tuple[TokenBucket, TokenBucket]:
+        return (self.bucket_in, self.bucket_out)
+
+    def stream_opened(self, stream: Any) -> None:
+        if stream.send_bucket is None and (self.server.total or self.server.per_client):
+            stream.send_bucket, stream.recv_bucket = self.bucket_in, self.bucket_out
+
+    def stream_closed(self, stream: Any) -> None:
+        stream.send_bucket = stream.recv_bucket = None
+
+
+class ServerBandwidth:
+    """
+    The server's own limits, in bytes a second each way (0: none):
+    ``maxBandwidth`` for all its traffic, ``maxBandwidthPerClient`` for each
+    client's.  ``set`` changes them live: open connections that have the
+    buckets follow the new rates at once (connections opened while neither
+    limit was set have none, and stay unlimited).
+    """
+
+    def __init__(self, reactor: Any, total: int = 0, per_client: int = 0) -> None:
+        self.reactor = reactor
+        self.total = total
+        self.per_client = per_client
+        self.bucket_in = TokenBucket(reactor, total or None)
+        self.bucket_out = TokenBucket(reactor, total or None)
+        self.clients: Dict[str, ClientBandwidth] = {}
+
+    def client(self, name: str) -> ClientBandwidth:
+        limits = self.clients.get(name)
+        if limits is None:
+            limits = self.clients[name] = ClientBandwidth(
+                self, TokenBucket(self.reactor, self.per_client or None, parent=self.bucket_in),
+                TokenBucket(self.reactor, self.per_client or None, parent=self.bucket_out),
+            )
+        return limits
+
+    def set(self, total: int, per_client: int) -> None:
+        self.total, self.per_client = total, per_client
+        self.bucket_in.set_rate(total or None)
+        self.bucket_out.set_rate(total or None)
+        for limits in self.clients.values():
+            limits.bucket_in.set_rate(per_client or None)
+            limits.bucket_out.set_rate(per_client or None)

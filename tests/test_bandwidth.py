@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 
 from gotaxy.bandwidth import TokenBucket, limit_bytes
 from gotaxy.config import TunnelSpec
+from gotaxy.config.server import LimitsSettings
 from gotaxy.proxy import SpecError, parse_spec
 from gotaxy.testing import GotaxyClient, GotaxyServer, MemoryNetwork
 
@@ -178,3 +179,80 @@ def test_a_limited_tunnel_holds_its_rate_and_its_neighbour_is_not_slowed(mode: s
     assert counters["slow"].received == total
     client.stop()
     server.shutdown()
+
+
+# -- the server's own limits: maxBandwidthPerClient, maxBandwidth, changed live -------
+
+
+def _push_to(network: MemoryNetwork, client: GotaxyClient, names: Any) -> List[Counter]:
+    counters = []
+    for name, port in names:
+        counter = Counter()
+        counters.append(counter)
+        network.listenTCP(port, Factory.forProtocol(lambda counter=counter: counter))
+        network.connectTCP("127.0.0.1", client.up[name], ClientFactory.forProtocol(lambda: Pusher(64 * MiB)))
+    return counters
+
+
+def _rate(network: MemoryNetwork, counters: List[Counter], seconds: float = 4) -> float:
+    network.pass_time(1)
+    before = sum(c.received for c in counters)
+    network.pass_time(seconds)
+    return (sum(c.received for c in counters) - before) / seconds
+
+
+def test_a_clients_limit_holds_for_all_its_tunnels_together_and_changes_live() -> None:
+    from gotaxy.testing import server_config
+
+    network = MemoryNetwork()
+    network.backpressure = True
+    server = GotaxyServer(network, server_config(limits=LimitsSettings(max_bandwidth_per_client=MiB)))
+    client = GotaxyClient(network, server.create_token("alice"), tunnels=[
+        TunnelSpec(name="a", local_port=8081), TunnelSpec(name="b", local_port=8082)]).start()
+    counters = _push_to(network, client, [("a", 8081), ("b", 8082)])
+    rate = _rate(network, counters)
+    print(f"maxBandwidthPerClient 1MB, two tunnels: {rate / MiB:.3f} MiB/s together")
+    assert abs(rate - MiB) <= 0.05 * MiB
+    assert min(c.received for c in counters) > MiB  # both tunnels got their turn
+
+    # Live: the same connections follow the new limit, none is dropped.
+    changes = _apply(network, server, server_config(limits=LimitsSettings(max_bandwidth_per_client=2 * MiB)))
+    assert [c.key for c in changes if c.key.startswith("maxBandwidth")] == ["maxBandwidthPerClient"]
+    rate = _rate(network, counters)
+    print(f"... changed live to 2MB: {rate / MiB:.3f} MiB/s")
+    assert abs(rate - 2 * MiB) <= 0.05 * 2 * MiB
+    client.stop()
+    server.shutdown()
+
+
+def test_the_servers_limit_holds_for_all_clients_together() -> None:
+    from gotaxy.testing import server_config
+
+    network = MemoryNetwork()
+    network.backpressure = True
+    server = GotaxyServer(network, server_config(limits=LimitsSettings(max_bandwidth=MiB)))
+    counters, clients = [], []
+    for n, name in enumerate(("alice", "bob")):
+        client = GotaxyClient(network, server.create_token(name), tunnels=[TunnelSpec(name="t", local_port=8090 + n)],
+                              instance_id=name).start()
+        clients.append(client)
+        counters += _push_to(network, client, [("t", 8090 + n)])
+    rate = _rate(network, counters)
+    print(f"maxBandwidth 1MB, two clients: {rate / MiB:.3f} MiB/s together")
+    assert abs(rate - MiB) <= 0.05 * MiB
+    assert min(c.received for c in counters) > MiB
+    # Lifted live: the open connections are not held any more.
+    _apply(network, server, server_config())
+    network.flush()
+    assert all(c.received == 64 * MiB for c in counters)
+    for client in clients:
+        client.stop()
+    server.shutdown()
+
+
+def _apply(network: MemoryNetwork, server: GotaxyServer, config: Any) -> Any:
+    from twisted.internet.defer import Deferred
+
+    done = Deferred.fromCoroutine(server.core.apply(config))
+    network.flush()
+    return done.result

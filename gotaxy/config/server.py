@@ -27,6 +27,7 @@ from gotaxy.config.values import (
     HEARTBEAT,
     HOST,
     IDLE_TIMEOUT,
+    BANDWIDTH,
     LIMIT,
     LOG_LEVEL,
     LOG_SIZE,
@@ -96,6 +97,9 @@ class LimitsSettings:
     tunnel_idle_timeout: float = _setting(600.0, IDLE_TIMEOUT, "tunnelIdleTimeout")
     #: frp's: the largest datagram a udp tunnel carries, either way; larger ones are dropped and counted.
     udp_packet_size: int = _setting(1500, PORT, "udpPacketSize")
+    #: Bytes a second each way for all tunnels together, and for each client's (``gotaxy.bandwidth``); 0: none.
+    max_bandwidth: int = _setting(0, BANDWIDTH, "maxBandwidth")
+    max_bandwidth_per_client: int = _setting(0, BANDWIDTH, "maxBandwidthPerClient")
 
 
 @attrs.frozen

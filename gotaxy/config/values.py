@@ -416,6 +416,21 @@ REMOTE_PORT = _Form("an integer from 0 to 65535 (0 lets the server pick)", _inte
 SERVICE_PORT = _Form("an integer from 0 (turned off) to 65535", _integer(0, 65535))
 COUNT = _Form("an integer of at least 1", _integer(1))
 LIMIT = _Form("an integer of at least 0 (0 means no limit)", _integer(0))
+
+
+def _bandwidth(value: Any) -> int:
+    """Bytes a second: a number, or a string with a unit such as "10MB" (KB = 1024, as frp reads it); 0: no limit."""
+    if isinstance(value, str):
+        try:
+            return parse_size(value)
+        except ValueError:
+            raise _Mismatch(value) from None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise _Mismatch(value)
+
+
+BANDWIDTH = _Form('a rate a second such as "100MB" or "512KB" (a number of bytes; 0 means no limit)', _bandwidth)
 SECONDS = _Form("a number of seconds greater than 0", _seconds)
 HEARTBEAT = _Form(
     "a number of seconds greater than 0 (Gotaxy requires heartbeats and cannot turn them off)",

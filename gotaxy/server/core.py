@@ -50,7 +50,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gotaxy.bandwidth import limiter_for
+from gotaxy.bandwidth import ServerBandwidth, limiter_for
 from gotaxy.config import ServerConfig
 from gotaxy.credentials import tokens_equal
 from gotaxy.events import (
@@ -199,6 +199,8 @@ class ServerCore:
         self.started_at = reactor.seconds()
         #: Connections and bytes per tunnel, per client and in all (``gotaxy.server.traffic``).
         self.meters = TrafficMeters()
+        #: maxBandwidth and maxBandwidthPerClient, set live by ``apply``
+        self.bandwidth = ServerBandwidth(reactor, config.limits.max_bandwidth, config.limits.max_bandwidth_per_client)
         self._last_error: Dict[Tuple[str, str], float] = {}
         self._in_use_logged: Dict[str, float] = {}
         self._rates = LoopingCall(self._sample_rates)
@@ -499,8 +501,11 @@ class ServerCore:
         )
         # Before it is exposed: a connection may come while expose() waits for its claim.
         tunnel.count_into(self.meters.tunnel(client, name))
-        # transport.bandwidthLimitMode = "server": this end limits the tunnel's streams.
-        tunnel.meter.limiter = limiter_for(self.reactor, spec, "server")
+        # transport.bandwidthLimitMode = "server": this end limits the tunnel's streams, under the
+        # client's and the server's limits, which govern the streams of every other tunnel.
+        client_limits = self.bandwidth.client(client)
+        self.meters.client(client).limiter = client_limits
+        tunnel.meter.limiter = limiter_for(self.reactor, spec, "server", client_limits.buckets)
         exposure = await proxy_type.expose(tunnel, context)
         tunnel.exposure, tunnel.address = exposure, exposure.address
         # The session may have gone (or been dropped: kicked, replaced, shut
@@ -904,6 +909,11 @@ class ServerCore:
                 if hasattr(session, "max_streams"):
                     session.max_streams = config.limits.max_connections_per_client  # type: ignore[attr-defined]
             done.append(applied("maxConnectionsPerClient", "on every connected client's next connection"))
+        bandwidth = [k for k in ("maxBandwidth", "maxBandwidthPerClient") if k in changed]
+        if bandwidth:
+            self.bandwidth.set(config.limits.max_bandwidth, config.limits.max_bandwidth_per_client)
+            for key in bandwidth:
+                done.append(applied(key, "at once, on open connections that had a limit too; new ones from now on"))
         if "tunnelIdleTimeout" in changed:
             if self._rates.running:
                 self._start_idle_checks()
