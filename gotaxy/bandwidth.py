@@ -252,11 +252,13 @@ class ClientBandwidth:
         return (self.bucket_in, self.bucket_out)
 
     def stream_opened(self, stream: Any) -> None:
-        if stream.send_bucket is None and (self.server.total or self.server.per_client):
+        # A udp visitor's Flow has no buckets (datagrams have no window to withhold): not limited.
+        if getattr(stream, "send_bucket", False) is None and (self.server.total or self.server.per_client):
             stream.send_bucket, stream.recv_bucket = self.bucket_in, self.bucket_out
 
     def stream_closed(self, stream: Any) -> None:
-        stream.send_bucket = stream.recv_bucket = None
+        if hasattr(stream, "send_bucket"):
+            stream.send_bucket = stream.recv_bucket = None
 
 
 class ServerBandwidth:

@@ -256,3 +256,20 @@ def _apply(network: MemoryNetwork, server: GotaxyServer, config: Any) -> Any:
     done = Deferred.fromCoroutine(server.core.apply(config))
     network.flush()
     return done.result
+
+
+def test_a_udp_visitor_is_counted_but_not_limited_by_the_servers_limits() -> None:
+    from gotaxy.bandwidth import ServerBandwidth
+    from gotaxy.mux import Flow, Stream
+    from gotaxy.server.traffic import TrafficMeters
+
+    clock = Clock()
+    meters = TrafficMeters()
+    meters.client("alice").limiter = ServerBandwidth(clock, total=MiB).client("alice")
+    flow = Flow(None, 2, "dns", "198.51.100.7:5353")  # type: ignore[arg-type]
+    meters.tunnel("alice", "dns").open(flow)
+    meters.tunnel("alice", "dns").close(flow)
+    assert meters.client("alice").opened == 1
+    stream = Stream(None, 4, "web", "198.51.100.7:40000")  # type: ignore[arg-type]
+    meters.tunnel("alice", "web").open(stream)
+    assert stream.send_bucket is not None and stream.recv_bucket is not None
