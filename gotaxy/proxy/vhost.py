@@ -662,8 +662,10 @@ class VisitorConnection(Protocol):
     # -- timers -----------------------------------------------------------------
 
     def _wait_for_request(self, timeout: float) -> None:
-        if self._header_timer is not None and self._header_timer.active():
-            self._header_timer.cancel()
+        timer = self._header_timer
+        if timer is not None and timer.active():
+            timer.reset(timeout)  # (the idle keep-alive wait turns into the header wait: one timer, moved)
+            return
         self._header_timer = self.front.reactor.callLater(timeout, self._header_timeout)
 
     def _header_timeout(self) -> None:
