@@ -15,6 +15,7 @@ from gotaxy.names import is_valid_name
 from gotaxy.config.values import (
     BOOLEAN,
     COUNT,
+    LIMIT,
     ConfigError,
     FINGERPRINT,
     FRP_PROXY_TYPES,
@@ -88,6 +89,10 @@ class TunnelSpec:
     #: ``tcp``: frp's bandwidth limit, "1MB" a second each way, and which end enforces it (``gotaxy.bandwidth``).
     bandwidth_limit: str | None = _setting(None, STRING, "transport.bandwidthLimit")
     bandwidth_limit_mode: str | None = _setting(None, STRING, "transport.bandwidthLimitMode")
+    #: Every type: connections at once, at once per source address, new per minute per source (``gotaxy.server.limits``).
+    max_connections: int | None = _setting(None, LIMIT, "transport.maxConnections")
+    max_connections_per_ip: int | None = _setting(None, LIMIT, "transport.maxConnectionsPerIP")
+    connection_rate_per_ip: int | None = _setting(None, LIMIT, "transport.connectionRatePerIP")
     #: ``http``: plain-HTTP requests are redirected to HTTPS.
     redirect_to_https: bool = _setting(False, BOOLEAN, "redirectToHTTPS")
 
@@ -105,6 +110,9 @@ class TunnelSpec:
             ("transport.proxyProtocolVersion", self.proxy_protocol_version),
             ("transport.bandwidthLimit", self.bandwidth_limit),
             ("transport.bandwidthLimitMode", self.bandwidth_limit_mode),
+            ("transport.maxConnections", self.max_connections),
+            ("transport.maxConnectionsPerIP", self.max_connections_per_ip),
+            ("transport.connectionRatePerIP", self.connection_rate_per_ip),
         ):
             if value:
                 keys[key] = value

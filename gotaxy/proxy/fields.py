@@ -223,3 +223,46 @@ BANDWIDTH_LIMIT = SpecField("transport.bandwidthLimit", "size",
 BANDWIDTH_LIMIT_MODE = SpecField("transport.bandwidthLimitMode", "choice",
                                  "which end enforces transport.bandwidthLimit: the client or the server",
                                  default="client", choices=("client", "server"))
+
+
+# -- connection limits (``gotaxy.server.limits``), on every type ---------------------
+
+#: Highest value of a connection limit.
+MAX_LIMIT = 1_000_000
+
+
+def check_connection_limit(key: str) -> Callable[[Any, Any, Any], None]:
+    """attrs validator for a connection limit ``key``: a whole number from 0 (none) to ``MAX_LIMIT``."""
+
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if type(value) is not int or not 0 <= value <= MAX_LIMIT:
+            raise SpecError(f"'{key}' must be a whole number from 0 (no limit) to {MAX_LIMIT}, got {str(value)[:16]!r}")
+
+    return check
+
+
+MAX_CONNECTIONS = SpecField("transport.maxConnections", "integer",
+                            "connections to this tunnel at once; one more is refused (0: no limit)",
+                            default=0, minimum=0, maximum=MAX_LIMIT)
+MAX_CONNECTIONS_PER_IP = SpecField("transport.maxConnectionsPerIP", "integer",
+                                   "connections at once from one source address; one more is refused (0: no limit)",
+                                   default=0, minimum=0, maximum=MAX_LIMIT)
+CONNECTION_RATE_PER_IP = SpecField("transport.connectionRatePerIP", "integer",
+                                   "new connections per minute from one source address, in bursts of as many; "
+                                   "faster ones are refused (0: no limit)", default=0, minimum=0, maximum=MAX_LIMIT)
+#: The limit fields every type has, after its own.
+LIMIT_FIELDS = (MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, CONNECTION_RATE_PER_IP)
+#: frp-style key -> the spec's attribute, for ``parse_keys``.
+LIMIT_ATTRIBUTES = {"transport.maxConnections": "max_connections",
+                    "transport.maxConnectionsPerIP": "max_connections_per_ip",
+                    "transport.connectionRatePerIP": "connection_rate_per_ip"}
+
+
+def limit_field(key: str) -> Any:
+    """The attrs field of a spec for limit ``key`` (0 by default)."""
+    return attrs.field(default=0, validator=check_connection_limit(key))
+
+
+def limit_keys(spec: Any) -> Dict[str, int]:
+    """The limit keys a spec sets (those that are not 0), for its ``to_keys``."""
+    return {key: getattr(spec, attribute) for key, attribute in LIMIT_ATTRIBUTES.items() if getattr(spec, attribute)}

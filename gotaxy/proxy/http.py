@@ -36,7 +36,10 @@ from gotaxy.mux import Stream
 from gotaxy.proxy.address import MAX_HOSTS, MAX_PATH, MAX_PATHS, MAX_ROUTE_USER, AddressError, PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
 from gotaxy.bandwidth import BANDWIDTH_ATTRIBUTES, bandwidth_keys, check_limit, check_mode
-from gotaxy.proxy.fields import BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE, LOCAL_IP, LOCAL_PORT, SpecField, check_local_ip, check_port, host_port
+from gotaxy.proxy.fields import (
+    BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE, LIMIT_ATTRIBUTES, LIMIT_FIELDS, LOCAL_IP, LOCAL_PORT, SpecField, check_local_ip,
+    check_port, host_port, limit_field, limit_keys,
+)
 from gotaxy.proxy.tcp import connect_local
 from gotaxy.server.tunnel import LiveTunnel
 
@@ -176,6 +179,10 @@ class HttpSpec(ProxySpec):
     redirect_to_https: bool = attrs.field(default=False, validator=_boolean("redirectToHTTPS"))
     bandwidth_limit: Any = attrs.field(default=None, validator=check_limit)
     bandwidth_limit_mode: str = attrs.field(default="client", validator=check_mode)
+    #: ``gotaxy.server.limits``
+    max_connections: int = limit_field("transport.maxConnections")
+    max_connections_per_ip: int = limit_field("transport.maxConnectionsPerIP")
+    connection_rate_per_ip: int = limit_field("transport.connectionRatePerIP")
 
     def __attrs_post_init__(self) -> None:
         if not self.custom_domains and self.subdomain is None:
@@ -208,6 +215,7 @@ class HttpSpec(ProxySpec):
         if self.redirect_to_https:
             keys["redirectToHTTPS"] = True
         keys.update(bandwidth_keys(self))
+        keys.update(limit_keys(self))
         return keys
 
     @property
@@ -259,7 +267,7 @@ _ATTRIBUTES = {
     "localIP": "local_ip", "localPort": "local_port", "customDomains": "custom_domains",
     "subdomain": "subdomain", "locations": "locations", "hostHeaderRewrite": "host_header_rewrite",
     "httpUser": "http_user", "httpPassword": "http_password", "routeByHTTPUser": "route_by_http_user",
-    "redirectToHTTPS": "redirect_to_https", **BANDWIDTH_ATTRIBUTES,
+    "redirectToHTTPS": "redirect_to_https", **BANDWIDTH_ATTRIBUTES, **LIMIT_ATTRIBUTES,
 }
 _TABLES = {"requestHeaders": "request_headers", "responseHeaders": "response_headers"}
 
@@ -286,7 +294,7 @@ class HttpProxy(ProxyType):
                   "(the server's vhostHTTPSPort)", default=False),
         BANDWIDTH_LIMIT,
         BANDWIDTH_LIMIT_MODE,
-    )
+    ) + LIMIT_FIELDS
     #: Keys that make a valid spec with the required fields (one of customDomains and subdomain is needed).
     example_keys: ClassVar[Dict[str, Any]] = {"customDomains": ["www.example.com"]}
 

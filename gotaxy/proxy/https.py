@@ -47,7 +47,10 @@ from gotaxy.mux import Stream
 from gotaxy.oslimits import listen_backlog
 from gotaxy.proxy.address import MAX_HOSTS, AddressError, PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
-from gotaxy.proxy.fields import LOCAL_IP, LOCAL_PORT, SpecField, check_local_ip, check_port, host_port, parse_keys
+from gotaxy.proxy.fields import (
+    LIMIT_ATTRIBUTES, LIMIT_FIELDS, LOCAL_IP, LOCAL_PORT, SpecField, check_local_ip, check_port, host_port,
+    limit_field, limit_keys, parse_keys,
+)
 from gotaxy.bandwidth import BANDWIDTH_ATTRIBUTES, bandwidth_keys, check_limit, check_mode
 from gotaxy.proxy.fields import BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE
 from gotaxy.proxy.proxyprotocol import PROXY_PROTOCOL, check_version
@@ -114,6 +117,10 @@ class HttpsSpec(ProxySpec):
     proxy_protocol_version: Optional[str] = attrs.field(default=None, validator=check_version)
     bandwidth_limit: Any = attrs.field(default=None, validator=check_limit)
     bandwidth_limit_mode: str = attrs.field(default="client", validator=check_mode)
+    #: ``gotaxy.server.limits``
+    max_connections: int = limit_field("transport.maxConnections")
+    max_connections_per_ip: int = limit_field("transport.maxConnectionsPerIP")
+    connection_rate_per_ip: int = limit_field("transport.connectionRatePerIP")
 
     def __attrs_post_init__(self) -> None:
         if not self.custom_domains and self.subdomain is None:
@@ -131,6 +138,7 @@ class HttpsSpec(ProxySpec):
         if self.proxy_protocol_version is not None:
             keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
         keys.update(bandwidth_keys(self))
+        keys.update(limit_keys(self))
         return keys
 
     @property
@@ -165,7 +173,8 @@ class HttpsSpec(ProxySpec):
 
 
 _KEYS = {"localIP": "local_ip", "localPort": "local_port", "customDomains": "custom_domains",
-         "subdomain": "subdomain", "transport.proxyProtocolVersion": "proxy_protocol_version", **BANDWIDTH_ATTRIBUTES}
+         "subdomain": "subdomain", "transport.proxyProtocolVersion": "proxy_protocol_version", **BANDWIDTH_ATTRIBUTES,
+         **LIMIT_ATTRIBUTES}
 
 CUSTOM_DOMAINS = SpecField("customDomains", "list", "the host names visitors ask for (TLS SNI), such as "
                            "app.example.com or *.example.com", hint="field.customDomains.hint")
@@ -396,7 +405,7 @@ class HttpsFront:
 class HttpsProxy(ProxyType):
     name = "https"
     label = "HTTPS"
-    fields = (LOCAL_IP, LOCAL_PORT, CUSTOM_DOMAINS, SUBDOMAIN, PROXY_PROTOCOL, BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE)
+    fields = (LOCAL_IP, LOCAL_PORT, CUSTOM_DOMAINS, SUBDOMAIN, PROXY_PROTOCOL, BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE) + LIMIT_FIELDS
     #: A spec that parses, for the faces' tests (the names are not a required field: one of two is).
     example_keys: ClassVar[Dict[str, Any]] = {"customDomains": ["app.example.com"]}
     log = Logger(observer=gotaxy_observer)

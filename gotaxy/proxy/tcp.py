@@ -30,7 +30,8 @@ from gotaxy.proxy.address import PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, TunnelRefused
 from gotaxy.proxy.proxyprotocol import PROXY_PROTOCOL, check_version
 from gotaxy.proxy.fields import (
-    BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE, LOCAL_IP, LOCAL_PORT, REMOTE_PORT, check_local_ip, check_port, host_port, is_ip, parse_keys,
+    BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE, LIMIT_ATTRIBUTES, LIMIT_FIELDS, LOCAL_IP, LOCAL_PORT, REMOTE_PORT,
+    check_local_ip, check_port, host_port, is_ip, limit_field, limit_keys, parse_keys,
 )
 from gotaxy.relay import StreamRelay
 from gotaxy.server.tunnel import LiveTunnel, PublicFactory
@@ -55,6 +56,10 @@ class TcpSpec(ProxySpec):
     proxy_protocol_version: Optional[str] = attrs.field(default=None, validator=check_version)
     bandwidth_limit: Any = attrs.field(default=None, validator=check_limit)
     bandwidth_limit_mode: str = attrs.field(default="client", validator=check_mode)
+    #: ``gotaxy.server.limits``
+    max_connections: int = limit_field("transport.maxConnections")
+    max_connections_per_ip: int = limit_field("transport.maxConnectionsPerIP")
+    connection_rate_per_ip: int = limit_field("transport.connectionRatePerIP")
 
     def to_keys(self) -> Dict[str, Any]:
         keys: Dict[str, Any] = {"type": "tcp", "localIP": self.local_ip, "localPort": self.local_port,
@@ -62,6 +67,7 @@ class TcpSpec(ProxySpec):
         if self.proxy_protocol_version is not None:
             keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
         keys.update(bandwidth_keys(self))
+        keys.update(limit_keys(self))
         return keys
 
     @property
@@ -79,7 +85,8 @@ class TcpSpec(ProxySpec):
 
 #: frp's key -> TcpSpec's attribute.
 _ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port",
-               "transport.proxyProtocolVersion": "proxy_protocol_version", **BANDWIDTH_ATTRIBUTES}
+               "transport.proxyProtocolVersion": "proxy_protocol_version", **BANDWIDTH_ATTRIBUTES,
+               **LIMIT_ATTRIBUTES}
 
 
 class _LocalServiceFactory(ClientFactory):
@@ -105,7 +112,7 @@ class _LocalServiceFactory(ClientFactory):
 class TcpProxy(ProxyType):
     name = "tcp"
     label = "TCP"
-    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, PROXY_PROTOCOL, BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE)
+    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, PROXY_PROTOCOL, BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE) + LIMIT_FIELDS
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> TcpSpec:

@@ -55,7 +55,8 @@ from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion
 from gotaxy.proxy.address import PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
 from gotaxy.proxy.fields import (
-    LOCAL_IP, LOCAL_PORT, REMOTE_PORT, SpecField, check_local_ip, check_port, host_port, is_ip, parse_keys,
+    LIMIT_ATTRIBUTES, LIMIT_FIELDS, LOCAL_IP, LOCAL_PORT, REMOTE_PORT, SpecField, check_local_ip, check_port,
+    host_port, is_ip, limit_field, limit_keys, parse_keys,
 )
 
 #: Defaults and bounds of the association settings.
@@ -100,6 +101,10 @@ class UdpSpec(ProxySpec):
                                         validator=_positive("maxAssociations", MAX_ASSOCIATIONS))
     #: frp's ``transport.proxyProtocolVersion``: "v2" puts a PROXY v2 header ahead of every datagram; None: none
     proxy_protocol_version: Optional[str] = attrs.field(default=None)
+    #: ``gotaxy.server.limits``
+    max_connections: int = limit_field("transport.maxConnections")
+    max_connections_per_ip: int = limit_field("transport.maxConnectionsPerIP")
+    connection_rate_per_ip: int = limit_field("transport.connectionRatePerIP")
 
     @proxy_protocol_version.validator
     def _check_proxy_protocol(self, attribute: Any, value: Any) -> None:
@@ -112,6 +117,7 @@ class UdpSpec(ProxySpec):
                 "idleTimeout": self.idle_timeout, "maxAssociations": self.max_associations}
         if self.proxy_protocol_version is not None:
             keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
+        keys.update(limit_keys(self))
         return keys
 
     @property
@@ -129,7 +135,7 @@ class UdpSpec(ProxySpec):
 
 _ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port",
                "idleTimeout": "idle_timeout", "maxAssociations": "max_associations",
-               "transport.proxyProtocolVersion": "proxy_protocol_version"}
+               "transport.proxyProtocolVersion": "proxy_protocol_version", **LIMIT_ATTRIBUTES}
 
 IDLE_TIMEOUT = SpecField("idleTimeout", "integer", "seconds without a datagram either way after which a visitor's "
                          "association ends", default=DEFAULT_IDLE_TIMEOUT, minimum=1, maximum=MAX_IDLE_TIMEOUT)
@@ -213,6 +219,8 @@ class UdpFront(DatagramProtocol):
         if visitor is None:
             if not self.tunnel.admits(str(address[0])):
                 return  # banned, or outside the address rules: counted there (gotaxy.server.access)
+            if self.tunnel.limit(str(address[0])) is not None:
+                return  # over the tunnel's connection limits: counted there (gotaxy.server.limits)
             visitor = self._open(address)
             if visitor is None:
                 self.counts.no_slot += 1
@@ -239,6 +247,7 @@ class UdpFront(DatagramProtocol):
         flow.on_close = lambda reason: self._ended(visitor)
         self.visitors[address] = visitor
         self.tunnel.meter.open(flow)
+        self.tunnel.gate.opened(flow, str(address[0]))
         self.tunnel.streams[flow] = visitor
         self._schedule_sweep()
         return visitor
@@ -286,6 +295,7 @@ class UdpFront(DatagramProtocol):
         self.tunnel.streams.pop(visitor.flow, None)
         self.tunnel._activity.pop(visitor.flow, None)
         self.tunnel.meter.close(visitor.flow)
+        self.tunnel.gate.closed(visitor.flow)
         if not self.visitors and self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
             self._sweep = None
@@ -462,7 +472,7 @@ class Associations:
 class UdpProxy(ProxyType):
     name = "udp"
     label = "UDP"
-    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, IDLE_TIMEOUT, MAX_ASSOCIATIONS_FIELD, PROXY_PROTOCOL_V2)
+    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, IDLE_TIMEOUT, MAX_ASSOCIATIONS_FIELD, PROXY_PROTOCOL_V2) + LIMIT_FIELDS
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> UdpSpec:

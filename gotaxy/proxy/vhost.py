@@ -78,9 +78,11 @@ password counts towards the shared lock-out and towards a ban.
 
 What a visitor sees instead of a dropped connection: 404 (no tunnel has the
 name; ``custom404Page``), 403 (the tunnel's address rules), 401 (basic auth), 429 (locked out after failed
-log-ins), 502 (the client is offline, or its local service refused or
+log-ins; or the visitor's address is over the tunnel's
+``transport.maxConnectionsPerIP`` / ``transport.connectionRatePerIP``,
+``gotaxy.server.limits``), 502 (the client is offline, or its local service refused or
 broke the response), 503 (the tunnel is at its concurrent request cap or
-the client at its stream limit), 504 (no response headers within
+its ``transport.maxConnections``, or the client at its stream limit), 504 (no response headers within
 ``vhostHTTPTimeout``), 400 (not HTTP), 408 (request line and headers not in
 within ``vhostHTTPHeaderTimeout``), 431 (headers beyond
 ``vhostHTTPMaxHeaderBytes`` / ``vhostHTTPMaxHeaders``).  Each is counted by
@@ -93,6 +95,7 @@ import base64
 import binascii
 import hmac
 import html
+import math
 import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
@@ -106,6 +109,7 @@ from twisted.logger import Logger
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import set_no_delay
 from gotaxy.oslimits import listen_backlog
+from gotaxy.server.limits import TOO_FAST, TOO_MANY
 from gotaxy.wire import CLOSE_ERROR_PREFIX
 
 if TYPE_CHECKING:
@@ -592,6 +596,8 @@ class VisitorConnection(Protocol):
         self._response_timer: Any = None
         self._cycle_bytes = 0
         self.peer_host = ""
+        #: why the tunnel's connection limits refused the last stream ``_upstream_for`` tried, or None
+        self.limited: Optional[str] = None
         self.closed = False
 
     # -- the socket ------------------------------------------------------------
@@ -795,6 +801,19 @@ class VisitorConnection(Protocol):
             self._answer(503, "The website is busy; try again in a moment.", [(b"retry-after", b"1")])
             return
         upstream = self._upstream_for(tunnel)
+        if upstream is None and self.limited is not None:
+            # The tunnel's connection limits (gotaxy.server.limits): counted on its gate, and here by reason.
+            reason, self.limited = self.limited, None
+            front.refuse(reason, tunnel)
+            if reason == TOO_MANY:
+                self._answer(503, "The website is at its connection limit; try again in a moment.",
+                             [(b"retry-after", b"1")])
+            else:
+                rate = getattr(spec, "connection_rate_per_ip", 0)
+                wait = str(max(1, math.ceil(60 / rate)) if reason == TOO_FAST and rate else 1).encode()
+                self._answer(429, "Too many connections from your address to this website; try again in a moment.",
+                             [(b"retry-after", wait)])
+            return
         if upstream is None:
             front.refuse("busy", tunnel)
             self._answer(503, "The website's client cannot take another connection now; try again.",
@@ -868,6 +887,10 @@ class VisitorConnection(Protocol):
                     and upstream.h11.our_state is h11.IDLE and upstream.h11.their_state is h11.IDLE):
                 return upstream
             upstream.close("the next request goes elsewhere")
+        limited = tunnel.limit(self.peer_host)
+        if limited is not None:
+            self.limited = limited
+            return None
         session = tunnel.session
         peer = self.transport.getPeer()
         stream = session.open_stream(tunnel.name, f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', 0)}")
@@ -877,6 +900,7 @@ class VisitorConnection(Protocol):
         upstream = _Upstream(self, tunnel, stream)
         self.upstream = upstream
         tunnel.meter.open(stream)
+        tunnel.gate.opened(stream, self.peer_host)
         tunnel.streams[stream] = upstream  # type: ignore[assignment]
         stream.attach(upstream)
         return upstream
@@ -889,6 +913,7 @@ class VisitorConnection(Protocol):
         tunnel.streams.pop(stream, None)
         tunnel._activity.pop(stream, None)
         tunnel.meter.close(stream)
+        tunnel.gate.closed(stream)
         if self._producer is upstream:
             self.set_producer(upstream, None)
         if upstream is self.upstream:

@@ -160,6 +160,12 @@ class GotaxyCollector:
             "connection or the public socket was backed up), no_slot (no association for a new visitor).",
             labels=labels + ["reason"],
         )
+        limited = CounterMetricFamily(
+            "gotaxy_tunnel_limit_refused",
+            "Connections (udp: new visitors' datagrams) a tunnel's connection limits refused, by reason: "
+            "max_connections, max_connections_per_ip, connection_rate (gotaxy.server.limits).",
+            labels=labels + ["reason"],
+        )
         meters = core.meters
         for (client, name), meter in sorted(meters.tunnels.items()):
             bytes_in, bytes_out = meter.totals()
@@ -173,11 +179,15 @@ class GotaxyCollector:
                 datagrams.add_metric([client, name, "out"], counts.datagrams_out)
                 for reason in ("too_large", "queue_full", "no_slot"):
                     dropped.add_metric([client, name, reason], getattr(counts, reason))
+            if meter.gate is not None:
+                for reason, count in sorted(meter.gate.refused.items()):
+                    limited.add_metric([client, name, reason], count)
         yield opened
         yield refused
         yield traffic
         yield datagrams
         yield dropped
+        yield limited
 
         front = core.fronts.get("http")
         if front is not None:

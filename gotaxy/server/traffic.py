@@ -82,6 +82,8 @@ class TrafficMeter:
     streams: Set[Any] = attrs.Factory(set)
     #: a udp tunnel's datagram counters (``gotaxy.proxy.udp.DatagramCounts``), or None
     datagrams: Optional[Any] = None
+    #: the tunnel's connection limits' state (``gotaxy.server.limits.ConnectionGate``), made when first asked for
+    gate: Optional[Any] = None
     _ended_in: int = 0  #: bytes of connections that have ended
     _ended_out: int = 0
     _sampled: Tuple[int, int] = (0, 0)

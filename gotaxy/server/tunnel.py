@@ -22,6 +22,11 @@ Two limits keep one tunnel from starving the client's others:
   the tunnel's name and how many were refused, in the server's log and to
   the client (a ``connections_refused`` control message, for clients that
   announce it at login), so a flood costs one line, not one per connection.
+* The tunnel's own connection limits (``transport.maxConnections``,
+  ``transport.maxConnectionsPerIP``, ``transport.connectionRatePerIP``:
+  ``gotaxy.server.limits``) are checked by ``LiveTunnel.limit`` just
+  before a stream opens, for every type; a refusal is counted and reported
+  the same way.
 * A public connection that carries no data either way for
   ``tunnelIdleTimeout`` seconds is closed (``LiveTunnel.close_idle``, run
   by ``ServerCore`` a few times per timeout), so idle connections give
@@ -38,6 +43,7 @@ from twisted.logger import Logger
 
 from gotaxy.logs import gotaxy_observer
 from gotaxy.relay import StreamRelay, set_no_delay
+from gotaxy.server.limits import PER_SOURCE, REASONS, ConnectionGate, ConnectionLimits
 from gotaxy.server.traffic import Reading, TrafficMeter
 from gotaxy.wire import CLOSE_ERROR_PREFIX
 
@@ -104,6 +110,36 @@ class LiveTunnel:
         """
         access = getattr(getattr(self.session, "core", None), "access", None)
         return access is None or access.admits_tunnel(self.client, self.name, host, routed)
+
+    @property
+    def gate(self) -> ConnectionGate:
+        """Its connections by source and its refusals by reason, kept on its meter (which outlives it)."""
+        gate = self.meter.gate
+        if gate is None:
+            gate = self.meter.gate = ConnectionGate()
+        return gate  # type: ignore[no-any-return]
+
+    def limit(self, host: str) -> Optional[str]:
+        """
+        Why a new connection from ``host`` is refused by this tunnel's
+        connection limits (``gotaxy.server.limits``), counted and reported;
+        or None: it may open (the caller tells ``gate.opened`` once it has).
+        """
+        limits = ConnectionLimits.of(self.spec)
+        if not limits:
+            return None
+        core = getattr(self.session, "core", None)
+        reason = self.gate.check(host, limits, core.reactor.seconds() if core is not None else 0.0)
+        if reason is None:
+            return None
+        self.meter.refuse()
+        report_refusal(self, REASONS[reason])
+        access = getattr(core, "access", None)
+        if reason in PER_SOURCE and access is not None:
+            from gotaxy.server.access import FLOOD
+
+            access.failure(FLOOD, host, f"tunnel {self.client}/{self.name}")
+        return reason
 
     @property
     def opened(self) -> int:
@@ -196,13 +232,18 @@ class PublicConnection(StreamRelay):
             self.tunnel = None
             self.transport.abortConnection()
             return False
+        if tunnel.limit(peer.host) is not None:  # counted and reported there
+            self.tunnel = None
+            self.transport.abortConnection()
+            return False
         stream = session.open_stream(tunnel.name, f"{peer.host}:{peer.port}")
         if stream is None:
             tunnel.meter.refuse()
-            self._report_refusal(session.stream_refusal(tunnel.name) or "the client cannot take it")
+            report_refusal(tunnel, session.stream_refusal(tunnel.name) or "the client cannot take it")
             self.transport.loseConnection()
             return False
         tunnel.meter.open(stream)
+        tunnel.gate.opened(stream, peer.host)
         tunnel.streams[stream] = self
         version = tunnel.spec.proxy_protocol_version
         if version is not None:
@@ -214,23 +255,6 @@ class PublicConnection(StreamRelay):
             stream.write(preface)
         self.connect_stream(stream)
         return True
-
-    def _report_refusal(self, reason: str) -> None:
-        tunnel = self.tunnel
-        assert tunnel is not None
-        count = tunnel.session.core.refusals(tunnel.key)
-        if count is None:
-            return  # reported less than an interval ago
-        self.log.warn(
-            "tunnel {client}/{tunnel}: refused {count} public connection(s) (said at most once per "
-            "{interval:g} s): {reason}",
-            client=tunnel.client,
-            tunnel=tunnel.name,
-            count=count,
-            interval=REFUSAL_REPORT_INTERVAL,
-            reason=reason,
-        )
-        tunnel.session.connections_refused(tunnel.name, count, reason)
 
     def close_idle(self) -> bool:
         """Close this connection for being idle; False if it is closing already."""
@@ -252,6 +276,7 @@ class PublicConnection(StreamRelay):
         tunnel.streams.pop(stream, None)
         tunnel._activity.pop(stream, None)
         tunnel.meter.close(stream)
+        tunnel.gate.closed(stream)
         if stream.close_reason and stream.close_reason.startswith(CLOSE_ERROR_PREFIX):
             reason = stream.close_reason[len(CLOSE_ERROR_PREFIX) :]
             self.log.warn(
@@ -265,6 +290,33 @@ class PublicConnection(StreamRelay):
             tunnel.session.core.tunnel_error(tunnel, reason)
         else:
             tunnel.connect_failure = None
+
+
+_log = Logger(observer=gotaxy_observer)
+
+
+def report_refusal(tunnel: LiveTunnel, reason: str) -> None:
+    """
+    A public connection to ``tunnel`` was refused for ``reason``: one log
+    line and one message to its client per tunnel per
+    ``REFUSAL_REPORT_INTERVAL`` (the core's throttle), with the count.
+    """
+    core = getattr(tunnel.session, "core", None)
+    if core is None:
+        return
+    count = core.refusals(tunnel.key)
+    if count is None:
+        return  # reported less than an interval ago
+    _log.warn(
+        "tunnel {client}/{tunnel}: refused {count} public connection(s) (said at most once per "
+        "{interval:g} s): {reason}",
+        client=tunnel.client,
+        tunnel=tunnel.name,
+        count=count,
+        interval=REFUSAL_REPORT_INTERVAL,
+        reason=reason,
+    )
+    tunnel.session.connections_refused(tunnel.name, count, reason)
 
 
 class PublicFactory(ServerFactory):
