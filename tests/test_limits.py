@@ -190,3 +190,56 @@ def test_metrics_count_the_refusals_by_reason():
     held.transport.loseConnection()
     client.stop()
     server.shutdown()
+
+
+# -- udp associations and the HTTP front ---------------------------------------------------
+
+
+def test_udp_visitors_over_the_limits_are_dropped_and_counted():
+    from twisted.internet.task import Clock
+
+    from gotaxy.proxy.udp import UdpFront, UdpSpec
+    from gotaxy.server.tunnel import LiveTunnel
+    from tests.test_proxy_udp import FakeSession, RecordingPort
+
+    spec = UdpSpec(local_port=53, max_connections=2, max_connections_per_ip=1)
+    tunnel = LiveTunnel(client="c", name="dns", spec=spec, session=FakeSession())
+    udp = UdpFront(tunnel, Clock(), 1500)
+    udp.transport = RecordingPort()
+    udp.datagramReceived(b"1", (A, 1000))
+    udp.datagramReceived(b"2", (A, 1001))  # a second association from A
+    udp.datagramReceived(b"3", (B, 1000))
+    udp.datagramReceived(b"4", ("192.0.2.9", 1000))  # a third association
+    udp.datagramReceived(b"5", (A, 1000))  # A's first still works
+    assert [(f.peer, f.sent) for f in tunnel.session.flows] == [(f"{A}:1000", [b"1", b"5"]), (f"{B}:1000", [b"3"])]
+    assert tunnel.gate.refused == {TOO_MANY_FROM_SOURCE: 1, TOO_MANY: 1} and tunnel.refused == 2
+    udp.end(udp.visitors[(B, 1000)], "idle")
+    udp.datagramReceived(b"6", ("192.0.2.9", 1000))  # B's place is free
+    assert tunnel.session.flows[-1].sent == [b"6"] and tunnel.gate.per_source == {A: 1, "192.0.2.9": 1}
+
+
+def test_the_http_front_answers_429_for_one_source_and_503_when_the_site_is_full():
+    from tests.test_proxy_vhost import get, http, make_server, site, visit
+
+    network = MemoryNetwork()
+    server = make_server(network)
+    wiki = site(network, 9001, "wiki")
+    client = GotaxyClient(network, server.create_token("office"), tunnels=[
+        http("wiki", 9001, custom_domains=("wiki.example.com",), max_connections=2, max_connections_per_ip=1),
+    ]).start()
+    network.source = A
+    held = visit(network, get("wiki.example.com", "/hang"))  # its stream stays open
+    assert len(wiki.pending) == 1
+    (status, headers, body), = visit(network, get("wiki.example.com")).responses()
+    assert status == 429 and headers["retry-after"] == "1" and b"Too many connections from your address" in body
+    network.source = B
+    visit(network, get("wiki.example.com", "/hang"))
+    network.source = "192.0.2.9"
+    (status, _, body), = visit(network, get("wiki.example.com")).responses()
+    assert status == 503 and b"connection limit" in body
+    front = server.core.fronts["http"]
+    assert front.tunnel_refusals[("office", "wiki", TOO_MANY_FROM_SOURCE)] == 1
+    assert front.tunnel_refusals[("office", "wiki", TOO_MANY)] == 1
+    assert held.lost is None and len(wiki.pending) == 2  # the held ones are untouched
+    client.stop()
+    server.shutdown()

@@ -148,7 +148,9 @@ def test_the_panel_turns_a_forms_texts_into_frps_keys() -> None:
     )
     assert texts_back == {"localIP": "127.0.0.1", "localPort": "22", "remotePort": "0", "on": False, "names": "a, b",
                           "headers": "A=1", "secret": "", "limit": "", "transport.proxyProtocolVersion": "",
-                          "transport.bandwidthLimit": "", "transport.bandwidthLimitMode": ""}
+                          "transport.bandwidthLimit": "", "transport.bandwidthLimitMode": "",
+                          "transport.maxConnections": "", "transport.maxConnectionsPerIP": "",
+                          "transport.connectionRatePerIP": ""}
 
 
 def test_the_panel_shows_a_port_address_with_the_servers_host() -> None:

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 
 from gotaxy.proxy import PublicAddress, SpecError, parse_spec
 from gotaxy.proxy.udp import Associations, DatagramCounts, UdpFront, UdpSpec
+from gotaxy.server.limits import ConnectionGate
 from gotaxy.server.traffic import TrafficMeter
 from tests.inprocess import LiveSystem, wait_until
 
@@ -96,6 +97,9 @@ class FakeTunnel:
         self._activity: Dict[Any, Any] = {}
         #: who may send (LiveTunnel.admits: bans and address rules); everyone here
         self.admits: Any = lambda host, routed=False: True
+        #: its connection limits (LiveTunnel.limit, gotaxy.server.limits): none here
+        self.limit: Any = lambda host: None
+        self.gate = ConnectionGate()
 
 
 class RecordingPort:

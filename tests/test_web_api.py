@@ -393,7 +393,10 @@ class OperatorActionTests(WebTestCase):
                          [("localIP", "host", False), ("localPort", "port", True), ("remotePort", "port", False),
                           ("transport.proxyProtocolVersion", "choice", False),
                           ("transport.bandwidthLimit", "size", False),
-                          ("transport.bandwidthLimitMode", "choice", False)])
+                          ("transport.bandwidthLimitMode", "choice", False),
+                          ("transport.maxConnections", "integer", False),
+                          ("transport.maxConnectionsPerIP", "integer", False),
+                          ("transport.connectionRatePerIP", "integer", False)])
         self.assertEqual(tcp["fields"][2]["minimum"], 0)
         wanted = free_port()
         created = await web.post(f"{API}/tunnels", {"client": "alice", "name": "web", "spec": {
