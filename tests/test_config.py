@@ -517,6 +517,15 @@ class TestDocumentedExamples:
         (dns,) = loaded.config.tunnels
         assert (dns.type, dns.local_port, dns.remote_port) == ("udp", 53, 5353)
 
+    def test_connection_limits_example(self) -> None:
+        (example,) = [e for e in self.examples() if "transport.maxConnections" in e]
+        loaded = client(example)
+        assert loaded.warnings == ()
+        (ssh,) = loaded.config.tunnels
+        keys = ssh.proxy_keys()
+        assert (keys["transport.maxConnections"], keys["transport.maxConnectionsPerIP"],
+                keys["transport.connectionRatePerIP"]) == (20, 3, 10)
+
     def test_fragments(self) -> None:
         fragments = [e for e in self.examples() if not e.startswith("#")]
         assert len(fragments) == 2
