@@ -7,15 +7,21 @@ refused must exit non-zero so that systemd, Docker and scripts see the
 failure (retrying cannot fix it).  ``exit_with`` stops the reactor and
 registers an exit hook that ends the process with ``code`` once twistd has
 finished its own shutdown.
+
+``SignalReload`` is the other process-wide thing both programs share:
+``SIGHUP`` asks for a reload.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
-from typing import Any, List, NoReturn, Optional
+from typing import Any, List, NoReturn, Optional, Tuple, Type
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.python import usage
 
 
@@ -72,3 +78,42 @@ class TwistdOptions(usage.Options):
             if self.parent is None:  # parsed directly (tests, other programs): theirs to handle
                 raise
             exit_with_message(self.program, f"{e} (twistd {self.program} --help lists the options)", EXIT_USAGE)
+
+
+class SignalReload(Service):
+    """
+    ``SIGHUP`` reloads, as ``kill -HUP`` and ``systemctl reload`` expect; the
+    old handler is put back at stop.  ``reloader`` is the server's
+    ``ConfigReloader`` or the client's ``ClientReloader``: an async
+    ``reload(who)`` and a ``log``; ``expected`` are the failures it has
+    already logged (a wrong file), anything else is logged here.
+    """
+
+    def __init__(self, reloader: Any, reactor: Any, expected: Tuple[Type[BaseException], ...]) -> None:
+        self.reloader = reloader
+        self.reactor = reactor
+        self.expected = expected
+        self._previous: Any = None
+        #: The reload in progress or last done (tests wait on it).
+        self.last: Optional[Deferred] = None
+
+    def startService(self) -> None:
+        super().startService()
+        if hasattr(signal, "SIGHUP"):
+            self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if hasattr(signal, "SIGHUP") and self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        # A signal handler runs between two bytecodes of whatever the reactor
+        # thread was doing: only schedule the reload.
+        self.reactor.callFromThread(self._reload)
+
+    def _reload(self) -> None:
+        self.last = Deferred.fromCoroutine(self.reloader.reload("SIGHUP"))
+        self.last.addErrback(lambda f: f.trap(*self.expected))
+        self.last.addErrback(lambda f: self.reloader.log.failure("reloading on SIGHUP failed", f))

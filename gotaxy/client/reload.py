@@ -24,11 +24,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-import signal
-
 import attrs
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from gotaxy.client.control import proxy_spec
@@ -135,33 +132,3 @@ class ClientReloader:
         for warning in warnings:
             self.log.warn("{warning}", warning=warning)
         return report
-
-
-class ClientSignalReload(Service):
-    """``SIGHUP`` reloads the client's file; the old handler is put back at stop."""
-
-    def __init__(self, reloader: ClientReloader, reactor: Any) -> None:
-        self.reloader = reloader
-        self.reactor = reactor
-        self._previous: Any = None
-        #: The reload in progress or last done (tests wait on it).
-        self.last: Optional[Deferred] = None
-
-    def startService(self) -> None:
-        super().startService()
-        if hasattr(signal, "SIGHUP"):
-            self._previous = signal.signal(signal.SIGHUP, self._hangup)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if hasattr(signal, "SIGHUP") and self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
-
-    def _hangup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self._reload)
-
-    def _reload(self) -> None:
-        self.last = Deferred.fromCoroutine(self.reloader.reload("SIGHUP"))
-        self.last.addErrback(lambda f: f.trap(ConfigError))  # logged already
-        self.last.addErrback(lambda f: self.reloader.log.failure("reloading on SIGHUP failed", f))

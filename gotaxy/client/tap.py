@@ -16,7 +16,7 @@ from twisted.python import usage
 from gotaxy import __version__
 from gotaxy.client.admin import AdminService, ClientAdmin
 from gotaxy.client.control import ClientControlFactory, Reconnection, ReportingEndpoint, server_address
-from gotaxy.client.reload import ClientReloader, ClientSignalReload
+from gotaxy.client.reload import ClientReloader
 from gotaxy.client.identity import load_or_create_instance_id
 from gotaxy.config import (
     ClientConfig,
@@ -29,7 +29,7 @@ from gotaxy.config import (
 )
 from gotaxy.logs import gotaxy_observer, set_level
 from gotaxy.oslimits import log_fd_limit
-from gotaxy.process import EXIT_USAGE, TwistdOptions, exit_with, exit_with_message
+from gotaxy.process import EXIT_USAGE, SignalReload, TwistdOptions, exit_with, exit_with_message
 from gotaxy.tls import KNOWN_SERVERS_FILENAME, ServerVerifier, normalise_fingerprint
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.client")
@@ -266,7 +266,7 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
     path = options.get("config")
     # A reload may leave no tunnel (the last included file removed): the client stays connected.
     reloader = ClientReloader((lambda: build_config(options, require_tunnels=False)) if path else None, factory)
-    ClientSignalReload(reloader, reactor).setServiceParent(top)
+    SignalReload(reloader, reactor, expected=(ConfigError,)).setServiceParent(top)  # logged already
     if config.admin_port:
         admin = ClientAdmin(factory, reloader, path, reactor, stop=reactor.stop)
         AdminService(admin, config.admin_addr, config.admin_port, reactor).setServiceParent(top)

@@ -30,11 +30,8 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple, Union
 
-import signal
-
 import attrs
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from gotaxy.config import ConfigError, ServerConfig, settings_of
@@ -214,35 +211,3 @@ class ConfigReloader:
             self.log.warn("{warning}", warning=warning)
         await self.record(CONFIG_RELOADED, address=who, detail=report.summary())
         return report
-
-
-class SignalReload(Service):
-    """``SIGHUP`` reloads, as ``kill -HUP`` and ``systemctl reload`` expect; the old handler is put back at stop."""
-
-    def __init__(self, reloader: ConfigReloader, reactor: Any) -> None:
-        self.reloader = reloader
-        self.reactor = reactor
-        self._previous: Any = None
-        #: The reload in progress or last done (tests wait on it).
-        self.last: Optional[Deferred] = None
-
-    def startService(self) -> None:
-        super().startService()
-        if hasattr(signal, "SIGHUP"):
-            self._previous = signal.signal(signal.SIGHUP, self._hangup)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if hasattr(signal, "SIGHUP") and self._previous is not None:
-            signal.signal(signal.SIGHUP, self._previous)
-            self._previous = None
-
-    def _hangup(self, signum: int, frame: Any) -> None:
-        # A signal handler runs between two bytecodes of whatever the reactor
-        # thread was doing: only schedule the reload.
-        self.reactor.callFromThread(self._reload)
-
-    def _reload(self) -> None:
-        self.last = Deferred.fromCoroutine(self.reloader.reload("SIGHUP"))
-        self.last.addErrback(lambda f: f.trap(ReloadRefused))  # logged and recorded already
-        self.last.addErrback(lambda f: self.reloader.log.failure("reloading on SIGHUP failed", f))

@@ -68,7 +68,7 @@ from gotaxy.notify import build_notifier
 from gotaxy.notify.dispatch import Notifier
 from gotaxy.oslimits import backlog_warning, log_fd_limit
 from gotaxy.notify.managed import KeyMismatch, ManagedMailRecipients, ManagedWebhooks
-from gotaxy.process import EXIT_START_FAILED, EXIT_USAGE, StartError, TwistdOptions, exit_with_message
+from gotaxy.process import EXIT_START_FAILED, EXIT_USAGE, SignalReload, StartError, TwistdOptions, exit_with_message
 from gotaxy.server import access
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
 from gotaxy.server.core import ServerCore
@@ -81,7 +81,7 @@ from gotaxy.jointoken import make_join_token
 from gotaxy.server.lease import LEASE, NodeLease, node_id
 from gotaxy.server.outbox import EventTail
 from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url
-from gotaxy.server.reload import ConfigReloader, SignalReload
+from gotaxy.server.reload import ConfigReloader, ReloadRefused
 from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 from gotaxy.tls.acme import AcmeManager, ChallengeStore, settings_from
@@ -628,7 +628,7 @@ def _assemble(
         metrics, history, acme, site_certificates,
         event_tail,  # once every subscriber listens; stopped before the store closes
         web, console,
-        SignalReload(reloader, reactor),
+        SignalReload(reloader, reactor, expected=(ReloadRefused,)),  # logged and recorded already
     ):
         if part is not None:
             part.setServiceParent(top)
