@@ -202,8 +202,26 @@ def test_udp_visitors_over_the_limits_are_dropped_and_counted():
     from gotaxy.server.tunnel import LiveTunnel
     from tests.test_proxy_udp import FakeSession, RecordingPort
 
+    class Access:
+        failures = []
+
+        def admits_tunnel(self, client, name, host, routed=False):
+            return True
+
+        def failure(self, kind, host, detail=""):
+            self.failures.append((kind, host))
+
+    class Core:
+        reactor = Clock()
+        access = Access()
+
+        def refusals(self, key):
+            return None
+
+    session = FakeSession()
+    session.core = Core()
     spec = UdpSpec(local_port=53, max_connections=2, max_connections_per_ip=1)
-    tunnel = LiveTunnel(client="c", name="dns", spec=spec, session=FakeSession())
+    tunnel = LiveTunnel(client="c", name="dns", spec=spec, session=session)
     udp = UdpFront(tunnel, Clock(), 1500)
     udp.transport = RecordingPort()
     udp.datagramReceived(b"1", (A, 1000))
@@ -213,6 +231,7 @@ def test_udp_visitors_over_the_limits_are_dropped_and_counted():
     udp.datagramReceived(b"5", (A, 1000))  # A's first still works
     assert [(f.peer, f.sent) for f in tunnel.session.flows] == [(f"{A}:1000", [b"1", b"5"]), (f"{B}:1000", [b"3"])]
     assert tunnel.gate.refused == {TOO_MANY_FROM_SOURCE: 1, TOO_MANY: 1} and tunnel.refused == 2
+    assert Core.access.failures == []  # a datagram's source can be forged: no ban for it
     udp.end(udp.visitors[(B, 1000)], "idle")
     udp.datagramReceived(b"6", ("192.0.2.9", 1000))  # B's place is free
     assert tunnel.session.flows[-1].sent == [b"6"] and tunnel.gate.per_source == {A: 1, "192.0.2.9": 1}

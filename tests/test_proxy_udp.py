@@ -98,7 +98,7 @@ class FakeTunnel:
         #: who may send (LiveTunnel.admits: bans and address rules); everyone here
         self.admits: Any = lambda host, routed=False: True
         #: its connection limits (LiveTunnel.limit, gotaxy.server.limits): none here
-        self.limit: Any = lambda host: None
+        self.limit: Any = lambda host, spoofable=False: None
         self.gate = ConnectionGate()
 
 

@@ -219,8 +219,8 @@ class UdpFront(DatagramProtocol):
         if visitor is None:
             if not self.tunnel.admits(str(address[0])):
                 return  # banned, or outside the address rules: counted there (gotaxy.server.access)
-            if self.tunnel.limit(str(address[0])) is not None:
-                return  # over the tunnel's connection limits: counted there (gotaxy.server.limits)
+            if self.tunnel.limit(str(address[0]), spoofable=True) is not None:
+                return  # over the tunnel's connection limits: counted there (gotaxy.server.limits); no ban
             visitor = self._open(address)
             if visitor is None:
                 self.counts.no_slot += 1

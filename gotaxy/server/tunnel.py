@@ -119,11 +119,13 @@ class LiveTunnel:
             gate = self.meter.gate = ConnectionGate()
         return gate  # type: ignore[no-any-return]
 
-    def limit(self, host: str) -> Optional[str]:
+    def limit(self, host: str, spoofable: bool = False) -> Optional[str]:
         """
         Why a new connection from ``host`` is refused by this tunnel's
         connection limits (``gotaxy.server.limits``), counted and reported;
         or None: it may open (the caller tells ``gate.opened`` once it has).
+        ``spoofable``: ``host`` is a datagram's source, which anybody can
+        forge, so its refusals do not count towards a ban.
         """
         limits = ConnectionLimits.of(self.spec)
         if not limits:
@@ -135,7 +137,7 @@ class LiveTunnel:
         self.meter.refuse()
         report_refusal(self, REASONS[reason])
         access = getattr(core, "access", None)
-        if reason in PER_SOURCE and access is not None:
+        if reason in PER_SOURCE and access is not None and not spoofable:
             from gotaxy.server.access import FLOOD
 
             access.failure(FLOOD, host, f"tunnel {self.client}/{self.name}")
