@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 
 from gotaxy.proxy import SpecError, SpecField, describe_types, parse_spec, registry
-from gotaxy.proxy.fields import LOCAL_IP, LOCAL_PORT, REMOTE_PORT, parse_keys
+from gotaxy.proxy.fields import LOCAL_IP, LOCAL_PORT, REMOTE_PORT, ConnectionLimited, StreamLimited, parse_keys
 from gotaxy.proxy.tcp import TcpSpec
 from gotaxy.web.openapi import openapi_document
 
@@ -85,6 +85,35 @@ def test_every_types_fields_match_what_its_parse_accepts() -> None:
                 keys[f.key] = {"port": 1, "integer": 1}.get(f.kind, f.default if f.default is not None else "x")
         spec = proxy_type.parse(keys)
         assert set(spec.to_keys()) - {"type"} <= {f.key for f in proxy_type.fields}, proxy_type.name
+
+
+def test_every_type_inherits_the_shared_rules() -> None:
+    # The connection limits (and, for byte-stream types, the bandwidth limit) come from one place:
+    # a type gets the validators, the fields the faces draw and the keys from ConnectionLimited.
+    for proxy_type in registry.types():
+        keys = {"type": proxy_type.name, **getattr(proxy_type, "example_keys", {})}
+        keys.update({f.key: 1 for f in proxy_type.fields if f.required})
+        spec_class = type(proxy_type.parse(keys))
+        assert issubclass(spec_class, ConnectionLimited), proxy_type.name
+        keys_of_rules = [f.key for f in spec_class.RULE_FIELDS]
+        assert [f.key for f in proxy_type.fields][-len(keys_of_rules):] == keys_of_rules, proxy_type.name
+        ruled = {**keys, "transport.maxConnections": 7, "transport.connectionRatePerIP": 30}
+        if issubclass(spec_class, StreamLimited):
+            ruled.update({"transport.bandwidthLimit": "2MB", "transport.bandwidthLimitMode": "server"})
+        spec = proxy_type.parse(ruled)
+        assert spec.max_connections == 7 and spec.connection_rate_per_ip == 30
+        assert {k: v for k, v in spec.to_keys().items() if k in spec_class.RULE_ATTRIBUTES} == {
+            k: v for k, v in ruled.items() if k in spec_class.RULE_ATTRIBUTES}, proxy_type.name
+        with pytest.raises(SpecError) as e:
+            proxy_type.parse({**keys, "transport.maxConnections": -1})
+        assert e.value.key == "transport.maxConnections"
+
+
+def test_a_stream_types_bandwidth_limit_is_checked_by_the_shared_rule() -> None:
+    with pytest.raises(SpecError) as e:
+        parse_spec({"type": "tcp", "localPort": 22, "transport.bandwidthLimitMode": "both"})
+    assert e.value.key == "transport.bandwidthLimitMode"
+    assert TcpSpec(22, bandwidth_limit="1MB").to_keys()["transport.bandwidthLimit"] == "1MB"
 
 
 def test_the_openapi_document_holds_every_types_spec() -> None:

@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 import attrs
 
+from gotaxy.bandwidth import BANDWIDTH_ATTRIBUTES, bandwidth_keys, check_limit, check_mode
 from gotaxy.proxy.base import ProxySpec, SpecError
 
 KINDS = ("host", "port", "integer", "size", "text", "secret", "bool", "choice", "list", "map")
@@ -215,17 +216,16 @@ def parse_keys(type_name: str, fields: Sequence[SpecField], keys: Mapping[str, A
     return spec_class(**{attributes[key]: value for key, value in keys.items() if key in attributes})
 
 
-#: frp's ``transport.bandwidthLimit`` and ``transport.bandwidthLimitMode`` (``gotaxy.bandwidth`` enforces them),
-#: for the types whose connections are streams (tcp, http, https).
-BANDWIDTH_LIMIT = SpecField("transport.bandwidthLimit", "size",
-                            "most bytes a second in each direction, all connections together "
-                            "(\"1MB\", \"512KB\"; empty: no limit)", hint="field.transport.bandwidthLimit.hint")
-BANDWIDTH_LIMIT_MODE = SpecField("transport.bandwidthLimitMode", "choice",
-                                 "which end enforces transport.bandwidthLimit: the client or the server",
-                                 default="client", choices=("client", "server"))
-
-
-# -- connection limits (``gotaxy.server.limits``), on every type ---------------------
+# -- the rules every tunnel inherits: connection limits, bandwidth limits ------------
+#
+# They are properties of the tunnel, not of its type: a type's spec inherits
+# them from ``ConnectionLimited`` (every type) or ``StreamLimited`` (the types
+# whose connections are byte streams: the bandwidth limit works through the
+# mux windows), and lists ``Spec.RULE_FIELDS`` after its own fields,
+# ``Spec.RULE_ATTRIBUTES`` in its key map and ``spec.rule_keys()`` in its
+# ``to_keys``.  The attributes are keyword-only, so a subclass's own required
+# settings (``localPort``) may come first.  ``tests/test_proxy_fields.py``
+# checks that every registered type does all three.
 
 #: Highest value of a connection limit.
 MAX_LIMIT = 1_000_000
@@ -241,6 +241,14 @@ def check_connection_limit(key: str) -> Callable[[Any, Any, Any], None]:
     return check
 
 
+#: frp's ``transport.bandwidthLimit`` and ``transport.bandwidthLimitMode`` (``gotaxy.bandwidth`` enforces them).
+BANDWIDTH_LIMIT = SpecField("transport.bandwidthLimit", "size",
+                            "most bytes a second in each direction, all connections together "
+                            "(\"1MB\", \"512KB\"; empty: no limit)", hint="field.transport.bandwidthLimit.hint")
+BANDWIDTH_LIMIT_MODE = SpecField("transport.bandwidthLimitMode", "choice",
+                                 "which end enforces transport.bandwidthLimit: the client or the server",
+                                 default="client", choices=("client", "server"))
+#: Connection limits (``gotaxy.server.limits``).
 MAX_CONNECTIONS = SpecField("transport.maxConnections", "integer",
                             "connections to this tunnel at once; one more is refused (0: no limit)",
                             default=0, minimum=0, maximum=MAX_LIMIT)
@@ -250,19 +258,47 @@ MAX_CONNECTIONS_PER_IP = SpecField("transport.maxConnectionsPerIP", "integer",
 CONNECTION_RATE_PER_IP = SpecField("transport.connectionRatePerIP", "integer",
                                    "new connections per minute from one source address, in bursts of as many; "
                                    "faster ones are refused (0: no limit)", default=0, minimum=0, maximum=MAX_LIMIT)
-#: The limit fields every type has, after its own.
+#: The connection limit fields, in the order to show them.
 LIMIT_FIELDS = (MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP, CONNECTION_RATE_PER_IP)
-#: frp-style key -> the spec's attribute, for ``parse_keys``.
+#: frp-style key -> the spec's attribute.
 LIMIT_ATTRIBUTES = {"transport.maxConnections": "max_connections",
                     "transport.maxConnectionsPerIP": "max_connections_per_ip",
                     "transport.connectionRatePerIP": "connection_rate_per_ip"}
 
 
-def limit_field(key: str) -> Any:
-    """The attrs field of a spec for limit ``key`` (0 by default)."""
-    return attrs.field(default=0, validator=check_connection_limit(key))
+def _limit(key: str) -> Any:
+    return attrs.field(default=0, kw_only=True, validator=check_connection_limit(key))
 
 
-def limit_keys(spec: Any) -> Dict[str, int]:
-    """The limit keys a spec sets (those that are not 0), for its ``to_keys``."""
-    return {key: getattr(spec, attribute) for key, attribute in LIMIT_ATTRIBUTES.items() if getattr(spec, attribute)}
+@attrs.frozen
+class ConnectionLimited:
+    """The connection limits every type's spec has (``gotaxy.server.limits``); 0 is no limit."""
+
+    #: The fields, for the type's ``fields`` (after its own).
+    RULE_FIELDS: ClassVar[Tuple[SpecField, ...]] = LIMIT_FIELDS
+    #: frp's key -> attribute, for the type's ``parse``.
+    RULE_ATTRIBUTES: ClassVar[Dict[str, str]] = LIMIT_ATTRIBUTES
+
+    max_connections: int = _limit("transport.maxConnections")
+    max_connections_per_ip: int = _limit("transport.maxConnectionsPerIP")
+    connection_rate_per_ip: int = _limit("transport.connectionRatePerIP")
+
+    def rule_keys(self) -> Dict[str, Any]:
+        """frp's keys of the rules this spec sets (a limit of 0 is left out), for its ``to_keys``."""
+        return {key: getattr(self, attribute) for key, attribute in LIMIT_ATTRIBUTES.items() if getattr(self, attribute)}
+
+
+@attrs.frozen
+class StreamLimited(ConnectionLimited):
+    """The connection limits and the bandwidth limit, for a type whose connections are byte streams."""
+
+    RULE_FIELDS: ClassVar[Tuple[SpecField, ...]] = (BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE) + LIMIT_FIELDS
+    RULE_ATTRIBUTES: ClassVar[Dict[str, str]] = {**BANDWIDTH_ATTRIBUTES, **LIMIT_ATTRIBUTES}
+
+    #: frp's ``transport.bandwidthLimit`` as given ("1MB", or bytes); None: no limit
+    bandwidth_limit: Any = attrs.field(default=None, kw_only=True, validator=check_limit)
+    #: frp's ``transport.bandwidthLimitMode``: "client" or "server" enforces it
+    bandwidth_limit_mode: str = attrs.field(default="client", kw_only=True, validator=check_mode)
+
+    def rule_keys(self) -> Dict[str, Any]:
+        return {**bandwidth_keys(self), **super().rule_keys()}

@@ -35,10 +35,8 @@ from twisted.python.failure import Failure
 from gotaxy.mux import Stream
 from gotaxy.proxy.address import MAX_HOSTS, MAX_PATH, MAX_PATHS, MAX_ROUTE_USER, AddressError, PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
-from gotaxy.bandwidth import BANDWIDTH_ATTRIBUTES, bandwidth_keys, check_limit, check_mode
 from gotaxy.proxy.fields import (
-    BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE, LIMIT_ATTRIBUTES, LIMIT_FIELDS, LOCAL_IP, LOCAL_PORT, SpecField, check_local_ip,
-    check_port, host_port, limit_field, limit_keys,
+    LOCAL_IP, LOCAL_PORT, SpecField, StreamLimited, check_local_ip, check_port, host_port,
 )
 from gotaxy.proxy.tcp import connect_local
 from gotaxy.server.tunnel import LiveTunnel
@@ -153,8 +151,8 @@ def _header_rules(key: str) -> Callable[[Any], Tuple[Tuple[str, str], ...]]:
 
 
 @attrs.frozen
-class HttpSpec(ProxySpec):
-    """A ``type = "http"`` tunnel; see the module docstring for the keys."""
+class HttpSpec(StreamLimited, ProxySpec):
+    """A ``type = "http"`` tunnel; see the module docstring for the keys (and ``StreamLimited`` for the rules)."""
 
     type: ClassVar[str] = "http"
 
@@ -177,12 +175,6 @@ class HttpSpec(ProxySpec):
     response_headers: Tuple[Tuple[str, str], ...] = attrs.field(default=(), converter=_header_rules("responseHeaders.set"))
     #: Plain-HTTP requests get a redirect to the same URL over HTTPS (needs the server's vhostHTTPSPort).
     redirect_to_https: bool = attrs.field(default=False, validator=_boolean("redirectToHTTPS"))
-    bandwidth_limit: Any = attrs.field(default=None, validator=check_limit)
-    bandwidth_limit_mode: str = attrs.field(default="client", validator=check_mode)
-    #: ``gotaxy.server.limits``
-    max_connections: int = limit_field("transport.maxConnections")
-    max_connections_per_ip: int = limit_field("transport.maxConnectionsPerIP")
-    connection_rate_per_ip: int = limit_field("transport.connectionRatePerIP")
 
     def __attrs_post_init__(self) -> None:
         if not self.custom_domains and self.subdomain is None:
@@ -214,8 +206,7 @@ class HttpSpec(ProxySpec):
             keys["responseHeaders"] = {"set": dict(self.response_headers)}
         if self.redirect_to_https:
             keys["redirectToHTTPS"] = True
-        keys.update(bandwidth_keys(self))
-        keys.update(limit_keys(self))
+        keys.update(self.rule_keys())
         return keys
 
     @property
@@ -267,7 +258,7 @@ _ATTRIBUTES = {
     "localIP": "local_ip", "localPort": "local_port", "customDomains": "custom_domains",
     "subdomain": "subdomain", "locations": "locations", "hostHeaderRewrite": "host_header_rewrite",
     "httpUser": "http_user", "httpPassword": "http_password", "routeByHTTPUser": "route_by_http_user",
-    "redirectToHTTPS": "redirect_to_https", **BANDWIDTH_ATTRIBUTES, **LIMIT_ATTRIBUTES,
+    "redirectToHTTPS": "redirect_to_https", **HttpSpec.RULE_ATTRIBUTES,
 }
 _TABLES = {"requestHeaders": "request_headers", "responseHeaders": "response_headers"}
 
@@ -292,9 +283,7 @@ class HttpProxy(ProxyType):
         SpecField("responseHeaders", "map", "response headers the server sets, NAME=VALUE"),
         SpecField("redirectToHTTPS", "bool", "answer plain-HTTP requests with a redirect to HTTPS "
                   "(the server's vhostHTTPSPort)", default=False),
-        BANDWIDTH_LIMIT,
-        BANDWIDTH_LIMIT_MODE,
-    ) + LIMIT_FIELDS
+    ) + HttpSpec.RULE_FIELDS
     #: Keys that make a valid spec with the required fields (one of customDomains and subdomain is needed).
     example_keys: ClassVar[Dict[str, Any]] = {"customDomains": ["www.example.com"]}
 

@@ -48,11 +48,8 @@ from gotaxy.oslimits import listen_backlog
 from gotaxy.proxy.address import MAX_HOSTS, AddressError, PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
 from gotaxy.proxy.fields import (
-    LIMIT_ATTRIBUTES, LIMIT_FIELDS, LOCAL_IP, LOCAL_PORT, SpecField, check_local_ip, check_port, host_port,
-    limit_field, limit_keys, parse_keys,
+    LOCAL_IP, LOCAL_PORT, SpecField, StreamLimited, check_local_ip, check_port, host_port, parse_keys,
 )
-from gotaxy.bandwidth import BANDWIDTH_ATTRIBUTES, bandwidth_keys, check_limit, check_mode
-from gotaxy.proxy.fields import BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE
 from gotaxy.proxy.proxyprotocol import PROXY_PROTOCOL, check_version
 from gotaxy.proxy.sni import MAX_BUFFERED, ClientHello, NotAClientHello, read_client_hello
 from gotaxy.proxy.tcp import TCP, TcpSpec
@@ -105,7 +102,7 @@ def _subdomain(value: Any) -> Optional[str]:
 
 
 @attrs.frozen
-class HttpsSpec(ProxySpec):
+class HttpsSpec(StreamLimited, ProxySpec):
     """A ``type = "https"`` tunnel: frp's ``customDomains``, ``subdomain``, ``localIP``, ``localPort``."""
 
     type: ClassVar[str] = "https"
@@ -115,12 +112,6 @@ class HttpsSpec(ProxySpec):
     custom_domains: Tuple[str, ...] = attrs.field(default=(), converter=_domains)
     subdomain: Optional[str] = attrs.field(default=None, converter=_subdomain)
     proxy_protocol_version: Optional[str] = attrs.field(default=None, validator=check_version)
-    bandwidth_limit: Any = attrs.field(default=None, validator=check_limit)
-    bandwidth_limit_mode: str = attrs.field(default="client", validator=check_mode)
-    #: ``gotaxy.server.limits``
-    max_connections: int = limit_field("transport.maxConnections")
-    max_connections_per_ip: int = limit_field("transport.maxConnectionsPerIP")
-    connection_rate_per_ip: int = limit_field("transport.connectionRatePerIP")
 
     def __attrs_post_init__(self) -> None:
         if not self.custom_domains and self.subdomain is None:
@@ -137,8 +128,7 @@ class HttpsSpec(ProxySpec):
             keys["subdomain"] = self.subdomain
         if self.proxy_protocol_version is not None:
             keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
-        keys.update(bandwidth_keys(self))
-        keys.update(limit_keys(self))
+        keys.update(self.rule_keys())
         return keys
 
     @property
@@ -173,8 +163,7 @@ class HttpsSpec(ProxySpec):
 
 
 _KEYS = {"localIP": "local_ip", "localPort": "local_port", "customDomains": "custom_domains",
-         "subdomain": "subdomain", "transport.proxyProtocolVersion": "proxy_protocol_version", **BANDWIDTH_ATTRIBUTES,
-         **LIMIT_ATTRIBUTES}
+         "subdomain": "subdomain", "transport.proxyProtocolVersion": "proxy_protocol_version", **HttpsSpec.RULE_ATTRIBUTES}
 
 CUSTOM_DOMAINS = SpecField("customDomains", "list", "the host names visitors ask for (TLS SNI), such as "
                            "app.example.com or *.example.com", hint="field.customDomains.hint")
@@ -405,7 +394,7 @@ class HttpsFront:
 class HttpsProxy(ProxyType):
     name = "https"
     label = "HTTPS"
-    fields = (LOCAL_IP, LOCAL_PORT, CUSTOM_DOMAINS, SUBDOMAIN, PROXY_PROTOCOL, BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE) + LIMIT_FIELDS
+    fields = (LOCAL_IP, LOCAL_PORT, CUSTOM_DOMAINS, SUBDOMAIN, PROXY_PROTOCOL) + HttpsSpec.RULE_FIELDS
     #: A spec that parses, for the faces' tests (the names are not a required field: one of two is).
     example_keys: ClassVar[Dict[str, Any]] = {"customDomains": ["app.example.com"]}
     log = Logger(observer=gotaxy_observer)

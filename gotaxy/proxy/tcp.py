@@ -22,7 +22,6 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gotaxy.bandwidth import BANDWIDTH_ATTRIBUTES, bandwidth_keys, check_limit, check_mode
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import Stream
 from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion, listen_backlog, watch_accepts
@@ -30,8 +29,7 @@ from gotaxy.proxy.address import PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, TunnelRefused
 from gotaxy.proxy.proxyprotocol import PROXY_PROTOCOL, check_version
 from gotaxy.proxy.fields import (
-    BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE, LIMIT_ATTRIBUTES, LIMIT_FIELDS, LOCAL_IP, LOCAL_PORT, REMOTE_PORT,
-    check_local_ip, check_port, host_port, is_ip, limit_field, limit_keys, parse_keys,
+    LOCAL_IP, LOCAL_PORT, REMOTE_PORT, StreamLimited, check_local_ip, check_port, host_port, is_ip, parse_keys,
 )
 from gotaxy.relay import StreamRelay
 from gotaxy.server.tunnel import LiveTunnel, PublicFactory
@@ -45,8 +43,8 @@ MAX_PICK_ATTEMPTS = 8
 
 
 @attrs.frozen
-class TcpSpec(ProxySpec):
-    """A ``type = "tcp"`` tunnel: frp's ``localIP``, ``localPort`` and ``remotePort``."""
+class TcpSpec(StreamLimited, ProxySpec):
+    """A ``type = "tcp"`` tunnel: frp's ``localIP``, ``localPort`` and ``remotePort`` (and the rules of ``StreamLimited``)."""
 
     type: ClassVar[str] = "tcp"
 
@@ -54,20 +52,13 @@ class TcpSpec(ProxySpec):
     local_ip: str = attrs.field(default="127.0.0.1", validator=check_local_ip)
     remote_port: int = attrs.field(default=0, validator=check_port("remotePort", 0, " (0 lets the server pick)"))
     proxy_protocol_version: Optional[str] = attrs.field(default=None, validator=check_version)
-    bandwidth_limit: Any = attrs.field(default=None, validator=check_limit)
-    bandwidth_limit_mode: str = attrs.field(default="client", validator=check_mode)
-    #: ``gotaxy.server.limits``
-    max_connections: int = limit_field("transport.maxConnections")
-    max_connections_per_ip: int = limit_field("transport.maxConnectionsPerIP")
-    connection_rate_per_ip: int = limit_field("transport.connectionRatePerIP")
 
     def to_keys(self) -> Dict[str, Any]:
         keys: Dict[str, Any] = {"type": "tcp", "localIP": self.local_ip, "localPort": self.local_port,
                                 "remotePort": self.remote_port}
         if self.proxy_protocol_version is not None:
             keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
-        keys.update(bandwidth_keys(self))
-        keys.update(limit_keys(self))
+        keys.update(self.rule_keys())
         return keys
 
     @property
@@ -85,8 +76,7 @@ class TcpSpec(ProxySpec):
 
 #: frp's key -> TcpSpec's attribute.
 _ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port",
-               "transport.proxyProtocolVersion": "proxy_protocol_version", **BANDWIDTH_ATTRIBUTES,
-               **LIMIT_ATTRIBUTES}
+               "transport.proxyProtocolVersion": "proxy_protocol_version", **TcpSpec.RULE_ATTRIBUTES}
 
 
 class _LocalServiceFactory(ClientFactory):
@@ -112,7 +102,7 @@ class _LocalServiceFactory(ClientFactory):
 class TcpProxy(ProxyType):
     name = "tcp"
     label = "TCP"
-    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, PROXY_PROTOCOL, BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE) + LIMIT_FIELDS
+    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, PROXY_PROTOCOL) + TcpSpec.RULE_FIELDS
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> TcpSpec:

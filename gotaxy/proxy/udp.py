@@ -55,8 +55,8 @@ from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion
 from gotaxy.proxy.address import PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
 from gotaxy.proxy.fields import (
-    LIMIT_ATTRIBUTES, LIMIT_FIELDS, LOCAL_IP, LOCAL_PORT, REMOTE_PORT, SpecField, check_local_ip, check_port,
-    host_port, is_ip, limit_field, limit_keys, parse_keys,
+    LOCAL_IP, LOCAL_PORT, REMOTE_PORT, ConnectionLimited, SpecField, check_local_ip, check_port, host_port, is_ip,
+    parse_keys,
 )
 
 #: Defaults and bounds of the association settings.
@@ -87,7 +87,7 @@ def _positive(key: str, high: int) -> Callable[[Any, Any, Any], None]:
 
 
 @attrs.frozen
-class UdpSpec(ProxySpec):
+class UdpSpec(ConnectionLimited, ProxySpec):
     """A ``type = "udp"`` tunnel: frp's ``localIP``, ``localPort``, ``remotePort``, and the association bounds."""
 
     type: ClassVar[str] = "udp"
@@ -101,10 +101,6 @@ class UdpSpec(ProxySpec):
                                         validator=_positive("maxAssociations", MAX_ASSOCIATIONS))
     #: frp's ``transport.proxyProtocolVersion``: "v2" puts a PROXY v2 header ahead of every datagram; None: none
     proxy_protocol_version: Optional[str] = attrs.field(default=None)
-    #: ``gotaxy.server.limits``
-    max_connections: int = limit_field("transport.maxConnections")
-    max_connections_per_ip: int = limit_field("transport.maxConnectionsPerIP")
-    connection_rate_per_ip: int = limit_field("transport.connectionRatePerIP")
 
     @proxy_protocol_version.validator
     def _check_proxy_protocol(self, attribute: Any, value: Any) -> None:
@@ -117,7 +113,7 @@ class UdpSpec(ProxySpec):
                 "idleTimeout": self.idle_timeout, "maxAssociations": self.max_associations}
         if self.proxy_protocol_version is not None:
             keys["transport.proxyProtocolVersion"] = self.proxy_protocol_version
-        keys.update(limit_keys(self))
+        keys.update(self.rule_keys())
         return keys
 
     @property
@@ -135,7 +131,7 @@ class UdpSpec(ProxySpec):
 
 _ATTRIBUTES = {"localIP": "local_ip", "localPort": "local_port", "remotePort": "remote_port",
                "idleTimeout": "idle_timeout", "maxAssociations": "max_associations",
-               "transport.proxyProtocolVersion": "proxy_protocol_version", **LIMIT_ATTRIBUTES}
+               "transport.proxyProtocolVersion": "proxy_protocol_version", **UdpSpec.RULE_ATTRIBUTES}
 
 IDLE_TIMEOUT = SpecField("idleTimeout", "integer", "seconds without a datagram either way after which a visitor's "
                          "association ends", default=DEFAULT_IDLE_TIMEOUT, minimum=1, maximum=MAX_IDLE_TIMEOUT)
@@ -472,7 +468,7 @@ class Associations:
 class UdpProxy(ProxyType):
     name = "udp"
     label = "UDP"
-    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, IDLE_TIMEOUT, MAX_ASSOCIATIONS_FIELD, PROXY_PROTOCOL_V2) + LIMIT_FIELDS
+    fields = (LOCAL_IP, LOCAL_PORT, REMOTE_PORT, IDLE_TIMEOUT, MAX_ASSOCIATIONS_FIELD, PROXY_PROTOCOL_V2) + UdpSpec.RULE_FIELDS
     log = Logger(observer=gotaxy_observer)
 
     def parse(self, keys: Mapping[str, Any]) -> UdpSpec:
