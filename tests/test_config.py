@@ -526,6 +526,14 @@ class TestDocumentedExamples:
         assert (keys["transport.maxConnections"], keys["transport.maxConnectionsPerIP"],
                 keys["transport.connectionRatePerIP"]) == (20, 3, 10)
 
+    def test_tunnel_limit_defaults_example(self) -> None:
+        (example,) = [e for e in self.examples() if "tunnelMaxConnectionsPerIP" in e]
+        loaded = server(example)
+        assert loaded.warnings == ()
+        limits = loaded.config.limits
+        assert (limits.tunnel_max_connections, limits.tunnel_max_connections_per_ip,
+                limits.tunnel_connection_rate_per_ip) == (0, 5, 60)
+
     def test_fragments(self) -> None:
         fragments = [e for e in self.examples() if not e.startswith("#")]
         assert len(fragments) == 2

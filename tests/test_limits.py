@@ -7,9 +7,10 @@ on a fake clock and through a server on a ``MemoryNetwork``.
 from __future__ import annotations
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory
 
-from gotaxy.config import AccessSettings, TunnelSpec
+from gotaxy.config import AccessSettings, LimitsSettings, TunnelSpec
 from gotaxy.config.files import parse_client_config
 from gotaxy.proxy import parse_spec
 from gotaxy.proxy.base import SpecError
@@ -144,6 +145,27 @@ def test_max_connections_refuses_the_extra_one_while_the_others_flow():
     first.transport.loseConnection()
     network.flush()
     assert network.exchange(port, b"again", source="192.0.2.9") == b"again"  # a place is free again
+    client.stop()
+    server.shutdown()
+
+
+def test_the_servers_defaults_apply_to_a_tunnel_without_limits_of_its_own():
+    assert ConnectionLimits.of(parse_spec({"type": "tcp", "localPort": 22, "transport.maxConnections": 5}),
+                               ConnectionLimits(2, 1, 30)) == ConnectionLimits(5, 1, 30)  # its own wins
+    network = MemoryNetwork()
+    server = GotaxyServer(network, server_config(limits=LimitsSettings(tunnel_max_connections=1)))
+    client, port = tunnel_up(network, server)
+    held = connect(network, port, A)
+    assert connect(network, port, B).lost is not None  # the server's tunnelMaxConnections = 1
+    assert say(network, held, b"held") == b"held"
+    # A reload that lifts the default applies to the next connection; the held one stays.
+    done = Deferred.fromCoroutine(server.core.apply(server_config(limits=LimitsSettings(tunnel_max_connections=0))))
+    network.flush()
+    assert [c.key for c in done.result] == ["tunnelMaxConnections"]
+    assert network.exchange(port, b"now", source=B) == b"now"
+    assert say(network, held, b"still") == b"still"
+    assert server.core.tunnels[("alice", "web")].gate.refused == {TOO_MANY: 1}
+    held.transport.loseConnection()
     client.stop()
     server.shutdown()
 

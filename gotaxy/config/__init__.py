@@ -44,6 +44,8 @@ Key mapping, server (``ServerConfig``; a dotted field is in a section,
     maxPortsPerClient                limits.max_ports_per_client
     maxConnectionsPerClient          limits.max_connections_per_client (ours)
     tunnelIdleTimeout                limits.tunnel_idle_timeout (ours)
+    tunnelMaxConnections / ...PerIP  limits.tunnel_max_connections / _per_ip / tunnel_connection_rate_per_ip
+    / tunnelConnectionRatePerIP       (ours; defaults of a tunnel's transport.maxConnections ...)
     vhostHTTPPort / vhostHTTPTimeout vhost.http_port / vhost.http_timeout (0: no HTTP front; 60 s)
     subDomainHost / custom404Page    vhost.sub_domain_host / vhost.custom_404_page
     vhostForwardedHeaders            vhost.forwarded_headers (ours; "append" or "replace")

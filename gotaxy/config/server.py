@@ -100,6 +100,11 @@ class LimitsSettings:
     #: Bytes a second each way for all tunnels together, and for each client's (``gotaxy.bandwidth``); 0: none.
     max_bandwidth: int = _setting(0, BANDWIDTH, "maxBandwidth")
     max_bandwidth_per_client: int = _setting(0, BANDWIDTH, "maxBandwidthPerClient")
+    #: Server-wide defaults of a tunnel's connection limits (``gotaxy.server.limits``), for a tunnel that sets
+    #: none of its own (0): its ``transport.maxConnections``, ``maxConnectionsPerIP``, ``connectionRatePerIP``.
+    tunnel_max_connections: int = _setting(0, LIMIT, "tunnelMaxConnections")
+    tunnel_max_connections_per_ip: int = _setting(0, LIMIT, "tunnelMaxConnectionsPerIP")
+    tunnel_connection_rate_per_ip: int = _setting(0, LIMIT, "tunnelConnectionRatePerIP")
 
 
 @attrs.frozen

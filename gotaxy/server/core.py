@@ -79,6 +79,7 @@ from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.traffic import TrafficMeters
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel
+from gotaxy.server.limits import ConnectionLimits  # after tunnel: limits -> access -> store -> proxy -> tunnel
 from gotaxy.store import SOURCE_SERVER, ThreadedStore, TunnelRecord
 
 if TYPE_CHECKING:
@@ -201,6 +202,8 @@ class ServerCore:
         self.meters = TrafficMeters()
         #: maxBandwidth and maxBandwidthPerClient, set live by ``apply``
         self.bandwidth = ServerBandwidth(reactor, config.limits.max_bandwidth, config.limits.max_bandwidth_per_client)
+        #: The server's defaults for a tunnel's connection limits (``tunnelMaxConnections`` ...).
+        self.tunnel_limits = ConnectionLimits.server_defaults(config)
         self._last_error: Dict[Tuple[str, str], float] = {}
         self._in_use_logged: Dict[str, float] = {}
         self._rates = LoopingCall(self._sample_rates)
@@ -909,6 +912,12 @@ class ServerCore:
                 if hasattr(session, "max_streams"):
                     session.max_streams = config.limits.max_connections_per_client  # type: ignore[attr-defined]
             done.append(applied("maxConnectionsPerClient", "on every connected client's next connection"))
+        defaults = [k for k in ("tunnelMaxConnections", "tunnelMaxConnectionsPerIP", "tunnelConnectionRatePerIP")
+                    if k in changed]
+        if defaults:
+            self.tunnel_limits = ConnectionLimits.server_defaults(config)
+            for key in defaults:
+                done.append(applied(key, "new connections of every tunnel that sets no limit of its own"))
         bandwidth = [k for k in ("maxBandwidth", "maxBandwidthPerClient") if k in changed]
         if bandwidth:
             self.bandwidth.set(config.limits.max_bandwidth, config.limits.max_bandwidth_per_client)

@@ -67,10 +67,26 @@ class ConnectionLimits:
     rate_per_minute: int = 0
 
     @classmethod
-    def of(cls, spec: Any) -> "ConnectionLimits":
-        """The limits a spec asks for (a type without the keys has none)."""
-        return cls(getattr(spec, "max_connections", 0), getattr(spec, "max_connections_per_ip", 0),
-                   getattr(spec, "connection_rate_per_ip", 0))
+    def of(cls, spec: Any, defaults: Optional["ConnectionLimits"] = None) -> "ConnectionLimits":
+        """
+        The limits a spec asks for (a type without the keys has none); each
+        one it leaves at 0 is ``defaults``' (the server's ``tunnelMaxConnections``,
+        ``tunnelMaxConnectionsPerIP``, ``tunnelConnectionRatePerIP``) if given.
+        """
+        limits = cls(getattr(spec, "max_connections", 0), getattr(spec, "max_connections_per_ip", 0),
+                     getattr(spec, "connection_rate_per_ip", 0))
+        if defaults:
+            limits = cls(limits.max_connections or defaults.max_connections,
+                         limits.max_per_source or defaults.max_per_source,
+                         limits.rate_per_minute or defaults.rate_per_minute)
+        return limits
+
+    @classmethod
+    def server_defaults(cls, config: Any) -> "ConnectionLimits":
+        """The server's defaults for a tunnel's limits (``LimitsSettings``)."""
+        limits = getattr(config, "limits", None)
+        return cls(getattr(limits, "tunnel_max_connections", 0), getattr(limits, "tunnel_max_connections_per_ip", 0),
+                   getattr(limits, "tunnel_connection_rate_per_ip", 0))
 
     def __bool__(self) -> bool:
         return bool(self.max_connections or self.max_per_source or self.rate_per_minute)

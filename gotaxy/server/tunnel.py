@@ -127,10 +127,10 @@ class LiveTunnel:
         ``spoofable``: ``host`` is a datagram's source, which anybody can
         forge, so its refusals do not count towards a ban.
         """
-        limits = ConnectionLimits.of(self.spec)
+        core = getattr(self.session, "core", None)
+        limits = ConnectionLimits.of(self.spec, getattr(core, "tunnel_limits", None))
         if not limits:
             return None
-        core = getattr(self.session, "core", None)
         reason = self.gate.check(host, limits, core.reactor.seconds() if core is not None else 0.0)
         if reason is None:
             return None
