@@ -64,7 +64,16 @@ when the connection is backed up (paused by its transport, or more than
 so: datagrams are never queued, so a UDP flood cannot grow a buffer or hold
 up a stream's data, and a stream's bulk transfer is served first (it may
 fill the send buffer to ``MUX_SOCKET_BUFFER``, datagrams only to
-``DATAGRAM_BACKLOG``).  Flows have ids from the same sequence as streams,
+``DATAGRAM_BACKLOG``).  On a fast path the buffer rarely fills: what runs
+out is CPU, and each datagram costs several times a stream's CPU per
+byte.  So while the connection's streams are busy, datagrams get at most a
+share of it (``DatagramShare``): in each 50 ms they may send
+``DATAGRAM_SHARE`` of the bytes the streams moved in the 50 ms before
+(and at least 4 MiB/s), and the rest are dropped; when the streams are
+idle the datagrams have it all.  A flood beyond that share is dropped at
+the first check, and the proxy type stops reading its socket for a moment,
+so the kernel drops the rest without costing us anything
+(``gotaxy.proxy.udp``).  Flows have ids from the same sequence as streams,
 do not count against ``max_streams`` (their proxy type caps them per
 tunnel), and end with CLOSE from either side or when the connection is lost.
 
@@ -139,6 +148,25 @@ WRITE_STALL_TIMEOUT = 30.0
 #: Bytes waiting for the peer beyond which a datagram is dropped rather than
 #: sent (a quarter of what streams may fill), so that streams come first.
 DATAGRAM_BACKLOG = MUX_SOCKET_BUFFER // 4
+
+#: While the connection's streams are busy, datagrams may send at most this
+#: many bytes for each byte its streams moved (either way) in the period
+#: before; see "Datagram flows".  A datagram costs about three times a
+#: stream's CPU per byte (a frame, a TLS record and a system call each, at
+#: both ends), so 1/16 of the bytes is about a sixth of the CPU.
+DATAGRAM_SHARE = 1 / 16
+
+#: Seconds over which the share is reckoned.
+DATAGRAM_SHARE_PERIOD = 0.05
+
+#: Stream bytes per period (about 1.3 MB/s) below which the streams count as
+#: idle and datagrams have the connection to themselves.
+DATAGRAM_SHARE_BUSY = 64 * 1024
+
+#: Bytes per period datagrams may always send (4 MiB/s), however little the
+#: share: on a slow link (where the send buffer, not CPU, is the limit) a
+#: call or a game beside a download keeps its packets.
+DATAGRAM_SHARE_FLOOR = 4 * 1024 * 1024 * DATAGRAM_SHARE_PERIOD
 
 #: Datagram flows one connection may carry (each proxy type caps its own per tunnel).
 MAX_FLOWS = 65536
@@ -457,11 +485,15 @@ class Flow:
         self.on_close: Any = None
 
     def send(self, datagram: bytes) -> bool:
-        """Send one datagram to the peer now; False (dropped) if the connection is backed up or the flow closed."""
+        """
+        Send one datagram to the peer now; False (dropped) if the connection
+        is backed up, the datagrams have used their share of busy streams'
+        connection, or the flow is closed.
+        """
         mux = self.mux
         if self.closed or mux.paused or mux.disconnecting or len(datagram) > MAX_DATAGRAM:
             return False
-        if mux.buffered_output() > DATAGRAM_BACKLOG:
+        if not mux.datagram_share.allow(len(datagram)) or mux.buffered_output() > DATAGRAM_BACKLOG:
             return False
         self.bytes_out += len(datagram)
         self.datagrams_out += 1
@@ -504,6 +536,55 @@ class Flow:
         self.mux.flows.pop(self.id, None)
 
 
+class DatagramShare:
+    """
+    What datagrams may send on one connection while its streams are busy:
+    in each ``DATAGRAM_SHARE_PERIOD``, ``DATAGRAM_SHARE`` of the bytes the
+    streams moved per period since the last reckoning, and at least
+    ``DATAGRAM_SHARE_FLOOR`` (when they moved less than
+    ``DATAGRAM_SHARE_BUSY`` per period, no limit).  Reckoned when a datagram
+    asks, on the mux's reactor (none: no limit); no timer, and nothing is
+    added to a stream's work per chunk.
+    """
+
+    __slots__ = ("mux", "budget", "renew_at", "since", "mark")
+
+    def __init__(self, mux: "MuxProtocol") -> None:
+        self.mux = mux
+        self.budget: Optional[float] = None  #: bytes datagrams may still send this period; None: no limit
+        self.renew_at = 0.0
+        self.since: Optional[float] = None  #: when the share was last reckoned
+        self.mark = 0  #: the streams' byte count then
+
+    def allow(self, n: int) -> bool:
+        """May a datagram of ``n`` bytes go now? (It is counted as sent if so.)"""
+        reactor = self.mux.reactor
+        if reactor is None:
+            return True
+        now = reactor.seconds()
+        if now >= self.renew_at:
+            self._renew(now)
+        budget = self.budget
+        if budget is None:
+            return True
+        if budget < n:
+            return False
+        self.budget = budget - n
+        return True
+
+    def _renew(self, now: float) -> None:
+        moved = self.mux.stream_bytes()
+        since, self.since = self.since, now
+        streamed, self.mark = max(0, moved - self.mark), moved
+        self.renew_at = now + DATAGRAM_SHARE_PERIOD
+        if since is None:
+            self.budget = None
+            return
+        per_period = streamed * DATAGRAM_SHARE_PERIOD / max(now - since, DATAGRAM_SHARE_PERIOD)
+        self.budget = (max(per_period * DATAGRAM_SHARE, DATAGRAM_SHARE_FLOOR)
+                       if per_period >= DATAGRAM_SHARE_BUSY else None)
+
+
 @implementer(IPushProducer)
 class MuxProtocol(Protocol):
     """
@@ -530,6 +611,10 @@ class MuxProtocol(Protocol):
         self.flows: Dict[int, Flow] = {}
         #: what a proxy type keeps per connection, under its own name (udp: its associations)
         self.proxy_state: Dict[str, Any] = {}
+        #: how much of the connection datagrams may take while streams are busy
+        self.datagram_share = DatagramShare(self)
+        #: bytes (both ways) of the streams that have ended, for ``stream_bytes``
+        self._ended_stream_bytes = 0
         self.decoder = FrameDecoder(self._frame_received, self._data_received)
         self.paused = False
         self.authenticated = False
@@ -846,8 +931,13 @@ class MuxProtocol(Protocol):
 
     # -- hooks ---------------------------------------------------------------
 
+    def stream_bytes(self) -> int:
+        """Bytes the connection's streams have moved, both ways, since it opened (``DatagramShare``)."""
+        return self._ended_stream_bytes + sum(s.bytes_in + s.bytes_out for s in self.streams.values())
+
     def stream_closed(self, stream: Stream) -> None:
         if self.streams.pop(stream.id, None) is not None:
+            self._ended_stream_bytes += stream.bytes_in + stream.bytes_out
             left = self.tunnel_streams[stream.tunnel] - 1
             if left:
                 self.tunnel_streams[stream.tunnel] = left

@@ -1078,6 +1078,51 @@ def test_a_backed_up_connection_drops_datagrams_instead_of_queueing_them() -> No
     assert pair.server.open_flow("dns", "203.0.113.9:2") is None
 
 
+def test_while_streams_are_busy_datagrams_get_only_their_share_of_the_connection() -> None:
+    from gotaxy.mux import DATAGRAM_SHARE, DATAGRAM_SHARE_FLOOR, DATAGRAM_SHARE_PERIOD
+
+    pair = FlowPair()
+    clock = pair.server.reactor = Clock()
+    s, c, _, to_client = pair.open_flow()
+    stream, _, _, local = pair.open()
+    datagram = b"d" * 1200
+    assert s.send(datagram)  # nothing streamed yet: no limit
+    sent = 0
+    for _ in range(64):  # 8 MiB through the stream in the first period: the streams are busy
+        stream.write(b"s" * 131072)
+        sent += 131072
+        pair.pump()
+    assert len(local.value()) == sent
+    clock.advance(DATAGRAM_SHARE_PERIOD)
+    share = sent * DATAGRAM_SHARE
+    assert share > DATAGRAM_SHARE_FLOOR
+    allowed = 0
+    while s.send(datagram) and allowed < 10000:
+        allowed += 1
+    assert allowed == int(share // len(datagram))  # the rest of this period's datagrams are dropped
+    clock.advance(DATAGRAM_SHARE_PERIOD)  # the stream went quiet: the datagrams have it all again
+    assert all(s.send(datagram) for _ in range(2000))
+    pair.deliver_to_client()
+    assert len(to_client) == 1 + allowed + 2000 and set(to_client) == {datagram}
+
+
+def test_a_slow_stream_leaves_datagrams_at_least_the_floor() -> None:
+    from gotaxy.mux import DATAGRAM_SHARE_BUSY, DATAGRAM_SHARE_FLOOR, DATAGRAM_SHARE_PERIOD
+
+    pair = FlowPair()
+    clock = pair.server.reactor = Clock()
+    s, _, _, _ = pair.open_flow()
+    stream, _, _, _ = pair.open()
+    assert s.send(b"first")
+    stream.write(b"s" * DATAGRAM_SHARE_BUSY)  # busy, but its share would be tiny
+    pair.pump()
+    clock.advance(DATAGRAM_SHARE_PERIOD)
+    allowed = 0
+    while s.send(b"d" * 1000) and allowed < 10000:
+        allowed += 1
+    assert allowed == int(DATAGRAM_SHARE_FLOOR // 1000)
+
+
 def test_close_ends_a_flow_on_both_sides_and_late_datagrams_are_dropped() -> None:
     pair = FlowPair()
     s, c, to_server, to_client = pair.open_flow()

@@ -187,6 +187,77 @@ def test_drops_are_counted_by_reason_and_nothing_is_truncated() -> None:
     assert tunnel.meter.datagrams is udp.counts  # kept on the meter, which outlives the tunnel
 
 
+class PausablePort(RecordingPort):
+    """A public port whose reading can stop and start (Twisted's udp.Port does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+def test_after_a_drop_the_port_is_not_read_for_a_moment_and_the_same_turns_datagrams_cost_nothing() -> None:
+    from gotaxy.proxy.udp import DROP_PAUSE
+
+    clock = Clock()
+    udp, tunnel = front(UdpSpec(local_port=53), clock)
+    udp.transport = port = PausablePort()
+    udp.reading.attach(port)
+    udp.datagramReceived(b"1", ("203.0.113.1", 1))
+    (flow,) = tunnel.session.flows
+    flow.full = True  # the client's connection is backed up
+    udp.datagramReceived(b"2", ("203.0.113.1", 1))
+    assert not port.reading and udp.counts.queue_full == 1
+    flow.full = False
+    for n in range(50):  # the rest of the same read: dropped before anything else is looked at
+        udp.datagramReceived(b"x", ("203.0.113.%d" % (n + 2), 2))
+    assert (udp.counts.queue_full, len(tunnel.session.flows), flow.sent) == (51, 1, [b"1"])
+    clock.advance(DROP_PAUSE)
+    assert port.reading
+    udp.datagramReceived(b"3", ("203.0.113.1", 1))
+    assert flow.sent == [b"1", b"3"]
+    tunnel.session.refuse = True  # a new visitor finds no flow: dropped as no_slot, and a pause too
+    udp.datagramReceived(b"4", ("203.0.113.99", 9))
+    assert udp.counts.no_slot == 1 and not port.reading
+    udp.stop()
+    assert clock.getDelayedCalls() == []  # stopping ends the pause; nothing is read again
+
+
+def test_what_the_kernel_dropped_on_a_socket_is_counted() -> None:
+    import socket
+
+    from gotaxy.proxy.udp import ReadPause, kernel_drops
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.bind(("127.0.0.1", 0))
+
+        class Port:
+            socket = receiver
+
+        if kernel_drops(Port()) is None:
+            pytest.skip("this system does not tell a socket's drops (Linux's SO_MEMINFO)")
+        counted: List[int] = []
+        reading = ReadPause(Clock(), counted.append)
+        reading.attach(Port())
+        for _ in range(200):  # far more than 4 KiB of buffer holds; loopback delivers (or drops) at once
+            sender.sendto(b"x" * 1200, receiver.getsockname())
+        reading.fold()
+        assert counted and 100 < counted[0] <= 200
+        reading.fold()
+        assert len(counted) == 1  # counted once
+    finally:
+        receiver.close()
+        sender.close()
+
+
 class FakeReactorWithUDP(Clock):
     def __init__(self) -> None:
         super().__init__()

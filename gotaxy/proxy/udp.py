@@ -24,8 +24,15 @@ Datagrams are kept whole: one datagram is one DATAGRAM frame and one
 largest datagram carried, in both directions; a larger one is dropped and
 counted (never truncated: the socket is read with one byte more than the
 limit, so an oversized datagram is seen as such).  When the client's
-connection is backed up a datagram is dropped and counted (``Flow.send``),
-never queued, so TCP streams of the same client keep their throughput.
+connection is backed up, or the datagrams have used their share of a
+connection whose streams are busy, a datagram is dropped and counted
+(``Flow.send``), never queued, so TCP streams of the same client keep their
+throughput.  After such a drop the socket it came from is not read for
+``DROP_PAUSE`` (``ReadPause``): during a flood the kernel drops the rest,
+which costs us nothing, where reading each datagram only to drop it would
+take the CPU the streams need.  What the kernel dropped on a socket (its
+receive buffer was full) is read from it (Linux's ``SO_MEMINFO``) and
+counted as ``queue_full`` too.
 
 frp's ``transport.proxyProtocolVersion = "v2"`` puts HAProxy's PROXY v2
 header (family UDP, the visitor's address and the public one) ahead of every
@@ -42,6 +49,9 @@ from __future__ import annotations
 
 import collections
 import errno
+import socket
+import struct
+import sys
 from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import attrs
@@ -76,6 +86,80 @@ UDP_READ_PER_TURN = 64 * 1024
 
 #: Datagrams a client-side association keeps while it resolves a host-name ``localIP``.
 MAX_PENDING = 8
+
+#: Seconds a UDP socket is not read after a datagram from it was dropped for a backed-up connection.
+DROP_PAUSE = 0.01
+
+#: Linux's ``SO_MEMINFO`` (not in Python's socket module): a socket's memory counters, the ninth its drops.
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55 if sys.platform.startswith("linux") else None)
+_MEMINFO = struct.Struct("9I")
+
+
+def kernel_drops(transport: Any) -> Optional[int]:
+    """Datagrams the kernel dropped on ``transport``'s socket (its receive buffer was full); None: cannot tell."""
+    sock = getattr(transport, "socket", None)
+    if SO_MEMINFO is None or not isinstance(sock, socket.socket):
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
+    except OSError:
+        return None
+    return _MEMINFO.unpack(raw)[8] if len(raw) == _MEMINFO.size else None
+
+
+class ReadPause:
+    """
+    One UDP socket's reading, stopped for ``DROP_PAUSE`` after a datagram
+    from it had to be dropped (the kernel drops what comes meanwhile), and
+    the kernel's drops on it, handed to ``count`` as they are seen.
+    """
+
+    __slots__ = ("reactor", "count", "transport", "timer", "kernel", "stopped")
+
+    def __init__(self, reactor: Any, count: Callable[[int], None]) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.transport: Any = None
+        self.timer: Any = None
+        self.kernel = 0
+        self.stopped = False
+
+    def attach(self, transport: Any) -> None:
+        self.transport = transport
+        self.kernel = kernel_drops(transport) or 0
+
+    @property
+    def paused(self) -> bool:
+        return self.timer is not None
+
+    def dropped(self) -> None:
+        """A datagram from the socket was dropped: do not read it for a moment."""
+        transport = self.transport
+        if self.timer is not None or self.stopped or not hasattr(transport, "stopReading"):
+            return
+        transport.stopReading()
+        self.timer = self.reactor.callLater(DROP_PAUSE, self._resume)
+
+    def _resume(self) -> None:
+        self.timer = None
+        self.fold()
+        if not self.stopped:
+            self.transport.startReading()
+
+    def fold(self) -> None:
+        """Count what the kernel dropped on the socket since the last look."""
+        drops = kernel_drops(self.transport)
+        if drops is not None and drops > self.kernel:
+            self.count(drops - self.kernel)
+            self.kernel = drops
+
+    def stop(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if not self.stopped:
+            self.fold()
+        self.stopped = True
 
 
 def _positive(key: str, high: int) -> Callable[[Any, Any, Any], None]:
@@ -204,10 +288,21 @@ class UdpFront(DatagramProtocol):
         self.visitors: "collections.OrderedDict[Any, Visitor]" = collections.OrderedDict()
         self._sweep: Any = None
         self.stopped = False
+        self.reading = ReadPause(reactor, self._kernel_dropped)
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        self.reading.attach(transport)
+
+    def _kernel_dropped(self, n: int) -> None:
+        self.counts.queue_full += n
 
     # -- visitors -> client
 
     def datagramReceived(self, data: bytes, address: Any) -> None:
+        if self.reading.timer is not None:  # read in the same turn as a drop: the connection is still backed up
+            self.counts.queue_full += 1
+            return
         if len(data) > self.max_size:
             self.counts.too_large += 1
             return
@@ -220,6 +315,7 @@ class UdpFront(DatagramProtocol):
             visitor = self._open(address)
             if visitor is None:
                 self.counts.no_slot += 1
+                self.reading.dropped()
                 return
         else:
             self.visitors.move_to_end(address)
@@ -228,6 +324,7 @@ class UdpFront(DatagramProtocol):
             self.counts.datagrams_in += 1
         else:
             self.counts.queue_full += 1
+            self.reading.dropped()
 
     def _open(self, address: Any) -> Optional[Visitor]:
         if self.stopped:
@@ -303,6 +400,7 @@ class UdpFront(DatagramProtocol):
     def sweep(self) -> None:
         """End the associations idle for ``idleTimeout`` or more (the idle-longest come first)."""
         self._sweep = None
+        self.reading.fold()
         limit = self.reactor.seconds() - self.spec.idle_timeout
         while self.visitors:
             visitor = next(iter(self.visitors.values()))
@@ -318,6 +416,7 @@ class UdpFront(DatagramProtocol):
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None
+        self.reading.stop()
         for visitor in list(self.visitors.values()):
             self.end(visitor, "the tunnel closed")
         return self.transport.stopListening() if self.transport is not None else None
@@ -337,6 +436,11 @@ class LocalAssociation(DatagramProtocol):
         self.seen = table.reactor.seconds()
         self.pending: Optional[List[bytes]] = []  # until connected (a host-name localIP resolves first)
         self.port: Any = None
+        self.reading = ReadPause(table.reactor, table.kernel_dropped)
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        self.reading.attach(transport)
 
     def connect_to(self, ip: str, port: int) -> None:
         transport = self.transport
@@ -361,10 +465,14 @@ class LocalAssociation(DatagramProtocol):
             self.table.dropped += 1
 
     def datagramReceived(self, data: bytes, address: Any) -> None:
+        if self.reading.timer is not None:  # read in the same turn as a drop: the connection is still backed up
+            self.table.dropped += 1
+            return
         self.seen = self.table.reactor.seconds()
         self.table.touch(self)
         if not self.flow.send(data):
             self.table.dropped += 1
+            self.reading.dropped()
 
     def connectionRefused(self) -> None:
         # ICMP port unreachable from the local service: UDP's way to say
@@ -372,6 +480,7 @@ class LocalAssociation(DatagramProtocol):
         pass
 
     def close(self) -> None:
+        self.reading.stop()
         if self.port is not None:
             port, self.port = self.port, None
             port.stopListening()
@@ -395,6 +504,9 @@ class Associations:
         if table is None:
             table = tables[spec] = cls(reactor, spec)
         return table  # type: ignore[no-any-return]
+
+    def kernel_dropped(self, n: int) -> None:
+        self.dropped += n
 
     def touch(self, association: LocalAssociation) -> None:
         if association.flow.id in self.live:
