@@ -612,7 +612,7 @@ class GotaxyClient:
                                    tunnels=tuple(tunnels), **settings)
         self.fatal: List[str] = []
         self.verifier = make_verifier(self.config, network)
-        self.reconnection = Reconnection(f"127.0.0.1:{server_port}")
+        self.reconnection = Reconnection(f"127.0.0.1:{server_port}", network)
         self.factory = ClientControlFactory(self.config, self.verifier, network, self._fatal, instance_id,
                                             self.reconnection)
         endpoint = ReportingEndpoint(

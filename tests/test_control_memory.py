@@ -66,7 +66,7 @@ def test_a_client_logs_in_and_its_tunnel_carries_bytes(network: MemoryNetwork, l
     assert [(c.name, c.online) for c in server.store.store.list_clients()] == [("alice", True)]
 
     server.shutdown()
-    assert log.has("server closed the connection: server shutting down")
+    assert log.has("the server said goodbye (server shutting down) and asked us to reconnect")
     assert port not in network.listeners
 
 

@@ -24,7 +24,7 @@ from gotaxy.store import Store, default_url
 from tests.e2e import ROOT, EchoServer, free_port, gotaxy_cli, tunnel_port, twistd
 
 PASSWORD = "e2e-first-password-1"
-RETRY = r"retrying in (\d+(?:\.\d)?) s"
+RETRY = r"retrying in (\d+(?:\.\d+)?) s"
 
 
 def _listening_socket() -> Tuple[socket.socket, int]:

@@ -3,7 +3,8 @@
 The client end of the control connection.
 
 Order of events on each connection (``ClientService`` makes a new one after
-every loss, with ``Reconnection`` choosing the delay and saying why):
+every loss, with ``Reconnection`` choosing the delay and saying why, see
+``gotaxy.client.reconnect``):
 
 1. TLS handshake.  ``handshakeCompleted`` checks the server's certificate
    (pinned fingerprint, a join token's pin, CA file or trust-on-first-use,
@@ -26,6 +27,9 @@ every loss, with ``Reconnection`` choosing the delay and saying why):
    A tunnel with frp's ``healthCheck`` has its local service probed
    (``gotaxy.client.health``); a change is logged and, to a server that
    announces ``tunnel_status``, sent as ``tunnel_health``.
+5. A server that stops cleanly says ``goodbye`` (the client announces that
+   it understands it in its login): the client closes and comes back within
+   the ``reconnectWithin`` seconds the server asked for.
 
 Nothing the server sends is trusted: every field is checked for its type
 and range (a port is an ``int`` from 1 to 65535, never a bool, a float or
@@ -49,9 +53,7 @@ import random
 import socket
 from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
-from OpenSSL import SSL
-from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
@@ -63,6 +65,13 @@ from gotaxy import __version__
 from gotaxy.bandwidth import BandwidthLimiter, limiter_for
 from gotaxy.config import ClientConfig, TunnelSpec
 from gotaxy.client.health import LocalHealthCheck
+from gotaxy.client.reconnect import (  # noqa: F401  (ReportingEndpoint, describe_connect_failure: re-exported)
+    MAX_GOODBYE_SPREAD,
+    LoginTimeout,
+    Reconnection,
+    ReportingEndpoint,
+    describe_connect_failure,
+)
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import Throttle, gotaxy_observer
 from gotaxy.mux import Flow, MuxProtocol, Stream
@@ -75,7 +84,6 @@ from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
 
 #: Seconds from the TCP connection to ``login_ok`` (TLS handshake included).
 LOGIN_TIMEOUT = 30.0
-RECONNECT_CAP = 30.0
 #: Refused operator tunnels remembered so that each is logged once, not at
 #: every reconnect.
 MAX_DECLINED_REMEMBERED = 1024
@@ -107,16 +115,15 @@ TUNNEL_RETRY_CAP = 60.0
 TUNNEL_STATUS = "tunnel_status"
 #: A server that announces it records our reloads as events.
 CLIENT_RELOADED = "client_reloaded"
+#: Optional server messages this client understands, announced in its login:
+#: ``connections_refused``, datagram flows, and ``goodbye`` (the server is
+#: stopping: reconnect at once, ``gotaxy.client.reconnect``).
+LOGIN_FEATURES = ["connections_refused", "datagrams", "goodbye"]
 
 
 def backoff_delay(attempt: int, cap: float, rng: Callable[[], float] = random.random) -> float:
     """Exponential backoff from 1 s (attempt 0), capped at ``cap``, with jitter (50-100%)."""
     return min(cap, 2.0 ** min(attempt, 16)) * (0.5 + rng() / 2)
-
-
-def reconnect_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff from 1 s, capped at 30 s, with jitter (50-100%)."""
-    return backoff_delay(attempt, RECONNECT_CAP, rng)
 
 
 def tunnel_retry_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
@@ -157,111 +164,6 @@ def _seconds(message: Dict[str, Any], key: str) -> Optional[float]:
     if type(value) not in (int, float) or not 0 < value <= MAX_HEARTBEAT:  # also NaN and Infinity
         raise ProtocolError(f"{message.get('type')}: {key!r} must be a number of seconds from 0 to {MAX_HEARTBEAT:g}")
     return float(value)
-
-
-def _tls_reason(failure: Failure) -> str:
-    # pyOpenSSL's errors are a list of (library, function, reason) triples.
-    parts = [str(item[-1]) for item in (failure.value.args[0] if failure.value.args else []) if item]
-    return "; ".join(p for p in parts if p) or failure.getErrorMessage()
-
-
-def describe_connect_failure(failure: Failure) -> str:
-    """Why a connection to the server failed, in a few words a user can act on."""
-    if failure.check(net_error.ConnectionRefusedError):
-        return "connection refused"
-    if failure.check(net_error.DNSLookupError):
-        return "name not resolved"
-    if failure.check(net_error.TimeoutError, net_error.UserError, CancelledError, LoginTimeout):
-        # HostnameEndpoint's timeout cancels the attempt; UserError is how a
-        # cancelled connectTCP reports itself.
-        return "timed out"
-    if failure.check(SSL.Error):
-        return f"TLS failure ({_tls_reason(failure)}); is this the server's control port (bindPort)?"
-    if failure.check(net_error.ConnectionDone, net_error.ConnectionLost):
-        return "the server closed the connection before the log-in"
-    return failure.getErrorMessage()
-
-
-class LoginTimeout(Exception):
-    """No ``login_ok`` within ``LOGIN_TIMEOUT``."""
-
-
-class Reconnection:
-    """
-    ``ClientService``'s retry policy: the delay before the next attempt, and
-    the one line that says why there is one.
-
-    ``ClientService`` counts a connection that was made as a success, so a
-    server that accepts the TCP connection and then refuses the token (with
-    ``loginFailExit = false``) or fails the TLS handshake would be retried
-    every second forever.  Here an attempt only counts as a success once the
-    server has said ``login_ok`` (``logged_in``), so every failure backs off
-    the same way: 1, 2, 4 ... 30 s, with jitter.
-
-    The connection side reports what went wrong (``failed``); ``__call__``
-    (the policy) logs it with the delay.
-    """
-
-    log = Logger(observer=gotaxy_observer, namespace="gotaxy.client")
-
-    def __init__(self, address: str, rng: Callable[[], float] = random.random) -> None:
-        self.address = address
-        self.rng = rng
-        self.failures = 0
-        self._why: Optional[str] = None
-        self._refused: Optional[str] = None
-        self._hint = ""
-        self._repeated = False
-
-    def failed(self, failure: Failure) -> None:
-        """A connection attempt failed, or closed before its log-in (the first reason counts)."""
-        if self._refused is None and self._why is None:
-            self._why = describe_connect_failure(failure)
-
-    def refused(self, reason: str, hint: str = "", repeated: bool = False) -> None:
-        """The server refused the log-in (and ``loginFailExit`` is off); ``repeated``: as last time."""
-        self._refused = reason
-        self._hint = hint
-        self._repeated = repeated
-
-    def logged_in(self) -> None:
-        self.failures = 0
-        self._why = self._refused = None
-
-    def __call__(self, attempt: int) -> float:
-        # ``attempt`` is ClientService's count, which restarts at every TCP
-        # connection; ours restarts only at a log-in.
-        self.failures += 1
-        delay = reconnect_delay(self.failures, self.rng)
-        when = f"{delay:.0f} s" if delay >= 1 else f"{delay:.1f} s"
-        if self._refused is not None and self._repeated:
-            self.log.warn("log-in refused again, for the same reason; retrying in {when}", when=when)
-        elif self._refused is not None:
-            self.log.error(
-                "the server refused our login: {reason}; retrying in {when}{hint}",
-                reason=self._refused, when=when, hint=f"; {self._hint}" if self._hint else "",
-            )
-        elif self._why is not None:
-            self.log.warn("cannot reach {address}: {why}; retrying in {when}", address=self.address, why=self._why, when=when)
-        else:
-            self.log.info("reconnecting to {address} in {when}", address=self.address, when=when)
-        self._why = self._refused = None
-        return delay
-
-
-class ReportingEndpoint:
-    """Wraps the server's endpoint so that a failed connect reaches ``Reconnection``."""
-
-    def __init__(self, endpoint: Any, reconnection: Reconnection) -> None:
-        self.endpoint = endpoint
-        self.reconnection = reconnection
-
-    def connect(self, factory: Any) -> Deferred:
-        def failed(failure: Failure) -> Failure:
-            self.reconnection.failed(failure)
-            return failure
-
-        return self.endpoint.connect(factory).addErrback(failed)  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=256)
@@ -347,7 +249,7 @@ class ClientControlProtocol(MuxProtocol):
                 # Lets this installation replace its own stale session (gotaxy.client.identity).
                 "instance": self.factory.instance_id,
                 # Optional server messages this client understands.
-                "features": ["connections_refused", "datagrams"],
+                "features": LOGIN_FEATURES,
             }
         )
 
@@ -374,10 +276,21 @@ class ClientControlProtocol(MuxProtocol):
         elif kind == "error":
             reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
             self.log.warn("server closed the connection: {reason}", reason=reason)
+        elif kind == "goodbye" and self.authenticated:
+            self._goodbye(message)
         elif not self.authenticated or kind not in self._after_login:
             self.protocol_error(f"unexpected control message {printable(str(kind), 64)!r}")
         else:
             self._after_login[kind](self, message, _text(message, "name", 64))
+
+    def _goodbye(self, message: Dict[str, Any]) -> None:
+        """The server is stopping and asks us to come back at once (the reconnection logs it)."""
+        reason = printable(_text(message, "reason", MAX_SHOWN, ""))
+        within = message.get("reconnectWithin")
+        if type(within) not in (int, float) or not 0 <= within <= MAX_GOODBYE_SPREAD:  # NaN, Infinity, bools too
+            raise ProtocolError(f"goodbye: 'reconnectWithin' must be a number of seconds from 0 to {MAX_GOODBYE_SPREAD:g}")
+        self.factory.reconnection.told_to_reconnect(reason, float(within))
+        self.close()
 
     def _tunnel_up(self, message: Dict[str, Any], name: str) -> None:
         try:
@@ -728,6 +641,7 @@ class ClientControlProtocol(MuxProtocol):
                 "disconnected from the server: {reason}",
                 reason=reason.getErrorMessage() if reason is not None else "closed",
             )
+            self.factory.reconnection.session_ended()
         self.factory.disconnected(self)
 
 
@@ -757,7 +671,7 @@ class ClientControlFactory(Factory):
         #: Why each tunnel that is not up is not (kept across reconnects), for the admin API's status.
         self.tunnel_errors: Dict[str, str] = {}
         self.rng: Callable[[], float] = random.random
-        self.reconnection = reconnection or Reconnection(server_address(config))
+        self.reconnection = reconnection or Reconnection(server_address(config), reactor)
         self.current: Optional[ClientControlProtocol] = None  #: logged in
         self.latest: Optional[ClientControlProtocol] = None  #: connected, maybe not logged in
         #: (name, localAddr) of operator tunnels refused and logged already.

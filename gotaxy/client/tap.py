@@ -251,7 +251,7 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
             "cannot take over its old session until the server notices that one is gone",
             dir=config.data_dir, error=e,
         )
-    reconnection = Reconnection(server_address(config))
+    reconnection = Reconnection(server_address(config), reactor)
     factory = ClientControlFactory(config, verifier, reactor, fatal, instance_id, reconnection)
     endpoint = ReportingEndpoint(
         wrapClientTLS(

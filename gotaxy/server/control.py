@@ -53,6 +53,8 @@ REFUSAL_LOG_INTERVAL = 60.0
 CONNECTIONS_REFUSED = "connections_refused"
 #: The client takes datagram flows (OPEN with "mode": "datagram"; udp tunnels).
 DATAGRAMS = "datagrams"
+#: The client takes ``goodbye``: a server that stops cleanly asks it to come back at once.
+GOODBYE = "goodbye"
 
 #: Optional messages from the client this server understands, announced in
 #: login_ok's "features": ``tunnel_retry`` (when a refused tunnel is asked
@@ -73,7 +75,7 @@ def announced_features(message: Dict[str, Any]) -> Set[str]:
     features = message.get("features")
     if not isinstance(features, list):
         return set()
-    return {f for f in features[:16] if f in (CONNECTIONS_REFUSED, DATAGRAMS)}
+    return {f for f in features[:16] if f in (CONNECTIONS_REFUSED, DATAGRAMS, GOODBYE)}
 
 
 def tunnel_add_message(name: str, spec: ProxySpec) -> Dict[str, Any]:
@@ -328,6 +330,21 @@ class ServerControlProtocol(MuxProtocol):
         reason = version_refusal(version)
         self.log.info("refusing connection from {peer}: {reason}", peer=self.peer_address, reason=reason)
         self.send_control({"type": "login_failed", "reason": reason, "code": "version"})
+        self.close()
+
+    def goodbye(self, reason: str, within: float) -> None:
+        """
+        The server is stopping: a client that understands ``goodbye`` is
+        asked to reconnect within ``within`` seconds (to the next server
+        on this port, or to this one after its restart); any other gets the
+        ``error`` message clients have always had, and its own back-off.
+        """
+        if GOODBYE not in self.features:
+            self.close_with_error(reason)
+            return
+        if self.disconnecting:
+            return
+        self.send_control({"type": "goodbye", "reason": reason, "reconnectWithin": round(within, 3)})
         self.close()
 
     def withdraw_tunnel(self, name: str) -> None:

@@ -130,6 +130,21 @@ TUNNEL_ERROR_INTERVAL = 60.0
 #: connection is closed within a quarter of tunnelIdleTimeout of reaching it.
 IDLE_CHECK_MAX_INTERVAL = 30.0
 
+#: A stopping server asks its clients to come back within this many seconds
+#: per client (``goodbye``'s ``reconnectWithin``), at least ``GOODBYE_MIN``
+#: and at most ``GOODBYE_MAX``: a log-in costs the next server a TLS
+#: handshake and a few store calls, some milliseconds, so a thousand clients
+#: spread over two seconds arrive about as fast as it takes them in, rather
+#: than a thousand at once into transport.maxPendingConnections (256).
+GOODBYE_PER_CLIENT = 0.002
+GOODBYE_MIN = 0.1
+GOODBYE_MAX = 10.0
+
+
+def goodbye_spread(clients: int) -> float:
+    """Over how many seconds a stopping server's ``clients`` should spread their reconnections."""
+    return min(GOODBYE_MAX, max(GOODBYE_MIN, clients * GOODBYE_PER_CLIENT))
+
 
 class LoginRefused(Exception):
     """The client may not log in; the message is sent to it."""
@@ -1005,8 +1020,12 @@ class ServerCore:
     async def shutdown(self) -> None:
         self.stop()
         sessions = list(self.sessions.values())
+        within = goodbye_spread(len(sessions))
+        if sessions:
+            self.log.info("shutting down: asking {count} client(s) to reconnect within {within:g} s",
+                          count=len(sessions), within=within)
         for session in sessions:
-            session.close_with_error("server shutting down")
+            session.goodbye("server shutting down", within)
         await DeferredList([self.session_lost(s, "server shutting down") for s in sessions])
         # The counts flushed by stop() reach the store before it closes.
         await DeferredList(list(self._recording))

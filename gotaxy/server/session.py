@@ -77,6 +77,9 @@ class ClientSession(Protocol):
     def close_with_error(self, reason: str) -> None:
         """Tell the client why, and close the connection."""
 
+    def goodbye(self, reason: str, within: float) -> None:
+        """The server is stopping: ask the client to reconnect within ``within`` seconds, and close."""
+
 
 class ClientLocks:
     """
