@@ -224,6 +224,45 @@ def test_a_ban_another_process_recorded_is_known_at_once():
     server.shutdown()
 
 
+def test_an_ipv6_source_is_banned_as_its_64_and_an_ipv4_one_alone():
+    network = MemoryNetwork()
+    server = GotaxyServer(network, access_config(ban_token_failures=2, ban_exempt=("2001:db8:1:2::5/128",)))
+    access = server.core.access
+    # Failures from two addresses of one /64 add up: it is one site.
+    wrong_tokens(network, server, 1, source="2001:db8:1:2::7")
+    wrong_tokens(network, server, 1, source="2001:db8:1:2::8")
+    assert [b.address for b in access.in_force()] == ["2001:db8:1:2::/64"]
+    assert not access.admits(CONTROL, "2001:db8:1:2::ffff")
+    assert not access.admits(WEB, "[2001:db8:1:2::1]")
+    assert access.admits(CONTROL, "2001:db8:1:3::7")  # the next /64
+    assert access.admits(CONTROL, "2001:db8:1:2::5")  # exempt, even inside a banned /64
+    # IPv4: the address alone.
+    wrong_tokens(network, server, 2, source="198.51.100.7")
+    assert access.admits(CONTROL, "198.51.100.8") and not access.admits(CONTROL, "198.51.100.7")
+    # An operator lifts it by any address inside it, or names the network.
+    assert access.lift("2001:db8:1:2::abcd", "operator admin").result is True
+    assert access.admits(CONTROL, "2001:db8:1:2::7")
+    network.flush()
+    assert access.ban("2001:db8:9:9::/64", "manual", by="operator admin").result.address == "2001:db8:9:9::/64"
+    assert not access.admits(CONTROL, "2001:db8:9:9::1")
+    wrong = access.ban("2001:db8:9::/48", "manual", by="operator admin")
+    assert isinstance(wrong.result.value, BanRefused) and "ipv6Prefix" in str(wrong.result.value)
+    wrong.addErrback(lambda f: None)
+    assert access.describe()["ban"]["ipv6Prefix"] == 64
+    server.shutdown()
+
+
+def test_the_ipv6_prefix_is_configurable_up_to_each_address_alone():
+    network = MemoryNetwork()
+    access = AccessControl(access_config(ban_ipv6_prefix=128), network)
+    assert access.key(canonical("2001:db8::7")) == "2001:db8::7"
+    access = AccessControl(access_config(ban_ipv6_prefix=56), network)
+    assert access.key(canonical("2001:db8:1:2ff::7")) == "2001:db8:1:200::/56"
+    assert access.key(canonical("::ffff:198.51.100.7")) == "198.51.100.7"
+    with pytest.raises(ConfigError, match="ipv6Prefix"):
+        parse_server_config({"access": {"ban": {"ipv6Prefix": 0}}})
+
+
 def test_an_operator_ban_needs_an_ip_address():
     network = MemoryNetwork()
     server = GotaxyServer(network)

@@ -27,6 +27,7 @@ from gotaxy.config.values import (
     HEARTBEAT,
     HOST,
     IDLE_TIMEOUT,
+    IPV6_PREFIX,
     BANDWIDTH,
     LIMIT,
     LOG_LEVEL,
@@ -302,6 +303,8 @@ class AccessSettings:
     ban_max_time: float = _setting(86400.0, SECONDS, "access.ban.maxTime")
     ban_forget_after: float = _setting(7 * 86400.0, SECONDS, "access.ban.forgetAfter")
     ban_exempt: tuple[str, ...] = _setting(("127.0.0.0/8", "::1/128"), NETWORKS, "access.ban.exempt")
+    #: An IPv6 source is counted and banned as its network of this prefix length (one site has a /64); IPv4 alone.
+    ban_ipv6_prefix: int = _setting(64, IPV6_PREFIX, "access.ban.ipv6Prefix")
     nft_set: str | None = _setting(None, TEXT, "access.ban.nftSet")
     nft_set6: str | None = _setting(None, TEXT, "access.ban.nftSet6")
     nft_command: str = _setting("nft", TEXT, "access.ban.nftCommand")

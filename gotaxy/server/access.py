@@ -126,6 +126,19 @@ def canonical(host: str) -> Optional[Address]:
     return address
 
 
+def ban_key(address: Address, ipv6_prefix: int = 128) -> str:
+    """
+    What a source is counted and banned as: an IPv4 address alone
+    (``198.51.100.7``), an IPv6 address as its network of ``ipv6_prefix``
+    bits (``2001:db8:1:2::/64``: one site usually holds a whole /64, so
+    banning one of its addresses alone would be a step aside), or alone at 128.
+    """
+    if address.version == 4 or ipv6_prefix >= 128:
+        return str(address)
+    host_bits = 128 - ipv6_prefix
+    return str(ipaddress.IPv6Network(((int(address) >> host_bits) << host_bits, ipv6_prefix)))
+
+
 def _networks(texts: Iterable[str]) -> Tuple[Network, ...]:
     return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
 
@@ -297,6 +310,37 @@ class AccessControl:
         self._control = self.rules.listeners[CONTROL]
         self._tunnels = self.rules.listeners[TUNNELS]
         self.exempt = _networks(settings.ban_exempt)
+        self.ipv6_prefix = getattr(settings, "ban_ipv6_prefix", 128)
+
+    def key(self, address: Address) -> str:
+        """What ``address`` is counted and banned as (``ban_key`` with ``access.ban.ipv6Prefix``)."""
+        return ban_key(address, self.ipv6_prefix)
+
+    def covers(self, banned: str, address: Optional[Address]) -> bool:
+        """Is ``address`` under the ban of ``banned`` (an address, or an IPv6 network)?"""
+        if address is None or self.exempted(address):
+            return False
+        if str(address) == banned:
+            return True
+        try:
+            network = ipaddress.ip_network(banned, strict=False)
+        except ValueError:
+            return False
+        return network.version == address.version and address in network
+
+    def _target(self, host: str) -> str:
+        """The key an operator's ban or lift of ``host`` (an address, or an IPv6 network of the prefix) is about."""
+        address = canonical(host)
+        if address is not None:
+            return self.key(address)
+        try:
+            network = ipaddress.ip_network(host.strip(), strict=False)
+        except (ValueError, AttributeError):
+            network = None
+        if network is not None and network.version == 6 and network.prefixlen == self.ipv6_prefix:
+            return str(network)
+        raise BanRefused(f"{host[:64]!r} is not an IP address; give one such as 203.0.113.7 or 2001:db8::7 "
+                         f"(an IPv6 address is banned as its /{self.ipv6_prefix}, access.ban.ipv6Prefix)")
 
     # -- service -------------------------------------------------------------
 
@@ -356,7 +400,10 @@ class AccessControl:
         if address is None or not self.bans:
             return False
         ban = self.bans.get(str(address))
-        return ban is not None and ban.until > self.reactor.seconds()
+        if ban is None and address.version == 6:
+            ban = self.bans.get(self.key(address))  # banned as its network (access.ban.ipv6Prefix)
+        # An exempt address is never banned, also not as part of its /64.
+        return ban is not None and ban.until > self.reactor.seconds() and not self.exempted(address)
 
     def admits(self, listener: str, host: str) -> bool:
         """May a connection from ``host`` reach ``listener`` (``CONTROL``, ``WEB``, ...)?"""
@@ -407,7 +454,7 @@ class AccessControl:
         address = canonical(host)
         if not threshold or address is None or self.exempted(address):
             return
-        source = str(address)
+        source = self.key(address)
         if source in self._banning or self._banned(address):
             return
         if self.failures.add(kind, source) < threshold:
@@ -426,14 +473,12 @@ class AccessControl:
         return Deferred.fromCoroutine(self._ban(host, reason, by, seconds))
 
     async def _ban(self, host: str, reason: str, by: str, seconds: Optional[float]) -> Ban:
-        address = canonical(host)
-        if address is None:
-            raise BanRefused(f"{host[:64]!r} is not an IP address; give one such as 203.0.113.7 or 2001:db8::7")
+        target = self._target(host)
         if self.store is None:
             raise BanRefused("this server has no store to keep bans in")
         s = self.settings
         record = await self.store.call(
-            stored_bans.ban, self.store.store, str(address), reason, self.reactor.seconds(), s.ban_time,
+            stored_bans.ban, self.store.store, target, reason, self.reactor.seconds(), s.ban_time,
             s.ban_max_time, s.ban_forget_after, by, seconds,
         )
         ban = _ban_of(record)
@@ -462,10 +507,7 @@ class AccessControl:
         return Deferred.fromCoroutine(self._lift(host, by))
 
     async def _lift(self, host: str, by: str) -> bool:
-        address = canonical(host)
-        if address is None:
-            raise BanRefused(f"{host[:64]!r} is not an IP address; give one such as 203.0.113.7 or 2001:db8::7")
-        source = str(address)
+        source = self._target(host)
         lifted = False
         if self.store is not None:
             lifted = await self.store.call(stored_bans.lift, self.store.store, source, by, self.reactor.seconds())
@@ -536,6 +578,7 @@ class AccessControl:
             "ban": {
                 "enable": s.ban_enable, "window": s.ban_window, "time": s.ban_time, "maxTime": s.ban_max_time,
                 "forgetAfter": s.ban_forget_after, "exempt": list(s.ban_exempt),
+                "ipv6Prefix": self.ipv6_prefix,
                 "thresholds": {kind: getattr(s, setting) for kind, (setting, _) in KINDS.items()},
                 "nftSet": s.nft_set, "nftSet6": s.nft_set6,
             },

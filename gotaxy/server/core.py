@@ -838,8 +838,7 @@ class ServerCore:
         """
         def banned(peer: Any) -> bool:
             host = str(peer or "").rsplit(":", 1)[0]
-            found = canonical(host)
-            return found is not None and str(found) == address
+            return self.access.covers(address, canonical(host))
 
         reason = f"the address {address} is banned"
         for session in list(self.sessions.values()):

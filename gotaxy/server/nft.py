@@ -8,6 +8,10 @@ them; Gotaxy only adds and deletes elements::
 
     nft add element inet gotaxy banned { 198.51.100.7 }
     nft delete element inet gotaxy banned { 198.51.100.7 }
+    nft add element inet gotaxy banned6 { 2001:db8:1:2::/64 }
+
+An IPv6 ban is a network (``access.ban.ipv6Prefix``, a /64 by default), so
+the IPv6 set needs ``flags interval``.
 
 At start the sets are flushed, and the bans in force are added again as
 the store's copy is loaded (``gotaxy.server.access``), so bans that ended
@@ -117,7 +121,8 @@ class NftSets:
 
     def _element(self, verb: str, address: str) -> Deferred:
         try:
-            version = ipaddress.ip_address(address).version
+            # An address, or an IPv6 network (a ban per access.ban.ipv6Prefix: the set needs "flags interval").
+            version = ipaddress.ip_network(address, strict=False).version
         except ValueError:
             return succeed(None)
         spec = self.sets[version]
