@@ -155,6 +155,9 @@ BAN_ADDED = _define(
 BAN_LIFTED = _define(
     "ban.lifted", "an operator lifted an address's ban; address: it; detail: who",
     ("address", "detail"), "ban of {address} lifted: {detail}")
+BAN_EXPIRED = _define(
+    "ban.expired", "an address's ban ran out (it may connect again); address: it; detail: the ban's reason",
+    ("address", "detail"), "ban of {address} ended: {detail}")
 NOTIFY_TEST = _define(
     "notify.test", "a test notification an operator sent to one target; never in the event log",
     ("detail",), "test notification: {detail}", recorded=False)

@@ -14,7 +14,7 @@ from twisted.internet.protocol import ClientFactory
 
 from gotaxy.config import AccessSettings, ConfigError, TunnelSpec
 from gotaxy.config.files import parse_server_config
-from gotaxy.events import BAN_ADDED, BAN_LIFTED, Event
+from gotaxy.events import BAN_ADDED, BAN_EXPIRED, BAN_LIFTED, Event
 from gotaxy.server.access import (
     CONTROL, FLOOD, LOGIN, PROTOCOL, TOKEN, TUNNELS, WEB, AccessControl, AddressRules, BanRefused, GatedFactory,
     canonical,
@@ -171,6 +171,43 @@ def test_repeated_bans_grow_and_expire_on_the_clock():
     wrong_tokens(network, server, 2)
     second = access.in_force()[0]
     assert (second.strikes, second.until - network.seconds()) == (2, pytest.approx(100.0))  # doubled, capped
+    server.shutdown()
+
+
+def test_a_ban_that_runs_out_is_told_once_across_processes_and_a_new_one_is_told_again():
+    network = MemoryNetwork()
+    server = GotaxyServer(network, access_config(ban_token_failures=2, ban_exempt=(), ban_time=60.0))
+    access = server.core.access
+    other = AccessControl(server.config, network, server.store)  # another process on the same store
+    seen = []
+    server.core.events.subscribe(seen.append)
+    wrong_tokens(network, server, 2)
+    network.pass_time(59)
+    access.refresh()
+    network.flush()
+    assert [e.type for e in seen if e.type == BAN_EXPIRED] == []
+    network.pass_time(2)
+    other.refresh()
+    access.refresh()
+    network.flush()
+    expired = server.store.store.events(type_=BAN_EXPIRED)
+    assert [(e.address, e.detail) for e in expired] == [
+        (ATTACKER, "2 wrong client tokens in 600 s")]
+    assert access.admits(CONTROL, ATTACKER) and other.admits(CONTROL, ATTACKER)
+    # Banned again (strike 2) and run out again: told again, once.
+    wrong_tokens(network, server, 2)
+    network.pass_time(121)
+    access.refresh()
+    other.refresh()
+    network.flush()
+    assert len(server.store.store.events(type_=BAN_EXPIRED)) == 2
+    # A lifted ban is ban.lifted, never ban.expired.
+    wrong_tokens(network, server, 2)
+    assert access.lift(ATTACKER, "operator admin").result is True
+    network.pass_time(1000)
+    access.refresh()
+    network.flush()
+    assert len(server.store.store.events(type_=BAN_EXPIRED)) == 2
     server.shutdown()
 
 

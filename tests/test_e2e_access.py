@@ -176,3 +176,51 @@ def test_a_ban_on_one_server_holds_on_another_sharing_its_database(procs, tmp_pa
     while not turned_away(b.port, payload=b"\x16\x03\x01"):
         assert time.monotonic() < deadline, b.output()[-2000:]
     assert login_from(b.port, "gtx_" + "E" * 43, source="127.0.0.1")["type"] == "login_failed"  # others still heard
+
+
+def test_a_new_ban_ends_that_addresses_panel_sessions_and_console_sessions_at_once(procs):
+    import http.client
+    import time
+
+    server, console, web_port = start(procs, "[access.ban]\nexempt = []\n")
+    # A panel session from 127.0.0.2, with its live view open.
+    connection = http.client.HTTPConnection("127.0.0.1", web_port, timeout=30, source_address=(STRANGER, 0))
+    connection.request("POST", "/api/v0.1/login", json.dumps({"username": "admin", "password": PASSWORD}),
+                       {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200, response.read()
+    response.read()
+    cookie = response.getheader("Set-Cookie").split(";", 1)[0]
+    connection.close()
+    live = socket.create_connection(("127.0.0.1", web_port), timeout=30, source_address=(STRANGER, 0))
+    live.sendall(f"GET /api/v0.1/live HTTP/1.1\r\nHost: 127.0.0.1:{web_port}\r\nCookie: {cookie}\r\n\r\n".encode())
+    assert b"200" in live.recv(4096).split(b"\r\n", 1)[0]
+    # A console session from 127.0.0.2, held open (an interactive shell waiting for a command).
+    argv = console.argv(tty=True)
+    argv[1:1] = ["-b", STRANGER]
+    shell = subprocess.Popen(argv, env=console.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"gotaxy>" not in seen:
+            assert time.monotonic() < deadline and shell.poll() is None, seen
+            seen += shell.stdout.read1(4096)
+
+        assert console.ok("ban", STRANGER, "--for", "3600").startswith(f"{STRANGER} banned")
+        # Both are cut at once: the shell's connection ends, the live view closes, the session is gone.
+        assert shell.wait(20) != 0
+        live.settimeout(20)
+        while True:
+            data = live.recv(65536)
+            if not data:
+                break
+        check = http.client.HTTPConnection("127.0.0.1", web_port, timeout=30)
+        check.request("GET", "/api/v0.1/account", headers={"Cookie": cookie})
+        assert check.getresponse().status == 401
+        check.close()
+    finally:
+        live.close()
+        if shell.poll() is None:
+            shell.kill()
+        shell.wait(10)

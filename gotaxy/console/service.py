@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -588,6 +588,8 @@ class ConsoleFactory(factory.SSHFactory):
         self.max_per_address = max_per_address
         self.connections = 0
         self.waiting: Dict[str, int] = {}  #: connections not logged in, per address
+        #: The connections open now (a new ban of their address closes them: ``cut``).
+        self.open: Set[Any] = set()
         self._refused = 0
         self._refusal_logged_at: Optional[float] = None
         #: Called with the address of each connection refused as a flood (the server counts it towards a ban).
@@ -605,6 +607,7 @@ class ConsoleFactory(factory.SSHFactory):
         protocol = super().buildProtocol(addr)
         protocol.address = address
         protocol.source = host
+        self.open.add(protocol)
         self.connections += 1
         self.waiting[host] = self.waiting.get(host, 0) + 1
         return protocol
@@ -637,7 +640,20 @@ class ConsoleFactory(factory.SSHFactory):
                 transport_._login_deadline.cancel()
             transport_._login_deadline = None
 
+    def cut(self, banned: str, under: Callable[[str], bool]) -> int:
+        """Close every connection, logged in or not, whose address is ``under`` the new ban of ``banned``."""
+        cut = 0
+        for transport_ in list(self.open):
+            if under(transport_.address):
+                cut += 1
+                transport_.sendDisconnect(transport.DISCONNECT_BY_APPLICATION,
+                                          f"the address {banned} is banned on this server".encode())
+        if cut:
+            log.warn("console: closed {n} session(s) from {banned}, banned", n=cut, banned=banned)
+        return cut
+
     def connection_lost(self, transport_: Any) -> None:
+        self.open.discard(transport_)
         self.connections -= 1
         if not transport_.logged_in:
             self._done_waiting(transport_)

@@ -55,7 +55,10 @@ in-memory copy (a dict look-up, no store read): it is loaded at start,
 updated at once by this process's bans and lifts and by the events other
 processes record (read from the events table within about a second), and
 reloaded from the store every ``REFRESH_INTERVAL`` seconds, which also
-drops the bans that expired.
+drops the bans that expired and tells of them (``ban.expired``, once across
+processes: ``gotaxy.store.bans.expire``).  A new ban also calls the faces'
+``ban_hooks``: the panel ends the sessions logged in from there and closes
+their live views, the console disconnects its connections from there.
 
 Firewall
 --------
@@ -297,6 +300,9 @@ class AccessControl:
         self._banning: Set[str] = set()
         #: Called with each address newly banned (the core cuts what it has open from there).
         self.on_ban: Callable[[str], None] = lambda address: None
+        #: The faces' hooks for a new ban (the panel's and console's sessions): each is called with the
+        #: ban's address (or IPv6 network) and a test of a peer's host text for being under it.
+        self.ban_hooks: List[Callable[[str, Callable[[str], bool]], None]] = []
         self._refresh = LoopingCall(self._refresh_now)
         self._refresh.clock = reactor
         self.events = events
@@ -373,7 +379,7 @@ class AccessControl:
         """Reload the bans in force from the store (and drop the expired ones)."""
         if self.store is None:
             return Deferred.fromCoroutine(self._noop())
-        d = self.store.call(stored_bans.active, self.store.store.db, self.reactor.seconds())
+        d = self.store.call(stored_bans.expire_and_list, self.store.store, self.reactor.seconds())
         d.addCallback(self._loaded)
         return d
 
@@ -497,10 +503,14 @@ class AccessControl:
             self._cut(ban.address)
 
     def _cut(self, address: str) -> None:
-        try:
-            self.on_ban(address)
-        except Exception:
-            self.log.failure("closing the connections of banned {address} failed", address=address)
+        def under(host: str) -> bool:
+            return self.covers(address, canonical(str(host)))
+
+        for hook in (lambda a, _: self.on_ban(a), *self.ban_hooks):
+            try:
+                hook(address, under)
+            except Exception:
+                self.log.failure("closing the connections of banned {address} failed", address=address)
 
     def lift(self, host: str, by: str) -> Deferred:
         """Lift ``host``'s ban (stored, with its event); fires with True, or False if it was not banned."""

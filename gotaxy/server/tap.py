@@ -585,6 +585,12 @@ def _assemble(
     for listener, name in ((web, access.WEB), (console, access.CONSOLE)):
         if listener is not None:
             listener.factory = access.GatedFactory(lambda: core.access, name, listener.factory)
+    # A new ban ends the panel's sessions and closes the console's connections from there too.
+    if web is not None:
+        core.access.ban_hooks.append(lambda banned, under: web.panel.cut(banned, under).addErrback(
+            lambda f: log.failure("ending the panel sessions of banned {banned} failed", f, banned=banned)))
+    if console is not None:
+        core.access.ban_hooks.append(console.factory.wrapped.cut)
     if console is not None:  # too many connections logging in from one address: a flood
         console.factory.wrapped.on_refused = lambda host: core.access.failure(
             access.FLOOD, host, "too many console connections logging in")

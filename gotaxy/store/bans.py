@@ -14,7 +14,10 @@ ban's row is deleted (the operator forgave it).
 
 Each ban and lift records its event (``ban.added``, ``ban.lifted``) in the
 same store call, so webhooks hear of it and other processes read it from
-the events table.  The functions are synchronous and run on the store's
+the events table.  A ban that runs out is ``ban.expired``, recorded by
+``expire``: the first process to mark the row's ``expired`` (one UPDATE
+that only one of them can win) records it, so it is told once however many
+processes share the store.  The functions are synchronous and run on the store's
 thread (``ThreadedStore.call``); times come from the caller's clock.
 """
 
@@ -23,9 +26,10 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 import attrs
+from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 
-from gotaxy.events import BAN_ADDED, BAN_LIFTED
+from gotaxy.events import BAN_ADDED, BAN_EXPIRED, BAN_LIFTED
 from gotaxy.store.schema import BANS
 
 #: Longest reason kept (the column's length).
@@ -74,7 +78,8 @@ def ban(store: Any, address: str, reason: str, now: float, first: float, longest
         if row is None:
             strikes = 1
             length = seconds if seconds is not None else duration(strikes, first, longest)
-            values = dict(address=address, reason=reason, strikes=strikes, at=now, until=now + length, by=by[:128])
+            values = dict(address=address, reason=reason, strikes=strikes, at=now, until=now + length, by=by[:128],
+                          expired=False)
             try:
                 table.insert(values)
             except IntegrityError:
@@ -83,7 +88,8 @@ def ban(store: Any, address: str, reason: str, now: float, first: float, longest
         strikes = int(row["strikes"] or 0) + 1
         length = seconds if seconds is not None else duration(strikes, first, longest)
         until = max(now + length, float(row["until"]) if seconds is None else 0.0)
-        values = dict(address=address, reason=reason, strikes=strikes, at=now, until=until, by=by[:128])
+        values = dict(address=address, reason=reason, strikes=strikes, at=now, until=until, by=by[:128],
+                      expired=False)
         table.update(values, ["address"])
         break
     record = _record(table.find_one(address=address))
@@ -101,6 +107,37 @@ def lift(store: Any, address: str, by: str, now: float) -> bool:
         return False
     store.record_event(BAN_LIFTED, address=address, detail=f"lifted by {by}")
     return True
+
+
+def expire(store: Any, now: float) -> List[BanRecord]:
+    """
+    The bans that ran out by ``now`` and were not told yet: each is marked
+    and its ``ban.expired`` recorded, by this call only if no other process's
+    call marked it first.  The row stays (its strikes count for the next ban).
+    """
+    db = store.db
+    told = []
+    for row in list(db[BANS].find(until={"<=": now})):
+        if row["expired"]:
+            continue
+        with db as tx:
+            bans = tx[BANS].table
+            won = tx.executable.execute(
+                update(bans).where(bans.c.address == row["address"], bans.c.until == row["until"],
+                                   or_(bans.c.expired.is_(None), bans.c.expired == False))  # noqa: E712
+                .values(expired=True)
+            ).rowcount
+        if won:
+            record = _record(row)
+            store.record_event(BAN_EXPIRED, address=record.address, detail=record.reason)
+            told.append(record)
+    return told
+
+
+def expire_and_list(store: Any, now: float) -> List[BanRecord]:
+    """``expire``, then the bans in force (``active``): one store call for the periodic refresh."""
+    expire(store, now)
+    return active(store.db, now)
 
 
 def active(db: Any, now: float) -> List[BanRecord]:

@@ -235,6 +235,8 @@ MIGRATIONS: Tuple[Migration, ...] = (
               ensure(schema.BANS)),
     Migration(7, "history: a udp tunnel's datagrams in and out and its drops, per sample and per hour",
               ensure(schema.HISTORY_SAMPLES, schema.HISTORY_HOURLY)),
+    Migration(8, "bans: whether a ban's end was told (the ban.expired event), once across every server process",
+              ensure(schema.BANS)),
 )
 
 LATEST = MIGRATIONS[-1].version

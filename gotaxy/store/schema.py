@@ -174,6 +174,8 @@ TABLES: Dict[str, TableSpec] = {
             ("at", Float),
             ("until", Float),
             ("by", String(128)),
+            #: its end was told (``ban.expired``), by whichever process saw it first
+            ("expired", Boolean),
         ),
         indexes=(("until",),),
         unique=(("address",),),

@@ -208,6 +208,24 @@ class Panel:
         self.secure = secure
         self.www = www or www_directory()
         self._streams = 0
+        #: The live views open now, by request (a new ban closes those from its address: ``cut``).
+        self._live: Dict[Any, Caller] = {}
+
+    def cut(self, banned: str, under: Any) -> Deferred:
+        """
+        A new ban of ``banned``: the panel sessions logged in from under it
+        end (in the store, so in every process), and the live views open from
+        there, or of those sessions, close at once.
+        """
+        async def cut() -> int:
+            ended = await self.auth.end_sessions_from(under)
+            for request, caller in list(self._live.items()):
+                peer = getattr(request.getClientAddress(), "host", "")
+                if under(peer) or (caller.via == "session" and not await self.auth.session_exists(caller.session_key)):
+                    request.channel.loseConnection()
+            return ended
+
+        return Deferred.fromCoroutine(cut())
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -777,6 +795,7 @@ class Panel:
                 request.write(b": keep-alive\n\n")
 
         unsubscribe = self.bus.subscribe(forward)
+        self._live[request] = caller
         ticker = LoopingCall(lambda: Deferred.fromCoroutine(keep_alive()))
         ticker.clock = self.reactor
         ticker.start(KEEPALIVE, now=False)
@@ -784,6 +803,7 @@ class Panel:
 
         def ended(_: Any) -> None:
             self._streams -= 1
+            self._live.pop(request, None)
             unsubscribe()
             if ticker.running:
                 ticker.stop()

@@ -215,6 +215,17 @@ class PanelAuth:
             lambda: self.db["web_sessions"].find_one(session_hash=key, expires_at={">": now}) is not None
         )
 
+    async def end_sessions_from(self, under: Any) -> int:
+        """End every panel session logged in from an address ``under`` a new ban; how many ended."""
+        def end() -> int:
+            table = self.db["web_sessions"]
+            doomed = [row["id"] for row in table.find() if under(row["address"] or "")]
+            for row_id in doomed:
+                table.delete(id=row_id)
+            return len(doomed)
+
+        return int(await self._call(end))
+
     async def logout(self, caller: Caller) -> None:
         if caller.session_key is not None:
             await self._call(lambda: self.db["web_sessions"].delete(session_hash=caller.session_key))
