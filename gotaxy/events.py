@@ -158,6 +158,14 @@ BAN_LIFTED = _define(
 BAN_EXPIRED = _define(
     "ban.expired", "an address's ban ran out (it may connect again); address: it; detail: the ban's reason",
     ("address", "detail"), "ban of {address} ended: {detail}")
+CLIENT_CERT_ISSUED = _define(
+    "clientcert.issued", "a client certificate was issued from the server's CA; client: its name (the CN); "
+    "detail: its serial and expiry",
+    ("client", "detail"), "client certificate for {client} issued: {detail}")
+CLIENT_CERT_REVOKED = _define(
+    "clientcert.revoked", "a client certificate was revoked (its client is disconnected within seconds); client: "
+    "its name; detail: its serial and who revoked it",
+    ("client", "detail"), "client certificate for {client} revoked: {detail}")
 NOTIFY_TEST = _define(
     "notify.test", "a test notification an operator sent to one target; never in the event log",
     ("detail",), "test notification: {detail}", recorded=False)

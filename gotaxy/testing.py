@@ -60,9 +60,10 @@ from twisted.test.iosim import FakeTransport
 from zope.interface import implementer
 
 from gotaxy.client.control import ClientControlFactory, ClientControlProtocol, Reconnection, ReportingEndpoint
-from gotaxy.client.tap import TunnelClientService, make_verifier
+from gotaxy.client.tap import TunnelClientService, load_identity, make_verifier
 from gotaxy.config import ClientConfig, ServerConfig, TunnelSpec
 from gotaxy.server.control import Admission, AdmittingTLSFactory, ServerControlFactory
+from gotaxy.tls.clients import ClientCertificateVerifier, control_port_options
 from gotaxy.server.core import ServerCore
 from gotaxy.store import Store, ThreadedStore
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
@@ -553,9 +554,11 @@ class GotaxyServer:
         self.config = config if config is not None else server_config()
         self.credentials = credentials or server_credentials()
         self.store = SynchronousStore(memory_store(network.seconds), network)
-        self.core = ServerCore(self.config, self.store, network)
+        ca_file = self.config.transport.tls_trusted_ca_file
+        verifier = ClientCertificateVerifier(ca_file, clock=network) if ca_file is not None else None
+        self.core = ServerCore(self.config, self.store, network, verifier)
         self.admission = Admission(self.config.transport.max_pending, self.config.transport.max_pending_per_ip, network)
-        factory = AdmittingTLSFactory(self.credentials.server_context(),
+        factory = AdmittingTLSFactory(control_port_options(self.credentials.server_context(), verifier),
                                       ServerControlFactory(self.core, self.admission, network))
         self.listening = network.listenTCP(self.config.bind_port, factory, interface=self.config.bind_addr)
         self.core.start()
@@ -615,8 +618,10 @@ class GotaxyClient:
         self.reconnection = Reconnection(f"127.0.0.1:{server_port}", network)
         self.factory = ClientControlFactory(self.config, self.verifier, network, self._fatal, instance_id,
                                             self.reconnection)
+        identity = load_identity(self.config, network)
         endpoint = ReportingEndpoint(
-            TLSClientEndpoint(self.verifier.connection_creator(), network.endpoint("127.0.0.1", server_port), network),
+            TLSClientEndpoint(self.verifier.connection_creator(identity), network.endpoint("127.0.0.1", server_port),
+                              network),
             self.reconnection,
         )
         self.service = TunnelClientService(self.factory, endpoint, self.factory, retryPolicy=self.reconnection,

@@ -401,12 +401,14 @@ class TestFrpOwnFiles:
         loaded = client(uncommented("frpc_full_example.toml"))
         warned = {w.split("'")[1] for w in loaded.warnings}
         assert {"transport.wireProtocol", "transport.proxyURL", "transport.quic",
-                "transport.tls.certFile", "transport.tls.disableCustomTLSFirstByte",
+                "transport.tls.disableCustomTLSFirstByte",
                 "dnsServer", "featureGates", "virtualNet.address", "includes",
                 "auth.oidc", "auth.tokenSource", "natHoleStunServer"} <= warned
         config = loaded.config
         assert (config.heartbeat_interval, config.heartbeat_timeout) == (30, 90)
         assert config.trusted_ca_file == "ca.crt" and config.server_name == "example.com"
+        # frp's client certificate keys are Gotaxy's too (gotaxy.tls.clients).
+        assert (config.tls_cert_file, config.tls_key_file) == ("client.crt", "client.key")
         # start = ["ssh", "dns"]: of the tcp, udp, http and https proxies only ssh and dns are opened.
         assert [(t.name, t.enabled) for t in config.tunnels] == [
             ("ssh", True), ("ssh_random", False), ("dns", True), ("web01", False), ("web02", False),
@@ -714,8 +716,8 @@ class TestErrors:
             ),
             (
                 'auth.method = "oidc"',
-                "server.toml: 'auth.method' must be \"token\" (Gotaxy supports token "
-                "authentication only), got \"oidc\"",
+                "server.toml: 'auth.method' must be \"token\" (frp's; with transport.tls.trustedCaFile a client "
+                "certificate too) or \"certificate\" (Gotaxy's: a client certificate alone), got \"oidc\"",
             ),
             (
                 'auth.token = ""',

@@ -265,7 +265,7 @@ class ClientControlProtocol(MuxProtocol):
             reason = printable(_text(message, "reason", MAX_SHOWN * 4, ""))
             text = f"the server refused our login: {reason}"
             # For in_use and version the reason itself says what to do.
-            hint = "" if message.get("code") in ("in_use", "version") else "check the token (auth.token / --token)"
+            hint = "" if message.get("code") in ("in_use", "version", "certificate") else "check the token (auth.token / --token)"
             if self.config.login_fail_exit:
                 self.factory.fatal(f"{text}; {hint}" if hint else text)
             else:

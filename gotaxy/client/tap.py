@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Dict, List, Optional
 
 import attrs
@@ -31,6 +32,7 @@ from gotaxy.logs import gotaxy_observer, set_level
 from gotaxy.oslimits import log_fd_limit
 from gotaxy.process import EXIT_USAGE, SignalReload, TwistdOptions, exit_with, exit_with_message
 from gotaxy.tls import KNOWN_SERVERS_FILENAME, ServerVerifier, normalise_fingerprint
+from gotaxy.tls.clients import ClientIdentity, load_client_identity
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.client")
 
@@ -57,6 +59,8 @@ class Options(TwistdOptions):
         ["user", "u", None, "Client name, needed with a shared server token (user)."],
         ["fingerprint", None, None, "Pin the server certificate: SHA256:HEX."],
         ["ca", None, None, "Trust server certificates issued by the CA in this PEM file."],
+        ["cert", None, None, "Present this client certificate (PEM; transport.tls.certFile), from 'gotaxy cert issue'."],
+        ["key", None, None, "The client certificate's private key (PEM; transport.tls.keyFile)."],
         ["server-name", None, None, "Name to verify in the server certificate with --ca."],
         ["data-dir", None, None, "Where known_servers is kept. [default: ~/.gotaxy]"],
     ]
@@ -100,6 +104,8 @@ def build_config(options: Dict[str, Any], require_tunnels: bool = True) -> "tupl
         ("token", "token"),
         ("user", "user"),
         ("ca", "trusted_ca_file"),
+        ("cert", "tls_cert_file"),
+        ("key", "tls_key_file"),
         ("server-name", "server_name"),
         ("data-dir", "data_dir"),
     ]:
@@ -124,8 +130,9 @@ def build_config(options: Dict[str, Any], require_tunnels: bool = True) -> "tupl
     if allowed:
         overrides["allow_operator_tunnels"] = config.allow_operator_tunnels + allowed
     config = attrs.evolve(config, **overrides)
-    if not config.token:
-        raise ConfigError("no token: pass --token TOKEN or --token-file FILE, or set auth.token in the config file")
+    if not config.token and config.tls_cert_file is None:
+        raise ConfigError("no token: pass --token TOKEN or --token-file FILE, or set auth.token in the config file "
+                          "(or log in with a client certificate: transport.tls.certFile and keyFile)")
     if not config.tunnels and require_tunnels:
         raise ConfigError("no tunnels: pass --tunnel NAME=tcp:LOCALIP:LOCALPORT or add [[proxies]] to the config")
     return config, warnings
@@ -202,6 +209,27 @@ def make_verifier(config: ClientConfig, reactor: Any = None) -> ServerVerifier:
         raise usage.UsageError(str(e))
 
 
+def load_identity(config: ClientConfig, reactor: Any = None) -> Optional[ClientIdentity]:
+    """The client certificate and key to present (``transport.tls.certFile`` / ``keyFile``), if any."""
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    try:
+        identity = load_client_identity(os.path.expanduser(config.tls_cert_file),
+                                        os.path.expanduser(config.tls_key_file))
+    except ValueError as e:
+        raise usage.UsageError(f"transport.tls.certFile / keyFile: {e}")
+    leaf = identity.certificates[0]
+    now = reactor.seconds() if reactor is not None else time.time()
+    if leaf.not_valid_after_utc.timestamp() <= now:
+        log.warn("the client certificate {file} (serial {serial}) expired on {date:%Y-%m-%d}: a server that asks "
+                 "for one will refuse it; get a new one ('gotaxy cert issue NAME' on the server)",
+                 file=config.tls_cert_file, serial=identity.serial, date=leaf.not_valid_after_utc)
+    else:
+        log.info("presenting client certificate {file} (CN {name}, serial {serial}, valid until {date:%Y-%m-%d})",
+                 file=config.tls_cert_file, name=identity.name, serial=identity.serial, date=leaf.not_valid_after_utc)
+    return identity
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
@@ -252,10 +280,11 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
             dir=config.data_dir, error=e,
         )
     reconnection = Reconnection(server_address(config), reactor)
+    identity = load_identity(config, reactor)
     factory = ClientControlFactory(config, verifier, reactor, fatal, instance_id, reconnection)
     endpoint = ReportingEndpoint(
         wrapClientTLS(
-            verifier.connection_creator(),
+            verifier.connection_creator(identity),
             HostnameEndpoint(reactor, config.server_addr, config.server_port, timeout=config.dial_timeout),
         ),
         reconnection,

@@ -13,6 +13,7 @@ import attrs
 from gotaxy.jointoken import JoinToken, JoinTokenError, parse_join_token
 from gotaxy.names import is_valid_name
 from gotaxy.config.values import (
+    AUTH_METHOD,
     BOOLEAN,
     COUNT,
     LIMIT,
@@ -144,6 +145,11 @@ class ClientConfig(_Heartbeats):
         None, FINGERPRINT, "transport.tls.fingerprint", "--fingerprint"
     )
     trusted_ca_file: str | None = _setting(None, TEXT, "transport.tls.trustedCaFile", "--ca")
+    #: frp's: the certificate and key this client presents (``gotaxy.tls.clients``).
+    tls_cert_file: str | None = _setting(None, TEXT, "transport.tls.certFile", "--cert")
+    tls_key_file: str | None = _setting(None, TEXT, "transport.tls.keyFile", "--key")
+    #: "token" (frp's) or "certificate" (Gotaxy's: log in with the certificate alone, no token is sent).
+    auth_method: str = _setting("token", AUTH_METHOD, "auth.method")
     server_name: str | None = _setting(None, HOST, "transport.tls.serverName", "--server-name")
     insecure: bool = _setting(False, BOOLEAN, "transport.tls.insecureSkipVerify", "--insecure")
     data_dir: str = _setting("~/.gotaxy", TEXT, "dataDir", "--data-dir")
@@ -199,11 +205,24 @@ class ClientConfig(_Heartbeats):
     @property
     def login_secret(self) -> str:
         """What the client sends to log in: a join token's secret, or the whole old-style token."""
+        if self.auth_method == "certificate":
+            return ""  # the certificate alone: the token, if any, is not sent
         join = self.join_token
         return join.secret if join is not None else (self.token or "")
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(
+                "'transport.tls.certFile' and 'transport.tls.keyFile' go together: give both to present a client "
+                "certificate, or neither"
+            )
+        if self.auth_method == "certificate" and self.tls_cert_file is None:
+            raise ConfigError(
+                "'auth.method' is \"certificate\" but 'transport.tls.certFile' and 'transport.tls.keyFile' are not "
+                "set: give the client certificate and key ('gotaxy cert issue NAME' on the server makes them), or "
+                "set auth.method = \"token\""
+            )
         if self.admin_port and not self.admin_password and not _is_loopback(self.admin_addr):
             raise ConfigError(
                 f"'webServer.addr' is {self.admin_addr}, reachable from other machines, but "

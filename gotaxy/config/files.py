@@ -37,7 +37,6 @@ from gotaxy.config.values import (
     NAMES,
     supported_type,
     TLS_ON,
-    TOKEN_AUTH,
     _Form,
     _Mismatch,
     _show,
@@ -232,7 +231,6 @@ _SERVER = _Schema.of(
     ServerConfig,
     frp_keys=FRPS_KEYS,
     frp_tables=FRPS_TABLES,
-    checks={"auth.method": TOKEN_AUTH},
     sections=frozenset({"webhooks"}),
     notes={
         "transport.tls.force": "is not needed: Gotaxy always requires TLS",
@@ -244,7 +242,7 @@ _CLIENT = _Schema.of(
     ClientConfig,
     frp_keys=FRPC_KEYS,
     frp_tables=FRPC_TABLES,
-    checks={"auth.method": TOKEN_AUTH, "transport.tls.enable": TLS_ON},
+    checks={"transport.tls.enable": TLS_ON},
     sections=frozenset({"proxies", "start", "includes"}),
 )
 _PROXY = _Schema.of(TunnelSpec, frp_keys=FRP_PROXY_KEYS, frp_tables=FRP_PROXY_TABLES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import attrs
 
 from gotaxy.config.values import (
+    AUTH_METHOD,
     BOOLEAN,
     CONNECTIONS,
     DATABASE_URL,
@@ -80,6 +81,8 @@ class TransportSettings:
     max_pending_per_ip: int = _setting(16, COUNT, "transport.maxPendingPerIP")
     tls_cert_file: str | None = _setting(None, TEXT, "transport.tls.certFile")
     tls_key_file: str | None = _setting(None, TEXT, "transport.tls.keyFile")
+    #: frp's: clients must present a certificate this CA issued (``gotaxy.tls.clients``).
+    tls_trusted_ca_file: str | None = _setting(None, TEXT, "transport.tls.trustedCaFile")
 
     def __attrs_post_init__(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -340,6 +343,8 @@ class ServerConfig(_Heartbeats):
     proxy_bind_addr: str | None = _setting(None, HOST, "proxyBindAddr")
     allow_ports: tuple[PortRange, ...] = _setting((), PORT_RANGES, "allowPorts", "--allow-ports")
     token: str | None = _setting(None, TEXT, "auth.token", "--token", secret=True)
+    #: "token" (frp's), or "certificate": a client certificate alone (needs transport.tls.trustedCaFile).
+    auth_method: str = _setting("token", AUTH_METHOD, "auth.method")
     # Not set: follows from the other one (see heartbeat_interval / _timeout).
     _heartbeat_interval: float | None = _setting(
         None, HEARTBEAT, "transport.heartbeatInterval", "--heartbeat-interval",
@@ -374,6 +379,12 @@ class ServerConfig(_Heartbeats):
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)
+        if self.auth_method == "certificate" and self.transport.tls_trusted_ca_file is None:
+            raise ConfigError(
+                "'auth.method' is \"certificate\" but 'transport.tls.trustedCaFile' is not set: name the CA whose "
+                "client certificates log in (Gotaxy's own is DATA_DIR/tls/ca.pem, which 'gotaxy cert issue' uses), "
+                "or set auth.method = \"token\""
+            )
         if self.acme.enable and not (self.https.port and self.vhost.http_port):
             raise ConfigError(
                 "'acme.enable' is true but 'vhostHTTPSPort' or 'vhostHTTPPort' is not set: ACME certificates are for "

@@ -488,6 +488,12 @@ HEALTH_CHECK_TYPE = _Form('"tcp" or "http"', _one_of("tcp", "http"))
 TOKEN_AUTH = _Form(
     '"token" (Gotaxy supports token authentication only)', _equals("token")
 )
+#: frp's "token", or Gotaxy's own "certificate": a client certificate alone (``gotaxy.tls.clients``).
+AUTH_METHOD = _Form(
+    '"token" (frp\'s; with transport.tls.trustedCaFile a client certificate too) or "certificate" (Gotaxy\'s: '
+    'a client certificate alone)',
+    _one_of("token", "certificate"),
+)
 TLS_ON = _Form(
     "true (Gotaxy always uses TLS; remove transport.tls.enable)", _equals(True)
 )

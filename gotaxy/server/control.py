@@ -40,9 +40,17 @@ from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol
 from gotaxy.proxy import ProxySpec
 from gotaxy.server.access import CONTROL, FLOOD, PROTOCOL
-from gotaxy.server.core import MAX_TUNNELS_PER_CLIENT, IdentityInUse, LoginRefused, ServerCore, TunnelRefused
+from gotaxy.server.core import (
+    MAX_TUNNELS_PER_CLIENT,
+    CertificateRefused,
+    IdentityInUse,
+    LoginRefused,
+    ServerCore,
+    TunnelRefused,
+)
 from gotaxy.server.throttle import RepeatThrottle
 from gotaxy.server.tunnel import LiveTunnel
+from gotaxy.tls.clients import ClientCertificate, client_chain
 from gotaxy.wire import PROTOCOL_VERSION
 
 #: Refused connections are logged at most once in this many seconds (with their number).
@@ -194,6 +202,10 @@ class ServerControlProtocol(MuxProtocol):
         self.client_name: Optional[str] = None
         self.client_version = "?"
         self.token_checked = False
+        #: The client certificate it logged in with (``gotaxy.tls.clients``), if the server asks for one.
+        self.certificate: Optional[ClientCertificate] = None
+        #: Logged in with the server's shared auth.token.
+        self.shared_token = False
         #: The installation id the client sent at log-in ("" if none).
         self.instance = ""
         self.tunnels: Dict[str, LiveTunnel] = {}
@@ -280,12 +292,14 @@ class ServerControlProtocol(MuxProtocol):
 
     async def _login(self, message: Dict[str, Any]) -> None:
         try:
-            name = await self.core.login(self, message)
+            name = await self.core.login(self, message, client_chain(self.transport))
         except LoginRefused as e:
             if not self.lost:
                 refusal = {"type": "login_failed", "reason": str(e)}
                 if isinstance(e, IdentityInUse):
                     refusal["code"] = "in_use"
+                elif isinstance(e, CertificateRefused):
+                    refusal["code"] = "certificate"  # the reason says what to do; not "check the token"
                 self.send_control(refusal)
                 self.close()
             return

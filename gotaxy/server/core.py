@@ -44,7 +44,7 @@ through ``ThreadedStore``, so this module never blocks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import LoopingCall
@@ -74,6 +74,7 @@ from gotaxy.oslimits import fd_exhaustion
 from gotaxy.ports import PortAllocator, server_ports
 from gotaxy.proxy import ExposeContext, ProxySpec, PublicAddress, SpecError, TunnelRefused, parse_spec, registry, type_of
 from gotaxy.server.access import TOKEN, TUNNELS, AccessControl, GatedFactory, canonical
+from gotaxy.server.certificates import ClientCertificates
 from gotaxy.server.claims import PortReservations
 from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
@@ -81,6 +82,7 @@ from gotaxy.server.traffic import TrafficMeters
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel
 from gotaxy.server.limits import ConnectionLimits  # after tunnel: limits -> access -> store -> proxy -> tunnel
 from gotaxy.store import SOURCE_SERVER, ThreadedStore, TunnelRecord
+from gotaxy.tls.clients import ClientCertificate, ClientCertificateRefused, ClientCertificateVerifier
 
 if TYPE_CHECKING:
     from gotaxy.server.reload import Change
@@ -154,6 +156,10 @@ class IdentityInUse(LoginRefused):
     """Another installation is connected under this client's name."""
 
 
+class CertificateRefused(LoginRefused):
+    """The client's certificate (or its absence) is refused; the message says what to do."""
+
+
 class TunnelNotFound(LookupError):
     """An operator named a tunnel the store does not have."""
 
@@ -177,7 +183,8 @@ def _printable(text: str, limit: int) -> str:
 class ServerCore:
     log = Logger(observer=gotaxy_observer)
 
-    def __init__(self, config: ServerConfig, store: ThreadedStore, reactor: Any) -> None:
+    def __init__(self, config: ServerConfig, store: ThreadedStore, reactor: Any,
+                 client_certificates: Optional[ClientCertificateVerifier] = None) -> None:
         self.config = config
         self.store = store
         self._db = store.store
@@ -206,6 +213,8 @@ class ServerCore:
         # A token revoked elsewhere (``gotaxy token revoke`` in a shell, another
         # server): its client is cut off now, not at the next periodic check.
         self.events.subscribe(self._token_revoked)
+        #: Client certificates (``transport.tls.trustedCaFile``), or None: tokens only (``gotaxy.server.certificates``).
+        self.certificates = ClientCertificates(self, client_certificates) if client_certificates is not None else None
         self.sessions: Dict[str, ClientSession] = {}
         #: The one lock owner for every client's tunnels (see ``gotaxy.server.session``).
         self.locks = ClientLocks()
@@ -249,6 +258,8 @@ class ServerCore:
             self._idle.stop()
         self.access.stop()
         self.login_failures.flush()
+        if self.certificates is not None:
+            self.certificates.stop()
 
     def _start_idle_checks(self) -> None:
         timeout = self.config.limits.tunnel_idle_timeout
@@ -285,8 +296,11 @@ class ServerCore:
 
     # -- login ---------------------------------------------------------------
 
-    async def login(self, session: ClientSession, message: Dict[str, Any]) -> str:
-        """Authenticate ``session``; return the client's name or raise LoginRefused."""
+    async def login(self, session: ClientSession, message: Dict[str, Any], peer_certificates: Sequence[Any] = ()) -> str:
+        """
+        Authenticate ``session``; return the client's name or raise LoginRefused.
+        ``peer_certificates``: the chain the client presented in the TLS handshake, leaf first.
+        """
         address = session.peer_address
         try:
             token = _text(message, "token", 256)
@@ -305,12 +319,24 @@ class ServerCore:
         if join is not None:
             token = join.secret
 
+        certificate: Optional[ClientCertificate] = None
+        if self.certificates is not None:
+            # Before the token: a client without the right certificate learns that, not "wrong token".
+            try:
+                certificate = await self.certificates.check(peer_certificates, address)
+            except ClientCertificateRefused as e:
+                raise CertificateRefused(str(e)) from None
         name: Optional[str] = None
         via_store = False
-        if self.config.token and tokens_equal(token, self.config.token):
+        shared = False
+        if certificate is not None and self.certificates is not None and self.certificates.alone:
+            name = certificate.name  # auth.method = "certificate": the certificate alone
+        elif self.config.token and tokens_equal(token, self.config.token):
+            shared = True
             user = user or hostname.split(".")[0]
-            name = SHARED_PREFIX + user
-            if not is_valid_name(user) or len(name) > MAX_CLIENT_NAME:
+            # With a certificate, the certificate names the client (below).
+            name = SHARED_PREFIX + user if certificate is None else certificate.name
+            if certificate is None and (not is_valid_name(user) or len(name) > MAX_CLIENT_NAME):
                 raise LoginRefused(
                     "logging in with the shared auth.token needs a client name: set 'user' "
                     f"(at most {MAX_CLIENT_NAME - len(SHARED_PREFIX)} letters, digits, '.', '_', '-') "
@@ -330,6 +356,10 @@ class ServerCore:
             if recorded is not None:
                 await recorded  # the first of a series: in the store before the client hears
             raise LoginRefused("invalid, expired or revoked token")
+        if certificate is not None and name != certificate.name:
+            raise CertificateRefused(
+                f"the token is client {name!r}'s but the client certificate names {certificate.name!r}; use the "
+                f"token of {certificate.name!r} or that client's certificate")
         if session.lost:
             raise LoginRefused("connection lost during login")
 
@@ -350,6 +380,8 @@ class ServerCore:
         session.client_name = name
         session.token_checked = via_store
         session.instance = instance
+        session.certificate = certificate
+        session.shared_token = shared
         self.sessions[name] = session
         await self.store.call(self._db.client_connected, name, address, session.client_version)
         self.log.info(
@@ -944,7 +976,7 @@ class ServerCore:
         if "auth.token" in changed:
             kicked = 0
             for session in list(self.sessions.values()):
-                if not session.token_checked and (session.client_name or "").startswith(SHARED_PREFIX):
+                if getattr(session, "shared_token", False):
                     kicked += 1
                     session.close_with_error("the server's shared auth.token changed; log in with the new one")
                     await self.drop_session(session, "the shared auth.token changed")

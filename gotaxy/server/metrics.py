@@ -247,6 +247,12 @@ class GotaxyCollector:
         auth = CounterMetricFamily("gotaxy_auth_failures", "Client logins refused (bad, expired or revoked token).")
         auth.add_metric([], self._events.get(LOGIN_FAILED))
         yield auth
+        if core.certificates is not None:  # transport.tls.trustedCaFile (gotaxy.server.certificates)
+            refused = CounterMetricFamily("gotaxy_client_certificate_refusals",
+                                          "Client log-ins refused for their certificate, by reason.", labels=["reason"])
+            for reason, count in core.certificates.refusals.items():
+                refused.add_metric([reason], count)
+            yield refused
         operator_auth = CounterMetricFamily("gotaxy_operator_login_failures", "Failed operator log-ins (panel, console).")
         operator_auth.add_metric([], self._events.get(OPERATOR_LOGIN_FAILED))
         yield operator_auth

@@ -70,6 +70,9 @@ RESTART_REASONS: Dict[str, str] = {
     "store": "the store's database is connected once, at start",
     "transport.tls.certFile": "the control port's certificate is loaded at start (clients pin it)",
     "transport.tls.keyFile": "the control port's certificate is loaded at start (clients pin it)",
+    "transport.tls.trustedCaFile": "the control port's TLS settings and the client certificates' CA are loaded at "
+                                   "start",
+    "auth.method": "whether client certificates are asked for is set on the control port at start",
     "webServer.tls.certFile": "the panel's TLS certificate is loaded at start",
     "webServer.tls.keyFile": "the panel's TLS certificate is loaded at start",
     "notify.keyFile": "the webhooks kept in the store are decrypted with this key at start",

@@ -85,6 +85,7 @@ from gotaxy.server.reload import ConfigReloader, ReloadRefused
 from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 from gotaxy.tls.acme import AcmeManager, ChallengeStore, settings_from
+from gotaxy.tls.clients import ClientCertificateVerifier, control_port_options
 from gotaxy.tls.sites import CertificatesForTunnels, SiteCertificates, Termination
 from gotaxy.web import PanelAuth, make_web_service
 from gotaxy.web.service import WebService
@@ -501,6 +502,12 @@ def _assemble(
         )
     except ValueError as e:
         raise usage.UsageError(str(e))
+    client_certificates = None
+    if config.transport.tls_trusted_ca_file is not None:
+        try:
+            client_certificates = ClientCertificateVerifier(config.transport.tls_trusted_ca_file, clock=reactor)
+        except ValueError as e:
+            raise usage.UsageError(str(e))
     try:
         sync_store = Store(config.effective_database_url() or default_url(data_dir), clock=reactor.seconds)
     except StoreError as e:
@@ -531,7 +538,7 @@ def _assemble(
             print(banner, file=sys.__stdout__, flush=True)
 
     store = ThreadedStore(sync_store, reactor)
-    core = ServerCore(config, store, reactor)
+    core = ServerCore(config, store, reactor, client_certificates)
     # The bans in force, before any listener accepts (the reactor is not running yet).
     core.access.load(sync_store.db)
     admission = Admission(config.transport.max_pending, config.transport.max_pending_per_ip, reactor)
@@ -539,15 +546,18 @@ def _assemble(
     assert control_at is not None, "the control port cannot be turned off"
     control = Listener(
         reactor, control_at,
-        AdmittingTLSFactory(credentials.server_context(), ServerControlFactory(core, admission, reactor)),
+        AdmittingTLSFactory(control_port_options(credentials.server_context(), client_certificates),
+                            ServerControlFactory(core, admission, reactor)),
         CONTROL,
     )
-    revocations = TimerService(
-        min(config.heartbeat_interval, 10.0),
-        lambda: Deferred.fromCoroutine(core.kick_inactive_tokens()).addErrback(
-            lambda f: log.failure("checking revoked tokens failed", f)
-        ),
-    )
+    def check_revocations() -> None:
+        Deferred.fromCoroutine(core.kick_inactive_tokens()).addErrback(
+            lambda f: log.failure("checking revoked tokens failed", f))
+        if core.certificates is not None:  # revoked or expired client certificates (gotaxy.server.certificates)
+            Deferred.fromCoroutine(core.certificates.kick()).addErrback(
+                lambda f: log.failure("checking revoked client certificates failed", f))
+
+    revocations = TimerService(min(config.heartbeat_interval, 10.0), check_revocations)
     revocations.clock = reactor
     # Events older than events.retentionDays go, at start and then hourly.
     event_retention = EventRetention(core)

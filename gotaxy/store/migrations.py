@@ -237,6 +237,8 @@ MIGRATIONS: Tuple[Migration, ...] = (
               ensure(schema.HISTORY_SAMPLES, schema.HISTORY_HOURLY)),
     Migration(8, "bans: whether a ban's end was told (the ban.expired event), once across every server process",
               ensure(schema.BANS)),
+    Migration(9, "client certificates: those issued from the server's CA and the revoked serials, shared by every "
+              "server process", ensure(schema.CLIENT_CERTIFICATES)),
 )
 
 LATEST = MIGRATIONS[-1].version

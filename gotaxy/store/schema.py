@@ -53,6 +53,7 @@ CLAIMS = "claims"
 AUTH_FAILURES = "auth_failures"
 AUTH_LOCKS = "auth_locks"
 BANS = "bans"
+CLIENT_CERTIFICATES = "client_certificates"
 
 #: Text of any length (what dataset has always used for ``types.text``).
 TEXT = UnicodeText
@@ -179,6 +180,22 @@ TABLES: Dict[str, TableSpec] = {
         ),
         indexes=(("until",),),
         unique=(("address",),),
+    ),
+    # Client certificates issued from the server's CA, and revoked serials
+    # (gotaxy.store.client_certs): one row per serial.
+    CLIENT_CERTIFICATES: TableSpec(
+        columns=(
+            ("serial", String(64)),
+            ("name", String(64)),
+            ("fingerprint", String(80)),
+            ("issued_at", Float),
+            ("not_after", Float),
+            ("issued_by", String(128)),
+            ("revoked_at", Float),
+            ("revoked_by", String(128)),
+        ),
+        indexes=(("name",), ("revoked_at",)),
+        unique=(("serial",),),
     ),
     # -- stability history (gotaxy.server.history) ---------------------------
     HISTORY_SESSIONS: TableSpec(

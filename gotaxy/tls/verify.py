@@ -98,9 +98,14 @@ class _UnverifiedClientCreator:
     L{ServerVerifier.verify} judges it afterwards.
     """
 
-    def __init__(self, server_name: str) -> None:
+    def __init__(self, server_name: str, identity: Any = None) -> None:
+        # ``identity``: a ``gotaxy.tls.clients.ClientIdentity`` to present when the server asks for one.
+        mine: dict = {}
+        if identity is not None:
+            mine = dict(privateKey=identity.key, certificate=identity.certificates[0],
+                        extraCertChain=list(identity.certificates[1:]))
         self._options = ssl.CertificateOptions(
-            verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2
+            verify=False, raiseMinimumTo=ssl.TLSVersion.TLSv1_2, **mine
         )
         ascii_name = ascii_host(server_name)
         self._sni = ascii_name.encode("ascii") if ascii_name is not None else None
@@ -220,12 +225,14 @@ class ServerVerifier:
                 f"ca.pem or your CA's certificate."
             ) from None
 
-    def connection_creator(self) -> IOpenSSLClientConnectionCreator:
+    def connection_creator(self, identity: Any = None) -> IOpenSSLClientConnectionCreator:
         """
         The TLS client options: TLS 1.2 or later, SNI for DNS names, and no
         verification during the handshake; call L{verify} right after it.
+        With C{identity} (L{gotaxy.tls.clients.ClientIdentity}), the client
+        certificate to present.
         """
-        return _UnverifiedClientCreator(self.server_name)
+        return _UnverifiedClientCreator(self.server_name, identity)
 
     def verify(self, peer_chain: Sequence[x509.Certificate | crypto.X509]) -> str:
         """
