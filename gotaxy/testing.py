@@ -54,7 +54,6 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport
 from zope.interface import implementer
@@ -67,6 +66,7 @@ from gotaxy.tls.clients import ClientCertificateVerifier, control_port_options
 from gotaxy.server.core import ServerCore
 from gotaxy.store import Store, ThreadedStore
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
+from gotaxy.tls.bulk import BulkTLSFactory
 
 __all__ = [
     "Collector",
@@ -293,8 +293,9 @@ class MemoryEndpoint:
 @attrs.define
 class TLSClientEndpoint:
     """
-    ``wrapClientTLS`` whose TLS layer batches its writes on ``clock`` (the
-    network), not on the global reactor that a test never runs.
+    The client's ``BulkClientTLSEndpoint``, whose TLS layer batches its
+    writes on ``clock`` (the network), not on the global reactor that a
+    test never runs.
     """
 
     creator: Any
@@ -302,7 +303,7 @@ class TLSClientEndpoint:
     clock: Any
 
     def connect(self, factory: Any) -> Deferred:
-        tls = TLSMemoryBIOFactory(self.creator, True, factory, clock=self.clock)
+        tls = BulkTLSFactory(self.creator, True, factory, clock=self.clock)
         return self.wrapped.connect(tls).addCallback(lambda protocol: protocol.wrappedProtocol)
 
 

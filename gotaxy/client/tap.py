@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import attrs
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -32,6 +32,7 @@ from gotaxy.logs import gotaxy_observer, set_level
 from gotaxy.oslimits import log_fd_limit
 from gotaxy.process import EXIT_USAGE, SignalReload, TwistdOptions, exit_with, exit_with_message
 from gotaxy.tls import KNOWN_SERVERS_FILENAME, ServerVerifier, normalise_fingerprint
+from gotaxy.tls.bulk import BulkClientTLSEndpoint
 from gotaxy.tls.clients import ClientIdentity, load_client_identity
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.client")
@@ -283,9 +284,10 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
     identity = load_identity(config, reactor)
     factory = ClientControlFactory(config, verifier, reactor, fatal, instance_id, reconnection)
     endpoint = ReportingEndpoint(
-        wrapClientTLS(
+        BulkClientTLSEndpoint(
             verifier.connection_creator(identity),
             HostnameEndpoint(reactor, config.server_addr, config.server_port, timeout=config.dial_timeout),
+            reactor,
         ),
         reconnection,
     )

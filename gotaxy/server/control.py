@@ -31,13 +31,13 @@ from twisted.internet.defer import Deferred
 from OpenSSL.SSL import Error as SSLError
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from gotaxy import __version__
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import MuxProtocol
+from gotaxy.tls.bulk import BulkTLSFactory
 from gotaxy.proxy import ProxySpec
 from gotaxy.server.access import CONTROL, FLOOD, PROTOCOL
 from gotaxy.server.core import (
@@ -493,7 +493,7 @@ class ServerControlFactory(Factory):
         return ServerControlProtocol(self.core, self.admission, self.reactor)
 
 
-class AdmittingTLSFactory(TLSMemoryBIOFactory):
+class AdmittingTLSFactory(BulkTLSFactory):
     """TLS on the control port, refusing connections over the pending limits."""
 
     def __init__(self, context: Any, wrapped: ServerControlFactory) -> None:
