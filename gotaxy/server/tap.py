@@ -87,8 +87,9 @@ from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 from gotaxy.tls.acme import AcmeManager, ChallengeStore, settings_from
 from gotaxy.tls.clients import ClientCertificateVerifier, control_port_options
 from gotaxy.tls.sites import CertificatesForTunnels, SiteCertificates, Termination
-from gotaxy.web import PanelAuth, make_web_service
-from gotaxy.web.service import WebService
+# Not gotaxy.web, which imports the panel's app (Klein): made after the start (gotaxy.web.service).
+from gotaxy.web.auth import PanelAuth
+from gotaxy.web.service import WebService, make_web_service
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.server")
 

@@ -5,6 +5,14 @@ The panel's listening service: ``make_web_service`` builds the
 such as ``/metrics``) and the listener that serves it over HTTP, or HTTPS
 when ``webServer.tls.certFile`` and ``keyFile`` are set, on
 ``webServer.addr:port`` or the endpoint string ``webServer.endpoint``.
+
+The listener binds at start like every other (a busy port still ends the
+start), but the panel behind it is made later (``PanelSite``): importing
+Klein, werkzeug and the panel's routes was about a third of a server's
+start-up before its control port listened (py-spy, docs/operations.md,
+"Restarts and upgrades"), and clients reconnecting after a restart need
+none of it.  It is made ``PANEL_WARM_UP`` seconds after the start, or at
+the panel's first connection if that comes sooner.
 """
 
 from __future__ import annotations
@@ -12,9 +20,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -24,8 +33,13 @@ from twisted.web.server import Request, Site
 from gotaxy.listeners import WEB, ListenAt, Listener, listen_at
 from gotaxy.logs import gotaxy_observer
 from gotaxy.tls import load_server_tls_options
-from gotaxy.web.app import MAX_BODY, SECURITY_HEADERS, Panel
 from gotaxy.web.auth import PanelAuth
+
+if TYPE_CHECKING:
+    from gotaxy.web.app import Panel
+
+#: Seconds after the start at which the panel is made, if no one asked for it before.
+PANEL_WARM_UP = 2.0
 
 
 class BoundedRequest(Request):
@@ -39,6 +53,8 @@ class BoundedRequest(Request):
     _received = 0
 
     def handleContentChunk(self, data: bytes) -> None:
+        from gotaxy.web.app import MAX_BODY
+
         self._received += len(data)
         if self._received > MAX_BODY + 1:
             self.body_too_large = True
@@ -83,6 +99,8 @@ class MalformedPath(Resource):
         self.problem = problem
 
     def render(self, request: Any) -> bytes:
+        from gotaxy.web.app import SECURITY_HEADERS
+
         request.setResponseCode(400)
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
@@ -123,14 +141,61 @@ class PanelRoot(Resource):
         return self._panel.render(request)
 
 
-def make_site(panel: Panel, extra_resources: Mapping[bytes, IResource] = {}) -> Site:
+def make_site(panel: "Panel", extra_resources: Mapping[bytes, IResource] = {}) -> Site:
     site = Site(PanelRoot(panel.resource(), extra_resources))
     site.requestFactory = BoundedRequest
     site.displayTracebacks = False
     return site
 
 
-def _tls_factory(config: Any, site: Site) -> Any:
+class PanelSite(ServerFactory):
+    """
+    The panel's ``Site``, made by ``build`` when first needed (module
+    docstring: why): at a connection's ``buildProtocol``, or when
+    ``WebService`` asks for it ``PANEL_WARM_UP`` seconds after the start.
+    """
+
+    noisy = False
+
+    def __init__(self, build: Callable[[], "tuple[Panel, Site]"]) -> None:
+        self._build = build
+        self._made: "Optional[tuple[Panel, Site]]" = None
+        self._started = False
+
+    def _get(self) -> "tuple[Panel, Site]":
+        if self._made is None:
+            self._made = self._build()
+            if self._started:
+                self._made[1].doStart()
+        return self._made
+
+    @property
+    def site(self) -> Site:
+        return self._get()[1]
+
+    @property
+    def panel(self) -> "Panel":
+        return self._get()[0]
+
+    @property
+    def made(self) -> bool:
+        return self._made is not None
+
+    def startFactory(self) -> None:
+        self._started = True
+        if self._made is not None:
+            self._made[1].doStart()
+
+    def stopFactory(self) -> None:
+        self._started = False
+        if self._made is not None:
+            self._made[1].doStop()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.site.buildProtocol(addr)
+
+
+def _tls_factory(config: Any, site: Any) -> Any:
     """The site over HTTPS when webServer.tls is set (on any endpoint, systemd's too), else the site."""
     if not config.web.tls_cert_file:
         return site
@@ -156,15 +221,34 @@ def _warn_plain_http(address: str) -> None:
 class WebService(Listener):
     """The panel's listener, with the panel it serves and a way to add top-level resources."""
 
-    def __init__(self, reactor: Any, at: ListenAt, site: Site, factory: Any, panel: Panel, secure: bool) -> None:
+    def __init__(self, reactor: Any, at: ListenAt, site: PanelSite, factory: Any, secure: bool) -> None:
         super().__init__(reactor, at, factory, WEB, on_listening=self._listening)
-        self.panel = panel
-        self._site = site
+        self.site = site
         self._secure = secure
+        self._warm_up: Any = None
+
+    @property
+    def panel(self) -> "Panel":
+        return self.site.panel
+
+    def startService(self) -> None:
+        super().startService()
+        if not self.site.made:
+            self._warm_up = self.reactor.callLater(PANEL_WARM_UP, self._make_panel)
+
+    def _make_panel(self) -> None:
+        self._warm_up = None
+        self.site.site  # noqa: B018 (made on access)
+
+    def stopService(self) -> Any:
+        if self._warm_up is not None and self._warm_up.active():
+            self._warm_up.cancel()
+        self._warm_up = None
+        return super().stopService()
 
     def mount(self, name: bytes, resource: IResource) -> None:
         """Serve ``resource`` at ``/name`` (e.g. /metrics, made after the panel)."""
-        self._site.resource.putChild(name, resource)
+        self.site.site.resource.putChild(name, resource)
 
     def _listening(self, port: Any) -> None:
         # An endpoint string (systemd's socket, say) says where only once it listens.
@@ -209,9 +293,16 @@ def make_web_service(
     if auth is None:
         auth = PanelAuth(core, operators, reactor)
     secure = bool(config.web.tls_cert_file)
-    panel = Panel(management, operators, auth, core.events, reactor, secure=secure, history=history)
-    site = make_site(panel, extra_resources)
-    factory = _tls_factory(config, site)
+    extra = dict(extra_resources)
+
+    def build() -> "tuple[Panel, Site]":
+        from gotaxy.web.app import Panel
+
+        panel = Panel(management, operators, auth, core.events, reactor, secure=secure, history=history)
+        return panel, make_site(panel, extra)
+
+    site = PanelSite(build)
+    factory = _tls_factory(config, site)  # the TLS files are checked now: a bad one ends the start
     if not secure and not at.explicit and not is_loopback(config.web.addr):
         _warn_plain_http(config.web.addr)
-    return WebService(reactor, at, site, factory, panel, secure)
+    return WebService(reactor, at, site, factory, secure)
