@@ -6,6 +6,9 @@ convert frp's old files.
     gotaxy token create NAME [--expires-in DAYS]    (prints a join token, gtx1.PIN.SECRET)
     gotaxy token list
     gotaxy token revoke NAME
+    gotaxy cert issue NAME [--days N] [--out DIR] [--server HOST:PORT] [--force]
+    gotaxy cert list [--json]
+    gotaxy cert revoke SERIAL|NAME                 (its client is disconnected within seconds)
     gotaxy convert FILE.ini [-o FILE.toml] [--server | --client] [--force]
     gotaxy verify FILE [--server | --client]         (check a config file; exit 0 or 1)
     gotaxy admin reset-password [--user NAME] [--password-stdin]
@@ -24,12 +27,22 @@ ends the operator's panel sessions.  ``convert`` needs no store: it writes
 frp's legacy INI file as frp's TOML (see ``gotaxy.frp_ini``).  Nor does
 ``verify``, which prints every error and warning of a server or client file
 (``gotaxy.config.verify``) and starts nothing.
+
+``cert issue`` signs a client certificate with the server's own CA
+(``DATA_DIR/tls/ca.pem`` and ``ca.key``, which the server made at its first
+start; made now if not), writes ``NAME.pem`` and ``NAME.key`` with mode 0600
+(never over an existing file without ``--force``), records the certificate
+(never its key) in the store, and prints what to put in the client's config.
+``cert revoke`` records the serial as revoked; every server process on the
+store reads the ``clientcert.revoked`` event and disconnects the client
+within seconds (``gotaxy.server.certificates``).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shlex
 import sys
@@ -45,6 +58,8 @@ from gotaxy.jointoken import make_join_token
 from gotaxy.names import InvalidName, check_name
 from gotaxy.server.operators import MIN_PASSWORD_LENGTH
 from gotaxy.server.tap import ADMIN_USER
+from gotaxy.store import client_certs
+from gotaxy.tls.clients import DEFAULT_DAYS, issue_client_certificate
 from gotaxy.store import JOIN_PIN_SETTING, OPERATOR_PASSWORD_CHANGED, Store, StoreError, default_url
 
 if sys.version_info >= (3, 11):
@@ -79,6 +94,19 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="list tokens (never their secret)")
     revoke = actions.add_parser("revoke", help="revoke a token; its client is disconnected")
     revoke.add_argument("name")
+    cert = commands.add_parser("cert", help="issue, list or revoke client certificates (transport.tls.trustedCaFile)")
+    cert_actions = cert.add_subparsers(dest="action", required=True)
+    issue = cert_actions.add_parser(
+        "issue", help="sign a client certificate with the server's CA; writes NAME.pem and NAME.key (mode 0600)")
+    issue.add_argument("name", help="the client's name: the certificate's CN")
+    issue.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"valid for DAYS days [{DEFAULT_DAYS}]")
+    issue.add_argument("--out", default=".", metavar="DIR", help="where to write NAME.pem and NAME.key [.]")
+    issue.add_argument("--server", metavar="HOST:PORT", help="the server's address, for the client config printed")
+    issue.add_argument("--force", action="store_true", help="replace NAME.pem and NAME.key if they exist")
+    cert_list = cert_actions.add_parser("list", help="list the certificates issued and the serials revoked")
+    cert_list.add_argument("--json", action="store_true", help="as JSON, for scripts")
+    cert_revoke = cert_actions.add_parser("revoke", help="revoke by serial or by name; its client is disconnected")
+    cert_revoke.add_argument("what", metavar="SERIAL|NAME")
     convert = commands.add_parser(
         "convert", help="write frp's legacy INI file (frps.ini, frpc.ini) as TOML"
     )
@@ -181,12 +209,138 @@ def _disable_totp(store: Store, user: str, out: TextIO) -> int:
     return 0
 
 
+def _write_private(path: str, data: bytes, force: bool) -> None:
+    """Write ``path`` with mode 0600 from its creation on; an existing file only with ``force``."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file replaced with --force keeps no looser mode
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _server_fingerprint(data_dir: str) -> Optional[str]:
+    """The fingerprint of the certificate the server presents, if it is the one it generated."""
+    from gotaxy.tls.fingerprint import fingerprint_of_certificate
+
+    try:
+        with open(os.path.join(data_dir, "tls", "server.pem"), "rb") as f:
+            return fingerprint_of_certificate(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _server_config(data_dir: str) -> Optional[ServerConfig]:
+    path = os.path.join(data_dir, "server.toml")
+    try:
+        with open(path, "rb") as f:
+            return parse_server_config(tomllib.load(f), source=path).config
+    except (OSError, ConfigError, tomllib.TOMLDecodeError):
+        return None
+
+
+def _cert_issue(store: Store, args: argparse.Namespace, out: TextIO) -> int:
+    tls_dir = os.path.join(args.data_dir, "tls")
+    try:
+        issued = issue_client_certificate(tls_dir, args.name, args.days)
+    except ValueError as e:
+        print(f"gotaxy: {e}", file=sys.stderr)
+        return 1
+    cert_path = os.path.abspath(os.path.join(args.out, f"{args.name}.pem"))
+    key_path = os.path.abspath(os.path.join(args.out, f"{args.name}.key"))
+    for path in (cert_path, key_path):
+        if os.path.exists(path) and not args.force:
+            print(f"gotaxy: {path} exists; choose another directory with --out, or pass --force to replace it",
+                  file=sys.stderr)
+            return 1
+    try:
+        _write_private(key_path, issued.key_pem, args.force)
+        _write_private(cert_path, issued.certificate_pem, args.force)
+    except FileExistsError as e:
+        print(f"gotaxy: {e.filename} exists; choose another directory with --out, or pass --force to replace it",
+              file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"gotaxy: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    client_certs.record_issued(store, issued, "gotaxy cert issue", datetime.datetime.now(datetime.timezone.utc).timestamp())
+    print(f"client certificate for {issued.name!r}, serial {issued.serial}, valid until "
+          f"{_when(issued.not_after)}:", file=out)
+    print(f"  certificate  {cert_path}", file=out)
+    print(f"  key          {key_path}  (mode 0600: copy it to the client only, and delete it here)", file=out)
+    host, port = "SERVER", "7000"
+    if args.server:
+        host, _, port = args.server.rpartition(":") if ":" in args.server else (args.server, "", "7000")
+    config = _server_config(args.data_dir)
+    fingerprint = _server_fingerprint(args.data_dir)
+    lines = [f'serverAddr = "{host.strip("[]")}"', f"serverPort = {port or 7000}", 'auth.method = "certificate"',
+             f'transport.tls.certFile = "{os.path.basename(cert_path)}"',
+             f'transport.tls.keyFile = "{os.path.basename(key_path)}"']
+    if fingerprint is not None:
+        lines.append(f'transport.tls.fingerprint = "{fingerprint}"')
+    print("in the client's config (client.toml; paths relative to where the client runs):", file=out)
+    for line in lines:
+        print(f"  {line}", file=out)
+    command = ["twistd", "-n", "gotaxy-client", "--server", f"{host}:{port or 7000}", "--cert",
+               os.path.basename(cert_path), "--key", os.path.basename(key_path)]
+    if fingerprint is not None:
+        command += ["--fingerprint", fingerprint]
+    print(f"or: {' '.join(shlex.quote(c) for c in command)} --tunnel NAME=tcp:LOCALPORT", file=out)
+    ca = os.path.abspath(os.path.join(tls_dir, "ca.pem"))
+    if config is None or config.transport.tls_trusted_ca_file is None:
+        print(f"gotaxy: the server does not ask for client certificates yet: set transport.tls.trustedCaFile = "
+              f"\"{ca}\" (and auth.method = \"certificate\" for no token) in its server.toml and restart it",
+              file=sys.stderr)
+    elif config.auth_method != "certificate":
+        print("gotaxy: the server also asks for a token (auth.method = \"token\"): give the client one of "
+              f"{issued.name!r} ('gotaxy token create {issued.name}') and leave auth.method out of its config",
+              file=sys.stderr)
+    return 0
+
+
+def _cert_list(store: Store, as_json: bool, out: TextIO) -> int:
+    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    records = client_certs.list_certificates(store.db)
+    if as_json:
+        print(json.dumps([r.to_json(now) for r in records], indent=2), file=out)
+        return 0
+    print(f"{'SERIAL':<42} {'NAME':<24} {'ISSUED':<21} {'EXPIRES':<21} STATE", file=out)
+    for r in records:
+        state = r.status(now)
+        if r.revoked_at is not None:
+            state += f" {_when(r.revoked_at)} by {r.revoked_by}"
+        print(f"{r.serial:<42} {r.name or '(made elsewhere)':<24} {_when(r.issued_at):<21} {_when(r.not_after):<21} "
+              f"{state}", file=out)
+    return 0
+
+
+def _cert_revoke(store: Store, what: str, out: TextIO) -> int:
+    now = datetime.datetime.now(datetime.timezone.utc).timestamp()
+    try:
+        revoked = client_certs.revoke(store, what, "gotaxy cert revoke", now)
+    except client_certs.CertificateNotFound as e:
+        print(f"gotaxy: {e}", file=sys.stderr)
+        return 1
+    if not revoked:
+        print(f"gotaxy: the certificates of {what!r} were revoked already; nothing changed", file=sys.stderr)
+        return 1
+    for r in revoked:
+        print(f"revoked client certificate {r.serial}" + (f" of {r.name!r}" if r.name else "")
+              + "; a server using this store disconnects its client within seconds", file=out)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout, stdin: TextIO = sys.stdin) -> int:
     args = _parser().parse_args(argv)
     if args.command == "convert":
         return convert(args.file, args.output, args.kind, args.force, out)
     if args.command == "verify":
         return verify(args.file, args.kind, out)
+    if args.command == "cert" and args.action == "issue":
+        try:
+            check_name(args.name, "a client certificate's name (its client's name)")
+        except InvalidName as e:
+            print(f"gotaxy: {e}", file=sys.stderr)
+            return 1
     if getattr(args, "action", None) == "create":
         try:
             check_name(args.name, "a token's name (its client's name)")
@@ -226,6 +380,12 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout, stdin: Text
             if args.action == "reset-password":
                 return _reset_password(store, args.user, args.password_stdin, stdin, out)
             return _disable_totp(store, args.user, out)
+        if args.command == "cert":
+            if args.action == "issue":
+                return _cert_issue(store, args, out)
+            if args.action == "list":
+                return _cert_list(store, args.json, out)
+            return _cert_revoke(store, args.what, out)
         if args.action == "create":
             expires = None
             if args.expires_in is not None:

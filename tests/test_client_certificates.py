@@ -11,6 +11,8 @@ server's clock.
 from __future__ import annotations
 
 import datetime
+import json
+import re
 import os
 import stat
 from pathlib import Path
@@ -194,7 +196,7 @@ def test_a_revoked_certificate_is_cut_off_at_once_and_refused_after(gotaxy_ca, t
     network = MemoryNetwork()
     server = cert_server(network, ca, method="certificate")
     issued = issue_client_certificate(str(tls), "alice")
-    client_certs.record_issued(server.store.store, issued, "test")
+    client_certs.record_issued(server.store.store, issued, "test", network.seconds())
     cert, key = write_issued(tmp_path, issued)
     with LogCapture() as logs:
         client = GotaxyClient(network, None, tls_cert_file=cert, tls_key_file=key, auth_method="certificate").start()
@@ -262,3 +264,79 @@ def test_config_keys_and_their_errors(tmp_path):
         parse_client_config({"auth": {"method": "certificate"}}, "client.toml")
     with pytest.raises(ValueError, match="transport.tls.trustedCaFile"):
         ClientCertificateVerifier(str(tmp_path / "missing.pem"))
+
+
+# -- gotaxy cert issue | list | revoke ------------------------------------------
+
+
+def gotaxy(capsys, *argv):
+    import io
+
+    from gotaxy.cli import main
+
+    out = io.StringIO()
+    code = main(list(argv), out=out)
+    captured = capsys.readouterr()
+    return code, out.getvalue() + captured.out, captured.err
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    from gotaxy.store import Store, default_url
+
+    directory = tmp_path / "data"
+    directory.mkdir()
+    Store(default_url(str(directory))).close()  # as the server leaves it
+    (directory / "server.toml").write_text(
+        f'auth.method = "certificate"\ntransport.tls.trustedCaFile = "{directory / "tls" / "ca.pem"}"\n')
+    return directory
+
+
+def test_cert_issue_writes_private_files_that_log_in_and_prints_the_client_config(capsys, data_dir, tmp_path):
+    import tomllib
+
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out, err = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "issue", "laptop", "--out", str(out_dir),
+                            "--server", "tunnel.example.com:7001", "--days", "30")
+    assert code == 0, err
+    cert, key = out_dir / "laptop.pem", out_dir / "laptop.key"
+    for path in (cert, key):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    serial = re.search(r"serial ([0-9A-F]+), valid until", out).group(1)
+    # The printed lines are a client config that parses, and logs in.
+    lines = "\n".join(line.strip() for line in out.splitlines() if " = " in line)
+    config = parse_client_config(tomllib.loads(lines), "client.toml").config
+    assert (config.server_addr, config.server_port, config.auth_method) == ("tunnel.example.com", 7001, "certificate")
+    assert config.tls_cert_file == "laptop.pem" and "twistd -n gotaxy-client --server tunnel.example.com:7001" in out
+    network = MemoryNetwork()
+    server = cert_server(network, str(data_dir / "tls" / "ca.pem"), method="certificate")
+    client = GotaxyClient(network, None, tls_cert_file=str(cert), tls_key_file=str(key),
+                          auth_method="certificate").start()
+    assert client.fatal == [] and server.session("laptop") is not None
+    client.stop()
+    server.shutdown()
+    # Not over an existing file without --force.
+    code, _, err = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "issue", "laptop", "--out", str(out_dir))
+    assert code == 1 and "exists; choose another directory with --out, or pass --force" in err
+    # Listed (never a key), then revoked by serial.
+    code, out, _ = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "list", "--json")
+    listed = json.loads(out)
+    assert [(c["serial"], c["name"], c["status"]) for c in listed] == [(serial, "laptop", "valid")]
+    assert "KEY" not in out
+    code, out, _ = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "revoke", serial)
+    assert code == 0 and f"revoked client certificate {serial} of 'laptop'" in out
+    code, out, _ = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "list")
+    assert re.search(rf"{serial}\s+laptop .* revoked .* by gotaxy cert revoke", out)
+    code, _, err = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "revoke", "laptop")
+    assert code == 1 and "revoked already" in err
+    code, _, err = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "revoke", "nobody")
+    assert code == 1 and "no client certificate is named 'nobody'" in err
+    code, _, err = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "issue", "bad/name")
+    assert code == 1 and "must be" in err
+
+
+def test_cert_issue_says_when_the_server_does_not_ask_for_certificates(capsys, data_dir, tmp_path):
+    (data_dir / "server.toml").write_text("")
+    code, _, err = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "issue", "laptop", "--out", str(tmp_path))
+    assert code == 0 and "the server does not ask for client certificates yet: set transport.tls.trustedCaFile" in err

@@ -15,11 +15,14 @@ End to end, with real ``twistd`` processes on loopback: client certificates
 from __future__ import annotations
 
 import re
+import shutil
+import stat
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e import echo_once, tunnel_port
+from tests.e2e import echo_once, gotaxy_cli, tunnel_port
 from tests.openssl_ca import OpenSSLCA
 
 pytestmark = pytest.mark.e2e
@@ -74,3 +77,43 @@ def test_openssl_certificates_good_wrong_ca_expired_and_none(procs, echo, tmp_pa
 
     # The good one kept its session throughout.
     assert echo_once(tunnel_port(good, "echo"), b"still here") == b"still here"
+
+
+def test_issued_certificate_logs_in_and_revocation_cuts_it_off_on_every_server(procs, echo, tmp_path):
+    db = tmp_path / "shared.db"
+    url = f"sqlite:///{db}"
+    # Server a makes the CA at its first start; b, on the same database, trusts it too.
+    a_dir = tmp_path / "a-data"
+    a = procs.server("--database-url", url, name="a0", data_dir="a-data")
+    a.stop()
+    ca = a_dir / "tls" / "ca.pem"
+    a = cert_server(procs, ca, name="a", data_dir="a-data", extra=f'database.url = "{url}"\n')
+    (tmp_path / "b-data").mkdir(mode=0o700)
+    shutil.copy(a_dir / "notify.key", tmp_path / "b-data" / "notify.key")
+    b = cert_server(procs, ca, name="b", data_dir="b-data", extra=f'database.url = "{url}"\n')
+
+    out = gotaxy_cli("--data-dir", str(a_dir), "--database-url", url, "cert", "issue", "laptop",
+                     "--out", str(tmp_path), "--server", f"127.0.0.1:{b.port}")
+    serial = re.search(r"serial ([0-9A-F]+), valid until", out).group(1)
+    cert, key = tmp_path / "laptop.pem", tmp_path / "laptop.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(cert.stat().st_mode) == 0o600
+    assert f"--server 127.0.0.1:{b.port} --cert laptop.pem --key laptop.key" in out
+
+    client = cert_client(procs, b, cert, key, f"echo=tcp:127.0.0.1:{echo.port}", name="laptop")
+    assert echo_once(tunnel_port(client, "echo"), b"issued") == b"issued"
+    b.wait_for(r"client laptop connected")
+
+    # Revoked in a shell, against the store: b (another process) cuts the session off within seconds.
+    revoked_at = time.monotonic()
+    gotaxy_cli("--database-url", url, "cert", "revoke", serial)
+    b.wait_for(rf"client laptop: client certificate revoked \(serial {serial}\); disconnecting", timeout=15)
+    assert time.monotonic() - revoked_at < 15
+    # The client heard why, tried again, and stopped: retrying cannot help.
+    assert client.wait_exit(30) == 2
+    assert re.search(rf"server closed the connection: the client certificate 'laptop' \(serial {serial}\) was "
+                     r"revoked on the server", client.output()), client.output()
+    assert re.search(r"the server refused our login: the client certificate 'laptop' .* was revoked", client.output())
+    b.wait_for(r"client certificate refused: certificate 'laptop' .* is revoked")
+    # a, which the client never used, refuses it too.
+    again = cert_client(procs, a, cert, key, f"echo=tcp:127.0.0.1:{echo.port}", name="again")
+    assert again.wait_exit(30) == 2 and "was revoked on the server" in again.output()

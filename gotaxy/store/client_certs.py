@@ -76,10 +76,10 @@ def _until(at: Optional[float]) -> str:
     return f"{datetime.datetime.fromtimestamp(at, datetime.timezone.utc):%Y-%m-%d}"
 
 
-def record_issued(store: Any, issued: IssuedCertificate, by: str) -> CertificateRecord:
-    """Keep a certificate just issued (not its key); records ``clientcert.issued``."""
+def record_issued(store: Any, issued: IssuedCertificate, by: str, now: float) -> CertificateRecord:
+    """Keep a certificate just issued (not its key) at ``now``; records ``clientcert.issued``."""
     store.db[CLIENT_CERTIFICATES].insert(dict(
-        serial=issued.serial, name=issued.name, fingerprint=issued.fingerprint, issued_at=issued.not_before,
+        serial=issued.serial, name=issued.name, fingerprint=issued.fingerprint, issued_at=now,
         not_after=issued.not_after, issued_by=by[:128],
     ))
     store.record_event(CLIENT_CERT_ISSUED, client=issued.name,
