@@ -24,7 +24,11 @@ connection (a ``MuxProtocol``).  The design follows SSH channels and yamux:
     paused by its transport (``MuxProtocol`` registers as the producer of
     the TLS transport), and resumes it when both clear.
 
-  Memory per stream is therefore bounded by its window plus one socket read.
+  Memory per stream is therefore bounded by its window plus one socket read,
+  and with a peer that announces ``window_budget`` the windows of all
+  streams of a connection are bounded together: they start at 16 KiB and
+  grow only from the connection's pool (``gotaxy.budget``, the credit
+  hooks ``_send_credit`` and ``widen_reads``).
 
 * **Closing.**  FIN is a half-close and is queued behind any data still
   waiting for window.  When the local socket is gone, the stream sends CLOSE
@@ -34,7 +38,7 @@ connection (a ``MuxProtocol``).  The design follows SSH channels and yamux:
 
 * **Fair shares.**  One connection carries at most ``max_streams`` streams
   (``MAX_STREAMS``, or the server's ``maxConnectionsPerClient``), and one
-  tunnel must not take them all: 1,024 idle connections to one public port
+  tunnel must not take them all: 10,000 idle connections to one public port
   would otherwise lock every other tunnel of the client out.  Each tunnel of
   the connection (``fair_share_tunnels``) is guaranteed ``R = min(
   TUNNEL_RESERVE, max_streams // tunnels)`` streams, and any tunnel may
@@ -46,6 +50,7 @@ connection (a ``MuxProtocol``).  The design follows SSH channels and yamux:
   so every other tunnel can still open up to its ``R`` at any moment.  With
   two tunnels and 1,024 streams one tunnel may hold 992; a lone tunnel may
   hold all of them.  ``stream_refusal`` says which rule refused a stream.
+  A peer without the window budget gets at most ``LEGACY_MAX_STREAMS``.
 
 * **Bandwidth limits.**  A stream may have a ``send_bucket`` and a
   ``recv_bucket`` (``gotaxy.bandwidth``): past its limit it pauses its
@@ -100,6 +105,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gotaxy.budget import SMALL_READ, SMALL_WINDOW, TWISTED_READ, WINDOW_POOL, WindowBudget
 from gotaxy.wire import (
     CLOSE_ERROR_PREFIX,
     INITIAL_WINDOW,
@@ -120,13 +126,14 @@ from gotaxy.wire import (
     encode_json,
 )
 
-#: Return credit once this many bytes have been consumed, to keep WINDOW
-#: frames rare while the sender never runs dry on a healthy path.
-WINDOW_UPDATE_THRESHOLD = INITIAL_WINDOW // 4
-
 #: Concurrent streams one connection may carry; more public connections than
-#: this for one client are refused.
-MAX_STREAMS = 1024
+#: this for one client are refused.  Their windows are bounded by the
+#: connection's budget (``gotaxy.budget``), not only each by its own.
+MAX_STREAMS = 10000
+
+#: The limit with a peer that does not take part in the budget (an older
+#: Gotaxy): each of its streams may hold a fixed 512 KiB window.
+LEGACY_MAX_STREAMS = 1024
 
 #: Streams each tunnel of a connection can always open, however many the
 #: connection's other tunnels hold (fewer when so many tunnels share the
@@ -231,6 +238,8 @@ class Stream:
         "recv_bucket",
         "_rate_paused",
         "_credit_held",
+        "recv_limit",
+        "_small_reads",
     )
 
     def __init__(self, mux: "MuxProtocol", stream_id: int, tunnel: str, peer: str) -> None:
@@ -238,8 +247,13 @@ class Stream:
         self.id = stream_id
         self.tunnel = tunnel
         self.peer = peer
-        self.send_window = INITIAL_WINDOW
-        self.recv_window = INITIAL_WINDOW
+        window = INITIAL_WINDOW if mux is None else mux.initial_window  # (tests make streams without a mux)
+        self.send_window = window
+        self.recv_window = window
+        #: what ``recv_window`` and the bytes not yet credited add up to (grown by ``mux.budget``)
+        self.recv_limit = window
+        #: our socket is read in small pieces while both windows are small (``gotaxy.budget``)
+        self._small_reads = mux is not None and mux.budget is not None
         self.bytes_in = 0  #: bytes received from the peer (written to our socket)
         self.bytes_out = 0  #: bytes read from our socket (sent to the peer)
         self._send_buffer: Deque[bytes] = deque()
@@ -268,6 +282,8 @@ class Stream:
         to it, and ``write`` is fed by its ``dataReceived``.
         """
         self._transport = transport
+        if self._small_reads:
+            _set_read_size(transport, SMALL_READ)
         transport.registerProducer(self, True)
         inbox, self._inbox = self._inbox, None
         for chunk in inbox or ():
@@ -389,16 +405,23 @@ class Stream:
             # Past the limit: the peer gets no more window until the bucket refills.
             self._credit_held = True
             bucket.wait(self._credit_refilled)
-        if not self._sink_paused and not self._credit_held and self._unacked >= WINDOW_UPDATE_THRESHOLD:
+        if not self._sink_paused and not self._credit_held and self._unacked >= self.recv_limit >> 2:
             self._send_credit()
 
     def _credit_refilled(self) -> None:
         self._credit_held = False
-        if not self._sink_paused and not self.closed and self._unacked >= WINDOW_UPDATE_THRESHOLD:
+        if not self._sink_paused and not self.closed and self._unacked >= self.recv_limit >> 2:
             self._send_credit()
 
     def _send_credit(self) -> None:
         credit, self._unacked = self._unacked, 0
+        budget = self.mux.budget
+        if budget is not None:
+            if self.closed:
+                return  # its part of the pool went back as it closed
+            credit = budget.credit(self, credit)  # grown, or less while it gives back its share
+            if not credit:
+                return
         self.recv_window += credit
         self.mux.transport.write(encode_frame(FrameType.WINDOW, self.id, WINDOW_INCREMENT.pack(credit)))
 
@@ -406,6 +429,8 @@ class Stream:
         self.send_window += increment
         if self.send_window > MAX_WINDOW:
             raise ProtocolError(f"stream {self.id}: window grew beyond {MAX_WINDOW}")
+        if self._small_reads and self.send_window > SMALL_READ:
+            self.widen_reads()
         self._flush()
         self._update_source()
 
@@ -441,6 +466,20 @@ class Stream:
         self._inbox = None
         self.mux.stream_closed(self)
 
+    # -- the connection's budget (``gotaxy.budget``) ------------------------------
+
+    def widen_reads(self) -> None:
+        """A window of this stream outgrew ``SMALL_READ``: read its socket in Twisted's usual pieces."""
+        if self._small_reads:
+            self._small_reads = False
+            if self._transport is not None:
+                _set_read_size(self._transport, TWISTED_READ)
+
+    def buffered(self) -> int:
+        """Bytes this stream holds in this process now: waiting for window, before attach, in its socket's output."""
+        held = sum(map(len, self._send_buffer)) + sum(map(len, self._inbox or ()))
+        return held + _output_backlog(self._transport)
+
     # -- IPushProducer: our socket's send buffer tells us to hold credit --------
 
     def pauseProducing(self) -> None:
@@ -448,11 +487,29 @@ class Stream:
 
     def resumeProducing(self) -> None:
         self._sink_paused = False
-        if self._unacked >= WINDOW_UPDATE_THRESHOLD and not self.closed and not self._credit_held:
+        if self._unacked >= self.recv_limit >> 2 and not self.closed and not self._credit_held:
             self._send_credit()
 
     def stopProducing(self) -> None:
         self._sink_paused = True
+
+
+def _set_read_size(transport: Any, size: int) -> None:
+    # Twisted's bufferSize is both how much a read takes and how much
+    # buffered output pauses its producer; transports without it (TLS, test
+    # doubles) keep what they do.
+    if isinstance(getattr(transport, "bufferSize", None), int):
+        transport.bufferSize = size
+
+
+def _output_backlog(transport: Any) -> int:
+    """Bytes written to a Twisted socket transport that its socket has not taken yet (0 if it cannot tell)."""
+    if transport is None:
+        return 0
+    data = getattr(transport, "dataBuffer", None)
+    if data is None:
+        return 0
+    return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
 
 
 class Flow:
@@ -620,6 +677,9 @@ class MuxProtocol(Protocol):
         self.authenticated = False
         self.disconnecting = False
         self.max_streams = MAX_STREAMS
+        #: the window every new stream starts with, each way; the budget shares the rest (``gotaxy.budget``)
+        self.initial_window = INITIAL_WINDOW
+        self.budget: Optional[WindowBudget] = None
         #: Open streams per tunnel name, for the fair shares.
         self.tunnel_streams: Dict[str, int] = {}
         self._preamble: Optional[bytes] = b"" if self.is_server else None
@@ -841,7 +901,10 @@ class MuxProtocol(Protocol):
             return
         stream = Stream(self, stream_id, str(header.get("tunnel", "")), str(header.get("peer", "?")))
         if len(self.streams) >= self.max_streams:
-            self._write_answer(encode_close(stream_id, "too many open streams"))
+            reason = f"this side has {len(self.streams)} connections open, the most it takes"
+            # Not an error reason: the server would log each one; this side says it once per interval.
+            self._write_answer(encode_close(stream_id, reason))
+            self.stream_refused(stream.tunnel[:256], reason)
             return
         self._add_stream(stream)
         self.stream_opened(stream)
@@ -905,6 +968,28 @@ class MuxProtocol(Protocol):
                 )
         return None
 
+    def use_window_budget(self, pool: int = WINDOW_POOL) -> None:
+        """
+        Both sides announced ``window_budget``: streams from now on start
+        small and grow from the connection's pool (before any stream opens).
+        """
+        if self.streams:
+            raise ProtocolError("the window budget must be agreed on before any stream opens")
+        self.budget = WindowBudget(pool)
+        self.initial_window = SMALL_WINDOW
+
+    def use_legacy_windows(self) -> None:
+        """The peer has no window budget: fixed 512 KiB windows, and the stream limit that bounds them."""
+        self.max_streams = min(self.max_streams, LEGACY_MAX_STREAMS)
+
+    def buffered_bytes(self) -> int:
+        """Bytes this side holds for its streams now (``Stream.buffered``), all streams together."""
+        return sum(stream.buffered() for stream in self.streams.values())
+
+    def window_bytes(self) -> int:
+        """What the streams' receive windows add up to: the most the peer may make us hold."""
+        return sum(stream.recv_limit for stream in self.streams.values())
+
     def _add_stream(self, stream: Stream) -> None:
         self.streams[stream.id] = stream
         self.tunnel_streams[stream.tunnel] = self.tunnel_streams.get(stream.tunnel, 0) + 1
@@ -938,11 +1023,16 @@ class MuxProtocol(Protocol):
     def stream_closed(self, stream: Stream) -> None:
         if self.streams.pop(stream.id, None) is not None:
             self._ended_stream_bytes += stream.bytes_in + stream.bytes_out
+            if self.budget is not None:
+                self.budget.release(stream)
             left = self.tunnel_streams[stream.tunnel] - 1
             if left:
                 self.tunnel_streams[stream.tunnel] = left
             else:
                 del self.tunnel_streams[stream.tunnel]
+
+    def stream_refused(self, tunnel: str, reason: str) -> None:
+        """We refused a stream the peer opened for ``tunnel`` (the client side: its own stream limit)."""
 
     def fair_share_tunnels(self) -> Collection[str]:
         """The tunnels that share this connection's streams fairly (none: first come, first served)."""

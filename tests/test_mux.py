@@ -773,7 +773,7 @@ def test_client_refuses_streams_beyond_its_limit_without_dropping_the_connection
     s2.write(b"data for a refused stream")
     pair.pump()
     assert len(pair.client.opened) == 1
-    assert s2.closed and s2.close_reason == "too many open streams"
+    assert s2.closed and s2.close_reason == "this side has 1 connections open, the most it takes"
     assert public2.disconnecting
     assert not pair.client.transport.disconnecting and not pair.server.transport.disconnecting
     # The first stream is unaffected.

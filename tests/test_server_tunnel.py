@@ -58,8 +58,8 @@ def test_connection_limits_and_idle_timeout_settings() -> None:
     config = parse_server_config({"maxConnectionsPerClient": 64, "tunnelIdleTimeout": 0}).config
     assert (config.limits.max_connections_per_client, config.limits.tunnel_idle_timeout) == (64, 0.0)
     defaults = ServerConfig()
-    assert (defaults.limits.max_connections_per_client, defaults.limits.tunnel_idle_timeout) == (1024, 600.0)
-    with pytest.raises(ConfigError, match=r"'maxConnectionsPerClient' must be an integer from 1 to 1024"):
-        parse_server_config({"maxConnectionsPerClient": 5000})
+    assert (defaults.limits.max_connections_per_client, defaults.limits.tunnel_idle_timeout) == (10000, 600.0)
+    with pytest.raises(ConfigError, match=r"'maxConnectionsPerClient' must be an integer from 1 to 10000"):
+        parse_server_config({"maxConnectionsPerClient": 10001})
     with pytest.raises(ConfigError, match=r"'tunnelIdleTimeout' must be a number of seconds of at least 0"):
         parse_server_config({"tunnelIdleTimeout": -1})

@@ -63,6 +63,7 @@ from zope.interface import implementer
 
 from gotaxy import __version__
 from gotaxy.bandwidth import BandwidthLimiter, limiter_for
+from gotaxy.budget import WINDOW_BUDGET
 from gotaxy.config import ClientConfig, TunnelSpec
 from gotaxy.client.health import LocalHealthCheck
 from gotaxy.client.reconnect import (  # noqa: F401  (ReportingEndpoint, describe_connect_failure: re-exported)
@@ -117,8 +118,9 @@ TUNNEL_STATUS = "tunnel_status"
 CLIENT_RELOADED = "client_reloaded"
 #: Optional server messages this client understands, announced in its login:
 #: ``connections_refused``, datagram flows, and ``goodbye`` (the server is
-#: stopping: reconnect at once, ``gotaxy.client.reconnect``).
-LOGIN_FEATURES = ["connections_refused", "datagrams", "goodbye"]
+#: stopping: reconnect at once, ``gotaxy.client.reconnect``), and ``window_budget``
+#: (streams start with small windows that grow from a pool: ``gotaxy.budget``).
+LOGIN_FEATURES = ["connections_refused", "datagrams", "goodbye", WINDOW_BUDGET]
 
 
 def backoff_delay(attempt: int, cap: float, rng: Callable[[], float] = random.random) -> float:
@@ -403,6 +405,10 @@ class ClientControlProtocol(MuxProtocol):
         if not isinstance(features, list):
             raise ProtocolError("login_ok: 'features' must be a list")
         self.server_features = {f for f in features[:16] if f in (TUNNEL_STATUS, CLIENT_RELOADED)}
+        if WINDOW_BUDGET in features[:16]:
+            self.use_window_budget()
+        else:
+            self.use_legacy_windows()
         self.authenticated = True
         self._stop_login_timer()
         self.factory.connected(self)
@@ -583,6 +589,15 @@ class ClientControlProtocol(MuxProtocol):
         if limiter is not None:
             limiter.stream_opened(stream)
         type_of(proxy).connect(self.reactor, proxy, stream, functools.partial(self._local_failed, stream=stream, spec=spec))
+
+    def stream_refused(self, tunnel: str, reason: str) -> None:
+        """A public connection to ``tunnel`` was refused here (our own stream limit): one line per interval."""
+        count = self.factory.refusal_throttle(("local", tunnel))
+        if count is not None:
+            self.log.warn(
+                "tunnel {name}: refused {count} public connection(s) (said at most once per {interval:g} s): {reason}",
+                name=printable(tunnel), count=count, interval=REPORT_INTERVAL, reason=reason,
+            )
 
     def _limiter(self, name: str, proxy: ProxySpec) -> Optional[BandwidthLimiter]:
         """The tunnel's limit on this end (shared by its streams; a new one when its spec changes)."""

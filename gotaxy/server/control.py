@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 from gotaxy import __version__
 from gotaxy.heartbeat import HeartbeatMonitor
 from gotaxy.logs import gotaxy_observer
+from gotaxy.budget import WINDOW_BUDGET
 from gotaxy.mux import MuxProtocol
 from gotaxy.tls.bulk import BulkTLSFactory
 from gotaxy.proxy import ProxySpec
@@ -83,7 +84,7 @@ def announced_features(message: Dict[str, Any]) -> Set[str]:
     features = message.get("features")
     if not isinstance(features, list):
         return set()
-    return {f for f in features[:16] if f in (CONNECTIONS_REFUSED, DATAGRAMS, GOODBYE)}
+    return {f for f in features[:16] if f in (CONNECTIONS_REFUSED, DATAGRAMS, GOODBYE, WINDOW_BUDGET)}
 
 
 def tunnel_add_message(name: str, spec: ProxySpec) -> Dict[str, Any]:
@@ -306,6 +307,10 @@ class ServerControlProtocol(MuxProtocol):
         self._leave_pending()
         self.authenticated = True
         self.features = announced_features(message)
+        if WINDOW_BUDGET in self.features:
+            self.use_window_budget()
+        else:
+            self.use_legacy_windows()
         config = self.core.config
         self.send_control(
             {
@@ -314,7 +319,7 @@ class ServerControlProtocol(MuxProtocol):
                 "serverVersion": __version__,
                 "heartbeatInterval": config.heartbeat_interval,
                 "heartbeatTimeout": config.heartbeat_timeout,
-                "features": [TUNNEL_STATUS, CLIENT_RELOADED_FEATURE],
+                "features": [TUNNEL_STATUS, CLIENT_RELOADED_FEATURE, WINDOW_BUDGET],
             }
         )
         self.heartbeat = HeartbeatMonitor(

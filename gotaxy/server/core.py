@@ -957,6 +957,8 @@ class ServerCore:
             for session in self.sessions.values():
                 if hasattr(session, "max_streams"):
                     session.max_streams = config.limits.max_connections_per_client  # type: ignore[attr-defined]
+                    if getattr(session, "budget", True) is None:
+                        session.use_legacy_windows()  # type: ignore[attr-defined]
             done.append(applied("maxConnectionsPerClient", "on every connected client's next connection"))
         defaults = [k for k in ("tunnelMaxConnections", "tunnelMaxConnectionsPerIP", "tunnelConnectionRatePerIP")
                     if k in changed]

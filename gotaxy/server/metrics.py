@@ -98,6 +98,43 @@ class GotaxyCollector:
     def describe(self) -> List[Metric]:
         return []  # label sets vary; the registry must not call collect() at registration
 
+    def _client_streams(self, sessions: Dict[str, Any]) -> Iterator[Metric]:
+        """Each client's streams and what they hold (``gotaxy.budget``): one pass over its streams per scrape."""
+        labels = ["client"]
+        streams = GaugeMetricFamily("gotaxy_client_streams", "Streams open now on the client's connection.", labels=labels)
+        limit = GaugeMetricFamily(
+            "gotaxy_client_stream_limit", "Streams the client's connection may carry (maxConnectionsPerClient; "
+            "1024 for a client without the window budget).", labels=labels,
+        )
+        buffered = GaugeMetricFamily(
+            "gotaxy_client_buffered_bytes", "Bytes this server holds now for the client's streams: waiting for "
+            "window and in the public connections' output buffers.", labels=labels,
+        )
+        windows = GaugeMetricFamily(
+            "gotaxy_client_window_bytes", "What the receive windows of the client's streams add up to: the most "
+            "the client may make this server hold for them.", labels=labels,
+        )
+        lent = GaugeMetricFamily(
+            "gotaxy_client_window_pool_bytes", "Window lent from the connection's pool above the streams' floors, "
+            "and the pool's size.", labels=labels + ["kind"],
+        )
+        for name, session in sorted(sessions.items()):
+            if not hasattr(session, "buffered_bytes"):
+                continue
+            streams.add_metric([name], len(session.streams))
+            limit.add_metric([name], session.max_streams)
+            buffered.add_metric([name], session.buffered_bytes())
+            windows.add_metric([name], session.window_bytes())
+            budget = session.budget
+            if budget is not None:
+                lent.add_metric([name, "lent"], budget.lent)
+                lent.add_metric([name, "size"], budget.pool)
+        yield streams
+        yield limit
+        yield buffered
+        yield windows
+        yield lent
+
     def collect(self) -> Iterator[Metric]:
         core = self._core
         info = InfoMetricFamily("gotaxy_server", "The Gotaxy server.")
@@ -119,6 +156,7 @@ class GotaxyCollector:
             if heartbeat is not None and heartbeat.rtt is not None:
                 rtt.add_metric([name], heartbeat.rtt)
         yield rtt
+        yield from self._client_streams(sessions)
 
         tunnels = dict(core.tunnels)
         up = GaugeMetricFamily("gotaxy_tunnels_up", "Tunnels whose public port is listening now.")
