@@ -135,13 +135,40 @@ def fd_exhaustion(limit: Optional[int] = None) -> str:
     return f"out of file descriptors (limit {shown}): raise LimitNOFILE / ulimit -n"
 
 
-def log_fd_limit(log: Any) -> None:
-    """Raise the descriptor limit at process start and log it once (a warning if it stays low)."""
+#: Descriptors a process needs besides its tunneled connections (listeners,
+#: the control connection, the store, log files, health checks).
+FD_HEADROOM = 256
+
+
+def streams_fd_warning(limit: Optional[int], streams: int, what: str) -> Optional[str]:
+    """
+    A sentence for the log when ``limit`` descriptors cannot carry ``streams``
+    tunneled connections (``what`` names the setting or side that allows
+    them), or None when it can (or there is no limit).
+    """
+    needed = streams + FD_HEADROOM
+    if limit is None or limit >= needed:
+        return None
+    return (
+        f"file descriptor limit {limit} is below the {needed} that {what} needs (one descriptor per tunneled "
+        f"connection, {streams}, and {FD_HEADROOM} besides): connections past about {max(0, limit - FD_HEADROOM)} "
+        f"will fail; raise LimitNOFILE (systemd) or ulimit -Hn to {needed} or more"
+    )
+
+
+def log_fd_limit(log: Any, streams: int = 0, what: str = "") -> None:
+    """
+    Raise the descriptor limit at process start and log it once (a warning
+    if it stays low, or below what ``streams`` connections need: ``streams_fd_warning``).
+    """
     limit, message = raise_fd_limit()
     if limit is not None and limit < LOW_FD_LIMIT:
         log.warn("{message}", message=message)
     else:
         log.info("{message}", message=message)
+    short = streams_fd_warning(limit, streams, what) if streams else None
+    if short is not None:
+        log.warn("{message}", message=short)
 
 
 #: What Twisted logs when a listening port turns a connection away for want

@@ -92,6 +92,20 @@ def test_soft_descriptor_limit_is_raised_to_the_hard_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_a_limit_too_low_for_the_configured_streams_is_said_with_the_number_needed() -> None:
+    from gotaxy.oslimits import FD_HEADROOM, streams_fd_warning
+
+    what = "maxConnectionsPerClient = 10000 (public connections of one client)"
+    assert streams_fd_warning(20000, 10000, what) is None
+    assert streams_fd_warning(None, 10000, what) is None  # no limit at all
+    assert streams_fd_warning(10000 + FD_HEADROOM, 10000, what) is None
+    assert streams_fd_warning(4096, 10000, what) == (
+        f"file descriptor limit 4096 is below the {10000 + FD_HEADROOM} that {what} needs (one descriptor per "
+        f"tunneled connection, 10000, and {FD_HEADROOM} besides): connections past about {4096 - FD_HEADROOM} "
+        f"will fail; raise LimitNOFILE (systemd) or ulimit -Hn to {10000 + FD_HEADROOM} or more"
+    )
+
+
 def test_throttle_reports_once_per_interval_with_the_count() -> None:
     from twisted.internet.task import Clock
 

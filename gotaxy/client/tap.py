@@ -29,6 +29,7 @@ from gotaxy.config import (
     parse_tunnel_flag,
 )
 from gotaxy.logs import gotaxy_observer, set_level
+from gotaxy.mux import MAX_STREAMS
 from gotaxy.oslimits import log_fd_limit
 from gotaxy.process import EXIT_USAGE, SignalReload, TwistdOptions, exit_with, exit_with_message
 from gotaxy.tls import KNOWN_SERVERS_FILENAME, ServerVerifier, normalise_fingerprint
@@ -254,7 +255,7 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
     for tunnel in config.tunnels:
         if not tunnel.enabled:
             log.info("tunnel {name} is disabled in the config; defined but not opened", name=tunnel.name)
-    log_fd_limit(log)
+    log_fd_limit(log, MAX_STREAMS, f"a connection to the server carrying its most streams ({MAX_STREAMS} local connections)")
     verifier = make_verifier(config, reactor)
     if config.insecure:
         log.warn(

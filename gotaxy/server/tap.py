@@ -482,7 +482,8 @@ def _make_service(options: Options, reactor: Any, env: Dict[str, str]) -> Server
     capped = backlog_warning()
     if capped is not None:
         log.warn("{warning}", warning=capped)
-    log_fd_limit(log)
+    streams = config.limits.max_connections_per_client
+    log_fd_limit(log, streams, f"maxConnectionsPerClient = {streams} (public connections of one client)")
 
     data_dir = os.path.abspath(config.data_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
