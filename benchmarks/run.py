@@ -1646,6 +1646,223 @@ def udp_verdict(steps: Dict[str, List[UdpStep]]) -> str:
 # --- main --------------------------------------------------------------------
 
 
+# --- many streams through one tunnel (issue 15, goal 2) ------------------------
+
+#: The local service of the streams rows: an asyncio echo server in a child
+#: process (one process for 10,000 connections; the benchmark process holds
+#: the other 10,000 ends, and each stays within ``ulimit -n``).
+STREAMS_ECHO_SERVICE = """
+import asyncio, sys
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.transport.write(data)
+async def main():
+    server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+#: Bytes each of the echoing connections sends and reads back.
+STREAMS_ECHO_BYTES = 64 * 1024
+
+
+@attrs.define
+class StreamsResult:
+    opened: int
+    refused: int
+    setup_ms: List[float]
+    echoing: int
+    echo_seconds: Optional[float]
+    echo_intact: int
+    memory: Dict[str, Dict[str, Optional[Memory]]]  #: role -> stage -> memory
+
+
+def _raise_nofile(needed: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def _echo_many(socks: List[socket.socket], size: int, timeout: float = 120) -> Tuple[float, int]:
+    """Send ``size`` bytes on every socket at once and read them back; (seconds, how many came back intact)."""
+    import selectors
+
+    payloads = {s: (b"%08d" % i + bytes([i % 251]) * size)[:size] for i, s in enumerate(socks)}
+    sent = dict.fromkeys(socks, 0)
+    received: Dict[socket.socket, bytearray] = {s: bytearray() for s in socks}
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    started = time.perf_counter()
+    left = len(socks)
+    deadline = time.monotonic() + timeout
+    try:
+        while left and time.monotonic() < deadline:
+            for key, events in selector.select(timeout=1):
+                sock = key.fileobj
+                payload = payloads[sock]  # type: ignore[index]
+                if events & selectors.EVENT_WRITE:
+                    try:
+                        sent[sock] += sock.send(payload[sent[sock]:sent[sock] + 65536])  # type: ignore[index, union-attr]
+                    except BlockingIOError:
+                        pass
+                    if sent[sock] == size:  # type: ignore[index]
+                        selector.modify(sock, selectors.EVENT_READ)
+                if events & selectors.EVENT_READ:
+                    try:
+                        chunk = sock.recv(65536)  # type: ignore[union-attr]
+                    except BlockingIOError:
+                        continue
+                    buffer = received[sock]  # type: ignore[index]
+                    buffer += chunk
+                    if not chunk or len(buffer) >= size:
+                        selector.unregister(sock)
+                        left -= 1
+        seconds = time.perf_counter() - started
+    finally:
+        selector.close()
+    intact = sum(1 for sock in socks if bytes(received[sock]) == payloads[sock])
+    return seconds, intact
+
+
+def measure_streams(
+    group: ProcessGroup, tools: Dict[str, str], work: Path, source: Path, count: int, echoing: int
+) -> StreamsResult:
+    """
+    ``count`` connections opened one after another through one tcp tunnel
+    and held (each one's setup: connect, one byte there and back), then
+    ``echoing`` of them each echoing ``STREAMS_ECHO_BYTES`` at once; the
+    server's and client's memory before, with all of them idle, and after.
+    Its own server and client, so that nothing else they carry counts.
+    """
+    _raise_nofile(count + 1024)
+    echo_port, control_port, public_port, panel_port, console_port = free_ports(5)
+    echo = group.start("streams-echo", [sys.executable, "-c", STREAMS_ECHO_SERVICE, str(echo_port)])
+    wait_until("the streams echo service to listen", lambda: is_listening(echo_port), [("streams-echo", echo)], group)
+    directory = work / "gotaxy-streams"
+    directory.mkdir()
+    env = gotaxy_env(source)
+    server, banner = start_gotaxy_server(
+        group, tools, "streams-server", directory, env, control_port,
+        ["--allow-ports", str(public_port), "--web-port", str(panel_port), "--console-port", str(console_port)],
+    )
+    client = start_gotaxy_client(
+        group, tools, "streams-client", directory, env, control_port, banner,
+        ["--tunnel", f"many=tcp:{LOOPBACK}:{echo_port}:{public_port}"], ["many"], ("streams-server", server),
+    )
+    wait_until("the streams tunnel to listen", lambda: is_listening(public_port), [("streams-server", server)], group)
+    roles = {"server": server.pid, "client": client.pid}
+    memory: Dict[str, Dict[str, Optional[Memory]]] = {role: {"before": memory_of(pid)} for role, pid in roles.items()}
+    socks: List[socket.socket] = []
+    setup: List[float] = []
+    refused = 0
+    try:
+        for n in range(count):
+            started = time.perf_counter()
+            sock = socket.create_connection((LOOPBACK, public_port), timeout=30)
+            try:
+                sock.sendall(b"x")
+                answered = sock.recv(1) == b"x"
+            except OSError:
+                answered = False
+            if not answered:
+                refused += 1
+                sock.close()
+                continue
+            setup.append((time.perf_counter() - started) * 1000)
+            socks.append(sock)
+            if n % 1000 == 999:
+                progress(f"  {n + 1} connections opened through one tunnel, {refused} refused")
+        for role, pid in roles.items():
+            memory[role]["idle"] = memory_of(pid)
+        chosen = socks[:: max(1, len(socks) // echoing)][:echoing] if socks else []
+        seconds, intact = _echo_many(chosen, STREAMS_ECHO_BYTES) if chosen else (None, 0)
+        for role, pid in roles.items():
+            memory[role]["after"] = memory_of(pid)
+    finally:
+        for sock in socks:
+            sock.close()
+    return StreamsResult(len(socks), refused, setup, len(chosen), seconds, intact, memory)
+
+
+def _percentile(values: List[float], fraction: float) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def streams_report(result: StreamsResult, count: int, markdown: bool) -> str:
+    """The streams section: setup times, the echo, both processes' memory."""
+    def mib(memory: Optional[Memory]) -> str:
+        return "?" if memory is None else f"{memory.rss_kib / 1024:.1f} MiB"
+
+    def ms(value: Optional[float]) -> str:
+        return "failed" if value is None else f"{value:.2f} ms"
+
+    rows = [
+        ["connections opened and held", f"{result.opened} of {count}" + (f" ({result.refused} refused)" if result.refused else "")],
+        ["setup p50 (connect + 1 byte echoed)", ms(_percentile(result.setup_ms, 0.5))],
+        ["setup p99", ms(_percentile(result.setup_ms, 0.99))],
+    ]
+    if result.echo_seconds is not None:
+        moved = result.echoing * STREAMS_ECHO_BYTES * 2 / 2**20
+        rows.append([
+            f"{result.echoing} of them echoing {STREAMS_ECHO_BYTES // 1024} KiB each at once",
+            f"{result.echo_seconds:.2f} s, {moved / result.echo_seconds:.0f} MiB/s both ways, "
+            f"{result.echo_intact} intact",
+        ])
+    for role in ("server", "client"):
+        stages = result.memory[role]
+        rows.append([f"{role} RSS: before / {result.opened} idle / after the echo",
+                     " / ".join(mib(stages.get(stage)) for stage in ("before", "idle", "after"))])
+        before, idle = stages.get("before"), stages.get("idle")
+        if before is not None and idle is not None and result.opened:
+            rows.append([f"{role} memory per idle connection",
+                         f"{(idle.rss_kib - before.rss_kib) / result.opened:.1f} KiB"])
+    return render(["many connections through one tunnel", "gotaxy"], rows, markdown)
+
+
+def streams_section(group: ProcessGroup, tools: Dict[str, str], work: Path, args: argparse.Namespace) -> str:
+    """Measure and render the streams rows (``--streams N``, ``--streams-echoing M``)."""
+    progress(f"streams: {args.streams} connections through one tunnel, then {args.streams_echoing} echoing")
+    result = measure_streams(group, tools, work, args.source, args.streams, args.streams_echoing)
+    return (f"Many connections through one tunnel: {args.streams} opened one after another and held, then "
+            f"{args.streams_echoing} of them echo at once; a server and client of their own\n"
+            + streams_report(result, args.streams, args.markdown))
+
+
+def streams_main(args: argparse.Namespace) -> int:
+    """``--streams-only``: the streams rows alone (only twistd is needed)."""
+    twistd = find_twistd()
+    if twistd is None:
+        raise SystemExit("benchmarks/run.py needs twistd (pip install -e . in this repository)")
+    work = Path(tempfile.mkdtemp(prefix="gotaxy-bench-streams-"))
+    group = ProcessGroup(work)
+    try:
+        print(f"gotaxy {gotaxy_revision(args.source)}; python {platform.python_version()}, "
+              f"{os.cpu_count()} CPUs, Linux {platform.release()}, everything on 127.0.0.1")
+        print(streams_section(group, {"twistd": twistd}, work, args))
+        return 0
+    except BenchmarkError as e:
+        progress(f"benchmark set-up failed: {e}")
+        return 1
+    except KeyboardInterrupt:
+        progress("interrupted; stopping everything")
+        return 130
+    finally:
+        group.stop_all()
+        if args.keep:
+            progress(f"logs and configs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Measure Gotaxy against a direct connection and ssh -R on loopback (iperf3, wrk, nginx)."
@@ -1672,6 +1889,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="skip the UDP rows (iperf3 -u direct, through socat and through a udp tunnel)")
     parser.add_argument("--no-vhost", dest="vhost", action="store_false",
                         help="skip the websites-by-name rows (nginx proxy, gotaxy http, PageKite)")
+    parser.add_argument("--streams", type=int, default=10000,
+                        help="connections held through one tunnel in the streams rows (default 10000; 0 skips them)")
+    parser.add_argument("--streams-echoing", type=int, default=1000,
+                        help="how many of them then echo at once (default 1000)")
+    parser.add_argument("--streams-only", action="store_true",
+                        help="only the streams rows (no nginx, iperf3 or ssh needed)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     parser.add_argument(
@@ -1744,6 +1967,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if sys.platform != "linux":
         raise SystemExit("benchmarks/run.py reads /proc and runs Debian tools; run it on Linux.")
+    if args.streams_only:
+        return streams_main(args)
     tools = locate_tools()
     chosen = workloads(args.connections, args.threads, args.reverse)
     work = Path(tempfile.mkdtemp(prefix="gotaxy-bench-"))
@@ -1846,6 +2071,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"TCP alone vs TCP during a UDP flood: one iperf3 stream, alone and while iperf3 -u -l "
                   f"{UDP_DATAGRAM} floods the same path's udp port ({FLOOD_FACTOR}x gotaxy's best UDP rate)")
             print(flood_report(flood, args.markdown))
+        if args.streams:
+            print()
+            print(streams_section(group, tools, work, args))
         if vhost_endpoints:
             print()
             print("\n".join(f"{path}: {ends.description}" for path, ends in vhost_endpoints.items()))
