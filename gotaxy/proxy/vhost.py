@@ -47,23 +47,39 @@ For each request::
                       frames it for the visitor (chunked for HTTP/1.1,
                       close-delimited for HTTP/1.0)
 
-The common answer takes a shorter way (``_Upstream.fast``): a request
-without a body, not HEAD, not an upgrade, over a keep-alive HTTP/1.1
-connection, to a tunnel without ``responseHeaders.set``, whose answer is a
-plain ``HTTP/1.1`` response with one ``Content-Length`` (not 1xx, 204, 304,
-no ``Connection: close``).  Its head is read by ``_fast_head`` (hop-by-hop
-headers dropped as on the h11 way) and its body is counted, not parsed, on
-its way to the visitor; at its end both h11 connections are replaced by
-fresh ones (that is their next cycle; the visitor's keeps what it had read
-ahead).  Anything else, or a head ``_fast_head`` does not take, goes to
-h11 as before, so h11 stays the judge of what is valid HTTP.  Per request
-that halves the server's work for a small page (the profile in
-docs/benchmarks.md).
+The common request and answer take a shorter way.  A request whose whole
+head came in one read, ``GET`` (or another method without a body; not
+HEAD or CONNECT), HTTP/1.1, one Host, no Content-Length,
+Transfer-Encoding, Upgrade or Expect, within the header limits, is read by
+``_fast_request`` (the same grammar as h11's, by two regular expressions)
+rather than h11, and routed and checked exactly as h11's requests are
+(``_route``: Host, locations, basic auth, address rules, limits, header
+rules, X-Forwarded-*).  Its answer (``_Upstream.fast``), for a tunnel
+without ``responseHeaders.set``, if it is a plain ``HTTP/1.1`` response
+with one ``Content-Length`` (not 1xx, 204, 304; ``Connection: close``
+either way), has its head read by ``_fast_head`` (hop-by-hop headers
+dropped as on the h11 way; ``Connection: close`` added when the visitor
+asked for it, and then the connection ends) and its body counted, not
+parsed, on its way to the visitor.  Neither h11 connection sees any of
+it, so neither needs a new cycle.  Anything else goes to h11: a request
+``_fast_request`` does not take is h11's from its first byte; if h11 has
+to answer one it did take (an error page, a response the fast way does not
+take), h11 reads that request's bytes first (``_replay``).  So h11 stays
+the judge of what is valid HTTP, and the shorter way only ever takes what
+it would take.
+
+Each connection has one timer for its one deadline (the idle keep-alive
+wait, the request's head, the response's head), moved lazily
+(``_set_deadline``), so that a keep-alive request costs no timer work; and
+what a visitor pipelines behind a request on the shorter way is held (up
+to one head) rather than pausing the socket.  Per keep-alive request that
+is about half of the server's work again (docs/benchmarks.md).
 
 So a keep-alive connection whose next request names another host goes to
 that host's tunnel (or gets a 404), never to the previous one; pipelined
 requests are answered in order (h11 pauses after each request until its
-response is out, and we stop reading the socket meanwhile).  An upgrade
+response is out, and we stop reading the socket meanwhile; the shorter way
+holds what follows).  An upgrade
 (WebSocket, any ``Upgrade``) that the local service accepts with 101 turns
 the connection into a plain splice of socket and stream.
 
@@ -130,6 +146,8 @@ AUTH_SCOPE = "http"
 REASONS = ("not_found", "denied", "unauthorized", "locked_out", "client_offline", "bad_gateway", "busy",
            "timeout", "bad_request", "header_timeout", "headers_too_large")
 
+#: What a connection's deadline is for (VisitorConnection._set_deadline).
+_REQUEST, _RESPONSE = "request", "response"
 #: One end of a message, used again (h11's events are values).
 _END = h11.EndOfMessage()
 
@@ -140,8 +158,19 @@ _HOP_BY_HOP = frozenset({
 #: One header line of a response head that the fast way takes (RFC 9110 token, then a value without
 #: control characters but tab; h11's own rules, stricter than needed rather than looser).
 _FAST_HEADER = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?[ \t]*")
+#: A response's header lines after its status line, each "\r\n" and a header (``_FAST_HEADER``).
+_FAST_FIELDS = re.compile(rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*"
+                          rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?[ \t]*)*")
+#: The lines of such a block that the fast way reads: the length, and the hop's own headers (dropped).
+_FAST_SPECIAL = re.compile(rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer|"
+                           rb"upgrade|proxy-authenticate):", re.IGNORECASE)
 #: Connection tokens that keep a request off the fast way.
 _CLOSE_OR_UPGRADE = frozenset({b"close", b"upgrade"})
+#: The request line _fast_request takes: a method (token), an origin- or absolute-form target (h11's
+#: visible ASCII), HTTP/1.1.
+_FAST_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.1")
+#: Request headers that leave a request to h11: a body, an upgrade, an expectation.
+_FAST_REQUEST_NOT = frozenset({b"content-length", b"transfer-encoding", b"upgrade", b"expect"})
 #: A header name (RFC 9110 token).
 _FAST_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: The status line the fast way takes: HTTP/1.1, a status with a body of Content-Length bytes.
@@ -177,9 +206,12 @@ class Router:
         self._addresses: Dict["LiveTunnel", "PublicAddress"] = {}
         #: names whose tunnel went down (its client is offline): 502, not 404
         self._offline: Dict[str, None] = {}
+        #: tunnel -> its requests may be written without h11 (see ``plain``)
+        self._plain: Dict["LiveTunnel", bool] = {}
 
     def add(self, tunnel: "LiveTunnel", address: "PublicAddress") -> None:
         self._addresses[tunnel] = address
+        self._plain[tunnel] = not tunnel.spec.response_headers and _plain_rules(tunnel.spec)
         for host in address.hosts:
             routes = self._hosts.setdefault(host, [])
             for path in address.paths or ("/",):
@@ -189,6 +221,7 @@ class Router:
 
     def remove(self, tunnel: "LiveTunnel") -> None:
         address = self._addresses.pop(tunnel, None)
+        self._plain.pop(tunnel, None)
         if address is None:
             return
         for host in address.hosts:
@@ -202,6 +235,11 @@ class Router:
                 self._offline[host] = None
 
     def lookup(self, host: str, path: str, user: str = "") -> Optional["LiveTunnel"]:
+        routes = self._hosts.get(host)
+        if routes is not None and len(routes) == 1 and not user:  # (the common case, without a list of names)
+            route = routes[0]
+            if not route.user and path.startswith(route.path):
+                return route.tunnel
         for name in _candidates(host):
             routes = self._hosts.get(name)
             if not routes:
@@ -229,6 +267,11 @@ class Router:
 
     def tunnels(self) -> List["LiveTunnel"]:
         return list(self._addresses)
+
+    def plain(self, tunnel: "LiveTunnel") -> bool:
+        """``tunnel`` sets no response headers and its request rules are plain ASCII: the fast way may serve it."""
+        plain = self._plain.get(tunnel)
+        return plain if plain is not None else not tunnel.spec.response_headers and _plain_rules(tunnel.spec)
 
 
 def _candidates(host: str) -> List[str]:
@@ -476,6 +519,8 @@ class _Upstream:
         self.head: Optional[bytearray] = None
         #: fast way: body bytes still to come
         self.remaining = 0
+        #: fast way: the response said ``Connection: close``
+        self.closes = False
         #: the request write_request wrote (method, target, headers), which h11 has not seen
         self.written: Optional[Tuple[bytes, bytes, List[Tuple[bytes, bytes]]]] = None
 
@@ -546,14 +591,13 @@ class _Upstream:
 
     def write_request(self, method: bytes, target: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
         """A request without a body, its answer taken the fast way (see the module docstring)."""
-        host = [b"%s: %s\r\n" % header for header in headers if header[0] == b"host"]
-        lines = [b"%s %s HTTP/1.1\r\n" % (method, target), *host]
-        lines += [b"%s: %s\r\n" % header for header in headers if header[0] != b"host"]
+        lines = [b"%s %s HTTP/1.1" % (method, target)]
+        lines += [name + b": " + value for name, value in headers]
         lines.append(b"\r\n")
         self.written = (method, target, headers)
         self.fast = True
         self.head = bytearray()
-        self.stream.write(b"".join(lines))
+        self.stream.write(b"\r\n".join(lines))
 
     def tell_h11(self) -> None:
         """The answer to what write_request wrote goes to h11 after all: tell it what it was."""
@@ -592,10 +636,23 @@ class VisitorConnection(Protocol):
         self.switched = False
         self._paused: set = set()
         self._producer: Optional[_Upstream] = None
-        self._header_timer: Any = None
-        self._response_timer: Any = None
+        #: one timer for the connection's one deadline (see _set_deadline)
+        self._timer: Any = None
+        self._deadline = math.inf
+        #: what the deadline is for: _REQUEST (idle, or a head coming), _RESPONSE, or None
+        self._waiting: Optional[str] = None
+        #: fast way: what came after the head being answered (the next request), not read yet
+        self._ahead = b""
+        #: the visitor's requests are read by _fast_request while this holds (see the module docstring)
+        self._fast_parse = True
+        #: the head _fast_request read for the request in flight, which h11 has not seen (None: it has)
+        self._fast_raw: Optional[bytes] = None
+        #: that request asked for ``Connection: close``
+        self._fast_close = False
         self._cycle_bytes = 0
         self.peer_host = ""
+        self._peer = b""
+        self._scheme = scheme.encode("ascii")
         #: why the tunnel's connection limits refused the last stream ``_upstream_for`` tried, or None
         self.limited: Optional[str] = None
         self.closed = False
@@ -605,7 +662,8 @@ class VisitorConnection(Protocol):
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
         self.peer_host = getattr(self.transport.getPeer(), "host", "") or ""
-        self._wait_for_request(self.settings.header_timeout)
+        self._peer = self.peer_host.encode("ascii", "replace")
+        self._set_deadline(_REQUEST, self.settings.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         if self.switched:
@@ -613,8 +671,19 @@ class VisitorConnection(Protocol):
             if upstream is not None:
                 upstream.stream.write(data)
             return
-        if self._header_timer is not None and self._cycle_bytes == 0:
-            self._wait_for_request(self.settings.header_timeout)  # idle keep-alive ends: the clock starts
+        if self._fast_parse:
+            if self.exchange is not None or self._ahead:
+                # The next request (pipelined) waits until this one is answered; held up to one head.
+                self._ahead += data
+                if len(self._ahead) > self.settings.max_header_bytes:
+                    self.pause("pipelined")
+                return
+            if self._fast_request(data):
+                return
+            # h11 reads this request, and the connection's until it is idle again (_next_cycle).
+            self._fast_parse = False
+        if self._cycle_bytes == 0:
+            self._set_deadline(_REQUEST, self.settings.header_timeout)  # idle keep-alive ends: the clock starts
         self._cycle_bytes += len(data)
         try:
             self.h11.receive_data(data)
@@ -667,15 +736,42 @@ class VisitorConnection(Protocol):
 
     # -- timers -----------------------------------------------------------------
 
-    def _wait_for_request(self, timeout: float) -> None:
-        timer = self._header_timer
-        if timer is not None and timer.active():
-            timer.reset(timeout)  # (the idle keep-alive wait turns into the header wait: one timer, moved)
+    def _set_deadline(self, waiting: Optional[str], seconds: float = 0.0) -> None:
+        """
+        Wait ``seconds`` for ``waiting`` (None: for nothing).  One timer per
+        connection, moved lazily: a later deadline only notes the time, and
+        the timer, when it fires early, sets itself again for it; only a
+        sooner one moves it (Twisted finds a call moved sooner by a search
+        of all the reactor's calls).  So the keep-alive cycle (request,
+        response, idle) costs no timer work per request.
+        """
+        self._waiting = waiting
+        if waiting is None:
             return
-        self._header_timer = self.front.reactor.callLater(timeout, self._header_timeout)
+        reactor = self.front.reactor
+        deadline = self._deadline = reactor.seconds() + seconds
+        timer = self._timer
+        if timer is None:
+            self._timer = reactor.callLater(seconds, self._timer_fired)
+        elif deadline < timer.getTime():
+            timer.reset(seconds)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        waiting = self._waiting
+        if waiting is None or self.closed:
+            return
+        now = self.front.reactor.seconds()
+        if now < self._deadline:
+            self._timer = self.front.reactor.callLater(self._deadline - now, self._timer_fired)
+            return
+        self._waiting = None
+        if waiting is _RESPONSE:
+            self._response_timeout()
+        else:
+            self._header_timeout()
 
     def _header_timeout(self) -> None:
-        self._header_timer = None
         if self._cycle_bytes:
             self.front.refuse("header_timeout")
             self._fatal(408, "The request line and headers did not arrive in time.")
@@ -683,10 +779,10 @@ class VisitorConnection(Protocol):
             self.transport.loseConnection()  # an idle keep-alive connection
 
     def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._response_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._header_timer = self._response_timer = None
+        self._waiting = None
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     # -- requests -------------------------------------------------------------
 
@@ -710,9 +806,7 @@ class VisitorConnection(Protocol):
                 self.pause("pipelined")
                 return
             if isinstance(event, h11.Request):
-                if self._header_timer is not None and self._header_timer.active():
-                    self._header_timer.cancel()
-                self._header_timer = None
+                self._waiting = None
                 self._request(event)
             elif isinstance(event, h11.Data):
                 if self.exchange is not None and not self.discarding:
@@ -721,12 +815,84 @@ class VisitorConnection(Protocol):
                 if self.exchange is not None and not self.discarding:
                     self.exchange.send(event)
                     if not self.response_started:
-                        self._start_response_timer()
+                        self._set_deadline(_RESPONSE, self.settings.http_timeout)
                 self._maybe_next_cycle()
             elif isinstance(event, h11.ConnectionClosed):
                 if self.exchange is None:
                     self.transport.loseConnection()
                 return
+
+    def _fast_request(self, data: bytes) -> bool:
+        """
+        Read a common request without h11: a whole head in ``data``, ``GET``
+        or another method without a body (not HEAD, not CONNECT), HTTP/1.1,
+        one Host, no Content-Length, Transfer-Encoding, Upgrade or Expect,
+        within vhostHTTPMaxHeaderBytes and vhostHTTPMaxHeaders; then route it
+        as h11's would be.  False: h11 reads it (and says what is wrong).
+
+        Hand-written because h11's reading of a request (events, validation,
+        its receive buffer, and a new cycle per request) was the largest
+        share of the front's work per keep-alive request (docs/benchmarks.md).
+        It takes only what h11 would take, by the same rules of RFC 9112
+        (``_FAST_REQUEST_LINE``, ``_FAST_HEADER``), and hands anything else
+        to h11 untouched; if h11 has to answer such a request after all (an
+        error page, a response the fast way does not take), it reads the
+        same bytes first (``_replay``).
+        """
+        end = data.find(b"\r\n\r\n")
+        settings = self.settings
+        if end < 0 or end + 4 > settings.max_header_bytes:
+            return False
+        lines = data[:end].split(b"\r\n")
+        first = _FAST_REQUEST_LINE.fullmatch(lines[0])
+        if first is None or len(lines) > settings.max_headers + 1:
+            return False
+        method = first.group(1)
+        if method == b"HEAD" or method == b"CONNECT":
+            return False
+        headers: List[Tuple[bytes, bytes]] = []
+        raw_host: Optional[bytes] = None
+        close = False
+        named: frozenset = frozenset()
+        match = _FAST_HEADER.fullmatch
+        for line in lines[1:]:
+            header = match(line)
+            if header is None:
+                return False
+            name = header.group(1).lower()
+            value = header.group(2) or b""
+            if name in _FAST_REQUEST_NOT:
+                return False
+            if name == b"host":
+                if raw_host is not None:
+                    return False
+                raw_host = value
+            elif name == b"connection":
+                tokens = [token.strip() for token in value.lower().split(b",")]
+                if b"upgrade" in tokens:
+                    return False
+                close = close or b"close" in tokens
+                named = named.union(tokens)
+            headers.append((name, value))
+        if raw_host is None:
+            return False
+        self._waiting = None
+        self._fast_raw = data[:end + 4]
+        self._fast_close = close
+        if end + 4 < len(data):
+            self._ahead = data[end + 4:]
+        self.has_body = False
+        self._route(method, first.group(2), headers, raw_host, True, named)
+        return True
+
+    def _replay(self) -> None:
+        """h11 answers the request _fast_request read: it reads that request first (which it takes, see there)."""
+        raw, self._fast_raw = self._fast_raw, None
+        if raw is not None:
+            conn = self.h11
+            conn.receive_data(raw)
+            conn.next_event()  # the Request
+            conn.next_event()  # its EndOfMessage (it has no body)
 
     def _request(self, request: h11.Request) -> None:
         front = self.front
@@ -743,16 +909,31 @@ class VisitorConnection(Protocol):
             front.refuse("headers_too_large")
             self._fatal(431, "The request's headers are too large.")
             return
-        raw_host = _header(headers, b"host") or b""
+        connection = _header(headers, b"connection")
+        fast = (not self.has_body and request.method != b"HEAD" and request.http_version == b"1.1"
+                and (connection is None or not _CLOSE_OR_UPGRADE.intersection(
+                    token.strip().lower() for token in connection.split(b",")))
+                and _header(headers, b"upgrade") is None)
+        self._route(request.method, request.target, headers, _header(headers, b"host") or b"", fast)
+
+    def _route(self, method: bytes, raw_target: bytes, headers: List[Tuple[bytes, bytes]], raw_host: bytes,
+               fast: bool, named: Optional[frozenset] = None) -> None:
+        """
+        Route one request (read by h11 or by _fast_request) and send it on,
+        or answer it here.  ``fast``: it has no body and its answer may take
+        the fast way (see the module docstring).  ``named``: from
+        _fast_request, the headers its Connection header names.
+        """
+        front = self.front
         host = _host_of(raw_host)
-        target = request.target.decode("latin-1")
+        target = raw_target.decode("latin-1")
         path = target.split("?", 1)[0]
         if not path.startswith("/"):
             path = "/" + path.split("://", 1)[-1].partition("/")[2]  # absolute-form
         challenges = front.challenges
-        if challenges is not None and challenges.is_challenge(request.target.split(b"?", 1)[0]):
+        if challenges is not None and challenges.is_challenge(raw_target.split(b"?", 1)[0]):
             # ACME's HTTP-01 (gotaxy.tls.acme): answered here for any name, never routed.
-            answer = challenges.answer(request.target.split(b"?", 1)[0])
+            answer = challenges.answer(raw_target.split(b"?", 1)[0])
             if answer is None:
                 self._answer(404, "No such challenge.")
             else:
@@ -822,32 +1003,45 @@ class VisitorConnection(Protocol):
         self.exchange = upstream
         self.response_started = False
         front.active[tunnel.key] += 1
-        outgoing = self._request_headers(headers, raw_host, spec)
-        connection = _header(headers, b"connection")
-        if (not self.has_body and request.method != b"HEAD" and request.http_version == b"1.1"
-                and (connection is None or not _CLOSE_OR_UPGRADE.intersection(
-                    token.strip().lower() for token in connection.split(b",")))
-                and _header(headers, b"upgrade") is None and not spec.response_headers
-                and _plain_rules(spec)):
-            # Everything in it was read by h11 or is ours and plain: written as h11 would, without it.
-            upstream.write_request(request.method, request.target, outgoing)
+        outgoing = self._request_headers(headers, raw_host, spec, named)
+        if fast and front.router.plain(tunnel):
+            # Everything in it was read by h11 or _fast_request, or is ours and plain: written as h11 would.
+            upstream.write_request(method, raw_target, outgoing)
+            if self._fast_raw is not None:  # (h11's requests start their response deadline at their end)
+                self._set_deadline(_RESPONSE, self.settings.http_timeout)
             return
+        fast_read = self._fast_raw is not None
+        self._replay()
         try:
-            upstream.send(h11.Request(method=request.method, target=request.target, headers=outgoing))
+            upstream.send(h11.Request(method=method, target=raw_target, headers=outgoing))
+            if fast_read:  # (h11 read the end of it in _replay: nobody else tells the stream)
+                upstream.send(_END)
         except h11.LocalProtocolError:
             self._exchange_done()
             front.refuse("bad_request", tunnel)
             self._fatal(400, "This request cannot be forwarded.")
+            return
+        if fast_read:
+            self._set_deadline(_RESPONSE, self.settings.http_timeout)
 
-    def _request_headers(self, headers: List[Tuple[bytes, bytes]], raw_host: bytes, spec: Any) -> List[Tuple[bytes, bytes]]:
-        named = _connection_tokens(headers)
-        upgrade = _header(headers, b"upgrade")
+    def _request_headers(self, headers: List[Tuple[bytes, bytes]], raw_host: bytes, spec: Any,
+                         named: Optional[frozenset] = None) -> List[Tuple[bytes, bytes]]:
+        """
+        The request's headers for the website.  ``named``: the headers its
+        Connection header names, from _fast_request, which has also made sure
+        that there is no Upgrade or Transfer-Encoding.
+        """
+        if named is None:
+            named = _connection_tokens(headers)
+            upgrade = _header(headers, b"upgrade")
+            # With both, h11 framed the body by Transfer-Encoding; the website must not read a Content-Length.
+            chunked = _header(headers, b"transfer-encoding") is not None
+        else:
+            upgrade, chunked = None, False
         edge = self.settings.forwarded_headers == "replace"
         out: List[Tuple[bytes, bytes]] = []
         forwarded_for: List[bytes] = []
         seen: Dict[bytes, bytes] = {}
-        # With both, h11 framed the body by Transfer-Encoding; the website must not read a Content-Length.
-        chunked = _header(headers, b"transfer-encoding") is not None
         for name, value in headers:
             if name in _HOP_BY_HOP and name != b"transfer-encoding" or name in named:
                 continue
@@ -862,14 +1056,16 @@ class VisitorConnection(Protocol):
             if name == b"host" and spec.host_header_rewrite:
                 value = spec.host_header_rewrite.encode("ascii")
             out.append((name, value))
-        peer = self.peer_host.encode("ascii", "replace")
-        if edge or not forwarded_for:
-            out.append((b"x-forwarded-for", peer))
+        peer = self._peer
+        scheme = self._scheme
+        if edge or not seen:
+            out += ((b"x-forwarded-for", peer if edge or not forwarded_for else b", ".join(forwarded_for + [peer])),
+                    (b"x-real-ip", peer), (b"x-forwarded-proto", scheme), (b"x-forwarded-host", raw_host))
         else:
-            out.append((b"x-forwarded-for", b", ".join(forwarded_for + [peer])))
-        out.append((b"x-real-ip", peer if edge else seen.get(b"x-real-ip", peer)))
-        out.append((b"x-forwarded-proto", self.scheme.encode() if edge else seen.get(b"x-forwarded-proto", self.scheme.encode())))
-        out.append((b"x-forwarded-host", raw_host if edge else seen.get(b"x-forwarded-host", raw_host)))
+            out.append((b"x-forwarded-for", b", ".join(forwarded_for + [peer]) if forwarded_for else peer))
+            out.append((b"x-real-ip", seen.get(b"x-real-ip", peer)))
+            out.append((b"x-forwarded-proto", seen.get(b"x-forwarded-proto", scheme)))
+            out.append((b"x-forwarded-host", seen.get(b"x-forwarded-host", raw_host)))
         if upgrade is not None:
             out.append((b"connection", b"upgrade"))
             out.append((b"upgrade", upgrade))
@@ -922,12 +1118,7 @@ class VisitorConnection(Protocol):
 
     # -- responses --------------------------------------------------------------
 
-    def _start_response_timer(self) -> None:
-        if self._response_timer is None or not self._response_timer.active():
-            self._response_timer = self.front.reactor.callLater(self.settings.http_timeout, self._response_timeout)
-
     def _response_timeout(self) -> None:
-        self._response_timer = None
         upstream = self.exchange
         if upstream is None or self.response_started:
             return
@@ -961,9 +1152,7 @@ class VisitorConnection(Protocol):
                                                      reason=event.reason))
             elif isinstance(event, h11.Response):
                 self.response_started = True
-                if self._response_timer is not None and self._response_timer.active():
-                    self._response_timer.cancel()
-                self._response_timer = None
+                self._waiting = None
                 spec = upstream.tunnel.spec
                 self._send(h11.Response(status_code=event.status_code,
                                         headers=_response_headers(event.headers, spec.response_headers),
@@ -996,15 +1185,14 @@ class VisitorConnection(Protocol):
                 if len(head) > self.settings.max_header_bytes:
                     self._slow_response(upstream)  # h11 says what is wrong with it (502)
                 return
-            out = _fast_head(head, end)
+            close = self._fast_close and self._fast_raw is not None
+            out = _fast_head(head, end, close)
             if out is None:
                 self._slow_response(upstream)
                 return
-            status_and_headers, length = out
+            status_and_headers, length, upstream.closes = out
             self.response_started = True
-            if self._response_timer is not None and self._response_timer.active():
-                self._response_timer.cancel()
-            self._response_timer = None
+            self._waiting = None
             upstream.head = None
             data = bytes(head[end + 4:])
             upstream.remaining = length
@@ -1031,17 +1219,32 @@ class VisitorConnection(Protocol):
         """The head is not one for the fast way: h11 reads it, from its first byte."""
         head, upstream.head, upstream.fast = upstream.head, None, False
         upstream.tell_h11()
+        self._replay()
         upstream.h11.receive_data(bytes(head or b""))
         self.response_events(upstream)
 
     def _fast_done(self, upstream: _Upstream, extra: bytes) -> None:
-        """A fast response is out: both h11 connections start their next cycle (fresh ones)."""
+        """
+        A fast response is out: the next request.  The stream's h11
+        connection saw none of it (write_request); the visitor's did if it
+        read the request, and then starts its next cycle as a fresh one.
+        """
         upstream.fast = False
         upstream.written = None
         self._exchange_done()
-        upstream.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=self.settings.max_header_bytes)
         if extra:
             upstream.close("an answer nobody asked for")
+        elif upstream.closes:
+            upstream.close("the local service ended its connection")
+        if self._fast_raw is not None:
+            self._fast_raw = None
+            if self._fast_close:
+                self._ahead = b""
+                self._cancel_timers()
+                self.transport.loseConnection()
+                return
+            self._next_cycle()
+            return
         ahead, closed = self.h11.trailing_data
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.settings.max_header_bytes)
         if ahead:
@@ -1089,9 +1292,7 @@ class VisitorConnection(Protocol):
     def _switch(self, upstream: _Upstream, event: h11.InformationalResponse) -> None:
         """The local service accepted an upgrade: from now on the connection is a splice."""
         self.response_started = True
-        if self._response_timer is not None and self._response_timer.active():
-            self._response_timer.cancel()
-        self._response_timer = None
+        self._waiting = None
         try:
             data = self.h11.send(h11.InformationalResponse(status_code=101, headers=event.headers, reason=event.reason))
         except h11.LocalProtocolError:
@@ -1118,9 +1319,7 @@ class VisitorConnection(Protocol):
         self.front.active[key] -= 1
         if self.front.active[key] <= 0:
             del self.front.active[key]
-        if self._response_timer is not None and self._response_timer.active():
-            self._response_timer.cancel()
-        self._response_timer = None
+        self._waiting = None
 
     def _maybe_next_cycle(self) -> None:
         """Both sides of this request are done: read the next one (or close, if the visitor asked)."""
@@ -1136,12 +1335,21 @@ class VisitorConnection(Protocol):
             self._next_cycle()
 
     def _next_cycle(self) -> None:
-        if not self.closed:
-            self.discarding = False
-            self._cycle_bytes = 0
-            self._wait_for_request(KEEPALIVE_TIMEOUT)
-            self.resume("pipelined")
-            self._request_events()
+        if self.closed:
+            return
+        self.discarding = False
+        self._cycle_bytes = 0
+        self._set_deadline(_REQUEST, KEEPALIVE_TIMEOUT)
+        self.resume("pipelined")
+        if not self._fast_parse:
+            ahead, closed = self.h11.trailing_data
+            if ahead or closed:
+                self._request_events()
+                return
+            self._fast_parse = True  # h11 is idle and holds nothing: _fast_request reads the next one
+        ahead, self._ahead = self._ahead, b""
+        if ahead:
+            self.dataReceived(ahead)
 
     # -- answers from the front itself ------------------------------------------
 
@@ -1152,6 +1360,7 @@ class VisitorConnection(Protocol):
 
     def _answer_body(self, status: int, body: bytes, content_type: bytes,
                      extra: Optional[List[Tuple[bytes, bytes]]] = None, close: bool = False) -> None:
+        self._replay()
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         headers += extra or []
         # A body still coming is not read to its end for nothing: the connection closes.
@@ -1199,46 +1408,54 @@ def _plain_rules(spec: Any) -> bool:
             and all(_FAST_NAME.fullmatch(name.encode("utf-8")) for name in names))
 
 
-def _fast_head(head: bytearray, end: int) -> Optional[Tuple[bytes, int]]:
+def _fast_head(head: bytearray, end: int, close: bool = False) -> Optional[Tuple[bytes, int, bool]]:
     """
     A response head for the fast way: (status line and headers for the
-    visitor, Content-Length), or None for h11 to read it (anything else
-    than one plain Content-Length on HTTP/1.1 that keeps the connection).
+    visitor, with ``Connection: close`` if ``close``; Content-Length; the
+    local service closes its connection after it), or None for h11 to read
+    it (anything else than one plain Content-Length on HTTP/1.1, or a
+    ``Connection`` header that names other headers).  The header block is
+    checked by one regular expression (``_FAST_FIELDS``) and only the
+    lines that matter to the way (``_FAST_SPECIAL``) are looked at one by one.
     """
-    lines = bytes(head[:end]).split(b"\r\n")
-    status = _FAST_STATUS.fullmatch(lines[0])
-    if status is None or status.group(1) in (b"204", b"304"):
+    block = bytes(head[:end])
+    eol = block.find(b"\r\n")
+    if eol < 0:
+        eol = len(block)
+    status = _FAST_STATUS.fullmatch(block, 0, eol)
+    if status is None or status.group(1) in (b"204", b"304") or _FAST_FIELDS.fullmatch(block, eol) is None:
         return None
-    out = [lines[0]]
-    length: Optional[bytes] = None
-    named: List[bytes] = []
-    kept: List[Tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        header = _FAST_HEADER.fullmatch(line)
-        if header is None:
-            return None
-        name = header.group(1).lower()
-        value = header.group(2) or b""
+    length = -1
+    closes = False
+    out: List[bytes] = []
+    kept = eol  # where the block's next piece to keep begins
+    for special in _FAST_SPECIAL.finditer(block, eol):
+        name = special.group(1).lower()
+        line_end = block.find(b"\r\n", special.end())
+        if line_end < 0:
+            line_end = len(block)
+        value = block[special.end():line_end].strip(b" \t")
         if name == b"content-length":
-            if length is not None or not value.isdigit() or len(value) > 18:
+            if length >= 0 or not value.isdigit() or len(value) > 18:
                 return None
-            length = value
-        elif name == b"transfer-encoding":
+            length = int(value)
+            continue  # (kept: it is the body's length for the visitor too)
+        if name == b"transfer-encoding":
             return None
-        elif name == b"connection":
-            tokens = [token.strip().lower() for token in value.split(b",")]
-            if b"close" in tokens:
-                return None
-            named += tokens
-            continue
-        if name in _HOP_BY_HOP:
-            continue
-        kept.append((name, line))
-    if length is None:
+        if name == b"connection":
+            for token in value.lower().split(b","):
+                token = token.strip()
+                if token == b"close":
+                    closes = True
+                elif token != b"keep-alive" and token:
+                    return None  # it names headers to drop as hop-by-hop: h11's way does that
+        out.append(block[kept:special.start()])
+        kept = line_end
+    if length < 0:
         return None
-    out += [line for name, line in kept if name not in named]
-    out.append(b"\r\n")
-    return b"\r\n".join(out), int(length)
+    out.append(block[kept:])
+    out.append(b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n")
+    return block[:eol] + b"".join(out), length, closes
 
 
 def _connection_tokens(headers: List[Tuple[bytes, bytes]]) -> frozenset:
