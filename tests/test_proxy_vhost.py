@@ -10,7 +10,7 @@ the local service, a refusal's count.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import h11
 import pytest
@@ -76,6 +76,23 @@ def make_server(network: MemoryNetwork, **vhost: Any) -> GotaxyServer:
 
 def http(name: str, port: int, **keys: Any) -> TunnelSpec:
     return TunnelSpec(name=name, type="http", local_port=port, **keys)
+
+
+#: ``wiki(**vhost)``: a server with those vhost settings, a local site "wiki" on port 9001, and a
+#: client "office" with the http tunnel "wiki" for wiki.example.com to it; (server, site).
+WikiSite = Callable[..., Tuple[GotaxyServer, "Named"]]
+
+
+@pytest.fixture
+def wiki(network: MemoryNetwork) -> WikiSite:
+    def start(**vhost: Any) -> Tuple[GotaxyServer, Named]:
+        server = make_server(network, **vhost)
+        local = site(network, 9001, "wiki")
+        GotaxyClient(network, server.create_token("office"), tunnels=[
+            http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+        return server, local
+
+    return start
 
 
 class Visitor(Collector):
@@ -182,10 +199,8 @@ def test_pipelined_requests_are_answered_in_order(network: MemoryNetwork) -> Non
     ]
 
 
-def test_http_1_0_is_answered_and_closed(network: MemoryNetwork) -> None:
-    server = make_server(network)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+def test_http_1_0_is_answered_and_closed(network: MemoryNetwork, wiki: WikiSite) -> None:
+    wiki()
     visitor = visit(network, get("wiki.example.com", version="1.0"))
     data = b"".join(visitor.received)
     assert data.startswith(b"HTTP/1.1 200 ")
@@ -245,10 +260,8 @@ def test_a_server_without_vhost_http_port_refuses_http_tunnels(network: MemoryNe
 # -- claims --------------------------------------------------------------------------
 
 
-def test_a_second_claim_on_a_name_is_refused_naming_the_owner(network: MemoryNetwork, log: LogCapture) -> None:
-    server = make_server(network)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+def test_a_second_claim_on_a_name_is_refused_naming_the_owner(network: MemoryNetwork, wiki: WikiSite, log: LogCapture) -> None:
+    server, _ = wiki()
     GotaxyClient(network, server.create_token("intruder"), instance_id="other", tunnels=[
         http("mine", 9001, custom_domains=("wiki.example.com",)),
     ]).start()
@@ -275,10 +288,8 @@ def test_a_name_stays_reserved_while_its_client_is_away(network: MemoryNetwork, 
 # -- what the local service gets, and what the visitor gets back -----------------------------
 
 
-def test_forwarded_headers_are_appended_as_frp_does(network: MemoryNetwork) -> None:
-    server = make_server(network)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+def test_forwarded_headers_are_appended_as_frp_does(network: MemoryNetwork, wiki: WikiSite) -> None:
+    wiki()
     got = answer(one(network, get("wiki.example.com", "/", "X-Forwarded-For: 203.0.113.9")))["headers"]
     assert got["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
     assert got["x-real-ip"] == "127.0.0.1"
@@ -286,10 +297,8 @@ def test_forwarded_headers_are_appended_as_frp_does(network: MemoryNetwork) -> N
     assert got["x-forwarded-host"] == "wiki.example.com"
 
 
-def test_an_edge_server_replaces_what_the_visitor_claims(network: MemoryNetwork) -> None:
-    server = make_server(network, forwarded_headers="replace")
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+def test_an_edge_server_replaces_what_the_visitor_claims(network: MemoryNetwork, wiki: WikiSite) -> None:
+    wiki(forwarded_headers="replace")
     got = answer(one(network, get("wiki.example.com", "/", "X-Forwarded-For: 203.0.113.9", "X-Real-IP: 203.0.113.9",
                                   "X-Forwarded-Proto: https")))["all"]
     assert got["x-forwarded-for"] == ["127.0.0.1"]
@@ -363,10 +372,8 @@ def test_a_local_service_that_refuses_gives_502(network: MemoryNetwork) -> None:
     assert server.core.fronts["http"].tunnel_refusals[("office", "wiki", "bad_gateway")] == 1
 
 
-def test_no_response_headers_in_vhost_http_timeout_gives_504(network: MemoryNetwork) -> None:
-    server = make_server(network, http_timeout=5.0)
-    local = site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+def test_no_response_headers_in_vhost_http_timeout_gives_504(network: MemoryNetwork, wiki: WikiSite) -> None:
+    server, local = wiki(http_timeout=5.0)
     visitor = visit(network, get("wiki.example.com", "/hang"))
     assert local.pending and visitor.lost is None, (visitor.received, visitor.lost)
     assert visitor.responses() == []
@@ -376,10 +383,8 @@ def test_no_response_headers_in_vhost_http_timeout_gives_504(network: MemoryNetw
     assert server.core.fronts["http"].tunnel_refusals[("office", "wiki", "timeout")] == 1
 
 
-def test_slowloris_and_oversized_headers_are_refused_while_another_site_keeps_serving(network: MemoryNetwork) -> None:
-    server = make_server(network, header_timeout=10.0, max_header_bytes=4096, max_headers=20)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+def test_slowloris_and_oversized_headers_are_refused_while_another_site_keeps_serving(network: MemoryNetwork, wiki: WikiSite) -> None:
+    server, _ = wiki(header_timeout=10.0, max_header_bytes=4096, max_headers=20)
     slow = visit(network, b"GET / HTTP/1.1\r\nHost: wiki.example.com\r\nX-A: 1\r\n")
     big = visit(network, b"GET / HTTP/1.1\r\nHost: wiki.example.com\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
     many = visit(network, get("wiki.example.com", "/", *[f"X-{i}: {i}" for i in range(30)]))
@@ -401,10 +406,8 @@ def test_garbage_gets_400(network: MemoryNetwork) -> None:
     assert server.core.fronts["http"].refusals["bad_request"] == 1
 
 
-def test_concurrent_requests_per_tunnel_are_capped_with_503(network: MemoryNetwork) -> None:
-    server = make_server(network, max_requests_per_tunnel=2)
-    local = site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+def test_concurrent_requests_per_tunnel_are_capped_with_503(network: MemoryNetwork, wiki: WikiSite) -> None:
+    local = wiki(max_requests_per_tunnel=2)[1]
     waiting = [visit(network, get("wiki.example.com", "/hang")) for _ in range(2)]
     status, headers, _ = one(network, get("wiki.example.com"))
     assert status == 503 and headers["retry-after"] == "1"
@@ -419,10 +422,8 @@ def test_concurrent_requests_per_tunnel_are_capped_with_503(network: MemoryNetwo
 # -- bodies and upgrades ------------------------------------------------------------------
 
 
-def test_a_chunked_upload_arrives_whole(network: MemoryNetwork) -> None:
-    server = make_server(network)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+def test_a_chunked_upload_arrives_whole(network: MemoryNetwork, wiki: WikiSite) -> None:
+    wiki()
     chunks = b"".join(b"%x\r\n%s\r\n" % (1000, b"x" * 1000) for _ in range(300)) + b"0\r\n\r\n"
     visitor = visit(network, b"POST /up HTTP/1.1\r\nHost: wiki.example.com\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
     assert answer(visitor.responses()[0])["body"] == 300_000
@@ -495,12 +496,10 @@ def _refusal(network: MemoryNetwork, coroutine: Any) -> Any:
     return failures[0].value
 
 
-def test_an_operators_http_tunnel_on_a_held_domain_is_an_error_on_that_field(network: MemoryNetwork) -> None:
+def test_an_operators_http_tunnel_on_a_held_domain_is_an_error_on_that_field(network: MemoryNetwork, wiki: WikiSite) -> None:
     from gotaxy.server.manage import Management
 
-    server = make_server(network)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+    server, _ = wiki()
     management = Management(server.core)
     held = _refusal(network, management.define_tunnel(
         "office", "copy", {"type": "http", "localPort": 9001, "customDomains": ["wiki.example.com"]}))
@@ -522,14 +521,12 @@ def test_acme_challenges_are_answered_for_any_name_before_routing(network: Memor
     assert one(network, get("wiki.example.com", "/.well-known/acme-challenge/other"))[0] == 404
 
 
-def test_a_reload_moves_the_port_and_applies_the_limits(network: MemoryNetwork) -> None:
+def test_a_reload_moves_the_port_and_applies_the_limits(network: MemoryNetwork, wiki: WikiSite) -> None:
     from twisted.internet.defer import Deferred
 
     from gotaxy.config import replace
 
-    server = make_server(network)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+    server, _ = wiki()
     kept = visit(network)  # a visitor connected before the reload
     front = server.core.fronts["http"]
     new = replace(server.config, {"vhost": VhostSettings(http_port=8001, max_requests_per_tunnel=0)})
@@ -579,30 +576,24 @@ def test_wrong_website_passwords_end_in_a_ban_on_the_front(network: MemoryNetwor
     assert refused.lost is not None and refused.received == []
 
 
-def test_a_request_that_names_two_hosts_is_refused(network: MemoryNetwork) -> None:
+def test_a_request_that_names_two_hosts_is_refused(network: MemoryNetwork, wiki: WikiSite) -> None:
     # (h11 refuses it: the website could otherwise read another name than the one routed)
-    server = make_server(network)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+    wiki()
     visitor = visit(network, get("wiki.example.com", "/", "Host: admin.intranet"))
     assert visitor.responses()[0][0] == 400 and visitor.lost is not None
 
 
-def test_a_chunked_body_reaches_the_website_without_a_content_length_to_misread(network: MemoryNetwork) -> None:
-    server = make_server(network)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+def test_a_chunked_body_reaches_the_website_without_a_content_length_to_misread(network: MemoryNetwork, wiki: WikiSite) -> None:
+    wiki()
     visitor = visit(network, b"POST / HTTP/1.1\r\nHost: wiki.example.com\r\nContent-Length: 3\r\n"
                              b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     got = answer(visitor.responses()[0])
     assert got["body"] == 5 and "content-length" not in got["headers"]
 
 
-def test_the_front_behind_tls_says_https_to_the_website(network: MemoryNetwork) -> None:
+def test_the_front_behind_tls_says_https_to_the_website(network: MemoryNetwork, wiki: WikiSite) -> None:
     # What the HTTPS front wraps in TLS: the same front, for scheme "https".
-    server = make_server(network)
-    site(network, 9001, "wiki")
-    GotaxyClient(network, server.create_token("office"), tunnels=[http("wiki", 9001, custom_domains=("wiki.example.com",))]).start()
+    server, _ = wiki()
     network.listenTCP(8443, server.core.fronts["http"].protocol_factory("https"), interface="127.0.0.1")
     visitor = Visitor()
     network.connectTCP("127.0.0.1", 8443, ClientFactory.forProtocol(lambda: visitor))
@@ -740,3 +731,59 @@ def test_request_rules_apply_on_the_fast_way_and_the_connection_is_kept(network:
     assert got["host"] == ["intranet.local"] and got["x-forwarded-host"] == ["wiki.example.com"]
     assert got["x-from-where"] == ["gotaxy"] and "x-secret" not in got and "connection" not in got
     assert second["path"] == "/2" and visitor.lost is None
+
+
+def test_a_request_that_asks_to_close_gets_its_answer_then_the_close(network: MemoryNetwork, wiki: WikiSite) -> None:
+    wiki()
+    visitor = visit(network, get("wiki.example.com", "/1", "Connection: close") + get("wiki.example.com", "/2"))
+    (status, headers, body), = visitor.responses()
+    assert status == 200 and json.loads(body)["path"] == "/1"
+    assert {k.lower(): v for k, v in headers.items()}["connection"] == "close"
+    assert visitor.lost is not None  # and the pipelined /2 was not answered
+
+
+def test_a_website_that_closes_after_its_answer_leaves_the_visitor_connected(network: MemoryNetwork) -> None:
+    scripted(network, b"CLOSE:HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nagain")
+    visitor = visit(network, get("raw.example.com", "/1"))
+    visitor.transport.write(get("raw.example.com", "/2"))
+    network.flush()
+    (s1, h1, b1), (s2, _, b2) = visitor.responses()
+    assert (s1, b1, s2, b2) == (200, b"ok", 200, b"again")
+    assert "connection" not in {k.lower() for k in h1} and visitor.lost is None
+
+
+def test_every_request_of_a_keep_alive_connection_has_its_own_response_deadline(network: MemoryNetwork, wiki: WikiSite) -> None:
+    wiki(http_timeout=5.0)
+    visitor = visit(network, get("wiki.example.com", "/1"))
+    network.pass_time(3.0)
+    visitor.transport.write(get("wiki.example.com", "/hang"))
+    network.flush()
+    network.pass_time(4.9)  # past the first request's deadline, not the second's
+    assert [status for status, _, _ in visitor.responses()] == [200]
+    network.pass_time(0.2)
+    assert [status for status, _, _ in visitor.responses()] == [200, 504]
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_its_wait(network: MemoryNetwork, wiki: WikiSite) -> None:
+    wiki(http_timeout=5.0)
+    visitor = visit(network, get("wiki.example.com", "/1"))
+    network.pass_time(74.0)
+    visitor.transport.write(get("wiki.example.com", "/2"))
+    network.flush()
+    network.pass_time(74.0)
+    assert [status for status, _, _ in visitor.responses()] == [200, 200] and visitor.lost is None
+    network.pass_time(1.5)
+    assert visitor.lost is not None
+
+
+def test_requests_the_short_reader_does_not_take_are_read_by_h11(network: MemoryNetwork, wiki: WikiSite) -> None:
+    wiki()
+    head = get("wiki.example.com", "/head", version="1.1").replace(b"GET", b"HEAD")
+    visitor = visit(network, b"GET /split HTTP/1.1\r\nHost: wiki", b".example.com\r\n\r\n",
+                    b"POST /post HTTP/1.1\r\nHost: wiki.example.com\r\nContent-Length: 3\r\n\r\nabc", head,
+                    get("wiki.example.com", "/after"))
+    network.flush()
+    data = b"".join(visitor.received)
+    assert data.count(b"HTTP/1.1 200 ") == 4 and visitor.lost is None
+    assert b'"path": "/split"' in data and b'"body": 3' in data and b'"path": "/after"' in data
