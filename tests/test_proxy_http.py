@@ -11,7 +11,7 @@ from typing import Any, Dict
 import pytest
 
 from gotaxy.proxy import PublicAddress, SpecError, parse_spec
-from gotaxy.proxy.http import HttpSpec
+from gotaxy.proxy.http import HTTP, HttpSpec
 
 
 def spec(**keys: Any) -> HttpSpec:
@@ -55,8 +55,24 @@ def test_names_under_the_servers_sub_domain_host() -> None:
     assert both.hosts == ("wiki.company.com", "wiki.example.com")
     with pytest.raises(SpecError, match="this server has no subDomainHost"):
         spec(subdomain="wiki").address(None)
-    with pytest.raises(SpecError, match="is under the server's subDomainHost 'example.com'; use subdomain = 'wiki'"):
+    with pytest.raises(SpecError, match="is under the server's subDomainHost 'example.com', .*use subdomain = 'wiki'") as under:
         spec(customDomains=["wiki.example.com"]).address("example.com")
+    assert under.value.key == "customDomains"
+    with pytest.raises(SpecError, match="'[*].example.com' is under the server's subDomainHost") as wildcard:
+        spec(customDomains=["*.example.com"]).address("example.com")
+    assert wildcard.value.key == "customDomains"
+    # As frp: subDomainHost itself may be a custom domain, and a name that only ends like it is another name.
+    assert spec(customDomains=["example.com", "myexample.com"]).address("example.com").hosts == (
+        "example.com", "myexample.com")
+
+
+def test_a_tunnel_without_a_name_is_refused_on_the_custom_domains_field() -> None:
+    from gotaxy.proxy.https import HTTPS
+
+    for kind in (HTTP, HTTPS):
+        with pytest.raises(SpecError, match=f"an {kind.name} tunnel needs 'customDomains'") as refused:
+            kind.parse({"type": kind.name, "localPort": 8080})
+        assert refused.value.key == "customDomains"
 
 
 def test_claim_keys_let_locations_and_users_share_a_name_but_not_a_path() -> None:

@@ -38,6 +38,7 @@ from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, Spe
 from gotaxy.proxy.fields import (
     LOCAL_IP, LOCAL_PORT, SpecField, StreamLimited, check_local_ip, check_port, host_port,
 )
+from gotaxy.proxy.sitenames import require_a_name, site_hosts
 from gotaxy.proxy.tcp import connect_local
 from gotaxy.server.tunnel import LiveTunnel
 
@@ -177,11 +178,7 @@ class HttpSpec(StreamLimited, ProxySpec):
     redirect_to_https: bool = attrs.field(default=False, validator=_boolean("redirectToHTTPS"))
 
     def __attrs_post_init__(self) -> None:
-        if not self.custom_domains and self.subdomain is None:
-            raise SpecError(
-                "an http tunnel needs 'customDomains' (such as [\"wiki.example.com\"]) or 'subdomain' "
-                "(such as \"wiki\", for wiki.<the server's subDomainHost>)", "customDomains"
-            )
+        require_a_name("http", self.custom_domains, self.subdomain, "wiki")
         if (self.http_user is None) != (self.http_password is None):
             raise SpecError("'httpUser' and 'httpPassword' go together: give both to ask visitors to log in, or neither")
         if self.http_user is not None and ":" in self.http_user:
@@ -223,24 +220,8 @@ class HttpSpec(StreamLimited, ProxySpec):
         return (self.local_ip, self.local_port)
 
     def hosts(self, sub_domain_host: Optional[str]) -> Tuple[str, ...]:
-        """The host names this tunnel serves under a server whose ``subDomainHost`` is given; SpecError if none."""
-        hosts = list(self.custom_domains)
-        if sub_domain_host:
-            for host in hosts:
-                if host == sub_domain_host or host.endswith("." + sub_domain_host):
-                    raise SpecError(
-                        f"custom domain {host!r} is under the server's subDomainHost {sub_domain_host!r}; "
-                        f"use subdomain = {host[: -len(sub_domain_host) - 1].split('.')[-1]!r} instead",
-                        "customDomains",
-                    )
-        if self.subdomain is not None:
-            if not sub_domain_host:
-                raise SpecError(
-                    "this server has no subDomainHost, so 'subdomain' cannot be used; use 'customDomains', "
-                    "or ask the operator to set subDomainHost", "subdomain"
-                )
-            hosts.append(f"{self.subdomain}.{sub_domain_host}")
-        return tuple(dict.fromkeys(hosts))
+        """The host names this tunnel serves under a server whose ``subDomainHost`` is given (``site_hosts``)."""
+        return site_hosts(self.custom_domains, self.subdomain, sub_domain_host)
 
     def address_for(self, config: Any) -> Optional[PublicAddress]:
         return self.address(config.vhost.sub_domain_host)

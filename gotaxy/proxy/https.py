@@ -51,6 +51,7 @@ from gotaxy.proxy.fields import (
     LOCAL_IP, LOCAL_PORT, SpecField, StreamLimited, check_local_ip, check_port, host_port, parse_keys,
 )
 from gotaxy.proxy.proxyprotocol import PROXY_PROTOCOL, check_version
+from gotaxy.proxy.sitenames import require_a_name, site_hosts
 from gotaxy.proxy.sni import MAX_BUFFERED, ClientHello, NotAClientHello, read_client_hello
 from gotaxy.proxy.tcp import TCP, TcpSpec
 from gotaxy.relay import set_no_delay
@@ -114,11 +115,7 @@ class HttpsSpec(StreamLimited, ProxySpec):
     proxy_protocol_version: Optional[str] = attrs.field(default=None, validator=check_version)
 
     def __attrs_post_init__(self) -> None:
-        if not self.custom_domains and self.subdomain is None:
-            raise SpecError(
-                "an https tunnel needs 'customDomains' (such as [\"app.example.com\"]) or 'subdomain' "
-                "(such as \"app\", for app.<the server's subDomainHost>)"
-            )
+        require_a_name("https", self.custom_domains, self.subdomain, "app")
 
     def to_keys(self) -> Dict[str, Any]:
         keys: Dict[str, Any] = {"type": "https", "localIP": self.local_ip, "localPort": self.local_port}
@@ -148,16 +145,9 @@ class HttpsSpec(StreamLimited, ProxySpec):
 
     def address(self, sub_domain_host: Optional[str], port: int = 0) -> PublicAddress:
         """The names this tunnel claims, given the server's ``subDomainHost``."""
-        hosts: List[str] = list(self.custom_domains)
-        if self.subdomain is not None:
-            if not sub_domain_host:
-                raise SpecError(
-                    "'subdomain' needs the server's subDomainHost, which this server does not set; "
-                    "use 'customDomains' or ask the operator to set subDomainHost", "subdomain"
-                )
-            hosts.append(f"{self.subdomain}.{sub_domain_host}")
+        hosts = site_hosts(self.custom_domains, self.subdomain, sub_domain_host)
         try:
-            return PublicAddress("https", port, tuple(dict.fromkeys(hosts)))
+            return PublicAddress("https", port, hosts)
         except AddressError as e:
             raise SpecError(str(e), "customDomains") from None
 
