@@ -49,6 +49,8 @@ setup(
         "acme>=3.0",
         # The HTTP front's parser (gotaxy.proxy.vhost): sans-I/O, so bodies stream.
         "h11>=0.14",
+        # Which wildcards are over-broad (gotaxy.server.domains): the Public Suffix List, a copy shipped with it.
+        "publicsuffixlist>=1.0",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout>=2", "jsonschema>=4.18", "playwright>=1.40", "pyyaml>=6", "websockets>=12"]},
     entry_points={"console_scripts": ["gotaxy = gotaxy.cli:main", "gotaxy-client = gotaxy.client.admin:main"]},

@@ -285,6 +285,14 @@ class CommandTests(unittest.TestCase):
         data = json.loads((await self.cmd("token create phone --json")).text)
         self.assertEqual(data["name"], "phone")
         self.assertTrue(data["token"])
+        await self.cmd("token create shop --domains shop.example.com,*.shop.example.com")
+        shown = json.loads((await self.cmd("tokens --json")).text)
+        self.assertEqual([t["allow_domains"] for t in shown if t["name"] == "shop"],
+                         [["shop.example.com", "*.shop.example.com"]])
+        self.assertEqual((await self.cmd("token domains shop wiki.example.com")).text,
+                         "client shop may claim: wiki.example.com")
+        self.assertEqual((await self.cmd("token domains shop")).text,
+                         "client shop may claim the custom domains the server allows")
         # The token works: a client logs in with it.
         await live.start_client([f"echo=tcp:127.0.0.1:{self.echo}"], token=token)
         # Wait for its tunnel too: revoking while the tunnel is still opening is another test.
@@ -350,7 +358,8 @@ class CommandTests(unittest.TestCase):
             ("client", "client: missing NAME; type 'help client' for usage"),
             ("kick a b", "kick: unexpected argument 'b'; type 'help kick' for usage"),
             ("tunnel add alice web", "tunnel add: missing LOCALHOST:PORT; type 'help tunnel add' for usage"),
-            ("token", "token: say 'token create NAME' or 'token revoke NAME' ('tokens' lists them); "
+            ("token", "token: say 'token create NAME', 'token domains NAME [DOMAIN ...]' or 'token revoke NAME' "
+                      "('tokens' lists them); "
                       "type 'help token' for usage"),
             ("status 'unclosed", "cannot read the command: No closing quotation; type 'help' for the syntax"),
             ("help nothing", "help: no command 'nothing'; type 'help' for the list of commands"),
@@ -414,7 +423,7 @@ class CommandTests(unittest.TestCase):
         complete = self.commands.complete
         self.assertEqual(complete("st"), ["status"])
         self.assertEqual(complete("tok"), ["token", "tokens"])
-        self.assertEqual(complete("token "), ["create", "revoke"])
+        self.assertEqual(complete("token "), ["create", "domains", "revoke"])
         self.assertEqual(complete("tunnel re"), ["remove", "restart"])
         # A name two clients use completes only as CLIENT/NAME.
         self.assertEqual(complete("tunnel disable "), ["alice/echo", "bob/echo", "bob/solo", "solo"])

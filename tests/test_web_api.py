@@ -462,6 +462,14 @@ class OperatorActionTests(WebTestCase):
         tokens = {t["name"]: t for t in (await web.get(f"{API}/tokens")).json["tokens"]}
         self.assertIsNotNone(tokens["alice"]["last_used_at"])
         self.assertTrue(tokens["bob"]["active"])
+        # The custom domains a token's client may claim (gotaxy.server.domains).
+        limited = await web.post(f"{API}/tokens", {"name": "shop", "allow_domains": ["Shop.example.com"]})
+        self.assertEqual(limited.json["token"]["allow_domains"], ["shop.example.com"])
+        changed = await web.patch(f"{API}/tokens/shop", {"allow_domains": ["*.shop.example.com", "shop.example.com"]})
+        self.assertEqual((changed.status, changed.json["allow_domains"]), (200, ["*.shop.example.com", "shop.example.com"]))
+        wrong = await web.patch(f"{API}/tokens/shop", {"allow_domains": ["https://shop.example.com"]})
+        self.assertEqual((wrong.status, wrong.error["field"]), (400, "allow_domains"))
+        self.assertEqual((await web.patch(f"{API}/tokens/nobody", {"allow_domains": []})).status, 404)
 
         revoked = await web.delete(f"{API}/tokens/alice")
         self.assertEqual(revoked.status, 204)

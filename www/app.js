@@ -760,9 +760,16 @@ async function loadTokens() {
     const status = document.createElement("td");
     status.append(tk.active ? badge("up", t("tokens.active")) : badge("off", tk.revoked_at ? t("tokens.revoked") : t("tokens.expired")));
     row.append(cell(tk.name, "name"), status, cell(when(tk.created_at)), cell(tk.expires_at ? when(tk.expires_at) : t("tokens.never")),
-      cell(when(tk.last_used_at)));
+      cell(when(tk.last_used_at)), cell((tk.allow_domains || []).join(", ") || t("tokens.any_domain"), "domains"));
     const actions = document.createElement("td");
     if (tk.active) {
+      // The custom domains its client may claim (gotaxy.server.domains): PATCH /tokens/{name}.
+      actions.append(button(t("tokens.edit_domains"), "secondary", async () => {
+        const text = prompt(t("tokens.domains_prompt", { name: tk.name }), (tk.allow_domains || []).join(", "));
+        if (text === null) return;
+        const r = await api("PATCH", `/tokens/${encodeURIComponent(tk.name)}`, { allow_domains: domainList(text) });
+        if (!r.ok) showError($("#page-tokens"), Object.assign({}, r.error, { field: null }), "tokens"); else loadTokens();
+      }, "domains"));
       actions.append(button(t("tokens.revoke"), "danger", async () => {
         if (!confirm(t("tokens.revoke_confirm", { name: tk.name }))) return;
         const r = await api("DELETE", `/tokens/${encodeURIComponent(tk.name)}`);
@@ -774,11 +781,17 @@ async function loadTokens() {
   }
 }
 
+// "a.example.com, *.example.com" (commas or spaces) as the list the API takes.
+function domainList(text) {
+  return text.split(/[\s,]+/).filter((part) => part);
+}
+
 async function createToken(event) {
   event.preventDefault();
   const form = event.target;
   const body = { name: form.name.value.trim() };
   if (form.expires.value) body.expires_at = new Date(`${form.expires.value}T23:59:59`).getTime() / 1000;
+  if (form.allow_domains.value.trim()) body.allow_domains = domainList(form.allow_domains.value);
   const result = await api("POST", "/tokens", body);
   if (!result.ok) return showError(form, result.error);
   clearErrors(form);

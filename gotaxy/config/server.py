@@ -17,6 +17,7 @@ from gotaxy.config.values import (
     CONNECTIONS,
     DATABASE_URL,
     DOMAIN,
+    DOMAIN_PATTERNS,
     DOMAINS,
     FORWARDED_HEADERS,
     HEADER_BYTES,
@@ -133,6 +134,8 @@ class VhostSettings:
     max_headers: int = _setting(100, COUNT, "vhostHTTPMaxHeaders")
     #: Requests one tunnel serves at once (0: only the client's stream limit).
     max_requests_per_tunnel: int = _setting(256, LIMIT, "vhostHTTPMaxRequestsPerTunnel")
+    #: The custom domains any client may claim (``gotaxy.server.domains``); empty: any name.
+    allow_domains: tuple[str, ...] = _setting((), DOMAIN_PATTERNS, "allowDomains")
 
 
 @attrs.frozen

@@ -155,6 +155,13 @@ def _domain(value: Any) -> str:
     return name
 
 
+def domain_pattern(value: Any) -> str:
+    """``example.com`` or ``*.example.com`` (lower-cased): an entry of an allowed-domains list."""
+    if isinstance(value, str) and value.startswith("*."):
+        return "*." + _domain(value[2:])
+    return _domain(value)
+
+
 def _list_of(value: Any) -> list:
     if not isinstance(value, (list, tuple)) or len(value) > 256:
         raise _Mismatch(value)
@@ -446,6 +453,10 @@ TEXT = _Form("a non-empty string", _text)
 HOST = _Form("a host name or IP address without a port", _host)
 DOMAIN = _Form('a domain name such as "example.com" (no port, no "*", no "http://")', _domain)
 FORWARDED_HEADERS = _Form('"append" (as frp) or "replace" (this server is the edge)', _one_of("append", "replace"))
+DOMAIN_PATTERNS = _Form('a list of domain names, each allowing itself, or "*.example.com" for any name under it, '
+                        'such as ["example.com", "*.example.com"]',
+                        lambda value: tuple(dict.fromkeys(domain_pattern(v) for v in (
+                            [value] if isinstance(value, str) else _list_of(value)))))
 DOMAINS = _Form('a list of domain names such as ["example.com"]',
                 lambda value: tuple(_domain(v) for v in ([value] if isinstance(value, str) else _list_of(value))))
 STRINGS = _Form('a list of strings such as ["wiki.example.com"]', _strings)

@@ -48,6 +48,7 @@ from gotaxy.console.text import (
 from gotaxy.events import QUERY_TYPES
 from gotaxy.logs import gotaxy_observer
 from gotaxy.proxy import SpecError, registry
+from gotaxy.server.domains import MAX_ALLOWED_DOMAINS
 from gotaxy.server.manage import Management, ManagementError, TunnelView
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.console")
@@ -131,8 +132,15 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
             options=_json_option(), positional=(1, 1)),
     Command("tokens", "tokens [--json]", "the client tokens (names and dates; never the tokens)",
             options=_json_option()),
-    Command("token create", "token create NAME [--json]",
-            "make a token for client NAME; it is shown once, now", options=_json_option(), positional=(1, 1)),
+    Command("token create", "token create NAME [--domains LIST] [--json]",
+            "make a token for client NAME; it is shown once, now",
+            "--domains: the custom domains its client may claim, such as shop.example.com,*.shop.example.com "
+            "(none: those the server's allowDomains allow).",
+            options=_json_option(**{"--domains": True}), positional=(1, 1)),
+    Command("token domains", "token domains NAME [DOMAIN ...] [--json]",
+            "set the custom domains client NAME may claim (none: what the server allows)",
+            "A DOMAIN is a name (shop.example.com) or *.example.com for any name under it; the list applies "
+            "to every claim from now on.", options=_json_option(), positional=(1, MAX_ALLOWED_DOMAINS + 1)),
     Command("token revoke", "token revoke NAME", "revoke a token; its client is cut off at once",
             positional=(1, 1)),
     Command("notify", "notify [--json]", "the webhooks that events are sent to", options=_json_option()),
@@ -180,7 +188,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
 ALIASES = {"quit": "exit", "logout": "exit", "?": "help"}
 GROUPS = {
     "tunnel": ("add", "edit", "remove", "enable", "disable", "restart"),
-    "token": ("create", "revoke"),
+    "token": ("create", "domains", "revoke"),
     "notify": ("add", "remove", "test"),
     "mail": ("add", "remove", "test"),
 }
@@ -310,6 +318,7 @@ class Commands:
             "tunnel restart": self._tunnel_restart,
             "tokens": self._tokens,
             "token create": self._token_create,
+            "token domains": self._token_domains,
             "token revoke": self._token_revoke,
             "notify": self._notify,
             "notify add": self._notify_add,
@@ -339,7 +348,7 @@ class Commands:
             return COMMANDS[f"{first} {words[1]}"], list(words[2:])
         if first == "token":
             raise UsageError(
-                "token: say 'token create NAME' or 'token revoke NAME' ('tokens' lists them)", "token"
+                "token: say 'token create NAME', 'token domains NAME [DOMAIN ...]' or 'token revoke NAME' ('tokens' lists them)", "token"
             )
         if first not in COMMANDS:
             raise UsageError(f"unknown command {words[0]!r}; type 'help' for the list of commands")
@@ -602,10 +611,18 @@ class Commands:
         return Result(tokens_table(records, self.core.reactor.seconds(), self.width))
 
     async def _token_create(self, positional: List[str], options: Dict[str, Any]) -> Result:
-        record, token = await self.management.create_token(positional[0])
+        record, token = await self.management.create_token(positional[0], allow_domains=options.get("--domains") or ())
         if options.get("--json"):
             return Result(json.dumps({"name": record.name, "token": token, "created_at": record.created_at}, indent=2))
         return Result(f"token for client {record.name} (shown only now; keep it):\n{token}")
+
+    async def _token_domains(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        record = await self.management.set_token_domains(positional[0], positional[1:])
+        if options.get("--json"):
+            return Result(as_json(record))
+        if record.allow_domains:
+            return Result(f"client {record.name} may claim: {', '.join(record.allow_domains)}")
+        return Result(f"client {record.name} may claim the custom domains the server allows")
 
     async def _token_revoke(self, positional: List[str], options: Dict[str, Any]) -> Result:
         await self.management.revoke_token(positional[0])

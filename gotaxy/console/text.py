@@ -272,9 +272,10 @@ def clients_table(views: Sequence[ClientView], width: int = WIDTH) -> str:
 def tokens_table(records: Sequence[Any], now: float, width: int = WIDTH) -> str:
     """Client tokens; ``now`` decides which have expired."""
     return table(
-        ["NAME", "STATE", "CREATED", "EXPIRES", "LAST USED"],
+        ["NAME", "STATE", "CREATED", "EXPIRES", "LAST USED", "DOMAINS"],
         [[r.name, "active" if r.active(now) else ("revoked" if r.revoked_at else "expired"),
-          human_time(r.created_at), human_time(r.expires_at), human_time(r.last_used_at)] for r in records],
+          human_time(r.created_at), human_time(r.expires_at), human_time(r.last_used_at),
+          ", ".join(r.allow_domains) or "-"] for r in records],
         width,
     )
 

@@ -388,6 +388,8 @@ class HttpFront:
             done.append(needs_restart("custom404Page", "the page is read once, at start"))
         if new.sub_domain_host != old.sub_domain_host:
             done.append(applied("subDomainHost", "tunnels opened from now on; open ones keep their names"))
+        if new.allow_domains != old.allow_domains:  # (gotaxy.server.domains reads it at each claim)
+            done.append(applied("allowDomains", "claims from now on; open tunnels keep their names"))
         live = [key for key, a, b in (
             ("vhostHTTPTimeout", old.http_timeout, new.http_timeout),
             ("vhostForwardedHeaders", old.forwarded_headers, new.forwarded_headers),

@@ -4,7 +4,8 @@ Who may hold a public address: the ``Claims`` the core hands a proxy type's
 ``expose`` for one tunnel.
 
 ``PortReservations`` applies the server's rules (``gotaxy.ports``:
-``allowPorts``, the server's own ports) and then claims the address in the
+``allowPorts``, the server's own ports; ``gotaxy.server.domains``: which host
+names a client may ask for) and then claims the address in the
 store's claims table (``gotaxy.store.claims``): one INSERT per key of the
 address (``PublicAddress.claim_keys``), which fails if another tunnel, of
 this server process or another one on the same database, holds it.  The
@@ -20,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from gotaxy.proxy.address import PublicAddress
-from gotaxy.proxy.base import Claims, TunnelRefused
+from gotaxy.proxy.base import Claims, SpecError, TunnelRefused
 from gotaxy.store.claims import Claimed
 
 if TYPE_CHECKING:
@@ -44,8 +45,19 @@ class PortReservations(Claims):
             if refusal is not None:
                 raise TunnelRefused(refusal)
 
+    async def check_names(self, address: PublicAddress) -> None:
+        """Raise SpecError about ``customDomains`` unless the client may ask for ``address``'s names."""
+        if address.hosts:
+            refusal = await self.core.domains.refusal(self.key[0], address.hosts)
+            if refusal is not None:
+                raise SpecError(refusal, "customDomains")
+
     async def claim(self, address: PublicAddress) -> None:
         self.check_rules(address)
+        try:
+            await self.check_names(address)
+        except SpecError as e:
+            raise TunnelRefused(str(e)) from None
         store = self.core.store
         client, name = self.key
         try:

@@ -76,6 +76,7 @@ from gotaxy.proxy import ExposeContext, ProxySpec, PublicAddress, SpecError, Tun
 from gotaxy.server.access import TOKEN, TUNNELS, AccessControl, GatedFactory, canonical
 from gotaxy.server.certificates import ClientCertificates
 from gotaxy.server.claims import PortReservations
+from gotaxy.server.domains import DomainRules
 from gotaxy.server.session import ClientLocks, ClientSession
 from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.traffic import TrafficMeters
@@ -190,6 +191,8 @@ class ServerCore:
         self._db = store.store
         self.reactor = reactor
         self.ports = PortAllocator(config.allow_ports, server_ports(config))
+        #: which host names a client may claim for its websites (``gotaxy.server.domains``)
+        self.domains = DomainRules(self)
         #: Each proxy type's shared front (its listener for all its tunnels), if it has one.
         self.fronts: Dict[str, Any] = {}
         for proxy_type in registry.types():
@@ -579,11 +582,14 @@ class ServerCore:
 
     async def check_address(self, address: PublicAddress, key: Tuple[str, str]) -> None:
         """
-        Raise TunnelRefused unless this server's rules let ``key`` have
+        Raise TunnelRefused (a port) or SpecError (a name, about
+        ``customDomains``) unless this server's rules let ``key`` have
         ``address`` (for operators).  Who holds it is the store's claim to
         decide, as the tunnel is stored.
         """
-        PortReservations(self, key, None).check_rules(address)
+        claims = PortReservations(self, key, None)
+        claims.check_rules(address)
+        await claims.check_names(address)
 
     def _out_of_descriptors(self, tunnel: LiveTunnel) -> None:
         count = self._fd_refusals(tunnel.key)

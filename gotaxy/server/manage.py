@@ -34,6 +34,7 @@ import attrs
 
 from gotaxy import __version__
 from gotaxy.config import ConfigError, parse_host_port
+from gotaxy.config.values import domain_pattern
 from gotaxy.events import (
     CLIENT_KICKED,
     NOTIFY_TEST,
@@ -47,6 +48,7 @@ from gotaxy.proxy import ProxySpec, PublicAddress, SpecError, describe_types, pa
 from gotaxy.server.core import (
     SHARED_PREFIX, ServerCore, TunnelConflict, TunnelNotFound, TunnelRefused, valid_client_name,
 )
+from gotaxy.server.domains import MAX_ALLOWED_DOMAINS
 from gotaxy.server.tunnel import LiveTunnel
 from gotaxy.store import EventRecord, StoreError, TokenRecord, TunnelRecord
 from gotaxy.store.claims import DOMAIN, PORT_KINDS, Claimed
@@ -126,6 +128,23 @@ def _unknown_client(client: str, known: Sequence[str], shown: int = 20) -> str:
 
 #: The tcp form's arguments (``local_addr``, ``remote_port``) that frp's keys were read from.
 _TCP_FORM = {"localIP": "local_addr", "localPort": "local_addr", "remotePort": "remote_port"}
+
+
+def _allowed_domains(value: Any) -> Tuple[str, ...]:
+    """An allowed-domains list from an operator: names or ``*.example.com``, at most MAX_ALLOWED_DOMAINS."""
+    if isinstance(value, str):
+        value = [part for part in value.replace(",", " ").split() if part]
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_ALLOWED_DOMAINS:
+        raise ManagementError("invalid", f"the allowed domains must be a list of at most {MAX_ALLOWED_DOMAINS} "
+                                         "names such as \"shop.example.com\" or \"*.example.com\"", "allow_domains")
+    domains = []
+    for entry in value:
+        try:
+            domains.append(domain_pattern(entry))
+        except ValueError:
+            raise ManagementError("invalid", f"{str(entry)[:64]!r} is not a domain name such as \"shop.example.com\" "
+                                             "or \"*.example.com\" (for any name under it)", "allow_domains") from None
+    return tuple(dict.fromkeys(domains))
 
 
 def _spec_field(error: SpecError, tcp_form: bool) -> Optional[str]:
@@ -491,18 +510,33 @@ class Management:
     async def tokens(self) -> List[TokenRecord]:
         return await self._call(self._db.list_tokens)
 
-    async def create_token(self, name: str, expires_at: Optional[float] = None) -> Tuple[TokenRecord, str]:
+    async def create_token(self, name: str, expires_at: Optional[float] = None,
+                           allow_domains: Sequence[str] = ()) -> Tuple[TokenRecord, str]:
         """
         Create a client token; the text is returned once and never stored.
         It is a join token (the secret with this server's pin) when the pin
-        is known.
+        is known.  ``allow_domains``: the custom domains its client may
+        claim (``gotaxy.server.domains``); none: those the server allows.
         """
         _check_name(name, "a token's name (its client's name)")
+        domains = _allowed_domains(allow_domains)
         try:
-            record, secret = await self._call(self._db.create_token, name, expires_at)
+            record, secret = await self._call(self._db.create_token, name, expires_at, domains)
         except StoreError as e:  # a token of that name exists
             raise ManagementError("conflict", str(e), "name") from None
         return record, make_join_token(self.join_pin, secret) if self.join_pin else secret
+
+    async def set_token_domains(self, name: str, allow_domains: Sequence[str]) -> TokenRecord:
+        """
+        Set the custom domains the client of token ``name`` may claim (none:
+        those the server allows).  Its open tunnels keep their names; the
+        list applies to every claim from now on.
+        """
+        domains = _allowed_domains(allow_domains)
+        if not await self._call(self._db.set_token_domains, name, domains):
+            raise ManagementError("not_found", f"no active token named {name!r}", "name")
+        records = [r for r in await self._call(self._db.list_tokens) if r.name == name]
+        return records[-1]
 
     async def revoke_token(self, name: str) -> None:
         """Revoke a client's token and cut the client off at once."""

@@ -239,6 +239,7 @@ MIGRATIONS: Tuple[Migration, ...] = (
               ensure(schema.BANS)),
     Migration(9, "client certificates: those issued from the server's CA and the revoked serials, shared by every "
               "server process", ensure(schema.CLIENT_CERTIFICATES)),
+    Migration(10, "tokens: the custom domains a token's client may claim (tokens.allow_domains)", ensure("tokens")),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -68,6 +68,8 @@ TABLES: Dict[str, TableSpec] = {
             ("expires_at", Float),
             ("revoked_at", Float),
             ("last_used_at", Float),
+            # the custom domains this token's client may claim (JSON list; NULL: those the server allows)
+            ("allow_domains", TEXT),
         ),
         indexes=(("token_hash",), ("name",)),
     ),

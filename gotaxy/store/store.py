@@ -90,6 +90,8 @@ class TokenRecord:
     expires_at: Optional[float] = None
     revoked_at: Optional[float] = None
     last_used_at: Optional[float] = None
+    #: the custom domains its client may claim (``gotaxy.server.domains``); empty: those the server allows
+    allow_domains: Tuple[str, ...] = ()
 
     def active(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
@@ -256,7 +258,8 @@ class Store:
 
     # -- tokens --------------------------------------------------------------
 
-    def create_token(self, name: str, expires_at: Optional[float] = None) -> Tuple[TokenRecord, str]:
+    def create_token(self, name: str, expires_at: Optional[float] = None,
+                     allow_domains: Sequence[str] = ()) -> Tuple[TokenRecord, str]:
         """Create a token; return its record and the only copy of its text."""
         if not is_valid_name(name):
             raise StoreError(f"a token's name (its client's name) must be {NAME_RULE} (got {shown(name)})")
@@ -270,12 +273,13 @@ class Store:
             raise StoreError(str(Claimed(claims.TOKEN, name, owner)))
         token = new_token()
         try:
-            self.db["tokens"].insert(dict(name=name, token_hash=token_hash(token), created_at=now, expires_at=expires_at))
+            self.db["tokens"].insert(dict(name=name, token_hash=token_hash(token), created_at=now, expires_at=expires_at,
+                                          allow_domains=json.dumps(list(allow_domains)) if allow_domains else None))
         except BaseException:
             self.release(claims.TOKEN, name, owner)
             raise
         self.record_event(TOKEN_CREATED, client=name)
-        return TokenRecord(name=name, created_at=now, expires_at=expires_at), token
+        return TokenRecord(name=name, created_at=now, expires_at=expires_at, allow_domains=tuple(allow_domains)), token
 
     def revoke_token(self, name: str) -> bool:
         now = self._clock()
@@ -288,6 +292,26 @@ class Store:
             self.release(claims.TOKEN, name, Owner.token(name))  # the name may be given to a new token
             self.record_event(TOKEN_REVOKED, client=name)
         return revoked
+
+    def set_token_domains(self, name: str, allow_domains: Sequence[str]) -> bool:
+        """Set the custom domains the active token of ``name`` may claim (empty: those the server allows)."""
+        value = json.dumps(list(allow_domains)) if allow_domains else None
+        changed = False
+        now = self._clock()
+        with self.db as tx:
+            for row in tx["tokens"].find(name=name, revoked_at=None):
+                if row["expires_at"] is None or row["expires_at"] > now:
+                    tx["tokens"].update(dict(id=row["id"], allow_domains=value), ["id"])
+                    changed = True
+        return changed
+
+    def token_domains(self, name: str) -> Tuple[str, ...]:
+        """The custom domains the active token of ``name`` may claim; empty: no list of its own."""
+        now = self._clock()
+        for row in self.db["tokens"].find(name=name, revoked_at=None):
+            if row["expires_at"] is None or row["expires_at"] > now:
+                return _domain_list(row.get("allow_domains"))
+        return ()
 
     def list_tokens(self) -> List[TokenRecord]:
         return [_token(row) for row in self.db["tokens"].find(order_by="id")]
@@ -874,7 +898,19 @@ def _token(row: Dict[str, Any]) -> TokenRecord:
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
+        allow_domains=_domain_list(row.get("allow_domains")),
     )
+
+
+def _domain_list(text: Optional[str]) -> Tuple[str, ...]:
+    """A token's stored allowed domains (a JSON list), read defensively: anything else is no list."""
+    if not text:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 class ThreadedStore:

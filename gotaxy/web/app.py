@@ -610,9 +610,19 @@ class Panel:
                 raise HTTPError("invalid", "'expires_at' must be a UNIX time in seconds, or null for no expiry", "expires_at")
             if expires_at <= self.reactor.seconds():
                 raise HTTPError("invalid", "the expiry must be in the future; pick a later date", "expires_at")
-        record, token = await self.management.create_token(name, expires_at)
+        record, token = await self.management.create_token(name, expires_at, body.get("allow_domains") or ())
         request.setResponseCode(201)
         return {"token": _token(record, self.reactor.seconds()), "secret": token}
+
+    @app.route(f"{API_PREFIX}/tokens/<name>", methods=["PATCH"])
+    @_api()
+    async def change_token(self, request: Any, caller: Caller, name: str) -> Dict[str, Any]:
+        body = self._body(request)
+        if "allow_domains" not in body:
+            raise HTTPError("invalid", "give 'allow_domains', a list of names (empty: those the server allows)",
+                            "allow_domains")
+        record = await self.management.set_token_domains(name, body["allow_domains"] or ())
+        return _token(record, self.reactor.seconds())
 
     @app.route(f"{API_PREFIX}/tokens/<name>", methods=["DELETE"])
     @_api()

@@ -24,6 +24,10 @@ API_PREFIX = "/api/v0.1"
 WEBHOOK_FORMATS = ("json", "slack", "dingtalk", "feishu")
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
+#: A token's allowed domains (gotaxy.server.domains): names, or "*.example.com" for any name under it.
+_ALLOW_DOMAINS = {"type": "array", "items": {"type": "string"}, "maxItems": 256,
+                  "description": 'custom domains the client may claim: "shop.example.com", or "*.example.com" for any '
+                                 "name under it; empty: those the server's allowDomains allow"}
 _STRING_OR_NULL = {"type": ["string", "null"]}
 #: A notification filter: an event type, a family ("tunnel.*" or "tunnel."), or "*".
 _FILTER_PATTERN = {"enum": ["*", *TYPES, *(f"{f}.*" for f in FAMILIES), *(f"{f}." for f in FAMILIES)]}
@@ -218,10 +222,13 @@ SCHEMAS: Dict[str, Any] = {
             "expires_at": _NUMBER_OR_NULL,
             "revoked_at": _NUMBER_OR_NULL,
             "last_used_at": _NUMBER_OR_NULL,
+            "allow_domains": _ALLOW_DOMAINS,
             "active": {"type": "boolean"},
         }
     ),
-    "TokenCreate": _object({"name": {"type": "string"}, "expires_at": _NUMBER_OR_NULL}, ["name"]),
+    "TokenCreate": _object({"name": {"type": "string"}, "expires_at": _NUMBER_OR_NULL,
+                            "allow_domains": _ALLOW_DOMAINS}, ["name"]),
+    "TokenChange": _object({"allow_domains": _ALLOW_DOMAINS}, ["allow_domains"]),
     "NewToken": _object({
         "token": _ref("Token"),
         "secret": {"type": "string", "description": "shown once: a join token, gtx1.PIN.SECRET, that also pins this server"},
@@ -560,8 +567,10 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
                    tag="tokens"),
     ],
     "/tokens/{name}": [
+        _operation("patch", "Set the custom domains a token's client may claim (empty: those the server allows)",
+                   (200, "Token"), "TokenChange", (404,), tag="tokens"),
         _operation("delete", "Revoke a client token; its client is cut off at once", (204, None), errors=(404,),
-                   tag="tokens")
+                   tag="tokens"),
     ],
     "/webhooks": [
         _operation("get", "Webhook notification targets", (200, "Webhooks"), errors=(409,), tag="notifications"),
