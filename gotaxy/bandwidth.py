@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_bandwidth -*-
 """
 Bandwidth limits: token buckets on the reactor's clock, applied to streams
-through the mux's flow control (``gotaxy.mux.Stream``).
+through the mux's flow control (``gotaxy.mux.Stream``), and to a udp
+tunnel's datagrams by dropping them.
 
 frp's ``transport.bandwidthLimit`` on a proxy (``"1MB"``, ``"512KB"``: bytes
 per second, KB = 1024 as ``gotaxy.units.parse_size`` reads it) limits each
@@ -23,7 +24,12 @@ buffers anything:
   the peer's stream runs out of window and pauses *its* socket.
 
 At most one window (``INITIAL_WINDOW``) plus one socket read is ever in
-flight, as without a limit.  Other streams on the same mux connection have
+flight, as without a limit.
+
+A udp tunnel's visitors (``gotaxy.mux.Flow``) have no window to withhold:
+each datagram is taken from the bucket whole (``TokenBucket.take``) or,
+when the bucket (or one above it) has not got it, dropped and counted as
+``bandwidth`` (``gotaxy.proxy.udp``); nothing is buffered or delayed.  Other streams on the same mux connection have
 no bucket (or their own) and are not slowed.
 
 ``BandwidthLimiter`` is an ``IRateLimiter`` (``gotaxy.server.traffic``):
@@ -94,6 +100,25 @@ class TokenBucket:
         if self.parent is not None and not self.parent.spend(n):
             ok = False
         return ok
+
+    def take(self, n: int) -> bool:
+        """
+        Spend ``n`` bytes only if this bucket and every one above it have
+        them now (a full bucket takes even a larger ``n``, and owes the
+        rest); False, spending nothing, if not: a datagram over the limit
+        is dropped, never held.
+        """
+        if not self._has(n):
+            return False
+        self.spend(n)
+        return True
+
+    def _has(self, n: int) -> bool:
+        if self.rate is not None:
+            self._refill()
+            if self.tokens < min(n, self.burst):
+                return False
+        return self.parent is None or self.parent._has(n)
 
     def wait(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once this bucket's debt is paid, or the debt of the one above it."""
@@ -252,7 +277,9 @@ class ClientBandwidth:
         return (self.bucket_in, self.bucket_out)
 
     def stream_opened(self, stream: Any) -> None:
-        # A udp visitor's Flow has no buckets (datagrams have no window to withhold): not limited.
+        # A udp visitor's Flow is not limited by these (only by its tunnel's own transport.bandwidthLimit).
+        if getattr(stream, "is_flow", False):
+            return
         if getattr(stream, "send_bucket", False) is None and (self.server.total or self.server.per_client):
             stream.send_bucket, stream.recv_bucket = self.bucket_in, self.bucket_out
 

@@ -74,7 +74,7 @@ out is CPU, and each datagram costs several times a stream's CPU per
 byte.  So while the connection's streams are busy, datagrams get at most a
 share of it (``DatagramShare``): in each 50 ms they may send
 ``DATAGRAM_SHARE`` of the bytes the streams moved in the 50 ms before
-(and at least 4 MiB/s), and the rest are dropped; when the streams are
+(and at least 1 MiB/s), and the rest are dropped; when the streams are
 idle the datagrams have it all.  A flood beyond that share is dropped at
 the first check, and the proxy type stops reading its socket for a moment,
 so the kernel drops the rest without costing us anything
@@ -170,10 +170,11 @@ DATAGRAM_SHARE_PERIOD = 0.05
 #: idle and datagrams have the connection to themselves.
 DATAGRAM_SHARE_BUSY = 64 * 1024
 
-#: Bytes per period datagrams may always send (4 MiB/s), however little the
+#: Bytes per period datagrams may always send (1 MiB/s), however little the
 #: share: on a slow link (where the send buffer, not CPU, is the limit) a
-#: call or a game beside a download keeps its packets.
-DATAGRAM_SHARE_FLOOR = 4 * 1024 * 1024 * DATAGRAM_SHARE_PERIOD
+#: call or a game beside a download keeps its packets, while on a machine
+#: short of CPU the floor costs the streams little.
+DATAGRAM_SHARE_FLOOR = 1024 * 1024 * DATAGRAM_SHARE_PERIOD
 
 #: Datagram flows one connection may carry (each proxy type caps its own per tunnel).
 MAX_FLOWS = 65536
@@ -524,8 +525,11 @@ class Flow:
 
     __slots__ = (
         "mux", "id", "tunnel", "peer", "bytes_in", "bytes_out", "datagrams_in", "datagrams_out",
-        "closed", "close_reason", "receiver", "on_close",
+        "closed", "close_reason", "receiver", "on_close", "send_bucket", "recv_bucket",
     )
+
+    #: Not a byte stream (``gotaxy.bandwidth`` tells them apart).
+    is_flow = True
 
     def __init__(self, mux: "MuxProtocol", flow_id: int, tunnel: str, peer: str) -> None:
         self.mux = mux
@@ -540,6 +544,10 @@ class Flow:
         self.close_reason: Optional[str] = None
         self.receiver: Any = None
         self.on_close: Any = None
+        #: the tunnel's bandwidth limit (``gotaxy.bandwidth.TokenBucket``) on what we send and receive; None: none.
+        #: The proxy type takes each datagram from them, or drops it (``gotaxy.proxy.udp``).
+        self.send_bucket: Any = None
+        self.recv_bucket: Any = None
 
     def send(self, datagram: bytes) -> bool:
         """

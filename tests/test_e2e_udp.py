@@ -10,8 +10,12 @@ loopback, real UDP programs behind the tunnel.
   which is a separate claim): loss and jitter are printed, not asserted.
 * 1,000 visitors, each from its own source port, each gets exactly its own
   replies.
+* ``transport.bandwidthLimit`` on a udp tunnel: what is over it is dropped
+  on the client and counted (reason ``bandwidth``), in its log and in the
+  server's ``/metrics``.
 * Idle associations end after the tunnel's (short) ``idleTimeout``, seen in
-  ``/metrics``; an oversized datagram is dropped and counted; a client that
+  ``/metrics``; an oversized datagram is dropped and counted; a reply too
+  large is dropped on the client, logged there and counted by the server; a client that
   goes away makes the public port stop answering, and it answers again on
   the same port when the client is back.
 * A TCP bulk transfer on the same client stays intact while its UDP tunnel
@@ -362,6 +366,56 @@ def test_oversized_datagrams_are_dropped_and_counted_and_the_port_follows_the_cl
     again = procs.client(server, f"echo=udp:127.0.0.1:{plain_echo.port}", name="client")
     assert udp_port(again, "echo") == public
     assert ask_until_answered(public, b"back") == b"back"
+
+
+@pytest.mark.timeout(120)
+def test_replies_too_large_are_dropped_on_the_client_logged_and_shown_by_the_server(procs, tmp_path, udp_echo):
+    server, web = server_with_metrics(procs, tmp_path)
+    client = procs.client(server, f"echo=udp:127.0.0.1:{udp_echo.port}")
+    public = udp_port(client, "echo")
+    labels = {"client": "default", "tunnel": "echo"}
+    assert ask_until_answered(public, b"hi") == b"echo:hi"
+    # 1,496 bytes pass udpPacketSize (1500); the echo's reply, 1,501 bytes, does not: the client drops it.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as visitor:
+        visitor.bind(("127.0.0.1", 0))
+        assert ask(public, b"x" * 1496, timeout=1.0, sock=visitor) is None
+    client.wait_for(r"udp tunnel echo: 1 datagram\(s\) dropped on this client in the last \d+ s "
+                    r"\(1 too large, 0 queue full, 0 no slot, 0 over the bandwidth limit\)", 30)
+    wait_for_metric(web, "gotaxy_tunnel_client_datagrams_dropped_total", 1.0, reason="too_large", **labels)
+    assert metric(web, "gotaxy_tunnel_datagrams_dropped_total", reason="too_large", **labels) == 0.0
+    assert udp_echo.received == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_udp_bandwidth_limit_drops_and_counts_what_is_over_it(procs, tmp_path, plain_echo):
+    server, web = server_with_metrics(procs, tmp_path)
+    path = client_file(tmp_path, server, f'[[proxies]]\nname = "capped"\ntype = "udp"\nlocalPort = {plain_echo.port}\n'
+                                         'transport.bandwidthLimit = "100KB"\n')  # bandwidthLimitMode "client"
+    client = procs.client(server, args=["--config", str(path)])
+    public = udp_port(client, "capped")
+    labels = {"client": "default", "tunnel": "capped"}
+    assert ask_until_answered(public, b"hi") == b"hi"
+    # 2,000 datagrams of 1,000 bytes in about a second: twenty times the limit.
+    sent, started = 0, time.monotonic()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as visitor:
+        for n in range(2000):
+            visitor.sendto(b"%06d" % n + bytes(994), ("127.0.0.1", public))
+            sent += 1
+            if n % 100 == 99:
+                time.sleep(max(0.0, started + (n + 1) / 2000 - time.monotonic()))
+    took = time.monotonic() - started
+    client.wait_for(r"udp tunnel capped: \d+ datagram\(s\) dropped on this client in the last \d+ s "
+                    r"\(0 too large, \d+ queue full, 0 no slot, [1-9]\d* over the bandwidth limit\)", 30)
+    deadline = time.monotonic() + 30
+    while not metric(web, "gotaxy_tunnel_client_datagrams_dropped_total", reason="bandwidth", **labels):
+        assert time.monotonic() < deadline, "the client's bandwidth drops never reached the server"
+        time.sleep(0.2)
+    dropped = metric(web, "gotaxy_tunnel_client_datagrams_dropped_total", reason="bandwidth", **labels)
+    reached = plain_echo.received - 1
+    print(f"udp with transport.bandwidthLimit = 100KB: {sent} datagrams of 1,000 bytes in {took:.1f} s, "
+          f"{reached} reached the service ({reached * 1000 / took / 1024:.0f} KiB/s), {dropped:.0f} dropped "
+          f"as over the limit")
+    assert 0 < reached < sent // 2 and dropped > 0
 
 
 # -- UDP does not stall TCP ------------------------------------------------------------------

@@ -60,6 +60,8 @@ class FakeFlow:
         self.on_close: Any = None
         self.bytes_in = self.bytes_out = 0
         self.full = False
+        self.send_bucket: Any = None
+        self.recv_bucket: Any = None
 
     def send(self, datagram: bytes) -> bool:
         if self.full or self.closed:
@@ -258,6 +260,46 @@ def test_what_the_kernel_dropped_on_a_socket_is_counted() -> None:
         sender.close()
 
 
+def test_over_the_bandwidth_limit_datagrams_are_dropped_and_counted_never_held() -> None:
+    from gotaxy.bandwidth import BandwidthLimiter
+
+    clock = Clock()
+    udp, tunnel = front(UdpSpec(local_port=53, bandwidth_limit=12000, bandwidth_limit_mode="server"), clock)
+    tunnel.meter.limiter = BandwidthLimiter(clock, 12000, "server")  # what the core sets for mode "server"
+    datagram = b"d" * 1200
+    for _ in range(5):  # a burst of 4 KiB (the bucket's least): three pass, two are over the limit
+        udp.datagramReceived(datagram, ("203.0.113.1", 1))
+    (flow,) = tunnel.session.flows
+    assert (len(flow.sent), udp.counts.bandwidth, udp.counts.datagrams_in) == (3, 2, 3)
+    clock.advance(0.1)  # 1,200 bytes more at 12,000 a second
+    udp.datagramReceived(datagram, ("203.0.113.1", 1))
+    udp.datagramReceived(datagram, ("203.0.113.1", 1))
+    assert (len(flow.sent), udp.counts.bandwidth) == (4, 3)
+    # Replies have a bucket of their own, the same rate.
+    for _ in range(4):
+        flow.receiver(datagram)
+    assert (len(udp.transport.written), udp.counts.bandwidth) == (3, 4)
+    # nothing waits for the bucket (the one timer is the idle sweep's): a dropped datagram is gone
+    assert [c.func.__name__ for c in clock.getDelayedCalls()] == ["sweep"]
+    clock.advance(10)
+    assert all(udp.datagramReceived(datagram, ("203.0.113.1", 1)) is None for _ in range(3))
+    assert len(flow.sent) == 7
+
+
+def test_a_bucket_takes_a_datagram_whole_or_not_at_all_and_asks_the_one_above() -> None:
+    from gotaxy.bandwidth import TokenBucket
+
+    clock = Clock()
+    parent = TokenBucket(clock, 81920)  # burst 8192
+    bucket = TokenBucket(clock, 100000, parent=parent)  # burst 10000
+    assert bucket.take(5000) and bucket.take(3000)
+    assert not bucket.take(1200)  # the parent has 192 left: nothing is spent from either
+    assert (int(bucket.tokens), int(parent.tokens)) == (2000, 192)
+    clock.advance(1)
+    assert bucket.take(20000)  # a full bucket takes even a datagram larger than its burst, and owes the rest
+    assert not bucket.take(1)
+
+
 class FakeReactorWithUDP(Clock):
     def __init__(self) -> None:
         super().__init__()
@@ -375,6 +417,37 @@ class LiveUdpTests(unittest.TestCase):
             50, 150, 150)
         view = await live.management.tunnel("alice", "dns")
         assert view.type == "udp" and view.address == PublicAddress("udp", public)
+
+
+    async def test_drops_on_the_client_are_counted_logged_and_reported_to_the_server(self):
+        from gotaxy.client.control import DATAGRAM_DROPS
+
+        live, public = await self._live()
+        protocol, port = self.visitor()
+        port.write(b"small", ("127.0.0.1", public))
+        await wait_until(lambda: protocol.received == [b"echo:small"], timeout=20)
+        client = live.client.factory.current
+        assert client.datagram_limits == {"dns": 1500}  # the server's udpPacketSize, from tunnel_up
+        # A reply of 1,501 bytes: over udpPacketSize, so the client drops it rather than send it to the server.
+        port.write(b"x" * 1496, ("127.0.0.1", public))
+        await wait_until(lambda: live.client.factory.udp_drops("dns").too_large == 1, timeout=20)
+        counts = live.core.tunnels[("alice", "dns")].meter.datagrams
+        assert (counts.too_large, counts.datagrams_out) == (0, 1)
+        # A server that does not take the reports (an older one) gets none; the client keeps its count.
+        client.server_features.discard(DATAGRAM_DROPS)
+        client._report_drops()
+        assert live.client.factory.udp_drops("dns").too_large == 1 and counts.client_too_large == 0
+        client.server_features.add(DATAGRAM_DROPS)
+        port.write(b"y" * 1496, ("127.0.0.1", public))
+        await wait_until(lambda: live.client.factory.udp_drops("dns").too_large == 2, timeout=20)
+        client._report_drops()  # what the timer does every 10 s
+        await wait_until(lambda: counts.client_too_large == 1, timeout=20)
+        view = await live.management.tunnel("alice", "dns")
+        assert view.datagrams["client_too_large"] == 1 and view.datagrams["too_large"] == 0
+        from gotaxy.client.admin import proxy_status
+
+        (row,) = proxy_status(live.client.factory)["udp"]
+        assert row["dropped"] == {"too_large": 2, "queue_full": 0, "no_slot": 0, "bandwidth": 0}
 
 
 def test_proxy_protocol_v2_goes_ahead_of_every_datagram_with_the_visitors_address() -> None:

@@ -543,10 +543,18 @@ function trafficCell(tn) {
     const line = document.createElement("div");
     line.className = "datagrams";
     line.textContent = t("tunnels.datagrams", { in: d.datagrams_in, out: d.datagrams_out });
-    const dropped = d.too_large + d.queue_full + d.no_slot;
+    const dropped = d.too_large + d.queue_full + d.no_slot + (d.bandwidth || 0);
     if (dropped) {
       line.append(" · ", badge("down", t("tunnels.dropped", { n: dropped }),
-        t("tunnels.dropped_detail", { large: d.too_large, full: d.queue_full, slot: d.no_slot })));
+        t("tunnels.dropped_detail", { large: d.too_large, full: d.queue_full, slot: d.no_slot, limit: d.bandwidth || 0 })));
+    }
+    // What the client reports it dropped on its side, beside the server's.
+    const onClient = (d.client_too_large || 0) + (d.client_queue_full || 0) + (d.client_no_slot || 0)
+      + (d.client_bandwidth || 0);
+    if (onClient) {
+      line.append(" · ", badge("down", t("tunnels.client_dropped", { n: onClient }),
+        t("tunnels.client_dropped_detail", { large: d.client_too_large, full: d.client_queue_full,
+          slot: d.client_no_slot, limit: d.client_bandwidth || 0 })));
     }
     td.append(line);
   }

@@ -268,7 +268,7 @@ def proxy_status(factory: Any) -> Dict[str, List[Dict[str, Any]]]:
             status = "start error"
         else:
             status = "wait start"
-        by_type.setdefault(proxy.type, []).append({
+        row = {
             "name": spec.name,
             "type": proxy.type,
             "status": status,
@@ -276,7 +276,10 @@ def proxy_status(factory: Any) -> Dict[str, List[Dict[str, Any]]]:
             "local_addr": proxy.local_description,
             "plugin": "",
             "remote_addr": up.at(config.server_addr) if up is not None else "",
-        })
+        }
+        if proxy.type == "udp":  # Gotaxy's: datagrams dropped on this client since it started, by reason
+            row["dropped"] = factory.udp_drops(spec.name).as_dict()
+        by_type.setdefault(proxy.type, []).append(row)
     return by_type
 
 
@@ -365,6 +368,11 @@ def main(argv: Optional[Sequence[str]] = None, out: TextIO = sys.stdout, err: Te
         for p in rows:
             print(f"{p['name']:<20} {p['type']:<6} {p['status']:<12} {p['local_addr']:<22} "
                   f"{p['remote_addr'] or '-':<22} {p['err']}", file=out)
+            dropped = p.get("dropped")
+            if isinstance(dropped, dict) and any(dropped.values()):
+                print(f"{'':<20} dropped on this client: {dropped.get('too_large', 0)} too large, "
+                      f"{dropped.get('queue_full', 0)} queue full, {dropped.get('no_slot', 0)} no slot, "
+                      f"{dropped.get('bandwidth', 0)} over the bandwidth limit", file=out)
     elif args.command == "reload":
         for what, key in (("opened", "added"), ("closed", "removed"), ("reopened", "changed")):
             if answer[key]:

@@ -80,7 +80,7 @@ from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion
 from gotaxy.names import InvalidName, check_name
 from gotaxy.proxy import AddressError, ProxySpec, PublicAddress, SpecError, parse_spec, type_of
 from gotaxy.proxy.registry import UnknownType
-from gotaxy.wire import CLOSE_ERROR_PREFIX, ProtocolError
+from gotaxy.wire import CLOSE_ERROR_PREFIX, MAX_DATAGRAM, ProtocolError
 from gotaxy.tls import ServerIdentityError, ServerVerifier, peer_chain
 
 #: Seconds from the TCP connection to ``login_ok`` (TLS handshake included).
@@ -121,6 +121,8 @@ CLIENT_RELOADED = "client_reloaded"
 #: stopping: reconnect at once, ``gotaxy.client.reconnect``), and ``window_budget``
 #: (streams start with small windows that grow from a pool: ``gotaxy.budget``).
 LOGIN_FEATURES = ["connections_refused", "datagrams", "goodbye", WINDOW_BUDGET]
+#: A server that announces it takes our udp tunnels' drops (``datagram_drops``), once per REPORT_INTERVAL.
+DATAGRAM_DROPS = "datagram_drops"
 
 
 def backoff_delay(attempt: int, cap: float, rng: Callable[[], float] = random.random) -> float:
@@ -198,6 +200,10 @@ class ClientControlProtocol(MuxProtocol):
         self.checks: Dict[str, LocalHealthCheck] = {}
         #: Optional messages the server understands (from its login_ok).
         self.server_features: Set[str] = set()
+        #: udp tunnels' largest datagram (the server's udpPacketSize, in their tunnel_up), by name
+        self.datagram_limits: Dict[str, int] = {}
+        self._drop_report: Any = None
+        self._drops_since = 0.0
         self._login_timer: Any = None
         self._connection_lost = False
 
@@ -304,6 +310,8 @@ class ClientControlProtocol(MuxProtocol):
         if name not in self.tunnels:
             self.log.info("ignoring tunnel_up for {name!r}, which this client no longer has", name=printable(name))
             return
+        if "udpPacketSize" in message:
+            self.datagram_limits[name] = _integer(message, "udpPacketSize", 1, MAX_DATAGRAM)
         self.up[name] = address
         self.factory.tunnel_errors.pop(name, None)
         self.factory.tunnel_attempts.pop(name, None)
@@ -404,7 +412,7 @@ class ClientControlProtocol(MuxProtocol):
         features = message.get("features", [])
         if not isinstance(features, list):
             raise ProtocolError("login_ok: 'features' must be a list")
-        self.server_features = {f for f in features[:16] if f in (TUNNEL_STATUS, CLIENT_RELOADED)}
+        self.server_features = {f for f in features[:16] if f in (TUNNEL_STATUS, CLIENT_RELOADED, DATAGRAM_DROPS)}
         if WINDOW_BUDGET in features[:16]:
             self.use_window_budget()
         else:
@@ -613,8 +621,44 @@ class ClientControlProtocol(MuxProtocol):
             flow.close(f"{CLOSE_ERROR_PREFIX}the client has no open tunnel named {flow.tunnel!r}")
             return
         proxy = self.proxies[flow.tunnel]
+        limiter = self._limiter(flow.tunnel, proxy)
+        if limiter is not None:  # bandwidthLimitMode "client": its datagrams over the limit are dropped here
+            limiter.stream_opened(flow)
         type_of(proxy).connect_flow(self.reactor, proxy, flow, functools.partial(self._local_failed, stream=flow,
                                                                                  spec=spec))
+        if self._drop_report is None and not self._connection_lost:
+            self._drops_since = self.reactor.seconds()
+            self._drop_report = self.reactor.callLater(REPORT_INTERVAL, self._report_drops)
+
+    def _report_drops(self, final: bool = False) -> None:
+        """
+        The udp tunnels' drops on this side since the last report: one log
+        line per tunnel that dropped any, kept for the admin API, and sent to
+        a server that takes them; again in REPORT_INTERVAL while any has
+        associations.
+        """
+        from gotaxy.proxy.udp import take_drops
+
+        if self._drop_report is not None and self._drop_report.active():
+            self._drop_report.cancel()  # called before its time (a test, the connection's end)
+        self._drop_report = None
+        now = self.reactor.seconds()
+        seconds, self._drops_since = now - self._drops_since, now
+        active = False
+        for name, drops, live in take_drops(self):
+            active = active or live
+            if not drops:
+                continue
+            self.factory.datagram_drops(name).add(drops)
+            total = drops.too_large + drops.queue_full + drops.no_slot + drops.bandwidth
+            self.log.warn("udp tunnel {name}: {total} datagram(s) dropped on this client in the last {seconds:.0f} s "
+                          "({detail})", name=name, total=total, seconds=seconds, detail=drops.text())
+            if not final and DATAGRAM_DROPS in self.server_features and not self.disconnecting:
+                self.send_control({"type": DATAGRAM_DROPS, "name": name, "tooLarge": drops.too_large,
+                                   "queueFull": drops.queue_full, "noSlot": drops.no_slot,
+                                   "bandwidth": drops.bandwidth})
+        if active and not final:
+            self._drop_report = self.reactor.callLater(REPORT_INTERVAL, self._report_drops)
 
     def _local_failed(self, failure: Failure, stream: Any, spec: TunnelSpec) -> None:
         local = self.proxies[spec.name].local_description if spec.name in self.proxies else "?"
@@ -648,7 +692,9 @@ class ClientControlProtocol(MuxProtocol):
         for name in list(self.checks):
             self._stop_check(name)
         self._stop_login_timer()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # ends every flow: their sockets' last drops are counted
+        if self._drop_report is not None:
+            self._report_drops(final=True)
         if not self.authenticated and reason is not None:
             self.factory.reconnection.failed(reason)
         if self.authenticated:
@@ -691,6 +737,27 @@ class ClientControlFactory(Factory):
         self.latest: Optional[ClientControlProtocol] = None  #: connected, maybe not logged in
         #: (name, localAddr) of operator tunnels refused and logged already.
         self.declined: Set[Tuple[str, str]] = set()
+        #: udp tunnels' datagrams dropped on this client since it started, by tunnel name (``gotaxy.proxy.udp.Drops``)
+        self._datagram_drops: Dict[str, Any] = {}
+
+    def datagram_drops(self, name: str) -> Any:
+        """Tunnel ``name``'s drops on this client reported so far (a ``gotaxy.proxy.udp.Drops``, made the first time)."""
+        drops = self._datagram_drops.get(name)
+        if drops is None:
+            from gotaxy.proxy.udp import Drops
+
+            drops = self._datagram_drops[name] = Drops()
+        return drops
+
+    def udp_drops(self, name: str) -> Any:
+        """Tunnel ``name``'s drops on this client since it started, the ones not reported yet too."""
+        from gotaxy.proxy.udp import Drops, pending_drops
+
+        drops = Drops()
+        drops.add(self.datagram_drops(name))
+        if self.current is not None:
+            drops.add(pending_drops(self.current, name))
+        return drops
 
     def buildProtocol(self, addr: Any) -> ClientControlProtocol:
         self.latest = ClientControlProtocol(self)

@@ -215,9 +215,19 @@ def tunnel_detail(v: TunnelView, width: int = WIDTH) -> str:
 
 
 def datagrams_text(counts: Dict[str, int]) -> str:
-    """A udp tunnel's counters: ``in 150, out 148; dropped 2 too large, 0 queue full, 0 no slot``."""
-    return (f"in {counts['datagrams_in']}, out {counts['datagrams_out']}; dropped {counts['too_large']} too large, "
+    """
+    A udp tunnel's counters: ``in 150, out 148; dropped 2 too large, 0 queue
+    full, 0 no slot; on the client 0 too large, 5 queue full, 0 no slot``.
+    """
+    text = (f"in {counts['datagrams_in']}, out {counts['datagrams_out']}; dropped {counts['too_large']} too large, "
             f"{counts['queue_full']} queue full, {counts['no_slot']} no slot")
+    if counts.get("bandwidth"):
+        text += f", {counts['bandwidth']} over the bandwidth limit"
+    text += (f"; on the client {counts.get('client_too_large', 0)} too large, "
+             f"{counts.get('client_queue_full', 0)} queue full, {counts.get('client_no_slot', 0)} no slot")
+    if counts.get("client_bandwidth"):
+        text += f", {counts['client_bandwidth']} over the bandwidth limit"
+    return text
 
 
 def client_detail(v: ClientView, width: int = WIDTH) -> str:

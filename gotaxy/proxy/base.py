@@ -170,6 +170,8 @@ class Exposure:
 
     address: PublicAddress
     close: Callable[[], Optional[Deferred]]
+    #: more fields for the client's ``tunnel_up`` (udp: ``udpPacketSize``, the largest datagram carried)
+    details: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 class ProxyType(abc.ABC):

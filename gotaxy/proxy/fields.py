@@ -220,8 +220,8 @@ def parse_keys(type_name: str, fields: Sequence[SpecField], keys: Mapping[str, A
 #
 # They are properties of the tunnel, not of its type: a type's spec inherits
 # them from ``ConnectionLimited`` (every type) or ``StreamLimited`` (the types
-# whose connections are byte streams: the bandwidth limit works through the
-# mux windows), and lists ``Spec.RULE_FIELDS`` after its own fields,
+# that take a bandwidth limit: for byte streams it works through the mux
+# windows, for udp's datagrams by dropping what is over it), and lists ``Spec.RULE_FIELDS`` after its own fields,
 # ``Spec.RULE_ATTRIBUTES`` in its key map and ``spec.rule_keys()`` in its
 # ``to_keys``.  The attributes are keyword-only, so a subclass's own required
 # settings (``localPort``) may come first.  ``tests/test_proxy_fields.py``
@@ -290,7 +290,7 @@ class ConnectionLimited:
 
 @attrs.frozen
 class StreamLimited(ConnectionLimited):
-    """The connection limits and the bandwidth limit, for a type whose connections are byte streams."""
+    """The connection limits and the bandwidth limit (byte streams: through the windows; udp: by dropping)."""
 
     RULE_FIELDS: ClassVar[Tuple[SpecField, ...]] = (BANDWIDTH_LIMIT, BANDWIDTH_LIMIT_MODE) + LIMIT_FIELDS
     RULE_ATTRIBUTES: ClassVar[Dict[str, str]] = {**BANDWIDTH_ATTRIBUTES, **LIMIT_ATTRIBUTES}

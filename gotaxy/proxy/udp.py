@@ -65,9 +65,10 @@ from gotaxy.oslimits import fd_exhaustion, is_fd_exhaustion
 from gotaxy.proxy.address import PublicAddress
 from gotaxy.proxy.base import ExposeContext, Exposure, ProxySpec, ProxyType, SpecError, TunnelRefused
 from gotaxy.proxy.fields import (
-    LOCAL_IP, LOCAL_PORT, REMOTE_PORT, ConnectionLimited, SpecField, check_local_ip, check_port, host_port, is_ip,
+    LOCAL_IP, LOCAL_PORT, REMOTE_PORT, SpecField, StreamLimited, check_local_ip, check_port, host_port, is_ip,
     parse_keys,
 )
+from gotaxy.wire import MAX_DATAGRAM
 
 #: Defaults and bounds of the association settings.
 DEFAULT_IDLE_TIMEOUT = 60
@@ -171,7 +172,7 @@ def _positive(key: str, high: int) -> Callable[[Any, Any, Any], None]:
 
 
 @attrs.frozen
-class UdpSpec(ConnectionLimited, ProxySpec):
+class UdpSpec(StreamLimited, ProxySpec):
     """A ``type = "udp"`` tunnel: frp's ``localIP``, ``localPort``, ``remotePort``, and the association bounds."""
 
     type: ClassVar[str] = "udp"
@@ -236,9 +237,48 @@ class DatagramCounts:
     too_large: int = 0  #: dropped: larger than udpPacketSize (either way)
     queue_full: int = 0  #: dropped: the client's connection or the public socket was backed up
     no_slot: int = 0  #: dropped: no association could be opened for a new visitor
+    bandwidth: int = 0  #: dropped: over the tunnel's transport.bandwidthLimit (bandwidthLimitMode "server")
+    #: dropped on the client, as it reports them (``datagram_drops``), by the same reasons
+    client_too_large: int = 0
+    client_queue_full: int = 0
+    client_no_slot: int = 0
+    client_bandwidth: int = 0
 
     def as_dict(self) -> Dict[str, int]:
         return attrs.asdict(self)
+
+    def add_client_drops(self, drops: "Drops") -> None:
+        self.client_too_large += drops.too_large
+        self.client_queue_full += drops.queue_full
+        self.client_no_slot += drops.no_slot
+        self.client_bandwidth += drops.bandwidth
+
+
+@attrs.define
+class Drops:
+    """Datagrams a udp tunnel dropped on the client, by reason (the server's are in ``DatagramCounts``)."""
+
+    too_large: int = 0  #: a reply from the local service larger than the server's udpPacketSize
+    queue_full: int = 0  #: the connection to the server, or the local socket, was backed up
+    no_slot: int = 0  #: no socket could be opened for a new visitor
+    bandwidth: int = 0  #: over the tunnel's transport.bandwidthLimit (bandwidthLimitMode "client")
+
+    def __bool__(self) -> bool:
+        return bool(self.too_large or self.queue_full or self.no_slot or self.bandwidth)
+
+    def add(self, other: "Drops") -> None:
+        self.too_large += other.too_large
+        self.queue_full += other.queue_full
+        self.no_slot += other.no_slot
+        self.bandwidth += other.bandwidth
+
+    def as_dict(self) -> Dict[str, int]:
+        return attrs.asdict(self)
+
+    def text(self) -> str:
+        """``3 too large, 120 queue full, 0 no slot, 0 over the bandwidth limit``."""
+        return (f"{self.too_large} too large, {self.queue_full} queue full, {self.no_slot} no slot, "
+                f"{self.bandwidth} over the bandwidth limit")
 
 
 def counts_of(meter: Any) -> DatagramCounts:
@@ -320,6 +360,10 @@ class UdpFront(DatagramProtocol):
         else:
             self.visitors.move_to_end(address)
         visitor.seen = self.reactor.seconds()
+        bucket = visitor.flow.send_bucket
+        if bucket is not None and not bucket.take(len(data)):
+            self.counts.bandwidth += 1
+            return
         if visitor.flow.send(visitor.prefix + data if visitor.prefix else data):
             self.counts.datagrams_in += 1
         else:
@@ -364,6 +408,10 @@ class UdpFront(DatagramProtocol):
             return
         transport = self.transport
         if transport is None:
+            return
+        bucket = visitor.flow.recv_bucket
+        if bucket is not None and not bucket.take(len(datagram)):
+            self.counts.bandwidth += 1
             return
         try:
             transport.write(datagram, visitor.address)
@@ -458,20 +506,34 @@ class LocalAssociation(DatagramProtocol):
         if self.pending is not None:
             if len(self.pending) < MAX_PENDING:
                 self.pending.append(datagram)
+            else:
+                self.table.drops.queue_full += 1
+            return
+        bucket = self.flow.recv_bucket
+        if bucket is not None and not bucket.take(len(datagram)):
+            self.table.drops.bandwidth += 1
             return
         try:
             self.transport.write(datagram)
         except (OSError, MessageLengthError):
-            self.table.dropped += 1
+            self.table.drops.queue_full += 1
 
     def datagramReceived(self, data: bytes, address: Any) -> None:
+        table = self.table
         if self.reading.timer is not None:  # read in the same turn as a drop: the connection is still backed up
-            self.table.dropped += 1
+            table.drops.queue_full += 1
             return
-        self.seen = self.table.reactor.seconds()
-        self.table.touch(self)
+        if len(data) > table.max_size:  # the server would drop it: do not send it there
+            table.drops.too_large += 1
+            return
+        self.seen = table.reactor.seconds()
+        table.touch(self)
+        bucket = self.flow.send_bucket
+        if bucket is not None and not bucket.take(len(data)):
+            table.drops.bandwidth += 1
+            return
         if not self.flow.send(data):
-            self.table.dropped += 1
+            table.drops.queue_full += 1
             self.reading.dropped()
 
     def connectionRefused(self) -> None:
@@ -489,24 +551,38 @@ class LocalAssociation(DatagramProtocol):
 class Associations:
     """A udp tunnel's associations on one client connection: at most ``maxAssociations``, ended when idle."""
 
-    def __init__(self, reactor: Any, spec: UdpSpec) -> None:
+    def __init__(self, reactor: Any, spec: UdpSpec, name: str = "", max_size: int = MAX_DATAGRAM) -> None:
         self.reactor = reactor
         self.spec = spec
+        self.name = name  #: the tunnel's
+        #: the largest datagram the server carries (its udpPacketSize, from login_ok; else the frame's limit)
+        self.max_size = max_size
         #: flow id -> association, the one idle longest first
         self.live: "collections.OrderedDict[int, LocalAssociation]" = collections.OrderedDict()
-        self.dropped = 0  #: datagrams dropped on this side (socket or connection full)
+        #: datagrams dropped on this side since the last ``take_drops``
+        self.drops = Drops()
         self._sweep: Any = None
 
     @classmethod
-    def of(cls, mux: Any, spec: UdpSpec, reactor: Any) -> "Associations":
+    def of(cls, mux: Any, spec: UdpSpec, reactor: Any, name: str = "") -> "Associations":
         tables = mux.proxy_state.setdefault("udp", {})
+        # The tunnel's tunnel_up says the server's udpPacketSize (it may have been reopened since).
+        max_size = getattr(mux, "datagram_limits", {}).get(name) or MAX_DATAGRAM
         table = tables.get(spec)
         if table is None:
-            table = tables[spec] = cls(reactor, spec)
+            table = tables[spec] = cls(reactor, spec, name, max_size)
+        table.max_size = max_size
         return table  # type: ignore[no-any-return]
 
     def kernel_dropped(self, n: int) -> None:
-        self.dropped += n
+        self.drops.queue_full += n
+
+    def take_drops(self) -> Drops:
+        """What was dropped since the last call (the kernel's drops on the sockets looked at first)."""
+        for association in self.live.values():
+            association.reading.fold()
+        drops, self.drops = self.drops, Drops()
+        return drops
 
     def touch(self, association: LocalAssociation) -> None:
         if association.flow.id in self.live:
@@ -524,6 +600,7 @@ class Associations:
             association.port = self.reactor.listenUDP(0, association, interface="::" if v6 else "0.0.0.0",
                                                       maxPacketSize=65535)
         except CannotListenError as e:
+            self.drops.no_slot += 1  # the visitor's datagram has nowhere to go
             failed(Failure(e.socketError if is_fd_exhaustion(e) else e))
             return
         flow.receiver = association.send_local
@@ -574,6 +651,23 @@ class Associations:
             self._ended(association)
 
 
+def take_drops(mux: Any) -> List[Tuple[str, Drops, bool]]:
+    """
+    Each udp tunnel's drops on the client's connection ``mux`` since the
+    last call: (tunnel name, drops, whether it has associations open).
+    """
+    return [(table.name, table.take_drops(), bool(table.live)) for table in mux.proxy_state.get("udp", {}).values()]
+
+
+def pending_drops(mux: Any, name: str) -> Drops:
+    """Tunnel ``name``'s drops on ``mux`` not yet taken (``take_drops``)."""
+    drops = Drops()
+    for table in mux.proxy_state.get("udp", {}).values():
+        if table.name == name:
+            drops.add(table.drops)
+    return drops
+
+
 # -- the type -------------------------------------------------------------------------------
 
 
@@ -602,7 +696,7 @@ class UdpProxy(ProxyType):
             except TunnelRefused:
                 claims.release(address)
                 raise
-            return Exposure(address=address, close=front.stop)
+            return Exposure(address=address, close=front.stop, details={"udpPacketSize": front.max_size})
         if claims.any_port:
             for _ in range(MAX_PICK_ATTEMPTS):
                 front = self._listen(tunnel, 0, context)
@@ -612,7 +706,7 @@ class UdpProxy(ProxyType):
                 except TunnelRefused:
                     front.stop()
                     continue
-                return Exposure(address=address, close=front.stop)
+                return Exposure(address=address, close=front.stop, details={"udpPacketSize": front.max_size})
             raise TunnelRefused("no free UDP port: every port the system offered is held by another tunnel; try again")
         for port in claims.port_candidates(await claims.held_ports("udp")):
             address = PublicAddress("udp", port)
@@ -625,7 +719,7 @@ class UdpProxy(ProxyType):
             except TunnelRefused:
                 claims.release(address)
                 continue
-            return Exposure(address=address, close=front.stop)
+            return Exposure(address=address, close=front.stop, details={"udpPacketSize": front.max_size})
         from gotaxy.proxy.tcp import format_ranges
 
         raise TunnelRefused(
@@ -658,7 +752,7 @@ class UdpProxy(ProxyType):
 
     def connect_flow(self, reactor: Any, spec: ProxySpec, flow: Any, failed: Callable[[Failure], None]) -> None:
         assert isinstance(spec, UdpSpec)
-        Associations.of(flow.mux, spec, reactor).open(flow, failed)
+        Associations.of(flow.mux, spec, reactor, flow.tunnel).open(flow, failed)
 
 
 UDP = UdpProxy()

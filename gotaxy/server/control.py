@@ -71,6 +71,11 @@ GOODBYE = "goodbye"
 TUNNEL_STATUS = "tunnel_status"
 #: ``client_reloaded``: the client re-read its file (recorded as a ``client.reloaded`` event).
 CLIENT_RELOADED_FEATURE = "client_reloaded"
+#: ``datagram_drops``: what a udp tunnel dropped on the client (counted beside the server's drops).
+DATAGRAM_DROPS_FEATURE = "datagram_drops"
+
+#: The most a ``datagram_drops`` message may say of one reason (a report covers about 10 s).
+MAX_REPORTED_DROPS = 2**31 - 1
 
 #: At most one client.reloaded event per client in this many seconds.
 CLIENT_RELOAD_EVENT_INTERVAL = 10.0
@@ -94,7 +99,8 @@ def tunnel_add_message(name: str, spec: ProxySpec) -> Dict[str, Any]:
 
 def tunnel_up_message(tunnel: Any) -> Dict[str, Any]:
     """Tell the client where the public reaches its tunnel."""
-    return {"type": "tunnel_up", "name": tunnel.name, "address": tunnel.address.to_wire()}
+    details = tunnel.exposure.details if tunnel.exposure is not None else {}
+    return {**details, "type": "tunnel_up", "name": tunnel.name, "address": tunnel.address.to_wire()}
 
 
 def version_refusal(version: int) -> str:
@@ -286,6 +292,8 @@ class ServerControlProtocol(MuxProtocol):
             self._tunnel_health(message)
         elif kind == CLIENT_RELOADED_FEATURE:
             self._client_reloaded(message)
+        elif kind == DATAGRAM_DROPS_FEATURE:
+            self._datagram_drops(message)
         elif kind == "error":
             self.log.info("client {client} reports: {reason}", client=self.client_name, reason=str(message.get("reason"))[:200])
         else:
@@ -319,7 +327,7 @@ class ServerControlProtocol(MuxProtocol):
                 "serverVersion": __version__,
                 "heartbeatInterval": config.heartbeat_interval,
                 "heartbeatTimeout": config.heartbeat_timeout,
-                "features": [TUNNEL_STATUS, CLIENT_RELOADED_FEATURE, WINDOW_BUDGET],
+                "features": [TUNNEL_STATUS, CLIENT_RELOADED_FEATURE, WINDOW_BUDGET, DATAGRAM_DROPS_FEATURE],
             }
         )
         self.heartbeat = HeartbeatMonitor(
@@ -418,6 +426,20 @@ class ServerControlProtocol(MuxProtocol):
             return
         self._last_reload_event = now
         Deferred.fromCoroutine(self.core.client_reloaded(self, who, detail)).addErrback(self._bug, "client_reloaded")
+
+    def _datagram_drops(self, message: Dict[str, Any]) -> None:
+        """A udp tunnel's drops on the client since its last report: counted on the tunnel's meter."""
+        from gotaxy.proxy.udp import Drops, counts_of
+
+        name = message.get("name")
+        values = [message.get(key, 0) for key in ("tooLarge", "queueFull", "noSlot", "bandwidth")]
+        if not isinstance(name, str) or any(type(v) is not int or not 0 <= v <= MAX_REPORTED_DROPS for v in values):
+            self.protocol_error(f"datagram_drops: 'name' must be a string, 'tooLarge', 'queueFull', 'noSlot' and "
+                                f"'bandwidth' integers from 0 to {MAX_REPORTED_DROPS}")
+            return
+        tunnel = self.tunnels.get(name)
+        if tunnel is not None and tunnel.spec.type == "udp":  # late for a tunnel that closed: dropped
+            counts_of(tunnel.meter).add_client_drops(Drops(*values))
 
     def _tunnel_health(self, message: Dict[str, Any]) -> None:
         """The client's health check of a tunnel's local service changed."""

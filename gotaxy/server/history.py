@@ -459,7 +459,9 @@ class History(Service):
             counts = meter.datagrams
             if counts is not None:  # a udp tunnel: its datagrams since the last sample
                 now_counts = (counts.datagrams_in, counts.datagrams_out,
-                              counts.too_large + counts.queue_full + counts.no_slot)
+                              counts.too_large + counts.queue_full + counts.no_slot + counts.bandwidth
+                              + counts.client_too_large + counts.client_queue_full + counts.client_no_slot
+                              + counts.client_bandwidth)
                 before = self._datagrams.get(key, (0, 0, 0))
                 self._datagrams[key] = now_counts
                 row.update(datagrams_in=now_counts[0] - before[0], datagrams_out=now_counts[1] - before[1],

@@ -45,6 +45,7 @@ from gotaxy.jointoken import make_join_token
 from gotaxy.notify.managed import TargetError
 from gotaxy.names import NAME_RULE, InvalidName, check_name, shown
 from gotaxy.proxy import ProxySpec, PublicAddress, SpecError, describe_types, parse_spec
+from gotaxy.proxy.udp import DatagramCounts
 from gotaxy.server.core import (
     SHARED_PREFIX, ServerCore, TunnelConflict, TunnelNotFound, TunnelRefused, valid_client_name,
 )
@@ -377,8 +378,7 @@ class Management:
         meter = self.core.meters.tunnels.get((record.client, record.name))
         counts = meter.datagrams if meter is not None else None
         if counts is None:
-            return {"datagrams_in": 0, "datagrams_out": 0, "too_large": 0, "queue_full": 0, "no_slot": 0} \
-                if record.type == "udp" else None
+            return DatagramCounts().as_dict() if record.type == "udp" else None
         return counts.as_dict()  # type: ignore[no-any-return]
 
     async def tunnels(self, client: Optional[str] = None) -> List[TunnelView]:

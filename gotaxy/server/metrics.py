@@ -195,7 +195,15 @@ class GotaxyCollector:
         dropped = CounterMetricFamily(
             "gotaxy_tunnel_datagrams_dropped",
             "Datagrams a udp tunnel dropped, by reason: too_large (over udpPacketSize), queue_full (the client's "
-            "connection or the public socket was backed up), no_slot (no association for a new visitor).",
+            "connection or the public socket was backed up), no_slot (no association for a new visitor), bandwidth "
+            "(over the tunnel's transport.bandwidthLimit).",
+            labels=labels + ["reason"],
+        )
+        dropped_by_client = CounterMetricFamily(
+            "gotaxy_tunnel_client_datagrams_dropped",
+            "Datagrams a udp tunnel dropped on the client, as the client reports them every 10 s, by reason: "
+            "too_large (a reply over udpPacketSize), queue_full (the connection to the server or the local socket "
+            "was backed up), no_slot (no socket for a new visitor), bandwidth (over transport.bandwidthLimit).",
             labels=labels + ["reason"],
         )
         limited = CounterMetricFamily(
@@ -215,8 +223,9 @@ class GotaxyCollector:
             if counts is not None:
                 datagrams.add_metric([client, name, "in"], counts.datagrams_in)
                 datagrams.add_metric([client, name, "out"], counts.datagrams_out)
-                for reason in ("too_large", "queue_full", "no_slot"):
+                for reason in ("too_large", "queue_full", "no_slot", "bandwidth"):
                     dropped.add_metric([client, name, reason], getattr(counts, reason))
+                    dropped_by_client.add_metric([client, name, reason], getattr(counts, "client_" + reason))
             if meter.gate is not None:
                 for reason, count in sorted(meter.gate.refused.items()):
                     limited.add_metric([client, name, reason], count)
@@ -225,6 +234,7 @@ class GotaxyCollector:
         yield traffic
         yield datagrams
         yield dropped
+        yield dropped_by_client
         yield limited
 
         front = core.fronts.get("http")

@@ -159,6 +159,17 @@ SCHEMAS: Dict[str, Any] = {
             "queue_full": {"type": "integer", "description": "dropped: the client's connection or the public "
                                                              "socket was backed up"},
             "no_slot": {"type": "integer", "description": "dropped: no association could be opened for a new visitor"},
+            "bandwidth": {"type": "integer", "description": "dropped: over the tunnel's transport.bandwidthLimit "
+                                                            "(bandwidthLimitMode \"server\")"},
+            "client_bandwidth": {"type": "integer", "description": "dropped on the client: over the tunnel's "
+                                                                   "transport.bandwidthLimit (bandwidthLimitMode "
+                                                                   "\"client\")"},
+            "client_too_large": {"type": "integer", "description": "dropped on the client (as it reports every "
+                                                                   "10 s): a reply larger than udpPacketSize"},
+            "client_queue_full": {"type": "integer", "description": "dropped on the client: its connection to the "
+                                                                    "server or the local socket was backed up"},
+            "client_no_slot": {"type": "integer", "description": "dropped on the client: no socket could be opened "
+                                                                 "for a new visitor"},
         }
     ),
     "PublicAddress": _object(
