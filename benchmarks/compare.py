@@ -38,6 +38,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("candidate", type=Path, nargs="?", default=run.REPO_ROOT, help="the checkout to measure (default: this one)")
     parser.add_argument("--rounds", type=int, default=8, help="iperf3 runs per checkout and direction (default 8)")
     parser.add_argument("--duration", type=float, default=4, help="seconds per iperf3 run (default 4)")
+    parser.add_argument("--http-close", action="store_true",
+                        help="also interleave wrk runs with a new connection per request (req/s, CPU µs/request)")
     return parser.parse_args(argv)
 
 
@@ -56,6 +58,17 @@ def measure(tools: Dict[str, str], ends: "run.PathEndpoints", duration: float, r
         raise run.BenchmarkError(problem)
     spent = sum(run.cpu_seconds(pid) for pid in pids) - before
     return gbits, spent / (gbits * duration / 8)
+
+
+def measure_http_close(tools: Dict[str, str], ends: "run.PathEndpoints", duration: float) -> Tuple[float, float]:
+    """Requests per second of one wrk run with a new connection per request, and the CPU µs per request."""
+    pids = list(ends.carriers.values())
+    before = sum(run.cpu_seconds(pid) for pid in pids)
+    rate, problem, _ = run.run_wrk(tools, ends, duration, connections=50, threads=2, new_connection=True)
+    if rate is None:
+        raise run.BenchmarkError(problem)
+    spent = sum(run.cpu_seconds(pid) for pid in pids) - before
+    return rate, spent / (rate * duration) * 1e6
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -82,6 +95,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     gbits, cpu = measure(tools, ends[name], args.duration, reverse)
                     results.setdefault((direction, name), []).append((gbits, cpu))
                     run.progress(f"[{round_ + 1}/{args.rounds}] {direction:22} {name:9} {gbits:6.2f} Gbit/s  {cpu:.2f} CPU s/GB")
+        if args.http_close:
+            for round_ in range(args.rounds):
+                order = list(names) if round_ % 2 == 0 else list(reversed(names))
+                for name in order:
+                    rate, cpu = measure_http_close(tools, ends[name], args.duration)
+                    results.setdefault(("new conn", name), []).append((rate, cpu))
+                    run.progress(f"[{round_ + 1}/{args.rounds}] {'HTTP new conn':22} {name:9} {rate:8.0f} req/s  {cpu:.0f} CPU µs/request")
         print()
         for name, source in names.items():
             print(f"{name}: gotaxy {run.gotaxy_revision(source)}")
@@ -95,6 +115,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bg, cg = (statistics.median(g for g, _ in r) for r in (base, cand))
             bc, cc = (statistics.median(c for _, c in r) for r in (base, cand))
             print(f"| {direction} | {bg:.2f} | {cg:.2f} | {cg / bg:.2f} | {bc:.2f} | {cc:.2f} | {cc / bc:.2f} |")
+        if args.http_close:
+            base, cand = results[("new conn", "baseline")], results[("new conn", "candidate")]
+            br, cr = (statistics.median(r for r, _ in x) for x in (base, cand))
+            bc, cc = (statistics.median(c for _, c in x) for x in (base, cand))
+            print()
+            print("| wrk -t2 -c50, new connection per request | baseline req/s | candidate req/s | ratio "
+                  "| baseline CPU µs/request | candidate CPU µs/request | ratio |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
+            print(f"| HTTP new conn | {br:,.0f} | {cr:,.0f} | {cr / br:.2f} | {bc:.0f} | {cc:.0f} | {cc / bc:.2f} |")
         return 0
     except run.BenchmarkError as e:
         run.progress(f"benchmark failed: {e}")

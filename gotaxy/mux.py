@@ -711,6 +711,11 @@ class MuxProtocol(Protocol):
         tcp = getattr(self.transport, "transport", self.transport)
         if isinstance(getattr(tcp, "bufferSize", None), int):
             tcp.bufferSize = MUX_SOCKET_BUFFER
+            # Twisted sends at most 128 KiB per turn of the reactor; let one
+            # send() take all that may wait.  10 % more Gbit/s and 2 to 4 %
+            # less CPU per GB with the relayed sockets' own limit raised
+            # too (gotaxy.relay.large_sends; issue 15, compare.py).
+            tcp.SEND_LIMIT = MUX_SOCKET_BUFFER
         self.transport.registerProducer(self, True)
 
     def send_preamble(self) -> None:

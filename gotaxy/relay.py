@@ -18,6 +18,18 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gotaxy.mux import Stream, set_no_delay
+from gotaxy.wire import INITIAL_WINDOW
+
+#: The most one send() on a relayed socket may take: what the stream may
+#: have waiting for that socket, its largest window.  Twisted's own limit is
+#: 128 KiB per turn of the reactor, so a full window took four turns.
+RELAY_SEND_LIMIT = INITIAL_WINDOW
+
+
+def large_sends(transport: object) -> None:
+    """Let a TCP transport send up to ``RELAY_SEND_LIMIT`` at once (others have no such limit)."""
+    if isinstance(getattr(transport, "SEND_LIMIT", None), int):
+        transport.SEND_LIMIT = RELAY_SEND_LIMIT  # type: ignore[attr-defined]
 
 
 @implementer(IHalfCloseableProtocol)
@@ -36,6 +48,7 @@ class StreamRelay(Protocol):
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
+        large_sends(self.transport)
         if self.stream is not None:
             self.stream.attach(self.transport)
 

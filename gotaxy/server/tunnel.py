@@ -42,7 +42,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from gotaxy.logs import gotaxy_observer
-from gotaxy.relay import StreamRelay, set_no_delay
+from gotaxy.relay import StreamRelay, large_sends, set_no_delay
 from gotaxy.server.limits import PER_SOURCE, REASONS, ConnectionGate, ConnectionLimits
 from gotaxy.server.traffic import Reading, TrafficMeter
 from gotaxy.wire import CLOSE_ERROR_PREFIX
@@ -216,6 +216,7 @@ class PublicConnection(StreamRelay):
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
+        large_sends(self.transport)
         if self.tunnel is not None:
             self.open_stream(self.tunnel)
 

@@ -35,11 +35,11 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-#: Bytes asked of the memory BIO per read: more than the largest write the
-#: layer above makes at once (``BufferingTLSTransport`` joins up to 64,000
-#: bytes, then one more frame of at most 65,545), with its records'
-#: overhead, so that one read nearly always empties it.
-BIO_READ_SIZE = 256 * 1024
+#: Bytes asked of the memory BIO per read: a 64 KiB frame's four records
+#: with their overhead come out in one read, and the buffer pyOpenSSL
+#: allocates for it stays below glibc's mmap threshold (128 KiB), so it comes
+#: from the heap rather than from fresh pages each time.
+BIO_READ_SIZE = 4 * 16384 + 1024
 
 
 class BulkTLSProtocol(BufferingTLSTransport):
@@ -55,6 +55,8 @@ class BulkTLSProtocol(BufferingTLSTransport):
         try:
             # One record per call (pyOpenSSL's partial-write mode); a view
             # instead of bytes[sent:sent + 16384] saves a copy of each record.
+            # With the one drain below: 0.45 to 0.50 CPU s per GB sent
+            # instead of 0.55 to 0.61, measured in-process (issue 15).
             while sent < size:
                 sent += send(view[sent:])
         except WantReadError:
