@@ -22,7 +22,11 @@ connection (a ``MuxProtocol``).  The design follows SSH channels and yamux:
   - as the source's consumer, the stream pauses the socket's reading when
     its send window is exhausted, or when the mux connection itself is
     paused by its transport (``MuxProtocol`` registers as the producer of
-    the TLS transport), and resumes it when both clear.
+    the TLS transport), and resumes it when both clear.  A paused
+    connection tells no stream: the next read of each socket is held in its
+    stream (``held_streams``), which pauses that socket then, and the held
+    streams are flushed when the connection resumes, so a pause costs
+    nothing for the thousands of streams that are idle.
 
   Memory per stream is therefore bounded by its window plus one socket read,
   and with a peer that announces ``window_budget`` the windows of all
@@ -97,7 +101,7 @@ both push bulk data over a slow link.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Collection, Deque, Dict, Optional
+from typing import Any, Collection, Deque, Dict, Optional, Set
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -306,9 +310,10 @@ class Stream:
         self.bytes_out += n
         if self.send_bucket is not None:
             self._spend_send(n)
-        if not self._send_buffer and n <= self.send_window and n <= MAX_DATA:
+        mux = self.mux
+        if not self._send_buffer and n <= self.send_window and n <= MAX_DATA and not mux.paused:
             self.send_window -= n
-            self.mux.transport.write(encode_frame(_DATA_HEADER, self.id, data))
+            mux.transport.write(encode_frame(_DATA_HEADER, self.id, data))
             return
         self._send_buffer.append(data)
         self._flush()
@@ -350,8 +355,12 @@ class Stream:
         self._flush()
 
     def _flush(self) -> None:
-        write = self.mux.transport.write
+        mux = self.mux
         buffer = self._send_buffer
+        if buffer and mux.paused:
+            mux.held_streams.add(self)  # flushed when the connection takes data again
+            return
+        write = mux.transport.write
         while buffer and self.send_window > 0:
             chunk = buffer[0]
             take = min(len(chunk), self.send_window, MAX_DATA)
@@ -376,7 +385,10 @@ class Stream:
         transport = self._transport
         if transport is None:
             return
-        want_paused = bool(self._send_buffer) or self.mux.paused or self._rate_paused
+        # A paused connection holds what a stream reads in the stream's own
+        # buffer (``_flush``), which pauses its socket here: sockets are paused
+        # one by one as data comes, not all 10,000 at every pause of the connection.
+        want_paused = bool(self._send_buffer) or self._rate_paused
         if want_paused != self._source_paused:
             self._source_paused = want_paused
             if want_paused:
@@ -688,6 +700,8 @@ class MuxProtocol(Protocol):
         #: the window every new stream starts with, each way; the budget shares the rest (``gotaxy.budget``)
         self.initial_window = INITIAL_WINDOW
         self.budget: Optional[WindowBudget] = None
+        #: streams holding data while the connection is paused, flushed when it resumes
+        self.held_streams: Set[Stream] = set()
         #: Open streams per tunnel name, for the fair shares.
         self.tunnel_streams: Dict[str, int] = {}
         self._preamble: Optional[bytes] = b"" if self.is_server else None
@@ -765,16 +779,21 @@ class MuxProtocol(Protocol):
     # -- IPushProducer: the TLS transport's buffer -----------------------------
 
     def pauseProducing(self) -> None:
+        # No stream is told: each holds what it reads next and pauses its own
+        # socket then (``Stream._flush``).  Pausing and resuming every socket
+        # at each pause of the connection cost 60 % of both processes' time
+        # with 10,000 streams open (20,000 epoll changes per pause and resume).
         self.paused = True
-        for stream in self.streams.values():
-            stream._update_source()
         self._watch_stall()
 
     def resumeProducing(self) -> None:
         self.paused = False
         self._stop_stall_watch()
-        for stream in list(self.streams.values()):
-            stream._update_source()
+        held, self.held_streams = self.held_streams, set()
+        for stream in held:
+            if not stream.closed:
+                stream._flush()
+                stream._update_source()
 
     def stopProducing(self) -> None:
         self.paused = True
@@ -1035,6 +1054,7 @@ class MuxProtocol(Protocol):
 
     def stream_closed(self, stream: Stream) -> None:
         if self.streams.pop(stream.id, None) is not None:
+            self.held_streams.discard(stream)
             self._ended_stream_bytes += stream.bytes_in + stream.bytes_out
             if self.budget is not None:
                 self.budget.release(stream)

@@ -408,21 +408,48 @@ def test_window_beyond_the_maximum_is_a_protocol_error() -> None:
 # -- the mux connection's own backpressure ---------------------------------------
 
 
-def test_paused_mux_pauses_every_streams_source() -> None:
+def test_paused_mux_holds_what_each_stream_reads_next_and_pauses_that_socket() -> None:
     pair = Pair()
-    s1, _, public1, _ = pair.open()
-    s2, _, public2, _ = pair.open()
+    s1, _, public1, local1 = pair.open()
+    s2, _, public2, local2 = pair.open()
+    pair.pump()
     # The TLS transport's buffer is full: it pauses its producer, the mux.
     assert pair.server.transport.producer is pair.server
     pair.server.transport.producer.pauseProducing()
-    assert public1.producerState == public2.producerState == "paused"
+    # No socket is touched until it has something to send (10,000 idle ones cost nothing) ...
+    assert public1.producerState == public2.producerState == "producing"
+    written = len(pair.server.transport.value())
+    s1.write(b"held while paused")
+    # ... and then its bytes wait in the stream, not in the connection, and its socket pauses.
+    assert len(pair.server.transport.value()) == written
+    assert public1.producerState == "paused" and public2.producerState == "producing"
+    assert s1.buffered() == len(b"held while paused")
 
-    # A stream opened while paused starts paused.
-    s3, _, public3, _ = pair.open()
+    # A stream opened while paused is not paused either until it reads.
+    s3, _, public3, local3 = pair.open()
+    assert public3.producerState == "producing"
+    s3.write(b"three")
+    s3.write_eof()
     assert public3.producerState == "paused"
 
     pair.server.transport.producer.resumeProducing()
     assert public1.producerState == public2.producerState == public3.producerState == "producing"
+    pair.pump()
+    assert local1.value() == b"held while paused"
+    assert local3.value() == b"three" and local3.write_closed  # FIN after the held data
+    assert pair.server.held_streams == set()
+
+
+def test_a_stream_that_closes_while_the_mux_is_paused_sends_its_held_data_then_close() -> None:
+    pair = Pair()
+    s, c, public, local = pair.open()
+    pair.server.pauseProducing()
+    s.write(b"last words")
+    s.local_closed("done")
+    assert not s.closed  # its CLOSE waits behind the held data
+    pair.server.resumeProducing()
+    pair.pump()
+    assert local.value() == b"last words" and c.closed and s.closed
 
 
 def test_mux_resume_keeps_a_stream_without_window_paused() -> None:
