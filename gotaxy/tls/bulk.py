@@ -1,11 +1,11 @@
 # -*- test-case-name: tests.test_tls_bulk -*-
 """
-The TLS layer of the client's control connection, for bulk data.
+The TLS layer of the control connection (server and client), for bulk data.
 
 Twisted's ``TLSMemoryBIOProtocol`` (under its ``BufferingTLSTransport``,
 which joins small writes until the next turn of the reactor) is built for
 many small writes.  The mux writes 64 KiB frames, and for those its
-``_write`` costs more than the encryption itself: it copies the frame into
+``_write`` costs about as much again as the encryption: it copies the frame into
 16 KiB slices, and after each slice reads the memory BIO and writes what it
 got to the TCP transport, so one frame is five ``SSL_write`` calls, five
 ``bio_read`` calls (each allocating 32 KiB) and five socket-buffer appends.
@@ -20,8 +20,8 @@ got to the TCP transport, so one frame is five ``SSL_write`` calls, five
 
 Everything else (the handshake, buffering before it, shutdown, producers,
 errors) is Twisted's.  ``BulkTLSFactory`` is ``TLSMemoryBIOFactory`` with
-this protocol, and ``bulk_client_tls`` is ``wrapClientTLS`` with this
-factory.  Measured figures are in docs/benchmarks.md (issue 15).
+this protocol, and ``BulkClientTLSEndpoint`` is ``wrapClientTLS`` with
+this factory.  Measured figures are in docs/benchmarks.md (issue 15).
 """
 
 from __future__ import annotations
