@@ -22,7 +22,9 @@ from gotaxy.wire import INITIAL_WINDOW
 
 #: The most one send() on a relayed socket may take: what the stream may
 #: have waiting for that socket, its largest window.  Twisted's own limit is
-#: 128 KiB per turn of the reactor, so a full window took four turns.
+#: 128 KiB per turn of the reactor, so a full window took four turns.  With
+#: the control connection's limit raised too: 10 % more Gbit/s and 2 to 4 %
+#: less CPU per GB (issue 15, benchmarks/compare.py).
 RELAY_SEND_LIMIT = INITIAL_WINDOW
 
 
