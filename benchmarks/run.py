@@ -25,8 +25,10 @@ drift of the machine hits all three alike:
   the practical limit, with a socat TCP relay for iperf3's control
   connection) and through a Gotaxy ``udp`` tunnel (and a ``tcp`` one on the
   same public port number for the control connection).  The rate steps up
-  (all three paths at each step) until a path loses 1 % or more; the figure
-  is the highest rate with under 1 % loss, and its datagrams per second.
+  (all three paths at each step) until a path loses 1 % or more, and the
+  gap to the last rate that passed is halved twice; the figure is the
+  highest rate with under 1 % loss, as received, and its datagrams per
+  second.
   Then "TCP alone vs TCP during a UDP flood": one iperf3 TCP stream alone
   and while ``iperf3 -u`` floods the same path's udp port at four times
   the highest rate gotaxy's udp tunnel passed (beyond its capacity), direct
@@ -1513,22 +1515,44 @@ def run_iperf3_udp(tools: Dict[str, str], port: int, rate: float, duration: floa
     return UdpStep(rate, received, total["lost_percent"], total.get("jitter_ms"), problems, sent, pps)
 
 
+#: Halvings of the gap between a path's last passing and first failing rung of ``UDP_RATES`` (the rungs
+#: double at the low end, so without them one rung can halve a ratio).
+UDP_REFINE = 2
+
+
 def measure_udp(tools: Dict[str, str], ports: Dict[str, int], duration: float) -> Dict[str, List[UdpStep]]:
-    """Step the rate up on every path in turn until each loses 1 % or more (or the ladder ends)."""
+    """
+    Step the rate up on every path in turn until each loses 1 % or more (or
+    the ladder ends), then narrow each path's gap between its last passing
+    and first failing rate by ``UDP_REFINE`` halvings, the paths in turn.
+    """
     steps: Dict[str, List[UdpStep]] = {path: [] for path in ports}
+
+    def run(path: str, rate: float) -> bool:
+        step = run_iperf3_udp(tools, ports[path], rate, duration)
+        steps[path].append(step)
+        shown = "failed" if step.loss is None else f"loss {step.loss:.2f} %, jitter {step.jitter or 0:.3f} ms"
+        progress(f"[udp] {rate:>6g} Mbit/s offered  {path:<7} {shown}" + (f" | !! {step.problems}"
+                                                                           if step.problems else ""))
+        time.sleep(1)
+        return step.loss is not None and step.loss < UDP_LOSS_LIMIT
+
     going = list(ports)
+    gaps: Dict[str, Tuple[float, float]] = {}
     for rate in UDP_RATES:
         for path in list(going):
-            step = run_iperf3_udp(tools, ports[path], rate, duration)
-            steps[path].append(step)
-            shown = "failed" if step.loss is None else f"loss {step.loss:.2f} %, jitter {step.jitter or 0:.3f} ms"
-            progress(f"[udp] {rate:>6g} Mbit/s offered  {path:<7} {shown}" + (f" | !! {step.problems}"
-                                                                               if step.problems else ""))
-            if step.loss is None or step.loss >= UDP_LOSS_LIMIT:
+            if not run(path, rate):
                 going.remove(path)
-            time.sleep(1)
+                passed = [s.rate for s in steps[path] if s.loss is not None and s.loss < UDP_LOSS_LIMIT]
+                gaps[path] = (max(passed, default=0.0), rate)
         if not going:
             break
+    for _ in range(UDP_REFINE):
+        for path, (low, high) in list(gaps.items()):
+            middle = round((low + high) / 2)
+            if middle in (low, high):
+                continue
+            gaps[path] = (middle, high) if run(path, middle) else (low, middle)
     return steps
 
 
