@@ -624,7 +624,7 @@ class DatagramShare:
     added to a stream's work per chunk.
     """
 
-    __slots__ = ("mux", "budget", "renew_at", "since", "mark")
+    __slots__ = ("mux", "budget", "renew_at", "since", "mark", "spent")
 
     def __init__(self, mux: "MuxProtocol") -> None:
         self.mux = mux
@@ -632,6 +632,7 @@ class DatagramShare:
         self.renew_at = 0.0
         self.since: Optional[float] = None  #: when the share was last reckoned
         self.mark = 0  #: the streams' byte count then
+        self.spent = False  #: a datagram was refused this period
 
     def allow(self, n: int) -> bool:
         """May a datagram of ``n`` bytes go now? (It is counted as sent if so.)"""
@@ -645,15 +646,24 @@ class DatagramShare:
         if budget is None:
             return True
         if budget < n:
+            self.spent = True
             return False
         self.budget = budget - n
         return True
+
+    def wait(self) -> float:
+        """Seconds until datagrams get more room, if their share is what refused one this period (else 0)."""
+        reactor = self.mux.reactor
+        if not self.spent or reactor is None:
+            return 0.0
+        return max(0.0, self.renew_at - reactor.seconds())
 
     def _renew(self, now: float) -> None:
         moved = self.mux.stream_bytes()
         since, self.since = self.since, now
         streamed, self.mark = max(0, moved - self.mark), moved
         self.renew_at = now + DATAGRAM_SHARE_PERIOD
+        self.spent = False
         if since is None:
             self.budget = None
             return

@@ -28,7 +28,8 @@ connection is backed up, or the datagrams have used their share of a
 connection whose streams are busy, a datagram is dropped and counted
 (``Flow.send``), never queued, so TCP streams of the same client keep their
 throughput.  After such a drop the socket it came from is not read for
-``DROP_PAUSE`` (``ReadPause``): during a flood the kernel drops the rest,
+``DROP_PAUSE``, or until the share's next period when the share refused it
+(``ReadPause``): during a flood the kernel drops the rest,
 which costs us nothing, where reading each datagram only to drop it would
 take the CPU the streams need.  What the kernel dropped on a socket (its
 receive buffer was full) is read from it (Linux's ``SO_MEMINFO``) and
@@ -133,13 +134,19 @@ class ReadPause:
     def paused(self) -> bool:
         return self.timer is not None
 
-    def dropped(self) -> None:
-        """A datagram from the socket was dropped: do not read it for a moment."""
+    def dropped(self, flow: Any = None) -> None:
+        """
+        A datagram from the socket (for ``flow``) was dropped: do not read it
+        for a moment, or until the connection's datagrams get more room if
+        their share is what refused it (``gotaxy.mux.DatagramShare.wait``).
+        """
         transport = self.transport
         if self.timer is not None or self.stopped or not hasattr(transport, "stopReading"):
             return
+        share = getattr(getattr(flow, "mux", None), "datagram_share", None)
+        pause = max(DROP_PAUSE, share.wait() if share is not None else 0.0)
         transport.stopReading()
-        self.timer = self.reactor.callLater(DROP_PAUSE, self._resume)
+        self.timer = self.reactor.callLater(pause, self._resume)
 
     def _resume(self) -> None:
         self.timer = None
@@ -368,7 +375,7 @@ class UdpFront(DatagramProtocol):
             self.counts.datagrams_in += 1
         else:
             self.counts.queue_full += 1
-            self.reading.dropped()
+            self.reading.dropped(visitor.flow)
 
     def _open(self, address: Any) -> Optional[Visitor]:
         if self.stopped:
@@ -534,7 +541,7 @@ class LocalAssociation(DatagramProtocol):
             return
         if not self.flow.send(data):
             table.drops.queue_full += 1
-            self.reading.dropped()
+            self.reading.dropped(self.flow)
 
     def connectionRefused(self) -> None:
         # ICMP port unreachable from the local service: UDP's way to say
