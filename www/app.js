@@ -267,7 +267,7 @@ async function logout() {
 
 // -- pages -------------------------------------------------------------------------
 
-const PAGES = { overview: loadOverview, clients: loadClients, tunnels: loadTunnels, tokens: loadTokens, access: loadAccess,
+const PAGES = { overview: loadOverview, clients: loadClients, tunnels: loadTunnels, tokens: loadTokens, certificates: loadCertificates, access: loadAccess,
   events: loadEvents, notifications: loadNotifications, account: loadAccount };
 
 function route() {
@@ -809,6 +809,88 @@ async function createToken(event) {
   loadTokens();
 }
 
+// Certificates: client certificates from the server's CA (GET /certificates), issued with POST
+// /certificates and revoked with DELETE /certificates/{serial}.  An issued key is in the POST's
+// answer only: it is offered as a download from memory (a blob URL), never stored by the panel,
+// and dropped when the box is closed or the page left.
+async function loadCertificates() {
+  const result = await api("GET", "/certificates");
+  if (!result.ok) return;
+  const settings = result.data.settings;
+  let mode = settings.required
+    ? t(settings.method === "certificate" ? "certs.required_alone" : "certs.required_token", { ca: settings.trustedCaFile })
+    : t("certs.not_required");
+  if (settings.required) {
+    const refused = Object.entries(settings.refusals).filter(([, n]) => n > 0).map(([why, n]) => `${why} ${n}`);
+    mode += " " + (refused.length ? t("certs.refused", { list: refused.join(", ") }) : t("certs.none_refused"));
+  }
+  $("#certs-mode").textContent = mode;
+  const body = $("#certs-table tbody");
+  body.replaceChildren();
+  if (!result.data.certificates.length) {
+    const row = document.createElement("tr");
+    const empty = cell(t("certs.empty"));
+    empty.colSpan = 6;
+    row.append(empty);
+    body.append(row);
+  }
+  for (const c of result.data.certificates) {
+    const row = document.createElement("tr");
+    row.dataset.serial = c.serial;
+    const status = document.createElement("td");
+    status.append(c.status === "valid" ? badge("up", t("certs.valid")) : badge("off", t(`certs.${c.status}`), c.revokedBy || ""));
+    row.append(cell(c.serial, "serial"), cell(c.name || t("certs.made_elsewhere"), "name"), status,
+      cell(when(c.issuedAt)), cell(when(c.notAfter)));
+    const actions = document.createElement("td");
+    if (c.status !== "revoked") {
+      actions.append(button(t("certs.revoke"), "danger", async () => {
+        if (!confirm(t("certs.revoke_confirm", { serial: c.serial, name: c.name }))) return;
+        const r = await api("DELETE", `/certificates/${encodeURIComponent(c.serial)}`);
+        if (!r.ok) showError($("#page-certificates"), Object.assign({}, r.error, { field: null }), "certificates");
+        else loadCertificates();
+      }, "revoke"));
+    }
+    row.append(actions);
+    body.append(row);
+  }
+}
+
+function forgetIssuedKey() {
+  for (const id of ["#cert-download-cert", "#cert-download-key"]) {
+    const link = $(id);
+    if (link.href) URL.revokeObjectURL(link.href);
+    link.removeAttribute("href");
+    link.textContent = "";
+  }
+  $("#cert-config").textContent = "";
+  $("#cert-issued").hidden = true;
+}
+
+function offerDownload(id, name, text, label) {
+  const link = $(id);
+  link.href = URL.createObjectURL(new Blob([text], { type: "application/x-pem-file" }));
+  link.download = name;
+  link.textContent = label;
+}
+
+async function issueCertificate(event) {
+  event.preventDefault();
+  const form = event.target;
+  const body = { name: form.name.value.trim(), days: Number(form.days.value || 365) };
+  const result = await api("POST", "/certificates", body);
+  if (!result.ok) return showError(form, result.error);
+  clearErrors(form);
+  forgetIssuedKey();
+  const c = result.data.certificate;
+  offerDownload("#cert-download-cert", `${c.name}.pem`, c.certificatePem, t("certs.download_cert", { name: c.name }));
+  offerDownload("#cert-download-key", `${c.name}.key`, c.keyPem, t("certs.download_key", { name: c.name }));
+  $("#cert-config").textContent = `auth.method = "certificate"\ntransport.tls.certFile = "${c.name}.pem"\n`
+    + `transport.tls.keyFile = "${c.name}.key"`;
+  $("#cert-issued").hidden = false;
+  form.reset();
+  loadCertificates();
+}
+
 // Access: the address rules in force (GET /access) and the bans (GET /bans), lifted with DELETE /bans/{address}.
 async function loadAccess() {
   const [rules, bans] = await Promise.all([api("GET", "/access"), api("GET", "/bans")]);
@@ -1147,6 +1229,9 @@ async function start() {
   $("#edit-form").addEventListener("submit", saveEdit);
   $("#edit-cancel").addEventListener("click", () => { $("#edit-form").hidden = true; });
   $("#token-form").addEventListener("submit", createToken);
+  $("#cert-form").addEventListener("submit", issueCertificate);
+  $("#cert-forget").addEventListener("click", forgetIssuedKey);
+  window.addEventListener("hashchange", () => { if (!location.hash.startsWith("#certificates")) forgetIssuedKey(); });
   $("#ban-form").addEventListener("submit", addBan);
   $("#webhook-form").addEventListener("submit", addWebhook);
   $("#mail-form").addEventListener("submit", addMailRecipient);

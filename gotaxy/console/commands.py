@@ -34,9 +34,11 @@ from gotaxy.console.text import (
     access_text,
     as_json,
     bans_table,
+    certificates_table,
     client_detail,
     clients_table,
     events_table,
+    human_time,
     mail_table,
     status_pairs,
     tokens_table,
@@ -143,6 +145,14 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
             "to every claim from now on.", options=_json_option(), positional=(1, MAX_ALLOWED_DOMAINS + 1)),
     Command("token revoke", "token revoke NAME", "revoke a token; its client is cut off at once",
             positional=(1, 1)),
+    Command("certs", "certs [--json]", "the client certificates issued and revoked (never a key), and whether the "
+            "server asks for one", options=_json_option()),
+    Command("cert issue", "cert issue NAME [--days N] [--json]",
+            "sign a client certificate for NAME with the server's CA; its key is shown once, now, and kept nowhere",
+            options=_json_option(**{"--days": True}), positional=(1, 1)),
+    Command("cert revoke", "cert revoke SERIAL|NAME [--json]",
+            "revoke a client certificate; its client is cut off within seconds on every server of this store",
+            options=_json_option(), positional=(1, 1)),
     Command("notify", "notify [--json]", "the webhooks that events are sent to", options=_json_option()),
     Command("notify add", "notify add NAME URL [--events LIST] [--format FORMAT] [--secret SECRET] [--json]",
             "send events to a webhook from now on (kept across restarts)",
@@ -189,6 +199,7 @@ ALIASES = {"quit": "exit", "logout": "exit", "?": "help"}
 GROUPS = {
     "tunnel": ("add", "edit", "remove", "enable", "disable", "restart"),
     "token": ("create", "domains", "revoke"),
+    "cert": ("issue", "revoke"),
     "notify": ("add", "remove", "test"),
     "mail": ("add", "remove", "test"),
 }
@@ -320,6 +331,9 @@ class Commands:
             "token create": self._token_create,
             "token domains": self._token_domains,
             "token revoke": self._token_revoke,
+            "certs": self._certs,
+            "cert issue": self._cert_issue,
+            "cert revoke": self._cert_revoke,
             "notify": self._notify,
             "notify add": self._notify_add,
             "notify remove": self._notify_remove,
@@ -349,6 +363,10 @@ class Commands:
         if first == "token":
             raise UsageError(
                 "token: say 'token create NAME', 'token domains NAME [DOMAIN ...]' or 'token revoke NAME' ('tokens' lists them)", "token"
+            )
+        if first == "cert":
+            raise UsageError(
+                "cert: say 'cert issue NAME' or 'cert revoke SERIAL|NAME' ('certs' lists them)", "cert"
             )
         if first not in COMMANDS:
             raise UsageError(f"unknown command {words[0]!r}; type 'help' for the list of commands")
@@ -628,6 +646,35 @@ class Commands:
         await self.management.revoke_token(positional[0])
         return Result(f"token {positional[0]} revoked; its client is cut off")
 
+
+    async def _certs(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        settings = self.management.certificate_settings()
+        certificates = await self.management.certificates()
+        if options.get("--json"):
+            return Result(json.dumps({**settings, "certificates": certificates}, indent=2))
+        return Result(certificates_table(settings, certificates, self.width))
+
+    async def _cert_issue(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        days = _int(options["--days"], "--days", "cert issue") if "--days" in options else 365
+        issued = await self.management.issue_certificate(positional[0], days, self.operator)
+        if options.get("--json"):
+            return Result(json.dumps(issued, indent=2))
+        lines = [f"client certificate for {issued['name']}, serial {issued['serial']}, valid until "
+                 f"{human_time(issued['notAfter'])} UTC. Save the two blocks below as {issued['name']}.pem and "
+                 f"{issued['name']}.key (mode 0600) on the client; the key is shown only now and kept nowhere:",
+                 issued["certificatePem"].rstrip(), issued["keyPem"].rstrip(),
+                 f"and in the client's config: auth.method = \"certificate\", transport.tls.certFile = "
+                 f"\"{issued['name']}.pem\", transport.tls.keyFile = \"{issued['name']}.key\""]
+        if not issued["required"]:
+            lines.append("note: this server does not ask for client certificates yet (transport.tls.trustedCaFile)")
+        return Result("\n".join(lines))
+
+    async def _cert_revoke(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        revoked = await self.management.revoke_certificate(positional[0], self.operator)
+        if options.get("--json"):
+            return Result(json.dumps(revoked, indent=2))
+        return Result("\n".join(f"client certificate {r['serial']}" + (f" of {r['name']}" if r["name"] else "")
+                                + " revoked; its client is cut off within seconds" for r in revoked))
 
     async def _notify(self, positional: List[str], options: Dict[str, Any]) -> Result:
         views = await self.management.webhooks()

@@ -341,3 +341,21 @@ def access_text(rules: dict) -> str:
     refused = ", ".join(f"{r['listener']} {r['reason']} {r['count']}" for r in rules["refused"])
     lines.append(f"Refused so far: {refused or 'none'}")
     return "\n".join(lines)
+
+
+def certificates_table(settings: dict, certificates: Sequence[dict], width: int = WIDTH) -> str:
+    """The client certificates (``Management.certificates``), after whether the server asks for them."""
+    if settings["required"]:
+        how = "alone" if settings["method"] == "certificate" else "and a token"
+        refused = ", ".join(f"{k} {v}" for k, v in settings["refusals"].items() if v) or "none"
+        head = (f"Client certificates required ({how}), CA {settings['trustedCaFile']}; refused so far: {refused}")
+    else:
+        head = "Client certificates are not asked for (no transport.tls.trustedCaFile); tokens only"
+    if not certificates:
+        return head + "\nno client certificate issued or revoked yet ('cert issue NAME')"
+    rows = []
+    for c in certificates:
+        state = c["status"] + (f" by {c['revokedBy']}" if c["revokedBy"] else "")
+        rows.append([c["serial"], c["name"] or "(made elsewhere)", human_time(c["notAfter"]) if c["notAfter"] else "-",
+                     state])
+    return head + "\n" + table(["SERIAL", "NAME", "EXPIRES (UTC)", "STATE"], rows, width)

@@ -27,6 +27,7 @@ Tunnels come from two places (``source``):
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -254,6 +255,8 @@ class Management:
         self.reloader: Optional[Any] = reload
         self._webhooks = webhooks  #: gotaxy.notify.managed.ManagedWebhooks, or None
         self._mail = mail  #: gotaxy.notify.managed.ManagedMailRecipients, or None
+        #: Where the server's CA is, which client certificates are issued from (resolved at start, as the server's).
+        self.tls_dir = os.path.join(os.path.abspath(core.config.data_dir), "tls")
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.core.store.call(function, *args, **kwargs)
@@ -685,3 +688,74 @@ class Management:
             return await self.reloader.reload(who)
         except ReloadRefused as e:
             raise _invalid(f"nothing changed: {e}", e.key) from None
+
+    # -- client certificates (gotaxy.tls.clients, gotaxy.store.client_certs) ------
+
+    def certificate_settings(self) -> Dict[str, Any]:
+        """Whether the control port asks for client certificates, how, and what it refused so far."""
+        certificates = self.core.certificates
+        return {
+            "required": certificates is not None,
+            "method": self.core.config.auth_method,
+            "trustedCaFile": self.core.config.transport.tls_trusted_ca_file,
+            "refusals": dict(certificates.refusals) if certificates is not None else {},
+        }
+
+    async def certificates(self) -> List[Dict[str, Any]]:
+        """The certificates issued from the server's CA and the serials revoked, the newest first."""
+        from gotaxy.store import client_certs
+
+        records = await self._call(client_certs.list_certificates, self._db.db)
+        now = self.core.reactor.seconds()
+        return [record.to_json(now) for record in records]
+
+    async def issue_certificate(self, name: str, days: int = 365, who: str = "an operator") -> Dict[str, Any]:
+        """
+        A new key and client certificate for ``name`` from the server's CA
+        (``DATA_DIR/tls``), recorded in the store without its key.  The key
+        is in the answer, once (``certificatePem``, ``keyPem``), and kept
+        nowhere: the caller hands it on and forgets it.
+        """
+        _check_name(name, "a client certificate's name (its client's name)")
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 20 * 365:
+            raise _invalid(f"days must be a whole number from 1 to {20 * 365}", "days")
+        try:
+            record, issued = await self._call(_issue_and_record, self._db, self.tls_dir, name, days, who,
+                                              self.core.reactor.seconds())
+        except ValueError as e:
+            raise _invalid(str(e), "name") from None
+        answer = record.to_json(self.core.reactor.seconds())
+        answer.update(certificatePem=issued.certificate_pem.decode("ascii"), keyPem=issued.key_pem.decode("ascii"),
+                      required=self.core.certificates is not None)
+        return answer
+
+    async def revoke_certificate(self, what: str, who: str = "an operator") -> List[Dict[str, Any]]:
+        """
+        Revoke by serial or name (``gotaxy.store.client_certs.revoke``); the
+        ``clientcert.revoked`` event disconnects its client here and in every
+        other server process on the store.
+        """
+        from gotaxy.store import client_certs
+
+        if not isinstance(what, str) or not 1 <= len(what) <= 128:
+            raise _invalid("give a certificate's serial or its client's name", "certificate")
+        try:
+            revoked = await self._call(client_certs.revoke, self._db, what, who, self.core.reactor.seconds())
+        except client_certs.CertificateNotFound as e:
+            raise ManagementError("not_found", str(e), "certificate") from None
+        if not revoked:
+            raise ManagementError("conflict", f"the certificates of {what[:64]!r} were revoked already", "certificate")
+        now = self.core.reactor.seconds()
+        return [record.to_json(now) for record in revoked]
+
+
+def _issue_and_record(store: Any, tls_dir: str, name: str, days: int, who: str, now: float) -> Any:
+    """On the store's thread: sign (key generation and the CA's files are blocking work) and record."""
+    import datetime
+
+    from gotaxy.store import client_certs
+    from gotaxy.tls.clients import issue_client_certificate
+
+    issued = issue_client_certificate(tls_dir, name, days,
+                                      now=datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
+    return client_certs.record_issued(store, issued, who, now), issued

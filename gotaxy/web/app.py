@@ -629,6 +629,32 @@ class Panel:
     async def revoke_token(self, request: Any, caller: Caller, name: str) -> None:
         await self.management.revoke_token(name)
 
+    # -- client certificates (gotaxy.tls.clients) ----------------------------------
+
+    @app.route(f"{API_PREFIX}/certificates", methods=["GET"])
+    @_api()
+    async def certificates(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"settings": self.management.certificate_settings(),
+                "certificates": await self.management.certificates()}
+
+    @app.route(f"{API_PREFIX}/certificates", methods=["POST"])
+    @_api()
+    async def issue_certificate(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        # The new key is in this answer only (no-store, like every API answer) and kept nowhere on the server.
+        body = self._body(request)
+        name = self._string(body, "name", limit=NAME_LIMIT)
+        days = body.get("days", 365)
+        if isinstance(days, bool) or not isinstance(days, int):
+            raise HTTPError("invalid", "'days' must be a whole number of days", "days")
+        issued = await self.management.issue_certificate(name, days, self._who(caller))
+        request.setResponseCode(201)
+        return {"certificate": issued}
+
+    @app.route(f"{API_PREFIX}/certificates/<what>", methods=["DELETE"])
+    @_api()
+    async def revoke_certificate(self, request: Any, caller: Caller, what: str) -> Dict[str, Any]:
+        return {"revoked": await self.management.revoke_certificate(unquote(what), self._who(caller))}
+
     # -- notification targets ------------------------------------------------------
 
     @app.route(f"{API_PREFIX}/webhooks", methods=["GET"])

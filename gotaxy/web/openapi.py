@@ -410,6 +410,51 @@ SCHEMAS: Dict[str, Any] = {
 
     "Tunnels": _list_of("tunnels", "Tunnel"),
     "Tokens": _list_of("tokens", "Token"),
+    "ClientCertificate": _object(
+        SCHEMAS_CLIENT_CERTIFICATE := {
+            "serial": {"type": "string", "description": "upper-case hex, as 'openssl x509 -serial' prints it"},
+            "name": {"type": "string", "description": "the certificate's CN, its client's name; empty for a serial "
+                                                      "made elsewhere and revoked here"},
+            "fingerprint": {"type": "string"},
+            "issuedAt": _NUMBER_OR_NULL,
+            "notAfter": _NUMBER_OR_NULL,
+            "issuedBy": {"type": "string"},
+            "revokedAt": _NUMBER_OR_NULL,
+            "revokedBy": _STRING_OR_NULL,
+            "status": {"enum": ["valid", "expired", "revoked"]},
+        }
+    ),
+    "ClientCertificateSettings": _object(
+        {
+            "required": {"type": "boolean", "description": "transport.tls.trustedCaFile is set: every client must "
+                                                           "present a certificate"},
+            "method": {"enum": ["token", "certificate"], "description": "auth.method: a token as well, or not"},
+            "trustedCaFile": _STRING_OR_NULL,
+            "refusals": {"type": "object", "additionalProperties": {"type": "integer"},
+                         "description": "log-ins refused for their certificate, by reason"},
+        }
+    ),
+    "ClientCertificates": _object({
+        "settings": _ref("ClientCertificateSettings"),
+        "certificates": {"type": "array", "items": _ref("ClientCertificate")},
+    }),
+    "ClientCertificateCreate": _object(
+        {"name": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 7300, "default": 365}},
+        ["name"],
+    ),
+    "NewClientCertificate": _object({"certificate": {
+        "type": "object",
+        "properties": {
+            **SCHEMAS_CLIENT_CERTIFICATE,
+            "certificatePem": {"type": "string"},
+            "keyPem": {"type": "string", "description": "the private key, in this answer only: kept nowhere on the "
+                                                        "server"},
+            "required": {"type": "boolean", "description": "whether this server asks for client certificates yet"},
+        },
+        "required": [*SCHEMAS_CLIENT_CERTIFICATE, "certificatePem", "keyPem", "required"],
+        "additionalProperties": False,
+    }}),
+    "RevokedClientCertificates": _list_of("revoked", "ClientCertificate"),
     "ApiTokens": _list_of("api_tokens", "ApiToken"),
 }
 
@@ -448,6 +493,7 @@ _PATH_PARAMS = {
     "client": "the client's name",
     "name": "the name of the client, tunnel, token or webhook",
     "address": "an e-mail address, percent-encoded ('@' as %40)",
+    "what": "a client certificate's serial (hex), or its client's name",
 }
 
 
@@ -582,6 +628,17 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
                    (200, "Token"), "TokenChange", (404,), tag="tokens"),
         _operation("delete", "Revoke a client token; its client is cut off at once", (204, None), errors=(404,),
                    tag="tokens"),
+    ],
+    "/certificates": [
+        _operation("get", "Client certificates issued from the server's CA and serials revoked (never a key), and "
+                   "whether the server asks for one", (200, "ClientCertificates"), tag="certificates"),
+        _operation("post", "Issue a client certificate from the server's CA; its private key is in this answer "
+                   "only", (201, "NewClientCertificate"), "ClientCertificateCreate", tag="certificates"),
+    ],
+    "/certificates/{what}": [
+        _operation("delete", "Revoke client certificates by serial or name; their clients are cut off within seconds "
+                   "on every server of this store", (200, "RevokedClientCertificates"), errors=(404, 409),
+                   tag="certificates")
     ],
     "/webhooks": [
         _operation("get", "Webhook notification targets", (200, "Webhooks"), errors=(409,), tag="notifications"),
