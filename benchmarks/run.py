@@ -53,6 +53,14 @@ per request, interleaved the same way:
   routes by Host, as a peer: a front end and a back end, plain TCP between
   them.
 
+Reconnect after a server restart (``--no-restart`` skips it,
+``--restart-only`` runs only it and needs nothing but twistd): a server and
+a client with one tcp tunnel to an echo service; five times with SIGTERM
+(a clean stop: the server says goodbye) and five times with SIGKILL, the
+server is stopped and a new one spawned on the same data directory and
+port, timed from the spawn to its control port listening and to one byte
+echoed through the tunnel by the client connected before.
+
 While a workload runs, the CPU time of the tunnel processes is sampled from
 /proc, and after the load their VmRSS and VmHWM are read.  The results are
 printed as a table (``--markdown`` for docs/benchmarks.md).  Every process
@@ -81,6 +89,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
@@ -1902,6 +1911,198 @@ def streams_main(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+# --- reconnect after a server restart (issue 15, goal 4) ---------------------
+
+#: Restarts measured per way of stopping; the table shows their median and maximum.
+RESTARTS = 5
+#: The goal: the tunnel carries data again within this many seconds of the new server's start.
+RESTART_GOAL = 1.5
+#: How long each client session lasts before its server is stopped: longer than
+#: the client's STABLE_SESSION (gotaxy/client/reconnect.py), as a real one would.
+RESTART_SESSION = 6.0
+RESTART_KINDS = (("SIGTERM (clean stop: goodbye)", signal.SIGTERM), ("SIGKILL (killed: no goodbye)", signal.SIGKILL))
+
+
+@attrs.frozen
+class Restart:
+    """
+    One restart: seconds from spawning the new server to its control port
+    listening and to an echoed byte, and the CPU seconds the server had used
+    when it began to listen (what a start costs, however busy the machine).
+    """
+
+    listening: Optional[float]
+    echoed: Optional[float]
+    cpu: Optional[float] = None
+    problem: str = ""
+
+
+class ByteEcho:
+    """A local service that sends back what it gets, in a thread (the restart rows need no other tool)."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((LOOPBACK, 0))
+        self.socket.listen(64)
+        self.port = self.socket.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._echo, args=(connection,), daemon=True).start()
+
+    @staticmethod
+    def _echo(connection: socket.socket) -> None:
+        with connection:
+            connection.settimeout(30)
+            try:
+                while True:
+                    data = connection.recv(65536)
+                    if not data:
+                        return
+                    connection.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def echoes(port: int, timeout: float = 1.0) -> bool:
+    """Whether one byte sent to 127.0.0.1:port comes back."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
+            s.sendall(b"x")
+            return s.recv(1) == b"x"
+    except OSError:
+        return False
+
+
+def bytecode_env(source: Path, work: Path) -> Dict[str, str]:
+    """
+    The environment for the restart rows' processes: the checkout, with
+    compiled modules kept (in the run's directory, not the checkout), as an
+    installed server has them.  Without them every start compiles every
+    module again (PYTHONDONTWRITEBYTECODE), which is not what a restart costs.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    return env
+
+
+def measure_restarts(
+    group: ProcessGroup, tools: Dict[str, str], work: Path, source: Path, count: int = RESTARTS,
+) -> Dict[str, List[Restart]]:
+    """
+    A server and a client with one tcp tunnel to an echo service; then, for
+    each way of stopping (SIGTERM, SIGKILL), ``count`` times: stop the
+    server, spawn a new one on the same data directory and port, and time
+    from the spawn to its control port listening (read from /proc/net/tcp,
+    no connection made) and to one byte echoed through the tunnel by the
+    client that was connected before.  Panel and console stay on, as in a
+    default deployment.
+    """
+    directory = work / "restart"
+    directory.mkdir()
+    env = bytecode_env(source, work)
+    control, public, panel, console = free_ports(4)
+    server_argv = [
+        tools["twistd"], "-n", "--pidfile=", "gotaxy-server", "--data-dir", str(directory / "server"),
+        "--bind-addr", LOOPBACK, "--bind-port", str(control), "--allow-ports", str(public),
+        "--web-port", str(panel), "--console-port", str(console),
+    ]
+    echo = ByteEcho()
+    try:
+        name = "restart-server-0"
+        server = group.start(name, server_argv, env=env, cwd=directory)
+        banner: Dict[str, str] = {}
+
+        def banner_printed() -> bool:
+            for line in group.log_path(name).read_text(errors="replace").splitlines():
+                if "client token" in line:
+                    banner["token"] = line.split()[-1]
+                elif "server certificate" in line:
+                    banner["fingerprint"] = line.split()[-1]
+            return len(banner) == 2 and is_listening(control)
+
+        wait_until("the restart rows' server", banner_printed, [(name, server)], group, timeout=120)
+        client = group.start("restart-client", [
+            tools["twistd"], "-n", "--pidfile=", "gotaxy-client", "--server", f"{LOOPBACK}:{control}",
+            "--token", banner["token"], "--fingerprint", banner["fingerprint"],
+            "--data-dir", str(directory / "client"), "--tunnel", f"echo=tcp:{LOOPBACK}:{echo.port}:{public}",
+        ], env=env, cwd=directory)
+        wait_until("the restart rows' tunnel", lambda: echoes(public), [(name, server), ("restart-client", client)],
+                   group, timeout=120)
+        up_since = time.monotonic()
+        results: Dict[str, List[Restart]] = {}
+        number = 0
+        for label, sig in RESTART_KINDS:
+            for attempt in range(count):
+                time.sleep(max(0.0, RESTART_SESSION - (time.monotonic() - up_since)))
+                _signal_group(server.pid, sig)
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    raise BenchmarkError(f"{name} did not stop within 30 s of {signal.Signals(sig).name}")
+                number += 1
+                name = f"restart-server-{number}"
+                started = time.monotonic()
+                server = group.start(name, server_argv, env=env, cwd=directory)
+                listening: Optional[float] = None
+                echoed: Optional[float] = None
+                cpu: Optional[float] = None
+                problem = ""
+                while echoed is None:
+                    now = time.monotonic() - started
+                    if listening is None and is_listening(control):
+                        listening, cpu = now, cpu_seconds(server.pid)
+                    if listening is not None and echoes(public, timeout=0.5):
+                        echoed = time.monotonic() - started
+                        break
+                    if server.poll() is not None or client.poll() is not None:
+                        problem = "a gotaxy process exited; see the logs in --keep's directory"
+                        break
+                    if now > 60:
+                        problem = "no echo within 60 s"
+                        break
+                    time.sleep(0.005)
+                up_since = time.monotonic()
+                results.setdefault(label, []).append(Restart(listening, echoed, cpu, problem))
+                shown = f"{echoed:.2f} s" if echoed is not None else problem
+                progress(f"[restart] {label} {attempt + 1}/{count}: echoed after {shown}")
+                if problem:
+                    return results
+        return results
+    finally:
+        echo.close()
+
+
+def restart_report(results: Dict[str, List[Restart]], markdown: bool) -> str:
+    headers = ["server stopped by", "to listening, median (max)", "its CPU until then", "to a byte echoed, median (max)",
+               "goal ≤ 1.5 s"]
+    rows = []
+    for label, runs in results.items():
+        def figure(values: List[Optional[float]]) -> str:
+            if not values or any(v is None for v in values):
+                return "failed"
+            known = [v for v in values if v is not None]
+            return f"{statistics.median(known):.2f} s ({max(known):.2f} s)"
+
+        echoed = [r.echoed for r in runs]
+        met = all(v is not None for v in echoed) and statistics.median(v for v in echoed if v is not None) <= RESTART_GOAL
+        rows.append([label, figure([r.listening for r in runs]), figure([r.cpu for r in runs]), figure(echoed),
+                     "met" if met else "not met"])
+    return render(headers, rows, markdown)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Measure Gotaxy against a direct connection and ssh -R on loopback (iperf3, wrk, nginx)."
@@ -1934,6 +2135,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="how many of them then echo at once (default 1000)")
     parser.add_argument("--streams-only", action="store_true",
                         help="only the streams rows (no nginx, iperf3 or ssh needed)")
+    parser.add_argument("--no-restart", dest="restart", action="store_false",
+                        help="skip the rows of a server restart (time until an existing client's tunnel echoes again)")
+    parser.add_argument("--restart-only", action="store_true",
+                        help="run only the restart rows (they need nothing but twistd)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     parser.add_argument(
@@ -2002,12 +2207,31 @@ def environment(tools: Dict[str, str], endpoints: Dict[str, PathEndpoints], args
     )
 
 
+def restart_rows(group: ProcessGroup, tools: Dict[str, str], work: Path, args: argparse.Namespace) -> str:
+    """The restart section's text: what was measured, the table, and how."""
+    count = 2 if args.quick else RESTARTS
+    progress(f"[restart] {count} restarts per way of stopping the server")
+    before = os.getloadavg()[0]
+    results = measure_restarts(group, tools, work, args.source, count)
+    after = os.getloadavg()[0]
+    return "\n".join([
+        f"Reconnect after a server restart: {count} restarts per row; from spawning the new server (same data "
+        "directory and port, panel and console on, compiled modules kept as an installed server has them) to its "
+        "control port listening, and to one byte echoed through the tunnel of the client connected before "
+        f"(load average {before:.1f} before the rows, {after:.1f} after: a start is CPU-bound, so a busy "
+        "machine stretches it)",
+        restart_report(results, args.markdown),
+    ])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if sys.platform != "linux":
         raise SystemExit("benchmarks/run.py reads /proc and runs Debian tools; run it on Linux.")
     if args.streams_only:
         return streams_main(args)
+    if args.restart_only:
+        return main_restart_only(args)
     tools = locate_tools()
     chosen = workloads(args.connections, args.threads, args.reverse)
     work = Path(tempfile.mkdtemp(prefix="gotaxy-bench-"))
@@ -2120,6 +2344,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(vhost_report(vhost_chosen, vhost_results, results, list(vhost_endpoints), args.markdown))
             print()
             print(vhost_verdict(vhost_chosen, vhost_results, results, list(vhost_endpoints)))
+        if args.restart:
+            print()
+            print(restart_rows(group, tools, work, args))
+        return 0
+    except BenchmarkError as e:
+        progress(f"benchmark set-up failed: {e}")
+        return 1
+    except KeyboardInterrupt:
+        progress("interrupted; stopping everything")
+        return 130
+    finally:
+        group.stop_all()
+        if args.keep:
+            progress(f"logs and configs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main_restart_only(args: argparse.Namespace) -> int:
+    twistd = find_twistd()
+    if twistd is None:
+        raise SystemExit("benchmarks/run.py --restart-only needs twistd (pip install -e . in this repository)")
+    work = Path(tempfile.mkdtemp(prefix="gotaxy-bench-"))
+    group = ProcessGroup(work)
+    try:
+        progress(f"working in {work}")
+        text = restart_rows(group, {"twistd": twistd}, work, args)
+        print(f"gotaxy {gotaxy_revision(args.source)}")
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
+              f"python {platform.python_version()}; everything on 127.0.0.1")
+        print()
+        print(text)
         return 0
     except BenchmarkError as e:
         progress(f"benchmark set-up failed: {e}")

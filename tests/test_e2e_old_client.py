@@ -2,7 +2,9 @@
 End to end: a client of the previous wire protocol (Gotaxy's own code from
 before the version went up, taken from this repository's history) is told
 to upgrade in its own words, and stops, instead of failing on a message it
-cannot parse.
+cannot parse.  And a client of this protocol version from before the
+server's ``goodbye`` existed gets the ``error`` message it always got when
+the server stops, and comes back after the restart.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Optional
 import pytest
 
 from gotaxy.wire import PROTOCOL_VERSION
-from tests.e2e import ROOT
+from tests.e2e import ROOT, echo_once, tunnel_port
 
 #: Commits of gotaxy/wire.py looked at to find the last one of the previous version.
 HISTORY_DEPTH = 200
@@ -45,6 +47,59 @@ def previous_version_tree(destination: Path) -> Optional[str]:
     except (subprocess.SubprocessError, OSError):
         return None
     return None
+
+
+def _extract(commit: str, destination: Path) -> None:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "gotaxy", "twisted"],
+                             capture_output=True, check=True, timeout=60).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(destination, filter="data")
+
+
+def tree_before_goodbye(destination: Path) -> Optional[str]:
+    """Extract the last commit whose client does not announce ``goodbye``; its id, or None."""
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        return None
+    try:
+        commits = subprocess.run(
+            [git, "-C", str(ROOT), "log", f"-n{HISTORY_DEPTH}", "--format=%H", "--", "gotaxy/client/control.py"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.split()
+        for commit in commits:
+            control = subprocess.run([git, "-C", str(ROOT), "show", f"{commit}:gotaxy/client/control.py"],
+                                     capture_output=True, text=True, timeout=30).stdout
+            if control and '"goodbye"' not in control:
+                _extract(commit, destination)
+                return commit
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return None
+
+
+def test_a_client_from_before_goodbye_is_told_why_at_a_restart_and_comes_back(procs, echo, tmp_path):
+    old = tmp_path / "client-before-goodbye"
+    if tree_before_goodbye(old) is None:
+        pytest.skip("needs this repository's git history (git and .git) to run a client from before goodbye")
+    server = procs.server()
+    control = server.port
+    client = procs.twistd(
+        "gotaxy-client",
+        ["--server", f"127.0.0.1:{control}", "--token", server.token, "--fingerprint", server.fingerprint,
+         "--data-dir", str(tmp_path / "old-client"), "--tunnel", f"echo=tcp:127.0.0.1:{echo.port}"],
+        "old-client",
+        env={"PYTHONPATH": str(old)},
+    )
+    port = tunnel_port(client, "echo", timeout=60)
+    mark = client.mark()
+    server.stop()
+    assert "shutting down: asking 1 client(s) to reconnect" in server.output()
+    client.wait_for(r"server closed the connection: server shutting down", start=mark)
+    procs.server(port=control, name="server2")
+    assert tunnel_port(client, "echo", timeout=60, start=mark) == port
+    assert echo_once(port, b"old client, new server") == b"old client, new server"
+    output = client.output()
+    assert "Traceback" not in output and "protocol error" not in output and "goodbye" not in output, output
 
 
 def test_a_client_of_the_previous_protocol_shows_upgrade_the_client_and_stops(procs, tmp_path):
