@@ -146,6 +146,8 @@ class Listener(Service):
         self.address = at.shown
         self.on_listening = on_listening
         self.port: Any = None
+        #: Fires once the port is closed after ``stopService`` (None before it stops).
+        self.closed: Optional[Deferred] = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -237,7 +239,15 @@ class Listener(Service):
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
-            return port.stopListening()  # type: ignore[no-any-return]
+            self.closed = Deferred()
+            stopping: Deferred = port.stopListening()
+
+            def closed(result: Any) -> Any:
+                assert self.closed is not None
+                self.closed.callback(None)
+                return result
+
+            return stopping.addBoth(closed)
         return None
 
     def bound(self) -> str:

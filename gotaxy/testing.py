@@ -583,9 +583,9 @@ class GotaxyServer:
         return self.core.sessions.get(client)
 
     def shutdown(self) -> None:
-        """Stop as ``gotaxy-server`` does: tell every client, close every tunnel."""
-        done = Deferred.fromCoroutine(self.core.shutdown())
+        """Stop as ``gotaxy-server`` does: close the control port, tell every client, close every tunnel."""
         self.listening.stopListening()
+        done = Deferred.fromCoroutine(self.core.shutdown())
         self.network.flush()
         self.admission.stop()
         assert done.called, "the server's shutdown did not finish"

@@ -30,4 +30,6 @@ def test_a_clean_restart_tells_the_client_to_reconnect_and_its_tunnel_comes_back
     assert echo_once(port, b"after the restart") == b"after the restart"
     output = client.output()[mark:]
     assert "server closed the connection" not in output  # what a client without goodbye says
+    # Told goodbye only once the old server's port was closed: never let in and shut out by it.
+    assert "the server closed the connection before the log-in" not in output
     assert "protocol error" not in output and "Traceback" not in output

@@ -47,3 +47,38 @@ def test_data_dir_lock_is_exclusive_names_the_holder_and_is_released(tmp_path):
     assert f"is in use by another Gotaxy server (pid {os.getpid()})" in str(caught.value)
     first.release()
     DataDirLock.acquire(str(tmp_path)).release()
+
+
+class _Store:
+    def __init__(self, said: list) -> None:
+        self.said = said
+
+    def stop(self) -> None:
+        self.said.append("store stopped")
+
+
+class _Core:
+    def __init__(self, said: list) -> None:
+        self.said = said
+
+    async def shutdown(self) -> None:
+        self.said.append("clients told goodbye")
+
+
+def test_clients_are_told_goodbye_only_once_the_control_port_is_closed():
+    # A client told goodbye comes back at once; the old process's port must be
+    # closed by then (refused: tried again soon), not still accepting.
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    said: list = []
+    control = tap.Listener.__new__(tap.Listener)
+    control.closed = Deferred()
+    service = tap.CoreService(_Core(said), _Store(said), None, None, control)
+    service.running = True
+    service._announce = Clock().callLater(1, lambda: None)
+    done = service.stopService()
+    assert said == []  # the port is still open
+    control.closed.callback(None)
+    assert said == ["clients told goodbye", "store stopped"]
+    assert done.called

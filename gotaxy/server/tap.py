@@ -323,9 +323,19 @@ class CoreService(Service):
             self._announce.cancel()
         if self.admission is not None:
             self.admission.stop()
-        d = Deferred.fromCoroutine(self.core.shutdown())
+        d = Deferred.fromCoroutine(self._shutdown())
         d.addBoth(lambda _: self.store.stop())
         return d
+
+    async def _shutdown(self) -> None:
+        # The control port closes first (stopped before this service), and
+        # the clients are told goodbye only once it has: one that came back
+        # at once must find the port closed (refused: it tries again soon),
+        # not still open on this process, which would close it unanswered.
+        closed = self.control.closed if self.control is not None else None
+        if closed is not None and not closed.called:
+            await closed
+        await self.core.shutdown()
 
 
 def _bound(listener: Optional[Listener], config: ServerConfig) -> Tuple[str, int]:
