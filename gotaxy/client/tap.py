@@ -15,7 +15,6 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from gotaxy import __version__
-from gotaxy.client.admin import AdminService, ClientAdmin
 from gotaxy.client.control import ClientControlFactory, Reconnection, ReportingEndpoint, server_address
 from gotaxy.client.reload import ClientReloader
 from gotaxy.client.identity import load_or_create_instance_id
@@ -300,6 +299,11 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
     reloader = ClientReloader((lambda: build_config(options, require_tunnels=False)) if path else None, factory)
     SignalReload(reloader, reactor, expected=(ConfigError,)).setServiceParent(top)  # logged already
     if config.admin_port:
+        # Imported only here: the admin API is a Klein app, and klein with
+        # twisted.web is several MiB that a client without webServer.port
+        # never uses (tests/test_client_imports.py).
+        from gotaxy.client.admin import AdminService, ClientAdmin
+
         admin = ClientAdmin(factory, reloader, path, reactor, stop=reactor.stop)
         AdminService(admin, config.admin_addr, config.admin_port, reactor).setServiceParent(top)
     top.factory = factory  # type: ignore[attr-defined]

@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -82,7 +82,11 @@ from twisted.logger import Logger
 
 from gotaxy.events import BAN_ADDED, BAN_LIFTED, OPERATOR_LOCKED_OUT, Event
 from gotaxy.logs import gotaxy_observer
-from gotaxy.store import bans as stored_bans
+
+if TYPE_CHECKING:
+    # Imported where used: the client imports this module (through
+    # gotaxy.server.limits) and needs neither the store nor SQLAlchemy.
+    from gotaxy.store import bans as stored_bans
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -373,12 +377,16 @@ class AccessControl:
         start, before the reactor runs (so the first connection is checked
         against them); afterwards ``refresh`` reads them on the store's thread.
         """
+        from gotaxy.store import bans as stored_bans
+
         self.bans = {r.address: _ban_of(r) for r in stored_bans.active(db, self.reactor.seconds())}
 
     def refresh(self) -> Deferred:
         """Reload the bans in force from the store (and drop the expired ones)."""
         if self.store is None:
             return Deferred.fromCoroutine(self._noop())
+        from gotaxy.store import bans as stored_bans
+
         d = self.store.call(stored_bans.expire_and_list, self.store.store, self.reactor.seconds())
         d.addCallback(self._loaded)
         return d
@@ -482,6 +490,8 @@ class AccessControl:
         target = self._target(host)
         if self.store is None:
             raise BanRefused("this server has no store to keep bans in")
+        from gotaxy.store import bans as stored_bans
+
         s = self.settings
         record = await self.store.call(
             stored_bans.ban, self.store.store, target, reason, self.reactor.seconds(), s.ban_time,
@@ -520,6 +530,8 @@ class AccessControl:
         source = self._target(host)
         lifted = False
         if self.store is not None:
+            from gotaxy.store import bans as stored_bans
+
             lifted = await self.store.call(stored_bans.lift, self.store.store, source, by, self.reactor.seconds())
         self._drop(source)
         self.failures.forget(source)
