@@ -167,12 +167,12 @@ class OperatorAuthTests(unittest.TestCase):
 
         threads = []
 
-        def verify(stored: str, password: str) -> bool:
+        def verify(stored: str, password: str) -> "tuple[bool, str | None]":
             threads.append(threading.current_thread().name)
             return real(stored, password)
 
-        real = operators.verify_password
-        self.patch(operators, "verify_password", verify)
+        real = operators.check_password
+        self.patch(operators, "check_password", verify)
         await self.auth.authenticate("admin", "the right password", "10.0.0.1", "panel")
         await self._fail(address="10.0.0.2")
         self.assertEqual(len(threads), 2)
@@ -192,6 +192,35 @@ class OperatorAuthTests(unittest.TestCase):
         with self.assertRaises(AuthFailed):
             await self.auth.authenticate("admin", "the right password", "10.0.0.1", "panel")
         self.assertIn("operator.password_changed", [e.type for e in self.published])
+
+    async def test_an_old_hash_is_replaced_at_the_next_right_log_in(self):
+        """Hashes with 0.1's parameters (64 MiB) keep working and get today's (OWASP's, 19 MiB) when used."""
+        from argon2 import PasswordHasher
+
+        from gotaxy import credentials
+
+        db = self.store.store
+        old = PasswordHasher(time_cost=3, memory_cost=65536, parallelism=4).hash("the right password")
+        db.set_admin_password_hash("admin", old)
+        with self.assertRaises(AuthFailed):
+            await self.auth.authenticate("admin", "wrong", "10.0.0.1", "panel")
+        self.assertEqual(db.admin_password_hash("admin"), (True, old))  # a wrong password changes nothing
+        await self.auth.authenticate("admin", "the right password", "10.0.0.1", "panel")
+        _, new = db.admin_password_hash("admin")
+        self.assertNotEqual(new, old)
+        self.assertFalse(credentials.PASSWORD_HASHER.check_needs_rehash(new))
+        await self.auth.authenticate("admin", "the right password", "10.0.0.2", "panel")
+        self.assertEqual(db.admin_password_hash("admin"), (True, new))  # once only
+
+    def test_a_rehash_does_not_undo_a_password_changed_meanwhile(self):
+        db = self.store.store
+        _, before = db.admin_password_hash("admin")
+        db.set_admin_password("admin", "changed by another process")
+        self.assertFalse(db.rehash_admin_password("admin", before, "$argon2id$stale"))
+        self.assertTrue(db.verify_admin("admin", "changed by another process"))
+        _, now = db.admin_password_hash("admin")
+        self.assertTrue(db.rehash_admin_password("admin", now, before))
+        self.assertTrue(db.verify_admin("admin", "the right password"))
 
     async def test_a_new_password_is_hashed_off_the_store_thread(self):
         """argon2 on the store's one thread would hold up every client log-in and tunnel open meanwhile."""

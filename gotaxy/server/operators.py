@@ -33,12 +33,15 @@ earlier ones are still being checked.
 
 Checking
 --------
-argon2 is slow on purpose (tens of milliseconds and 64 MiB per check), so it
+argon2 is slow on purpose (a tenth of a second and 19 MiB per check), so it
 runs neither on the reactor thread nor on the store's thread (which client
 log-ins and tunnel opens need): the store only fetches the hash, and the
 check runs on ``CHECK_THREADS`` threads of its own.  At most ``MAX_CHECKS``
 checks run or wait at once; beyond that an attempt is refused at once with
 ``Busy`` (HTTP 429 on the panel), which does not count as a failure.
+A right password whose hash has older parameters than
+``gotaxy.credentials.PASSWORD_HASHER``'s is hashed again in the same job
+and stored (``Store.rehash_admin_password``).
 
 Every failure is an ``operator.login_failed`` event with the address (never
 the password).
@@ -53,7 +56,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from gotaxy.credentials import hash_password, verify_password
+from gotaxy.credentials import check_password, hash_password
 from gotaxy.events import OPERATOR_LOCKED_OUT, OPERATOR_LOGIN_FAILED, OPERATOR_PASSWORD_CHANGED
 from gotaxy.store import lockouts
 
@@ -166,11 +169,15 @@ class OperatorAuth(Service):
         try:
             exists, stored = await self.core.store.call(self._db.admin_password_hash, username)
             self._start_pool()
-            right = await deferToThreadPool(self._thread_reactor, self._pool, verify_password, stored, password)
+            right, new_hash = await deferToThreadPool(
+                self._thread_reactor, self._pool, check_password, stored, password
+            )
         finally:
             self._checks -= 1
         if right and exists:
             await self.core.store.call(lockouts.succeeded, db, lockouts.OPERATOR, username, address)
+            if new_hash is not None:
+                await self.core.store.call(self._db.rehash_admin_password, username, stored, new_hash)
             return
         locked = await self.core.store.call(
             lockouts.failed, db, lockouts.OPERATOR, username, address, attempt, WINDOW, self._now(), LOCK_AFTER,

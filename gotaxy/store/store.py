@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gotaxy.store import claims
 from gotaxy.store.claims import Claimed, Owner, tunnel_key
-from gotaxy.credentials import hash_password, new_token, token_hash, tokens_equal, verify_password
+from gotaxy.credentials import dummy_hash, hash_password, new_token, token_hash, tokens_equal, verify_password
 from gotaxy.names import NAME_RULE, is_valid_name, shown
 from gotaxy.proxy.address import PublicAddress, address_or_none
 from gotaxy.store.migrations import SchemaError, migrate, schema_version
@@ -814,6 +814,19 @@ class Store:
             raise StoreError(f"no operator account named {username!r}")
         self.db["admins"].update(dict(username=username, password_hash=password_hash), ["username"])
 
+    def rehash_admin_password(self, username: str, old_hash: str, new_hash: str) -> bool:
+        """
+        Replace ``username``'s hash with ``new_hash`` (the same password with
+        today's parameters) if it is still ``old_hash``: one UPDATE, so that a
+        password changed meanwhile, here or by another process, is not undone.
+        """
+        with self.db as tx:
+            table = tx["admins"].table
+            return bool(tx.executable.execute(
+                update(table).where(table.c.username == username, table.c.password_hash == old_hash)
+                .values(password_hash=new_hash)
+            ).rowcount)
+
     def admin_password_hash(self, username: str) -> Tuple[bool, str]:
         """
         Whether ``username`` is an operator, and the argon2 hash to verify
@@ -824,16 +837,13 @@ class Store:
         """
         row = self.db["admins"].find_one(username=username)
         if row is None:
-            return False, _DUMMY_HASH
+            return False, dummy_hash()
         return True, row["password_hash"]
 
     def verify_admin(self, username: str, password: str) -> bool:
         """Check a password right here (for the ``gotaxy`` command; the server uses ``OperatorAuth``)."""
         exists, stored = self.admin_password_hash(username)
         return verify_password(stored, password) and exists
-
-
-_DUMMY_HASH = hash_password("gotaxy-no-such-user")
 
 
 def _scrubbed(text: str, url: str) -> str:

@@ -1,0 +1,122 @@
+"""
+What a process imports is what it holds in memory (issue 15, goal 3): the
+client builds its service without the server's store, web, console or
+notification code, and a server imports what it uses only when it uses it.
+Each case runs in a fresh interpreter (a subprocess), since this one has
+imported everything already.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: What a client without ``webServer.port`` never needs: the server's store
+#: (SQLAlchemy, dataset, alembic, argon2), the panel (klein, twisted.web),
+#: the console (Conch), notifications (treq) and Gotaxy's own modules for them.
+NOT_IN_A_CLIENT = ["klein", "twisted.web", "sqlalchemy", "dataset", "alembic", "argon2", "twisted.conch", "treq",
+                   "gotaxy.store", "gotaxy.web", "gotaxy.console", "gotaxy.notify", "gotaxy.server.tap"]
+
+#: What a server with the defaults (panel and console on, no ACME, no webhooks) imports only when used.
+NOT_IN_A_DEFAULT_SERVER = ["acme", "josepy", "treq", "gotaxy.cli"]
+
+
+def imported(code: str, tmp_path: Path, names: Sequence[str], env: Dict[str, str] = {}) -> List[str]:
+    """Run ``code`` in a new interpreter; which of ``names`` it then has in ``sys.modules``."""
+    script = textwrap.dedent(code) + textwrap.dedent(f"""
+        import json, sys
+        print(json.dumps([name for name in {list(names)!r} if name in sys.modules]))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+#: A tunnel of every type, so that each type's module is imported.
+PROXIES = """
+serverAddr = "127.0.0.1"
+serverPort = 7000
+auth.token = "gtx_x"
+
+[[proxies]]
+name = "ssh"
+type = "tcp"
+localPort = 22
+remotePort = 6000
+
+[[proxies]]
+name = "dns"
+type = "udp"
+localPort = 53
+remotePort = 6053
+
+[[proxies]]
+name = "wiki"
+type = "http"
+localPort = 80
+subdomain = "wiki"
+
+[[proxies]]
+name = "shop"
+type = "https"
+localPort = 443
+customDomains = ["shop.example.com"]
+"""
+
+CLIENT = """
+    from gotaxy.client import tap
+    options = tap.Options()
+    options.parseOptions(["--config", "client.toml", "--data-dir", "client"])
+    service = tap.makeService(options)
+"""
+
+
+def test_a_client_imports_no_store_web_console_or_notification_code(tmp_path: Path) -> None:
+    (tmp_path / "client.toml").write_text(PROXIES)
+    assert imported(CLIENT, tmp_path, NOT_IN_A_CLIENT) == []
+
+
+def test_a_client_with_the_admin_api_imports_its_web_code(tmp_path: Path) -> None:
+    """The check above can fail: the admin API (webServer.port) is a Klein app, imported when configured."""
+    (tmp_path / "client.toml").write_text("webServer.port = 7400\n" + PROXIES)
+    names = imported(CLIENT, tmp_path, NOT_IN_A_CLIENT)
+    assert "klein" in names and "twisted.web" in names
+    assert "sqlalchemy" not in names and "gotaxy.store" not in names
+
+
+SERVER = """
+    import argon2
+    from gotaxy.server import tap
+    if HASHING_FAILS:
+        def refuse(*args, **kwargs):
+            raise AssertionError("an argon2 hash at start")
+        argon2.PasswordHasher.hash = refuse
+    options = tap.Options()
+    options.parseOptions(["--data-dir", "server", "--bind-addr", "127.0.0.1", "--bind-port", "17000",
+                          "--web-port", "17500", "--console-port", "17022"])
+    service = tap.makeService(options)
+"""
+
+
+def test_a_default_server_imports_acme_and_webhooks_only_when_configured(tmp_path: Path) -> None:
+    names = imported("HASHING_FAILS = False\n" + textwrap.dedent(SERVER), tmp_path,
+                     NOT_IN_A_DEFAULT_SERVER + ["gotaxy.store"])
+    assert names == ["gotaxy.store"]  # which it does use (so the check can see a module)
+
+
+def test_only_a_first_start_hashes_a_password(tmp_path: Path) -> None:
+    """The store no longer hashes a dummy password at import (64 MiB then); a first start hashes the admin's."""
+    first = "HASHING_FAILS = False\n" + textwrap.dedent(SERVER)
+    imported(first, tmp_path, [])
+    again = "HASHING_FAILS = True\n" + textwrap.dedent(SERVER)
+    assert imported(again, tmp_path, ["gotaxy.store"]) == ["gotaxy.store"]
