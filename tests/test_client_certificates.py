@@ -340,3 +340,14 @@ def test_cert_issue_says_when_the_server_does_not_ask_for_certificates(capsys, d
     (data_dir / "server.toml").write_text("")
     code, _, err = gotaxy(capsys, "--data-dir", str(data_dir), "cert", "issue", "laptop", "--out", str(tmp_path))
     assert code == 0 and "the server does not ask for client certificates yet: set transport.tls.trustedCaFile" in err
+
+
+def test_a_certificate_only_client_at_a_server_that_takes_none_is_told_so(gotaxy_ca, tmp_path):
+    tls, _ = gotaxy_ca
+    cert, key = write_issued(tmp_path, issue_client_certificate(str(tls), "laptop"))
+    network = MemoryNetwork()
+    server = GotaxyServer(network)  # no transport.tls.trustedCaFile
+    client = GotaxyClient(network, None, auth_method="certificate", tls_cert_file=cert, tls_key_file=key).start()
+    assert "this server does not take client certificates" in client.fatal[0]
+    assert "check the token" not in client.fatal[0]
+    server.shutdown()

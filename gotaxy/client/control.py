@@ -256,6 +256,8 @@ class ClientControlProtocol(MuxProtocol):
                 "os": platform.system()[:32],
                 # Lets this installation replace its own stale session (gotaxy.client.identity).
                 "instance": self.factory.instance_id,
+                # "certificate": it logs in with its client certificate alone (no token is sent).
+                "method": self.config.auth_method,
                 # Optional server messages this client understands.
                 "features": LOGIN_FEATURES,
             }

@@ -358,6 +358,13 @@ class ServerCore:
             recorded = self.login_failures.add(host, address)
             if recorded is not None:
                 await recorded  # the first of a series: in the store before the client hears
+            if not token and message.get("method") == "certificate" and self.certificates is None:
+                # A client set up for certificates alone (auth.method = "certificate") at a server that takes none.
+                raise CertificateRefused(
+                    "this server does not take client certificates (it has no transport.tls.trustedCaFile), so it "
+                    "needs a token: set auth.token in the client's config ('gotaxy token create NAME' on the server "
+                    "prints one) and leave out auth.method = \"certificate\", or have the server's operator set "
+                    "transport.tls.trustedCaFile")
             raise LoginRefused("invalid, expired or revoked token")
         if certificate is not None and name != certificate.name:
             raise CertificateRefused(

@@ -292,7 +292,7 @@ class GotaxyCollector:
         server_bytes.add_metric(["out"], bytes_out)
         yield server_bytes
 
-        auth = CounterMetricFamily("gotaxy_auth_failures", "Client logins refused (bad, expired or revoked token).")
+        auth = CounterMetricFamily("gotaxy_auth_failures", "Client logins refused (bad, expired or revoked token, or a refused client certificate).")
         auth.add_metric([], self._events.get(LOGIN_FAILED))
         yield auth
         if core.certificates is not None:  # transport.tls.trustedCaFile (gotaxy.server.certificates)
