@@ -280,7 +280,8 @@ class ClientBandwidth:
         # A udp visitor's Flow is not limited by these (only by its tunnel's own transport.bandwidthLimit).
         if getattr(stream, "is_flow", False):
             return
-        if getattr(stream, "send_bucket", False) is None and (self.server.total or self.server.per_client):
+        if getattr(stream, "send_bucket", False) is None and (
+                self.server.total or self.server.per_client or self.bucket_in.rate is not None):
             stream.send_bucket, stream.recv_bucket = self.bucket_in, self.bucket_out
 
     def stream_closed(self, stream: Any) -> None:
@@ -292,9 +293,11 @@ class ServerBandwidth:
     """
     The server's own limits, in bytes a second each way (0: none):
     ``maxBandwidth`` for all its traffic, ``maxBandwidthPerClient`` for each
-    client's.  ``set`` changes them live: open connections that have the
-    buckets follow the new rates at once (connections opened while neither
-    limit was set have none, and stay unlimited).
+    client's, unless the client's token has a limit of its own
+    (``tokens.max_bandwidth``, ``set_client``), which replaces it for that
+    client.  ``set`` and ``set_client`` change them live: open connections
+    that have the buckets follow the new rates at once (connections opened
+    while no limit at all applied to them have none, and stay unlimited).
     """
 
     def __init__(self, reactor: Any, total: int = 0, per_client: int = 0) -> None:
@@ -304,13 +307,20 @@ class ServerBandwidth:
         self.bucket_in = TokenBucket(reactor, total or None)
         self.bucket_out = TokenBucket(reactor, total or None)
         self.clients: Dict[str, ClientBandwidth] = {}
+        #: client name -> its token's own limit (set only when not 0)
+        self.own: Dict[str, int] = {}
+
+    def rate_of(self, name: str) -> int:
+        """The limit client ``name`` is held to, bytes a second each way (0: none)."""
+        return self.own.get(name) or self.per_client
 
     def client(self, name: str) -> ClientBandwidth:
         limits = self.clients.get(name)
         if limits is None:
+            rate = self.rate_of(name) or None
             limits = self.clients[name] = ClientBandwidth(
-                self, TokenBucket(self.reactor, self.per_client or None, parent=self.bucket_in),
-                TokenBucket(self.reactor, self.per_client or None, parent=self.bucket_out),
+                self, TokenBucket(self.reactor, rate, parent=self.bucket_in),
+                TokenBucket(self.reactor, rate, parent=self.bucket_out),
             )
         return limits
 
@@ -318,6 +328,17 @@ class ServerBandwidth:
         self.total, self.per_client = total, per_client
         self.bucket_in.set_rate(total or None)
         self.bucket_out.set_rate(total or None)
-        for limits in self.clients.values():
-            limits.bucket_in.set_rate(per_client or None)
-            limits.bucket_out.set_rate(per_client or None)
+        for name, limits in self.clients.items():
+            limits.bucket_in.set_rate(self.rate_of(name) or None)
+            limits.bucket_out.set_rate(self.rate_of(name) or None)
+
+    def set_client(self, name: str, rate: int) -> None:
+        """Client ``name``'s own limit (its token's; 0: ``maxBandwidthPerClient`` again), live."""
+        if rate:
+            self.own[name] = rate
+        else:
+            self.own.pop(name, None)
+        limits = self.clients.get(name)
+        if limits is not None:
+            limits.bucket_in.set_rate(self.rate_of(name) or None)
+            limits.bucket_out.set_rate(self.rate_of(name) or None)

@@ -110,6 +110,9 @@ TOKEN_CREATED = _define(
 TOKEN_REVOKED = _define(
     "token.revoked", "a client token was revoked (its client is disconnected); client: the token's name",
     ("client",), "token {client} revoked")
+TOKEN_CHANGED = _define(
+    "token.changed", "an operator changed a client token's settings (its bandwidth limit); client: the token's name; "
+    "detail: the new settings", ("client", "detail"), "token {client} changed: {detail}")
 SERVER_STARTED = _define(
     "server.started", "the server started; detail: its version",
     ("detail",), "server started: {detail}")

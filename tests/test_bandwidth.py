@@ -225,6 +225,47 @@ def test_a_clients_limit_holds_for_all_its_tunnels_together_and_changes_live() -
     server.shutdown()
 
 
+def test_a_tokens_own_limit_replaces_the_per_client_one_and_changes_live_without_a_drop() -> None:
+    from twisted.internet.defer import Deferred
+
+    from gotaxy.server.manage import Management
+    from gotaxy.testing import server_config
+
+    network = MemoryNetwork()
+    network.backpressure = True
+    server = GotaxyServer(network, server_config(limits=LimitsSettings(max_bandwidth_per_client=4 * MiB)))
+    management = Management(server.core)
+
+    def set_limit(value: Any) -> Any:
+        done = Deferred.fromCoroutine(management.set_token_bandwidth("alice", value))
+        network.flush()
+        return done.result
+
+    token = server.create_token("alice")
+    assert set_limit("1MB").max_bandwidth == MiB  # kept with the token, before the client logs in
+    client = GotaxyClient(network, token, tunnels=[TunnelSpec(name="a", local_port=8081)]).start()
+    counters = _push_to(network, client, [("a", 8081)])
+    rate = _rate(network, counters)
+    print(f"token max_bandwidth 1MB (maxBandwidthPerClient 4MB): {rate / MiB:.3f} MiB/s")
+    assert abs(rate - MiB) <= 0.05 * MiB
+    assert management.limits()["clients"] == [{"name": "alice", "maxBandwidth": MiB, "own": True}]
+    # Live, on the open connection (none is dropped): 2MB, then none of its own (maxBandwidthPerClient again).
+    set_limit(2 * MiB)
+    rate = _rate(network, counters)
+    print(f"... changed live to 2MB: {rate / MiB:.3f} MiB/s")
+    assert abs(rate - 2 * MiB) <= 0.05 * 2 * MiB
+    set_limit(0)
+    rate = _rate(network, counters)
+    assert abs(rate - 4 * MiB) <= 0.05 * 4 * MiB
+    assert [e.detail for e in server.store.store.events(type_="token.changed")][:1] == ["maxBandwidth none of its own"]
+    failure = Deferred.fromCoroutine(management.set_token_bandwidth("alice", "fast"))
+    network.flush()
+    assert failure.result.value.field == "max_bandwidth"
+    failure.addErrback(lambda f: None)
+    client.stop()
+    server.shutdown()
+
+
 def test_the_servers_limit_holds_for_all_clients_together() -> None:
     from gotaxy.testing import server_config
 

@@ -272,6 +272,24 @@ class CommandTests(unittest.TestCase):
         self.assertEqual((await self.cmd("tunnel /echo", EXIT_USAGE)).text,
                          "tunnel: '/echo' is not a tunnel; write CLIENT/NAME or NAME; type 'help tunnel' for usage")
 
+    async def test_token_limit_and_limits(self):
+        live = await self._live()
+        await self.cmd("token create laptop")
+        self.assertEqual((await self.cmd("token limit laptop 10MB")).text,
+                         "client laptop is limited to 10.0 MiB/s each way, at once on its open connections")
+        await wait_until(lambda: live.core.bandwidth.rate_of("laptop") == 10 * 1024 * 1024)  # token.changed applied
+        self.assertEqual(json.loads((await self.cmd("token limit laptop 512KB --json")).text)["max_bandwidth"], 524288)
+        self.assertIn("512.0 KiB/s", (await self.cmd("tokens")).text)
+        limits = json.loads((await self.cmd("limits --json")).text)
+        self.assertEqual((limits["maxBandwidth"], limits["tunnelMaxConnections"]), (0, 0))
+        self.assertIn("maxBandwidthPerClient", (await self.cmd("limits")).text)
+        self.assertEqual((await self.cmd("token limit laptop 0")).text,
+                         "client laptop has no bandwidth limit of its own now (maxBandwidthPerClient applies)")
+        self.assertTrue((await self.cmd("token limit laptop fast", EXIT_USAGE)).text.startswith(
+            "error: max_bandwidth must be a rate a second such as \"10MB\""))
+        self.assertEqual((await self.cmd("token limit nobody 1MB", EXIT_FAILED)).text,
+                         "error: no active token named 'nobody'")
+
     async def test_tokens(self):
         live = await self._live()
         created = await self.cmd("token create laptop")
@@ -358,8 +376,8 @@ class CommandTests(unittest.TestCase):
             ("client", "client: missing NAME; type 'help client' for usage"),
             ("kick a b", "kick: unexpected argument 'b'; type 'help kick' for usage"),
             ("tunnel add alice web", "tunnel add: missing LOCALHOST:PORT; type 'help tunnel add' for usage"),
-            ("token", "token: say 'token create NAME', 'token domains NAME [DOMAIN ...]' or 'token revoke NAME' "
-                      "('tokens' lists them); "
+            ("token", "token: say 'token create NAME', 'token domains NAME [DOMAIN ...]', 'token limit NAME RATE' or "
+                      "'token revoke NAME' ('tokens' lists them); "
                       "type 'help token' for usage"),
             ("status 'unclosed", "cannot read the command: No closing quotation; type 'help' for the syntax"),
             ("help nothing", "help: no command 'nothing'; type 'help' for the list of commands"),
@@ -423,7 +441,7 @@ class CommandTests(unittest.TestCase):
         complete = self.commands.complete
         self.assertEqual(complete("st"), ["status"])
         self.assertEqual(complete("tok"), ["token", "tokens"])
-        self.assertEqual(complete("token "), ["create", "domains", "revoke"])
+        self.assertEqual(complete("token "), ["create", "domains", "limit", "revoke"])
         self.assertEqual(complete("tunnel re"), ["remove", "restart"])
         # A name two clients use completes only as CLIENT/NAME.
         self.assertEqual(complete("tunnel disable "), ["alice/echo", "bob/echo", "bob/solo", "solo"])

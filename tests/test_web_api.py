@@ -445,6 +445,26 @@ class OperatorActionTests(WebTestCase):
         self.assertEqual(edit_nothing.status, 201)
         self.assertEqual((await web.patch(f"{API}/tunnels/alice/db", {})).status, 400)
 
+    async def test_a_clients_own_bandwidth_limit_and_the_limits_in_force(self):
+        await self._live()
+        web = await self.logged_in()
+        self.assertEqual((await web.post(f"{API}/tokens", {"name": "bob"})).status, 201)
+        changed = await web.patch(f"{API}/tokens/bob", {"max_bandwidth": "10MB"})
+        self.assertEqual((changed.status, changed.json["max_bandwidth"]), (200, 10 * 1024 * 1024), changed.raw)
+        listed = {t["name"]: t for t in (await web.get(f"{API}/tokens")).json["tokens"]}
+        self.assertEqual(listed["bob"]["max_bandwidth"], 10 * 1024 * 1024)
+        wrong = await web.patch(f"{API}/tokens/bob", {"max_bandwidth": "fast"})
+        self.assertEqual((wrong.status, wrong.error["field"]), (400, "max_bandwidth"))
+        other = await web.patch(f"{API}/tokens/bob", {"name": "robert"})
+        self.assertEqual(other.status, 400)
+        missing = await web.patch(f"{API}/tokens/nobody", {"max_bandwidth": 0})
+        self.assertEqual(missing.status, 404)
+        self.assertEqual((await web.patch(f"{API}/tokens/bob", {"max_bandwidth": None})).json["max_bandwidth"], 0)
+        limits = await web.get(f"{API}/limits")
+        self.assertEqual(limits.status, 200)
+        self.assertEqual(set(limits.json) >= {"maxBandwidth", "maxBandwidthPerClient", "tunnelMaxConnections",
+                                              "clients"}, True)
+
     async def test_tokens(self):
         await self._live()
         web = await self.logged_in()
@@ -1016,20 +1036,25 @@ class BanTests(WebTestCase):
         web = await self.logged_in()
         created = await web.post(f"{API}/bans", {"address": "2001:db8::7", "seconds": 3600, "reason": "scanner"})
         self.assertEqual(created.status, 201, created.raw)
+        # An IPv6 address is banned as its /64 (access.ban.ipv6Prefix).
         self.assertEqual((created.json["address"], created.json["by"], created.json["reason"]),
-                         ("2001:db8::7", "panel operator admin", "scanner"))
+                         ("2001:db8::/64", "panel operator admin", "scanner"))
         self.assertTrue(3590 < created.json["remaining"] <= 3600, created.json)
         listed = (await web.get(f"{API}/bans")).json["bans"]
-        self.assertEqual([b["address"] for b in listed], ["2001:db8::7"])
+        self.assertEqual([b["address"] for b in listed], ["2001:db8::/64"])
         self.assertFalse(self.live.core.access.admits("control", "2001:db8::7"))
+        self.assertFalse(self.live.core.access.admits("control", "2001:db8::8"))
         rules = (await web.get(f"{API}/access")).json
         self.assertEqual(rules["listeners"]["control"], {"allow": [], "deny": []})
-        lifted = await web.delete(f"{API}/bans/2001%3Adb8%3A%3A7")
+        lifted = await web.delete(f"{API}/bans/2001%3Adb8%3A%3A%2F64")  # as listed, its '/' percent-encoded too
         self.assertEqual(lifted.status, 204, lifted.raw)
         self.assertEqual((await web.get(f"{API}/bans")).json["bans"], [])
         again = await web.delete(f"{API}/bans/2001%3Adb8%3A%3A7")
         self.assertEqual((again.status, again.error["field"]), (404, "address"))
+        await web.post(f"{API}/bans", {"address": "198.51.100.7"})
+        lifted = await web.delete(f"{API}/bans/198.51.100.7")
+        self.assertEqual(lifted.status, 204, lifted.raw)
         wrong = await web.post(f"{API}/bans", {"address": "example.com"})
         self.assertEqual((wrong.status, wrong.error["field"]), (400, "address"))
         types = [e["type"] for e in (await web.get(f"{API}/events?type=ban.")).json["events"]]
-        self.assertEqual(types, ["ban.lifted", "ban.added"])
+        self.assertEqual(types, ["ban.lifted", "ban.added", "ban.lifted", "ban.added"])

@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Seq
 import attrs
 from twisted.logger import Logger
 
+from gotaxy.units import format_rate
 from gotaxy.console.text import (
     WIDTH,
     access_text,
@@ -42,6 +43,7 @@ from gotaxy.console.text import (
     mail_table,
     status_pairs,
     tokens_table,
+    limits_text,
     tunnel_detail,
     tunnel_ref,
     tunnels_table,
@@ -153,6 +155,12 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
     Command("cert revoke", "cert revoke SERIAL|NAME [--json]",
             "revoke a client certificate; its client is cut off within seconds on every server of this store",
             options=_json_option(), positional=(1, 1)),
+    Command("token limit", "token limit NAME RATE [--json]",
+            "set client NAME's own bandwidth limit, each way (\"10MB\", \"512KB\"; 0: maxBandwidthPerClient "
+            "again), at once on its open connections", options=_json_option(), positional=(2, 2)),
+    Command("limits", "limits [--json]",
+            "the server's bandwidth and connection limits in force, and each connected client's bandwidth",
+            options=_json_option()),
     Command("notify", "notify [--json]", "the webhooks that events are sent to", options=_json_option()),
     Command("notify add", "notify add NAME URL [--events LIST] [--format FORMAT] [--secret SECRET] [--json]",
             "send events to a webhook from now on (kept across restarts)",
@@ -198,7 +206,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
 ALIASES = {"quit": "exit", "logout": "exit", "?": "help"}
 GROUPS = {
     "tunnel": ("add", "edit", "remove", "enable", "disable", "restart"),
-    "token": ("create", "domains", "revoke"),
+    "token": ("create", "domains", "limit", "revoke"),
     "cert": ("issue", "revoke"),
     "notify": ("add", "remove", "test"),
     "mail": ("add", "remove", "test"),
@@ -334,6 +342,8 @@ class Commands:
             "certs": self._certs,
             "cert issue": self._cert_issue,
             "cert revoke": self._cert_revoke,
+            "token limit": self._token_limit,
+            "limits": self._limits,
             "notify": self._notify,
             "notify add": self._notify_add,
             "notify remove": self._notify_remove,
@@ -362,7 +372,8 @@ class Commands:
             return COMMANDS[f"{first} {words[1]}"], list(words[2:])
         if first == "token":
             raise UsageError(
-                "token: say 'token create NAME', 'token domains NAME [DOMAIN ...]' or 'token revoke NAME' ('tokens' lists them)", "token"
+                "token: say 'token create NAME', 'token domains NAME [DOMAIN ...]', 'token limit NAME RATE' or "
+                "'token revoke NAME' ('tokens' lists them)", "token"
             )
         if first == "cert":
             raise UsageError(
@@ -447,7 +458,7 @@ class Commands:
                 candidates = self.client_names | self.token_names  # what add_tunnel accepts
             elif name == "client" and argument_index == 0:
                 candidates = self.client_names
-            elif name == "token revoke" and argument_index == 0:
+            elif name in ("token revoke", "token limit") and argument_index == 0:
                 candidates = self.token_names
             elif name.startswith("tunnel") and name != "tunnel add" and argument_index == 0:
                 candidates = self.tunnel_refs
@@ -675,6 +686,20 @@ class Commands:
             return Result(json.dumps(revoked, indent=2))
         return Result("\n".join(f"client certificate {r['serial']}" + (f" of {r['name']}" if r["name"] else "")
                                 + " revoked; its client is cut off within seconds" for r in revoked))
+    async def _token_limit(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        record = await self.management.set_token_bandwidth(positional[0], positional[1])
+        if options.get("--json"):
+            return Result(as_json(record))
+        if not record.max_bandwidth:
+            return Result(f"client {record.name} has no bandwidth limit of its own now (maxBandwidthPerClient applies)")
+        return Result(f"client {record.name} is limited to {format_rate(record.max_bandwidth)} each way, "
+                      "at once on its open connections")
+
+    async def _limits(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        limits = self.management.limits()
+        if options.get("--json"):
+            return Result(json.dumps(limits, indent=2))
+        return Result(limits_text(limits, self.width))
 
     async def _notify(self, positional: List[str], options: Dict[str, Any]) -> Result:
         views = await self.management.webhooks()

@@ -282,12 +282,37 @@ def clients_table(views: Sequence[ClientView], width: int = WIDTH) -> str:
 def tokens_table(records: Sequence[Any], now: float, width: int = WIDTH) -> str:
     """Client tokens; ``now`` decides which have expired."""
     return table(
-        ["NAME", "STATE", "CREATED", "EXPIRES", "LAST USED", "DOMAINS"],
+        ["NAME", "STATE", "CREATED", "EXPIRES", "LAST USED", "DOMAINS", "BANDWIDTH"],
         [[r.name, "active" if r.active(now) else ("revoked" if r.revoked_at else "expired"),
           human_time(r.created_at), human_time(r.expires_at), human_time(r.last_used_at),
-          ", ".join(r.allow_domains) or "-"] for r in records],
+          ", ".join(r.allow_domains) or "-",
+          format_rate(r.max_bandwidth) if getattr(r, "max_bandwidth", 0) else "-"] for r in records],
         width,
     )
+
+
+def limits_text(limits: dict, width: int = WIDTH) -> str:
+    """The server's limits in force and each connected client's bandwidth (``Management.limits``)."""
+    def rate(value: int) -> str:
+        return format_rate(value) if value else "no limit"
+
+    def count(value: int) -> str:
+        return str(value) if value else "no limit"
+
+    lines = [pairs([
+        ("maxBandwidth", rate(limits["maxBandwidth"])),
+        ("maxBandwidthPerClient", rate(limits["maxBandwidthPerClient"])),
+        ("maxConnectionsPerClient", str(limits["maxConnectionsPerClient"])),
+        ("tunnelMaxConnections", count(limits["tunnelMaxConnections"])),
+        ("tunnelMaxConnectionsPerIP", count(limits["tunnelMaxConnectionsPerIP"])),
+        ("tunnelConnectionRatePerIP", count(limits["tunnelConnectionRatePerIP"]) + " a minute"
+         if limits["tunnelConnectionRatePerIP"] else "no limit"),
+    ], width)]
+    if limits["clients"]:
+        lines.append(table(["CLIENT", "BANDWIDTH", "FROM"],
+                           [[c["name"], rate(c["maxBandwidth"]), "its token" if c["own"] else "maxBandwidthPerClient"]
+                            for c in limits["clients"]], width))
+    return "\n".join(lines)
 
 
 def events_table(records: Sequence[Any], width: int = WIDTH) -> str:

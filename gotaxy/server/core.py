@@ -63,6 +63,7 @@ from gotaxy.events import (
     TUNNEL_EDITED,
     TUNNEL_ENABLED,
     TUNNEL_REFUSED,
+    TOKEN_CHANGED,
     TOKEN_REVOKED,
     Event,
     EventBus,
@@ -218,6 +219,7 @@ class ServerCore:
         self.events.subscribe(self._token_revoked)
         #: Client certificates (``transport.tls.trustedCaFile``), or None: tokens only (``gotaxy.server.certificates``).
         self.certificates = ClientCertificates(self, client_certificates) if client_certificates is not None else None
+        self.events.subscribe(self._token_changed)
         self.sessions: Dict[str, ClientSession] = {}
         #: The one lock owner for every client's tunnels (see ``gotaxy.server.session``).
         self.locks = ClientLocks()
@@ -350,6 +352,7 @@ class ServerCore:
             if record is not None:
                 name = record.name
                 via_store = True
+                self.bandwidth.set_client(name, record.max_bandwidth)  # before its first tunnel opens
         if name is None:
             # One event and one log line per source address a minute, not
             # one per attempt: see _report_login_failures.
@@ -908,6 +911,15 @@ class ServerCore:
 
     def session_lost(self, session: ClientSession, reason: str) -> Deferred:
         return Deferred.fromCoroutine(self.drop_session(session, reason))
+
+    def _token_changed(self, event: Event) -> None:
+        """A token's bandwidth limit changed (here or in another process): its client's connections follow."""
+        if event.type != TOKEN_CHANGED or not event.client:
+            return
+        name = event.client
+        d = self.store.call(self._db.token_bandwidth, name)
+        d.addCallback(lambda rate: self.bandwidth.set_client(name, rate))
+        d.addErrback(lambda f: self.log.failure("applying the bandwidth limit of token {name} failed", f, name=name))
 
     def _token_revoked(self, event: Event) -> None:
         session = self.sessions.get(event.client or "") if event.type == TOKEN_REVOKED else None

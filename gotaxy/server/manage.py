@@ -160,6 +160,26 @@ def _spec_field(error: SpecError, tcp_form: bool) -> Optional[str]:
     return f"spec.{error.key}" if error.key else "spec"
 
 
+#: The highest bandwidth limit a face may set (1 TiB a second): beyond it, a typo.
+MAX_RATE = 2 ** 40
+
+
+def bandwidth_value(value: Any, field: str) -> int:
+    """Bytes a second from an operator's ``value`` (a number, or text such as "10MB"); 0 for none."""
+    from gotaxy.units import parse_size
+
+    if value is None or value == "" or value in ("none", "0"):
+        return 0
+    try:
+        rate = parse_size(value) if isinstance(value, str) else value
+    except ValueError:
+        rate = None
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 0 <= rate <= MAX_RATE:
+        raise _invalid(f"{field} must be a rate a second such as \"10MB\" or \"512KB\" (KB = 1024), a number of "
+                       f"bytes up to {MAX_RATE}, or 0 for none; got {str(value)[:32]!r}", field)
+    return rate
+
+
 def _invalid(message: str, field: Optional[str]) -> ManagementError:
     return ManagementError("invalid", message, field)
 
@@ -540,6 +560,33 @@ class Management:
             raise ManagementError("not_found", f"no active token named {name!r}", "name")
         records = [r for r in await self._call(self._db.list_tokens) if r.name == name]
         return records[-1]
+    async def set_token_bandwidth(self, name: str, value: Any) -> TokenRecord:
+        """
+        Client ``name``'s own bandwidth limit (``value``: bytes a second
+        each way, or text such as "10MB"; 0, "" or None: none of its own, so
+        ``maxBandwidthPerClient`` applies), kept with its token and applied
+        at once in every server process to the connections it has open.
+        """
+        rate = bandwidth_value(value, "max_bandwidth")
+        record = await self._call(self._db.set_token_bandwidth, name, rate)
+        if record is None:
+            raise ManagementError("not_found", f"no active token named {name!r}", "name")
+        return record  # type: ignore[no-any-return]
+
+    def limits(self) -> Dict[str, Any]:
+        """The server's limits in force (its file's, and each connected client's own), for the faces."""
+        limits = self.core.config.limits
+        bandwidth = self.core.bandwidth
+        return {
+            "maxBandwidth": limits.max_bandwidth,
+            "maxBandwidthPerClient": limits.max_bandwidth_per_client,
+            "maxConnectionsPerClient": limits.max_connections_per_client,
+            "tunnelMaxConnections": limits.tunnel_max_connections,
+            "tunnelMaxConnectionsPerIP": limits.tunnel_max_connections_per_ip,
+            "tunnelConnectionRatePerIP": limits.tunnel_connection_rate_per_ip,
+            "clients": [{"name": name, "maxBandwidth": bandwidth.rate_of(name), "own": name in bandwidth.own}
+                        for name in sorted(self.core.sessions)],
+        }
 
     async def revoke_token(self, name: str) -> None:
         """Revoke a client's token and cut the client off at once."""

@@ -240,6 +240,8 @@ MIGRATIONS: Tuple[Migration, ...] = (
     Migration(9, "client certificates: those issued from the server's CA and the revoked serials, shared by every "
               "server process", ensure(schema.CLIENT_CERTIFICATES)),
     Migration(10, "tokens: the custom domains a token's client may claim (tokens.allow_domains)", ensure("tokens")),
+    Migration(11, "tokens: a client's own bandwidth limit (tokens.max_bandwidth), set live by an operator",
+              ensure("tokens")),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -70,6 +70,8 @@ TABLES: Dict[str, TableSpec] = {
             ("last_used_at", Float),
             # the custom domains this token's client may claim (JSON list; NULL: those the server allows)
             ("allow_domains", TEXT),
+            #: its client's bandwidth limit, bytes a second each way, instead of maxBandwidthPerClient; 0 or NULL: none
+            ("max_bandwidth", BigInteger),
         ),
         indexes=(("token_hash",), ("name",)),
     ),

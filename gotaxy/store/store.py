@@ -54,6 +54,7 @@ from gotaxy.events import (  # noqa: E402
     OPERATOR_LOGIN_FAILED,
     OPERATOR_PASSWORD_CHANGED,
     SERVER_STARTED,
+    TOKEN_CHANGED,
     TOKEN_CREATED,
     TOKEN_REVOKED,
     TUNNEL_ADDED,
@@ -92,6 +93,8 @@ class TokenRecord:
     last_used_at: Optional[float] = None
     #: the custom domains its client may claim (``gotaxy.server.domains``); empty: those the server allows
     allow_domains: Tuple[str, ...] = ()
+    #: its client's own bandwidth limit (bytes a second each way, ``gotaxy.bandwidth``); 0: maxBandwidthPerClient
+    max_bandwidth: int = 0
 
     def active(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
@@ -312,6 +315,32 @@ class Store:
             if row["expires_at"] is None or row["expires_at"] > now:
                 return _domain_list(row.get("allow_domains"))
         return ()
+    def set_token_bandwidth(self, name: str, rate: int) -> Optional[TokenRecord]:
+        """
+        Give ``name``'s active token its client's bandwidth limit (``rate``
+        bytes a second each way; 0: none of its own); the record, or None if
+        it has no active token.  Records ``token.changed``, which every server
+        process applies to the client's open connections.
+        """
+        now = self._clock()
+        changed = None
+        with self.db as tx:
+            for row in tx["tokens"].find(name=name, revoked_at=None):
+                if _token(row).active(now):
+                    tx["tokens"].update(dict(id=row["id"], max_bandwidth=rate), ["id"])
+                    changed = _token({**row, "max_bandwidth": rate})
+        if changed is not None:
+            self.record_event(TOKEN_CHANGED, client=name, detail=f"maxBandwidth {rate or 'none of its own'}")
+        return changed
+
+    def token_bandwidth(self, name: str) -> int:
+        """The bandwidth limit of ``name``'s active token (0: none of its own, or no active token)."""
+        now = self._clock()
+        for row in self.db["tokens"].find(name=name, revoked_at=None):
+            record = _token(row)
+            if record.active(now):
+                return record.max_bandwidth
+        return 0
 
     def list_tokens(self) -> List[TokenRecord]:
         return [_token(row) for row in self.db["tokens"].find(order_by="id")]
@@ -909,6 +938,7 @@ def _token(row: Dict[str, Any]) -> TokenRecord:
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
         allow_domains=_domain_list(row.get("allow_domains")),
+        max_bandwidth=int(row.get("max_bandwidth") or 0),
     )
 
 

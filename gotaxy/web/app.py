@@ -618,11 +618,20 @@ class Panel:
     @_api()
     async def change_token(self, request: Any, caller: Caller, name: str) -> Dict[str, Any]:
         body = self._body(request)
-        if "allow_domains" not in body:
-            raise HTTPError("invalid", "give 'allow_domains', a list of names (empty: those the server allows)",
-                            "allow_domains")
-        record = await self.management.set_token_domains(name, body["allow_domains"] or ())
+        if not body or set(body) - {"allow_domains", "max_bandwidth"}:
+            raise HTTPError("invalid", "give 'allow_domains' (a list of names; empty: those the server allows) and/or "
+                            "'max_bandwidth' (\"10MB\", or 0 for none of its own)",
+                            "allow_domains" if "max_bandwidth" not in body else "max_bandwidth")
+        if "max_bandwidth" in body:
+            record = await self.management.set_token_bandwidth(name, body["max_bandwidth"])
+        if "allow_domains" in body:
+            record = await self.management.set_token_domains(name, body["allow_domains"] or ())
         return _token(record, self.reactor.seconds())
+
+    @app.route(f"{API_PREFIX}/limits", methods=["GET"])
+    @_api()
+    async def limits(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return self.management.limits()
 
     @app.route(f"{API_PREFIX}/tokens/<name>", methods=["DELETE"])
     @_api()
@@ -761,7 +770,8 @@ class Panel:
         return ban
 
     # An IPv6 address holds ':': the panel sends it percent-encoded.
-    @app.route(f"{API_PREFIX}/bans/<address>", methods=["DELETE"])
+    # An IPv6 ban is a network ("2001:db8::/64"): its '/' too.
+    @app.route(f"{API_PREFIX}/bans/<path:address>", methods=["DELETE"])
     @_api()
     async def lift_ban(self, request: Any, caller: Caller, address: str) -> None:
         await self.management.lift_ban(unquote(address), self._who(caller))

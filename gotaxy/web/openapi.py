@@ -235,11 +235,30 @@ SCHEMAS: Dict[str, Any] = {
             "last_used_at": _NUMBER_OR_NULL,
             "allow_domains": _ALLOW_DOMAINS,
             "active": {"type": "boolean"},
+            "max_bandwidth": {"type": "integer", "minimum": 0,
+                              "description": "its client's own bandwidth limit, bytes a second each way, instead of "
+                              "maxBandwidthPerClient; 0: none of its own"},
         }
     ),
     "TokenCreate": _object({"name": {"type": "string"}, "expires_at": _NUMBER_OR_NULL,
                             "allow_domains": _ALLOW_DOMAINS}, ["name"]),
-    "TokenChange": _object({"allow_domains": _ALLOW_DOMAINS}, ["allow_domains"]),
+    "TokenChange": _object({
+        "allow_domains": _ALLOW_DOMAINS,
+        "max_bandwidth": {"type": ["integer", "string", "null"],
+                          "description": "bytes a second each way, or \"10MB\", \"512KB\" (KB = 1024); 0 or null: "
+                          "none of its own. Applied at once to the client's open connections on every server"},
+    }, []),
+    "Limits": _object({
+        "maxBandwidth": {"type": "integer", "description": "bytes a second each way for all clients (0: none)"},
+        "maxBandwidthPerClient": {"type": "integer", "description": "each client's, unless its token has its own"},
+        "maxConnectionsPerClient": {"type": "integer"},
+        "tunnelMaxConnections": {"type": "integer", "description": "default of transport.maxConnections (0: none)"},
+        "tunnelMaxConnectionsPerIP": {"type": "integer"},
+        "tunnelConnectionRatePerIP": {"type": "integer"},
+        "clients": {"type": "array", "description": "connected clients and the bandwidth limit they are held to",
+                    "items": _object({"name": {"type": "string"}, "maxBandwidth": {"type": "integer"},
+                                      "own": {"type": "boolean", "description": "its token's own limit"}})},
+    }),
     "NewToken": _object({
         "token": _ref("Token"),
         "secret": {"type": "string", "description": "shown once: a join token, gtx1.PIN.SECRET, that also pins this server"},
@@ -325,7 +344,8 @@ SCHEMAS: Dict[str, Any] = {
     ),
     "MailRecipients": _list_of("recipients", "MailRecipient"),
     "Ban": _object({
-        "address": {"type": "string", "description": "the banned IP address"},
+        "address": {"type": "string", "description": "the banned IPv4 address, or IPv6 network (its /64 by default, "
+                    "access.ban.ipv6Prefix)"},
         "reason": {"type": "string", "description": "why: the failures that led to it, or the operator's reason"},
         "strikes": {"type": "integer", "description": "how many times it was banned (each repeat lasts twice as long)"},
         "at": {"type": "number", "description": "UNIX time of the ban"},
@@ -624,8 +644,9 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
                    tag="tokens"),
     ],
     "/tokens/{name}": [
-        _operation("patch", "Set the custom domains a token's client may claim (empty: those the server allows)",
-                   (200, "Token"), "TokenChange", (404,), tag="tokens"),
+        _operation("patch", "Change a client token: the custom domains its client may claim (empty: those the server "
+                   "allows) and/or its client's own bandwidth limit, live", (200, "Token"), "TokenChange", (404,),
+                   tag="tokens"),
         _operation("delete", "Revoke a client token; its client is cut off at once", (204, None), errors=(404,),
                    tag="tokens"),
     ],
@@ -669,6 +690,8 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     ],
     "/access": [_operation("get", "The address rules and ban settings in force (access.* in server.toml), and the "
                            "connections refused", (200, "Access"), tag="access")],
+    "/limits": [_operation("get", "The server's bandwidth and connection limits in force, and each connected "
+                           "client's bandwidth limit", (200, "Limits"), tag="access")],
     "/bans": [
         _operation("get", "The addresses banned from every listener, longest-lasting first", (200, "Bans"),
                    tag="access"),
