@@ -104,8 +104,10 @@ def _wait_tcp(port: int, process: subprocess.Popen, timeout: float, what: str) -
 class AcmeTestCA:
     """See the module docstring.  ``close()`` stops both programs and removes the directory."""
 
-    def __init__(self, http_port: int) -> None:
+    def __init__(self, http_port: int, tls_port: Optional[int] = None) -> None:
         self.http_port = http_port
+        #: where Pebble validates TLS-ALPN-01
+        self.tls_port = tls_port if tls_port is not None else free_port()
         self.directory = tempfile.mkdtemp(prefix="gotaxy-pebble-")
         self.ca_file = _write_listener_certificate(self.directory)
         self.port = free_port()
@@ -138,7 +140,7 @@ class AcmeTestCA:
             "certificate": os.path.join(self.directory, "listener.pem"),
             "privateKey": os.path.join(self.directory, "listener.key"),
             "httpPort": self.http_port,
-            "tlsPort": free_port(),
+            "tlsPort": self.tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
         }}

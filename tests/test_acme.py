@@ -120,9 +120,14 @@ class ConfigTests(unittest.TestCase):
 
         with self.assertRaises(ConfigError) as caught:
             parse_server_config({"acme": {"enable": True}})
-        self.assertIn("set vhostHTTPSPort (443, say) and vhostHTTPPort (80)", str(caught.exception))
-        with self.assertRaises(ConfigError):
-            parse_server_config({"vhostHTTPSPort": 8443, "acme": {"enable": True}})
+        self.assertIn("so set vhostHTTPSPort (443, say", str(caught.exception))
+        # Without vhostHTTPPort the challenges are TLS-ALPN-01 on vhostHTTPSPort; with it, HTTP-01 first.
+        from gotaxy.tls.acme import HTTP_01, TLS_ALPN_01, settings_from
+
+        alpn_only = parse_server_config({"vhostHTTPSPort": 8443, "acme": {"enable": True}}).config
+        self.assertEqual(settings_from(alpn_only).challenges, (TLS_ALPN_01,))
+        both = parse_server_config({"vhostHTTPSPort": 8443, "vhostHTTPPort": 8080, "acme": {"enable": True}}).config
+        self.assertEqual(settings_from(both).challenges, (HTTP_01, TLS_ALPN_01))
         loaded = parse_server_config({"vhostHTTPSPort": 8443, "vhostHTTPPort": 8080,
                                       "acme": {"enable": True, "renewBefore": 20}})
         self.assertEqual(loaded.config.acme.renew_before_days, 20)

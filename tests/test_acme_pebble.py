@@ -22,7 +22,7 @@ from twisted.trial import unittest
 from twisted.web.server import Site
 
 from gotaxy.events import CERTIFICATE_FAILED, CERTIFICATE_ISSUED, CERTIFICATE_RENEWED
-from gotaxy.tls.acme import AcmeManager, AcmeClientSettings, ChallengeResource, ChallengeStore
+from gotaxy.tls.acme import TLS_ALPN_01, AcmeClientSettings, AcmeManager, ChallengeResource, ChallengeStore
 from tests import pebble
 from tests.test_acme import Recorder
 
@@ -110,6 +110,58 @@ class PebbleTests(unittest.TestCase):
         self.assertIn("validation failed", detail)
         self.assertIn("next attempt in 10 min", detail)
         self.assertFalse(os.path.exists(os.path.join(self.data_dir, "acme", "certs", NAME + ".pem")))
+
+
+class TlsAlpnTests(unittest.TestCase):
+    """Real issuance by Pebble, validated over TLS-ALPN-01 on the HTTPS front's port (no plain-HTTP port)."""
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        if not pebble.available():
+            raise unittest.SkipTest(pebble.HOW_TO_GET_IT)
+        from gotaxy.config import HttpsSettings
+        from gotaxy.proxy.https import HttpsFront
+        from gotaxy.testing import server_config
+
+        self.data_dir = tempfile.mkdtemp(prefix="gotaxy-test-")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+        self.challenges = ChallengeStore()
+        # The HTTPS front as the server runs it: ClientHellos read, a validation handed to TLS.
+        self.front = HttpsFront(server_config(https=HttpsSettings(port=1, hello_timeout=10.0)), reactor)
+        self.front.challenges = self.challenges
+        port = reactor.listenTCP(0, self.front.factory(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        # Nothing answers HTTP-01 (its port refuses): only TLS-ALPN-01 can succeed.
+        self.ca = pebble.AcmeTestCA(pebble.free_port(), tls_port=port.getHost().port)
+        self.addCleanup(self.ca.close)
+
+    async def test_a_name_is_validated_over_tls_alpn_on_the_https_port(self) -> None:
+        record = Recorder()
+        settings = AcmeClientSettings(directory=self.ca.directory_url, email="ops@example.com", ca_file=self.ca.ca_file,
+                                      challenges=(TLS_ALPN_01,))
+        manager = AcmeManager(reactor, settings, self.data_dir, self.challenges, record)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        certificate = await manager.want(NAME)
+        self.assertIsNotNone(certificate, (record.events, self.ca.log()))  # (HTTP-01's port refuses)
+        self.assertEqual([(e[0], e[1]) for e in record.events], [(CERTIFICATE_ISSUED, NAME)])
+        names = x509.load_pem_x509_certificate(certificate.chain_pem).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+        self.assertEqual(names.get_values_for_type(x509.DNSName), [NAME])
+        self.assertIsNone(self.challenges.alpn_options(NAME))  # the answer goes once the order is done
+
+    async def test_without_an_answer_on_the_https_port_it_fails_with_an_event(self) -> None:
+        record = Recorder()
+        self.front.challenges = ChallengeStore()  # the front answers from a store the manager does not fill
+        settings = AcmeClientSettings(directory=self.ca.directory_url, email="ops@example.com", ca_file=self.ca.ca_file,
+                                      challenges=(TLS_ALPN_01,))
+        manager = AcmeManager(reactor, settings, self.data_dir, self.challenges, record)
+        manager.startService()
+        self.addCleanup(manager.stopService)
+        self.assertIsNone(await manager.want(NAME))
+        [(kind, address, detail)] = record.events
+        self.assertEqual((kind, address), (CERTIFICATE_FAILED, NAME))
 
 
 class _Served:

@@ -388,11 +388,11 @@ class ServerConfig(_Heartbeats):
                 "client certificates log in (Gotaxy's own is DATA_DIR/tls/ca.pem, which 'gotaxy cert issue' uses), "
                 "or set auth.method = \"token\""
             )
-        if self.acme.enable and not (self.https.port and self.vhost.http_port):
+        if self.acme.enable and not self.https.port:
             raise ConfigError(
-                "'acme.enable' is true but 'vhostHTTPSPort' or 'vhostHTTPPort' is not set: ACME certificates are for "
-                "the HTTPS front and its challenges are answered on the HTTP port, so set vhostHTTPSPort (443, say) "
-                "and vhostHTTPPort (80), or turn ACME off"
+                "'acme.enable' is true but 'vhostHTTPSPort' is not set: ACME certificates are for the HTTPS front, "
+                "so set vhostHTTPSPort (443, say; its challenges are answered on vhostHTTPPort, 80, when set, "
+                "else on vhostHTTPSPort over TLS-ALPN-01), or turn ACME off"
             )
         if self.database_url is not None and self.store is not None and self.database_url != self.store:
             raise ConfigError(

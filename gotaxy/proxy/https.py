@@ -59,6 +59,9 @@ from gotaxy.server.tunnel import LiveTunnel, PublicConnection
 
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
+#: The ALPN protocol of an ACME TLS-ALPN-01 validation (RFC 8737; ``gotaxy.tls.acme.ALPN_PROTOCOL``).
+ACME_TLS = b"acme-tls/1"
+
 #: Why the front closed a connection (the keys of ``HttpsFront.refusals``).
 REFUSED_NOT_TLS = "not_tls"
 REFUSED_SLOW = "hello_timeout"
@@ -272,6 +275,8 @@ class HttpsFront:
         self.refusals: Counter = Counter()
         #: set by ``terminate_with``: TLS termination for http tunnels
         self.terminator: Any = None
+        #: ACME's pending TLS-ALPN-01 answers (a ``gotaxy.tls.acme.ChallengeStore``), set by whoever runs ACME
+        self.challenges: Any = None
         #: connections still sending their ClientHello
         self.pending = 0
         self.listening: Any = None
@@ -370,6 +375,14 @@ class HttpsFront:
         if name is None:
             connection._refuse(REFUSED_NO_NAME)
             return
+        challenges = self.challenges
+        if challenges is not None and ACME_TLS in hello.protocols:
+            options = challenges.alpn_options(name)
+            if options is not None:  # the CA validating a name over TLS-ALPN-01 (gotaxy.tls.acme)
+                from gotaxy.tls.acme import answer_tls_alpn
+
+                answer_tls_alpn(connection, options, buffered, self.reactor)
+                return
         tunnel = self.lookup(name)
         if tunnel is not None:
             connection.open_stream(tunnel, buffered)

@@ -632,6 +632,8 @@ def _assemble(
             core.events.subscribe(CertificatesForTunnels(core, acme, site_certificates), local_only=True)
     if http_front is not None:
         http_front.challenges = challenges  # HTTP-01 answers on vhostHTTPPort
+    if https_front is not None:
+        https_front.challenges = challenges  # TLS-ALPN-01 answers on vhostHTTPSPort
 
     error_log = ErrorLogService(os.path.join(data_dir, "logs"), config.log.max_days, config.log.max_size,
                                 config.log.level)

@@ -30,25 +30,39 @@ events.  What lives where:
 * ``certificate(name)`` answers from memory at once, for the TLS
   handshake's SNI callback.
 
-TLS-ALPN-01 is not offered: the ``acme`` library dropped its helpers for it
-(5.x), and HTTP-01 on ``vhostHTTPPort`` covers every name a tunnel may
-claim except wildcards, which need DNS-01 (not done: supply a wildcard
-certificate yourself, see docs/configuration.md).
+* TLS-ALPN-01 (RFC 8737) is answered on ``vhostHTTPSPort``: the HTTPS
+  front hands a connection whose ClientHello asks for ALPN ``acme-tls/1``
+  and names a pending name to ``answer_tls_alpn``, which completes a
+  handshake with ``alpn_certificate`` (self-signed, the name, and the
+  critical acmeIdentifier extension holding the SHA-256 of the key
+  authorization) and closes.  The ``acme`` library dropped its TLS-ALPN-01
+  classes in 5.x; what is left to us is small: its challenge arrives as an
+  ``UnrecognizedChallenge`` (its token read from the JSON), the key
+  authorization is the token and the account key's thumbprint, the answer
+  to the CA an empty object (``_tls_alpn_response``), and the certificate
+  is built with ``cryptography``.  Which challenge is used: HTTP-01 when
+  the server has ``vhostHTTPPort``, else TLS-ALPN-01 (``acme.challenge``
+  in ``AcmeClientSettings.challenges``, from the ports).
+
+Wildcards need DNS-01 (not done: supply a wildcard certificate yourself,
+see docs/configuration.md).
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import re
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import attrs
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -63,6 +77,13 @@ LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
 #: Where HTTP-01 answers live (RFC 8555 section 8.3).
 CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+
+#: RFC 8737: the ALPN protocol of a TLS-ALPN-01 validation, and the certificate extension that answers it.
+ALPN_PROTOCOL = b"acme-tls/1"
+_ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+HTTP_01, TLS_ALPN_01 = "http-01", "tls-alpn-01"
+#: Seconds a validation connection may stay after its handshake began.
+ALPN_WAIT = 10.0
 
 #: Most HTTP-01 answers held at once (one per name being validated).
 MAX_PENDING_CHALLENGES = 256
@@ -100,6 +121,21 @@ class ChallengeStore:
 
     def __init__(self) -> None:
         self._answers: Dict[bytes, bytes] = {}
+        #: TLS-ALPN-01: host name -> what its validation handshake is served with
+        self._alpn: Dict[str, Any] = {}
+
+    def add_alpn(self, name: str, options: Any) -> None:
+        """``options`` (``alpn_certificate``'s) answer a TLS-ALPN-01 validation of ``name`` until removed."""
+        if name not in self._alpn and len(self._alpn) >= MAX_PENDING_CHALLENGES:
+            raise AcmeError(f"more than {MAX_PENDING_CHALLENGES} challenges pending at once; try again later")
+        self._alpn[name] = options
+
+    def remove_alpn(self, name: str) -> None:
+        self._alpn.pop(name, None)
+
+    def alpn_options(self, name: str) -> Any:
+        """What to answer a TLS-ALPN-01 validation of ``name`` with, or None: none is pending."""
+        return self._alpn.get(name)
 
     def add(self, token: str, key_authorization: str) -> None:
         raw = token.encode("ascii")
@@ -127,6 +163,92 @@ class ChallengeStore:
     def is_challenge(self, path: bytes) -> bool:
         """``path`` is under /.well-known/acme-challenge/ (answered here or 404, never routed)."""
         return path.startswith(CHALLENGE_PREFIX)
+
+
+def alpn_certificate(name: str, key_authorization: str) -> Any:
+    """
+    RFC 8737's validation certificate for ``name``, as TLS options that
+    offer only ``acme-tls/1``: self-signed, the name as its one DNS name,
+    and the critical acmeIdentifier extension, the DER OCTET STRING of the
+    SHA-256 of ``key_authorization``.
+    """
+    from cryptography.x509.oid import NameOID
+    from twisted.internet import ssl
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.UnrecognizedExtension(_ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return ssl.CertificateOptions(privateKey=key, certificate=certificate,  # type: ignore[arg-type]
+                                  raiseMinimumTo=ssl.TLSVersion.TLSv1_2, acceptableProtocols=[ALPN_PROTOCOL])
+
+
+class _Validation(Protocol):
+    """A TLS-ALPN-01 validation connection: the handshake is the answer; closed after it, or after ALPN_WAIT s."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._timer: Any = None
+
+    def connectionMade(self) -> None:
+        self._timer = self.reactor.callLater(ALPN_WAIT, self.transport.abortConnection)
+
+    def handshakeCompleted(self) -> None:  # (Twisted's IHandshakeListener)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+
+def answer_tls_alpn(connection: Any, options: Any, buffered: bytes, reactor: Any) -> None:
+    """
+    Hand the HTTPS front's ``connection`` (its ClientHello read, ``buffered``)
+    to TLS with ``options`` for a TLS-ALPN-01 validation, as TLS termination
+    takes a connection over (``gotaxy.tls.sites.Termination``).
+    """
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    transport = connection.transport
+    if getattr(transport, "protocol", None) is not connection:
+        transport.abortConnection()
+        return
+    factory = TLSMemoryBIOFactory(options, False, Factory.forProtocol(lambda: _Validation(reactor)), clock=reactor)
+    factory.noisy = False
+    protocol = factory.buildProtocol(transport.getPeer())
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    protocol.dataReceived(buffered)
+
+
+_TlsAlpnResponse: Any = None
+
+
+def _tls_alpn_response(key_authorization: str) -> Any:
+    """
+    RFC 8737's answer to the CA: an empty object (the proof is the
+    certificate); acme 5 has no class for it.  Built as HTTP-01's is, on
+    ``KeyAuthorizationChallengeResponse``, which keeps the key authorization
+    out of the JSON: a response without fields would be sent as an empty
+    body, a POST-as-GET, which does not start the validation.
+    """
+    global _TlsAlpnResponse
+    if _TlsAlpnResponse is None:
+        from acme import challenges
+
+        class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
+            typ = TLS_ALPN_01
+
+        _TlsAlpnResponse = TLSALPN01Response
+    return _TlsAlpnResponse(key_authorization=key_authorization)
 
 
 class ChallengeResource(Resource):
@@ -260,6 +382,8 @@ class AcmeClientSettings:
     renew_before: float = 30 * 86400.0  #: seconds before expiry
     #: names under these only (``acme.domains``); empty: any
     domains: Tuple[str, ...] = ()
+    #: the challenge types answered, the first the CA offers taken (``settings_from``: from the ports)
+    challenges: Tuple[str, ...] = (HTTP_01,)
 
     def allows(self, name: str) -> bool:
         return not self.domains or any(name == d or name.endswith("." + d) for d in self.domains)
@@ -312,27 +436,53 @@ class _Protocol:
                                     serialization.NoEncryption())
         order = client.new_order(crypto_util.make_csr(key_pem, [name]))
         tokens: List[str] = []
+        alpn: List[str] = []
         try:
             for authorization in order.authorizations:
                 if authorization.body.status.name == "valid":
                     continue
-                offered = [c for c in authorization.body.challenges if isinstance(c.chall, challenges.HTTP01)]
-                if not offered:
-                    raise AcmeError(f"the CA offers no HTTP-01 challenge for {name}")
-                challenge = offered[0]
-                response, validation = challenge.response_and_validation(client.net.key)
-                token = challenge.chall.encode("token")
-                blockingCallFromThread(self.reactor, self.challenges.add, token, validation)
-                tokens.append(token)
+                offered = {_challenge_type(c): c for c in authorization.body.challenges}
+                kind = next((k for k in self.settings.challenges if k in offered), None)
+                if kind is None:
+                    raise AcmeError(f"the CA offers no {' or '.join(self.settings.challenges)} challenge for {name}")
+                challenge = offered[kind]
+                if kind == HTTP_01:
+                    response, validation = challenge.response_and_validation(client.net.key)
+                    token = challenge.chall.encode("token")
+                    blockingCallFromThread(self.reactor, self.challenges.add, token, validation)
+                    tokens.append(token)
+                else:
+                    token = challenge.chall.jobj.get("token")
+                    if not isinstance(token, str) or not _TOKEN.fullmatch(token.encode("ascii", "replace")):
+                        raise AcmeError("the CA sent a challenge token that is not base64url")
+                    import josepy
+
+                    thumbprint = josepy.b64encode(client.net.key.thumbprint(hash_function=hashes.SHA256)).decode()
+                    key_authorization = f"{token}.{thumbprint}"
+                    options = alpn_certificate(name, key_authorization)
+                    blockingCallFromThread(self.reactor, self.challenges.add_alpn, name, options)
+                    alpn.append(name)
+                    response = _tls_alpn_response(key_authorization)
                 client.answer_challenge(challenge, response)
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
             order = client.poll_and_finalize(order, deadline)
         finally:
             for token in tokens:
                 blockingCallFromThread(self.reactor, self.challenges.remove, token)
+            for host in alpn:
+                blockingCallFromThread(self.reactor, self.challenges.remove_alpn, host)
         certificate = IssuedCertificate.from_pem(name, key_pem, order.fullchain_pem.encode("ascii"))
         self.files.save(certificate)
         return certificate
+
+
+def _challenge_type(challenge: Any) -> str:
+    """A challenge's type ("http-01"), whether the acme library knows it or not (TLS-ALPN-01: it does not)."""
+    typ = getattr(challenge.chall, "typ", None)
+    if isinstance(typ, str):
+        return typ
+    jobj = getattr(challenge.chall, "jobj", None)
+    return str(jobj.get("type", "")) if isinstance(jobj, dict) else ""
 
 
 def _reason(failure: Any) -> str:
@@ -547,5 +697,8 @@ def _duration(seconds: float) -> str:
 def settings_from(config: Any) -> AcmeClientSettings:
     """``AcmeClientSettings`` from a ServerConfig's ``acme`` section."""
     section = config.acme
+    # HTTP-01 where the server listens for plain HTTP, else TLS-ALPN-01 on vhostHTTPSPort.
+    kinds = tuple(kind for kind, port in ((HTTP_01, config.vhost.http_port), (TLS_ALPN_01, config.https.port)) if port)
     return AcmeClientSettings(directory=section.directory, email=section.email, ca_file=section.ca_file,
-                              renew_before=section.renew_before_days * 86400.0, domains=section.domains)
+                              renew_before=section.renew_before_days * 86400.0, domains=section.domains,
+                              challenges=kinds or (HTTP_01,))
