@@ -123,8 +123,6 @@ class Reconnection:
         self.rng = rng
         #: The wait before jitter that the next failure doubles; 0 when nothing failed since the last reset.
         self.level = 0.0
-        #: Failed attempts in a row (for the log line).
-        self.failures = 0
         #: When the fast window began: the start, the last lasting session's end, a goodbye.
         self.since = clock.seconds()
         self._why: Optional[str] = None
@@ -169,7 +167,6 @@ class Reconnection:
         now = self.clock.seconds()
         if self._goodbye is not None or (start is not None and now - start >= STABLE_SESSION):
             self.level = 0.0
-            self.failures = 0
             self.since = now
 
     # -- the policy ------------------------------------------------------------
@@ -199,7 +196,6 @@ class Reconnection:
             return delay
         slow = self._refused is not None or (self._why is not None and self._slow)
         self.level = self.next_level(slow)
-        self.failures += 1
         delay = self.level * (0.5 + self.rng() / 2)
         self._report(delay)
         self._why = self._refused = None
