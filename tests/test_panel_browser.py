@@ -250,3 +250,33 @@ def test_the_access_page_shows_the_rules_and_bans_and_lifts_one(procs, browser, 
     row.locator("button").click()
     expect(row).to_have_count(0)
     context.close()
+
+
+def test_the_access_page_shows_the_limits_and_sets_a_clients_own_bandwidth(procs, browser, tmp_path):
+    web_port = free_port()
+    config = tmp_path / "server.toml"
+    config.write_text('maxBandwidthPerClient = "4MB"\ntunnelMaxConnectionsPerIP = 5\n')
+    procs.server("--config", str(config), "--web-port", str(web_port), env={"GOTAXY_ADMIN_PASSWORD": PASSWORD})
+    wait_for_panel(web_port)
+    context = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    expect = sync_api.expect
+    page.goto(f"http://127.0.0.1:{web_port}/")
+    page.fill('#login-form [name="password"]', PASSWORD)
+    page.click('#login-form button[type="submit"]')
+    page.click('#nav a[data-page="access"]')
+    expect(page.locator("#limits-table")).to_contain_text("4.0 MiB/s")
+    expect(page.locator("#limits-table")).to_contain_text("tunnelMaxConnectionsPerIP")
+    page.fill('#client-limit-form [name="name"]', "nobody")
+    page.fill('#client-limit-form [name="max_bandwidth"]', "10MB")
+    page.click('#client-limit-form button[type="submit"]')
+    expect(page.locator('#client-limit-form [data-error="name"]')).to_contain_text("no active token named 'nobody'")
+    page.fill('#client-limit-form [name="name"]', "default")  # the token the server made at its first start
+    page.fill('#client-limit-form [name="max_bandwidth"]', "fast")
+    page.click('#client-limit-form button[type="submit"]')
+    expect(page.locator('#client-limit-form [data-error="max_bandwidth"]')).to_contain_text("must be a rate")
+    page.fill('#client-limit-form [name="max_bandwidth"]', "10MB")
+    page.click('#client-limit-form button[type="submit"]')
+    expect(page.locator('#client-limit-form [name="name"]')).to_have_value("")  # done: the form is cleared
+    context.close()

@@ -893,7 +893,7 @@ async function issueCertificate(event) {
 
 // Access: the address rules in force (GET /access) and the bans (GET /bans), lifted with DELETE /bans/{address}.
 async function loadAccess() {
-  const [rules, bans] = await Promise.all([api("GET", "/access"), api("GET", "/bans")]);
+  const [rules, bans] = await Promise.all([api("GET", "/access"), api("GET", "/bans"), loadLimits()]);
   if (!rules.ok || !bans.ok) return;
   const refused = {};
   for (const r of rules.data.refused) refused[r.listener] = (refused[r.listener] || 0) + r.count;
@@ -923,6 +923,49 @@ async function loadAccess() {
     row.append(actions);
     list.append(row);
   }
+}
+
+// Limits: the server's (GET /limits) and a client's own bandwidth, set with PATCH /tokens/{name}.
+async function loadLimits() {
+  const result = await api("GET", "/limits");
+  if (!result.ok) return;
+  const l = result.data;
+  const rate = (v) => (v ? formatRate(v) : t("limits.none"));
+  const count = (v) => (v ? String(v) : t("limits.none"));
+  const rows = [
+    ["maxBandwidth", rate(l.maxBandwidth)], ["maxBandwidthPerClient", rate(l.maxBandwidthPerClient)],
+    ["maxConnectionsPerClient", String(l.maxConnectionsPerClient)], ["tunnelMaxConnections", count(l.tunnelMaxConnections)],
+    ["tunnelMaxConnectionsPerIP", count(l.tunnelMaxConnectionsPerIP)],
+    ["tunnelConnectionRatePerIP", l.tunnelConnectionRatePerIP ? t("limits.per_minute", { n: l.tunnelConnectionRatePerIP }) : t("limits.none")],
+  ];
+  const body = $("#limits-table tbody");
+  body.replaceChildren();
+  for (const [key, value] of rows) {
+    const row = document.createElement("tr");
+    row.append(cell(key, "name"), cell(value));
+    body.append(row);
+  }
+  const clients = $("#client-limits-table tbody");
+  clients.replaceChildren();
+  for (const c of l.clients) {
+    const row = document.createElement("tr");
+    row.dataset.client = c.name;
+    row.append(cell(c.name, "name"), cell(rate(c.maxBandwidth)), cell(c.own ? t("limits.own") : "maxBandwidthPerClient"));
+    clients.append(row);
+  }
+}
+
+async function setClientLimit(event) {
+  event.preventDefault();
+  const form = event.target;
+  const name = form.name.value.trim();
+  const text = form.max_bandwidth.value.trim();
+  const value = /^\d+$/.test(text) ? Number(text) : text;
+  const result = await api("PATCH", `/tokens/${encodeURIComponent(name)}`, { max_bandwidth: value });
+  if (!result.ok) return showError(form, result.error);
+  clearErrors(form);
+  form.reset();
+  loadLimits();
 }
 
 async function addBan(event) {
@@ -1233,6 +1276,7 @@ async function start() {
   $("#cert-forget").addEventListener("click", forgetIssuedKey);
   window.addEventListener("hashchange", () => { if (!location.hash.startsWith("#certificates")) forgetIssuedKey(); });
   $("#ban-form").addEventListener("submit", addBan);
+  $("#client-limit-form").addEventListener("submit", setClientLimit);
   $("#webhook-form").addEventListener("submit", addWebhook);
   $("#mail-form").addEventListener("submit", addMailRecipient);
   $("#events-form").addEventListener("submit", (e) => { e.preventDefault(); state.events.offset = 0; loadEvents(); });
