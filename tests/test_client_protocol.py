@@ -156,6 +156,26 @@ def test_login_ok_heartbeats_are_checked(interval: Any, timeout: Any) -> None:
     assert "heartbeat" in client.errors()[0]
 
 
+def test_the_window_budget_is_used_only_when_both_sides_announced_it(monkeypatch: Any) -> None:
+    from gotaxy.budget import SMALL_WINDOW, WINDOW_BUDGET
+    from gotaxy.mux import LEGACY_MAX_STREAMS, MAX_STREAMS
+    from gotaxy.wire import INITIAL_WINDOW
+
+    client = Client()
+    client.message(dict(LOGIN_OK, features=[WINDOW_BUDGET]))
+    assert (client.protocol.initial_window, client.protocol.max_streams) == (SMALL_WINDOW, MAX_STREAMS)
+    older_server = Client()
+    older_server.message(LOGIN_OK)
+    assert older_server.protocol.budget is None
+    assert (older_server.protocol.initial_window, older_server.protocol.max_streams) == (INITIAL_WINDOW,
+                                                                                        LEGACY_MAX_STREAMS)
+    # A client that did not announce it keeps the fixed windows the server expects of it.
+    monkeypatch.setattr("gotaxy.client.control.LOGIN_FEATURES", ["connections_refused", "datagrams", "goodbye"])
+    unannounced = Client()
+    unannounced.message(dict(LOGIN_OK, features=[WINDOW_BUDGET]))
+    assert unannounced.protocol.budget is None and unannounced.protocol.initial_window == INITIAL_WINDOW
+
+
 def test_login_ok_without_heartbeats_is_fine() -> None:
     client = Client()
     client.message({"type": "login_ok", "client": "alice"})

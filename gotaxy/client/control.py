@@ -415,7 +415,7 @@ class ClientControlProtocol(MuxProtocol):
         if not isinstance(features, list):
             raise ProtocolError("login_ok: 'features' must be a list")
         self.server_features = {f for f in features[:16] if f in (TUNNEL_STATUS, CLIENT_RELOADED, DATAGRAM_DROPS)}
-        if WINDOW_BUDGET in features[:16]:
+        if WINDOW_BUDGET in features[:16] and WINDOW_BUDGET in LOGIN_FEATURES:  # both sides announced it
             self.use_window_budget()
         else:
             self.use_legacy_windows()
