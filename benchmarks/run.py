@@ -1879,9 +1879,12 @@ def streams_report(result: StreamsResult, count: int, markdown: bool) -> str:
 def streams_section(group: ProcessGroup, tools: Dict[str, str], work: Path, args: argparse.Namespace) -> str:
     """Measure and render the streams rows (``--streams N``, ``--streams-echoing M``)."""
     progress(f"streams: {args.streams} connections through one tunnel, then {args.streams_echoing} echoing")
+    load = os.getloadavg()[0]
     result = measure_streams(group, tools, work, args.source, args.streams, args.streams_echoing)
+    load = max(load, os.getloadavg()[0])
     return (f"Many connections through one tunnel: {args.streams} opened one after another and held, then "
-            f"{args.streams_echoing} of them echo at once; a server and client of their own\n"
+            f"{args.streams_echoing} of them echo at once; a server and client of their own "
+            f"(machine load average up to {load:.1f} on {os.cpu_count()} CPUs meanwhile)\n"
             + streams_report(result, args.streams, args.markdown))
 
 
