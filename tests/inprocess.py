@@ -69,15 +69,23 @@ class LiveSystem:
     @classmethod
     async def start(
         cls, test: Any, tunnels: List[str] = (), server_args: List[str] = (), client_name: str = "alice",
-        allow_operator_tunnels: List[str] = (), services: List[Any] = (),
+        allow_operator_tunnels: List[str] = (), services: List[Any] = (), database_url: Optional[str] = None,
+        create_token: bool = True,
     ) -> "LiveSystem":
+        """
+        ``database_url``: the store another LiveSystem may share (a node of
+        several); ``create_token=False`` for a second node, whose client's
+        token the first one created.
+        """
         data_dir = tempfile.mkdtemp(prefix="gotaxy-test-")
         test.addCleanup(shutil.rmtree, data_dir, True)
         live = cls(test, data_dir)
-        # Create the client's token up front, so the first start prints nothing.
-        store = Store(default_url(data_dir))
-        _, live.token = store.create_token(client_name)
-        store.close()
+        if create_token:  # the client's token up front, so the first start prints nothing
+            store = Store(database_url or default_url(data_dir))
+            _, live.token = store.create_token(client_name)
+            store.close()
+        if database_url is not None:
+            server_args = ["--database-url", database_url, *server_args]
         options = server_tap.Options()
         options.parseOptions(
             ["--data-dir", data_dir, "--bind-addr", "127.0.0.1", "--bind-port", str(free_port()), "--web-port", "0", "--console-port", "0",

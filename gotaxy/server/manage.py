@@ -277,6 +277,69 @@ class Management:
         self._mail = mail  #: gotaxy.notify.managed.ManagedMailRecipients, or None
         #: Where the server's CA is, which client certificates are issued from (resolved at start, as the server's).
         self.tls_dir = os.path.join(os.path.abspath(core.config.data_dir), "tls")
+        #: ``gotaxy.server.commands.CommandChannel``: actions for a client that another node of the
+        #: store holds are carried out there (set by the server's assembly; None: here only).
+        self.commands: Optional[Any] = None
+
+    # -- actions on a live session, carried out by the node that holds it ------
+
+    async def _on_owner(self, client: str, kind: str, args: Dict[str, Any], who: str = "an operator") -> Any:
+        """
+        Run the action ``kind`` (a key of ``_ROUTED``) with ``args``: here if
+        the client is connected here or to no node, else on the node that
+        holds it (``gotaxy.server.commands``), whose answer is returned or
+        raised as if it had been done here.  Returns what the action returns.
+        """
+        here = getattr(self, _ROUTED[kind])
+        if self.commands is None or client in self.core.sessions:
+            return await here(**args)
+        from gotaxy.store import commands as stored
+
+        node = await self._call(stored.holder, self._db, client)
+        if node is None or node == self._db.node:
+            return await here(**args)
+        from gotaxy.server.commands import NodeSilent, NodeUnavailable, when
+
+        try:
+            result = await self.commands.send(node, kind, args, who)
+        except NodeUnavailable as e:
+            state = ("has left the store" if e.lease_until is None
+                     else f"stopped renewing its lease (it ran out at {when(e.lease_until)})")
+            raise ManagementError("unavailable", f"client {client!r} is held by server node {node}, which {state}; "
+                                  "it is probably down, and the client shows as offline once another node "
+                                  "releases its rows (within a lease, 30 s)") from None
+        except NodeSilent as e:
+            if e.taken:
+                raise ManagementError("unavailable", f"server node {node} took the command but did not finish it "
+                                      f"within {e.waited:g} s; it may still take effect: look again in a "
+                                      "moment") from None
+            raise ManagementError("unavailable", f"server node {node} did not answer within {e.waited:g} s; it "
+                                  f"may be down (its lease runs until {when(e.lease_until)})") from None
+        error = result.get("error")
+        if error is not None:
+            raise ManagementError(str(error.get("kind") or "internal"), str(error.get("message") or ""),
+                                  error.get("field"))
+        view = result.get("view")
+        return _view_from_json(view) if isinstance(view, dict) else None
+
+    async def perform(self, kind: str, args: Dict[str, Any], who: str) -> Dict[str, Any]:
+        """
+        Carry out here a command another node sent (``gotaxy.server.commands``);
+        the result as the issuer reads it.
+        """
+        name = _ROUTED.get(kind)
+        if name is None:
+            return {"error": {"kind": "invalid", "field": None, "message":
+                              f"server node {self._db.node} does not know the command {kind[:32]!r}; "
+                              "upgrade it to the issuer's version"}}
+        try:
+            answer = await getattr(self, name)(**args)
+        except ManagementError as e:
+            return {"error": {"kind": e.kind, "message": str(e), "field": e.field}}
+        result: Dict[str, Any] = {"ok": True}
+        if isinstance(answer, TunnelView):
+            result["view"] = _view_json(answer)
+        return result
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         return await self.core.store.call(function, *args, **kwargs)
@@ -342,6 +405,9 @@ class Management:
 
     async def kick(self, name: str) -> None:
         """Disconnect a client; it reconnects unless its token is revoked."""
+        await self._on_owner(name, "client.kick", {"name": name})
+
+    async def _kick_here(self, name: str) -> None:
         session = self.core.sessions.get(name)
         if session is None:
             raise ManagementError("not_found", f"client {name!r} is not connected", "name")
@@ -468,10 +534,16 @@ class Management:
 
     async def _define(self, client: str, name: str, keys: Dict[str, Any], tcp_form: bool) -> TunnelView:
         self._check_names(client, name)
-        spec = self._spec(keys, tcp_form)
+        self._spec(keys, tcp_form)  # refused here, before any other node is asked
         known = await self.known_clients()
         if client not in known:
             raise ManagementError("not_found", _unknown_client(client, known), field="client")
+        view = await self._on_owner(client, "tunnel.add", {"client": client, "name": name, "keys": keys,
+                                                           "tcp_form": tcp_form})
+        return view if view is not None else await self.tunnel(client, name)
+
+    async def _add_here(self, client: str, name: str, keys: Dict[str, Any], tcp_form: bool) -> TunnelView:
+        spec = self._spec(keys, tcp_form)
         with _tunnel_errors("remote_port" if tcp_form else "spec.remotePort"):
             try:
                 record = await self.core.add_tunnel(client, name, spec)
@@ -480,19 +552,33 @@ class Management:
         return self._view(record, None)
 
     async def remove_tunnel(self, client: str, name: str) -> None:
+        await self._on_owner(client, "tunnel.remove", {"client": client, "name": name})
+
+    async def _remove_here(self, client: str, name: str) -> None:
         with _tunnel_errors():
             await self.core.remove_tunnel(client, name)
 
     async def set_enabled(self, client: str, name: str, enabled: bool) -> TunnelView:
+        view = await self._on_owner(client, "tunnel.enable" if enabled else "tunnel.disable",
+                                    {"client": client, "name": name})
+        return view if view is not None else await self.tunnel(client, name)
+
+    async def _enable_here(self, client: str, name: str) -> TunnelView:
         with _tunnel_errors():
-            if enabled:
-                await self.core.enable_tunnel(client, name)
-            else:
-                await self.core.disable_tunnel(client, name)
+            await self.core.enable_tunnel(client, name)
+        return await self.tunnel(client, name)
+
+    async def _disable_here(self, client: str, name: str) -> TunnelView:
+        with _tunnel_errors():
+            await self.core.disable_tunnel(client, name)
         return await self.tunnel(client, name)
 
     async def restart_tunnel(self, client: str, name: str) -> TunnelView:
         """Close a tunnel (cutting its connections) and open it again on its port."""
+        view = await self._on_owner(client, "tunnel.restart", {"client": client, "name": name})
+        return view if view is not None else await self.tunnel(client, name)
+
+    async def _restart_here(self, client: str, name: str) -> TunnelView:
         with _tunnel_errors():
             await self.core.restart_tunnel(client, name)
         return await self.tunnel(client, name)
@@ -521,6 +607,11 @@ class Management:
     async def _change_tunnel(self, client: str, name: str, changes: Dict[str, Any], tcp_form: bool) -> TunnelView:
         if not changes:
             raise _invalid("nothing to change", None)
+        view = await self._on_owner(client, "tunnel.change", {"client": client, "name": name, "changes": changes,
+                                                              "tcp_form": tcp_form})
+        return view if view is not None else await self.tunnel(client, name)
+
+    async def _change_here(self, client: str, name: str, changes: Dict[str, Any], tcp_form: bool) -> TunnelView:
         with _tunnel_errors("remote_port" if tcp_form else "spec.remotePort"):
             try:
                 await self.core.edit_tunnel(client, name, changes)
@@ -794,6 +885,35 @@ class Management:
             raise ManagementError("conflict", f"the certificates of {what[:64]!r} were revoked already", "certificate")
         now = self.core.reactor.seconds()
         return [record.to_json(now) for record in revoked]
+
+
+#: The actions ``Management._on_owner`` routes to the node that holds the client: command kind -> method.
+_ROUTED = {
+    "client.kick": "_kick_here",
+    "tunnel.add": "_add_here",
+    "tunnel.change": "_change_here",
+    "tunnel.disable": "_disable_here",
+    "tunnel.enable": "_enable_here",
+    "tunnel.remove": "_remove_here",
+    "tunnel.restart": "_restart_here",
+}
+
+
+def _view_json(view: TunnelView) -> Dict[str, Any]:
+    """A tunnel's view as JSON, for the issuer of a command (``_view_from_json`` reads it)."""
+    data = attrs.asdict(view, recurse=False)
+    data["address"] = view.address.text if view.address is not None else None
+    return data
+
+
+def _view_from_json(data: Dict[str, Any]) -> Optional[TunnelView]:
+    """The view another node sent, or None if this version cannot read it (then the store's is shown)."""
+    from gotaxy.proxy.address import address_or_none
+
+    try:
+        return TunnelView(**{**data, "address": address_or_none(data.get("address"))})
+    except TypeError:
+        return None
 
 
 def _issue_and_record(store: Any, tls_dir: str, name: str, days: int, who: str, now: float) -> Any:

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_retention -*-
 """
 Old events go: rows of the ``events`` table older than
-``events.retentionDays`` (default 90) are deleted.
+``events.retentionDays`` (default 90) are deleted, and node commands
+(``gotaxy.store.commands``) older than an hour.
 
 ``EventRetention`` is a service that runs ``run`` at start and then every
 ``EXPIRY_INTERVAL`` seconds on the reactor's clock.  ``run`` deletes in
@@ -28,6 +29,8 @@ DAY = 86400.0
 EXPIRY_INTERVAL = 3600.0
 #: Rows deleted per store call.
 BATCH = 1000
+#: Seconds a node command's row is kept (``gotaxy.store.commands``): its answer is read within seconds.
+COMMAND_KEEP = 3600.0
 
 
 class EventRetention(Service):
@@ -91,4 +94,18 @@ class EventRetention(Service):
                 break
         if deleted:
             self.log.info("deleted {n} events older than {days} days (events.retentionDays)", n=deleted, days=days)
+        await self.expire_commands()
         return deleted
+
+    async def expire_commands(self) -> int:
+        """Delete node commands (``gotaxy.store.commands``) older than ``COMMAND_KEEP``: answered long ago."""
+        from gotaxy.store import commands
+
+        store = self.core.store
+        before = self.core.reactor.seconds() - COMMAND_KEEP
+        deleted = 0
+        while True:
+            n = await store.call(commands.expire, store.store, before, self.batch)
+            deleted += n
+            if n < self.batch or self._stopping:
+                return deleted

@@ -78,6 +78,7 @@ from gotaxy.server.history import History
 from gotaxy.server.metrics import Metrics, MetricsResource
 from gotaxy.server.operators import OperatorAuth
 from gotaxy.jointoken import make_join_token
+from gotaxy.server.commands import CommandChannel
 from gotaxy.server.lease import LEASE, NodeLease, node_id
 from gotaxy.server.outbox import EventTail
 from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url
@@ -585,6 +586,9 @@ def _assemble(
     mail = ManagedMailRecipients(notifier, store, config, reactor)
     mail.load()
     management = Management(core, webhooks=webhooks, mail=mail, join_pin=credentials.join_pin)
+    # Operator actions for a client another node holds go there, and theirs for ours come here.
+    node_commands = CommandChannel(store, reactor, management.perform)
+    management.commands = node_commands
     operators = OperatorAuth(core)
     second_factor = PanelAuth(core, operators, reactor)
     metrics = Metrics(core, admission, notifier, reactor)
@@ -654,6 +658,7 @@ def _assemble(
         CoreService(core, store, credentials, admission, control),
         NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
         control, revocations, event_retention, notifier,
+        node_commands,  # stopped before the lease ends and the store closes
         operators,  # its password-check threads start and stop with the server
         metrics, history, acme, site_certificates,
         event_tail,  # once every subscriber listens; stopped before the store closes

@@ -242,6 +242,8 @@ MIGRATIONS: Tuple[Migration, ...] = (
     Migration(10, "tokens: the custom domains a token's client may claim (tokens.allow_domains)", ensure("tokens")),
     Migration(11, "tokens: a client's own bandwidth limit (tokens.max_bandwidth), set live by an operator",
               ensure("tokens")),
+    Migration(12, "node commands: operator actions addressed to the server process that holds the client",
+              ensure(schema.NODE_COMMANDS)),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -54,6 +54,7 @@ AUTH_FAILURES = "auth_failures"
 AUTH_LOCKS = "auth_locks"
 BANS = "bans"
 CLIENT_CERTIFICATES = "client_certificates"
+NODE_COMMANDS = "node_commands"
 
 #: Text of any length (what dataset has always used for ``types.text``).
 TEXT = UnicodeText
@@ -141,6 +142,21 @@ TABLES: Dict[str, TableSpec] = {
             ("started_at", Float), ("lease_until", Float),
         ),
         unique=(("node_id",),),
+    ),
+    # Operator commands addressed to the node that holds a client
+    # (gotaxy.store.commands, gotaxy.server.commands): taken once, answered.
+    NODE_COMMANDS: TableSpec(
+        columns=(
+            ("node", String(64)),
+            ("kind", String(32)),
+            ("args", TEXT),  # JSON, at most gotaxy.store.commands.MAX_ARGS bytes
+            ("who", String(128)),
+            ("created", Float),
+            ("taken", Float),
+            ("done", Float),
+            ("result", TEXT),  # JSON: {"ok": true} or {"error": {"kind", "message", "field"}}
+        ),
+        indexes=(("node", "taken"), ("created",)),
     ),
     # -- who holds a port, a name, an account (gotaxy.store.claims) ----------
     CLAIMS: TableSpec(
