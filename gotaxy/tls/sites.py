@@ -20,9 +20,10 @@ a website's name gets, and handing a connection to TLS.
 
 Every certificate is served with TLS 1.2 or later and ``MODERN_CIPHERS``
 (``gotaxy.tls.credentials``), and ALPN ``http/1.1``: the http front speaks
-HTTP/1.1.  OCSP stapling is not done: pyOpenSSL could staple
-(``Context.set_ocsp_server_callback``), but Let's Encrypt ended its OCSP
-service in 2025 and its certificates name no responder.
+HTTP/1.1.  A certificate whose issuer names an OCSP responder is served
+with its OCSP response stapled (``gotaxy.tls.ocsp``: fetched and renewed
+off the handshake, from a cache); Let's Encrypt ended its OCSP service in
+2025, so its certificates name none and get no staple.
 
 ``Termination`` is what ``gotaxy.proxy.https.HttpsFront`` calls for a name
 it has no passthrough for: ``can_serve(name)``, then ``take_over``, which
@@ -49,6 +50,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gotaxy.logs import gotaxy_observer
 from gotaxy.tls.credentials import MODERN_CIPHERS
+from gotaxy.tls.ocsp import OcspStapler, responder_of, stapling_class
 
 #: Seconds between looks at ``vhostHTTPSCertDir``.
 RELOAD_INTERVAL = 10.0
@@ -58,9 +60,13 @@ MAX_FILE = 256 * 1024
 MAX_FILES = 1000
 
 
+_Stapling = stapling_class(ssl.CertificateOptions)
+
+
 def tls_options(chain: List[x509.Certificate], key: Any) -> ssl.CertificateOptions:
     """What every website over HTTPS is served with (see the module docstring)."""
-    return ssl.CertificateOptions(
+    stapled = responder_of(chain[0]) is not None and len(chain) > 1
+    options = (_Stapling if stapled else ssl.CertificateOptions)(
         privateKey=key,
         certificate=chain[0],  # type: ignore[arg-type]
         extraCertChain=list(chain[1:]),  # type: ignore[arg-type]
@@ -68,6 +74,9 @@ def tls_options(chain: List[x509.Certificate], key: Any) -> ssl.CertificateOptio
         acceptableCiphers=ssl.AcceptableCiphers.fromOpenSSLCipherString(MODERN_CIPHERS),
         acceptableProtocols=[b"http/1.1"],
     )
+    if stapled:
+        options.leaf, options.issuer = chain[0], chain[1]  # (its stapler is given on the reactor thread: _staple)
+    return options
 
 
 def names_of(certificate: x509.Certificate) -> List[str]:
@@ -186,8 +195,11 @@ class SiteCertificates(Service):
     log = Logger(observer=gotaxy_observer)
 
     def __init__(self, reactor: Any, cert_dir: Optional[str], acme: Any = None,
-                 thread_reactor: Any = None, interval: float = RELOAD_INTERVAL) -> None:
+                 thread_reactor: Any = None, interval: float = RELOAD_INTERVAL,
+                 stapler: Optional[OcspStapler] = None) -> None:
         self.reactor = reactor
+        #: OCSP responses for the certificates whose issuer has a responder (``gotaxy.tls.ocsp``)
+        self.stapler = stapler if stapler is not None else OcspStapler(reactor)
         self.cert_dir = cert_dir
         self.acme = acme
         self.interval = interval
@@ -217,6 +229,13 @@ class SiteCertificates(Service):
             self._loop.stop()
         if self._pool.started:
             self._pool.stop()
+        self.stapler.stop()
+
+    def _staple(self, options: Any) -> None:
+        """Options with a responder start being stapled (on the reactor thread, once)."""
+        if isinstance(options, _Stapling) and options.stapler is None:
+            options.stapler = self.stapler
+            self.stapler.track(options.leaf, options.issuer)
 
     async def reload(self) -> None:
         """Read the files that are new or changed since the last look; forget the ones that are gone."""
@@ -233,6 +252,7 @@ class SiteCertificates(Service):
             else:
                 self.log.info("HTTPS certificate {path} loaded for {names}", path=path, names=", ".join(outcome.names))
                 self._files[path] = outcome
+                self._staple(outcome.options)
                 changed = True
         for path in [p for p in self._files if p not in stamps]:
             self.log.info("HTTPS certificate {path} is gone: no longer used", path=path)
@@ -277,6 +297,7 @@ class SiteCertificates(Service):
                 return None
             cached = (issued.chain_pem, site)
             self._acme_sites[name] = cached
+            self._staple(site.options)
         return cached[1].options
 
 
