@@ -48,6 +48,15 @@ LISTENER = (
 )
 
 
+LISTENER6 = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    f"s.bind(('::', {PORT + 1})); s.listen(16); print('listening', flush=True)\n"
+    "while True:\n"
+    "    c, _ = s.accept(); c.sendall(b'hello'); c.close()\n"
+)
+
+
 def _why_not() -> str:
     if sys.platform != "linux":
         return "nftables and network namespaces are Linux's"
@@ -73,12 +82,13 @@ def _sh(*argv: str, input: str = None) -> None:
     subprocess.run(list(argv), check=True, capture_output=True, text=True, input=input, timeout=30)
 
 
-def _connect(source: str, timeout: float = 1.5) -> str:
+def _connect(source: str, timeout: float = 1.5, server: str = SERVER) -> str:
     """From the attacker's namespace, as ``source``: 'accepted', 'refused' or 'dropped' (timed out)."""
+    family, port = ("socket.AF_INET6", PORT + 1) if ":" in server else ("socket.AF_INET", PORT)
     code = (
         "import socket, sys\n"
-        "s = socket.socket(); s.settimeout(float(sys.argv[2])); s.bind((sys.argv[1], 0))\n"
-        f"try:\n    s.connect(('{SERVER}', {PORT})); print('accepted', s.recv(5))\n"
+        f"s = socket.socket({family}); s.settimeout(float(sys.argv[2])); s.bind((sys.argv[1], 0))\n"
+        f"try:\n    s.connect(('{server}', {port})); print('accepted', s.recv(5))\n"
         "except socket.timeout:\n    print('dropped')\n"
         "except ConnectionRefusedError:\n    print('refused')\n"
     )
@@ -151,6 +161,43 @@ class NetnsFirewallTests(unittest.TestCase):
         self.assertEqual(self.elements(), [])
         self.assertEqual(await deferToThread(_connect, ATTACKER), "accepted")
         self.assertEqual(again.firewall.failures, 0)
+
+    async def test_an_ipv6_ban_drops_the_sources_whole_64_in_the_kernel(self) -> None:
+        # fd00:231::/64 holds the server, the attacker and its neighbour; fd00:232::/64 is another site on the link.
+        suffix = f"{os.getpid()}"
+        veth_in, veth_out = f"gxs{suffix}"[:15], f"gxa{suffix}"[:15]
+        for ns, dev, addresses in ((self.inside, veth_in, ("fd00:231::1/64", "fd00:232::1/64")),
+                                   (self.outside, veth_out, ("fd00:231::2/64", "fd00:231::3/64", "fd00:232::3/64"))):
+            for address in addresses:
+                _sh("ip", "-n", ns, "addr", "add", address, "dev", dev, "nodad")
+        _sh("ip", "netns", "exec", self.inside, "nft", "add", "set", "inet", "gotaxy", "banned6",
+            "{ type ipv6_addr; flags interval; }")
+        _sh("ip", "netns", "exec", self.inside, "nft", "add", "rule", "inet", "gotaxy", "input",
+            "ip6", "saddr", "@banned6", "drop")
+        listener = subprocess.Popen(["ip", "netns", "exec", self.inside, sys.executable, "-c", LISTENER6],
+                                    stdout=subprocess.PIPE, text=True)
+        self.addCleanup(listener.wait, 10)
+        self.addCleanup(listener.kill)
+        assert listener.stdout.readline().strip() == "listening"
+        self.assertEqual(await deferToThread(_connect, "fd00:231::2", 1.5, "fd00:231::1"), "accepted")
+        config = server_config(access=AccessSettings(
+            ban_exempt=(), nft_set6="inet gotaxy banned6", nft_command=f"ip netns exec {self.inside} nft"))
+        store = SynchronousStore(memory_store(reactor.seconds), reactor)
+        self.addCleanup(store.stop)
+        access = AccessControl(config, reactor, store)
+        access.start()
+        self.addCleanup(access.stop)
+        await access.firewall.idle()
+        ban = await access.ban("fd00:231::2", "10 wrong client tokens in 600 s")
+        await access.firewall.idle()
+        self.assertEqual(ban.address, "fd00:231::/64")
+        self.assertEqual(await deferToThread(_connect, "fd00:231::2", 1.5, "fd00:231::1"), "dropped")
+        self.assertEqual(await deferToThread(_connect, "fd00:231::3", 1.5, "fd00:231::1"), "dropped")  # its /64
+        self.assertEqual(await deferToThread(_connect, "fd00:232::3", 1.5, "fd00:232::1"), "accepted")
+        await access.lift("fd00:231::3", "console operator admin")  # any address of the network lifts it
+        await access.firewall.idle()
+        self.assertEqual(await deferToThread(_connect, "fd00:231::2", 1.5, "fd00:231::1"), "accepted")
+        self.assertEqual(access.firewall.failures, 0)
 
 
 async def _until(condition, seconds: float = 10.0) -> None:
