@@ -644,7 +644,7 @@ class ConsoleFactory(factory.SSHFactory):
         """Close every connection, logged in or not, whose address is ``under`` the new ban of ``banned``."""
         cut = 0
         for transport_ in list(self.open):
-            if under(transport_.address):
+            if transport_.transport is not None and under(transport_.address):
                 cut += 1
                 transport_.sendDisconnect(transport.DISCONNECT_BY_APPLICATION,
                                           f"the address {banned} is banned on this server".encode())
