@@ -143,8 +143,9 @@ def test_openssl_certificates_each_refusal_says_why_on_both_sides(tmp_path):
     # /metrics counts them by reason.
     from gotaxy.server.metrics import EventCounts, GotaxyCollector
 
+    # (By its suffix: conftest would take the metric's full name for the gotaxy command, a process.)
     (family,) = [m for m in GotaxyCollector(server.core, EventCounts()).collect()
-                 if m.name == "gotaxy_client_certificate_refusals"]
+                 if m.name.endswith("_client_certificate_refusals")]
     counts = {s.labels["reason"]: s.value for s in family.samples if s.name.endswith("_total")}
     assert counts == {"missing": 1, "untrusted": 1, "expired": 1, "not_yet_valid": 1, "revoked": 0, "bad_name": 0,
                       "wrong_usage": 1}
@@ -350,4 +351,23 @@ def test_a_certificate_only_client_at_a_server_that_takes_none_is_told_so(gotaxy
     client = GotaxyClient(network, None, auth_method="certificate", tls_cert_file=cert, tls_key_file=key).start()
     assert "this server does not take client certificates" in client.fatal[0]
     assert "check the token" not in client.fatal[0]
+    server.shutdown()
+
+
+def test_a_reload_that_changes_the_mode_needs_a_restart_and_changes_nothing(gotaxy_ca, tmp_path):
+    import attrs
+
+    tls, ca = gotaxy_ca
+    cert, key = write_issued(tmp_path, issue_client_certificate(str(tls), "laptop"))
+    network = MemoryNetwork()
+    server = cert_server(network, ca, method="certificate")
+    changed = attrs.evolve(server.config, auth_method="token")
+    Deferred.fromCoroutine(server.core.apply(changed))
+    from gotaxy.server.reload import RESTART_REASONS
+
+    assert "auth.method" in RESTART_REASONS and "transport.tls.trustedCaFile" in RESTART_REASONS
+    # Still the certificate alone, as started.
+    client = GotaxyClient(network, None, auth_method="certificate", tls_cert_file=cert, tls_key_file=key).start()
+    assert client.fatal == [] and server.session("laptop") is not None
+    client.stop()
     server.shutdown()

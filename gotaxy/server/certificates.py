@@ -66,11 +66,9 @@ class ClientCertificates:
         self._reports = RepeatThrottle(core.reactor, REFUSAL_INTERVAL, self._report)
         self._recording: Set[Deferred] = set()
         core.events.subscribe(self._revoked_event)
-
-    @property
-    def alone(self) -> bool:
-        """``auth.method = "certificate"``: no token is asked for."""
-        return self.core.config.auth_method == "certificate"
+        #: ``auth.method = "certificate"``: no token is asked for.  Set at start, as the control
+        #: port's TLS is: a reload that changes it says it needs a restart (``gotaxy.server.reload``).
+        self.alone = core.config.auth_method == "certificate"
 
     async def check(self, chain: Sequence[Any], address: str) -> ClientCertificate:
         """

@@ -832,10 +832,11 @@ class Management:
     def certificate_settings(self) -> Dict[str, Any]:
         """Whether the control port asks for client certificates, how, and what it refused so far."""
         certificates = self.core.certificates
+        # What is in force (set at start), not what a reloaded file may say until the restart.
         return {
             "required": certificates is not None,
-            "method": self.core.config.auth_method,
-            "trustedCaFile": self.core.config.transport.tls_trusted_ca_file,
+            "method": "certificate" if certificates is not None and certificates.alone else "token",
+            "trustedCaFile": certificates.verifier.ca_file if certificates is not None else None,
             "refusals": dict(certificates.refusals) if certificates is not None else {},
         }
 
