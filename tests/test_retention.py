@@ -34,10 +34,16 @@ class CountingStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.calls = 0
+        self.calls = 0  # the events' deletes
+        self.command_calls = 0  # the node commands' (gotaxy.store.commands.expire)
 
     def call(self, function: Any, *args: Any) -> Any:
-        self.calls += 1
+        from gotaxy.store import commands
+
+        if function is commands.expire:
+            self.command_calls += 1
+        else:
+            self.calls += 1
         return succeed(function(*args))
 
 
@@ -80,6 +86,7 @@ def test_the_retention_service_runs_at_start_and_then_hourly_in_batches():
     try:
         # At start: 8 old rows in batches of 3 is 3 store calls (3 + 3 + 2).
         assert threaded.calls == 3
+        assert threaded.command_calls == 1  # and one for the node commands, which are none
         assert [e.detail for e in store.events()] == ["1 days ago", "30 days ago"]
         # Nothing for an hour; then again, and what has aged meanwhile goes.
         times.now = clock.seconds()
@@ -89,6 +96,7 @@ def test_the_retention_service_runs_at_start_and_then_hourly_in_batches():
         service.core.config = ServerConfig(events=EventsSettings(retention_days=7))  # as a reload would
         clock.advance(1)
         assert threaded.calls == 4
+        assert threaded.command_calls == 2
         assert [e.detail for e in store.events()] == ["x", "1 days ago"]
     finally:
         service.stopService()

@@ -61,6 +61,9 @@ class _Core:
     def __init__(self, said: list) -> None:
         self.said = said
 
+    def flush_pending_reports(self) -> None:
+        self.said.append("failure counts told")
+
     async def shutdown(self) -> None:
         self.said.append("clients told goodbye")
 
@@ -78,7 +81,7 @@ def test_clients_are_told_goodbye_only_once_the_control_port_is_closed():
     service.running = True
     service._announce = Clock().callLater(1, lambda: None)
     done = service.stopService()
-    assert said == []  # the port is still open
+    assert said == ["failure counts told"]  # the port is still open: no goodbye yet
     control.closed.callback(None)
-    assert said == ["clients told goodbye", "store stopped"]
+    assert said == ["failure counts told", "clients told goodbye", "store stopped"]
     assert done.called

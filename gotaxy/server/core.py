@@ -262,7 +262,7 @@ class ServerCore:
         if self._idle.running:
             self._idle.stop()
         self.access.stop()
-        self.login_failures.flush()
+        self.flush_pending_reports()
         if self.certificates is not None:
             self.certificates.stop()
 
@@ -1074,6 +1074,10 @@ class ServerCore:
                 tunnel.session.tunnel_down(tunnel.name, reason)
 
         await self._locked(tunnel.session, close)
+
+    def flush_pending_reports(self) -> None:
+        """Log and record the log-in failure counts still waiting for their minute (at stop)."""
+        self.login_failures.flush()
 
     async def shutdown(self) -> None:
         self.stop()

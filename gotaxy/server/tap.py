@@ -324,6 +324,10 @@ class CoreService(Service):
             self._announce.cancel()
         if self.admission is not None:
             self.admission.stop()
+        # The pending log-in failure counts are told now, while the log file
+        # still takes lines: _shutdown waits for the control port to close,
+        # and by then the services started after this one have stopped.
+        self.core.flush_pending_reports()
         d = Deferred.fromCoroutine(self._shutdown())
         d.addBoth(lambda _: self.store.stop())
         return d
