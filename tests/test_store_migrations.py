@@ -247,3 +247,42 @@ def test_database_url_in_the_config_stays_out_of_reprs_and_errors() -> None:
         ServerConfig(database_url="sqlite:////a.db", store="sqlite:////b.db")
     # The older name still works.
     assert ServerConfig(store="sqlite:////b.db").effective_database_url() == "sqlite:////b.db"
+
+
+def _operational(message: str) -> Exception:
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
+
+
+def test_a_start_waits_out_another_servers_lock_and_reports_an_unreachable_database_at_once(monkeypatch) -> None:
+    # SQLite answers "database is locked" at once, without its busy timeout,
+    # when two writers would deadlock: that is another server migrating, and
+    # the step is tried again; an error of the database itself is not.
+    from gotaxy.store import migrations
+
+    monkeypatch.setattr(migrations, "RETRY_DELAY", 0.001)
+    failures = [_operational("database is locked"), _operational("database is locked")]
+    calls: List[str] = []
+
+    def locked_twice() -> str:
+        calls.append("try")
+        if failures:
+            raise failures.pop(0)
+        return "migrated"
+
+    assert migrations._retrying(float("inf"), locked_twice) == "migrated"
+    assert len(calls) == 3
+
+    def unreachable() -> str:
+        calls.append("unreachable")
+        raise _operational('connection to server at "127.0.0.1", port 1 failed: Connection refused')
+
+    from sqlalchemy.exc import OperationalError
+
+    with pytest.raises(OperationalError, match="Connection refused"):
+        migrations._retrying(float("inf"), unreachable)
+    assert calls.count("unreachable") == 1
+    # Contention that outlasts the deadline is reported too, not waited on forever.
+    with pytest.raises(OperationalError, match="locked"):
+        migrations._retrying(0.0, lambda: (_ for _ in ()).throw(_operational("database is locked")))

@@ -29,14 +29,15 @@ Writing a migration
 
 Two servers starting at once on one database may both try a migration;
 ``version`` is UNIQUE, so one of them records it and the other, finding it
-recorded when it retries, goes on.
+recorded when it retries, goes on.  Every step is retried while the error
+is the other's doing (a lock, a CREATE it won), for up to a minute.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import attrs
 from alembic.migration import MigrationContext
@@ -44,7 +45,7 @@ from alembic.operations import Operations
 from dataset.util import index_name
 from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, UniqueConstraint, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gotaxy.store import schema
 
@@ -279,35 +280,64 @@ def migrate(engine: Engine, shown_url: str, clock: Callable[[], float] = time.ti
     meanwhile).  ``shown_url`` names the database in errors (no password).
     """
     latest = migrations[-1].version if migrations else 0
-    with engine.connect() as connection:
-        version = _applied_version(connection)
+    deadline = time.monotonic() + CONTENTION_SECONDS
+    version = _retrying(deadline, lambda: schema_version(engine))
     _refuse_newer(version, shown_url)
     applied: List[Migration] = []
     if version >= latest:
         return applied
-    for attempt in range(ATTEMPTS):
-        try:
-            with engine.begin() as connection:
-                _schema_table(MetaData()).create(connection, checkfirst=True)
-            break
-        except DBAPIError:  # another server created it at the same moment
-            if attempt == ATTEMPTS - 1:
-                raise
-            time.sleep(RETRY_DELAY)
+
+    def create_schema_table() -> None:
+        with engine.begin() as connection:
+            _schema_table(MetaData()).create(connection, checkfirst=True)
+
+    _retrying(deadline, create_schema_table)
     for migration in migrations:
-        if migration.version > version and _apply(engine, migration, clock):
+        if migration.version > version and _apply(engine, migration, clock, deadline):
             applied.append(migration)
     return applied
 
 
-#: Tries of one migration, and seconds between them, while another server applies it too.
-ATTEMPTS = 10
+#: Seconds a start keeps retrying while another server migrates the same
+#: database (SQLite answers "database is locked" at once, without waiting,
+#: when two writers would deadlock; PostgreSQL reports the loser of a race
+#: for one CREATE or one UNIQUE version), and the pause between tries.
+#: Only at start-up, before the reactor runs.
+CONTENTION_SECONDS = 60.0
 RETRY_DELAY = 0.2
 
+T = TypeVar("T")
 
-def _apply(engine: Engine, migration: Migration, clock: Callable[[], float]) -> bool:
+
+#: What a database says when another server's migration got in the way
+#: (SQLite's lock and "already exists"/"duplicate column" errors; PostgreSQL's
+#: deadlock and serialization failures), as against a database that cannot
+#: be reached or refuses the user, which is reported at once.
+_CONTENTION = ("locked", "busy", "already exists", "duplicate column", "deadlock", "could not serialize")
+
+
+def _contended(error: DBAPIError) -> bool:
+    if isinstance(error, IntegrityError):
+        return True  # the loser of a race for one UNIQUE version (or one CREATE's catalog row, on PostgreSQL)
+    text = str(error.orig).lower()
+    return any(word in text for word in _CONTENTION)
+
+
+def _retrying(deadline: float, step: Callable[[], T]) -> T:
+    """``step()``, tried again after contention until ``deadline``; any other error, or the last, raised."""
+    while True:
+        try:
+            return step()
+        except DBAPIError as e:
+            if not _contended(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(RETRY_DELAY)
+
+
+def _apply(engine: Engine, migration: Migration, clock: Callable[[], float], deadline: float) -> bool:
     """Apply ``migration`` unless it is recorded; False if another server applied it."""
-    for attempt in range(ATTEMPTS):
+
+    def attempt() -> Optional[bool]:
         try:
             with engine.begin() as connection:
                 if _applied_version(connection) >= migration.version:
@@ -322,12 +352,10 @@ def _apply(engine: Engine, migration: Migration, clock: Callable[[], float]) -> 
         except DBAPIError:
             # Another server applying it at the same moment won the CREATE
             # (or the UNIQUE version).  If it is recorded now, go on; if not,
-            # the other may still be at work: try again, the steps are
-            # idempotent.  Only at start-up, before the reactor runs.
-            with engine.connect() as connection:
-                if _applied_version(connection) >= migration.version:
-                    return False
-            if attempt == ATTEMPTS - 1:
-                raise
-            time.sleep(RETRY_DELAY)
-    return False  # not reached
+            # the other may still be at work: try again (the steps are
+            # idempotent), the error raised if it lasts past the deadline.
+            if schema_version(engine) >= migration.version:
+                return False
+            raise
+
+    return _retrying(deadline, attempt)
