@@ -13,6 +13,11 @@ first seconds (the bucket's burst, a tenth of a second's worth, and the
 buffers filling) and the last interval (the sender has stopped, buffers
 drain) are left out; the rest is MEASURED seconds of steady state.  The
 figures are printed (``pytest -s``) and in the test's log.
+
+Each direction has iperf3 servers of its own (four in all, one tunnel
+each): an ``iperf3 -s`` serves one test at a time and refuses the next
+("the server is busy") until the last one's streams have closed, which
+through a limited tunnel is after its buffered bytes have drained.
 """
 
 from __future__ import annotations
@@ -87,39 +92,39 @@ def total_rate(report: Dict[str, Any]) -> float:
 
 @pytest.mark.parametrize("mode", ["client", "server"])
 def test_iperf3_through_a_10MB_tunnel_measures_10MB_each_way_beside_an_unlimited_one(procs, tmp_path, mode):
-    limited_port, fast_port = iperf_server(procs, "iperf3-limited"), iperf_server(procs, "iperf3-fast")
+    ways = {False: "upload", True: "download"}
+    names = [f"{kind}-{way}" for way in ways.values() for kind in ("limited", "fast")]
+    targets = {name: iperf_server(procs, f"iperf3-{name}") for name in names}
     server = procs.server()
     config = tmp_path / "client.toml"
-    config.write_text(f"""
+    config.write_text("".join(
+        f"""
 [[proxies]]
-name = "limited"
-localPort = {limited_port}
-transport.bandwidthLimit = "10MB"
+name = "{name}"
+localPort = {port}
+""" + (f"""transport.bandwidthLimit = "10MB"
 transport.bandwidthLimitMode = "{mode}"
-
-[[proxies]]
-name = "fast"
-localPort = {fast_port}
-""")
+""" if name.startswith("limited") else "")
+        for name, port in targets.items()))
     client = procs.client(server, args=["--config", str(config)])
-    ports = {name: tunnel_port(client, name) for name in ("limited", "fast")}
+    ports = {name: tunnel_port(client, name) for name in names}
 
     figures: List[str] = []
-    for reverse in (False, True):
+    for reverse, way in ways.items():
         reports: Dict[str, Dict[str, Any]] = {}
 
-        def run(name: str) -> None:
-            reports[name] = iperf_client(ports[name], reverse)
+        def run(kind: str) -> None:
+            reports[kind] = iperf_client(ports[f"{kind}-{way}"], reverse)
 
-        threads = [threading.Thread(target=run, args=(name,)) for name in ("limited", "fast")]
+        threads = [threading.Thread(target=run, args=(kind,)) for kind in ("limited", "fast")]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(SECONDS + 90)
         assert set(reports) == {"limited", "fast"}, "an iperf3 run did not finish"
         limited, fast = received_rate(reports["limited"], reverse), total_rate(reports["fast"])
-        way = "download (-R)" if reverse else "upload"
-        figures.append(f"{way}: limited {limited / MiB:.3f} MiB/s over {MEASURED} s "
+        shown = "download (-R)" if reverse else "upload"
+        figures.append(f"{shown}: limited {limited / MiB:.3f} MiB/s over {MEASURED} s "
                        f"({(limited / LIMIT - 1) * 100:+.2f}%), unlimited beside it {fast / MiB:.1f} MiB/s")
         print(f"bandwidthLimitMode = {mode}, {figures[-1]}")
         assert 0.95 * LIMIT <= limited <= 1.05 * LIMIT, figures[-1]
