@@ -3,7 +3,9 @@ The Chinese documents against the English ones, so that they cannot drift
 apart unnoticed: README.zh-CN.md shows README.md's commands (install and
 start, the whole test suite, its fast tier), every key,
 flag and default in docs/configuration.md's tables is in
-docs/zh-CN/configuration.md's, and every relative link in the Chinese
+docs/zh-CN/configuration.md's, every `code` of an English page that has a
+Chinese one (a key, a command, an event type, a message) is in the Chinese
+page too, and every relative link in the Chinese
 documents (and the links between the languages) leads to a file and heading
 that exist.
 """
@@ -126,3 +128,31 @@ def test_the_languages_link_to_each_other(source, target):
     path = ROOT / source
     assert any((path.parent / link.partition("#")[0]).resolve() == (ROOT / target).resolve()
                for link in relative_links(path)), f"{source} does not link to {target}"
+
+
+#: The English pages that have a Chinese translation (docs/zh-CN/NAME).
+TRANSLATED = sorted(p.name for p in (ROOT / "docs" / "zh-CN").glob("*.md") if (ROOT / "docs" / p.name).is_file())
+
+
+def code_spans(path: Path) -> "set[str]":
+    """The inline `code` of a page, blanks collapsed; fenced and indented blocks left out (they may be translated)."""
+    text = re.sub(r"^[ \t]*```.*?^[ \t]*```", "", path.read_text(), flags=re.M | re.S)
+    text = re.sub(r"^(?:    |\t).*$", "", text, flags=re.M)
+    return {re.sub(r"\s+", " ", span.strip()) for span in re.findall(r"`([^`]+)`", text)}
+
+
+def test_the_translated_pages_are_the_ones_expected():
+    # A new Chinese page is checked below as soon as it exists; these must stay translated.
+    assert {"architecture.md", "configuration.md", "console.md", "metrics.md", "notifications.md",
+            "operations.md", "panel.md", "protocol.md", "security.md", "websites.md"} <= set(TRANSLATED)
+
+
+@pytest.mark.parametrize("name", TRANSLATED)
+def test_the_chinese_page_shows_every_code_of_the_english(name):
+    # What a reader types or looks for (keys, commands, event types, log lines) is the
+    # same in both languages; a section added in English without its Chinese fails here.
+    missing = code_spans(ROOT / "docs" / name) - code_spans(ROOT / "docs" / "zh-CN" / name)
+    assert not missing, (
+        f"docs/zh-CN/{name} lacks what docs/{name} shows as code: {sorted(missing)[:20]}; "
+        f"translate the new English text into docs/zh-CN/{name} (code, keys and commands as they are)"
+    )
