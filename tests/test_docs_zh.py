@@ -147,12 +147,15 @@ def test_the_translated_pages_are_the_ones_expected():
             "operations.md", "panel.md", "protocol.md", "security.md", "websites.md"} <= set(TRANSLATED)
 
 
-@pytest.mark.parametrize("name", TRANSLATED)
-def test_the_chinese_page_shows_every_code_of_the_english(name):
+PAIRS = [("README.md", "README.zh-CN.md")] + [(f"docs/{name}", f"docs/zh-CN/{name}") for name in TRANSLATED]
+
+
+@pytest.mark.parametrize("english, chinese", PAIRS, ids=[pair[0] for pair in PAIRS])
+def test_the_chinese_page_shows_every_code_of_the_english(english, chinese):
     # What a reader types or looks for (keys, commands, event types, log lines) is the
     # same in both languages; a section added in English without its Chinese fails here.
-    missing = code_spans(ROOT / "docs" / name) - code_spans(ROOT / "docs" / "zh-CN" / name)
+    missing = code_spans(ROOT / english) - code_spans(ROOT / chinese)
     assert not missing, (
-        f"docs/zh-CN/{name} lacks what docs/{name} shows as code: {sorted(missing)[:20]}; "
-        f"translate the new English text into docs/zh-CN/{name} (code, keys and commands as they are)"
+        f"{chinese} lacks what {english} shows as code: {sorted(missing)[:20]}; "
+        f"translate the new English text into {chinese} (code, keys and commands as they are)"
     )
