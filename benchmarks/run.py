@@ -1888,17 +1888,17 @@ def streams_section(group: ProcessGroup, tools: Dict[str, str], work: Path, args
             + streams_report(result, args.streams, args.markdown))
 
 
-def streams_main(args: argparse.Namespace) -> int:
-    """``--streams-only``: the streams rows alone (only twistd is needed)."""
-    twistd = find_twistd()
-    if twistd is None:
-        raise SystemExit("benchmarks/run.py needs twistd (pip install -e . in this repository)")
-    work = Path(tempfile.mkdtemp(prefix="gotaxy-bench-streams-"))
+def in_work_directory(args: argparse.Namespace, prefix: str,
+                      body: Callable[[ProcessGroup, Path], None]) -> int:
+    """
+    ``body(group, work)`` in a new temporary directory, its processes in
+    ``group``: the exit status, every process stopped and the directory
+    removed (kept with ``--keep``) however it ends.
+    """
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     group = ProcessGroup(work)
     try:
-        print(f"gotaxy {gotaxy_revision(args.source)}; python {platform.python_version()}, "
-              f"{os.cpu_count()} CPUs, Linux {platform.release()}, everything on 127.0.0.1")
-        print(streams_section(group, {"twistd": twistd}, work, args))
+        body(group, work)
         return 0
     except BenchmarkError as e:
         progress(f"benchmark set-up failed: {e}")
@@ -1912,6 +1912,20 @@ def streams_main(args: argparse.Namespace) -> int:
             progress(f"logs and configs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def streams_main(args: argparse.Namespace) -> int:
+    """``--streams-only``: the streams rows alone (only twistd is needed)."""
+    twistd = find_twistd()
+    if twistd is None:
+        raise SystemExit("benchmarks/run.py needs twistd (pip install -e . in this repository)")
+
+    def body(group: ProcessGroup, work: Path) -> None:
+        print(f"gotaxy {gotaxy_revision(args.source)}; python {platform.python_version()}, "
+              f"{os.cpu_count()} CPUs, Linux {platform.release()}, everything on 127.0.0.1")
+        print(streams_section(group, {"twistd": twistd}, work, args))
+
+    return in_work_directory(args, "gotaxy-bench-streams-", body)
 
 
 # --- reconnect after a server restart (issue 15, goal 4) ---------------------
@@ -2237,13 +2251,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return main_restart_only(args)
     tools = locate_tools()
     chosen = workloads(args.connections, args.threads, args.reverse)
-    work = Path(tempfile.mkdtemp(prefix="gotaxy-bench-"))
-    group = ProcessGroup(work)
+
     def on_signal(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
-    try:
+
+    def body(group: ProcessGroup, work: Path) -> None:
         progress(f"working in {work}")
         nginx_port, iperf_ports = start_targets(group, tools, work, args.file_size)
         endpoints = {
@@ -2350,28 +2364,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.restart:
             print()
             print(restart_rows(group, tools, work, args))
-        return 0
-    except BenchmarkError as e:
-        progress(f"benchmark set-up failed: {e}")
-        return 1
-    except KeyboardInterrupt:
-        progress("interrupted; stopping everything")
-        return 130
-    finally:
-        group.stop_all()
-        if args.keep:
-            progress(f"logs and configs kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+
+    return in_work_directory(args, "gotaxy-bench-", body)
 
 
 def main_restart_only(args: argparse.Namespace) -> int:
     twistd = find_twistd()
     if twistd is None:
         raise SystemExit("benchmarks/run.py --restart-only needs twistd (pip install -e . in this repository)")
-    work = Path(tempfile.mkdtemp(prefix="gotaxy-bench-"))
-    group = ProcessGroup(work)
-    try:
+
+    def body(group: ProcessGroup, work: Path) -> None:
         progress(f"working in {work}")
         text = restart_rows(group, {"twistd": twistd}, work, args)
         print(f"gotaxy {gotaxy_revision(args.source)}")
@@ -2379,19 +2381,8 @@ def main_restart_only(args: argparse.Namespace) -> int:
               f"python {platform.python_version()}; everything on 127.0.0.1")
         print()
         print(text)
-        return 0
-    except BenchmarkError as e:
-        progress(f"benchmark set-up failed: {e}")
-        return 1
-    except KeyboardInterrupt:
-        progress("interrupted; stopping everything")
-        return 130
-    finally:
-        group.stop_all()
-        if args.keep:
-            progress(f"logs and configs kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+
+    return in_work_directory(args, "gotaxy-bench-", body)
 
 
 if __name__ == "__main__":
