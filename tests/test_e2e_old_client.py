@@ -9,72 +9,25 @@ the server stops, and comes back after the restart.
 
 from __future__ import annotations
 
-import io
-import shutil
-import subprocess
-import tarfile
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
 from gotaxy.wire import PROTOCOL_VERSION
-from tests.e2e import ROOT, echo_once, tunnel_port
-
-#: Commits of gotaxy/wire.py looked at to find the last one of the previous version.
-HISTORY_DEPTH = 200
+from tests.e2e import echo_once, tunnel_port
+from tests.history import last_commit_where
 
 
 def previous_version_tree(destination: Path) -> Optional[str]:
     """Extract the last commit whose wire protocol is ``PROTOCOL_VERSION - 1``; its id, or None."""
-    git = shutil.which("git")
-    if git is None or not (ROOT / ".git").exists():
-        return None
-    try:
-        commits = subprocess.run(
-            [git, "-C", str(ROOT), "log", f"-n{HISTORY_DEPTH}", "--format=%H", "--", "gotaxy/wire.py"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout.split()
-        for commit in commits:
-            wire = subprocess.run([git, "-C", str(ROOT), "show", f"{commit}:gotaxy/wire.py"],
-                                  capture_output=True, text=True, timeout=30).stdout
-            if f"\nPROTOCOL_VERSION = {PROTOCOL_VERSION - 1}\n" in wire:
-                archive = subprocess.run([git, "-C", str(ROOT), "archive", commit, "gotaxy", "twisted"],
-                                         capture_output=True, check=True, timeout=60).stdout
-                with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-                    tar.extractall(destination, filter="data")
-                return commit
-    except (subprocess.SubprocessError, OSError):
-        return None
-    return None
-
-
-def _extract(commit: str, destination: Path) -> None:
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "gotaxy", "twisted"],
-                             capture_output=True, check=True, timeout=60).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(destination, filter="data")
+    return last_commit_where("gotaxy/wire.py", lambda text: f"\nPROTOCOL_VERSION = {PROTOCOL_VERSION - 1}\n" in text,
+                             destination)
 
 
 def tree_before_goodbye(destination: Path) -> Optional[str]:
     """Extract the last commit whose client does not announce ``goodbye``; its id, or None."""
-    git = shutil.which("git")
-    if git is None or not (ROOT / ".git").exists():
-        return None
-    try:
-        commits = subprocess.run(
-            [git, "-C", str(ROOT), "log", f"-n{HISTORY_DEPTH}", "--format=%H", "--", "gotaxy/client/control.py"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout.split()
-        for commit in commits:
-            control = subprocess.run([git, "-C", str(ROOT), "show", f"{commit}:gotaxy/client/control.py"],
-                                     capture_output=True, text=True, timeout=30).stdout
-            if control and '"goodbye"' not in control:
-                _extract(commit, destination)
-                return commit
-    except (subprocess.SubprocessError, OSError):
-        return None
-    return None
+    return last_commit_where("gotaxy/client/control.py", lambda text: '"goodbye"' not in text, destination)
 
 
 def test_a_client_from_before_goodbye_is_told_why_at_a_restart_and_comes_back(procs, echo, tmp_path):

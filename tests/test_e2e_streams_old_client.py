@@ -8,11 +8,7 @@ windows were bounded by, not 10,000.
 
 from __future__ import annotations
 
-import io
-import shutil
 import socket
-import subprocess
-import tarfile
 import threading
 from pathlib import Path
 from typing import Optional
@@ -21,30 +17,14 @@ import pytest
 
 from gotaxy.mux import LEGACY_MAX_STREAMS
 from gotaxy.wire import INITIAL_WINDOW
-from tests.e2e import ROOT, tunnel_port
+from tests.e2e import tunnel_port
+from tests.history import commit_before_added
 from tests.test_e2e_streams import metrics, read_exactly, server_with_metrics
 
 
 def tree_before_the_budget(destination: Path) -> Optional[str]:
     """Extract the commit before gotaxy/budget.py was added; its id, or None without the history."""
-    git = shutil.which("git")
-    if git is None or not (ROOT / ".git").exists():
-        return None
-    try:
-        added = subprocess.run(
-            [git, "-C", str(ROOT), "log", "--diff-filter=A", "--format=%H", "--", "gotaxy/budget.py"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout.split()
-        if not added:
-            return None
-        commit = f"{added[-1]}^"
-        archive = subprocess.run([git, "-C", str(ROOT), "archive", commit, "gotaxy", "twisted"],
-                                 capture_output=True, check=True, timeout=60).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(destination, filter="data")
-        return commit
-    except (subprocess.SubprocessError, OSError):
-        return None
+    return commit_before_added("gotaxy/budget.py", destination)
 
 
 def test_a_client_from_before_the_window_budget_keeps_fixed_windows_and_the_old_limit(procs, echo, tmp_path):
