@@ -19,10 +19,8 @@ moves far less with the machine's load than Gbit/s does.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -74,10 +72,9 @@ def measure_http_close(tools: Dict[str, str], ends: "run.PathEndpoints", duratio
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     tools = run.locate_tools()
-    work = Path(tempfile.mkdtemp(prefix="gotaxy-compare-"))
-    group = run.ProcessGroup(work)
     names = {"baseline": args.baseline.resolve(), "candidate": args.candidate.resolve()}
-    try:
+
+    def body(group: run.ProcessGroup, work: Path) -> None:
         nginx_port, iperf_ports = run.start_targets(group, tools, work, 1024)
         ends = {}
         # run.py starts one iperf3 server per path; each checkout gets its own
@@ -124,13 +121,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   "| baseline CPU µs/request | candidate CPU µs/request | ratio |")
             print("|---|---:|---:|---:|---:|---:|---:|")
             print(f"| HTTP new conn | {br:,.0f} | {cr:,.0f} | {cr / br:.2f} | {bc:.0f} | {cc:.0f} | {cc / bc:.2f} |")
-        return 0
-    except run.BenchmarkError as e:
-        run.progress(f"benchmark failed: {e}")
-        return 1
-    finally:
-        group.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+
+    return run.in_work_directory(args, "gotaxy-compare-", body)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ a change's before and after without running the whole benchmark.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -52,9 +50,8 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     tools = run.locate_tools()
-    work = Path(tempfile.mkdtemp(prefix="gotaxy-memory-"))
-    group = run.ProcessGroup(work)
-    try:
+
+    def body(group: run.ProcessGroup, work: Path) -> None:
         nginx_port, iperf_ports = run.start_targets(group, tools, work, 1024)
         endpoints = {
             run.GOTAXY: run.start_gotaxy(group, tools, work, args.source.resolve(), nginx_port, iperf_ports[run.GOTAXY]),
@@ -69,13 +66,8 @@ def main() -> int:
             moments.append((f"after {3 * args.load:g} s of load", figures(endpoints)))
         print(f"source: {args.source}")
         print(table(moments, args.markdown))
-        return 0
-    except run.BenchmarkError as e:
-        run.progress(f"set-up failed: {e}")
-        return 1
-    finally:
-        group.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+
+    return run.in_work_directory(args, "gotaxy-memory-", body)
 
 
 if __name__ == "__main__":

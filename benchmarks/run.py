@@ -1908,7 +1908,7 @@ def in_work_directory(args: argparse.Namespace, prefix: str,
         return 130
     finally:
         group.stop_all()
-        if args.keep:
+        if getattr(args, "keep", False):
             progress(f"logs and configs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
