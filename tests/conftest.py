@@ -218,3 +218,23 @@ def empty_store_url(backend, request, tmp_path):
         yield postgres.url(name)
     finally:
         postgres.drop(name)
+
+
+@pytest.fixture
+def cluster(procs, postgres, postgres_template):
+    """
+    Makes clusters of real server nodes on one fresh PostgreSQL database
+    (tests/cluster.py): ``cluster(3)`` starts nodes a, b and c.
+    """
+    from tests.cluster import Cluster
+
+    name = postgres.database(template=postgres_template)
+
+    def make(size: int = 3, *args: str, env: Any = None, start: bool = True) -> Cluster:
+        return Cluster(procs, postgres.url(name), size, args, env, start)
+
+    try:
+        yield make
+    finally:
+        procs.cleanup()  # the nodes hold connections to the database: stop them before it goes
+        postgres.drop(name)
