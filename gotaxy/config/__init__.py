@@ -58,6 +58,10 @@ Key mapping, server (``ServerConfig``; a dotted field is in a section,
     database.url                     database_url          (ours; any SQLAlchemy URL)
     store                            store                 (ours; the older name of database.url)
     serverName                       server_name           (ours; names this server in notifications)
+    cluster.bindAddr / bindPort      cluster.bind_addr / bind_port (ours; node-to-node listener, 0: off)
+    cluster.advertiseAddr / ...Port  cluster.advertise_addr / advertise_port (ours; where other nodes reach it)
+    cluster.tls.certFile / keyFile / trustedCaFile  cluster.tls_* (ours; default DATA_DIR/tls/node.pem ...)
+    cluster.connectTimeout           cluster.connect_timeout (ours)
     webServer.addr / port / tls.*    web.addr / web.port / web.tls_cert_file / web.tls_key_file
     console.addr / port / ...        console.*             (ours; the SSH console)
     [[webhooks]]                     webhooks              (WebhookSpec: name, url, secret, events,
@@ -129,6 +133,7 @@ from gotaxy.config.files import (
 from gotaxy.config.server import (
     AccessSettings,
     AcmeSettings,
+    ClusterSettings,
     ConsoleSettings,
     EventsSettings,
     HistorySettings,
@@ -162,6 +167,7 @@ __all__ = [
     "AccessSettings",
     "AcmeSettings",
     "ClientConfig",
+    "ClusterSettings",
     "ConfigError",
     "ConsoleSettings",
     "EventsSettings",

@@ -42,6 +42,7 @@ from gotaxy.config.values import (
     NAME,
     PORT,
     PORT_RANGES,
+    REMOTE_PORT,
     PortRange,
     RETENTION_DAYS,
     SECONDS,
@@ -329,6 +330,50 @@ class AccessSettings:
 
 
 @attrs.frozen
+class ClusterSettings:
+    """
+    ``cluster.*``: the node-to-node listener of a server that shares its
+    database with other nodes (``gotaxy.server.forward``): a website request
+    that arrives here for a name another node's client serves is forwarded
+    there over mutual TLS with the cluster CA.  ``bindPort`` 0: off (this
+    node neither forwards nor takes forwarded requests).
+    """
+
+    bind_addr: str = _setting("0.0.0.0", HOST, "cluster.bindAddr")
+    bind_port: int = _setting(0, SERVICE_PORT, "cluster.bindPort")
+    #: The host other nodes connect to (recorded in this node's lease row), and its port (0: bindPort).
+    advertise_addr: str | None = _setting(None, HOST, "cluster.advertiseAddr")
+    advertise_port: int = _setting(0, REMOTE_PORT, "cluster.advertisePort")
+    #: This node's certificate for node-to-node TLS and the cluster CA (default: DATA_DIR/tls/node.pem,
+    #: node.key, ca.pem, the files 'gotaxy cluster add-node' writes).
+    tls_cert_file: str | None = _setting(None, TEXT, "cluster.tls.certFile")
+    tls_key_file: str | None = _setting(None, TEXT, "cluster.tls.keyFile")
+    tls_trusted_ca_file: str | None = _setting(None, TEXT, "cluster.tls.trustedCaFile")
+    #: Seconds to connect to another node (TCP and TLS) before the visitor gets a 502.
+    connect_timeout: float = _setting(5.0, SECONDS, "cluster.connectTimeout")
+
+    def __attrs_post_init__(self) -> None:
+        if self.bind_port and self.advertise_addr is None and self.bind_addr in ("0.0.0.0", "::"):
+            raise ConfigError(
+                "'cluster.bindPort' is set but 'cluster.advertiseAddr' is not: give the address other nodes reach "
+                "this node at (such as \"10.0.0.5\"), or bind cluster.bindAddr to that address"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(
+                "'cluster.tls.certFile' and 'cluster.tls.keyFile' go together: give both, or neither to use "
+                "DATA_DIR/tls/node.pem and node.key"
+            )
+
+    def advertised(self) -> str:
+        """``host:port`` other nodes connect to ("" when the listener is off)."""
+        if not self.bind_port:
+            return ""
+        host = self.advertise_addr or self.bind_addr
+        port = self.advertise_port or self.bind_port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@attrs.frozen
 class ServerConfig(_Heartbeats):
     """
     Everything ``gotaxy server`` needs to know; see the package docstring for
@@ -379,6 +424,7 @@ class ServerConfig(_Heartbeats):
     https: HttpsSettings = _section(HttpsSettings)
     acme: AcmeSettings = _section(AcmeSettings)
     access: AccessSettings = _section(AccessSettings)
+    cluster: ClusterSettings = _section(ClusterSettings)
 
     def __attrs_post_init__(self) -> None:
         _check_heartbeats(self)

@@ -68,6 +68,7 @@ REFUSED_SLOW = "hello_timeout"
 REFUSED_NO_NAME = "no_server_name"
 REFUSED_UNKNOWN = "unknown_name"
 REFUSED_BUSY = "too_many_pending"
+REFUSED_UNREACHABLE = "node_unreachable"  #: another node serves the name and cannot be reached
 
 #: Connections that may be sending their ClientHello at once; more are closed at once (each holds
 #: at most MAX_BUFFERED bytes for at most vhostHTTPSHelloTimeout seconds).
@@ -189,6 +190,8 @@ class HelloReader(PublicConnection):
         self._timer: Any = None
         self.routed = False
         self._pending = False
+        #: it came from another node (``gotaxy.server.forward``): never forwarded again
+        self.from_peer = False
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
@@ -217,6 +220,19 @@ class HelloReader(PublicConnection):
         self.routed = True
         buffered, self._buffer = self._buffer, b""
         self.front.route(self, hello, buffered)
+
+    def hand_over(self, link: Any) -> None:
+        """Another node serves its name: what the visitor sends goes to ``link`` (the stream's place)."""
+        self.stream = link  # type: ignore[assignment]
+        self.transport.pauseProducing()  # until the link is up
+
+    def resume(self, reason: str) -> None:
+        self.transport.resumeProducing()
+
+    def forward_failed(self, why: str) -> None:
+        self.stream = None
+        self.front.refusals[REFUSED_UNREACHABLE] += 1
+        self.transport.abortConnection()
 
     def _too_slow(self) -> None:
         self._timer = None
@@ -275,6 +291,8 @@ class HttpsFront:
         self.refusals: Counter = Counter()
         #: set by ``terminate_with``: TLS termination for http tunnels
         self.terminator: Any = None
+        #: names other nodes serve, and how to hand a connection there (``gotaxy.server.forward.Forwarder``)
+        self.forwarder: Any = None
         #: ACME's pending TLS-ALPN-01 answers (a ``gotaxy.tls.acme.ChallengeStore``), set by whoever runs ACME
         self.challenges: Any = None
         #: connections still sending their ClientHello
@@ -389,8 +407,16 @@ class HttpsFront:
             return
         terminator = self.terminator
         if terminator is not None and terminator.can_serve(name):
+            # (For a name another node serves too: the http front forwards its requests there.)
             terminator.take_over(connection, name, buffered)
             return
+        forwarder = self.forwarder
+        if forwarder is not None and not connection.from_peer:
+            # Another node's tunnel serves the name (a passthrough, or a website it has the certificate for).
+            route = forwarder.route(name)
+            if route is not None:
+                forwarder.forward(connection, "sni", "https", route, buffered)
+                return
         connection._refuse(REFUSED_UNKNOWN)
 
 

@@ -306,6 +306,8 @@ class HttpFront:
         self.gate: Callable[[Any], Any] = lambda factory: factory
         #: ACME's HTTP-01 answers (a ``gotaxy.tls.acme.ChallengeStore``), set by whoever runs ACME
         self.challenges: Any = None
+        #: names other nodes serve, and how to hand a connection there (``gotaxy.server.forward.Forwarder``)
+        self.forwarder: Any = None
         #: address -> until when basic-auth attempts from it are refused
         self._locked: Dict[str, float] = {}
         self.page_404 = self._read_404_page()
@@ -658,6 +660,12 @@ class VisitorConnection(Protocol):
         #: why the tunnel's connection limits refused the last stream ``_upstream_for`` tried, or None
         self.limited: Optional[str] = None
         self.closed = False
+        #: it came from another node (``gotaxy.server.forward``): never forwarded again
+        self.from_peer = False
+        #: handed to another node: where every byte from the visitor goes now (``hand_over``)
+        self.handed: Any = None
+        #: what h11 was fed since the request being read began, while it may still be forwarded
+        self._raw: Optional[List[bytes]] = None
 
     # -- the socket ------------------------------------------------------------
 
@@ -666,8 +674,15 @@ class VisitorConnection(Protocol):
         self.peer_host = getattr(self.transport.getPeer(), "host", "") or ""
         self._peer = self.peer_host.encode("ascii", "replace")
         self._set_deadline(_REQUEST, self.settings.header_timeout)
+        # Made for a connection from another node (its transport, or the TLS under it, says so): not forwarded.
+        self.from_peer = self.from_peer or getattr(self.transport, "from_peer", False) is True
+        if self.front.forwarder is not None and not self.from_peer:
+            self._raw = []
 
     def dataReceived(self, data: bytes) -> None:
+        if self.handed is not None:
+            self.handed.write(data)
+            return
         if self.switched:
             upstream = self.exchange
             if upstream is not None:
@@ -687,6 +702,11 @@ class VisitorConnection(Protocol):
         if self._cycle_bytes == 0:
             self._set_deadline(_REQUEST, self.settings.header_timeout)  # idle keep-alive ends: the clock starts
         self._cycle_bytes += len(data)
+        raw = self._raw
+        if raw is not None:
+            raw.append(data)
+            if self._cycle_bytes > 2 * self.settings.max_header_bytes:
+                self._raw = None  # (a request is routed once its head is in: this one will not be forwarded)
         try:
             self.h11.receive_data(data)
         except RuntimeError:
@@ -699,6 +719,8 @@ class VisitorConnection(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
         self._cancel_timers()
+        if self.handed is not None:
+            self.handed.visitor_lost()
         if self.exchange is not None:
             self._exchange_done()
         upstream = self.upstream
@@ -789,7 +811,7 @@ class VisitorConnection(Protocol):
     # -- requests -------------------------------------------------------------
 
     def _request_events(self) -> None:
-        while not self.closed:
+        while not self.closed and self.handed is None:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
@@ -944,6 +966,8 @@ class VisitorConnection(Protocol):
         credentials = _basic_credentials(headers)
         tunnel = front.router.lookup(host, path, credentials[0] if credentials else "") if host else None
         if tunnel is None:
+            if front.forwarder is not None and host and not self.from_peer and self._forward(host, path, credentials):
+                return
             if host and front.router.offline(host):
                 front.refuse("client_offline")
                 self._answer(502, f"The website {host} is offline: its client is not connected.")
@@ -1025,6 +1049,40 @@ class VisitorConnection(Protocol):
             return
         if fast_read:
             self._set_deadline(_RESPONSE, self.settings.http_timeout)
+
+    # -- another node serves it (gotaxy.server.forward) ----------------------------
+
+    def _forward(self, host: str, path: str, credentials: Optional[Tuple[str, str]]) -> bool:
+        """Hand this connection to the node that serves ``host`` if another one does (True)."""
+        route = self.front.forwarder.route(host, path, credentials[0] if credentials else "")
+        if route is None:
+            return False
+        if self._fast_raw is not None:
+            preface = self._fast_raw + self._ahead
+        elif self._raw is not None:
+            preface = b"".join(self._raw)
+        else:
+            return False
+        self.front.forwarder.forward(self, "http", self.scheme, route, preface)
+        return True
+
+    def hand_over(self, link: Any) -> None:
+        """From now on what the visitor sends goes to ``link``, and what comes back is written by it."""
+        self.handed = link
+        self._cancel_timers()
+        self._fast_raw, self._ahead, self._raw = None, b"", None
+        upstream = self.upstream
+        if upstream is not None:
+            upstream.close("the connection went to another node")
+        self.pause("forward")  # until the link is up (NodeLink.handshakeCompleted)
+
+    def forward_failed(self, why: str) -> None:
+        """The node serving the request cannot be reached: 502, and the connection closes."""
+        self.handed = None
+        self.front.refuse("bad_gateway")
+        if not self.closed:
+            self.resume("forward")
+            self._fatal(502, f"The website cannot be reached: {why}.")
 
     def _request_headers(self, headers: List[Tuple[bytes, bytes]], raw_host: bytes, spec: Any,
                          named: Optional[frozenset] = None) -> List[Tuple[bytes, bytes]]:
@@ -1325,7 +1383,7 @@ class VisitorConnection(Protocol):
 
     def _maybe_next_cycle(self) -> None:
         """Both sides of this request are done: read the next one (or close, if the visitor asked)."""
-        if self.closed or self.switched:
+        if self.closed or self.switched or self.handed is not None:
             return
         conn = self.h11
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -1337,10 +1395,13 @@ class VisitorConnection(Protocol):
             self._next_cycle()
 
     def _next_cycle(self) -> None:
-        if self.closed:
+        if self.closed or self.handed is not None:
             return
         self.discarding = False
         self._cycle_bytes = 0
+        if self.front.forwarder is not None and not self.from_peer:
+            ahead, _ = self.h11.trailing_data
+            self._raw = [ahead] if ahead else []
         self._set_deadline(_REQUEST, KEEPALIVE_TIMEOUT)
         self.resume("pipelined")
         if not self._fast_parse:

@@ -79,6 +79,7 @@ from gotaxy.server.metrics import Metrics, MetricsResource
 from gotaxy.server.operators import OperatorAuth
 from gotaxy.jointoken import make_join_token
 from gotaxy.server.commands import CommandChannel
+from gotaxy.server.forward import Forwarder, PeerListener, load_identity
 from gotaxy.server.lease import LEASE, NodeLease, node_id
 from gotaxy.server.outbox import EventTail
 from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url
@@ -539,7 +540,8 @@ def _assemble(
     # last run, and what nodes whose lease ran out left, never another live
     # server's clients (several servers may share database.url).
     node = node_id(data_dir)
-    released = sync_store.join_node(node, LEASE, "server restarted", host=socket.gethostname(), pid=os.getpid())
+    released = sync_store.join_node(node, LEASE, "server restarted", host=socket.gethostname(), pid=os.getpid(),
+                                    advertise=config.cluster.advertised())
     log.info("store node {node}; lease {lease:g} s", node=node, lease=LEASE)
     for other in released:
         log.info("node {node} stopped renewing its lease: its clients are marked offline", node=other)
@@ -640,6 +642,18 @@ def _assemble(
             core.events.subscribe(CertificatesForTunnels(core, acme, site_certificates), local_only=True)
     if http_front is not None:
         http_front.challenges = challenges  # HTTP-01 answers on vhostHTTPPort
+    # Website requests for names another node's clients serve go there, and theirs for ours come here.
+    forwarder = peer_listener = None
+    if config.cluster.bind_port:
+        try:
+            identity = load_identity(config.cluster, data_dir, node)
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        forwarder = Forwarder(store, identity, reactor, config.cluster.connect_timeout)
+        peer_listener = PeerListener(config.cluster, identity, core, reactor)
+        for front in (http_front, https_front):
+            if front is not None:
+                front.forwarder = forwarder
     if https_front is not None:
         https_front.challenges = challenges  # TLS-ALPN-01 answers on vhostHTTPSPort
 
@@ -661,6 +675,7 @@ def _assemble(
         FrontListeners(core),
         CoreService(core, store, credentials, admission, control),
         NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
+        peer_listener, forwarder,
         control, revocations, event_retention, notifier,
         node_commands,  # stopped before the lease ends and the store closes
         operators,  # its password-check threads start and stop with the server

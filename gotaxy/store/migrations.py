@@ -245,6 +245,8 @@ MIGRATIONS: Tuple[Migration, ...] = (
               ensure("tokens")),
     Migration(12, "node commands: operator actions addressed to the server process that holds the client",
               ensure(schema.NODE_COMMANDS)),
+    Migration(14, "nodes: the address of each node's node-to-node listener (cluster.advertiseAddr), where other "
+              "nodes forward website requests for the clients it holds", ensure(schema.NODES)),
 )
 
 LATEST = MIGRATIONS[-1].version

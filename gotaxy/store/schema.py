@@ -140,6 +140,8 @@ TABLES: Dict[str, TableSpec] = {
         columns=(
             ("node_id", String(64)), ("host", String(255)), ("pid", Integer),
             ("started_at", Float), ("lease_until", Float),
+            # host:port of its node-to-node listener (cluster.advertiseAddr; "" or None: it has none)
+            ("advertise_addr", String(300)),
         ),
         unique=(("node_id",),),
     ),

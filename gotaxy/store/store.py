@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 
 import attrs
 import dataset
-from sqlalchemy import delete, insert, or_, select, true, update
+from sqlalchemy import and_, delete, insert, or_, select, true, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from twisted.internet.defer import Deferred
@@ -32,12 +32,12 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from gotaxy.store import claims
-from gotaxy.store.claims import Claimed, Owner, tunnel_key
+from gotaxy.store.claims import DOMAIN, OWNER_TUNNEL, Claimed, Owner, tunnel_key
 from gotaxy.credentials import dummy_hash, hash_password, new_token, token_hash, tokens_equal, verify_password
 from gotaxy.names import NAME_RULE, is_valid_name, shown
 from gotaxy.proxy.address import PublicAddress, address_or_none
 from gotaxy.store.migrations import SchemaError, migrate, schema_version
-from gotaxy.store.schema import HISTORY_SESSIONS, NODES
+from gotaxy.store.schema import CLAIMS, HISTORY_SESSIONS, NODES
 
 T = TypeVar("T")
 
@@ -187,6 +187,8 @@ class Store:
         # Written into the rows it owns and every event row it records (the
         # outbox's tail skips its own: gotaxy.server.outbox); join_node sets it too.
         self.node = node
+        #: this node's node-to-node address (``join_node``; gotaxy.server.forward), kept in its lease row
+        self.advertise = ""
         #: While True (``ThreadedStore`` sets it), recorded events are kept
         #: for ``take_recorded``, so that the server publishes each one.
         self.collect_recorded = False
@@ -432,7 +434,8 @@ class Store:
         tx.executable.execute(update(sessions).where(sessions.c.open == True, held(sessions.c.node))  # noqa: E712
                               .values(open=False, reason="server stopped"))
 
-    def join_node(self, node: str, lease: float, reason: str, host: str = "", pid: int = 0) -> List[str]:
+    def join_node(self, node: str, lease: float, reason: str, host: str = "", pid: int = 0,
+                  advertise: str = "") -> List[str]:
         """
         Start as ``node`` with a lease of ``lease`` seconds: release the rows
         this node (or a server before nodes existed) left, and those of
@@ -440,9 +443,11 @@ class Store:
         """
         now = self._clock()
         self.node = node
+        self.advertise = advertise[:300]
         with self.db as tx:
             nodes = tx[NODES].table
-            values = dict(host=host[:255], pid=pid, started_at=now, lease_until=now + lease)
+            values = dict(host=host[:255], pid=pid, started_at=now, lease_until=now + lease,
+                          advertise_addr=advertise[:300])
             if not tx.executable.execute(update(nodes).where(nodes.c.node_id == node).values(**values)).rowcount:
                 tx.executable.execute(insert(nodes).values(node_id=node, **values))
             self._release(tx, self._held_here, reason, now)
@@ -462,7 +467,8 @@ class Store:
             ).rowcount:
                 return True
             tx.executable.execute(insert(nodes).values(
-                node_id=self.node, host="", pid=0, started_at=now, lease_until=now + lease
+                node_id=self.node, host="", pid=0, started_at=now, lease_until=now + lease,
+                advertise_addr=self.advertise,
             ))
             table = tx["clients"].table
             for name in clients:
@@ -519,6 +525,26 @@ class Store:
                 select(nodes.c.node_id, nodes.c.lease_until).where(nodes.c.lease_until >= self._clock())
                 .order_by(nodes.c.node_id)
             )]
+
+    def forward_routes(self) -> List[Tuple[str, str, str]]:
+        """
+        The website names other live nodes serve, for forwarding
+        (``gotaxy.server.forward``): (claim key, node, its advertised
+        address) for each ``domain`` claim of a tunnel that is up on a node
+        whose lease runs and that has a node-to-node listener.
+        """
+        claims, tunnels, nodes = (self.db[name].table for name in (CLAIMS, "tunnels", NODES))
+        query = (
+            select(claims.c.key, nodes.c.node_id, nodes.c.advertise_addr)
+            .select_from(claims.join(tunnels, and_(tunnels.c.client == claims.c.owner_client,
+                                                   tunnels.c.name == claims.c.owner_name))
+                         .join(nodes, nodes.c.node_id == tunnels.c.node))
+            .where(claims.c.kind == DOMAIN, claims.c.owner_kind == OWNER_TUNNEL, tunnels.c.status == "up",
+                   nodes.c.lease_until >= self._clock(), nodes.c.node_id != (self.node or ""),
+                   nodes.c.advertise_addr.isnot(None), nodes.c.advertise_addr != "")
+        )
+        with self.db as tx:
+            return [(row[0], row[1], row[2]) for row in tx.executable.execute(query)]
 
     def list_clients(self) -> List[ClientRecord]:
         return [

@@ -1,0 +1,94 @@
+"""
+gotaxy.server.forward in memory: which node serves a name (RemoteSites, as
+the HTTP front's Router routes), and what the owner takes from a peer before
+it hands anything to its front (the first line: its size, its time, its form).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from gotaxy.server.forward import LINE_TIMEOUT, MAX_LINE, PeerConnection, RemoteSites, split_key
+
+
+def test_claim_keys_split_into_user_host_and_path() -> None:
+    assert split_key("wiki.example.com") == ("", "wiki.example.com", "/")
+    assert split_key("alice@wiki.example.com/news") == ("alice", "wiki.example.com", "/news")
+    assert split_key("*.example.com") == ("", "*.example.com", "/")
+
+
+def test_remote_names_route_as_the_front_routes() -> None:
+    sites = RemoteSites()
+    sites.load([("wiki.example.com", "a", "10.0.0.1:7100"), ("wiki.example.com/news", "b", "10.0.0.2:7100"),
+                ("alice@wiki.example.com", "c", "10.0.0.3:7100"), ("*.example.com", "b", "10.0.0.2:7100")])
+    assert sites.lookup("wiki.example.com", "/page").node == "a"
+    assert sites.lookup("wiki.example.com", "/news/today").node == "b"  # the longest location
+    assert sites.lookup("wiki.example.com", "/", "alice").node == "c"  # the user's route first
+    assert sites.lookup("shop.example.com").node == "b"  # a wildcard
+    assert sites.lookup("example.org") is None
+    sites.load([])  # each refresh replaces what was known
+    assert sites.lookup("wiki.example.com") is None
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self.reactor = Clock()
+        self.refused = 0
+        self.made: List[Any] = []
+
+    def visitor_protocol(self, kind: str, scheme: str, peer: Any) -> Any:
+        listener = self
+
+        class Visitor:
+            def makeConnection(self, transport: Any) -> None:
+                self.transport = transport
+                self.data = b""
+                listener.made.append((kind, scheme, transport.getPeer(), self))
+
+            def dataReceived(self, data: bytes) -> None:
+                self.data += data
+
+            def connectionLost(self, reason: Any = None) -> None:
+                pass
+
+        return Visitor()
+
+
+def _connection() -> tuple:
+    listener = _Listener()
+    protocol = PeerConnection(listener)  # type: ignore[arg-type]
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.2", 5000))
+    protocol.makeConnection(transport)
+    return listener, protocol, transport
+
+
+def test_the_first_line_names_the_visitor_and_the_rest_goes_to_the_front() -> None:
+    listener, protocol, transport = _connection()
+    protocol.dataReceived(b"GOTAXY-FORWARD 1 http https 192.0.2.7 4444\nGET / HT")
+    protocol.dataReceived(b"TP/1.1\r\n")
+    [(kind, scheme, peer, visitor)] = listener.made
+    assert (kind, scheme, peer.host, peer.port) == ("http", "https", "192.0.2.7", 4444)
+    assert visitor.data == b"GET / HTTP/1.1\r\n"
+    assert not transport.disconnecting and listener.refused == 0
+
+
+def test_a_first_line_too_long_malformed_or_too_slow_is_refused() -> None:
+    for data in (b"GOTAXY-FORWARD 1 http http " + b"9" * MAX_LINE,
+                 b"GET / HTTP/1.1\n",
+                 b"GOTAXY-FORWARD 1 ftp http 192.0.2.7 1\n",
+                 b"GOTAXY-FORWARD 1 http http not-an-address 1\n",
+                 b"GOTAXY-FORWARD 1 http http 192.0.2.7 70000\n"):
+        listener, protocol, transport = _connection()
+        protocol.dataReceived(data)
+        assert listener.made == [] and listener.refused == 1, data
+        assert transport.disconnected or transport.disconnecting
+        protocol.dataReceived(b"more is not read\n")
+        assert listener.made == []
+    listener, protocol, transport = _connection()
+    protocol.dataReceived(b"GOTAXY-FORWARD 1 ht")
+    listener.reactor.advance(LINE_TIMEOUT)
+    assert listener.refused == 1 and listener.made == []
