@@ -23,8 +23,12 @@ buffers anything:
   writes them to its socket as always but withholds the window credit, so
   the peer's stream runs out of window and pauses *its* socket.
 
-At most one window (``INITIAL_WINDOW``) plus one socket read is ever in
-flight, as without a limit.
+At most one window plus one socket read is ever in flight, as without a
+limit; and with the window budget (``gotaxy.budget``) a limited stream's
+window stays at a quarter of a second of its rate (``TokenBucket.window``),
+shrinking to that when a limit comes on a stream that had grown it, so the
+peer's bursts between two waits stay short.  (A peer without the budget, an
+older Gotaxy, has the fixed 512 KiB window: its bursts are that long.)
 
 A udp tunnel's visitors (``gotaxy.mux.Flow``) have no window to withhold:
 each datagram is taken from the bucket whole (``TokenBucket.take``) or,
@@ -43,8 +47,9 @@ The server's own limits, ``maxBandwidth`` (all traffic) and
 ``maxBandwidthPerClient`` (each client's), are buckets too
 (``ServerBandwidth``): a tunnel's bucket spends from its client's, which
 spends from the server's, and a stream waits for whichever owes.  A reload
-changes their rates in place (``ServerBandwidth.set``), so open connections
-follow at once and none is dropped.
+changes their rates in place (``ServerBandwidth.set``), and so does an
+operator's live change (``gotaxy.store.overrides``, which wins over the
+file until cleared): open connections follow at once and none is dropped.
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ MODES = ("client", "server")
 
 #: The smallest burst a bucket allows, so that a low limit still moves whole reads.
 MIN_BURST = 4096
+#: The smallest receive window a limit keeps a stream to (``TokenBucket.window``): the budget's floor.
+MIN_WINDOW = 16 * 1024
 
 
 class TokenBucket:
@@ -170,6 +177,22 @@ class TokenBucket:
         """Release every waiter now (the limit was lifted)."""
         self.set_rate(None)
 
+    def window(self, largest: int) -> int:
+        """
+        The most receive window a stream under this bucket needs: a quarter
+        of a second of the lowest rate above it (enough for a round trip of
+        that long; more would let the peer send a larger burst between two
+        waits, which shows as a rate well above the limit over a second or
+        two), at least ``MIN_WINDOW``, at most ``largest``.  The window
+        budget asks when it grants credit (``gotaxy.budget``).
+        """
+        bucket: Optional[TokenBucket] = self
+        while bucket is not None:
+            if bucket.rate is not None:
+                largest = min(largest, max(MIN_WINDOW, bucket.rate // 4))
+            bucket = bucket.parent
+        return largest
+
 
 def _burst(rate: Optional[int]) -> int:
     return max(MIN_BURST, rate // 10) if rate is not None else 0
@@ -263,8 +286,10 @@ def limiter_for(reactor: Any, spec: Any, side: str,
 class ClientBandwidth:
     """
     The server's limit for one client (``maxBandwidthPerClient``), under the
-    server's (``maxBandwidth``): a stream that no tunnel limit of the
-    server's governs gets these buckets, if either limit is set as it opens.
+    server's (``maxBandwidth``): every stream that no tunnel limit of the
+    server's governs gets these buckets, limited or not as it opens, so that
+    a limit set later (a reload, an operator's live change) holds it too.
+    Without a limit a bucket costs a call per read and never waits.
     """
 
     def __init__(self, server: "ServerBandwidth", bucket_in: TokenBucket, bucket_out: TokenBucket) -> None:
@@ -280,8 +305,7 @@ class ClientBandwidth:
         # A udp visitor's Flow is not limited by these (only by its tunnel's own transport.bandwidthLimit).
         if getattr(stream, "is_flow", False):
             return
-        if getattr(stream, "send_bucket", False) is None and (
-                self.server.total or self.server.per_client or self.bucket_in.rate is not None):
+        if getattr(stream, "send_bucket", False) is None:
             stream.send_bucket, stream.recv_bucket = self.bucket_in, self.bucket_out
 
     def stream_closed(self, stream: Any) -> None:
@@ -296,8 +320,8 @@ class ServerBandwidth:
     client's, unless the client's token has a limit of its own
     (``tokens.max_bandwidth``, ``set_client``), which replaces it for that
     client.  ``set`` and ``set_client`` change them live: open connections
-    that have the buckets follow the new rates at once (connections opened
-    while no limit at all applied to them have none, and stay unlimited).
+    follow the new rates at once (a reload of server.toml, an operator's
+    live change through ``ServerCore.apply_overrides``), none is dropped.
     """
 
     def __init__(self, reactor: Any, total: int = 0, per_client: int = 0) -> None:

@@ -91,6 +91,14 @@ class WindowBudget:
         the stream grows, less while it gives back its share of a tight pool.
         """
         limit = stream.recv_limit
+        largest = MAX_GROWN_WINDOW
+        bucket = getattr(stream, "recv_bucket", None)
+        if bucket is not None:  # a bandwidth limit needs less (gotaxy.bandwidth.TokenBucket.window)
+            largest = bucket.window(largest)
+            if limit > largest:
+                give_back = min(limit - largest, consumed)
+                self._resize(stream, limit - give_back)
+                return consumed - give_back
         free = self.pool - self.lent
         if free < self.pool >> 2 and limit > SMALL_WINDOW:
             fair = max(SMALL_WINDOW, self.pool // max(1, self.holders))
@@ -98,7 +106,7 @@ class WindowBudget:
                 give_back = min(limit - fair, consumed)
                 self._resize(stream, limit - give_back)
                 return consumed - give_back
-        grow = min(consumed, MAX_GROWN_WINDOW - limit, free)
+        grow = min(consumed, largest - limit, free)
         if grow > 0:
             self._resize(stream, limit + grow)
             return consumed + grow

@@ -113,6 +113,10 @@ TOKEN_REVOKED = _define(
 TOKEN_CHANGED = _define(
     "token.changed", "an operator changed a client token's settings (its bandwidth limit); client: the token's name; "
     "detail: the new settings", ("client", "detail"), "token {client} changed: {detail}")
+LIMITS_CHANGED = _define(
+    "limits.changed", "an operator changed a server-wide limit live (maxBandwidth, maxBandwidthPerClient) from the "
+    "panel, console or REST API, or cleared it back to server.toml's; address: who; detail: the setting, its new "
+    "value and what it replaced", ("address", "detail"), "limits changed by {address}: {detail}")
 SERVER_STARTED = _define(
     "server.started", "the server started; detail: its version",
     ("detail",), "server started: {detail}")

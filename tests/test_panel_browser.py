@@ -279,4 +279,18 @@ def test_the_access_page_shows_the_limits_and_sets_a_clients_own_bandwidth(procs
     page.fill('#client-limit-form [name="max_bandwidth"]', "10MB")
     page.click('#client-limit-form button[type="submit"]')
     expect(page.locator('#client-limit-form [name="name"]')).to_have_value("")  # done: the form is cleared
+    # maxBandwidthPerClient live, ahead of server.toml's, and cleared back to it.
+    page.select_option('#server-limit-form [name="key"]', "maxBandwidthPerClient")
+    page.fill('#server-limit-form [name="value"]', "fast")
+    page.click('#server-limit-form button[type="submit"]')
+    expect(page.locator('#server-limit-form [data-error="value"]')).to_contain_text("must be a rate")
+    page.fill('#server-limit-form [name="value"]', "8MB")
+    page.click('#server-limit-form button[type="submit"]')
+    row = page.locator('#limits-table tr[data-limit="maxBandwidthPerClient"]')
+    expect(row).to_contain_text("8.0 MiB/s")
+    expect(row).to_contain_text("live, set by panel operator admin")
+    expect(row).to_contain_text("server.toml: 4.0 MiB/s")
+    row.locator('button[data-action="clear"]').click()
+    expect(row).to_contain_text("4.0 MiB/s")
+    expect(row.locator("button")).to_have_count(0)
     context.close()

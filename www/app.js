@@ -925,7 +925,10 @@ async function loadAccess() {
   }
 }
 
-// Limits: the server's (GET /limits) and a client's own bandwidth, set with PATCH /tokens/{name}.
+// Limits: the server's (GET /limits), maxBandwidth and maxBandwidthPerClient set live with PATCH /limits
+// (null clears a live value), and a client's own bandwidth, set with PATCH /tokens/{name}.
+const LIVE_LIMITS = ["maxBandwidth", "maxBandwidthPerClient"];
+
 async function loadLimits() {
   const result = await api("GET", "/limits");
   if (!result.ok) return;
@@ -942,7 +945,19 @@ async function loadLimits() {
   body.replaceChildren();
   for (const [key, value] of rows) {
     const row = document.createElement("tr");
-    row.append(cell(key, "name"), cell(value));
+    row.dataset.limit = key;
+    const live = l.live[key];
+    const from = live
+      ? t("limits.live", { by: live.by, at: when(live.at), file: rate(l.file[key]) })
+      : "server.toml";
+    const actions = document.createElement("td");
+    if (live) {
+      actions.append(button(t("limits.clear"), "secondary", async () => {
+        const r = await api("PATCH", "/limits", { [key]: null });
+        if (!r.ok) showError($("#page-access"), Object.assign({}, r.error, { field: null }), "limits"); else loadLimits();
+      }, "clear"));
+    }
+    row.append(cell(key, "name"), cell(value), cell(from), actions);
     body.append(row);
   }
   const clients = $("#client-limits-table tbody");
@@ -953,6 +968,22 @@ async function loadLimits() {
     row.append(cell(c.name, "name"), cell(rate(c.maxBandwidth)), cell(c.own ? t("limits.own") : "maxBandwidthPerClient"));
     clients.append(row);
   }
+}
+
+async function setServerLimit(event) {
+  event.preventDefault();
+  const form = event.target;
+  const key = form.key.value;
+  const text = form.value.value.trim();
+  const value = /^\d+$/.test(text) ? Number(text) : text;
+  const result = await api("PATCH", "/limits", { [key]: value });
+  if (!result.ok) {
+    // The API names the setting as the field; here it is the value's input.
+    return showError(form, Object.assign({}, result.error, { field: LIVE_LIMITS.includes(result.error.field) ? "value" : result.error.field }));
+  }
+  clearErrors(form);
+  form.reset();
+  loadLimits();
 }
 
 async function setClientLimit(event) {
@@ -1277,6 +1308,7 @@ async function start() {
   window.addEventListener("hashchange", () => { if (!location.hash.startsWith("#certificates")) forgetIssuedKey(); });
   $("#ban-form").addEventListener("submit", addBan);
   $("#client-limit-form").addEventListener("submit", setClientLimit);
+  $("#server-limit-form").addEventListener("submit", setServerLimit);
   $("#webhook-form").addEventListener("submit", addWebhook);
   $("#mail-form").addEventListener("submit", addMailRecipient);
   $("#events-form").addEventListener("submit", (e) => { e.preventDefault(); state.events.offset = 0; loadEvents(); });

@@ -54,6 +54,7 @@ from gotaxy.logs import gotaxy_observer
 from gotaxy.proxy import SpecError, registry
 from gotaxy.server.domains import MAX_ALLOWED_DOMAINS
 from gotaxy.server.manage import Management, ManagementError, TunnelView
+from gotaxy.store.overrides import KEYS as LIVE_KEYS
 
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.console")
 
@@ -160,6 +161,16 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
     Command("limits", "limits [--json]",
             "bandwidth and connection limits in force, and each client's bandwidth",
             options=_json_option()),
+    Command("limits set", "limits set KEY RATE [--json]",
+            "set maxBandwidth or maxBandwidthPerClient live, on every server",
+            details="RATE is bytes a second each way, such as 100MB or 512KB (KB = 1024); 0 is no limit. "
+                    "Open connections follow at once, none is dropped. The live value is kept in the store "
+                    "(across restarts, for every server on it) and wins over server.toml, also after a reload, "
+                    "until 'limits clear KEY'.",
+            options=_json_option(), positional=(2, 2)),
+    Command("limits clear", "limits clear KEY [--json]",
+            "drop a live maxBandwidth or maxBandwidthPerClient: server.toml's applies",
+            options=_json_option(), positional=(1, 1)),
     Command("notify", "notify [--json]", "the webhooks that events are sent to", options=_json_option()),
     Command("notify add", "notify add NAME URL [--events LIST] [--format FORMAT] [--secret SECRET] [--json]",
             "send events to a webhook from now on (kept across restarts)",
@@ -207,6 +218,7 @@ GROUPS = {
     "tunnel": ("add", "edit", "remove", "enable", "disable", "restart"),
     "token": ("create", "domains", "limit", "revoke"),
     "cert": ("issue", "revoke"),
+    "limits": ("set", "clear"),
     "notify": ("add", "remove", "test"),
     "mail": ("add", "remove", "test"),
 }
@@ -343,6 +355,8 @@ class Commands:
             "cert revoke": self._cert_revoke,
             "token limit": self._token_limit,
             "limits": self._limits,
+            "limits set": self._limits_set,
+            "limits clear": self._limits_clear,
             "notify": self._notify,
             "notify add": self._notify_add,
             "notify remove": self._notify_remove,
@@ -459,6 +473,8 @@ class Commands:
                 candidates = self.client_names
             elif name in ("token revoke", "token limit") and argument_index == 0:
                 candidates = self.token_names
+            elif name in ("limits set", "limits clear") and argument_index == 0:
+                candidates = list(LIVE_KEYS)
             elif name.startswith("tunnel") and name != "tunnel add" and argument_index == 0:
                 candidates = self.tunnel_refs
             else:
@@ -699,6 +715,23 @@ class Commands:
         if options.get("--json"):
             return Result(json.dumps(limits, indent=2))
         return Result(limits_text(limits, self.width))
+
+    async def _limits_set(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        key, value = positional
+        limits = await self.management.set_limit(key, value, self.operator)
+        if options.get("--json"):
+            return Result(json.dumps(limits, indent=2))
+        rate = limits[key]
+        return Result(f"{key} is {format_rate(rate) + ' each way' if rate else 'no limit'} now, on every server on "
+                      f"this store and on open connections (server.toml's waits until 'limits clear {key}')")
+
+    async def _limits_clear(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        (key,) = positional
+        limits = await self.management.clear_limit(key, self.operator)
+        if options.get("--json"):
+            return Result(json.dumps(limits, indent=2))
+        rate = limits[key]
+        return Result(f"{key} is server.toml's again: {format_rate(rate) + ' each way' if rate else 'no limit'}")
 
     async def _notify(self, positional: List[str], options: Dict[str, Any]) -> Result:
         views = await self.management.webhooks()

@@ -15,6 +15,7 @@ these to build its results, L{gotaxy.console.session} to draw C{watch}.
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
@@ -299,15 +300,26 @@ def limits_text(limits: dict, width: int = WIDTH) -> str:
     def count(value: int) -> str:
         return str(value) if value else "no limit"
 
+    overrides = limits.get("live", {})
+
+    def live(key: str) -> str:
+        """The rate in force, and whether an operator set it live."""
+        if key not in overrides:
+            return rate(limits[key])
+        return f"{rate(limits[key])} (live; server.toml: {rate(limits['file'][key])})"
+
     lines = [pairs([
-        ("maxBandwidth", rate(limits["maxBandwidth"])),
-        ("maxBandwidthPerClient", rate(limits["maxBandwidthPerClient"])),
+        ("maxBandwidth", live("maxBandwidth")),
+        ("maxBandwidthPerClient", live("maxBandwidthPerClient")),
         ("maxConnectionsPerClient", str(limits["maxConnectionsPerClient"])),
         ("tunnelMaxConnections", count(limits["tunnelMaxConnections"])),
         ("tunnelMaxConnectionsPerIP", count(limits["tunnelMaxConnectionsPerIP"])),
         ("tunnelConnectionRatePerIP", count(limits["tunnelConnectionRatePerIP"]) + " a minute"
          if limits["tunnelConnectionRatePerIP"] else "no limit"),
     ], width)]
+    for key, override in overrides.items():
+        lines += textwrap.wrap(f"{key} was set live by {override['by']} at {human_time(override['at'])} UTC; "
+                               f"'limits clear {key}' gives server.toml's back", width, subsequent_indent="  ")
     if limits["clients"]:
         lines.append(table(["CLIENT", "BANDWIDTH", "FROM"],
                            [[c["name"], rate(c["maxBandwidth"]), "its token" if c["own"] else "maxBandwidthPerClient"]

@@ -56,6 +56,7 @@ from gotaxy.credentials import tokens_equal
 from gotaxy.events import (
     CLIENT_RELOADED,
     CLIENT_REPLACED,
+    LIMITS_CHANGED,
     LOGIN_FAILED,
     TUNNEL_CLOSED,
     TUNNEL_ERROR,
@@ -84,6 +85,8 @@ from gotaxy.server.traffic import TrafficMeters
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel
 from gotaxy.server.limits import ConnectionLimits  # after tunnel: limits -> access -> store -> proxy -> tunnel
 from gotaxy.store import SOURCE_SERVER, ThreadedStore, TunnelRecord
+from gotaxy.store import overrides as stored_overrides
+from gotaxy.store.overrides import Override
 from gotaxy.tls.clients import ClientCertificate, ClientCertificateRefused, ClientCertificateVerifier
 
 if TYPE_CHECKING:
@@ -229,8 +232,11 @@ class ServerCore:
         self.started_at = reactor.seconds()
         #: Connections and bytes per tunnel, per client and in all (``gotaxy.server.traffic``).
         self.meters = TrafficMeters()
-        #: maxBandwidth and maxBandwidthPerClient, set live by ``apply``
+        #: maxBandwidth and maxBandwidthPerClient, set live by ``apply`` and ``apply_overrides``
         self.bandwidth = ServerBandwidth(reactor, config.limits.max_bandwidth, config.limits.max_bandwidth_per_client)
+        #: The settings an operator changed live, which win over the file's (``gotaxy.store.overrides``).
+        self.overrides: Dict[str, Override] = {}
+        self.events.subscribe(self._overrides_changed)
         #: The server's defaults for a tunnel's connection limits (``tunnelMaxConnections`` ...).
         self.tunnel_limits = ConnectionLimits.server_defaults(config)
         self._last_error: Dict[Tuple[str, str], float] = {}
@@ -921,6 +927,35 @@ class ServerCore:
         d.addCallback(lambda rate: self.bandwidth.set_client(name, rate))
         d.addErrback(lambda f: self.log.failure("applying the bandwidth limit of token {name} failed", f, name=name))
 
+    # -- settings changed live (gotaxy.store.overrides) ------------------------
+
+    def file_value(self, key: str) -> int:
+        """Setting ``key`` (a key of ``gotaxy.store.overrides.KEYS``) as server.toml says."""
+        limits = self.config.limits
+        return {"maxBandwidth": limits.max_bandwidth, "maxBandwidthPerClient": limits.max_bandwidth_per_client}[key]
+
+    def in_force(self, key: str) -> int:
+        """Setting ``key``: its live value if it has one, else server.toml's."""
+        override = self.overrides.get(key)
+        return override.value if override is not None else self.file_value(key)
+
+    def load_overrides(self, db: Any) -> None:
+        """The live values from the store (a ``Store``), at once: at start, before any listener accepts."""
+        self.apply_overrides(stored_overrides.read(db))
+
+    def apply_overrides(self, found: Dict[str, Override]) -> None:
+        """Hold ``found`` as the live values and apply them: open connections follow at once."""
+        self.overrides = dict(found)
+        self.bandwidth.set(self.in_force("maxBandwidth"), self.in_force("maxBandwidthPerClient"))
+
+    def _overrides_changed(self, event: Event) -> None:
+        """A live setting changed (here or in another process): read them all again and apply them."""
+        if event.type != LIMITS_CHANGED:
+            return
+        d = self.store.call(stored_overrides.read, self._db)
+        d.addCallback(self.apply_overrides)
+        d.addErrback(lambda f: self.log.failure("applying the live limits failed", f))
+
     def _token_revoked(self, event: Event) -> None:
         session = self.sessions.get(event.client or "") if event.type == TOKEN_REVOKED else None
         if session is not None and session.token_checked:
@@ -993,9 +1028,15 @@ class ServerCore:
                 done.append(applied(key, "new connections of every tunnel that sets no limit of its own"))
         bandwidth = [k for k in ("maxBandwidth", "maxBandwidthPerClient") if k in changed]
         if bandwidth:
-            self.bandwidth.set(config.limits.max_bandwidth, config.limits.max_bandwidth_per_client)
+            self.bandwidth.set(self.in_force("maxBandwidth"), self.in_force("maxBandwidthPerClient"))
             for key in bandwidth:
-                done.append(applied(key, "at once, on open connections that had a limit too; new ones from now on"))
+                live = self.overrides.get(key)
+                if live is None:
+                    done.append(applied(key, "at once, on open connections too"))
+                else:  # an operator's live value is not undone by the file
+                    done.append(applied(key, f"server.toml's {stored_overrides.shown(self.file_value(key))} is kept "
+                                        f"for later: the live value {stored_overrides.shown(live.value)} set by "
+                                        f"{live.by} stays in force until 'limits clear {key}'"))
         if "tunnelIdleTimeout" in changed:
             if self._rates.running:
                 self._start_idle_checks()

@@ -180,6 +180,16 @@ def bandwidth_value(value: Any, field: str) -> int:
     return rate
 
 
+def _limit_key(key: Any) -> str:
+    """``key`` if it is a setting an operator may change live (``gotaxy.store.overrides.KEYS``)."""
+    from gotaxy.store.overrides import KEYS
+
+    if key not in KEYS:
+        raise _invalid(f"{str(key)[:64]!r} cannot be changed live; the settings that can are "
+                       f"{' and '.join(KEYS)}", "key")
+    return str(key)
+
+
 def _invalid(message: str, field: Optional[str]) -> ManagementError:
     return ManagementError("invalid", message, field)
 
@@ -665,12 +675,23 @@ class Management:
         return record  # type: ignore[no-any-return]
 
     def limits(self) -> Dict[str, Any]:
-        """The server's limits in force (its file's, and each connected client's own), for the faces."""
-        limits = self.core.config.limits
-        bandwidth = self.core.bandwidth
+        """
+        The server's limits in force, for the faces: ``maxBandwidth`` and
+        ``maxBandwidthPerClient`` as an operator set them live (``live``:
+        value, by, at) or else as server.toml says (``file``: the file's
+        values, in force or waiting behind a live one), the others as the
+        file says, and each connected client's bandwidth.
+        """
+        from gotaxy.store.overrides import KEYS
+
+        core = self.core
+        limits = core.config.limits
+        bandwidth = core.bandwidth
         return {
-            "maxBandwidth": limits.max_bandwidth,
-            "maxBandwidthPerClient": limits.max_bandwidth_per_client,
+            "maxBandwidth": core.in_force("maxBandwidth"),
+            "maxBandwidthPerClient": core.in_force("maxBandwidthPerClient"),
+            "live": {key: override.to_json() for key, override in sorted(core.overrides.items())},
+            "file": {key: core.file_value(key) for key in KEYS},
             "maxConnectionsPerClient": limits.max_connections_per_client,
             "tunnelMaxConnections": limits.tunnel_max_connections,
             "tunnelMaxConnectionsPerIP": limits.tunnel_max_connections_per_ip,
@@ -678,6 +699,41 @@ class Management:
             "clients": [{"name": name, "maxBandwidth": bandwidth.rate_of(name), "own": name in bandwidth.own}
                         for name in sorted(self.core.sessions)],
         }
+
+    async def set_limit(self, key: str, value: Any, who: str = "an operator") -> Dict[str, Any]:
+        """
+        Give the server-wide setting ``key`` (``maxBandwidth``,
+        ``maxBandwidthPerClient``) the live ``value`` (a rate as
+        ``bandwidth_value`` reads it; 0: no limit, whatever server.toml
+        says), in every server process on the store and across restarts,
+        until ``clear_limit``; open connections follow at once.  Recorded as
+        ``limits.changed`` with ``who``.  Returns ``limits()``.
+        """
+        from gotaxy.store import overrides
+
+        key = _limit_key(key)
+        rate = bandwidth_value(value, key)
+        found = await self._call(overrides.put, self._db, key, rate, who, self.core.reactor.seconds(),
+                                 self.core.file_value(key))
+        # Here at once; the other processes (and this one again) re-read the store on the event.
+        self.core.apply_overrides(found)
+        return self.limits()
+
+    async def clear_limit(self, key: str, who: str = "an operator") -> Dict[str, Any]:
+        """
+        Remove ``key``'s live value: server.toml's applies again, everywhere
+        (``not_found`` if it had none).  Recorded as ``limits.changed``.
+        Returns ``limits()``.
+        """
+        from gotaxy.store import overrides
+
+        key = _limit_key(key)
+        found = await self._call(overrides.clear, self._db, key, who, self.core.file_value(key))
+        if found is None:
+            raise ManagementError("not_found", f"{key} has no live value (server.toml's is in force); "
+                                  f"'limits set {key} RATE' gives it one", key)
+        self.core.apply_overrides(found)
+        return self.limits()
 
     async def revoke_token(self, name: str) -> None:
         """Revoke a client's token and cut the client off at once."""

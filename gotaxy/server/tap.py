@@ -560,6 +560,8 @@ def _assemble(
     core = ServerCore(config, store, reactor, client_certificates)
     # The bans in force, before any listener accepts (the reactor is not running yet).
     core.access.load(sync_store.db)
+    # ... and the limits an operator set live, which win over the file's (gotaxy.store.overrides).
+    core.load_overrides(sync_store)
     admission = Admission(config.transport.max_pending, config.transport.max_pending_per_ip, reactor)
     control_at = listen_at(CONTROL, config.bind_endpoint, config.bind_addr, config.bind_port)
     assert control_at is not None, "the control port cannot be turned off"

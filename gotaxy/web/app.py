@@ -55,7 +55,7 @@ from werkzeug.exceptions import HTTPException
 from gotaxy import __version__
 from gotaxy.events import TYPES, Event, EventBus
 from gotaxy.server.history import History
-from gotaxy.server.manage import Management, ManagementError
+from gotaxy.server.manage import Management, ManagementError, bandwidth_value
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
 from gotaxy.web.auth import Caller, PanelAuth, PanelAuthError, SecondFactorRequired
 from gotaxy.web.openapi import API_PREFIX, openapi_document
@@ -632,6 +632,34 @@ class Panel:
     @_api()
     async def limits(self, request: Any, caller: Caller) -> Dict[str, Any]:
         return self.management.limits()
+
+    @app.route(f"{API_PREFIX}/limits", methods=["PATCH"])
+    @_api()
+    async def change_limits(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        # Each key given: a rate is its live value (0: no limit), null drops the live value (server.toml's again).
+        from gotaxy.store.overrides import KEYS
+
+        body = self._body(request)
+        if not body or set(body) - set(KEYS):
+            unknown = sorted(set(body) - set(KEYS))
+            raise HTTPError("invalid", f"give {' and/or '.join(repr(k) for k in KEYS)}: a rate such as \"100MB\" "
+                            "(0: no limit), or null to go back to server.toml's" +
+                            (f"; {unknown[0][:64]!r} cannot be changed live" if unknown else ""),
+                            unknown[0][:64] if unknown else None)
+        for key in KEYS:  # every value is checked before any is changed
+            if body.get(key) is not None:
+                bandwidth_value(body[key], key)
+        limits = self.management.limits()
+        who = self._who(caller)
+        for key in KEYS:  # each change is its own limits.changed event
+            if key not in body:
+                continue
+            if body[key] is None:
+                if key in limits["live"]:
+                    limits = await self.management.clear_limit(key, who)
+            else:
+                limits = await self.management.set_limit(key, body[key], who)
+        return limits
 
     @app.route(f"{API_PREFIX}/tokens/<name>", methods=["DELETE"])
     @_api()

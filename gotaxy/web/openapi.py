@@ -18,6 +18,7 @@ from gotaxy import __version__
 from gotaxy.events import FAMILIES, FIELDS, QUERY_TYPES, TYPES
 from gotaxy.proxy import registry
 from gotaxy.proxy.fields import KINDS
+from gotaxy.store.overrides import KEYS as LIVE_KEYS
 
 API_PREFIX = "/api/v0.1"
 
@@ -248,9 +249,24 @@ SCHEMAS: Dict[str, Any] = {
                           "description": "bytes a second each way, or \"10MB\", \"512KB\" (KB = 1024); 0 or null: "
                           "none of its own. Applied at once to the client's open connections on every server"},
     }, []),
+    "LimitsChange": _object({
+        key: {"type": ["integer", "string", "null"],
+              "description": f"{meaning}: a number of bytes or \"100MB\", \"512KB\" (KB = 1024), 0 for no limit; "
+              "the live value, on every server of this store, kept across restarts and over server.toml (also "
+              "after a reload); null drops the live value, so that server.toml's applies again"}
+        for key, meaning in LIVE_KEYS.items()
+    }, []),
+    "LiveLimit": _object({"value": {"type": "integer"}, "by": {"type": "string", "description": "who set it"},
+                          "at": {"type": "number"}}),
     "Limits": _object({
-        "maxBandwidth": {"type": "integer", "description": "bytes a second each way for all clients (0: none)"},
-        "maxBandwidthPerClient": {"type": "integer", "description": "each client's, unless its token has its own"},
+        "maxBandwidth": {"type": "integer", "description": "bytes a second each way for all clients (0: none), "
+                         "in force: the live value if there is one, else server.toml's"},
+        "maxBandwidthPerClient": {"type": "integer", "description": "each client's, unless its token has its own "
+                                  "(in force, as maxBandwidth)"},
+        "live": {"type": "object", "description": "the settings an operator set live (PATCH /limits), which win "
+                 "over server.toml's until cleared", "properties": {key: _ref("LiveLimit") for key in LIVE_KEYS},
+                 "additionalProperties": False},
+        "file": _object({key: {"type": "integer"} for key in LIVE_KEYS}),
         "maxConnectionsPerClient": {"type": "integer"},
         "tunnelMaxConnections": {"type": "integer", "description": "default of transport.maxConnections (0: none)"},
         "tunnelMaxConnectionsPerIP": {"type": "integer"},
@@ -690,8 +706,13 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     ],
     "/access": [_operation("get", "The address rules and ban settings in force (access.* in server.toml), and the "
                            "connections refused", (200, "Access"), tag="access")],
-    "/limits": [_operation("get", "The server's bandwidth and connection limits in force, and each connected "
-                           "client's bandwidth limit", (200, "Limits"), tag="access")],
+    "/limits": [
+        _operation("get", "The server's bandwidth and connection limits in force (with the live ones and server.toml's), "
+                   "and each connected client's bandwidth limit", (200, "Limits"), tag="access"),
+        _operation("patch", "Set or clear maxBandwidth and/or maxBandwidthPerClient live, on every server of this "
+                   "store; open connections follow at once (none is dropped); each change is a limits.changed event",
+                   (200, "Limits"), "LimitsChange", (404,), tag="access"),
+    ],
     "/bans": [
         _operation("get", "The addresses banned from every listener, longest-lasting first", (200, "Bans"),
                    tag="access"),
