@@ -77,6 +77,17 @@ def test_flush_reports_pending_counts_and_cancels_timers():
     assert clock.getDelayedCalls() == [] and len(throttle) == 0
 
 
+def test_after_the_flush_each_occurrence_is_reported_at_once_and_leaves_no_timer():
+    # A client failing to log in while the stopping server still has its port open.
+    clock, throttle, reports = make()
+    throttle.add("a")
+    throttle.flush()
+    throttle.add("a", "late")
+    throttle.add("a", "later")
+    assert reports[-2:] == [("a", 1, "late", True), ("a", 1, "later", True)]
+    assert clock.getDelayedCalls() == [] and len(throttle) == 0
+
+
 def test_a_failing_report_does_not_stop_counting():
     clock = Clock()
     seen: List[int] = []

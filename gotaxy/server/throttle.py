@@ -18,7 +18,10 @@ to write without limit to the events table and the log file.  A
 So reports for one key are always at least ``interval`` apart, the first
 is not delayed (an operator or a webhook hears of an attack at once), and
 the sum of the reported counts is the number of occurrences: nothing is
-lost, ``flush`` reports what is pending when the server stops.  Keys come
+lost, ``flush`` reports what is pending when the server stops; after it,
+each occurrence is reported at once, without a window (a client may still
+fail to log in while the server closes its port, and a window's timer
+would outlive the server).  Keys come
 from the network (source addresses), so at most ``max_keys`` are tracked
 on their own; occurrences for further keys are counted together under
 ``OTHERS``.
@@ -64,6 +67,7 @@ class RepeatThrottle:
         self.report = report
         self.max_keys = max_keys
         self._windows: Dict[Hashable, _Window] = {}
+        self._flushed = False
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -74,6 +78,8 @@ class RepeatThrottle:
         Returns what the report returned if it was made now (the first
         occurrence), else None.
         """
+        if self._flushed:
+            return self._report(key, 1, context, True)
         window = self._windows.get(key)
         if window is None and len(self._windows) >= self.max_keys:
             key = OTHERS
@@ -86,7 +92,8 @@ class RepeatThrottle:
         return self._report(key, 1, context, True)
 
     def flush(self) -> None:
-        """Report every pending count now and forget every key (at shutdown)."""
+        """Report every pending count now and forget every key (at shutdown); no window opens after it."""
+        self._flushed = True
         windows, self._windows = self._windows, {}
         for key, window in windows.items():
             if window.timer.active():
