@@ -154,7 +154,9 @@ def test_a_late_disconnect_leaves_a_client_that_moved_to_another_server(open_sto
     a.client_disconnected("alice", "192.0.2.1:1", "heartbeat timeout")
     assert online(a) == {"alice": True, "bob": True}
     assert status(a)[("alice", "ssh")] == ("up", None)
-    assert a.events(type_=CLIENT_DISCONNECTED)[0].detail == "heartbeat timeout"  # still recorded
+    # Her disconnect from node-a is recorded once, by node-b when it took her over; node-a's late one adds none.
+    assert [e.detail for e in a.events(type_=CLIENT_DISCONNECTED)] == [
+        "its connection to server node-a ended; it logged in again on server node-b"]
     # Her own node's disconnect counts.
     b.client_disconnected("alice", "192.0.2.1:2", "bye")
     assert online(a)["alice"] is False
@@ -362,3 +364,30 @@ def test_a_second_server_with_another_notify_key_refuses_to_start_with_one_sente
     assert "copy notify.key from that server's data directory" in b.output()
     assert "Traceback" not in b.output()
     assert a.running()
+
+
+def test_a_client_that_fails_over_first_is_disconnected_once_whoever_writes_first(open_store, now: FakeTime) -> None:
+    a, b = two_nodes(open_store)
+    # node-a stops cleanly and writes alice's disconnect before she logs in on node-b ...
+    a.client_disconnected("alice", "192.0.2.1:1", "server stopping")
+    b.client_connected("alice", "192.0.2.1:2", "0.1.0")
+    assert [e.detail for e in a.events(type_=CLIENT_DISCONNECTED)] == ["server stopping"]
+    assert online(a)["alice"] is True
+    assert a.db["clients"].find_one(name="alice")["node"] == "node-b"
+
+
+def test_the_clients_of_a_node_whose_lease_ran_out_are_disconnected_once(open_store, now: FakeTime) -> None:
+    a, b = two_nodes(open_store)
+    a.client_connected("carol", "192.0.2.3:1", "0.1.0")
+    b.client_connected("alice", "192.0.2.1:2", "0.1.0")  # node-a was killed; alice came back on node-b
+    now.now += LEASE + 1
+    b.renew_node(LEASE)
+    assert b.release_expired_nodes() == ["node-a"]
+    c = open_store()
+    assert c.join_node("node-c", LEASE, "server restarted") == []  # released once: by whoever deleted its row
+    assert online(b) == {"alice": True, "bob": True, "carol": False}
+    disconnects = {e.client: e.detail for e in b.events(type_=CLIENT_DISCONNECTED)}
+    assert disconnects == {
+        "alice": "its connection to server node-a ended; it logged in again on server node-b",
+        "carol": "server node-a stopped renewing its lease (killed, or its machine gone)",
+    }

@@ -372,7 +372,32 @@ class Store:
     # -- clients -------------------------------------------------------------
 
     def client_connected(self, name: str, address: str, version: str) -> None:
+        """
+        The client logged in here.  If the store still has it online on
+        another node (it failed over from a node that was killed or is
+        stopping and has not written its disconnect yet), this node takes
+        the row over and records that disconnect: one conditional UPDATE,
+        so that the disconnect is recorded once, here or there
+        (``client_disconnected`` records nothing for a row another node
+        holds).
+        """
         now = self._clock()
+        if self.node is not None:
+            clients = self.db["clients"].table
+            with self.db as tx:
+                old = tx.executable.execute(
+                    select(clients.c.node, clients.c.address).where(
+                        clients.c.name == name, clients.c.online == True, clients.c.node.is_not(None),  # noqa: E712
+                        clients.c.node != self.node)
+                ).first()
+                moved = old is not None and tx.executable.execute(
+                    update(clients).where(clients.c.name == name, clients.c.online == True,  # noqa: E712
+                                          clients.c.node == old[0]).values(node=self.node)
+                ).rowcount
+            if moved:
+                self.record_event(CLIENT_DISCONNECTED, client=name, address=old[1],
+                                  detail=f"its connection to server {old[0]} ended; it logged in again on "
+                                         f"server {self.node}")
         self.db["clients"].upsert(
             dict(name=name, online=True, address=address, version=version[:32], connected_at=now, last_seen_at=now,
                  node=self.node),
@@ -384,7 +409,9 @@ class Store:
         """
         The client left this server.  If another server holds it by now (it
         reconnected there before this one noticed), its rows are that
-        server's and stay as they are; the event is recorded either way.
+        server's and stay as they are, and that server recorded the
+        disconnect when it took them (``client_connected``): nothing is
+        recorded here, so the event is there once.
         """
         now = self._clock()
         with self.db as tx:
@@ -394,13 +421,15 @@ class Store:
             changed = tx.executable.execute(
                 update(clients).where(clients.c.name == name, mine).values(online=False, last_seen_at=now)
             ).rowcount
-            if changed or tx["clients"].find_one(name=name) is None:
+            moved = not changed and tx["clients"].find_one(name=name) is not None
+            if not moved:
                 if not changed:
                     tx["clients"].insert(dict(name=name, online=False, last_seen_at=now))
                 tx.executable.execute(
                     update(tunnels).where(tunnels.c.client == name).values(status="down", reason=reason, updated_at=now)
                 )
-        self.record_event(CLIENT_DISCONNECTED, client=name, address=address, detail=reason)
+        if not moved:
+            self.record_event(CLIENT_DISCONNECTED, client=name, address=address, detail=reason)
 
     # -- nodes: several server processes on one database ----------------------
     #
@@ -488,17 +517,23 @@ class Store:
                 select(nodes.c.node_id).where(nodes.c.lease_until < now, nodes.c.node_id != (self.node or ""))
             )]
         released = []
+        clients = self.db["clients"].table
         for node in expired:
+            reason = f"server {node} stopped renewing its lease"
             with self.db as tx:
                 # The claim: of the nodes that noticed, the one that deletes the row releases.
                 if not tx.executable.execute(
                     delete(nodes).where(nodes.c.node_id == node, nodes.c.lease_until < now)
                 ).rowcount:
                     continue
-                self._release(
-                    tx, lambda column, node=node: column == node,
-                    f"server {node} stopped renewing its lease", now,
-                )
+                gone = list(tx.executable.execute(
+                    select(clients.c.name, clients.c.address).where(clients.c.online == True,  # noqa: E712
+                                                                    clients.c.node == node)))
+                self._release(tx, lambda column, node=node: column == node, reason, now)
+            # Its clients that did not log in on another node meanwhile: their disconnect, once (this node's claim).
+            for name, address in gone:
+                self.record_event(CLIENT_DISCONNECTED, client=name, address=address,
+                                  detail=f"{reason} (killed, or its machine gone)")
             released.append(node)
         return released
 
