@@ -821,8 +821,9 @@ class TestErrors:
 
     def test_bad_client_values(self) -> None:
         assert error_of(client, 'serverAddr = "example.org:7000"') == (
-            "client.toml: 'serverAddr' must be a host name or IP address without a port, "
-            "got \"example.org:7000\""
+            "client.toml: 'serverAddr' must be a host name or IP address without a port, or up to 16 servers of "
+            "one cluster as a list or a comma-separated string, each a host or HOST:PORT, such as "
+            "[\"a.example.org\", \"b.example.org:7001\"], got \"example.org:7000\""
         )
         assert error_of(client, 'loginFailExit = "yes"') == (
             "client.toml: 'loginFailExit' must be true or false, got \"yes\""

@@ -4,7 +4,8 @@ The client end of the control connection.
 
 Order of events on each connection (``ClientService`` makes a new one after
 every loss, with ``Reconnection`` choosing the delay and saying why, see
-``gotaxy.client.reconnect``):
+``gotaxy.client.reconnect``, to the first of ``serverAddr``'s servers that
+answers, see ``gotaxy.client.servers``):
 
 1. TLS handshake.  ``handshakeCompleted`` checks the server's certificate
    (pinned fingerprint, a join token's pin, CA file or trust-on-first-use,
@@ -66,6 +67,7 @@ from gotaxy.bandwidth import BandwidthLimiter, limiter_for
 from gotaxy.budget import WINDOW_BUDGET
 from gotaxy.config import ClientConfig, TunnelSpec
 from gotaxy.client.health import LocalHealthCheck
+from gotaxy.client.servers import ServerList, entry_text
 from gotaxy.client.reconnect import (  # noqa: F401  (ReportingEndpoint, describe_connect_failure: re-exported)
     MAX_GOODBYE_SPREAD,
     LoginTimeout,
@@ -206,9 +208,12 @@ class ClientControlProtocol(MuxProtocol):
         self._drops_since = 0.0
         self._login_timer: Any = None
         self._connection_lost = False
+        #: The (host, port) of the ``serverAddr`` entry this connection reached (``gotaxy.client.servers``).
+        self.server: Tuple[str, int] = factory.config.servers[0]
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.server = self.factory.server_at(self.transport.getPeer())
         self._login_timer = self.reactor.callLater(LOGIN_TIMEOUT, self._login_timed_out)
 
     def _login_timed_out(self) -> None:
@@ -224,7 +229,7 @@ class ClientControlProtocol(MuxProtocol):
 
     def handshakeCompleted(self) -> None:
         chain = peer_chain(self.transport)
-        verifier = self.factory.verifier
+        verifier = self.factory.verifier_for(self.server)
         if verifier.reads_known_servers:
             # Trust on first use reads (and may append to) known_servers: a
             # file, so on a thread, never on the reactor's.
@@ -319,7 +324,7 @@ class ClientControlProtocol(MuxProtocol):
         self.factory.tunnel_attempts.pop(name, None)
         self._cancel_retry(name)
         # "tunnel NAME up at HOST:PORT": a line scripts may rely on.
-        self.log.info("tunnel {name} up at {where}", name=name, where=address.at(self.config.server_addr))
+        self.log.info("tunnel {name} up at {where}", name=name, where=address.at(self.server[0]))
         spec = self.tunnels[name]
         if spec.health_check_type is not None and name not in self.checks:
             check = LocalHealthCheck(self.reactor, spec, functools.partial(self._health_changed, name))
@@ -424,8 +429,8 @@ class ClientControlProtocol(MuxProtocol):
         self.factory.connected(self)
         self.log.info(
             "logged in to {host}:{port} as {client} (server {version})",
-            host=self.config.server_addr,
-            port=self.config.server_port,
+            host=self.server[0],
+            port=self.server[1],
             client=client,
             version=version,
         )
@@ -699,6 +704,9 @@ class ClientControlProtocol(MuxProtocol):
             self._report_drops(final=True)
         if not self.authenticated and reason is not None:
             self.factory.reconnection.failed(reason)
+        if not self.authenticated and self.factory.servers is not None and self.transport is not None:
+            # It took the connection but no log-in came of it: the next attempt starts with another server.
+            self.factory.servers.passed_over(self.transport.getPeer())
         if self.authenticated:
             self.log.info(
                 "disconnected from the server: {reason}",
@@ -724,6 +732,9 @@ class ClientControlFactory(Factory):
         self.instance_id = instance_id
         self.last_refusal: Optional[str] = None
         self.verifier = verifier
+        #: With several servers (``serverAddr`` lists them): each one's check, and the list the endpoint tries.
+        self.verifiers: Dict[Tuple[str, int], ServerVerifier] = {}
+        self.servers: Optional[ServerList] = None
         self.reactor = reactor
         self.fatal = fatal
         self.fd_throttle = Throttle(reactor, REPORT_INTERVAL)
@@ -761,6 +772,15 @@ class ClientControlFactory(Factory):
             drops.add(pending_drops(self.current, name))
         return drops
 
+    def server_at(self, peer: Any) -> Tuple[str, int]:
+        """The ``serverAddr`` entry a connection to ``peer`` reached (the first one if it cannot tell)."""
+        entry = self.servers.entry_for(peer) if self.servers is not None else None
+        return entry if entry is not None else self.config.servers[0]
+
+    def verifier_for(self, server: Tuple[str, int]) -> ServerVerifier:
+        """How to check the server at ``server`` (each entry of ``serverAddr`` under its own name and port)."""
+        return self.verifiers.get(server, self.verifier)
+
     def buildProtocol(self, addr: Any) -> ClientControlProtocol:
         self.latest = ClientControlProtocol(self)
         return self.latest
@@ -776,5 +796,5 @@ class ClientControlFactory(Factory):
 
 
 def server_address(config: ClientConfig) -> str:
-    host = config.server_addr
-    return f"[{host}]:{config.server_port}" if ":" in host else f"{host}:{config.server_port}"
+    """The server, or the servers, for a log line: ``host:port``, or ``a:7000, b:7000``."""
+    return ", ".join(entry_text(entry) for entry in config.servers)

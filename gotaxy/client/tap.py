@@ -10,14 +10,15 @@ from typing import Any, Dict, List, Optional
 import attrs
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
 from gotaxy import __version__
 from gotaxy.client.control import ClientControlFactory, Reconnection, ReportingEndpoint, server_address
 from gotaxy.client.reload import ClientReloader
+from gotaxy.client.servers import ServerList
 from gotaxy.client.identity import load_or_create_instance_id
+from gotaxy.config.client import MAX_SERVERS
 from gotaxy.config import (
     ClientConfig,
     ConfigError,
@@ -95,12 +96,21 @@ def build_config(options: Dict[str, Any], require_tunnels: bool = True) -> "tupl
     overrides: Dict[str, Any] = {}
     if options.get("server"):
         text = options["server"]
-        overrides["server_addr"], overrides["server_port"] = parse_host_port(text, default_port=DEFAULT_SERVER_PORT)
-        if not has_port(text):
-            warnings.append(
-                f"--server {text} has no port; using {DEFAULT_SERVER_PORT}, the default "
-                f"(write --server {text}:PORT if the server's bindPort is another)"
-            )
+        # Several servers of one cluster: --server a.example.org:7000,b.example.org:7000
+        entries = [entry.strip() for entry in text.split(",")] if "," in text else [text]
+        if len(entries) > MAX_SERVERS:
+            raise ConfigError(f"--server lists {len(entries)} servers; at most {MAX_SERVERS}")
+        parsed = [parse_host_port(entry, default_port=DEFAULT_SERVER_PORT) for entry in entries]
+        if len(parsed) == 1:
+            overrides["server_addr"], overrides["server_port"] = parsed[0]
+        else:
+            overrides["server_addr"] = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parsed]
+        for entry in entries:
+            if not has_port(entry):
+                warnings.append(
+                    f"--server {entry} has no port; using {DEFAULT_SERVER_PORT}, the default "
+                    f"(write --server {entry}:PORT if the server's bindPort is another)"
+                )
     for flag, field in [
         ("token", "token"),
         ("user", "user"),
@@ -192,13 +202,21 @@ class TunnelClientService(ClientService):
         return super().stopService()
 
 
-def make_verifier(config: ClientConfig, reactor: Any = None) -> ServerVerifier:
+def make_verifiers(config: ClientConfig, reactor: Any = None) -> Dict["tuple[str, int]", ServerVerifier]:
+    """The check of each server ``serverAddr`` lists, under its own name and port (``known_servers`` keys them)."""
+    return {entry: make_verifier(config, reactor, entry) for entry in config.servers}
+
+
+def make_verifier(config: ClientConfig, reactor: Any = None,
+                  server: "Optional[tuple[str, int]]" = None) -> ServerVerifier:
+    """The check of ``server`` (the first of ``serverAddr`` if not given)."""
+    host, port = server or config.servers[0]
     data_dir = os.path.expanduser(config.data_dir)
     join = config.join_token
     try:
         return ServerVerifier(
-            server_name=config.server_name or config.server_addr,
-            server_port=config.server_port,
+            server_name=config.server_name or host,
+            server_port=port,
             fingerprint=config.fingerprint,
             join_pin=join.pin if join is not None else None,
             ca_file=config.trusted_ca_file,
@@ -255,7 +273,8 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
         if not tunnel.enabled:
             log.info("tunnel {name} is disabled in the config; defined but not opened", name=tunnel.name)
     log_fd_limit(log, MAX_STREAMS, f"a connection to the server carrying its most streams ({MAX_STREAMS} local connections)")
-    verifier = make_verifier(config, reactor)
+    verifiers = make_verifiers(config, reactor)
+    verifier = verifiers[config.servers[0]]
     if config.insecure:
         log.warn(
             "INSECURE: --insecure is set, the server's certificate is NOT checked; anyone on the "
@@ -283,10 +302,16 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
     reconnection = Reconnection(server_address(config), reactor)
     identity = load_identity(config, reactor)
     factory = ClientControlFactory(config, verifier, reactor, fatal, instance_id, reconnection)
+    # One endpoint over every server's addresses (gotaxy.client.servers): the first that answers is used.
+    servers = ServerList(config.servers, reactor)
+    factory.servers, factory.verifiers = servers, verifiers
+    if servers.several:
+        log.info("{count} servers to fail over between, tried in this order: {servers}",
+                 count=len(servers.entries), servers=servers.describe())
     endpoint = ReportingEndpoint(
         BulkClientTLSEndpoint(
             verifier.connection_creator(identity),
-            HostnameEndpoint(reactor, config.server_addr, config.server_port, timeout=config.dial_timeout),
+            servers.endpoint(config.dial_timeout),
             reactor,
         ),
         reconnection,

@@ -29,6 +29,7 @@ from gotaxy.config.values import (
     LOCAL_RULES,
     LOG_LEVEL,
     LocalAddressRule,
+    _Form,
     NAME,
     PORT,
     REMOTE_PORT,
@@ -48,7 +49,63 @@ from gotaxy.config.values import (
     _is_ipv6,
     _setting,
     _show,
+    has_port,
+    parse_host_port,
 )
+
+#: Most servers ``serverAddr`` may list.
+MAX_SERVERS = 16
+
+
+def _server_entry(value: object) -> str:
+    """One ``serverAddr`` entry, normalised: ``host``, ``host:port``, ``[v6]:port`` (a bare IPv6 host stays bare)."""
+    if not isinstance(value, str):
+        raise _Mismatch(value)
+    text = value.strip()
+    try:
+        if has_port(text):
+            host, port = parse_host_port(text)
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return _host(text)
+    except (ConfigError, _Mismatch):
+        raise _Mismatch(value) from None
+
+
+def _server_addrs(value: object) -> str:
+    """
+    ``serverAddr``: frp's one host, or (Gotaxy's) several servers of one
+    cluster, as a list or a comma-separated string; each entry a host, or
+    ``host:port`` when its port is not ``serverPort``.  Held as one string:
+    a single host as it was, several entries joined by ``", "``.
+    """
+    if isinstance(value, str) and "," not in value:
+        return _host(value.strip())  # frp's: one host, its port in serverPort
+    if isinstance(value, str):
+        parts = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise _Mismatch(value)
+    if not parts or len(parts) > MAX_SERVERS:
+        raise _Mismatch(value)
+    entries = [_server_entry(part) for part in parts]
+    if len(entries) == 1 and not has_port(entries[0]):
+        return entries[0]
+    return ", ".join(dict.fromkeys(entries))
+
+
+SERVER_ADDRS = _Form(
+    f'a host name or IP address without a port, or up to {MAX_SERVERS} servers of one cluster as a list or a '
+    'comma-separated string, each a host or HOST:PORT, such as ["a.example.org", "b.example.org:7001"]',
+    _server_addrs,
+)
+
+
+def split_servers(server_addr: str, default_port: int) -> "tuple[tuple[str, int], ...]":
+    """The (host, port) of each entry of a normalised ``serverAddr``."""
+    if "," not in server_addr and not has_port(server_addr):
+        return ((server_addr, default_port),)
+    return tuple(parse_host_port(entry.strip(), default_port) for entry in server_addr.split(","))
 
 
 
@@ -130,7 +187,8 @@ class TunnelSpec:
 class ClientConfig(_Heartbeats):
     """Everything ``gotaxy client`` needs to know; see the module docstring for the keys."""
 
-    server_addr: str = _setting("127.0.0.1", HOST, "serverAddr", "--server")
+    #: One host (frp's), or several servers of one cluster (``servers``): the client fails over between them.
+    server_addr: str = _setting("127.0.0.1", SERVER_ADDRS, "serverAddr", "--server")
     server_port: int = _setting(7000, PORT, "serverPort", "--server")
     token: str | None = _setting(None, TEXT, "auth.token", "--token", secret=True)
     user: str | None = _setting(None, NAME, "user", "--user")
@@ -193,6 +251,11 @@ class ClientConfig(_Heartbeats):
             f"{shown} is not in this client's allowOperatorTunnels ({allowed}); add it there "
             f"to allow it"
         )
+
+    @property
+    def servers(self) -> "tuple[tuple[str, int], ...]":
+        """The (host, port) of every server ``serverAddr`` lists, in its order (``serverPort`` where none is given)."""
+        return split_servers(self.server_addr, self.server_port)
 
     #: frp's client defaults: a ping every 30 s, the server dead after 90 s of silence.
     HEARTBEAT_DEFAULTS = (30.0, 90.0)
