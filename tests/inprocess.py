@@ -64,6 +64,8 @@ class LiveSystem:
         self.service: Any = None  #: the server's service tree (what twistd runs)
         self.server: Any = None  #: the assembled ``gotaxy.server.tap.Server``
         self.client: Any = None
+        #: Exit statuses the client asked for (a real one's process would have ended).
+        self.client_exits: List[int] = []
         self.token: Optional[str] = None
 
     @classmethod
@@ -150,7 +152,9 @@ class LiveSystem:
         for allowed in allow_operator_tunnels:
             argv += ["--allow-operator-tunnel", allowed]
         options.parseOptions(argv)
-        self.client = client_tap.makeService(options, reactor)
+        # A fatal error (the token revoked while the client retries) ends a
+        # real client's process; here it must not stop the test's reactor.
+        self.client = client_tap.makeService(options, reactor, exit=lambda _, status: self.client_exits.append(status))
         self.client.startService()
         self.test.addCleanup(self._stop_client, self.client)
         await wait_until(lambda: self.client.factory.current is not None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import attrs
 from twisted.application.internet import ClientService
@@ -249,18 +249,24 @@ def load_identity(config: ClientConfig, reactor: Any = None) -> Optional[ClientI
     return identity
 
 
-def makeService(options: Options, reactor: Any = None) -> MultiService:
+def makeService(options: Options, reactor: Any = None,
+                exit: Callable[[Any, int], None] = exit_with) -> MultiService:
+    """
+    The client's services.  ``exit(reactor, status)`` ends the process after
+    a fatal error (a refused token: retrying cannot help); a test running the
+    client inside its own reactor passes one that only records it.
+    """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     try:
-        return _make_service(options, reactor)
+        return _make_service(options, reactor, exit)
     except usage.UsageError as e:
         if getattr(options, "parent", None) is None:
             raise
         exit_with_message(PROGRAM, str(e), EXIT_USAGE)
 
 
-def _make_service(options: Options, reactor: Any) -> MultiService:
+def _make_service(options: Options, reactor: Any, exit: Callable[[Any, int], None]) -> MultiService:
     config: ClientConfig = options.loaded_config
     set_level(config.log_level)
     log.info(
@@ -288,7 +294,7 @@ def _make_service(options: Options, reactor: Any) -> MultiService:
         log.critical("{message}", message=message)
         if service is not None and service.running:
             service.stopService()
-        exit_with(reactor, EXIT_FATAL)
+        exit(reactor, EXIT_FATAL)
 
     try:
         instance_id = load_or_create_instance_id(config.data_dir)
