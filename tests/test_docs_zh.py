@@ -34,6 +34,7 @@ TABLES = [
     ("## Client: `client.toml`", "## 客户端：`client.toml`", (0, 1, 2)),
     ("### HTTPS and certificates (`vhostHTTPSPort`, `acme.*`)", "### HTTPS 与证书（`vhostHTTPSPort`、`acme.*`）", (0, 1)),
     ("### Who may connect: `access.*`", "### 谁可以连接：`access.*`", (0, 1)),
+    ("**Website requests across nodes (`cluster.*`).**", "**跨节点的网站请求（`cluster.*`）。**", (0, 1)),
     ("### Tunnels: `[[proxies]]`", "### 隧道：`[[proxies]]`", (0, 1)),
     ("## Heartbeats", "## 心跳", (1, 2)),
     ("Server (`frps.toml`):", "服务器（`frps.toml`）：", (0,)),

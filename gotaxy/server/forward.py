@@ -60,7 +60,7 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -80,6 +80,9 @@ LINE_TIMEOUT = 10.0
 #: Most names remembered from other nodes (a bigger cluster's rest is not forwarded, and logged).
 MAX_ROUTES = 100_000
 MAGIC = b"GOTAXY-FORWARD 1 "
+#: Bytes a visitor's connection may hold for a node while the link to it is being made (its socket is
+#: paused meanwhile: this is at most what it had read already).
+MAX_PREFACE = 1 << 20
 KINDS = (b"http", b"sni")
 SCHEMES = (b"http", b"https")
 
@@ -277,7 +280,10 @@ class NodeLink(Protocol):
         self.done = True
         transport = self.visitor.transport
         transport.unregisterProducer()
-        transport.loseConnection()
+        if reason is None or reason.check(ConnectionDone):
+            transport.loseConnection()
+        else:
+            transport.abortConnection()  # a response cut short must not look complete to the visitor
 
     def too_slow(self) -> None:
         self.deadline = None
@@ -305,9 +311,15 @@ class NodeLink(Protocol):
     # -- the visitor side (the front calls these once it handed the connection over) --
 
     def write(self, data: bytes) -> None:
-        """More from the visitor."""
-        if self.up and not self.done:
+        """More from the visitor (before the link is up, what its socket had read already)."""
+        if self.done:
+            return
+        if self.up:
             self.transport.write(data)
+        elif len(self.preface or b"") + len(data) > MAX_PREFACE:
+            self.failed(f"the visitor sent over {MAX_PREFACE} bytes before the node answered")
+        else:
+            self.preface = (self.preface or b"") + data
 
     def write_eof(self) -> None:
         """The visitor will send no more (a passthrough connection's half-close); the answer still comes."""
