@@ -92,3 +92,21 @@ def test_a_first_line_too_long_malformed_or_too_slow_is_refused() -> None:
     protocol.dataReceived(b"GOTAXY-FORWARD 1 ht")
     listener.reactor.advance(LINE_TIMEOUT)
     assert listener.refused == 1 and listener.made == []
+
+
+def test_the_documented_cluster_settings_parse_and_say_where_other_nodes_connect() -> None:
+    from pathlib import Path
+
+    import pytest
+
+    from gotaxy.config import ConfigError, parse_server_config
+
+    import tomllib
+
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    (example,) = [block.split("```")[0] for block in doc.split("```toml\n")[1:] if "[cluster]" in block]
+    cluster = parse_server_config(tomllib.loads(example)).config.cluster
+    assert (cluster.bind_port, cluster.advertised()) == (7100, "10.0.0.5:7100")
+    assert parse_server_config({}).config.cluster.advertised() == ""  # off by default
+    with pytest.raises(ConfigError, match="cluster.advertiseAddr"):
+        parse_server_config({"cluster": {"bindPort": 7100}})
