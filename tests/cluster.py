@@ -244,6 +244,13 @@ class Cluster:
         if self.token is None and node.server is not None and node.server.token:
             self.token = node.server.token
 
+    def sql(self, query: str, *params: Any) -> List[Tuple[Any, ...]]:
+        """Rows of ``query`` run on the cluster's database (psycopg, ``%s`` placeholders): what the nodes wrote."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            return list(connection.execute(query, params).fetchall())
+
     def __getitem__(self, key: Any) -> Node:
         if isinstance(key, int):
             return self.nodes[key]
