@@ -226,6 +226,8 @@ class ClientView:
     last_seen_at: Optional[float]
     rtt: Optional[float]  #: last heartbeat round trip, seconds
     tunnels: Tuple[str, ...]
+    #: the server node holding it while online (``DATA_DIR/node-id``); None while offline
+    node: Optional[str] = None
 
 
 @attrs.frozen
@@ -259,6 +261,29 @@ class TunnelView:
     #: an http tunnel's requests answered with an error page since the server started, by reason
     #: (``gotaxy.proxy.vhost.REASONS``: busy, timeout, bad_gateway, unauthorized ...); None for other types
     http_refused: Optional[Dict[str, int]] = None
+    #: the server node holding it while it is up (its port open there); None while it is not
+    node: Optional[str] = None
+
+
+@attrs.frozen
+class NodeView:
+    """One server process sharing the store (``Management.nodes``)."""
+
+    node: str
+    #: up: its lease runs; down: it stopped renewing it (killed, its machine gone) and its rows
+    #: are not released yet; gone: rows still name it but it has no lease row at all
+    state: str
+    here: bool  #: the node that answers this request
+    host: str
+    pid: int
+    started_at: Optional[float]
+    lease_until: Optional[float]
+    clients: Tuple[str, ...]  #: the clients online on it
+    tunnels_up: int
+    rate_in: float  #: bytes a second: live on this node; others: from their last history sample
+    rate_out: float
+    #: when the traffic was measured: None for this node (now), else its newest history sample (None: none yet)
+    traffic_at: Optional[float]
 
 
 def status_text(view: TunnelView) -> str:
@@ -378,6 +403,7 @@ class Management:
     async def clients(self) -> List[ClientView]:
         records = await self._call(self._db.list_clients)
         tunnels = await self._call(self._db.list_tunnels)
+        others = await self._other_live_nodes()
         names: Dict[str, List[str]] = {}
         for t in tunnels:
             names.setdefault(t.client, []).append(t.name)
@@ -385,18 +411,73 @@ class Management:
         for r in records:
             session = self.core.sessions.get(r.name)
             heartbeat = getattr(session, "heartbeat", None)
+            # Online here, or online on another node whose lease runs (that node has the session).
+            elsewhere = session is None and r.online and r.node in others
             views.append(
                 ClientView(
                     name=r.name,
-                    online=session is not None,
+                    online=session is not None or elsewhere,
                     address=session.peer_address if session is not None else r.address,
                     version=r.version,
                     connected_at=r.connected_at,
                     last_seen_at=r.last_seen_at,
                     rtt=heartbeat.rtt if heartbeat is not None else None,
                     tunnels=tuple(names.get(r.name, ())),
+                    node=self._db.node if session is not None else (r.node if elsewhere else None),
                 )
             )
+        return views
+
+    async def _other_live_nodes(self) -> Dict[str, float]:
+        """The other nodes whose lease runs, with its end (none for a server alone on its store)."""
+        if self._db.node is None:
+            return {}
+        return {node: until for node, until in await self._call(self._db.live_nodes) if node != self._db.node}
+
+    async def nodes(self) -> List[NodeView]:
+        """
+        Every server node of the store: its lease (up, down), the clients
+        online on it, its tunnels up and its traffic.
+        """
+        from gotaxy.store import nodes as stored_nodes
+
+        now = self.core.reactor.seconds()
+        rows = {r.node: r for r in await self._call(stored_nodes.list_nodes, self._db)}
+        clients = await self._call(self._db.list_clients)
+        tunnels = await self._call(self._db.list_tunnels)
+        interval = self.core.config.history.sample_interval
+        samples = await self._call(stored_nodes.latest_samples, self._db, now - 2 * interval)
+        held: Dict[str, List[str]] = {}
+        for c in clients:
+            if c.online and c.node:
+                held.setdefault(c.node, []).append(c.name)
+        up: Dict[str, List[TunnelRecord]] = {}
+        for t in tunnels:
+            if t.status == "up" and t.node:
+                up.setdefault(t.node, []).append(t)
+        here = self._db.node
+        names = set(rows) | set(held) | set(up) | ({here} if here else set())
+        views = []
+        for name in sorted(names):
+            row = rows.get(name)
+            if name == here:
+                _, _, rate_in, rate_out = self.core.traffic()
+                views.append(NodeView(
+                    node=name, state="up", here=True, host=row.host if row else "", pid=row.pid if row else os.getpid(),
+                    started_at=row.started_at if row else None, lease_until=row.lease_until if row else None,
+                    clients=tuple(sorted(self.core.sessions)), tunnels_up=len(self.core.tunnels),
+                    rate_in=rate_in, rate_out=rate_out, traffic_at=None,
+                ))
+                continue
+            state = "gone" if row is None else ("up" if (row.lease_until or 0) >= now else "down")
+            taken = [samples[(t.client, t.name)] for t in up.get(name, []) if (t.client, t.name) in samples]
+            views.append(NodeView(
+                node=name, state=state, here=False, host=row.host if row else "", pid=row.pid if row else 0,
+                started_at=row.started_at if row else None, lease_until=row.lease_until if row else None,
+                clients=tuple(sorted(held.get(name, ()))), tunnels_up=len(up.get(name, ())),
+                rate_in=sum(s.rate_in for s in taken), rate_out=sum(s.rate_out for s in taken),
+                traffic_at=max((s.at for s in taken), default=None),
+            ))
         return views
 
     async def client(self, name: str) -> ClientView:
@@ -426,17 +507,28 @@ class Management:
 
     # -- tunnels -------------------------------------------------------------
 
-    def _view(self, record: TunnelRecord, live: Optional[LiveTunnel]) -> TunnelView:
+    def _view(self, record: TunnelRecord, live: Optional[LiveTunnel],
+              others: Optional[Dict[str, float]] = None) -> TunnelView:
+        """
+        The tunnel as the faces show it: live here, else as the store says;
+        ``others`` (``_other_live_nodes``) are the nodes whose word on a
+        tunnel ``up`` is taken (it is up there), where a tunnel that the store
+        says is up on this node or a node without a lease is shown down.
+        """
         retry_in = None
+        node = None
         if live is not None:
             bytes_in, bytes_out = live.totals()
             # The port is open, but connections through it fail on the client.
             reason = live.health_failure or live.connect_failure
             status = "down" if reason else "up"
+            node = self._db.node
         else:
             bytes_in = bytes_out = 0
             status = "disabled" if not record.enabled else record.status
-            if status == "up":  # the store lags behind a tunnel that just closed
+            if status == "up" and record.node is not None and record.node in (others or {}):
+                node = record.node  # held by another node: its state, as it wrote it
+            elif status == "up":  # the store lags behind a tunnel that just closed (here, or on a dead node)
                 status = "down"
             reason = record.reason
             session = self.core.sessions.get(record.client)
@@ -463,6 +555,7 @@ class Management:
             spec=live.spec.to_keys() if live is not None else record.spec,
             datagrams=self._datagrams(record),
             http_refused=self._http_refused(record),
+            node=node,
         )
 
     def _http_refused(self, record: TunnelRecord) -> Optional[Dict[str, int]]:
@@ -482,11 +575,12 @@ class Management:
 
     async def tunnels(self, client: Optional[str] = None) -> List[TunnelView]:
         records = await self._call(self._db.list_tunnels, client)
-        return [self._view(r, self.core.tunnels.get((r.client, r.name))) for r in records]
+        others = await self._other_live_nodes()
+        return [self._view(r, self.core.tunnels.get((r.client, r.name)), others) for r in records]
 
     async def tunnel(self, client: str, name: str) -> TunnelView:
         record = await self._record(client, name)
-        return self._view(record, self.core.tunnels.get((client, name)))
+        return self._view(record, self.core.tunnels.get((client, name)), await self._other_live_nodes())
 
     async def _record(self, client: str, name: str) -> TunnelRecord:
         record = await self._call(self._db.get_tunnel, client, name)

@@ -108,6 +108,8 @@ class ClientRecord:
     version: Optional[str] = None
     connected_at: Optional[float] = None
     last_seen_at: Optional[float] = None
+    #: the server process (node) holding it while online; None: none, or the store of one server before nodes
+    node: Optional[str] = None
 
 
 @attrs.frozen
@@ -126,6 +128,8 @@ class TunnelRecord:
     enabled: bool = True
     #: the spec it was last opened (or, for an operator's, defined) with: frp's keys
     spec: Optional[Dict[str, Any]] = None
+    #: the server process (node) that last opened it (it holds the tunnel while the status is ``up``)
+    node: Optional[str] = None
 
 
 #: A row of the events table is an ``Event`` with its ``id`` and ``node``.
@@ -590,6 +594,7 @@ class Store:
                 version=row["version"],
                 connected_at=row["connected_at"],
                 last_seen_at=row["last_seen_at"],
+                node=row.get("node"),
             )
             for row in self.db["clients"].find(order_by="name")
         ]
@@ -964,6 +969,7 @@ def _tunnel(row: Dict[str, Any]) -> TunnelRecord:
         source=row.get("source") or SOURCE_CLIENT,
         enabled=row.get("enabled") is not False,
         spec=_spec(row.get("spec")),
+        node=row.get("node"),
     )
 
 
