@@ -76,11 +76,12 @@ class CommandTests(unittest.TestCase):
         await live.wait_up("echo")
         text = (await self.cmd("clients")).text
         header, row = text.split("\n")
-        self.assertTrue(header.startswith("CLIENT  STATE"))
-        self.assertTrue(row.startswith("alice   online  127.0.0.1:"), row)
+        node = live.core.store.store.node
+        self.assertTrue(header.startswith("CLIENT  STATE   NODE"), header)
+        self.assertRegex(row, rf"^alice +online +{node} +127\.0\.0\.1:")
         self.assertFits(text)
         (view,) = json.loads((await self.cmd("clients --json")).text)
-        self.assertEqual((view["name"], view["online"], view["tunnels"]), ("alice", True, ["echo"]))
+        self.assertEqual((view["name"], view["online"], view["tunnels"], view["node"]), ("alice", True, ["echo"], node))
         detail = (await self.cmd("client alice")).text
         self.assertIn("state         online", detail)
         self.assertIn("tunnels       echo", detail)
@@ -387,6 +388,20 @@ class CommandTests(unittest.TestCase):
             self.assertEqual(result.text, message)
             self.assertNotIn("\n", result.text)
         self.assertEqual((await self.cmd("   ")).text, "")
+
+    async def test_nodes(self):
+        live = await self._live("echo=tcp:127.0.0.1:ECHO")
+        await live.wait_up("echo")
+        node = live.core.store.store.node
+        text = (await self.cmd("nodes")).text
+        header, row = text.split("\n")
+        self.assertTrue(header.startswith("NODE"), header)
+        self.assertRegex(row, rf"^\* {node} +up +1 +1 ")
+        self.assertFits(text)
+        (view,) = json.loads((await self.cmd("nodes --json")).text)
+        self.assertEqual((view["node"], view["state"], view["here"], view["clients"], view["tunnels_up"]),
+                         (node, "up", True, ["alice"], 1))
+        self.assertIsNone(view["traffic_at"])
 
     async def test_help(self):
         await self._live()

@@ -323,6 +323,27 @@ async function loadOverview() {
     }
   }
   drawChart();
+  await loadNodes();
+}
+
+// The server nodes sharing the store (GET /nodes): up or down by lease, clients, tunnels, traffic.
+async function loadNodes() {
+  const result = await api("GET", "/nodes");
+  if (!result.ok) return;
+  const body = $("#nodes-table tbody");
+  body.replaceChildren();
+  for (const n of result.data.nodes) {
+    const row = document.createElement("tr");
+    row.dataset.node = n.node;
+    row.append(cell(n.here ? `${n.node} (${t("nodes.here")})` : n.node, "name"));
+    const status = document.createElement("td");
+    status.className = "status";
+    status.append(n.state === "up" ? badge("up", t("status.up")) : badge("down", n.state === "down" ? t("nodes.down") : t("nodes.gone")));
+    row.append(status, cell(n.clients.length ? `${n.clients.length}: ${n.clients.join(", ")}` : "0"),
+      cell(String(n.tunnels_up)), cell(`${formatRate(n.rate_in)} / ${formatRate(n.rate_out)}`, "rate"),
+      cell(when(n.lease_until)));
+    body.append(row);
+  }
 }
 
 function niceMax(value) {
@@ -395,7 +416,7 @@ async function loadClients() {
     status.className = "status";
     status.append(c.online ? badge("up", t("status.online")) : badge("down", t("status.offline")));
     const s = uptimes.get(c.name);
-    row.append(status, cell(c.address || "–"), cell(c.version || "–"),
+    row.append(status, cell(c.node || "–", "node"), cell(c.address || "–"), cell(c.version || "–"),
       cell(c.online ? when(c.connected_at) : `${t("clients.last_seen")} ${when(c.last_seen_at)}`),
       cell(c.rtt === null ? "–" : `${(c.rtt * 1000).toFixed(1)} ms`), cell(c.tunnels.join(", ") || "–"),
       uptimeCell(s), cell(s ? `${s.disconnects_24h} / ${s.disconnects_7d}` : "–", "disconnects"));
@@ -585,7 +606,7 @@ async function loadTunnels() {
     status.append(tunnelStatus(tn));
     row.append(name, cell(tn.client), cell(typeLabel(tn.type)), cell(tn.local_addr),
       addressCell(tn.address),
-      status, cell(String(tn.connections)), trafficCell(tn),
+      status, cell(tn.node || "–", "node"), cell(String(tn.connections)), trafficCell(tn),
       cell(`${formatRate(tn.rate_in)} / ${formatRate(tn.rate_out)}`));
     const actions = document.createElement("td");
     actions.className = "actions";

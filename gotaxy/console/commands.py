@@ -41,6 +41,7 @@ from gotaxy.console.text import (
     events_table,
     human_time,
     mail_table,
+    nodes_table,
     status_pairs,
     tokens_table,
     limits_text,
@@ -104,6 +105,10 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in [
     Command("help", "help [COMMAND]", "list the commands, or explain one", positional=(0, 2)),
     Command("status", "status [--json]", "version, uptime, counts and traffic", options=_json_option()),
     Command("clients", "clients [--json]", "every client the server knows, online or not", options=_json_option()),
+    Command("nodes", "nodes [--json]", "every server node on this database: up or down, its clients and traffic",
+            details="The node answering is marked *. A node is down when it stopped renewing its lease (30 s) "
+                    "and its clients are not released yet; a node that stopped cleanly leaves the list.",
+            options=_json_option()),
     Command("client", "client NAME [--json]", "one client in detail", options=_json_option(), positional=(1, 1)),
     Command("kick", "kick NAME", "disconnect a client (it reconnects unless its token is revoked)",
             positional=(1, 1)),
@@ -337,6 +342,7 @@ class Commands:
             "status": self._status,
             "clients": self._clients,
             "client": self._client,
+            "nodes": self._nodes,
             "kick": self._kick,
             "tunnels": self._tunnels,
             "tunnel": self._tunnel,
@@ -556,6 +562,12 @@ class Commands:
             return Result(as_json(views))
         return Result(clients_table(views, self.width))
 
+
+    async def _nodes(self, positional: List[str], options: Dict[str, Any]) -> Result:
+        views = await self.management.nodes()
+        if options.get("--json"):
+            return Result(as_json(views))
+        return Result(nodes_table(views, self.width))
 
     async def _client(self, positional: List[str], options: Dict[str, Any]) -> Result:
         view = await self.management.client(positional[0])

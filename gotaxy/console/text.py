@@ -23,7 +23,7 @@ import attrs
 
 from gotaxy.events import Event
 from gotaxy.proxy import registry
-from gotaxy.server.manage import ClientView, TunnelView, status_text
+from gotaxy.server.manage import ClientView, NodeView, TunnelView, status_text
 from gotaxy.units import format_bytes, format_rate
 
 __all__ = [
@@ -207,6 +207,8 @@ def tunnel_detail(v: TunnelView, width: int = WIDTH) -> str:
         ("traffic", f"in {format_bytes(v.bytes_in)}, out {format_bytes(v.bytes_out)}"),
         ("rate", f"in {format_rate(v.rate_in)}, out {format_rate(v.rate_out)}"),
     ]
+    if v.node is not None:
+        items.insert(2, ("node", v.node))
     if v.datagrams is not None:
         items.append(("datagrams", datagrams_text(v.datagrams)))
     if v.http_refused is not None:
@@ -235,6 +237,7 @@ def client_detail(v: ClientView, width: int = WIDTH) -> str:
     return pairs([
         ("client", v.name),
         ("state", "online" if v.online else "offline"),
+        ("node", v.node),
         ("address", v.address),
         ("version", v.version),
         ("connected at", human_time(v.connected_at) + " UTC" if v.connected_at else None),
@@ -272,10 +275,20 @@ def status_pairs(s: Any, width: int = WIDTH) -> str:
 
 def clients_table(views: Sequence[ClientView], width: int = WIDTH) -> str:
     return table(
-        ["CLIENT", "STATE", "ADDRESS", "VERSION", "RTT", "TUNNELS", "LAST SEEN"],
-        [[v.name, "online" if v.online else "offline", v.address, v.version,
+        ["CLIENT", "STATE", "NODE", "ADDRESS", "VERSION", "RTT", "TUNNELS", "LAST SEEN"],
+        [[v.name, "online" if v.online else "offline", v.node, v.address, v.version,
           f"{v.rtt * 1000:.0f}ms" if v.rtt is not None else None, len(v.tunnels),
           human_time(v.last_seen_at)] for v in views],
+        width,
+    )
+
+
+def nodes_table(views: Sequence[NodeView], width: int = WIDTH) -> str:
+    """The server nodes sharing the store, as ``nodes`` prints them (this one marked ``*``)."""
+    return table(
+        ["NODE", "STATE", "CLIENTS", "TUNNELS", "IN/S", "OUT/S", "LEASE UNTIL"],
+        [[("* " if v.here else "") + v.node, v.state, len(v.clients), v.tunnels_up, format_rate(v.rate_in),
+          format_rate(v.rate_out), human_time(v.lease_until)] for v in views],
         width,
     )
 

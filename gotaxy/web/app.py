@@ -475,6 +475,11 @@ class Panel:
     async def status(self, request: Any, caller: Caller) -> Dict[str, Any]:
         return attrs.asdict(await self.management.status())
 
+    @app.route(f"{API_PREFIX}/nodes", methods=["GET"])
+    @_api()
+    async def nodes(self, request: Any, caller: Caller) -> Dict[str, Any]:
+        return {"nodes": _views(await self.management.nodes())}
+
     @app.route(f"{API_PREFIX}/clients", methods=["GET"])
     @_api()
     async def clients(self, request: Any, caller: Caller) -> Dict[str, Any]:

@@ -120,6 +120,26 @@ SCHEMAS: Dict[str, Any] = {
             "last_seen_at": _NUMBER_OR_NULL,
             "rtt": {**_NUMBER_OR_NULL, "description": "last heartbeat round trip, seconds"},
             "tunnels": {"type": "array", "items": {"type": "string"}},
+            "node": {**_STRING_OR_NULL, "description": "the server node holding it while online"},
+        }
+    ),
+    "Node": _object(
+        {
+            "node": {"type": "string", "description": "its id (DATA_DIR/node-id)"},
+            "state": {"enum": ["up", "down", "gone"],
+                      "description": "up: its lease runs; down: it stopped renewing it and its rows are not "
+                                     "released yet; gone: rows name it but it has no lease"},
+            "here": {"type": "boolean", "description": "the node that answered this request"},
+            "host": {"type": "string"},
+            "pid": {"type": "integer"},
+            "started_at": _NUMBER_OR_NULL,
+            "lease_until": _NUMBER_OR_NULL,
+            "clients": {"type": "array", "items": {"type": "string"}, "description": "the clients online on it"},
+            "tunnels_up": {"type": "integer"},
+            "rate_in": {"type": "number", "description": "bytes per second"},
+            "rate_out": {"type": "number", "description": "bytes per second"},
+            "traffic_at": {**_NUMBER_OR_NULL, "description": "null: measured now (this node); else the time of "
+                           "its newest history sample, or null if it has none yet"},
         }
     ),
     "Tunnel": _object(
@@ -150,6 +170,7 @@ SCHEMAS: Dict[str, Any] = {
                              "description": "http tunnels: requests answered with an error page since the server "
                                             "started, by reason (busy, timeout, bad_gateway, unauthorized, "
                                             "locked_out, denied); null otherwise"},
+            "node": {**_STRING_OR_NULL, "description": "the server node holding it while it is up"},
         }
     ),
     "DatagramCounts": _object(
@@ -398,6 +419,7 @@ SCHEMAS: Dict[str, Any] = {
         "warnings": {"type": "array", "items": {"type": "string"}},
     }),
     "Clients": _list_of("clients", "Client"),
+    "Nodes": _list_of("nodes", "Node"),
     "ThroughputPoint": _object(
         {
             "at": {"type": "number", "description": "UNIX time the sample was taken"},
@@ -609,6 +631,8 @@ _ROUTES: Dict[str, List[Tuple[str, Dict[str, Any]]]] = {
     "/reload": [_operation("post", "Re-read the config file and apply what can change live; a wrong file "
                            "changes nothing (400 naming the key)", (200, "Reload"), errors=(400, 409), tag="server")],
     "/live": [_operation("get", "Live updates (server-sent events)", (200, "EventStream"), errors=(503,), tag="server")],
+    "/nodes": [_operation("get", "Every server node on this database: its lease, clients online, tunnels up "
+                          "and traffic", (200, "Nodes"), tag="server")],
     "/clients": [_operation("get", "All clients", (200, "Clients"), tag="clients")],
     "/clients/{name}": [_operation("get", "One client", (200, "Client"), errors=(404,), tag="clients")],
     "/clients/{name}/stability": [
