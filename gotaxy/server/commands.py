@@ -32,8 +32,9 @@ within a second.  ``LISTEN``/``NOTIFY`` would need a connection of its own
 held outside the store's thread, and a notification sent while that
 connection reconnects is lost, so the poll would be needed anyway.
 
-Everything runs on the reactor's clock, every store call through
-``ThreadedStore``.
+The owner's read loop is ``gotaxy.server.poller.StorePoller``, the one the
+event outbox's tail uses too.  Everything runs on the reactor's clock,
+every store call through ``ThreadedStore``.
 """
 
 from __future__ import annotations
@@ -41,12 +42,9 @@ from __future__ import annotations
 import time
 from typing import Any, Awaitable, Callable, Dict, Optional
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
+from twisted.internet.task import deferLater
 
-from gotaxy.logs import gotaxy_observer
+from gotaxy.server.poller import StorePoller
 from gotaxy.store import commands as stored
 from gotaxy.store.commands import NodeUnavailable
 
@@ -83,22 +81,17 @@ class NodeSilent(Exception):
         self.lease_until = lease_until
 
 
-class CommandChannel(Service):
-    log = Logger(observer=gotaxy_observer)
+class CommandChannel(StorePoller):
     name = "node-commands"
+    reading = "the commands for this node"
 
     def __init__(self, store: Any, reactor: Any, perform: Perform, interval: float = POLL_INTERVAL,
                  answer_poll: float = ANSWER_POLL, timeout: float = ANSWER_TIMEOUT) -> None:
+        super().__init__(reactor, interval)
         self.store = store  #: a ThreadedStore
-        self.reactor = reactor
         self.perform = perform
-        self.interval = interval
         self.answer_poll = answer_poll
         self.timeout = timeout
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = reactor
-        self._working: Optional[Deferred] = None
-        self._failing = False
 
     @property
     def node(self) -> str:
@@ -106,37 +99,14 @@ class CommandChannel(Service):
 
     # -- the owner: take what is addressed here, carry it out, answer ----------
 
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> Deferred:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        return self._working if self._working is not None else succeed(None)
-
-    def _tick(self) -> None:
-        if self._working is not None:
-            return  # a slow store or a long command: the next tick reads again
-        self._working = Deferred.fromCoroutine(self.serve())
-
-        def done(_: Any) -> None:
-            self._working = None
-
-        self._working.addErrback(self._failed).addBoth(done)
-
-    def _failed(self, failure: Any) -> None:
-        if not self._failing:
-            self._failing = True
-            self.log.failure("reading the commands for this node from the store failed; trying again every "
-                             "{interval:g} s", failure, interval=self.interval)
+    async def poll(self) -> bool:
+        await self.serve()
+        return False
 
     async def serve(self) -> int:
         """Carry out the commands addressed to this node, oldest first, one at a time; how many."""
         db = self.store.store
         commands = await self.store.call(stored.take, db, self.node, self.reactor.seconds())
-        self._failing = False
         for command in commands:
             try:
                 result = await self.perform(command.kind, command.args, command.who)

@@ -28,7 +28,8 @@ The cursor
     in the event log, not news) and then asks, every ``POLL_INTERVAL``
     seconds on the reactor's clock, for at most ``BATCH`` rows after it,
     through ``ThreadedStore`` (never on the reactor thread).  A full batch
-    is followed by another read at once, so a backlog drains in bounded
+    is followed by another read at once (``gotaxy.server.poller``, the loop
+    it shares with the node commands), so a backlog drains in bounded
     steps.  Rows are read by ``id > cursor``, never by "the next id", so
     the gaps ``events.retentionDays`` leaves (``gotaxy.server.retention``
     deletes the oldest rows) cannot stall it.  Two more cases:
@@ -50,13 +51,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
-
 from gotaxy.events import EventBus
-from gotaxy.logs import gotaxy_observer
+from gotaxy.server.poller import StorePoller
 
 #: Seconds between two reads of the events table.
 POLL_INTERVAL = 0.5
@@ -68,52 +64,19 @@ GAP_WAIT = 30.0
 MAX_GAPS = 100
 
 
-class EventTail(Service):
-    log = Logger(observer=gotaxy_observer)
+class EventTail(StorePoller):
     name = "event-tail"
+    reading = "new events"
 
     def __init__(self, store: Any, bus: EventBus, reactor: Any, node: str,
                  interval: float = POLL_INTERVAL, batch: int = BATCH) -> None:
+        super().__init__(reactor, interval)
         self.store = store  #: a ThreadedStore (``call``, ``store``)
         self.bus = bus
-        self.reactor = reactor
         self.node = node  #: rows with this node id were published when recorded
-        self.interval = interval
         self.batch = batch
         self.cursor: Optional[int] = None  #: the highest id read; None until the start-up read is back
         self.gaps: Dict[int, float] = {}  #: ids skipped below the cursor -> when first missed
-        self._loop = LoopingCall(self._tick)
-        self._loop.clock = reactor
-        self._reading: Optional[Deferred] = None
-        self._failing = False
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> Deferred:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        return self._reading if self._reading is not None else succeed(None)
-
-    def _tick(self) -> None:
-        if self._reading is not None:
-            return  # a read is still going (a slow store): the next tick tries again
-        self._reading = Deferred.fromCoroutine(self.poll())
-
-        def done(result: Any) -> None:
-            self._reading = None
-            if result is True and self.running:
-                self.reactor.callLater(0, self._tick)  # a full batch: read on at once
-
-        self._reading.addErrback(self._failed).addBoth(done)
-
-    def _failed(self, failure: Any) -> None:
-        if not self._failing:
-            self._failing = True
-            self.log.failure("reading new events from the store failed; trying again every {interval:g} s",
-                             failure, interval=self.interval)
 
     async def poll(self) -> bool:
         """Publish the rows other processes wrote since the last read; True if the batch was full."""
@@ -123,9 +86,6 @@ class EventTail(Service):
             self.cursor = newest or 0
             return False
         rows, newest = await self.store.call(db.events_after, self.cursor, self.batch, sorted(self.gaps))
-        if self._failing:
-            self._failing = False
-            self.log.info("reading new events from the store works again")
         if newest is None or newest < self.cursor:
             # Emptied (and, on SQLite, numbering from 1 again): what is there now is new.
             self.cursor, self.gaps = 0, {}
