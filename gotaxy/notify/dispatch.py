@@ -7,6 +7,12 @@ notifier passes them through the ``FlapSuppressor`` and then offers each
 one to every target; a target that wants it queues it and returns at once,
 so the event bus (and so the tunnel code that published the event) never
 waits for a delivery.
+
+With a store (a server), the notifier sends only the events this node is
+the sender of and marks them done, and takes over those a stopped node left
+unsent (``gotaxy.notify.once``): each event notifies once across every
+server process on the store.  Without one (tests, tools) it sends every
+event it hears.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from gotaxy.events import Event, EventBus
 from gotaxy.logs import gotaxy_observer
 from gotaxy.notify.failures import FailureLog
 from gotaxy.notify.flap import FlapSuppressor
+from gotaxy.notify.once import Marks, OrphanedEvents, Remembered
 
 
 class Notifier(Service):
@@ -29,12 +36,13 @@ class Notifier(Service):
     name = "notifications"
 
     def __init__(
-        self, bus: EventBus, targets: Sequence[Any], grace: float, reactor: Any, failures: FailureLog
+        self, bus: EventBus, targets: Sequence[Any], grace: float, reactor: Any, failures: FailureLog,
+        store: Any = None,
     ) -> None:
         self.bus = bus
         self.targets: List[Any] = list(targets)
         self.failures = failures
-        self.flaps = FlapSuppressor(grace, reactor, self._fan_out)
+        self.flaps = FlapSuppressor(grace, reactor, self._forwarded, dropped=self._dropped)
         self._unsubscribe: Optional[Callable[[], None]] = None
         #: The targets server.toml defines (``[[webhooks]]``, ``[smtp]``), which a reload replaces.
         self.from_file: List[Any] = list(targets)
@@ -42,10 +50,18 @@ class Notifier(Service):
         self.config: Optional[ServerConfig] = None
         self._reactor = reactor
         self._http: Any = None
+        #: This node, when it shares the store's events with others (a server); None: send everything heard.
+        self.node: Optional[str] = store.store.node if store is not None else None
+        self.marks = Marks(store, reactor) if self.node is not None else None
+        self.orphans = OrphanedEvents(self, store, reactor) if self.node is not None else None
+        self._held_back = Remembered()  #: events our flap suppressor dropped (a taken-over one is then only marked)
+        self._taken = Remembered()  #: events taken over from a stopped node, which are ours to send
 
     def startService(self) -> None:
         super().startService()
         self._unsubscribe = self.bus.subscribe(self.flaps)
+        if self.orphans is not None:
+            self.orphans.startService()
 
     def stopService(self) -> Deferred:
         super().stopService()
@@ -53,10 +69,17 @@ class Notifier(Service):
             self._unsubscribe()
             self._unsubscribe = None
         self.flaps.stop()
-        # Webhooks give up at once; e-mail sends its last batch (bounded by
-        # smtp.timeout).  Failures are written now, while the store still runs.
-        waits = [d for d in (t.stop() for t in self.targets) if isinstance(d, Deferred)]
+        waits = []
+        if self.orphans is not None and self.orphans.running:
+            waits.append(self.orphans.stopService())
+        # Webhooks give up at once (what they had not delivered stays unmarked,
+        # for the next sender); e-mail sends its last batch (bounded by
+        # smtp.timeout), whose events count as done once it is handed over.
+        # Marks and failures are written now, while the store still runs.
+        waits += [d for d in (t.stop() for t in self.targets) if isinstance(d, Deferred)]
         waits.append(self.failures.close())
+        if self.marks is not None:
+            waits.append(self.marks.close())
         return DeferredList(waits)
 
     def add(self, target: Any) -> None:
@@ -100,13 +123,55 @@ class Notifier(Service):
             done.append(applied("notify.flapGrace", f"{config.notify.flap_grace:g} s, for the next drop"))
         return done
 
+    # -- which events this node sends (gotaxy.notify.once) ---------------------
+
+    def _ours(self, event: Event) -> bool:
+        if self.node is None or event.id is None:
+            return True  # no store shared with others, or never recorded (notify.test)
+        return event.node == self.node or event.id in self._taken
+
+    def _forwarded(self, event: Event) -> None:
+        """What the flap suppressor lets through: sent if this node is its sender."""
+        if self._ours(event):
+            self._fan_out(event)
+
+    def _dropped(self, event: Event) -> None:
+        """What the flap suppressor swallowed: done, if it is ours."""
+        if event.id is None:
+            return
+        self._held_back.add(event.id)
+        if self._ours(event):
+            self.done(event)
+
+    def take_over(self, event: Event) -> None:
+        """``event`` was a stopped node's to send and is ours now (``OrphanedEvents`` won it)."""
+        assert event.id is not None
+        self._taken.add(event.id)
+        if event.id in self._held_back:
+            self.done(event)  # our suppressor saw it flap: nothing to say
+        elif not self.flaps.held(event.id):
+            self._fan_out(event)  # else our suppressor sends or drops it when its grace period ends
+
+    def done(self, event: Event) -> None:
+        """This node is done with ``event``'s notifications."""
+        if self.marks is not None and event.id is not None:
+            self._taken.discard(event.id)
+            self.marks.add(event.id)
+
     def _fan_out(self, event: Event) -> None:
+        deliveries = []
         for target in self.targets:
             try:
                 if target.wants(event):
-                    target.deliver(event)
+                    delivery = target.deliver(event)
+                    if isinstance(delivery, Deferred):
+                        deliveries.append(delivery)
             except Exception:
                 self.log.failure("bug offering {type} to {target!r}", type=event.type, target=target)
+        if not deliveries:
+            self.done(event)
+        else:
+            DeferredList(deliveries).addCallback(lambda _: self.done(event))
 
 
 def build_notifier(
@@ -114,8 +179,9 @@ def build_notifier(
 ) -> Notifier:
     """The notifier for ``config``'s ``[[webhooks]]`` and ``[smtp]`` (it may have no targets)."""
     failures = FailureLog(reactor, store)
+    shared = store if store is not None and getattr(store.store, "node", None) is not None else None
     notifier = Notifier(bus, _file_targets(config, reactor, failures, http), config.notify.flap_grace, reactor,
-                        failures)
+                        failures, store=shared)
     notifier.config, notifier._http = config, http
     return notifier
 

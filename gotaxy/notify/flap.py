@@ -16,21 +16,27 @@ too, and so are the ``tunnel.opened`` events of the tunnels the client had
 up before it dropped, when they come back within the grace period after the
 reconnect: the flap changed nothing a person needs to hear about.  A tunnel
 that was not up before is new and is delivered.
+
+Every event it swallows is handed to ``dropped`` (the notifier marks it
+done: ``gotaxy.notify.once``); one it holds is ``held`` until it is
+delivered or dropped.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from gotaxy.events import Event
 from gotaxy.store import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REPLACED, TUNNEL_CLOSED, TUNNEL_OPENED
 
 
 class FlapSuppressor:
-    def __init__(self, grace: float, reactor: Any, forward: Callable[[Event], None]) -> None:
+    def __init__(self, grace: float, reactor: Any, forward: Callable[[Event], None],
+                 dropped: Optional[Callable[[Event], None]] = None) -> None:
         self.grace = grace
         self._reactor = reactor
         self._forward = forward
+        self._dropped = dropped if dropped is not None else (lambda event: None)
         self._up: Dict[str, Set[str]] = {}  # client -> tunnels up, as the events tell
         self._held: Dict[str, Tuple[Event, Any, Set[str]]] = {}  # client -> (offline event, timer, tunnels)
         self._restoring: Dict[str, Tuple[Set[str], Any]] = {}  # client -> (tunnels to expect back, timer)
@@ -46,6 +52,7 @@ class FlapSuppressor:
             restoring = self._restoring.get(client)
             if restoring is not None and event.tunnel in restoring[0]:
                 restoring[0].discard(event.tunnel)
+                self._dropped(event)
                 return
         elif kind == TUNNEL_CLOSED and event.tunnel is not None:
             self._up.get(client, set()).discard(event.tunnel)
@@ -53,15 +60,23 @@ class FlapSuppressor:
             tunnels = self._up.pop(client, set())
             if self.grace > 0:
                 self._end_restoring(client)
+                earlier = self._held.pop(client, None)
+                if earlier is not None:  # offline twice without online between (two nodes noticed): one notice
+                    earlier[1].cancel()
+                    tunnels |= earlier[2]
+                    self._dropped(earlier[0])
                 timer = self._reactor.callLater(self.grace, self._release, client)
                 self._held[client] = (event, timer, tunnels)
                 return
         elif kind == CLIENT_REPLACED and client in self._held:
+            self._dropped(event)
             return
         elif kind == CLIENT_CONNECTED and client in self._held:
-            _, timer, tunnels = self._held.pop(client)
+            offline, timer, tunnels = self._held.pop(client)
             timer.cancel()
             self.suppressed += 1
+            self._dropped(offline)
+            self._dropped(event)
             if tunnels:
                 self._restoring[client] = (tunnels, self._reactor.callLater(self.grace, self._end_restoring, client))
             return
@@ -75,6 +90,10 @@ class FlapSuppressor:
         restoring = self._restoring.pop(client, None)
         if restoring is not None and restoring[1].active():
             restoring[1].cancel()
+
+    def held(self, event_id: int) -> bool:
+        """Whether the offline event ``event_id`` is waiting out its grace period here."""
+        return any(event.id == event_id for event, _, _ in self._held.values())
 
     @property
     def holding(self) -> int:

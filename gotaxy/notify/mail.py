@@ -87,6 +87,7 @@ class MailTarget:
         self.label = f"smtp {host}:{port}"
         self._waiting: List[Event] = []
         self._overflow = 0
+        self._batch_done: List[Deferred] = []  #: fire when the waiting events' message is sent or failed
         self._timer: Any = None
         self._sending: List[Deferred] = []
         self._stopped = False
@@ -123,20 +124,28 @@ class MailTarget:
     def pending(self) -> int:
         return len(self._waiting) + self._overflow
 
-    def deliver(self, event: Event) -> None:
+    def deliver(self, event: Event) -> Deferred:
+        """
+        Add ``event`` to the next message.  The Deferred fires when that
+        message is sent, or failed and recorded as such (an event beyond
+        ``MAX_WAITING`` is only counted in it).
+        """
+        done: Deferred = Deferred()
         if self._stopped:
-            return
+            return done
+        self._batch_done.append(done)
         if len(self._waiting) < MAX_WAITING:
             self._waiting.append(event)
         else:
             self._overflow += 1
         if self._timer is None:
             self._timer = self._reactor.callLater(self.batch_seconds, self._send_batch)
+        return done
 
     def _send_batch(self) -> Deferred:
         self._timer = None
-        events, overflow = self._waiting, self._overflow
-        self._waiting, self._overflow = [], 0
+        events, overflow, waiting = self._waiting, self._overflow, self._batch_done
+        self._waiting, self._overflow, self._batch_done = [], 0, []
         if not events:
             done: Deferred = Deferred()
             done.callback(None)
@@ -144,7 +153,13 @@ class MailTarget:
         d = Deferred.fromCoroutine(self._send(events, overflow))
         d.addErrback(lambda f: self.log.failure("bug sending e-mail via {target}", f, target=self.label))
         self._sending.append(d)
-        d.addBoth(lambda _: self._sending.remove(d))
+
+        def finished(_: Any) -> None:
+            self._sending.remove(d)
+            for each in waiting:
+                each.callback(None)
+
+        d.addBoth(finished)
         return d
 
     def message(self, events: Sequence[Event], overflow: int = 0) -> bytes:
@@ -246,8 +261,16 @@ class MailTarget:
         return self._send_batch()
 
     def stop(self) -> Deferred:
-        """Send the last batch (bounded by the timeout, no retries) and stop."""
+        """
+        Send the last batch (bounded by the timeout, no retries) and stop.
+        Its events count as done at once, handed to that last attempt: the
+        store stops with the server, before an answer could be noted.
+        """
         self._stopped = True
         if self._retry_wait is not None:
             self._retry_wait.cancel()
-        return self.flush()
+        handed, self._batch_done = self._batch_done, []
+        sending = self.flush()
+        for done in handed:
+            done.callback(None)
+        return sending

@@ -17,7 +17,10 @@ attempt.  With a ``secret``, the generic and Slack formats carry
 under the secret; DingTalk and Feishu/Lark get their own services' signing
 schemes instead (a ``timestamp``/``sign`` pair), which those services check
 themselves.  Signatures are made per attempt, so a retry an hour later is
-still fresh for services that reject old timestamps.
+still fresh for services that reject old timestamps.  A recorded event's
+deliveries carry ``X-Gotaxy-Event-Id``, its row id, so that a receiver can
+tell a delivery it has seen (a retry, or a resend after a server died
+between sending and noting it sent: ``gotaxy.notify.once``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from gotaxy.events import TYPES, Event
 
 SIGNATURE_HEADER = "X-Gotaxy-Signature"
 EVENT_HEADER = "X-Gotaxy-Event"
+#: The event's row id: the same in every attempt, from every server (``gotaxy.notify.once``).
+EVENT_ID_HEADER = "X-Gotaxy-Event-Id"
 
 
 def iso_time(at: float) -> str:
@@ -98,6 +103,8 @@ def render(
         "User-Agent": f"Gotaxy/{__version__}",
         EVENT_HEADER: event.type,
     }
+    if event.id is not None:
+        headers[EVENT_ID_HEADER] = str(event.id)
     text = describe(event, server)
     body_object: Dict[str, object]
     if format == "slack":

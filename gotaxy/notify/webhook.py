@@ -24,7 +24,7 @@ to ``FailureLog``; log lines and failure records name the target by its
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Optional
+from typing import Any, Deque, Optional, Tuple
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -75,7 +75,7 @@ class WebhookTarget:
         self.first_retry_delay = first_retry_delay
         self.label = spec.name or f"webhook #{number} ({urlsplit(spec.url).hostname})"
         self.filter = EventFilter(spec.events)
-        self._queue: Deque[Event] = deque()
+        self._queue: Deque[Tuple[Event, Deferred]] = deque()
         self._busy = False
         self._stopped = False
         self._waiting: Optional[Deferred] = None  # the request or back-off in progress
@@ -93,24 +93,38 @@ class WebhookTarget:
     def wants(self, event: Event) -> bool:
         return self.filter.matches(event.type)
 
-    def deliver(self, event: Event) -> None:
-        """Queue ``event``; returns at once."""
+    def deliver(self, event: Event) -> Deferred:
+        """
+        Queue ``event``; returns at once.  The Deferred fires when this
+        target is done with it: delivered, or failed and recorded as such;
+        never if the target stops first (the event is not done: another
+        server may send it, ``gotaxy.notify.once``).
+        """
+        done: Deferred = Deferred()
         if self._stopped:
-            return
+            return done
         if len(self._queue) >= self.spec.max_pending:
-            dropped = self._queue.popleft()
+            dropped, dropped_done = self._queue.popleft()
             self._fail(dropped, f"dropped: more than {self.spec.max_pending} deliveries were waiting (maxPending)")
-        self._queue.append(event)
+            dropped_done.callback(None)
+        self._queue.append((event, done))
         if not self._busy:
             self._next()
+        return done
 
     def _next(self) -> None:
         if self._stopped or not self._queue:
             self._busy = False
             return
         self._busy = True
-        event = self._queue.popleft()
+        event, done = self._queue.popleft()
         d = Deferred.fromCoroutine(self._send(event))
+
+        def finished(sent: bool) -> None:
+            if sent:
+                done.callback(None)
+
+        d.addCallback(finished)
         d.addErrback(lambda f: self.log.failure("bug delivering to {target}", f, target=self.label))
         d.addBoth(lambda _: self._next())
 
@@ -118,7 +132,8 @@ class WebhookTarget:
         self.failed += 1
         self._failures.record(self.label, event.type, reason)
 
-    async def _send(self, event: Event) -> None:
+    async def _send(self, event: Event) -> bool:
+        """Deliver ``event`` (retrying); True when done with it, False if the target stopped first."""
         started = self._reactor.seconds()
         deadline = started + self.spec.retry_for
         delay = self.first_retry_delay
@@ -128,12 +143,12 @@ class WebhookTarget:
             error = await self._attempt(event)
             if error is None:
                 self.delivered += 1
-                return
+                return True
             if self._stopped:
-                return
+                return False
             if error.startswith("HTTP 4") and _permanent(int(error.split()[1])):
                 self._fail(event, f"{error}; not retried (fix the URL or the receiver)")
-                return
+                return True
             now = self._reactor.seconds()
             if now + delay > deadline:
                 self._fail(
@@ -141,7 +156,7 @@ class WebhookTarget:
                     f"gave up after {attempt} attempt{'s' if attempt > 1 else ''} over "
                     f"{now - started:.0f} s (retryFor {self.spec.retry_for:g} s): {error}",
                 )
-                return
+                return True
             self.log.info(
                 "webhook {target}: {error}; retrying {event} in {delay:g} s",
                 target=self.label, error=error, event=event.type, delay=delay,
@@ -150,7 +165,7 @@ class WebhookTarget:
             try:
                 await self._waiting
             except CancelledError:
-                return
+                return False
             finally:
                 self._waiting = None
             delay = min(delay * 2, MAX_RETRY_DELAY)

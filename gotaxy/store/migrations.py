@@ -210,6 +210,16 @@ def _move_ports(connection: Connection) -> None:
             connection.execute(tunnels.update().where(tunnels.c.id == row_id).values(**changes))
 
 
+def _notified(connection: Connection) -> None:
+    """
+    The events' notification columns; the events recorded before count as
+    notified (their servers notified them as they happened), so that no
+    server sends them again.
+    """
+    ensure("events")(connection)
+    connection.execute(text("UPDATE events SET notified = at WHERE notified IS NULL"))
+
+
 MIGRATIONS: Tuple[Migration, ...] = (
     Migration(1, "the tables of Gotaxy 0.1.0, with any column or index an older database lacks", _release_0_1),
     Migration(
@@ -245,6 +255,9 @@ MIGRATIONS: Tuple[Migration, ...] = (
               ensure("tokens")),
     Migration(12, "node commands: operator actions addressed to the server process that holds the client",
               ensure(schema.NODE_COMMANDS)),
+    Migration(13, "events: which server process sends an event's notifications and when they were done "
+              "(events.notify_node, events.notified), so that each event notifies once across every process",
+              _notified),
     Migration(14, "nodes: the address of each node's node-to-node listener (cluster.advertiseAddr), where other "
               "nodes forward website requests for the clients it holds", ensure(schema.NODES)),
 )

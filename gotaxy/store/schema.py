@@ -120,8 +120,14 @@ TABLES: Dict[str, TableSpec] = {
             # The server process that wrote the row (None: the gotaxy
             # command); the outbox's tail skips its own (gotaxy.server.outbox).
             ("node", String(64)),
+            # Its notifications (gotaxy.notify.once): sent by the node that
+            # recorded it, or by the node in notify_node that took it over
+            # from a node that stopped first; notified says when they were
+            # done (None: not yet).
+            ("notify_node", String(64)),
+            ("notified", Float),
         ),
-        indexes=(("at",), ("type",), ("client",)),
+        indexes=(("at",), ("type",), ("client",), ("notified",)),
     ),
     "admins": TableSpec(
         columns=(("username", String(64)), ("password_hash", TEXT), ("created_at", Float)),
