@@ -9,7 +9,7 @@ still retrying holds it.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -60,7 +60,7 @@ class Target:
 class Node:
     """One server process: its store (with its lease), bus, tail and notifier."""
 
-    def __init__(self, url: str, name: str, clock: Clock, grace: float = GRACE) -> None:
+    def __init__(self, url: str, name: str, clock: Clock, grace: float = GRACE, start: bool = True) -> None:
         self.name = name
         self.clock = clock
         self.store = InlineStore(Store(url, clock=clock.seconds, node=name), clock)
@@ -72,6 +72,10 @@ class Node:
         self.notifier = Notifier(self.bus, [self.target], grace, clock, self.failures, store=self.store)
         self.tail = EventTail(self.store, self.bus, clock, name)
         self.alive = True
+        if start:
+            self.start()
+
+    def start(self) -> None:
         self.notifier.startService()
         self.tail.startService()
 
@@ -260,6 +264,16 @@ def test_a_restart_within_the_lease_sends_what_the_previous_process_left(cluster
     cluster.advance(LEASE + 5)
     assert again.target.types() == [TOKEN_CREATED] and b.target.types() == []
     assert cluster.unnotified() == []
+
+
+def test_what_a_node_records_while_it_starts_is_sent_once(cluster):
+    # The first start's default token is recorded before the notifier runs: it is
+    # this process's own, not a leftover of an earlier one.
+    a = cluster.nodes["node-a"] = Node(cluster.url, "node-a", cluster.clock, start=False)
+    a.call(a.store.store.record_event, TOKEN_CREATED, "default")
+    a.start()
+    cluster.advance(3)
+    assert cluster.handed(TOKEN_CREATED) == {"node-a": 1} and cluster.unnotified() == []
 
 
 def test_an_orphan_older_than_the_horizon_goes_to_the_failure_log_not_to_the_targets(cluster):

@@ -55,11 +55,13 @@ class Notifier(Service):
         self.marks = Marks(store, reactor) if self.node is not None else None
         self.orphans = OrphanedEvents(self, store, reactor) if self.node is not None else None
         self._held_back = Remembered()  #: events our flap suppressor dropped (a taken-over one is then only marked)
-        self._taken = Remembered()  #: events taken over from a stopped node, which are ours to send
+        self._taken = Remembered()  #: events taken over while our flap suppressor held them: ours when it lets go
+        self._heard = Remembered()  #: events the bus brought here
+        self._sent_first = Remembered()  #: our own events the start's search sent before the bus brought them
 
     def startService(self) -> None:
         super().startService()
-        self._unsubscribe = self.bus.subscribe(self.flaps)
+        self._unsubscribe = self.bus.subscribe(self._hear)
         if self.orphans is not None:
             self.orphans.startService()
 
@@ -125,6 +127,17 @@ class Notifier(Service):
 
     # -- which events this node sends (gotaxy.notify.once) ---------------------
 
+    def _hear(self, event: Event) -> None:
+        if event.id is not None:
+            if event.id in self._sent_first:
+                return
+            self._heard.add(event.id)
+        self.flaps(event)
+
+    def heard(self, event_id: int) -> bool:
+        """Whether the bus brought ``event_id`` here (so it is in hand: sent, held or dropped)."""
+        return event_id in self._heard
+
     def _ours(self, event: Event) -> bool:
         if self.node is None or event.id is None:
             return True  # no store shared with others, or never recorded (notify.test)
@@ -146,11 +159,17 @@ class Notifier(Service):
     def take_over(self, event: Event) -> None:
         """``event`` was a stopped node's to send and is ours now (``OrphanedEvents`` won it)."""
         assert event.id is not None
-        self._taken.add(event.id)
         if event.id in self._held_back:
             self.done(event)  # our suppressor saw it flap: nothing to say
-        elif not self.flaps.held(event.id):
-            self._fan_out(event)  # else our suppressor sends or drops it when its grace period ends
+        elif self.flaps.held(event.id):
+            self._taken.add(event.id)  # our suppressor sends or drops it (as ours now) when its grace period ends
+        else:
+            # Sent now.  Should the bus bring it only later, it is not sent twice:
+            # another node's or the gotaxy command's is not ours there, and our own
+            # (recorded at the start, before the notifier listened) is skipped.
+            if event.node == self.node:
+                self._sent_first.add(event.id)
+            self._fan_out(event)
 
     def done(self, event: Event) -> None:
         """This node is done with ``event``'s notifications."""

@@ -20,6 +20,10 @@ back on another.  But only one node sends an event's notifications, its
   ... WHERE`` names the old sender first becomes the new sender and sends
   it.  Events the ``gotaxy`` command writes have no node and are taken the
   same way, within a second.
+* at a start, a node's own unmarked events that the bus has not brought to
+  this process: an earlier process of the node died with them before its
+  lease ran out (so no other node took them), or they were recorded while
+  this one started, before the notifier listened.
 
 The sender marks an event ``notified`` when every target that wanted it is
 done with it (delivered, or failed for good and in the failure log), when
@@ -180,12 +184,12 @@ class OrphanedEvents(StorePoller):
         db = self.store.store
         now = self.reactor.seconds()
         if self._left_after is not None:
-            assert self.started is not None
-            rows = await self.store.call(notified.left_by, db, self.node, self.started, self._left_after)
+            rows = await self.store.call(notified.left_by, db, self.node, self._left_after)
             for event, _ in rows:
                 assert event.id is not None
                 self._left_after = event.id
-                self._hand_over(event, now, self.node)
+                if not self.notifier.heard(event.id):  # else this process has it in hand
+                    self._hand_over(event, now, self.node)
             if len(rows) < notified.ORPHAN_BATCH:
                 self._left_after = None
             return True  # then the other nodes' orphans, at once

@@ -66,17 +66,17 @@ def orphans(store: Any, me: str, started: float, now: float,
     ).order_by(events.c.id).limit(limit))
 
 
-def left_by(store: Any, me: str, before: float, after: int = 0,
-            limit: int = ORPHAN_BATCH) -> List[Tuple[Event, Optional[str]]]:
+def left_by(store: Any, me: str, after: int = 0, limit: int = ORPHAN_BATCH) -> List[Tuple[Event, Optional[str]]]:
     """
-    Up to ``limit`` events with an id above ``after`` that an earlier
-    process of node ``me`` recorded (or took over) before ``before`` and
-    stopped before it was done with: a restart within the lease, which no
-    other node takes over.
+    Up to ``limit`` events with an id above ``after`` whose sender is
+    ``me`` and that are not notified: at a start, those an earlier process
+    of this node left (a restart within the lease, which no other node
+    takes over), besides those this process is at work on (the caller
+    tells them apart).
     """
     events = store.db["events"].table
     return _events(store, select(events).where(
-        events.c.notified.is_(None), _sender(events) == me, events.c.at < before, events.c.id > after,
+        events.c.notified.is_(None), _sender(events) == me, events.c.id > after,
     ).order_by(events.c.id).limit(limit))
 
 
