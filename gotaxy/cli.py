@@ -9,6 +9,7 @@ convert frp's old files.
     gotaxy cert issue NAME [--days N] [--out DIR] [--server HOST:PORT] [--force]
     gotaxy cert list [--json]
     gotaxy cert revoke SERIAL|NAME                 (its client is disconnected within seconds)
+    gotaxy cluster add-node NAME [--address A]... [--out DIR] [--force]   (a new node's TLS files)
     gotaxy convert FILE.ini [-o FILE.toml] [--server | --client] [--force]
     gotaxy verify FILE [--server | --client]         (check a config file; exit 0 or 1)
     gotaxy admin reset-password [--user NAME] [--password-stdin]
@@ -33,6 +34,10 @@ frp's legacy INI file as frp's TOML (see ``gotaxy.frp_ini``).  Nor does
 start; made now if not), writes ``NAME.pem`` and ``NAME.key`` with mode 0600
 (never over an existing file without ``--force``), records the certificate
 (never its key) in the store, and prints what to put in the client's config.
+``cluster add-node`` needs no store either: it signs a new node's
+certificates with the CA in ``DATA_DIR/tls`` and writes them, with the CA's
+certificate and never its key, for the operator to copy to the new node
+(``gotaxy.tls.cluster``).
 ``cert revoke`` records the serial as revoked; every server process on the
 store reads the ``clientcert.revoked`` event and disconnects the client
 within seconds (``gotaxy.server.certificates``).
@@ -107,6 +112,15 @@ def _parser() -> argparse.ArgumentParser:
     cert_list.add_argument("--json", action="store_true", help="as JSON, for scripts")
     cert_revoke = cert_actions.add_parser("revoke", help="revoke by serial or by name; its client is disconnected")
     cert_revoke.add_argument("what", metavar="SERIAL|NAME")
+    cluster = commands.add_parser("cluster", help="the TLS identity of several server nodes on one database")
+    cluster_actions = cluster.add_subparsers(dest="action", required=True)
+    add_node = cluster_actions.add_parser(
+        "add-node", help="sign a new node's certificates with this server's CA; copy --out DIR there as DATA_DIR/tls")
+    add_node.add_argument("name", help="the new node's DNS name or address (in its certificates)")
+    add_node.add_argument("--address", action="append", default=[], metavar="NAME",
+                          help="another DNS name or address clients or nodes reach it by (repeatable)")
+    add_node.add_argument("--out", metavar="DIR", help="where to write the files [./NAME-tls]")
+    add_node.add_argument("--force", action="store_true", help="replace the files in DIR if they exist")
     convert = commands.add_parser(
         "convert", help="write frp's legacy INI file (frps.ini, frpc.ini) as TOML"
     )
@@ -297,6 +311,31 @@ def _cert_issue(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _add_node(args: argparse.Namespace, out: TextIO) -> int:
+    from gotaxy.tls.cluster import issue_node_bundle
+
+    tls_dir = os.path.join(args.data_dir, "tls")
+    target = args.out or f"{args.name}-tls"
+    try:
+        bundle = issue_node_bundle(tls_dir, args.name, args.address, target, args.force)
+    except ValueError as e:
+        print(f"gotaxy: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"gotaxy: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"node {bundle.name!r}: certificates signed by the cluster CA {bundle.ca_fingerprint}, in "
+          f"{bundle.directory}:", file=out)
+    print("  ca.pem                  the cluster CA's certificate (its key stays here)", file=out)
+    print(f"  server.pem, server.key  what clients see on its control port ({bundle.server_fingerprint})", file=out)
+    print("  node.pem, node.key      what it shows the other nodes (node-to-node TLS)", file=out)
+    print(f"copy the directory to the new node as its DATA_DIR/tls (mode 0700) before its first start, give it the "
+          f"same database.url and notify.keyFile, then delete {bundle.directory} here;", file=out)
+    print(f"join tokens made on any node pin the cluster CA and work on every node; clients pinned with "
+          f"--fingerprint accept every node with --fingerprint {bundle.ca_fingerprint}", file=out)
+    return 0
+
+
 def _cert_list(store: Store, as_json: bool, out: TextIO) -> int:
     now = datetime.datetime.now(datetime.timezone.utc).timestamp()
     records = client_certs.list_certificates(store.db)
@@ -335,6 +374,8 @@ def main(argv: Optional[List[str]] = None, out: TextIO = sys.stdout, stdin: Text
         return convert(args.file, args.output, args.kind, args.force, out)
     if args.command == "verify":
         return verify(args.file, args.kind, out)
+    if args.command == "cluster":
+        return _add_node(args, out)
     if args.command == "cert" and args.action == "issue":
         try:
             check_name(args.name, "a client certificate's name (its client's name)")

@@ -442,7 +442,8 @@ def test_trust_on_first_use(tmp_path: Path) -> None:
         assert verifier.verify(handshake(credentials, verifier).chain) == (
             credentials.fingerprint
         )
-    assert known.read_text() == f"localhost:7000 {credentials.fingerprint}\n"
+    # The certificate, and the CA Gotaxy generated that issued it.
+    assert known.read_text() == f"localhost:7000 {credentials.fingerprint} ca={credentials.ca_fingerprint}\n"
     assert mode_of(known.parent) == 0o700
     assert [e["log_level"].name for e in events] == ["warn"]
     assert events[0]["fingerprint"] == credentials.fingerprint
@@ -471,7 +472,7 @@ def test_trust_on_first_use_refuses_changed_certificate(tmp_path: Path) -> None:
     assert "127.0.0.1:7000" in message
     assert str(known) in message
     assert "--fingerprint" in message
-    assert known.read_text() == f"127.0.0.1:7000 {original.fingerprint}\n"
+    assert known.read_text() == f"127.0.0.1:7000 {original.fingerprint} ca={original.ca_fingerprint}\n"
 
 
 def test_trust_on_first_use_keys_on_host_and_port(tmp_path: Path) -> None:
@@ -486,8 +487,8 @@ def test_trust_on_first_use_keys_on_host_and_port(tmp_path: Path) -> None:
     assert known.read_text().splitlines() == [
         "# comment",
         "example.com:7000 " + CANONICAL,
-        f"[::1]:7000 {one.fingerprint}",
-        f"[::1]:7001 {two.fingerprint}",
+        f"[::1]:7000 {one.fingerprint} ca={one.ca_fingerprint}",
+        f"[::1]:7001 {two.fingerprint} ca={two.ca_fingerprint}",
     ]
 
 
@@ -551,8 +552,8 @@ def test_join_pin_of_another_server_is_refused_naming_both(tmp_path: Path) -> No
         verifier.verify(handshake(theirs, verifier).chain)
     assert str(error.value) == (
         f"Server localhost:7000 presented certificate {theirs.fingerprint} issued by {theirs.join_pin}, "
-        f"but the join token pins {ours.join_pin}; the token was made for another server or someone is "
-        f"intercepting the connection, so nothing was sent: check --server, or get a new token from this "
+        f"but the join token pins {ours.join_pin}; the token was made for another server or cluster, or "
+        f"someone is intercepting the connection, so nothing was sent: check --server, or get a new token from this "
         f"server's 'gotaxy token create'."
     )
 

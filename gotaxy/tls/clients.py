@@ -54,6 +54,7 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IReactorTime
 
 from gotaxy.names import NAME_RULE, is_valid_name, shown
+from gotaxy.tls.cluster import node_name_of
 from gotaxy.tls.fingerprint import as_cryptography, fingerprint_of_certificate
 
 __all__ = [
@@ -273,6 +274,15 @@ class ClientCertificateVerifier:
                 WRONG_USAGE,
                 f"{what} is not for client authentication (its extended key usage lacks clientAuth); {_GET_ONE}",
                 f"certificate {cn} (serial {accepted.serial}) lacks the clientAuth extended key usage", accepted,
+            )
+        if node_name_of(leaf) is not None:
+            # The same CA signs the cluster's node certificates (gotaxy.tls.cluster): those are for
+            # node-to-node connections, never a client's log-in.
+            raise ClientCertificateRefused(
+                WRONG_USAGE,
+                f"{what} is a cluster node's certificate, not a client's; {_GET_ONE}",
+                f"certificate {cn} (serial {accepted.serial}) is a node certificate, not a client certificate",
+                accepted,
             )
         if name is None or not is_valid_name(name):
             raise ClientCertificateRefused(

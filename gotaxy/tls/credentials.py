@@ -313,21 +313,41 @@ def _issue_server_certificate(
     ca_key: ec.EllipticCurvePrivateKey,
     extra_names: Sequence[str],
 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
     sans = _subject_alternative_names(extra_names)
     # Name the certificate after the host's own name (or the first extra
     # one) rather than "localhost", for people reading it in a browser.
     dns_names = [n.value for n in sans if isinstance(n, x509.DNSName)]
+    return issue_certificate(
+        key, ca_cert, ca_key, dns_names[1] if len(dns_names) > 1 else dns_names[0], sans,
+        [ExtendedKeyUsageOID.SERVER_AUTH],
+    )
+
+
+def issue_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    sans: Sequence[x509.GeneralName],
+    usages: Sequence[x509.ObjectIdentifier],
+    validity: datetime.timedelta = SERVER_VALIDITY,
+) -> x509.Certificate:
+    """
+    A leaf certificate for C{key}, signed by the CA: C{common_name} (for
+    people), C{sans} (what TLS checks), the extended key C{usages}, valid
+    from an hour ago for C{validity}, never beyond the CA's own end.
+    """
+    now = datetime.datetime.now(datetime.timezone.utc)
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
     return (
         x509.CertificateBuilder()
-        .subject_name(_common_name(dns_names[1] if len(dns_names) > 1 else dns_names[0]))
+        .subject_name(_common_name(common_name))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + SERVER_VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
+        .add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -343,9 +363,7 @@ def _issue_server_certificate(
             ),
             critical=True,
         )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .add_extension(
             x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
         )

@@ -8,16 +8,21 @@ and before any secret is sent, the control protocol hands the certificate
 chain the server presented (see L{peer_chain}) to L{ServerVerifier.verify},
 which applies exactly one policy:
 
- 1. pinned fingerprint: the leaf's fingerprint must equal the pin; a join
-    token's pin must be the leaf's fingerprint, or that of a certificate in
-    the chain the server sent that directly issued the leaf (the CA Gotaxy
-    generated), both valid now;
+ 1. pinned fingerprint (C{--fingerprint}, a join token's pin): the pin must
+    be the leaf's fingerprint, or that of a certificate in the chain the
+    server sent that directly issued the leaf (the CA Gotaxy generated, the
+    same for every node of a cluster: L{gotaxy.tls.cluster}), both valid now;
  2. CA file: the chain must lead to a CA in the file and the leaf must be
     valid now and for the server name (DNS name or IP address);
  3. neither (the default): trust on first use, as SSH does.  A
-    C{known_servers} file holds lines C{host:port SHA256:HEX} (IPv6 hosts in
-    brackets).  An unknown server is recorded and accepted with a warning; a
-    known one must present the recorded fingerprint;
+    C{known_servers} file holds lines C{host:port SHA256:HEX [ca=SHA256:HEX]}
+    (IPv6 hosts in brackets).  An unknown server is recorded and accepted
+    with a warning, with its CA when it sent one of the kind Gotaxy generates
+    (L{gotaxy_ca_of}); a known one must present a recorded certificate, or
+    one a recorded CA issued (another node of the cluster).  A server known
+    by its certificate alone that turns out to send such a CA gets a second
+    line with it (appended, never rewritten), so clients move to the
+    cluster's pin by themselves the next time they reach the node they know;
  4. insecure: anything is accepted (the caller warns loudly).
 
 A pin, a join token's pin and a CA file may be combined, in which case all
@@ -57,6 +62,7 @@ from gotaxy.tls.names import ascii_host, parse_ip, strip_brackets
 
 __all__ = [
     "KNOWN_SERVERS_FILENAME",
+    "gotaxy_ca_of",
     "ServerIdentityError",
     "ServerVerifier",
     "peer_chain",
@@ -89,6 +95,40 @@ def peer_chain(tls_transport: Any) -> list[x509.Certificate]:
         return list(chain)
     leaf = connection.get_peer_certificate(as_cryptography=True)
     return [leaf] if leaf is not None else []
+
+
+def _presented(chain: list[x509.Certificate]) -> str:
+    """What a server presented, for a refusal: its certificate and the certificate sent after it."""
+    presented = fingerprint_of_certificate(chain[0])
+    if len(chain) > 1:
+        return f"certificate {presented} issued by {fingerprint_of_certificate(chain[1])}"
+    return f"certificate {presented}"
+
+
+def gotaxy_ca_of(chain: Sequence[x509.Certificate]) -> x509.Certificate | None:
+    """
+    The CA trust on first use records beside the server's certificate: a
+    CA of the kind Gotaxy generates (self-signed, C{CA:TRUE, pathlen:0},
+    common name "Gotaxy CA ...", the one a server's and a cluster's join
+    tokens pin), sent right after the leaf it issued; else L{None}.  A
+    public CA never issues a leaf from a root, and an operator's own CA is
+    not recorded (its leaf alone is), so trust on first use never widens to
+    certificates the operator's CA issues for other machines.
+    """
+    if len(chain) < 2:
+        return None
+    leaf, ca = chain[0], chain[1]
+    try:
+        constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    names = ca.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if not (constraints.ca and constraints.path_length == 0 and names
+            and str(names[0].value).startswith("Gotaxy CA ")):
+        return None
+    if ca.subject != ca.issuer or not issued_by(ca, ca) or not issued_by(leaf, ca):
+        return None
+    return ca
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -252,13 +292,11 @@ class ServerVerifier:
         if mode == "insecure":
             return presented
         if mode == "tofu":
-            self._check_known_servers(presented)
+            self._check_known_servers(chain, presented)
             return presented
-        if self.fingerprint is not None and not hmac.compare_digest(
-            presented, self.fingerprint
-        ):
+        if self.fingerprint is not None and not self._pin_holds(chain, presented, self.fingerprint, "--fingerprint"):
             raise ServerIdentityError(
-                f"Server {self._label} presented certificate {presented}, not the "
+                f"Server {self._label} presented {_presented(chain)}, not the "
                 f"pinned {self.fingerprint}; check --fingerprint against the one "
                 f"the server prints at start-up."
             )
@@ -271,36 +309,47 @@ class ServerVerifier:
     def _check_join_pin(self, chain: list[x509.Certificate], presented: str) -> None:
         pin = self.join_pin
         assert pin is not None
-        if hmac.compare_digest(presented, pin):
+        if self._pin_holds(chain, presented, pin, "join token"):
             return
-        now = self._now()
+        raise ServerIdentityError(
+            f"Server {self._label} presented {_presented(chain)}, but the join token pins {pin}; the token was "
+            f"made for another server or cluster, or someone is intercepting the connection, so nothing was "
+            f"sent: check --server, or get a new token from this server's 'gotaxy token create'."
+        )
+
+    def _pin_holds(self, chain: list[x509.Certificate], presented: str, pin: str, what: str) -> bool:
+        """
+        Whether C{pin} is the leaf's fingerprint, or that of a certificate in
+        the chain that directly issued the leaf (the CA of a server or of a
+        cluster), both valid now.
+
+        @raise ServerIdentityError: if the chain holds the pinned CA but the
+            leaf was not issued by it, or either is not valid now.
+        """
+        if hmac.compare_digest(presented, pin):
+            return True
         for issuer in chain[1:]:
             if not hmac.compare_digest(fingerprint_of_certificate(issuer), pin):
                 continue
             if not issued_by(chain[0], issuer):
                 raise ServerIdentityError(
-                    f"Server {self._label} sent the CA {pin} that the join token pins, but its "
+                    f"Server {self._label} sent the CA {pin} that the {what} pins, but its "
                     f"certificate {presented} was not issued by it; someone may be intercepting "
                     f"the connection."
                 )
-            for cert, what in ((chain[0], "certificate"), (issuer, "CA")):
-                if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-                    raise ServerIdentityError(
-                        f"Server {self._label}'s {what} {fingerprint_of_certificate(cert)} is not "
-                        f"valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
-                        f"{cert.not_valid_after_utc:%Y-%m-%d}); check this machine's clock."
-                    )
-            return
-        sent = (
-            f"certificate {presented} issued by {fingerprint_of_certificate(chain[1])}"
-            if len(chain) > 1
-            else f"certificate {presented}"
-        )
-        raise ServerIdentityError(
-            f"Server {self._label} presented {sent}, but the join token pins {pin}; the token was "
-            f"made for another server or someone is intercepting the connection, so nothing was "
-            f"sent: check --server, or get a new token from this server's 'gotaxy token create'."
-        )
+            self._check_valid_now(chain[0], issuer)
+            return True
+        return False
+
+    def _check_valid_now(self, leaf: x509.Certificate, issuer: x509.Certificate) -> None:
+        now = self._now()
+        for cert, what in ((leaf, "certificate"), (issuer, "CA")):
+            if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+                raise ServerIdentityError(
+                    f"Server {self._label}'s {what} {fingerprint_of_certificate(cert)} is not "
+                    f"valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} to "
+                    f"{cert.not_valid_after_utc:%Y-%m-%d}); check this machine's clock."
+                )
 
     def _now(self) -> datetime.datetime:
         if self.clock is None:
@@ -331,62 +380,86 @@ class ServerVerifier:
                 f"check the server address and --ca."
             ) from None
 
-    def _check_known_servers(self, presented: str) -> None:
+    def _check_known_servers(self, chain: list[x509.Certificate], presented: str) -> None:
         path = self.known_servers_path
         assert path is not None  # enforced in __attrs_post_init__
         key = self._label
         known = self._lookup_known(path, key)
-        if known is None:
-            self._record_known(path, key, presented)
+        ca = gotaxy_ca_of(chain)
+        ca_pin = fingerprint_of_certificate(ca) if ca is not None else None
+        if not known:
+            self._record_known(path, key, presented, ca_pin)
             log.warn(
                 "Trusted server {server} on first use; its certificate fingerprint "
-                "is {fingerprint} (recorded in {path}).",
+                "is {fingerprint}{issuer} (recorded in {path}).",
                 server=key,
                 fingerprint=presented,
+                issuer=f", issued by the CA {ca_pin} (every server that CA issued is accepted at this address: "
+                       f"the nodes of a cluster)" if ca_pin else "",
                 path=path,
             )
-        elif not hmac.compare_digest(known, presented):
-            raise ServerIdentityError(
-                f"Server {key} presented certificate {presented}, but {path} "
-                f"records {known}; if the server's certificate really changed, "
-                f"remove the line for {key} from {path} or pass "
-                f"--fingerprint {presented}, otherwise someone may be "
-                f"intercepting the connection."
-            )
+            return
+        if any(hmac.compare_digest(leaf, presented) for leaf, _ in known):
+            if ca_pin is not None and not any(c is not None and hmac.compare_digest(c, ca_pin) for _, c in known):
+                # The server we know, over a connection its recorded certificate
+                # authenticated: from now on its CA is trusted here too, so that
+                # the other nodes of its cluster are accepted at this address.
+                self._record_known(path, key, presented, ca_pin)
+                log.info(
+                    "Server {server}'s certificate is issued by the CA {ca}; recorded it in {path}, so every "
+                    "server that CA issued is accepted at this address (the nodes of a cluster).",
+                    server=key, ca=ca_pin, path=path,
+                )
+            return
+        for _, known_ca in known:
+            if known_ca is not None and self._pin_holds(chain, presented, known_ca, "known_servers line"):
+                return
+        recorded = ", ".join(leaf + (f" (CA {c})" if c else "") for leaf, c in known)
+        raise ServerIdentityError(
+            f"Server {key} presented {_presented(chain)}, but {path} "
+            f"records {recorded}; if the server's certificate really changed, "
+            f"remove the line for {key} from {path} or pass "
+            f"--fingerprint {presented}, otherwise someone may be "
+            f"intercepting the connection."
+        )
 
     @staticmethod
-    def _lookup_known(path: str, key: str) -> str | None:
+    def _lookup_known(path: str, key: str) -> list[tuple[str, str | None]]:
+        """Every line of C{path} for C{key}: its certificate's fingerprint and, if recorded, its CA's."""
         try:
             with open(path, encoding="utf-8") as f:
                 lines = f.readlines()
         except FileNotFoundError:
-            return None
+            return []
         except (OSError, UnicodeDecodeError) as e:
             raise ServerIdentityError(
                 f"Cannot read {path} ({e}); fix its permissions or remove it."
             ) from None
+        found = []
         for line in lines:
             fields = line.split()
             if len(fields) < 2 or fields[0].startswith("#") or fields[0] != key:
                 continue
             try:
-                return normalise_fingerprint(fields[1])
+                leaf = normalise_fingerprint(fields[1])
+                cas = [normalise_fingerprint(f[3:]) for f in fields[2:] if f.startswith("ca=")]
             except ValueError:
                 raise ServerIdentityError(
                     f"The line for {key} in {path} holds no valid fingerprint; "
                     f"remove or fix that line."
                 ) from None
-        return None
+            found.append((leaf, cas[0] if cas else None))
+        return found
 
     @staticmethod
-    def _record_known(path: str, key: str, fingerprint: str) -> None:
+    def _record_known(path: str, key: str, fingerprint: str, ca: str | None = None) -> None:
         make_private_dir(os.path.dirname(path) or ".")
         try:
             # Append rather than rewrite so that concurrent clients sharing
             # the file cannot drop each other's lines.
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             with os.fdopen(fd, "a+b") as f:
-                line = f"{key} {fingerprint}\n".encode("ascii")
+                line = f"{key} {fingerprint}{f' ca={ca}' if ca else ''}\n".encode("ascii")
                 size = os.fstat(fd).st_size
                 if size > 0:
                     f.seek(size - 1)
