@@ -306,11 +306,12 @@ class CoreService(Service):
         self._announce = self.core.reactor.callLater(0, self._announce_start)
         addr, port = _bound(self.control, config)
         log.info(
-            "Gotaxy server {version} listening for clients on {addr}:{port} (TLS, certificate {fp})",
+            "Gotaxy server {version} listening for clients on {addr}:{port} (TLS, certificate {fp}{ca})",
             version=__version__,
             addr=addr,
             port=port,
             fp=self.credentials.fingerprint,
+            ca=f", CA {self.credentials.ca_fingerprint}" if self.credentials.ca_fingerprint else "",
         )
 
     def _announce_start(self) -> None:
@@ -535,6 +536,16 @@ def _assemble(
                  version=migration.version, description=migration.description)
     log.info("store {url} at schema version {version}", url=sync_store.shown_url, version=sync_store.schema_version)
     # For ``gotaxy token create``, which reads the store, not the TLS files.
+    stored_pin = sync_store.get_setting(JOIN_PIN_SETTING)
+    if stored_pin is not None and stored_pin != credentials.join_pin:
+        # Nodes of one database share one CA (gotaxy.tls.cluster); a node with its own refuses their tokens.
+        log.warn(
+            "The store's join tokens pin {stored}, but this server's TLS identity is {ours}: if other servers share "
+            "database.url, this one is not of their cluster and their clients' join tokens are refused here; give "
+            "it the cluster's files ('gotaxy cluster add-node' on the first node, copied as {tls}). If this "
+            "server's CA was replaced, join tokens made before now pin the old one.",
+            stored=stored_pin, ours=credentials.join_pin, tls=os.path.join(data_dir, "tls"),
+        )
     sync_store.set_setting(JOIN_PIN_SETTING, credentials.join_pin)
     # This process is a node of the store: it releases what it left from its
     # last run, and what nodes whose lease ran out left, never another live
