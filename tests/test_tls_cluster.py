@@ -366,3 +366,17 @@ def test_gotaxy_cluster_add_node_writes_the_files_and_says_what_to_pin(tmp_path:
     assert main(["--data-dir", str(data_dir), "cluster", "add-node", "c.example.com", "--out", str(target)],
                 out=io.StringIO()) == 1
     assert "exists; choose another directory with --out, or pass --force" in capsys.readouterr().err
+
+
+def test_a_node_without_the_ca_key_never_makes_a_ca_of_its_own(cluster: Any, tmp_path: Path) -> None:
+    # 'gotaxy cert issue' on node B (or a lost server.pem there) must not replace the cluster's ca.pem.
+    _, b, first = cluster
+    bundle = tmp_path / "a-tls-b.example.com"
+    ca = (bundle / "ca.pem").read_bytes()
+    with pytest.raises(ValueError, match=r"ca\.pem is here without its key .*ca\.key: this server's certificates "
+                                         r"come from a CA kept elsewhere"):
+        issue_client_certificate(str(bundle), "alice")
+    (bundle / "server.pem").unlink()
+    with pytest.raises(ValueError, match="come from a CA kept elsewhere"):
+        load_or_create_server_credentials(str(bundle))
+    assert (bundle / "ca.pem").read_bytes() == ca and not (bundle / "ca.key").exists()

@@ -7,6 +7,8 @@ TLS identity for the control connection.
     shared with the HTTPS panel;
   - L{gotaxy.tls.verify}: how the client decides whether the server it reached
     is the right one (pin, join token, CA file, trust on first use);
+  - L{gotaxy.tls.cluster}: a cluster's one identity (the first node's CA signs
+    every node's certificates) and the node-to-node mTLS options;
   - L{gotaxy.tls.fingerprint}, L{gotaxy.tls.names}, L{gotaxy.tls.files}: the
     pieces both sides share.
 

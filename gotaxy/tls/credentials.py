@@ -267,6 +267,14 @@ def _load_or_create_ca(
             f"The CA key {ca_key_path} is not an ECDSA key; remove {ca_cert_path} "
             f"and {ca_key_path} to have a new CA generated."
         )
+    if os.path.exists(ca_cert_path):
+        # A node of a cluster holds the cluster CA's certificate without its
+        # key (gotaxy.tls.cluster): a new CA here would leave the cluster.
+        raise ValueError(
+            f"{ca_cert_path} is here without its key {ca_key_path}: this server's certificates come from a CA "
+            f"kept elsewhere (a cluster's first node); sign there ('gotaxy cluster add-node', 'gotaxy cert issue'), "
+            f"or remove {ca_cert_path} to have a new CA generated."
+        )
 
     now = datetime.datetime.now(datetime.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
