@@ -380,3 +380,14 @@ def test_a_node_without_the_ca_key_never_makes_a_ca_of_its_own(cluster: Any, tmp
     with pytest.raises(ValueError, match="come from a CA kept elsewhere"):
         load_or_create_server_credentials(str(bundle))
     assert (bundle / "ca.pem").read_bytes() == ca and not (bundle / "ca.key").exists()
+
+
+def test_the_first_node_names_its_node_certificate_after_its_node_id(tmp_path: Path) -> None:
+    # gotaxy.server.forward passes the node id (DATA_DIR/node-id), which need not be a DNS name.
+    first = tmp_path / "a-tls"
+    load_or_create_server_credentials(str(first))
+    identity = load_node_identity(str(first), "web_1.a1b2c3d4")
+    assert identity.name == "web_1.a1b2c3d4"
+    load_or_create_server_credentials(str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="cannot name a node certificate"):
+        load_node_identity(str(tmp_path / "other"), "no spaces")

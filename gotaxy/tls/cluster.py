@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 from typing import Any, Optional, Sequence
 
@@ -88,6 +89,9 @@ NODE_KEY_FILENAME = "node.key"
 #: The subject alternative name (a URI) that makes a certificate a node's.
 NODE_URI_PREFIX = "urn:gotaxy:node:"
 
+#: What a node certificate made at start may be named after: a node id (DATA_DIR/node-id) or a DNS name.
+_NODE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
 _BUNDLE_FILES = (CA_CERT_FILENAME, SERVER_CERT_FILENAME, SERVER_KEY_FILENAME, NODE_CERT_FILENAME, NODE_KEY_FILENAME)
 
 
@@ -112,10 +116,14 @@ def _usages(cert: x509.Certificate) -> set:
 
 
 def _node_sans(name: str, addresses: Sequence[str]) -> list[x509.GeneralName]:
+    """The node's URI, then its name (if it is a DNS name or address: a node id may not be) and the addresses."""
     general: list[x509.GeneralName] = [x509.UniformResourceIdentifier(NODE_URI_PREFIX + name)]
     for address in dict.fromkeys([name, *addresses]):
         ip = parse_ip(address)
-        general.append(x509.IPAddress(ip) if ip is not None else x509.DNSName(address))
+        if ip is not None:
+            general.append(x509.IPAddress(ip))
+        elif ascii_host(address) == address:
+            general.append(x509.DNSName(address))
     return general
 
 
@@ -310,8 +318,9 @@ def load_node_identity(tls_dir: str, name: Optional[str] = None) -> NodeIdentity
     """
     This node's identity for node-to-node connections, from C{tls_dir}'s
     C{node.pem}, C{node.key} and C{ca.pem}.  A node that holds the CA key and
-    has no node certificate yet makes one now, named C{name} (default: the
-    host's fully qualified name).  Blocking file I/O: call it at start-up.
+    has no node certificate yet makes one now, named C{name} (a node id or a
+    DNS name; default: the host's fully qualified name, which is also among
+    its DNS names).  Blocking file I/O: call it at start-up.
 
     @raise ValueError: with a sentence saying what is missing and what to do.
     """
@@ -325,9 +334,15 @@ def load_node_identity(tls_dir: str, name: Optional[str] = None) -> NodeIdentity
                 f"that holds the cluster's CA key run 'gotaxy cluster add-node NAME --out DIR' and copy DIR here "
                 f"as {tls_dir}"
             )
-        ca_cert, ca_key = _load_or_create_ca(tls_dir)
         own = name or ascii_host(socket.getfqdn()) or "localhost"
-        own, extra = _names(own, [])
+        if not _NODE_NAME.fullmatch(own):
+            raise ValueError(
+                f"{own!r} cannot name a node certificate: use at most 64 letters, digits, '.', '_', '-' (a node id "
+                f"or a DNS name)"
+            )
+        fqdn = ascii_host(socket.getfqdn())
+        extra = [fqdn] if fqdn is not None and fqdn != own else []
+        ca_cert, ca_key = _load_or_create_ca(tls_dir)
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue_node_certificate(key, ca_cert, ca_key, own, extra)
         write_atomically(key_path, _private_key_pem(key), 0o600)
