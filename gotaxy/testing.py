@@ -106,9 +106,10 @@ class SynchronousStore(ThreadedStore):
     def stop(self) -> None:
         self.store.close()
 
-    def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
+    def _submit(self, function: Callable[..., Any], args: Any, kwargs: Any, keep: bool) -> Deferred:
         # As the thread's calls do: the events it recorded reach the bus before its result.
-        return maybeDeferred(lambda: self._deliver(self._run(function, args, kwargs)))
+        when = self.store.now() if keep else None
+        return maybeDeferred(lambda: self._deliver(self._run(function, args, kwargs, keep, when)))
 
 
 def memory_store(clock: Callable[[], float]) -> Store:

@@ -95,6 +95,10 @@ class PostgresServer:
         begun = time.monotonic()
         self._run("initdb", "-D", self.data, "-U", self.role, "--auth=trust", "--no-sync", "-E", "UTF8",
                   "--no-instructions")
+        self._pg_start()
+        self.start_seconds = time.monotonic() - begun
+
+    def _pg_start(self) -> None:
         options = (
             f"-k {self.socket_dir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=200"
@@ -104,7 +108,19 @@ class PostgresServer:
         except subprocess.CalledProcessError as e:
             raise RuntimeError(f"PostgreSQL did not start: {e.stderr}\n{self.log_text()}") from None
         self.started = True
-        self.start_seconds = time.monotonic() - begun
+
+    def pause(self) -> None:
+        """
+        Stop the server and keep its data (``resume`` starts it again): an
+        outage as clients of the database see it, their connections cut
+        ("terminating connection due to administrator command") and new
+        ones refused.  Only on a server of one's own, not the shared one.
+        """
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop", timeout=60)
+        self.started = False
+
+    def resume(self) -> None:
+        self._pg_start()
 
     def log_text(self) -> str:
         try:

@@ -7,7 +7,8 @@ Life of a connection::
     accepted ──(over the pending limits?)──> closed at once
        │
        TLS handshake, preamble, {"type": "login"} within transport.authTimeout
-       │                      └──(bad token)──> {"type": "login_failed"}, closed
+       │                      ├──(bad token)──> {"type": "login_failed"}, closed
+       │                      └──(store unreachable)──> {"type": "error"}, closed; the client retries
        ▼
     authenticated: {"type": "login_ok"}; heartbeat runs; the client sends
     {"type": "tunnel_open"} per tunnel and gets "tunnel_up" or
@@ -44,6 +45,7 @@ from gotaxy.server.access import CONTROL, FLOOD, PROTOCOL
 from gotaxy.server.core import (
     MAX_TUNNELS_PER_CLIENT,
     CertificateRefused,
+    DatabaseUnreachable,
     IdentityInUse,
     LoginRefused,
     ServerCore,
@@ -302,6 +304,12 @@ class ServerControlProtocol(MuxProtocol):
     async def _login(self, message: Dict[str, Any]) -> None:
         try:
             name = await self.core.login(self, message, client_chain(self.transport))
+        except DatabaseUnreachable as e:
+            if not self.lost:
+                # Not login_failed: a client exits on that (loginFailExit); this one comes back with back-off.
+                self.send_control({"type": "error", "reason": str(e)})
+                self.close()
+            return
         except LoginRefused as e:
             if not self.lost:
                 refusal = {"type": "login_failed", "reason": str(e)}

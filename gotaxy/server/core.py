@@ -84,7 +84,7 @@ from gotaxy.server.throttle import OTHERS, RepeatThrottle
 from gotaxy.server.traffic import TrafficMeters
 from gotaxy.server.tunnel import REFUSAL_REPORT_INTERVAL, LiveTunnel
 from gotaxy.server.limits import ConnectionLimits  # after tunnel: limits -> access -> store -> proxy -> tunnel
-from gotaxy.store import SOURCE_SERVER, ThreadedStore, TunnelRecord
+from gotaxy.store import SOURCE_SERVER, StoreUnreachable, ThreadedStore, TunnelRecord
 from gotaxy.store import overrides as stored_overrides
 from gotaxy.store.overrides import Override
 from gotaxy.tls.clients import ClientCertificate, ClientCertificateRefused, ClientCertificateVerifier
@@ -165,6 +165,14 @@ class CertificateRefused(LoginRefused):
     """The client's certificate (or its absence) is refused; the message says what to do."""
 
 
+class DatabaseUnreachable(LoginRefused):
+    """
+    The store did not answer: the log-in is refused for now, and the client
+    is told to come back (an ``error``, not ``login_failed``, so that every
+    client, old or new, with loginFailExit or not, tries again).
+    """
+
+
 class TunnelNotFound(LookupError):
     """An operator named a tunnel the store does not have."""
 
@@ -217,6 +225,9 @@ class ServerCore:
         # What the store records (the state changes' events and ``record``'s)
         # is published here, once, as the row was written.
         store.on_recorded = self.events.publish
+        store.on_reachability = self._store_reachability
+        #: Log-ins refused since the store became unreachable (said when it is back).
+        self.refused_unreachable = 0
         # A token revoked elsewhere (``gotaxy token revoke`` in a shell, another
         # server): its client is cut off now, not at the next periodic check.
         self.events.subscribe(self._token_revoked)
@@ -293,7 +304,7 @@ class ServerCore:
 
     # -- events --------------------------------------------------------------
 
-    async def record(self, type_: str, **fields: Any) -> Event:
+    async def record(self, type_: str, **fields: Any) -> Optional[Event]:
         """
         Write an event (a type from ``gotaxy.events``) to the events table;
         the row, as recorded, is then published on ``events``.  Store calls
@@ -302,16 +313,51 @@ class ServerCore:
         that is not in the table, nor written twice.
         """
         event = Event(type=type_, at=self.reactor.seconds(), **fields)
-        recorded: Event = await self.store.call(self._db.record, event)
+        # While the database is unreachable the row waits in the store's
+        # queue (ThreadedStore.keep), and is published when it is written.
+        recorded: Optional[Event] = await self.store.keep(self._db.record, event)
         return recorded
 
     # -- login ---------------------------------------------------------------
+
+    def _store_reachability(self, unreachable: bool, message: str) -> None:
+        """The store's database went away or came back: one line each way."""
+        if unreachable:
+            self.log.warn(
+                "{message}; connected clients keep their tunnels, new log-ins and changes that need the "
+                "database are refused, and events are kept to be written when it is back", message=message,
+            )
+            return
+        kept = self.store.dropped
+        self.log.info(
+            "the server's database is reachable again; {refused} log-in(s) were refused meanwhile{dropped}",
+            refused=self.refused_unreachable,
+            dropped=f", {kept} write(s) over the queue's {self.store.MAX_KEPT} were lost" if kept else "",
+        )
+        self.refused_unreachable = 0
 
     async def login(self, session: ClientSession, message: Dict[str, Any], peer_certificates: Sequence[Any] = ()) -> str:
         """
         Authenticate ``session``; return the client's name or raise LoginRefused.
         ``peer_certificates``: the chain the client presented in the TLS handshake, leaf first.
+        A log-in needs the store (the token's hash, the client's row): while
+        the database is unreachable it is refused with ``DatabaseUnreachable``.
         """
+        try:
+            return await self._login(session, message, peer_certificates)
+        except StoreUnreachable as e:
+            name = session.client_name
+            if name is not None and self.sessions.get(name) is session:
+                del self.sessions[name]
+            session.client_name = None
+            self.refused_unreachable += 1
+            self.log.info("refused the log-in from {address}: {error}", address=session.peer_address, error=e)
+            raise DatabaseUnreachable(
+                "the server's database is unreachable, so it cannot check log-ins now (connected clients keep "
+                "working); retrying"
+            ) from None
+
+    async def _login(self, session: ClientSession, message: Dict[str, Any], peer_certificates: Sequence[Any]) -> str:
         address = session.peer_address
         try:
             token = _text(message, "token", 256)
@@ -645,7 +691,7 @@ class ServerCore:
     async def close_and_record(self, tunnel: LiveTunnel, reason: str, status: str = "down",
                                cut_connections: bool = False) -> None:
         await self.close_tunnel(tunnel, reason, cut_connections)
-        await self.store.call(self._db.tunnel_down, tunnel.client, tunnel.name, status, reason, TUNNEL_CLOSED)
+        await self.store.keep(self._db.tunnel_down, tunnel.client, tunnel.name, status, reason, TUNNEL_CLOSED)
 
     def tunnel_error(self, tunnel: LiveTunnel, reason: str) -> None:
         """
@@ -880,7 +926,7 @@ class ServerCore:
         if self.sessions.get(name) is session:
             del self.sessions[name]
         await DeferredList([self.close_tunnel(t, reason) for t in list(session.tunnels.values())])
-        await self.store.call(self._db.client_disconnected, name, session.peer_address, reason)
+        await self.store.keep(self._db.client_disconnected, name, session.peer_address, reason)
         if event is not None:
             await self.record(event, client=name, address=session.peer_address, detail=reason)
         self.log.info("client {client} offline: {reason}", client=name, reason=reason)

@@ -7,6 +7,25 @@ releases the rows of nodes whose lease ran out.
 
 Every store call goes through the ``ThreadedStore``; the timer runs on the
 reactor it is given.
+
+When the database is unreachable
+    A renewal that fails is logged and tried again at the next tick; the
+    node goes on serving its connected clients and tunnels (nothing here
+    closes anything).  No other node can write either, so no node marks
+    anything offline during the outage, and claims (ports, domains, names)
+    belong to clients and tunnels, not to leases: no node can take them.
+    When the database is back:
+
+    * an outage shorter than ``LEASE - RENEW`` (20 s): every lease still
+      runs when its node renews it; nothing visible happens;
+    * a longer one: every node's lease ran out while nobody could renew.
+      A node whose renewal failed therefore releases no other node for one
+      ``LEASE`` after its first renewal that works again (``grace``): by
+      then every live node has renewed its own (each tries every
+      ``RENEW``), and only the dead ones are released.  Should a node still
+      find its own lease released (it came back later than another node's
+      grace, or only it lost the database), ``renew_node`` marks its
+      clients and tunnels online again, and the warning below says so.
 """
 
 from __future__ import annotations
@@ -63,6 +82,10 @@ class NodeLease(Service):
         self._timer = LoopingCall(self.renew)
         self._timer.clock = reactor
         self._renewing: Optional[Deferred] = None
+        self._clock = reactor
+        self._failed = False  # the last renewal failed (the database was unreachable)
+        #: Until when (reactor seconds) this node releases no other node: a lease after the store came back.
+        self.grace_until = 0.0
 
     def startService(self) -> None:
         super().startService()
@@ -80,11 +103,21 @@ class NodeLease(Service):
         clients = list(self.core.sessions)
         tunnels = list(self.core.tunnels)
 
+        if self._failed:
+            # Back from a failure: the others' leases may have run out only because nobody could renew.
+            self.grace_until = self._clock.seconds() + self.lease
+        releasing = self._clock.seconds() >= self.grace_until
+
         def work() -> Any:
             kept = db.renew_node(self.lease, clients, tunnels)
-            return kept, db.release_expired_nodes()
+            return kept, db.release_expired_nodes() if releasing else []
 
         def done(result: Any) -> None:
+            if self._failed:
+                self._failed = False
+                self.log.info("node {node}: our lease in the store is renewed again; other nodes' leases are "
+                              "released only after {lease:g} s, when theirs are renewed too",
+                              node=db.node, lease=self.lease)
             kept, released = result
             if not kept:
                 self.log.warn(
@@ -96,16 +129,20 @@ class NodeLease(Service):
                 self.log.info("node {node} stopped renewing its lease: its clients are marked offline", node=node)
 
         def failed(failure: Any) -> None:
-            self.log.warn("node {node}: could not renew our lease in the store: {error}", node=db.node,
-                          error=failure.getErrorMessage())
+            if self._failed:
+                return  # said once per outage
+            self._failed = True
+            self.log.warn("node {node}: could not renew our lease in the store: {error}; our clients stay "
+                          "connected, and it is tried again every {interval:g} s", node=db.node,
+                          error=failure.getErrorMessage(), interval=self.renew_interval)
 
         def finished(_: Any) -> None:
             self._renewing = None
 
         d = self.store.call(work)
+        self._renewing = d  # before the callbacks: a store that answers at once (tests) has fired already
         d.addCallbacks(done, failed)
         d.addBoth(finished)
-        self._renewing = d
         return d
 
     def stopService(self) -> Deferred:

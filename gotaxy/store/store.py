@@ -16,30 +16,35 @@ given, so tests can steer expiry.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import threading
 import json
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import attrs
 import dataset
 from sqlalchemy import and_, delete, insert, or_, select, true, update
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, PendingRollbackError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from gotaxy.store import claims
 from gotaxy.store.claims import DOMAIN, OWNER_TUNNEL, Claimed, Owner, tunnel_key
 from gotaxy.credentials import dummy_hash, hash_password, new_token, token_hash, tokens_equal, verify_password
+from gotaxy.logs import gotaxy_observer
 from gotaxy.names import NAME_RULE, is_valid_name, shown
 from gotaxy.proxy.address import PublicAddress, address_or_none
 from gotaxy.store.migrations import SchemaError, migrate, schema_version
 from gotaxy.store.schema import CLAIMS, HISTORY_SESSIONS, NODES
 
 T = TypeVar("T")
+_log = Logger(observer=gotaxy_observer)
 
 #: Event types, re-exported from their catalogue (``gotaxy.events``) for
 #: the modules that import them from here.
@@ -82,6 +87,69 @@ MAX_TUNNEL_ROWS_PER_CLIENT = 512
 
 class StoreError(Exception):
     """A request the store refuses; the message is for the user."""
+
+
+class StoreUnreachable(Exception):
+    """
+    The database did not answer (it is down, restarting, unreachable, or a
+    statement ran over its timeout).  The message is for the user; a call
+    made with ``ThreadedStore.keep`` is written when the database is back.
+    """
+
+
+#: Seconds a connection attempt to PostgreSQL may take (psycopg's
+#: connect_timeout), and the most one statement may run (PostgreSQL's
+#: statement_timeout): a dead database fails a store call in seconds instead of
+#: holding the store's one thread for the kernel's TCP timeouts (minutes).
+CONNECT_TIMEOUT = 5
+STATEMENT_TIMEOUT = 30.0
+#: TCP keep-alives on the PostgreSQL connection (idle seconds, interval, count):
+#: a database host that vanished without closing the connection is noticed
+#: within about 25 s even when no statement is running.
+KEEPALIVES = (10, 5, 3)
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """
+    True if ``error`` says the database is not there (as opposed to a
+    request it refused): a lost or refused connection, a server shutting
+    down, a statement cancelled by its timeout.  SQLite's "database is
+    locked" is not one of them: the file is there.
+    """
+    if isinstance(error, PendingRollbackError):
+        return True  # a connection lost in a transaction (reset by ThreadedStore)
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    orig = error.orig
+    return isinstance(error, OperationalError) and type(orig).__module__.split(".")[0] == "psycopg"
+
+
+def database_options(target: URL) -> Dict[str, Any]:
+    """
+    SQLAlchemy's ``create_engine`` arguments for ``target``: SQLite's
+    thread and lock settings, or, for PostgreSQL, ``pool_pre_ping`` (a
+    connection the database dropped is replaced before use) with the
+    timeouts and keep-alives above.
+    """
+    if target.get_backend_name() == "sqlite":
+        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if target.get_backend_name() != "postgresql":
+        return {"pool_pre_ping": True}
+    idle, interval, count = KEEPALIVES
+    connect_args: Dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, "keepalives_idle": idle,
+        "keepalives_interval": interval, "keepalives_count": count,
+    }
+    # The URL's own settings win (?connect_timeout=2&options=... in database.url).
+    query = dict(target.query)
+    for key in list(connect_args):
+        if key in query:
+            del connect_args[key]
+    if "options" not in query:
+        connect_args["options"] = f"-c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
+    return {"pool_pre_ping": True, "connect_args": connect_args}
 
 
 @attrs.frozen
@@ -199,9 +267,7 @@ class Store:
         self._recorded: List[Event] = []
         self._recorded_lock = threading.Lock()  # start-up work may record from the reactor's thread
         target = driver_url(url)
-        kwargs: Dict[str, Any] = {}
-        if target.get_backend_name() == "sqlite":
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs = database_options(target)
         try:
             self.db = dataset.connect(
                 target.render_as_string(hide_password=False), engine_kwargs=kwargs, sqlite_wal_mode=True
@@ -226,6 +292,41 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    def reset_connection(self) -> None:
+        """
+        Drop this thread's connection after the database went away: dataset
+        keeps one connection per thread for good, and SQLAlchemy refuses
+        every statement on a connection lost in a transaction ("Can't
+        reconnect until invalid transaction is rolled back") until it is
+        closed.  The next statement checks out a fresh one (``pool_pre_ping``
+        tests it first).
+        """
+        db = self.db
+        db.local.tx = []
+        with db.lock:
+            connection = db.connections.pop(threading.get_ident(), None)
+        if connection is not None:
+            try:
+                connection.invalidate()
+                connection.close()
+            except Exception:  # noqa: BLE001 -- the connection is dead; nothing to tell
+                pass
+        db._flush_tables()  # table metadata read in the failed transaction
+
+    def now(self) -> float:
+        """The store's clock."""
+        return self._clock()
+
+    @contextlib.contextmanager
+    def as_of(self, when: float) -> Iterator[None]:
+        """Within: the store's clock says ``when`` (a write kept during an outage is written with its own time)."""
+        clock = self._clock
+        self._clock = lambda: when
+        try:
+            yield
+        finally:
+            self._clock = clock
 
     # -- claims (see gotaxy.store.claims) --------------------------------------------
 
@@ -1025,7 +1126,26 @@ class ThreadedStore:
     The reactor-side face of ``Store``: every call runs on one dedicated
     thread and returns a Deferred.  ``start``/``stop`` are tied to the
     server's service lifetime.
+
+    When the database is unreachable
+        A call that fails because the database is not there fails with
+        ``StoreUnreachable`` (one clear sentence), and the thread's
+        connection is dropped, so that the first call after the database
+        is back opens a new one.  ``keep`` is ``call`` for the writes that
+        record what happened here and must not be lost (events, a client
+        going offline, a tunnel closing): during an outage it queues the
+        call, with the time it was made, up to ``MAX_KEPT`` of them, and
+        its Deferred fires with None.  Every later call first writes what
+        is queued, in order, on the same thread, so nothing written after
+        the outage overtakes a write from during it.  The server calls the
+        store every half second (the event tail), so the queue is written
+        within about a second of the database's return.  ``unreachable``
+        says whether the last call found the database gone;
+        ``on_reachability`` hears every change (the server logs it).
     """
+
+    #: The most writes ``keep`` queues during an outage; further ones are counted and dropped.
+    MAX_KEPT = 10_000
 
     def __init__(self, store: Store, reactor: Any) -> None:
         self.store = store
@@ -1034,7 +1154,19 @@ class ThreadedStore:
         #: Called on the reactor thread with each event a call recorded, in
         #: order, before that call's Deferred fires (the core publishes them).
         self.on_recorded: Optional[Callable[[Event], None]] = None
+        #: Called on the reactor thread with (unreachable, message) when that changes.
+        self.on_reachability: Optional[Callable[[bool, str], None]] = None
         store.collect_recorded = True
+        #: Writes kept during an outage: (when, function, args, kwargs); touched on the store's thread only.
+        self._kept: Deque[Tuple[float, Callable[..., Any], Any, Any]] = collections.deque()
+        self.dropped = 0  #: writes ``keep`` could not queue (``MAX_KEPT`` reached)
+        self.unreachable = False
+        self._told: Optional[bool] = False  # what on_reachability last heard (reactor thread)
+
+    @property
+    def kept(self) -> int:
+        """Writes waiting for the database."""
+        return len(self._kept)
 
     def start(self) -> None:
         self._pool.start()
@@ -1044,21 +1176,74 @@ class ThreadedStore:
         self.store.close()
 
     def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> "Deferred[T]":
-        d = deferToThreadPool(self._reactor, self._pool, self._run, function, args, kwargs)
+        return self._submit(function, args, kwargs, False)
+
+    def keep(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
+        """``call``, but during an outage the write is queued (see the class) and the Deferred fires with None."""
+        return self._submit(function, args, kwargs, True)
+
+    def _submit(self, function: Callable[..., Any], args: Any, kwargs: Any, keep: bool) -> Deferred:
+        when = self.store.now() if keep else None  # a kept write is written with the time it was made
+        d = deferToThreadPool(self._reactor, self._pool, self._run, function, args, kwargs, keep, when)
         d.addCallback(self._deliver)
         return d
 
-    def _run(self, function: Callable[..., Any], args: Any, kwargs: Any) -> Tuple[Any, List[Event]]:
-        """On the store's thread: the call's result (or its Failure) and the events it recorded."""
+    def _run(self, function: Callable[..., Any], args: Any, kwargs: Any, keep: bool = False,
+             when: Optional[float] = None) -> Tuple[Any, List[Event], bool]:
+        """On the store's thread: the call's result (or its Failure), the events it recorded, reachability."""
         try:
+            self._write_kept()
             result = function(*args, **kwargs)
-        except BaseException:
-            result = Failure()
-        return result, self.store.take_recorded()
+            self.unreachable = False
+        except BaseException as error:
+            if not is_unreachable(error):
+                result = Failure()
+            else:
+                self.store.reset_connection()
+                self.unreachable = True
+                if keep and self._keep(when, function, args, kwargs):
+                    result = None
+                else:
+                    result = Failure(StoreUnreachable(self.unreachable_message(error)))
+        return result, self.store.take_recorded(), self.unreachable
 
-    def _deliver(self, outcome: Tuple[Any, List[Event]]) -> Any:
-        result, recorded = outcome
+    def _keep(self, when: Optional[float], function: Callable[..., Any], args: Any, kwargs: Any) -> bool:
+        if len(self._kept) >= self.MAX_KEPT:
+            self.dropped += 1
+            return False
+        self._kept.append((time.time() if when is None else when, function, args, kwargs))
+        return True
+
+    def _write_kept(self) -> None:
+        """Write the queued writes, oldest first; raises (and keeps the rest) if the database is still gone."""
+        while self._kept:
+            when, function, args, kwargs = self._kept[0]
+            try:
+                with self.store.as_of(when):
+                    function(*args, **kwargs)
+            except BaseException as error:
+                if is_unreachable(error):
+                    raise
+                # Refused for a reason of its own: retrying cannot help.
+                self._reactor.callFromThread(self._kept_failed, Failure(), function)
+            self._kept.popleft()
+
+    def _kept_failed(self, failure: Failure, function: Callable[..., Any]) -> None:
+        _log.failure("a write kept while the database was unreachable ({what}) failed when it was back",
+                     failure, what=getattr(function, "__name__", "?"))
+
+    def unreachable_message(self, error: BaseException) -> str:
+        return (f"the server's database ({self.store.shown_url}) is unreachable: "
+                f"{_scrubbed(_first_line(error), self.store.url)}")
+
+    def _deliver(self, outcome: Tuple[Any, List[Event], bool]) -> Any:
+        result, recorded, unreachable = outcome
         if self.on_recorded is not None:
             for event in recorded:
                 self.on_recorded(event)
+        if unreachable != self._told:
+            self._told = unreachable
+            if self.on_reachability is not None:
+                message = str(result.value) if unreachable and isinstance(result, Failure) else ""
+                self.on_reachability(unreachable, message)
         return result  # a Failure fails the Deferred

@@ -57,6 +57,7 @@ from gotaxy.events import TYPES, Event, EventBus
 from gotaxy.server.history import History
 from gotaxy.server.manage import Management, ManagementError, bandwidth_value
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
+from gotaxy.store import StoreUnreachable
 from gotaxy.web.auth import Caller, PanelAuth, PanelAuthError, SecondFactorRequired
 from gotaxy.web.openapi import API_PREFIX, openapi_document
 
@@ -136,6 +137,11 @@ def _api(public: bool = False, session_only: bool = False) -> Callable[[Handler]
                 return self._error(request, e.kind, str(e), e.field, **e.extra)
             except (ManagementError, PanelAuthError) as e:
                 return self._error(request, e.kind, str(e), e.field)
+            except StoreUnreachable:
+                # Not a bug: the database is down.  What runs goes on; the caller may retry.
+                request.setHeader(b"retry-after", b"5")
+                return self._error(request, "unavailable", "the server's database is unreachable, so this "
+                                   "cannot be done now (connected clients keep working); try again in a moment")
             except Exception:
                 # A bug: the traceback goes to the log, the caller gets JSON.
                 log.failure("panel request {method} {path} failed", method=request.method, path=request.path)

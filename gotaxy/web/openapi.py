@@ -544,7 +544,7 @@ _ERRORS = {
     415: "request body not JSON",
     429: "too many failed log-ins, or too many log-ins in progress; see Retry-After",
     500: "a bug in the server (the traceback is in its log)",
-    503: "unavailable: too many live views open, or the server keeps no history",
+    503: "unavailable: too many live views open, the server keeps no history, or its database is unreachable",
 }
 
 _PATH_PARAMS = {
