@@ -106,10 +106,9 @@ class SynchronousStore(ThreadedStore):
     def stop(self) -> None:
         self.store.close()
 
-    def _submit(self, function: Callable[..., Any], args: Any, kwargs: Any, keep: bool) -> Deferred:
+    def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
         # As the thread's calls do: the events it recorded reach the bus before its result.
-        when = self.store.now() if keep else None
-        return maybeDeferred(lambda: self._deliver(self._run(function, args, kwargs, keep, when)))
+        return maybeDeferred(lambda: self._deliver(self._run(function, args, kwargs)))
 
 
 def memory_store(clock: Callable[[], float]) -> Store:

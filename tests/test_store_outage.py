@@ -109,7 +109,8 @@ def test_writes_kept_during_the_outage_are_written_when_it_is_back_in_order_with
     assert result(store.keep(db.client_disconnected, "alice", "192.0.2.1:1", "connection lost")) is None
     clock.advance(2)
     assert result(store.keep(db.record, Event(type=SERVER_STARTED, at=clock.seconds(), detail="second"))) is None
-    assert store.kept == 2 and published == []
+    assert store.kept == 2 and published == [] and store.unreachable
+    assert [u for u, _ in heard] == [True]
     with pytest.raises(StoreUnreachable):  # a read is not kept
         result(store.call(db.list_clients))
     postgres.resume()
@@ -177,12 +178,12 @@ class Unreachable(SynchronousStore):
 
     down = False
 
-    def _submit(self, function: Any, args: Any, kwargs: Any, keep: bool) -> Any:
+    def call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         if self.down:
             from twisted.internet.defer import fail
 
             return fail(StoreUnreachable("the server's database is unreachable: test"))
-        return super()._submit(function, args, kwargs, keep)
+        return super().call(function, *args, **kwargs)
 
 
 def test_after_an_outage_longer_than_the_lease_no_live_node_is_released(tmp_path) -> None:

@@ -366,9 +366,14 @@ class AccessControl:
         if self._refresh.running:
             self._refresh.stop()
 
+    def _refresh_failed(self, failure: Any) -> None:
+        from gotaxy.store import failure_logger  # here: gotaxy.store imports the proxies, which import this module
+
+        failure_logger(self.log, "reading the bans from the store failed")(failure)
+
     def _refresh_now(self) -> Optional[Deferred]:
         d = self.refresh()
-        d.addErrback(lambda f: self.log.failure("reading the bans from the store failed", f))
+        d.addErrback(self._refresh_failed)
         return None  # a slow store must not stop the loop
 
     def load(self, db: Any) -> None:
@@ -563,7 +568,7 @@ class AccessControl:
             return  # ours: applied already
         if event.type == BAN_LIFTED:
             self._drop(event.address)
-        self.refresh().addErrback(lambda f: self.log.failure("reading the bans from the store failed", f))
+        self.refresh().addErrback(self._refresh_failed)
 
     # -- reload --------------------------------------------------------------
 

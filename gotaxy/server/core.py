@@ -351,7 +351,8 @@ class ServerCore:
                 del self.sessions[name]
             session.client_name = None
             self.refused_unreachable += 1
-            self.log.info("refused the log-in from {address}: {error}", address=session.peer_address, error=e)
+            if self.refused_unreachable == 1:  # the others are counted, and the count said when it is back
+                self.log.info("refused the log-in from {address}: {error}", address=session.peer_address, error=e)
             raise DatabaseUnreachable(
                 "the server's database is unreachable, so it cannot check log-ins now (connected clients keep "
                 "working); retrying"

@@ -29,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gotaxy.logs import gotaxy_observer
+from gotaxy.store import StoreUnreachable
 
 
 class StorePoller(Service):
@@ -78,6 +79,8 @@ class StorePoller(Service):
         return again
 
     def _failed(self, failure: Any) -> None:
+        if failure.check(StoreUnreachable):
+            return  # an outage: said once by the server (ServerCore), and read again when it ends
         if not self._failing:
             self._failing = True
             self.log.failure("reading {reading} from the store failed; trying again every {interval:g} s",

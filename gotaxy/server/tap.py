@@ -82,7 +82,7 @@ from gotaxy.server.commands import CommandChannel
 from gotaxy.server.forward import Forwarder, PeerListener, load_identity
 from gotaxy.server.lease import LEASE, NodeLease, node_id
 from gotaxy.server.outbox import EventTail
-from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url
+from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url, failure_logger
 from gotaxy.server.reload import ConfigReloader, ReloadRefused
 from gotaxy.server.retention import EventRetention
 from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
@@ -584,7 +584,7 @@ def _assemble(
     )
     def check_revocations() -> None:
         Deferred.fromCoroutine(core.kick_inactive_tokens()).addErrback(
-            lambda f: log.failure("checking revoked tokens failed", f))
+            failure_logger(log, "checking revoked tokens failed"))
         if core.certificates is not None:  # revoked or expired client certificates (gotaxy.server.certificates)
             Deferred.fromCoroutine(core.certificates.kick()).addErrback(
                 lambda f: log.failure("checking revoked client certificates failed", f))

@@ -85,6 +85,7 @@ from gotaxy.store.store import (
     TokenRecord,
     TunnelRecord,
     default_url,
+    failure_logger,
 )
 
 __all__ = [
@@ -122,4 +123,5 @@ __all__ = [
     "TokenRecord",
     "TunnelRecord",
     "default_url",
+    "failure_logger",
 ]

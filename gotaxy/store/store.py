@@ -126,6 +126,22 @@ def is_unreachable(error: BaseException) -> bool:
     return isinstance(error, OperationalError) and type(orig).__module__.split(".")[0] == "psycopg"
 
 
+def failure_logger(log: Any, text: str, **fields: Any) -> Callable[[Failure], None]:
+    """
+    An errback for a store call made on a timer: a bug is logged with its
+    traceback as ``text``; ``StoreUnreachable`` is dropped, because the
+    server says once that the database went away and once that it is back
+    (``ServerCore``, ``ThreadedStore.on_reachability``), and the timer tries
+    again by itself.
+    """
+
+    def errback(failure: Failure) -> None:
+        if not failure.check(StoreUnreachable):
+            log.failure(text, failure, **fields)
+
+    return errback
+
+
 def database_options(target: URL) -> Dict[str, Any]:
     """
     SQLAlchemy's ``create_engine`` arguments for ``target``: SQLite's
@@ -1160,6 +1176,7 @@ class ThreadedStore:
         #: Writes kept during an outage: (when, function, args, kwargs); touched on the store's thread only.
         self._kept: Deque[Tuple[float, Callable[..., Any], Any, Any]] = collections.deque()
         self.dropped = 0  #: writes ``keep`` could not queue (``MAX_KEPT`` reached)
+        self._kept_failures: List[Tuple[Failure, str]] = []  # kept writes refused when written (store thread)
         self.unreachable = False
         self._told: Optional[bool] = False  # what on_reachability last heard (reactor thread)
 
@@ -1176,43 +1193,53 @@ class ThreadedStore:
         self.store.close()
 
     def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> "Deferred[T]":
-        return self._submit(function, args, kwargs, False)
-
-    def keep(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
-        """``call``, but during an outage the write is queued (see the class) and the Deferred fires with None."""
-        return self._submit(function, args, kwargs, True)
-
-    def _submit(self, function: Callable[..., Any], args: Any, kwargs: Any, keep: bool) -> Deferred:
-        when = self.store.now() if keep else None  # a kept write is written with the time it was made
-        d = deferToThreadPool(self._reactor, self._pool, self._run, function, args, kwargs, keep, when)
+        d = deferToThreadPool(self._reactor, self._pool, self._run, function, args, kwargs)
         d.addCallback(self._deliver)
         return d
 
-    def _run(self, function: Callable[..., Any], args: Any, kwargs: Any, keep: bool = False,
-             when: Optional[float] = None) -> Tuple[Any, List[Event], bool]:
+    def keep(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred:
+        """``call``, but during an outage the write is queued (see the class) and the Deferred fires with None."""
+        return self.call(self._write_or_keep, self.store.now(), function, args, kwargs)
+
+    def _run(self, function: Callable[..., Any], args: Any, kwargs: Any) -> Tuple[Any, List[Event], bool, List[Any]]:
         """On the store's thread: the call's result (or its Failure), the events it recorded, reachability."""
+        try:
+            if function == self._write_or_keep:
+                result = function(*args, **kwargs)  # says itself whether the database answered
+            else:
+                self._write_kept()
+                result = function(*args, **kwargs)
+                self.unreachable = False
+        except BaseException as error:
+            if is_unreachable(error):
+                self._lost()
+                result = Failure(StoreUnreachable(self.unreachable_message(error)))
+            else:
+                result = Failure()
+        failures, self._kept_failures = self._kept_failures, []
+        return result, self.store.take_recorded(), self.unreachable, failures
+
+    def _lost(self) -> None:
+        self.store.reset_connection()
+        self.unreachable = True
+
+    def _write_or_keep(self, when: float, function: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """On the store's thread: the queue, then ``function``; queued instead if the database is gone."""
         try:
             self._write_kept()
             result = function(*args, **kwargs)
-            self.unreachable = False
         except BaseException as error:
             if not is_unreachable(error):
-                result = Failure()
-            else:
-                self.store.reset_connection()
-                self.unreachable = True
-                if keep and self._keep(when, function, args, kwargs):
-                    result = None
-                else:
-                    result = Failure(StoreUnreachable(self.unreachable_message(error)))
-        return result, self.store.take_recorded(), self.unreachable
-
-    def _keep(self, when: Optional[float], function: Callable[..., Any], args: Any, kwargs: Any) -> bool:
-        if len(self._kept) >= self.MAX_KEPT:
-            self.dropped += 1
-            return False
-        self._kept.append((time.time() if when is None else when, function, args, kwargs))
-        return True
+                self.unreachable = False  # it answered, with a refusal
+                raise
+            if len(self._kept) >= self.MAX_KEPT:
+                self.dropped += 1
+                raise
+            self._lost()
+            self._kept.append((when, function, args, kwargs))
+            return None
+        self.unreachable = False
+        return result
 
     def _write_kept(self) -> None:
         """Write the queued writes, oldest first; raises (and keeps the rest) if the database is still gone."""
@@ -1224,20 +1251,19 @@ class ThreadedStore:
             except BaseException as error:
                 if is_unreachable(error):
                     raise
-                # Refused for a reason of its own: retrying cannot help.
-                self._reactor.callFromThread(self._kept_failed, Failure(), function)
+                # Refused for a reason of its own: retrying cannot help (logged by _deliver).
+                self._kept_failures.append((Failure(), getattr(function, "__name__", "?")))
             self._kept.popleft()
-
-    def _kept_failed(self, failure: Failure, function: Callable[..., Any]) -> None:
-        _log.failure("a write kept while the database was unreachable ({what}) failed when it was back",
-                     failure, what=getattr(function, "__name__", "?"))
 
     def unreachable_message(self, error: BaseException) -> str:
         return (f"the server's database ({self.store.shown_url}) is unreachable: "
                 f"{_scrubbed(_first_line(error), self.store.url)}")
 
-    def _deliver(self, outcome: Tuple[Any, List[Event], bool]) -> Any:
-        result, recorded, unreachable = outcome
+    def _deliver(self, outcome: Tuple[Any, List[Event], bool, List[Any]]) -> Any:
+        result, recorded, unreachable, failures = outcome
+        for failure, what in failures:
+            _log.failure("a write kept while the database was unreachable ({what}) failed when it was back",
+                         failure, what=what)
         if self.on_recorded is not None:
             for event in recorded:
                 self.on_recorded(event)
