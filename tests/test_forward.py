@@ -110,3 +110,23 @@ def test_the_documented_cluster_settings_parse_and_say_where_other_nodes_connect
     assert parse_server_config({}).config.cluster.advertised() == ""  # off by default
     with pytest.raises(ConfigError, match="cluster.advertiseAddr"):
         parse_server_config({"cluster": {"bindPort": 7100}})
+
+
+def test_with_the_servers_own_ca_the_node_port_takes_a_nodes_certificate_and_not_a_clients(tmp_path):
+    # DATA_DIR/tls/ca.pem signs the client certificates of `gotaxy cert issue` too: one of
+    # those must not open the node-to-node port (its first line names the visitor's address).
+    from OpenSSL import crypto
+
+    from gotaxy.server.forward import peer_is_a_node
+    from gotaxy.tls.clients import issue_client_certificate
+    from gotaxy.tls.cluster import issue_node_bundle
+
+    tls = tmp_path / "tls"
+    client = issue_client_certificate(str(tls), "laptop")  # makes the server's CA there, as a first start does
+    bundle = issue_node_bundle(str(tls), "b", ["127.0.0.1"], str(tmp_path / "node-b"))
+    node_pem = (tmp_path / "node-b" / "node.pem").read_bytes()
+    as_x509 = lambda pem: crypto.load_certificate(crypto.FILETYPE_PEM, pem)  # noqa: E731
+    assert bundle.name == "b"
+    assert peer_is_a_node(None, as_x509(node_pem), 0, 0, 1)
+    assert not peer_is_a_node(None, as_x509(client.certificate_pem), 0, 0, 1)
+    assert not peer_is_a_node(None, as_x509(node_pem), 20, 0, 0)  # OpenSSL's own verdict stands

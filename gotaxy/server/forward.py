@@ -511,16 +511,40 @@ class FileIdentity:
     only one the CA issued.  The cluster's own identity
     (``gotaxy.tls.cluster.NodeIdentity``, DATA_DIR/tls) is used when those
     keys are not set and it is there.
+
+    When that CA is the server's own (DATA_DIR/tls/ca.pem, which also signs
+    the client certificates of ``gotaxy cert issue``), ``nodes_only`` is set
+    and a peer must also show a node's name (``urn:gotaxy:node:``): else a
+    client's certificate would open the node-to-node port, whose first line
+    names the visitor's address that the address rules then trust.
     """
 
     certificate: Any
     ca: Any
+    nodes_only: bool = False
 
     def server_options(self) -> Any:
-        return self.certificate.options(self.ca)
+        return self._options()
 
     def client_options(self, expected: Optional[str] = None) -> Any:
-        return self.certificate.options(self.ca)
+        return self._options()
+
+    def _options(self) -> Any:
+        options = self.certificate.options(self.ca)
+        if self.nodes_only:
+            from OpenSSL import SSL
+
+            options.getContext().set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, peer_is_a_node)
+        return options
+
+
+def peer_is_a_node(connection: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
+    """OpenSSL's verdict on the chain, and for the peer's own certificate a node's name as well."""
+    from gotaxy.tls.cluster import node_name_of
+
+    if not ok:
+        return False
+    return depth > 0 or node_name_of(cert.to_cryptography()) is not None
 
 
 def load_identity(settings: Any, data_dir: str, node: str) -> Any:
@@ -546,7 +570,8 @@ def load_identity(settings: Any, data_dir: str, node: str) -> Any:
             cert_file, key_file = os.path.join(tls_dir, "node.pem"), os.path.join(tls_dir, "node.key")
     else:
         key_file = settings.tls_key_file
-    ca_file = ca_file or os.path.join(tls_dir, "ca.pem")
+    own_ca = os.path.join(tls_dir, "ca.pem")
+    ca_file = ca_file or own_ca
     try:
         with open(cert_file, "rb") as f:
             cert_pem = f.read()
@@ -559,4 +584,10 @@ def load_identity(settings: Any, data_dir: str, node: str) -> Any:
             f"cluster.bindPort is set but the node-to-node TLS files cannot be read ({e.filename}: {e.strerror}); "
             f"give cluster.tls.certFile, keyFile and trustedCaFile, or the cluster's files in {tls_dir}"
         ) from None
-    return FileIdentity(ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem), ssl.Certificate.loadPEM(ca_pem))
+    try:
+        with open(own_ca, "rb") as f:
+            nodes_only = f.read().strip() == ca_pem.strip()
+    except OSError:
+        nodes_only = False
+    return FileIdentity(ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem), ssl.Certificate.loadPEM(ca_pem),
+                        nodes_only)
