@@ -237,7 +237,8 @@ class GotaxyServer:
         process.wait_for(r"listening for clients on")
         out = process.output()
         token = re.search(r"client token \('default'\):\s+(\S+)", out)
-        fingerprint = re.search(r"(SHA256:[0-9A-F]{64})", out)
+        # The certificate of the start line (a warning before it may name another: a CA's).
+        fingerprint = re.search(r"listening for clients on .*?certificate (SHA256:[0-9A-F]{64})", out)
         self.token = token.group(1) if token else None
         self.fingerprint = fingerprint.group(1) if fingerprint else None
 

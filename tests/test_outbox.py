@@ -138,6 +138,23 @@ def test_the_tail_starts_at_the_newest_event(url, clock):
         b.tail.stopService()
 
 
+def test_an_event_recorded_while_a_server_comes_up_is_not_taken_for_old_news(url, clock):
+    # The server reads the newest id while it is built, before it listens; its tail's
+    # first read may come later (a busy store thread): a ban recorded by another node
+    # in between must still reach it.
+    a = Process(url, "node-a", clock)
+    a.record(CLIENT_CONNECTED, client="before")
+    b = Process(url, "node-b", clock)
+    b.tail = EventTail(b.store, b.bus, clock, "node-b", start=b.store.store.newest_event_id())
+    a.record(CLIENT_CONNECTED, client="meanwhile")  # after b was built, before its tail read anything
+    b.tail.startService()
+    try:
+        clock.advance(POLL_INTERVAL)
+        assert [e.client for e in b.heard] == ["meanwhile"]
+    finally:
+        b.tail.stopService()
+
+
 def test_a_backlog_is_read_in_bounded_batches_and_delivered_once_in_order(two, clock):
     a, b = two
     total = 2 * BATCH + 50

@@ -24,8 +24,8 @@ How an event travels
     another process's events.
 
 The cursor
-    The tail starts at the newest id at start-up (what happened before is
-    in the event log, not news) and then asks, every ``POLL_INTERVAL``
+    The tail starts at the newest id at start-up, read by the server before
+    it listens (what happened before is in the event log, not news) and then asks, every ``POLL_INTERVAL``
     seconds on the reactor's clock, for at most ``BATCH`` rows after it,
     through ``ThreadedStore`` (never on the reactor thread).  A full batch
     is followed by another read at once (``gotaxy.server.poller``, the loop
@@ -69,13 +69,18 @@ class EventTail(StorePoller):
     reading = "new events"
 
     def __init__(self, store: Any, bus: EventBus, reactor: Any, node: str,
-                 interval: float = POLL_INTERVAL, batch: int = BATCH) -> None:
+                 interval: float = POLL_INTERVAL, batch: int = BATCH, start: Optional[int] = None) -> None:
         super().__init__(reactor, interval)
         self.store = store  #: a ThreadedStore (``call``, ``store``)
         self.bus = bus
         self.node = node  #: rows with this node id were published when recorded
         self.batch = batch
-        self.cursor: Optional[int] = None  #: the highest id read; None until the start-up read is back
+        #: The highest id read; None until the start-up read is back.  The server
+        #: passes the newest id it read while it was built (``start``), before it
+        #: listens, so that an event another node records while this one comes up
+        #: (a ban, a revocation) is not taken for old news by a first read that a
+        #: busy store thread answers late.
+        self.cursor: Optional[int] = None if start is None else start
         self.gaps: Dict[int, float] = {}  #: ids skipped below the cursor -> when first missed
 
     async def poll(self) -> bool:

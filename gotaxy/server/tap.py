@@ -594,7 +594,7 @@ def _assemble(
     # Events older than events.retentionDays go, at start and then hourly.
     event_retention = EventRetention(core)
     # Events other processes write (the gotaxy command, another server) reach the bus.
-    event_tail = EventTail(store, core.events, reactor, sync_store.node)
+    event_tail = EventTail(store, core.events, reactor, sync_store.node, start=sync_store.newest_event_id() or 0)
     # Notifications, metrics and stability history.
     notifier = build_notifier(config, core.events, reactor, store)
     webhooks = ManagedWebhooks(notifier, store, data_dir, config.server_name, reactor, key_file=config.notify.key_file)
