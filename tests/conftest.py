@@ -146,17 +146,9 @@ def echo():
 @pytest.fixture(scope="session")
 def postgres():
     """One PostgreSQL server for the whole run (see tests/postgres.py); skipped where it cannot run."""
-    from tests.postgres import HOW_TO_GET_IT, PostgresServer, driver_available, find_binaries
+    from tests.postgres import running_postgres
 
-    bin_dir = find_binaries()
-    if bin_dir is None or not driver_available():
-        pytest.skip(HOW_TO_GET_IT)
-    server = PostgresServer(bin_dir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from running_postgres()
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 HOW_TO_GET_IT = (
     "PostgreSQL tests need Debian's postgresql package (apt-get install postgresql; it puts initdb and "
@@ -157,3 +157,21 @@ class PostgresServer:
 
     def drop(self, name: str) -> None:
         self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def running_postgres() -> Iterator["PostgresServer"]:
+    """
+    A PostgreSQL server of its own, started, for a fixture to yield and stop
+    when its scope ends; the test skips (saying how to get it) where it cannot run.
+    """
+    import pytest
+
+    bin_dir = find_binaries()
+    if bin_dir is None or not driver_available():
+        pytest.skip(HOW_TO_GET_IT)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

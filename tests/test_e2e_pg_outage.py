@@ -25,17 +25,9 @@ OUTAGE = 10.0
 
 @pytest.fixture
 def own_postgres() -> Iterator[Any]:
-    from tests.postgres import HOW_TO_GET_IT, PostgresServer, driver_available, find_binaries
+    from tests.postgres import running_postgres
 
-    bin_dir = find_binaries()
-    if bin_dir is None or not driver_available():
-        pytest.skip(HOW_TO_GET_IT)
-    server = PostgresServer(bin_dir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from running_postgres()
 
 
 def echo_on(connection: socket.socket, payload: bytes) -> bytes:

@@ -29,17 +29,9 @@ T0 = 1795600800.0
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[Any]:
     """A PostgreSQL for this module alone: the tests stop it."""
-    from tests.postgres import HOW_TO_GET_IT, PostgresServer, driver_available, find_binaries
+    from tests.postgres import running_postgres
 
-    bin_dir = find_binaries()
-    if bin_dir is None or not driver_available():
-        pytest.skip(HOW_TO_GET_IT)
-    server = PostgresServer(bin_dir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from running_postgres()
 
 
 @pytest.fixture
