@@ -2156,6 +2156,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="skip the rows of a server restart (time until an existing client's tunnel echoes again)")
     parser.add_argument("--restart-only", action="store_true",
                         help="run only the restart rows (they need nothing but twistd)")
+    parser.add_argument("--parallel-only", action="store_true",
+                        help="run only benchmarks/parallel.py's rows: two clients pushing iperf3 at once through "
+                             "one server node and through two nodes on one PostgreSQL (--repeat rounds, --duration)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     parser.add_argument(
@@ -2249,6 +2252,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return streams_main(args)
     if args.restart_only:
         return main_restart_only(args)
+    if args.parallel_only:
+        import parallel  # the sibling script (benchmarks/ is on sys.path when run.py runs)
+
+        return parallel.parallel_section(max(args.repeat, 2), args.duration, list(parallel.SETUPS), args.keep)
     tools = locate_tools()
     chosen = workloads(args.connections, args.threads, args.reverse)
 
