@@ -344,6 +344,78 @@ class NodeLeaseTests(unittest.TestCase):
         assert await store.call(sync.live_nodes) == []
 
 
+    async def test_a_configured_lease_is_renewed_every_third_of_it(self) -> None:
+        from twisted.internet import reactor
+
+        now = FakeTime()
+        url = default_url(self.mktemp())
+        os.makedirs(os.path.dirname(url[len("sqlite:///"):]))
+        sync = Store(url, clock=now)
+        sync.join_node("node-b", 6.0, "server restarted")
+        store = ThreadedStore(sync, reactor)
+        store.start()
+        self.addCleanup(store.stop)
+        clock = Clock()
+        lease = NodeLease(store, fake_core(sessions={}, tunnels={}), clock, lease=6.0)
+        lease.startService()
+        self.addCleanup(lease.stopService)
+        now.now += 1.9
+        clock.advance(1.9)
+        assert lease._renewing is None  # not yet: a third of 6 s is 2 s
+        now.now += 0.1
+        clock.advance(0.1)
+        await lease._renewing
+        assert dict(await store.call(sync.live_nodes))["node-b"] == now.now + 6.0
+
+
+def test_cluster_lease_seconds_defaults_to_the_lease_and_is_bounded_with_a_sentence_naming_it() -> None:
+    from gotaxy.config import ConfigError, parse_server_config
+    from gotaxy.server import lease
+
+    assert parse_server_config({}).config.cluster.lease_seconds == lease.LEASE == 30.0
+    assert parse_server_config({"cluster": {"leaseSeconds": 12}}).config.cluster.lease_seconds == 12.0
+    assert parse_server_config({"cluster": {"leaseSeconds": 7.5}}).config.cluster.lease_seconds == 7.5
+    for wrong in (2, 0, -5, 3601, "30", True):
+        with pytest.raises(ConfigError) as caught:
+            parse_server_config({"cluster": {"leaseSeconds": wrong}})
+        assert "cluster.leaseSeconds" in str(caught.value) and "from 3 to 3600" in str(caught.value), caught.value
+
+
+def test_a_killed_node_with_a_short_configured_lease_has_its_client_marked_offline_by_the_other_soon(
+    procs, echo, store_url: str, tmp_path
+) -> None:
+    # cluster.leaseSeconds = 3 on both nodes: node b releases killed node a's client within a lease and a
+    # renewal or two, where the default 30 s lease would keep it "online" for 30 to 40 s.
+    config = tmp_path / "server.toml"
+    config.write_text("[cluster]\nleaseSeconds = 3\n")
+    a = procs.server("--config", str(config), "--database-url", store_url, name="a", data_dir="a-data")
+    (a.data_dir.parent / "b-data").mkdir(mode=0o700)
+    shutil.copy(a.data_dir / "notify.key", a.data_dir.parent / "b-data" / "notify.key")
+    b = procs.server("--config", str(config), "--database-url", store_url, name="b", data_dir="b-data")
+    assert "lease 3 s" in a.output() and "lease 3 s" in b.output()
+    alpha = procs.client(a, f"echo=tcp:127.0.0.1:{echo.port}", token=a.token, name="alpha")
+    tunnel_port(alpha, "echo", timeout=40)
+
+    def alpha_online() -> object:
+        store = Store(store_url)
+        try:
+            states = list(online(store).values())  # the one client there is
+            return states[0] if len(states) == 1 else states
+        finally:
+            store.close()
+
+    deadline = time.monotonic() + 30
+    while alpha_online() is not True:
+        assert time.monotonic() < deadline, alpha_online()
+        time.sleep(0.1)
+    a.process.kill()
+    killed = time.monotonic()
+    while alpha_online() is not False:
+        assert time.monotonic() < killed + 20, "node b did not release killed node a's client within 20 s"
+        time.sleep(0.1)
+    b.process.wait_for("node " + node_id(str(a.data_dir)) + " stopped renewing its lease")
+
+
 def fake_core(**fields: object) -> object:
     class Core:
         pass

@@ -46,6 +46,7 @@ from gotaxy.config.values import (
     PortRange,
     RETENTION_DAYS,
     SECONDS,
+    LEASE_SECONDS,
     SERVICE_PORT,
     SMTP_TLS,
     TEXT,
@@ -58,6 +59,7 @@ from gotaxy.config.values import (
     _setting,
 )
 from gotaxy.mux import MAX_STREAMS
+from gotaxy.server.lease import LEASE
 
 
 @attrs.frozen
@@ -351,6 +353,9 @@ class ClusterSettings:
     tls_trusted_ca_file: str | None = _setting(None, TEXT, "cluster.tls.trustedCaFile")
     #: Seconds to connect to another node (TCP and TLS) before the visitor gets a 502.
     connect_timeout: float = _setting(5.0, SECONDS, "cluster.connectTimeout")
+    #: Seconds this node's lease in the store lasts; renewed every third of it.  A node that stops
+    #: renewing (killed, cut off) has its clients marked offline by another node once it runs out.
+    lease_seconds: float = _setting(LEASE, LEASE_SECONDS, "cluster.leaseSeconds")
 
     def __attrs_post_init__(self) -> None:
         if self.bind_port and self.advertise_addr is None and self.bind_addr in ("0.0.0.0", "::"):

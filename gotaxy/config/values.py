@@ -101,6 +101,16 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _seconds_between(low: float, high: float) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        seconds = _seconds(value)
+        if not low <= seconds <= high:
+            raise _Mismatch(value)
+        return seconds
+
+    return convert
+
+
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Mismatch(value)
@@ -440,6 +450,9 @@ def _bandwidth(value: Any) -> int:
 
 BANDWIDTH = _Form('a rate a second such as "100MB" or "512KB" (a number of bytes; 0 means no limit)', _bandwidth)
 SECONDS = _Form("a number of seconds greater than 0", _seconds)
+#: A node's lease in the store (``cluster.leaseSeconds``): renewed every third of it, so at least
+#: a second between renewals, and at most an hour before a dead node's clients are marked offline.
+LEASE_SECONDS = _Form("a number of seconds from 3 to 3600", _seconds_between(3.0, 3600.0))
 HEARTBEAT = _Form(
     "a number of seconds greater than 0 (Gotaxy requires heartbeats and cannot turn them off)",
     _seconds,

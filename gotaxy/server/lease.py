@@ -44,9 +44,10 @@ from twisted.logger import Logger
 from gotaxy.logs import gotaxy_observer
 
 NODE_ID_FILE = "node-id"
-#: Seconds a lease lasts, and seconds between renewals (three tries before it runs out).
+#: Seconds a lease lasts by default (``cluster.leaseSeconds``), and seconds between renewals (a
+#: third of it: three tries before it runs out).
 LEASE = 30.0
-RENEW = 10.0
+RENEW = LEASE / 3
 
 
 def node_id(data_dir: str) -> str:
@@ -93,7 +94,8 @@ class NodeLease(Service):
 
     @property
     def renew_interval(self) -> float:
-        return min(RENEW, self.lease / 3)
+        """A third of the lease: three tries before it runs out."""
+        return self.lease / 3
 
     def renew(self) -> Deferred:
         """Renew the lease (taking back what is live here if it had run out), then release expired nodes."""

@@ -80,7 +80,7 @@ from gotaxy.server.operators import OperatorAuth
 from gotaxy.jointoken import make_join_token
 from gotaxy.server.commands import CommandChannel
 from gotaxy.server.forward import Forwarder, PeerListener, load_identity
-from gotaxy.server.lease import LEASE, NodeLease, node_id
+from gotaxy.server.lease import NodeLease, node_id
 from gotaxy.server.outbox import EventTail
 from gotaxy.store import JOIN_PIN_SETTING, SERVER_STARTED, Store, StoreError, ThreadedStore, default_url, failure_logger
 from gotaxy.server.reload import ConfigReloader, ReloadRefused
@@ -551,9 +551,10 @@ def _assemble(
     # last run, and what nodes whose lease ran out left, never another live
     # server's clients (several servers may share database.url).
     node = node_id(data_dir)
-    released = sync_store.join_node(node, LEASE, "server restarted", host=socket.gethostname(), pid=os.getpid(),
+    lease = config.cluster.lease_seconds
+    released = sync_store.join_node(node, lease, "server restarted", host=socket.gethostname(), pid=os.getpid(),
                                     advertise=config.cluster.advertised())
-    log.info("store node {node}; lease {lease:g} s", node=node, lease=LEASE)
+    log.info("store node {node}; lease {lease:g} s", node=node, lease=lease)
     for other in released:
         log.info("node {node} stopped renewing its lease: its clients are marked offline", node=other)
 
@@ -687,7 +688,7 @@ def _assemble(
         error_log,
         FrontListeners(core),
         CoreService(core, store, credentials, admission, control),
-        NodeLease(store, core, reactor),  # stopped before the core: the lease ends, then the store
+        NodeLease(store, core, reactor, lease=config.cluster.lease_seconds),  # stopped before the core: the lease ends, then the store
         peer_listener, forwarder,
         control, revocations, event_retention, notifier,
         node_commands,  # stopped before the lease ends and the store closes
