@@ -20,7 +20,7 @@ from sqlalchemy import MetaData, create_engine, text
 from gotaxy import cli
 from gotaxy.proxy import PublicAddress
 from gotaxy.store import Store, StoreError
-from gotaxy.store.migrations import LATEST, MIGRATIONS, SCHEMA_TABLE, migrate
+from gotaxy.store.migrations import LATEST, MIGRATIONS, SCHEMA_TABLE, applied_versions, migrate, schema_version
 from gotaxy.store.store import driver_url
 
 OLD_DUMP = Path(__file__).parent / "data" / "store-0.1.0.sql"
@@ -174,6 +174,24 @@ def test_a_failed_migration_is_not_recorded_and_the_next_start_applies_it(empty_
         applied = migrate(engine, "the test database",
                           migrations=(*MIGRATIONS, Migration(LATEST + 1, "fixed", lambda c: None)))
         assert [m.description for m in applied] == ["fixed"]
+    finally:
+        engine.dispose()
+
+
+def test_a_version_missing_below_the_highest_is_applied(empty_store_url: str) -> None:
+    # A database made by a build in which migration 13 had not landed yet but 14 had: 13 is not recorded.
+    engine = create_engine(driver_url(empty_store_url))
+    try:
+        without_13 = tuple(m for m in MIGRATIONS if m.version != 13)
+        migrate(engine, "the test database", migrations=without_13)
+        assert 13 not in applied_versions(engine) and schema_version(engine) == LATEST
+        with engine.begin() as connection:  # an event recorded before 13: not yet marked notified
+            connection.execute(text("INSERT INTO events (at, type) VALUES (100.0, 'client.connected')"))
+        applied = migrate(engine, "the test database")
+        assert [m.version for m in applied] == [13]
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT notified FROM events")).scalar() == 100.0
+        assert migrate(engine, "the test database") == []
     finally:
         engine.dispose()
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import attrs
 from alembic.migration import MigrationContext
@@ -260,23 +260,29 @@ MIGRATIONS: Tuple[Migration, ...] = (
               _notified),
     Migration(14, "nodes: the address of each node's node-to-node listener (cluster.advertiseAddr), where other "
               "nodes forward website requests for the clients it holds", ensure(schema.NODES)),
+    Migration(15, "operators' TOTP secrets sealed under the server's key (web_totp.sealed_secret); a server seals "
+              "the plain ones an older version stored when it starts", ensure(schema.WEB_TOTP)),
 )
 
 LATEST = MIGRATIONS[-1].version
 
 
-def _applied_version(connection: Connection) -> int:
+def _applied_versions(connection: Connection) -> Set[int]:
     if not inspect(connection).has_table(SCHEMA_TABLE):
-        return 0
+        return set()
     table = _schema_table(MetaData())
-    versions = [row[0] for row in connection.execute(select(table.c.version))]
-    return max(versions, default=0)
+    return {row[0] for row in connection.execute(select(table.c.version))}
+
+
+def applied_versions(engine: Engine) -> Set[int]:
+    """The versions recorded in the database (empty: none yet)."""
+    with engine.connect() as connection:
+        return _applied_versions(connection)
 
 
 def schema_version(engine: Engine) -> int:
     """The database's schema version (0: none recorded yet)."""
-    with engine.connect() as connection:
-        return _applied_version(connection)
+    return max(applied_versions(engine), default=0)
 
 
 def _refuse_newer(version: int, shown_url: str) -> None:
@@ -294,12 +300,15 @@ def migrate(engine: Engine, shown_url: str, clock: Callable[[], float] = time.ti
     call applied (none: it was up to date, or another server applied them
     meanwhile).  ``shown_url`` names the database in errors (no password).
     """
-    latest = migrations[-1].version if migrations else 0
     deadline = time.monotonic() + CONTENTION_SECONDS
-    version = _retrying(deadline, lambda: schema_version(engine))
-    _refuse_newer(version, shown_url)
+    recorded = _retrying(deadline, lambda: applied_versions(engine))
+    _refuse_newer(max(recorded, default=0), shown_url)
     applied: List[Migration] = []
-    if version >= latest:
+    # Every version not recorded, not only those above the highest: a
+    # database may lack one below it (made by a build in which a lower
+    # version landed after a higher one), and each step is idempotent.
+    missing = [m for m in migrations if m.version not in recorded]
+    if not missing:
         return applied
 
     def create_schema_table() -> None:
@@ -307,8 +316,8 @@ def migrate(engine: Engine, shown_url: str, clock: Callable[[], float] = time.ti
             _schema_table(MetaData()).create(connection, checkfirst=True)
 
     _retrying(deadline, create_schema_table)
-    for migration in migrations:
-        if migration.version > version and _apply(engine, migration, clock, deadline):
+    for migration in missing:
+        if _apply(engine, migration, clock, deadline):
             applied.append(migration)
     return applied
 
@@ -355,7 +364,7 @@ def _apply(engine: Engine, migration: Migration, clock: Callable[[], float], dea
     def attempt() -> Optional[bool]:
         try:
             with engine.begin() as connection:
-                if _applied_version(connection) >= migration.version:
+                if migration.version in _applied_versions(connection):
                     return False
                 migration.apply(connection)
                 connection.execute(
@@ -369,7 +378,7 @@ def _apply(engine: Engine, migration: Migration, clock: Callable[[], float], dea
             # (or the UNIQUE version).  If it is recorded now, go on; if not,
             # the other may still be at work: try again (the steps are
             # idempotent), the error raised if it lasts past the deadline.
-            if schema_version(engine) >= migration.version:
+            if migration.version in applied_versions(engine):
                 return False
             raise
 
