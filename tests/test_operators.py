@@ -287,10 +287,14 @@ class SharedStoreTests(unittest.TestCase):
         self.assertAlmostEqual(refused.exception.retry_after, 1.0)
 
     async def test_wrong_second_factor_codes_on_one_server_lock_the_name_on_the_other(self):
+        from cryptography.fernet import Fernet
+
+        from gotaxy.sealing import Sealer
         from gotaxy.web.auth import TOTP_LOCK_AFTER, PanelAuth
 
         (core1, auth1), (core2, auth2) = self.cores
-        panels = [PanelAuth(core1, auth1, self.clock), PanelAuth(core2, auth2, self.clock)]
+        sealer = Sealer(Fernet.generate_key())
+        panels = [PanelAuth(core1, auth1, self.clock, sealer), PanelAuth(core2, auth2, self.clock, sealer)]
         for n in range(TOTP_LOCK_AFTER):
             with self.assertRaises(AuthFailed):
                 await panels[n % 2].check_second_factor("admin", "000000", "10.0.0.1", "web")

@@ -27,6 +27,7 @@ from twisted.web.server import Site
 
 from gotaxy.proxy import PublicAddress
 from gotaxy.jointoken import parse_join_token
+from gotaxy.sealing import Sealer, key_path
 from gotaxy.web.app import Panel
 from gotaxy.web.auth import TOTP_LOCK_AFTER, TOTP_STEP
 from gotaxy.events import TYPES
@@ -269,6 +270,11 @@ class AuthenticationTests(WebTestCase):
         self.assertTrue(setup.json["qr_svg"].startswith("data:image/svg+xml;base64,"))
         self.assertIn("issuer=Gotaxy", setup.json["uri"])
         totp = pyotp.TOTP(setup.json["secret"])
+        # What a copy of the database holds: the secret sealed, nowhere in plain text.
+        row = self.live.core.store.store.db["web_totp"].find_one(username="admin")
+        self.assertEqual(row["secret"], "")
+        self.assertNotIn(setup.json["secret"], repr(row))
+        self.assertEqual(Sealer.at(key_path(self.live.data_dir)).open(row["sealed_secret"]), setup.json["secret"])
         bad = await web.post(f"{API}/account/totp/confirm", {"code": "000000" if totp.now() != "000000" else "111111"})
         self.assertEqual((bad.status, bad.error["field"]), (400, "code"))
         used = totp.now()  # kept: under load the next step may begin before the replay below

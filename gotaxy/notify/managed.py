@@ -6,7 +6,7 @@ the SSH console, next to the ``[[webhooks]]`` of ``server.toml``.
 They are kept in the store (table ``notify_webhooks``) so they survive
 restarts.  A webhook's URL and secret are encrypted there with Fernet under
 a key in ``DATA_DIR/notify.key`` (mode 0600; ``notify.keyFile`` names
-another file): a chat hook's URL is itself a credential, and the store may
+another file; ``gotaxy.sealing``, which seals the operators' TOTP secrets too): a chat hook's URL is itself a credential, and the store may
 live elsewhere than the data directory (PostgreSQL, backups).  Nothing
 shows a stored URL or secret again; views show the URL's scheme and host
 only.
@@ -25,7 +25,6 @@ changed in the file, not here.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import urlsplit
 
@@ -38,10 +37,10 @@ from gotaxy.events import filter_pattern_error
 from gotaxy.logs import gotaxy_observer
 from gotaxy.notify.dispatch import Notifier
 from gotaxy.notify.webhook import WebhookTarget
+from gotaxy.sealing import KEY_FILE, key_path, load_key
 from gotaxy.store.schema import NOTIFY_MAIL, NOTIFY_WEBHOOKS
 
 TABLE = NOTIFY_WEBHOOKS
-KEY_FILE = "notify.key"
 SOURCE_CONFIG = "config"
 SOURCE_OPERATOR = "operator"
 
@@ -70,10 +69,6 @@ class KeyMismatch(Exception):
     """This server's notify key is not the one the store's webhooks are encrypted with; for the user."""
 
 
-def key_path(data_dir: str, configured: Optional[str] = None) -> str:
-    return configured if configured is not None else os.path.join(data_dir, KEY_FILE)
-
-
 log = Logger(observer=gotaxy_observer, namespace="gotaxy.notify")
 
 
@@ -92,18 +87,6 @@ def _stored_patterns(what: str, stored: str) -> tuple:
     return tuple(p for p in patterns if p not in unknown)
 
 
-def _load_key(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        key = Fernet.generate_key()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        return key
-
-
 class ManagedWebhooks:
     def __init__(self, notifier: Notifier, store: Any, data_dir: str, server_name: str, reactor: Any,
                  http: Any = None, key_file: Optional[str] = None) -> None:
@@ -111,7 +94,7 @@ class ManagedWebhooks:
         self.store = store  # ThreadedStore
         self._db = store.store.db
         self._key_path = key_path(data_dir, key_file)
-        self._fernet = Fernet(_load_key(self._key_path))
+        self._fernet = Fernet(load_key(self._key_path))
         self.server_name = server_name
         self.reactor = reactor
         self._http = http

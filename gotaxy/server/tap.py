@@ -89,6 +89,7 @@ from gotaxy.tls import ServerCredentials, load_or_create_server_credentials
 from gotaxy.tls.acme import AcmeManager, ChallengeStore, settings_from
 from gotaxy.tls.clients import ClientCertificateVerifier, control_port_options
 from gotaxy.tls.sites import CertificatesForTunnels, SiteCertificates, Termination
+from gotaxy.sealing import Sealer, key_path
 # Not gotaxy.web, which imports the panel's app (Klein): made after the start (gotaxy.web.service).
 from gotaxy.web.auth import PanelAuth
 from gotaxy.web.service import WebService, make_web_service
@@ -610,7 +611,11 @@ def _assemble(
     node_commands = CommandChannel(store, reactor, management.perform)
     management.commands = node_commands
     operators = OperatorAuth(core)
-    second_factor = PanelAuth(core, operators, reactor)
+    # Second factors are sealed under the same key as the webhooks (checked against the store just above).
+    second_factor = PanelAuth(core, operators, reactor, Sealer.at(key_path(data_dir, config.notify.key_file)))
+    sealed = second_factor.seal_plain_secrets()
+    if sealed:
+        log.info("sealed {count} TOTP secret(s) an older version had stored in plain text", count=sealed)
     metrics = Metrics(core, admission, notifier, reactor)
     history = History(core, store, reactor)
     metrics_resource = metrics.resource()

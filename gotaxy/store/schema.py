@@ -301,7 +301,9 @@ TABLES: Dict[str, TableSpec] = {
         indexes=(("token_hash",), ("name",)),
     ),
     WEB_TOTP: TableSpec(
-        columns=(("username", String(64)), ("secret", String(64)), ("enabled", Boolean), ("last_step", Integer)),
+        # ``secret``: empty since schema 15 (plain text before); ``sealed_secret``: it sealed (gotaxy.sealing).
+        columns=(("username", String(64)), ("secret", String(64)), ("sealed_secret", TEXT), ("enabled", Boolean),
+                 ("last_step", Integer)),
         indexes=(("username",),),
     ),
 }

@@ -23,7 +23,12 @@ Who may use the panel and the API: log-in sessions, API tokens, TOTP.
   change the operator's password or second factor.
 
 * **TOTP** (RFC 6238, 30 s steps, one step of clock drift allowed) secrets
-  are kept in ``web_totp``.  Enrolment is two steps: ``begin_totp`` makes a
+  are kept in ``web_totp``, sealed under the server's key
+  (``gotaxy.sealing``, column ``sealed_secret``): the server needs them back
+  to compute codes, so they cannot be hashed, and a copy of the database
+  must not give anyone the second factor.  Rows that an older version wrote
+  in plain text (column ``secret``) are sealed when the server starts
+  (``seal_plain_secrets``).  Enrolment is two steps: ``begin_totp`` makes a
   pending secret (shown as a QR code), ``confirm_totp`` turns it on once the
   operator proves their authenticator app has it.  A code is accepted once:
   the last used time step is stored, so a code seen over a shoulder cannot be
@@ -43,6 +48,7 @@ import attrs
 import pyotp
 
 from gotaxy.names import NAME_RULE, is_valid_name, shown
+from gotaxy.sealing import Sealer
 from gotaxy.store import claims, lockouts
 from gotaxy.store.claims import Claimed, Owner
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
@@ -115,11 +121,30 @@ def remove_second_factor(db: Any, username: str) -> bool:
 
 
 class PanelAuth:
-    def __init__(self, core: Any, operators: OperatorAuth, reactor: Any) -> None:
+    def __init__(self, core: Any, operators: OperatorAuth, reactor: Any, sealer: Sealer) -> None:
         self.core = core
         self.operators = operators
         self.reactor = reactor
         self.db = core.store.store.db
+        self.sealer = sealer
+
+    def seal_plain_secrets(self) -> int:
+        """
+        At start-up, before the reactor runs: seal every TOTP secret still
+        stored in plain text (by a version before sealing); return how many.
+        """
+        table = self.db["web_totp"]
+        sealed = 0
+        for row in list(table.find()):
+            if row.get("secret"):
+                table.update(dict(id=row["id"], sealed_secret=self.sealer.seal(row["secret"]), secret=""), ["id"])
+                sealed += 1
+        return sealed
+
+    def _secret(self, row: Dict[str, Any]) -> str:
+        if row.get("sealed_secret"):
+            return self.sealer.open(row["sealed_secret"])
+        return row["secret"]  # written by an older version since this server started; sealed at its next start
 
     def _now(self) -> float:
         return self.reactor.seconds()
@@ -320,7 +345,8 @@ class PanelAuth:
             if row is not None and row["enabled"]:
                 raise PanelAuthError("conflict", "a second factor is already on; turn it off first to enrol a new one")
             table.delete(username=username)
-            table.insert(dict(username=username, secret=secret, enabled=False, last_step=0))
+            table.insert(dict(username=username, secret="", sealed_secret=self.sealer.seal(secret), enabled=False,
+                              last_step=0))
 
         await self._call(begin)
         uri = pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=TOTP_ISSUER)
@@ -360,7 +386,7 @@ class PanelAuth:
         code = code.strip().replace(" ", "")
         if not (len(code) == 6 and code.isdigit()):
             return False
-        totp = pyotp.TOTP(row["secret"])
+        totp = pyotp.TOTP(self._secret(row))
         step = int(now // TOTP_STEP)
         for candidate in (step - 1, step, step + 1):
             if candidate <= (row["last_step"] or 0):

@@ -33,6 +33,7 @@ from twisted.web.server import Request, Site
 from gotaxy.listeners import WEB, ListenAt, Listener, listen_at
 from gotaxy.logs import gotaxy_observer
 from gotaxy.tls import load_server_tls_options
+from gotaxy.sealing import Sealer, key_path
 from gotaxy.web.auth import PanelAuth
 
 if TYPE_CHECKING:
@@ -279,9 +280,10 @@ def make_web_service(
     auth: Optional[PanelAuth] = None,
 ) -> Optional[WebService]:
     """
-    The panel on ``webServer.addr:port``.  ``data_dir`` is accepted for
-    symmetry with the other services; the panel keeps its state (sessions,
-    API tokens, second factors) in the store's database.  ``history`` (a
+    The panel on ``webServer.addr:port``.  The panel keeps its state
+    (sessions, API tokens, second factors) in the store's database; without
+    ``auth``, second factors are sealed under the key in ``data_dir``
+    (``gotaxy.sealing``).  ``history`` (a
     ``gotaxy.server.history.History``) feeds the throughput and stability
     charts; without it those endpoints answer 503.  ``auth`` checks the
     operators' second factor; the console shares it, so wrong codes count
@@ -291,7 +293,9 @@ def make_web_service(
     if at is None:
         return None
     if auth is None:
-        auth = PanelAuth(core, operators, reactor)
+        if data_dir is None:
+            raise ValueError("make_web_service needs data_dir (the key that seals second factors) or auth")
+        auth = PanelAuth(core, operators, reactor, Sealer.at(key_path(data_dir, config.notify.key_file)))
     secure = bool(config.web.tls_cert_file)
     extra = dict(extra_resources)
 

@@ -18,6 +18,7 @@ from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from gotaxy.sealing import Sealer, key_path
 from gotaxy.web.app import Panel
 from gotaxy.web.auth import PanelAuth
 from gotaxy.web.openapi import openapi_document
@@ -29,7 +30,7 @@ BASE = "http://127.0.0.1:7500"
 
 def make_panel(live: Any, secure: bool = False) -> Panel:
     """A panel on ``live`` (a ``tests.inprocess.LiveSystem`` or anything with its attributes)."""
-    auth = PanelAuth(live.core, live.operators, reactor)
+    auth = PanelAuth(live.core, live.operators, reactor, Sealer.at(key_path(live.data_dir)))
     return Panel(live.management, live.operators, auth, live.core.events, reactor, secure=secure,
                  history=getattr(live.server, "history", None))
 

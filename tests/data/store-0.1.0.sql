@@ -99,7 +99,7 @@ CREATE TABLE web_totp (
 	username VARCHAR(64), secret VARCHAR(64), enabled BOOLEAN, last_step INTEGER, 
 	PRIMARY KEY (id)
 );
-INSERT INTO "web_totp" VALUES(1,'admin','JBSWY3DPEHPK3PXP',1,5);
+INSERT INTO "web_totp" VALUES(1,'admin','U6PKNNF7T7QC6ISML36H3Z4TWZ4CHRDR',1,5);
 CREATE INDEX ix_tokens_5acad6a940ef8aae ON tokens (token_hash);
 CREATE INDEX ix_tokens_6ae999552a0d2dca ON tokens (name);
 CREATE INDEX ix_clients_6ae999552a0d2dca ON clients (name);
