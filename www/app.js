@@ -307,6 +307,12 @@ async function loadOverview() {
   $("#ov-out").textContent = formatBytes(s.bytes_out);
   $("#ov-rate-in").textContent = formatRate(s.rate_in);
   $("#ov-rate-out").textContent = formatRate(s.rate_out);
+  // Several nodes on the store: the counts and rates are of every node that is up, the bytes this node's.
+  const nodes = s.nodes || [];
+  const here = nodes.find((n) => n.here);
+  $("#ov-cluster").hidden = nodes.length <= 1;
+  $("#ov-cluster").textContent = nodes.length > 1
+    ? t("overview.cluster", { up: nodes.filter((n) => n.state === "up").length, node: here ? here.node : "?" }) : "";
   // Server time, so the current point lines up with the samples whatever the browser's clock says.
   state.current = { at: Date.now() / 1000 + (state.clockOffset || 0), in: s.rate_in, out: s.rate_out };
   const last = state.throughput && state.throughput.points.length

@@ -170,6 +170,9 @@ def render_watch(status: Any, views: Sequence[TunnelView], recent: Sequence[Even
         f"clients {status.clients_online}/{status.clients_total}  "
         f"tunnels {status.tunnels_up}/{status.tunnels_total}"
     )
+    nodes = list(getattr(status, "nodes", ()))
+    if len(nodes) > 1:  # the counts and rates are of all nodes that are up
+        head += f"  nodes {sum(1 for n in nodes if n.state == 'up')}/{len(nodes)}"
     traffic = (
         f"in {format_bytes(status.bytes_in)} ({format_rate(status.rate_in)})  "
         f"out {format_bytes(status.bytes_out)} ({format_rate(status.rate_out)})  "
@@ -262,15 +265,33 @@ def mail_table(views: Sequence[Any], width: int = WIDTH) -> str:
 
 
 def status_pairs(s: Any, width: int = WIDTH) -> str:
-    """The server's totals, as ``status`` prints them."""
-    return pairs([
+    """
+    The totals, as ``status`` prints them: with other nodes on the store,
+    of all nodes that are up (the byte counts are this node's), then the
+    nodes table.
+    """
+    nodes = list(getattr(s, "nodes", ()))
+    if len(nodes) <= 1:
+        return pairs([
+            ("version", s.version),
+            ("uptime", human_duration(s.uptime)),
+            ("clients", f"{s.clients_online} online, {s.clients_total} known"),
+            ("tunnels", f"{s.tunnels_up} up, {s.tunnels_total} defined"),
+            ("traffic in", f"{format_bytes(s.bytes_in)} ({format_rate(s.rate_in)} now)"),
+            ("traffic out", f"{format_bytes(s.bytes_out)} ({format_rate(s.rate_out)} now)"),
+        ], width)
+    up = sum(1 for n in nodes if n.state == "up")
+    here = next((n.node for n in nodes if n.here), "?")
+    text = pairs([
         ("version", s.version),
-        ("uptime", human_duration(s.uptime)),
-        ("clients", f"{s.clients_online} online, {s.clients_total} known"),
-        ("tunnels", f"{s.tunnels_up} up, {s.tunnels_total} defined"),
-        ("traffic in", f"{format_bytes(s.bytes_in)} ({format_rate(s.rate_in)} now)"),
-        ("traffic out", f"{format_bytes(s.bytes_out)} ({format_rate(s.rate_out)} now)"),
+        ("uptime", f"{human_duration(s.uptime)} (node {here})"),
+        ("nodes", f"{up} up, {len(nodes)} known"),
+        ("clients", f"{s.clients_online} online on all nodes, {s.clients_total} known"),
+        ("tunnels", f"{s.tunnels_up} up on all nodes, {s.tunnels_total} defined"),
+        ("traffic in", f"{format_rate(s.rate_in)} now on all nodes; {format_bytes(s.bytes_in)} through node {here}"),
+        ("traffic out", f"{format_rate(s.rate_out)} now on all nodes; {format_bytes(s.bytes_out)} through node {here}"),
     ], width)
+    return text + "\n\n" + nodes_table(nodes, width)
 
 
 def clients_table(views: Sequence[ClientView], width: int = WIDTH) -> str:

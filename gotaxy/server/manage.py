@@ -202,18 +202,6 @@ def _check_name(value: Any, what: str, field: str = "name") -> str:
         raise _invalid(str(e), field) from None
 
 
-@attrs.frozen
-class ServerStatus:
-    version: str
-    uptime: float
-    clients_online: int
-    clients_total: int
-    tunnels_up: int
-    tunnels_total: int
-    bytes_in: int
-    bytes_out: int
-    rate_in: float
-    rate_out: float
 
 
 @attrs.frozen
@@ -263,6 +251,9 @@ class TunnelView:
     http_refused: Optional[Dict[str, int]] = None
     #: the server node holding it while it is up (its port open there); None while it is not
     node: Optional[str] = None
+    #: when its rates were measured: None live here (now), else the time of the newest history
+    #: sample of the node that holds it (None: none in the last two sample intervals, rates 0)
+    traffic_at: Optional[float] = None
 
 
 @attrs.frozen
@@ -284,6 +275,29 @@ class NodeView:
     rate_out: float
     #: when the traffic was measured: None for this node (now), else its newest history sample (None: none yet)
     traffic_at: Optional[float]
+
+
+@attrs.frozen
+class ServerStatus:
+    """
+    The totals of ``status`` (console), ``GET /status`` and the panel's
+    overview: of every node whose lease runs, the answering one included,
+    with ``nodes`` (``Management.nodes``) the breakdown.  Another node's
+    rates are those of its newest history sample; the byte counts are this
+    node's since it started (no node counts another's bytes).
+    """
+
+    version: str
+    uptime: float  #: this node's
+    clients_online: int
+    clients_total: int
+    tunnels_up: int
+    tunnels_total: int
+    bytes_in: int  #: this node's, since it started
+    bytes_out: int
+    rate_in: float
+    rate_out: float
+    nodes: Tuple[NodeView, ...] = ()
 
 
 def status_text(view: TunnelView) -> str:
@@ -382,20 +396,24 @@ class Management:
     # -- overview ------------------------------------------------------------
 
     async def status(self) -> ServerStatus:
+        """The cluster's totals: this node's live counts plus those of every other node whose lease runs."""
         clients = await self._call(self._db.list_clients)
         tunnels = await self._call(self._db.list_tunnels)
         bytes_in, bytes_out, rate_in, rate_out = self.core.traffic()
+        nodes = tuple(await self._nodes(clients, tunnels)) if self._db.node is not None else ()
+        others = [n for n in nodes if not n.here and n.state == "up"]
         return ServerStatus(
             version=__version__,
             uptime=self.core.reactor.seconds() - self.core.started_at,
-            clients_online=len(self.core.sessions),
+            clients_online=len(self.core.sessions) + sum(len(n.clients) for n in others),
             clients_total=len(clients),
-            tunnels_up=len(self.core.tunnels),
+            tunnels_up=len(self.core.tunnels) + sum(n.tunnels_up for n in others),
             tunnels_total=len(tunnels),
             bytes_in=bytes_in,
             bytes_out=bytes_out,
-            rate_in=rate_in,
-            rate_out=rate_out,
+            rate_in=rate_in + sum(n.rate_in for n in others),
+            rate_out=rate_out + sum(n.rate_out for n in others),
+            nodes=nodes,
         )
 
     # -- clients -------------------------------------------------------------
@@ -439,14 +457,26 @@ class Management:
         Every server node of the store: its lease (up, down), the clients
         online on it, its tunnels up and its traffic.
         """
+        clients = await self._call(self._db.list_clients)
+        tunnels = await self._call(self._db.list_tunnels)
+        return await self._nodes(clients, tunnels)
+
+    async def _samples(self) -> Dict[Tuple[str, str], Any]:
+        """
+        The newest history sample of each tunnel, if recent (two sample
+        intervals): how this node knows the traffic of a tunnel another node holds.
+        """
+        from gotaxy.store import nodes as stored_nodes
+
+        since = self.core.reactor.seconds() - 2 * self.core.config.history.sample_interval
+        return await self._call(stored_nodes.latest_samples, self._db, since)  # type: ignore[no-any-return]
+
+    async def _nodes(self, clients: Sequence[Any], tunnels: Sequence[TunnelRecord]) -> List[NodeView]:
         from gotaxy.store import nodes as stored_nodes
 
         now = self.core.reactor.seconds()
         rows = {r.node: r for r in await self._call(stored_nodes.list_nodes, self._db)}
-        clients = await self._call(self._db.list_clients)
-        tunnels = await self._call(self._db.list_tunnels)
-        interval = self.core.config.history.sample_interval
-        samples = await self._call(stored_nodes.latest_samples, self._db, now - 2 * interval)
+        samples = await self._samples()
         held: Dict[str, List[str]] = {}
         for c in clients:
             if c.online and c.node:
@@ -508,15 +538,19 @@ class Management:
     # -- tunnels -------------------------------------------------------------
 
     def _view(self, record: TunnelRecord, live: Optional[LiveTunnel],
-              others: Optional[Dict[str, float]] = None) -> TunnelView:
+              others: Optional[Dict[str, float]] = None, samples: Optional[Dict[Tuple[str, str], Any]] = None,
+              ) -> TunnelView:
         """
         The tunnel as the faces show it: live here, else as the store says;
         ``others`` (``_other_live_nodes``) are the nodes whose word on a
         tunnel ``up`` is taken (it is up there), where a tunnel that the store
         says is up on this node or a node without a lease is shown down.
+        A tunnel up on another node has the rates of its newest history
+        sample there (``samples``, ``_samples``), measured at ``traffic_at``.
         """
         retry_in = None
         node = None
+        sample = None
         if live is not None:
             bytes_in, bytes_out = live.totals()
             # The port is open, but connections through it fail on the client.
@@ -528,6 +562,7 @@ class Management:
             status = "disabled" if not record.enabled else record.status
             if status == "up" and record.node is not None and record.node in (others or {}):
                 node = record.node  # held by another node: its state, as it wrote it
+                sample = (samples or {}).get((record.client, record.name))
             elif status == "up":  # the store lags behind a tunnel that just closed (here, or on a dead node)
                 status = "down"
             reason = record.reason
@@ -549,8 +584,9 @@ class Management:
             opened=live.opened if live is not None else 0,
             bytes_in=bytes_in,
             bytes_out=bytes_out,
-            rate_in=live.rate_in if live is not None else 0.0,
-            rate_out=live.rate_out if live is not None else 0.0,
+            rate_in=live.rate_in if live is not None else (sample.rate_in if sample is not None else 0.0),
+            rate_out=live.rate_out if live is not None else (sample.rate_out if sample is not None else 0.0),
+            traffic_at=sample.at if sample is not None else None,
             retry_in=retry_in,
             spec=live.spec.to_keys() if live is not None else record.spec,
             datagrams=self._datagrams(record),
@@ -576,11 +612,14 @@ class Management:
     async def tunnels(self, client: Optional[str] = None) -> List[TunnelView]:
         records = await self._call(self._db.list_tunnels, client)
         others = await self._other_live_nodes()
-        return [self._view(r, self.core.tunnels.get((r.client, r.name)), others) for r in records]
+        samples = await self._samples() if others else {}
+        return [self._view(r, self.core.tunnels.get((r.client, r.name)), others, samples) for r in records]
 
     async def tunnel(self, client: str, name: str) -> TunnelView:
         record = await self._record(client, name)
-        return self._view(record, self.core.tunnels.get((client, name)), await self._other_live_nodes())
+        others = await self._other_live_nodes()
+        samples = await self._samples() if others else {}
+        return self._view(record, self.core.tunnels.get((client, name)), others, samples)
 
     async def _record(self, client: str, name: str) -> TunnelRecord:
         record = await self._call(self._db.get_tunnel, client, name)

@@ -104,10 +104,13 @@ SCHEMAS: Dict[str, Any] = {
             "clients_total": {"type": "integer"},
             "tunnels_up": {"type": "integer"},
             "tunnels_total": {"type": "integer"},
-            "bytes_in": {"type": "integer"},
-            "bytes_out": {"type": "integer"},
-            "rate_in": {"type": "number", "description": "bytes per second"},
-            "rate_out": {"type": "number", "description": "bytes per second"},
+            "bytes_in": {"type": "integer", "description": "this node's, since it started"},
+            "bytes_out": {"type": "integer", "description": "this node's, since it started"},
+            "rate_in": {"type": "number", "description": "bytes per second, all nodes whose lease runs"},
+            "rate_out": {"type": "number", "description": "bytes per second, all nodes whose lease runs"},
+            "nodes": {"type": "array", "items": _ref("Node"),
+                      "description": "the breakdown by node (clients_online, tunnels_up and the rates are the "
+                                     "sums over the nodes that are up)"},
         }
     ),
     "Client": _object(
@@ -171,6 +174,9 @@ SCHEMAS: Dict[str, Any] = {
                                             "started, by reason (busy, timeout, bad_gateway, unauthorized, "
                                             "locked_out, denied); null otherwise"},
             "node": {**_STRING_OR_NULL, "description": "the server node holding it while it is up"},
+            "traffic_at": {**_NUMBER_OR_NULL, "description": "null: its rates are live (it is up on this node, "
+                           "or not up); else held by another node, the time of that node's newest history "
+                           "sample of it, which the rates are"},
         }
     ),
     "DatagramCounts": _object(
