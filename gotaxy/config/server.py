@@ -52,6 +52,7 @@ from gotaxy.config.values import (
     TEXT,
     URL,
     WEBHOOK_FORMAT,
+    WORKERS,
     _Heartbeats,
     _check_heartbeats,
     _default_server_name,
@@ -393,6 +394,8 @@ class ServerConfig(_Heartbeats):
     bind_port: int = _setting(7000, PORT, "bindPort", "--bind-port")
     #: A Twisted endpoint string for the control port; set, it replaces bindAddr and bindPort.
     bind_endpoint: str | None = _setting(None, ENDPOINT, "bindEndpoint", "--bind-endpoint")
+    #: Processes that hold clients on this machine (gotaxy.server.workers); 1: this process alone.
+    workers: int = _setting(1, WORKERS, "workers", "--workers")
     proxy_bind_addr: str | None = _setting(None, HOST, "proxyBindAddr")
     allow_ports: tuple[PortRange, ...] = _setting((), PORT_RANGES, "allowPorts", "--allow-ports")
     token: str | None = _setting(None, TEXT, "auth.token", "--token", secret=True)

@@ -433,6 +433,8 @@ REMOTE_PORT = _Form("an integer from 0 to 65535 (0 lets the server pick)", _inte
 SERVICE_PORT = _Form("an integer from 0 (turned off) to 65535", _integer(0, 65535))
 COUNT = _Form("an integer of at least 1", _integer(1))
 LIMIT = _Form("an integer of at least 0 (0 means no limit)", _integer(0))
+#: Server worker processes on one machine (gotaxy.server.workers): more than the cores helps nothing.
+WORKERS = _Form("an integer from 1 to 64", _integer(1, 64))
 IPV6_PREFIX = _Form("a prefix length from 1 to 128 (128: each address alone)", _integer(1, 128))
 
 

@@ -78,6 +78,7 @@ RESTART_REASONS: Dict[str, str] = {
     "notify.keyFile": "the webhooks kept in the store are decrypted with this key at start",
     "serverName": "it is in the notification targets and metrics made at start",
     "console.python": "the console's sessions are set up at start",
+    "workers": "the worker processes are started at start",
     "console.idleTimeout": "the console's sessions are set up at start",
 }
 for _key in ("acme.enable", "acme.email", "acme.directory", "acme.caFile", "acme.renewBefore", "acme.domains"):

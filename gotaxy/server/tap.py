@@ -140,6 +140,8 @@ class Options(TwistdOptions):
         ["console-port", None, None, "Port of the SSH console, 0 to turn it off. [default: 7022]", int],
         ["console-endpoint", None, None, "Twisted endpoint string for the SSH console, instead of --console-addr "
          "and --console-port."],
+        ["workers", None, None, "Processes that hold clients, one per core at most. [default: 1]", int],
+        ["worker", None, None, "Internal: run as worker N of a server with workers > 1, which starts it.", int],
     ]
 
     def postOptions(self) -> None:
@@ -179,6 +181,7 @@ def build_config(options: Dict[str, Any]) -> "tuple[ServerConfig, List[str]]":
         ("console-addr", "console.addr"),
         ("console-port", "console.port"),
         ("console-endpoint", "console.endpoint"),
+        ("workers", "workers"),
     ]:
         if options.get(flag) is not None:
             overrides[field] = options[flag]
@@ -503,22 +506,29 @@ def _make_service(options: Options, reactor: Any, env: Dict[str, str]) -> Server
     streams = config.limits.max_connections_per_client
     log_fd_limit(log, streams, f"maxConnectionsPerClient = {streams} (public connections of one client)")
 
-    data_dir = os.path.abspath(config.data_dir)
+    data_dir = home = os.path.abspath(config.data_dir)
+    if options.get("worker"):  # started by a server with workers > 1, in a directory of its own
+        from gotaxy.server.workers import worker_config, worker_dir
+
+        data_dir, config = worker_dir(home, options["worker"]), worker_config(config, home)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     lock = DataDirLock.acquire(data_dir)  # before anything in the directory is touched
     try:
-        return _assemble(options, config, data_dir, lock, reactor, env).service
+        return _assemble(options, config, data_dir, lock, reactor, env, home).service
     except BaseException:
         lock.release()
         raise
 
 
 def _assemble(
-    options: Options, config: ServerConfig, data_dir: str, lock: DataDirLock, reactor: Any, env: Dict[str, str]
+    options: Options, config: ServerConfig, data_dir: str, lock: DataDirLock, reactor: Any, env: Dict[str, str],
+    home: Optional[str] = None,
 ) -> Server:
+    """``home`` is the server's data directory when this is a worker (``data_dir`` its own), for the TLS identity."""
+    worker = options.get("worker")
     try:
         credentials = load_or_create_server_credentials(
-            os.path.join(data_dir, "tls"), config.transport.tls_cert_file, config.transport.tls_key_file
+            os.path.join(home or data_dir, "tls"), config.transport.tls_cert_file, config.transport.tls_key_file
         )
     except ValueError as e:
         raise usage.UsageError(str(e))
@@ -563,6 +573,8 @@ def _assemble(
         # Every listener is bound: only now create the first-start secrets
         # and print them (a failed start must leave them for the next one).
         # Synchronous store work is fine here: the reactor serves nothing yet.
+        if worker:
+            return  # the parent has done it
         first = bootstrap(config, sync_store, env)
         if first.token or first.admin_password:
             # Printed, not logged: secrets must never reach the log files.
@@ -578,12 +590,21 @@ def _assemble(
     admission = Admission(config.transport.max_pending, config.transport.max_pending_per_ip, reactor)
     control_at = listen_at(CONTROL, config.bind_endpoint, config.bind_addr, config.bind_port)
     assert control_at is not None, "the control port cannot be turned off"
-    control = Listener(
-        reactor, control_at,
-        AdmittingTLSFactory(control_port_options(credentials.server_context(), client_certificates),
-                            ServerControlFactory(core, admission, reactor)),
-        CONTROL,
-    )
+    control_factory = AdmittingTLSFactory(control_port_options(credentials.server_context(), client_certificates),
+                                          ServerControlFactory(core, admission, reactor))
+    workers: Optional[Service] = None
+    if worker:  # the parent listens and hands this worker its share of the connections
+        from gotaxy.server.workers import WorkerLink
+
+        control = WorkerLink(worker, control_factory, lambda: len(core.sessions) + admission.pending, reactor)
+    else:
+        control = Listener(reactor, control_at, control_factory, CONTROL)
+    if config.workers > 1:
+        from gotaxy.server.workers import HandingFactory, WorkerPool, plugin_arguments
+
+        workers = WorkerPool(config.workers, reactor, plugin_arguments(options),
+                             lambda: len(core.sessions) + admission.pending)
+        control.factory = HandingFactory(workers, control.factory, lambda host: core.access.admits(access.CONTROL, host))
     def check_revocations() -> None:
         Deferred.fromCoroutine(core.kick_inactive_tokens()).addErrback(
             failure_logger(log, "checking revoked tokens failed"))
@@ -695,7 +716,7 @@ def _assemble(
         CoreService(core, store, credentials, admission, control),
         NodeLease(store, core, reactor, lease=config.cluster.lease_seconds),  # stopped before the core: the lease ends, then the store
         peer_listener, forwarder,
-        control, revocations, event_retention, notifier,
+        control, workers, revocations, event_retention, notifier,
         node_commands,  # stopped before the lease ends and the store closes
         operators,  # its password-check threads start and stop with the server
         metrics, history, acme, site_certificates,
