@@ -448,6 +448,12 @@ class ServerConfig(_Heartbeats):
                 "so set vhostHTTPSPort (443, say; its challenges are answered on vhostHTTPPort, 80, when set, "
                 "else on vhostHTTPSPort over TLS-ALPN-01), or turn ACME off"
             )
+        if self.workers > 1 and (self.vhost.http_port or self.https.port):
+            raise ConfigError(
+                f"'workers' is {self.workers} but vhostHTTPPort or vhostHTTPSPort is set: in this version websites "
+                "are served by the first worker alone, and a client with a website held by another worker would "
+                "be refused; set workers = 1, or serve the websites from a server of their own"
+            )
         if self.database_url is not None and self.store is not None and self.database_url != self.store:
             raise ConfigError(
                 "'database.url' and 'store' (its older name) name different databases; keep database.url only"

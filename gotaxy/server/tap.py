@@ -701,10 +701,18 @@ def _assemble(
                                 config.log.level)
     # A reload (SIGHUP, console, panel, REST API) reads the file as the start
     # did and hands it to every part's apply (gotaxy.server.reload).
+    def read_config() -> "tuple[ServerConfig, List[str]]":
+        new, warnings = build_config(options)
+        if worker:  # what a worker runs of it (gotaxy.server.workers)
+            from gotaxy.server.workers import worker_config
+
+            new = worker_config(new, home or data_dir)
+        return new, warnings
+
     reloader = ConfigReloader(
-        lambda: build_config(options), config,
+        read_config, config,
         [part for part in (core, core.access, admission, error_log, notifier, mail, history, metrics_resource, event_retention,
-                           control, web, console) if part is not None],
+                           control, web, console, workers) if part is not None],
         core.record,
     )
     management.reloader = reloader

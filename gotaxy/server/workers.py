@@ -330,6 +330,13 @@ class WorkerPool(Service):
 
         return gatherResults([worker.stop() for worker in self.workers])
 
+    def apply(self, config: Any) -> List[Any]:
+        """A reload here is a reload in every worker: each re-reads the file (SIGHUP) and logs what it applied."""
+        for worker in self.workers:
+            if worker.process is not None:
+                worker.process.signalProcess("HUP")
+        return []
+
     def choose(self) -> Optional[Worker]:
         """The live worker with the fewest clients, or None when the parent has no more than it."""
         best: Optional[Worker] = None
