@@ -159,8 +159,35 @@ def two_nodes(bench: Bench) -> Setup:
                  {"node a": a.process.pid, "node b": b.process.pid, "client 1": one, "client 2": two})
 
 
+def two_workers(bench: Bench) -> Setup:
+    """
+    One server with ``--workers 2`` (issue 15, goal 5): the process started
+    starts worker 2 and hands each client to the one holding fewer, so the
+    clients are one on each.  Against "1 node", which is one worker.
+    """
+    url = bench.database()
+    server = bench.server("2workers-server", url, ["--workers", "2"])
+    log = bench.group.log_path(server.name)
+    found: Dict[str, int] = {}
+
+    def worker_listens() -> bool:
+        text = log.read_text(errors="replace")
+        for line in text.splitlines():
+            if "worker 2 started (pid " in line:
+                found["pid"] = int(line.split("worker 2 started (pid ")[1].split(")")[0])
+        return "pid" in found and any("[worker 2 " in line and "listening for clients on" in line
+                                      for line in text.splitlines())
+
+    run.wait_until("worker 2 to start", worker_listens, [(server.name, server.process)], bench.group)
+    one, port_one = bench.client("2workers-client1", server, bench.targets[0])
+    two, port_two = bench.client("2workers-client2", server, bench.targets[1])
+    # Worker 1 is the server's process without its child, worker 2: process_cpu counts a pid with its children.
+    return Setup("2 workers", [port_one, port_two],
+                 {"workers 1+2": server.process.pid, "worker 2": found["pid"], "client 1": one, "client 2": two})
+
+
 #: name -> set-up function, in the order they are measured (the first is the ratios' base).
-SETUPS: Dict[str, Callable[[Bench], Setup]] = {"1 node": one_node, "2 nodes": two_nodes}
+SETUPS: Dict[str, Callable[[Bench], Setup]] = {"1 node": one_node, "2 nodes": two_nodes, "2 workers": two_workers}
 
 
 def process_cpu(pid: int) -> float:
