@@ -8,7 +8,8 @@ real clients:
   bytes intact, listening in the process that holds their client;
 * ``kill -9`` of the second worker: the parent starts it again, and its
   client logs in again (on whichever worker) with its tunnel carrying bytes;
-* ``SIGTERM`` to the parent stops every worker: no process is left.
+* ``SIGTERM`` to the parent stops every worker: no process is left; a
+  worker whose parent was killed stops by itself.
 """
 
 from __future__ import annotations
@@ -113,3 +114,11 @@ def _listens(pid: int, port: int) -> bool:
             if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
                 return True
     return False
+
+
+def test_a_worker_whose_parent_was_killed_stops_by_itself(procs):
+    server = procs.server("--workers", "2")
+    pid = _worker_pid(server)
+    server.wait_for(r"\[worker 2 .*listening for clients on")
+    os.kill(server.pid, signal.SIGKILL)  # the parent alone, not its process group
+    assert wait_until(lambda: not _alive(pid), 20, "worker 2 to stop")
