@@ -90,7 +90,7 @@ def worker_config(config: Any, data_dir: str) -> Any:
     ``data_dir``, named outright (the worker's own directory is another).
     """
     from gotaxy.config import replace
-    from gotaxy.notify.managed import key_path
+    from gotaxy.sealing import key_path
     from gotaxy.store import default_url
 
     return replace(config, {
