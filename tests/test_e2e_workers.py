@@ -121,4 +121,5 @@ def test_a_worker_whose_parent_was_killed_stops_by_itself(procs):
     pid = _worker_pid(server)
     server.wait_for(r"\[worker 2 .*listening for clients on")
     os.kill(server.pid, signal.SIGKILL)  # the parent alone, not its process group
-    assert wait_until(lambda: not _alive(pid), 20, "worker 2 to stop")
+    # Within 10 s even if its stop hangs (WorkerLink._exit), with some slack for a loaded machine.
+    assert wait_until(lambda: not _alive(pid), 30, "worker 2 to stop")

@@ -482,6 +482,16 @@ class WorkerLink(Service):
         if self.running:
             log.warn("worker {index}: the parent process is gone; stopping", index=self.index)
             self.reactor.stop()
+            # Nobody is left to kill a stop that hangs (seen: a stop within a
+            # second of the start, waiting on a store read that never ends).
+            self.reactor.callLater(STOP_TIMEOUT, self._exit)
+
+    def _exit(self) -> None:
+        log.error("worker {index} did not stop within {timeout:g} s of its parent's end; exiting now",
+                  index=self.index, timeout=STOP_TIMEOUT)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(1)
 
     def apply(self, config: Any) -> List[Any]:
         return []  # the control port is the parent's
