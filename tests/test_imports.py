@@ -19,10 +19,12 @@ from typing import Dict, List, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 
 #: What a client without ``webServer.port`` never needs: the server's store
-#: (SQLAlchemy, dataset, alembic, argon2), the panel (klein, twisted.web),
-#: the console (Conch), notifications (treq) and Gotaxy's own modules for them.
-NOT_IN_A_CLIENT = ["klein", "twisted.web", "sqlalchemy", "dataset", "alembic", "argon2", "twisted.conch", "treq",
-                   "gotaxy.store", "gotaxy.web", "gotaxy.console", "gotaxy.notify", "gotaxy.server.tap"]
+#: (SQLAlchemy, dataset, alembic, argon2), the panel (klein, werkzeug,
+#: twisted.web), the console (Conch), notifications (treq), Gotaxy's own
+#: modules for them and the server's settings.
+NOT_IN_A_CLIENT = ["klein", "werkzeug", "twisted.web", "sqlalchemy", "dataset", "alembic", "argon2", "twisted.conch",
+                   "treq", "gotaxy.store", "gotaxy.web", "gotaxy.console", "gotaxy.notify", "gotaxy.server.tap",
+                   "gotaxy.config.server"]
 
 #: What a server with the defaults (panel and console on, no ACME, no webhooks) imports only when used.
 NOT_IN_A_DEFAULT_SERVER = ["acme", "josepy", "treq", "gotaxy.cli"]

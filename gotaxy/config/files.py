@@ -8,11 +8,12 @@ the ``parse_server_config`` / ``parse_client_config`` entry points.
 from __future__ import annotations
 
 import difflib
+import functools
 import glob
 import os
 import shlex
 import sys
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import attrs
 
@@ -27,7 +28,6 @@ from gotaxy.config.frp import (
     NOT_YET,
     PANEL_ACCOUNTS,
 )
-from gotaxy.config.server import ServerConfig, WebhookSpec
 from gotaxy.config.templates import TemplateError, render
 from gotaxy.proxy import SpecError, parse_spec
 from gotaxy.proxy import registry as proxy_registry
@@ -49,6 +49,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
+
+if TYPE_CHECKING:
+    from gotaxy.config.server import ServerConfig, WebhookSpec
 
 
 #: Longest configuration file read (an included one too).
@@ -227,17 +230,6 @@ class _Schema:
         return ConfigError(message)
 
 
-_SERVER = _Schema.of(
-    ServerConfig,
-    frp_keys=FRPS_KEYS,
-    frp_tables=FRPS_TABLES,
-    sections=frozenset({"webhooks"}),
-    notes={
-        "transport.tls.force": "is not needed: Gotaxy always requires TLS",
-        "webServer.user": PANEL_ACCOUNTS,
-        "webServer.password": PANEL_ACCOUNTS,
-    },
-)
 _CLIENT = _Schema.of(
     ClientConfig,
     frp_keys=FRPC_KEYS,
@@ -246,7 +238,33 @@ _CLIENT = _Schema.of(
     sections=frozenset({"proxies", "start", "includes"}),
 )
 _PROXY = _Schema.of(TunnelSpec, frp_keys=FRP_PROXY_KEYS, frp_tables=FRP_PROXY_TABLES)
-_WEBHOOK = _Schema.of(WebhookSpec, frp_keys=frozenset(), frp_tables=frozenset())
+
+
+# The server's schemas are made when a server file is first read, so that a
+# client, which reads none, does not import the server's settings
+# (gotaxy.config.server: issue 15, goal 3).
+@functools.cache
+def server_schema() -> _Schema:
+    from gotaxy.config.server import ServerConfig
+
+    return _Schema.of(
+        ServerConfig,
+        frp_keys=FRPS_KEYS,
+        frp_tables=FRPS_TABLES,
+        sections=frozenset({"webhooks"}),
+        notes={
+            "transport.tls.force": "is not needed: Gotaxy always requires TLS",
+            "webServer.user": PANEL_ACCOUNTS,
+            "webServer.password": PANEL_ACCOUNTS,
+        },
+    )
+
+
+@functools.cache
+def _webhook_schema() -> _Schema:
+    from gotaxy.config.server import WebhookSpec
+
+    return _Schema.of(WebhookSpec, frp_keys=frozenset(), frp_tables=frozenset())
 
 
 # ---------------------------------------------------------------------------
@@ -315,7 +333,7 @@ def read_toml(path: str, env: Mapping[str, str] | None = None) -> tuple[dict[str
 
 
 def load_server_file(
-    path: str, base: ServerConfig = ServerConfig(), env: Mapping[str, str] | None = None
+    path: str, base: ServerConfig | None = None, env: Mapping[str, str] | None = None
 ) -> Loaded:
     """``server.toml`` (or ``frps.toml``) at ``path``, templates rendered, on top of ``base``."""
     data, warnings = read_toml(path, env)
@@ -340,23 +358,29 @@ def _evolve(base: Any, changes: Mapping[str, Any], source: str) -> Any:
 
 
 def parse_server_config(
-    data: dict[str, Any], source: str = "server.toml", base: ServerConfig = ServerConfig()
+    data: dict[str, Any], source: str = "server.toml", base: ServerConfig | None = None
 ) -> Loaded:
     """
-    Apply a parsed ``server.toml`` (or ``frps.toml``) on top of ``base``.
+    Apply a parsed ``server.toml`` (or ``frps.toml``) on top of ``base`` (the defaults if L{None}).
 
     @raise ConfigError: for an unknown key or a bad value.
     """
-    ours, ignored = _SERVER.sort(data, source)
-    changes = _SERVER.convert(ours, source)
+    from gotaxy.config.server import ServerConfig
+
+    schema = server_schema()
+    ours, ignored = schema.sort(data, source)
+    changes = schema.convert(ours, source)
     if "webhooks" in ours:
         changes["webhooks"] = _read_webhooks(ours["webhooks"], source)
-    config = _evolve(base, changes, source)
-    return Loaded(config, [_SERVER.warning(key, source) for key in ignored])
+    config = _evolve(ServerConfig() if base is None else base, changes, source)
+    return Loaded(config, [schema.warning(key, source) for key in ignored])
 
 
 def _read_webhooks(entries: Any, source: str, first: int = 1) -> tuple[WebhookSpec, ...]:
     """The ``[[webhooks]]`` entries of a server file."""
+    from gotaxy.config.server import WebhookSpec
+
+    schema = _webhook_schema()
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ConfigError(
             f"{source}: 'webhooks' must be an array of tables, each one starting with a "
@@ -376,8 +400,8 @@ def _read_webhooks(entries: Any, source: str, first: int = 1) -> tuple[WebhookSp
                     f"its own name"
                 )
             names.add(name)
-        ours, _ = _WEBHOOK.sort(entry, source, f" in {label}")
-        hooks.append(WebhookSpec(**_WEBHOOK.convert(ours, source, f" in {label}")))
+        ours, _ = schema.sort(entry, source, f" in {label}")
+        hooks.append(WebhookSpec(**schema.convert(ours, source, f" in {label}")))
     return tuple(hooks)
 
 

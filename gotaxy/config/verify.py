@@ -22,13 +22,13 @@ import attrs
 
 from gotaxy.config.files import (
     _CLIENT,
-    _SERVER,
     _read_includes,
     _read_proxies,
     _read_webhooks,
     parse_client_config,
     parse_server_config,
     read_toml,
+    server_schema,
 )
 from gotaxy.config.values import ConfigError
 
@@ -86,7 +86,7 @@ def verify_file(path: str, kind: str | None = None, env: Mapping[str, str] | Non
 
 
 def _each_key(data: Mapping[str, Any], path: str, kind: str, env: Mapping[str, str] | None) -> list[str]:
-    schema, lists = (_CLIENT, ("proxies", "includes")) if kind == "client" else (_SERVER, ("webhooks",))
+    schema, lists = (_CLIENT, ("proxies", "includes")) if kind == "client" else (server_schema(), ("webhooks",))
     errors = schema.problems({k: v for k, v in data.items() if k not in lists}, path)
     scratch: list[str] = []
     if kind == "client":
