@@ -36,7 +36,7 @@ when the bucket (or one above it) has not got it, dropped and counted as
 ``bandwidth`` (``gotaxy.proxy.udp``); nothing is buffered or delayed.  Other streams on the same mux connection have
 no bucket (or their own) and are not slowed.
 
-``BandwidthLimiter`` is an ``IRateLimiter`` (``gotaxy.server.traffic``):
+``BandwidthLimiter`` is an ``IRateLimiter`` (defined here; it plugs into ``gotaxy.server.traffic``'s meters):
 the server sets one on a tunnel's meter for ``bandwidthLimitMode =
 "server"``; the client keeps one per tunnel for ``"client"``.  It hands
 every stream of its tunnel the two buckets, the right way round for its
@@ -56,12 +56,21 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
-from gotaxy.server.traffic import IRateLimiter
 from gotaxy.units import parse_size
 
-__all__ = ["BANDWIDTH_ATTRIBUTES", "MODES", "ClientBandwidth", "ServerBandwidth", "bandwidth_keys", "BandwidthLimiter", "TokenBucket", "check_limit", "limit_bytes", "limiter_for"]
+__all__ = ["BANDWIDTH_ATTRIBUTES", "MODES", "ClientBandwidth", "IRateLimiter", "ServerBandwidth", "bandwidth_keys", "BandwidthLimiter", "TokenBucket", "check_limit", "limit_bytes", "limiter_for"]
+
+
+class IRateLimiter(Interface):
+    """Something that limits the traffic counted by one meter (``gotaxy.server.traffic.TrafficMeter.limiter``)."""
+
+    def stream_opened(stream: Any) -> None:
+        """A connection counted by the meter opened; govern ``stream`` from now on."""
+
+    def stream_closed(stream: Any) -> None:
+        """That connection ended; forget ``stream``."""
 
 #: ``transport.bandwidthLimitMode``: where the limit is enforced (frp's default first).
 MODES = ("client", "server")

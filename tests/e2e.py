@@ -215,14 +215,14 @@ class Processes:
         return GotaxyServer(process, port, self.workdir / data_dir)
 
     def client(self, server: "GotaxyServer", *tunnels: str, token: Optional[str] = None, args: Iterable[str] = (),
-               name: str = "client", pin: bool = True) -> Process:
+               name: str = "client", pin: bool = True, env: Optional[dict] = None) -> Process:
         argv = ["--server", f"127.0.0.1:{server.port}", "--token", token or server.token,
                 "--data-dir", str(self.workdir / f"{name}-data")]
         if pin:
             argv += ["--fingerprint", server.fingerprint]
         for tunnel in tunnels:
             argv += ["--tunnel", tunnel]
-        return self.twistd("gotaxy-client", [*argv, *args], name)
+        return self.twistd("gotaxy-client", [*argv, *args], name, env)
 
     def cleanup(self) -> None:
         for process in self.started:

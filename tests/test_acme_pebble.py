@@ -121,7 +121,7 @@ class TlsAlpnTests(unittest.TestCase):
         if not pebble.available():
             raise unittest.SkipTest(pebble.HOW_TO_GET_IT)
         from gotaxy.config import HttpsSettings
-        from gotaxy.proxy.https import HttpsFront
+        from gotaxy.proxy.httpsfront import HttpsFront
         from gotaxy.testing import server_config
 
         self.data_dir = tempfile.mkdtemp(prefix="gotaxy-test-")

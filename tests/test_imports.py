@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
+
+from tests.e2e import echo_once, tunnel_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: What a client without ``webServer.port`` never needs: the server's store
 #: (SQLAlchemy, dataset, alembic, argon2), the panel (klein, werkzeug,
 #: twisted.web), the console (Conch), notifications (treq), Gotaxy's own
-#: modules for them and the server's settings.
+#: modules for them, and the rest of the server's side: ``gotaxy.server``
+#: (its core, tunnels, meters, access rules), its settings, the event
+#: catalogue, its TLS credentials, the cluster's identity and the shared
+#: HTTP and HTTPS fronts (h11).
 NOT_IN_A_CLIENT = ["klein", "werkzeug", "twisted.web", "sqlalchemy", "dataset", "alembic", "argon2", "twisted.conch",
-                   "treq", "gotaxy.store", "gotaxy.web", "gotaxy.console", "gotaxy.notify", "gotaxy.server.tap",
-                   "gotaxy.config.server"]
+                   "treq", "h11", "gotaxy.store", "gotaxy.web", "gotaxy.console", "gotaxy.notify", "gotaxy.server",
+                   "gotaxy.config.server", "gotaxy.events", "gotaxy.tls.credentials", "gotaxy.tls.cluster",
+                   "gotaxy.proxy.httpsfront", "gotaxy.proxy.vhost"]
 
 #: What a server with the defaults (panel and console on, no ACME, no webhooks) imports only when used.
 NOT_IN_A_DEFAULT_SERVER = ["acme", "josepy", "treq", "gotaxy.cli"]
@@ -86,6 +93,23 @@ CLIENT = """
 def test_a_client_imports_no_store_web_console_or_notification_code(tmp_path: Path) -> None:
     (tmp_path / "client.toml").write_text(PROXIES)
     assert imported(CLIENT, tmp_path, NOT_IN_A_CLIENT) == []
+
+
+def test_a_running_client_imports_none_of_it(procs: Any, echo: Any) -> None:
+    """
+    The real ``twistd gotaxy-client``, from Twisted's plugin scan through
+    log-in to bytes echoed through its tunnel: Python's ``-X importtime``
+    (``PYTHONPROFILEIMPORTTIME``) writes a line to stderr for every module
+    the process imports, when it imports it, so modules imported late (at
+    log-in, for a stream) are seen too.
+    """
+    server = procs.server()
+    client = procs.client(server, f"echo=tcp:127.0.0.1:{echo.port}", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert echo_once(tunnel_port(client, "echo"), b"what does a client import?") == b"what does a client import?"
+    client.stop()
+    modules = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$", client.output(), re.MULTILINE))
+    assert {"gotaxy.client.control", "gotaxy.mux", "twisted.plugins.gotaxy_client"} <= modules  # so the check can see
+    assert sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in NOT_IN_A_CLIENT)) == []
 
 
 def test_a_client_with_the_admin_api_imports_its_web_code(tmp_path: Path) -> None:

@@ -19,11 +19,10 @@ from gotaxy.proxy.https import (
     REFUSED_NOT_TLS,
     REFUSED_SLOW,
     REFUSED_UNKNOWN,
-    HttpsFront,
     HttpsProxy,
     HttpsSpec,
-    candidates,
 )
+from gotaxy.proxy.httpsfront import HttpsFront, candidates
 from gotaxy.proxy.base import SpecError
 from gotaxy.proxy.sni import MAX_BUFFERED
 from gotaxy.testing import server_config
@@ -100,9 +99,9 @@ def test_records_that_never_make_a_hello_are_bounded(front):
 
 
 def test_connections_still_sending_their_hello_are_bounded(front, monkeypatch):
-    from gotaxy.proxy import https
+    from gotaxy.proxy import httpsfront
 
-    monkeypatch.setattr(https, "MAX_PENDING_HELLOS", 2)
+    monkeypatch.setattr(httpsfront, "MAX_PENDING_HELLOS", 2)
     first, second = connect(front), connect(front)
     third = connect(front)
     assert third[1].disconnecting and front.refusals == {"too_many_pending": 1}

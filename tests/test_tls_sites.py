@@ -32,7 +32,8 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from gotaxy.config import HttpsSettings
-from gotaxy.proxy.https import REFUSED_UNKNOWN, HttpsFront
+from gotaxy.proxy.https import REFUSED_UNKNOWN
+from gotaxy.proxy.httpsfront import HttpsFront
 from gotaxy.testing import server_config
 from gotaxy.tls.sites import SiteCertificates, Termination
 

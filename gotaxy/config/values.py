@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import attrs
 
-from gotaxy.events import filter_pattern_error
 from gotaxy.mux import MAX_STREAMS
 from gotaxy.names import NAME_RULE, is_valid_name
 from gotaxy.proxy import registry as proxy_registry
@@ -347,6 +346,8 @@ def _texts(value: Any) -> tuple[str, ...]:
 
 def _event_patterns(value: Any) -> tuple[str, ...]:
     """Event types to notify about: "client.disconnected", a family "tunnel.*", or "*" (see gotaxy.events)."""
+    from gotaxy.events import filter_pattern_error  # a server's setting: the client does not import the catalogue
+
     patterns = _texts(value)
     for pattern in patterns:
         if filter_pattern_error(pattern) is not None:

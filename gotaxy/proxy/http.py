@@ -27,7 +27,7 @@ local service, as for ``tcp``.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 import attrs
 from twisted.python.failure import Failure
@@ -40,7 +40,9 @@ from gotaxy.proxy.fields import (
 )
 from gotaxy.proxy.sitenames import require_a_name, site_hosts
 from gotaxy.proxy.tcp import connect_local
-from gotaxy.server.tunnel import LiveTunnel
+
+if TYPE_CHECKING:
+    from gotaxy.server.tunnel import LiveTunnel
 
 #: Header rules per table, and the longest name and value.
 MAX_HEADER_RULES = 32

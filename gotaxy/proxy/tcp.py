@@ -13,7 +13,7 @@ connection opens its stream at once (no preface).
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 import attrs
 from twisted.internet.endpoints import HostnameEndpoint
@@ -32,7 +32,9 @@ from gotaxy.proxy.fields import (
     LOCAL_IP, LOCAL_PORT, REMOTE_PORT, StreamLimited, check_local_ip, check_port, host_port, is_ip, parse_keys,
 )
 from gotaxy.relay import StreamRelay
-from gotaxy.server.tunnel import LiveTunnel, PublicFactory
+
+if TYPE_CHECKING:
+    from gotaxy.server.tunnel import LiveTunnel
 
 #: Seconds to wait for a local service to accept a connection.
 LOCAL_CONNECT_TIMEOUT = 10.0
@@ -154,6 +156,8 @@ class TcpProxy(ProxyType):
         return Exposure(address=address, close=listening.stopListening)
 
     def _listen(self, tunnel: LiveTunnel, port: int, context: ExposeContext) -> Any:
+        from gotaxy.server.tunnel import PublicFactory  # the server's side: a client never imports it
+
         try:
             listening = context.reactor.listenTCP(
                 port, PublicFactory(tunnel), backlog=listen_backlog(),

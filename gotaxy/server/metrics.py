@@ -257,7 +257,7 @@ class GotaxyCollector:
 
         https_front = core.fronts.get("https")
         if https_front is not None:
-            # The HTTPS front's closed connections (``gotaxy.proxy.https``): no ClientHello, too slow, no name, unknown name.
+            # The HTTPS front's closed connections (``gotaxy.proxy.httpsfront``): no ClientHello, too slow, no name, unknown name.
             https_refused = CounterMetricFamily(
                 "gotaxy_https_refusals", "Connections the HTTPS front closed before routing them, by reason.",
                 labels=["reason"],

@@ -36,19 +36,12 @@ from __future__ import annotations
 from typing import Any, Dict, Iterator, Optional, Set, Tuple
 
 import attrs
-from zope.interface import Interface
+
+# Defined beside its implementations, so that a client limits its tunnels
+# without importing the server's meters (issue 15, goal 3).
+from gotaxy.bandwidth import IRateLimiter
 
 __all__ = ["IRateLimiter", "Reading", "TrafficMeter", "TrafficMeters"]
-
-
-class IRateLimiter(Interface):
-    """Something that limits the traffic counted by one meter (bandwidth limits)."""
-
-    def stream_opened(stream: Any) -> None:
-        """A connection counted by the meter opened; govern ``stream`` from now on."""
-
-    def stream_closed(stream: Any) -> None:
-        """That connection ended; forget ``stream``."""
 
 
 @attrs.frozen

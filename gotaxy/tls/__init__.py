@@ -15,13 +15,8 @@ TLS identity for the control connection.
 The names below are the public face; import them from here.
 """
 
-from gotaxy.tls.credentials import (
-    MODERN_CIPHERS,
-    ServerCredentials,
-    load_or_create_server_credentials,
-    load_server_tls_options,
-    server_tls_options,
-)
+from typing import TYPE_CHECKING, Any
+
 from gotaxy.tls.fingerprint import fingerprint_of_certificate, normalise_fingerprint
 from gotaxy.tls.verify import (
     KNOWN_SERVERS_FILENAME,
@@ -29,6 +24,15 @@ from gotaxy.tls.verify import (
     ServerVerifier,
     peer_chain,
 )
+
+if TYPE_CHECKING:
+    from gotaxy.tls.credentials import (
+        MODERN_CIPHERS,
+        ServerCredentials,
+        load_or_create_server_credentials,
+        load_server_tls_options,
+        server_tls_options,
+    )
 
 __all__ = [
     "KNOWN_SERVERS_FILENAME",
@@ -43,3 +47,19 @@ __all__ = [
     "peer_chain",
     "server_tls_options",
 ]
+
+
+#: What the server presents (``gotaxy.tls.credentials``) is imported when
+#: first asked for: a client never asks (issue 15, goal 3).
+_SERVER_NAMES = frozenset({
+    "MODERN_CIPHERS", "ServerCredentials", "load_or_create_server_credentials", "load_server_tls_options",
+    "server_tls_options",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SERVER_NAMES:
+        import gotaxy.tls.credentials
+
+        return getattr(gotaxy.tls.credentials, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

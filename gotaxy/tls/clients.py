@@ -54,7 +54,6 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IReactorTime
 
 from gotaxy.names import NAME_RULE, is_valid_name, shown
-from gotaxy.tls.cluster import node_name_of
 from gotaxy.tls.fingerprint import as_cryptography, fingerprint_of_certificate
 
 __all__ = [
@@ -275,6 +274,8 @@ class ClientCertificateVerifier:
                 f"{what} is not for client authentication (its extended key usage lacks clientAuth); {_GET_ONE}",
                 f"certificate {cn} (serial {accepted.serial}) lacks the clientAuth extended key usage", accepted,
             )
+        from gotaxy.tls.cluster import node_name_of  # the server's check only: a client never imports the cluster's identity
+
         if node_name_of(leaf) is not None:
             # The same CA signs the cluster's node certificates (gotaxy.tls.cluster): those are for
             # node-to-node connections, never a client's log-in.

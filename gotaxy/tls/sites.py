@@ -25,7 +25,7 @@ with its OCSP response stapled (``gotaxy.tls.ocsp``: fetched and renewed
 off the handshake, from a cache); Let's Encrypt ended its OCSP service in
 2025, so its certificates name none and get no staple.
 
-``Termination`` is what ``gotaxy.proxy.https.HttpsFront`` calls for a name
+``Termination`` is what ``gotaxy.proxy.httpsfront.HttpsFront`` calls for a name
 it has no passthrough for: ``can_serve(name)``, then ``take_over``, which
 moves the connection's transport to a ``TLSMemoryBIOProtocol`` around the
 http front's ``protocol_factory("https")`` and feeds it the bytes the front
