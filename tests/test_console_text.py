@@ -5,6 +5,7 @@ units, and no control characters from outside reaching it.
 
 from __future__ import annotations
 
+import attrs
 from twisted.trial import unittest
 
 from gotaxy.console.text import human_duration, table
@@ -76,3 +77,14 @@ class StatusTests(unittest.TestCase):
         self.assertEqual(rows["b"][:4], ["b", "up", "1", "2"])
         self.assertEqual(rows["c"][:2], ["c", "down"])
         self.assertIn("nodes 2/3", render_watch(self.status(nodes), [], [], 0.0).split("\n")[0])
+
+    def test_a_tunnel_held_by_another_node_says_whose_sample_its_rates_are(self):
+        from gotaxy.console.text import tunnel_detail
+        from gotaxy.server.manage import TunnelView
+
+        view = TunnelView(client="alice", name="echo", type="tcp", local_addr="127.0.0.1:7", address=None,
+                          status="up", reason=None, source="client", enabled=True, connections=0, opened=0,
+                          bytes_in=0, bytes_out=0, rate_in=2048.0, rate_out=1024.0, node="a", traffic_at=0.0 + 3600)
+        self.assertIn("in 2.0 KiB/s, out 1.0 KiB/s (sampled on a at 01:00:00 UTC)", tunnel_detail(view))
+        live = attrs.evolve(view, traffic_at=None)
+        self.assertNotIn("sample", tunnel_detail(live))

@@ -4,7 +4,7 @@ gotaxy-server`` nodes on one PostgreSQL database, a client on node a.  The
 console (real OpenSSH ``ssh``) and the REST API of the other nodes show
 every node, the client online on a and its tunnel up on a (it showed
 "down" on any node but its holder); once a is killed and its lease runs
-out, they show a down and its tunnel not up.
+out (``cluster.leaseSeconds`` 6 here), they show a down and its tunnel not up.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from tests.e2e import echo_once, tunnel_port
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (openssh-client)")
 
 
-def test_every_node_shows_every_node_and_who_holds_each_client_and_tunnel(cluster, echo):
-    nodes = cluster(3)
+def test_every_node_shows_every_node_and_who_holds_each_client_and_tunnel(cluster, echo, tmp_path):
+    config = tmp_path / "server.toml"
+    config.write_text("[cluster]\nleaseSeconds = 6\n")  # a's lease runs out 6 s after its kill, not 30
+    nodes = cluster(3, "--config", str(config))
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     client = nodes.client(a, f"echo=tcp:127.0.0.1:{echo.port}")
     port = tunnel_port(client, "echo")
@@ -51,7 +53,7 @@ def test_every_node_shows_every_node_and_who_holds_each_client_and_tunnel(cluste
     [seen] = c.api.get("/clients")["clients"]
     assert (seen["online"], seen["node"]) == (True, "a"), seen
 
-    # a killed: within its lease (30 s) and a renewal, b shows it down (or gone, once released).
+    # a killed: within its lease (6 s) and a renewal, b shows it down (or gone, once released).
     a.kill()
     begun = time.monotonic()
 
@@ -59,7 +61,7 @@ def test_every_node_shows_every_node_and_who_holds_each_client_and_tunnel(cluste
         return {n["node"]: n["state"] for n in json.loads(b.console.ok("nodes", "--json"))}.get("a") != "up"
 
     wait_until(a_not_up, 60, "b showing node a not up after it was killed", interval=1)
-    print(f"node a shown not up on b {time.monotonic() - begun:.1f} s after kill -9 (lease 30 s)")
+    print(f"node a shown not up on b {time.monotonic() - begun:.1f} s after kill -9 (lease 6 s)")
     [tunnel] = c.api.get("/tunnels")["tunnels"]
     assert tunnel["status"] != "up" and tunnel["node"] is None, tunnel
     [seen] = c.api.get("/clients")["clients"]

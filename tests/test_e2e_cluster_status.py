@@ -100,6 +100,8 @@ def test_b_status_and_api_count_a_s_client_tunnel_and_traffic(cluster, echo, tmp
         assert re.search(r"^nodes +2 up, 2 known$", text, re.M), text
         assert re.search(r"^a +up +1 +1 ", text, re.M), text
         assert re.search(r"^\* b +up +0 +0 ", text, re.M), text
+        assert re.search(r"^rate +in \S+ \S+, out \S+ \S+ \(sampled on a at ", b.console.ok("tunnel", "default/echo"),
+                         re.M)
         as_json = json.loads(b.console.ok("status", "--json"))
         assert (as_json["clients_online"], as_json["tunnels_up"], len(as_json["nodes"])) == (1, 1, 2), as_json
 

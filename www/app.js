@@ -295,6 +295,13 @@ function scheduleRefresh() {
   state.refreshTimer = setTimeout(refresh, 250);
 }
 
+// A tunnel's rates; held by another node, they are that node's newest sample of it (said on hover).
+function rateCell(tn) {
+  const td = cell(`${formatRate(tn.rate_in)} / ${formatRate(tn.rate_out)}`);
+  if (tn.traffic_at) td.title = t("tunnels.rate_sampled", { node: tn.node, time: new Date(tn.traffic_at * 1000).toLocaleTimeString() });
+  return td;
+}
+
 async function loadOverview() {
   const result = await api("GET", "/status");
   if (!result.ok) return;
@@ -613,7 +620,7 @@ async function loadTunnels() {
     row.append(name, cell(tn.client), cell(typeLabel(tn.type)), cell(tn.local_addr),
       addressCell(tn.address),
       status, cell(tn.node || "–", "node"), cell(String(tn.connections)), trafficCell(tn),
-      cell(`${formatRate(tn.rate_in)} / ${formatRate(tn.rate_out)}`));
+      rateCell(tn));
     const actions = document.createElement("td");
     actions.className = "actions";
     const path = `/tunnels/${encodeURIComponent(tn.client)}/${encodeURIComponent(tn.name)}`;

@@ -208,7 +208,8 @@ def tunnel_detail(v: TunnelView, width: int = WIDTH) -> str:
         ("local address", v.local_addr),
         ("connections", f"{v.connections} open, {v.opened} since up"),
         ("traffic", f"in {format_bytes(v.bytes_in)}, out {format_bytes(v.bytes_out)}"),
-        ("rate", f"in {format_rate(v.rate_in)}, out {format_rate(v.rate_out)}"),
+        ("rate", f"in {format_rate(v.rate_in)}, out {format_rate(v.rate_out)}"
+                 + (f" (sampled on {v.node} at {human_time(v.traffic_at)[11:]} UTC)" if v.traffic_at else "")),
     ]
     if v.node is not None:
         items.insert(2, ("node", v.node))
