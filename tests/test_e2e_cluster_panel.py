@@ -1,7 +1,7 @@
 """
 The panel's view of a cluster, in a real browser (Chromium through
 Playwright, as tests/test_panel_browser.py): node b's panel shows both
-nodes under *Server nodes*, and the client and tunnel that node a holds as
+nodes under *Server nodes*, the overview's counts of both nodes, and the client and tunnel that node a holds as
 online and up, with node a.
 """
 
@@ -29,6 +29,12 @@ def test_b_panel_shows_the_nodes_and_a_s_client_and_tunnel(cluster, echo, browse
     page.fill('#login-form [name="password"]', PASSWORD)
     page.click('#login-form button[type="submit"]')
     expect(page.locator("#nav")).to_be_visible()
+
+    # The overview's counts are the cluster's (b holds no client: they said 0 / 1 and 0 / 1 there).
+    expect(page.locator("#ov-clients")).to_have_text("1 / 1")
+    expect(page.locator("#ov-tunnels")).to_have_text("1 / 1")
+    expect(page.locator("#ov-cluster")).to_contain_text("all 2 nodes that are up")
+    expect(page.locator("#ov-cluster")).to_contain_text("through this node (b)")
 
     row_a = page.locator('#nodes-table tr[data-node="a"]')
     expect(row_a.locator(".status")).to_have_text("up")
