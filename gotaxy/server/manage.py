@@ -405,7 +405,8 @@ class Management:
         return ServerStatus(
             version=__version__,
             uptime=self.core.reactor.seconds() - self.core.started_at,
-            clients_online=len(self.core.sessions) + sum(len(n.clients) for n in others),
+            # (a set: a client that just moved here may still be online on its old node in the store)
+            clients_online=len(set(self.core.sessions).union(*(n.clients for n in others))),
             clients_total=len(clients),
             tunnels_up=len(self.core.tunnels) + sum(n.tunnels_up for n in others),
             tunnels_total=len(tunnels),
