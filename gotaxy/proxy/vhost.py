@@ -76,7 +76,9 @@ to one head) rather than pausing the socket.  Per keep-alive request that
 is about half of the server's work again (docs/benchmarks.md).
 
 So a keep-alive connection whose next request names another host goes to
-that host's tunnel (or gets a 404), never to the previous one; pipelined
+that host's tunnel (or, if another node serves it, to that node over a
+pooled node link that stands here for a tunnel: ``gotaxy.server.forward``;
+or it gets a 404), never to the previous one; pipelined
 requests are answered in order (h11 pauses after each request until its
 response is out, and we stop reading the socket meanwhile; the shorter way
 holds what follows).  An upgrade
@@ -125,6 +127,7 @@ from twisted.logger import Logger
 from gotaxy.logs import gotaxy_observer
 from gotaxy.mux import set_no_delay
 from gotaxy.oslimits import listen_backlog
+from gotaxy.proxy.sitenames import RouteTable, candidates
 from gotaxy.server.limits import TOO_FAST, TOO_MANY
 from gotaxy.wire import CLOSE_ERROR_PREFIX
 
@@ -184,25 +187,20 @@ _STATUS_TEXT = {
 }
 
 
-@attrs.define(eq=False)
-class _Route:
-    path: str
-    user: str
-    tunnel: "LiveTunnel"
-
-
 class Router:
     """
-    Host names (exact, or frp's ``*.example.com``) and paths to tunnels, as
-    frp routes: the exact name first, then wildcards from the longest; on a
-    name, the longest location that is a prefix of the path; a route for
-    the request's basic-auth user (``routeByHTTPUser``) before one for anyone.
-    Who may hold a name is the claims table's business: the router only
-    maps what was claimed.
+    Host names and paths to this node's tunnels, routed as frp routes
+    (``gotaxy.proxy.sitenames.RouteTable``, the lookup that other nodes'
+    names share: ``gotaxy.server.forward.RemoteSites``).  Who may hold a
+    name is the claims table's business: the router only maps what was
+    claimed.
     """
 
     def __init__(self) -> None:
-        self._hosts: Dict[str, List[_Route]] = {}
+        self._table: RouteTable["LiveTunnel"] = RouteTable()
+        self._hosts = self._table.hosts
+        #: ``lookup(host, path, user="")``: the tunnel that serves a request, or None
+        self.lookup = self._table.lookup
         self._addresses: Dict["LiveTunnel", "PublicAddress"] = {}
         #: names whose tunnel went down (its client is offline): 502, not 404
         self._offline: Dict[str, None] = {}
@@ -213,10 +211,8 @@ class Router:
         self._addresses[tunnel] = address
         self._plain[tunnel] = not tunnel.spec.response_headers and _plain_rules(tunnel.spec)
         for host in address.hosts:
-            routes = self._hosts.setdefault(host, [])
             for path in address.paths or ("/",):
-                routes.append(_Route(path, address.user, tunnel))
-            routes.sort(key=lambda route: len(route.path), reverse=True)
+                self._table.add(host, path, address.user, tunnel)
             self._offline.pop(host, None)
 
     def remove(self, tunnel: "LiveTunnel") -> None:
@@ -225,30 +221,10 @@ class Router:
         if address is None:
             return
         for host in address.hosts:
-            routes = [route for route in self._hosts.get(host, ()) if route.tunnel is not tunnel]
-            if routes:
-                self._hosts[host] = routes
-            else:
-                self._hosts.pop(host, None)
+            if self._table.discard(host, tunnel):
                 if len(self._offline) >= MAX_OFFLINE:
                     self._offline.pop(next(iter(self._offline)))
                 self._offline[host] = None
-
-    def lookup(self, host: str, path: str, user: str = "") -> Optional["LiveTunnel"]:
-        routes = self._hosts.get(host)
-        if routes is not None and len(routes) == 1 and not user:  # (the common case, without a list of names)
-            route = routes[0]
-            if not route.user and path.startswith(route.path):
-                return route.tunnel
-        for name in _candidates(host):
-            routes = self._hosts.get(name)
-            if not routes:
-                continue
-            for wanted in ((user, "") if user else ("",)):
-                for route in routes:
-                    if route.user == wanted and path.startswith(route.path):
-                        return route.tunnel
-        return None
 
     def remember_claimed(self, keys: Any) -> None:
         """
@@ -263,7 +239,7 @@ class Router:
 
     def offline(self, host: str) -> bool:
         """A tunnel served ``host`` here and went down (and none has it now)."""
-        return any(name in self._offline for name in _candidates(host))
+        return any(name in self._offline for name in candidates(host))
 
     def tunnels(self) -> List["LiveTunnel"]:
         return list(self._addresses)
@@ -272,16 +248,6 @@ class Router:
         """``tunnel`` sets no response headers and its request rules are plain ASCII: the fast way may serve it."""
         plain = self._plain.get(tunnel)
         return plain if plain is not None else not tunnel.spec.response_headers and _plain_rules(tunnel.spec)
-
-
-def _candidates(host: str) -> List[str]:
-    """``a.b.example.com`` -> itself, ``*.b.example.com``, ``*.example.com`` (frp's order)."""
-    names = [host]
-    labels = host.split(".")
-    while len(labels) >= 3:
-        labels = labels[1:]
-        names.append("*." + ".".join(labels))
-    return names
 
 
 class HttpFront:
@@ -662,10 +628,10 @@ class VisitorConnection(Protocol):
         self.closed = False
         #: it came from another node (``gotaxy.server.forward``): never forwarded again
         self.from_peer = False
-        #: handed to another node: where every byte from the visitor goes now (``hand_over``)
-        self.handed: Any = None
-        #: what h11 was fed since the request being read began, while it may still be forwarded
-        self._raw: Optional[List[bytes]] = None
+        #: a link of requests from another node: each request names its visitor (``gotaxy.server.forward``)
+        self.relayed = False
+        #: the ``x-gotaxy-visitor`` value of the last request it took (relayed)
+        self._relayed_from: Optional[bytes] = None
 
     # -- the socket ------------------------------------------------------------
 
@@ -676,13 +642,8 @@ class VisitorConnection(Protocol):
         self._set_deadline(_REQUEST, self.settings.header_timeout)
         # Made for a connection from another node (its transport, or the TLS under it, says so): not forwarded.
         self.from_peer = self.from_peer or getattr(self.transport, "from_peer", False) is True
-        if self.front.forwarder is not None and not self.from_peer:
-            self._raw = []
 
     def dataReceived(self, data: bytes) -> None:
-        if self.handed is not None:
-            self.handed.write(data)
-            return
         if self.switched:
             upstream = self.exchange
             if upstream is not None:
@@ -702,11 +663,6 @@ class VisitorConnection(Protocol):
         if self._cycle_bytes == 0:
             self._set_deadline(_REQUEST, self.settings.header_timeout)  # idle keep-alive ends: the clock starts
         self._cycle_bytes += len(data)
-        raw = self._raw
-        if raw is not None:
-            raw.append(data)
-            if self._cycle_bytes > 2 * self.settings.max_header_bytes:
-                self._raw = None  # (a request is routed once its head is in: this one will not be forwarded)
         try:
             self.h11.receive_data(data)
         except RuntimeError:
@@ -719,8 +675,6 @@ class VisitorConnection(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
         self._cancel_timers()
-        if self.handed is not None:
-            self.handed.visitor_lost()
         if self.exchange is not None:
             self._exchange_done()
         upstream = self.upstream
@@ -811,7 +765,7 @@ class VisitorConnection(Protocol):
     # -- requests -------------------------------------------------------------
 
     def _request_events(self) -> None:
-        while not self.closed and self.handed is None:
+        while not self.closed:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
@@ -949,6 +903,11 @@ class VisitorConnection(Protocol):
         _fast_request, the headers its Connection header names.
         """
         front = self.front
+        if self.relayed:
+            relayed = self._relayed_visitor(headers)
+            if relayed is None:
+                return
+            headers = relayed
         host = _host_of(raw_host)
         target = raw_target.decode("latin-1")
         path = target.split("?", 1)[0]
@@ -966,7 +925,8 @@ class VisitorConnection(Protocol):
         credentials = _basic_credentials(headers)
         tunnel = front.router.lookup(host, path, credentials[0] if credentials else "") if host else None
         if tunnel is None:
-            if front.forwarder is not None and host and not self.from_peer and self._forward(host, path, credentials):
+            if (front.forwarder is not None and host and not self.from_peer
+                    and self._forward(method, raw_target, headers, host, path, credentials, fast, named)):
                 return
             if host and front.router.offline(host):
                 front.refuse("client_offline")
@@ -1052,37 +1012,78 @@ class VisitorConnection(Protocol):
 
     # -- another node serves it (gotaxy.server.forward) ----------------------------
 
-    def _forward(self, host: str, path: str, credentials: Optional[Tuple[str, str]]) -> bool:
-        """Hand this connection to the node that serves ``host`` if another one does (True)."""
-        route = self.front.forwarder.route(host, path, credentials[0] if credentials else "")
-        if route is None:
+    def _forward(self, method: bytes, raw_target: bytes, headers: List[Tuple[bytes, bytes]], host: str, path: str,
+                 credentials: Optional[Tuple[str, str]], fast: bool, named: Optional[frozenset]) -> bool:
+        """
+        Send the request to the node that serves ``host`` if another one
+        does (True), over a link of its pool, which stands here for a
+        tunnel (``gotaxy.server.forward.LinkPool``); the owner routes,
+        checks and answers it.
+        """
+        forwarder = self.front.forwarder
+        pool = forwarder.pool_for(host, path, credentials[0] if credentials else "", self.scheme)
+        if pool is None:
             return False
-        if self._fast_raw is not None:
-            preface = self._fast_raw + self._ahead
-        elif self._raw is not None:
-            preface = b"".join(self._raw)
-        else:
-            return False
-        self.front.forwarder.forward(self, "http", self.scheme, route, preface)
+        upstream = self._upstream_for(pool)
+        if upstream is None:
+            self.front.refuse("busy")
+            self._answer(503, "The website is busy; try again in a moment.", [(b"retry-after", b"1")])
+            return True
+        forwarder.forwarded[pool.node] = forwarder.forwarded.get(pool.node, 0) + 1
+        self.exchange = upstream
+        self.response_started = False
+        self.front.active[pool.key] += 1
+        from gotaxy.server.forward import relay_headers
+
+        outgoing = relay_headers(headers, self.transport.getPeer(), named)
+        if fast:
+            upstream.write_request(method, raw_target, outgoing)
+            if self._fast_raw is not None:
+                self._set_deadline(_RESPONSE, self.settings.http_timeout)
+            return True
+        fast_read = self._fast_raw is not None
+        self._replay()
+        try:
+            upstream.send(h11.Request(method=method, target=raw_target, headers=outgoing))
+            if fast_read:
+                upstream.send(_END)
+        except h11.LocalProtocolError:
+            self._exchange_done()
+            self.front.refuse("bad_request")
+            self._fatal(400, "This request cannot be forwarded.")
+            return True
+        if fast_read:
+            self._set_deadline(_RESPONSE, self.settings.http_timeout)
         return True
 
-    def hand_over(self, link: Any) -> None:
-        """From now on what the visitor sends goes to ``link``, and what comes back is written by it."""
-        self.handed = link
-        self._cancel_timers()
-        self._fast_raw, self._ahead, self._raw = None, b"", None
-        upstream = self.upstream
-        if upstream is not None:
-            upstream.close("the connection went to another node")
-        self.pause("forward")  # until the link is up (NodeLink.handshakeCompleted)
+    def _relayed_visitor(self, headers: List[Tuple[bytes, bytes]]) -> Optional[List[Tuple[bytes, bytes]]]:
+        """
+        A request on a link of requests from another node: its visitor
+        (``x-gotaxy-visitor``) is this connection's peer for it; the headers
+        without that one, or None after a 400 (none, or not one address).
+        """
+        from gotaxy.server.forward import VISITOR_HEADER, read_visitor
 
-    def forward_failed(self, why: str) -> None:
-        """The node serving the request cannot be reached: 502, and the connection closes."""
-        self.handed = None
-        self.front.refuse("bad_gateway")
-        if not self.closed:
-            self.resume("forward")
-            self._fatal(502, f"The website cannot be reached: {why}.")
+        rest = [(name, value) for name, value in headers if name != VISITOR_HEADER]
+        if len(rest) == len(headers) - 1 and self._relayed_from is not None:
+            for name, value in headers:
+                if name == VISITOR_HEADER:
+                    if value == self._relayed_from:  # the same visitor as the last request's: known already
+                        return rest
+                    break
+        peer = read_visitor(headers)
+        if peer is None:
+            self.front.refuse("bad_request")
+            self._fatal(400, "A forwarded request must name its visitor.")
+            return None
+        if peer.host != self.peer_host and self.upstream is not None:
+            # Another visitor's request: its own stream, counted against its own address's limits.
+            self.upstream.close("the next request goes elsewhere")
+        self.peer_host = peer.host
+        self._peer = peer.host.encode("ascii")
+        self.transport.set_peer(peer)
+        self._relayed_from = _header(headers, VISITOR_HEADER)
+        return rest
 
     def _request_headers(self, headers: List[Tuple[bytes, bytes]], raw_host: bytes, spec: Any,
                          named: Optional[frozenset] = None) -> List[Tuple[bytes, bytes]]:
@@ -1337,7 +1338,10 @@ class VisitorConnection(Protocol):
         """The client closed ``upstream``'s stream (its local service closed, refused, or the client left)."""
         if upstream is self.exchange and not self.closed:
             reason = upstream.stream.close_reason or ""
-            if reason.startswith(CLOSE_ERROR_PREFIX):
+            failure = getattr(upstream.stream, "failure", None)  # (a node link's: gotaxy.server.forward)
+            if failure is not None:
+                why = failure
+            elif reason.startswith(CLOSE_ERROR_PREFIX):
                 why = f"its local service is not answering ({reason[len(CLOSE_ERROR_PREFIX):][:120]})"
                 upstream.tunnel.connect_failure = reason[len(CLOSE_ERROR_PREFIX):][:200]
             else:
@@ -1383,7 +1387,7 @@ class VisitorConnection(Protocol):
 
     def _maybe_next_cycle(self) -> None:
         """Both sides of this request are done: read the next one (or close, if the visitor asked)."""
-        if self.closed or self.switched or self.handed is not None:
+        if self.closed or self.switched:
             return
         conn = self.h11
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -1395,13 +1399,10 @@ class VisitorConnection(Protocol):
             self._next_cycle()
 
     def _next_cycle(self) -> None:
-        if self.closed or self.handed is not None:
+        if self.closed:
             return
         self.discarding = False
         self._cycle_bytes = 0
-        if self.front.forwarder is not None and not self.from_peer:
-            ahead, _ = self.h11.trailing_data
-            self._raw = [ahead] if ahead else []
         self._set_deadline(_REQUEST, KEEPALIVE_TIMEOUT)
         self.resume("pipelined")
         if not self._fast_parse:
