@@ -20,7 +20,7 @@ drift of the machine hits all three alike:
   ``Connection: close`` so that every request opens a new connection
   (through a tunnel that is a new stream/channel per request).
 
-* UDP (``--no-udp`` skips it): ``iperf3 -u`` with 1,200-byte datagrams,
+* UDP (``--no-udp`` skips it, ``--udp-only`` runs only it): ``iperf3 -u`` with 1,200-byte datagrams,
   direct, through a plain one-hop relay (``socat UDP-LISTEN:…,fork UDP:…``,
   the practical limit, with a socat TCP relay for iperf3's control
   connection) and through a Gotaxy ``udp`` tunnel (and a ``tcp`` one on the
@@ -34,6 +34,7 @@ drift of the machine hits all three alike:
   the highest rate gotaxy's udp tunnel passed (beyond its capacity), direct
   (what the flood costs the machine itself) and through gotaxy (the tcp and
   udp tunnels of one client); the goal is at least 80 % kept.
+  ``benchmarks/compare_flood.py`` interleaves that row for two checkouts.
 
 Websites by name (``--no-vhost`` skips them): the same nginx reached by
 ``Host: web.bench.test`` four ways, with wrk keep-alive and new connection
@@ -1610,42 +1611,74 @@ def flood_rate(steps: Dict[str, List[UdpStep]]) -> float:
     return FLOOD_MAX if best is None else min(max(FLOOD_FACTOR * (best.received or 0.0), FLOOD_MIN), FLOOD_MAX)
 
 
+def iperf3_tcp(tools: Dict[str, str], port: int, duration: float) -> Tuple[Optional[float], str]:
+    """One iperf3 TCP stream to ``port`` for ``duration`` s: (Gbit/s received, problems)."""
+    import json
+
+    argv = [tools["iperf3"], "-c", LOOPBACK, "-p", str(port), "-t", f"{duration:g}", "-J", "--connect-timeout", "5000"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True)
+        report = json.loads(done.stdout)
+    except (subprocess.TimeoutExpired, ValueError):
+        return None, "iperf3 (tcp) failed"
+    if "error" in report:
+        return None, f"iperf3 (tcp): {report['error']}"
+    return report["end"]["sum_received"]["bits_per_second"] / 1e9, ""
+
+
+def start_flood(tools: Dict[str, str], udp_port: int, flood: float, seconds: float,
+                report: bool = False) -> subprocess.Popen:
+    """
+    ``iperf3 -u -l 1200 -b FLOOD`` to ``udp_port`` for ``seconds``, in the
+    background; stop it with ``stop_flood``, or with ``report`` let it end
+    and read its JSON report (``flood_passed``).
+    """
+    return subprocess.Popen(
+        [tools["iperf3"], "-c", LOOPBACK, "-p", str(udp_port), "-u", "-b", f"{flood:g}M", "-l", str(UDP_DATAGRAM),
+         "-t", f"{seconds:g}", "--connect-timeout", "5000", *(["-J"] if report else [])],
+        stdout=subprocess.PIPE if report else subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )
+
+
+def flood_passed(flooding: subprocess.Popen, timeout: float) -> Optional[Tuple[float, float]]:
+    """A ``report`` flood's end: (datagrams/s sent, datagrams/s that reached the iperf3 server); None: no report."""
+    import json
+
+    try:
+        out, _ = flooding.communicate(timeout=timeout)
+        end = json.loads(out)["end"]
+        sent, received = end["sum_sent"], end["sum_received"]
+        arrived = received["packets"] - received.get("lost_packets", 0)
+        return sent["packets"] / max(sent["seconds"], 1e-9), arrived / max(received["seconds"], 1e-9)
+    except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
+        stop_flood(flooding)
+        return None
+
+
+def stop_flood(flooding: subprocess.Popen) -> None:
+    flooding.terminate()
+    try:
+        flooding.wait(10)
+    except subprocess.TimeoutExpired:
+        flooding.kill()
+        flooding.wait(10)
+
+
 def tcp_under_udp_flood(tools: Dict[str, str], tcp_port: int, udp_port: int, duration: float,
                         flood: float = FLOOD_MAX) -> Tuple[Optional[float], Optional[float], str]:
     """
     One iperf3 TCP stream to ``tcp_port``, alone and then while ``iperf3 -u
     -b FLOOD`` floods ``udp_port``: (Gbit/s alone, Gbit/s during, problems).
     """
-    import json
-
-    def tcp_run() -> Tuple[Optional[float], str]:
-        argv = [tools["iperf3"], "-c", LOOPBACK, "-p", str(tcp_port), "-t", f"{duration:g}", "-J",
-                "--connect-timeout", "5000"]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, start_new_session=True)
-            report = json.loads(done.stdout)
-        except (subprocess.TimeoutExpired, ValueError):
-            return None, "iperf3 (tcp) failed"
-        if "error" in report:
-            return None, f"iperf3 (tcp): {report['error']}"
-        return report["end"]["sum_received"]["bits_per_second"] / 1e9, ""
-
-    alone, problems = tcp_run()
+    alone, problems = iperf3_tcp(tools, tcp_port, duration)
     time.sleep(1)
-    flooding = subprocess.Popen(
-        [tools["iperf3"], "-c", LOOPBACK, "-p", str(udp_port), "-u", "-b", f"{flood:g}M", "-l", str(UDP_DATAGRAM),
-         "-t", f"{duration + 4:g}", "--connect-timeout", "5000"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    flooding = start_flood(tools, udp_port, flood, duration + 4)
     try:
         time.sleep(1)  # the flood is under way
-        during, more = tcp_run()
+        during, more = iperf3_tcp(tools, tcp_port, duration)
     finally:
-        flooding.terminate()
-        try:
-            flooding.wait(10)
-        except subprocess.TimeoutExpired:
-            flooding.kill()
+        stop_flood(flooding)
     return alone, during, "; ".join(filter(None, [problems, more]))
 
 
@@ -2159,6 +2192,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--parallel-only", action="store_true",
                         help="run only benchmarks/parallel.py's rows: two clients pushing iperf3 at once through "
                              "one server node and through two nodes on one PostgreSQL (--repeat rounds, --duration)")
+    parser.add_argument("--udp-only", action="store_true",
+                        help="run only the UDP rows and TCP during a UDP flood (they need iperf3, socat and twistd)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     parser.add_argument(
@@ -2257,6 +2292,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return parallel.parallel_section(max(args.repeat, 2), args.duration, list(parallel.SETUPS), args.keep)
     tools = locate_tools()
+    if args.udp_only:
+        return main_udp_only(args, tools)
     chosen = workloads(args.connections, args.threads, args.reverse)
 
     def on_signal(signum: int, frame: object) -> None:
@@ -2373,6 +2410,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(restart_rows(group, tools, work, args))
 
     return in_work_directory(args, "gotaxy-bench-", body)
+
+
+def main_udp_only(args: argparse.Namespace, tools: Dict[str, str]) -> int:
+    """``--udp-only``: the UDP rows, then TCP alone vs TCP during a UDP flood, as in a full run."""
+
+    def body(group: ProcessGroup, work: Path) -> None:
+        progress(f"working in {work}")
+        _, iperf_ports = start_targets(group, tools, work, args.file_size)
+        udp_targets = start_udp_targets(group, tools)
+        udp_ports = {DIRECT: udp_targets[DIRECT], "socat": start_socat(group, tools, udp_targets["socat"])}
+        (public,) = free_ports(1)
+        progress("starting gotaxy server and client")
+        # The web tunnel is not used here; it points at the iperf3 server of the ssh row, which is idle.
+        ends = start_gotaxy(group, tools, work, args.source, iperf_ports[SSH], iperf_ports[GOTAXY],
+                            (udp_targets[GOTAXY], public))
+        udp_ports[GOTAXY] = public
+        udp_steps = measure_udp(tools, udp_ports, args.duration)
+        tcp_ports = {DIRECT: iperf_ports[DIRECT], GOTAXY: ends.iperf_port}
+        flood = measure_flood(tools, tcp_ports, udp_ports, args.duration, udp_steps)
+        print(f"gotaxy {gotaxy_revision(args.source)}")
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
+              f"python {platform.python_version()}; everything on 127.0.0.1; load average {os.getloadavg()[0]:.1f}")
+        print()
+        print(f"UDP: iperf3 -u, {UDP_DATAGRAM}-byte datagrams, {args.duration:g} s per step, the rate stepped "
+              f"up until 1 % loss")
+        print(udp_report(udp_steps, args.markdown))
+        print()
+        print(udp_verdict(udp_steps))
+        print()
+        print(f"TCP alone vs TCP during a UDP flood: one iperf3 stream, alone and while iperf3 -u -l "
+              f"{UDP_DATAGRAM} floods the same path's udp port ({FLOOD_FACTOR}x gotaxy's best UDP rate)")
+        print(flood_report(flood, args.markdown))
+
+    return in_work_directory(args, "gotaxy-bench-udp-", body)
 
 
 def main_restart_only(args: argparse.Namespace) -> int:
