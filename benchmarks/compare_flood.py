@@ -16,8 +16,12 @@ then again while ``iperf3 -u -l 1200 -b FLOOD`` floods the same path's udp
 port (``run.tcp_under_udp_flood``).  The figure is the share of its
 throughput the TCP stream kept; the direct path's share is what the flood
 costs the machine itself (the flooder and the receiver take CPU).  Beside
-it: the CPU the gotaxy server and client used during the flooded run, and
-what the other processes of the machine took meanwhile.
+it: the CPU the gotaxy server and client spent per GB alone and flooded,
+the datagrams a second that reached the udp service during the flood,
+and what the other processes of the machine took meanwhile.  Before the
+rounds, what one datagram costs each checkout (``datagram_cost``), the
+figure the datagrams' share of a busy connection is reckoned with
+(``gotaxy.mux.DATAGRAM_OVERHEAD``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import attrs
 
@@ -85,6 +89,29 @@ def measure(tools: Dict[str, str], tcp_port: int, udp_port: int, duration: float
     return Phases(alone, during, cost(alone_cpu, alone), cost(during_cpu, during), offered, passed)
 
 
+def datagram_cost(tools: Dict[str, str], tcp_port: int, udp_port: int, duration: float,
+                  pids: Sequence[int]) -> Optional[Tuple[float, float]]:
+    """
+    What one 1,200-byte datagram costs the gotaxy processes ``pids``: (CPU
+    µs per datagram of iperf3 -u at 60 Mbit/s through the udp tunnel, and
+    as many bytes of one TCP stream through the tcp tunnel as cost the same).
+    """
+
+    def cpu() -> float:
+        return sum(run.cpu_seconds(pid) for pid in pids)
+
+    before = cpu()
+    step = run.run_iperf3_udp(tools, udp_port, 60, duration)
+    udp_cpu = cpu() - before
+    before = cpu()
+    gbits, _ = run.iperf3_tcp(tools, tcp_port, duration)
+    tcp_cpu = cpu() - before
+    if not step.pps or not gbits:
+        return None
+    per_datagram = udp_cpu / (step.pps * duration)
+    return per_datagram * 1e6, per_datagram / (tcp_cpu / (gbits * 1e9 / 8 * duration))
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("baseline", type=Path, help="the checkout to compare against (e.g. a worktree of the old commit)")
@@ -92,6 +119,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="the checkout to measure (default: this one)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds (each: direct, baseline, candidate; default 6)")
     parser.add_argument("--duration", type=float, default=4, help="seconds per iperf3 TCP run (default 4)")
+    parser.add_argument("--cost-rounds", type=int, default=2,
+                        help="runs of the datagram's cost (iperf3 -u, then TCP, per checkout; default 2, 0: none)")
     parser.add_argument("--flood", type=float, default=DEFAULT_FLOOD,
                         help=f"Mbit/s of 1,200-byte datagrams offered (default {DEFAULT_FLOOD:g})")
     return parser.parse_args(argv)
@@ -122,6 +151,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ends = run.start_gotaxy(group, tools, work / name, source, nginx_port, tcp[name], (udp[name], public))
             public_tcp[name], public_udp[name] = ends.iperf_port, public
             carriers[name] = ends.carriers
+        costs: Dict[str, List[Tuple[float, float]]] = {name: [] for name in names}
+        for _ in range(args.cost_rounds):
+            for name in names:
+                cost = datagram_cost(tools, public_tcp[name], public_udp[name], args.duration,
+                                     list(carriers[name].values()))
+                if cost is not None:
+                    costs[name].append(cost)
+                    run.progress(f"{name}: a 1,200-byte datagram costs {cost[0]:.0f} CPU µs, as much as "
+                                 f"{cost[1]:,.0f} bytes of a stream")
         paths = [run.DIRECT, *names]
         results: Dict[str, List[Phases]] = {path: [] for path in paths}
         others: List[float] = []
@@ -150,6 +188,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{run.UDP_DATAGRAM} -b {args.flood:g}M floods the same path's udp port; {args.rounds} interleaved "
               f"rounds; other processes took {statistics.median(others):.2f} cores (median, "
               f"{min(others):.2f} to {max(others):.2f})")
+        for name in names:
+            if costs[name]:
+                print(f"{name}: a 1,200-byte datagram (iperf3 -u at 60 Mbit/s) cost the server and client "
+                      f"{statistics.median(c[0] for c in costs[name]):.0f} CPU µs, as much as "
+                      f"{statistics.median(c[1] for c in costs[name]):,.0f} bytes of one TCP stream "
+                      f"({len(costs[name])} runs, median)")
         print()
         print("| path | TCP alone | TCP flooded | kept, each round | kept (median) "
               "| gotaxy CPU s/GB alone | flooded | datagrams/s passed (offered) |")
