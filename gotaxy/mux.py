@@ -76,10 +76,12 @@ fill the send buffer to ``MUX_SOCKET_BUFFER``, datagrams only to
 ``DATAGRAM_BACKLOG``).  On a fast path the buffer rarely fills: what runs
 out is CPU, and each datagram costs several times a stream's CPU per
 byte.  So while the connection's streams are busy, datagrams get at most a
-share of it (``DatagramShare``): in each 50 ms they may send
+share of it (``DatagramShare``): each datagram is charged its bytes plus
+``DATAGRAM_OVERHEAD`` (what its frame, read and write cost beyond a
+stream's bytes), and in each 50 ms the datagrams may be charged
 ``DATAGRAM_SHARE`` of the bytes the streams moved in the 50 ms before
-(and at least 1 MiB/s), and the rest are dropped; when the streams are
-idle the datagrams have it all.  A flood beyond that share is dropped at
+(and at least 1 MiB/s), about 3 % of the CPU; the rest are dropped.  When
+the streams are idle the datagrams have it all.  A flood beyond that share is dropped at
 the first check, and the proxy type stops reading its socket for a moment,
 so the kernel drops the rest without costing us anything
 (``gotaxy.proxy.udp``).  Flows have ids from the same sequence as streams,
@@ -160,12 +162,21 @@ WRITE_STALL_TIMEOUT = 30.0
 #: sent (a quarter of what streams may fill), so that streams come first.
 DATAGRAM_BACKLOG = MUX_SOCKET_BUFFER // 4
 
-#: While the connection's streams are busy, datagrams may send at most this
-#: many bytes for each byte its streams moved (either way) in the period
-#: before; see "Datagram flows".  A datagram costs about three times a
-#: stream's CPU per byte (a frame, a TLS record and a system call each, at
-#: both ends), so 1/16 of the bytes is about a sixth of the CPU.
-DATAGRAM_SHARE = 1 / 16
+#: What a datagram costs, in stream bytes of the same CPU, beyond its own
+#: length: a frame, a read and a write of its own at each end, where a
+#: stream's bytes go 64 KiB at a time.  Measured (benchmarks/run.py's
+#: tunnels, iperf3 -u at 60 Mbit/s against one TCP stream): a 1,200-byte
+#: datagram took the server and client as much CPU as 4,300 to 4,900 stream
+#: bytes.  The share charges each datagram its length plus this, so that it
+#: bounds the CPU datagrams take, small ones included.
+DATAGRAM_OVERHEAD = 3 * 1024
+
+#: While the connection's streams are busy, datagrams may cost at most this
+#: much (their bytes plus ``DATAGRAM_OVERHEAD`` each) for each byte its
+#: streams moved (either way) in the period before; see "Datagram flows".
+#: 1/32 is about 3 % of the CPU; 1/16 of the bytes alone, as before, let
+#: 1,200-byte datagrams take a quarter of it.
+DATAGRAM_SHARE = 1 / 32
 
 #: Seconds over which the share is reckoned.
 DATAGRAM_SHARE_PERIOD = 0.05
@@ -174,8 +185,9 @@ DATAGRAM_SHARE_PERIOD = 0.05
 #: idle and datagrams have the connection to themselves.
 DATAGRAM_SHARE_BUSY = 64 * 1024
 
-#: Bytes per period datagrams may always send (1 MiB/s), however little the
-#: share: on a slow link (where the send buffer, not CPU, is the limit) a
+#: What datagrams may always cost per period (1 MiB/s, reckoned as the
+#: share is: about 245 datagrams of 1,200 bytes a second, 320 of 200),
+#: however little the share: on a slow link (where the send buffer, not CPU, is the limit) a
 #: call or a game beside a download keeps its packets, while on a machine
 #: short of CPU the floor costs the streams little.
 DATAGRAM_SHARE_FLOOR = 1024 * 1024 * DATAGRAM_SHARE_PERIOD
@@ -621,7 +633,8 @@ class Flow:
 class DatagramShare:
     """
     What datagrams may send on one connection while its streams are busy:
-    in each ``DATAGRAM_SHARE_PERIOD``, ``DATAGRAM_SHARE`` of the bytes the
+    in each ``DATAGRAM_SHARE_PERIOD``, datagrams charged their bytes plus
+    ``DATAGRAM_OVERHEAD`` each up to ``DATAGRAM_SHARE`` of the bytes the
     streams moved per period since the last reckoning, and at least
     ``DATAGRAM_SHARE_FLOOR`` (when they moved less than
     ``DATAGRAM_SHARE_BUSY`` per period, no limit).  Reckoned when a datagram
@@ -633,7 +646,7 @@ class DatagramShare:
 
     def __init__(self, mux: "MuxProtocol") -> None:
         self.mux = mux
-        self.budget: Optional[float] = None  #: bytes datagrams may still send this period; None: no limit
+        self.budget: Optional[float] = None  #: what datagrams may still cost this period; None: no limit
         self.renew_at = 0.0
         self.since: Optional[float] = None  #: when the share was last reckoned
         self.mark = 0  #: the streams' byte count then
@@ -650,6 +663,7 @@ class DatagramShare:
         budget = self.budget
         if budget is None:
             return True
+        n += DATAGRAM_OVERHEAD
         if budget < n:
             self.spent = True
             return False

@@ -1106,7 +1106,7 @@ def test_a_backed_up_connection_drops_datagrams_instead_of_queueing_them() -> No
 
 
 def test_while_streams_are_busy_datagrams_get_only_their_share_of_the_connection() -> None:
-    from gotaxy.mux import DATAGRAM_SHARE, DATAGRAM_SHARE_FLOOR, DATAGRAM_SHARE_PERIOD
+    from gotaxy.mux import DATAGRAM_OVERHEAD, DATAGRAM_SHARE, DATAGRAM_SHARE_FLOOR, DATAGRAM_SHARE_PERIOD
 
     pair = FlowPair()
     clock = pair.server.reactor = Clock()
@@ -1126,7 +1126,8 @@ def test_while_streams_are_busy_datagrams_get_only_their_share_of_the_connection
     allowed = 0
     while s.send(datagram) and allowed < 10000:
         allowed += 1
-    assert allowed == int(share // len(datagram))  # the rest of this period's datagrams are dropped
+    # Each is charged its bytes and what a datagram costs beyond them; the rest of this period's are dropped.
+    assert allowed == int(share // (len(datagram) + DATAGRAM_OVERHEAD))
     # The share is what refused them: more room comes with the next period (a UDP port may stop reading till then).
     assert pair.server.datagram_share.wait() == pytest.approx(DATAGRAM_SHARE_PERIOD)
     clock.advance(DATAGRAM_SHARE_PERIOD / 2)
@@ -1139,7 +1140,7 @@ def test_while_streams_are_busy_datagrams_get_only_their_share_of_the_connection
 
 
 def test_a_slow_stream_leaves_datagrams_at_least_the_floor() -> None:
-    from gotaxy.mux import DATAGRAM_SHARE_BUSY, DATAGRAM_SHARE_FLOOR, DATAGRAM_SHARE_PERIOD
+    from gotaxy.mux import DATAGRAM_OVERHEAD, DATAGRAM_SHARE_BUSY, DATAGRAM_SHARE_FLOOR, DATAGRAM_SHARE_PERIOD
 
     pair = FlowPair()
     clock = pair.server.reactor = Clock()
@@ -1152,7 +1153,7 @@ def test_a_slow_stream_leaves_datagrams_at_least_the_floor() -> None:
     allowed = 0
     while s.send(b"d" * 1000) and allowed < 10000:
         allowed += 1
-    assert allowed == int(DATAGRAM_SHARE_FLOOR // 1000)
+    assert allowed == int(DATAGRAM_SHARE_FLOOR // (1000 + DATAGRAM_OVERHEAD))
 
 
 def test_close_ends_a_flow_on_both_sides_and_late_datagrams_are_dropped() -> None:
