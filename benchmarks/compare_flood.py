@@ -53,7 +53,7 @@ class Phases:
     alone_cost: float = 0.0
     during_cost: float = 0.0
     offered: float = 0.0  #: datagrams/s the flooder sent
-    passed: float = 0.0  #: datagrams/s of it that reached the udp service
+    passed: float = 0.0  #: datagrams/s of it that reached the udp service while the TCP stream ran
 
     @property
     def kept(self) -> float:
@@ -82,7 +82,8 @@ def measure(tools: Dict[str, str], tcp_port: int, udp_port: int, duration: float
         during, _ = run.iperf3_tcp(tools, tcp_port, duration)
         during_cpu = cpu() - before
     finally:
-        rates = run.flood_passed(flooding, 20)
+        # The server's intervals that the TCP run spans whole (its second 1 to duration + 1).
+        rates = run.flood_passed(flooding, 20, 2, int(duration))
     if not alone or not during:
         return None
     offered, passed = rates or (0.0, 0.0)

@@ -1635,22 +1635,33 @@ def start_flood(tools: Dict[str, str], udp_port: int, flood: float, seconds: flo
     """
     return subprocess.Popen(
         [tools["iperf3"], "-c", LOOPBACK, "-p", str(udp_port), "-u", "-b", f"{flood:g}M", "-l", str(UDP_DATAGRAM),
-         "-t", f"{seconds:g}", "--connect-timeout", "5000", *(["-J"] if report else [])],
+         "-t", f"{seconds:g}", "--connect-timeout", "5000", *(["-J", "--get-server-output"] if report else [])],
         stdout=subprocess.PIPE if report else subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
         start_new_session=True,
     )
 
 
-def flood_passed(flooding: subprocess.Popen, timeout: float) -> Optional[Tuple[float, float]]:
-    """A ``report`` flood's end: (datagrams/s sent, datagrams/s that reached the iperf3 server); None: no report."""
+def flood_passed(flooding: subprocess.Popen, timeout: float, first: int = 0,
+                 last: Optional[int] = None) -> Optional[Tuple[float, float]]:
+    """
+    A ``report`` flood's end: (datagrams/s sent, datagrams/s that reached
+    the iperf3 server), over its seconds ``first`` to ``last`` (the server's
+    one-second intervals); None: no report.
+    """
     import json
 
     try:
         out, _ = flooding.communicate(timeout=timeout)
-        end = json.loads(out)["end"]
-        sent, received = end["sum_sent"], end["sum_received"]
-        arrived = received["packets"] - received.get("lost_packets", 0)
-        return sent["packets"] / max(sent["seconds"], 1e-9), arrived / max(received["seconds"], 1e-9)
+        report = json.loads(out)
+        sent = report["end"]["sum_sent"]
+        # The server's text (it runs without -J): "[  5]   1.00-2.00   sec ... 0.009 ms  120/1041 (12%)".
+        # iperf3 counts a UDP interval's datagrams by sequence number: those that arrived are total - lost.
+        intervals = [(float(a), float(b), int(total) - int(lost)) for a, b, lost, total in re.findall(
+            r"^\[\s*\d+\]\s+([\d.]+)-([\d.]+)\s+sec\s.*?\s(\d+)/(\d+)\s", report["server_output_text"], re.M)]
+        # The intervals, not the summary line (which spans the whole run).
+        intervals = [i for i in intervals if i[1] - i[0] <= 1.5][first:last]
+        seconds = sum(b - a for a, b, _ in intervals)
+        return sent["packets"] / max(sent["seconds"], 1e-9), sum(n for _, _, n in intervals) / max(seconds, 1e-9)
     except (subprocess.TimeoutExpired, ValueError, KeyError, TypeError):
         stop_flood(flooding)
         return None
