@@ -176,7 +176,8 @@ def test_a_request_to_another_node_is_forwarded_to_the_node_of_the_client(
         assert "Traceback" not in node.output()
 
 
-def _through_peer_port(port: int, certificate: Any, host: str, web: int) -> bytes:
+def _through_peer_port(port: int, certificate: Any, host: str, web: int,
+                       first: bytes = b"GOTAXY-FORWARD 1 http http 192.0.2.7 4444\n", extra: bytes = b"") -> bytes:
     """A request written straight to a node-to-node port with ``certificate`` (None: none); what came back."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -187,8 +188,8 @@ def _through_peer_port(port: int, certificate: Any, host: str, web: int) -> byte
     answer = b""
     try:
         with context.wrap_socket(raw) as tls:
-            tls.sendall(b"GOTAXY-FORWARD 1 http http 192.0.2.7 4444\n"
-                        + f"GET / HTTP/1.1\r\nHost: {host}:{web}\r\nConnection: close\r\n\r\n".encode())
+            tls.sendall(first + f"GET / HTTP/1.1\r\nHost: {host}:{web}\r\nConnection: close\r\n".encode()
+                        + extra + b"\r\n")
             while True:
                 piece = tls.recv(65536)
                 if not piece:
@@ -212,6 +213,13 @@ def test_the_node_to_node_port_takes_only_a_certificate_of_the_cluster_ca(
     answer = _through_peer_port(peer, (ports["a"]["cert"], ports["a"]["key"]), host, web)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["headers"]["x-forwarded-for"] == "192.0.2.7"
+    # A link of requests (what nodes of this version send): each request's visitor is its header's.
+    answer = _through_peer_port(peer, (ports["a"]["cert"], ports["a"]["key"]), host, web,
+                                b"GOTAXY-FORWARD 1 requests http\n", b"x-gotaxy-visitor: 192.0.2.9 5555\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    headers = json.loads(answer.partition(b"\r\n\r\n")[2])["headers"]
+    assert (headers["x-forwarded-for"], headers["x-real-ip"]) == ("192.0.2.9", "192.0.2.9")
+    assert "x-gotaxy-visitor" not in headers
     # Without a certificate, and with one another CA issued: not a byte of HTTP.
     assert _through_peer_port(peer, None, host, web) == b""
     stranger = OpenSSLCA(tmp_path / "other-ca", "/CN=Another CA")

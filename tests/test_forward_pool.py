@@ -261,6 +261,12 @@ def test_the_owner_takes_each_requests_visitor_from_its_header_and_never_forward
     connection.dataReceived(get(SHOP)[:-2] + b"x-gotaxy-visitor: 2001:db8::7 6666\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 404 ") and connection.inner.peer_host == "2001:db8::7"
     transport.clear()
+    # The same visitor again, then the first one again: each request is its own visitor's.
+    connection.dataReceived(get(SHOP)[:-2] + b"x-gotaxy-visitor: 2001:db8::7 6666\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 404 ") and connection.inner.peer_host == "2001:db8::7"
+    connection.dataReceived(get(SHOP)[:-2] + b"x-gotaxy-visitor: 198.51.100.4 5555\r\n\r\n")
+    assert connection.inner.peer_host == "198.51.100.4" and connection.inner.transport.getPeer().port == 5555
+    transport.clear()
     # A request that names no visitor (or two) is refused, and the link closed.
     connection.dataReceived(get(WIKI))
     assert transport.value().startswith(b"HTTP/1.1 400 ") and transport.disconnecting
