@@ -30,7 +30,9 @@ Life cycle: a worker that dies is started again (after 1 s, doubling up to
 30 s while it keeps dying within a minute); its clients reconnect and the
 parent hands them to the others meanwhile.  ``SIGTERM`` to the parent stops
 every worker first (``SIGTERM``, then ``SIGKILL`` after 10 s); a worker
-whose parent is gone (its end of the pair closes) stops itself.  Workers
+whose parent is gone (its end of the pair closes) stops itself.  Each
+worker runs in a session of its own, for the scheduler (see ``command``).
+Workers
 log to the parent's standard output, each line naming the worker
 (``worker_log_observer``).
 
@@ -313,7 +315,13 @@ class WorkerPool(Service):
 
     def command(self, index: int) -> List[str]:
         return [
-            sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+            # A session of its own (setsid): the kernel's autogroup scheduling
+            # gives each session an equal share of a busy machine, so workers
+            # in the parent's session would share one share between them (on
+            # this machine: 1.1 CPU s per round for two workers against 1.4 for
+            # two servers).  Ctrl-C reaches the parent alone, which stops them.
+            sys.executable, "-c",
+            "import os, sys; os.setsid(); sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
             "--nodaemon", "--pidfile=", "--logger=gotaxy.server.workers.worker_log_observer",
             "gotaxy-server", *self.arguments, f"--worker={index}",
         ]
