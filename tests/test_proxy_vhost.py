@@ -639,6 +639,8 @@ class Scripted(Protocol):
     """A local service that answers every request (a head without a body) with the next of ``answers``, byte by byte."""
 
     answers: List[bytes] = []
+    #: the request heads it was sent, as they came
+    heads: List[bytes] = []
 
     def connectionMade(self) -> None:
         self.buffer = b""
@@ -646,7 +648,8 @@ class Scripted(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
-            _, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            self.heads.append(head)
             answer = self.answers.pop(0)
             close = answer.startswith(b"CLOSE:")
             answer = answer[len(b"CLOSE:"):] if close else answer
@@ -659,6 +662,7 @@ class Scripted(Protocol):
 def scripted(network: MemoryNetwork, *answers: bytes) -> GotaxyServer:
     server = make_server(network)
     Scripted.answers = list(answers)
+    Scripted.heads = []
     network.listenTCP(9001, Factory.forProtocol(Scripted), interface="127.0.0.1")
     GotaxyClient(network, server.create_token("office"), tunnels=[http("raw", 9001, custom_domains=("raw.example.com",))]).start()
     return server
@@ -731,6 +735,23 @@ def test_request_rules_apply_on_the_fast_way_and_the_connection_is_kept(network:
     assert got["host"] == ["intranet.local"] and got["x-forwarded-host"] == ["wiki.example.com"]
     assert got["x-from-where"] == ["gotaxy"] and "x-secret" not in got and "connection" not in got
     assert second["path"] == "/2" and visitor.lost is None
+
+
+def test_the_fast_way_reads_a_head_as_h11_does(network: MemoryNetwork) -> None:
+    # Names in any case, values with their optional whitespace, the hop's own headers: what the website
+    # gets is what h11 would have read and written; a head h11 would refuse is refused.
+    scripted(network, *[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"] * 2)
+    visitor = visit(network, b"GET /a?b=c HTTP/1.1\r\nHOST:raw.example.com \r\nX-Spaced: \t a  b \t\r\n"
+                             b"Connection: Keep-Alive\r\nKeep-Alive: timeout=5\r\nX-Empty:\r\n\r\n",
+                    get("raw.example.com", "/2"), b"GET /3 HTTP/1.1\r\nHost: raw.example.com\r\nno colon\r\n\r\n")
+    (s1, _, b1), (s2, _, b2), (s3, _, _) = visitor.responses()
+    assert (s1, b1, s2, b2, s3) == (200, b"ok", 200, b"ok", 400)
+    first, second = Scripted.heads
+    lines = first.split(b"\r\n")
+    assert lines[0] == b"GET /a?b=c HTTP/1.1"
+    assert lines[1:4] == [b"host: raw.example.com", b"x-spaced: a  b", b"x-empty: "]
+    assert not [line for line in lines if line.lower().startswith((b"connection", b"keep-alive"))]
+    assert b"x-forwarded-host: raw.example.com" in lines and second.startswith(b"GET /2 HTTP/1.1\r\n")
 
 
 def test_a_request_that_asks_to_close_gets_its_answer_then_the_close(network: MemoryNetwork, wiki: WikiSite) -> None:
