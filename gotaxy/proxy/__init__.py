@@ -6,7 +6,8 @@ Proxy types: what kinds of tunnel there are, each in a module of its own.
 ``Exposure``) and what the server gives it (``ExposeContext``, ``Claims``);
 ``address`` defines ``PublicAddress``, a tunnel's public identity;
 ``fields`` describes a spec's settings for the faces (``SpecField``);
-``registry`` maps names to types.  The built-in types are registered here.
+``registry`` maps names to types, and imports a built-in type's module
+the first time that type is looked up.
 """
 
 from gotaxy.proxy import registry
@@ -19,18 +20,3 @@ __all__ = [
     "AddressError", "Claims", "ExposeContext", "Exposure", "ProxySpec", "ProxyType", "PublicAddress",
     "SpecError", "SpecField", "TunnelRefused", "describe_types", "parse_spec", "register", "registry", "type_of",
 ]
-
-
-def _register_builtin() -> None:
-    from gotaxy.proxy.http import HTTP
-    from gotaxy.proxy.https import HTTPS
-    from gotaxy.proxy.tcp import TCP
-    from gotaxy.proxy.udp import UDP
-
-    register(TCP)
-    register(HTTP)
-    register(UDP)
-    register(HTTPS)
-
-
-_register_builtin()

@@ -2,13 +2,17 @@
 """
 The proxy types this installation knows, by name.
 
-``register`` adds one (``gotaxy.proxy`` registers the built-in ones);
-everything that needs a type looks it up here, so a new type is one module
-plus one ``register`` call.
+``register`` adds one; everything that needs a type looks it up here, so a
+new type is one module plus one ``register`` call (or one line of
+``_BUILT_IN``).  The built-in types are known by name from the start and
+imported the first time one is looked up: a client imports the modules of
+the types it has tunnels of, not the others (issue 15, goal 3); the
+server's faces list them all (``types``), which imports every one.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Dict, Iterator, Mapping, Optional
 
 from gotaxy.proxy.base import ProxySpec, ProxyType, SpecError
@@ -17,7 +21,24 @@ from gotaxy.proxy.base import ProxySpec, ProxyType, SpecError
 class UnknownType(SpecError):
     """The spec names a type this installation does not have (a newer peer's, say)."""
 
-_TYPES: Dict[str, ProxyType] = {}
+#: The built-in types, in the faces' order: name -> "module:attribute".
+_BUILT_IN = {
+    "tcp": "gotaxy.proxy.tcp:TCP",
+    "http": "gotaxy.proxy.http:HTTP",
+    "udp": "gotaxy.proxy.udp:UDP",
+    "https": "gotaxy.proxy.https:HTTPS",
+}
+
+#: Every known type by name; None for a built-in one not imported yet.
+_TYPES: Dict[str, Optional[ProxyType]] = dict.fromkeys(_BUILT_IN)
+
+
+def _load(name: str) -> Optional[ProxyType]:
+    proxy_type = _TYPES.get(name)
+    if proxy_type is None and name in _TYPES:
+        module, attribute = _BUILT_IN[name].split(":")
+        proxy_type = _TYPES[name] = getattr(importlib.import_module(module), attribute)
+    return proxy_type
 
 
 def register(proxy_type: ProxyType) -> ProxyType:
@@ -32,7 +53,7 @@ def unregister(name: str) -> None:
 
 
 def get(name: str) -> Optional[ProxyType]:
-    return _TYPES.get(name)
+    return _load(name)
 
 
 def names() -> tuple:
@@ -40,7 +61,7 @@ def names() -> tuple:
 
 
 def types() -> Iterator[ProxyType]:
-    return iter(list(_TYPES.values()))
+    return iter([proxy_type for proxy_type in map(_load, list(_TYPES)) if proxy_type is not None])
 
 
 def describe_types() -> list:
@@ -53,7 +74,7 @@ def parse_spec(keys: Mapping[str, Any]) -> ProxySpec:
     if not isinstance(keys, Mapping):
         raise SpecError("a tunnel's settings must be an object of frp keys")
     kind = keys.get("type", "tcp")
-    proxy_type = _TYPES.get(kind) if isinstance(kind, str) else None
+    proxy_type = _load(kind) if isinstance(kind, str) else None
     if proxy_type is None:
         known = ", ".join(f"'{n}'" for n in _TYPES)
         raise UnknownType(f"tunnel type {str(kind)[:32]!r} is not supported by this version of Gotaxy (only {known})",
@@ -62,7 +83,7 @@ def parse_spec(keys: Mapping[str, Any]) -> ProxySpec:
 
 
 def type_of(spec: ProxySpec) -> ProxyType:
-    proxy_type = _TYPES.get(spec.type)
+    proxy_type = _load(spec.type)
     if proxy_type is None:
         raise SpecError(f"tunnel type {spec.type!r} is not registered")
     return proxy_type
