@@ -174,3 +174,50 @@ def test_a_claim_inside_a_transaction_is_a_bug(store: Store) -> None:
     with pytest.raises(RuntimeError, match="its own transaction"):
         with store.db:
             store.claim_port("alice", "ssh", 6000)
+
+
+# -- cluster.portScope = "node": each node its own public address ---------------------
+
+
+def test_with_ports_per_node_one_port_number_is_a_tunnel_on_each_node(store_dir: Path) -> None:
+    a, b = Store(default_url(str(store_dir))), Store(default_url(str(store_dir)))
+    try:
+        a.port_scope, b.port_scope = "a", "b"
+        _up(a, "laptop", "ssh", "127.0.0.1:22", 16000)
+        _up(b, "desktop", "web", "127.0.0.1:80", 16000)  # the same number on node b's address
+        assert a.held_ports("tcp") == b.held_ports("tcp") == {16000}
+        assert a.port_owner(16000) == ("laptop", "ssh") and b.port_owner(16000) == ("desktop", "web")
+        with pytest.raises(Claimed) as refused:
+            a.claim_port("phone", "cam", 16000)
+        assert str(refused.value) == (
+            "port 16000 of node 'a' is reserved by tunnel 'ssh' of client 'laptop'; choose another remotePort, "
+            "or 0 to get a free one"
+        )
+        # laptop's client fails over to node b, where 16000 is desktop's: refused there, kept on a.
+        with pytest.raises(Claimed):
+            _up(b, "laptop", "ssh", "127.0.0.1:22", 16000)
+        assert a.port_owner(16000) == ("laptop", "ssh")
+        # ... and to a third node, where it is free: claimed there, a's given back.
+        c = Store(default_url(str(store_dir)))
+        try:
+            c.port_scope = "c"
+            _up(c, "laptop", "ssh", "127.0.0.1:22", 16000)
+            assert c.port_owner(16000) == ("laptop", "ssh") and a.port_owner(16000) is None
+        finally:
+            c.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_with_ports_per_cluster_one_port_number_is_one_tunnel(store_dir: Path) -> None:
+    a, b = Store(default_url(str(store_dir))), Store(default_url(str(store_dir)))
+    try:
+        _up(a, "laptop", "ssh", "127.0.0.1:22", 16000)
+        with pytest.raises(Claimed) as refused:
+            _up(b, "desktop", "web", "127.0.0.1:80", 16000)
+        assert "port 16000 is reserved by tunnel 'ssh' of client 'laptop'" in str(refused.value)
+        assert b.held_ports("tcp") == {16000}
+    finally:
+        a.close()
+        b.close()

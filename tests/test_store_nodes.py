@@ -463,3 +463,71 @@ def test_the_clients_of_a_node_whose_lease_ran_out_are_disconnected_once(open_st
         "alice": "its connection to server node-a ended; it logged in again on server node-b",
         "carol": "server node-a stopped renewing its lease (killed, or its machine gone)",
     }
+
+
+class _Banner:
+    """A TCP service on loopback that greets every connection with its name (which tunnel answered)."""
+
+    def __init__(self, name: bytes) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.name = name
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(self.name)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_with_ports_per_node_two_nodes_give_one_port_number_to_two_tunnels(procs, store_url: str, tmp_path) -> None:
+    # cluster.portScope = "node": node a's tunnels on 127.0.0.1, node b's on ::1 (each node its own public
+    # address); one port number, two clients, two tunnels, each reached at its own node's address.
+    import socket
+
+    port = free_port()
+    first, second = _Banner(b"first"), _Banner(b"second")
+    try:
+        configs = {}
+        for name, host in (("a", "127.0.0.1"), ("b", "::1")):
+            configs[name] = tmp_path / f"{name}.toml"
+            configs[name].write_text(f'proxyBindAddr = "{host}"\n[cluster]\nportScope = "node"\n')
+        a = procs.server("--config", str(configs["a"]), "--database-url", store_url, name="a", data_dir="a-data")
+        (a.data_dir.parent / "b-data").mkdir(mode=0o700)
+        shutil.copy(a.data_dir / "notify.key", a.data_dir.parent / "b-data" / "notify.key")
+        shutil.copytree(a.data_dir / "tls", a.data_dir.parent / "b-data" / "tls")  # one identity: a's token works on b
+        b = procs.server("--config", str(configs["b"]), "--database-url", store_url, name="b", data_dir="b-data")
+        alpha = procs.client(a, f"banner=tcp:127.0.0.1:{first.port}:{port}", token=a.token, name="alpha")
+        store = Store(store_url)
+        try:
+            _, beta_token = store.create_token("beta")  # another client than alpha (the default token's)
+        finally:
+            store.close()
+        beta = procs.client(b, f"banner=tcp:127.0.0.1:{second.port}:{port}", token=beta_token, name="beta")
+        alpha.wait_for(rf"tunnel banner up at 127\.0\.0\.1:{port}\b", 40)
+        beta.wait_for(rf"tunnel banner up at \S+:{port}\b", 40)  # the client is told the host it dialled
+        for family, host, expected in ((socket.AF_INET, "127.0.0.1", b"first"), (socket.AF_INET6, "::1", b"second")):
+            with socket.socket(family) as visitor:
+                visitor.settimeout(20)
+                visitor.connect((host, port))
+                received = b""
+                while len(received) < len(expected):
+                    piece = visitor.recv(64)
+                    if not piece:
+                        break
+                    received += piece
+            assert received == expected, (host, received)
+    finally:
+        first.close()
+        second.close()

@@ -47,6 +47,7 @@ from gotaxy.config.values import (
     RETENTION_DAYS,
     SECONDS,
     LEASE_SECONDS,
+    PORT_SCOPE,
     SERVICE_PORT,
     SMTP_TLS,
     TEXT,
@@ -357,6 +358,9 @@ class ClusterSettings:
     #: Seconds this node's lease in the store lasts; renewed every third of it.  A node that stops
     #: renewing (killed, cut off) has its clients marked offline by another node once it runs out.
     lease_seconds: float = _setting(LEASE, LEASE_SECONDS, "cluster.leaseSeconds")
+    #: Where a public TCP or UDP port is one claim: across the cluster ("cluster": the nodes share one public
+    #: address, DNS or a load balancer in front) or on each node ("node": each node its own public address).
+    port_scope: str = _setting("cluster", PORT_SCOPE, "cluster.portScope")
 
     def __attrs_post_init__(self) -> None:
         if self.bind_port and self.advertise_addr is None and self.bind_addr in ("0.0.0.0", "::"):
@@ -453,6 +457,12 @@ class ServerConfig(_Heartbeats):
                 f"'workers' is {self.workers} but vhostHTTPPort or vhostHTTPSPort is set: in this version websites "
                 "are served by the first worker alone, and a client with a website held by another worker would "
                 "be refused; set workers = 1, or serve the websites from a server of their own"
+            )
+        if self.workers > 1 and self.cluster.port_scope == "node":
+            raise ConfigError(
+                f"'workers' is {self.workers} but 'cluster.portScope' is \"node\": the workers share this machine's "
+                "addresses, so a port must be one claim across them; set cluster.portScope = \"cluster\" "
+                "(or workers = 1)"
             )
         if self.database_url is not None and self.store is not None and self.database_url != self.store:
             raise ConfigError(

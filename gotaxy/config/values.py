@@ -456,6 +456,8 @@ SECONDS = _Form("a number of seconds greater than 0", _seconds)
 #: A node's lease in the store (``cluster.leaseSeconds``): renewed every third of it, so at least
 #: a second between renewals, and at most an hour before a dead node's clients are marked offline.
 LEASE_SECONDS = _Form("a number of seconds from 3 to 3600", _seconds_between(3.0, 3600.0))
+PORT_SCOPE = _Form('"cluster" (the nodes share one public address) or "node" (each node has its own)',
+                   _one_of("cluster", "node"))
 HEARTBEAT = _Form(
     "a number of seconds greater than 0 (Gotaxy requires heartbeats and cannot turn them off)",
     _seconds,

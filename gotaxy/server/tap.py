@@ -566,6 +566,8 @@ def _assemble(
     released = sync_store.join_node(node, lease, "server restarted", host=socket.gethostname(), pid=os.getpid(),
                                     advertise=config.cluster.advertised())
     log.info("store node {node}; lease {lease:g} s", node=node, lease=lease)
+    if config.cluster.port_scope == "node":
+        sync_store.port_scope = node  # ports claimed on this node's own public address
     for other in released:
         log.info("node {node} stopped renewing its lease: its clients are marked offline", node=other)
 

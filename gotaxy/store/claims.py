@@ -35,8 +35,10 @@ kind       key                      held by
 tcp-port   "16000"                  a tunnel: its public TCP port, kept for it
                                     across reconnects and restarts until it is
                                     removed or given another port
-udp-port   "16000"                  a tunnel (UDP tunnels, to come)
-domain     "wiki.example.com"       a tunnel (HTTP/HTTPS virtual hosts, to come)
+udp-port   "16000"                  a tunnel: its public UDP port
+tcp-port,  "a/16000"                the same, on node a's own public address
+udp-port                            (``cluster.portScope = "node"``)
+domain     "wiki.example.com"       a tunnel: an HTTP/HTTPS virtual host
 tunnel     "laptop/ssh"             the tunnel itself: one name per client
 token      "laptop"                 the client token of that name until revoked
 api_token  "backup-script"          the panel's API token of that name
@@ -136,10 +138,11 @@ class Claimed(Exception):
 
 def _refusal(kind: str, key: str, owner: Owner) -> str:
     held = owner.describe()
-    if kind == PORT:
-        return f"port {key} is reserved by {held}; choose another remotePort, or 0 to get a free one"
-    if kind == UDP_PORT:
-        return f"UDP port {key} is reserved by {held}; choose another remotePort, or 0 to get a free one"
+    if kind in (PORT, UDP_PORT):
+        # "a/16000": a port of node a's own public address (cluster.portScope = "node").
+        node, _, port = key.rpartition("/")
+        what = ("port " if kind == PORT else "UDP port ") + port + (f" of node {node!r}" if node else "")
+        return f"{what} is reserved by {held}; choose another remotePort, or 0 to get a free one"
     if kind == DOMAIN:
         return f"domain {key} is held by {held}; choose another domain, or remove that tunnel first"
     if kind == TUNNEL:

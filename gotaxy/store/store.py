@@ -277,6 +277,10 @@ class Store:
         self.node = node
         #: this node's node-to-node address (``join_node``; gotaxy.server.forward), kept in its lease row
         self.advertise = ""
+        #: ``cluster.portScope = "node"``: this node's id, which scopes TCP and UDP port claims (each node
+        #: has its own public address, so port 6000 here and on another node are two tunnels' ports);
+        #: None: a port is one claim across every node of the database.
+        self.port_scope: Optional[str] = None
         #: While True (``ThreadedStore`` sets it), recorded events are kept
         #: for ``take_recorded``, so that the server publishes each one.
         self.collect_recorded = False
@@ -718,9 +722,16 @@ class Store:
 
     # -- tunnels and their ports ---------------------------------------------
 
+    def claim_keys(self, address: PublicAddress) -> Tuple[Tuple[str, str], ...]:
+        """``address.claim_keys``, a port's key prefixed with this node's id under ``port_scope``."""
+        keys = address.claim_keys
+        if self.port_scope is None or not address.by_port:
+            return keys
+        return tuple((kind, f"{self.port_scope}/{key}") for kind, key in keys)
+
     def address_owner(self, address: PublicAddress) -> Optional[Tuple[str, str]]:
         """The (client, tunnel) that holds ``address``'s claim, if any."""
-        for kind, key in address.claim_keys:
+        for kind, key in self.claim_keys(address):
             owner = self.claim_holder(kind, key)
             if owner is not None:
                 return (owner.client or "", owner.name)
@@ -731,8 +742,12 @@ class Store:
         return self.address_owner(PublicAddress.tcp(port))
 
     def held_ports(self, scheme: str) -> Set[int]:
-        """The ports of ``scheme`` (``tcp``, ``udp``) that tunnels hold a claim on."""
-        return {int(key) for key in self.claimed_keys(f"{scheme}-port")}
+        """The ports of ``scheme`` (``tcp``, ``udp``) that tunnels hold a claim on (on this node, under ``port_scope``)."""
+        keys = self.claimed_keys(f"{scheme}-port")
+        if self.port_scope is None:
+            return {int(key) for key in keys if key.isdigit()}
+        prefix = f"{self.port_scope}/"
+        return {int(key[len(prefix):]) for key in keys if key.startswith(prefix) and key[len(prefix):].isdigit()}
 
     def reserved_ports(self) -> Set[int]:
         """The TCP ports that tunnels hold a claim on."""
@@ -758,7 +773,7 @@ class Store:
         owner = Owner.tunnel(client, name)
         fresh = []
         try:
-            for kind, key in address.claim_keys:
+            for kind, key in self.claim_keys(address):
                 if self.claim(kind, key, owner):
                     fresh.append((kind, key))
         except Claimed:
@@ -769,12 +784,12 @@ class Store:
 
     def release_address(self, client: str, name: str, address: PublicAddress) -> bool:
         owner = Owner.tunnel(client, name)
-        released = [self.release(kind, key, owner) for kind, key in address.claim_keys]
+        released = [self.release(kind, key, owner) for kind, key in self.claim_keys(address)]
         return any(released)
 
     def _keep_only_address(self, client: str, name: str, address: Optional[PublicAddress]) -> None:
         """Give back the tunnel's claims on public addresses other than ``address``."""
-        keep = set(address.claim_keys) if address is not None else set()
+        keep = set(self.claim_keys(address)) if address is not None else set()
         claims.release_owner(self.db, Owner.tunnel(client, name), claims.ADDRESS_KINDS, keep=keep)
 
     def _claim_tunnel_name(self, client: str, name: str) -> bool:
