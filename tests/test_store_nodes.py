@@ -381,6 +381,18 @@ def test_cluster_lease_seconds_defaults_to_the_lease_and_is_bounded_with_a_sente
         assert "cluster.leaseSeconds" in str(caught.value) and "from 3 to 3600" in str(caught.value), caught.value
 
 
+def test_cluster_port_scope_is_cluster_or_node_and_node_is_refused_with_workers() -> None:
+    from gotaxy.config import ConfigError, parse_server_config
+
+    assert parse_server_config({}).config.cluster.port_scope == "cluster"
+    assert parse_server_config({"cluster": {"portScope": "node"}}).config.cluster.port_scope == "node"
+    with pytest.raises(ConfigError) as caught:
+        parse_server_config({"cluster": {"portScope": "machine"}})
+    assert "cluster.portScope" in str(caught.value) and '"cluster"' in str(caught.value), caught.value
+    with pytest.raises(ConfigError, match=r'set cluster.portScope = "cluster"'):
+        parse_server_config({"workers": 2, "cluster": {"portScope": "node"}})
+
+
 def test_a_killed_node_with_a_short_configured_lease_has_its_client_marked_offline_by_the_other_soon(
     procs, echo, store_url: str, tmp_path
 ) -> None:
