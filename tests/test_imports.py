@@ -146,3 +146,31 @@ def test_only_a_first_start_hashes_a_password(tmp_path: Path) -> None:
     imported(first, tmp_path, [])
     again = "HASHING_FAILS = True\n" + textwrap.dedent(SERVER)
     assert imported(again, tmp_path, ["gotaxy.store"]) == ["gotaxy.store"]
+
+
+#: What dataset imports for a method Gotaxy never calls (``Database.op``): alembic, and mako and pygments through it.
+ALEMBIC = ["alembic", "alembic.migration", "alembic.operations", "mako", "pygments"]
+
+
+def test_a_server_imports_alembic_only_to_add_a_column(tmp_path: Path) -> None:
+    """A first start (every table created) and a restart build the server without alembic (gotaxy.store.dataset_import)."""
+    first = "HASHING_FAILS = False\n" + textwrap.dedent(SERVER)
+    assert imported(first, tmp_path, ALEMBIC + ["dataset"]) == ["dataset"]
+    assert imported(first, tmp_path, ALEMBIC + ["dataset"]) == ["dataset"]
+
+
+def test_dataset_still_reaches_alembic_when_used(tmp_path: Path) -> None:
+    """The stand-ins are gone once dataset is imported: alembic is itself, and dataset's ``op`` imports it when used."""
+    code = """
+        import sys
+        import gotaxy.store
+        import dataset
+        assert "alembic" not in sys.modules
+        db = dataset.connect("sqlite:///x.db")
+        db["things"].insert({"name": "a"})
+        db["things"].create_column("size", db.types.integer)  # Database.op: alembic
+        assert "size" in db["things"].columns
+        import alembic.migration, alembic.operations
+        assert alembic.migration.__file__ and alembic.operations.Operations.__module__.startswith("alembic")
+    """
+    assert imported(code, tmp_path, ["alembic"]) == ["alembic"]

@@ -50,7 +50,11 @@ Every store test that takes the ``store_url`` fixture runs on SQLite and on
 a PostgreSQL the test run starts itself (tests/postgres.py).
 """
 
-from gotaxy.store.store import (
+from gotaxy.store.dataset_import import import_dataset
+
+import_dataset()  # before any module of the store imports dataset: see dataset_import
+
+from gotaxy.store.store import (  # noqa: E402
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
     CLIENT_KICKED,

@@ -40,8 +40,6 @@ import time
 from typing import Any, Callable, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import attrs
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
 from dataset.util import index_name
 from sqlalchemy import Column, Float, Index, Integer, MetaData, Table, UniqueConstraint, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
@@ -93,7 +91,6 @@ def ensure(*names: str) -> Callable[[Connection], None]:
     """A migration step: the tables ``names`` of ``schema.TABLES``, with all their columns and indexes."""
 
     def apply(connection: Connection) -> None:
-        ops = Operations(MigrationContext.configure(connection))
         for name in names:
             table = table_of(name)
             inspector = inspect(connection)
@@ -103,7 +100,7 @@ def ensure(*names: str) -> Callable[[Connection], None]:
             present = {c["name"] for c in inspector.get_columns(name)}
             for column in table.columns:
                 if column.name not in present:
-                    ops.add_column(name, Column(column.name, column.type))
+                    _add_column(connection, name, Column(column.name, column.type))
             indexed = {tuple(i["column_names"]) for i in inspector.get_indexes(name)}
             indexed |= {tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)}
             for index in table.indexes:
@@ -111,6 +108,14 @@ def ensure(*names: str) -> Callable[[Connection], None]:
                     index.create(connection)
 
     return apply
+
+
+def _add_column(connection: Connection, table: str, column: Column) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` through alembic, imported here: a start with nothing to add needs none of it."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    Operations(MigrationContext.configure(connection)).add_column(table, column)
 
 
 #: The tables of Gotaxy 0.1.0, the release before schema versions.
