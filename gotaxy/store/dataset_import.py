@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_imports -*-
 """
-``dataset`` without alembic until alembic is used.
+``dataset`` without alembic, or SQLAlchemy's PostgreSQL dialect on SQLite,
+until they are used.
 
 dataset imports alembic when it is imported, for one property,
 ``Database.op`` (what its ``create_column`` and ``create_table`` use).
@@ -8,14 +9,18 @@ Gotaxy never calls it: the schema is ``gotaxy.store.schema``'s and
 ``gotaxy.store.migrations`` changes it.  alembic, with mako and pygments
 that it imports in turn and SQLAlchemy's dialects for every database it can
 migrate, was 30 % of a server's CPU before its control port listened (py-spy,
-issue 15 goal 4) and 11 MiB of its heap (tracemalloc, goal 3).
+issue 15 goal 4) and 11 MiB of its heap (tracemalloc, goal 3).  It also
+imports SQLAlchemy's PostgreSQL dialect for the name ``JSONB`` (its type for
+a JSON column it creates itself, on PostgreSQL): 0.15 s and 2.8 MiB more on
+SQLite, where nothing else needs the dialect (on PostgreSQL SQLAlchemy
+imports it for the engine, after this).
 
 So ``import_dataset`` imports dataset while ``sys.modules`` holds stand-ins
-for the two alembic modules it takes names from; each name is a
-``_WhenUsed`` that imports the real one at its first use.  The stand-ins are
+for the modules it takes those names from; each name is a ``_WhenUsed``
+that imports the real one at its first use.  The stand-ins are
 removed at once, so that ``import alembic`` (a migration that adds a column)
-gets alembic itself.  Should a dataset release take other names from
-alembic, the stand-ins fail its import and dataset is imported as it is,
+and SQLAlchemy's engine for a PostgreSQL URL get the modules themselves.
+Should a dataset release take other names from them, the stand-ins fail its import and dataset is imported as it is,
 with alembic: slower, never broken.
 
 Every module of Gotaxy that uses dataset goes through ``gotaxy.store``,
@@ -29,8 +34,12 @@ import sys
 import types
 from typing import Any, Dict
 
-#: alembic's modules dataset imports, and the names it takes from each.
-_TAKEN = {"alembic.migration": ("MigrationContext",), "alembic.operations": ("Operations",)}
+#: The modules dataset imports but Gotaxy need not, and the names it takes from each.
+_TAKEN = {
+    "alembic.migration": ("MigrationContext",),
+    "alembic.operations": ("Operations",),
+    "sqlalchemy.dialects.postgresql": ("JSONB",),
+}
 
 
 class _WhenUsed:
@@ -51,8 +60,8 @@ class _WhenUsed:
 
 
 def import_dataset() -> types.ModuleType:
-    """The ``dataset`` module, imported without alembic if it was not imported yet."""
-    if "dataset" in sys.modules or "alembic" in sys.modules:
+    """The ``dataset`` module, imported without the modules of ``_TAKEN`` if neither it nor they were yet."""
+    if "dataset" in sys.modules or any(module in sys.modules for module in _TAKEN):
         import dataset
 
         return dataset
