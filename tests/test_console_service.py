@@ -164,6 +164,9 @@ class ServiceTests(unittest.TestCase):
         live = await LiveSystem.start(self, server_args=["--console-port", str(port)])
         await wait_until(lambda: live.server.console.port is not None)
         self.assertEqual(live.server.console.port.getHost().host, "127.0.0.1")
+        # The SSH server (and its host key) is made at the first connection (gotaxy.console.listener).
+        self.assertFalse(live.server.console.factory.wrapped.made)
+        self.assertFalse(os.path.exists(os.path.join(live.data_dir, HOST_KEY_FILE)))
         banner = _Banner()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), banner)
         self.assertTrue((await banner.received).startswith(b"SSH-2.0-"))
@@ -232,6 +235,43 @@ class UserAuthTests(unittest.TestCase):
 
 
 class ConnectionLimitTests(unittest.TestCase):
+    def test_the_ssh_server_made_at_the_first_connection_keeps_the_hooks_set_before(self):
+        """ConsoleSSHFactory (what the listener holds): nothing to cut before it is made; then the made one does it all."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from gotaxy.console.listener import ConsoleSSHFactory
+        from gotaxy.console.service import MAX_UNAUTHENTICATED_PER_ADDRESS, ConsoleFactory
+
+        directory, clock = _tempdir(self), Clock()
+        made = []
+
+        def build() -> ConsoleFactory:
+            key = load_or_create_host_key(os.path.join(directory, HOST_KEY_FILE))
+            made.append(ConsoleFactory(Portal(ConsoleRealm(None, clock, False)), key, clock))
+            return made[-1]
+
+        lazy = ConsoleSSHFactory(build)
+        floods: list = []
+        lazy.on_refused = floods.append  # as the server sets it, before any connection
+        lazy.doStart()
+        self.assertEqual(lazy.cut("127.0.0.0/8", lambda address: True), 0)
+        self.assertEqual(made, [])
+        here = IPv4Address("TCP", "127.0.0.1", 50000)
+        first = lazy.buildProtocol(here)
+        first.makeConnection(StringTransport())
+        self.assertTrue(first.transport.value().startswith(b"SSH-2.0-"))
+        self.assertEqual(len(made), 1)
+        for _ in range(MAX_UNAUTHENTICATED_PER_ADDRESS - 1):
+            self.assertIsNotNone(lazy.buildProtocol(here))
+        self.assertIsNone(lazy.buildProtocol(here))  # one too many logging in from there: a flood
+        self.assertEqual(floods, ["127.0.0.1"])
+        self.assertEqual(len(made), 1)  # made once
+        self.assertEqual(lazy.cut("127.0.0.1", lambda address: address == "127.0.0.1"), 1)  # the connected one
+        self.assertTrue(first.transport.disconnecting)
+        lazy.doStop()
+
     def test_at_most_max_connections_at_once(self):
         from twisted.internet.address import IPv4Address
         from twisted.internet.testing import StringTransport

@@ -33,8 +33,9 @@ NOT_IN_A_CLIENT = ["klein", "werkzeug", "twisted.web", "sqlalchemy", "dataset", 
                    "gotaxy.config.server", "gotaxy.events", "gotaxy.tls.credentials", "gotaxy.tls.cluster",
                    "gotaxy.proxy.httpsfront", "gotaxy.proxy.vhost"]
 
-#: What a server with the defaults (panel and console on, no ACME, no webhooks) imports only when used.
-NOT_IN_A_DEFAULT_SERVER = ["acme", "josepy", "treq", "gotaxy.cli"]
+#: What a server with the defaults (panel and console on, no ACME, no webhooks) imports only when used: the
+#: console's SSH server (Conch) at its first connection (gotaxy.console.listener).
+NOT_IN_A_DEFAULT_SERVER = ["acme", "josepy", "treq", "gotaxy.cli", "twisted.conch", "gotaxy.console.service"]
 
 
 def imported(code: str, tmp_path: Path, names: Sequence[str], env: Dict[str, str] = {}) -> List[str]:

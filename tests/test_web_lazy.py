@@ -1,8 +1,8 @@
 """
-The panel is made after the server starts listening (``gotaxy.web.service``,
-``PanelSite``): importing the server imports no Klein, and the panel is made
-``PANEL_WARM_UP`` seconds after the start, or at its first connection if
-that comes sooner; either way it serves as before.
+The panel is made at its first connection (``gotaxy.web.service``,
+``PanelSite``): importing the server imports no Klein, an idle server never
+makes it, and once made it serves as before (tests/test_e2e_startup.py
+asks a real server's panel its first request).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, List
 
 from twisted.internet.task import Clock
 
-from gotaxy.web.service import PANEL_WARM_UP, PanelSite, WebService
+from gotaxy.web.service import PanelSite, WebService
 from gotaxy.listeners import ListenAt
 from tests.e2e import ROOT
 
@@ -63,27 +63,16 @@ def test_the_panel_is_made_at_its_first_connection_and_started_with_its_port():
     assert len(made) == 1 and made[0].events[-1] == "stop"
 
 
-def test_the_panel_is_made_a_moment_after_the_start_if_no_one_asked_before():
+def test_an_idle_panel_is_never_made_and_leaves_nothing_scheduled():
     clock = Clock()
     site, made = _lazy()
     service = WebService(clock, ListenAt("tcp:0:interface=127.0.0.1", False, "127.0.0.1:0"), site, site, False)
     service.port = object()  # listening already (privilegedStartService), so startService binds nothing
     service.startService()
-    clock.advance(PANEL_WARM_UP - 0.1)
+    assert clock.getDelayedCalls() == []
+    clock.advance(3600)
     assert made == []
-    clock.advance(0.1)
-    assert len(made) == 1 and service.panel == "panel"
+    assert service.panel == "panel" and len(made) == 1  # the server asking for it (a ban's hook) makes it
     service.port = None
     service.stopService()
     assert clock.getDelayedCalls() == []
-
-
-def test_a_server_stopped_before_the_warm_up_leaves_nothing_scheduled():
-    clock = Clock()
-    site, made = _lazy()
-    service = WebService(clock, ListenAt("tcp:0:interface=127.0.0.1", False, "127.0.0.1:0"), site, site, False)
-    service.port = object()
-    service.startService()
-    service.port = None
-    service.stopService()
-    assert clock.getDelayedCalls() == [] and made == []

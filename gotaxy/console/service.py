@@ -40,7 +40,6 @@ import os
 import struct
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
-import attrs
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch import avatar as conch_avatar
 from twisted.conch import interfaces as iconch
@@ -61,7 +60,7 @@ from gotaxy import __version__
 from gotaxy.console.commands import Commands
 from gotaxy.console.session import ConsoleSession
 from gotaxy.events import CONSOLE_PYTHON_USED
-from gotaxy.listeners import CONSOLE, Listener, listen_at
+from gotaxy.console.listener import ConsoleAccess, ConsoleService, make_console_service
 from gotaxy.logs import gotaxy_observer
 from gotaxy.server.operators import AuthFailed, LockedOut, OperatorAuth
 
@@ -144,20 +143,6 @@ class Conversation:
 
 class TryLater(UnauthorizedLogin):
     """Refused without checking the password (locked out, or a log-in storm); told to the client."""
-
-
-@attrs.frozen
-class ConsoleAccess:
-    """What the console needs of the server, and no more."""
-
-    #: What operators may see and do (the same as the panel).
-    management: "Management"
-    #: Operators' passwords and lock-outs (shared with the panel).
-    operators: OperatorAuth
-    #: The second factor (TOTP): the panel's own, so wrong codes count together.
-    second_factor: "PanelAuth"
-    #: The ``python`` prompt's objects (for the admin, with console.python on).
-    namespace: Callable[[], Dict[str, Any]]
 
 
 async def _password(access: ConsoleAccess, username: bytes, password: bytes, address: str) -> None:
@@ -659,40 +644,23 @@ class ConsoleFactory(factory.SSHFactory):
             self._done_waiting(transport_)
 
 
-class ConsoleService(Listener):
+def make_console_factory(data_dir: str, access: ConsoleAccess, reactor: Any, python: bool,
+                         idle_timeout: float) -> ConsoleFactory:
     """
-    Listens for console connections.  Like the other listeners, a port it
-    cannot bind stops the server's start (``gotaxy.listeners``).
+    The console's SSH server for the data directory ``data_dir`` (its host key, made if missing, and its
+    authorized keys); ``gotaxy.console.listener`` makes it at the console's first connection.
     """
-
-    def __init__(self, reactor: Any, at: Any, factory_: ConsoleFactory) -> None:
-        super().__init__(reactor, at, factory_, CONSOLE, on_listening=self._listening)
-
-    def _listening(self, port: Any) -> None:
-        log.info("SSH operator console listening on {where}", where=self.bound())
-
-
-def make_console_service(config: Any, data_dir: str, access: ConsoleAccess, reactor: Any) -> Optional[ConsoleService]:
-    """
-    The console service for ``config`` on ``console.addr:port`` or the
-    endpoint string ``console.endpoint``, or None when ``console.port`` is 0
-    and no endpoint is set.
-    """
-    at = listen_at(CONSOLE, config.console.endpoint, config.console.addr, config.console.port)
-    if at is None:
-        return None
     host_key = load_or_create_host_key(os.path.join(data_dir, HOST_KEY_FILE))
-    realm = ConsoleRealm(access, reactor, bool(config.console.python))
+    realm = ConsoleRealm(access, reactor, python)
     portal = Portal(realm, [
         OperatorPasswordChecker(access, reactor),
         OperatorConversationChecker(access, reactor),
         AuthorizedKeysChecker(AuthorizedKeysFile(os.path.join(data_dir, AUTHORIZED_KEYS_FILE)), reactor),
     ])
-    console_factory = ConsoleFactory(portal, host_key, reactor, idle_timeout=config.console.idle_timeout)
-    return ConsoleService(reactor, at, console_factory)
+    return ConsoleFactory(portal, host_key, reactor, idle_timeout=idle_timeout)
 
 
 __all__: List[str] = [
-    "ConsoleAccess", "ConsoleService", "make_console_service", "load_or_create_host_key",
+    "ConsoleAccess", "ConsoleService", "make_console_service", "make_console_factory", "load_or_create_host_key",
     "AuthorizedKeysFile", "AuthorizedKeysChecker", "OperatorPasswordChecker", "ConsoleRealm",
 ]

@@ -11,8 +11,11 @@ start), but the panel behind it is made later (``PanelSite``): importing
 Klein, werkzeug and the panel's routes was about a third of a server's
 start-up before its control port listened (py-spy, docs/operations.md,
 "Restarts and upgrades"), and clients reconnecting after a restart need
-none of it.  It is made ``PANEL_WARM_UP`` seconds after the start, or at
-the panel's first connection if that comes sooner.
+none of it.  It is made at the panel's first connection (or when the server
+needs it: a ban ends the panel sessions from that address), not before:
+it was made 2 s after the start, but an idle server that nobody opens the
+panel of then held 5 MiB for it (issue 15 goal 3); the first request waits
+for it once (docs/benchmarks.md, "Issue 15, goals 3 and 4").
 """
 
 from __future__ import annotations
@@ -38,9 +41,6 @@ from gotaxy.web.auth import PanelAuth
 
 if TYPE_CHECKING:
     from gotaxy.web.app import Panel
-
-#: Seconds after the start at which the panel is made, if no one asked for it before.
-PANEL_WARM_UP = 2.0
 
 
 class BoundedRequest(Request):
@@ -152,8 +152,8 @@ def make_site(panel: "Panel", extra_resources: Mapping[bytes, IResource] = {}) -
 class PanelSite(ServerFactory):
     """
     The panel's ``Site``, made by ``build`` when first needed (module
-    docstring: why): at a connection's ``buildProtocol``, or when
-    ``WebService`` asks for it ``PANEL_WARM_UP`` seconds after the start.
+    docstring: why): at a connection's ``buildProtocol``, or when the
+    server asks for the panel (``WebService.panel``, ``mount``).
     """
 
     noisy = False
@@ -226,26 +226,10 @@ class WebService(Listener):
         super().__init__(reactor, at, factory, WEB, on_listening=self._listening)
         self.site = site
         self._secure = secure
-        self._warm_up: Any = None
 
     @property
     def panel(self) -> "Panel":
         return self.site.panel
-
-    def startService(self) -> None:
-        super().startService()
-        if not self.site.made:
-            self._warm_up = self.reactor.callLater(PANEL_WARM_UP, self._make_panel)
-
-    def _make_panel(self) -> None:
-        self._warm_up = None
-        self.site.site  # noqa: B018 (made on access)
-
-    def stopService(self) -> Any:
-        if self._warm_up is not None and self._warm_up.active():
-            self._warm_up.cancel()
-        self._warm_up = None
-        return super().stopService()
 
     def mount(self, name: bytes, resource: IResource) -> None:
         """Serve ``resource`` at ``/name`` (e.g. /metrics, made after the panel)."""
