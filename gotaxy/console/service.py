@@ -25,7 +25,7 @@ address's /64), and closed ``LOGIN_TIMEOUT`` seconds after connecting;
 logged-in sessions are closed after ``console.idleTimeout`` seconds without
 input.
 
-The host key is an Ed25519 key made on first start and kept in
+The host key is an Ed25519 key made at the console's first connection and kept in
 ``DATA_DIR/console_host_key`` (mode 0600), so clients see the same host key
 across restarts.
 
