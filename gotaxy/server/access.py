@@ -498,14 +498,16 @@ class AccessControl:
         from gotaxy.store import bans as stored_bans
 
         s = self.settings
+        now = self.reactor.seconds()
         record = await self.store.call(
-            stored_bans.ban, self.store.store, target, reason, self.reactor.seconds(), s.ban_time,
+            stored_bans.ban, self.store.store, target, reason, now, s.ban_time,
             s.ban_max_time, s.ban_forget_after, by, seconds,
         )
         ban = _ban_of(record)
         self._put(ban)
+        # The ban's length as decided (from ``now``), not what is left once the store answered.
         self.log.warn("banned {address} for {seconds:.0f} s on every listener: {reason} (ban {strikes}, by {by})",
-                      address=ban.address, seconds=ban.until - self.reactor.seconds(), reason=ban.reason,
+                      address=ban.address, seconds=ban.until - now, reason=ban.reason,
                       strikes=ban.strikes, by=by)
         return ban
 
