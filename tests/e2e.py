@@ -284,6 +284,31 @@ class _Server(socketserver.ThreadingTCPServer):
     request_queue_size = 512
 
 
+class FixedReply:
+    """A local service that answers every connection with ``reply`` and closes."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class EchoServer:
     """A half-close-aware echo service on loopback, in a thread."""
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from gotaxy.store import Store, default_url
 from gotaxy.tls import load_or_create_server_credentials
 from gotaxy.wire import PROTOCOL_VERSION
-from tests.e2e import echo_once, free_port, gotaxy_cli, tunnel_port
+from tests.e2e import FixedReply, echo_once, free_port, gotaxy_cli, tunnel_port
 
 
 PREAMBLE = b"GTXY" + struct.pack("!I", PROTOCOL_VERSION)
@@ -105,31 +105,6 @@ def test_deeply_nested_control_frame_is_a_protocol_error_without_traceback(procs
 
 
 # -- item 1: the shared token cannot take over a per-client token's client ------
-
-
-class FixedReply:
-    """A local service that answers every connection with ``reply`` and closes."""
-
-    def __init__(self, reply: bytes) -> None:
-        self.reply = reply
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(self.reply)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_shared_token_with_a_token_holders_name_gets_its_own_namespace(procs, echo, tmp_path):

@@ -22,7 +22,8 @@ from gotaxy.proxy.https import (
     HttpsProxy,
     HttpsSpec,
 )
-from gotaxy.proxy.httpsfront import HttpsFront, candidates
+from gotaxy.proxy.httpsfront import HttpsFront
+from gotaxy.proxy.sitenames import candidates
 from gotaxy.proxy.base import SpecError
 from gotaxy.proxy.sni import MAX_BUFFERED
 from gotaxy.testing import server_config

@@ -22,7 +22,7 @@ from gotaxy.proxy import PublicAddress
 from gotaxy.server.history import HOURLY, ROLLUPS, _flush
 from gotaxy.server.lease import NodeLease, node_id
 from gotaxy.store import CLIENT_DISCONNECTED, Store, ThreadedStore, default_url
-from tests.e2e import free_port, free_port_range, tunnel_port
+from tests.e2e import FixedReply, free_port, free_port_range, tunnel_port
 
 LEASE = 30.0
 T0 = 1795600800.0  # on the hour
@@ -477,39 +477,13 @@ def test_the_clients_of_a_node_whose_lease_ran_out_are_disconnected_once(open_st
     }
 
 
-class _Banner:
-    """A TCP service on loopback that greets every connection with its name (which tunnel answered)."""
-
-    def __init__(self, name: bytes) -> None:
-        import socket
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.name = name
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(self.name)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_with_ports_per_node_two_nodes_give_one_port_number_to_two_tunnels(procs, store_url: str, tmp_path) -> None:
     # cluster.portScope = "node": node a's tunnels on 127.0.0.1, node b's on ::1 (each node its own public
     # address); one port number, two clients, two tunnels, each reached at its own node's address.
     import socket
 
     port = free_port()
-    first, second = _Banner(b"first"), _Banner(b"second")
+    first, second = FixedReply(b"first"), FixedReply(b"second")
     try:
         configs = {}
         for name, host in (("a", "127.0.0.1"), ("b", "::1")):

@@ -23,6 +23,7 @@ from gotaxy.proxy.address import AddressError, PublicAddress
 from gotaxy.proxy.https import (
     REFUSED_BUSY, REFUSED_NO_NAME, REFUSED_NOT_TLS, REFUSED_SLOW, REFUSED_UNKNOWN, REFUSED_UNREACHABLE,
 )
+from gotaxy.proxy.sitenames import candidates
 from gotaxy.proxy.sni import MAX_BUFFERED, ClientHello, NotAClientHello, read_client_hello
 from gotaxy.relay import set_no_delay
 from gotaxy.server.tunnel import LiveTunnel, PublicConnection
@@ -33,16 +34,6 @@ ACME_TLS = b"acme-tls/1"
 #: Connections that may be sending their ClientHello at once; more are closed at once (each holds
 #: at most MAX_BUFFERED bytes for at most vhostHTTPSHelloTimeout seconds).
 MAX_PENDING_HELLOS = 1024
-
-
-def candidates(host: str) -> List[str]:
-    """``a.b.example.com`` -> itself, ``*.b.example.com``, ``*.example.com`` (frp's order)."""
-    names = [host]
-    labels = host.split(".")
-    while len(labels) >= 3:
-        labels = labels[1:]
-        names.append("*." + ".".join(labels))
-    return names
 
 
 class HelloReader(PublicConnection):
