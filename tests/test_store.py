@@ -421,19 +421,3 @@ def test_threaded_store_runs_calls_off_the_reactor_thread(store_url: str) -> Non
     finally:
         threaded.stop()
     assert not any(t.is_alive() for t in seen)
-
-
-def test_a_call_after_the_store_stopped_fails_at_once_instead_of_waiting_forever(store_url: str) -> None:
-    from gotaxy.store import StoreClosed, StoreUnreachable
-
-    reactor = ThreadHopReactor()
-    threaded = ThreadedStore(Store(store_url), reactor)
-    threaded.start()
-    threaded.stop()
-    # A service stopping after the store (a lease, a poller) must not hang the server's exit.
-    done = threaded.call(threaded.store.list_tokens)
-    outcome = []
-    done.addBoth(outcome.append)
-    assert len(outcome) == 1 and isinstance(outcome[0], Failure)
-    assert outcome[0].check(StoreClosed) and outcome[0].check(StoreUnreachable)
-    assert "the server is stopping" in outcome[0].getErrorMessage()

@@ -28,7 +28,7 @@ import dataset
 from sqlalchemy import and_, delete, insert, or_, select, true, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError, PendingRollbackError
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -94,17 +94,6 @@ class StoreUnreachable(Exception):
     The database did not answer (it is down, restarting, unreachable, or a
     statement ran over its timeout).  The message is for the user; a call
     made with ``ThreadedStore.keep`` is written when the database is back.
-    """
-
-
-class StoreClosed(StoreUnreachable):
-    """
-    A call made after ``ThreadedStore.stop`` (the server is stopping): it
-    fails at once.  Handed to a stopped thread pool it would wait forever,
-    and a stopping service waiting on it would keep the server from ever
-    exiting (seen: SIGTERM within a second of the start).  A kind of
-    ``StoreUnreachable`` so that the errbacks which drop an outage quietly
-    drop this too.
     """
 
 
@@ -1205,7 +1194,6 @@ class ThreadedStore:
         self._kept_failures: List[Tuple[Failure, str]] = []  # kept writes refused when written (store thread)
         self.unreachable = False
         self._told: Optional[bool] = False  # what on_reachability last heard (reactor thread)
-        self._closed = False  # stop() was called: calls fail at once with StoreClosed
 
     @property
     def kept(self) -> int:
@@ -1213,18 +1201,13 @@ class ThreadedStore:
         return len(self._kept)
 
     def start(self) -> None:
-        self._closed = False
         self._pool.start()
 
     def stop(self) -> None:
-        self._closed = True
         self._pool.stop()
         self.store.close()
 
     def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> "Deferred[T]":
-        if self._closed:
-            name = getattr(function, "__name__", "a store call")
-            return fail(StoreClosed(f"the server's store is closed (the server is stopping): {name} not run"))
         d = deferToThreadPool(self._reactor, self._pool, self._run, function, args, kwargs)
         d.addCallback(self._deliver)
         return d
